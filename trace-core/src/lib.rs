@@ -1,0 +1,12 @@
+//! iptrace's pure core: bytes in, structures out. Nothing here needs root, aya or tokio.
+//!
+//! Pipeline stages, in order:
+//! - [`event`]: owned events decoded from the kernel records;
+//! - [`packet`]: per-packet assembly output (hooks, tables, observed verdicts, NAT);
+//! - [`step`]: TRACE positions (`table:chain:rule:N`), the unit of output and comparison;
+//! - [`netfilter`]: hooks, tables, priorities.
+
+pub mod event;
+pub mod netfilter;
+pub mod packet;
+pub mod step;

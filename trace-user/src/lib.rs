@@ -1,0 +1,4 @@
+//! iptrace's collector library: everything that needs the kernel (capture backends, network
+//! namespaces, the lab, doctor's probes). Pure logic lives in `trace-core`.
+
+pub mod cmd;

@@ -1,0 +1,2 @@
+//! Developer tasks: `cargo xtask setup|demo|test|...`.
+fn main() {}
