@@ -2,3 +2,4 @@
 //! namespaces, the lab, doctor's probes). Pure logic lives in `trace-core`.
 
 pub mod cmd;
+pub mod netns;
