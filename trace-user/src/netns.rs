@@ -11,7 +11,7 @@
 //! use trace_user::netns::{self, NetnsGuard};
 //! let ns = NetnsGuard::create("capture")?;           // e.g. "capture-4242-0"
 //! netns::exec(ns.name(), &["ip", "link", "set", "lo", "up"])?;
-//! let inode = netns::run_in(ns.path(), || netns::current_inode())??;
+//! let inode = netns::run_in(&ns.path(), netns::current_inode)??;
 //! assert_eq!(inode, ns.inode());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
