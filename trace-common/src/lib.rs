@@ -2,3 +2,5 @@
 //! is defined once, here, `#[repr(C)]` with explicit padding and a compile-time size check.
 //! (Owned by the nfhook capture work; see issue 3.)
 #![no_std]
+pub mod filter;
+pub mod flowhash;
