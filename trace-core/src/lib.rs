@@ -4,9 +4,11 @@
 //! - [`event`]: owned events decoded from the kernel records;
 //! - [`packet`]: per-packet assembly output (hooks, tables, observed verdicts, NAT);
 //! - [`step`]: TRACE positions (`table:chain:rule:N`), the unit of output and comparison;
-//! - [`netfilter`]: hooks, tables, priorities.
+//! - [`netfilter`]: hooks, tables, priorities;
+//! - [`rules`]: the iptables rule model (iptables-save parser, TRACE numbering).
 
 pub mod event;
 pub mod netfilter;
 pub mod packet;
+pub mod rules;
 pub mod step;
