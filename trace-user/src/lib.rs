@@ -1,6 +1,7 @@
 //! iptrace's collector library: everything that needs the kernel (capture backends, network
 //! namespaces, the lab, doctor's probes). Pure logic lives in `trace-core`.
 
+pub mod capture;
 pub mod cmd;
 pub mod netns;
 pub mod lab;
