@@ -7,6 +7,7 @@
 //! - [`netfilter`]: hooks, tables, priorities;
 //! - [`rules`]: the iptables rule model (iptables-save parser, TRACE numbering).
 
+pub mod compare;
 pub mod event;
 pub mod netfilter;
 pub mod packet;
