@@ -8,8 +8,13 @@
 //! - [`rules`]: the iptables rule model (iptables-save parser, TRACE numbering).
 
 pub mod compare;
+pub mod eval;
 pub mod event;
+pub mod filter;
 pub mod netfilter;
+pub mod output;
 pub mod packet;
+pub mod reconstruct;
+pub mod record;
 pub mod rules;
 pub mod step;

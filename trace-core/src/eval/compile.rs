@@ -1,0 +1,191 @@
+//! A table dump prepared for fast replay: chains indexed by name, jump targets resolved to
+//! chain indices, the `ipt_ip` part of each rule pre-masked as integers, TRACE labels
+//! precomputed. The model stays the source of truth for match modules and targets.
+
+use super::{ip_bits, Pkt, RuleMatch, Run, TableVerdict};
+use crate::netfilter::Hook;
+use crate::rules::targets::Target;
+use crate::rules::{Iface, Negatable, Policy, Proto, Rule, Ruleset};
+use crate::step::StepKind;
+use std::collections::HashMap;
+
+#[derive(Debug)]
+pub(super) struct CTable {
+    /// Index of the table in `Ruleset::tables`.
+    pub dump: usize,
+    pub chains: Vec<CChain>,
+    by_name: HashMap<String, u32>,
+}
+
+#[derive(Debug)]
+pub(super) struct CChain {
+    /// Some(verdict) for built-in chains.
+    pub policy: Option<TableVerdict>,
+    pub end_kind: StepKind,
+    pub rules: Vec<CRule>,
+}
+
+/// `(addr & mask) == net`, negated or not.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NetTest {
+    net: u128,
+    mask: u128,
+    negated: bool,
+}
+
+#[derive(Debug)]
+pub(super) struct CRule {
+    src: Option<NetTest>,
+    dst: Option<NetTest>,
+    proto: Option<(u8, bool)>,
+    in_iface: Option<Negatable<Iface>>,
+    out_iface: Option<Negatable<Iface>>,
+    fragment: Option<bool>,
+    has_matches: bool,
+    pub kind: StepKind,
+    pub target: CTarget,
+}
+
+/// Targets the traversal handles itself; everything else goes to `targets::apply`.
+#[derive(Debug)]
+pub(super) enum CTarget {
+    Verdict(TableVerdict),
+    Return,
+    Jump(u32),
+    Goto(u32),
+    Missing(String),
+    Extension,
+}
+
+impl CTable {
+    pub fn build(rs: &Ruleset, dump: usize) -> CTable {
+        let td = &rs.tables[dump];
+        let by_name: HashMap<String, u32> =
+            td.chains.iter().enumerate().map(|(i, c)| (c.name.clone(), i as u32)).collect();
+        let chains = td
+            .chains
+            .iter()
+            .map(|c| CChain {
+                policy: c.policy.map(|p| match p {
+                    Policy::Accept => TableVerdict::Accept,
+                    Policy::Drop => TableVerdict::Drop,
+                }),
+                end_kind: if c.is_builtin() { StepKind::Policy } else { StepKind::Return },
+                rules: c
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| compile_rule(r, c.step_kind(i as u32 + 1).unwrap_or(StepKind::Rule), &by_name))
+                    .collect(),
+            })
+            .collect();
+        CTable { dump, chains, by_name }
+    }
+
+    pub fn hook_chain(&self, hook: Hook) -> Option<u32> {
+        let i = *self.by_name.get(hook.chain_name())?;
+        self.chains[i as usize].policy.is_some().then_some(i)
+    }
+
+    pub fn model_rule<'r>(&self, rs: &'r Ruleset, chain: u32, pos: u32) -> &'r Rule {
+        &rs.tables[self.dump].chains[chain as usize].rules[pos as usize]
+    }
+}
+
+fn net_test(n: &Option<Negatable<crate::rules::IpNet>>) -> Option<NetTest> {
+    let n = n.as_ref()?;
+    Some(NetTest { net: ip_bits(n.value.addr), mask: ip_bits(n.value.mask), negated: n.negated })
+}
+
+fn compile_rule(r: &Rule, kind: StepKind, by_name: &HashMap<String, u32>) -> CRule {
+    let proto = r.protocol.as_ref().and_then(|p| match p.value {
+        Proto::All => None,
+        Proto::Num(n) => Some((n, p.negated)),
+    });
+    let target = match &r.target {
+        Target::Accept => CTarget::Verdict(TableVerdict::Accept),
+        Target::Drop => CTarget::Verdict(TableVerdict::Drop),
+        Target::Queue => CTarget::Verdict(TableVerdict::Queue { bypass: false }),
+        Target::Return => CTarget::Return,
+        Target::Jump(c) | Target::Goto(c) => match by_name.get(c) {
+            Some(&i) if matches!(r.target, Target::Goto(_)) || r.goto => CTarget::Goto(i),
+            Some(&i) => CTarget::Jump(i),
+            None => CTarget::Missing(c.clone()),
+        },
+        _ => CTarget::Extension,
+    };
+    CRule {
+        src: net_test(&r.src),
+        dst: net_test(&r.dst),
+        proto,
+        in_iface: r.in_iface.clone(),
+        out_iface: r.out_iface.clone(),
+        fragment: r.fragment.as_ref().map(|f| !f.negated),
+        has_matches: !r.matches.is_empty(),
+        kind,
+        target,
+    }
+}
+
+impl NetTest {
+    fn test(&self, addr: u128) -> bool {
+        ((addr & self.mask) == self.net) != self.negated
+    }
+}
+
+/// ip_packet_match / ip6_packet_match.
+fn ip_part_matches(r: &CRule, p: &Pkt<'_>) -> bool {
+    if r.src.is_some_and(|t| !t.test(p.src)) || r.dst.is_some_and(|t| !t.test(p.dst)) {
+        return false;
+    }
+    if let Some(i) = &r.in_iface {
+        if !i.apply(i.value.matches(p.in_dev)) {
+            return false;
+        }
+    }
+    if let Some(o) = &r.out_iface {
+        if !o.apply(o.value.matches(p.out_dev)) {
+            return false;
+        }
+    }
+    if let Some((n, neg)) = r.proto {
+        if (p.h.proto == n) == neg {
+            return false;
+        }
+    }
+    if let Some(want_frag) = r.fragment {
+        if super::matches::is_later_fragment(p.h) != want_frag {
+            return false;
+        }
+    }
+    true
+}
+
+impl Run<'_> {
+    /// Whether the rule under consideration matches: the ip part, then each module.
+    pub(super) fn match_rule(&self, chain: u32, pos: u32, st: &super::PathState) -> RuleMatch {
+        let r = &self.t.chains[chain as usize].rules[pos as usize];
+        if !ip_part_matches(r, self.pkt) {
+            return RuleMatch::No;
+        }
+        if !r.has_matches {
+            return RuleMatch::Yes;
+        }
+        let model = self.t.model_rule(&self.ev.ruleset, chain, pos);
+        let mut undecided = Vec::new();
+        // Decidable matches first: any false one settles the rule without a branch (the
+        // conjunction does not depend on order; xt matches have no effect on this packet).
+        for m in &model.matches {
+            match super::matches::decide(m, self.pkt, st, self.ctx) {
+                super::matches::Tri::True => {}
+                super::matches::Tri::False => return RuleMatch::No,
+                super::matches::Tri::Unknown(why) => undecided.push(format!("-m {} ({why})", m.module)),
+            }
+        }
+        if undecided.is_empty() {
+            RuleMatch::Yes
+        } else {
+            RuleMatch::Maybe(undecided)
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! What the evaluator knows about the packet's network namespace besides the packet: its
+//! addresses (for `-m addrtype`), interface names. Unknown facts make matches branch points.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// One address assigned to an interface of the netns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IfaceAddr {
+    pub iface: String,
+    pub addr: IpAddr,
+    /// Directed broadcast address of the subnet (IPv4), if any.
+    #[serde(default)]
+    pub broadcast: Option<IpAddr>,
+}
+
+/// Host state of one netns. `known = false` (the default) means "no information": every match
+/// that needs it becomes a branch point instead of being guessed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetContext {
+    pub known: bool,
+    pub addrs: Vec<IfaceAddr>,
+    /// Interface names (ifindex order irrelevant).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+}
+
+impl NetContext {
+    /// A context with no information (every host-state match branches).
+    pub fn unknown() -> Self {
+        NetContext::default()
+    }
+
+    /// A context from `(iface, address, broadcast)` triples.
+    pub fn from_addrs(addrs: impl IntoIterator<Item = IfaceAddr>) -> Self {
+        let addrs: Vec<IfaceAddr> = addrs.into_iter().collect();
+        let mut interfaces: Vec<String> = addrs.iter().map(|a| a.iface.clone()).collect();
+        interfaces.dedup();
+        NetContext { known: true, addrs, interfaces }
+    }
+
+    /// Local addresses the kernel's local routing table holds: assigned addresses, and all
+    /// of 127.0.0.0/8 (the loopback route is `local 127.0.0.0/8`). `dev` restricts to
+    /// addresses of that device (`--limit-iface-*`).
+    pub fn is_local(&self, ip: IpAddr, dev: Option<&str>) -> bool {
+        let loopback = match ip {
+            IpAddr::V4(a) => a.is_loopback(),
+            IpAddr::V6(a) => a.is_loopback(),
+        };
+        if loopback {
+            return dev.is_none_or(|d| d == "lo");
+        }
+        self.addrs.iter().any(|a| a.addr == ip && dev.is_none_or(|d| d == a.iface))
+    }
+
+    /// True when `ip` is the directed broadcast of one of the subnets.
+    pub fn is_broadcast(&self, ip: IpAddr, dev: Option<&str>) -> bool {
+        self.addrs.iter().any(|a| a.broadcast == Some(ip) && dev.is_none_or(|d| d == a.iface))
+    }
+}

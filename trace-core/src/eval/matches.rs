@@ -1,0 +1,345 @@
+//! Match modules decided from the captured packet, following each xt_*.c `match` function.
+//! Anything the capture cannot know answers [`Tri::Unknown`] with the reason: the evaluator
+//! turns it into a branch point instead of guessing.
+
+use super::{NetContext, PathState, Pkt};
+use crate::event::{Headers, L4};
+use crate::netfilter::Family;
+use crate::rules::matches::{
+    AddrType, AddrTypeMatch, ConntrackMatch, CtDir, CtState, CtStatus, IcmpMatch, IpRangeMatch,
+    Match, MatchKind, MultiportMatch, OwnerMatch, PktType, PortDir, PortsMatch, Range, TcpMatch,
+};
+use crate::rules::Negatable;
+use std::net::IpAddr;
+
+/// Three-valued match result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Tri {
+    True,
+    False,
+    Unknown(&'static str),
+}
+
+impl From<bool> for Tri {
+    fn from(b: bool) -> Tri {
+        if b {
+            Tri::True
+        } else {
+            Tri::False
+        }
+    }
+}
+
+/// ctinfo value the capture uses for IP_CT_UNTRACKED.
+const CTINFO_UNTRACKED: u8 = 7;
+
+/// True for a non-first IPv4 fragment (fragoff != 0): `-f` matches, port matches do not.
+pub(crate) fn is_later_fragment(h: &Headers) -> bool {
+    h.src.is_ipv4() && h.frag & 0x1fff != 0
+}
+
+fn neg<T>(n: &Option<Negatable<T>>, test: impl FnOnce(&T) -> bool) -> bool {
+    n.as_ref().is_none_or(|n| n.apply(test(&n.value)))
+}
+
+pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -> Tri {
+    match &m.kind {
+        MatchKind::Comment(_) => Tri::True,
+        MatchKind::Tcp(t) => tcp(t, p).into(),
+        MatchKind::Udp(u) => ports(u, p, |l| matches!(l, L4::Udp { .. })).into(),
+        MatchKind::Sctp(s) => ports(s, p, |l| matches!(l, L4::Sctp { .. })).into(),
+        MatchKind::Icmp(i) => icmp(i, p, false).into(),
+        MatchKind::Icmp6(i) => icmp(i, p, true).into(),
+        MatchKind::Multiport(mp) => multiport(mp, p).into(),
+        MatchKind::Conntrack(c) => conntrack(c, p, st),
+        MatchKind::State(s) => s.apply(state_bits(p, st, false).iter().any(|b| s.value.contains(b))).into(),
+        MatchKind::AddrType(a) => addrtype(a, p, ctx),
+        MatchKind::Mark(mm) => mm.apply(mm.value.matches(st.mark)).into(),
+        MatchKind::Connmark(mm) => match st.ctmark {
+            Some(ctmark) => mm.apply(mm.value.matches(ctmark)).into(),
+            None => Tri::False,
+        },
+        MatchKind::IpRange(r) => iprange(r, p).into(),
+        MatchKind::Mac(mac) => match p.mac {
+            Some(hdr) if hdr.len() >= 12 => mac.apply(hdr[6..12] == mac.value).into(),
+            Some(_) => Tri::False,
+            None if p.has_in => Tri::Unknown("link-layer header not captured"),
+            None => Tri::False,
+        },
+        MatchKind::PktType(t) => match pkt_type(p) {
+            Some(actual) => t.apply(actual == t.value).into(),
+            None => Tri::Unknown("packet type not captured"),
+        },
+        MatchKind::Length(l) => l.apply(l.value.contains(p.h.len as u32)).into(),
+        MatchKind::Ttl(c) if p.family == Family::Ipv4 => c.apply(c.value.matches(st.ttl)).into(),
+        MatchKind::HopLimit(c) if p.family == Family::Ipv6 => c.apply(c.value.matches(st.ttl)).into(),
+        MatchKind::Ttl(_) | MatchKind::HopLimit(_) => Tri::False,
+        MatchKind::TcpMss(r) => tcpmss(r, p),
+        MatchKind::Dscp(d) => d.apply(st.tos >> 2 == d.value).into(),
+        MatchKind::Tos(t) => t.apply(t.value.matches(st.tos as u32)).into(),
+        MatchKind::Owner(o) => owner(o, p),
+        MatchKind::Helper(_) => Tri::Unknown("conntrack helper not captured"),
+        MatchKind::Physdev(_) => Tri::Unknown("bridge ports not captured"),
+        MatchKind::Statistic(_) => Tri::Unknown("random/nth: depends on other packets"),
+        MatchKind::Limit(_) => Tri::Unknown("rate limit state"),
+        MatchKind::Recent(_) => Tri::Unknown("recent list contents"),
+        MatchKind::Set(_) => Tri::Unknown("ipset contents"),
+        MatchKind::Socket(_) => Tri::Unknown("socket lookup"),
+        MatchKind::Unknown => Tri::Unknown(unknown_reason(&m.module)),
+    }
+}
+
+fn unknown_reason(module: &str) -> &'static str {
+    match crate::rules::matches::module_decidability(module) {
+        crate::rules::Decidability::Always => "always true",
+        crate::rules::Decidability::Payload => "payload not captured",
+        crate::rules::Decidability::ExternalState => "kernel state not captured",
+        crate::rules::Decidability::Nondeterministic => "random or time dependent",
+        crate::rules::Decidability::HostState => "host state not captured",
+        crate::rules::Decidability::Unknown => "module not modelled",
+        _ => "options not modelled",
+    }
+}
+
+/// xt_tcpudp tcp_mt: no match on later fragments; ports, flags, option.
+fn tcp(t: &TcpMatch, p: &Pkt<'_>) -> bool {
+    let L4::Tcp { sport, dport, flags, options, .. } = &p.h.l4 else { return false };
+    if is_later_fragment(p.h) {
+        return false;
+    }
+    neg(&t.sport, |r| r.contains(*sport as u32))
+        && neg(&t.dport, |r| r.contains(*dport as u32))
+        && neg(&t.flags, |f| f.matches(*flags))
+        && neg(&t.option, |o| tcp_option(options, *o).is_some())
+}
+
+/// Walks TCP options (kind, len, data); returns the data of option `kind`.
+fn tcp_option(opts: &[u8], kind: u8) -> Option<&[u8]> {
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => return None,
+            1 => i += 1,
+            k => {
+                let len = *opts.get(i + 1)? as usize;
+                if len < 2 || i + len > opts.len() {
+                    return None;
+                }
+                if k == kind {
+                    return Some(&opts[i + 2..i + len]);
+                }
+                i += len;
+            }
+        }
+    }
+    None
+}
+
+fn ports(u: &PortsMatch, p: &Pkt<'_>, proto_ok: impl Fn(&L4) -> bool) -> bool {
+    if !proto_ok(&p.h.l4) || is_later_fragment(p.h) {
+        return false;
+    }
+    let Some((s, d)) = p.h.l4.ports() else { return false };
+    neg(&u.sport, |r| r.contains(s as u32)) && neg(&u.dport, |r| r.contains(d as u32))
+}
+
+fn icmp(i: &IcmpMatch, p: &Pkt<'_>, v6: bool) -> bool {
+    let (ty, code) = match (&p.h.l4, v6) {
+        (L4::Icmp { icmp_type, code, .. }, false) | (L4::Icmpv6 { icmp_type, code, .. }, true) => (*icmp_type, *code),
+        _ => return false,
+    };
+    !is_later_fragment(p.h) && neg(&i.icmp_type, |t| t.matches(ty, code))
+}
+
+fn multiport(m: &MultiportMatch, p: &Pkt<'_>) -> bool {
+    if is_later_fragment(p.h) {
+        return false;
+    }
+    let Some((s, d)) = p.h.l4.ports() else { return false };
+    let hit = |port: u16| m.ports.value.iter().any(|r: &Range| r.contains(port as u32));
+    let any = match m.dir {
+        PortDir::Src => hit(s),
+        PortDir::Dst => hit(d),
+        PortDir::Either => hit(s) || hit(d),
+    };
+    m.ports.apply(any)
+}
+
+/// The state bits xt_conntrack/xt_state compute: from ctinfo when there is a conntrack,
+/// UNTRACKED for IP_CT_UNTRACKED, INVALID without one; SNAT/DNAT from ct->status.
+fn state_bits(p: &Pkt<'_>, st: &PathState, with_nat: bool) -> Vec<CtState> {
+    let ct = p.ct.filter(|c| c.ctinfo != CTINFO_UNTRACKED && !st.notrack);
+    let Some(ct) = ct else {
+        let untracked = st.notrack || p.ct.is_some_and(|c| c.ctinfo == CTINFO_UNTRACKED);
+        return vec![if untracked { CtState::Untracked } else { CtState::Invalid }];
+    };
+    let mut v = vec![match ct.ctinfo % 3 {
+        0 => CtState::Established,
+        1 => CtState::Related,
+        _ => CtState::New,
+    }];
+    if with_nat {
+        use crate::event::ct_status::{DST_NAT, SRC_NAT};
+        if ct.status & SRC_NAT != 0 {
+            v.push(CtState::Snat);
+        }
+        if ct.status & DST_NAT != 0 {
+            v.push(CtState::Dnat);
+        }
+    }
+    v
+}
+
+/// xt_conntrack conntrack_mt (revision 1+).
+fn conntrack(c: &ConntrackMatch, p: &Pkt<'_>, st: &PathState) -> Tri {
+    if let Some(s) = &c.state {
+        if !s.apply(state_bits(p, st, true).iter().any(|b| s.value.contains(b))) {
+            return Tri::False;
+        }
+    }
+    let Some(ct) = p.ct.filter(|c| c.ctinfo != CTINFO_UNTRACKED && !st.notrack) else {
+        // The kernel: without a conntrack only a --ctstate test can have matched.
+        return c.state.is_some().into();
+    };
+    if let Some(dir) = c.dir {
+        let reply = ct.ctinfo >= 3;
+        if reply != (dir == CtDir::Reply) {
+            return Tri::False;
+        }
+    }
+    if !neg(&c.proto, |n| *n == 0 || *n == p.h.proto) {
+        return Tri::False;
+    }
+    if let Some(s) = &c.status {
+        use crate::event::ct_status::*;
+        let mask = s.value.iter().fold(0u32, |m, x| {
+            m | match x {
+                CtStatus::None => 0,
+                CtStatus::Expected => EXPECTED,
+                CtStatus::SeenReply => SEEN_REPLY,
+                CtStatus::Assured => ASSURED,
+                CtStatus::Confirmed => CONFIRMED,
+            }
+        });
+        if !s.apply(mask & ct.status != 0) {
+            return Tri::False;
+        }
+    }
+    let tuple_opts = c.orig_src.is_some()
+        || c.orig_dst.is_some()
+        || c.repl_src.is_some()
+        || c.repl_dst.is_some()
+        || c.orig_src_port.is_some()
+        || c.orig_dst_port.is_some()
+        || c.repl_src_port.is_some()
+        || c.repl_dst_port.is_some();
+    if tuple_opts {
+        return Tri::Unknown("conntrack tuple not captured");
+    }
+    if c.expire.is_some() {
+        return Tri::Unknown("conntrack timeout not captured");
+    }
+    Tri::True
+}
+
+/// The address types `ip` may have in the netns (xt_addrtype via the local routing table).
+/// More than one entry means the context cannot tell.
+fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext) -> Vec<AddrType> {
+    match ip {
+        IpAddr::V4(a) => {
+            if a.octets()[0] == 0 || a.is_broadcast() {
+                return vec![AddrType::Broadcast];
+            }
+            if a.is_multicast() {
+                return vec![AddrType::Multicast];
+            }
+        }
+        IpAddr::V6(a) => {
+            if a.is_multicast() {
+                return vec![AddrType::Multicast];
+            }
+        }
+    }
+    if !ctx.known {
+        return vec![AddrType::Local, AddrType::Unicast, AddrType::Broadcast];
+    }
+    if ctx.is_local(ip, dev) {
+        vec![AddrType::Local]
+    } else if ctx.is_broadcast(ip, dev) {
+        vec![AddrType::Broadcast]
+    } else if ip.is_ipv6() {
+        // IPv6 asks the main routing table: unreachable without a route.
+        vec![AddrType::Unicast, AddrType::Unreachable]
+    } else {
+        vec![AddrType::Unicast]
+    }
+}
+
+fn addrtype_one(want: &Negatable<Vec<AddrType>>, ip: IpAddr, dev: Option<&str>, ctx: &NetContext) -> Tri {
+    let answers: Vec<bool> = addr_types(ip, dev, ctx).iter().map(|t| want.apply(want.value.contains(t))).collect();
+    if answers.iter().all(|&a| a == answers[0]) {
+        answers[0].into()
+    } else {
+        Tri::Unknown("local addresses of the netns unknown")
+    }
+}
+
+fn addrtype(a: &AddrTypeMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
+    let dev = if a.limit_iface_in {
+        Some(p.in_dev)
+    } else if a.limit_iface_out {
+        Some(p.out_dev)
+    } else {
+        None
+    };
+    let mut result = Tri::True;
+    for (want, ip) in [(&a.src_type, p.h.src), (&a.dst_type, p.h.dst)] {
+        if let Some(want) = want {
+            match addrtype_one(want, ip, dev, ctx) {
+                Tri::False => return Tri::False,
+                Tri::Unknown(r) => result = Tri::Unknown(r),
+                Tri::True => {}
+            }
+        }
+    }
+    result
+}
+
+fn iprange(r: &IpRangeMatch, p: &Pkt<'_>) -> bool {
+    let within = |ip: IpAddr, (lo, hi): &(IpAddr, IpAddr)| {
+        ip.is_ipv4() == lo.is_ipv4() && super::ip_bits(*lo) <= super::ip_bits(ip) && super::ip_bits(ip) <= super::ip_bits(*hi)
+    };
+    neg(&r.src, |rg| within(p.h.src, rg)) && neg(&r.dst, |rg| within(p.h.dst, rg))
+}
+
+/// skb->pkt_type from what was captured: locally generated packets are PACKET_HOST; received
+/// ones are classified by their destination MAC.
+fn pkt_type(p: &Pkt<'_>) -> Option<PktType> {
+    if !p.has_in {
+        return Some(PktType::Unicast);
+    }
+    let mac = p.mac.filter(|m| m.len() >= 6)?;
+    Some(if mac[..6].iter().all(|&b| b == 0xff) {
+        PktType::Broadcast
+    } else if mac[0] & 1 != 0 {
+        PktType::Multicast
+    } else {
+        PktType::Unicast
+    })
+}
+
+fn tcpmss(r: &Negatable<Range>, p: &Pkt<'_>) -> Tri {
+    let L4::Tcp { options, .. } = &p.h.l4 else { return Tri::False };
+    match tcp_option(options, 2) {
+        Some(d) if d.len() == 2 => r.apply(r.value.contains(u16::from_be_bytes([d[0], d[1]]) as u32)).into(),
+        _ => r.negated.into(),
+    }
+}
+
+/// xt_owner: without a socket the match is false unless negated; with one, uid/gid ranges.
+fn owner(o: &OwnerMatch, p: &Pkt<'_>) -> Tri {
+    let (Some(uid), Some(gid)) = (p.uid, p.gid) else {
+        return Tri::Unknown("socket owner not captured");
+    };
+    (neg(&o.socket_exists, |_| true) && neg(&o.uid, |r| r.contains(uid)) && neg(&o.gid, |r| r.contains(gid))).into()
+}

@@ -1,0 +1,289 @@
+//! The kernel's LOG/TRACE packet dump (net/netfilter/nf_log_syslog.c with the flags TRACE uses,
+//! NF_LOG_DEFAULT_MASK = TCPSEQ|TCPOPT|IPOPT|UID), rebuilt from captured header fields.
+//!
+//! Everything the kernel prints from memory we do not capture is left out rather than
+//! invented: IPv4/IPv6 option bytes, the inner packet of ICMP errors, PHYSIN/PHYSOUT.
+
+use crate::event::{tcp_flags, Headers, L4};
+use std::fmt::Write;
+use std::net::IpAddr;
+
+/// What LOG prints besides the headers: devices, link layer, socket owner, mark.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogContext<'a> {
+    pub in_dev: Option<&'a str>,
+    pub out_dev: Option<&'a str>,
+    /// Link-layer header bytes; printed (as `MAC=`) only when there is an input device.
+    pub mac: Option<&'a [u8]>,
+    /// UID/GID of a local socket owner (printed after the transport fields).
+    pub uid_gid: Option<(u32, u32)>,
+    pub mark: u32,
+}
+
+/// Which optional parts LOG prints (xt_LOG's --log-tcp-sequence etc.; TRACE uses all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogFlags {
+    pub tcp_seq: bool,
+    pub tcp_opt: bool,
+    pub uid: bool,
+}
+
+impl LogFlags {
+    /// NF_LOG_DEFAULT_MASK: what `TRACE:` lines use.
+    pub const TRACE: LogFlags = LogFlags { tcp_seq: true, tcp_opt: true, uid: true };
+    /// A plain `-j LOG` without options.
+    pub const PLAIN: LogFlags = LogFlags { tcp_seq: false, tcp_opt: false, uid: false };
+}
+
+/// `IN=.. OUT=.. [MAC=..] SRC=.. ...` exactly as nf_log_ip_packet/nf_log_ip6_packet print it,
+/// including the trailing space.
+pub fn packet_fields(h: &Headers, ctx: &LogContext<'_>, flags: LogFlags) -> String {
+    let mut s = String::with_capacity(256);
+    let _ = write!(s, "IN={} OUT={} ", ctx.in_dev.unwrap_or(""), ctx.out_dev.unwrap_or(""));
+    if ctx.in_dev.is_some() {
+        push_mac(&mut s, ctx.mac);
+    }
+    match (h.src, h.dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            let _ = write!(s, "SRC={src} DST={dst} ");
+            push_ipv4(&mut s, h);
+        }
+        _ => {
+            let _ = write!(s, "SRC={} DST={} ", ip6_full(h.src), ip6_full(h.dst));
+            let _ = write!(
+                s,
+                "LEN={} TC={} HOPLIMIT={} FLOWLBL={} ",
+                h.len, h.tos, h.ttl, h.flowlabel
+            );
+        }
+    }
+    push_l4(&mut s, h, flags);
+    if flags.uid {
+        if let Some((uid, gid)) = ctx.uid_gid {
+            let _ = write!(s, "UID={uid} GID={gid} ");
+        }
+    }
+    if ctx.mark != 0 {
+        let _ = write!(s, "MARK=0x{:x} ", ctx.mark);
+    }
+    s
+}
+
+/// dump_mac_header's fallback (no MACDECODE): `MAC=aa:bb:...` then a space; empty when the
+/// device has no link-layer header.
+fn push_mac(s: &mut String, mac: Option<&[u8]>) {
+    s.push_str("MAC=");
+    if let Some(mac) = mac {
+        for (i, b) in mac.iter().enumerate() {
+            let _ = write!(s, "{}{b:02x}", if i == 0 { "" } else { ":" });
+        }
+    }
+    s.push(' ');
+}
+
+fn push_ipv4(s: &mut String, h: &Headers) {
+    // IPTOS_TOS_MASK 0x1E, IPTOS_PREC_MASK 0xE0.
+    let _ = write!(
+        s,
+        "LEN={} TOS=0x{:02X} PREC=0x{:02X} TTL={} ID={} ",
+        h.len,
+        h.tos & 0x1e,
+        h.tos & 0xe0,
+        h.ttl,
+        h.id
+    );
+    // frag_off: 0x8000 "CE" (reserved bit), 0x4000 DF, 0x2000 MF, 0x1fff offset.
+    if h.frag & 0x8000 != 0 {
+        s.push_str("CE ");
+    }
+    if h.frag & 0x4000 != 0 {
+        s.push_str("DF ");
+    }
+    if h.frag & 0x2000 != 0 {
+        s.push_str("MF ");
+    }
+    if h.frag & 0x1fff != 0 {
+        let _ = write!(s, "FRAG:{} ", h.frag & 0x1fff);
+    }
+}
+
+fn is_fragment(h: &Headers) -> bool {
+    h.src.is_ipv4() && h.frag & 0x1fff != 0
+}
+
+fn push_l4(s: &mut String, h: &Headers, flags: LogFlags) {
+    let frag = is_fragment(h);
+    match (&h.l4, h.proto) {
+        (L4::Tcp { sport, dport, seq, ack, window, flags: f, res, urgp, options }, _) if !frag => {
+            let _ = write!(s, "PROTO=TCP SPT={sport} DPT={dport} ");
+            if flags.tcp_seq {
+                let _ = write!(s, "SEQ={seq} ACK={ack} ");
+            }
+            // `res` holds the low nibble of the data-offset byte: 3 reserved bits + AE.
+            let _ = write!(s, "WINDOW={window} RES=0x{:02x} ", (res & 0x0e) << 2);
+            push_tcp_flags(s, *f, res & 0x01 != 0);
+            let _ = write!(s, "URGP={urgp} ");
+            if flags.tcp_opt && !options.is_empty() {
+                s.push_str("OPT (");
+                for b in options {
+                    let _ = write!(s, "{b:02X}");
+                }
+                s.push_str(") ");
+            }
+        }
+        (L4::Udp { sport, dport, len }, p) if !frag => {
+            let _ = write!(s, "PROTO={} SPT={sport} DPT={dport} LEN={len} ", udp_name(p));
+        }
+        (L4::Icmp { icmp_type, code, id, seq }, _) if !frag => {
+            let _ = write!(s, "PROTO=ICMP TYPE={icmp_type} CODE={code} ");
+            if *icmp_type == 0 || *icmp_type == 8 {
+                let _ = write!(s, "ID={id} SEQ={seq} ");
+            }
+        }
+        (L4::Icmpv6 { icmp_type, code, id, seq }, _) => {
+            let _ = write!(s, "PROTO=ICMPv6 TYPE={icmp_type} CODE={code} ");
+            if *icmp_type == 128 || *icmp_type == 129 {
+                let _ = write!(s, "ID={id} SEQ={seq} ");
+            }
+        }
+        (_, p) => push_proto_only(s, p, h.src.is_ipv4()),
+    }
+}
+
+fn udp_name(proto: u8) -> &'static str {
+    if proto == 136 {
+        "UDPLITE"
+    } else {
+        "UDP"
+    }
+}
+
+/// The protocol name alone: fragments and protocols without captured transport fields.
+fn push_proto_only(s: &mut String, proto: u8, v4: bool) {
+    match proto {
+        6 => s.push_str("PROTO=TCP "),
+        17 | 136 => {
+            let _ = write!(s, "PROTO={} ", udp_name(proto));
+        }
+        1 if v4 => s.push_str("PROTO=ICMP "),
+        58 if !v4 => s.push_str("PROTO=ICMPv6 "),
+        50 => s.push_str("PROTO=ESP "),
+        // The kernel prints nothing for a non-first AH fragment; we lack the SPI anyway.
+        51 => s.push_str("PROTO=AH "),
+        p => {
+            let _ = write!(s, "PROTO={p} ");
+        }
+    }
+}
+
+fn push_tcp_flags(s: &mut String, f: u8, ae: bool) {
+    use tcp_flags::*;
+    if ae {
+        s.push_str("AE ");
+    }
+    for (bit, name) in [(CWR, "CWR"), (ECE, "ECE"), (URG, "URG"), (ACK, "ACK"), (PSH, "PSH"), (RST, "RST"), (SYN, "SYN"), (FIN, "FIN")] {
+        if f & bit != 0 {
+            s.push_str(name);
+            s.push(' ');
+        }
+    }
+}
+
+/// `%pI6`: eight 4-digit groups, never compressed.
+fn ip6_full(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V6(a) => {
+            let seg = a.segments();
+            let parts: Vec<String> = seg.iter().map(|g| format!("{g:04x}")).collect();
+            parts.join(":")
+        }
+        IpAddr::V4(a) => a.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_headers() -> Headers {
+        Headers {
+            src: "172.19.0.1".parse().unwrap(),
+            dst: "172.19.0.9".parse().unwrap(),
+            proto: 6,
+            len: 52,
+            tos: 0,
+            ttl: 64,
+            id: 65380,
+            frag: 0x4000,
+            flowlabel: 0,
+            l4: L4::Tcp {
+                sport: 58726,
+                dport: 80,
+                seq: 1826961587,
+                ack: 3047535488,
+                window: 63,
+                flags: tcp_flags::ACK,
+                res: 0,
+                urgp: 0,
+                options: vec![1, 1, 8, 10, 0x11, 0x36, 0xb1, 0xb1, 0x1e, 0x13, 0xb1, 0x90],
+            },
+        }
+    }
+
+    #[test]
+    fn local_tcp_matches_kernel_trace_line() {
+        // legacy-local.txt, line 1 (after the "TRACE: mangle:OUTPUT:policy:1 " prefix).
+        let want = "IN= OUT=br-00ea7870520a SRC=172.19.0.1 DST=172.19.0.9 LEN=52 TOS=0x00 PREC=0x00 TTL=64 ID=65380 DF PROTO=TCP SPT=58726 DPT=80 SEQ=1826961587 ACK=3047535488 WINDOW=63 RES=0x00 ACK URGP=0 OPT (0101080A1136B1B11E13B190) UID=0 GID=0 ";
+        let ctx = LogContext { out_dev: Some("br-00ea7870520a"), uid_gid: Some((0, 0)), ..Default::default() };
+        assert_eq!(packet_fields(&tcp_headers(), &ctx, LogFlags::TRACE), want);
+    }
+
+    #[test]
+    fn received_packet_prints_mac_and_plain_log_omits_seq() {
+        // legacy-log-remote.txt line 1.
+        let want = "IN=eth0 OUT= MAC=7e:31:b8:fe:69:94:b2:88:7d:3e:1d:e2:08:00 SRC=192.168.64.5 DST=192.168.64.4 LEN=52 TOS=0x00 PREC=0x00 TTL=64 ID=62913 DF PROTO=TCP SPT=55158 DPT=10000 WINDOW=63 RES=0x00 ACK URGP=0 ";
+        let mut h = tcp_headers();
+        h.src = "192.168.64.5".parse().unwrap();
+        h.dst = "192.168.64.4".parse().unwrap();
+        h.id = 62913;
+        h.l4 = L4::Tcp { sport: 55158, dport: 10000, seq: 1, ack: 2, window: 63, flags: tcp_flags::ACK, res: 0, urgp: 0, options: vec![1, 1] };
+        let mac = [0x7e, 0x31, 0xb8, 0xfe, 0x69, 0x94, 0xb2, 0x88, 0x7d, 0x3e, 0x1d, 0xe2, 0x08, 0x00];
+        let ctx = LogContext { in_dev: Some("eth0"), mac: Some(&mac), ..Default::default() };
+        assert_eq!(packet_fields(&h, &ctx, LogFlags::PLAIN), want);
+    }
+
+    #[test]
+    fn flags_fragments_icmp_ipv6_and_mark() {
+        let mut h = tcp_headers();
+        h.l4 = L4::Tcp { sport: 1, dport: 2, seq: 0, ack: 0, window: 0, flags: tcp_flags::ACK | tcp_flags::FIN | tcp_flags::SYN | tcp_flags::CWR, res: 0x0f, urgp: 0, options: vec![] };
+        let ctx = LogContext { mark: 0x4000, ..Default::default() };
+        let s = packet_fields(&h, &ctx, LogFlags::PLAIN);
+        assert!(s.ends_with("RES=0x38 AE CWR ACK SYN FIN URGP=0 MARK=0x4000 "), "{s}");
+
+        h.frag = 0x2000 | 185;
+        h.l4 = L4::Other;
+        let s = packet_fields(&h, &LogContext::default(), LogFlags::TRACE);
+        assert!(s.ends_with("ID=65380 MF FRAG:185 PROTO=TCP "), "{s}");
+
+        h.frag = 0;
+        h.proto = 1;
+        h.l4 = L4::Icmp { icmp_type: 8, code: 0, id: 7, seq: 3 };
+        let s = packet_fields(&h, &LogContext::default(), LogFlags::TRACE);
+        assert!(s.ends_with("PROTO=ICMP TYPE=8 CODE=0 ID=7 SEQ=3 "), "{s}");
+
+        let h6 = Headers {
+            src: "2001:db8::1".parse().unwrap(),
+            dst: "fe80::2".parse().unwrap(),
+            proto: 17,
+            len: 88,
+            tos: 0,
+            ttl: 255,
+            id: 0,
+            frag: 0,
+            flowlabel: 0x12345,
+            l4: L4::Udp { sport: 53, dport: 4000, len: 48 },
+        };
+        let s = packet_fields(&h6, &LogContext { in_dev: Some("eth0"), ..Default::default() }, LogFlags::TRACE);
+        assert_eq!(s, "IN=eth0 OUT= MAC= SRC=2001:0db8:0000:0000:0000:0000:0000:0001 DST=fe80:0000:0000:0000:0000:0000:0000:0002 LEN=88 TC=0 HOPLIMIT=255 FLOWLBL=74565 PROTO=UDP SPT=53 DPT=4000 LEN=48 ");
+    }
+}

@@ -1,0 +1,1 @@
+//! Reconstruction of captured packets across hooks and tables (being built).

@@ -1,0 +1,1 @@
+//! Recording file format (being built).
