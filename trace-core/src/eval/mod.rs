@@ -214,7 +214,7 @@ pub(crate) struct Pkt<'a> {
     pub ct: Option<CtSnapshot>,
 }
 
-pub(crate) fn ip_bits(ip: std::net::IpAddr) -> u128 {
+pub fn ip_bits(ip: std::net::IpAddr) -> u128 {
     match ip {
         std::net::IpAddr::V4(a) => u32::from(a) as u128,
         std::net::IpAddr::V6(a) => u128::from(a),

@@ -1,1 +1,288 @@
-//! Reconstruction of captured packets across hooks and tables (being built).
+//! Reconstruction: for each captured packet, each hook it passed and each table there, replay
+//! the table with the evaluator on the packet as the table saw it, then keep only the
+//! candidate paths that agree with what the kernel was observed doing — the table's verdict,
+//! the NAT translation visible after the table, the mark/conntrack-mark/TOS/TTL changes.
+//!
+//! Each table ends up [`Status::Confirmed`] (one path fits), [`Status::Ambiguous`] (several
+//! fit; all are kept) or [`Status::Inconsistent`] (none fits — stale dump, unsupported module —
+//! with the reason). Nothing is guessed silently.
+//!
+//! nat tables run only for a connection's first packet (and RELATED ones): conntrack then
+//! applies the stored binding to later packets without traversing the table
+//! (nf_nat_inet_fn). Such tables are reported as skipped, with no steps — exactly what TRACE
+//! prints for them (nothing).
+
+mod evidence;
+
+use crate::eval::{Assumption, Candidate, EvalInput, Evaluator, NatRequest, NetContext, TableVerdict};
+use crate::event::Headers;
+use crate::netfilter::{Hook, Table};
+use crate::packet::{HookPass, ObservedVerdict, PacketState, PacketTrace, TableObservation};
+use crate::step::StepId;
+use serde::{Deserialize, Serialize};
+
+
+/// How well the kernel's evidence pins down the path through a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Confirmed,
+    Ambiguous,
+    Inconsistent,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Confirmed => "confirmed",
+            Status::Ambiguous => "ambiguous",
+            Status::Inconsistent => "inconsistent",
+        }
+    }
+}
+
+/// One TRACE position on a path, with the rule text and the packet state logged there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: StepId,
+    /// The rule (`-A` arguments, without `-A CHAIN`); None for a chain end.
+    pub rule_text: Option<String>,
+    pub mark: u32,
+    pub tos: u8,
+    pub ttl: u8,
+    /// skb->nf_trace was set at this step: the kernel's legacy TRACE printed it.
+    pub traced: bool,
+}
+
+/// A NAT translation, as requested by a rule and observed across the table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NatInfo {
+    /// The rule that asked for it.
+    pub step: StepId,
+    pub request: NatRequest,
+    pub from: Endpoint,
+    pub to: Endpoint,
+}
+
+/// Address and port (None for protocols without ports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: std::net::IpAddr,
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.addr, self.port) {
+            (std::net::IpAddr::V6(a), Some(p)) => write!(f, "[{a}]:{p}"),
+            (a, Some(p)) => write!(f, "{a}:{p}"),
+            (a, None) => write!(f, "{a}"),
+        }
+    }
+}
+
+/// One candidate path through a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Path {
+    pub steps: Vec<Step>,
+    pub verdict: TableVerdict,
+    pub nat: Option<NatInfo>,
+    pub mark: u32,
+    pub ctmark: Option<u32>,
+    pub assumptions: Vec<Assumption>,
+    /// A TRACE target ran on this path (skb->nf_trace set from then on).
+    pub sets_trace: bool,
+    /// Why the evidence rules this path out (only on paths kept for an inconsistent table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected: Option<String>,
+}
+
+/// The reconstruction of one table on one hook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableResult {
+    pub table: Table,
+    pub status: Status,
+    /// Why inconsistent, or a note (e.g. why the table was not traversed).
+    pub reason: Option<String>,
+    /// The table was not traversed (nat after the first packet of a connection).
+    pub skipped: bool,
+    pub observed: ObservedVerdict,
+    /// Fitting paths (one when confirmed); for an inconsistent table, every evaluated path
+    /// with the reason it was ruled out.
+    pub paths: Vec<Path>,
+    /// Candidate paths the evidence ruled out.
+    pub ruled_out: usize,
+    /// The evaluator stopped exploring branch points (too many paths).
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconstructedHook {
+    pub hook: Hook,
+    /// Aligned with the packet's `hooks[i].tables`.
+    pub tables: Vec<TableResult>,
+}
+
+/// A packet with its reconstructed path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconstructedPacket {
+    pub packet: PacketTrace,
+    /// Aligned with `packet.hooks`.
+    pub hooks: Vec<ReconstructedHook>,
+    /// The worst table status.
+    pub status: Status,
+}
+
+impl ReconstructedPacket {
+    /// The path's steps in order (first path of every table), with their table observation.
+    pub fn steps(&self) -> impl Iterator<Item = (&HookPass, &TableObservation, &Step)> {
+        self.hooks.iter().zip(&self.packet.hooks).flat_map(|(rh, hp)| {
+            rh.tables.iter().zip(&hp.tables).flat_map(move |(tr, obs)| {
+                tr.paths.first().into_iter().flat_map(move |p| p.steps.iter().map(move |s| (hp, obs, s)))
+            })
+        })
+    }
+}
+
+/// Reconstructs one packet against the rules of its netns (`ev` must hold the ruleset of the
+/// packet's family) and the netns's host state.
+pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> ReconstructedPacket {
+    let mut nf_trace = false;
+    let mut hooks = Vec::with_capacity(packet.hooks.len());
+    for hp in &packet.hooks {
+        let mut tables = Vec::with_capacity(hp.tables.len());
+        for obs in &hp.tables {
+            let tr = reconstruct_table(packet, hp, obs, ev, ctx, nf_trace);
+            // skb->nf_trace stays set for the rest of the traversal once a TRACE target ran.
+            nf_trace |= tr.paths.first().is_some_and(|p| p.sets_trace);
+            tables.push(tr);
+        }
+        hooks.push(ReconstructedHook { hook: hp.hook, tables });
+    }
+    let status = hooks.iter().flat_map(|h| &h.tables).map(|t| t.status).max().unwrap_or(Status::Confirmed);
+    ReconstructedPacket { packet: packet.clone(), hooks, status }
+}
+
+fn reconstruct_table(
+    packet: &PacketTrace,
+    hp: &HookPass,
+    obs: &TableObservation,
+    ev: &Evaluator,
+    ctx: &NetContext,
+    nf_trace: bool,
+) -> TableResult {
+    let mut result = TableResult {
+        table: obs.table,
+        status: Status::Confirmed,
+        reason: None,
+        skipped: false,
+        observed: obs.verdict.clone(),
+        paths: Vec::new(),
+        ruled_out: 0,
+        truncated: false,
+    };
+    if ev.ruleset().family != packet.family {
+        return inconsistent(result, format!("rule dump is {:?}, packet is {:?}", ev.ruleset().family, packet.family));
+    }
+    if obs.table == Table::Nat {
+        if let Some(why) = evidence::nat_skipped(hp.hook, &obs.before) {
+            result.skipped = true;
+            result.reason = Some(why);
+            if matches!(obs.verdict, ObservedVerdict::Drop { .. }) {
+                return inconsistent(result, "dropped in the nat hook although the table was not traversed".into());
+            }
+            return result;
+        }
+    }
+    let input = EvalInput {
+        hook: hp.hook,
+        in_dev: hp.in_dev.as_deref(),
+        out_dev: hp.out_dev.as_deref(),
+        mac: hp.mac.as_deref(),
+        uid: hp.uid,
+        gid: hp.gid,
+        state: &obs.before,
+        nf_trace,
+    };
+    let traversal = match ev.evaluate(obs.table, &input, ctx) {
+        Ok(t) => t,
+        Err(e) => return inconsistent(result, e.to_string()),
+    };
+    result.truncated = traversal.truncated;
+    let mut fits = Vec::new();
+    let mut rejected = Vec::new();
+    for cand in traversal.candidates {
+        let path = to_path(ev, obs, hp.hook, &cand);
+        match evidence::check(obs, hp.hook, &cand, ctx, hp) {
+            Ok(()) => fits.push(path),
+            Err(why) => rejected.push(Path { rejected: Some(why), ..path }),
+        }
+    }
+    result.ruled_out = rejected.len();
+    // Fewest assumptions first: the path that needs no undecidable match to be true/false
+    // leads when several fit (they are all shown).
+    fits.sort_by_key(|p| p.assumptions.len());
+    let distinct = count_distinct_step_lists(&fits);
+    match distinct {
+        0 => {
+            let reason = rejected.first().and_then(|p| p.rejected.clone()).unwrap_or_default();
+            result.paths = rejected;
+            return inconsistent(result, reason);
+        }
+        1 => result.status = Status::Confirmed,
+        _ => result.status = Status::Ambiguous,
+    }
+    if result.truncated && result.status == Status::Confirmed {
+        result.status = Status::Ambiguous;
+        result.reason = Some(format!("more than {} paths: not all explored", crate::eval::MAX_CANDIDATES));
+    }
+    result.paths = fits;
+    result
+}
+
+fn inconsistent(mut r: TableResult, reason: String) -> TableResult {
+    r.status = Status::Inconsistent;
+    r.reason = Some(reason);
+    r
+}
+
+fn count_distinct_step_lists(paths: &[Path]) -> usize {
+    let mut seen: Vec<Vec<&StepId>> = Vec::new();
+    for p in paths {
+        let ids: Vec<&StepId> = p.steps.iter().map(|s| &s.id).collect();
+        if !seen.contains(&ids) {
+            seen.push(ids);
+        }
+    }
+    seen.len()
+}
+
+fn to_path(ev: &Evaluator, obs: &TableObservation, hook: Hook, c: &Candidate) -> Path {
+    let table = obs.table;
+    let steps: Vec<Step> = c
+        .steps
+        .iter()
+        .map(|s| Step {
+            id: ev.step_id(table, s),
+            rule_text: ev.rule_text(table, s).map(str::to_string),
+            mark: s.mark,
+            tos: s.tos,
+            ttl: s.ttl,
+            traced: s.traced,
+        })
+        .collect();
+    let nat = c.nat.as_ref().map(|(i, req)| {
+        let (from, to) = evidence::nat_endpoints(hook, &obs.before.headers, obs.after.as_ref().map(|a| &a.headers));
+        NatInfo { step: steps[*i].id.clone(), request: req.clone(), from, to }
+    });
+    Path { steps, verdict: c.verdict.clone(), nat, mark: c.mark, ctmark: c.ctmark, assumptions: c.assumptions.clone(), sets_trace: c.sets_trace, rejected: None }
+}
+
+/// Headers a table's TRACE lines show at a step (the table's input with the TOS/TTL the path
+/// had set by then).
+pub fn headers_at(before: &PacketState, step: &Step) -> Headers {
+    let mut h = before.headers.clone();
+    h.tos = step.tos;
+    h.ttl = step.ttl;
+    h
+}
