@@ -3,12 +3,19 @@
 //!
 //! - [`model`]: [`Ruleset`] → [`TableDump`] → [`Chain`] → [`Rule`], TRACE numbering;
 //! - [`matches`] / [`targets`]: typed options of the common modules, decidability;
+//! - [`parser`]: text → [`Ruleset`] ([`parse`], [`parse_bytes`]), [`lexer`]: word splitting;
 //! - [`error`]: [`ParseError`] with line and column.
 
 pub mod error;
+pub mod lexer;
 pub mod matches;
 pub mod model;
+mod parse_matches;
+mod parse_targets;
+pub mod parser;
+mod rule_spec;
 pub mod targets;
+mod values;
 
 pub use error::{ParseError, ParseErrorKind};
 pub use matches::{Decidability, Match, MatchKind};
@@ -16,4 +23,5 @@ pub use model::{
     Backend, Chain, Counters, Header, Iface, IpNet, Negatable, Policy, Proto, Rule, Ruleset,
     TableDump, Warning,
 };
+pub use parser::{parse, parse_bytes, parse_with, ParseOptions};
 pub use targets::{StandardVerdict, Target};

@@ -1,0 +1,120 @@
+//! Splits one line into words the way iptables-restore does: blanks separate words, double
+//! (or single) quotes group, and inside double quotes a backslash escapes the next character
+//! (iptables-save writes `"` and `\` in comments as `\"` and `\\`). Quotes may join parts of
+//! a word (`a"b c"` is the single word `ab c`). Columns are 1-based character positions.
+
+use super::error::{ParseError, ParseErrorKind};
+
+/// One word of a line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Word {
+    pub text: String,
+    /// 1-based character column of the word's first character (or opening quote).
+    pub col: u32,
+    /// True when any part was quoted: a quoted `!` is a value, not a negation.
+    pub quoted: bool,
+}
+
+impl Word {
+    /// True for an unquoted word equal to `s` (options and `!` must be unquoted).
+    pub fn is(&self, s: &str) -> bool {
+        !self.quoted && self.text == s
+    }
+}
+
+/// Splits `line` (line number `line_no`, for errors) into words.
+pub fn split(line: &str, line_no: u32) -> Result<Vec<Word>, ParseError> {
+    let mut words = Vec::new();
+    let mut cur: Option<Word> = None;
+    let mut quote: Option<(char, u32)> = None;
+    let mut escaped = false;
+    for (i, c) in line.chars().enumerate() {
+        let col = i as u32 + 1;
+        if let Some((q, _)) = quote {
+            let w = cur.get_or_insert_with(|| Word { text: String::new(), col, quoted: true });
+            if escaped {
+                escaped = false;
+                w.text.push(c);
+            } else if c == '\\' && q == '"' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            } else {
+                w.text.push(c);
+            }
+        } else if c == ' ' || c == '\t' {
+            words.extend(cur.take());
+        } else {
+            let w = cur.get_or_insert_with(|| Word { text: String::new(), col, quoted: false });
+            if c == '"' || c == '\'' {
+                quote = Some((c, col));
+                w.quoted = true;
+            } else {
+                w.text.push(c);
+            }
+        }
+    }
+    if let Some((_, col)) = quote {
+        return Err(ParseError::new(line_no, col, ParseErrorKind::UnterminatedQuote));
+    }
+    words.extend(cur);
+    Ok(words)
+}
+
+/// Quotes `s` for iptables-save output when needed (`"a b"`, `"say \"hi\""`).
+pub fn quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars().all(|c| !c.is_whitespace() && !matches!(c, '"' | '\'' | '\\'));
+    if plain {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(line: &str) -> Vec<String> {
+        split(line, 1).unwrap().into_iter().map(|w| w.text).collect()
+    }
+
+    #[test]
+    fn splits_on_blanks_and_keeps_columns() {
+        let w = split("-A  INPUT\t-j ACCEPT ", 1).unwrap();
+        assert_eq!(w.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), ["-A", "INPUT", "-j", "ACCEPT"]);
+        assert_eq!(w.iter().map(|w| w.col).collect::<Vec<_>>(), [1, 5, 11, 14]);
+    }
+
+    #[test]
+    fn quotes_group_and_escape() {
+        assert_eq!(texts(r#"--log-prefix "[UFW BLOCK] " -j"#), ["--log-prefix", "[UFW BLOCK] ", "-j"]);
+        assert_eq!(texts(r#"--comment "say \"hi\" \\o/""#), ["--comment", r#"say "hi" \o/"#]);
+        assert_eq!(texts(r#"a"b c"d 'e f'"#), ["ab cd", "e f"]);
+        assert_eq!(texts(r#"--comment """#), ["--comment", ""]);
+        let w = split(r#"! "!""#, 1).unwrap();
+        assert!(w[0].is("!") && !w[1].is("!"));
+    }
+
+    #[test]
+    fn unterminated_quote_names_its_column() {
+        let e = split(r#"-m comment --comment "oops"#, 7).unwrap_err();
+        assert_eq!((e.line, e.column), (7, 22));
+    }
+
+    #[test]
+    fn quote_round_trips() {
+        for s in ["plain", "a b", r#"x"y"#, r"back\slash", "", "[UFW BLOCK] "] {
+            assert_eq!(texts(&quote(s)), [s]);
+        }
+    }
+}
