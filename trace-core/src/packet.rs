@@ -60,6 +60,69 @@ pub struct HookPass {
     pub gid: Option<u32>,
     /// Tables in kernel order. Only tables that exist in this netns (registered) appear.
     pub tables: Vec<TableObservation>,
+    /// Every observed stage in kernel order: the tables above (same data) plus conntrack,
+    /// other nftables base chains and anything else the probe plan names.
+    #[serde(default)]
+    pub stages: Vec<StageObservation>,
+    /// Priorities of the probes that saw the packet on this pass, in order.
+    #[serde(default)]
+    pub probes: Vec<i32>,
+}
+
+/// A netfilter hook function the probes bracket: an iptables table or another registered hook.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Stage {
+    /// An iptables table (legacy or iptables-nft) at its standard priority.
+    Table { table: Table },
+    /// IP defragmentation (-400): reassembles before conntrack.
+    Defrag,
+    /// nf_conntrack_in (-200): attaches or creates the conntrack entry; drops invalid packets.
+    Conntrack,
+    /// __nf_conntrack_confirm (INT_MAX): inserts new entries; after the last probe, so only a
+    /// packet that is never seen again hints at it.
+    ConntrackConfirm,
+    /// A native nftables base chain at a non-iptables priority.
+    NftChain { table: String, chain: String },
+    /// Something else registered at this priority (named by whoever built the plan).
+    Other { name: String },
+}
+
+impl Stage {
+    pub fn table(&self) -> Option<Table> {
+        match self {
+            Stage::Table { table } => Some(*table),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Table { table } => write!(f, "{table}"),
+            Stage::Defrag => f.write_str("defrag"),
+            Stage::Conntrack => f.write_str("conntrack"),
+            Stage::ConntrackConfirm => f.write_str("conntrack-confirm"),
+            Stage::NftChain { table, chain } => write!(f, "nft:{table}:{chain}"),
+            Stage::Other { name } => f.write_str(name),
+        }
+    }
+}
+
+/// One stage on one hook for this packet (tables, conntrack, other chains).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageObservation {
+    pub stage: Stage,
+    pub priority: i32,
+    pub before: PacketState,
+    /// None when the packet did not come out of the stage.
+    pub after: Option<PacketState>,
+    pub verdict: ObservedVerdict,
+    /// Other stages sat between the same two probes (or a probe event was missing), so
+    /// before/after/verdict describe the group, not this stage alone.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// One skb traversal through netfilter, assembled from its events.
@@ -75,4 +138,27 @@ pub struct PacketTrace {
     pub hooks: Vec<HookPass>,
     /// True when events of this packet were lost or the capture stopped mid-traversal.
     pub incomplete: bool,
+    /// How the traversal ended, as far as the probes saw.
+    #[serde(default)]
+    pub fate: Fate,
+}
+
+/// How a packet's netfilter traversal ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "fate", rename_all = "snake_case")]
+pub enum Fate {
+    /// Came out of its last hook (INPUT or POSTROUTING).
+    Delivered,
+    /// Dropped inside a stage of `hook` (the stage's verdict has the reason).
+    Dropped { hook: Hook, stage: Stage },
+    /// Vanished inside a stage of `hook` without a drop report (NF_STOLEN, NF_QUEUE, consumed).
+    Stolen { hook: Hook, stage: Stage },
+    /// Freed with a drop reason outside netfilter (routing, socket lookup...) after `after`.
+    DroppedOutside { after: Hook, reason: u32, reason_name: Option<String> },
+    /// Came out of a non-final hook and was never seen again (routed where no probe is,
+    /// dropped without a report, or its events were lost).
+    Vanished { after: Hook },
+    /// The capture ended (or events were lost) before the outcome was seen.
+    #[default]
+    Unknown,
 }
