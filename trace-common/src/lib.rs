@@ -4,3 +4,4 @@
 #![no_std]
 pub mod filter;
 pub mod flowhash;
+pub mod record;

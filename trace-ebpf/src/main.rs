@@ -1,11 +1,39 @@
 //! iptrace's eBPF programs, built for bpfel-unknown-none by trace-user's build.rs.
 //!
+//! - [`nfhook`]: the BPF_PROG_TYPE_NETFILTER probe linked before the first and after every
+//!   table of each hook, and the skb:kfree_skb drop reporter;
+//! - [`maps`]: maps and load-time globals shared by them;
+//! - [`kread`] / [`headers`]: reading kernel structs (BTF offsets) and the packet headers;
+//! - [`filter`]: the capture filter evaluator (assembly developer's module).
+//!
 //! On the host (e.g. `cargo build --workspace`) this crate compiles to an empty binary so
 //! workspace-wide commands keep working; the programs exist only for `target_arch = "bpf"`.
-#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+#![cfg_attr(target_arch = "bpf", no_std, no_main, feature(asm_experimental_arch))]
 
+// The filter module also offers a one-call wrapper the probes do not use (see nfhook).
 #[cfg(target_arch = "bpf")]
-mod probes;
+#[allow(dead_code)]
+mod filter;
+#[cfg(target_arch = "bpf")]
+mod headers;
+#[cfg(target_arch = "bpf")]
+mod kread;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod nfhook;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// bpf_probe_read_kernel is GPL-only.
+#[cfg(target_arch = "bpf")]
+#[no_mangle]
+#[link_section = "license"]
+pub static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,371 @@
+//! Records the nfhook probes write to the ring buffer, the per-skb tracking state, the per-CPU
+//! counters and the load-time configuration (kernel struct offsets) — every kernel/user struct
+//! of the capture path, defined once.
+//!
+//! Every record starts with a [`RecordHeader`] whose `kind` says which struct follows; the
+//! collector (`trace_core::decode`) checks `kind`, `version` and the length before reading.
+//! All multi-byte fields are in host byte order except addresses (network order, as on the
+//! wire) — the probes convert ports/ids/seq numbers when they copy the headers.
+
+/// Bumped whenever a record layout changes; the decoder rejects other versions.
+pub const RECORD_VERSION: u8 = 1;
+
+/// [`RecordHeader::kind`] values.
+pub mod kind {
+    /// A [`super::ProbeRecord`]: a tracked skb seen by a netfilter-link probe.
+    pub const PROBE: u8 = 1;
+    /// A [`super::DropRecord`]: a tracked skb freed by kfree_skb with a drop reason.
+    pub const DROP: u8 = 2;
+}
+
+/// Common prefix of every ring-buffer record (8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// One of [`kind`].
+    pub kind: u8,
+    /// [`RECORD_VERSION`].
+    pub version: u8,
+    pub _pad0: u16,
+    /// Size in bytes of the whole record, header included.
+    pub len: u32,
+}
+
+/// [`ProbeRecord::flags`] bits.
+pub mod probe_flags {
+    /// `headers` holds a snapshot (else the headers are unchanged since this skb's previous
+    /// record and the snapshot bytes are not meaningful).
+    pub const HEADERS: u16 = 1 << 0;
+    /// `ctinfo`/`ct_*` are valid (skb->_nfct was set).
+    pub const CT: u16 = 1 << 1;
+    /// `mac` holds `mac_len` bytes of the link-layer header (received packets).
+    pub const MAC: u16 = 1 << 2;
+    /// `uid` is the socket owner's fsuid (locally generated packets with a full socket).
+    pub const UID: u16 = 1 << 3;
+    /// `gid` is the socket owner's fsgid.
+    pub const GID: u16 = 1 << 4;
+    /// This is the first record of the traversal (the probe that applied the filter).
+    pub const FIRST: u16 = 1 << 5;
+}
+
+/// [`HeaderSnapshot::l4_flags`] bits.
+pub mod l4_flags {
+    /// The transport header was read (not a non-first fragment, inside the packet).
+    pub const VALID: u8 = 1 << 0;
+}
+
+/// Maximum TCP option bytes (60-byte header − 20).
+pub const TCP_OPTIONS_MAX: usize = 40;
+/// Bytes of link-layer header kept (Ethernet: dst, src, type = 14).
+pub const MAC_MAX: usize = 16;
+/// IFNAMSIZ.
+pub const IFNAME_LEN: usize = 16;
+
+/// L3/L4 header snapshot (112 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderSnapshot {
+    /// Network byte order; IPv4 in bytes 0..4, the rest zero.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// IPv6 flow label (0 for IPv4).
+    pub flowlabel: u32,
+    /// IPv4 total length / IPv6 payload length + 40.
+    pub len: u16,
+    /// IPv4 identification.
+    pub id: u16,
+    /// IPv4 frag_off field (flags | offset).
+    pub frag: u16,
+    /// Transport protocol (IPv6: after extension headers).
+    pub proto: u8,
+    pub tos: u8,
+    pub ttl: u8,
+    /// [`l4_flags`].
+    pub l4_flags: u8,
+    /// TCP/UDP/SCTP ports, or ICMP id / sequence.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad0: u16,
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_window: u16,
+    pub tcp_urgp: u16,
+    /// TCP flags byte (FIN..CWR).
+    pub tcp_flags: u8,
+    /// The TCP header's 4 reserved bits.
+    pub tcp_res: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// UDP length field.
+    pub udp_len: u16,
+    /// Number of valid bytes in `tcp_options`.
+    pub tcp_opt_len: u8,
+    pub _pad1: u8,
+    pub tcp_options: [u8; TCP_OPTIONS_MAX],
+}
+
+/// One tracked skb at one probe (248 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeRecord {
+    pub header: RecordHeader,
+    /// bpf_ktime_get_ns.
+    pub ts_ns: u64,
+    /// skb address.
+    pub skb: u64,
+    /// First-seen time of this traversal: (skb, gen) identifies one packet.
+    pub gen: u64,
+    /// Conntrack entry address (opaque id), 0 without ct.
+    pub ct_id: u64,
+    /// Network namespace inode (state->net->ns.inum).
+    pub netns: u32,
+    /// Netfilter priority of the probe that wrote this record.
+    pub priority: i32,
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    /// skb->mark.
+    pub mark: u32,
+    /// ct->status (IPS_* bits; the low 32 bits of an unsigned long).
+    pub ct_status: u32,
+    pub ct_mark: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// NFPROTO_IPV4 (2) / NFPROTO_IPV6 (10).
+    pub pf: u8,
+    /// NF_INET_* hook number.
+    pub hook: u8,
+    /// [`probe_flags`].
+    pub flags: u16,
+    /// enum ip_conntrack_info (skb->_nfct & 7).
+    pub ctinfo: u8,
+    pub mac_len: u8,
+    pub _pad0: u16,
+    pub in_dev: [u8; IFNAME_LEN],
+    pub out_dev: [u8; IFNAME_LEN],
+    pub mac: [u8; MAC_MAX],
+    pub headers: HeaderSnapshot,
+    pub _pad1: u32,
+}
+
+/// A tracked skb freed with a drop reason (48 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropRecord {
+    pub header: RecordHeader,
+    pub ts_ns: u64,
+    pub skb: u64,
+    pub gen: u64,
+    /// Kernel address of the kfree_skb call site.
+    pub location: u64,
+    pub netns: u32,
+    /// enum skb_drop_reason value of the running kernel.
+    pub reason: u32,
+}
+
+/// Per-skb tracking state (value of the LRU hash keyed by skb address; 32 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tracked {
+    /// First-seen time: the traversal's generation.
+    pub gen: u64,
+    /// Hash of the last header snapshot sent (records carry headers only when it changes).
+    pub last_hash: u64,
+    /// Network namespace inode of the first probe.
+    pub netns: u32,
+    /// Records written for this traversal so far.
+    pub records: u16,
+    /// 1 = pending (filter passed, sampling decision waits for conntrack), 2 = tracked.
+    pub state: u8,
+    pub _pad0: u8,
+    pub _pad1: u64,
+}
+
+/// Per-CPU counters (index 0 of a per-CPU array), summed by the collector.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets met at a first-sight probe (PREROUTING / OUTPUT entry) in a traced netns.
+    pub seen: u64,
+    /// ... of which the filter rejected.
+    pub filtered_out: u64,
+    /// ... of which flow sampling skipped.
+    pub sampled_out: u64,
+    /// ... of which the rate limit skipped.
+    pub rate_limited: u64,
+    /// Packets tracked (passed filter, sampling and rate limit).
+    pub tracked: u64,
+    /// Records written to the ring buffer.
+    pub emitted: u64,
+    /// Records lost because the ring buffer was full (reserve failed).
+    pub lost: u64,
+    /// Drop records among `emitted`.
+    pub drops: u64,
+}
+
+/// Kernel struct member offsets, resolved by the collector from the running kernel's BTF and
+/// passed to the probes as a read-only global (`OFFSETS`). All in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    // struct nf_hook_state
+    pub state_hook: u32,
+    pub state_pf: u32,
+    pub state_in: u32,
+    pub state_out: u32,
+    pub state_net: u32,
+    // struct net: ns.inum
+    pub net_inum: u32,
+    // struct net_device
+    pub dev_ifindex: u32,
+    pub dev_name: u32,
+    // struct sk_buff
+    pub skb_head: u32,
+    pub skb_mark: u32,
+    pub skb_nfct: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_mac_header: u32,
+    pub skb_sk: u32,
+    // struct nf_conn
+    pub ct_status: u32,
+    pub ct_mark: u32,
+    /// tuplehash[IP_CT_DIR_ORIGINAL].tuple
+    pub ct_tuple: u32,
+    // struct nf_conntrack_tuple
+    pub tuple_src_u3: u32,
+    pub tuple_src_port: u32,
+    pub tuple_dst_u3: u32,
+    pub tuple_dst_port: u32,
+    pub tuple_dst_protonum: u32,
+    // struct sock / socket / file / cred (LOG's UID=/GID=)
+    pub sk_state: u32,
+    pub sk_socket: u32,
+    pub socket_file: u32,
+    pub file_cred: u32,
+    pub cred_fsuid: u32,
+    pub cred_fsgid: u32,
+    /// 1 when the sock/socket/file/cred chain resolved (else UID/GID are not read).
+    pub have_creds: u32,
+}
+
+/// Load-time settings of the probes (read-only global `CONFIG`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Trace 1 flow in `sample_n` (0 or 1: every flow).
+    pub sample_n: u32,
+    /// Maximum new tracked packets per second (0: unlimited).
+    pub rate_limit: u32,
+}
+
+/// Token bucket state for `--rate-limit` (single-entry array map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    /// Last refill time (ns).
+    pub last_ns: u64,
+    /// Tokens × 1e9 (nano-tokens, so refills need no division per packet).
+    pub nano_tokens: u64,
+}
+
+/// The magic immediate the probe program carries in an `ld_imm64`; the collector rewrites it
+/// to the probe's priority in each loaded copy (one program per priority: netfilter links have
+/// no attach cookie).
+pub const PRIORITY_MAGIC: u64 = 0x7ead_5107_1a7e_c0de;
+
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 8);
+const _: () = assert!(core::mem::size_of::<HeaderSnapshot>() == 112);
+const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 248);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 48);
+const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
+const _: () = assert!(core::mem::size_of::<Counters>() == 64);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<RateState>() == 16);
+
+// SAFETY: plain #[repr(C)] data with explicit padding fields; every bit pattern is valid.
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for RecordHeader {}
+    unsafe impl aya::Pod for HeaderSnapshot {}
+    unsafe impl aya::Pod for ProbeRecord {}
+    unsafe impl aya::Pod for DropRecord {}
+    unsafe impl aya::Pod for Tracked {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for ProbeConfig {}
+    unsafe impl aya::Pod for RateState {}
+}
+
+impl HeaderSnapshot {
+    pub const ZERO: HeaderSnapshot = HeaderSnapshot {
+        saddr: [0; 16],
+        daddr: [0; 16],
+        flowlabel: 0,
+        len: 0,
+        id: 0,
+        frag: 0,
+        proto: 0,
+        tos: 0,
+        ttl: 0,
+        l4_flags: 0,
+        sport: 0,
+        dport: 0,
+        _pad0: 0,
+        tcp_seq: 0,
+        tcp_ack: 0,
+        tcp_window: 0,
+        tcp_urgp: 0,
+        tcp_flags: 0,
+        tcp_res: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        udp_len: 0,
+        tcp_opt_len: 0,
+        _pad1: 0,
+        tcp_options: [0; TCP_OPTIONS_MAX],
+    };
+}
+
+impl ProbeRecord {
+    pub const ZERO: ProbeRecord = ProbeRecord {
+        header: RecordHeader { kind: kind::PROBE, version: RECORD_VERSION, _pad0: 0, len: 248 },
+        ts_ns: 0,
+        skb: 0,
+        gen: 0,
+        ct_id: 0,
+        netns: 0,
+        priority: 0,
+        in_ifindex: 0,
+        out_ifindex: 0,
+        mark: 0,
+        ct_status: 0,
+        ct_mark: 0,
+        uid: 0,
+        gid: 0,
+        pf: 0,
+        hook: 0,
+        flags: 0,
+        ctinfo: 0,
+        mac_len: 0,
+        _pad0: 0,
+        in_dev: [0; IFNAME_LEN],
+        out_dev: [0; IFNAME_LEN],
+        mac: [0; MAC_MAX],
+        headers: HeaderSnapshot::ZERO,
+        _pad1: 0,
+    };
+}
+
+impl DropRecord {
+    pub const ZERO: DropRecord = DropRecord {
+        header: RecordHeader { kind: kind::DROP, version: RECORD_VERSION, _pad0: 0, len: 48 },
+        ts_ns: 0,
+        skb: 0,
+        gen: 0,
+        location: 0,
+        netns: 0,
+        reason: 0,
+    };
+}

@@ -1,0 +1,157 @@
+//! The L3/L4 header snapshot of an skb (what TRACE/LOG print and the filter looks at), read
+//! from skb->head + network_header. Ports, ids and sequence numbers are converted to host
+//! order; addresses stay in network order.
+
+use crate::kread::{read, read_buf};
+use trace_common::record::{l4_flags, HeaderSnapshot, TCP_OPTIONS_MAX};
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 extension headers we step over to find the transport header.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// Bound on extension headers walked (the verifier needs a constant bound).
+const MAX_EXT_HEADERS: usize = 4;
+
+/// Fill `h` from the network header at `nh` (kernel address). `pf` is NFPROTO_IPV4/IPV6.
+/// Returns false when the IP header could not be read.
+#[inline(always)]
+pub fn snapshot(pf: u8, nh: u64, h: &mut HeaderSnapshot) -> bool {
+    // Start from zero so that fields the protocol does not set hash and compare stably.
+    // SAFETY: plain data; write_bytes avoids a 112-byte temporary on the stack.
+    unsafe { core::ptr::write_bytes(h as *mut HeaderSnapshot, 0, 1) };
+    if pf == 2 {
+        ipv4(nh, h)
+    } else {
+        ipv6(nh, h)
+    }
+}
+
+#[inline(always)]
+fn ipv4(nh: u64, h: &mut HeaderSnapshot) -> bool {
+    let mut ip = [0u8; 20];
+    if !read_buf(nh, &mut ip) {
+        return false;
+    }
+    let ihl = (ip[0] & 0x0f) as u64 * 4;
+    h.tos = ip[1];
+    h.len = u16::from_be_bytes([ip[2], ip[3]]);
+    h.id = u16::from_be_bytes([ip[4], ip[5]]);
+    h.frag = u16::from_be_bytes([ip[6], ip[7]]);
+    h.ttl = ip[8];
+    h.proto = ip[9];
+    h.saddr = [0; 16];
+    h.daddr = [0; 16];
+    h.saddr[..4].copy_from_slice(&ip[12..16]);
+    h.daddr[..4].copy_from_slice(&ip[16..20]);
+    h.flowlabel = 0;
+    // Non-first fragments carry no transport header (tcpdump/iptables semantics).
+    if h.frag & 0x1fff != 0 || ihl < 20 {
+        h.l4_flags = 0;
+        return true;
+    }
+    transport(nh + ihl, h);
+    true
+}
+
+#[inline(always)]
+fn ipv6(nh: u64, h: &mut HeaderSnapshot) -> bool {
+    let mut ip = [0u8; 40];
+    if !read_buf(nh, &mut ip) {
+        return false;
+    }
+    h.tos = (ip[0] << 4) | (ip[1] >> 4);
+    h.flowlabel = u32::from_be_bytes([0, ip[1] & 0x0f, ip[2], ip[3]]);
+    h.len = u16::from_be_bytes([ip[4], ip[5]]).wrapping_add(40);
+    h.ttl = ip[7];
+    h.id = 0;
+    h.frag = 0;
+    h.saddr.copy_from_slice(&ip[8..24]);
+    h.daddr.copy_from_slice(&ip[24..40]);
+    let mut next = ip[6];
+    let mut off = nh + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let ext: [u8; 2] = read(off, 0);
+                next = ext[0];
+                off += (ext[1] as u64 + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => {
+                let frag: [u8; 4] = read(off, 0);
+                next = frag[0];
+                let frag_off = u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8;
+                h.frag = frag_off >> 3 | if frag[3] & 1 != 0 { 0x2000 } else { 0 };
+                off += 8;
+                if frag_off != 0 {
+                    h.proto = next;
+                    h.l4_flags = 0;
+                    return true;
+                }
+            }
+            _ => break,
+        }
+    }
+    h.proto = next;
+    transport(off, h);
+    true
+}
+
+/// Read the transport header at `l4` according to `h.proto`.
+#[inline(always)]
+fn transport(l4: u64, h: &mut HeaderSnapshot) {
+    h.l4_flags = 0;
+    h.tcp_opt_len = 0;
+    match h.proto {
+        IPPROTO_TCP => {
+            let mut t = [0u8; 20];
+            if !read_buf(l4, &mut t) {
+                return;
+            }
+            h.sport = u16::from_be_bytes([t[0], t[1]]);
+            h.dport = u16::from_be_bytes([t[2], t[3]]);
+            h.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            h.tcp_ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+            let doff = (t[12] >> 4) as usize * 4;
+            h.tcp_res = t[12] & 0x0f;
+            h.tcp_flags = t[13];
+            h.tcp_window = u16::from_be_bytes([t[14], t[15]]);
+            h.tcp_urgp = u16::from_be_bytes([t[18], t[19]]);
+            if doff > 20 && doff <= 20 + TCP_OPTIONS_MAX {
+                // Always copy the maximum: a constant size for the verifier; bytes past
+                // the options are ignored (tcp_opt_len).
+                if read_buf(l4 + 20, &mut h.tcp_options) {
+                    h.tcp_opt_len = (doff - 20) as u8;
+                }
+            }
+            h.l4_flags = l4_flags::VALID;
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let mut u = [0u8; 8];
+            if !read_buf(l4, &mut u) {
+                return;
+            }
+            h.sport = u16::from_be_bytes([u[0], u[1]]);
+            h.dport = u16::from_be_bytes([u[2], u[3]]);
+            h.udp_len = if h.proto == IPPROTO_UDP { u16::from_be_bytes([u[4], u[5]]) } else { 0 };
+            h.l4_flags = l4_flags::VALID;
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let mut c = [0u8; 8];
+            if !read_buf(l4, &mut c) {
+                return;
+            }
+            h.icmp_type = c[0];
+            h.icmp_code = c[1];
+            h.sport = u16::from_be_bytes([c[4], c[5]]);
+            h.dport = u16::from_be_bytes([c[6], c[7]]);
+            h.l4_flags = l4_flags::VALID;
+        }
+        _ => {}
+    }
+}

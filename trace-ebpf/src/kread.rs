@@ -1,0 +1,27 @@
+//! Reading kernel memory at offsets resolved from BTF. Every read goes through
+//! bpf_probe_read_kernel: the offsets are load-time values, and a failed read yields zero
+//! (a field we could not read is reported as absent, never as garbage).
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+
+/// `*(T *)(base + off)`, or zero when `base` is NULL or the read fails.
+#[inline(always)]
+pub fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+    if base == 0 {
+        return T::default();
+    }
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
+}
+
+/// Copy `dst.len()` bytes from `addr`; false when the read failed (dst is then zeroed).
+#[inline(always)]
+pub fn read_buf(addr: u64, dst: &mut [u8]) -> bool {
+    if addr == 0 {
+        return false;
+    }
+    if unsafe { bpf_probe_read_kernel_buf(addr as *const u8, dst) }.is_err() {
+        dst.fill(0);
+        return false;
+    }
+    true
+}

@@ -1,0 +1,103 @@
+//! Maps and read-only globals of the capture programs. Names are the collector's contract
+//! (trace_user::capture::loader looks them up by these names).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use trace_common::{
+    filter::FilterProgram,
+    record::{Counters, KernelOffsets, ProbeConfig, ProbeRecord, RateState, Tracked},
+};
+
+/// Records to the collector. The collector sets the size (`--ringbuf-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Tracked skbs: skb address → traversal state. LRU so that skbs freed without a drop report
+/// (consumed, stolen) age out instead of filling the map.
+#[map]
+pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65536, 0);
+
+/// The compiled capture filter (index 0), written by the collector before linking.
+#[map]
+pub static FILTER: Array<FilterProgram> = Array::with_max_entries(1, 0);
+
+/// Counters (index 0), summed over CPUs by the collector.
+#[map]
+pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch record (index 0): too big for the 512-byte stack.
+#[map]
+pub static SCRATCH: PerCpuArray<ProbeRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Records of packets whose sampling decision is pending (see nfhook::buffer_pending).
+#[map]
+pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
+
+/// `--rate-limit` token bucket (index 0).
+#[map]
+pub static RATE: Array<RateState> = Array::with_max_entries(1, 0);
+
+/// Kernel struct offsets from the running kernel's BTF (set by the collector at load time).
+#[no_mangle]
+pub static OFFSETS: KernelOffsets = KernelOffsets {
+    state_hook: 0,
+    state_pf: 0,
+    state_in: 0,
+    state_out: 0,
+    state_net: 0,
+    net_inum: 0,
+    dev_ifindex: 0,
+    dev_name: 0,
+    skb_head: 0,
+    skb_mark: 0,
+    skb_nfct: 0,
+    skb_network_header: 0,
+    skb_transport_header: 0,
+    skb_mac_header: 0,
+    skb_sk: 0,
+    ct_status: 0,
+    ct_mark: 0,
+    ct_tuple: 0,
+    tuple_src_u3: 0,
+    tuple_src_port: 0,
+    tuple_dst_u3: 0,
+    tuple_dst_port: 0,
+    tuple_dst_protonum: 0,
+    sk_state: 0,
+    sk_socket: 0,
+    socket_file: 0,
+    file_cred: 0,
+    cred_fsuid: 0,
+    cred_fsgid: 0,
+    have_creds: 0,
+};
+
+/// Sampling and rate limit (set by the collector at load time).
+#[no_mangle]
+pub static CONFIG: ProbeConfig = ProbeConfig { sample_n: 0, rate_limit: 0 };
+
+/// Read one field of a read-only global: volatile, so the compiler keeps the load (the values
+/// are patched into .rodata after compilation) and the verifier sees a constant.
+macro_rules! global {
+    ($g:ident . $f:ident) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::$g.$f)) }
+    };
+}
+pub(crate) use global;
+
+/// How many records of a not-yet-sampled packet are kept while waiting for the decision.
+pub const PENDING_RECORDS: usize = 3;
+
+/// Per-CPU holding area for the records a packet produced before its sampling decision
+/// (a traversal of the hooks before conntrack runs on one CPU; `skb`/`gen` detect the rare
+/// case where an interrupting packet took the slot).
+#[repr(C)]
+pub struct Pending {
+    pub skb: u64,
+    pub gen: u64,
+    pub count: u32,
+    pub _pad0: u32,
+    pub records: [ProbeRecord; PENDING_RECORDS],
+}

@@ -1,0 +1,518 @@
+//! The netfilter-link probe and the kfree_skb drop reporter.
+//!
+//! One program, loaded once per probe priority by the collector (which rewrites the
+//! [`PRIORITY_MAGIC`] immediate: netfilter links carry no cookie), linked on every hook that
+//! has a table around that priority, in every traced netns.
+//!
+//! Per packet: the first probe it meets on PREROUTING or OUTPUT ("first sight", a flag in the
+//! patched immediate) evaluates the filter and starts tracking the skb; every other probe
+//! costs one LRU lookup for untracked skbs. With `--sample 1/N` the flow decision waits for
+//! conntrack (the ORIGINAL tuple makes both directions and NAT'ed packets agree); records
+//! produced before it are held per CPU and flushed when the flow is kept.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use trace_common::{
+    filter::{input_flags, pred_matches, FilterInput, FilterPredicate, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS},
+    record::{kind, probe_flags, Counters, ProbeRecord, Tracked, PRIORITY_MAGIC, RECORD_VERSION},
+};
+
+use crate::{
+    filter, headers,
+    kread::{read, read_buf},
+    maps::{global, Pending, COUNTERS, EVENTS, FILTER, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED},
+};
+
+const NF_ACCEPT: i32 = 1;
+/// High half of the patched immediate: this copy is a first-sight probe.
+const SLOT_FIRST_SIGHT: u64 = 1 << 32;
+/// Probes at or above this priority run after conntrack (NF_IP_PRI_CONNTRACK + 1).
+const PRIO_AFTER_CONNTRACK: i32 = -199;
+const NF_INET_PRE_ROUTING: u8 = 0;
+const NF_INET_LOCAL_OUT: u8 = 3;
+/// Tracked::state values.
+const STATE_PENDING: u8 = 1;
+const STATE_TRACKED: u8 = 2;
+/// TCP_TIME_WAIT / TCP_NEW_SYN_RECV: not full sockets (no sk_socket).
+const TCP_TIME_WAIT: u8 = 6;
+const TCP_NEW_SYN_RECV: u8 = 12;
+/// Offset of the header snapshot: a record without headers stops there.
+const SHORT_LEN: usize = core::mem::offset_of!(ProbeRecord, headers);
+const FULL_LEN: usize = core::mem::size_of::<ProbeRecord>();
+
+/// The per-copy immediate: low 32 bits = priority, high bits = flags (see module doc).
+#[inline(always)]
+fn probe_slot() -> u64 {
+    let v: u64;
+    // SAFETY: loads an immediate into a register; no memory access.
+    unsafe {
+        core::arch::asm!("{0} = {magic} ll", out(reg) v, magic = const PRIORITY_MAGIC,
+            options(pure, nomem, nostack));
+    }
+    v
+}
+
+/// BPF_PROG_TYPE_NETFILTER entry point. ctx = struct bpf_nf_ctx { state, skb }.
+#[no_mangle]
+#[link_section = "netfilter"]
+pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
+    let slot = probe_slot();
+    // SAFETY: bpf_nf_ctx is two pointers; the verifier checks the ctx accesses.
+    let (state, skb) = unsafe { (*ctx as u64, *ctx.add(1) as u64) };
+    let prio = slot as u32 as i32;
+    if slot & SLOT_FIRST_SIGHT != 0 {
+        let hook: u8 = read(state, global!(OFFSETS.state_hook));
+        if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
+            first_sight(state, skb, prio);
+            return NF_ACCEPT;
+        }
+    }
+    if let Some(t) = TRACKED.get_ptr_mut(&skb) {
+        // SAFETY: map value pointer, valid for this program run.
+        follow(state, skb, prio, unsafe { &mut *t });
+    }
+    NF_ACCEPT
+}
+
+#[inline(always)]
+fn counters() -> Option<&'static mut Counters> {
+    // SAFETY: per-CPU map value; programs on one CPU do not run concurrently on it.
+    COUNTERS.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// First probe of a traversal: filter, then start tracking (pending the sampling decision).
+#[inline(always)]
+fn first_sight(state: u64, skb: u64, prio: i32) {
+    let Some(c) = counters() else { return };
+    c.seen += 1;
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch value.
+    let rec = unsafe { &mut *rec };
+    let now = unsafe { bpf_ktime_get_ns() };
+    fill_record(rec, state, skb, prio, now);
+    if !selected(rec) {
+        // A recycled skb address may still be in the map from an earlier traversal.
+        let _ = TRACKED.remove(&skb);
+        c.filtered_out += 1;
+        return;
+    }
+    let sampling = global!(CONFIG.sample_n) > 1;
+    let mut t = Tracked {
+        gen: now,
+        last_hash: 0,
+        netns: rec.netns,
+        records: 0,
+        state: if sampling { STATE_PENDING } else { STATE_TRACKED },
+        _pad0: 0,
+        _pad1: 0,
+    };
+    rec.gen = now;
+    rec.flags |= probe_flags::FIRST;
+    if !sampling {
+        if !rate_ok() {
+            let _ = TRACKED.remove(&skb);
+            c.rate_limited += 1;
+            return;
+        }
+        c.tracked += 1;
+        emit(rec, &mut t, c);
+    } else if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
+        if !decide(rec, &mut t, c) {
+            let _ = TRACKED.remove(&skb);
+            return;
+        }
+        emit(rec, &mut t, c);
+    } else {
+        start_pending(rec, &mut t);
+    }
+    let _ = TRACKED.insert(&skb, &t, 0);
+}
+
+/// A tracked (or pending) skb at a later probe.
+#[inline(always)]
+fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
+    let Some(c) = counters() else { return };
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch value.
+    let rec = unsafe { &mut *rec };
+    let now = unsafe { bpf_ktime_get_ns() };
+    fill_record(rec, state, skb, prio, now);
+    rec.gen = t.gen;
+    if t.state == STATE_TRACKED {
+        emit(rec, t, c);
+        return;
+    }
+    if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
+        if !decide(rec, t, c) {
+            let _ = TRACKED.remove(&skb);
+            return;
+        }
+        flush_pending(skb, t, c);
+        emit(rec, t, c);
+    } else {
+        add_pending(rec, t);
+    }
+}
+
+/// Filter verdict for the packet in `rec`.
+#[inline(never)]
+fn selected(rec: &ProbeRecord) -> bool {
+    let Some(prog) = FILTER.get(0) else { return false };
+    let h = &rec.headers;
+    let mut input = FilterInput::ZERO;
+    input.family = rec.pf;
+    input.proto = h.proto;
+    input.flags = if h.l4_flags != 0 { input_flags::L4_VALID } else { 0 };
+    input.icmp_type = h.icmp_type;
+    input.mark = rec.mark;
+    input.saddr = h.saddr;
+    input.daddr = h.daddr;
+    input.sport = h.sport;
+    input.dport = h.dport;
+    input.in_dev = rec.in_dev;
+    input.out_dev = rec.out_dev;
+    program_matches(prog, &input)
+}
+
+/// `trace_common::filter::matches` with each predicate evaluated in its own BPF function:
+/// fully inlined, the 16 × 8 unrolled predicates exceed the 512-byte stack.
+#[inline(always)]
+fn program_matches(prog: &FilterProgram, input: &FilterInput) -> bool {
+    let n = prog.n_clauses as usize;
+    for ci in 0..FILTER_MAX_CLAUSES {
+        if ci >= n {
+            break;
+        }
+        let clause = &prog.clauses[ci];
+        let np = clause.n_preds as usize;
+        let mut all = true;
+        for pi in 0..FILTER_MAX_PREDS {
+            if pi >= np {
+                break;
+            }
+            if !predicate(&clause.preds[pi], input) {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(never)]
+fn predicate(pred: &FilterPredicate, input: &FilterInput) -> bool {
+    pred_matches(pred, input)
+}
+
+/// Sampling decision (flow hash of the ct ORIGINAL tuple, else of the packet) and rate limit.
+/// Updates the counters; true when the packet is to be traced.
+#[inline(always)]
+fn decide(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) -> bool {
+    let n = global!(CONFIG.sample_n);
+    if !flow_kept(rec, n) {
+        c.sampled_out += 1;
+        return false;
+    }
+    if !rate_ok() {
+        c.rate_limited += 1;
+        return false;
+    }
+    c.tracked += 1;
+    t.state = STATE_TRACKED;
+    true
+}
+
+#[inline(never)]
+fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
+    if rec.ct_id != 0 {
+        let tuple = rec.ct_id + global!(OFFSETS.ct_tuple) as u64;
+        let mut src = [0u8; 16];
+        let mut dst = [0u8; 16];
+        read_buf(tuple + global!(OFFSETS.tuple_src_u3) as u64, &mut src);
+        read_buf(tuple + global!(OFFSETS.tuple_dst_u3) as u64, &mut dst);
+        let sport = u16::from_be(read(tuple, global!(OFFSETS.tuple_src_port)));
+        let dport = u16::from_be(read(tuple, global!(OFFSETS.tuple_dst_port)));
+        let proto: u8 = read(tuple, global!(OFFSETS.tuple_dst_protonum));
+        if rec.pf == 2 {
+            // The tuple's union is 16 bytes; IPv4 uses the first 4, the rest may be stale.
+            src[4..].fill(0);
+            dst[4..].fill(0);
+        }
+        return filter::flow_sampled(rec.pf, proto, &src, sport, &dst, dport, n);
+    }
+    let h = &rec.headers;
+    filter::flow_sampled(rec.pf, h.proto, &h.saddr, h.sport, &h.daddr, h.dport, n)
+}
+
+/// `--rate-limit` token bucket (one global bucket; updates are racy across CPUs, which only
+/// makes the limit approximate).
+#[inline(always)]
+fn rate_ok() -> bool {
+    let limit = global!(CONFIG.rate_limit) as u64;
+    if limit == 0 {
+        return true;
+    }
+    let Some(r) = RATE.get_ptr_mut(0) else { return true };
+    // SAFETY: array map value.
+    let r = unsafe { &mut *r };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let cap = limit * 1_000_000_000;
+    let elapsed = now.saturating_sub(r.last_ns);
+    // Refill `limit` tokens per second, capped at one second's worth (the burst).
+    let refill = if elapsed >= 1_000_000_000 { cap } else { elapsed * limit };
+    r.nano_tokens = core::cmp::min(cap, r.nano_tokens + refill);
+    r.last_ns = now;
+    if r.nano_tokens < 1_000_000_000 {
+        return false;
+    }
+    r.nano_tokens -= 1_000_000_000;
+    true
+}
+
+/// Write `rec` to the ring buffer, without the header snapshot when it did not change.
+#[inline(never)]
+fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters) {
+    let hash = header_hash(rec);
+    let with_headers = rec.flags & probe_flags::HEADERS != 0 && hash != t.last_hash;
+    if !with_headers {
+        rec.flags &= !probe_flags::HEADERS;
+    }
+    let len = if with_headers { FULL_LEN } else { SHORT_LEN };
+    rec.header.len = len as u32;
+    // SAFETY: ProbeRecord is plain data; we send its first `len` bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(rec as *const ProbeRecord as *const u8, FULL_LEN) };
+    let sent = if with_headers {
+        EVENTS.output::<[u8]>(bytes, 0)
+    } else {
+        EVENTS.output::<[u8]>(&bytes[..SHORT_LEN], 0)
+    };
+    t.records = t.records.wrapping_add(1);
+    if sent.is_ok() {
+        c.emitted += 1;
+        if with_headers {
+            t.last_hash = hash;
+        }
+    } else {
+        c.lost += 1;
+        // The collector missed this record: send the headers again next time.
+        t.last_hash = 0;
+    }
+}
+
+/// Hold the first record of a packet awaiting its sampling decision.
+#[inline(always)]
+fn start_pending(rec: &ProbeRecord, t: &mut Tracked) {
+    let Some(p) = PENDING.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU map value.
+    let p = unsafe { &mut *p };
+    p.skb = rec.skb;
+    p.gen = t.gen;
+    p.count = 0;
+    hold(p, rec);
+}
+
+#[inline(always)]
+fn add_pending(rec: &ProbeRecord, t: &mut Tracked) {
+    let Some(p) = PENDING.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU map value.
+    let p = unsafe { &mut *p };
+    if p.skb == rec.skb && p.gen == t.gen {
+        hold(p, rec);
+    }
+}
+
+#[inline(always)]
+fn hold(p: &mut Pending, rec: &ProbeRecord) {
+    let i = p.count as usize;
+    if i < PENDING_RECORDS {
+        // SAFETY: both are valid ProbeRecords in map memory; copy without a stack temporary.
+        unsafe { core::ptr::copy_nonoverlapping(rec, &mut p.records[i], 1) };
+    }
+    p.count += 1;
+}
+
+/// Send the held records of a packet that sampling kept. Records that did not fit, or that
+/// an interrupting packet overwrote, are counted as lost.
+#[inline(always)]
+fn flush_pending(skb: u64, t: &mut Tracked, c: &mut Counters) {
+    let Some(p) = PENDING.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU map value.
+    let p = unsafe { &mut *p };
+    if p.skb != skb || p.gen != t.gen {
+        c.lost += 1;
+        return;
+    }
+    for i in 0..PENDING_RECORDS {
+        if i as u32 >= p.count {
+            break;
+        }
+        emit(&mut p.records[i], t, c);
+    }
+    if p.count as usize > PENDING_RECORDS {
+        c.lost += (p.count as usize - PENDING_RECORDS) as u64;
+    }
+    p.skb = 0;
+}
+
+/// Fill everything but `gen` from the hook state and the skb.
+#[inline(never)]
+fn fill_record(rec: &mut ProbeRecord, state: u64, skb: u64, prio: i32, now: u64) {
+    rec.header.kind = kind::PROBE;
+    rec.header.version = RECORD_VERSION;
+    rec.ts_ns = now;
+    rec.skb = skb;
+    rec.priority = prio;
+    rec.flags = 0;
+    rec.hook = read(state, global!(OFFSETS.state_hook));
+    rec.pf = read(state, global!(OFFSETS.state_pf));
+    let net: u64 = read(state, global!(OFFSETS.state_net));
+    rec.netns = read(net, global!(OFFSETS.net_inum));
+    let indev: u64 = read(state, global!(OFFSETS.state_in));
+    let outdev: u64 = read(state, global!(OFFSETS.state_out));
+    rec.in_ifindex = read(indev, global!(OFFSETS.dev_ifindex));
+    rec.out_ifindex = read(outdev, global!(OFFSETS.dev_ifindex));
+    dev_name(indev, &mut rec.in_dev);
+    dev_name(outdev, &mut rec.out_dev);
+    rec.mark = read(skb, global!(OFFSETS.skb_mark));
+    conntrack(rec, skb);
+    let head: u64 = read(skb, global!(OFFSETS.skb_head));
+    let nh: u16 = read(skb, global!(OFFSETS.skb_network_header));
+    if head != 0 && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers) {
+        rec.flags |= probe_flags::HEADERS;
+    }
+    mac(rec, skb, head, indev);
+    creds(rec, skb);
+}
+
+#[inline(always)]
+fn dev_name(dev: u64, dst: &mut [u8; 16]) {
+    if dev == 0 || !read_buf(dev + global!(OFFSETS.dev_name) as u64, dst) {
+        *dst = [0; 16];
+    }
+}
+
+/// skb->_nfct: conntrack pointer | ctinfo (low 3 bits).
+#[inline(always)]
+fn conntrack(rec: &mut ProbeRecord, skb: u64) {
+    let nfct: u64 = read(skb, global!(OFFSETS.skb_nfct));
+    rec.ctinfo = (nfct & 7) as u8;
+    let ct = nfct & !7;
+    rec.ct_id = ct;
+    if nfct == 0 {
+        rec.ct_status = 0;
+        rec.ct_mark = 0;
+        return;
+    }
+    rec.flags |= probe_flags::CT;
+    // IP_CT_UNTRACKED (7) has no entry behind it.
+    if ct == 0 {
+        rec.ct_status = 0;
+        rec.ct_mark = 0;
+        return;
+    }
+    let status: u64 = read(ct, global!(OFFSETS.ct_status));
+    rec.ct_status = status as u32;
+    rec.ct_mark = read(ct, global!(OFFSETS.ct_mark));
+}
+
+/// Link-layer header of received packets (LOG's MAC=).
+#[inline(always)]
+fn mac(rec: &mut ProbeRecord, skb: u64, head: u64, indev: u64) {
+    rec.mac_len = 0;
+    if indev == 0 || head == 0 {
+        return;
+    }
+    let mh: u16 = read(skb, global!(OFFSETS.skb_mac_header));
+    // 0xffff: mac header not set.
+    if mh == 0xffff {
+        return;
+    }
+    let mut m = [0u8; 14];
+    if read_buf(head + mh as u64, &mut m) {
+        rec.mac[..14].copy_from_slice(&m);
+        rec.mac_len = 14;
+        rec.flags |= probe_flags::MAC;
+    }
+}
+
+/// Socket owner (skb->sk->sk_socket->file->f_cred fsuid/fsgid), as LOG prints UID=/GID=.
+#[inline(always)]
+fn creds(rec: &mut ProbeRecord, skb: u64) {
+    rec.uid = 0;
+    rec.gid = 0;
+    if global!(OFFSETS.have_creds) == 0 {
+        return;
+    }
+    let sk: u64 = read(skb, global!(OFFSETS.skb_sk));
+    if sk == 0 {
+        return;
+    }
+    let st: u8 = read(sk, global!(OFFSETS.sk_state));
+    if st == TCP_TIME_WAIT || st == TCP_NEW_SYN_RECV {
+        return;
+    }
+    let sock: u64 = read(sk, global!(OFFSETS.sk_socket));
+    let file: u64 = read(sock, global!(OFFSETS.socket_file));
+    let cred: u64 = read(file, global!(OFFSETS.file_cred));
+    if cred == 0 {
+        return;
+    }
+    rec.uid = read(cred, global!(OFFSETS.cred_fsuid));
+    rec.gid = read(cred, global!(OFFSETS.cred_fsgid));
+    rec.flags |= probe_flags::UID | probe_flags::GID;
+}
+
+/// FNV-1a over the snapshot's 32-bit words (headers-changed detection only).
+#[inline(always)]
+fn header_hash(rec: &ProbeRecord) -> u64 {
+    let words = unsafe {
+        core::slice::from_raw_parts(
+            &rec.headers as *const _ as *const u32,
+            core::mem::size_of_val(&rec.headers) / 4,
+        )
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for w in words {
+        h ^= *w as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // 0 means "nothing sent yet".
+    h | 1
+}
+
+/// skb:kfree_skb(skb, location, reason, rx_sk): report drops of tracked skbs and stop
+/// tracking them (the address will be recycled).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let Some(t) = TRACKED.get_ptr(&skb) else { return 0 };
+    // SAFETY: map value pointer.
+    let t = unsafe { *t };
+    let _ = TRACKED.remove(&skb);
+    if t.state != STATE_TRACKED {
+        return 0;
+    }
+    let Some(c) = counters() else { return 0 };
+    let rec = trace_common::record::DropRecord {
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skb,
+        gen: t.gen,
+        location: ctx.arg(1),
+        netns: t.netns,
+        reason: ctx.arg::<u64>(2) as u32,
+        ..trace_common::record::DropRecord::ZERO
+    };
+    if EVENTS.output::<trace_common::record::DropRecord>(&rec, 0).is_ok() {
+        c.emitted += 1;
+        c.drops += 1;
+    } else {
+        c.lost += 1;
+    }
+    0
+}
