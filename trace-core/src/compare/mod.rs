@@ -1,9 +1,157 @@
 //! `iptrace compare`: checks captured paths against what the kernel itself printed.
 //!
-//! Stages: [`reference`] parses the kernel's output (legacy TRACE/LOG lines, xtables-monitor,
-//! nft monitor) into reference packets; [`nft_ruleset`] and [`resolve`] map nft handles, rule
-//! texts, policies and LOG prefixes to TRACE positions through the rulesets.
+//! Stages:
+//! - [`reference`] parses the kernel's output (legacy TRACE/LOG lines, xtables-monitor,
+//!   nft monitor) into reference packets;
+//! - [`nft_ruleset`] and [`resolve`] map nft handles, rule texts, policies and LOG prefixes to
+//!   TRACE positions through the rulesets;
+//! - [`captured`] reads iptrace's own packets (JSON lines);
+//! - [`matching`] pairs reference and captured packets, [`diff`] compares their paths;
+//! - [`report`] holds the totals and renders them.
 
+pub mod captured;
+pub mod diff;
+pub mod matching;
 pub mod nft_ruleset;
 pub mod reference;
+pub mod report;
 pub mod resolve;
+
+use captured::CapturedPacket;
+use matching::MatchOptions;
+use reference::{Evidence, ParsedReference, RefPacket};
+use report::{CapturedOnly, Outcome, PacketReport, Report, Totals};
+use resolve::{ResolveError, Resolver};
+use crate::rules::Target;
+use crate::step::StepId;
+
+/// Compares parsed reference output with captured packets.
+pub fn compare(reference: &ParsedReference, captured: &[CapturedPacket], resolver: &Resolver, opts: &MatchOptions) -> Report {
+    let pairs = matching::match_packets(&reference.packets, captured, opts);
+    let mut report = Report {
+        malformed: reference.malformed.clone(),
+        totals: Totals {
+            reference_packets: reference.packets.len(),
+            captured_packets: captured.len(),
+            unparsable: reference.malformed.len(),
+            skipped_lines: reference.skipped,
+            ..Totals::default()
+        },
+        ..Report::default()
+    };
+    for (r, pair) in reference.packets.iter().zip(&pairs) {
+        let outcome = match pair {
+            None => Outcome::OnlyInReference,
+            Some(i) => judge(r, &captured[*i], resolver, &mut report.missing_ruleset),
+        };
+        count(&mut report.totals, &outcome);
+        report.packets.push(PacketReport {
+            reference_line: r.line,
+            summary: report::summarize(r.headers.first()),
+            captured_index: *pair,
+            outcome,
+        });
+    }
+    report.only_in_capture = only_in_capture(reference, captured, &pairs, resolver);
+    report.totals.only_in_capture = report.only_in_capture.len();
+    report
+}
+
+fn count(t: &mut Totals, o: &Outcome) {
+    match o {
+        Outcome::Agree => t.agree += 1,
+        Outcome::OnlyInReference => t.only_in_reference += 1,
+        _ => t.differ += 1,
+    }
+}
+
+/// The outcome for one paired packet.
+fn judge(r: &RefPacket, c: &CapturedPacket, resolver: &Resolver, missing: &mut Option<String>) -> Outcome {
+    match &r.evidence {
+        Evidence::Path { steps } => {
+            let resolved: Result<Vec<StepId>, ResolveError> = steps.iter().map(|s| resolver.step(s)).collect();
+            match resolved {
+                Ok(ids) => {
+                    let diff = diff::diff_paths(&ids, &c.steps);
+                    if diff.first_difference.is_none() { Outcome::Agree } else { Outcome::Differ { diff } }
+                }
+                Err(e) => {
+                    if matches!(e, ResolveError::NeedRuleset { .. }) && missing.is_none() {
+                        *missing = Some(e.to_string());
+                    }
+                    Outcome::Unresolved { reason: e.to_string() }
+                }
+            }
+        }
+        Evidence::Logged { prefix } => judge_log(prefix, c, resolver, missing),
+    }
+}
+
+fn judge_log(prefix: &str, c: &CapturedPacket, resolver: &Resolver, missing: &mut Option<String>) -> Outcome {
+    if resolver.dump.is_none() {
+        let reason = "LOG lines name no chain: give the iptables-save dump (--ruleset) to find the LOG rules".to_string();
+        missing.get_or_insert_with(|| reason.clone());
+        return Outcome::Unresolved { reason };
+    }
+    let expected = resolver.log_rules(prefix);
+    if expected.is_empty() {
+        return Outcome::Unresolved { reason: format!("no LOG rule with prefix {prefix:?} in the ruleset") };
+    }
+    if c.steps.iter().any(|s| expected.contains(s)) {
+        Outcome::Agree
+    } else {
+        Outcome::LogNotInPath {
+            prefix: prefix.to_string(),
+            expected_one_of: expected.iter().map(ToString::to_string).collect(),
+            captured: c.steps.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Captured packets the reference should have shown but did not: those that went through a
+/// rule producing the reference (a TRACE rule for traces, a LOG rule for LOG lines). Without
+/// a dump every unpaired captured packet is listed.
+fn only_in_capture(reference: &ParsedReference, captured: &[CapturedPacket], pairs: &[Option<usize>], resolver: &Resolver) -> Vec<CapturedOnly> {
+    let paired: std::collections::HashSet<usize> = pairs.iter().flatten().copied().collect();
+    let logs = reference.packets.iter().any(|p| matches!(p.evidence, Evidence::Logged { .. }));
+    let producers = producer_steps(resolver, logs);
+    captured
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !paired.contains(i))
+        .filter(|(_, c)| producers.as_ref().is_none_or(|p| c.steps.iter().any(|s| p.contains(s))))
+        .map(|(i, c)| CapturedOnly { captured_index: i, summary: captured_summary(c) })
+        .collect()
+}
+
+/// TRACE rules (or LOG rules) of the dump as steps; None without a dump.
+fn producer_steps(resolver: &Resolver, logs: bool) -> Option<Vec<StepId>> {
+    let dump = resolver.dump?;
+    let mut out = Vec::new();
+    for t in &dump.tables {
+        for c in &t.chains {
+            for (i, r) in c.rules.iter().enumerate() {
+                let hit = if logs { matches!(r.target, Target::Log(_)) } else { matches!(r.target, Target::Trace) };
+                if hit {
+                    out.extend(c.step(t.table, i as u32 + 1));
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+fn captured_summary(c: &CapturedPacket) -> String {
+    let Some(h) = c.headers.first() else { return "no headers".into() };
+    let r = reference::RefHeaders {
+        src: Some(h.src),
+        dst: Some(h.dst),
+        proto: h.proto,
+        sport: h.sport,
+        dport: h.dport,
+        id: h.id,
+        tcp_flags: h.tcp_flags,
+        ..Default::default()
+    };
+    report::summarize(Some(&r))
+}

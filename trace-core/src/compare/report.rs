@@ -1,0 +1,164 @@
+//! The agreement report: totals, per-packet outcomes, and a side-by-side rendering of the
+//! first differences. Serializable as JSON (`iptrace compare --json`).
+
+use super::diff::PathDiff;
+use super::reference::{Malformed, RefHeaders};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub reference_packets: usize,
+    pub captured_packets: usize,
+    pub agree: usize,
+    pub differ: usize,
+    pub only_in_reference: usize,
+    pub only_in_capture: usize,
+    /// Reference lines that looked like netfilter output but did not parse.
+    pub unparsable: usize,
+    /// Reference lines that are not netfilter output (other kernel messages).
+    pub skipped_lines: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Agree,
+    /// The paths differ (see the rows).
+    Differ { diff: PathDiff },
+    /// A LOG line whose rule is not in the captured path.
+    LogNotInPath { prefix: String, expected_one_of: Vec<String>, captured: Vec<String> },
+    /// The reference step could not be placed in the ruleset (stale or wrong dump): counted
+    /// as a difference.
+    Unresolved { reason: String },
+    OnlyInReference,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PacketReport {
+    /// First line of the packet in the reference file.
+    pub reference_line: usize,
+    pub summary: String,
+    /// Index of the paired captured packet.
+    pub captured_index: Option<usize>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedOnly {
+    pub captured_index: usize,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub totals: Totals,
+    pub packets: Vec<PacketReport>,
+    pub only_in_capture: Vec<CapturedOnly>,
+    pub malformed: Vec<Malformed>,
+    /// Set when reference steps need a ruleset that was not given (bad input, exit 2).
+    pub missing_ruleset: Option<String>,
+}
+
+/// Exit status of `iptrace compare`.
+pub mod exit {
+    /// Every paired packet agrees.
+    pub const AGREE: u8 = 0;
+    /// A paired packet differs, or no packet could be paired at all.
+    pub const DIFFER: u8 = 1;
+    /// Bad input.
+    pub const BAD_INPUT: u8 = 2;
+}
+
+impl Report {
+    pub fn exit_code(&self) -> u8 {
+        if self.missing_ruleset.is_some() {
+            exit::BAD_INPUT
+        } else if self.totals.differ > 0 || self.totals.agree == 0 {
+            exit::DIFFER
+        } else {
+            exit::AGREE
+        }
+    }
+
+    /// Human-readable report: totals, then up to `max_diffs` differing packets side by side.
+    pub fn render_text(&self, max_diffs: usize) -> String {
+        let t = &self.totals;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "compare: {} reference packets, {} captured packets\n  agree {}  differ {}  only in reference {}  only in capture {}  unparsable lines {}",
+            t.reference_packets, t.captured_packets, t.agree, t.differ, t.only_in_reference, t.only_in_capture, t.unparsable
+        );
+        for m in self.malformed.iter().take(5) {
+            let _ = writeln!(s, "  unparsable line {}: {} ({})", m.line, m.reason, m.text);
+        }
+        let differing = self.packets.iter().filter(|p| is_difference(&p.outcome));
+        for p in differing.take(max_diffs) {
+            render_packet(&mut s, p);
+        }
+        if t.agree == 0 && self.missing_ruleset.is_none() {
+            let _ = writeln!(s, "no packet in common: nothing was compared");
+        }
+        s
+    }
+}
+
+fn is_difference(o: &Outcome) -> bool {
+    matches!(o, Outcome::Differ { .. } | Outcome::LogNotInPath { .. } | Outcome::Unresolved { .. })
+}
+
+fn render_packet(s: &mut String, p: &PacketReport) {
+    let cap = p.captured_index.map_or("-".to_string(), |i| format!("#{i}"));
+    let _ = writeln!(s, "\nreference line {} ({}) <-> captured {}", p.reference_line, p.summary, cap);
+    match &p.outcome {
+        Outcome::Differ { diff } => {
+            if !diff.captured_before.is_empty() {
+                let _ = writeln!(s, "  (captured before the reference starts: {})", diff.captured_before.join(", "));
+            }
+            let _ = writeln!(s, "    {:<44} {}", "reference", "captured");
+            for r in &diff.rows {
+                let mark = if r.same { ' ' } else { '!' };
+                let a = r.reference.as_deref().unwrap_or("-");
+                let b = r.captured.as_deref().unwrap_or("-");
+                let _ = writeln!(s, "  {mark} {a:<44} {b}");
+            }
+        }
+        Outcome::LogNotInPath { prefix, expected_one_of, captured } => {
+            let _ = writeln!(s, "  LOG {prefix:?} matched in the kernel; its rule ({}) is not in the captured path:", expected_one_of.join(" or "));
+            let _ = writeln!(s, "    {}", captured.join(" → "));
+        }
+        Outcome::Unresolved { reason } => {
+            let _ = writeln!(s, "  ! {reason}");
+        }
+        Outcome::Agree | Outcome::OnlyInReference => {}
+    }
+}
+
+/// `TCP 192.168.64.5:50676 > 192.168.64.4:10000 id 52575` for the report.
+pub fn summarize(h: Option<&RefHeaders>) -> String {
+    let Some(h) = h else { return "no headers".into() };
+    let addr = |a: Option<std::net::IpAddr>, p: Option<u16>| match (a, p) {
+        (Some(a), Some(p)) if a.is_ipv6() => format!("[{a}]:{p}"),
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a.to_string(),
+        (None, _) => "?".into(),
+    };
+    let proto = match h.proto {
+        Some(6) => "TCP".to_string(),
+        Some(17) => "UDP".into(),
+        Some(1) => "ICMP".into(),
+        Some(58) => "ICMPv6".into(),
+        Some(n) => format!("proto {n}"),
+        None => "IP".into(),
+    };
+    let mut s = format!("{proto} {} > {}", addr(h.src, h.sport), addr(h.dst, h.dport));
+    if let Some(id) = h.id {
+        let _ = write!(s, " id {id}");
+    }
+    if let Some(f) = h.tcp_flags {
+        let _ = write!(s, " flags 0x{f:02x}");
+    }
+    s
+}
