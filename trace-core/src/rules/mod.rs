@@ -4,8 +4,10 @@
 //! - [`model`]: [`Ruleset`] → [`TableDump`] → [`Chain`] → [`Rule`], TRACE numbering;
 //! - [`matches`] / [`targets`]: typed options of the common modules, decidability;
 //! - [`parser`]: text → [`Ruleset`] ([`parse`], [`parse_bytes`]), [`lexer`]: word splitting;
+//! - `display`: `Rule::to_save_text`, `Target::to_save_text`, `Display` for `Ruleset`;
 //! - [`error`]: [`ParseError`] with line and column.
 
+mod display;
 pub mod error;
 pub mod lexer;
 pub mod matches;

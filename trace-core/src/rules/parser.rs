@@ -375,7 +375,7 @@ impl Parser {
 fn header_backend(tool: &str, suffix: &str) -> Backend {
     if suffix == "(nf_tables)" || tool.contains("-nft") || tool.starts_with("xtables") {
         Backend::NfTables
-    } else if suffix == "(legacy)" || tool.contains("iptables") {
+    } else if suffix == "(legacy)" || tool.contains("tables") {
         Backend::Legacy
     } else {
         Backend::Unknown

@@ -219,8 +219,7 @@ pub(crate) fn parse_proto(s: &str) -> Option<Proto> {
 }
 
 /// The name iptables-save prints for a protocol number.
-#[allow(dead_code)] // used by the printer (display.rs)
-pub(crate) fn proto_name(p: Proto, family: Family) -> String {
+pub(crate) fn proto_name(p: Proto) -> String {
     match p {
         Proto::All => "all".into(),
         Proto::Num(1) => "icmp".into(),
@@ -230,7 +229,7 @@ pub(crate) fn proto_name(p: Proto, family: Family) -> String {
         Proto::Num(47) => "gre".into(),
         Proto::Num(50) => "esp".into(),
         Proto::Num(51) => "ah".into(),
-        Proto::Num(58) if family == Family::Ipv6 => "ipv6-icmp".into(),
+        Proto::Num(58) => "ipv6-icmp".into(),
         Proto::Num(132) => "sctp".into(),
         Proto::Num(136) => "udplite".into(),
         Proto::Num(n) => n.to_string(),
