@@ -214,7 +214,7 @@ fn set_nft_field(h: &mut RefHeaders, proto: &str, field: &str, v: &str) -> Resul
         ("ip", "id") => h.id = Some(num(&key, v)?),
         ("ip", "length") => h.len = Some(num(&key, v)?),
         // nft prints the IPv6 payload length; LOG prints payload + 40.
-        ("ip6", "length") => h.len = Some(num::<u32>(&key, v)? + 40),
+        ("ip6", "length") => h.len = Some(num::<u32>(&key, v)?.saturating_add(40)),
         ("ip6", "flowlabel") => h.flowlabel = Some(num(&key, v)?),
         ("tcp" | "udp" | "sctp" | "dccp" | "udplite", "sport") => {
             h.sport = Some(num(&key, v)?);
