@@ -8,6 +8,7 @@
 //! schema changes on the producer side do not break `compare`.
 
 use crate::event::{Headers, L4};
+use crate::reconstruct::ReconstructedPacket;
 use crate::step::StepId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -64,6 +65,68 @@ pub struct CapturedPacket {
     pub headers: Vec<CapturedHeaders>,
     /// The full reconstructed path.
     pub steps: Vec<StepId>,
+    /// Per table traversal, in order, every candidate path the reconstruction kept (the
+    /// first is the one in `steps`). Empty when the producer gave none; more than one
+    /// candidate for a table means the reconstruction was ambiguous there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub table_paths: Vec<Vec<Vec<StepId>>>,
+}
+
+/// Upper bound on the full paths an ambiguous packet expands to (product of the per-table
+/// candidates); beyond it only the first candidate of each table is compared.
+pub const MAX_CANDIDATE_PATHS: usize = 256;
+
+impl CapturedPacket {
+    /// Every full path the reconstruction allows, first candidates first; just `steps` when
+    /// there are no alternatives or too many combinations.
+    pub fn candidate_paths(&self) -> Vec<Vec<StepId>> {
+        let product = self.table_paths.iter().map(|t| t.len().max(1)).try_fold(1usize, |a, n| a.checked_mul(n));
+        match product {
+            Some(n) if n > 1 && n <= MAX_CANDIDATE_PATHS => {
+                let mut out: Vec<Vec<StepId>> = vec![Vec::new()];
+                for table in self.table_paths.iter().filter(|t| !t.is_empty()) {
+                    out = out
+                        .iter()
+                        .flat_map(|prefix| table.iter().map(move |p| [prefix.as_slice(), p].concat()))
+                        .collect();
+                }
+                out
+            }
+            _ => vec![self.steps.clone()],
+        }
+    }
+}
+
+impl From<&ReconstructedPacket> for CapturedPacket {
+    /// Direct adapter from the reconstruction (recordings replayed in process).
+    fn from(rp: &ReconstructedPacket) -> Self {
+        let mut headers: Vec<CapturedHeaders> = Vec::new();
+        let mut push = |h: CapturedHeaders| {
+            if !headers.contains(&h) {
+                headers.push(h);
+            }
+        };
+        for obs in rp.packet.hooks.iter().flat_map(|h| &h.tables) {
+            push(CapturedHeaders::from(&obs.before.headers));
+            if let Some(after) = &obs.after {
+                push(CapturedHeaders::from(&after.headers));
+            }
+        }
+        let table_paths: Vec<Vec<Vec<StepId>>> = rp
+            .hooks
+            .iter()
+            .flat_map(|h| &h.tables)
+            .filter(|t| !t.paths.is_empty())
+            .map(|t| t.paths.iter().map(|p| p.steps.iter().map(|s| s.id.clone()).collect()).collect())
+            .collect();
+        CapturedPacket {
+            index: 0,
+            ts_ns: Some(rp.packet.first_ts_ns),
+            headers,
+            steps: rp.steps().map(|(_, _, s)| s.id.clone()).collect(),
+            table_paths,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,19 +150,15 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<CapturedPacket>, CapturedError> {
             continue;
         }
         let v: Value = serde_json::from_str(raw).map_err(|e| CapturedError::Json { line, message: e.to_string() })?;
-        let Some(steps) = steps_array(&v) else { continue };
-        let steps = steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| step_of(s).ok_or_else(|| CapturedError::BadStep { line, index: i, text: s.to_string() }))
-            .collect::<Result<Vec<_>, _>>()?;
+        let Some(table_paths) = table_paths_of(&v, line)? else { continue };
+        let steps: Vec<StepId> = table_paths.iter().filter_map(|t| t.first()).flatten().cloned().collect();
         let mut headers = Vec::new();
         collect_headers(&v, &mut headers);
         if headers.is_empty() {
             return Err(CapturedError::NoHeaders { line });
         }
         let ts_ns = ["ts_ns", "first_ts_ns"].iter().find_map(|k| v.get(*k).and_then(Value::as_u64));
-        out.push(CapturedPacket { index: out.len(), ts_ns, headers, steps });
+        out.push(CapturedPacket { index: out.len(), ts_ns, headers, steps, table_paths });
     }
     if out.is_empty() {
         return Err(CapturedError::Empty);
@@ -109,6 +168,37 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<CapturedPacket>, CapturedError> {
 
 fn steps_array(v: &Value) -> Option<&Vec<Value>> {
     ["steps", "path"].iter().find_map(|k| v.get(*k).and_then(Value::as_array))
+}
+
+fn steps_of(arr: &[Value], line: usize) -> Result<Vec<StepId>, CapturedError> {
+    arr.iter()
+        .enumerate()
+        .map(|(i, s)| step_of(s).ok_or_else(|| CapturedError::BadStep { line, index: i, text: s.to_string() }))
+        .collect()
+}
+
+/// Per-table candidate paths of one JSON line. `iptrace.packet.v1` nests them as
+/// `hooks[].tables[].path.steps` (+ `alternatives[].steps`); a flat top-level `steps`/`path`
+/// array (this module's own form) takes precedence and counts as one table. None: the line is not a packet.
+fn table_paths_of(v: &Value, line: usize) -> Result<Option<Vec<Vec<Vec<StepId>>>>, CapturedError> {
+    if let Some(arr) = steps_array(v) {
+        return Ok(Some(vec![vec![steps_of(arr, line)?]]));
+    }
+    if let Some(hooks) = v.get("hooks").and_then(Value::as_array) {
+        let mut out = Vec::new();
+        for t in hooks.iter().filter_map(|h| h.get("tables")?.as_array()).flatten() {
+            let Some(first) = t.get("path").and_then(|p| p.get("steps")).and_then(Value::as_array) else { continue };
+            let mut cands = vec![steps_of(first, line)?];
+            for alt in t.get("alternatives").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(a) = alt.get("steps").and_then(Value::as_array) {
+                    cands.push(steps_of(a, line)?);
+                }
+            }
+            out.push(cands);
+        }
+        return Ok(Some(out));
+    }
+    Ok(None)
 }
 
 /// A step as a string `table:chain:kind:N`, an object holding such a string under `step`,
@@ -189,6 +279,16 @@ mod tests {
         let h = &p[0].headers[0];
         assert_eq!((h.proto, h.sport, h.dport, h.id, h.seq, h.tcp_flags), (Some(6), Some(1000), Some(80), Some(7), Some(9), Some(2)));
         assert_eq!(p[0].ts_ns, Some(5));
+    }
+
+    #[test]
+    fn reads_the_nested_packet_v1_paths_with_alternatives() {
+        let h = r#"{"src":"1.1.1.1","dst":"2.2.2.2","proto":6,"len":60,"id":7,"l4":{"sport":1,"dport":2,"seq":3,"ack":0,"flags":2}}"#;
+        let line = format!(r#"{{"schema":"iptrace.packet.v1","ts_ns":9,"hooks":[{{"hook":"PREROUTING","tables":[{{"table":"raw","before":{{"headers":{h}}},"path":{{"steps":[{{"step":"raw:PREROUTING:policy:2"}}]}},"alternatives":[]}},{{"table":"nat","before":{{"headers":{h}}},"path":{{"steps":[{{"step":"nat:PREROUTING:rule:1"}}]}},"alternatives":[{{"steps":[{{"step":"nat:PREROUTING:policy:2"}}]}}]}},{{"table":"mangle","skipped":true,"path":null}}]}}]}}"#);
+        let p = parse_jsonl(&line).unwrap();
+        assert_eq!(p[0].steps.iter().map(ToString::to_string).collect::<Vec<_>>(), ["raw:PREROUTING:policy:2", "nat:PREROUTING:rule:1"]);
+        assert_eq!(p[0].candidate_paths().len(), 2);
+        assert_eq!(p[0].headers[0].sport, Some(1));
     }
 
     #[test]

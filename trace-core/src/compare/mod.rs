@@ -71,10 +71,7 @@ fn judge(r: &RefPacket, c: &CapturedPacket, resolver: &Resolver, missing: &mut O
         Evidence::Path { steps } => {
             let resolved: Result<Vec<StepId>, ResolveError> = steps.iter().map(|s| resolver.step(s)).collect();
             match resolved {
-                Ok(ids) => {
-                    let diff = diff::diff_paths(&ids, &c.steps);
-                    if diff.first_difference.is_none() { Outcome::Agree } else { Outcome::Differ { diff } }
-                }
+                Ok(ids) => judge_path(&ids, c),
                 Err(e) => {
                     if matches!(e, ResolveError::NeedRuleset { .. }) && missing.is_none() {
                         *missing = Some(e.to_string());
@@ -85,6 +82,18 @@ fn judge(r: &RefPacket, c: &CapturedPacket, resolver: &Resolver, missing: &mut O
         }
         Evidence::Logged { prefix } => judge_log(prefix, c, resolver, missing),
     }
+}
+
+/// Agree when the reference equals the reconstructed path — or, for a packet the
+/// reconstruction left ambiguous, one of its candidate paths (the kernel's output then
+/// settles the ambiguity; the reconstruction was not wrong).
+fn judge_path(ids: &[StepId], c: &CapturedPacket) -> Outcome {
+    let diff = diff::diff_paths(ids, &c.steps);
+    if diff.first_difference.is_none() {
+        return Outcome::Agree;
+    }
+    let alternative_agrees = c.candidate_paths().iter().any(|p| diff::diff_paths(ids, p).first_difference.is_none());
+    if alternative_agrees { Outcome::Agree } else { Outcome::Differ { diff } }
 }
 
 fn judge_log(prefix: &str, c: &CapturedPacket, resolver: &Resolver, missing: &mut Option<String>) -> Outcome {
