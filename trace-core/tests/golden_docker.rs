@@ -418,3 +418,77 @@ fn edited_dumps_are_inconsistent_or_differ() {
     assert_ne!(before, after);
     assert!(after.contains(&"filter:DOCKER:rule:1".to_string()), "{after:?}");
 }
+
+/// Maps an `nft monitor trace` rule (nft syntax, no handle) to its TRACE position through
+/// `nft -a list ruleset`: the same rule text (counters removed) in the same chain; its index
+/// among the chain's rules is its iptables position.
+fn nft_position(ruleset: &str, table: Table, chain: &str, text: &str) -> Option<u32> {
+    let strip = |s: &str| {
+        let mut w: Vec<&str> = s.split_whitespace().collect();
+        while let Some(i) = w.iter().position(|x| *x == "counter") {
+            w.drain(i..(i + 5).min(w.len()));
+        }
+        if let Some(i) = w.iter().position(|x| *x == "#") {
+            w.truncate(i);
+        }
+        w.join(" ")
+    };
+    let want = strip(text);
+    let mut in_table = false;
+    let mut in_chain = false;
+    let mut n = 0;
+    for line in ruleset.lines() {
+        let l = line.trim();
+        if l.starts_with("table ") {
+            in_table = l.split_whitespace().nth(2) == Some(table.name());
+        } else if in_table && l.starts_with("chain ") {
+            in_chain = l.split_whitespace().nth(1) == Some(chain);
+            n = 0;
+        } else if in_chain && l.contains("# handle") && !l.starts_with("type ") {
+            n += 1;
+            if strip(l) == want {
+                return Some(n);
+            }
+        }
+    }
+    None
+}
+
+/// `nft monitor trace` (nft syntax) says the same as xtables-monitor: every packet's steps,
+/// mapped to positions through the nft ruleset listing, equal our reconstruction from the
+/// TRACE rule on.
+#[test]
+fn nft_monitor_traces_match_reconstruction() {
+    if fixtures().is_none() {
+        return;
+    }
+    use trace_core::compare::reference::{nftmon, RefStepPos};
+    for name in ["nft-remote", "nft-local"] {
+        let rs = ruleset(&format!("{name}.iptables-save.txt"));
+        let nft_rules = read(&format!("{name}.nft-ruleset.txt"));
+        let monitor = nftmon::parse(&read(&format!("{name}.nft-monitor.txt")));
+        assert!(monitor.malformed.is_empty(), "{name}: {:?}", monitor.malformed);
+        let ours = golden(&format!("{name}.txt"), &format!("{name}.iptables-save.txt"));
+        assert_eq!(monitor.packets.len(), ours.len(), "{name}: packets");
+        for (i, (mp, rp)) in monitor.packets.iter().zip(&ours).enumerate() {
+            let mapped: Vec<String> = mp
+                .steps()
+                .iter()
+                .map(|s| {
+                    let chain = rs.table(s.table).unwrap().chain(&s.chain).unwrap();
+                    match &s.pos {
+                        RefStepPos::RuleText { text } => {
+                            let n = nft_position(&nft_rules, s.table, &s.chain, text).unwrap_or_else(|| panic!("{name}: `{text}` not in ruleset"));
+                            chain.step(s.table, n).unwrap().to_string()
+                        }
+                        _ => chain.end_step(s.table).to_string(),
+                    }
+                })
+                .collect();
+            let all: Vec<_> = rp.steps().map(|(_, _, s)| s).collect();
+            let from = all.iter().position(|s| s.traced).unwrap() - 1;
+            let got: Vec<String> = all[from..].iter().map(|s| s.id.to_string()).collect();
+            assert_eq!(got, mapped, "{name} packet {}", i + 1);
+        }
+    }
+}
