@@ -256,6 +256,10 @@ pub struct ProbeConfig {
     pub sample_n: u32,
     /// Maximum new tracked packets per second (0: unlimited).
     pub rate_limit: u32,
+    /// Clauses of the loaded filter and the most predicates in one of them: the probe's loops
+    /// stop there, so the verifier only walks the filter actually loaded.
+    pub filter_clauses: u32,
+    pub filter_preds: u32,
 }
 
 /// Token bucket state for `--rate-limit` (single-entry array map).
@@ -280,7 +284,7 @@ const _: () = assert!(core::mem::size_of::<DropRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 
 // SAFETY: plain #[repr(C)] data with explicit padding fields; every bit pattern is valid.

@@ -76,7 +76,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 
 /// Sampling and rate limit (set by the collector at load time).
 #[no_mangle]
-pub static CONFIG: ProbeConfig = ProbeConfig { sample_n: 0, rate_limit: 0 };
+pub static CONFIG: ProbeConfig = ProbeConfig { sample_n: 0, rate_limit: 0, filter_clauses: 0, filter_preds: 0 };
 
 /// Read one field of a read-only global: volatile, so the compiler keeps the load (the values
 /// are patched into .rodata after compilation) and the verifier sees a constant.

@@ -177,17 +177,20 @@ fn selected(rec: &ProbeRecord) -> bool {
     program_matches(prog, &input)
 }
 
-/// `trace_common::filter::matches` with each predicate evaluated in its own BPF function:
-/// fully inlined, the 16 × 8 unrolled predicates exceed the 512-byte stack.
+/// `trace_common::filter::matches` with each predicate evaluated in its own BPF function
+/// (fully inlined, the 16 × 8 unrolled predicates exceed the 512-byte stack), and loops
+/// bounded by the loaded filter's shape (load-time constants), so the verifier walks only the
+/// predicates that exist instead of all 128.
 #[inline(always)]
 fn program_matches(prog: &FilterProgram, input: &FilterInput) -> bool {
-    let n = prog.n_clauses as usize;
+    let n = core::cmp::min(prog.n_clauses, global!(CONFIG.filter_clauses)) as usize;
+    let max_preds = global!(CONFIG.filter_preds) as usize;
     for ci in 0..FILTER_MAX_CLAUSES {
         if ci >= n {
             break;
         }
         let clause = &prog.clauses[ci];
-        let np = clause.n_preds as usize;
+        let np = core::cmp::min(clause.n_preds as usize, max_preds);
         let mut all = true;
         for pi in 0..FILTER_MAX_PREDS {
             if pi >= np {

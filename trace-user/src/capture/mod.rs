@@ -1,6 +1,13 @@
 //! The `nfhook` capture backend: BPF_PROG_TYPE_NETFILTER probes around every table of every
 //! hook, per network namespace, plus skb:kfree_skb for drops (issue 3).
 //!
-//! - [`object`]: the embedded eBPF object built by build.rs.
+//! - [`object`]: the embedded eBPF object built by build.rs;
+//! - [`btf`]: struct offsets and enum names from the running kernel's BTF;
+//! - [`loader`]: maps, globals and the kfree_skb program through aya, the netfilter probe
+//!   copies through raw BPF_PROG_LOAD;
+//! - [`link`]: BPF_LINK_CREATE netfilter links.
 
+pub mod btf;
+pub mod link;
+pub mod loader;
 pub mod object;

@@ -1,0 +1,432 @@
+//! Loading the capture programs.
+//!
+//! aya 0.14 knows neither the "netfilter" ELF section nor BPF_PROG_TYPE_NETFILTER, so:
+//! 1. the object is given to aya with the netfilter section renamed to ".text" (aya then treats
+//!    the probe as a plain function): aya creates the maps, patches the read-only globals
+//!    (offsets, sampling), and loads + attaches the tp_btf kfree_skb program;
+//! 2. the same renamed object is parsed with aya-obj, the probe function is registered as a
+//!    program, its map references are relocated to the fds aya created and its calls linked;
+//! 3. one copy per probe priority is loaded with a raw BPF_PROG_LOAD (type NETFILTER), its
+//!    `PRIORITY_MAGIC` immediate rewritten to the priority (links carry no cookie).
+//!    Links are created by [`super::link`].
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use aya::programs::BtfTracePoint;
+use aya::{Ebpf, EbpfLoader};
+use aya_obj::generated::bpf_insn;
+use trace_common::filter::{FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS};
+use trace_common::record::{Counters, KernelOffsets, ProbeConfig, PRIORITY_MAGIC};
+
+use super::btf::{Btf, BtfError};
+use super::object;
+
+/// Name of the netfilter probe function in the object.
+const PROBE_FN: &str = "nf_probe";
+/// ELF section holding netfilter programs (libbpf's SEC("netfilter")).
+const NETFILTER_SECTION: &str = "netfilter";
+const BPF_PROG_TYPE_NETFILTER: u32 = 32;
+const BPF_NETFILTER: u32 = 45;
+const BPF_PROG_LOAD: libc::c_long = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Object(#[from] object::ObjectError),
+    #[error("eBPF object: {0}")]
+    Elf(String),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error("aya: {0}")]
+    Aya(String),
+    #[error("map {0} missing from the eBPF object")]
+    NoMap(&'static str),
+    #[error("probe function {PROBE_FN} not found in the eBPF object")]
+    NoProbe,
+    #[error("the probe's priority immediate occurs {0} times (want 1)")]
+    Magic(usize),
+    #[error("BPF_PROG_LOAD (netfilter, priority {priority}) failed: {source}\n{log}")]
+    ProgLoad { priority: i32, source: std::io::Error, log: String },
+}
+
+fn aya_err(e: impl std::fmt::Display) -> LoadError {
+    LoadError::Aya(e.to_string())
+}
+
+/// What the probes need to know at load time.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub ringbuf_size: u32,
+    pub sample_n: u32,
+    pub rate_limit: u32,
+    pub filter: FilterProgram,
+}
+
+/// The loaded object: maps, the kfree_skb program (attached), and netfilter probe copies.
+pub struct Loaded {
+    ebpf: Ebpf,
+    /// Relocated probe instructions (before priority patching).
+    insns: Vec<bpf_insn>,
+    license: CString,
+    /// (priority, first_sight) → loaded program.
+    progs: HashMap<(i32, bool), OwnedFd>,
+    /// enum skb_drop_reason value → name without the SKB_DROP_REASON_ prefix.
+    pub drop_reasons: HashMap<u32, String>,
+}
+
+impl Loaded {
+    pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
+        let kbtf = Btf::from_sys()?;
+        let offsets = kernel_offsets(&kbtf)?;
+        let drop_reasons = kbtf
+            .enum_values("skb_drop_reason")
+            .map(|m| {
+                m.into_iter()
+                    .map(|(v, n)| (v as u32, n.trim_start_matches("SKB_DROP_REASON_").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let n_clauses = opts.filter.n_clauses.min(FILTER_MAX_CLAUSES as u32);
+        let max_preds =
+            opts.filter.clauses[..n_clauses as usize].iter().map(|c| c.n_preds).max().unwrap_or(0);
+        let config = ProbeConfig {
+            sample_n: opts.sample_n,
+            rate_limit: opts.rate_limit,
+            filter_clauses: n_clauses,
+            filter_preds: max_preds.min(FILTER_MAX_PREDS as u32),
+        };
+        let elf = hide_netfilter_sections(object::bytes()?)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ringbuf_size)
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("CONFIG", &config, true)
+            .load(&elf)
+            .map_err(aya_err)?;
+        let mut filter: Array<&mut MapData, FilterProgram> =
+            Array::try_from(ebpf.map_mut("FILTER").ok_or(LoadError::NoMap("FILTER"))?).map_err(aya_err)?;
+        filter.set(0, opts.filter, 0).map_err(aya_err)?;
+        attach_kfree_skb(&mut ebpf)?;
+        let (insns, license) = relocated_probe(&elf, &ebpf)?;
+        Ok(Loaded { ebpf, insns, license, progs: HashMap::new(), drop_reasons })
+    }
+
+    /// The probe program for `priority` (loaded on first use). `first_sight` copies apply
+    /// the filter to packets entering at PREROUTING/OUTPUT.
+    pub fn program(&mut self, priority: i32, first_sight: bool) -> Result<RawFd, LoadError> {
+        if let Some(fd) = self.progs.get(&(priority, first_sight)) {
+            return Ok(fd.as_raw_fd());
+        }
+        let mut insns = self.insns.clone();
+        patch_slot(&mut insns, priority, first_sight)?;
+        let fd = prog_load(&insns, &self.license, priority)?;
+        let raw = fd.as_raw_fd();
+        self.progs.insert((priority, first_sight), fd);
+        Ok(raw)
+    }
+
+    /// The ring buffer (taken once, by the reader).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::NoMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(aya_err)
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, LoadError> {
+        let map = self.ebpf.map("COUNTERS").ok_or(LoadError::NoMap("COUNTERS"))?;
+        let arr: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map).map_err(aya_err)?;
+        let per_cpu = arr.get(&0, 0).map_err(aya_err)?;
+        Ok(per_cpu.iter().fold(Counters::default(), |mut s, c| {
+            s.seen += c.seen;
+            s.filtered_out += c.filtered_out;
+            s.sampled_out += c.sampled_out;
+            s.rate_limited += c.rate_limited;
+            s.tracked += c.tracked;
+            s.emitted += c.emitted;
+            s.lost += c.lost;
+            s.drops += c.drops;
+            s
+        }))
+    }
+}
+
+fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let btf = aya::Btf::from_sys_fs().map_err(aya_err)?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("kfree_skb")
+        .ok_or_else(|| LoadError::Aya("program kfree_skb missing".into()))?
+        .try_into()
+        .map_err(aya_err)?;
+    prog.load("kfree_skb", &btf).map_err(aya_err)?;
+    prog.attach().map_err(aya_err)?;
+    Ok(())
+}
+
+/// The kernel struct offsets the probes read, from the running kernel's BTF.
+pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
+    let creds = (|| {
+        Ok::<_, BtfError>((
+            btf.offset("sock", "__sk_common.skc_state")?,
+            btf.offset("sock", "sk_socket")?,
+            btf.offset("socket", "file")?,
+            btf.offset("file", "f_cred")?,
+            btf.offset("cred", "fsuid")?,
+            btf.offset("cred", "fsgid")?,
+        ))
+    })();
+    let (sk_state, sk_socket, socket_file, file_cred, cred_fsuid, cred_fsgid, have_creds) = match creds {
+        Ok((a, b, c, d, e, f)) => (a, b, c, d, e, f, 1),
+        Err(e) => {
+            log::warn!("UID/GID of local packets unavailable: {e}");
+            (0, 0, 0, 0, 0, 0, 0)
+        }
+    };
+    Ok(KernelOffsets {
+        state_hook: btf.offset("nf_hook_state", "hook")?,
+        state_pf: btf.offset("nf_hook_state", "pf")?,
+        state_in: btf.offset("nf_hook_state", "in")?,
+        state_out: btf.offset("nf_hook_state", "out")?,
+        state_net: btf.offset("nf_hook_state", "net")?,
+        net_inum: btf.offset("net", "ns.inum")?,
+        dev_ifindex: btf.offset("net_device", "ifindex")?,
+        dev_name: btf.offset("net_device", "name")?,
+        skb_head: btf.offset("sk_buff", "head")?,
+        skb_mark: btf.offset("sk_buff", "mark")?,
+        skb_nfct: btf.offset("sk_buff", "_nfct")?,
+        skb_network_header: btf.offset("sk_buff", "network_header")?,
+        skb_transport_header: btf.offset("sk_buff", "transport_header")?,
+        skb_mac_header: btf.offset("sk_buff", "mac_header")?,
+        skb_sk: btf.offset("sk_buff", "sk")?,
+        ct_status: btf.offset("nf_conn", "status")?,
+        ct_mark: btf.offset("nf_conn", "mark")?,
+        ct_tuple: btf.offset("nf_conn", "tuplehash.tuple")?,
+        tuple_src_u3: btf.offset("nf_conntrack_tuple", "src.u3")?,
+        tuple_src_port: btf.offset("nf_conntrack_tuple", "src.u.all")?,
+        tuple_dst_u3: btf.offset("nf_conntrack_tuple", "dst.u3")?,
+        tuple_dst_port: btf.offset("nf_conntrack_tuple", "dst.u.all")?,
+        tuple_dst_protonum: btf.offset("nf_conntrack_tuple", "dst.protonum")?,
+        sk_state,
+        sk_socket,
+        socket_file,
+        file_cred,
+        cred_fsuid,
+        cred_fsgid,
+        have_creds,
+    })
+}
+
+/// A copy of the ELF where every "netfilter" section is named ".text" (an existing string of
+/// the section-name table), so aya's parser accepts the object and treats the probe as a
+/// function it relocates but never loads.
+fn hide_netfilter_sections(elf: &[u8]) -> Result<Vec<u8>, LoadError> {
+    let bad = |what: &str| LoadError::Elf(what.to_string());
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
+        return Err(bad("not a little-endian ELF64 object"));
+    }
+    let shoff = u64_at(0x28).ok_or(bad("truncated header"))? as usize;
+    let shentsize = u16_at(0x3a).ok_or(bad("truncated header"))? as usize;
+    let shnum = u16_at(0x3c).ok_or(bad("truncated header"))? as usize;
+    let shstrndx = u16_at(0x3e).ok_or(bad("truncated header"))? as usize;
+    let sh = |i: usize| shoff + i * shentsize;
+    let strtab_off = u64_at(sh(shstrndx) + 0x18).ok_or(bad("truncated section table"))? as usize;
+    let strtab_size = u64_at(sh(shstrndx) + 0x20).ok_or(bad("truncated section table"))? as usize;
+    let strtab = elf.get(strtab_off..strtab_off + strtab_size).ok_or(bad("truncated string table"))?;
+    let name_at = |off: u32| -> &[u8] {
+        let s = strtab.get(off as usize..).unwrap_or(&[]);
+        &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
+    };
+    let mut text_name = None;
+    let mut netfilter = Vec::new();
+    for i in 0..shnum {
+        let name_off = u32_at(sh(i)).ok_or(bad("truncated section table"))?;
+        match name_at(name_off) {
+            b".text" => text_name = Some(name_off),
+            n if n == NETFILTER_SECTION.as_bytes() => netfilter.push(i),
+            _ => {}
+        }
+    }
+    let text_name = text_name.ok_or(bad("no .text section name to reuse"))?;
+    if netfilter.is_empty() {
+        return Err(bad("no netfilter section"));
+    }
+    let mut out = elf.to_vec();
+    for i in netfilter {
+        out[sh(i)..sh(i) + 4].copy_from_slice(&text_name.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// The probe's instructions with maps relocated to aya's fds and bpf-to-bpf calls linked.
+fn relocated_probe(elf: &[u8], ebpf: &Ebpf) -> Result<(Vec<bpf_insn>, CString), LoadError> {
+    let mut obj = aya_obj::Object::parse(elf).map_err(aya_err)?;
+    let key = obj
+        .functions
+        .iter()
+        .find(|(_, f)| f.name == PROBE_FN)
+        .map(|(k, _)| *k)
+        .ok_or(LoadError::NoProbe)?;
+    obj.programs.insert(
+        PROBE_FN.to_string(),
+        aya_obj::Program {
+            license: obj.license.clone(),
+            kernel_version: None,
+            // Only used for bookkeeping by aya-obj; the kernel type is set in prog_load.
+            section: aya_obj::ProgramSection::SocketFilter,
+            section_index: key.0,
+            address: key.1,
+        },
+    );
+    // Clones: relocate_maps needs `&mut obj` while reading the map definitions.
+    let mut maps: Vec<(String, RawFd, aya_obj::Map)> = Vec::new();
+    for (name, def) in &obj.maps {
+        let map = ebpf.map(name).ok_or_else(|| LoadError::Aya(format!("aya created no map {name}")))?;
+        maps.push((name.clone(), map_fd(map)?, def.clone()));
+    }
+    let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
+    obj.relocate_maps(maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text_sections)
+        .map_err(aya_err)?;
+    obj.relocate_calls(&text_sections).map_err(aya_err)?;
+    let insns = obj.functions[&key].instructions.clone();
+    Ok((insns, obj.license.clone()))
+}
+
+fn map_fd(map: &Map) -> Result<RawFd, LoadError> {
+    let data = match map {
+        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
+        Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => d,
+        other => return Err(LoadError::Aya(format!("unexpected map kind {other:?}"))),
+    };
+    Ok(data.fd().as_fd().as_raw_fd())
+}
+
+/// Rewrite the `ld_imm64 PRIORITY_MAGIC`: low word = priority, high word = flags.
+fn patch_slot(insns: &mut [bpf_insn], priority: i32, first_sight: bool) -> Result<(), LoadError> {
+    let (lo, hi) = (PRIORITY_MAGIC as u32 as i32, (PRIORITY_MAGIC >> 32) as u32 as i32);
+    let hits: Vec<usize> = (0..insns.len().saturating_sub(1))
+        .filter(|&i| insns[i].code == 0x18 && insns[i].src_reg() == 0 && insns[i].imm == lo && insns[i + 1].imm == hi)
+        .collect();
+    if hits.len() != 1 {
+        return Err(LoadError::Magic(hits.len()));
+    }
+    insns[hits[0]].imm = priority;
+    insns[hits[0] + 1].imm = first_sight as i32;
+    Ok(())
+}
+
+/// union bpf_attr for BPF_PROG_LOAD, up to expected_attach_type (rest zero).
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    _rest: [u8; 72],
+}
+
+fn prog_load(insns: &[bpf_insn], license: &CString, priority: i32) -> Result<OwnedFd, LoadError> {
+    let attempt = |log: &mut Vec<u8>| -> Result<OwnedFd, std::io::Error> {
+        let mut name = [0u8; 16];
+        let n = format!("nfprobe_{}", priority as i64 + 0x8000_0000);
+        let len = n.len().min(15);
+        name[..len].copy_from_slice(&n.as_bytes()[..len]);
+        let attr = ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_NETFILTER,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: if log.is_empty() { 0 } else { 1 },
+            log_size: log.len() as u32,
+            log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
+            kern_version: 0,
+            prog_flags: 0,
+            prog_name: name,
+            prog_ifindex: 0,
+            expected_attach_type: BPF_NETFILTER,
+            _rest: [0; 72],
+        };
+        // SAFETY: attr points to valid memory for the call's duration; the kernel returns a new fd.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>())
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd owned by us.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    };
+    match attempt(&mut Vec::new()) {
+        Ok(fd) => Ok(fd),
+        Err(_) => {
+            let mut log = vec![0u8; 4 << 20];
+            match attempt(&mut log) {
+                Ok(fd) => Ok(fd),
+                Err(source) => {
+                    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                    let text = String::from_utf8_lossy(&log[..end]);
+                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                    let log = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                    Err(LoadError::ProgLoad { priority, source, log })
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prog_load_attr_layout() {
+        assert_eq!(std::mem::offset_of!(ProgLoadAttr, prog_name), 48);
+        assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
+    }
+
+    #[test]
+    fn hides_netfilter_section_in_the_built_object() {
+        let Ok(elf) = object::bytes() else { return };
+        let out = hide_netfilter_sections(elf).unwrap();
+        assert_eq!(out.len(), elf.len());
+        aya_obj::Object::parse(&out).expect("aya-obj parses the patched object");
+        assert!(aya_obj::Object::parse(elf).is_err(), "aya-obj 0.3 rejects the netfilter section");
+    }
+}
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    /// Loads the object and one first-sight and one plain probe copy (verifier on the running
+    /// kernel). Needs root; skipped loudly otherwise.
+    #[test]
+    fn loads_and_verifies_probes_as_root() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED loads_and_verifies_probes_as_root: needs root");
+            return;
+        }
+        let opts = LoadOptions {
+            ringbuf_size: 1 << 20,
+            sample_n: 0,
+            rate_limit: 0,
+            filter: FilterProgram::match_all(),
+        };
+        let mut l = Loaded::load(&opts).expect("load");
+        l.program(-301, true).expect("first-sight copy verifies");
+        l.program(-299, false).expect("plain copy verifies");
+        assert!(l.drop_reasons.values().any(|n| n == "NETFILTER_DROP"));
+        assert_eq!(l.counters().unwrap().seen, 0);
+    }
+}
