@@ -1,0 +1,391 @@
+//! Unit tests of the evaluator (ipt_do_table semantics), per match and per target, and of
+//! how reconstruction resolves branch points with kernel evidence.
+
+use trace_core::eval::{Evaluator, EvalInput, IfaceAddr, NetContext, TableVerdict, Traversal};
+use trace_core::event::{tcp_flags, CtSnapshot, Headers, L4};
+use trace_core::netfilter::{Family, Hook, Table};
+use trace_core::packet::{HookPass, ObservedVerdict, PacketState, PacketTrace, TableObservation};
+use trace_core::reconstruct::{reconstruct, Status};
+use trace_core::rules;
+
+fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Headers {
+    Headers {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        proto: 6,
+        len: 60,
+        tos: 0,
+        ttl: 64,
+        id: 1,
+        frag: 0x4000,
+        flowlabel: 0,
+        l4: L4::Tcp { sport, dport, seq: 1, ack: 0, window: 100, flags, res: 0, urgp: 0, options: vec![2, 4, 0x05, 0xb4, 1, 1] },
+    }
+}
+
+fn udp(src: &str, dst: &str, dport: u16) -> Headers {
+    Headers { proto: 17, l4: L4::Udp { sport: 5353, dport, len: 20 }, ..tcp(src, 1, dst, 1, 0) }
+}
+
+const NEW: Option<CtSnapshot> = Some(CtSnapshot { ctinfo: 2, status: 0, mark: 0, id: 1 });
+const EST: Option<CtSnapshot> = Some(CtSnapshot { ctinfo: 0, status: 0x1a, mark: 7, id: 1 });
+
+struct Case {
+    hook: Hook,
+    in_dev: Option<&'static str>,
+    out_dev: Option<&'static str>,
+    mac: Option<Vec<u8>>,
+    uid: Option<u32>,
+    state: PacketState,
+}
+
+impl Case {
+    fn new(hook: Hook, h: Headers) -> Self {
+        Case { hook, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, state: PacketState { headers: h, mark: 0, ct: NEW } }
+    }
+    fn out(mut self, d: &'static str) -> Self {
+        self.out_dev = Some(d);
+        self
+    }
+    fn no_in(mut self) -> Self {
+        self.in_dev = None;
+        self
+    }
+    fn mark(mut self, m: u32) -> Self {
+        self.state.mark = m;
+        self
+    }
+    fn ct(mut self, ct: Option<CtSnapshot>) -> Self {
+        self.state.ct = ct;
+        self
+    }
+    fn run(&self, dump: &str, table: Table, ctx: &NetContext) -> Traversal {
+        let ev = Evaluator::new(rules::parse(dump).unwrap_or_else(|e| panic!("{e}\n{dump}")));
+        let input = EvalInput {
+            hook: self.hook,
+            in_dev: self.in_dev,
+            out_dev: self.out_dev,
+            mac: self.mac.as_deref(),
+            uid: self.uid,
+            gid: self.uid,
+            state: &self.state,
+            nf_trace: false,
+        };
+        let t = ev.evaluate(table, &input, ctx).unwrap();
+        // Render step ids through the evaluator for assertions.
+        STEPS.with(|s| {
+            *s.borrow_mut() = t.candidates.iter().map(|c| c.steps.iter().map(|st| ev.step_id(table, st).to_string()).collect()).collect()
+        });
+        t
+    }
+}
+
+thread_local! {
+    static STEPS: std::cell::RefCell<Vec<Vec<String>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Step ids of every candidate of the last `Case::run`.
+fn steps() -> Vec<Vec<String>> {
+    STEPS.with(|s| s.borrow().clone())
+}
+
+fn filter(rules: &str) -> String {
+    format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n")
+}
+
+fn single(t: &Traversal) -> (&TableVerdict, Vec<String>) {
+    assert_eq!(t.candidates.len(), 1, "{:#?}", steps());
+    (&t.candidates[0].verdict, steps().remove(0))
+}
+
+fn unknown() -> NetContext {
+    NetContext::unknown()
+}
+
+#[test]
+fn jump_return_goto_and_policy_labels() {
+    let dump = filter(
+        ":A - [0:0]\n:B - [0:0]\n:C - [0:0]\n\
+         -A FORWARD -j A\n-A FORWARD -g B\n-A FORWARD -j ACCEPT\n\
+         -A A -p udp -j DROP\n-A A -j RETURN\n\
+         -A B -j C\n-A B -p tcp -j RETURN\n\
+         -A C -p tcp --dport 80 -j LOG\n",
+    );
+    let t = Case::new(Hook::Forward, tcp("10.0.0.1", 1000, "10.0.0.2", 80, tcp_flags::SYN)).out("eth1").run(&dump, Table::Filter, &unknown());
+    let (v, s) = single(&t);
+    // A: unconditional RETURN is labelled return:2. C falls off its end (return:2) back to B;
+    // B's RETURN (conditional: rule:2) returns past FORWARD (goto pushed nothing) to the
+    // underflow: FORWARD's policy entry.
+    assert_eq!(
+        s,
+        [
+            "filter:FORWARD:rule:1", "filter:A:return:2", "filter:FORWARD:rule:2", "filter:B:rule:1", "filter:C:rule:1",
+            "filter:C:return:2", "filter:B:rule:2", "filter:FORWARD:policy:4"
+        ]
+    );
+    assert_eq!(*v, TableVerdict::Drop);
+}
+
+#[test]
+fn unconditional_accept_in_builtin_chain_is_labelled_policy() {
+    let dump = filter("-A INPUT -j ACCEPT\n-A INPUT -m comment --comment x -j ACCEPT\n");
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:policy:1"]);
+    let dump = filter("-A INPUT -m comment --comment x -j ACCEPT\n");
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:1"], "a match makes it conditional");
+}
+
+#[test]
+fn rule_without_target_is_printed_and_falls_through() {
+    let dump = filter("-A INPUT -p tcp\n-A INPUT -p udp -j DROP\n");
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t), (&TableVerdict::Accept, vec!["filter:INPUT:rule:1".to_string(), "filter:INPUT:policy:3".to_string()]));
+}
+
+#[test]
+fn ip_part_addresses_masks_negations_interfaces_fragments() {
+    let dump = filter(
+        "-A INPUT -s 10.0.0.0/255.0.255.0 -j LOG\n\
+         -A INPUT ! -s 10.0.0.0/8 -j LOG\n\
+         -A INPUT -d 10.0.0.2/32 -i eth+ -j LOG\n\
+         -A INPUT ! -i eth0 -j LOG\n\
+         -A INPUT -o eth0 -j LOG\n\
+         -A INPUT ! -o eth0 -j LOG\n\
+         -A INPUT ! -p tcp -j LOG\n\
+         -A INPUT -f -j LOG\n\
+         -A INPUT ! -f -j LOG\n",
+    );
+    let t = Case::new(Hook::Input, tcp("10.9.0.1", 1, "10.0.0.2", 2, 0)).run(&dump, Table::Filter, &unknown());
+    // No output device on INPUT: -o eth0 fails, ! -o eth0 matches (compared against "").
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:3", "filter:INPUT:rule:6", "filter:INPUT:rule:9", "filter:INPUT:policy:10"]);
+
+    let mut frag = tcp("10.9.0.1", 1, "10.0.0.2", 2, 0);
+    frag.frag = 0x2000 | 100;
+    frag.l4 = L4::Other;
+    let dump = filter("-A INPUT -f -j LOG\n-A INPUT -p tcp --dport 2 -j LOG\n-A INPUT -p tcp -j LOG\n");
+    let t = Case::new(Hook::Input, frag).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:3", "filter:INPUT:policy:4"], "ports never match later fragments");
+}
+
+#[test]
+fn tcp_udp_icmp_multiport_matches() {
+    let dump = filter(
+        "-A INPUT -p tcp -m tcp --syn -j LOG\n\
+         -A INPUT -p tcp -m tcp --tcp-flags SYN,ACK ACK -j LOG\n\
+         -A INPUT -p tcp -m tcp --sport 1000:2000 ! --dport 22 -j LOG\n\
+         -A INPUT -p tcp -m multiport --dports 22,80:90 -j LOG\n\
+         -A INPUT -p tcp -m multiport ! --ports 1500 -j LOG\n\
+         -A INPUT -p tcp -m tcp --tcp-option 2 -j LOG\n\
+         -A INPUT -p tcp -m tcpmss --mss 1400:1500 -j LOG\n\
+         -A INPUT -p udp -m udp --dport 53 -j LOG\n",
+    );
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1500, "10.0.0.2", 85, tcp_flags::SYN)).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:3", "filter:INPUT:rule:4", "filter:INPUT:rule:6", "filter:INPUT:rule:7", "filter:INPUT:policy:9"]);
+    let t = Case::new(Hook::Input, udp("10.0.0.1", "10.0.0.2", 53)).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:8", "filter:INPUT:policy:9"]);
+
+    let mut ping = tcp("10.0.0.1", 0, "10.0.0.2", 0, 0);
+    ping.proto = 1;
+    ping.l4 = L4::Icmp { icmp_type: 8, code: 0, id: 1, seq: 1 };
+    let dump = filter("-A INPUT -p icmp -m icmp --icmp-type 0 -j LOG\n-A INPUT -p icmp -m icmp --icmp-type 8 -j ACCEPT\n");
+    let t = Case::new(Hook::Input, ping).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:2"]);
+}
+
+#[test]
+fn conntrack_state_status_and_invalid_without_ct() {
+    let dump = filter(
+        "-A INPUT -m conntrack --ctstate NEW -j LOG\n\
+         -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j LOG\n\
+         -A INPUT -m state --state INVALID -j LOG\n\
+         -A INPUT -m conntrack --ctstatus ASSURED -j LOG\n\
+         -A INPUT -m conntrack ! --ctstate DNAT -j LOG\n\
+         -A INPUT -m conntrack --ctdir REPLY -j LOG\n",
+    );
+    let h = tcp("10.0.0.1", 1, "10.0.0.2", 2, 0);
+    let t = Case::new(Hook::Input, h.clone()).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:5", "filter:INPUT:policy:7"]);
+    let t = Case::new(Hook::Input, h.clone()).ct(EST).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:2", "filter:INPUT:rule:5", "filter:INPUT:policy:7"], "status 0x1a lacks ASSURED (0x4); SRC_NAT is not DNAT");
+    let t = Case::new(Hook::Input, h.clone()).ct(None).run(&dump, Table::Filter, &unknown());
+    // Without a conntrack: INVALID; options other than --ctstate cannot match.
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:3", "filter:INPUT:rule:5", "filter:INPUT:policy:7"]);
+    let reply = Some(CtSnapshot { ctinfo: 3, status: 0x20, mark: 0, id: 1 });
+    let t = Case::new(Hook::Input, h).ct(reply).run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:2", "filter:INPUT:rule:6", "filter:INPUT:policy:7"]);
+}
+
+#[test]
+fn mark_connmark_and_their_targets() {
+    let dump = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+        -A PREROUTING -m mark --mark 0x1/0xff -j LOG\n\
+        -A PREROUTING -j MARK --set-xmark 0x101/0xffffffff\n\
+        -A PREROUTING -m mark --mark 0x1/0xff -j LOG\n\
+        -A PREROUTING -m connmark --mark 0x7 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n\
+        -A PREROUTING -m connmark --mark 0x101 -j CONNMARK --restore-mark --nfmask 0xf --ctmask 0xffffffff\n\
+        COMMIT\n";
+    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).ct(EST).mark(0x200).run(dump, Table::Mangle, &unknown());
+    let (_, s) = single(&t);
+    assert_eq!(s, ["mangle:PREROUTING:rule:2", "mangle:PREROUTING:rule:3", "mangle:PREROUTING:rule:4", "mangle:PREROUTING:rule:5", "mangle:PREROUTING:policy:6"]);
+    let c = &t.candidates[0];
+    assert_eq!(c.ctmark, Some(0x101));
+    // save: ctmark = (7 & !ffffffff) ^ 0x101; restore: mark = (0x101 & !0xf) ^ 0x101 = 0x001.
+    assert_eq!(c.mark, 0x001);
+    assert_eq!(c.steps[0].mark, 0x200);
+    assert_eq!(c.steps[1].mark, 0x101, "a step logs the mark set before it");
+    // No conntrack: connmark never matches, CONNMARK does nothing.
+    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).ct(None).run(dump, Table::Mangle, &unknown());
+    assert_eq!(single(&t).1.len(), 3);
+}
+
+#[test]
+fn dscp_tos_ttl_targets_change_the_packet() {
+    let dump = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+        -A FORWARD -j DSCP --set-dscp 0x2e\n-A FORWARD -m dscp --dscp 0x2e -j TTL --ttl-set 9\n-A FORWARD -m ttl --ttl-eq 9 -j LOG\nCOMMIT\n";
+    let t = Case::new(Hook::Forward, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).out("eth1").run(dump, Table::Mangle, &unknown());
+    let (_, s) = single(&t);
+    assert_eq!(s.len(), 4);
+    assert_eq!((t.candidates[0].tos, t.candidates[0].ttl), (0xb8, 9));
+}
+
+#[test]
+fn addrtype_uses_the_netns_addresses_or_branches() {
+    let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+        -A PREROUTING -m addrtype --dst-type LOCAL -j LOG\n-A PREROUTING -m addrtype --dst-type BROADCAST -j LOG\n\
+        -A PREROUTING -m addrtype --src-type MULTICAST -j LOG\nCOMMIT\n";
+    let ctx = NetContext::from_addrs([IfaceAddr { iface: "eth0".into(), addr: "10.0.0.2".parse().unwrap(), broadcast: Some("10.0.0.255".parse().unwrap()) }]);
+    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(dump, Table::Nat, &ctx);
+    assert_eq!(single(&t).1, ["nat:PREROUTING:rule:1", "nat:PREROUTING:policy:4"]);
+    let t = Case::new(Hook::Prerouting, udp("10.0.0.1", "10.0.0.255", 2)).run(dump, Table::Nat, &ctx);
+    assert_eq!(single(&t).1, ["nat:PREROUTING:rule:2", "nat:PREROUTING:policy:4"]);
+    let t = Case::new(Hook::Prerouting, udp("10.0.0.1", "255.255.255.255", 2)).run(dump, Table::Nat, &unknown());
+    assert_eq!(single(&t).1, ["nat:PREROUTING:rule:2", "nat:PREROUTING:policy:4"], "limited broadcast needs no context");
+    // Unknown addresses: LOCAL and BROADCAST are branch points (2 x 2 paths explored; the
+    // source 10.0.0.1 is not multicast whatever the context).
+    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(dump, Table::Nat, &unknown());
+    assert_eq!(t.candidates.len(), 4);
+    assert!(t.candidates.iter().all(|c| !c.assumptions.is_empty()));
+}
+
+#[test]
+fn iprange_length_mac_pkttype_owner() {
+    let dump = filter(
+        "-A INPUT -m iprange --src-range 10.0.0.0-10.0.0.9 -j LOG\n\
+         -A INPUT -m length --length 0:59 -j LOG\n\
+         -A INPUT -m mac --mac-source aa:bb:cc:dd:ee:ff -j LOG\n\
+         -A INPUT -m pkttype --pkt-type broadcast -j LOG\n\
+         -A OUTPUT -m owner --uid-owner 1000 -j LOG\n\
+         -A OUTPUT -m owner ! --uid-owner 0 -j LOG\n",
+    );
+    let mut c = Case::new(Hook::Input, tcp("10.0.0.5", 1, "10.0.0.2", 2, 0));
+    c.mac = Some(vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 8, 0]);
+    let t = c.run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:3", "filter:INPUT:rule:4", "filter:INPUT:policy:5"]);
+    let mut c = Case::new(Hook::Output, tcp("10.0.0.2", 1, "10.0.0.5", 2, 0)).no_in().out("eth0");
+    c.uid = Some(1000);
+    let t = c.run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:OUTPUT:rule:1", "filter:OUTPUT:rule:2", "filter:OUTPUT:policy:3"]);
+    c.uid = None;
+    let t = c.run(&dump, Table::Filter, &unknown());
+    assert_eq!(t.candidates.len(), 4, "owner unknown: both rules are branch points");
+}
+
+#[test]
+fn terminal_extension_targets() {
+    let h = tcp("10.0.0.1", 1, "10.0.0.2", 2, 0);
+    let t = Case::new(Hook::Input, h.clone()).run(&filter("-A INPUT -p tcp -j REJECT --reject-with tcp-reset\n"), Table::Filter, &unknown());
+    assert_eq!(*single(&t).0, TableVerdict::Drop);
+    let t = Case::new(Hook::Input, h.clone()).run(&filter("-A INPUT -j NFQUEUE --queue-num 3 --queue-bypass\n"), Table::Filter, &unknown());
+    assert_eq!(*single(&t).0, TableVerdict::Queue { bypass: true });
+    let t = Case::new(Hook::Input, h.clone()).run(&filter("-A INPUT -j FOOBAR --foo 1\n"), Table::Filter, &unknown());
+    let verdicts: Vec<_> = t.candidates.iter().map(|c| c.verdict.clone()).collect();
+    assert!(verdicts.contains(&TableVerdict::Accept) && verdicts.contains(&TableVerdict::Unknown { target: "FOOBAR".into() }), "{verdicts:?}");
+}
+
+#[test]
+fn missing_chain_and_missing_table_are_errors_not_guesses() {
+    let mut rs = rules::parse(&filter(":X - [0:0]\n-A INPUT -j X\n")).unwrap();
+    let input_chain = rs.tables[0].chains.iter().position(|c| c.name == "X").unwrap();
+    rs.tables[0].chains.remove(input_chain);
+    let ev = Evaluator::new(rs);
+    let st = PacketState { headers: tcp("10.0.0.1", 1, "10.0.0.2", 2, 0), mark: 0, ct: NEW };
+    let input = EvalInput { hook: Hook::Input, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, gid: None, state: &st, nf_trace: false };
+    let t = ev.evaluate(Table::Filter, &input, &unknown()).unwrap();
+    assert!(matches!(t.candidates[0].verdict, TableVerdict::Broken { .. }));
+    assert!(ev.evaluate(Table::Nat, &input, &unknown()).is_err());
+}
+
+/// A kube-proxy service: statistic random picks one of three endpoints. The evaluator
+/// explores all three; the DNAT observed after the nat table confirms exactly one.
+#[test]
+fn statistic_branches_are_resolved_by_the_observed_dnat() {
+    let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+        :KUBE-SERVICES - [0:0]\n:KUBE-SVC-A - [0:0]\n:KUBE-SEP-1 - [0:0]\n:KUBE-SEP-2 - [0:0]\n:KUBE-SEP-3 - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
+        -A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+        -A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-A\n\
+        -A KUBE-SVC-A -m statistic --mode random --probability 0.33333333349 -j KUBE-SEP-1\n\
+        -A KUBE-SVC-A -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-2\n\
+        -A KUBE-SVC-A -j KUBE-SEP-3\n\
+        -A KUBE-SEP-1 -s 10.244.0.1/32 -j KUBE-MARK-MASQ\n-A KUBE-SEP-1 -p tcp -m tcp -j DNAT --to-destination 10.244.0.1:8080\n\
+        -A KUBE-SEP-2 -s 10.244.0.2/32 -j KUBE-MARK-MASQ\n-A KUBE-SEP-2 -p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080\n\
+        -A KUBE-SEP-3 -s 10.244.0.3/32 -j KUBE-MARK-MASQ\n-A KUBE-SEP-3 -p tcp -m tcp -j DNAT --to-destination 10.244.0.3:8080\n\
+        -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\nCOMMIT\n";
+    let before = tcp("10.0.0.1", 40000, "10.96.0.10", 80, tcp_flags::SYN);
+    let t = Case::new(Hook::Prerouting, before.clone()).run(dump, Table::Nat, &unknown());
+    assert_eq!(t.candidates.len(), 3);
+
+    let after = tcp("10.0.0.1", 40000, "10.244.0.2", 8080, tcp_flags::SYN);
+    let rs = rules::parse(dump).unwrap();
+    let ev = Evaluator::new(rs);
+    let packet = |after: Headers, mark: u32| PacketTrace {
+        id: 1,
+        skb: 1,
+        gen: 1,
+        netns: 1,
+        family: Family::Ipv4,
+        first_ts_ns: 0,
+        hooks: vec![HookPass {
+            hook: Hook::Prerouting,
+            ts_ns: 0,
+            in_dev: Some("eth0".into()),
+            out_dev: None,
+            mac: None,
+            uid: None,
+            gid: None,
+            tables: vec![TableObservation {
+                table: Table::Nat,
+                priority: -100,
+                before: PacketState { headers: before.clone(), mark: 0, ct: NEW },
+                after: Some(PacketState { headers: after, mark, ct: NEW }),
+                verdict: ObservedVerdict::Accept,
+            }],
+            stages: vec![],
+            probes: vec![],
+        }],
+        incomplete: false,
+        fate: Default::default(),
+    };
+    let rp = reconstruct(&packet(after.clone(), 0), &ev, &unknown());
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
+    assert_eq!(tr.ruled_out, 2);
+    let ids: Vec<String> = tr.paths[0].steps.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(ids, ["nat:PREROUTING:rule:1", "nat:KUBE-SERVICES:rule:1", "nat:KUBE-SVC-A:rule:2", "nat:KUBE-SEP-2:rule:2"]);
+    assert_eq!(tr.paths[0].nat.as_ref().unwrap().to.to_string(), "10.244.0.2:8080");
+
+    // A translation no rule produces: inconsistent, with every evaluated path and why.
+    let rp = reconstruct(&packet(tcp("10.0.0.1", 40000, "10.244.0.9", 8080, tcp_flags::SYN), 0), &ev, &unknown());
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    assert_eq!(tr.paths.len(), 3);
+    assert!(tr.paths.iter().all(|p| p.rejected.as_deref().is_some_and(|r| r.contains("10.244.0.9:8080"))));
+
+    // No evidence (packet dropped later, verdict unknown, no after): ambiguous, all shown.
+    let mut p = packet(after, 0);
+    p.hooks[0].tables[0].after = None;
+    p.hooks[0].tables[0].verdict = ObservedVerdict::Unknown;
+    let rp = reconstruct(&p, &ev, &unknown());
+    assert_eq!(rp.hooks[0].tables[0].status, Status::Ambiguous);
+    assert_eq!(rp.hooks[0].tables[0].paths.len(), 3);
+}
