@@ -197,7 +197,9 @@ fn unknown_modules_and_options_are_kept_verbatim() {
     // A typed module with an option this parser does not know is not half-typed.
     let r = rule("-p sctp -m sctp --chunk-types any INIT -j ACCEPT");
     assert_eq!(only_kind(&r), &MatchKind::Unknown);
-    assert_eq!(r.matches[0].decidability(), Decidability::Headers);
+    assert_eq!(r.matches[0].decidability(), Decidability::Unknown, "untyped: not decidable");
+    let r = rule("-m hashlimit --hashlimit-upto 5/sec --hashlimit-name x -j ACCEPT");
+    assert_eq!(r.matches[0].decidability(), Decidability::Nondeterministic);
     let r = rule("-m brandnew --x 1 -j ACCEPT");
     assert_eq!(r.matches[0].decidability(), Decidability::Unknown);
     let r = rule("-j SECMARK --selctx system_u:object_r:x:s0");
@@ -329,6 +331,10 @@ fn errors_name_line_and_column() {
         (":X - [a:b]", 3, 6),
         ("[1:x] -A INPUT -j DROP", 3, 1),
         ("garbage", 3, 1),
+        ("-A INPUT -p udp -m tcp --dport 69 -j ACCEPT", 3, 17),
+        ("-A INPUT ! -p tcp -m tcp --dport 69 -j ACCEPT", 3, 19),
+        ("-A INPUT -m multiport --dports 1,2 -j ACCEPT", 3, 10),
+        ("-A INPUT -j TCPMSS --clamp-mss-to-pmtu", 3, 13),
     ];
     for (line, l, c) in cases {
         let text = format!("{head}{line}\nCOMMIT\n");
@@ -336,6 +342,8 @@ fn errors_name_line_and_column() {
         assert_eq!((el, ec), (*l, *c), "{line}: {kind}");
     }
     assert!(matches!(err_at("*bogus\nCOMMIT\n").2, UnknownTable { .. }));
+    // A user chain may be called like a module.
+    ok("*filter\n:INPUT ACCEPT [0:0]\n:tcp - [0:0]\n-A INPUT -j tcp\nCOMMIT\n");
     assert!(matches!(err_at("-A INPUT -j DROP\n").2, OutsideTable { .. }));
     assert!(matches!(err_at("COMMIT\n").2, OutsideTable { .. }));
     let e = parse("*filter\n-A INPUT -d x.x.x.x/32 -j ACCEPT\n").unwrap_err();

@@ -75,6 +75,8 @@ pub enum ParseErrorKind {
     UnknownJumpTarget { table: String, chain: String },
     #[error("insert position {position} is beyond the end of chain `{chain}` ({len} rules)")]
     BadInsertPosition { chain: String, position: u32, len: usize },
+    #[error("{what} is only valid with {need}, not with {proto} (the kernel refuses such a rule)")]
+    ProtocolMismatch { what: String, need: String, proto: String },
     #[error("address family mismatch: `{text}` in an {family} ruleset")]
     FamilyMismatch { text: String, family: String },
 }

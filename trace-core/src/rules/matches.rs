@@ -23,10 +23,16 @@ pub struct Match {
 }
 
 impl Match {
-    /// How much of this match the evaluator can decide from a captured packet.
+    /// How much of this match the evaluator can decide from a captured packet. An untyped
+    /// match ([`MatchKind::Unknown`]) is never reported as decidable from the packet: it is
+    /// the module's own class when that is already undecidable (`hashlimit` →
+    /// Nondeterministic), else [`Decidability::Unknown`] (options not modelled).
     pub fn decidability(&self) -> Decidability {
         match &self.kind {
-            MatchKind::Unknown => module_decidability(&self.module),
+            MatchKind::Unknown => match module_decidability(&self.module) {
+                d if d.from_packet() => Decidability::Unknown,
+                d => d,
+            },
             kind => kind.decidability(),
         }
     }
@@ -453,7 +459,9 @@ pub struct RecentMatch {
     pub mask: Option<IpAddr>,
 }
 
-/// `-m set [!] --match-set NAME src,dst[,..]` (further options kept in [`Match::args`]).
+/// `-m set [!] --match-set NAME src,dst[,..]`. The counter options (`--packets-gt N`,
+/// `! --update-counters`, `--return-nomatch`, ...) are accepted and kept only in
+/// [`Match::args`]: the set contents are undecidable anyway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SetMatch {
     pub name: String,

@@ -14,7 +14,7 @@ use super::model::{Counters, Iface, IpNet, Negatable, Proto, Rule};
 use super::parse_matches::parse_match;
 use super::parse_targets::parse_target;
 use super::targets::Target;
-use super::values::{parse_proto, Ctx};
+use super::values::{parse_proto, proto_name, Ctx};
 use crate::netfilter::Family;
 
 type Res<T> = Result<T, ParseError>;
@@ -58,6 +58,7 @@ pub(crate) fn parse_rule(words: &[Word], text: &str, cx: &mut Ctx, scope: &Scope
     let spec = read_spec(words, cx)?;
     let matches = typed_matches(&spec, cx)?;
     let (target, goto) = typed_target(&spec, cx, scope)?;
+    check_protocols(&spec, &matches, &target, cx)?;
     let srcs = expand(&spec.srcs);
     let dsts = expand(&spec.dsts);
     let mut rules = Vec::with_capacity(srcs.len() * dsts.len());
@@ -299,4 +300,51 @@ fn typed_target(spec: &Spec, cx: &mut Ctx, scope: &Scope) -> Res<(Target, bool)>
             Ok((parse_target(name, args, is_chain, scope.table, cx)?, false))
         }
     }
+}
+
+/// The protocols a module or target is restricted to (the kernel's `xt_match.proto` /
+/// `checkentry` tests, which make the whole table fail to load), with their names.
+fn required_protocols(what: &str) -> Option<(&'static [u8], &'static str)> {
+    Some(match what {
+        "tcp" | "tcpmss" | "TCPMSS" => (&[6], "-p tcp"),
+        "udp" => (&[17], "-p udp"),
+        "udplite" => (&[136], "-p udplite"),
+        "sctp" => (&[132], "-p sctp"),
+        "dccp" => (&[33], "-p dccp"),
+        "icmp" => (&[1], "-p icmp"),
+        "icmp6" => (&[58], "-p ipv6-icmp"),
+        "multiport" => (&[6, 17, 136, 132, 33], "-p tcp|udp|udplite|sctp|dccp"),
+        "TPROXY" => (&[6, 17], "-p tcp|udp"),
+        _ => return None,
+    })
+}
+
+/// Rejects `-p udp -m tcp` and the like: iptables-restore would fail on such a rule.
+fn check_protocols(spec: &Spec, matches: &[Match], target: &Target, cx: &Ctx) -> Res<()> {
+    let proto = spec.protocol.as_ref().and_then(|p| match p.value {
+        Proto::Num(n) if !p.negated => Some(n),
+        _ => None,
+    });
+    let proto_text = || match &spec.protocol {
+        None => "no -p".to_string(),
+        Some(p) => format!("{}-p {}", if p.negated { "! " } else { "" }, proto_name(p.value)),
+    };
+    let target_col = spec.target.as_ref().map_or(0, |(w, _)| w.col);
+    // Only extension targets: a jump to a user chain named `tcp` is not the tcp module.
+    let ext_target = match target {
+        Target::TcpMss { .. } | Target::Tproxy(_) => Some((target.name(), target_col)),
+        _ => None,
+    };
+    let items = matches.iter().map(|m| (m.module.as_str(), m.column)).chain(ext_target);
+    for (what, col) in items {
+        let Some((allowed, need)) = required_protocols(what) else { continue };
+        if !proto.is_some_and(|p| allowed.contains(&p)) {
+            return Err(cx.err(col, ParseErrorKind::ProtocolMismatch {
+                what: what.to_string(),
+                need: need.to_string(),
+                proto: proto_text(),
+            }));
+        }
+    }
+    Ok(())
 }
