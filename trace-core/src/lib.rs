@@ -8,6 +8,7 @@
 //! - [`rules`]: the iptables rule model (iptables-save parser, TRACE numbering).
 
 pub mod compare;
+pub mod decode;
 pub mod eval;
 pub mod event;
 pub mod filter;

@@ -1,0 +1,362 @@
+//! Ring-buffer records (`trace_common::record`) → owned [`Event`]s. Pure: the collector hands
+//! in the bytes of one ring-buffer sample plus the kernel's drop-reason names and symbols.
+//!
+//! Every record is checked before it is read: length, kind and layout version; a short or
+//! unknown record is a [`DecodeError`] naming the field, never a panic or a guess.
+
+use crate::event::{CtSnapshot, DropEvent, Event, Headers, ProbeEvent, L4};
+use crate::netfilter::{Family, Hook};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use trace_common::record::{
+    kind, l4_flags, probe_flags, DropRecord, HeaderSnapshot, ProbeRecord, RecordHeader, RECORD_VERSION,
+};
+
+/// Length of a probe record that carries no header snapshot (headers unchanged).
+pub const PROBE_SHORT_LEN: usize = std::mem::offset_of!(ProbeRecord, headers);
+pub const PROBE_FULL_LEN: usize = std::mem::size_of::<ProbeRecord>();
+pub const DROP_LEN: usize = std::mem::size_of::<DropRecord>();
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {need}-byte {what}")]
+    Short { what: &'static str, len: usize, need: usize },
+    #[error("record kind {kind} is unknown")]
+    UnknownKind { kind: u8 },
+    #[error("record layout version {version} (this collector reads {RECORD_VERSION})")]
+    Version { version: u8 },
+    #[error("record header says {declared} bytes but {actual} arrived")]
+    Length { declared: u32, actual: usize },
+    #[error("probe record field {field} has invalid value {value}")]
+    Field { field: &'static str, value: u64 },
+}
+
+/// Kernel symbols for drop locations (sorted start addresses, e.g. from /proc/kallsyms).
+#[derive(Debug, Clone, Default)]
+pub struct Symbols {
+    sorted: Vec<(u64, String)>,
+}
+
+impl Symbols {
+    pub fn new(mut syms: Vec<(u64, String)>) -> Symbols {
+        syms.retain(|(a, _)| *a != 0);
+        syms.sort();
+        Symbols { sorted: syms }
+    }
+
+    /// Parse /proc/kallsyms text (`addr type name [module]`; text symbols only).
+    pub fn from_kallsyms(text: &str) -> Symbols {
+        let syms = text
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                let addr = u64::from_str_radix(it.next()?, 16).ok()?;
+                let ty = it.next()?;
+                let name = it.next()?;
+                matches!(ty, "t" | "T").then(|| (addr, name.to_string()))
+            })
+            .collect();
+        Symbols::new(syms)
+    }
+
+    /// `name+0xoff` of the symbol containing `addr`.
+    pub fn resolve(&self, addr: u64) -> Option<String> {
+        let i = self.sorted.partition_point(|(a, _)| *a <= addr);
+        let (start, name) = self.sorted.get(i.checked_sub(1)?)?;
+        Some(if addr == *start { name.clone() } else { format!("{name}+{:#x}", addr - start) })
+    }
+}
+
+/// Decodes records; holds what the kernel side cannot know (names).
+#[derive(Debug, Clone, Default)]
+pub struct Decoder {
+    /// enum skb_drop_reason value → name (without the SKB_DROP_REASON_ prefix).
+    pub drop_reasons: HashMap<u32, String>,
+    pub symbols: Symbols,
+}
+
+impl Decoder {
+    pub fn new(drop_reasons: HashMap<u32, String>, symbols: Symbols) -> Decoder {
+        Decoder { drop_reasons, symbols }
+    }
+
+    /// One ring-buffer sample → one event.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        let hdr: RecordHeader = read_pod(bytes, "record header")?;
+        if hdr.version != RECORD_VERSION {
+            return Err(DecodeError::Version { version: hdr.version });
+        }
+        if hdr.len as usize != bytes.len() {
+            return Err(DecodeError::Length { declared: hdr.len, actual: bytes.len() });
+        }
+        match hdr.kind {
+            kind::PROBE => self.probe(bytes).map(Event::Probe),
+            kind::DROP => Ok(Event::Drop(self.drop(bytes)?)),
+            k => Err(DecodeError::UnknownKind { kind: k }),
+        }
+    }
+
+    fn probe(&self, bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
+        // A short record is the full layout cut before `headers`: pad it to read the prefix.
+        let mut buf = [0u8; PROBE_FULL_LEN];
+        if bytes.len() < PROBE_SHORT_LEN {
+            return Err(DecodeError::Short { what: "probe record", len: bytes.len(), need: PROBE_SHORT_LEN });
+        }
+        let n = bytes.len().min(PROBE_FULL_LEN);
+        buf[..n].copy_from_slice(&bytes[..n]);
+        let r: ProbeRecord = read_pod(&buf, "probe record")?;
+        let family = Family::from_nfproto(r.pf).ok_or(DecodeError::Field { field: "pf", value: r.pf as u64 })?;
+        let hook = Hook::from_num(r.hook).ok_or(DecodeError::Field { field: "hook", value: r.hook as u64 })?;
+        let headers = if r.flags & probe_flags::HEADERS != 0 {
+            if bytes.len() < PROBE_FULL_LEN {
+                return Err(DecodeError::Short { what: "probe record with headers", len: bytes.len(), need: PROBE_FULL_LEN });
+            }
+            Some(headers(family, &r.headers))
+        } else {
+            None
+        };
+        let ct = (r.flags & probe_flags::CT != 0).then_some(CtSnapshot {
+            ctinfo: r.ctinfo,
+            status: r.ct_status,
+            mark: r.ct_mark,
+            id: r.ct_id,
+        });
+        let mac_len = (r.mac_len as usize).min(r.mac.len());
+        Ok(ProbeEvent {
+            ts_ns: r.ts_ns,
+            skb: r.skb,
+            gen: r.gen,
+            netns: r.netns,
+            family,
+            hook,
+            priority: r.priority,
+            in_ifindex: r.in_ifindex,
+            out_ifindex: r.out_ifindex,
+            in_dev: dev_name(&r.in_dev),
+            out_dev: dev_name(&r.out_dev),
+            mark: r.mark,
+            ct,
+            headers,
+            mac: (r.flags & probe_flags::MAC != 0).then(|| r.mac[..mac_len].to_vec()),
+            uid: (r.flags & probe_flags::UID != 0).then_some(r.uid),
+            gid: (r.flags & probe_flags::GID != 0).then_some(r.gid),
+        })
+    }
+
+    fn drop(&self, bytes: &[u8]) -> Result<DropEvent, DecodeError> {
+        let r: DropRecord = read_pod(bytes, "drop record")?;
+        Ok(DropEvent {
+            ts_ns: r.ts_ns,
+            skb: r.skb,
+            gen: r.gen,
+            netns: r.netns,
+            reason: r.reason,
+            reason_name: self.drop_reasons.get(&r.reason).cloned(),
+            location: r.location,
+            location_sym: self.symbols.resolve(r.location),
+        })
+    }
+}
+
+/// Copy a `#[repr(C)]` plain-data record out of `bytes` (unaligned).
+fn read_pod<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
+    let need = std::mem::size_of::<T>();
+    if bytes.len() < need {
+        return Err(DecodeError::Short { what, len: bytes.len(), need });
+    }
+    // SAFETY: T is one of trace_common's #[repr(C)] records (every bit pattern valid) and
+    // `bytes` holds at least size_of::<T>() bytes.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+fn dev_name(raw: &[u8; 16]) -> Option<String> {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    (end > 0).then(|| String::from_utf8_lossy(&raw[..end]).into_owned())
+}
+
+fn headers(family: Family, h: &HeaderSnapshot) -> Headers {
+    let (src, dst) = match family {
+        Family::Ipv4 => (
+            IpAddr::V4(Ipv4Addr::new(h.saddr[0], h.saddr[1], h.saddr[2], h.saddr[3])),
+            IpAddr::V4(Ipv4Addr::new(h.daddr[0], h.daddr[1], h.daddr[2], h.daddr[3])),
+        ),
+        Family::Ipv6 => (IpAddr::V6(Ipv6Addr::from(h.saddr)), IpAddr::V6(Ipv6Addr::from(h.daddr))),
+    };
+    let valid = h.l4_flags & l4_flags::VALID != 0;
+    let l4 = match (valid, h.proto, family) {
+        (false, _, _) => L4::Other,
+        (true, 6, _) => L4::Tcp {
+            sport: h.sport,
+            dport: h.dport,
+            seq: h.tcp_seq,
+            ack: h.tcp_ack,
+            window: h.tcp_window,
+            flags: h.tcp_flags,
+            res: h.tcp_res,
+            urgp: h.tcp_urgp,
+            options: h.tcp_options[..(h.tcp_opt_len as usize).min(h.tcp_options.len())].to_vec(),
+        },
+        (true, 17, _) => L4::Udp { sport: h.sport, dport: h.dport, len: h.udp_len },
+        (true, 132, _) => L4::Sctp { sport: h.sport, dport: h.dport },
+        (true, 1, Family::Ipv4) => L4::Icmp { icmp_type: h.icmp_type, code: h.icmp_code, id: h.sport, seq: h.dport },
+        (true, 58, Family::Ipv6) => {
+            L4::Icmpv6 { icmp_type: h.icmp_type, code: h.icmp_code, id: h.sport, seq: h.dport }
+        }
+        _ => L4::Other,
+    };
+    Headers {
+        src,
+        dst,
+        proto: h.proto,
+        len: h.len,
+        tos: h.tos,
+        ttl: h.ttl,
+        id: h.id,
+        frag: h.frag,
+        flowlabel: h.flowlabel,
+        l4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trace_common::record::{DropRecord, ProbeRecord};
+
+    fn bytes_of<T>(v: &T, len: usize) -> Vec<u8> {
+        // SAFETY: test records are plain data.
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, len) }.to_vec()
+    }
+
+    fn syn_record() -> ProbeRecord {
+        let mut r = ProbeRecord::ZERO;
+        r.ts_ns = 100;
+        r.skb = 0xffff_8881_224d_84e0;
+        r.gen = 90;
+        r.netns = 4026532177;
+        r.priority = -99;
+        r.pf = 2;
+        r.hook = 0;
+        r.in_ifindex = 2;
+        r.in_dev[..4].copy_from_slice(b"eth0");
+        r.mark = 7;
+        r.flags = probe_flags::HEADERS | probe_flags::CT | probe_flags::MAC;
+        r.ctinfo = 2;
+        r.ct_status = 0x120;
+        r.ct_id = 0xffff_8881_3949_6e00;
+        r.mac_len = 14;
+        r.mac[..14].copy_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 8, 0]);
+        let h = &mut r.headers;
+        h.saddr[..4].copy_from_slice(&[192, 168, 64, 5]);
+        h.daddr[..4].copy_from_slice(&[172, 19, 0, 9]);
+        h.proto = 6;
+        h.len = 60;
+        h.ttl = 64;
+        h.id = 0x1234;
+        h.frag = 0x4000;
+        h.l4_flags = l4_flags::VALID;
+        h.sport = 43148;
+        h.dport = 80;
+        h.tcp_seq = 1000;
+        h.tcp_flags = 0x02;
+        h.tcp_window = 64240;
+        h.tcp_opt_len = 4;
+        h.tcp_options[..4].copy_from_slice(&[2, 4, 5, 0xb4]);
+        r
+    }
+
+    #[test]
+    fn decodes_full_probe_record() {
+        let r = syn_record();
+        let ev = Decoder::default().decode(&bytes_of(&r, PROBE_FULL_LEN)).unwrap();
+        let Event::Probe(p) = ev else { panic!("not a probe") };
+        assert_eq!((p.family, p.hook, p.priority), (Family::Ipv4, Hook::Prerouting, -99));
+        assert_eq!(p.in_dev.as_deref(), Some("eth0"));
+        assert_eq!(p.out_dev, None);
+        assert_eq!(p.ct, Some(CtSnapshot { ctinfo: 2, status: 0x120, mark: 0, id: 0xffff_8881_3949_6e00 }));
+        assert_eq!(p.mac.as_ref().map(|m| m.len()), Some(14));
+        assert_eq!(p.uid, None);
+        let h = p.headers.unwrap();
+        assert_eq!(h.dst, "172.19.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(h.l4.ports(), Some((43148, 80)));
+        match h.l4 {
+            L4::Tcp { flags, ref options, window, .. } => {
+                assert_eq!(flags, 0x02);
+                assert_eq!(options, &vec![2, 4, 5, 0xb4]);
+                assert_eq!(window, 64240);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn short_record_has_no_headers() {
+        let mut r = syn_record();
+        r.flags = probe_flags::CT;
+        r.header.len = PROBE_SHORT_LEN as u32;
+        let Event::Probe(p) = Decoder::default().decode(&bytes_of(&r, PROBE_SHORT_LEN)).unwrap() else { panic!() };
+        assert_eq!(p.headers, None);
+        assert_eq!(p.mac, None);
+    }
+
+    #[test]
+    fn headers_flag_on_short_record_is_an_error() {
+        let mut r = syn_record();
+        r.header.len = PROBE_SHORT_LEN as u32;
+        let err = Decoder::default().decode(&bytes_of(&r, PROBE_SHORT_LEN)).unwrap_err();
+        assert!(matches!(err, DecodeError::Short { need: PROBE_FULL_LEN, .. }), "{err}");
+    }
+
+    #[test]
+    fn rejects_truncated_unknown_and_mislabelled_records() {
+        let r = syn_record();
+        let full = bytes_of(&r, PROBE_FULL_LEN);
+        assert!(matches!(Decoder::default().decode(&full[..4]), Err(DecodeError::Short { .. })));
+        assert!(matches!(Decoder::default().decode(&full[..100]), Err(DecodeError::Length { declared: 248, actual: 100 })));
+        let mut bad = full.clone();
+        bad[0] = 9;
+        assert_eq!(Decoder::default().decode(&bad), Err(DecodeError::UnknownKind { kind: 9 }));
+        let mut bad = full.clone();
+        bad[1] = RECORD_VERSION + 1;
+        assert!(matches!(Decoder::default().decode(&bad), Err(DecodeError::Version { .. })));
+        let mut r2 = syn_record();
+        r2.hook = 7;
+        assert_eq!(
+            Decoder::default().decode(&bytes_of(&r2, PROBE_FULL_LEN)),
+            Err(DecodeError::Field { field: "hook", value: 7 })
+        );
+    }
+
+    #[test]
+    fn decodes_drop_with_names() {
+        let mut d = DropRecord::ZERO;
+        d.skb = 5;
+        d.gen = 4;
+        d.reason = 12;
+        d.location = 0xffff_ffff_8100_0010;
+        let dec = Decoder::new(
+            HashMap::from([(12, "NETFILTER_DROP".to_string())]),
+            Symbols::from_kallsyms("ffffffff81000000 T nf_hook_slow\nffffffff81000100 t other\n"),
+        );
+        let Event::Drop(e) = dec.decode(&bytes_of(&d, DROP_LEN)).unwrap() else { panic!() };
+        assert_eq!(e.reason_name.as_deref(), Some("NETFILTER_DROP"));
+        assert_eq!(e.location_sym.as_deref(), Some("nf_hook_slow+0x10"));
+        assert_eq!((e.skb, e.gen), (5, 4));
+    }
+
+    #[test]
+    fn icmp_and_ipv6() {
+        let mut r = syn_record();
+        r.headers.proto = 1;
+        r.headers.icmp_type = 8;
+        r.headers.sport = 77;
+        r.headers.dport = 3;
+        let Event::Probe(p) = Decoder::default().decode(&bytes_of(&r, PROBE_FULL_LEN)).unwrap() else { panic!() };
+        assert_eq!(p.headers.unwrap().l4, L4::Icmp { icmp_type: 8, code: 0, id: 77, seq: 3 });
+        let mut r6 = syn_record();
+        r6.pf = 10;
+        r6.headers.saddr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let Event::Probe(p) = Decoder::default().decode(&bytes_of(&r6, PROBE_FULL_LEN)).unwrap() else { panic!() };
+        assert_eq!(p.headers.unwrap().src, "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+}
