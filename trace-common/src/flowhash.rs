@@ -32,7 +32,7 @@ pub fn flow_hash(family: u8, proto: u8, addr_a: &[u8; 16], port_a: u16, addr_b: 
 /// Keep this flow when sampling 1 in `n` (n <= 1 keeps everything).
 #[inline(always)]
 pub fn sample_keep(hash: u32, n: u32) -> bool {
-    n <= 1 || hash % n == 0
+    n <= 1 || hash.is_multiple_of(n)
 }
 
 /// (addr_a, port_a) <= (addr_b, port_b), lexicographically on the address bytes then the port.

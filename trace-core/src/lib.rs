@@ -19,3 +19,4 @@ pub mod reconstruct;
 pub mod record;
 pub mod rules;
 pub mod step;
+pub mod assemble;

@@ -1,0 +1,366 @@
+//! Per-packet assembly: a stream of probe and drop events (interleaved across packets, in order
+//! per packet) becomes one [`PacketTrace`] per skb traversal, with per-hook, per-stage verdicts
+//! and before/after packet states.
+//!
+//! Identity: a traversal is (skb address, gen) in one netns. skb addresses are recycled, so a
+//! new gen for an address ends the older traversal; a netns change (veth hands the same skb to
+//! the peer namespace) starts a new trace.
+//!
+//! A traversal is complete when the packet came out of a final hook (INPUT, POSTROUTING) — except
+//! towards `lo`, where it comes back in as PREROUTING — or when it was dropped. Otherwise it is
+//! resolved when the event time has moved `idle_timeout_ns` past its last event (a packet that
+//! vanished inside a stage without a drop report is then STOLEN), when capacity forces it out
+//! (counted, incomplete), or by [`Assembler::flush`] at the end of the capture (incomplete).
+
+mod pass;
+mod plan;
+
+pub use plan::{HookPlan, ProbePlan, StageSlot, PRIO_DEFRAG};
+
+use crate::event::{DropEvent, Event, Headers, ProbeEvent};
+use crate::netfilter::Hook;
+use crate::packet::{Fate, PacketState, PacketTrace};
+use pass::{Closed, Pass, PassEnd};
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// SKB_DROP_REASON_NETFILTER_DROP on the kernels measured; used only when the drop event
+/// carries no resolved name (the number differs between kernels).
+pub const NETFILTER_DROP_REASON_FALLBACK: u32 = 12;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssemblerConfig {
+    /// Event-time gap after which a packet with no new event is resolved.
+    pub idle_timeout_ns: u64,
+    /// Most packets assembled at once; beyond it the least recently seen are forced out.
+    pub max_packets: usize,
+}
+
+impl Default for AssemblerConfig {
+    fn default() -> Self {
+        // Hook-to-hook gaps are microseconds; a second leaves room for NFQUEUE round trips.
+        AssemblerConfig { idle_timeout_ns: 1_000_000_000, max_packets: 65_536 }
+    }
+}
+
+/// Counters shown in the capture summary: nothing is dropped silently.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AssemblerStats {
+    pub probe_events: u64,
+    pub drop_events: u64,
+    pub packets: u64,
+    pub incomplete_packets: u64,
+    /// Packets resolved by the idle timeout.
+    pub timed_out: u64,
+    /// Packets forced out because `max_packets` was reached.
+    pub evicted_capacity: u64,
+    /// Drop events for a packet not being assembled (already complete, or never seen).
+    pub orphan_drops: u64,
+    /// Probe events without headers and no earlier snapshot to carry forward.
+    pub missing_headers: u64,
+    /// Probe events on a hook or priority the plan does not know.
+    pub unplanned_probes: u64,
+    /// Traversals ended because their skb address was reused.
+    pub recycled: u64,
+}
+
+/// One traversal being assembled.
+struct Partial {
+    trace: PacketTrace,
+    last_ts: u64,
+    /// Last header snapshot, carried forward over events that send none.
+    headers: Option<Headers>,
+    cur: Option<Pass>,
+}
+
+pub struct Assembler {
+    plan: ProbePlan,
+    config: AssemblerConfig,
+    partials: HashMap<(u64, u64), Partial>,
+    /// Newest gen seen per skb address, to notice recycling.
+    gen_of_skb: HashMap<u64, u64>,
+    next_id: u64,
+    watermark: u64,
+    next_sweep: u64,
+    stats: AssemblerStats,
+    netfilter_drop_reason: u32,
+}
+
+/// Why a traversal is being resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolution {
+    Complete,
+    TimedOut,
+    Recycled,
+    Evicted,
+    CaptureEnded,
+}
+
+impl Assembler {
+    pub fn new(plan: ProbePlan, config: AssemblerConfig) -> Assembler {
+        Assembler {
+            plan,
+            config,
+            partials: HashMap::new(),
+            gen_of_skb: HashMap::new(),
+            next_id: 0,
+            watermark: 0,
+            next_sweep: 0,
+            stats: AssemblerStats::default(),
+            netfilter_drop_reason: NETFILTER_DROP_REASON_FALLBACK,
+        }
+    }
+
+    /// The running kernel's SKB_DROP_REASON_NETFILTER_DROP (resolved from BTF), for drop
+    /// events without a reason name.
+    pub fn set_netfilter_drop_reason(&mut self, reason: u32) {
+        self.netfilter_drop_reason = reason;
+    }
+
+    /// Add plans (e.g. a namespace attached later).
+    pub fn plan_mut(&mut self) -> &mut ProbePlan {
+        &mut self.plan
+    }
+
+    pub fn stats(&self) -> &AssemblerStats {
+        &self.stats
+    }
+
+    /// Traversals currently held.
+    pub fn pending(&self) -> usize {
+        self.partials.len()
+    }
+
+    /// Feed one event; returns the traversals it completed (or that timed out meanwhile).
+    pub fn push(&mut self, event: Event) -> Vec<PacketTrace> {
+        let mut out = Vec::new();
+        self.watermark = self.watermark.max(event.ts_ns());
+        match event {
+            Event::Probe(p) => self.on_probe(p, &mut out),
+            Event::Drop(d) => self.on_drop(d, &mut out),
+        }
+        self.sweep_if_due(&mut out);
+        out
+    }
+
+    /// End of capture: everything still held, marked incomplete where the outcome is unknown.
+    pub fn flush(&mut self) -> Vec<PacketTrace> {
+        let keys: Vec<(u64, u64)> = self.partials.keys().copied().collect();
+        let mut out: Vec<PacketTrace> = keys.into_iter().filter_map(|k| self.resolve(k, Resolution::CaptureEnded)).collect();
+        out.sort_by_key(|t| t.id);
+        out
+    }
+
+    fn on_probe(&mut self, e: ProbeEvent, out: &mut Vec<PacketTrace>) {
+        self.stats.probe_events += 1;
+        let key = (e.skb, e.gen);
+        self.end_recycled(e.skb, e.gen, out);
+        if self.partials.get(&key).is_some_and(|p| p.trace.netns != e.netns) {
+            out.extend(self.resolve(key, Resolution::Complete));
+        }
+        if !self.partials.contains_key(&key) {
+            self.make_room(out);
+            let partial = self.new_partial(&e);
+            self.partials.insert(key, partial);
+            self.gen_of_skb.insert(e.skb, e.gen);
+        }
+        let plan = self.plan.get(e.netns, e.family, e.hook).cloned();
+        if !plan.as_ref().is_some_and(|p| p.has_probe(e.priority)) {
+            self.stats.unplanned_probes += 1;
+        }
+        let Some(partial) = self.partials.get_mut(&key) else { return };
+        partial.last_ts = e.ts_ns;
+        let state = state_of(partial, &e, &mut self.stats);
+        let continues = partial.cur.as_ref().is_some_and(|c| {
+            c.hook() == e.hook && c.last_priority().is_some_and(|last| e.priority > last)
+        });
+        if !continues {
+            close_current(partial, &PassEnd::MovedOn);
+            let pass = Pass::start(&e, plan);
+            // A later pass missing its first probe means an event was lost.
+            if !partial.trace.hooks.is_empty() && !pass_plan_first(&pass, e.priority) {
+                partial.trace.incomplete = true;
+            }
+            partial.cur = Some(pass);
+        }
+        if let Some(cur) = partial.cur.as_mut() {
+            cur.add(&e, state);
+        }
+        if delivered(partial) {
+            out.extend(self.resolve(key, Resolution::Complete));
+        }
+    }
+
+    fn on_drop(&mut self, d: DropEvent, out: &mut Vec<PacketTrace>) {
+        self.stats.drop_events += 1;
+        let key = (d.skb, d.gen);
+        let netfilter = self.is_netfilter_drop(&d);
+        let Some(partial) = self.partials.get_mut(&key) else {
+            self.stats.orphan_drops += 1;
+            return;
+        };
+        partial.last_ts = d.ts_ns;
+        let end = PassEnd::Dropped { reason: d.reason, reason_name: d.reason_name.clone(), netfilter };
+        let closed = partial.cur.take().map(|c| c.close(&end));
+        let hook = closed.as_ref().map(|c| c.pass.hook).or_else(|| partial.trace.hooks.last().map(|h| h.hook));
+        let vanished_in = closed.as_ref().and_then(|c| c.vanished_in.clone());
+        if let Some(c) = closed {
+            absorb(partial, c);
+        }
+        partial.trace.fate = match (hook, vanished_in) {
+            (Some(hook), Some(stage)) => Fate::Dropped { hook, stage },
+            (Some(after), None) => Fate::DroppedOutside { after, reason: d.reason, reason_name: d.reason_name },
+            (None, _) => Fate::Unknown,
+        };
+        out.extend(self.resolve(key, Resolution::Complete));
+    }
+
+    fn is_netfilter_drop(&self, d: &DropEvent) -> bool {
+        match &d.reason_name {
+            Some(name) => name.trim_start_matches("SKB_DROP_REASON_") == "NETFILTER_DROP",
+            None => d.reason == self.netfilter_drop_reason,
+        }
+    }
+
+    fn new_partial(&mut self, e: &ProbeEvent) -> Partial {
+        let id = self.next_id;
+        self.next_id += 1;
+        let trace = PacketTrace {
+            id,
+            skb: e.skb,
+            gen: e.gen,
+            netns: e.netns,
+            family: e.family,
+            first_ts_ns: e.ts_ns,
+            hooks: Vec::new(),
+            incomplete: false,
+            fate: Fate::Unknown,
+        };
+        Partial { trace, last_ts: e.ts_ns, headers: None, cur: None }
+    }
+
+    /// A new gen on an skb address means the older traversal's skb was freed and reused.
+    fn end_recycled(&mut self, skb: u64, gen: u64, out: &mut Vec<PacketTrace>) {
+        if let Some(old) = self.gen_of_skb.get(&skb).copied().filter(|g| *g != gen) {
+            if self.partials.contains_key(&(skb, old)) {
+                self.stats.recycled += 1;
+                out.extend(self.resolve((skb, old), Resolution::Recycled));
+            }
+        }
+    }
+
+    /// Keep memory bounded: force out the least recently seen sixteenth when full.
+    fn make_room(&mut self, out: &mut Vec<PacketTrace>) {
+        if self.partials.len() < self.config.max_packets.max(1) {
+            return;
+        }
+        let mut by_age: Vec<(u64, (u64, u64))> = self.partials.iter().map(|(k, p)| (p.last_ts, *k)).collect();
+        by_age.sort_unstable();
+        let n = (self.config.max_packets / 16).max(1);
+        for (_, key) in by_age.into_iter().take(n) {
+            self.stats.evicted_capacity += 1;
+            out.extend(self.resolve(key, Resolution::Evicted));
+        }
+    }
+
+    /// Resolve idle traversals; scans at most every quarter timeout of event time.
+    fn sweep_if_due(&mut self, out: &mut Vec<PacketTrace>) {
+        if self.watermark < self.next_sweep {
+            return;
+        }
+        let timeout = self.config.idle_timeout_ns;
+        self.next_sweep = self.watermark.saturating_add((timeout / 4).max(1));
+        let idle: Vec<(u64, u64)> = self
+            .partials
+            .iter()
+            .filter(|(_, p)| p.last_ts.saturating_add(timeout) <= self.watermark)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.stats.timed_out += 1;
+            out.extend(self.resolve(key, Resolution::TimedOut));
+        }
+    }
+
+    /// Close the traversal, decide its fate, and hand it out.
+    fn resolve(&mut self, key: (u64, u64), why: Resolution) -> Option<PacketTrace> {
+        let mut partial = self.partials.remove(&key)?;
+        if self.gen_of_skb.get(&key.0) == Some(&key.1) {
+            self.gen_of_skb.remove(&key.0);
+        }
+        let end = match why {
+            Resolution::CaptureEnded => PassEnd::CaptureEnded,
+            _ => PassEnd::Ended,
+        };
+        let cur = partial.cur.take();
+        let at_end = cur.as_ref().is_some_and(|c| c.at_last_probe());
+        if let Some(cur) = cur {
+            let hook = cur.hook();
+            let closed = cur.close(&end);
+            if partial.trace.fate == Fate::Unknown {
+                partial.trace.fate = fate_after_pass(hook, at_end, &closed, why);
+            }
+            absorb(&mut partial, closed);
+        }
+        if matches!(why, Resolution::Evicted) || partial.trace.fate == Fate::Unknown {
+            partial.trace.incomplete = true;
+        }
+        self.stats.packets += 1;
+        self.stats.incomplete_packets += partial.trace.incomplete as u64;
+        Some(partial.trace)
+    }
+}
+
+/// Fate of a traversal whose last pass ended without a drop report.
+fn fate_after_pass(hook: Hook, at_end: bool, closed: &Closed, why: Resolution) -> Fate {
+    match (&closed.vanished_in, at_end) {
+        (Some(_), _) if why == Resolution::CaptureEnded => Fate::Unknown,
+        (Some(stage), _) => Fate::Stolen { hook, stage: stage.clone() },
+        (None, true) if is_final(hook) => Fate::Delivered,
+        (None, true) if why == Resolution::CaptureEnded => Fate::Unknown,
+        (None, true) => Fate::Vanished { after: hook },
+        (None, false) => Fate::Unknown,
+    }
+}
+
+fn is_final(hook: Hook) -> bool {
+    matches!(hook, Hook::Input | Hook::Postrouting)
+}
+
+/// The packet came out of a final hook and is not looping back through `lo`.
+fn delivered(p: &Partial) -> bool {
+    let Some(cur) = p.cur.as_ref() else { return false };
+    cur.at_last_probe() && is_final(cur.hook()) && !(cur.hook() == Hook::Postrouting && cur.meta.out_dev.as_deref() == Some("lo"))
+}
+
+fn pass_plan_first(pass: &Pass, prio: i32) -> bool {
+    pass.plan.as_ref().is_none_or(|p| p.is_first_probe(prio))
+}
+
+fn close_current(p: &mut Partial, end: &PassEnd) {
+    if let Some(cur) = p.cur.take() {
+        let closed = cur.close(end);
+        absorb(p, closed);
+    }
+}
+
+fn absorb(p: &mut Partial, closed: Closed) {
+    p.trace.incomplete |= closed.gap;
+    p.trace.hooks.push(closed.pass);
+}
+
+/// The packet state at this probe, carrying the last header snapshot forward.
+fn state_of(p: &mut Partial, e: &ProbeEvent, stats: &mut AssemblerStats) -> Option<PacketState> {
+    if let Some(h) = &e.headers {
+        p.headers = Some(h.clone());
+    }
+    match &p.headers {
+        Some(h) => Some(PacketState { headers: h.clone(), mark: e.mark, ct: e.ct }),
+        None => {
+            stats.missing_headers += 1;
+            p.trace.incomplete = true;
+            None
+        }
+    }
+}
+
