@@ -84,3 +84,22 @@ fn simplification_keeps_meaning_and_shrinks() {
     assert_eq!(compile("tcp and not tcp").unwrap().n_clauses, 0);
     assert_eq!(compile("(tcp or udp) and udp").unwrap().n_clauses, 1);
 }
+
+/// Every example in docs/filter.md compiles, except the one documented as an error, which
+/// fails with the documented message.
+#[test]
+fn documented_examples_behave_as_documented() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/filter.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/filter.md");
+    let examples = doc.split("## Examples").nth(1).expect("Examples section");
+    let block = examples.split("```").nth(1).expect("code block");
+    let mut n = 0;
+    for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        n += 1;
+        match line.split_once("# error: ") {
+            Some((filter, msg)) => assert_eq!(compile(filter.trim()).unwrap_err().to_string(), msg.trim()),
+            None => assert!(compile(line).is_ok(), "{line}: {:?}", compile(line).err()),
+        }
+    }
+    assert!(n >= 5);
+}
