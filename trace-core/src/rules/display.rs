@@ -193,15 +193,16 @@ fn nat_range(r: &NatRange) -> String {
     s
 }
 
+/// ` [p:b]` when counted.
 fn counters(c: &Option<Counters>) -> String {
-    c.map_or("[0:0]".into(), |c| format!("[{}:{}]", c.packets, c.bytes))
+    c.map_or(String::new(), |c| format!(" [{}:{}]", c.packets, c.bytes))
 }
 
 impl Display for Chain {
     /// The declaration line `:NAME POLICY [p:b]`.
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         let policy = self.policy.map_or("-", |p| p.as_str());
-        write!(f, ":{} {} {}", self.name, policy, counters(&self.counters))
+        write!(f, ":{} {}{}", self.name, policy, counters(&self.counters))
     }
 }
 

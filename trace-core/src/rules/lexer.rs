@@ -61,10 +61,14 @@ pub fn split(line: &str, line_no: u32) -> Result<Vec<Word>, ParseError> {
     Ok(words)
 }
 
-/// Quotes `s` for iptables-save output when needed (`"a b"`, `"say \"hi\""`).
+/// Quotes `s` for iptables-save output when needed (`"a b"`, `"say \"hi\""`), and also a
+/// value that reads like a generic option (`"-j"`): quoted words are never taken as options.
+/// A backslash alone needs no quotes (it is literal outside quotes).
 pub fn quote(s: &str) -> String {
+    const OPTION_LIKE: [&str; 11] = ["-s", "-d", "-p", "-i", "-o", "-f", "-m", "-j", "-g", "-c", "!"];
     let plain = !s.is_empty()
-        && s.chars().all(|c| !c.is_whitespace() && !matches!(c, '"' | '\'' | '\\'));
+        && !OPTION_LIKE.contains(&s)
+        && s.chars().all(|c| !c.is_whitespace() && !matches!(c, '"' | '\''));
     if plain {
         return s.to_string();
     }
@@ -113,7 +117,7 @@ mod tests {
 
     #[test]
     fn quote_round_trips() {
-        for s in ["plain", "a b", r#"x"y"#, r"back\slash", "", "[UFW BLOCK] "] {
+        for s in ["plain", "a b", r#"x"y"#, r"back\slash", r#"both\""#, "", "[UFW BLOCK] ", "-j", "!"] {
             assert_eq!(texts(&quote(s)), [s]);
         }
     }
