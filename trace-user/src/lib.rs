@@ -4,4 +4,5 @@
 pub mod capture;
 pub mod cmd;
 pub mod netns;
+pub mod reference;
 pub mod lab;

@@ -1,0 +1,219 @@
+//! Privileged e2e: `ReferenceTracer` collects the kernel's own TRACE output in the lab (legacy:
+//! /dev/kmsg with nf_log_all_netns; nft: xtables-monitor inside the netns), the compare
+//! parsers read it back, and the paths are the ones the kernel is known to print for the
+//! docker scenario. Afterwards nothing of the tracer remains (rules, sysctl, raw table).
+//!
+//! Skips loudly when not root or when a tool is missing.
+
+use std::path::Path;
+use trace_core::compare::matching::MatchOptions;
+use trace_core::compare::nft_ruleset;
+use trace_core::compare::reference::{self, RefPacket};
+use trace_core::compare::resolve::Resolver;
+use trace_core::netfilter::Family;
+use trace_user::lab::{IptablesBackend, Lab, LabNs, LabOptions, LabTest};
+use trace_user::reference::{ReferenceTracer, TraceSelector, TraceTarget};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+fn on_path(p: &str) -> bool {
+    std::env::var("PATH").unwrap_or_default().split(':').any(|d| Path::new(d).join(p).is_file())
+}
+
+fn ready(test: &str, backend: IptablesBackend) -> bool {
+    if !is_root() {
+        eprintln!("SKIPPED: {test}: needs root (network namespaces, iptables, /dev/kmsg)");
+        return false;
+    }
+    let mut tools = vec!["ip", "nsenter", "stdbuf", "nft"];
+    let bins = [backend.restore_bin(), backend.save_bin(), format!("iptables-{}", backend.as_str())];
+    tools.extend(bins.iter().map(String::as_str));
+    if backend == IptablesBackend::Nft {
+        tools.push("xtables-monitor");
+    }
+    let missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
+    if !missing.is_empty() {
+        eprintln!("SKIPPED: {test}: missing tools {missing:?}");
+        return false;
+    }
+    true
+}
+
+fn lab(backend: IptablesBackend) -> Lab {
+    let opts = LabOptions { backend, trace_rules: false, name_prefix: "cmp-e2e".into(), ..LabOptions::default() };
+    Lab::up(opts).unwrap_or_else(|e| panic!("lab up ({backend}): {e}"))
+}
+
+fn selector(test: LabTest) -> TraceSelector {
+    let (dst, port) = match test {
+        LabTest::Remote => ("192.168.64.4/32", 10000),
+        LabTest::Local => ("172.19.0.0/16", 80),
+    };
+    TraceSelector { dst: Some(dst.into()), proto: Some("tcp".into()), dport: Some(port), ..Default::default() }
+}
+
+/// One traced connection: the kernel's output parsed, the packets of our client port, the
+/// resolver built from the rulesets taken while the TRACE rules were in place.
+struct Traced {
+    packets: Vec<RefPacket>,
+    dump: trace_core::rules::Ruleset,
+    nft: Option<nft_ruleset::NftRuleset>,
+    lost: u64,
+}
+
+fn trace_one(lab: &Lab, backend: IptablesBackend, test: LabTest) -> Traced {
+    let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
+    let tracer = ReferenceTracer::start(target, &selector(test), true).expect("tracer start");
+    let save = lab.iptables_save().expect("iptables-save");
+    assert!(save.contains("iptrace-compare-"), "TRACE rule inserted:\n{save}");
+    let nft = (backend == IptablesBackend::Nft).then(|| {
+        let text = lab.exec(LabNs::Node, &["nft", "-a", "list", "ruleset"]).expect("nft list");
+        nft_ruleset::parse(&String::from_utf8_lossy(&text.stdout)).expect("nft ruleset parses")
+    });
+    let ex = lab.run(test).expect("lab traffic");
+    let out = tracer.finish().expect("tracer finish");
+    let parsed = reference::parse(&out.text, Some(out.format));
+    assert!(parsed.malformed.is_empty(), "kernel output parses: {:?}", parsed.malformed);
+    let port = ex.local.port();
+    let packets = parsed.packets.into_iter().filter(|p| p.headers.iter().any(|h| h.sport == Some(port))).collect();
+    let dump = trace_core::rules::parse(&save).expect("dump parses");
+    Traced { packets, dump, nft, lost: out.lost }
+}
+
+fn paths(t: &Traced) -> Vec<Vec<String>> {
+    let resolver = Resolver { dump: Some(&t.dump), nft: t.nft.as_ref() };
+    t.packets.iter().map(|p| p.steps().iter().map(|s| resolver.step(s).unwrap().to_string()).collect()).collect()
+}
+
+const REMOTE_SYN: [&str; 13] = [
+    "raw:PREROUTING:policy:2",
+    "mangle:PREROUTING:policy:1",
+    "nat:PREROUTING:rule:1",
+    "nat:DOCKER:rule:3",
+    "mangle:FORWARD:policy:1",
+    "filter:FORWARD:rule:1",
+    "filter:DOCKER-USER:return:1",
+    "filter:FORWARD:rule:2",
+    "filter:DOCKER-ISOLATION-STAGE-1:return:3",
+    "filter:FORWARD:rule:8",
+    "filter:DOCKER:rule:1",
+    "mangle:POSTROUTING:policy:1",
+    "nat:POSTROUTING:policy:4",
+];
+
+const LOCAL_SYN: [&str; 6] = [
+    "raw:OUTPUT:policy:2",
+    "mangle:OUTPUT:policy:1",
+    "nat:OUTPUT:policy:2",
+    "filter:OUTPUT:policy:1",
+    "mangle:POSTROUTING:policy:1",
+    "nat:POSTROUTING:policy:4",
+];
+
+/// nft shows the TRACE rule itself (raw rule 1); legacy starts after it.
+fn from_trace_point(backend: IptablesBackend, mut p: Vec<String>) -> Vec<String> {
+    if backend == IptablesBackend::Nft {
+        assert!(p[0].starts_with("raw:") && p[0].ends_with(":rule:1"), "nft trace starts at the TRACE rule: {p:?}");
+        p.remove(0);
+    }
+    p
+}
+
+fn check_backend(backend: IptablesBackend) {
+    let test = format!("compare_tracer_{backend}");
+    if !ready(&test, backend) {
+        return;
+    }
+    let prev_sysctl = std::fs::read_to_string("/proc/sys/net/netfilter/nf_log_all_netns").unwrap();
+    let lab = lab(backend);
+    let raw_listing = |lab: &Lab| lab.exec(LabNs::Node, &["nft", "list", "table", "ip", "raw"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    for (t, syn) in [(LabTest::Remote, &REMOTE_SYN[..]), (LabTest::Local, &LOCAL_SYN[..])] {
+        if backend == IptablesBackend::Nft && t == LabTest::Local {
+            // Second run without a raw table: iptables-nft creates it for the TRACE rule and
+            // the tracer must remove it again.
+            lab.exec(LabNs::Node, &["nft", "delete", "table", "ip", "raw"]).expect("delete raw");
+        }
+        let raw_before = raw_listing(&lab).ok();
+        let traced = trace_one(&lab, backend, t);
+        assert_eq!(traced.lost, 0, "{backend} {t}: kernel records lost");
+        let ps = paths(&traced);
+        eprintln!("{backend} {t}: kernel traced {} packets of the connection; SYN: {:?}", ps.len(), ps[0]);
+        // SYN, ACK, data, FIN, final ACK(s): at least 4 client packets, all traced.
+        assert!(ps.len() >= 4, "{backend} {t}: {} traced packets: {ps:?}", ps.len());
+        assert_eq!(from_trace_point(backend, ps[0].clone()), syn, "{backend} {t}: SYN path");
+        for later in &ps[1..] {
+            let later = from_trace_point(backend, later.clone());
+            assert!(!later.iter().any(|s| s.starts_with("nat:")), "{backend} {t}: established packets skip nat: {later:?}");
+            if t == LabTest::Remote {
+                assert!(later.contains(&"filter:FORWARD:rule:7".to_string()), "{backend}: ESTABLISHED accepted by rule 7: {later:?}");
+            }
+        }
+        // Nothing of the tracer remains.
+        let save = lab.iptables_save().unwrap();
+        assert!(!save.contains("iptrace-compare-") && !save.contains("-j TRACE"), "{backend} {t}: rules removed:\n{save}");
+        if backend == IptablesBackend::Nft {
+            let raw_after = raw_listing(&lab).ok();
+            assert_eq!(raw_after.is_some(), raw_before.is_some(), "{backend} {t}: raw table existence restored");
+            assert!(!raw_after.unwrap_or_default().contains("nftrace"), "{backend} {t}: nftrace rule removed");
+        }
+        assert_eq!(std::fs::read_to_string("/proc/sys/net/netfilter/nf_log_all_netns").unwrap(), prev_sysctl, "sysctl restored");
+    }
+    lab.down().expect("lab down");
+}
+
+#[test]
+fn compare_tracer_legacy() {
+    check_backend(IptablesBackend::Legacy);
+}
+
+#[test]
+fn compare_tracer_nft() {
+    check_backend(IptablesBackend::Nft);
+}
+
+#[test]
+fn compare_tracer_cleans_up_on_drop_and_compares() {
+    let backend = IptablesBackend::Legacy;
+    if !ready("compare_tracer_cleans_up_on_drop", backend) {
+        return;
+    }
+    let lab = lab(backend);
+    let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
+    {
+        let _t = ReferenceTracer::start(target.clone(), &selector(LabTest::Remote), true).unwrap();
+        assert!(lab.iptables_save().unwrap().contains("iptrace-compare-"));
+        // dropped here as on a panic or Ctrl-C unwinding
+    }
+    assert!(!lab.iptables_save().unwrap().contains("iptrace-compare-"), "drop removed the rules");
+    // A traced run compared against itself through `compare` agrees packet by packet.
+    let traced = trace_one(&lab, backend, LabTest::Remote);
+    let resolver = Resolver { dump: Some(&traced.dump), nft: None };
+    let parsed = reference::ParsedReference { packets: traced.packets.clone(), ..Default::default() };
+    let captured: Vec<_> = traced
+        .packets
+        .iter()
+        .enumerate()
+        .map(|(index, p)| trace_core::compare::captured::CapturedPacket {
+            index,
+            ts_ns: None,
+            headers: p.headers.iter().map(|h| trace_core::compare::captured::CapturedHeaders {
+                src: h.src.unwrap(), dst: h.dst.unwrap(), proto: h.proto, sport: h.sport, dport: h.dport,
+                id: h.id, len: h.len, seq: h.seq, ack: h.ack, tcp_flags: h.tcp_flags,
+            }).collect(),
+            // What iptrace reconstructs: the full path, TRACE rule included.
+            steps: std::iter::once("raw:PREROUTING:rule:1".parse().unwrap())
+                .chain(p.steps().iter().map(|s| resolver.step(s).unwrap()))
+                .collect(),
+            table_paths: Vec::new(),
+        })
+        .collect();
+    let report = trace_core::compare::compare(&parsed, &captured, &resolver, &MatchOptions::default());
+    assert_eq!(report.totals.agree, captured.len(), "{}", report.render_text(3));
+    assert_eq!(report.exit_code(), 0);
+    lab.down().unwrap();
+}

@@ -1,0 +1,431 @@
+//! The kernel's own trace of the packets iptrace captures, collected in the same run
+//! (`iptrace capture --compare-trace --allow-system-changes`). This is the only place where
+//! iptrace changes the system, and only when the caller passes `allow_system_changes`:
+//!
+//! - legacy (x_tables): inserts `-j TRACE` rules for the capture filter at the top of raw
+//!   PREROUTING and raw OUTPUT inside the netns; sets the root-namespace sysctl
+//!   `net.netfilter.nf_log_all_netns=1` when the netns is not the initial one (TRACE lines of
+//!   other namespaces are dropped otherwise); reads `/dev/kmsg` from the position at start;
+//! - nft (iptables-nft): inserts the same rules through iptables-nft (they become
+//!   `meta nftrace set 1`); runs `xtables-monitor --trace` inside the netns and collects its
+//!   output (nothing reaches the kernel log).
+//!
+//! Everything is undone by [`ReferenceTracer::finish`] or on drop — also during unwinding and
+//! after Ctrl-C, as long as the caller's signal handler lets the tracer drop: rules are
+//! deleted by their exact specification, the sysctl gets its previous value back, the
+//! monitor is killed. Cleanup is idempotent.
+//!
+//! The inserted rules are part of the ruleset while they exist: rule dumps used for the
+//! reconstruction must be taken after [`ReferenceTracer::start`] (they then show the TRACE
+//! rule as raw rule 1, and positions agree with the kernel's trace).
+
+use crate::lab::IptablesBackend;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use trace_core::compare::reference::Format;
+use trace_core::netfilter::Family;
+
+const NF_LOG_ALL_NETNS: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("collecting the kernel's TRACE output changes the system (TRACE rules, nf_log_all_netns); it needs --allow-system-changes")]
+    NotAllowed,
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command { cmd: String, status: String, stderr: String },
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn { cmd: String, source: std::io::Error },
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("`{cmd}` exited right after start: {stderr}")]
+    MonitorDied { cmd: String, stderr: String },
+}
+
+pub type Result<T> = std::result::Result<T, ReferenceError>;
+
+/// What to trace: what iptables itself can express in a rule (the capture filter reduced to
+/// -s/-d/-p/--sport/--dport). Empty = every packet.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceSelector {
+    /// `-s` (address or CIDR).
+    pub src: Option<String>,
+    /// `-d`.
+    pub dst: Option<String>,
+    /// `-p` (tcp, udp, icmp, …); required by iptables for ports.
+    pub proto: Option<String>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+impl TraceSelector {
+    /// The rule's match arguments.
+    pub fn iptables_args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        let mut push = |k: &str, v: String| {
+            a.push(k.to_string());
+            a.push(v);
+        };
+        if let Some(s) = &self.src {
+            push("-s", s.clone());
+        }
+        if let Some(d) = &self.dst {
+            push("-d", d.clone());
+        }
+        if let Some(p) = &self.proto {
+            push("-p", p.clone());
+            if let Some(sp) = self.sport {
+                push("--sport", sp.to_string());
+            }
+            if let Some(dp) = self.dport {
+                push("--dport", dp.to_string());
+            }
+        }
+        a
+    }
+}
+
+/// Where the tracer works.
+#[derive(Debug, Clone)]
+pub struct TraceTarget {
+    /// The network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`).
+    pub netns: PathBuf,
+    pub backend: IptablesBackend,
+    pub family: Family,
+}
+
+/// The collected kernel output, ready for `trace_core::compare::reference::parse`.
+#[derive(Debug, Clone)]
+pub struct ReferenceOutput {
+    pub format: Format,
+    pub text: String,
+    /// Kernel log records overwritten before we read them (kmsg EPIPE), or monitor lines
+    /// lost: shown, never silent.
+    pub lost: u64,
+}
+
+/// Per-process reference count of nf_log_all_netns users, with the value to restore.
+static NF_LOG_USERS: Mutex<(usize, Option<String>)> = Mutex::new((0, None));
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ReferenceError + 'a {
+    move |source| ReferenceError::Io { op, path: path.to_path_buf(), source }
+}
+
+fn nf_log_acquire() -> Result<()> {
+    let mut g = NF_LOG_USERS.lock().unwrap_or_else(|e| e.into_inner());
+    if g.0 == 0 {
+        let p = Path::new(NF_LOG_ALL_NETNS);
+        let prev = std::fs::read_to_string(p).map_err(io_err("read", p))?.trim().to_string();
+        std::fs::write(p, "1").map_err(io_err("write", p))?;
+        g.1 = Some(prev);
+    }
+    g.0 += 1;
+    Ok(())
+}
+
+fn nf_log_release() -> Result<()> {
+    let mut g = NF_LOG_USERS.lock().unwrap_or_else(|e| e.into_inner());
+    g.0 = g.0.saturating_sub(1);
+    if g.0 == 0 {
+        if let Some(prev) = g.1.take() {
+            let p = Path::new(NF_LOG_ALL_NETNS);
+            std::fs::write(p, prev).map_err(io_err("write", p))?;
+        }
+    }
+    Ok(())
+}
+
+fn is_init_netns(netns: &Path) -> bool {
+    let ino = |p: &Path| std::fs::metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    ino(netns).is_some() && ino(netns) == ino(Path::new("/proc/1/ns/net"))
+}
+
+/// `nsenter --net=NETNS PROGRAM`: works for named and /proc namespaces alike.
+fn in_netns(netns: &Path, program: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", netns.display())).arg(program);
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.stdin(Stdio::null()).output().map_err(|source| ReferenceError::Spawn { cmd: shown.clone(), source })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(ReferenceError::Command {
+        cmd: shown,
+        status: out.status.to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// A running collection of the kernel's trace. Undo happens in `finish` or `Drop`.
+pub struct ReferenceTracer {
+    target: TraceTarget,
+    /// (chain, rule spec) of each inserted rule, for `-D`.
+    rules: Vec<(String, Vec<String>)>,
+    nf_log: bool,
+    collector: Option<Collector>,
+    /// `nft`: the raw table did not exist before (removed again when left empty).
+    created_nft_raw: bool,
+}
+
+/// Lines read by a background thread (kmsg or the monitor's stdout).
+struct Collector {
+    lines: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<u64>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    child: Option<Child>,
+}
+
+impl ReferenceTracer {
+    /// Starts collecting: reader first (so no line is missed), then the TRACE rules.
+    pub fn start(target: TraceTarget, selector: &TraceSelector, allow_system_changes: bool) -> Result<Self> {
+        if !allow_system_changes {
+            return Err(ReferenceError::NotAllowed);
+        }
+        let mut t = ReferenceTracer { target, rules: Vec::new(), nf_log: false, collector: None, created_nft_raw: false };
+        // On any error below, dropping `t` undoes what was done so far.
+        match t.target.backend {
+            IptablesBackend::Legacy => {
+                if !is_init_netns(&t.target.netns) {
+                    nf_log_acquire()?;
+                    t.nf_log = true;
+                }
+                t.collector = Some(Collector::kmsg()?);
+            }
+            IptablesBackend::Nft => {
+                t.created_nft_raw = !t.nft_raw_exists();
+                t.collector = Some(Collector::monitor(&t.target)?);
+            }
+        }
+        for chain in ["PREROUTING", "OUTPUT"] {
+            t.insert_trace_rule(chain, selector)?;
+        }
+        Ok(t)
+    }
+
+    fn iptables_bin(&self) -> String {
+        let v6 = if self.target.family == Family::Ipv6 { "ip6" } else { "ip" };
+        format!("{v6}tables-{}", self.target.backend.as_str())
+    }
+
+    fn insert_trace_rule(&mut self, chain: &str, sel: &TraceSelector) -> Result<()> {
+        // The comment makes the rule ours: `-D` by this exact spec cannot remove a user's rule.
+        let mut spec = sel.iptables_args();
+        let tag = format!("iptrace-compare-{}", std::process::id());
+        spec.extend(["-m", "comment", "--comment", &tag, "-j", "TRACE"].map(String::from));
+        let bin = self.iptables_bin();
+        run(in_netns(&self.target.netns, &bin).args(["-w", "-t", "raw", "-I", chain, "1"]).args(&spec))?;
+        self.rules.push((chain.to_string(), spec));
+        Ok(())
+    }
+
+    fn nft_raw_exists(&self) -> bool {
+        let fam = if self.target.family == Family::Ipv6 { "ip6" } else { "ip" };
+        run(in_netns(&self.target.netns, "nft").args(["list", "table", fam, "raw"])).is_ok()
+    }
+
+    /// Stops collecting, undoes every change, and returns the kernel's output.
+    pub fn finish(mut self) -> Result<ReferenceOutput> {
+        // Let the last events of in-flight packets arrive before the rules go.
+        std::thread::sleep(Duration::from_millis(200));
+        let errors = self.cleanup_rules();
+        let (text, lost) = self.collector.take().map(Collector::finish).unwrap_or_default();
+        let mut errors = errors.into_iter().chain(self.release_sysctl());
+        if let Some(e) = errors.next() {
+            return Err(e);
+        }
+        let format = match self.target.backend {
+            IptablesBackend::Legacy => Format::KernelLog,
+            IptablesBackend::Nft => Format::XtablesMonitor,
+        };
+        Ok(ReferenceOutput { format, text, lost })
+    }
+
+    /// Deletes the inserted rules (idempotent: each is removed from the list first).
+    fn cleanup_rules(&mut self) -> Vec<ReferenceError> {
+        let mut errors = Vec::new();
+        let bin = self.iptables_bin();
+        while let Some((chain, spec)) = self.rules.pop() {
+            if let Err(e) = run(in_netns(&self.target.netns, &bin).args(["-w", "-t", "raw", "-D", &chain]).args(&spec)) {
+                errors.push(e);
+            }
+        }
+        if std::mem::take(&mut self.created_nft_raw) {
+            // iptables-nft created the table for our rules: remove it if nothing else uses it.
+            let fam = if self.target.family == Family::Ipv6 { "ip6" } else { "ip" };
+            let listing = in_netns(&self.target.netns, "nft").args(["list", "table", fam, "raw"]).output();
+            let empty = listing.is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).lines().any(is_nft_rule_line));
+            if empty {
+                if let Err(e) = run(in_netns(&self.target.netns, "nft").args(["delete", "table", fam, "raw"])) {
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
+    fn release_sysctl(&mut self) -> Option<ReferenceError> {
+        if std::mem::take(&mut self.nf_log) {
+            return nf_log_release().err();
+        }
+        None
+    }
+}
+
+/// A rule line of `nft list table` (not a chain header, type line, or brace).
+fn is_nft_rule_line(l: &str) -> bool {
+    let t = l.trim();
+    !(t.is_empty() || t.starts_with('#') || t.starts_with("table ") || t.starts_with("chain ") || t.starts_with("type ") || t.starts_with("policy ") || t == "}")
+}
+
+impl Drop for ReferenceTracer {
+    fn drop(&mut self) {
+        for e in self.cleanup_rules() {
+            eprintln!("iptrace: cleanup: {e}");
+        }
+        if let Some(c) = self.collector.take() {
+            c.finish();
+        }
+        if let Some(e) = self.release_sysctl() {
+            eprintln!("iptrace: cleanup: {e}");
+        }
+    }
+}
+
+impl Collector {
+    /// /dev/kmsg from its current end: only records logged from now on.
+    fn kmsg() -> Result<Self> {
+        let p = Path::new("/dev/kmsg");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(p)
+            .map_err(io_err("open", p))?;
+        // SEEK_END on /dev/kmsg moves to the next record to be written.
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).map_err(io_err("seek", p))?;
+        let c = Collector::empty();
+        let (lines, lost, stop) = (c.lines.clone(), c.lost.clone(), c.stop.clone());
+        let thread = std::thread::spawn(move || read_kmsg(f, &lines, &lost, &stop));
+        Ok(Collector { thread: Some(thread), ..c })
+    }
+
+    /// `xtables-monitor --trace` inside the netns, line buffered (stdbuf) so nothing stays in
+    /// its stdio buffer when it is killed.
+    fn monitor(target: &TraceTarget) -> Result<Self> {
+        let fam = if target.family == Family::Ipv6 { "-6" } else { "-4" };
+        let mut cmd = in_netns(&target.netns, "stdbuf");
+        cmd.args(["-oL", "xtables-monitor", "--trace", fam]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let shown = format!("{cmd:?}");
+        let mut child = cmd.spawn().map_err(|source| ReferenceError::Spawn { cmd: shown.clone(), source })?;
+        // The monitor subscribes to the trace group right after start; give it that moment.
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(Some(_)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut stderr);
+            }
+            return Err(ReferenceError::MonitorDied { cmd: shown, stderr: stderr.trim().to_string() });
+        }
+        let out = child.stdout.take().expect("stdout is piped");
+        let c = Collector::empty();
+        let lines = c.lines.clone();
+        let thread = std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(std::result::Result::ok) {
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+            }
+        });
+        Ok(Collector { thread: Some(thread), child: Some(child), ..c })
+    }
+
+    fn empty() -> Self {
+        Collector {
+            lines: Arc::default(),
+            lost: Arc::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+            child: None,
+        }
+    }
+
+    /// Stops the reader (kills the monitor we started) and returns (text, lost).
+    fn finish(mut self) -> (String, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()));
+        let lost = *self.lost.lock().unwrap_or_else(|e| e.into_inner());
+        (lines.join("\n") + if lines.is_empty() { "" } else { "\n" }, lost)
+    }
+}
+
+/// Reads kmsg records until `stop`. Each read returns one record `prio,seq,usec,flags;text`
+/// followed by optional ` KEY=value` continuation lines (dropped). EPIPE = records were
+/// overwritten before we read them (counted as lost; reading continues).
+fn read_kmsg(mut f: std::fs::File, lines: &Mutex<Vec<String>>, lost: &Mutex<u64>, stop: &AtomicBool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut last_seq: Option<u64> = None;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => std::thread::sleep(Duration::from_millis(10)),
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                let first = rec.lines().next().unwrap_or("").to_string();
+                let seq = first.split(',').nth(1).and_then(|s| s.parse::<u64>().ok());
+                if let (Some(prev), Some(s)) = (last_seq, seq) {
+                    if s > prev + 1 {
+                        *lost.lock().unwrap_or_else(|e| e.into_inner()) += s - prev - 1;
+                    }
+                }
+                last_seq = seq.or(last_seq);
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(first);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // The sequence gap of the next record counts what was lost; before any record
+            // there is no gap to measure, so count at least one.
+            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
+                if last_seq.is_none() {
+                    *lost.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                }
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_without_permission() {
+        let target = TraceTarget { netns: "/proc/self/ns/net".into(), backend: IptablesBackend::Legacy, family: Family::Ipv4 };
+        assert!(matches!(ReferenceTracer::start(target, &TraceSelector::default(), false), Err(ReferenceError::NotAllowed)));
+    }
+
+    #[test]
+    fn selector_builds_iptables_matches() {
+        let s = TraceSelector { dst: Some("192.168.64.4/32".into()), proto: Some("tcp".into()), dport: Some(10000), ..Default::default() };
+        assert_eq!(s.iptables_args(), ["-d", "192.168.64.4/32", "-p", "tcp", "--dport", "10000"]);
+        let no_proto = TraceSelector { sport: Some(1), ..Default::default() };
+        assert!(no_proto.iptables_args().is_empty(), "ports need -p");
+    }
+}
