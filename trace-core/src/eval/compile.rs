@@ -23,6 +23,48 @@ pub(super) struct CChain {
     pub policy: Option<TableVerdict>,
     pub end_kind: StepKind,
     pub rules: Vec<CRule>,
+    /// For long chains of `-d ADDR/32` rules (kube-proxy's KUBE-SERVICES): which rules can
+    /// match a given destination. Skipping the others is exact — a rule whose destination
+    /// differs can neither match nor print anything.
+    pub dst_index: Option<DstIndex>,
+}
+
+/// Positions of the rules with an exact, non-negated destination, by destination; and of
+/// every other rule. Both sorted.
+#[derive(Debug)]
+pub(super) struct DstIndex {
+    by_dst: HashMap<u128, Vec<u32>>,
+    general: Vec<u32>,
+}
+
+/// Chains with at least this many exact-destination rules get an index.
+const INDEX_MIN_RULES: usize = 32;
+
+impl DstIndex {
+    fn build(rules: &[CRule], family_bits: u32) -> Option<DstIndex> {
+        let full: u128 = if family_bits == 32 { u32::MAX as u128 } else { u128::MAX };
+        let mut by_dst: HashMap<u128, Vec<u32>> = HashMap::new();
+        let mut general = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            match r.dst {
+                Some(t) if !t.negated && t.mask == full => by_dst.entry(t.net).or_default().push(i as u32),
+                _ => general.push(i as u32),
+            }
+        }
+        let exact: usize = by_dst.values().map(Vec::len).sum();
+        (exact >= INDEX_MIN_RULES).then_some(DstIndex { by_dst, general })
+    }
+
+    /// The first position >= `pos` whose rule may match destination `dst`
+    /// (`len` = the chain end when none).
+    pub fn next(&self, pos: u32, dst: u128, len: u32) -> u32 {
+        let from = |v: &[u32]| v.get(v.partition_point(|&p| p < pos)).copied().unwrap_or(len);
+        let g = from(&self.general);
+        match self.by_dst.get(&dst) {
+            Some(v) => g.min(from(v)),
+            None => g,
+        }
+    }
 }
 
 /// `(addr & mask) == net`, negated or not.
@@ -62,21 +104,26 @@ impl CTable {
         let td = &rs.tables[dump];
         let by_name: HashMap<String, u32> =
             td.chains.iter().enumerate().map(|(i, c)| (c.name.clone(), i as u32)).collect();
+        let bits = if rs.family == crate::netfilter::Family::Ipv4 { 32 } else { 128 };
         let chains = td
             .chains
             .iter()
-            .map(|c| CChain {
-                policy: c.policy.map(|p| match p {
-                    Policy::Accept => TableVerdict::Accept,
-                    Policy::Drop => TableVerdict::Drop,
-                }),
-                end_kind: if c.is_builtin() { StepKind::Policy } else { StepKind::Return },
-                rules: c
+            .map(|c| {
+                let rules: Vec<CRule> = c
                     .rules
                     .iter()
                     .enumerate()
                     .map(|(i, r)| compile_rule(r, c.step_kind(i as u32 + 1).unwrap_or(StepKind::Rule), &by_name))
-                    .collect(),
+                    .collect();
+                CChain {
+                    policy: c.policy.map(|p| match p {
+                        Policy::Accept => TableVerdict::Accept,
+                        Policy::Drop => TableVerdict::Drop,
+                    }),
+                    end_kind: if c.is_builtin() { StepKind::Policy } else { StepKind::Return },
+                    dst_index: DstIndex::build(&rules, bits),
+                    rules,
+                }
             })
             .collect();
         CTable { dump, chains, by_name }

@@ -211,14 +211,19 @@ fn reconstruct_table(
     result.truncated = traversal.truncated;
     let mut fits = Vec::new();
     let mut rejected = Vec::new();
-    for cand in traversal.candidates {
-        let path = to_path(ev, obs, hp.hook, &cand);
-        match evidence::check(obs, hp.hook, &cand, ctx, hp) {
-            Ok(()) => fits.push(path),
-            Err(why) => rejected.push(Path { rejected: Some(why), ..path }),
+    for cand in &traversal.candidates {
+        match evidence::check(obs, hp.hook, cand, ctx, hp) {
+            Ok(()) => fits.push(to_path(ev, obs, hp.hook, cand)),
+            Err(why) => rejected.push((cand, why)),
         }
     }
     result.ruled_out = rejected.len();
+    // Ruled-out paths are only shown when nothing fits (materialising them costs).
+    let rejected: Vec<Path> = if fits.is_empty() {
+        rejected.into_iter().map(|(c, why)| Path { rejected: Some(why), ..to_path(ev, obs, hp.hook, c) }).collect()
+    } else {
+        Vec::new()
+    };
     // Fewest assumptions first: the path that needs no undecidable match to be true/false
     // leads when several fit (they are all shown).
     fits.sort_by_key(|p| p.assumptions.len());
