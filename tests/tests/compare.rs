@@ -6,13 +6,13 @@
 //! Skips loudly when not root or when a tool is missing.
 
 use std::path::Path;
-use trace_core::compare::matching::MatchOptions;
 use trace_core::compare::nft_ruleset;
 use trace_core::compare::reference::{self, RefPacket};
 use trace_core::compare::resolve::Resolver;
 use trace_core::netfilter::Family;
 use trace_user::lab::{IptablesBackend, Lab, LabNs, LabOptions, LabTest};
-use trace_user::reference::{ReferenceTracer, TraceSelector, TraceTarget};
+use trace_core::compare::captured::{CapturedHeaders, CapturedPacket};
+use trace_user::reference::{agreement, ReferenceTracer, TraceSelector, TraceTarget};
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -69,12 +69,11 @@ struct Traced {
 fn trace_one(lab: &Lab, backend: IptablesBackend, test: LabTest) -> Traced {
     let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
     let tracer = ReferenceTracer::start(target, &selector(test), true).expect("tracer start");
-    let save = lab.iptables_save().expect("iptables-save");
+    let snap = tracer.snapshot_rulesets().expect("ruleset snapshot");
+    let save = snap.iptables_save.clone();
     assert!(save.contains("iptrace-compare-"), "TRACE rule inserted:\n{save}");
-    let nft = (backend == IptablesBackend::Nft).then(|| {
-        let text = lab.exec(LabNs::Node, &["nft", "-a", "list", "ruleset"]).expect("nft list");
-        nft_ruleset::parse(&String::from_utf8_lossy(&text.stdout)).expect("nft ruleset parses")
-    });
+    assert_eq!(snap.nft_ruleset.is_some(), backend == IptablesBackend::Nft);
+    let nft = snap.nft_ruleset.as_deref().map(|t| nft_ruleset::parse(t).expect("nft ruleset parses"));
     let ex = lab.run(test).expect("lab traffic");
     let out = tracer.finish().expect("tracer finish");
     let parsed = reference::parse(&out.text, Some(out.format));
@@ -190,30 +189,41 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
         // dropped here as on a panic or Ctrl-C unwinding
     }
     assert!(!lab.iptables_save().unwrap().contains("iptrace-compare-"), "drop removed the rules");
-    // A traced run compared against itself through `compare` agrees packet by packet.
-    let traced = trace_one(&lab, backend, LabTest::Remote);
-    let resolver = Resolver { dump: Some(&traced.dump), nft: None };
-    let parsed = reference::ParsedReference { packets: traced.packets.clone(), ..Default::default() };
-    let captured: Vec<_> = traced
-        .packets
+    // A traced run compared through `agreement` with what iptrace reconstructs for it (here:
+    // the kernel's own paths plus the TRACE rule step a full reconstruction starts with)
+    // agrees packet by packet; one wrong rule number is a disagreement.
+    let tracer = ReferenceTracer::start(target, &selector(LabTest::Remote), true).unwrap();
+    let snap = tracer.snapshot_rulesets().unwrap();
+    let ex = lab.run(LabTest::Remote).unwrap();
+    let out = tracer.finish().unwrap();
+    let dump = trace_core::rules::parse(&snap.iptables_save).unwrap();
+    let resolver = Resolver { dump: Some(&dump), nft: None };
+    let parsed = reference::parse(&out.text, Some(out.format));
+    let ours: Vec<&RefPacket> = parsed.packets.iter().filter(|p| p.headers.iter().any(|h| h.sport == Some(ex.local.port()))).collect();
+    let mut captured: Vec<CapturedPacket> = ours
         .iter()
         .enumerate()
-        .map(|(index, p)| trace_core::compare::captured::CapturedPacket {
+        .map(|(index, p)| CapturedPacket {
             index,
             ts_ns: None,
-            headers: p.headers.iter().map(|h| trace_core::compare::captured::CapturedHeaders {
+            headers: p.headers.iter().map(|h| CapturedHeaders {
                 src: h.src.unwrap(), dst: h.dst.unwrap(), proto: h.proto, sport: h.sport, dport: h.dport,
                 id: h.id, len: h.len, seq: h.seq, ack: h.ack, tcp_flags: h.tcp_flags,
             }).collect(),
-            // What iptrace reconstructs: the full path, TRACE rule included.
             steps: std::iter::once("raw:PREROUTING:rule:1".parse().unwrap())
                 .chain(p.steps().iter().map(|s| resolver.step(s).unwrap()))
                 .collect(),
             table_paths: Vec::new(),
         })
         .collect();
-    let report = trace_core::compare::compare(&parsed, &captured, &resolver, &MatchOptions::default());
+    assert!(captured.len() >= 4);
+    let report = agreement(&out, &captured, &snap).unwrap();
     assert_eq!(report.totals.agree, captured.len(), "{}", report.render_text(3));
     assert_eq!(report.exit_code(), 0);
+    let syn_path = &mut captured[0].steps;
+    let at = syn_path.iter().position(|s| s.to_string() == "filter:FORWARD:rule:8").expect("SYN through FORWARD rule 8");
+    syn_path[at] = "filter:FORWARD:rule:7".parse().unwrap();
+    let report = agreement(&out, &captured, &snap).unwrap();
+    assert_eq!((report.totals.differ, report.exit_code()), (1, 1), "{}", report.render_text(3));
     lab.down().unwrap();
 }

@@ -109,6 +109,41 @@ pub struct ReferenceOutput {
     pub lost: u64,
 }
 
+/// The rulesets of the traced netns taken while the TRACE rules are in place: what the kernel's
+/// trace positions refer to.
+#[derive(Debug, Clone)]
+pub struct RulesetSnapshot {
+    /// `iptables-{legacy,nft}-save` (or ip6tables-…) output.
+    pub iptables_save: String,
+    /// `nft -a list ruleset` (nft backend only): maps the monitor's rule handles.
+    pub nft_ruleset: Option<String>,
+}
+
+/// Why an agreement could not be computed (bad input, not a disagreement).
+#[derive(Debug, thiserror::Error)]
+pub enum AgreementError {
+    #[error("iptables-save of the traced netns: {0}")]
+    Dump(String),
+    #[error("nft ruleset of the traced netns: {0}")]
+    Nft(#[from] trace_core::compare::nft_ruleset::NftRulesetError),
+}
+
+/// Compares the kernel's trace with iptrace's packets (convert reconstructed packets with
+/// `CapturedPacket::from(&ReconstructedPacket)`). The report's `exit_code()` is what
+/// `iptrace compare` would exit with.
+pub fn agreement(
+    output: &ReferenceOutput,
+    captured: &[trace_core::compare::captured::CapturedPacket],
+    snapshot: &RulesetSnapshot,
+) -> std::result::Result<trace_core::compare::report::Report, AgreementError> {
+    use trace_core::compare::{matching::MatchOptions, nft_ruleset, reference, resolve::Resolver};
+    let dump = trace_core::rules::parse(&snapshot.iptables_save).map_err(|e| AgreementError::Dump(e.to_string()))?;
+    let nft = snapshot.nft_ruleset.as_deref().map(nft_ruleset::parse).transpose()?;
+    let parsed = reference::parse(&output.text, Some(output.format));
+    let resolver = Resolver { dump: Some(&dump), nft: nft.as_ref() };
+    Ok(trace_core::compare::compare(&parsed, captured, &resolver, &MatchOptions::default()))
+}
+
 /// Per-process reference count of nf_log_all_netns users, with the value to restore.
 static NF_LOG_USERS: Mutex<(usize, Option<String>)> = Mutex::new((0, None));
 
@@ -163,6 +198,19 @@ fn run(cmd: &mut Command) -> Result<()> {
         status: out.status.to_string(),
         stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
     })
+}
+
+fn output_of(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.stdin(Stdio::null()).output().map_err(|source| ReferenceError::Spawn { cmd: shown.clone(), source })?;
+    if !out.status.success() {
+        return Err(ReferenceError::Command {
+            cmd: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A running collection of the kernel's trace. Undo happens in `finish` or `Drop`.
@@ -226,6 +274,18 @@ impl ReferenceTracer {
         run(in_netns(&self.target.netns, &bin).args(["-w", "-t", "raw", "-I", chain, "1"]).args(&spec))?;
         self.rules.push((chain.to_string(), spec));
         Ok(())
+    }
+
+    /// The netns's rulesets now (call after `start`, while the TRACE rules are in place).
+    pub fn snapshot_rulesets(&self) -> Result<RulesetSnapshot> {
+        let v6 = if self.target.family == Family::Ipv6 { "ip6" } else { "ip" };
+        let save = format!("{v6}tables-{}-save", self.target.backend.as_str());
+        let iptables_save = output_of(&mut in_netns(&self.target.netns, &save))?;
+        let nft_ruleset = match self.target.backend {
+            IptablesBackend::Nft => Some(output_of(in_netns(&self.target.netns, "nft").args(["-a", "list", "ruleset"]))?),
+            IptablesBackend::Legacy => None,
+        };
+        Ok(RulesetSnapshot { iptables_save, nft_ruleset })
     }
 
     fn nft_raw_exists(&self) -> bool {
