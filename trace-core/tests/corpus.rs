@@ -192,3 +192,15 @@ fn every_parsed_corpus_file_prints_back_to_the_same_model() {
         }
     }
 }
+
+#[test]
+fn every_parsed_corpus_file_survives_json() {
+    for (name, outcome) in EXPECTED {
+        if matches!(outcome, Parses(..)) {
+            let rs = parsed(name);
+            let json = serde_json::to_string(&rs).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let back: Ruleset = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(back, rs, "{name}");
+        }
+    }
+}

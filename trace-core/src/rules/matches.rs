@@ -90,7 +90,7 @@ pub fn module_decidability(module: &str) -> Decidability {
 
 /// The typed options of a module. Typed variants hold every option the module was given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", content = "options", rename_all = "snake_case")]
 pub enum MatchKind {
     Tcp(TcpMatch),
     Udp(PortsMatch),

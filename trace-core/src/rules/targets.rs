@@ -19,7 +19,7 @@ pub enum StandardVerdict {
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "target", rename_all = "snake_case")]
+#[serde(tag = "target", content = "options", rename_all = "snake_case")]
 pub enum Target {
     /// No `-j`: the rule only counts (the kernel stores a fall-through jump, verdict >= 0).
     None,
