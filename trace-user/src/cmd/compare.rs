@@ -140,3 +140,123 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = compare_text(&reference_text, format, &captured, &resolver, &opts);
     print_report(&report, args.json, args.max_diffs)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The command on the shared fixtures: exit codes 0/1/2 and error paths.
+    use super::*;
+    use trace_core::compare::captured::CapturedHeaders;
+
+    fn fixtures() -> Option<PathBuf> {
+        let d = std::env::var_os("IPTRACE_FIXTURES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/docker"));
+        if d.is_dir() {
+            Some(d)
+        } else {
+            eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES)", d.display());
+            None
+        }
+    }
+
+    fn tmp(name: &str, text: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("iptrace-compare-test-{}-{name}", std::process::id()));
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    /// The xtables-monitor trace of nft-remote as iptrace JSON lines (the kernel's paths).
+    fn captured_jsonl(d: &Path) -> String {
+        let rs = nft_ruleset::parse(&std::fs::read_to_string(d.join("nft-remote.nft-ruleset.txt")).unwrap()).unwrap();
+        let resolver = Resolver { dump: None, nft: Some(&rs) };
+        let xt = reference::parse(&std::fs::read_to_string(d.join("nft-remote.txt")).unwrap(), None);
+        xt.packets
+            .iter()
+            .map(|p| {
+                let c = CapturedPacket {
+                    index: 0,
+                    ts_ns: None,
+                    headers: p
+                        .headers
+                        .iter()
+                        .map(|h| CapturedHeaders {
+                            src: h.src.unwrap(),
+                            dst: h.dst.unwrap(),
+                            proto: h.proto,
+                            sport: h.sport,
+                            dport: h.dport,
+                            id: h.id,
+                            len: h.len,
+                            seq: None,
+                            ack: None,
+                            tcp_flags: h.tcp_flags,
+                        })
+                        .collect(),
+                    steps: p.steps().iter().map(|s| resolver.step(s).unwrap()).collect(),
+                    table_paths: Vec::new(),
+                };
+                serde_json::to_string(&c).unwrap() + "\n"
+            })
+            .collect()
+    }
+
+    fn args(reference: PathBuf, nft: Option<PathBuf>, captured: PathBuf) -> Args {
+        Args {
+            reference,
+            format: RefFormat::Auto,
+            ruleset: None,
+            nft_ruleset: nft,
+            json: true,
+            max_diffs: 3,
+            time_window: None,
+            captured,
+        }
+    }
+
+    #[test]
+    fn exit_codes_on_fixtures() {
+        let Some(d) = fixtures() else { return };
+        let cap = tmp("cap.jsonl", &captured_jsonl(&d));
+        let monitor = d.join("nft-remote.nft-monitor.txt");
+        let nft = d.join("nft-remote.nft-ruleset.txt");
+        assert_eq!(run(args(monitor.clone(), Some(nft.clone()), cap.clone())).unwrap(), ExitCode::from(0));
+        // The ruleset changed after the capture: DOCKER-USER's RETURN moved to position 2.
+        let edited = std::fs::read_to_string(&nft).unwrap().replace(
+            "\t\tcounter packets 10 bytes 583 return # handle 25",
+            "\t\tiifname \"lo\" accept # handle 98\n\t\tcounter packets 10 bytes 583 return # handle 25",
+        );
+        let edited = tmp("edited.nft", &edited);
+        assert_eq!(run(args(monitor.clone(), Some(edited.clone()), cap.clone())).unwrap(), ExitCode::from(1));
+        // Handles without any ruleset: bad input.
+        assert_eq!(run(args(monitor.clone(), None, cap.clone())).unwrap(), ExitCode::from(2));
+        // An empty reference (e.g. nf_log_all_netns was 0): nothing in common.
+        let empty = d.join("legacy-remote.txt");
+        assert_eq!(run(args(empty, None, cap.clone())).unwrap(), ExitCode::from(1));
+        for p in [cap, edited] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors_naming_the_file() {
+        let Some(d) = fixtures() else { return };
+        let monitor = d.join("nft-remote.nft-monitor.txt");
+        let bad_json = tmp("bad.jsonl", "{\"steps\": [\"raw:PREROUTING:policy:2\"]\nnot json\n");
+        let e = run(args(monitor.clone(), None, bad_json.clone())).unwrap_err().to_string();
+        assert!(e.contains("bad.jsonl") && e.contains("line 1"), "{e}");
+        let bad_nft = tmp("bad.nft", "hello\n");
+        let cap = tmp("cap2.jsonl", &captured_jsonl(&d));
+        let e = run(args(monitor.clone(), Some(bad_nft.clone()), cap.clone())).unwrap_err().to_string();
+        assert!(e.contains("bad.nft") && e.contains("line 1"), "{e}");
+        let mut a = args(monitor, None, cap.clone());
+        a.ruleset = Some(d.join("nft-remote.nft-ruleset.txt"));
+        let e = run(a).unwrap_err().to_string();
+        assert!(e.contains("nft-remote.nft-ruleset.txt:"), "an nft listing is not an iptables-save dump: {e}");
+        let not_ref = tmp("notref.txt", "hello world\n");
+        let e = run(args(not_ref.clone(), None, cap.clone())).unwrap_err().to_string();
+        assert!(e.contains("no TRACE, LOG"), "{e}");
+        for p in [bad_json, bad_nft, cap, not_ref] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
