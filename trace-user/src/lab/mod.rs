@@ -366,6 +366,8 @@ fn spawn_server_process(exe: &Path, ctr: &Path) -> Result<Child> {
         .args(["--port", &topology::CTR_PORT.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
+        // Not inherited: a caller reading our output to EOF would wait for the server too.
+        .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .map_err(|source| LabError::Io { op: "spawn", path: exe.into(), source })?;
