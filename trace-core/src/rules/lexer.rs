@@ -1,7 +1,9 @@
-//! Splits one line into words the way iptables-restore does: blanks separate words, double
-//! (or single) quotes group, and inside double quotes a backslash escapes the next character
-//! (iptables-save writes `"` and `\` in comments as `\"` and `\\`). Quotes may join parts of
-//! a word (`a"b c"` is the single word `ab c`). Columns are 1-based character positions.
+//! Splits one line into words exactly as iptables-restore does (xshared.c
+//! `add_param_to_argv`): blanks (space, tab) separate words; a double quote opens a quoted
+//! part, inside which a backslash escapes the next character (iptables-save writes `"` and
+//! `\` in comments as `\"` and `\\`); the closing quote ends the word (`"a"b` is two words);
+//! single quotes and backslashes outside quotes are ordinary characters. Columns are 1-based
+//! character positions.
 
 use super::error::{ParseError, ParseErrorKind};
 
@@ -26,19 +28,20 @@ impl Word {
 pub fn split(line: &str, line_no: u32) -> Result<Vec<Word>, ParseError> {
     let mut words = Vec::new();
     let mut cur: Option<Word> = None;
-    let mut quote: Option<(char, u32)> = None;
+    let mut quote_col: Option<u32> = None;
     let mut escaped = false;
     for (i, c) in line.chars().enumerate() {
         let col = i as u32 + 1;
-        if let Some((q, _)) = quote {
+        if quote_col.is_some() {
             let w = cur.get_or_insert_with(|| Word { text: String::new(), col, quoted: true });
             if escaped {
                 escaped = false;
                 w.text.push(c);
-            } else if c == '\\' && q == '"' {
+            } else if c == '\\' {
                 escaped = true;
-            } else if c == q {
-                quote = None;
+            } else if c == '"' {
+                quote_col = None;
+                words.extend(cur.take());
             } else {
                 w.text.push(c);
             }
@@ -46,15 +49,15 @@ pub fn split(line: &str, line_no: u32) -> Result<Vec<Word>, ParseError> {
             words.extend(cur.take());
         } else {
             let w = cur.get_or_insert_with(|| Word { text: String::new(), col, quoted: false });
-            if c == '"' || c == '\'' {
-                quote = Some((c, col));
+            if c == '"' {
+                quote_col = Some(col);
                 w.quoted = true;
             } else {
                 w.text.push(c);
             }
         }
     }
-    if let Some((_, col)) = quote {
+    if let Some(col) = quote_col {
         return Err(ParseError::new(line_no, col, ParseErrorKind::UnterminatedQuote));
     }
     words.extend(cur);
@@ -68,7 +71,7 @@ pub fn quote(s: &str) -> String {
     const OPTION_LIKE: [&str; 11] = ["-s", "-d", "-p", "-i", "-o", "-f", "-m", "-j", "-g", "-c", "!"];
     let plain = !s.is_empty()
         && !OPTION_LIKE.contains(&s)
-        && s.chars().all(|c| !c.is_whitespace() && !matches!(c, '"' | '\''));
+        && s.chars().all(|c| !matches!(c, ' ' | '\t' | '"'));
     if plain {
         return s.to_string();
     }
@@ -103,7 +106,9 @@ mod tests {
     fn quotes_group_and_escape() {
         assert_eq!(texts(r#"--log-prefix "[UFW BLOCK] " -j"#), ["--log-prefix", "[UFW BLOCK] ", "-j"]);
         assert_eq!(texts(r#"--comment "say \"hi\" \\o/""#), ["--comment", r#"say "hi" \o/"#]);
-        assert_eq!(texts(r#"a"b c"d 'e f'"#), ["ab cd", "e f"]);
+        // As iptables-restore: the closing quote ends the word; single quotes are literal.
+        assert_eq!(texts(r#"a"b c"d 'e f'"#), ["ab c", "d", "'e", "f'"]);
+        assert_eq!(texts(r"a\b"), [r"a\b"]);
         assert_eq!(texts(r#"--comment """#), ["--comment", ""]);
         let w = split(r#"! "!""#, 1).unwrap();
         assert!(w[0].is("!") && !w[1].is("!"));
@@ -117,7 +122,7 @@ mod tests {
 
     #[test]
     fn quote_round_trips() {
-        for s in ["plain", "a b", r#"x"y"#, r"back\slash", r#"both\""#, "", "[UFW BLOCK] ", "-j", "!"] {
+        for s in ["plain", "a b", r#"x"y"#, r"back\slash", r#"both\""#, "", "[UFW BLOCK] ", "-j", "!", "it's"] {
             assert_eq!(texts(&quote(s)), [s]);
         }
     }

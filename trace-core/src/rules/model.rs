@@ -348,7 +348,9 @@ pub struct Rule {
     pub text: String,
     /// `[p:b] -A ...` or `-A ... -c p b`.
     pub counters: Option<Counters>,
-    /// `-p`; None when absent.
+    /// `-p`; None when absent — and for IPv4 `-p all`, which the kernel cannot tell from no
+    /// `-p`. An IPv6 `-p all` stays `Some(All)`: ip6tables flags it (IP6T_F_PROTO), so the
+    /// packet must have a findable upper-layer header. `! -p all` is refused by iptables.
     pub protocol: Option<Negatable<Proto>>,
     pub src: Option<Negatable<IpNet>>,
     pub dst: Option<Negatable<IpNet>>,
@@ -384,8 +386,9 @@ impl Rule {
         }
     }
 
-    /// The kernel's `unconditional()`: no match modules and an all-zero `ipt_ip` (no -p other
-    /// than a plain `all`, no -s/-d other than a plain `/0`, no -i/-o, no -f, no `!`, no -g).
+    /// The kernel's `unconditional()`: no match modules and an all-zero `ipt_ip`/`ip6t_ip6`:
+    /// no -p (see [`Rule::protocol`] for `-p all`), no -s/-d other than a plain `/0`, no
+    /// -i/-o, no -f, no `!`, no -g.
     pub fn is_unconditional(&self) -> bool {
         let plain_any_net = |n: &Option<Negatable<IpNet>>| {
             n.as_ref().is_none_or(|n| !n.negated && n.value.mask.is_unspecified())
@@ -395,7 +398,7 @@ impl Rule {
             && self.fragment.is_none()
             && self.in_iface.is_none()
             && self.out_iface.is_none()
-            && self.protocol.as_ref().is_none_or(|p| !p.negated && p.value == Proto::All)
+            && self.protocol.is_none()
             && plain_any_net(&self.src)
             && plain_any_net(&self.dst)
     }

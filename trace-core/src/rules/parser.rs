@@ -13,7 +13,7 @@
 
 use super::error::{ParseError, ParseErrorKind};
 use super::lexer::{split, Word};
-use super::model::{Backend, Chain, Counters, Header, Policy, Rule, Ruleset, TableDump, Warning};
+use super::model::{Backend, Chain, Counters, Header, Policy, Proto, Rule, Ruleset, TableDump, Warning};
 use super::rule_spec::{parse_rule, Scope};
 use super::values::Ctx;
 use crate::netfilter::{Family, Hook, Table};
@@ -360,8 +360,12 @@ impl Parser {
 
     fn finish(mut self) -> Ruleset {
         self.close_open(None);
+        let family = self.family.unwrap_or(Family::Ipv4);
+        if family == Family::Ipv4 {
+            drop_ipv4_proto_all(&mut self.tables);
+        }
         Ruleset {
-            family: self.family.unwrap_or(Family::Ipv4),
+            family,
             header: self.header,
             warnings: self.warnings,
             tables: self.tables,
@@ -372,6 +376,18 @@ impl Parser {
 /// nft: `(nf_tables)` (1.8.3+), an `-nft` tool name, or 1.8.0–1.8.2's `xtables-save`.
 /// Otherwise an `iptables-save`/`ip6tables-save` header is legacy: the legacy tools never
 /// print a backend (and before 1.8 legacy was the only one).
+/// IPv4 `-p all` is protocol 0 with no flag: the kernel sees no protocol restriction, so
+/// the model holds None. (ip6tables sets IP6T_F_PROTO for any -p, `all` included: there the
+/// restriction is real — an upper-layer header must be found — and is kept.)
+fn drop_ipv4_proto_all(tables: &mut [TableDump]) {
+    let rules = tables.iter_mut().flat_map(|t| t.chains.iter_mut()).flat_map(|c| c.rules.iter_mut());
+    for r in rules {
+        if r.protocol.as_ref().is_some_and(|p| p.value == Proto::All && !p.negated) {
+            r.protocol = None;
+        }
+    }
+}
+
 fn header_backend(tool: &str, suffix: &str) -> Backend {
     if suffix == "(nf_tables)" || tool.contains("-nft") || tool.starts_with("xtables") {
         Backend::NfTables

@@ -56,6 +56,7 @@ pub(crate) struct Scope<'a> {
 /// when `-s`/`-d` list several addresses: sources outer, destinations inner).
 pub(crate) fn parse_rule(words: &[Word], text: &str, cx: &mut Ctx, scope: &Scope) -> Res<Vec<Rule>> {
     let spec = read_spec(words, cx)?;
+    check_address_lists(&spec, words, cx)?;
     let matches = typed_matches(&spec, cx)?;
     let (target, goto) = typed_target(&spec, cx, scope)?;
     check_protocols(&spec, &matches, &target, cx)?;
@@ -81,6 +82,20 @@ pub(crate) fn parse_rule(words: &[Word], text: &str, cx: &mut Ctx, scope: &Scope
         }
     }
     Ok(rules)
+}
+
+/// iptables: "! not allowed with multiple source or destination IP addresses".
+fn check_address_lists(spec: &Spec, words: &[Word], cx: &Ctx) -> Res<()> {
+    let len = |l: &Option<Negatable<Vec<IpNet>>>| l.as_ref().map_or(0, |l| l.value.len());
+    let negated = |l: &Option<Negatable<Vec<IpNet>>>| l.as_ref().is_some_and(|l| l.negated);
+    if (len(&spec.srcs) > 1 || len(&spec.dsts) > 1) && (negated(&spec.srcs) || negated(&spec.dsts)) {
+        let at = words.iter().find(|w| w.is("!")).map_or(1, |w| w.col);
+        return Err(cx.err(at, ParseErrorKind::BadValue {
+            what: "negation".into(),
+            text: "! not allowed with multiple source or destination addresses".into(),
+        }));
+    }
+    Ok(())
 }
 
 fn expand(list: &Option<Negatable<Vec<IpNet>>>) -> Vec<Option<Negatable<IpNet>>> {
@@ -162,6 +177,9 @@ fn option(spec: &mut Spec, words: &[Word], i: &mut usize, w: &Word, neg: Option<
             let (old, v) = value(words, i, cx, w)?;
             let p = parse_proto(&v.text)
                 .ok_or_else(|| cx.err(v.col, ParseErrorKind::BadProtocol { text: v.text.clone() }))?;
+            if p == Proto::All && (neg.is_some() || old) {
+                return Err(cx.bad(v, "protocol: `! -p all` would never match (iptables refuses it)"));
+            }
             if matches!(v.text.to_ascii_lowercase().as_str(), "ipv6-icmp" | "icmpv6" | "icmp6") {
                 cx.use_family(Family::Ipv6, v)?;
             }
@@ -171,9 +189,6 @@ fn option(spec: &mut Spec, words: &[Word], i: &mut usize, w: &Word, neg: Option<
             let (old, v) = value(words, i, cx, w)?;
             let nets = cx.nets(v)?;
             let negated = neg.is_some() || old;
-            if negated && nets.len() > 1 {
-                return Err(cx.bad(v, "negated address list (iptables allows `!` with one address only)"));
-            }
             let is_src = matches!(opt, "-s" | "--source" | "--src");
             let slot = if is_src { &mut spec.srcs } else { &mut spec.dsts };
             set_once(slot, Negatable::new(nets, negated), cx, w)
