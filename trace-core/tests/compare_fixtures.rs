@@ -14,11 +14,11 @@ use trace_core::step::StepId;
 fn fixtures() -> Option<PathBuf> {
     let dir = std::env::var_os("IPTRACE_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/docker"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")).join("docker");
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES)", dir.display());
+        eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)", dir.display());
         None
     }
 }

@@ -6,12 +6,12 @@ use trace_core::compare::reference::{self, Evidence, Format, RefStepPos};
 /// The fixture directory (IPTRACE_FIXTURES overrides); None, loudly, when absent.
 fn fixtures() -> Option<PathBuf> {
     let dir = std::env::var_os("IPTRACE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/docker")
-    });
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+    }).join("docker");
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES)", dir.display());
+        eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)", dir.display());
         None
     }
 }

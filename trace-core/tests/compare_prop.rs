@@ -75,7 +75,7 @@ fn mutate(rng: &mut Rng, line: &str) -> String {
 fn fixture_lines() -> Vec<String> {
     let dir = std::env::var_os("IPTRACE_FIXTURES")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/docker"));
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")).join("docker");
     let mut out = Vec::new();
     for name in ["nft-remote.txt", "nft-remote.nft-monitor.txt", "nft-remote.nft-ruleset.txt", "legacy-local.txt", "legacy-log-remote.txt"] {
         if let Ok(t) = std::fs::read_to_string(dir.join(name)) {

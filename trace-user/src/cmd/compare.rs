@@ -150,11 +150,11 @@ mod tests {
     fn fixtures() -> Option<PathBuf> {
         let d = std::env::var_os("IPTRACE_FIXTURES")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/docker"));
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")).join("docker");
         if d.is_dir() {
             Some(d)
         } else {
-            eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES)", d.display());
+            eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)", d.display());
             None
         }
     }
