@@ -46,8 +46,9 @@ pub mod pred_kind {
     /// Port in `lo..=hi` (`port`, `portrange`), on the sides given by `dir`; only TCP, UDP and
     /// SCTP packets with a readable transport header can match.
     pub const PORT: u8 = 4;
-    /// Interface name (`iface`): `name` compared up to its NUL, or only its first `lo` bytes
-    /// when `hi == 1` (iptables-style `eth+` prefix); sides from `dir` (SRC = in, DST = out).
+    /// Interface name (`iface`): `(dev & mask) == name` bytewise, where `mask` covers the name
+    /// and its NUL (exact) or only the first `lo` bytes when `hi == 1` (iptables-style `eth+`
+    /// prefix); an empty device never matches; sides from `dir` (SRC = in, DST = out).
     pub const IFACE: u8 = 5;
     /// `(mark & hi) == lo` (`mark V/MASK`).
     pub const MARK: u8 = 6;
@@ -201,38 +202,79 @@ impl FilterInput {
     };
 }
 
+/// Loop state of the evaluation, advanced one predicate at a time by [`step`]. Keeping the
+/// whole state in one small struct (one "clause still true" bit, no early returns out of nested
+/// loops) is what keeps the eBPF verifier's path count linear: paths that differ only in
+/// already-used results converge at every step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EvalCursor {
+    /// clause * FILTER_MAX_PREDS + predicate.
+    pub index: u32,
+    /// 1 while every predicate of the current clause so far matched.
+    pub clause_ok: u32,
+    /// 1 once a clause matched.
+    pub matched: u32,
+    /// 1 when evaluation is over (matched, or past the last clause).
+    pub done: u32,
+}
+
+impl EvalCursor {
+    pub const START: EvalCursor = EvalCursor { index: 0, clause_ok: 1, matched: 0, done: 0 };
+}
+
+/// Steps [`matches`] needs at most: one per predicate slot.
+pub const FILTER_STEPS: u32 = (FILTER_MAX_CLAUSES * FILTER_MAX_PREDS) as u32;
+
 /// Does the packet described by `input` match the program? No allocation, no recursion, no
-/// panic path; loops have constant bounds (FILTER_MAX_CLAUSES × FILTER_MAX_PREDS × 16 bytes).
+/// panic path; one loop with a constant bound (FILTER_STEPS) over [`step`]. eBPF callers may
+/// drive [`step`] themselves (e.g. from `bpf_loop`) — it is the same logic.
 #[inline(always)]
 pub fn matches(prog: &FilterProgram, input: &FilterInput) -> bool {
-    let n = prog.n_clauses as usize;
-    for (i, clause) in prog.clauses.iter().enumerate() {
-        if i >= n {
+    let mut cur = EvalCursor::START;
+    for _ in 0..FILTER_STEPS {
+        if step(prog, input, &mut cur) {
             break;
         }
-        if clause_matches(clause, input) {
+    }
+    cur.matched != 0
+}
+
+/// Evaluate one predicate slot; returns true when the evaluation is over. Idempotent once done.
+#[inline(always)]
+pub fn step(prog: &FilterProgram, input: &FilterInput, cur: &mut EvalCursor) -> bool {
+    if cur.done != 0 {
+        return true;
+    }
+    let c = (cur.index / FILTER_MAX_PREDS as u32) as usize;
+    let p = (cur.index % FILTER_MAX_PREDS as u32) as usize;
+    let clause = match prog.clauses.get(c) {
+        Some(clause) if (c as u32) < prog.n_clauses => clause,
+        _ => {
+            cur.done = 1;
             return true;
         }
+    };
+    if (p as u32) < clause.n_preds && cur.clause_ok != 0 {
+        if let Some(pred) = clause.preds.get(p) {
+            cur.clause_ok = pred_matches(pred, input) as u32;
+        }
     }
+    if p == FILTER_MAX_PREDS - 1 {
+        if cur.clause_ok != 0 {
+            cur.matched = 1;
+            cur.done = 1;
+            return true;
+        }
+        cur.clause_ok = 1;
+    }
+    cur.index += 1;
     false
 }
 
-#[inline(always)]
-fn clause_matches(clause: &FilterClause, input: &FilterInput) -> bool {
-    let n = clause.n_preds as usize;
-    for (i, pred) in clause.preds.iter().enumerate() {
-        if i >= n {
-            break;
-        }
-        if !pred_matches(pred, input) {
-            return false;
-        }
-    }
-    true
-}
-
-/// One predicate, negation applied.
-#[inline(always)]
+/// One predicate, negation applied. Not inlined into the loop: one copy of the body keeps the
+/// eBPF program small and each call's branches converge at its return.
+#[inline(never)]
 pub fn pred_matches(pred: &FilterPredicate, input: &FilterInput) -> bool {
     let raw = match pred.kind {
         pred_kind::TRUE => true,
@@ -262,10 +304,26 @@ fn sides(d: u8, src: bool, dst: bool) -> bool {
     match d {
         dir::SRC => src,
         dir::DST => dst,
-        dir::EITHER => src || dst,
-        dir::BOTH => src && dst,
+        dir::EITHER => src | dst,
+        dir::BOTH => src & dst,
         _ => false,
     }
+}
+
+/// The 16 bytes as two words (constant indices: no bounds-check panic path).
+#[inline(always)]
+fn words(a: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// `(a & mask) == want` over 16 bytes (the compiler stores `want` already masked).
+#[inline(always)]
+fn masked_eq(a: &[u8; 16], mask: &[u8; 16], want: &[u8; 16]) -> bool {
+    let (a, m, w) = (words(a), words(mask), words(want));
+    ((a[0] & m[0]) ^ w[0]) | ((a[1] & m[1]) ^ w[1]) == 0
 }
 
 #[inline(always)]
@@ -276,16 +334,6 @@ fn addr_matches(pred: &FilterPredicate, input: &FilterInput) -> bool {
     let src = masked_eq(&input.saddr, &pred.mask, &pred.addr);
     let dst = masked_eq(&input.daddr, &pred.mask, &pred.addr);
     sides(pred.dir, src, dst)
-}
-
-/// `(a & mask) == want` over 16 bytes (the compiler stores `want` already masked).
-#[inline(always)]
-fn masked_eq(a: &[u8; 16], mask: &[u8; 16], want: &[u8; 16]) -> bool {
-    let mut diff = 0u8;
-    for ((x, m), w) in a.iter().zip(mask.iter()).zip(want.iter()) {
-        diff |= (x & m) ^ w;
-    }
-    diff == 0
 }
 
 #[inline(always)]
@@ -305,35 +353,16 @@ fn port_matches(pred: &FilterPredicate, input: &FilterInput) -> bool {
     if !has_ports(input) || !family_ok(pred, input) {
         return false;
     }
-    let in_range = |p: u16| (p as u32) >= pred.lo && (p as u32) <= pred.hi;
+    let in_range = |p: u16| ((p as u32) >= pred.lo) & ((p as u32) <= pred.hi);
     sides(pred.dir, in_range(input.sport), in_range(input.dport))
 }
 
+/// Device names: `name` is the pattern zero-padded and `mask` selects the bytes that must be
+/// equal — the name and its NUL for an exact name, only the prefix for `name+` — so bytes the
+/// kernel left after a device's NUL never matter. An absent device (empty name) never matches.
 #[inline(always)]
 fn iface_matches(pred: &FilterPredicate, input: &FilterInput) -> bool {
-    let prefix = pred.hi == 1;
-    let src = name_matches(&pred.name, &input.in_dev, prefix, pred.lo);
-    let dst = name_matches(&pred.name, &input.out_dev, prefix, pred.lo);
+    let src = (input.in_dev[0] != 0) & masked_eq(&input.in_dev, &pred.mask, &pred.name);
+    let dst = (input.out_dev[0] != 0) & masked_eq(&input.out_dev, &pred.mask, &pred.name);
     sides(pred.dir, src, dst)
-}
-
-/// Compare a device name up to its NUL (bytes after the kernel's NUL may be stale), or only the
-/// first `prefix_len` bytes for a prefix pattern. An absent device (empty name) never matches.
-#[inline(always)]
-fn name_matches(want: &[u8; IFNAME_LEN], dev: &[u8; IFNAME_LEN], prefix: bool, prefix_len: u32) -> bool {
-    if dev[0] == 0 {
-        return false;
-    }
-    for (i, (w, d)) in want.iter().zip(dev.iter()).enumerate() {
-        if prefix && i as u32 >= prefix_len {
-            return true;
-        }
-        if w != d {
-            return false;
-        }
-        if *w == 0 {
-            return true;
-        }
-    }
-    true
 }

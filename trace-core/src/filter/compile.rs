@@ -165,6 +165,11 @@ fn lower_prim(p: &Prim) -> FilterPredicate {
             }
             pred.lo = name.len() as u32;
             pred.hi = *prefix as u32;
+            // Compare the name and its NUL, or only the prefix (see pred_kind::IFACE).
+            let covered = if *prefix { name.len() } else { name.len() + 1 };
+            for m in pred.mask.iter_mut().take(covered.min(IFNAME_LEN)) {
+                *m = 0xff;
+            }
         }
         Prim::Mark { value, mask } => {
             pred.kind = pred_kind::MARK;
