@@ -5,4 +5,5 @@ pub mod capture;
 pub mod cmd;
 pub mod netns;
 pub mod reference;
+pub mod rulesource;
 pub mod lab;

@@ -291,3 +291,30 @@ pub fn headers_at(before: &PacketState, step: &Step) -> Headers {
     h.ttl = step.ttl;
     h
 }
+
+/// A packet that cannot be reconstructed at all (no rule dump for its netns/family, a dump
+/// that does not parse): every table inconsistent with `reason`, no steps.
+pub fn unresolved(packet: &PacketTrace, reason: &str) -> ReconstructedPacket {
+    let hooks = packet
+        .hooks
+        .iter()
+        .map(|hp| ReconstructedHook {
+            hook: hp.hook,
+            tables: hp
+                .tables
+                .iter()
+                .map(|obs| TableResult {
+                    table: obs.table,
+                    status: Status::Inconsistent,
+                    reason: Some(reason.to_string()),
+                    skipped: false,
+                    observed: obs.verdict.clone(),
+                    paths: Vec::new(),
+                    ruled_out: 0,
+                    truncated: false,
+                })
+                .collect(),
+        })
+        .collect();
+    ReconstructedPacket { packet: packet.clone(), hooks, status: Status::Inconsistent }
+}

@@ -11,16 +11,22 @@
 //!   iptables-save dump; it applies to the events that follow it (until the next ruleset of
 //!   the same netns and family);
 //! - `{"record":"netinfo","netns":N,"context":{…}}` — [`NetContext`] of that netns;
+//! - `{"record":"plan","netns":N,"family":"ipv4","hook":"PREROUTING","probes":[…],"stages":[…]}`
+//!   — where the probes sat ([`HookPlan`]), which assembly needs to bracket the tables;
 //! - `{"record":"event","event":{…}}` — one [`Event`];
 //! - `{"record":"lost","count":N}` — events the ring buffer dropped (shown, never silent).
 //!
 //! An unknown record kind is an error naming its offset (never skipped silently), so that a
 //! newer file is never half-understood.
 
+use crate::assemble::{HookPlan, ProbePlan, StageSlot};
 use crate::eval::NetContext;
 use crate::event::Event;
-use crate::netfilter::Family;
+use crate::netfilter::{Family, Hook};
+use crate::packet::Stage;
 use serde::{Deserialize, Serialize};
+pub mod replay;
+
 use std::io::{self, BufRead, Write};
 
 /// First line of every recording.
@@ -32,8 +38,37 @@ pub const MAGIC: &str = "IPTRACE-RECORDING 1";
 pub enum Record {
     Ruleset { netns: u32, family: Family, generation: u64, text: String },
     Netinfo { netns: u32, context: NetContext },
+    Plan { netns: u32, family: Family, hook: Hook, probes: Vec<i32>, stages: Vec<PlanStage> },
     Event { event: Event },
     Lost { count: u64 },
+}
+
+/// A stage of a recorded [`HookPlan`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStage {
+    pub priority: i32,
+    pub stage: Stage,
+}
+
+impl Record {
+    /// The plan record of one hook.
+    pub fn plan(netns: u32, family: Family, hook: Hook, plan: &HookPlan) -> Record {
+        Record::Plan {
+            netns,
+            family,
+            hook,
+            probes: plan.probes().to_vec(),
+            stages: plan.stages().iter().map(|s| PlanStage { priority: s.priority, stage: s.stage.clone() }).collect(),
+        }
+    }
+
+    /// Adds a plan record to `plan` (other records: no-op).
+    pub fn add_to_plan(&self, plan: &mut ProbePlan) {
+        if let Record::Plan { netns, family, hook, probes, stages } = self {
+            let stages = stages.iter().map(|s| StageSlot { priority: s.priority, stage: s.stage.clone() }).collect();
+            plan.insert(*netns, *family, *hook, HookPlan::new(probes.clone(), stages));
+        }
+    }
 }
 
 /// Why a recording cannot be read (further).
@@ -91,6 +126,25 @@ impl<W: Write> RecordingWriter<W> {
 
     pub fn write_netinfo(&mut self, netns: u32, context: &NetContext) -> io::Result<()> {
         self.write_record(&Record::Netinfo { netns, context: context.clone() })
+    }
+
+    /// Where the probes of one hook sat (write every hook of the [`ProbePlan`] before events).
+    pub fn write_hook_plan(&mut self, netns: u32, family: Family, hook: Hook, plan: &HookPlan) -> io::Result<()> {
+        self.write_record(&Record::plan(netns, family, hook, plan))
+    }
+
+    /// Every hook plan of `plan` for the given namespaces.
+    pub fn write_plan(&mut self, plan: &ProbePlan, netns: &[u32]) -> io::Result<()> {
+        for &ns in netns {
+            for family in [Family::Ipv4, Family::Ipv6] {
+                for hook in Hook::ALL {
+                    if let Some(hp) = plan.get(ns, family, hook) {
+                        self.write_hook_plan(ns, family, hook, hp)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn write_lost(&mut self, count: u64) -> io::Result<()> {
@@ -188,6 +242,9 @@ mod tests {
         let mut w = RecordingWriter::new(Vec::new()).unwrap();
         w.write_ruleset(3, 1, "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n").unwrap();
         w.write_netinfo(3, &NetContext::unknown()).unwrap();
+        let mut plan = ProbePlan::new();
+        plan.insert_iptables(3, Family::Ipv4, &[crate::netfilter::Table::Filter], true);
+        w.write_hook_plan(3, Family::Ipv4, Hook::Input, plan.get(3, Family::Ipv4, Hook::Input).unwrap()).unwrap();
         w.write_event(&drop_event(10)).unwrap();
         w.write_event(&drop_event(11)).unwrap();
         w.write_lost(4).unwrap();
@@ -198,10 +255,15 @@ mod tests {
     fn round_trips_records() {
         let bytes = sample();
         let recs: Vec<Record> = RecordingReader::new(&bytes[..]).unwrap().map(|r| r.unwrap().1).collect();
-        assert_eq!(recs.len(), 5);
+        assert_eq!(recs.len(), 6);
         assert!(matches!(&recs[0], Record::Ruleset { netns: 3, family: Family::Ipv4, generation: 1, text } if text.contains("*filter")));
-        assert_eq!(recs[2], Record::Event { event: drop_event(10) });
-        assert_eq!(recs[4], Record::Lost { count: 4 });
+        let mut plan = ProbePlan::new();
+        recs[2].add_to_plan(&mut plan);
+        let mut want = ProbePlan::new();
+        want.insert_iptables(3, Family::Ipv4, &[crate::netfilter::Table::Filter], true);
+        assert_eq!(plan.get(3, Family::Ipv4, Hook::Input), want.get(3, Family::Ipv4, Hook::Input));
+        assert_eq!(recs[3], Record::Event { event: drop_event(10) });
+        assert_eq!(recs[5], Record::Lost { count: 4 });
     }
 
     #[test]
@@ -209,7 +271,7 @@ mod tests {
         let bytes = sample();
         let cut = bytes.len() - 5;
         let items: Vec<_> = RecordingReader::new(&bytes[..cut]).unwrap().collect();
-        assert_eq!(items.iter().filter(|r| r.is_ok()).count(), 4);
+        assert_eq!(items.iter().filter(|r| r.is_ok()).count(), 5);
         let last_start = bytes[..bytes.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
         match items.last().unwrap() {
             Err(RecordError::Truncated { offset }) => assert_eq!(*offset, last_start as u64),
@@ -227,7 +289,7 @@ mod tests {
         match &items[2] {
             Err(RecordError::Corrupt { offset, line, .. }) => {
                 assert_eq!(*offset, second as u64);
-                assert_eq!(*line, 4);
+                assert_eq!(*line, 4, "magic, ruleset, netinfo, then this one");
             }
             other => panic!("{other:?}"),
         }

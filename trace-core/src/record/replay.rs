@@ -1,0 +1,175 @@
+//! Offline reconstruction of a recording: records in file order feed the assembler (plans,
+//! events) and the per-netns rule state (rulesets, netinfo); every packet the assembler
+//! completes is reconstructed against the dump of its netns and family current at that
+//! point of the recording (the capture writes a new dump, with a new generation, as soon as
+//! it sees the ruleset change).
+
+use super::Record;
+use crate::assemble::{Assembler, AssemblerConfig, AssemblerStats};
+use crate::eval::{Evaluator, NetContext};
+use crate::netfilter::{Family, Table};
+use crate::packet::PacketTrace;
+use crate::reconstruct::{reconstruct, unresolved, ReconstructedPacket};
+use crate::rules::{self, ParseOptions, Ruleset};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The rules of one (netns, family), or why there are none.
+enum Rules {
+    Ready { generation: u64, ev: Arc<Evaluator> },
+    Broken { generation: u64, reason: String },
+}
+
+/// Counters reported at the end of a replay.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    pub records: u64,
+    pub events: u64,
+    /// Events the capture itself lost (lost records).
+    pub lost_events: u64,
+    pub rulesets: u64,
+    /// Dumps that did not parse (their packets are reported inconsistent).
+    pub bad_rulesets: u64,
+    /// Packets for which a probe plan had to be assumed (the recording has none).
+    pub assumed_plans: u64,
+    pub packets: u64,
+}
+
+pub struct Replayer {
+    asm: Assembler,
+    rules: HashMap<(u32, Family), Rules>,
+    ctx: HashMap<u32, NetContext>,
+    override_rules: Option<Arc<Evaluator>>,
+    planned: std::collections::HashSet<(u32, Family)>,
+    stats: ReplayStats,
+    warnings: Vec<String>,
+}
+
+impl Replayer {
+    /// `override_rules` (`--rules FILE`) replaces every recorded dump.
+    pub fn new(override_rules: Option<Ruleset>) -> Self {
+        Replayer {
+            asm: Assembler::new(Default::default(), AssemblerConfig::default()),
+            rules: HashMap::new(),
+            ctx: HashMap::new(),
+            override_rules: override_rules.map(|r| Arc::new(Evaluator::new(r))),
+            planned: Default::default(),
+            stats: ReplayStats::default(),
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn stats(&self) -> &ReplayStats {
+        &self.stats
+    }
+
+    pub fn assembler_stats(&self) -> &AssemblerStats {
+        self.asm.stats()
+    }
+
+    /// Warnings gathered so far (assumed plans, unparsable dumps); drained.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    /// Feeds one record; returns the packets it completed, reconstructed.
+    pub fn push(&mut self, rec: Record) -> Vec<ReconstructedPacket> {
+        self.stats.records += 1;
+        match rec {
+            Record::Ruleset { netns, family, generation, text } => {
+                self.stats.rulesets += 1;
+                let rules = match rules::parse_with(&text, ParseOptions { family: Some(family) }) {
+                    Ok(rs) => Rules::Ready { generation, ev: Arc::new(Evaluator::new(rs)) },
+                    Err(e) => {
+                        self.stats.bad_rulesets += 1;
+                        let reason = format!("recorded rule dump of netns {netns} (generation {generation}) does not parse: {e}");
+                        self.warnings.push(reason.clone());
+                        Rules::Broken { generation, reason }
+                    }
+                };
+                self.rules.insert((netns, family), rules);
+                Vec::new()
+            }
+            Record::Netinfo { netns, context } => {
+                self.ctx.insert(netns, context);
+                Vec::new()
+            }
+            r @ Record::Plan { .. } => {
+                if let Record::Plan { netns, family, .. } = &r {
+                    self.planned.insert((*netns, *family));
+                }
+                r.add_to_plan(self.asm.plan_mut());
+                Vec::new()
+            }
+            Record::Lost { count } => {
+                self.stats.lost_events += count;
+                Vec::new()
+            }
+            Record::Event { event } => {
+                self.stats.events += 1;
+                self.assume_plan(&event);
+                let done = self.asm.push(event);
+                self.finish_packets(done)
+            }
+        }
+    }
+
+    /// End of the recording: packets still being assembled come out (incomplete).
+    pub fn finish(&mut self) -> Vec<ReconstructedPacket> {
+        let done = self.asm.flush();
+        self.finish_packets(done)
+    }
+
+    /// A recording without plan records (older writer): assume the standard bracketing of
+    /// the tables the netns's dump defines, with conntrack, and say so.
+    fn assume_plan(&mut self, e: &crate::event::Event) {
+        let crate::event::Event::Probe(p) = e else { return };
+        let key = (p.netns, p.family);
+        if self.planned.contains(&key) {
+            return;
+        }
+        self.planned.insert(key);
+        let tables: Vec<Table> = match self.rules_for(p.netns, p.family) {
+            Ok(ev) => ev.ruleset().tables.iter().map(|t| t.table).collect(),
+            Err(_) => Table::ALL.to_vec(),
+        };
+        self.stats.assumed_plans += 1;
+        self.warnings.push(format!(
+            "recording has no probe plan for netns {} {:?}: assuming probes around the tables {:?} and conntrack",
+            p.netns, p.family, tables
+        ));
+        self.asm.plan_mut().insert_iptables(p.netns, p.family, &tables, true);
+    }
+
+    fn rules_for(&self, netns: u32, family: Family) -> Result<&Arc<Evaluator>, String> {
+        if let Some(ev) = &self.override_rules {
+            return Ok(ev);
+        }
+        match self.rules.get(&(netns, family)) {
+            Some(Rules::Ready { ev, .. }) => Ok(ev),
+            Some(Rules::Broken { reason, .. }) => Err(reason.clone()),
+            None => Err(format!("the recording has no {family:?} rule dump for netns {netns}")),
+        }
+    }
+
+    /// Generation of the dump a packet of (netns, family) is reconstructed against.
+    pub fn generation(&self, netns: u32, family: Family) -> Option<u64> {
+        match self.rules.get(&(netns, family))? {
+            Rules::Ready { generation, .. } | Rules::Broken { generation, .. } => Some(*generation),
+        }
+    }
+
+    fn finish_packets(&mut self, done: Vec<PacketTrace>) -> Vec<ReconstructedPacket> {
+        let unknown = NetContext::unknown();
+        done.iter()
+            .map(|p| {
+                self.stats.packets += 1;
+                let ctx = self.ctx.get(&p.netns).unwrap_or(&unknown);
+                match self.rules_for(p.netns, p.family) {
+                    Ok(ev) => reconstruct(p, ev, ctx),
+                    Err(reason) => unresolved(p, &reason),
+                }
+            })
+            .collect()
+    }
+}
