@@ -85,7 +85,7 @@ fn trace_one(lab: &Lab, backend: IptablesBackend, test: LabTest) -> Traced {
 }
 
 fn paths(t: &Traced) -> Vec<Vec<String>> {
-    let resolver = Resolver { dump: Some(&t.dump), nft: t.nft.as_ref() };
+    let resolver = Resolver::new(Some(&t.dump), t.nft.as_ref());
     t.packets.iter().map(|p| p.steps().iter().map(|s| resolver.step(s).unwrap().to_string()).collect()).collect()
 }
 
@@ -197,7 +197,7 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
     let ex = lab.run(LabTest::Remote).unwrap();
     let out = tracer.finish().unwrap();
     let dump = trace_core::rules::parse(&snap.iptables_save).unwrap();
-    let resolver = Resolver { dump: Some(&dump), nft: None };
+    let resolver = Resolver::new(Some(&dump), None);
     let parsed = reference::parse(&out.text, Some(out.format));
     let ours: Vec<&RefPacket> = parsed.packets.iter().filter(|p| p.headers.iter().any(|h| h.sport == Some(ex.local.port()))).collect();
     let mut captured: Vec<CapturedPacket> = ours

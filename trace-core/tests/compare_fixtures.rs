@@ -78,7 +78,7 @@ const REMOTE_SYN: [&str; 13] = [
 fn nft_remote_syn_maps_to_the_legacy_trace_sequence() {
     let Some(d) = fixtures() else { return };
     let rs = nft_ruleset::parse(&read(&d, "nft-remote.nft-ruleset.txt")).unwrap();
-    let resolver = Resolver { dump: None, nft: Some(&rs) };
+    let resolver = Resolver::new(None, Some(&rs));
     for file in ["nft-remote.txt", "nft-remote.nft-monitor.txt"] {
         let r = reference::parse(&read(&d, file), None);
         let ids: Vec<String> = r.packets[0].steps().iter().map(|s| resolver.step(s).unwrap().to_string()).collect();
@@ -97,9 +97,9 @@ fn xtables_monitor_rule_text_maps_through_the_iptables_dump_alone() {
     let Some(d) = fixtures() else { return };
     let dump = trace_core::rules::parse(&read(&d, "nft-remote.iptables-save.txt")).unwrap();
     let rs = nft_ruleset::parse(&read(&d, "nft-remote.nft-ruleset.txt")).unwrap();
-    let by_text = Resolver { dump: Some(&dump), nft: None };
-    let by_handle = Resolver { dump: None, nft: Some(&rs) };
-    let both = Resolver { dump: Some(&dump), nft: Some(&rs) };
+    let by_text = Resolver::new(Some(&dump), None);
+    let by_handle = Resolver::new(None, Some(&rs));
+    let both = Resolver::new(Some(&dump), Some(&rs));
     let r = reference::parse(&read(&d, "nft-remote.txt"), None);
     for p in &r.packets {
         for s in p.steps() {
@@ -115,7 +115,7 @@ fn xtables_monitor_and_nft_monitor_agree_through_compare() {
     let Some(d) = fixtures() else { return };
     for name in ["nft-remote", "nft-local"] {
         let rs = nft_ruleset::parse(&read(&d, &format!("{name}.nft-ruleset.txt"))).unwrap();
-        let resolver = Resolver { dump: None, nft: Some(&rs) };
+        let resolver = Resolver::new(None, Some(&rs));
         let xt = reference::parse(&read(&d, &format!("{name}.txt")), None);
         let nm = reference::parse(&read(&d, &format!("{name}.nft-monitor.txt")), None);
         let report = compare(&nm, &as_captured(&xt, &resolver), &resolver, &MatchOptions::default());
@@ -138,8 +138,8 @@ fn a_shifted_rule_makes_compare_disagree() {
     );
     let bad = nft_ruleset::parse(&edited).unwrap();
     let xt = reference::parse(&read(&d, "nft-remote.txt"), None);
-    let captured = as_captured(&xt, &Resolver { dump: None, nft: Some(&good) });
-    let report = compare(&xt, &captured, &Resolver { dump: None, nft: Some(&bad) }, &MatchOptions::default());
+    let captured = as_captured(&xt, &Resolver::new(None, Some(&good)));
+    let report = compare(&xt, &captured, &Resolver::new(None, Some(&bad)), &MatchOptions::default());
     assert_eq!(report.totals.differ, 6, "{}", report.render_text(1));
     assert_eq!(report.exit_code(), exit::DIFFER);
     let Outcome::Differ { diff } = &report.packets[0].outcome else { panic!("{:?}", report.packets[0].outcome) };
@@ -154,7 +154,7 @@ fn handles_need_a_ruleset_and_that_is_bad_input() {
     let Some(d) = fixtures() else { return };
     let xt = reference::parse(&read(&d, "nft-remote.txt"), None);
     let rs = nft_ruleset::parse(&read(&d, "nft-remote.nft-ruleset.txt")).unwrap();
-    let captured = as_captured(&xt, &Resolver { dump: None, nft: Some(&rs) });
+    let captured = as_captured(&xt, &Resolver::new(None, Some(&rs)));
     let report = compare(&xt, &captured, &Resolver::default(), &MatchOptions::default());
     assert_eq!(report.exit_code(), exit::BAD_INPUT);
     assert!(report.missing_ruleset.unwrap().contains("--nft-ruleset"));
@@ -235,7 +235,7 @@ fn log_lines_match_the_pcap_packets_and_their_log_rule() {
     let Some(d) = fixtures() else { return };
     for name in ["legacy-log-remote", "nft-log-remote"] {
         let dump = trace_core::rules::parse(&read(&d, &format!("{name}.iptables-save.txt"))).unwrap();
-        let resolver = Resolver { dump: Some(&dump), nft: None };
+        let resolver = Resolver::new(Some(&dump), None);
         assert_eq!(resolver.log_rules("TCLOG-PRE: ").iter().map(ToString::to_string).collect::<Vec<_>>(), ["raw:PREROUTING:rule:1"]);
         let r = reference::parse(&read(&d, &format!("{name}.txt")), None);
         let mut caps = pcap_packets(&std::fs::read(d.join(format!("{name}.pcap"))).unwrap());

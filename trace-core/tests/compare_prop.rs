@@ -111,7 +111,7 @@ fn parsers_and_compare_never_panic_on_mutated_lines() {
             for m in &r.malformed {
                 assert!(m.line >= 1 && m.line <= n, "round {round}: line {} of {n}", m.line);
             }
-            let resolver = Resolver { dump: None, nft: nft.as_ref() };
+            let resolver = Resolver::new(None, nft.as_ref());
             let report = compare(&r, &captured, &resolver, &MatchOptions { time_window: Some(1.0) });
             let _ = report.render_text(3);
             let _ = serde_json::to_string(&report).unwrap();

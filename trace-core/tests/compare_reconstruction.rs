@@ -185,9 +185,9 @@ fn reconstructions_agree_with_the_kernel_traces_through_compare() {
         let captured = parse_jsonl(&reconstructed_jsonl(&d, name, &dump)).unwrap();
         assert_eq!(captured.len(), 6, "{name}");
         for (file, resolver) in [
-            (format!("{name}.txt"), Resolver { dump: Some(&dump), nft: Some(&nft) }),
-            (format!("{name}.txt"), Resolver { dump: Some(&dump), nft: None }),
-            (format!("{name}.nft-monitor.txt"), Resolver { dump: Some(&dump), nft: Some(&nft) }),
+            (format!("{name}.txt"), Resolver::new(Some(&dump), Some(&nft))),
+            (format!("{name}.txt"), Resolver::new(Some(&dump), None)),
+            (format!("{name}.nft-monitor.txt"), Resolver::new(Some(&dump), Some(&nft))),
         ] {
             let r = reference::parse(&read(&d, &file), None);
             let report = compare(&r, &captured, &resolver, &MatchOptions::default());
@@ -211,7 +211,7 @@ fn reconstruction_against_an_edited_dump_disagrees_with_the_kernel() {
     let captured = parse_jsonl(&reconstructed_jsonl(&d, "nft-remote", &stale)).unwrap();
     let nft = nft_ruleset::parse(&read(&d, "nft-remote.nft-ruleset.txt")).unwrap();
     let r = reference::parse(&read(&d, "nft-remote.txt"), None);
-    let report = compare(&r, &captured, &Resolver { dump: Some(&dump), nft: Some(&nft) }, &MatchOptions::default());
+    let report = compare(&r, &captured, &Resolver::new(Some(&dump), Some(&nft)), &MatchOptions::default());
     assert!(report.totals.differ >= 5, "the 5 established packets differ: {}", report.render_text(2));
     assert_eq!(report.exit_code(), 1);
 }

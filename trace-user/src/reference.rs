@@ -140,7 +140,7 @@ pub fn agreement(
     let dump = trace_core::rules::parse(&snapshot.iptables_save).map_err(|e| AgreementError::Dump(e.to_string()))?;
     let nft = snapshot.nft_ruleset.as_deref().map(nft_ruleset::parse).transpose()?;
     let parsed = reference::parse(&output.text, Some(output.format));
-    let resolver = Resolver { dump: Some(&dump), nft: nft.as_ref() };
+    let resolver = Resolver::new(Some(&dump), nft.as_ref());
     Ok(trace_core::compare::compare(&parsed, captured, &resolver, &MatchOptions::default()))
 }
 

@@ -69,7 +69,7 @@ fn count(t: &mut Totals, o: &Outcome) {
 fn judge(r: &RefPacket, c: &CapturedPacket, resolver: &Resolver, missing: &mut Option<String>) -> Outcome {
     match &r.evidence {
         Evidence::Path { steps } => {
-            let resolved: Result<Vec<StepId>, ResolveError> = steps.iter().map(|s| resolver.step(s)).collect();
+            let resolved: Result<Vec<StepId>, ResolveError> = steps.iter().map(|s| resolver.step_of_family(r.family, s)).collect();
             match resolved {
                 Ok(ids) => judge_path(&ids, c),
                 Err(e) => {

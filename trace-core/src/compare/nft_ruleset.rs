@@ -5,6 +5,7 @@
 //! Only the structure matters here: sets, maps, flowtables and other objects are skipped;
 //! rule text is kept (normalized) to identify rules `nft monitor trace` prints without handle.
 
+use crate::netfilter::Family;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,12 +51,21 @@ pub enum NftRulesetError {
 }
 
 impl NftRuleset {
-    /// The chain `chain` of the iptables table `table` (family ip or ip6).
-    pub fn chain(&self, table: &str, chain: &str) -> Option<&NftChain> {
-        self.tables
-            .iter()
-            .filter(|t| t.name == table && matches!(t.family.as_str(), "ip" | "ip6"))
-            .find_map(|t| t.chains.iter().find(|c| c.name == chain))
+    /// The chain `chain` of the iptables table `table`: iptables-nft keeps IPv4 rules in
+    /// `ip` tables and IPv6 rules in `ip6` tables of the same name, so the family decides;
+    /// without one, `ip` is tried before `ip6`.
+    pub fn chain(&self, family: Option<Family>, table: &str, chain: &str) -> Option<&NftChain> {
+        let families: &[&str] = match family {
+            Some(Family::Ipv4) => &["ip"],
+            Some(Family::Ipv6) => &["ip6"],
+            None => &["ip", "ip6"],
+        };
+        families.iter().find_map(|f| {
+            self.tables
+                .iter()
+                .filter(|t| t.name == table && t.family == *f)
+                .find_map(|t| t.chains.iter().find(|c| c.name == chain))
+        })
     }
 }
 
@@ -212,11 +222,12 @@ mod tests {
     fn parses_chains_rules_and_handles_skipping_sets() {
         let rs = parse(RS).unwrap();
         assert_eq!(rs.tables.len(), 2);
-        let fwd = rs.chain("filter", "FORWARD").unwrap();
+        let fwd = rs.chain(None, "filter", "FORWARD").unwrap();
+        assert!(rs.chain(Some(Family::Ipv6), "filter", "FORWARD").is_none(), "no ip6 filter table");
         assert!(fwd.base);
         assert_eq!(fwd.position_of_handle(14), Some(2));
         assert_eq!(fwd.position_of_text("oifname \"br-0\" ct state related,established counter packets 0 bytes 0 accept"), Some(2));
-        let user = rs.chain("filter", "DOCKER-USER").unwrap();
+        let user = rs.chain(Some(Family::Ipv4), "filter", "DOCKER-USER").unwrap();
         assert!(!user.base);
         assert_eq!(user.rules[0].text, "counter return");
     }

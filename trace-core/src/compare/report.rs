@@ -117,7 +117,7 @@ fn render_packet(s: &mut String, p: &PacketReport) {
             if !diff.captured_before.is_empty() {
                 let _ = writeln!(s, "  (captured before the reference starts: {})", diff.captured_before.join(", "));
             }
-            let _ = writeln!(s, "    {:<44} {}", "reference", "captured");
+            let _ = writeln!(s, "    {:<44} captured", "reference");
             for r in &diff.rows {
                 let mark = if r.same { ' ' } else { '!' };
                 let a = r.reference.as_deref().unwrap_or("-");

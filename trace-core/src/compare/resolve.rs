@@ -12,7 +12,7 @@
 
 use super::nft_ruleset::{normalize_rule_text, NftChain, NftRuleset};
 use super::reference::{RefStep, RefStepPos};
-use crate::netfilter::Table;
+use crate::netfilter::{Family, Table};
 use crate::rules::{Chain, Ruleset, Target};
 use crate::step::{StepId, StepKind};
 
@@ -36,6 +36,20 @@ pub enum ResolveError {
 pub struct Resolver<'a> {
     pub dump: Option<&'a Ruleset>,
     pub nft: Option<&'a NftRuleset>,
+    /// Family of the packet being resolved (set by [`Resolver::step_of_family`]).
+    pub packet_family: Option<Family>,
+}
+
+impl<'a> Resolver<'a> {
+    pub fn new(dump: Option<&'a Ruleset>, nft: Option<&'a NftRuleset>) -> Self {
+        Resolver { dump, nft, packet_family: None }
+    }
+
+    /// The family whose nft tables hold the rules: the dump's (one dump is one family), else
+    /// the packet's.
+    fn family(&self, packet: Option<Family>) -> Option<Family> {
+        self.dump.map(|d| d.family).or(packet)
+    }
 }
 
 /// Strips `-4 -t filter -A FORWARD` from xtables-monitor's rule text, leaving what
@@ -59,7 +73,12 @@ impl<'a> Resolver<'a> {
     }
 
     fn nft_chain(&self, table: Table, chain: &str) -> Option<&'a NftChain> {
-        self.nft?.chain(table.name(), chain)
+        self.nft?.chain(self.family(self.packet_family), table.name(), chain)
+    }
+
+    /// The TRACE position of a reference step of a packet of `family` (None: unknown).
+    pub fn step_of_family(&self, family: Option<Family>, s: &RefStep) -> Result<StepId, ResolveError> {
+        Resolver { packet_family: family, ..*self }.step(s)
     }
 
     /// The TRACE position of a reference step.
@@ -189,7 +208,7 @@ mod tests {
     #[test]
     fn maps_handles_policies_and_chain_ends_with_the_nft_ruleset() {
         let rs = nft_ruleset::parse("table ip filter {\n chain FORWARD { # handle 2\n  type filter hook forward priority filter; policy drop;\n  counter packets 1 bytes 2 jump U # handle 8\n  oifname \"x\" accept # handle 9\n  counter accept # handle 10\n }\n chain U { # handle 3\n  counter packets 0 bytes 0 return # handle 11\n  iifname \"y\" drop # handle 12\n }\n}\n").unwrap();
-        let r = Resolver { dump: None, nft: Some(&rs) };
+        let r = Resolver::new(None, Some(&rs));
         let f = Table::Filter;
         let s = |c: &str, p| r.step(&step(f, c, p, None)).unwrap().to_string();
         assert_eq!(s("FORWARD", RefStepPos::Handle { handle: 8 }), "filter:FORWARD:rule:1");

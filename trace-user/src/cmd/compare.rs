@@ -129,13 +129,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if format.is_none() && Format::detect(&reference_text).is_none() && !reference_text.trim().is_empty() {
         bail!("{}: no TRACE, LOG, xtables-monitor or nft monitor line found (give --format?)", args.reference.display());
     }
+    if let (Some(given), Some(seen)) = (format, Format::detect(&reference_text)) {
+        // An explicit format that matches no line would silently compare nothing.
+        if given != seen && reference::parse(&reference_text, format).packets.is_empty() {
+            bail!("{}: looks like {seen:?} output, not {given:?} (--format)", args.reference.display());
+        }
+    }
     if reference_text.trim().is_empty() {
         eprintln!(
             "iptrace: note: {} is empty (legacy TRACE/LOG of a non-init netns reach the kernel log only with net.netfilter.nf_log_all_netns=1)",
             args.reference.display()
         );
     }
-    let resolver = Resolver { dump: dump.as_ref(), nft: nft.as_ref() };
+    let resolver = Resolver::new(dump.as_ref(), nft.as_ref());
     let opts = MatchOptions { time_window: args.time_window };
     let report = compare_text(&reference_text, format, &captured, &resolver, &opts);
     print_report(&report, args.json, args.max_diffs)
@@ -168,7 +174,7 @@ mod tests {
     /// The xtables-monitor trace of nft-remote as iptrace JSON lines (the kernel's paths).
     fn captured_jsonl(d: &Path) -> String {
         let rs = nft_ruleset::parse(&std::fs::read_to_string(d.join("nft-remote.nft-ruleset.txt")).unwrap()).unwrap();
-        let resolver = Resolver { dump: None, nft: Some(&rs) };
+        let resolver = Resolver::new(None, Some(&rs));
         let xt = reference::parse(&std::fs::read_to_string(d.join("nft-remote.txt")).unwrap(), None);
         xt.packets
             .iter()
@@ -252,6 +258,10 @@ mod tests {
         a.ruleset = Some(d.join("nft-remote.nft-ruleset.txt"));
         let e = run(a).unwrap_err().to_string();
         assert!(e.contains("nft-remote.nft-ruleset.txt:"), "an nft listing is not an iptables-save dump: {e}");
+        let mut wrong = args(d.join("nft-remote.txt"), None, cap.clone());
+        wrong.format = RefFormat::NftMonitor;
+        let e = run(wrong).unwrap_err().to_string();
+        assert!(e.contains("looks like XtablesMonitor"), "{e}");
         let not_ref = tmp("notref.txt", "hello world\n");
         let e = run(args(not_ref.clone(), None, cap.clone())).unwrap_err().to_string();
         assert!(e.contains("no TRACE, LOG"), "{e}");
