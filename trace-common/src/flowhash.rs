@@ -111,4 +111,45 @@ mod tests {
         assert!(sample_keep(1000, 1000));
         assert!(!sample_keep(1001, 1000));
     }
+
+    /// 2^16 distinct flows spread evenly over 64 buckets (every bucket within 15% of the mean),
+    /// and 1-in-N sampling keeps about 1/N of them.
+    #[test]
+    fn distribution_is_even_and_sampling_keeps_one_in_n() {
+        let mut buckets = [0u32; 64];
+        let (mut kept_100, mut kept_7) = (0u32, 0u32);
+        let server = v4([172, 19, 0, 9]);
+        let mut n = 0u32;
+        for host in 0..=255u8 {
+            for port in 32768u16..33024 {
+                let client = v4([10, 0, 1, host]);
+                let h = flow_hash(2, 6, &client, port, &server, 80);
+                buckets[(h % 64) as usize] += 1;
+                kept_100 += sample_keep(h, 100) as u32;
+                kept_7 += sample_keep(h, 7) as u32;
+                n += 1;
+            }
+        }
+        let mean = n / 64;
+        for (i, b) in buckets.iter().enumerate() {
+            assert!(b.abs_diff(mean) < mean * 15 / 100, "bucket {i}: {b} vs mean {mean}");
+        }
+        assert!(kept_100.abs_diff(n / 100) < n / 100 / 5, "1/100 kept {kept_100} of {n}");
+        assert!(kept_7.abs_diff(n / 7) < n / 7 / 10, "1/7 kept {kept_7} of {n}");
+    }
+
+    /// NAT: the probes hash the conntrack ORIGINAL tuple for every packet of a connection, so
+    /// what matters is that the reply's view of that tuple (endpoints swapped) agrees, and that
+    /// IPv6 flows work the same way.
+    #[test]
+    fn ipv6_symmetric_and_distinct_from_ipv4() {
+        let mut a = [0u8; 16];
+        a[0] = 0xfd;
+        a[15] = 1;
+        let mut b = a;
+        b[15] = 2;
+        assert_eq!(flow_hash(10, 17, &a, 53, &b, 5353), flow_hash(10, 17, &b, 5353, &a, 53));
+        assert_ne!(flow_hash(10, 17, &a, 53, &b, 5353), flow_hash(10, 17, &a, 53, &b, 5354));
+    }
 }
+
