@@ -55,7 +55,16 @@ pub(super) fn nat_endpoints(hook: Hook, before: &Headers, after: Option<&Headers
 }
 
 /// Ok when the candidate explains everything observed about the table.
-pub(super) fn check(obs: &TableObservation, hook: Hook, c: &Candidate, ctx: &NetContext, hp: &HookPass) -> Result<(), String> {
+/// `shared`: the observation covers this table and other stages together; then a packet that
+/// came out accepted everywhere, but a drop may be another stage's, and changes may be too.
+pub(super) fn check(obs: &TableObservation, hook: Hook, c: &Candidate, ctx: &NetContext, hp: &HookPass, shared: bool) -> Result<(), String> {
+    if shared {
+        return match (&obs.after, &c.verdict) {
+            (_, TableVerdict::Broken { reason }) => Err(reason.clone()),
+            (Some(_), v) => verdict_fits(&ObservedVerdict::Accept, v),
+            (None, _) => Ok(()),
+        };
+    }
     verdict_fits(&obs.verdict, &c.verdict)?;
     let Some(after) = &obs.after else { return Ok(()) };
     if after.mark != c.mark {

@@ -209,10 +209,16 @@ fn reconstruct_table(
         Err(e) => return inconsistent(result, e.to_string()),
     };
     result.truncated = traversal.truncated;
+    // Other stages between the same two probes (or a lost probe event): before/after and
+    // the verdict describe the group, so only what holds for every member is evidence.
+    let shared = hp.stages.iter().any(|s| s.shared && s.priority == obs.priority && s.stage.table() == Some(obs.table));
+    if shared {
+        result.reason = Some("shares its probes with other stages: only the group's outcome is evidence".into());
+    }
     let mut fits = Vec::new();
     let mut rejected = Vec::new();
     for cand in &traversal.candidates {
-        match evidence::check(obs, hp.hook, cand, ctx, hp) {
+        match evidence::check(obs, hp.hook, cand, ctx, hp, shared) {
             Ok(()) => fits.push(to_path(ev, obs, hp.hook, cand)),
             Err(why) => rejected.push((cand, why)),
         }
