@@ -143,6 +143,15 @@ impl Assembler {
         out
     }
 
+    /// Event time has reached `now_ns` (CLOCK_MONOTONIC, the probes' clock) even though no
+    /// event says so: call it from a timer so packets resolve while the stream is quiet.
+    pub fn advance(&mut self, now_ns: u64) -> Vec<PacketTrace> {
+        let mut out = Vec::new();
+        self.watermark = self.watermark.max(now_ns);
+        self.sweep_if_due(&mut out);
+        out
+    }
+
     /// End of capture: everything still held, marked incomplete where the outcome is unknown.
     pub fn flush(&mut self) -> Vec<PacketTrace> {
         let keys: Vec<(u64, u64)> = self.partials.keys().copied().collect();

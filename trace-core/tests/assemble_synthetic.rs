@@ -288,3 +288,17 @@ fn headers_are_carried_forward_and_missing_ones_counted() {
     let mangle = pass.tables.iter().find(|o| o.table == Table::Mangle).unwrap();
     assert!(!mangle.translated());
 }
+
+#[test]
+fn advance_resolves_idle_packets_without_new_events() {
+    let plan = standard_plan(Family::Ipv4, NETNS);
+    let pre = probes(&plan, Family::Ipv4, Hook::Prerouting);
+    let h = tcp("10.0.0.1", "10.0.1.1");
+    let mut a = Assembler::new(plan, AssemblerConfig { idle_timeout_ns: 1_000, ..Default::default() });
+    assert!(feed(&mut a, walk(1, 1, 0, Family::Ipv4, &[Hook::Prerouting], &pre[..3], &h)).is_empty());
+    assert!(a.advance(500).is_empty(), "not idle long enough");
+    let out = a.advance(1_000_000);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fate, Fate::Stolen { hook: Hook::Prerouting, stage: Stage::Conntrack });
+    assert_eq!(a.pending(), 0);
+}
