@@ -98,7 +98,7 @@ impl Report {
         for p in differing.take(max_diffs) {
             render_packet(&mut s, p);
         }
-        if t.agree == 0 && self.missing_ruleset.is_none() {
+        if t.agree == 0 && t.differ == 0 && self.missing_ruleset.is_none() {
             let _ = writeln!(s, "no packet in common: nothing was compared");
         }
         s
