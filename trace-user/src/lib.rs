@@ -7,3 +7,5 @@ pub mod netns;
 pub mod reference;
 pub mod rulesource;
 pub mod lab;
+pub mod btf;
+pub mod doctor;

@@ -1,0 +1,279 @@
+//! Doctor's report: the facts, the attach probes' outcomes, the backend choice (pure: the
+//! preference order fentry > kprobe > nfhook applied to what worked) and its text rendering.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    Kprobe,
+    Fentry,
+    TpBtf,
+    NetfilterLink,
+}
+
+impl Mechanism {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mechanism::Kprobe => "kprobe",
+            Mechanism::Fentry => "fentry",
+            Mechanism::TpBtf => "tp_btf",
+            Mechanism::NetfilterLink => "netfilter link",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Loaded and attached.
+    Ok,
+    /// The kernel lacks it (not built in / no such target).
+    Unavailable,
+    /// The kernel has it but refuses (EPERM/EACCES: lockdown, LSM, missing capability).
+    Refused,
+    /// Anything else (the detail says what).
+    Failed,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Unavailable => "unavailable",
+            Status::Refused => "refused",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    pub mechanism: Mechanism,
+    pub status: Status,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Kernel {
+    pub release: String,
+    pub version: String,
+    pub machine: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BtfInfo {
+    pub path: String,
+    pub present: bool,
+    pub types: Option<usize>,
+    pub parse_ms: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Lockdown {
+    /// none / integrity / confidentiality / unknown
+    pub mode: String,
+    /// Where the mode comes from.
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Caps {
+    pub effective: String,
+    pub bpf: bool,
+    pub perfmon: bool,
+    pub net_admin: bool,
+    pub sys_admin: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct IptablesInfo {
+    /// legacy / nft
+    pub backend: String,
+    /// `iptables-legacy` / `iptables-nft`, when installed.
+    pub binary: Option<String>,
+    pub version: Option<String>,
+    /// Tables this backend holds in the current (root) namespace.
+    pub tables: Vec<String>,
+    pub tables_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NfLog {
+    /// Root-namespace net.netfilter.nf_log_all_netns (0: LOG/TRACE from other netns dropped).
+    pub all_netns: Option<String>,
+    /// /proc/net/netfilter/nf_log lines with a logger bound.
+    pub loggers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Choice {
+    /// The capture backend (`fentry`, `kprobe`, `nfhook`), None when nothing works.
+    pub backend: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kernel: Kernel,
+    pub btf: BtfInfo,
+    pub lockdown: Lockdown,
+    pub capabilities: Caps,
+    pub attach: Vec<Probe>,
+    pub iptables: Vec<IptablesInfo>,
+    pub nf_log: NfLog,
+    pub choice: Choice,
+}
+
+fn status_of(probes: &[Probe], m: Mechanism) -> Status {
+    probes.iter().find(|p| p.mechanism == m).map_or(Status::Failed, |p| p.status)
+}
+
+/// Picks the capture backend: the first of fentry > kprobe > nfhook (netfilter link) whose
+/// mechanism works and which this build implements (`implemented`: capture's backend names).
+pub fn choose(probes: &[Probe], implemented: &[&str]) -> Choice {
+    let order = [("fentry", Mechanism::Fentry), ("kprobe", Mechanism::Kprobe), ("nfhook", Mechanism::NetfilterLink)];
+    let mut why = vec![];
+    for (backend, m) in order {
+        let st = status_of(probes, m);
+        if st != Status::Ok {
+            why.push(format!("{} {}", m.label(), st.label()));
+        } else if !implemented.contains(&backend) {
+            why.push(format!("{} ok but backend {backend} not in this build", m.label()));
+        } else {
+            why.push(format!("{} ok → {backend}", m.label()));
+            let drops = match status_of(probes, Mechanism::TpBtf) {
+                Status::Ok => "drop reasons from tp_btf kfree_skb".to_string(),
+                st => format!("no drop reasons (tp_btf {})", st.label()),
+            };
+            return Choice { backend: Some(backend.into()), reason: format!("{}; {drops}", why.join(", ")) };
+        }
+    }
+    Choice { backend: None, reason: format!("{}: no capture backend works here", why.join(", ")) }
+}
+
+/// Human-readable report.
+pub fn render_text(r: &Report) -> String {
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22} {v}\n"));
+    line("kernel", format!("{} {} ({})", r.kernel.release, r.kernel.machine, r.kernel.version));
+    line("btf", btf_text(&r.btf));
+    line("lockdown", format!("{} ({})", r.lockdown.mode, r.lockdown.source));
+    let c = &r.capabilities;
+    let yn = |b: bool| if b { "yes" } else { "NO" };
+    line(
+        "capabilities",
+        format!("CAP_BPF {} CAP_PERFMON {} CAP_NET_ADMIN {} CAP_SYS_ADMIN {} (CapEff {})", yn(c.bpf), yn(c.perfmon), yn(c.net_admin), yn(c.sys_admin), c.effective),
+    );
+    for p in &r.attach {
+        line(&format!("attach {}", p.mechanism.label()), format!("{}: {}", p.status.label(), p.detail));
+    }
+    for i in &r.iptables {
+        line(&format!("iptables {}", i.backend), iptables_text(i));
+    }
+    line("nf_log_all_netns", r.nf_log.all_netns.clone().unwrap_or_else(|| "absent".into()));
+    line("nf_log loggers", if r.nf_log.loggers.is_empty() { "none bound".into() } else { r.nf_log.loggers.join("; ") });
+    let backend = r.choice.backend.as_deref().unwrap_or("NONE");
+    s.push_str(&format!("{:<22} {backend} ({})\n", "backend", r.choice.reason));
+    s
+}
+
+fn btf_text(b: &BtfInfo) -> String {
+    match (&b.types, &b.error) {
+        (Some(n), _) => format!("{} present, {n} types (parsed in {:.0} ms)", b.path, b.parse_ms.unwrap_or(0.0)),
+        (None, Some(e)) if b.present => format!("{} present but unreadable: {e}", b.path),
+        _ => format!("{} absent", b.path),
+    }
+}
+
+fn iptables_text(i: &IptablesInfo) -> String {
+    let Some(version) = &i.version else { return "not installed".into() };
+    let tables = match (&i.tables_error, i.tables.is_empty()) {
+        (Some(e), _) => format!("tables unknown: {e}"),
+        (None, true) => "no tables in the root netns".into(),
+        (None, false) => format!("root netns tables: {}", i.tables.join(", ")),
+    };
+    format!("{version}; {tables}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probes(k: Status, f: Status, t: Status, n: Status) -> Vec<Probe> {
+        [(Mechanism::Kprobe, k), (Mechanism::Fentry, f), (Mechanism::TpBtf, t), (Mechanism::NetfilterLink, n)]
+            .into_iter()
+            .map(|(mechanism, status)| Probe { mechanism, status, detail: "d".into() })
+            .collect()
+    }
+
+    const ALL: &[&str] = &["fentry", "kprobe", "nfhook"];
+
+    #[test]
+    fn this_machine_chooses_nfhook() {
+        let p = probes(Status::Unavailable, Status::Refused, Status::Ok, Status::Ok);
+        let c = choose(&p, &["nfhook"]);
+        assert_eq!(c.backend.as_deref(), Some("nfhook"));
+        assert_eq!(c.reason, "fentry refused, kprobe unavailable, netfilter link ok → nfhook; drop reasons from tp_btf kfree_skb");
+    }
+
+    #[test]
+    fn preference_is_fentry_then_kprobe_then_nfhook() {
+        let ok = Status::Ok;
+        assert_eq!(choose(&probes(ok, ok, ok, ok), ALL).backend.as_deref(), Some("fentry"));
+        assert_eq!(choose(&probes(ok, Status::Refused, ok, ok), ALL).backend.as_deref(), Some("kprobe"));
+        // a working mechanism without an implementation is skipped, and said so
+        let c = choose(&probes(ok, ok, ok, ok), &["nfhook"]);
+        assert_eq!(c.backend.as_deref(), Some("nfhook"));
+        assert!(c.reason.contains("fentry ok but backend fentry not in this build"), "{}", c.reason);
+    }
+
+    #[test]
+    fn nothing_works_means_no_backend() {
+        let bad = Status::Unavailable;
+        let c = choose(&probes(bad, Status::Refused, Status::Ok, Status::Failed), ALL);
+        assert_eq!(c.backend, None);
+        assert!(c.reason.ends_with("no capture backend works here"), "{}", c.reason);
+    }
+
+    fn sample_report() -> Report {
+        let attach = probes(Status::Unavailable, Status::Refused, Status::Ok, Status::Ok);
+        let choice = choose(&attach, &["nfhook"]);
+        Report {
+            kernel: Kernel { release: "6.18.0".into(), version: "#1 SMP".into(), machine: "x86_64".into() },
+            btf: BtfInfo { path: "/sys/kernel/btf/vmlinux".into(), present: true, types: Some(10), parse_ms: Some(3.0), error: None },
+            lockdown: Lockdown { mode: "integrity".into(), source: "test".into() },
+            capabilities: Caps { effective: "0".into(), bpf: true, perfmon: true, net_admin: true, sys_admin: false },
+            attach,
+            iptables: vec![IptablesInfo {
+                backend: "nft".into(),
+                binary: Some("iptables-nft".into()),
+                version: Some("iptables v1.8.9 (nf_tables)".into()),
+                tables: vec!["filter".into()],
+                tables_error: None,
+            }],
+            nf_log: NfLog { all_netns: Some("0".into()), loggers: vec![] },
+            choice,
+        }
+    }
+
+    #[test]
+    fn text_report_has_one_line_per_fact_and_ends_with_the_backend() {
+        let text = render_text(&sample_report());
+        assert!(text.contains("attach fentry          refused: d\n"), "{text}");
+        assert!(text.contains("attach netfilter link  ok: d\n"), "{text}");
+        assert!(text.contains("CAP_SYS_ADMIN NO"), "{text}");
+        assert!(text.contains("iptables nft           iptables v1.8.9 (nf_tables); root netns tables: filter\n"), "{text}");
+        assert!(text.lines().last().unwrap().starts_with("backend                nfhook (fentry refused"), "{text}");
+    }
+
+    #[test]
+    fn json_report_uses_snake_case_names() {
+        let json = serde_json::to_value(sample_report()).unwrap();
+        assert_eq!(json["attach"][0]["mechanism"], "kprobe");
+        assert_eq!(json["attach"][3]["mechanism"], "netfilter_link");
+        assert_eq!(json["attach"][1]["status"], "refused");
+        assert_eq!(json["choice"]["backend"], "nfhook");
+    }
+}
