@@ -141,7 +141,9 @@ pub fn agreement(
     let nft = snapshot.nft_ruleset.as_deref().map(nft_ruleset::parse).transpose()?;
     let parsed = reference::parse(&output.text, Some(output.format));
     let resolver = Resolver::new(Some(&dump), nft.as_ref());
-    Ok(trace_core::compare::compare(&parsed, captured, &resolver, &MatchOptions::default()))
+    let mut report = trace_core::compare::compare(&parsed, captured, &resolver, &MatchOptions::default());
+    report.totals.reference_lost = output.lost;
+    Ok(report)
 }
 
 /// Per-process reference count of nf_log_all_netns users, with the value to restore.

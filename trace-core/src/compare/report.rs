@@ -18,6 +18,10 @@ pub struct Totals {
     pub unparsable: usize,
     /// Reference lines that are not netfilter output (other kernel messages).
     pub skipped_lines: usize,
+    /// Kernel output lost before it was collected (kmsg records overwritten): differences
+    /// may come from these gaps.
+    #[serde(default)]
+    pub reference_lost: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +95,9 @@ impl Report {
             "compare: {} reference packets, {} captured packets\n  agree {}  differ {}  only in reference {}  only in capture {}  unparsable lines {}",
             t.reference_packets, t.captured_packets, t.agree, t.differ, t.only_in_reference, t.only_in_capture, t.unparsable
         );
+        if t.reference_lost > 0 {
+            let _ = writeln!(s, "  warning: {} kernel log records were lost before they were read", t.reference_lost);
+        }
         for m in self.malformed.iter().take(5) {
             let _ = writeln!(s, "  unparsable line {}: {} ({})", m.line, m.reason, m.text);
         }
