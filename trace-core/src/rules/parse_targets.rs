@@ -278,13 +278,21 @@ fn nflog(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
     Ok(Some(Target::Nflog(t)))
 }
 
+/// `REJECT [--reject-with TYPE]`; an `icmp6-*` type marks the ruleset as IPv6 (an
+/// ip6tables-save dump without header or addresses), an `icmp-*` type as IPv4.
 fn reject(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
     let mut with = None;
     while let Some(opt) = next(cx, o)? {
         if opt.text != "--reject-with" {
             return Ok(None);
         }
-        with = Some(text(cx, o, opt)?);
+        let (_, w) = o.value(cx, opt)?;
+        if w.text.starts_with("icmp6-") {
+            cx.use_family(crate::netfilter::Family::Ipv6, w)?;
+        } else if w.text.starts_with("icmp-") {
+            cx.use_family(crate::netfilter::Family::Ipv4, w)?;
+        }
+        with = Some(w.text.clone());
     }
     Ok(Some(Target::Reject { with }))
 }
