@@ -4,7 +4,9 @@
 //!   each packet a forwarded SYN whose DNAT the nat table must explain (3 candidate
 //!   endpoints per service, resolved by the observed translation);
 //! - the same for an ESTABLISHED packet (nat skipped, filter only);
-//! - recording records decoded per second (events read back from a recording).
+//! - recording records decoded per second (events read back from a recording);
+//! - ring-buffer records decoded (trace_core::decode) and assembled (trace_core::assemble)
+//!   per second: local TCP packets through PREROUTING and INPUT, one record per probe (10).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::fmt::Write as _;
@@ -199,5 +201,80 @@ fn bench_records(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_reconstruct, bench_records);
+/// Raw ProbeRecords as the nfhook probes write them: for each packet, one record per probe of
+/// the standard iptables bracketing (PREROUTING raw/conntrack/mangle/nat, INPUT
+/// mangle/filter/nat).
+fn raw_records(packets: u64, plan: &trace_core::assemble::ProbePlan) -> Vec<Vec<u8>> {
+    use trace_common::record::{l4_flags, probe_flags, ProbeRecord};
+    let mut out = Vec::new();
+    let mut ts = 0;
+    for p in 0..packets {
+        for hook in [Hook::Prerouting, Hook::Input] {
+            for &prio in plan.get(1, Family::Ipv4, hook).unwrap().probes() {
+                ts += 100;
+                let mut r = ProbeRecord::ZERO;
+                r.ts_ns = ts;
+                r.skb = 0xffff_8881_0000_0000 + (p % 512) * 0x100;
+                r.gen = p + 1;
+                r.netns = 1;
+                r.priority = prio;
+                r.pf = 2;
+                r.hook = hook.num();
+                r.in_ifindex = 2;
+                r.in_dev[..4].copy_from_slice(b"eth0");
+                r.flags = probe_flags::HEADERS | if prio > -200 { probe_flags::CT } else { 0 };
+                r.ctinfo = 2;
+                r.ct_id = 0xffff_8881_3949_6e00 + p;
+                let h = &mut r.headers;
+                h.saddr[..4].copy_from_slice(&[192, 168, 64, 5]);
+                h.daddr[..4].copy_from_slice(&[192, 168, 64, 4]);
+                h.proto = 6;
+                h.len = 60;
+                h.ttl = 64;
+                h.frag = 0x4000;
+                h.l4_flags = l4_flags::VALID;
+                h.sport = 40000 + (p % 20000) as u16;
+                h.dport = 22;
+                h.tcp_flags = 0x02;
+                // SAFETY: ProbeRecord is plain #[repr(C)] data with explicit padding.
+                let bytes = unsafe { std::slice::from_raw_parts(&r as *const ProbeRecord as *const u8, std::mem::size_of::<ProbeRecord>()) };
+                out.push(bytes.to_vec());
+            }
+        }
+    }
+    out
+}
+
+fn bench_decode_assemble(c: &mut Criterion) {
+    use trace_core::assemble::{Assembler, AssemblerConfig, ProbePlan};
+    use trace_core::decode::Decoder;
+    let mut plan = ProbePlan::new();
+    plan.insert_iptables(1, Family::Ipv4, &[Table::Raw, Table::Mangle, Table::Nat, Table::Filter], true);
+    let records = raw_records(2_000, &plan);
+    let decoder = Decoder::default();
+    let check = {
+        let mut asm = Assembler::new(plan.clone(), AssemblerConfig::default());
+        let mut n = 0;
+        for r in &records {
+            n += asm.push(decoder.decode(r).expect("record decodes")).len();
+        }
+        n + asm.flush().len()
+    };
+    assert_eq!(check, 2_000, "every packet assembled");
+    let mut g = c.benchmark_group("events");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("decode + assemble (10 probe records per packet)", |b| {
+        b.iter(|| {
+            let mut asm = Assembler::new(plan.clone(), AssemblerConfig::default());
+            let mut n = 0;
+            for r in &records {
+                n += asm.push(decoder.decode(r).unwrap()).len();
+            }
+            black_box(n + asm.flush().len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_reconstruct, bench_records, bench_decode_assemble);
 criterion_main!(benches);
