@@ -125,7 +125,7 @@ fn rejections_name_the_offending_word() {
 }
 
 /// All rules of `table`, with their chain name.
-fn rules<'a>(rs: &'a Ruleset, table: Table) -> impl Iterator<Item = (&'a str, &'a trace_core::rules::Rule)> {
+fn rules(rs: &Ruleset, table: Table) -> impl Iterator<Item = (&str, &trace_core::rules::Rule)> {
     rs.table(table).into_iter().flat_map(|t| &t.chains).flat_map(|c| c.rules.iter().map(move |r| (c.name.as_str(), r)))
 }
 
