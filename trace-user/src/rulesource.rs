@@ -20,6 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trace_core::eval::{Evaluator, IfaceAddr, NetContext};
 use trace_core::netfilter::Family;
+use trace_core::packet::PacketTrace;
+use trace_core::reconstruct::{reconstruct, unresolved, ReconstructedPacket};
+use trace_core::record::RecordingWriter;
 use trace_core::rules::{self, ParseOptions, Ruleset};
 
 /// Reads and parses a dump file (`--rules FILE`, `-` = stdin); errors name file:line:col.
@@ -126,6 +129,34 @@ impl RuleSource {
 
     pub fn context(&self, netns: u32) -> Option<Arc<NetContext>> {
         self.netns.get(&netns).map(|s| s.ctx.clone())
+    }
+
+    /// Reconstructs one captured packet against the dump in force for its netns and family
+    /// (call [`RuleSource::refresh`] first, once per batch). Without a usable dump the
+    /// packet comes back with every table inconsistent and the reason.
+    pub fn reconstruct(&self, p: &PacketTrace) -> ReconstructedPacket {
+        match self.rules_for(p.netns, p.family) {
+            Ok((ev, ctx, _)) => reconstruct(p, &ev, &ctx),
+            Err(e) => unresolved(p, &format!("{e:#}")),
+        }
+    }
+
+    /// Writes the dumps and host contexts of `changes` (from [`RuleSource::refresh`]) to a
+    /// recording, so that replay resolves later events against the same generation.
+    pub fn record_changes<W: std::io::Write>(&self, changes: &[Change], w: &mut RecordingWriter<W>) -> std::io::Result<()> {
+        let mut ctx_written = Vec::new();
+        for c in changes {
+            if let Some(d) = self.dump(c.netns, c.family) {
+                w.write_ruleset_family(c.netns, c.family, d.generation, &d.text)?;
+            }
+            if !ctx_written.contains(&c.netns) {
+                if let Some(ctx) = self.context(c.netns) {
+                    w.write_netinfo(c.netns, &ctx)?;
+                }
+                ctx_written.push(c.netns);
+            }
+        }
+        Ok(())
     }
 
     /// Re-takes the dumps (and addresses) of every netns whose last dump is older than the
@@ -317,5 +348,43 @@ mod tests {
         let src = RuleSource::live(&[], Duration::from_secs(1)).with_override(rs);
         assert!(src.rules_for(5, Family::Ipv4).is_ok());
         assert!(src.rules_for(5, Family::Ipv6).is_err());
+    }
+
+    /// Privileged: a netns of our own with legacy rules; the dump is found, tagged with its
+    /// backend, and a rule change (only) makes a new generation. Skips loudly without root or
+    /// without iptables-legacy.
+    #[test]
+    fn live_dump_detects_backend_and_changes() {
+        if unsafe { libc::geteuid() } != 0 || Command::new("iptables-legacy-save").arg("--version").output().is_err() {
+            eprintln!("SKIPPED live_dump_detects_backend_and_changes: needs root and iptables-legacy");
+            return;
+        }
+        let ns = crate::netns::NetnsGuard::create("rulesrc").expect("netns");
+        let ipt = |args: &[&str]| {
+            let mut argv = vec!["iptables-legacy"];
+            argv.extend_from_slice(args);
+            crate::netns::exec(ns.name(), &argv).expect("iptables-legacy in test netns");
+        };
+        ipt(&["-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
+        let ino = ns.inode() as u32;
+        let mut src = RuleSource::live(&[(ino, ns.path())], Duration::ZERO);
+        let first = src.refresh();
+        assert!(first.iter().any(|c| c.netns == ino && c.family == Family::Ipv4), "{first:?} {:?}", src.warnings);
+        let d = src.dump(ino, Family::Ipv4).unwrap();
+        assert_eq!(d.backend, SaveBackend::Legacy);
+        assert!(d.text.contains("--dport 22 -j ACCEPT"));
+        let g1 = d.generation;
+        assert!(src.context(ino).unwrap().is_local("127.0.0.1".parse().unwrap(), None));
+        // Counters change, rules do not: same generation.
+        ipt(&["-Z"]);
+        assert!(src.refresh().iter().all(|c| c.family != Family::Ipv4));
+        ipt(&["-t", "filter", "-I", "INPUT", "1", "-j", "DROP"]);
+        let changed = src.refresh();
+        let g2 = src.dump(ino, Family::Ipv4).unwrap().generation;
+        assert!(changed.iter().any(|c| c.netns == ino && c.family == Family::Ipv4 && c.generation == g2));
+        assert!(g2 > g1);
+        let (ev, _, g) = src.rules_for(ino, Family::Ipv4).unwrap();
+        assert_eq!(g, g2);
+        assert_eq!(ev.ruleset().table(trace_core::netfilter::Table::Filter).unwrap().chain("INPUT").unwrap().rules.len(), 2);
     }
 }
