@@ -366,3 +366,61 @@ fn iface_matches(pred: &FilterPredicate, input: &FilterInput) -> bool {
     let dst = (input.out_dev[0] != 0) & masked_eq(&input.out_dev, &pred.mask, &pred.name);
     sides(pred.dir, src, dst)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64: deterministic bytes without dependencies.
+    fn fill(seed: &mut u64, bytes: &mut [u8]) {
+        for b in bytes {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *b = *seed as u8;
+        }
+    }
+
+    fn random<T: Copy>(seed: &mut u64, zero: T) -> T {
+        let mut v = zero;
+        // SAFETY: T is one of this module's #[repr(C)] integer-only structs: any bytes are valid.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(&mut v as *mut T as *mut u8, core::mem::size_of::<T>()) };
+        fill(seed, bytes);
+        v
+    }
+
+    /// Whatever a (corrupt or newer) map holds, evaluation terminates without panicking and
+    /// never reads past the fixed arrays, and `matches` agrees with driving `step` by hand.
+    #[test]
+    fn arbitrary_programs_and_inputs_never_panic() {
+        let mut seed = 0x0123_4567_89ab_cdef;
+        for _ in 0..2000 {
+            let mut prog: FilterProgram = random(&mut seed, FilterProgram::NONE);
+            prog.n_clauses %= 40; // also beyond FILTER_MAX_CLAUSES
+            for c in prog.clauses.iter_mut() {
+                c.n_preds %= 12;
+                for p in c.preds.iter_mut() {
+                    p.kind %= 10;
+                    p.dir %= 6;
+                }
+            }
+            let input: FilterInput = random(&mut seed, FilterInput::ZERO);
+            let want = matches(&prog, &input);
+            let mut cur = EvalCursor::START;
+            let mut steps = 0;
+            while !step(&prog, &input, &mut cur) {
+                steps += 1;
+                assert!(steps <= FILTER_STEPS, "step must finish within FILTER_STEPS");
+            }
+            assert_eq!(cur.matched != 0, want);
+            assert!(step(&prog, &input, &mut cur), "done is sticky");
+        }
+    }
+
+    #[test]
+    fn empty_program_matches_nothing_and_match_all_everything() {
+        let input = FilterInput::ZERO;
+        assert!(!matches(&FilterProgram::NONE, &input));
+        assert!(matches(&FilterProgram::match_all(), &input));
+    }
+}

@@ -77,6 +77,12 @@ fn dev(r: &mut Rng) -> [u8; 16] {
     let mut d = [0u8; 16];
     let name = r.pick(DEVS);
     d[..name.len()].copy_from_slice(name.as_bytes());
+    // After a rename the kernel leaves the old name's bytes behind the NUL: they must not matter.
+    if r.below(2) == 0 {
+        for b in d.iter_mut().skip(name.len() + 1) {
+            *b = b"stale-name-junk!"[r.below(16)];
+        }
+    }
     d
 }
 
