@@ -122,7 +122,7 @@ fn handle_of(line: &str) -> Option<u64> {
     line.rsplit_once("# handle ").and_then(|(_, h)| h.trim().parse().ok())
 }
 
-/// Parser state: where in the nesting we are.
+/// Where in the nesting the parser is.
 enum Ctx {
     Top,
     Table,
@@ -131,85 +131,101 @@ enum Ctx {
     Skip(i32),
 }
 
-/// Parses `nft -a list ruleset`.
-pub fn parse(text: &str) -> Result<NftRuleset, NftRulesetError> {
-    let mut rs = NftRuleset::default();
-    let mut ctx = Ctx::Top;
-    let mut depth = 0i32;
-    let mut pending_rule = String::new();
-    for (n, raw) in text.lines().enumerate() {
-        let line = n + 1;
-        let t = raw.trim();
+struct Parser {
+    rs: NftRuleset,
+    ctx: Ctx,
+    /// Brace depth after the current line.
+    depth: i32,
+    /// A rule spread over several lines (long anonymous sets wrap), until `# handle N`.
+    pending_rule: String,
+}
+
+impl Parser {
+    fn line(&mut self, line: usize, t: &str) -> Result<(), NftRulesetError> {
         let delta = brace_delta(t);
-        if t.is_empty() || (t.starts_with('#') && pending_rule.is_empty()) {
-            continue;
+        self.depth += delta;
+        match self.ctx {
+            Ctx::Skip(at) if self.depth <= at => self.ctx = Ctx::Table,
+            Ctx::Skip(_) => {}
+            Ctx::Top => self.table_header(line, t)?,
+            Ctx::Table => self.in_table(t, delta),
+            Ctx::Chain => self.in_chain(line, t)?,
         }
-        match ctx {
-            Ctx::Skip(at) => {
-                depth += delta;
-                if depth <= at {
-                    ctx = Ctx::Table;
-                }
-            }
-            Ctx::Top => {
-                let mut w = t.split_whitespace();
-                if w.next() != Some("table") {
-                    return Err(NftRulesetError::Misplaced { line, what: "statement", expected: "table" });
-                }
-                let (family, name) = match (w.next(), w.next()) {
-                    (Some(f), Some(nm)) if nm != "{" => (f, nm),
-                    (Some(nm), _) => ("ip", nm),
-                    _ => return Err(NftRulesetError::Misplaced { line, what: "table", expected: "ruleset" }),
-                };
-                rs.tables.push(NftTable { family: family.into(), name: name.into(), chains: Vec::new() });
-                depth += delta;
-                ctx = Ctx::Table;
-            }
-            Ctx::Table => {
-                depth += delta;
-                if t == "}" {
-                    ctx = Ctx::Top;
-                } else if let Some(rest) = t.strip_prefix("chain ") {
-                    let name = rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_string();
-                    let table = rs.tables.last_mut().expect("Ctx::Table has a table");
-                    table.chains.push(NftChain { name, base: false, rules: Vec::new() });
-                    ctx = if delta > 0 { Ctx::Chain } else { Ctx::Table };
-                } else if delta > 0 {
-                    ctx = Ctx::Skip(depth - delta);
-                }
-            }
-            Ctx::Chain => {
-                depth += delta;
-                let chain = rs.tables.last_mut().and_then(|t| t.chains.last_mut()).expect("Ctx::Chain has a chain");
-                if t == "}" && pending_rule.is_empty() {
-                    ctx = Ctx::Table;
-                } else if t.starts_with("type ") && t.contains(" hook ") {
-                    chain.base = true;
-                } else if t.starts_with("policy ") || t.starts_with("comment ") || t.starts_with("devices ") {
-                    // chain attributes, not rules
-                } else {
-                    // A rule; long anonymous sets may wrap over lines until `# handle N`.
-                    if !pending_rule.is_empty() {
-                        pending_rule.push(' ');
-                    }
-                    pending_rule.push_str(t);
-                    if let Some(handle) = handle_of(t) {
-                        let text = normalize_rule_text(&std::mem::take(&mut pending_rule));
-                        chain.rules.push(NftRule { handle, text, line });
-                    } else if depth <= 2 {
-                        return Err(NftRulesetError::NoHandle { line });
-                    }
-                }
-            }
-        }
-        if depth < 0 {
+        if self.depth < 0 {
             return Err(NftRulesetError::Unbalanced { line });
         }
+        Ok(())
     }
-    if rs.tables.is_empty() {
+
+    /// `table [FAMILY] NAME {` (nft omits nothing, but `ip` is the default family).
+    fn table_header(&mut self, line: usize, t: &str) -> Result<(), NftRulesetError> {
+        let mut w = t.split_whitespace();
+        if w.next() != Some("table") {
+            return Err(NftRulesetError::Misplaced { line, what: "statement", expected: "table" });
+        }
+        let (family, name) = match (w.next(), w.next()) {
+            (Some(f), Some(nm)) if nm != "{" => (f, nm),
+            (Some(nm), _) => ("ip", nm),
+            _ => return Err(NftRulesetError::Misplaced { line, what: "table", expected: "ruleset" }),
+        };
+        self.rs.tables.push(NftTable { family: family.into(), name: name.into(), chains: Vec::new() });
+        self.ctx = Ctx::Table;
+        Ok(())
+    }
+
+    fn in_table(&mut self, t: &str, delta: i32) {
+        if t == "}" {
+            self.ctx = Ctx::Top;
+        } else if let Some(rest) = t.strip_prefix("chain ") {
+            let name = rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_string();
+            let table = self.rs.tables.last_mut().expect("Ctx::Table has a table");
+            table.chains.push(NftChain { name, base: false, rules: Vec::new() });
+            self.ctx = if delta > 0 { Ctx::Chain } else { Ctx::Table };
+        } else if delta > 0 {
+            self.ctx = Ctx::Skip(self.depth - delta);
+        }
+    }
+
+    fn in_chain(&mut self, line: usize, t: &str) -> Result<(), NftRulesetError> {
+        let chain = self.rs.tables.last_mut().and_then(|t| t.chains.last_mut()).expect("Ctx::Chain has a chain");
+        if t == "}" && self.pending_rule.is_empty() {
+            self.ctx = Ctx::Table;
+        } else if t.starts_with("type ") && t.contains(" hook ") {
+            chain.base = true;
+        } else if ["policy ", "comment ", "devices "].iter().any(|a| t.starts_with(a)) {
+            // chain attributes, not rules
+        } else {
+            if !self.pending_rule.is_empty() {
+                self.pending_rule.push(' ');
+            }
+            self.pending_rule.push_str(t);
+            if let Some(handle) = handle_of(t) {
+                let text = normalize_rule_text(&std::mem::take(&mut self.pending_rule));
+                chain.rules.push(NftRule { handle, text, line });
+            } else if self.depth <= 2 {
+                // Back at chain level without a handle: not `nft -a` output.
+                return Err(NftRulesetError::NoHandle { line });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses `nft -a list ruleset`.
+pub fn parse(text: &str) -> Result<NftRuleset, NftRulesetError> {
+    let mut p = Parser { rs: NftRuleset::default(), ctx: Ctx::Top, depth: 0, pending_rule: String::new() };
+    for (n, raw) in text.lines().enumerate() {
+        let t = raw.trim();
+        // Comments (`# Warning: table ip nat is managed by iptables-nft`) and blank lines.
+        if t.is_empty() || (t.starts_with('#') && p.pending_rule.is_empty()) {
+            continue;
+        }
+        p.line(n + 1, t)?;
+    }
+    if p.rs.tables.is_empty() {
         return Err(NftRulesetError::Empty);
     }
-    Ok(rs)
+    Ok(p.rs)
 }
 
 #[cfg(test)]
@@ -230,6 +246,15 @@ mod tests {
         let user = rs.chain(Some(Family::Ipv4), "filter", "DOCKER-USER").unwrap();
         assert!(!user.base);
         assert_eq!(user.rules[0].text, "counter return");
+    }
+
+    #[test]
+    fn rules_may_wrap_over_lines() {
+        let rs = parse("table ip filter {\n chain INPUT {\n  type filter hook input priority filter; policy accept;\n  ip saddr { 10.0.0.1,\n     10.0.0.2 } drop # handle 5\n  accept # handle 6\n }\n}\n").unwrap();
+        let c = rs.chain(None, "filter", "INPUT").unwrap();
+        assert_eq!(c.position_of_handle(5), Some(1));
+        assert_eq!(c.position_of_handle(6), Some(2));
+        assert_eq!(c.rules[0].text, "ip saddr { 10.0.0.1, 10.0.0.2 } drop");
     }
 
     #[test]
