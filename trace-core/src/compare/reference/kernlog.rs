@@ -295,6 +295,19 @@ mod tests {
     }
 
     #[test]
+    fn ip6tables_trace_lines_group_by_flow_label_and_length() {
+        let l = |pos: &str, len: u32| format!("[ 5.0] TRACE: {pos} IN=eth0 OUT= MAC=aa:bb SRC=fd00::1 DST=fd00::2 LEN={len} TC=0 HOPLIMIT=64 FLOWLBL=74565 PROTO=TCP SPT=40000 DPT=80 SEQ=9 ACK=0 WINDOW=64800 RES=0x00 SYN URGP=0 OPT (020405A0)\n");
+        let text = [l("raw:PREROUTING:policy:2", 80), l("mangle:PREROUTING:policy:1", 80), l("raw:PREROUTING:policy:2", 72)].concat();
+        let r = parse(&text);
+        assert!(r.malformed.is_empty(), "{:?}", r.malformed);
+        assert_eq!(r.packets.len(), 2);
+        assert_eq!(r.packets[0].family, Some(Family::Ipv6));
+        let h = &r.packets[0].headers[0];
+        assert_eq!((h.flowlabel, h.ttl, h.len, h.sport), (Some(74565), Some(64), Some(80), Some(40000)));
+        assert_eq!(r.packets[0].steps().len(), 2);
+    }
+
+    #[test]
     fn a_repeated_base_chain_starts_a_new_packet() {
         let l = |pos: &str| format!("TRACE: {pos} IN=eth0 OUT= SRC=10.0.0.1 DST=10.0.0.2 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=0 DF PROTO=TCP SPT=1 DPT=2 SEQ=5 ACK=0 WINDOW=1 RES=0x00 SYN URGP=0\n");
         let text = [l("raw:PREROUTING:policy:2"), l("mangle:PREROUTING:policy:1"), l("raw:PREROUTING:policy:2")].concat();
