@@ -384,3 +384,14 @@ fn printed_rules_parse_back_to_the_same_model() {
     };
     assert_eq!(strip(&a), strip(&b), "{printed}");
 }
+
+#[test]
+fn diagnose_reports_every_bad_line() {
+    let text = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -d x.x.x.x/32 -j DROP\n-A INPUT -j ACCEPT\n-A INPUT -d IP4_2 -j DROP\nCOMMIT\n";
+    let errors = trace_core::rules::diagnose(text.as_bytes(), Default::default(), 10);
+    let at: Vec<_> = errors.iter().map(|e| (e.line, e.column)).collect();
+    assert_eq!(at, [(3, 13), (5, 13)]);
+    assert_eq!(errors[0], parse(text).unwrap_err());
+    assert_eq!(trace_core::rules::diagnose(text.as_bytes(), Default::default(), 1).len(), 1);
+    assert!(trace_core::rules::diagnose(b"*filter\nCOMMIT\n", Default::default(), 10).is_empty());
+}

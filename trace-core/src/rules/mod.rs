@@ -25,5 +25,5 @@ pub use model::{
     Backend, Chain, Counters, Header, Iface, IpNet, Negatable, Policy, Proto, Rule, Ruleset,
     TableDump, Warning,
 };
-pub use parser::{parse, parse_bytes, parse_with, ParseOptions};
+pub use parser::{diagnose, parse, parse_bytes, parse_with, ParseOptions};
 pub use targets::{StandardVerdict, Target};

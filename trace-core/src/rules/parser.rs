@@ -50,7 +50,7 @@ fn utf8_error(bytes: &[u8], offset: usize) -> ParseError {
     ParseError::new(line, column, ParseErrorKind::NotUtf8 { offset })
 }
 
-/// Parses `text` with `opts`.
+/// Parses `text` with `opts`; the first error stops it.
 pub fn parse_with(text: &str, opts: ParseOptions) -> Result<Ruleset, ParseError> {
     let mut p = Parser { family: opts.family, ..Parser::default() };
     for (i, raw) in text.split('\n').enumerate() {
@@ -58,6 +58,29 @@ pub fn parse_with(text: &str, opts: ParseOptions) -> Result<Ruleset, ParseError>
         p.line(line_no, raw.strip_suffix('\r').unwrap_or(raw))?;
     }
     Ok(p.finish())
+}
+
+/// Every error of the input (at most `max`, in line order), for reporting all the bad
+/// lines at once: a bad line is skipped and parsing goes on, so a later error may be a
+/// consequence of an earlier one (a rule in a chain whose declaration was bad). Empty when
+/// the input parses. Invalid UTF-8 stops at its first occurrence.
+pub fn diagnose(bytes: &[u8], opts: ParseOptions, max: usize) -> Vec<ParseError> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => return vec![utf8_error(bytes, e.valid_up_to())],
+    };
+    let mut p = Parser { family: opts.family, ..Parser::default() };
+    let mut errors = Vec::new();
+    for (i, raw) in text.split('\n').enumerate() {
+        let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        if let Err(e) = p.line(line_no, raw.strip_suffix('\r').unwrap_or(raw)) {
+            errors.push(e);
+            if errors.len() >= max {
+                break;
+            }
+        }
+    }
+    errors
 }
 
 /// The table being filled, with a chain-name index.

@@ -4,15 +4,25 @@
 //! `iptables -L --line-numbers` for dumps. `--json` prints one JSON document instead.
 //!
 //! Output is built in memory and written only after a successful parse: bad input prints
-//! `FILE:LINE:COL: message` on stderr, exits 2, and writes nothing on stdout. Warnings
-//! (missing COMMIT, legacy tables present, ...) go to stderr as `FILE:LINE: warning: ...`.
+//! `FILE:LINE:COL: message` on stderr (every bad line, up to 20), exits 2, and writes
+//! nothing on stdout. Warnings (missing COMMIT, legacy tables present, ...) go to stderr as
+//! `FILE:LINE: warning: ...`.
+//!
+//! JSON schema `iptrace.rules/1` (one document): `{schema, file, family: "ipv4"|"ipv6",
+//! header: {line, tool, version, backend: "legacy"|"nf_tables"|"unknown"} | null,
+//! warnings: [{line, message}], tables: [{table, line, committed, chains: [{name, line,
+//! builtin, policy: "ACCEPT"|"DROP"|null, counters: {packets, bytes} | null, rules: [{step:
+//! "filter:FORWARD:rule:8", rule: <trace_core::rules::Rule serialized: line, text, counters,
+//! protocol, src, dst, in_iface, out_iface, fragment, matches [{module, args, column, kind:
+//! {type, options}}], target {target, options}, goto>}], end: "filter:FORWARD:policy:11"}]}]}`.
+//! Additive changes keep the version; anything else bumps it.
 
 use anyhow::Context;
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use trace_core::netfilter::{Family, Table};
-use trace_core::rules::{parse_bytes, Backend, Chain, Counters, Header, ParseOptions, Rule, Ruleset, TableDump};
+use trace_core::rules::{diagnose, parse_bytes, Backend, Chain, Counters, Header, ParseOptions, Rule, Ruleset, TableDump};
 use trace_core::step::StepId;
 
 #[derive(clap::Args, Debug)]
@@ -30,7 +40,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (name, bytes) = read_input(&args.file)?;
     let opts = ParseOptions { family: args.ipv6.then_some(Family::Ipv6) };
-    let rs = parse_bytes(&bytes, opts).map_err(|e| anyhow::anyhow!(e.with_file(&name)))?;
+    let rs = parse_bytes(&bytes, opts).map_err(|e| all_errors(&name, &bytes, opts, e))?;
     for w in &rs.warnings {
         eprintln!("{name}:{}: warning: {}", w.line, w.message);
     }
@@ -40,6 +50,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
         _ => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// Most errors to show at once.
+const MAX_ERRORS: usize = 20;
+
+/// The first error and the following ones (one `FILE:LINE:COL: message` per line), so that
+/// every placeholder address of a dump is reported in one run.
+fn all_errors(name: &str, bytes: &[u8], opts: ParseOptions, first: trace_core::rules::ParseError) -> anyhow::Error {
+    let mut lines = vec![first.with_file(name)];
+    let rest = diagnose(bytes, opts, MAX_ERRORS + 1);
+    lines.extend(rest.iter().filter(|e| **e != first).take(MAX_ERRORS - 1).map(|e| e.with_file(name)));
+    if rest.len() > MAX_ERRORS {
+        lines.push(format!("{name}: more errors not shown"));
+    }
+    anyhow::anyhow!(lines.join("\n"))
 }
 
 /// The input's display name and bytes.
@@ -265,11 +290,14 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_naming_file_line_and_column() {
         let path = std::env::temp_dir().join(format!("iptrace-rules-test-{}.txt", std::process::id()));
-        std::fs::write(&path, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -d x.x.x.x/32 -j DROP\nCOMMIT\n").unwrap();
+        std::fs::write(&path, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -d x.x.x.x/32 -j DROP\n-A INPUT -s IP4_2 -j DROP\nCOMMIT\n").unwrap();
         let file = path.to_string_lossy().into_owned();
         let err = run(Args { file: file.clone(), json: false, ipv6: false }).unwrap_err();
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(err.to_string(), format!("{file}:3:13: invalid address `x.x.x.x` for IPv4 or IPv6"));
+        assert_eq!(
+            err.to_string(),
+            format!("{file}:3:13: invalid address `x.x.x.x` for IPv4 or IPv6\n{file}:4:13: invalid address `IP4_2` for IPv4 or IPv6")
+        );
         let missing = run(Args { file: "/nonexistent/iptrace-dump".into(), json: false, ipv6: false }).unwrap_err();
         assert!(format!("{missing:#}").contains("reading /nonexistent/iptrace-dump"));
     }
