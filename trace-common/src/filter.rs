@@ -168,14 +168,20 @@ impl FilterPredicate {
 }
 
 impl FilterClause {
-    pub const EMPTY: FilterClause =
-        FilterClause { n_preds: 0, _pad0: 0, preds: [FilterPredicate::ZERO; FILTER_MAX_PREDS] };
+    pub const EMPTY: FilterClause = FilterClause {
+        n_preds: 0,
+        _pad0: 0,
+        preds: [FilterPredicate::ZERO; FILTER_MAX_PREDS],
+    };
 }
 
 impl FilterProgram {
     /// Matches nothing (no clause).
-    pub const NONE: FilterProgram =
-        FilterProgram { n_clauses: 0, _pad0: 0, clauses: [FilterClause::EMPTY; FILTER_MAX_CLAUSES] };
+    pub const NONE: FilterProgram = FilterProgram {
+        n_clauses: 0,
+        _pad0: 0,
+        clauses: [FilterClause::EMPTY; FILTER_MAX_CLAUSES],
+    };
 
     /// Matches everything (one empty clause): the compiled empty filter.
     pub const fn match_all() -> FilterProgram {
@@ -220,7 +226,12 @@ pub struct EvalCursor {
 }
 
 impl EvalCursor {
-    pub const START: EvalCursor = EvalCursor { index: 0, clause_ok: 1, matched: 0, done: 0 };
+    pub const START: EvalCursor = EvalCursor {
+        index: 0,
+        clause_ok: 1,
+        matched: 0,
+        done: 0,
+    };
 }
 
 /// Steps [`matches`] needs at most: one per predicate slot.
@@ -344,8 +355,7 @@ fn has_ports(input: &FilterInput) -> bool {
 
 #[inline(always)]
 fn has_icmp(input: &FilterInput) -> bool {
-    input.flags & input_flags::L4_VALID != 0
-        && matches!(input.proto, IPPROTO_ICMP | IPPROTO_ICMPV6)
+    input.flags & input_flags::L4_VALID != 0 && matches!(input.proto, IPPROTO_ICMP | IPPROTO_ICMPV6)
 }
 
 #[inline(always)]
@@ -384,7 +394,9 @@ mod tests {
     fn random<T: Copy>(seed: &mut u64, zero: T) -> T {
         let mut v = zero;
         // SAFETY: T is one of this module's #[repr(C)] integer-only structs: any bytes are valid.
-        let bytes = unsafe { core::slice::from_raw_parts_mut(&mut v as *mut T as *mut u8, core::mem::size_of::<T>()) };
+        let bytes = unsafe {
+            core::slice::from_raw_parts_mut(&mut v as *mut T as *mut u8, core::mem::size_of::<T>())
+        };
         fill(seed, bytes);
         v
     }
@@ -410,7 +422,10 @@ mod tests {
             let mut steps = 0;
             while !step(&prog, &input, &mut cur) {
                 steps += 1;
-                assert!(steps <= FILTER_STEPS, "step must finish within FILTER_STEPS");
+                assert!(
+                    steps <= FILTER_STEPS,
+                    "step must finish within FILTER_STEPS"
+                );
             }
             assert_eq!(cur.matched != 0, want);
             assert!(step(&prog, &input, &mut cur), "done is sticky");

@@ -15,7 +15,14 @@ const SEED: u32 = 0x6970_7472; // "iptr"
 /// Symmetric hash of a flow. Addresses in network byte order, IPv4 in bytes 0..4 (rest zero);
 /// ports in host byte order, 0 for protocols without ports.
 #[inline(always)]
-pub fn flow_hash(family: u8, proto: u8, addr_a: &[u8; 16], port_a: u16, addr_b: &[u8; 16], port_b: u16) -> u32 {
+pub fn flow_hash(
+    family: u8,
+    proto: u8,
+    addr_a: &[u8; 16],
+    port_a: u16,
+    addr_b: &[u8; 16],
+    port_b: u16,
+) -> u32 {
     let (lo_addr, lo_port, hi_addr, hi_port) = if endpoint_le(addr_a, port_a, addr_b, port_b) {
         (addr_a, port_a, addr_b, port_b)
     } else {
@@ -59,8 +66,14 @@ fn mix_addr(mut h: u32, addr: &[u8; 16]) -> u32 {
 /// One MurmurHash3 (x86_32) body round.
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+    let k = k
+        .wrapping_mul(0xcc9e_2d51)
+        .rotate_left(15)
+        .wrapping_mul(0x1b87_3593);
+    (h ^ k)
+        .rotate_left(13)
+        .wrapping_mul(5)
+        .wrapping_add(0xe654_6b64)
 }
 
 /// MurmurHash3 finaliser: every input bit affects every output bit.
@@ -88,9 +101,15 @@ mod tests {
     fn symmetric() {
         let a = v4([192, 168, 64, 5]);
         let b = v4([192, 168, 64, 4]);
-        assert_eq!(flow_hash(2, 6, &a, 43148, &b, 10000), flow_hash(2, 6, &b, 10000, &a, 43148));
+        assert_eq!(
+            flow_hash(2, 6, &a, 43148, &b, 10000),
+            flow_hash(2, 6, &b, 10000, &a, 43148)
+        );
         // Same address both sides: the port orders the endpoints.
-        assert_eq!(flow_hash(2, 17, &a, 1, &a, 2), flow_hash(2, 17, &a, 2, &a, 1));
+        assert_eq!(
+            flow_hash(2, 17, &a, 1, &a, 2),
+            flow_hash(2, 17, &a, 2, &a, 1)
+        );
     }
 
     #[test]
@@ -132,10 +151,19 @@ mod tests {
         }
         let mean = n / 64;
         for (i, b) in buckets.iter().enumerate() {
-            assert!(b.abs_diff(mean) < mean * 15 / 100, "bucket {i}: {b} vs mean {mean}");
+            assert!(
+                b.abs_diff(mean) < mean * 15 / 100,
+                "bucket {i}: {b} vs mean {mean}"
+            );
         }
-        assert!(kept_100.abs_diff(n / 100) < n / 100 / 5, "1/100 kept {kept_100} of {n}");
-        assert!(kept_7.abs_diff(n / 7) < n / 7 / 10, "1/7 kept {kept_7} of {n}");
+        assert!(
+            kept_100.abs_diff(n / 100) < n / 100 / 5,
+            "1/100 kept {kept_100} of {n}"
+        );
+        assert!(
+            kept_7.abs_diff(n / 7) < n / 7 / 10,
+            "1/7 kept {kept_7} of {n}"
+        );
     }
 
     /// NAT: the probes hash the conntrack ORIGINAL tuple for every packet of a connection, so
@@ -148,8 +176,13 @@ mod tests {
         a[15] = 1;
         let mut b = a;
         b[15] = 2;
-        assert_eq!(flow_hash(10, 17, &a, 53, &b, 5353), flow_hash(10, 17, &b, 5353, &a, 53));
-        assert_ne!(flow_hash(10, 17, &a, 53, &b, 5353), flow_hash(10, 17, &a, 53, &b, 5354));
+        assert_eq!(
+            flow_hash(10, 17, &a, 53, &b, 5353),
+            flow_hash(10, 17, &b, 5353, &a, 53)
+        );
+        assert_ne!(
+            flow_hash(10, 17, &a, 53, &b, 5353),
+            flow_hash(10, 17, &a, 53, &b, 5354)
+        );
     }
 }
-

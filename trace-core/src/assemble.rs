@@ -39,7 +39,10 @@ pub struct AssemblerConfig {
 impl Default for AssemblerConfig {
     fn default() -> Self {
         // Hook-to-hook gaps are microseconds; a second leaves room for NFQUEUE round trips.
-        AssemblerConfig { idle_timeout_ns: 1_000_000_000, max_packets: 65_536 }
+        AssemblerConfig {
+            idle_timeout_ns: 1_000_000_000,
+            max_packets: 65_536,
+        }
     }
 }
 
@@ -155,7 +158,10 @@ impl Assembler {
     /// End of capture: everything still held, marked incomplete where the outcome is unknown.
     pub fn flush(&mut self) -> Vec<PacketTrace> {
         let keys: Vec<(u64, u64)> = self.partials.keys().copied().collect();
-        let mut out: Vec<PacketTrace> = keys.into_iter().filter_map(|k| self.resolve(k, Resolution::CaptureEnded)).collect();
+        let mut out: Vec<PacketTrace> = keys
+            .into_iter()
+            .filter_map(|k| self.resolve(k, Resolution::CaptureEnded))
+            .collect();
         out.sort_by_key(|t| t.id);
         out
     }
@@ -164,7 +170,11 @@ impl Assembler {
         self.stats.probe_events += 1;
         let key = (e.skb, e.gen);
         self.end_recycled(e.skb, e.gen, out);
-        if self.partials.get(&key).is_some_and(|p| p.trace.netns != e.netns) {
+        if self
+            .partials
+            .get(&key)
+            .is_some_and(|p| p.trace.netns != e.netns)
+        {
             out.extend(self.resolve(key, Resolution::Complete));
         }
         if !self.partials.contains_key(&key) {
@@ -173,11 +183,16 @@ impl Assembler {
             self.partials.insert(key, partial);
             self.gen_of_skb.insert(e.skb, e.gen);
         }
-        let plan = self.plan.get(e.netns, e.family, e.hook).cloned();
-        if !plan.as_ref().is_some_and(|p| p.has_probe(e.priority)) {
+        if !self
+            .plan
+            .get(e.netns, e.family, e.hook)
+            .is_some_and(|p| p.has_probe(e.priority))
+        {
             self.stats.unplanned_probes += 1;
         }
-        let Some(partial) = self.partials.get_mut(&key) else { return };
+        let Some(partial) = self.partials.get_mut(&key) else {
+            return;
+        };
         partial.last_ts = e.ts_ns;
         let state = state_of(partial, &e, &mut self.stats);
         let continues = partial.cur.as_ref().is_some_and(|c| {
@@ -185,7 +200,7 @@ impl Assembler {
         });
         if !continues {
             close_current(partial, &PassEnd::MovedOn);
-            let pass = Pass::start(&e, plan);
+            let pass = Pass::start(&e, self.plan.shared(e.netns, e.family, e.hook));
             // A later pass missing its first probe means an event was lost.
             if !partial.trace.hooks.is_empty() && !pass_plan_first(&pass, e.priority) {
                 partial.trace.incomplete = true;
@@ -209,16 +224,27 @@ impl Assembler {
             return;
         };
         partial.last_ts = d.ts_ns;
-        let end = PassEnd::Dropped { reason: d.reason, reason_name: d.reason_name.clone(), netfilter };
+        let end = PassEnd::Dropped {
+            reason: d.reason,
+            reason_name: d.reason_name.clone(),
+            netfilter,
+        };
         let closed = partial.cur.take().map(|c| c.close(&end));
-        let hook = closed.as_ref().map(|c| c.pass.hook).or_else(|| partial.trace.hooks.last().map(|h| h.hook));
+        let hook = closed
+            .as_ref()
+            .map(|c| c.pass.hook)
+            .or_else(|| partial.trace.hooks.last().map(|h| h.hook));
         let vanished_in = closed.as_ref().and_then(|c| c.vanished_in.clone());
         if let Some(c) = closed {
             absorb(partial, c);
         }
         partial.trace.fate = match (hook, vanished_in) {
             (Some(hook), Some(stage)) => Fate::Dropped { hook, stage },
-            (Some(after), None) => Fate::DroppedOutside { after, reason: d.reason, reason_name: d.reason_name },
+            (Some(after), None) => Fate::DroppedOutside {
+                after,
+                reason: d.reason,
+                reason_name: d.reason_name,
+            },
             (None, _) => Fate::Unknown,
         };
         out.extend(self.resolve(key, Resolution::Complete));
@@ -245,7 +271,12 @@ impl Assembler {
             incomplete: false,
             fate: Fate::Unknown,
         };
-        Partial { trace, last_ts: e.ts_ns, headers: None, cur: None }
+        Partial {
+            trace,
+            last_ts: e.ts_ns,
+            headers: None,
+            cur: None,
+        }
     }
 
     /// A new gen on an skb address means the older traversal's skb was freed and reused.
@@ -263,7 +294,8 @@ impl Assembler {
         if self.partials.len() < self.config.max_packets.max(1) {
             return;
         }
-        let mut by_age: Vec<(u64, (u64, u64))> = self.partials.iter().map(|(k, p)| (p.last_ts, *k)).collect();
+        let mut by_age: Vec<(u64, (u64, u64))> =
+            self.partials.iter().map(|(k, p)| (p.last_ts, *k)).collect();
         by_age.sort_unstable();
         let n = (self.config.max_packets / 16).max(1);
         for (_, key) in by_age.into_iter().take(n) {
@@ -324,7 +356,10 @@ impl Assembler {
 fn fate_after_pass(hook: Hook, at_end: bool, closed: &Closed, why: Resolution) -> Fate {
     match (&closed.vanished_in, at_end) {
         (Some(_), _) if why == Resolution::CaptureEnded => Fate::Unknown,
-        (Some(stage), _) => Fate::Stolen { hook, stage: stage.clone() },
+        (Some(stage), _) => Fate::Stolen {
+            hook,
+            stage: stage.clone(),
+        },
         (None, true) if is_final(hook) => Fate::Delivered,
         (None, true) if why == Resolution::CaptureEnded => Fate::Unknown,
         (None, true) => Fate::Vanished { after: hook },
@@ -338,8 +373,12 @@ fn is_final(hook: Hook) -> bool {
 
 /// The packet came out of a final hook and is not looping back through `lo`.
 fn delivered(p: &Partial) -> bool {
-    let Some(cur) = p.cur.as_ref() else { return false };
-    cur.at_last_probe() && is_final(cur.hook()) && !(cur.hook() == Hook::Postrouting && cur.meta.out_dev.as_deref() == Some("lo"))
+    let Some(cur) = p.cur.as_ref() else {
+        return false;
+    };
+    cur.at_last_probe()
+        && is_final(cur.hook())
+        && !(cur.hook() == Hook::Postrouting && cur.meta.out_dev.as_deref() == Some("lo"))
 }
 
 fn pass_plan_first(pass: &Pass, prio: i32) -> bool {
@@ -364,7 +403,11 @@ fn state_of(p: &mut Partial, e: &ProbeEvent, stats: &mut AssemblerStats) -> Opti
         p.headers = Some(h.clone());
     }
     match &p.headers {
-        Some(h) => Some(PacketState { headers: h.clone(), mark: e.mark, ct: e.ct }),
+        Some(h) => Some(PacketState {
+            headers: h.clone(),
+            mark: e.mark,
+            ct: e.ct,
+        }),
         None => {
             stats.missing_headers += 1;
             p.trace.incomplete = true;
@@ -372,4 +415,3 @@ fn state_of(p: &mut Partial, e: &ProbeEvent, stats: &mut AssemblerStats) -> Opti
         }
     }
 }
-

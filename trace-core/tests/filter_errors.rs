@@ -54,7 +54,10 @@ fn nesting_is_bounded() {
 #[test]
 fn dnf_blowup_is_refused_with_the_count() {
     // (a or b) and (c or d) and ... : 2^5 = 32 clauses > 16.
-    let f = (0..5).map(|i| format!("(port {} or host 10.0.0.{})", 100 + i, i)).collect::<Vec<_>>().join(" and ");
+    let f = (0..5)
+        .map(|i| format!("(port {} or host 10.0.0.{})", 100 + i, i))
+        .collect::<Vec<_>>()
+        .join(" and ");
     match compile(&f) {
         Err(FilterError::TooManyClauses { clauses, max }) => {
             assert_eq!(clauses, 32);
@@ -63,17 +66,31 @@ fn dnf_blowup_is_refused_with_the_count() {
         other => panic!("expected TooManyClauses, got {other:?}"),
     }
     // 2^4 = 16 fits exactly.
-    let f = (0..4).map(|i| format!("(port {} or host 10.0.0.{})", 100 + i, i)).collect::<Vec<_>>().join(" and ");
+    let f = (0..4)
+        .map(|i| format!("(port {} or host 10.0.0.{})", 100 + i, i))
+        .collect::<Vec<_>>()
+        .join(" and ");
     assert_eq!(compile(&f).unwrap().n_clauses, 16);
     // Exponential inputs are stopped early, not computed.
-    let huge = (0..40).map(|i| format!("(port {i} or port {})", i + 1000)).collect::<Vec<_>>().join(" and ");
-    assert!(matches!(compile(&huge), Err(FilterError::TooManyClauses { .. })));
+    let huge = (0..40)
+        .map(|i| format!("(port {i} or port {})", i + 1000))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    assert!(matches!(
+        compile(&huge),
+        Err(FilterError::TooManyClauses { .. })
+    ));
 }
 
 #[test]
 fn too_many_predicates_in_a_clause() {
-    let f = (1..=FILTER_MAX_PREDS + 1).map(|i| format!("not port {i}")).collect::<Vec<_>>().join(" and ");
-    assert!(matches!(compile(&f), Err(FilterError::TooManyPredicates { preds, .. }) if preds == FILTER_MAX_PREDS + 1));
+    let f = (1..=FILTER_MAX_PREDS + 1)
+        .map(|i| format!("not port {i}"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    assert!(
+        matches!(compile(&f), Err(FilterError::TooManyPredicates { preds, .. }) if preds == FILTER_MAX_PREDS + 1)
+    );
 }
 
 #[test]
@@ -97,7 +114,9 @@ fn documented_examples_behave_as_documented() {
     for line in block.lines().map(str::trim).filter(|l| !l.is_empty()) {
         n += 1;
         match line.split_once("# error: ") {
-            Some((filter, msg)) => assert_eq!(compile(filter.trim()).unwrap_err().to_string(), msg.trim()),
+            Some((filter, msg)) => {
+                assert_eq!(compile(filter.trim()).unwrap_err().to_string(), msg.trim())
+            }
             None => assert!(compile(line).is_ok(), "{line}: {:?}", compile(line).err()),
         }
     }

@@ -121,10 +121,18 @@ fn ports_and_ranges() {
     check("dst portrange 43000-44000", &p, false);
     check("tcp dst port 10000", &p, true);
     check("udp dst port 10000", &p, false);
-    check("tcp and dst port 10000 and not src net 10.0.0.0/8", &p, true);
+    check(
+        "tcp and dst port 10000 and not src net 10.0.0.0/8",
+        &p,
+        true,
+    );
     check("dst port 80 or 10000", &p, true);
     check("dst port 80 or 443", &p, false);
-    check("port http", &Pkt::tcp("10.0.0.1", 5000, "10.0.0.2", 80), true);
+    check(
+        "port http",
+        &Pkt::tcp("10.0.0.1", 5000, "10.0.0.2", 80),
+        true,
+    );
 }
 
 #[test]
@@ -159,8 +167,16 @@ fn icmp_types() {
     check("icmp-type 8", &ping, true);
     check("icmp-type 0", &ping, false);
     check("icmp6-type echo-request", &ping, false);
-    check("icmp6-type echo-request", &Pkt::icmp("fd00::1", "fd00::2", 128), true);
-    check("icmp-type 8", &Pkt::tcp("10.0.0.1", 8, "10.0.0.2", 8), false);
+    check(
+        "icmp6-type echo-request",
+        &Pkt::icmp("fd00::1", "fd00::2", 128),
+        true,
+    );
+    check(
+        "icmp-type 8",
+        &Pkt::tcp("10.0.0.1", 8, "10.0.0.2", 8),
+        false,
+    );
 }
 
 #[test]
@@ -210,5 +226,9 @@ fn precedence_not_and_or() {
     check("not tcp or port 10000", &p, true);
     check("not (tcp or port 10000)", &p, false);
     check("! tcp && port 10000 || host 192.168.64.4", &p, true);
-    check("(tcp or udp) and (port 80 or port 10000) and not (src host 1.2.3.4 or icmp)", &p, true);
+    check(
+        "(tcp or udp) and (port 80 or port 10000) and not (src host 1.2.3.4 or icmp)",
+        &p,
+        true,
+    );
 }

@@ -35,17 +35,33 @@ fn primitive(r: &mut Rng) -> String {
     match r.below(15) {
         0 => format!("{d}host {}", r.pick(V4)),
         1 => format!("{d}host {}", r.pick(V6)),
-        2 => format!("{d}net {}", r.pick(&["10.0.0.0/8", "10.0.0.0/24", "192.168.0.0/16", "0.0.0.0/0"])),
+        2 => format!(
+            "{d}net {}",
+            r.pick(&["10.0.0.0/8", "10.0.0.0/24", "192.168.0.0/16", "0.0.0.0/0"])
+        ),
         3 => format!("{d}net {}", r.pick(&["fd00::/16", "fd00:1::/32", "::/0"])),
         4 => format!("{d}port {}", PORTS[r.below(PORTS.len())]),
-        5 => format!("{d}portrange {}", r.pick(&["20-60", "80-443", "1000-20000"])),
-        6 => r.pick(&["tcp", "udp", "icmp", "icmp6", "sctp", "proto 47"]).to_string(),
+        5 => format!(
+            "{d}portrange {}",
+            r.pick(&["20-60", "80-443", "1000-20000"])
+        ),
+        6 => r
+            .pick(&["tcp", "udp", "icmp", "icmp6", "sctp", "proto 47"])
+            .to_string(),
         7 => r.pick(&["ip", "ip6"]).to_string(),
-        8 => format!("{}iface {}", r.pick(&["", "in ", "out "]), r.pick(&["eth0", "eth+", "br-x", "veth+"])),
+        8 => format!(
+            "{}iface {}",
+            r.pick(&["", "in ", "out "]),
+            r.pick(&["eth0", "eth+", "br-x", "veth+"])
+        ),
         9 => format!("mark {}", r.pick(&["1", "0x10/0xf0", "0/0x1", "3"])),
         10 => format!("icmp-type {}", r.pick(&["0", "8", "3"])),
         11 => format!("icmp6-type {}", r.pick(&["128", "129"])),
-        12 => format!("{} {d}port {}", r.pick(&["tcp", "udp"]), PORTS[r.below(PORTS.len())]),
+        12 => format!(
+            "{} {d}port {}",
+            r.pick(&["tcp", "udp"]),
+            PORTS[r.below(PORTS.len())]
+        ),
         13 => format!("{} host {}", r.pick(&["ip", "ip"]), r.pick(V4)),
         _ => format!("ip6 proto {}", r.pick(&["tcp", "udp"])),
     }
@@ -59,8 +75,18 @@ fn expr(r: &mut Rng, depth: u32) -> String {
         0 => format!("not {}", expr(r, depth - 1)),
         1 => format!("({} and {})", expr(r, depth - 1), expr(r, depth - 1)),
         2 => format!("({} or {})", expr(r, depth - 1), expr(r, depth - 1)),
-        3 => format!("{} and {} or {}", expr(r, depth - 1), expr(r, depth - 1), expr(r, depth - 1)),
-        _ => format!("! ({} || {}) && {}", expr(r, depth - 1), expr(r, depth - 1), expr(r, depth - 1)),
+        3 => format!(
+            "{} and {} or {}",
+            expr(r, depth - 1),
+            expr(r, depth - 1),
+            expr(r, depth - 1)
+        ),
+        _ => format!(
+            "! ({} || {}) && {}",
+            expr(r, depth - 1),
+            expr(r, depth - 1),
+            expr(r, depth - 1)
+        ),
     }
 }
 
@@ -125,13 +151,23 @@ fn compiled_dnf_agrees_with_ast_evaluation() {
         for _ in 0..40 {
             let p = packet(&mut r);
             let want = ast.matches(&p);
-            assert_eq!(trace_common::filter::matches(&prog, &p), want, "`{text}` on {p:?}");
+            assert_eq!(
+                trace_common::filter::matches(&prog, &p),
+                want,
+                "`{text}` on {p:?}"
+            );
             hits += want as u32;
             total += 1;
         }
     }
     // The test only means something if both outcomes were exercised on many programs.
-    assert!(compiled > 2000, "compiled {compiled}, too complex {too_complex}");
-    assert!(hits > total / 10 && hits < total * 9 / 10, "hits {hits} / {total}");
+    assert!(
+        compiled > 2000,
+        "compiled {compiled}, too complex {too_complex}"
+    );
+    assert!(
+        hits > total / 10 && hits < total * 9 / 10,
+        "hits {hits} / {total}"
+    );
     eprintln!("compiled {compiled}, too complex {too_complex}, matched {hits}/{total}");
 }

@@ -45,10 +45,19 @@ extern "C" fn loop_step(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
 /// The filter verdict for one packet: `trace_common::filter::matches`, driven by bpf_loop.
 #[inline(never)]
 pub fn packet_selected(prog: &FilterProgram, input: &FilterInput) -> bool {
-    let mut ctx = LoopCtx { prog, input, cur: EvalCursor::START };
+    let mut ctx = LoopCtx {
+        prog,
+        input,
+        cur: EvalCursor::START,
+    };
     // SAFETY: helper call with a callback of the required signature and a live stack context.
     unsafe {
-        aya_ebpf::helpers::bpf_loop(FILTER_STEPS, loop_step as *mut core::ffi::c_void, &mut ctx as *mut LoopCtx as *mut core::ffi::c_void, 0);
+        aya_ebpf::helpers::bpf_loop(
+            FILTER_STEPS,
+            loop_step as *mut core::ffi::c_void,
+            &mut ctx as *mut LoopCtx as *mut core::ffi::c_void,
+            0,
+        );
     }
     ctx.cur.matched != 0
 }

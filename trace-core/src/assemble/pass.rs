@@ -8,7 +8,10 @@
 use super::plan::{HookPlan, StageSlot};
 use crate::event::ProbeEvent;
 use crate::netfilter::Hook;
-use crate::packet::{HookPass, ObservedVerdict, PacketState, Stage, StageObservation, TableObservation};
+use crate::packet::{
+    HookPass, ObservedVerdict, PacketState, Stage, StageObservation, TableObservation,
+};
+use std::sync::Arc;
 
 /// One hook pass being assembled.
 #[derive(Debug, Clone)]
@@ -16,7 +19,7 @@ pub(super) struct Pass {
     pub meta: HookPass,
     /// (probe priority, packet state there); state None when no header snapshot was known.
     pub seen: Vec<(i32, Option<PacketState>)>,
-    pub plan: Option<HookPlan>,
+    pub plan: Option<Arc<HookPlan>>,
 }
 
 /// How a pass stopped being extended.
@@ -25,7 +28,11 @@ pub(super) enum PassEnd {
     /// A later event of the packet belongs to another pass (next hook, or a new pass).
     MovedOn,
     /// skb:kfree_skb reported the packet.
-    Dropped { reason: u32, reason_name: Option<String>, netfilter: bool },
+    Dropped {
+        reason: u32,
+        reason_name: Option<String>,
+        netfilter: bool,
+    },
     /// No further event (idle timeout, skb address recycled, evicted).
     Ended,
     /// The capture stopped.
@@ -42,7 +49,7 @@ pub(super) struct Closed {
 }
 
 impl Pass {
-    pub fn start(e: &ProbeEvent, plan: Option<HookPlan>) -> Pass {
+    pub fn start(e: &ProbeEvent, plan: Option<Arc<HookPlan>>) -> Pass {
         let meta = HookPass {
             hook: e.hook,
             ts_ns: e.ts_ns,
@@ -55,7 +62,11 @@ impl Pass {
             stages: Vec::new(),
             probes: Vec::new(),
         };
-        Pass { meta, seen: Vec::new(), plan }
+        Pass {
+            meta,
+            seen: Vec::new(),
+            plan,
+        }
     }
 
     pub fn hook(&self) -> Hook {
@@ -84,17 +95,33 @@ impl Pass {
 
     pub fn close(mut self, end: &PassEnd) -> Closed {
         let Some(plan) = self.plan.take() else {
-            return Closed { pass: self.meta, vanished_in: None, gap: false };
+            return Closed {
+                pass: self.meta,
+                vanished_in: None,
+                gap: false,
+            };
         };
-        let seen: Vec<&(i32, Option<PacketState>)> = self.seen.iter().filter(|(p, _)| plan.has_probe(*p)).collect();
+        let seen: Vec<&(i32, Option<PacketState>)> = self
+            .seen
+            .iter()
+            .filter(|(p, _)| plan.has_probe(*p))
+            .collect();
         let mut gap = false;
         for w in seen.windows(2) {
             let ((a, sa), (b, sb)) = (w[0], w[1]);
             gap |= plan.probes_between(*a, *b) > 0;
-            let shared = plan.stages_between(*a, Some(*b)).len() > 1 || plan.probes_between(*a, *b) > 0;
+            let shared =
+                plan.stages_between(*a, Some(*b)).len() > 1 || plan.probes_between(*a, *b) > 0;
             for slot in plan.stages_between(*a, Some(*b)) {
                 if let Some(before) = sa {
-                    push_stage(&mut self.meta, slot, before.clone(), sb.clone(), ObservedVerdict::Accept, shared);
+                    push_stage(
+                        &mut self.meta,
+                        slot,
+                        before.clone(),
+                        sb.clone(),
+                        ObservedVerdict::Accept,
+                        shared,
+                    );
                 }
             }
         }
@@ -108,12 +135,23 @@ impl Pass {
                 vanished_in = tail.first().map(|s| s.stage.clone());
                 if let Some(before) = state {
                     for slot in &tail {
-                        push_stage(&mut self.meta, slot, before.clone(), None, verdict.clone(), shared);
+                        push_stage(
+                            &mut self.meta,
+                            slot,
+                            before.clone(),
+                            None,
+                            verdict.clone(),
+                            shared,
+                        );
                     }
                 }
             }
         }
-        Closed { pass: self.meta, vanished_in, gap }
+        Closed {
+            pass: self.meta,
+            vanished_in,
+            gap,
+        }
     }
 }
 
@@ -123,7 +161,12 @@ impl Pass {
 fn tail_stages(plan: &HookPlan, p: i32, next: Option<i32>) -> Vec<StageSlot> {
     let tail = plan.stages_between(p, next);
     match (tail.is_empty(), next) {
-        (true, Some(n)) => vec![StageSlot { priority: p, stage: Stage::Other { name: format!("unplanned hook between probes {p} and {n}") } }],
+        (true, Some(n)) => vec![StageSlot {
+            priority: p,
+            stage: Stage::Other {
+                name: format!("unplanned hook between probes {p} and {n}"),
+            },
+        }],
         _ => tail.to_vec(),
     }
 }
@@ -132,11 +175,28 @@ fn tail_stages(plan: &HookPlan, p: i32, next: Option<i32>) -> Vec<StageSlot> {
 /// reported: after the plan's last probe (`has_next` false) only a netfilter drop is evidence
 /// (conntrack confirm); otherwise the packet vanished inside them.
 fn tail_verdict(end: &PassEnd, has_next: bool) -> Option<ObservedVerdict> {
-    let drop = |reason: &u32, name: &Option<String>| ObservedVerdict::Drop { reason: *reason, reason_name: name.clone() };
+    let drop = |reason: &u32, name: &Option<String>| ObservedVerdict::Drop {
+        reason: *reason,
+        reason_name: name.clone(),
+    };
     match (end, has_next) {
-        (PassEnd::Dropped { reason, reason_name, netfilter: true }, false) => Some(drop(reason, reason_name)),
+        (
+            PassEnd::Dropped {
+                reason,
+                reason_name,
+                netfilter: true,
+            },
+            false,
+        ) => Some(drop(reason, reason_name)),
         (_, false) => None,
-        (PassEnd::Dropped { reason, reason_name, .. }, true) => Some(drop(reason, reason_name)),
+        (
+            PassEnd::Dropped {
+                reason,
+                reason_name,
+                ..
+            },
+            true,
+        ) => Some(drop(reason, reason_name)),
         (PassEnd::MovedOn | PassEnd::Ended, true) => Some(ObservedVerdict::Stolen),
         (PassEnd::CaptureEnded, true) => Some(ObservedVerdict::Unknown),
     }
@@ -159,5 +219,12 @@ fn push_stage(
             verdict: verdict.clone(),
         });
     }
-    pass.stages.push(StageObservation { stage: slot.stage.clone(), priority: slot.priority, before, after, verdict, shared });
+    pass.stages.push(StageObservation {
+        stage: slot.stage.clone(),
+        priority: slot.priority,
+        before,
+        after,
+        verdict,
+        shared,
+    });
 }

@@ -8,6 +8,7 @@
 use crate::netfilter::{Family, Hook, Table, PRIO_CONNTRACK, PRIO_CONNTRACK_CONFIRM};
 use crate::packet::Stage;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// IP defragmentation priority (NF_IP_PRI_CONNTRACK_DEFRAG).
 pub const PRIO_DEFRAG: i32 = -400;
@@ -38,7 +39,10 @@ impl HookPlan {
     /// One probe before the first stage and one right after each stage (priority + 1). A
     /// stage at INT_MAX (conntrack confirm) cannot be followed: it stays after the last probe.
     pub fn bracketing(stages: Vec<StageSlot>) -> HookPlan {
-        let mut probes: Vec<i32> = stages.iter().filter_map(|s| s.priority.checked_add(1)).collect();
+        let mut probes: Vec<i32> = stages
+            .iter()
+            .filter_map(|s| s.priority.checked_add(1))
+            .collect();
         if let Some(first) = stages.iter().map(|s| s.priority).min() {
             // INT_MIN is refused by the kernel.
             probes.push(first.saturating_sub(1).max(i32::MIN + 1));
@@ -51,7 +55,12 @@ impl HookPlan {
     pub fn iptables_stages(hook: Hook, tables: &[Table], conntrack: bool) -> Vec<StageSlot> {
         let mut v: Vec<StageSlot> = tables
             .iter()
-            .filter_map(|t| t.priority(hook).map(|p| StageSlot { priority: p, stage: Stage::Table { table: *t } }))
+            .filter_map(|t| {
+                t.priority(hook).map(|p| StageSlot {
+                    priority: p,
+                    stage: Stage::Table { table: *t },
+                })
+            })
             .collect();
         if conntrack {
             let (entry, confirm) = match hook {
@@ -60,11 +69,20 @@ impl HookPlan {
                 Hook::Forward => (false, false),
             };
             if entry {
-                v.push(StageSlot { priority: PRIO_DEFRAG, stage: Stage::Defrag });
-                v.push(StageSlot { priority: PRIO_CONNTRACK, stage: Stage::Conntrack });
+                v.push(StageSlot {
+                    priority: PRIO_DEFRAG,
+                    stage: Stage::Defrag,
+                });
+                v.push(StageSlot {
+                    priority: PRIO_CONNTRACK,
+                    stage: Stage::Conntrack,
+                });
             }
             if confirm {
-                v.push(StageSlot { priority: PRIO_CONNTRACK_CONFIRM, stage: Stage::ConntrackConfirm });
+                v.push(StageSlot {
+                    priority: PRIO_CONNTRACK_CONFIRM,
+                    stage: Stage::ConntrackConfirm,
+                });
             }
         }
         v.sort_by_key(|s| s.priority);
@@ -112,10 +130,11 @@ impl HookPlan {
     }
 }
 
-/// Every hook plan of a capture, keyed by (netns inode, family, hook).
+/// Every hook plan of a capture, keyed by (netns inode, family, hook). Plans are shared
+/// (`Arc`) with the passes being assembled: no copy per packet.
 #[derive(Debug, Clone, Default)]
 pub struct ProbePlan {
-    hooks: HashMap<(u32, Family, Hook), HookPlan>,
+    hooks: HashMap<(u32, Family, Hook), Arc<HookPlan>>,
 }
 
 impl ProbePlan {
@@ -124,16 +143,27 @@ impl ProbePlan {
     }
 
     pub fn insert(&mut self, netns: u32, family: Family, hook: Hook, plan: HookPlan) {
-        self.hooks.insert((netns, family, hook), plan);
+        self.hooks.insert((netns, family, hook), Arc::new(plan));
     }
 
     pub fn get(&self, netns: u32, family: Family, hook: Hook) -> Option<&HookPlan> {
-        self.hooks.get(&(netns, family, hook))
+        self.hooks.get(&(netns, family, hook)).map(|p| &**p)
+    }
+
+    /// The shared plan, for passes that keep it.
+    pub(super) fn shared(&self, netns: u32, family: Family, hook: Hook) -> Option<Arc<HookPlan>> {
+        self.hooks.get(&(netns, family, hook)).cloned()
     }
 
     /// Bracket every table of `tables` (per family: the tables registered there) on all five
     /// hooks of `netns`, with conntrack stages when `conntrack`.
-    pub fn insert_iptables(&mut self, netns: u32, family: Family, tables: &[Table], conntrack: bool) {
+    pub fn insert_iptables(
+        &mut self,
+        netns: u32,
+        family: Family,
+        tables: &[Table],
+        conntrack: bool,
+    ) {
         for hook in Hook::ALL {
             let stages = HookPlan::iptables_stages(hook, tables, conntrack);
             self.insert(netns, family, hook, HookPlan::bracketing(stages));

@@ -68,7 +68,11 @@ pub enum Prim {
     /// `port P` (lo == hi), `portrange A-B`: only TCP, UDP and SCTP packets match.
     Port { dir: Dir, lo: u16, hi: u16 },
     /// `iface NAME`; `prefix` for `NAME+` (iptables-style wildcard).
-    Iface { dir: Dir, name: String, prefix: bool },
+    Iface {
+        dir: Dir,
+        name: String,
+        prefix: bool,
+    },
     /// `mark V/M`: (mark & M) == V.
     Mark { value: u32, mask: u32 },
     /// `icmp-type N` / `icmp6-type N` (the parser adds the protocol test).

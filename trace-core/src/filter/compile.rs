@@ -9,8 +9,8 @@ use super::ast::{Dir, Expr, Prim};
 use super::FilterError;
 use std::net::IpAddr;
 use trace_common::filter::{
-    dir, pred_kind, FilterClause, FilterPredicate, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS,
-    IFNAME_LEN,
+    dir, pred_kind, FilterClause, FilterPredicate, FilterProgram, FILTER_MAX_CLAUSES,
+    FILTER_MAX_PREDS, IFNAME_LEN,
 };
 
 /// A primitive, possibly negated.
@@ -23,7 +23,10 @@ pub const WORK_LIMIT: usize = 1024;
 pub fn compile_expr(e: &Expr) -> Result<FilterProgram, FilterError> {
     let clauses = dnf(e, false)?;
     if clauses.len() > FILTER_MAX_CLAUSES {
-        return Err(FilterError::TooManyClauses { clauses: clauses.len(), max: FILTER_MAX_CLAUSES });
+        return Err(FilterError::TooManyClauses {
+            clauses: clauses.len(),
+            max: FILTER_MAX_CLAUSES,
+        });
     }
     let mut prog = FilterProgram::NONE;
     prog.n_clauses = clauses.len() as u32;
@@ -49,7 +52,10 @@ fn dnf(e: &Expr, neg: bool) -> Result<Vec<Clause>, FilterError> {
     };
     let out = simplify(out);
     if out.len() > WORK_LIMIT {
-        return Err(FilterError::TooManyClauses { clauses: out.len(), max: FILTER_MAX_CLAUSES });
+        return Err(FilterError::TooManyClauses {
+            clauses: out.len(),
+            max: FILTER_MAX_CLAUSES,
+        });
     }
     Ok(out)
 }
@@ -57,7 +63,10 @@ fn dnf(e: &Expr, neg: bool) -> Result<Vec<Clause>, FilterError> {
 fn product(a: Vec<Clause>, b: Vec<Clause>) -> Result<Vec<Clause>, FilterError> {
     let n = a.len().saturating_mul(b.len());
     if n > WORK_LIMIT {
-        return Err(FilterError::TooManyClauses { clauses: n, max: FILTER_MAX_CLAUSES });
+        return Err(FilterError::TooManyClauses {
+            clauses: n,
+            max: FILTER_MAX_CLAUSES,
+        });
     }
     let mut out = Vec::with_capacity(n);
     for x in &a {
@@ -112,7 +121,10 @@ fn contradicts(a: &Lit, b: &Lit) -> bool {
 
 fn lower_clause(c: &Clause) -> Result<FilterClause, FilterError> {
     if c.len() > FILTER_MAX_PREDS {
-        return Err(FilterError::TooManyPredicates { preds: c.len(), max: FILTER_MAX_PREDS });
+        return Err(FilterError::TooManyPredicates {
+            preds: c.len(),
+            max: FILTER_MAX_PREDS,
+        });
     }
     let mut out = FilterClause::EMPTY;
     out.n_preds = c.len() as u32;

@@ -39,7 +39,12 @@ impl Prim {
             Prim::Iface { dir, name, prefix } => {
                 let ok = |dev: &[u8; IFNAME_LEN]| {
                     let dev = dev_name(dev);
-                    !dev.is_empty() && if *prefix { dev.starts_with(name.as_str()) } else { dev == *name }
+                    !dev.is_empty()
+                        && if *prefix {
+                            dev.starts_with(name.as_str())
+                        } else {
+                            dev == *name
+                        }
                 };
                 sides(*dir, ok(&input.in_dev), ok(&input.out_dev))
             }
@@ -79,14 +84,22 @@ fn dev_name(dev: &[u8; IFNAME_LEN]) -> String {
 
 fn dev_bytes(name: Option<&str>) -> [u8; IFNAME_LEN] {
     let mut out = [0u8; IFNAME_LEN];
-    for (d, s) in out.iter_mut().zip(name.unwrap_or("").bytes().take(IFNAME_LEN - 1)) {
+    for (d, s) in out
+        .iter_mut()
+        .zip(name.unwrap_or("").bytes().take(IFNAME_LEN - 1))
+    {
         *d = s;
     }
     out
 }
 
 /// The filter's view of a packet from an owned header snapshot (as the probes fill it).
-pub fn input_from_headers(h: &Headers, mark: u32, in_dev: Option<&str>, out_dev: Option<&str>) -> FilterInput {
+pub fn input_from_headers(
+    h: &Headers,
+    mark: u32,
+    in_dev: Option<&str>,
+    out_dev: Option<&str>,
+) -> FilterInput {
     let mut input = FilterInput::ZERO;
     input.family = h.family().nfproto();
     input.proto = h.proto;

@@ -25,14 +25,28 @@ pub enum FilterError {
     #[error("filter column {column}: unexpected character '{ch}'")]
     BadChar { column: usize, ch: char },
     #[error("filter column {column}: expected {expected}, found {found}")]
-    Unexpected { column: usize, expected: String, found: String },
+    Unexpected {
+        column: usize,
+        expected: String,
+        found: String,
+    },
     #[error("filter column {column}: invalid {what} '{text}'")]
-    InvalidValue { column: usize, what: &'static str, text: String },
+    InvalidValue {
+        column: usize,
+        what: &'static str,
+        text: String,
+    },
     #[error("filter column {column}: {what} is not supported ({hint})")]
-    Unsupported { column: usize, what: String, hint: String },
+    Unsupported {
+        column: usize,
+        what: String,
+        hint: String,
+    },
     #[error("filter column {column}: parentheses/negations nested deeper than {max}")]
     TooDeep { column: usize, max: usize },
-    #[error("filter too complex ({clauses} clauses > {max}); simplify it or use portrange/net prefixes")]
+    #[error(
+        "filter too complex ({clauses} clauses > {max}); simplify it or use portrange/net prefixes"
+    )]
     TooManyClauses { clauses: usize, max: usize },
     #[error("filter too complex (a clause needs {preds} predicates > {max})")]
     TooManyPredicates { preds: usize, max: usize },

@@ -16,7 +16,13 @@ use std::net::{IpAddr, Ipv4Addr};
 /// Parse a filter expression. The empty (or all-blank) filter is [`Expr::True`].
 pub fn parse(src: &str) -> Result<Expr, FilterError> {
     let tokens = lex(src)?;
-    let mut p = Parser { tokens, pos: 0, end_column: src.chars().count() + 1, last: None, depth: 0 };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        end_column: src.chars().count() + 1,
+        last: None,
+        depth: 0,
+    };
     if p.tokens.is_empty() {
         return Ok(Expr::True);
     }
@@ -64,8 +70,28 @@ struct Parser {
 pub const MAX_DEPTH: usize = 64;
 
 const KEYWORDS: &[&str] = &[
-    "host", "net", "port", "portrange", "proto", "ip", "ip6", "tcp", "udp", "sctp", "icmp", "icmp6",
-    "src", "dst", "iface", "in", "out", "inbound", "outbound", "mark", "icmp-type", "icmp6-type",
+    "host",
+    "net",
+    "port",
+    "portrange",
+    "proto",
+    "ip",
+    "ip6",
+    "tcp",
+    "udp",
+    "sctp",
+    "icmp",
+    "icmp6",
+    "src",
+    "dst",
+    "iface",
+    "in",
+    "out",
+    "inbound",
+    "outbound",
+    "mark",
+    "icmp-type",
+    "icmp6-type",
     "mask",
 ];
 
@@ -93,7 +119,11 @@ impl Parser {
     }
 
     fn unexpected_at(&self, t: Token, expected: &str) -> FilterError {
-        FilterError::Unexpected { column: t.column, expected: expected.into(), found: t.describe() }
+        FilterError::Unexpected {
+            column: t.column,
+            expected: expected.into(),
+            found: t.describe(),
+        }
     }
 
     fn unexpected(&self, expected: &str) -> FilterError {
@@ -128,7 +158,10 @@ impl Parser {
     /// Next token as a value word: (text, column).
     fn value(&mut self, what: &str) -> Result<(String, usize), FilterError> {
         match self.peek().cloned() {
-            Some(Token { tok: Tok::Word(w), column }) => {
+            Some(Token {
+                tok: Tok::Word(w),
+                column,
+            }) => {
                 self.pos += 1;
                 Ok((w, column))
             }
@@ -158,7 +191,10 @@ impl Parser {
             return self.primitive();
         }
         if self.depth >= MAX_DEPTH {
-            return Err(FilterError::TooDeep { column: self.column(), max: MAX_DEPTH });
+            return Err(FilterError::TooDeep {
+                column: self.column(),
+                max: MAX_DEPTH,
+            });
         }
         self.depth += 1;
         let e = self.nested();
@@ -214,7 +250,13 @@ impl Parser {
             "ip6" => ProtoQ::Family(Family::Ipv6),
             other => match proto_number(other) {
                 Some(p) => ProtoQ::Proto(p),
-                None => return Err(FilterError::InvalidValue { column, what: "protocol", text: word }),
+                None => {
+                    return Err(FilterError::InvalidValue {
+                        column,
+                        what: "protocol",
+                        text: word,
+                    })
+                }
             },
         };
         let bare = proto_expr(q);
@@ -241,7 +283,11 @@ impl Parser {
             _ => return Err(self.unexpected("'host', 'net', 'port' or 'portrange'")),
         };
         self.pos += 1;
-        let qual = Qual { proto, dir: dir.unwrap_or(Dir::Either), kind };
+        let qual = Qual {
+            proto,
+            dir: dir.unwrap_or(Dir::Either),
+            kind,
+        };
         check_proto_kind(qual, kind_col)?;
         self.last = Some(qual);
         self.typed_value(qual)
@@ -273,15 +319,29 @@ impl Parser {
     fn typed_value(&mut self, qual: Qual) -> Result<Expr, FilterError> {
         let (text, column) = self.value("a value")?;
         let prim = match qual.kind {
-            Kind::Host => Prim::Net { dir: qual.dir, net: host(&text, column)? },
-            Kind::Net => Prim::Net { dir: qual.dir, net: self.net(&text, column)? },
+            Kind::Host => Prim::Net {
+                dir: qual.dir,
+                net: host(&text, column)?,
+            },
+            Kind::Net => Prim::Net {
+                dir: qual.dir,
+                net: self.net(&text, column)?,
+            },
             Kind::Port => {
                 let p = port(&text, column)?;
-                Prim::Port { dir: qual.dir, lo: p, hi: p }
+                Prim::Port {
+                    dir: qual.dir,
+                    lo: p,
+                    hi: p,
+                }
             }
             Kind::PortRange => {
                 let (lo, hi) = port_range(&text, column)?;
-                Prim::Port { dir: qual.dir, lo, hi }
+                Prim::Port {
+                    dir: qual.dir,
+                    lo,
+                    hi,
+                }
             }
         };
         if let (Some(ProtoQ::Family(f)), Prim::Net { net, .. }) = (qual.proto, &prim) {
@@ -308,7 +368,10 @@ impl Parser {
         let (text, column) = self.value("a value")?;
         if text.parse::<IpAddr>().is_ok() || text.contains('/') {
             let net = self.net(&text, column)?;
-            return Ok(Expr::Prim(Prim::Net { dir: Dir::Either, net }));
+            return Ok(Expr::Prim(Prim::Net {
+                dir: Dir::Either,
+                net,
+            }));
         }
         Err(FilterError::Unexpected {
             column,
@@ -319,11 +382,19 @@ impl Parser {
 
     /// `N/len`, `N mask M`, or `N` (IPv4 with fewer than 4 octets: /8, /16, /24 as tcpdump).
     fn net(&mut self, text: &str, column: usize) -> Result<Net, FilterError> {
-        let bad = |what: &'static str| FilterError::InvalidValue { column, what, text: text.into() };
+        let bad = |what: &'static str| FilterError::InvalidValue {
+            column,
+            what,
+            text: text.into(),
+        };
         let (addr, prefix) = if let Some((a, len)) = text.split_once('/') {
             let addr = parse_net_addr(a).ok_or_else(|| bad("network address"))?;
             let max = max_prefix(addr);
-            let prefix = len.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| bad("prefix length"))?;
+            let prefix = len
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| bad("prefix length"))?;
             (addr, prefix)
         } else if self.eat_word("mask") {
             let addr = parse_net_addr(text).ok_or_else(|| bad("network address"))?;
@@ -335,11 +406,17 @@ impl Parser {
             })?;
             (addr, prefix)
         } else {
-            partial_v4(text).or_else(|| text.parse::<IpAddr>().ok().map(|a| (a, max_prefix(a)))).ok_or_else(|| bad("network"))?
+            partial_v4(text)
+                .or_else(|| text.parse::<IpAddr>().ok().map(|a| (a, max_prefix(a))))
+                .ok_or_else(|| bad("network"))?
         };
         let net = Net { addr, prefix };
         if !net.contains(addr) {
-            return Err(FilterError::InvalidValue { column, what: "network (host bits set)", text: text.into() });
+            return Err(FilterError::InvalidValue {
+                column,
+                what: "network (host bits set)",
+                text: text.into(),
+            });
         }
         Ok(net)
     }
@@ -348,14 +425,25 @@ impl Parser {
         let (text, column) = self.value("a protocol name or number")?;
         proto_number(&text)
             .or_else(|| parse_u32(&text).and_then(|n| u8::try_from(n).ok()))
-            .ok_or(FilterError::InvalidValue { column, what: "protocol", text })
+            .ok_or(FilterError::InvalidValue {
+                column,
+                what: "protocol",
+                text,
+            })
     }
 
     fn mark(&mut self) -> Result<Expr, FilterError> {
         let (text, column) = self.value("a mark value")?;
-        let bad = |what: &'static str| FilterError::InvalidValue { column, what, text: text.clone() };
+        let bad = |what: &'static str| FilterError::InvalidValue {
+            column,
+            what,
+            text: text.clone(),
+        };
         let (v, m) = match text.split_once('/') {
-            Some((v, m)) => (parse_u32(v).ok_or_else(|| bad("mark"))?, parse_u32(m).ok_or_else(|| bad("mark mask"))?),
+            Some((v, m)) => (
+                parse_u32(v).ok_or_else(|| bad("mark"))?,
+                parse_u32(m).ok_or_else(|| bad("mark mask"))?,
+            ),
             None => (parse_u32(&text).ok_or_else(|| bad("mark"))?, u32::MAX),
         };
         if v & !m != 0 {
@@ -368,9 +456,16 @@ impl Parser {
         let (text, column) = self.value("an ICMP type")?;
         let t = icmp_type_number(&text, v6)
             .or_else(|| parse_u32(&text).and_then(|n| u8::try_from(n).ok()))
-            .ok_or(FilterError::InvalidValue { column, what: "ICMP type", text })?;
+            .ok_or(FilterError::InvalidValue {
+                column,
+                what: "ICMP type",
+                text,
+            })?;
         let proto = if v6 { 58 } else { 1 };
-        Ok(and(Expr::Prim(Prim::Proto(proto)), Expr::Prim(Prim::IcmpType(t))))
+        Ok(and(
+            Expr::Prim(Prim::Proto(proto)),
+            Expr::Prim(Prim::IcmpType(t)),
+        ))
     }
 
     /// `[in|out|inbound|outbound] iface NAME`.
@@ -393,9 +488,17 @@ impl Parser {
         };
         let valid = !name.contains(['+', '/']) && (prefix || !name.is_empty()) && name.len() < 16;
         if !valid {
-            return Err(FilterError::InvalidValue { column, what: "interface name (at most 15 bytes, optional trailing +)", text });
+            return Err(FilterError::InvalidValue {
+                column,
+                what: "interface name (at most 15 bytes, optional trailing +)",
+                text,
+            });
         }
-        Ok(Expr::Prim(Prim::Iface { dir: dir.unwrap_or(Dir::Either), name, prefix }))
+        Ok(Expr::Prim(Prim::Iface {
+            dir: dir.unwrap_or(Dir::Either),
+            name,
+            prefix,
+        }))
     }
 }
 
@@ -430,8 +533,15 @@ fn check_proto_kind(q: Qual, column: usize) -> Result<(), FilterError> {
 
 fn host(text: &str, column: usize) -> Result<Net, FilterError> {
     match text.parse::<IpAddr>() {
-        Ok(a) => Ok(Net { addr: a, prefix: max_prefix(a) }),
-        Err(_) if text.contains('/') => Err(FilterError::InvalidValue { column, what: "host address (use 'net' for a prefix)", text: text.into() }),
+        Ok(a) => Ok(Net {
+            addr: a,
+            prefix: max_prefix(a),
+        }),
+        Err(_) if text.contains('/') => Err(FilterError::InvalidValue {
+            column,
+            what: "host address (use 'net' for a prefix)",
+            text: text.into(),
+        }),
         Err(_) => Err(FilterError::Unsupported {
             column,
             what: format!("host name '{text}'"),
@@ -449,7 +559,9 @@ fn max_prefix(a: IpAddr) -> u8 {
 }
 
 fn parse_net_addr(text: &str) -> Option<IpAddr> {
-    text.parse::<IpAddr>().ok().or_else(|| partial_v4(text).map(|(a, _)| a))
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| partial_v4(text).map(|(a, _)| a))
 }
 
 /// tcpdump's abbreviated IPv4 networks: `10` = 10.0.0.0/8, `192.168` = /16, `10.1.2` = /24.
@@ -473,7 +585,11 @@ fn mask_prefix(text: &str, addr: IpAddr) -> Option<u8> {
         _ => return None,
     };
     let ones = bits.count_ones();
-    let expected = if ones == 0 { 0 } else { (u128::MAX >> (128 - width)) & !((1u128 << (width - ones)) - 1) };
+    let expected = if ones == 0 {
+        0
+    } else {
+        (u128::MAX >> (128 - width)) & !((1u128 << (width - ones)) - 1)
+    };
     (bits == expected).then_some(ones as u8)
 }
 
@@ -500,13 +616,24 @@ fn port(text: &str, column: usize) -> Result<u16, FilterError> {
     };
     named
         .or_else(|| text.parse::<u16>().ok())
-        .ok_or(FilterError::InvalidValue { column, what: "port", text: text.into() })
+        .ok_or(FilterError::InvalidValue {
+            column,
+            what: "port",
+            text: text.into(),
+        })
 }
 
 fn port_range(text: &str, column: usize) -> Result<(u16, u16), FilterError> {
-    let bad = || FilterError::InvalidValue { column, what: "port range (LOW-HIGH)", text: text.into() };
+    let bad = || FilterError::InvalidValue {
+        column,
+        what: "port range (LOW-HIGH)",
+        text: text.into(),
+    };
     let (a, b) = text.split_once('-').ok_or_else(bad)?;
-    let (lo, hi) = (port(a, column).map_err(|_| bad())?, port(b, column).map_err(|_| bad())?);
+    let (lo, hi) = (
+        port(a, column).map_err(|_| bad())?,
+        port(b, column).map_err(|_| bad())?,
+    );
     if lo > hi {
         return Err(bad());
     }

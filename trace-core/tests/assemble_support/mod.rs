@@ -17,12 +17,17 @@ pub const PROTO_PROBES: [i32; 8] = [-450, -299, -199, -149, -99, 1, 101, i32::MA
 pub fn fixture_path() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("IPTRACE_FIXTURES")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+        })
         .join("docker/nfhook-prototype-observations.txt");
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!("SKIPPED: fixture not found at {} (set IPTRACE_FIXTURES)", path.display());
+        eprintln!(
+            "SKIPPED: fixture not found at {} (set IPTRACE_FIXTURES)",
+            path.display()
+        );
         None
     }
 }
@@ -32,8 +37,17 @@ pub fn fixture_path() -> Option<std::path::PathBuf> {
 pub fn prototype_plan(family: Family) -> ProbePlan {
     let mut plan = ProbePlan::new();
     for hook in Hook::ALL {
-        let stages = HookPlan::iptables_stages(hook, &[Table::Raw, Table::Mangle, Table::Nat, Table::Filter], true);
-        plan.insert(NETNS, family, hook, HookPlan::new(PROTO_PROBES.to_vec(), stages));
+        let stages = HookPlan::iptables_stages(
+            hook,
+            &[Table::Raw, Table::Mangle, Table::Nat, Table::Filter],
+            true,
+        );
+        plan.insert(
+            NETNS,
+            family,
+            hook,
+            HookPlan::new(PROTO_PROBES.to_vec(), stages),
+        );
     }
     plan
 }
@@ -56,7 +70,10 @@ pub struct Obs {
 }
 
 fn field<'a>(tokens: &[&'a str], key: &str) -> &'a str {
-    tokens.iter().find_map(|t| t.strip_prefix(key)).unwrap_or_else(|| panic!("no {key} in {tokens:?}"))
+    tokens
+        .iter()
+        .find_map(|t| t.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {tokens:?}"))
 }
 
 fn endpoint(s: &str) -> (IpAddr, u16) {
@@ -70,7 +87,9 @@ fn dev(s: &str) -> Option<String> {
 
 pub fn parse_line(line: &str) -> Option<Obs> {
     let t: Vec<&str> = line.split_whitespace().collect();
-    if t.first().is_none_or(|f| !f.starts_with(|c: char| c.is_ascii_digit())) {
+    if t.first()
+        .is_none_or(|f| !f.starts_with(|c: char| c.is_ascii_digit()))
+    {
         return None;
     }
     let (secs, frac) = t[0].split_once('.').unwrap();
@@ -88,7 +107,8 @@ pub fn parse_line(line: &str) -> Option<Obs> {
         proto: field(&t, "proto=").parse().unwrap(),
         ct: u64::from_str_radix(field(&t, "ct=").trim_start_matches("0x"), 16).unwrap(),
         ctinfo: field(&t, "ctinfo=").parse().unwrap(),
-        ct_status: u32::from_str_radix(field(&t, "ct_status=").trim_start_matches("0x"), 16).unwrap(),
+        ct_status: u32::from_str_radix(field(&t, "ct_status=").trim_start_matches("0x"), 16)
+            .unwrap(),
     })
 }
 
@@ -103,7 +123,17 @@ pub fn headers(src: (IpAddr, u16), dst: (IpAddr, u16), proto: u8) -> Headers {
         id: 0,
         frag: 0x4000,
         flowlabel: 0,
-        l4: L4::Tcp { sport: src.1, dport: dst.1, seq: 1, ack: 0, window: 64240, flags: 0x02, res: 0, urgp: 0, options: vec![] },
+        l4: L4::Tcp {
+            sport: src.1,
+            dport: dst.1,
+            seq: 1,
+            ack: 0,
+            window: 64240,
+            flags: 0x02,
+            res: 0,
+            urgp: 0,
+            options: vec![],
+        },
     }
 }
 
@@ -118,12 +148,22 @@ pub fn to_events(obs: &[Obs]) -> Vec<Event> {
         let new_traversal = match &prev {
             None => true,
             Some((ph, pp, _, _)) => {
-                matches!(o.hook, Hook::Prerouting | Hook::Output) && (*ph != o.hook || o.priority <= *pp)
+                matches!(o.hook, Hook::Prerouting | Hook::Output)
+                    && (*ph != o.hook || o.priority <= *pp)
             }
         };
-        let gen = if new_traversal { o.ts_ns } else { prev.as_ref().unwrap().2 };
+        let gen = if new_traversal {
+            o.ts_ns
+        } else {
+            prev.as_ref().unwrap().2
+        };
         let changed = new_traversal || prev.as_ref().is_none_or(|p| p.3 != h);
-        let ct = (o.ct != 0).then_some(CtSnapshot { ctinfo: o.ctinfo, status: o.ct_status, mark: 0, id: o.ct });
+        let ct = (o.ct != 0).then_some(CtSnapshot {
+            ctinfo: o.ctinfo,
+            status: o.ct_status,
+            mark: 0,
+            id: o.ct,
+        });
         out.push(Event::Probe(ProbeEvent {
             ts_ns: o.ts_ns,
             skb: o.skb,
@@ -150,7 +190,8 @@ pub fn to_events(obs: &[Obs]) -> Vec<Event> {
 
 /// The fixture's events, None (printed) when the fixture is absent.
 pub fn fixture_events() -> Option<Vec<Event>> {
-    let text = std::fs::read_to_string(fixture_path()?).expect("fixture nfhook-prototype-observations.txt");
+    let text = std::fs::read_to_string(fixture_path()?)
+        .expect("fixture nfhook-prototype-observations.txt");
     let obs: Vec<Obs> = text.lines().filter_map(parse_line).collect();
     assert!(obs.len() > 200, "fixture parsed {} lines", obs.len());
     Some(to_events(&obs))
@@ -174,7 +215,15 @@ pub fn key(e: &Event) -> (u64, u64) {
 }
 
 /// A synthetic probe event (headers always sent).
-pub fn probe(ts_ns: u64, skb: u64, gen: u64, family: Family, hook: Hook, priority: i32, h: &Headers) -> Event {
+pub fn probe(
+    ts_ns: u64,
+    skb: u64,
+    gen: u64,
+    family: Family,
+    hook: Hook,
+    priority: i32,
+    h: &Headers,
+) -> Event {
     Event::Probe(ProbeEvent {
         ts_ns,
         skb,
@@ -197,7 +246,15 @@ pub fn probe(ts_ns: u64, skb: u64, gen: u64, family: Family, hook: Hook, priorit
 }
 
 /// Events of one skb through the given hooks at every probe of `probes`.
-pub fn walk(skb: u64, gen: u64, t0: u64, family: Family, hooks: &[Hook], probes: &[i32], h: &Headers) -> Vec<Event> {
+pub fn walk(
+    skb: u64,
+    gen: u64,
+    t0: u64,
+    family: Family,
+    hooks: &[Hook],
+    probes: &[i32],
+    h: &Headers,
+) -> Vec<Event> {
     let mut v = Vec::new();
     let mut t = t0;
     for hook in hooks {
