@@ -316,7 +316,13 @@ fn iprange(r: &IpRangeMatch, p: &Pkt<'_>) -> bool {
 /// ones are classified by their destination MAC.
 fn pkt_type(p: &Pkt<'_>) -> Option<PktType> {
     if !p.has_in {
-        return Some(PktType::Unicast);
+        // Local unicast output is PACKET_HOST; what local multicast/broadcast output carries
+        // depends on the output path, so leave those undecided.
+        let special = match p.h.dst {
+            IpAddr::V4(a) => a.is_multicast() || a.is_broadcast(),
+            IpAddr::V6(a) => a.is_multicast(),
+        };
+        return (!special).then_some(PktType::Unicast);
     }
     let mac = p.mac.filter(|m| m.len() >= 6)?;
     Some(if mac[..6].iter().all(|&b| b == 0xff) {
