@@ -48,7 +48,37 @@ bpf_linker() {
     bpf-linker --version >&2
 }
 
+# Opt-in (`scripts/setup.sh --vm`): what `cargo xtask vm-test` needs on the host. Only
+# qemu-system-x86 is installed, from bookworm-backports (bookworm's 7.2 conflicts with the
+# image's qemu-utils 10.0); backports is enabled through a private apt configuration under
+# target/vm/apt for this one command — the host's sources stay as they are. Kernels, busybox
+# and modules are downloaded and unpacked by the xtask itself (never installed).
+vm_host() {
+    if command -v qemu-system-x86_64 >/dev/null 2>&1; then
+        return 0
+    fi
+    local root dir
+    root=$(cd "$(dirname "$0")/.." && pwd)
+    dir="$root/target/vm/apt"
+    mkdir -p "$dir/etc/sources.list.d" "$dir/lists/partial" "$dir/cache/archives/partial"
+    local key=/usr/share/keyrings/debian-archive-keyring.gpg
+    {
+        echo "deb [signed-by=$key] http://deb.debian.org/debian bookworm main"
+        echo "deb [signed-by=$key] http://deb.debian.org/debian bookworm-backports main"
+        echo "deb [signed-by=$key] http://deb.debian.org/debian-security bookworm-security main"
+    } >"$dir/etc/sources.list"
+    local opts=(-o "Dir::Etc::sourcelist=$dir/etc/sources.list" -o "Dir::Etc::sourceparts=$dir/etc/sources.list.d"
+        -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache=$dir/cache" -o APT::Get::List-Cleanup=0)
+    log "installing qemu-system-x86 from bookworm-backports (private apt config in $dir)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get "${opts[@]}" update -qq
+    apt-get "${opts[@]}" install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+}
+
 apt_packages
 rust_src
 bpf_linker
+if [ "${1:-}" = "--vm" ]; then
+    vm_host
+fi
 log "ok"

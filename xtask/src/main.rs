@@ -1,10 +1,11 @@
-//! Developer tasks: `cargo xtask setup|demo|test`.
+//! Developer tasks: `cargo xtask setup|demo|test` (and `vm-test`, the QEMU kernel matrix).
 //!
 //! - `setup`: scripts/setup.sh (Debian packages, rust-src, bpf-linker; idempotent)
 //! - `demo`:  setup, release build, doctor, the lab, a capture of the docker scenario, teardown
 //! - `test`:  setup, then every test tier in `steps::TIERS` (unit, then root e2e)
 mod demo;
 mod steps;
+mod vm;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -27,6 +28,10 @@ enum Task {
 }
 
 fn main() -> ExitCode {
+    // vm-test: the QEMU kernel matrix (issue 6, docs/vm-test.md).
+    if std::env::args().nth(1).as_deref() == Some("vm-test") {
+        std::process::exit(vm::main(std::env::args().skip(1).collect()));
+    }
     let cli = Cli::parse();
     steps::catch_interrupts();
     let result = match cli.task {

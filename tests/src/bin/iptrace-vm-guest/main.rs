@@ -1,0 +1,25 @@
+//! The test program `cargo xtask vm-test` runs as root inside the QEMU guest (host build with its
+//! libraries in the initramfs). It prints one `VMTEST result <backend> <case> PASS|FAIL|SKIP
+//! <detail>` line per case on the serial console and exits non-zero when a case failed.
+//!
+//! Cases: the guest environment (module BTF, the lab on both iptables backends), then per
+//! capture backend the docker scenario captured with the real programs (see `vmguest`).
+
+mod report;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let kernel = opt("--kernel").unwrap_or_else(|| "?".into());
+    let backends = opt("--backends").unwrap_or_else(|| "fentry,kprobe,nfhook".into());
+    let backends: Vec<&str> = backends.split(',').filter(|b| !b.is_empty()).collect();
+    let mut report = report::Report::default();
+    report::run_all(&kernel, &backends, &mut report);
+    if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

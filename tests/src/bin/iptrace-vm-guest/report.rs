@@ -1,0 +1,91 @@
+//! Cases run inside the QEMU guest by `iptrace-vm-guest` (see xtask/src/vm and
+//! docs/vm-test.md). Each case prints exactly one `VMTEST result` line; a panic inside a case
+//! is caught and reported as FAIL with its message, so one broken case cannot hide the others.
+
+use std::panic::AssertUnwindSafe;
+use trace_user::lab::{IptablesBackend, LabNs};
+
+/// Collected outcomes (also printed as they happen).
+#[derive(Default)]
+pub struct Report {
+    failed: usize,
+    passed: usize,
+}
+
+pub enum Outcome {
+    Pass(String),
+    Fail(String),
+    Skip(String),
+}
+
+impl Report {
+    pub fn failed(&self) -> bool {
+        self.failed > 0 || self.passed == 0
+    }
+
+    /// Run one case, print its line.
+    pub fn case(&mut self, backend: &str, case: &str, f: impl FnOnce() -> Outcome) {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(f))
+            .unwrap_or_else(|p| Outcome::Fail(format!("panicked: {}", panic_text(&p))));
+        let (status, detail) = match outcome {
+            Outcome::Pass(d) => {
+                self.passed += 1;
+                ("PASS", d)
+            }
+            Outcome::Fail(d) => {
+                self.failed += 1;
+                ("FAIL", d)
+            }
+            Outcome::Skip(d) => ("SKIP", d),
+        };
+        // One line per case: newlines in details would break the host's parser.
+        println!("VMTEST result {backend} {case} {status} {}", detail.replace('\n', " | "));
+    }
+}
+
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+}
+
+/// Every case for this kernel and these backends.
+pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
+    report.case("env", "module-btf", module_btf);
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        report.case("env", &format!("lab-{backend}"), || lab_smoke(backend));
+    }
+    for &b in backends {
+        report.case(b, "all", || Outcome::Skip(format!("backend {b} has no guest cases yet (kernel {kernel})")));
+    }
+}
+
+/// The module BTF the fentry backend needs is there once the modules are loaded.
+fn module_btf() -> Outcome {
+    let want = ["vmlinux", "ip_tables", "nf_tables", "nf_nat", "nf_conntrack"];
+    let missing: Vec<&str> =
+        want.iter().copied().filter(|m| !std::path::Path::new(&format!("/sys/kernel/btf/{m}")).exists()).collect();
+    if missing.is_empty() {
+        Outcome::Pass(format!("/sys/kernel/btf has {}", want.join(",")))
+    } else {
+        Outcome::Fail(format!("no BTF for {missing:?}"))
+    }
+}
+
+/// The docker lab builds and both test connections work on this iptables backend.
+fn lab_smoke(backend: IptablesBackend) -> Outcome {
+    let lab = match trace_user::lab::Lab::up(trace_user::lab::LabOptions {
+        backend,
+        name_prefix: "vm-lab".into(),
+        ..Default::default()
+    }) {
+        Ok(l) => l,
+        Err(e) => return Outcome::Fail(format!("lab up: {e}")),
+    };
+    let remote = lab.run_remote();
+    let local = lab.run_local();
+    let ns = lab.ns_name(LabNs::Node).to_string();
+    let down = lab.down();
+    match (remote, local, down) {
+        (Ok(r), Ok(l), Ok(())) => Outcome::Pass(format!("netns {ns}: remote from {} local from {}", r.local, l.local)),
+        (r, l, d) => Outcome::Fail(format!("remote {:?} local {:?} down {:?}", r.err(), l.err(), d.err())),
+    }
+}
