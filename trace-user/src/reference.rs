@@ -104,9 +104,11 @@ pub struct TraceTarget {
 pub struct ReferenceOutput {
     pub format: Format,
     pub text: String,
-    /// Kernel log records overwritten before we read them (kmsg EPIPE), or monitor lines
-    /// lost: shown, never silent.
+    /// Kernel log records overwritten before we read them (kmsg EPIPE): shown, never silent.
     pub lost: u64,
+    /// Problems of the collection itself (e.g. the monitor died early: netlink buffer
+    /// overrun), to show with the report: the reference may be incomplete.
+    pub warnings: Vec<String>,
 }
 
 /// The rulesets of the traced netns taken while the TRACE rules are in place: what the kernel's
@@ -143,6 +145,7 @@ pub fn agreement(
     let resolver = Resolver::new(Some(&dump), nft.as_ref());
     let mut report = trace_core::compare::compare(&parsed, captured, &resolver, &MatchOptions::default());
     report.totals.reference_lost = output.lost;
+    report.warnings.extend(output.warnings.iter().cloned());
     Ok(report)
 }
 
@@ -300,7 +303,7 @@ impl ReferenceTracer {
         // Let the last events of in-flight packets arrive before the rules go.
         std::thread::sleep(Duration::from_millis(200));
         let errors = self.cleanup_rules();
-        let (text, lost) = self.collector.take().map(Collector::finish).unwrap_or_default();
+        let (text, lost, warnings) = self.collector.take().map(Collector::finish).unwrap_or_default();
         let mut errors = errors.into_iter().chain(self.release_sysctl());
         if let Some(e) = errors.next() {
             return Err(e);
@@ -309,7 +312,7 @@ impl ReferenceTracer {
             IptablesBackend::Legacy => Format::KernelLog,
             IptablesBackend::Nft => Format::XtablesMonitor,
         };
-        Ok(ReferenceOutput { format, text, lost })
+        Ok(ReferenceOutput { format, text, lost, warnings })
     }
 
     /// Deletes the inserted rules (idempotent: each is removed from the list first).
@@ -418,11 +421,21 @@ impl Collector {
         }
     }
 
-    /// Stops the reader (kills the monitor we started) and returns (text, lost).
-    fn finish(mut self) -> (String, u64) {
+    /// Stops the reader (kills the monitor we started) and returns (text, lost, warnings).
+    fn finish(mut self) -> (String, u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
+        let mut warnings = Vec::new();
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            // Still running is the normal case; an early exit means lines may be missing.
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                warnings.push(format!("the trace monitor exited early ({status}): {}", stderr.trim()));
+            } else {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
         if let Some(t) = self.thread.take() {
@@ -430,7 +443,7 @@ impl Collector {
         }
         let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()));
         let lost = *self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        (lines.join("\n") + if lines.is_empty() { "" } else { "\n" }, lost)
+        (lines.join("\n") + if lines.is_empty() { "" } else { "\n" }, lost, warnings)
     }
 }
 

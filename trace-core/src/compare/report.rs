@@ -63,6 +63,9 @@ pub struct Report {
     pub malformed: Vec<Malformed>,
     /// Set when reference steps need a ruleset that was not given (bad input, exit 2).
     pub missing_ruleset: Option<String>,
+    /// Problems of how the reference was collected (it may be incomplete).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Exit status of `iptrace compare`.
@@ -95,6 +98,9 @@ impl Report {
             "compare: {} reference packets, {} captured packets\n  agree {}  differ {}  only in reference {}  only in capture {}  unparsable lines {}",
             t.reference_packets, t.captured_packets, t.agree, t.differ, t.only_in_reference, t.only_in_capture, t.unparsable
         );
+        for w in &self.warnings {
+            let _ = writeln!(s, "  warning: {w}");
+        }
         if t.reference_lost > 0 {
             let _ = writeln!(s, "  warning: {} kernel log records were lost before they were read", t.reference_lost);
         }
