@@ -76,6 +76,7 @@ fn trace_one(lab: &Lab, backend: IptablesBackend, test: LabTest) -> Traced {
     let nft = snap.nft_ruleset.as_deref().map(|t| nft_ruleset::parse(t).expect("nft ruleset parses"));
     let ex = lab.run(test).expect("lab traffic");
     let out = tracer.finish().expect("tracer finish");
+    assert!(out.warnings.is_empty(), "{backend} {test}: {:?}", out.warnings);
     let parsed = reference::parse(&out.text, Some(out.format));
     assert!(parsed.malformed.is_empty(), "kernel output parses: {:?}", parsed.malformed);
     let port = ex.local.port();
