@@ -95,6 +95,9 @@ fn host_src_dst() {
     check("src or dst host 192.168.64.4", &p, true);
     check("src and dst host 192.168.64.4", &p, false);
     check("192.168.64.5", &p, true);
+    check("src 192.168.64.5", &p, true);
+    check("dst 192.168.64.5", &p, false);
+    check("dst 192.168.64.0/24 and src 192.168.64.0/24", &p, true);
     check("ip host 192.168.64.5", &p, true);
 }
 

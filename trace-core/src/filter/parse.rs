@@ -280,9 +280,15 @@ impl Parser {
             Some("net") => Kind::Net,
             Some("port") => Kind::Port,
             Some("portrange") => Kind::PortRange,
+            // tcpdump: without a type keyword, `src 10.0.0.1` means host (net for a prefix).
+            Some(w) if dir.is_some() && !KEYWORDS.contains(&w) && w.contains('/') => Kind::Net,
+            Some(w) if dir.is_some() && !KEYWORDS.contains(&w) => Kind::Host,
             _ => return Err(self.unexpected("'host', 'net', 'port' or 'portrange'")),
         };
-        self.pos += 1;
+        let typed_keyword = matches!(self.peek_word(), Some("host" | "net" | "port" | "portrange"));
+        if typed_keyword {
+            self.pos += 1;
+        }
         let qual = Qual {
             proto,
             dir: dir.unwrap_or(Dir::Either),
