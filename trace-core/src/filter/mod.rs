@@ -10,6 +10,7 @@ mod compile;
 mod eval;
 mod lex;
 mod parse;
+mod values;
 
 pub use ast::{Dir, Expr, Net, Prim};
 pub use compile::{compile_expr, WORK_LIMIT};
