@@ -5,9 +5,15 @@
 //! - [`btf`]: struct offsets and enum names from the running kernel's BTF;
 //! - [`loader`]: maps, globals and the kfree_skb program through aya, the netfilter probe
 //!   copies through raw BPF_PROG_LOAD;
-//! - [`link`]: BPF_LINK_CREATE netfilter links.
+//! - [`link`]: BPF_LINK_CREATE netfilter links;
+//! - [`plan`]: target namespaces and the probe plan from the tables registered there;
+//! - [`session`]: attach, read the ring buffer (tokio), decode, assemble, stop, summary;
+//! - [`print`]: packet-level text output and the summary.
 
 pub mod btf;
 pub mod link;
 pub mod loader;
 pub mod object;
+pub mod plan;
+pub mod print;
+pub mod session;

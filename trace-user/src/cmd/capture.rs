@@ -1,10 +1,124 @@
-//! `iptrace capture` (being built; see the issue that owns it).
+//! `iptrace capture --backend nfhook`: trace packets through netfilter with BPF netfilter-link
+//! probes (see trace_user::capture). Packets go to stdout (json lines / text), the summary to
+//! stderr (and as a final `{"summary":…}` line with --format json).
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use crate::capture::plan;
+use crate::capture::print;
+use crate::capture::session::{CaptureOptions, Session};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Nfhook,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Trace,
+    Pretty,
+}
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Capture backend (this kernel: nfhook = BPF netfilter links + kfree_skb).
+    #[arg(long, value_enum, default_value = "nfhook")]
+    pub backend: Backend,
+    /// Network namespace to trace: NAME (/run/netns), PATH, PID, or `all`. Repeatable;
+    /// default: the current one.
+    #[arg(long = "netns")]
+    pub netns: Vec<String>,
+    #[arg(long, value_enum, default_value = "pretty")]
+    pub format: Format,
+    /// Stop after N packets.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop after SECS seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Trace one flow in N: `1/N` (decided per connection).
+    #[arg(long)]
+    pub sample: Option<String>,
+    /// At most N new packets per second: `N/s`.
+    #[arg(long = "rate-limit")]
+    pub rate_limit: Option<String>,
+    /// Ring buffer size in bytes (power of two, >= 4096).
+    #[arg(long = "ringbuf-size", default_value_t = 8 << 20)]
+    pub ringbuf_size: u32,
+    /// tcpdump-style filter (e.g. `tcp and dst port 10000`); empty = everything.
+    pub filter: Vec<String>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`iptrace capture` is not available in this build yet")
+pub fn run(args: Args) -> Result<ExitCode> {
+    let opts = options(&args)?;
+    let mut session = Session::attach(&opts)?;
+    for a in &session.attached {
+        eprintln!("iptrace capture: netns {} (inode {}): {} probes attached", a.label, a.netns, a.links);
+    }
+    let stdout = std::io::stdout();
+    let format = args.format;
+    let summary = session.run(&opts, |t| {
+        let mut out = stdout.lock();
+        match format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(t)?)?,
+            Format::Trace | Format::Pretty => print::write_pretty(&mut out, t)?,
+        }
+        out.flush()?;
+        Ok(())
+    })?;
+    drop(session);
+    if format == Format::Json {
+        println!("{}", serde_json::json!({ "summary": summary }));
+    }
+    print::write_summary(&mut std::io::stderr(), &summary)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn options(args: &Args) -> Result<CaptureOptions> {
+    let filter_text = args.filter.join(" ");
+    let filter = trace_core::filter::compile(&filter_text).with_context(|| format!("filter `{filter_text}`"))?;
+    if !args.ringbuf_size.is_power_of_two() || args.ringbuf_size < 4096 {
+        bail!("--ringbuf-size {}: must be a power of two >= 4096", args.ringbuf_size);
+    }
+    Ok(CaptureOptions {
+        targets: plan::targets(&args.netns)?,
+        filter,
+        sample_n: args.sample.as_deref().map(parse_sample).transpose()?.unwrap_or(0),
+        rate_limit: args.rate_limit.as_deref().map(parse_rate).transpose()?.unwrap_or(0),
+        ringbuf_size: args.ringbuf_size,
+        count: args.count,
+        duration: args.duration.map(Duration::from_secs_f64),
+    })
+}
+
+/// `1/N` → N.
+fn parse_sample(s: &str) -> Result<u32> {
+    match s.split_once('/') {
+        Some(("1", n)) => n.parse::<u32>().ok().filter(|n| *n >= 1).with_context(|| format!("--sample {s}: N must be >= 1")),
+        _ => bail!("--sample {s}: expected 1/N"),
+    }
+}
+
+/// `N/s` (or `N`) → N.
+fn parse_rate(s: &str) -> Result<u32> {
+    let n = s.strip_suffix("/s").unwrap_or(s);
+    n.parse::<u32>().ok().filter(|n| *n >= 1).with_context(|| format!("--rate-limit {s}: expected N/s with N >= 1"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sample_and_rate() {
+        assert_eq!(parse_sample("1/1000").unwrap(), 1000);
+        assert!(parse_sample("2/1000").is_err());
+        assert!(parse_sample("1/0").is_err());
+        assert_eq!(parse_rate("500/s").unwrap(), 500);
+        assert!(parse_rate("x/s").is_err());
+    }
 }

@@ -1,0 +1,246 @@
+//! One capture: load the programs, link the probes in every selected netns (each on a thread
+//! inside it), read the ring buffer with tokio, decode and assemble per packet, and stop on
+//! Ctrl-C / SIGTERM / --count / --duration. Dropping the session closes every link fd, which
+//! unregisters the hooks; the kfree_skb link goes with the aya object.
+
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use trace_core::assemble::{Assembler, AssemblerConfig, AssemblerStats, HookPlan, ProbePlan};
+use trace_core::decode::{Decoder, Symbols};
+use trace_core::netfilter::{Family, Hook};
+use trace_core::packet::PacketTrace;
+use trace_common::filter::FilterProgram;
+use trace_common::record::Counters;
+
+use super::link::{self, HookSpec};
+use super::loader::{LoadOptions, Loaded};
+use super::plan::{self, Target};
+
+/// Capture settings (from the command line).
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub targets: Vec<Target>,
+    pub filter: FilterProgram,
+    pub sample_n: u32,
+    pub rate_limit: u32,
+    pub ringbuf_size: u32,
+    /// Stop after this many packets.
+    pub count: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+/// Per-netns attachment summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attached {
+    pub label: String,
+    pub netns: u32,
+    pub links: usize,
+}
+
+/// Final counters: kernel side (summed per-CPU) and collector side.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub seen: u64,
+    pub filtered_out: u64,
+    pub sampled_out: u64,
+    pub rate_limited: u64,
+    pub tracked: u64,
+    pub emitted: u64,
+    /// Records lost in the kernel (ring buffer full) — never silent.
+    pub lost: u64,
+    pub drops: u64,
+    /// Records read from the ring buffer, and those that failed to decode.
+    pub received: u64,
+    pub decode_errors: u64,
+    pub packets: u64,
+    pub assembler: AssemblerStats,
+    pub attached: Vec<Attached>,
+}
+
+impl Summary {
+    fn new(c: Counters, received: u64, decode_errors: u64, packets: u64, asm: AssemblerStats, attached: Vec<Attached>) -> Self {
+        Summary {
+            seen: c.seen,
+            filtered_out: c.filtered_out,
+            sampled_out: c.sampled_out,
+            rate_limited: c.rate_limited,
+            tracked: c.tracked,
+            emitted: c.emitted,
+            lost: c.lost,
+            drops: c.drops,
+            received,
+            decode_errors,
+            packets,
+            assembler: asm,
+            attached,
+        }
+    }
+}
+
+/// Loaded programs + links. Links close (detach) on drop.
+pub struct Session {
+    loaded: Loaded,
+    links: Vec<OwnedFd>,
+    plan: ProbePlan,
+    pub attached: Vec<Attached>,
+    netfilter_drop: Option<u32>,
+}
+
+impl Session {
+    /// Load the programs and link the probes in every target namespace.
+    pub fn attach(opts: &CaptureOptions) -> Result<Session> {
+        let mut loaded = Loaded::load(&LoadOptions {
+            ringbuf_size: opts.ringbuf_size,
+            sample_n: opts.sample_n,
+            rate_limit: opts.rate_limit,
+            filter: opts.filter,
+        })
+        .context("loading the eBPF programs")?;
+        let netfilter_drop = loaded.drop_reasons.iter().find(|(_, n)| *n == "NETFILTER_DROP").map(|(v, _)| *v);
+        let mut plan = ProbePlan::new();
+        let mut links = Vec::new();
+        let mut attached = Vec::new();
+        for t in &opts.targets {
+            let inode = crate::netns::inode_of(&t.path)? as u32;
+            let reg = plan::discover(&t.path)?;
+            let mut specs = Vec::new();
+            for family in [Family::Ipv4, Family::Ipv6] {
+                for hook in Hook::ALL {
+                    let hp = HookPlan::bracketing(plan::stages(&reg, family, hook));
+                    let first = hp.probes().first().copied();
+                    let entry = matches!(hook, Hook::Prerouting | Hook::Output);
+                    for &p in hp.probes() {
+                        let fd = loaded.program(p, entry && Some(p) == first)?;
+                        specs.push((fd, HookSpec { pf: family.nfproto(), hook: hook.num(), priority: p }));
+                    }
+                    plan.insert(inode, family, hook, hp);
+                }
+            }
+            let n = specs.len();
+            let made = crate::netns::run_in(&t.path, move || {
+                specs.into_iter().map(|(fd, spec)| link::create(fd, spec)).collect::<Result<Vec<_>, _>>()
+            })??;
+            links.extend(made);
+            log::info!("netns {} (inode {inode}): {n} netfilter links", t.label);
+            attached.push(Attached { label: t.label.clone(), netns: inode, links: n });
+        }
+        Ok(Session { loaded, links, plan, attached, netfilter_drop })
+    }
+
+    /// Number of netfilter links held.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Read, decode and assemble until a stop condition; `on_packet` gets every traversal.
+    /// Returns the summary (after detaching nothing: the caller drops the session).
+    pub fn run(&mut self, opts: &CaptureOptions, mut on_packet: impl FnMut(&PacketTrace) -> Result<()>) -> Result<Summary> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let events = self.loaded.take_events()?;
+        let decoder = Decoder::new(self.loaded.drop_reasons.clone(), kallsyms());
+        let mut asm = Assembler::new(self.plan.clone(), AssemblerConfig::default());
+        if let Some(r) = self.netfilter_drop {
+            asm.set_netfilter_drop_reason(r);
+        }
+        let mut st = ReadState { decoder, asm, received: 0, decode_errors: 0, packets: 0 };
+        rt.block_on(read_loop(events, opts, &mut st, &mut on_packet))?;
+        for t in st.asm.flush() {
+            st.packets += 1;
+            on_packet(&t)?;
+        }
+        let c = self.loaded.counters()?;
+        Ok(Summary::new(c, st.received, st.decode_errors, st.packets, st.asm.stats().clone(), self.attached.clone()))
+    }
+}
+
+struct ReadState {
+    decoder: Decoder,
+    asm: Assembler,
+    received: u64,
+    decode_errors: u64,
+    packets: u64,
+}
+
+impl ReadState {
+    fn take(&mut self, bytes: &[u8], out: &mut Vec<PacketTrace>) {
+        self.received += 1;
+        match self.decoder.decode(bytes) {
+            Ok(ev) => out.extend(self.asm.push(ev)),
+            Err(e) => {
+                self.decode_errors += 1;
+                log::warn!("undecodable record: {e}");
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    events: RingBuf<MapData>,
+    opts: &CaptureOptions,
+    st: &mut ReadState,
+    on_packet: &mut impl FnMut(&PacketTrace) -> Result<()>,
+) -> Result<()> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
+    // AsyncFd owns the ring buffer (tokio's I/O-safety contract for `register`).
+    let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the ring buffer with tokio")?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    // Packets that vanish without a further event are resolved by event time: tick so a quiet
+    // capture still prints them.
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        let mut out = Vec::new();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
+            _ = tick.tick() => out.extend(st.asm.advance(monotonic_ns())),
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    st.take(&item, &mut out);
+                }
+                guard.clear_ready();
+            }
+        }
+        for t in out {
+            st.packets += 1;
+            on_packet(&t)?;
+            if opts.count.is_some_and(|c| st.packets >= c) {
+                return Ok(());
+            }
+        }
+    }
+    // Drain what is already in the buffer before stopping.
+    let rb = fd.get_mut();
+    let mut out = Vec::new();
+    while let Some(item) = rb.next() {
+        st.take(&item, &mut out);
+    }
+    for t in out {
+        st.packets += 1;
+        on_packet(&t)?;
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in ns (the probes' bpf_ktime_get_ns clock).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Kernel text symbols for drop locations (empty when kallsyms hides addresses).
+fn kallsyms() -> Symbols {
+    std::fs::read_to_string("/proc/kallsyms").map(|t| Symbols::from_kallsyms(&t)).unwrap_or_default()
+}
