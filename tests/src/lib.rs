@@ -15,8 +15,15 @@ pub fn privileged(test: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("SKIPPED: {test}: needs root (network namespaces, iptables, eBPF)");
+    skipped(test, "needs root (network namespaces, iptables, eBPF)");
     false
+}
+
+/// Prints `SKIPPED: <test>: <why>` straight to stderr: the test harness captures `eprintln!`
+/// of passing tests, and a skip must be seen.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
 }
 
 /// True when every program is on PATH; otherwise prints which are missing and returns false.
@@ -25,7 +32,7 @@ pub fn require_tools(test: &str, tools: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
-    eprintln!("SKIPPED: {test}: missing tools {missing:?} (run scripts/setup.sh)");
+    skipped(test, &format!("missing tools {missing:?} (run scripts/setup.sh)"));
     false
 }
 

@@ -165,7 +165,7 @@ fn lab_cli_up_run_status_down() {
         return;
     }
     let Some(bin) = e2e::iptrace_bin() else {
-        eprintln!("SKIPPED: {test}: no iptrace binary (cargo build -p trace-user, or set IPTRACE_BIN)");
+        e2e::skipped(test, "no iptrace binary (cargo build -p trace-user, or set IPTRACE_BIN)");
         return;
     };
     let iptrace = |args: &[&str]| {

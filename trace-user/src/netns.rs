@@ -317,6 +317,8 @@ fn show(cmd: &Command) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    // Skips go straight to stderr: the harness hides eprintln! of passing tests.
+    use std::io::Write;
 
     #[test]
     fn unique_names_differ_and_carry_pid() {
@@ -357,7 +359,7 @@ mod tests {
     #[test]
     fn guard_roundtrip_as_root() {
         if unsafe { libc::geteuid() } != 0 {
-            eprintln!("SKIPPED: guard_roundtrip_as_root needs root");
+            let _ = writeln!(std::io::stderr(), "SKIPPED: guard_roundtrip_as_root needs root");
             return;
         }
         let g = NetnsGuard::create("iptrace-unit-netns").unwrap();
