@@ -5,6 +5,7 @@
 
 use super::captured::{CapturedHeaders, CapturedPacket};
 use super::reference::{RefHeaders, RefPacket, RefTime};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MatchOptions {
@@ -49,19 +50,59 @@ fn within_window(r: &RefPacket, c: &CapturedPacket, opts: &MatchOptions) -> bool
     }
 }
 
+/// Captured packets by IPv4 id (NAT keeps it): a reference packet with an id only looks at
+/// those, so pairing stays linear on large inputs. Packets without id (IPv6) are scanned.
+struct ById {
+    by_id: HashMap<u16, Vec<usize>>,
+    /// Captured packets that show no id: candidates for every reference packet.
+    no_id: Vec<usize>,
+}
+
+impl ById {
+    fn new(caps: &[CapturedPacket]) -> Self {
+        let mut by_id: HashMap<u16, Vec<usize>> = HashMap::new();
+        let mut no_id = Vec::new();
+        for (i, c) in caps.iter().enumerate() {
+            let mut ids: Vec<u16> = c.headers.iter().filter_map(|h| h.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.is_empty() {
+                no_id.push(i);
+            }
+            for id in ids {
+                by_id.entry(id).or_default().push(i);
+            }
+        }
+        ById { by_id, no_id }
+    }
+
+    /// Candidate indices in capture order; None = every captured packet.
+    fn candidates(&self, r: &RefPacket) -> Option<Vec<usize>> {
+        let id = r.headers.iter().find_map(|h| h.id)?;
+        let mut c: Vec<usize> = self.by_id.get(&id).cloned().unwrap_or_default();
+        c.extend(&self.no_id);
+        c.sort_unstable();
+        Some(c)
+    }
+}
+
 /// For each reference packet, the index of its captured packet. `exclusive` reference
 /// packets (paths) take a captured packet for themselves; LOG lines may share one (several
 /// LOG rules can log the same packet).
 pub fn match_packets(refs: &[RefPacket], caps: &[CapturedPacket], opts: &MatchOptions) -> Vec<Option<usize>> {
+    let index = ById::new(caps);
+    let all: Vec<usize> = (0..caps.len()).collect();
     let mut used = vec![false; caps.len()];
     let mut cursor = 0usize;
     refs.iter()
         .map(|r| {
             let exclusive = !r.steps().is_empty();
             let ok = |i: &usize| (!exclusive || !used[*i]) && within_window(r, &caps[*i], opts) && packets_agree(r, &caps[*i]);
+            let own = index.candidates(r);
+            let cands = own.as_deref().unwrap_or(&all);
             // Prefer the first candidate at or after the previous pairing (both sides are in
             // time order), else the first anywhere (lines may interleave across CPUs).
-            let found = (cursor..caps.len()).find(|i| ok(i)).or_else(|| (0..cursor.min(caps.len())).find(|i| ok(i)));
+            let found = cands.iter().copied().filter(|&i| i >= cursor).find(|i| ok(i)).or_else(|| cands.iter().copied().filter(|&i| i < cursor).find(|i| ok(i)));
             if let Some(i) = found {
                 if exclusive {
                     used[i] = true;
@@ -71,4 +112,65 @@ pub fn match_packets(refs: &[RefPacket], caps: &[CapturedPacket], opts: &MatchOp
             found
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::reference::{Evidence, RefStep, RefStepPos};
+    use crate::netfilter::Table;
+    use crate::step::StepKind;
+
+    fn cap(id: Option<u16>, sport: u16) -> CapturedPacket {
+        let h = CapturedHeaders {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            proto: Some(6),
+            sport: Some(sport),
+            dport: Some(80),
+            id,
+            len: Some(60),
+            seq: None,
+            ack: None,
+            tcp_flags: None,
+        };
+        CapturedPacket { index: 0, ts_ns: None, headers: vec![h], steps: Vec::new(), table_paths: Vec::new() }
+    }
+
+    fn refp(id: Option<u16>, sport: u16, log: bool) -> RefPacket {
+        let h = RefHeaders {
+            src: Some("10.0.0.1".parse().unwrap()),
+            dst: Some("10.0.0.2".parse().unwrap()),
+            proto: Some(6),
+            sport: Some(sport),
+            dport: Some(80),
+            id,
+            ..Default::default()
+        };
+        let step = RefStep { table: Table::Raw, chain: "PREROUTING".into(), pos: RefStepPos::Numbered { kind: StepKind::Policy, num: 2 }, verdict: None, rule_text: None, line: 1 };
+        let evidence = if log { Evidence::Logged { prefix: "X: ".into() } } else { Evidence::Path { steps: vec![step] } };
+        RefPacket { line: 1, time: None, trace_id: None, family: None, headers: vec![h], evidence }
+    }
+
+    #[test]
+    fn pairs_by_fields_in_order_once_per_path() {
+        let caps = [cap(Some(1), 1000), cap(Some(2), 1000), cap(Some(1), 1000), cap(None, 2000)];
+        let refs = [refp(Some(1), 1000, false), refp(Some(1), 1000, false), refp(Some(1), 1000, false), refp(Some(9), 2000, false), refp(Some(3), 1000, false)];
+        // Two packets with id 1, then none left; id 9 pairs with the capture showing no id;
+        // id 3 has no counterpart.
+        assert_eq!(match_packets(&refs, &caps, &MatchOptions::default()), [Some(0), Some(2), None, Some(3), None]);
+    }
+
+    #[test]
+    fn log_lines_may_share_a_packet_and_time_window_filters() {
+        let caps = [cap(Some(5), 1000)];
+        let refs = [refp(Some(5), 1000, true), refp(Some(5), 1000, true)];
+        assert_eq!(match_packets(&refs, &caps, &MatchOptions::default()), [Some(0), Some(0)]);
+        let mut c = cap(Some(5), 1000);
+        c.ts_ns = Some(10_000_000_000);
+        let mut r = refp(Some(5), 1000, false);
+        r.time = Some(RefTime::Monotonic { secs: 12.5 });
+        assert_eq!(match_packets(&[r.clone()], &[c.clone()], &MatchOptions { time_window: Some(1.0) }), [None]);
+        assert_eq!(match_packets(&[r], &[c], &MatchOptions { time_window: Some(3.0) }), [Some(0)]);
+    }
 }
