@@ -256,7 +256,7 @@ fn run_in_netns(path: &Path, argv: &[&str]) -> Result<String> {
     if !out.status.success() {
         bail!("`{shown}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(String::from_utf8(out.stdout).with_context(|| format!("`{shown}` printed non-UTF-8 output"))?)
+    String::from_utf8(out.stdout).with_context(|| format!("`{shown}` printed non-UTF-8 output"))
 }
 
 fn has_tables(dump: &str) -> bool {

@@ -39,7 +39,8 @@ pub enum Record {
     Ruleset { netns: u32, family: Family, generation: u64, text: String },
     Netinfo { netns: u32, context: NetContext },
     Plan { netns: u32, family: Family, hook: Hook, probes: Vec<i32>, stages: Vec<PlanStage> },
-    Event { event: Event },
+    /// Boxed: events are much larger than the other records.
+    Event { event: Box<Event> },
     Lost { count: u64 },
 }
 
@@ -262,7 +263,7 @@ mod tests {
         let mut want = ProbePlan::new();
         want.insert_iptables(3, Family::Ipv4, &[crate::netfilter::Table::Filter], true);
         assert_eq!(plan.get(3, Family::Ipv4, Hook::Input), want.get(3, Family::Ipv4, Hook::Input));
-        assert_eq!(recs[3], Record::Event { event: drop_event(10) });
+        assert_eq!(recs[3], Record::Event { event: Box::new(drop_event(10)) });
         assert_eq!(recs[5], Record::Lost { count: 4 });
     }
 

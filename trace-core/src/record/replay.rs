@@ -108,7 +108,7 @@ impl Replayer {
             Record::Event { event } => {
                 self.stats.events += 1;
                 self.assume_plan(&event);
-                let done = self.asm.push(event);
+                let done = self.asm.push(*event);
                 self.finish_packets(done)
             }
         }
