@@ -248,6 +248,28 @@ pub struct KernelOffsets {
     pub have_creds: u32,
 }
 
+/// Offsets of the table functions' structs (read-only global `TABLE_OFFSETS` of the fentry and
+/// kprobe backends). On modular kernels these types live in split module BTF (x_tables,
+/// nf_tables): resolved by trace_user::capture::modbtf. All in bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableOffsets {
+    /// struct xt_table: name (char[XT_TABLE_MAXNAMELEN]).
+    pub xt_table_name: u32,
+    /// struct nft_pktinfo: skb, state.
+    pub pktinfo_skb: u32,
+    pub pktinfo_state: u32,
+    /// struct nft_base_chain: chain (the struct nft_chain nft_do_chain gets), and
+    /// ops.priority (the base chain's hook priority).
+    pub base_chain_chain: u32,
+    pub base_chain_priority: u32,
+    /// 1: ipt_do_table(priv, skb, state) (Linux >= 5.16); 0: ipt_do_table(skb, state, table).
+    pub ipt_priv_first: u32,
+    /// 1: the ip_tables/nf_tables offsets resolved (else the table probes stay silent).
+    pub have_xt: u32,
+    pub have_nft: u32,
+}
+
 /// Load-time settings of the probes (read-only global `CONFIG`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -285,6 +307,7 @@ const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<TableOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 
 // SAFETY: plain #[repr(C)] data with explicit padding fields; every bit pattern is valid.
@@ -299,6 +322,7 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for ProbeConfig {}
+    unsafe impl aya::Pod for TableOffsets {}
     unsafe impl aya::Pod for RateState {}
 }
 

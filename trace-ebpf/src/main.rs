@@ -22,6 +22,13 @@ mod kread;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nfhook;
+// fentry/kprobe backends (issue 6): programs on the netfilter functions, shared bodies in tables.
+#[cfg(target_arch = "bpf")]
+mod fentry;
+#[cfg(target_arch = "bpf")]
+mod kprobe;
+#[cfg(target_arch = "bpf")]
+mod tables;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -85,7 +85,7 @@ fn counters() -> Option<&'static mut Counters> {
 
 /// First probe of a traversal: filter, then start tracking (pending the sampling decision).
 #[inline(always)]
-fn first_sight(state: u64, skb: u64, prio: i32) {
+pub(crate) fn first_sight(state: u64, skb: u64, prio: i32) {
     let Some(c) = counters() else { return };
     c.seen += 1;
     let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
@@ -133,7 +133,7 @@ fn first_sight(state: u64, skb: u64, prio: i32) {
 
 /// A tracked (or pending) skb at a later probe.
 #[inline(always)]
-fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
+pub(crate) fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
     let Some(c) = counters() else { return };
     let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU scratch value.

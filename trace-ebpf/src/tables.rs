@@ -1,0 +1,212 @@
+//! The bodies shared by the fentry/fexit and kprobe/kretprobe programs on the netfilter
+//! functions (issue 6). Both backends write the nfhook backend's records, with the same
+//! first-sight filter, sampling and per-skb tracking (`nfhook::first_sight` / `follow`), so
+//! assembly and reconstruction are shared. Where nfhook has a probe *priority*, these programs
+//! use the priority of the position they stand for:
+//!
+//! - nf_hook_slow entry: [`PRIO_HOOK_ENTRY`] (before every hook function of the hook); on
+//!   PREROUTING/OUTPUT it is the first sight (filter, start tracking);
+//! - a table function's entry: the table's priority P (a probe at P runs before the stage at
+//!   P); its exit with NF_ACCEPT: P + 1 (after the table). Other verdicts write nothing: a
+//!   dropped packet is reported by kfree_skb (NETFILTER_DROP), a stolen one vanishes — the same
+//!   evidence nfhook's brackets give;
+//! - nf_nat_inet_fn: the nat stage (−100 on PREROUTING/OUTPUT, 100 on INPUT/POSTROUTING), its
+//!   exit after the translation, so the headers show the NAT rewrite. The nat table's own
+//!   function calls (ipt_do_table / nft_do_chain run *inside* nf_nat_inet_fn, and only for
+//!   new connections) write nothing.
+//!
+//! Legacy tables are named by `xt_table.name`; nft base chains carry their hook priority in
+//! `nft_base_chain.ops.priority`.
+
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use trace_common::record::TableOffsets;
+
+use crate::{
+    kread::{read, read_buf},
+    maps::{global, TRACKED},
+    nfhook::{first_sight, follow},
+};
+
+/// Priority the nf_hook_slow entry record stands for: before everything on the hook
+/// (INT_MIN itself is not a valid netfilter priority).
+pub const PRIO_HOOK_ENTRY: i32 = i32::MIN + 1;
+/// "No table position": the call is not traced (nat table inside nf_nat_inet_fn, unknown table).
+pub const NO_PRIO: i32 = i32::MIN;
+const NF_ACCEPT: u32 = 1;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+const NF_INET_PRE_ROUTING: u8 = 0;
+const NF_INET_LOCAL_OUT: u8 = 3;
+const PRIO_RAW: i32 = -300;
+const PRIO_MANGLE: i32 = -150;
+const PRIO_NAT_DST: i32 = -100;
+const PRIO_FILTER: i32 = 0;
+const PRIO_SECURITY: i32 = 50;
+const PRIO_NAT_SRC: i32 = 100;
+
+/// Offsets of the table functions' structs (set by the collector at load time).
+#[no_mangle]
+pub static TABLE_OFFSETS: TableOffsets = TableOffsets {
+    xt_table_name: 0,
+    pktinfo_skb: 0,
+    pktinfo_state: 0,
+    base_chain_chain: 0,
+    base_chain_priority: 0,
+    ipt_priv_first: 0,
+    have_xt: 0,
+    have_nft: 0,
+};
+
+/// Read one field of [`TABLE_OFFSETS`] (volatile: patched after compilation).
+macro_rules! toff {
+    ($f:ident) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!(TABLE_OFFSETS.$f)) }
+    };
+}
+
+/// Per-CPU nesting depth of nf_nat_inet_fn (index 0): table calls inside it are the nat
+/// table's, bracketed by nf_nat_inet_fn itself. Softirq processing of one packet does not
+/// migrate between CPUs.
+#[map]
+static NAT_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Write a record at `prio` if the skb is tracked (or pending a sampling decision).
+#[inline(always)]
+fn at(state: u64, skb: u64, prio: i32) {
+    if let Some(t) = TRACKED.get_ptr_mut(&skb) {
+        // SAFETY: map value pointer, valid for this program run.
+        follow(state, skb, prio, unsafe { &mut *t });
+    }
+}
+
+#[inline(always)]
+fn nat_depth() -> Option<&'static mut u32> {
+    // SAFETY: per-CPU map value.
+    NAT_DEPTH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// nf_hook_slow(skb, state, ...) entry: first sight on PREROUTING/OUTPUT, else follow.
+#[inline(always)]
+pub fn hook_entry(skb: u64, state: u64) {
+    let pf: u8 = read(state, global!(OFFSETS.state_pf));
+    if pf != NFPROTO_IPV4 && pf != NFPROTO_IPV6 {
+        return;
+    }
+    // A hook is never entered from inside nf_nat_inet_fn: a left-over depth is a missed
+    // return probe (kretprobe instances exhausted), not a nesting.
+    if let Some(d) = nat_depth() {
+        *d = 0;
+    }
+    let hook: u8 = read(state, global!(OFFSETS.state_hook));
+    if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
+        first_sight(state, skb, PRIO_HOOK_ENTRY);
+    } else {
+        at(state, skb, PRIO_HOOK_ENTRY);
+    }
+}
+
+/// (table, skb, state) of ipt_do_table / ip6t_do_table from its first three arguments: the
+/// order changed in Linux 5.16, the collector tells which from BTF.
+#[inline(always)]
+pub fn ipt_args(a0: u64, a1: u64, a2: u64) -> (u64, u64, u64) {
+    if toff!(ipt_priv_first) != 0 {
+        (a0, a1, a2)
+    } else {
+        (a2, a0, a1)
+    }
+}
+
+/// Hook priority of a legacy table, by name; NO_PRIO for nat (see module doc) and unknown.
+#[inline(always)]
+fn xt_table_prio(table: u64) -> i32 {
+    if toff!(have_xt) == 0 || nat_depth().is_some_and(|d| *d > 0) {
+        return NO_PRIO;
+    }
+    let mut name = [0u8; 9];
+    if !read_buf(table + toff!(xt_table_name) as u64, &mut name) {
+        return NO_PRIO;
+    }
+    if name.starts_with(b"raw\0") {
+        PRIO_RAW
+    } else if name.starts_with(b"mangle\0") {
+        PRIO_MANGLE
+    } else if name.starts_with(b"filter\0") {
+        PRIO_FILTER
+    } else if name.starts_with(b"security\0") {
+        PRIO_SECURITY
+    } else {
+        NO_PRIO
+    }
+}
+
+/// ipt_do_table / ip6t_do_table entry; returns the position (for the return probe).
+#[inline(always)]
+pub fn ipt_entry(table: u64, skb: u64, state: u64) -> i32 {
+    let prio = xt_table_prio(table);
+    if prio != NO_PRIO {
+        at(state, skb, prio);
+    }
+    prio
+}
+
+/// ipt_do_table exit, fexit flavour (arguments still at hand).
+#[inline(always)]
+pub fn ipt_exit(table: u64, skb: u64, state: u64, verdict: u32) {
+    table_exit(skb, state, xt_table_prio(table), verdict);
+}
+
+/// After a table: a record at P + 1 when the packet was accepted.
+#[inline(always)]
+pub fn table_exit(skb: u64, state: u64, prio: i32, verdict: u32) {
+    if prio != NO_PRIO && verdict & 0xff == NF_ACCEPT {
+        at(state, skb, prio + 1);
+    }
+}
+
+/// (skb, state, base chain priority) of nft_do_chain(pkt, chain); priority NO_PRIO inside
+/// nf_nat_inet_fn or without nf_tables offsets.
+#[inline(always)]
+pub fn nft_args(pkt: u64, chain: u64) -> (u64, u64, i32) {
+    let skb: u64 = read(pkt, toff!(pktinfo_skb));
+    let state: u64 = read(pkt, toff!(pktinfo_state));
+    if toff!(have_nft) == 0 || chain == 0 || nat_depth().is_some_and(|d| *d > 0) {
+        return (skb, state, NO_PRIO);
+    }
+    let base = chain - toff!(base_chain_chain) as u64;
+    let prio: i32 = read(base, toff!(base_chain_priority));
+    // The nat stage's own brackets, and priorities reserved for the hook entry record.
+    let prio = if prio <= PRIO_HOOK_ENTRY || prio == i32::MAX { NO_PRIO } else { prio };
+    (skb, state, prio)
+}
+
+/// nft_do_chain entry; returns the position (for the return probe).
+#[inline(always)]
+pub fn nft_entry(skb: u64, state: u64, prio: i32) -> i32 {
+    if prio != NO_PRIO {
+        at(state, skb, prio);
+    }
+    prio
+}
+
+/// nf_nat_inet_fn(priv, skb, state) entry: the nat stage begins; returns its position.
+#[inline(always)]
+pub fn nat_entry(skb: u64, state: u64) -> i32 {
+    if let Some(d) = nat_depth() {
+        *d += 1;
+    }
+    let hook: u8 = read(state, global!(OFFSETS.state_hook));
+    let prio = if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT { PRIO_NAT_DST } else { PRIO_NAT_SRC };
+    at(state, skb, prio);
+    prio
+}
+
+/// nf_nat_inet_fn exit: after the translation.
+#[inline(always)]
+pub fn nat_exit(skb: u64, state: u64, verdict: u32) {
+    if let Some(d) = nat_depth() {
+        *d = d.saturating_sub(1);
+    }
+    let hook: u8 = read(state, global!(OFFSETS.state_hook));
+    let prio = if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT { PRIO_NAT_DST } else { PRIO_NAT_SRC };
+    table_exit(skb, state, prio, verdict);
+}
