@@ -176,3 +176,22 @@ fn truncated_recording_reports_offset_after_processing_the_good_part() {
     assert_eq!(pkts.len(), 1, "the packet assembled from the good records");
     assert!(pkts[0].steps().any(|(_, _, s)| s.id.to_string() == "nat:DOCKER:rule:3"));
 }
+
+#[test]
+fn pretty_tree_shows_rules_nat_and_status_and_colors_only_on_request() {
+    let Some(dump) = dump() else { return };
+    let (pkts, _) = replay(&recording(&dump));
+    let render = |color| {
+        let mut buf = Vec::new();
+        trace_core::output::pretty::write_pretty(&mut buf, &pkts[0], trace_core::output::pretty::Style { color }).unwrap();
+        String::from_utf8(buf).unwrap()
+    };
+    let plain = render(false);
+    assert!(!plain.contains('\x1b'), "{plain}");
+    assert!(plain.contains("[confirmed]"));
+    assert!(plain.contains("PREROUTING in=eth0 ct=NEW"));
+    assert!(plain.contains("nat:DOCKER:rule:3  ! -i br-00ea7870520a -p tcp -m tcp --dport 10000 -j DNAT --to-destination 172.19.0.9:80"));
+    assert!(plain.contains("NAT 192.168.64.4:10000 → 172.19.0.9:80"));
+    assert!(plain.contains("filter:DOCKER-USER:return:1  -j RETURN"));
+    assert!(render(true).contains("\x1b[32mconfirmed\x1b[0m"));
+}

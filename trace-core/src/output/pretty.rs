@@ -57,15 +57,30 @@ pub fn write_pretty(w: &mut dyn Write, rp: &ReconstructedPacket, style: Style) -
     writeln!(w, "{} {first}  netns {}  [{}]{}", style.paint("1", &format!("packet #{}", p.id)), p.netns, style.status(rp.status), if p.incomplete { "  (incomplete capture)" } else { "" })?;
     for (rh, hp) in rp.hooks.iter().zip(&p.hooks) {
         let dev = |k: &str, d: &Option<String>| d.as_ref().map(|d| format!(" {k}={d}")).unwrap_or_default();
-        writeln!(w, "  {}{}{}", style.paint("36;1", hp.hook.chain_name()), dev("in", &hp.in_dev), dev("out", &hp.out_dev))?;
-        for t in &rh.tables {
-            write_table(w, t, style)?;
+        // Conntrack state as the last table of the hook saw it (raw runs before conntrack).
+        let ct = hp.tables.iter().rev().find_map(|t| t.before.ct).map(|c| format!(" ct={}", ct_name(c.ctinfo))).unwrap_or_default();
+        writeln!(w, "  {}{}{}{ct}", style.paint("36;1", hp.hook.chain_name()), dev("in", &hp.in_dev), dev("out", &hp.out_dev))?;
+        for (t, obs) in rh.tables.iter().zip(&hp.tables) {
+            write_table(w, t, obs.before.mark, style)?;
         }
     }
     Ok(())
 }
 
-fn write_table(w: &mut dyn Write, t: &TableResult, style: Style) -> io::Result<()> {
+/// enum ip_conntrack_info as conntrack's state names.
+fn ct_name(ctinfo: u8) -> &'static str {
+    match ctinfo {
+        0 => "ESTABLISHED",
+        1 => "RELATED",
+        2 => "NEW",
+        3 => "ESTABLISHED(reply)",
+        4 => "RELATED(reply)",
+        7 => "UNTRACKED",
+        _ => "?",
+    }
+}
+
+fn write_table(w: &mut dyn Write, t: &TableResult, mark_before: u32, style: Style) -> io::Result<()> {
     let head = format!("    {:<8}", t.table.name());
     if t.skipped {
         return writeln!(w, "{head} {}", style.paint("2", &format!("not traversed: {}", t.reason.as_deref().unwrap_or(""))));
@@ -75,7 +90,11 @@ fn write_table(w: &mut dyn Write, t: &TableResult, style: Style) -> io::Result<(
         (Status::Confirmed, _) => String::new(),
         (st, r) => format!(" [{}{}]", style.status(*st), r.as_deref().map(|r| format!(": {r}")).unwrap_or_default()),
     };
-    writeln!(w, "{head} {verdict}{note}")?;
+    let mark = match t.paths.first() {
+        Some(p) if p.mark != mark_before => format!("  mark 0x{mark_before:x} → 0x{:x}", p.mark),
+        _ => String::new(),
+    };
+    writeln!(w, "{head} {verdict}{mark}{note}")?;
     for (i, path) in t.paths.iter().enumerate() {
         if t.paths.len() > 1 {
             let label = if t.status == Status::Inconsistent { "evaluated path" } else { "candidate" };
