@@ -27,6 +27,7 @@ pub fn diagnose(implemented: &[&str]) -> Report {
         lockdown: system::lockdown(),
         capabilities: system::caps(),
         attach,
+        iptables_default: system::iptables_default(),
         iptables: system::iptables(),
         nf_log: system::nf_log(),
         choice,

@@ -121,6 +121,8 @@ pub struct Report {
     pub lockdown: Lockdown,
     pub capabilities: Caps,
     pub attach: Vec<Probe>,
+    /// `iptables -V` of the default `iptables` command (which flavour it is).
+    pub iptables_default: Option<String>,
     pub iptables: Vec<IptablesInfo>,
     pub nf_log: NfLog,
     pub choice: Choice,
@@ -169,6 +171,7 @@ pub fn render_text(r: &Report) -> String {
     for p in &r.attach {
         line(&format!("attach {}", p.mechanism.label()), format!("{}: {}", p.status.label(), p.detail));
     }
+    line("iptables (default)", r.iptables_default.clone().unwrap_or_else(|| "no `iptables` command".into()));
     for i in &r.iptables {
         line(&format!("iptables {}", i.backend), iptables_text(i));
     }
@@ -246,6 +249,7 @@ mod tests {
             lockdown: Lockdown { mode: "integrity".into(), source: "test".into() },
             capabilities: Caps { effective: "0".into(), bpf: true, perfmon: true, net_admin: true, sys_admin: false },
             attach,
+            iptables_default: Some("iptables v1.8.9 (nf_tables)".into()),
             iptables: vec![IptablesInfo {
                 backend: "nft".into(),
                 binary: Some("iptables-nft".into()),

@@ -91,6 +91,12 @@ pub fn caps_from_status(status: &str) -> Caps {
     Caps { effective: format!("{eff:016x}"), net_admin: has(12), sys_admin: has(21), perfmon: has(38), bpf: has(39) }
 }
 
+/// What plain `iptables` is on this machine (the Debian alternative): `iptables -V`.
+pub fn iptables_default() -> Option<String> {
+    let out = Command::new("iptables").arg("-V").output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Both iptables flavours: binary, version, and the tables each has in this namespace.
 pub fn iptables() -> Vec<IptablesInfo> {
     vec![iptables_backend("legacy", legacy_tables()), iptables_backend("nft", nft_tables())]
