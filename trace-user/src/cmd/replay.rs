@@ -42,6 +42,11 @@ pub struct Args {
     pub rules: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "auto")]
     pub color: Color,
+    /// With --format trace: print only what the kernel's legacy TRACE would, i.e. the steps
+    /// after a TRACE rule set nf_trace (iptrace itself needs no TRACE rule and prints the
+    /// whole path by default).
+    #[arg(long)]
+    pub from_trace_rule: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -67,9 +72,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut replayer = Replayer::new(override_rules);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
+    let from_trace_rule = args.from_trace_rule;
     let emit = |out: &mut dyn Write, pkts: Vec<ReconstructedPacket>| -> Result<()> {
         for p in &pkts {
-            output::write_packet(out, p, format, color)?;
+            if format == Format::Trace && from_trace_rule {
+                output::trace::write_trace(out, p, output::trace::TraceFrom::TraceTarget)?;
+            } else {
+                output::write_packet(out, p, format, color)?;
+            }
         }
         Ok(())
     };
