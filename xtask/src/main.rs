@@ -3,6 +3,7 @@
 //! - `setup`: scripts/setup.sh (Debian packages, rust-src, bpf-linker; idempotent)
 //! - `demo`:  setup, release build, doctor, the lab, a capture of the docker scenario, teardown
 //! - `test`:  setup, then every test tier in `steps::TIERS` (unit, then root e2e)
+mod bench;
 mod demo;
 mod steps;
 mod vm;
@@ -31,6 +32,10 @@ fn main() -> ExitCode {
     // vm-test: the QEMU kernel matrix (issue 6, docs/vm-test.md).
     if std::env::args().nth(1).as_deref() == Some("vm-test") {
         std::process::exit(vm::main(std::env::args().skip(1).collect()));
+    }
+    // bench-capture: nfhook capture overhead (issue 3, xtask/src/bench.rs).
+    if std::env::args().nth(1).is_some_and(|a| a.starts_with("bench-")) {
+        std::process::exit(bench::main(std::env::args().skip(1).collect()));
     }
     let cli = Cli::parse();
     steps::catch_interrupts();
