@@ -228,3 +228,84 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
     assert_eq!((report.totals.differ, report.exit_code()), (1, 1), "{}", report.render_text(3));
     lab.down().unwrap();
 }
+
+/// The whole `capture --compare-trace` pipeline with the real eBPF capture: the tracer's TRACE
+/// rule in place, the nfhook probes capture the lab's connection, each packet is reconstructed
+/// against the live dump, and the kernel's own trace of the same run agrees on every packet.
+fn capture_agrees_with_kernel(backend: IptablesBackend) {
+    use std::time::Duration;
+    use trace_user::capture::{plan, session::{CaptureOptions, Session}};
+    use trace_user::lab::{server, topology};
+    let test = format!("compare_capture_{backend}");
+    if !ready(&test, backend) {
+        return;
+    }
+    let lab = lab(backend);
+    for t in [LabTest::Remote, LabTest::Local] {
+        let node = lab.ns_path(LabNs::Node);
+        let target = TraceTarget { netns: node.clone(), backend, family: Family::Ipv4 };
+        let tracer = ReferenceTracer::start(target, &selector(t), true).expect("tracer start");
+        let snap = tracer.snapshot_rulesets().unwrap();
+        let mut rules = trace_user::rulesource::RuleSource::live(&[(lab.ns_inode(LabNs::Node) as u32, node.clone())], Duration::ZERO);
+        rules.refresh();
+        let opts = CaptureOptions {
+            targets: plan::targets(&[node.display().to_string()]).unwrap(),
+            filter: trace_core::filter::compile("tcp").unwrap(),
+            sample_n: 0,
+            rate_limit: 0,
+            ringbuf_size: 1 << 22,
+            count: None,
+            duration: Some(Duration::from_secs(3)),
+        };
+        let mut session = match Session::attach(&opts) {
+            Ok(s) => s,
+            Err(e) => panic!("{test}: attaching the nfhook probes failed: {e:#}"),
+        };
+        let (client, to) = match t {
+            LabTest::Remote => (lab.ns_path(LabNs::Peer), format!("{}:{}", topology::NODE_IP, topology::HOST_PORT)),
+            LabTest::Local => (node.clone(), format!("{}:{}", topology::CTR_IP, topology::CTR_PORT)),
+        };
+        let traffic = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(700));
+            trace_user::netns::run_in(&client, move || server::exchange(to.parse().unwrap(), "hello-compare"))
+        });
+        let mut traces = Vec::new();
+        let summary = session.run(&opts, |p| {
+            traces.push(p.clone());
+            Ok(())
+        });
+        drop(session);
+        let ex = traffic.join().unwrap().unwrap().expect("connection");
+        let out = tracer.finish().unwrap();
+        let summary = summary.expect("capture ran");
+        assert_eq!(summary.lost, 0, "{test} {t}: ring buffer losses");
+        let port = ex.local.port();
+        let captured: Vec<CapturedPacket> = traces
+            .iter()
+            .map(|p| rules.reconstruct(p))
+            .map(|rp| CapturedPacket::from(&rp))
+            .filter(|c| c.headers.iter().any(|h| h.sport == Some(port) || h.dport == Some(port)))
+            .enumerate()
+            .map(|(index, c)| CapturedPacket { index, ..c })
+            .collect();
+        let mut report = agreement(&out, &captured, &snap).unwrap();
+        // Keep the reference packets of this connection (the kernel log is shared).
+        report.packets.retain(|p| p.summary.contains(&format!(":{port} ")));
+        let ours = report.packets.len();
+        let agree = report.packets.iter().filter(|p| matches!(p.outcome, trace_core::compare::report::Outcome::Agree)).count();
+        eprintln!("{test} {t}: {agree}/{ours} kernel-traced packets agree");
+        assert!(ours >= 4, "{test} {t}: {ours} traced packets\n{}", report.render_text(3));
+        assert_eq!(agree, ours, "{test} {t}:\n{}", report.render_text(6));
+    }
+    lab.down().unwrap();
+}
+
+#[test]
+fn compare_capture_legacy() {
+    capture_agrees_with_kernel(IptablesBackend::Legacy);
+}
+
+#[test]
+fn compare_capture_nft() {
+    capture_agrees_with_kernel(IptablesBackend::Nft);
+}
