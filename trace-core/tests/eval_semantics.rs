@@ -481,3 +481,26 @@ fn shared_observations_are_weaker_evidence() {
     assert_eq!(reconstruct(&mk(false), &ev, &unknown()).status, Status::Inconsistent);
     assert_eq!(reconstruct(&mk(true), &ev, &unknown()).status, Status::Confirmed);
 }
+
+/// physdev without bridge port info (the packet did not come in through a bridge): options
+/// without `!` fail, negated ones match; through a bridge the port is unknown: a branch.
+#[test]
+fn physdev_decided_for_unbridged_packets() {
+    let dump = filter(
+        "-A FORWARD -m physdev --physdev-is-bridged -j LOG\n\
+         -A FORWARD -m physdev ! --physdev-is-in -j LOG\n\
+         -A FORWARD -m physdev --physdev-in veth+ -j LOG\n\
+         -A FORWARD -j ACCEPT\n",
+    );
+    let mut ctx = NetContext::from_addrs([IfaceAddr { iface: "br0".into(), addr: "10.0.0.1".parse().unwrap(), broadcast: None }]);
+    ctx.bridges = vec!["br0".into()];
+    ctx.bridges_known = true;
+    let t = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0)).out("br0").run(&dump, Table::Filter, &ctx);
+    assert_eq!(single(&t).1, ["filter:FORWARD:rule:2", "filter:FORWARD:policy:4"]);
+    let mut c = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0)).out("eth1");
+    c.in_dev = Some("br0");
+    let t = c.run(&dump, Table::Filter, &ctx);
+    assert_eq!(t.candidates.len(), 8, "bridged: all three rules are branch points");
+    let t = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0)).out("br0").run(&dump, Table::Filter, &unknown());
+    assert_eq!(t.candidates.len(), 8, "bridges unknown: branch points");
+}

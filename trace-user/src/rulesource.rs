@@ -295,25 +295,29 @@ fn take_dump(path: &Path, family: Family) -> Result<Option<(SaveBackend, String,
 
 /// Addresses of the netns from `ip -j addr show`.
 fn take_context(path: &Path) -> Result<NetContext> {
-    let json = run_in_netns(path, &["ip", "-j", "addr", "show"])?;
+    let json = run_in_netns(path, &["ip", "-d", "-j", "addr", "show"])?;
     parse_ip_addr_json(&json)
 }
 
-/// Parses `ip -j addr show` output.
+/// Parses `ip -d -j addr show` output (addresses, interfaces, which are bridges).
 pub fn parse_ip_addr_json(json: &str) -> Result<NetContext> {
     let v: serde_json::Value = serde_json::from_str(json).context("parsing `ip -j addr show`")?;
     let mut addrs = Vec::new();
     let mut interfaces = Vec::new();
+    let mut bridges = Vec::new();
     for link in v.as_array().context("`ip -j addr show`: expected an array")? {
         let Some(name) = link.get("ifname").and_then(|n| n.as_str()) else { continue };
         interfaces.push(name.to_string());
+        if link.get("linkinfo").and_then(|l| l.get("info_kind")).and_then(|k| k.as_str()) == Some("bridge") {
+            bridges.push(name.to_string());
+        }
         for a in link.get("addr_info").and_then(|a| a.as_array()).into_iter().flatten() {
             let Some(local) = a.get("local").and_then(|l| l.as_str()).and_then(|l| l.parse().ok()) else { continue };
             let broadcast = a.get("broadcast").and_then(|b| b.as_str()).and_then(|b| b.parse().ok());
             addrs.push(IfaceAddr { iface: name.to_string(), addr: local, broadcast });
         }
     }
-    Ok(NetContext { known: true, addrs, interfaces })
+    Ok(NetContext { known: true, addrs, interfaces, bridges, bridges_known: true })
 }
 
 #[cfg(test)]
@@ -332,11 +336,13 @@ mod tests {
     #[test]
     fn parses_ip_addr_json() {
         let j = r#"[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+                   {"ifindex":3,"ifname":"br0","linkinfo":{"info_kind":"bridge"},"addr_info":[]},
                    {"ifindex":2,"ifname":"eth0","addr_info":[{"family":"inet","local":"192.168.64.4","prefixlen":24,"broadcast":"192.168.64.255"},
                    {"family":"inet6","local":"fe80::1","prefixlen":64}]}]"#;
         let c = parse_ip_addr_json(j).unwrap();
         assert!(c.known);
-        assert_eq!(c.interfaces, ["lo", "eth0"]);
+        assert_eq!(c.interfaces, ["lo", "br0", "eth0"]);
+        assert_eq!((c.is_bridge("br0"), c.is_bridge("eth0")), (Some(true), Some(false)));
         assert!(c.is_local("192.168.64.4".parse().unwrap(), Some("eth0")));
         assert!(c.is_broadcast("192.168.64.255".parse().unwrap(), None));
         assert!(c.is_local("fe80::1".parse().unwrap(), None));

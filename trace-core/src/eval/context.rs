@@ -23,6 +23,11 @@ pub struct NetContext {
     /// Interface names (ifindex order irrelevant).
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// Bridge devices of the netns; meaningful only when `bridges_known`.
+    #[serde(default)]
+    pub bridges: Vec<String>,
+    #[serde(default)]
+    pub bridges_known: bool,
 }
 
 impl NetContext {
@@ -36,7 +41,12 @@ impl NetContext {
         let addrs: Vec<IfaceAddr> = addrs.into_iter().collect();
         let mut interfaces: Vec<String> = addrs.iter().map(|a| a.iface.clone()).collect();
         interfaces.dedup();
-        NetContext { known: true, addrs, interfaces }
+        NetContext { known: true, addrs, interfaces, bridges: Vec::new(), bridges_known: false }
+    }
+
+    /// Some(true/false) when the bridge devices are known.
+    pub fn is_bridge(&self, dev: &str) -> Option<bool> {
+        self.bridges_known.then(|| self.bridges.iter().any(|b| b == dev))
     }
 
     /// Local addresses the kernel's local routing table holds: assigned addresses, and all

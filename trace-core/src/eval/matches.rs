@@ -9,7 +9,7 @@ use crate::rules::matches::{
     AddrType, AddrTypeMatch, ConntrackMatch, CtDir, CtState, CtStatus, IcmpMatch, IpRangeMatch,
     Match, MatchKind, MultiportMatch, OwnerMatch, PktType, PortDir, PortsMatch, Range, TcpMatch,
 };
-use crate::rules::Negatable;
+use crate::rules::{Iface, Negatable};
 use std::net::IpAddr;
 
 /// Three-valued match result.
@@ -79,7 +79,7 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
         MatchKind::Tos(t) => t.apply(t.value.matches(st.tos as u32)).into(),
         MatchKind::Owner(o) => owner(o, p),
         MatchKind::Helper(_) => Tri::Unknown("conntrack helper not captured"),
-        MatchKind::Physdev(_) => Tri::Unknown("bridge ports not captured"),
+        MatchKind::Physdev(m) => physdev(m, p, ctx),
         MatchKind::Statistic(_) => Tri::Unknown("random/nth: depends on other packets"),
         MatchKind::Limit(_) => Tri::Unknown("rate limit state"),
         MatchKind::Recent(_) => Tri::Unknown("recent list contents"),
@@ -332,6 +332,28 @@ fn pkt_type(p: &Pkt<'_>) -> Option<PktType> {
     } else {
         PktType::Unicast
     })
+}
+
+/// xt_physdev: a packet that did not come in through a bridge has no bridge port info; then
+/// every option given without `!` fails and the rest match (physdev_mt's first branch).
+/// Bridged packets need the port, which the capture does not record: a branch point.
+fn physdev(m: &crate::rules::matches::PhysdevMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
+    let bridged_in = if p.has_in { ctx.is_bridge(p.in_dev) } else { Some(false) };
+    match bridged_in {
+        Some(false) => {
+            let plain = |o: Option<bool>| o == Some(false);
+            let negated = |n: &Option<Negatable<Iface>>| n.as_ref().map(|n| n.negated);
+            let negated0 = |n: &Option<Negatable<()>>| n.as_ref().map(|n| n.negated);
+            let fails = plain(negated(&m.physdev_in))
+                || plain(negated(&m.physdev_out))
+                || plain(negated0(&m.is_in))
+                || plain(negated0(&m.is_out))
+                || plain(negated0(&m.is_bridged));
+            (!fails).into()
+        }
+        Some(true) => Tri::Unknown("bridge port not captured"),
+        None => Tri::Unknown("bridge devices of the netns unknown"),
+    }
 }
 
 fn tcpmss(r: &Negatable<Range>, p: &Pkt<'_>) -> Tri {
