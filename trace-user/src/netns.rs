@@ -73,7 +73,12 @@ pub fn exists(name: &str) -> bool {
 pub fn add(name: &str) -> Result<()> {
     check_name(name)?;
     run_checked(Command::new("ip").args(["netns", "add", name]))?;
-    exec(name, &["ip", "link", "set", "lo", "up"]).map(drop)
+    let lo_up = exec(name, &["ip", "link", "set", "lo", "up"]).map(drop);
+    if lo_up.is_err() {
+        // Half-made: remove it, so a failed add leaves nothing behind.
+        let _ = delete(name);
+    }
+    lo_up
 }
 
 /// `ip netns del NAME`. The namespace itself lives on while a process or socket still uses it.

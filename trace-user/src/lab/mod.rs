@@ -163,13 +163,13 @@ impl Lab {
         if opts.nf_log_all_netns {
             self.state.nf_log_all_netns_prev = Some(state::set_nf_log_all_netns("1")?);
         }
-        for ns in self.state.ns.all().map(String::from) {
+        for (i, ns) in self.state.ns.all().map(String::from).into_iter().enumerate() {
             interrupt::check()?;
             netns::add(&ns)?;
             self.state.created.push(ns.clone());
+            self.state.inodes[i] = netns::inode_of(&netns::path_of(&ns))?;
             topology::disable_ipv6(&ns)?;
         }
-        self.state.inodes = self.state.ns.all().map(|n| netns::inode_of(&netns::path_of(n)).unwrap_or(0));
         interrupt::check()?;
         self.state.sysctls = topology::node_sysctls(&self.state.ns.node)?;
         topology::build_links(&self.state.ns)?;
