@@ -309,3 +309,41 @@ fn compare_capture_legacy() {
 fn compare_capture_nft() {
     capture_agrees_with_kernel(IptablesBackend::Nft);
 }
+
+#[test]
+fn nf_log_all_netns_is_shared_and_survives_a_crashed_user() {
+    use trace_user::reference::NfLogAllNetns;
+    if !is_root() {
+        eprintln!("SKIPPED: nf_log_all_netns_is_shared: needs root");
+        return;
+    }
+    let sysctl = "/proc/sys/net/netfilter/nf_log_all_netns";
+    let state = Path::new("/run/iptrace/nf_log_all_netns.users");
+    let read = || std::fs::read_to_string(sysctl).unwrap().trim().to_string();
+    let a = NfLogAllNetns::acquire().unwrap();
+    let b = NfLogAllNetns::acquire().unwrap();
+    assert_eq!(read(), "1");
+    let me = std::process::id().to_string();
+    let users = |s: &str| s.lines().skip(1).filter(|l| *l == me).count();
+    assert_eq!(users(&std::fs::read_to_string(state).unwrap()), 2);
+    a.release().unwrap();
+    assert_eq!(read(), "1", "still one user");
+    drop(b);
+    if let Ok(s) = std::fs::read_to_string(state) {
+        assert_eq!(users(&s), 0, "our entries are gone (other processes may still use it: {s:?})");
+    }
+    // A crashed user (dead pid) is pruned; its recorded original survives the crash.
+    if !state.exists() {
+        let original = read();
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        std::fs::write(state, format!("{original}\n{dead_pid}")).unwrap();
+        std::fs::write(sysctl, "1").unwrap();
+        let c = NfLogAllNetns::acquire().unwrap();
+        c.release().unwrap();
+        assert_eq!(read(), original, "restored the crashed user's original value");
+        assert!(!state.exists());
+    }
+}
