@@ -220,7 +220,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
 /// A copy of the ELF where every "netfilter" section is named ".text" (an existing string of
 /// the section-name table), so aya's parser accepts the object and treats the probe as a
 /// function it relocates but never loads.
-fn hide_netfilter_sections(elf: &[u8]) -> Result<Vec<u8>, LoadError> {
+pub(crate) fn hide_netfilter_sections(elf: &[u8]) -> Result<Vec<u8>, LoadError> {
     let bad = |what: &str| LoadError::Elf(what.to_string());
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
     let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
@@ -295,7 +295,7 @@ fn relocated_probe(elf: &[u8], ebpf: &Ebpf) -> Result<(Vec<bpf_insn>, CString), 
     Ok((insns, obj.license.clone()))
 }
 
-fn map_fd(map: &Map) -> Result<RawFd, LoadError> {
+pub(crate) fn map_fd(map: &Map) -> Result<RawFd, LoadError> {
     let data = match map {
         Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
         Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => d,

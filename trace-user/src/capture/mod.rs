@@ -8,7 +8,9 @@
 //! - [`link`]: BPF_LINK_CREATE netfilter links;
 //! - [`plan`]: target namespaces and the probe plan from the tables registered there;
 //! - [`session`]: attach, read the ring buffer (tokio), decode, assemble, stop, summary;
-//! - [`print`]: packet-level text output and the summary.
+//! - [`print`]: packet-level text output and the summary;
+//! - [`rulelevel`]: rule-level reconstruction/output and `--write` recordings (the one
+//!   integration point with trace_core::reconstruct/output/record).
 
 pub mod btf;
 pub mod link;
@@ -16,4 +18,5 @@ pub mod loader;
 pub mod object;
 pub mod plan;
 pub mod print;
+pub mod rulelevel;
 pub mod session;

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use trace_core::assemble::{Assembler, AssemblerConfig, AssemblerStats, HookPlan, ProbePlan};
 use trace_core::decode::{Decoder, Symbols};
+use trace_core::event::Event;
 use trace_core::netfilter::{Family, Hook};
 use trace_core::packet::PacketTrace;
 use trace_common::filter::FilterProgram;
@@ -132,6 +133,11 @@ impl Session {
         Ok(Session { loaded, links, plan, attached, netfilter_drop })
     }
 
+    /// The probe plan (per netns inode, family, hook).
+    pub fn plan(&self) -> &ProbePlan {
+        &self.plan
+    }
+
     /// Number of netfilter links held.
     pub fn link_count(&self) -> usize {
         self.links.len()
@@ -139,7 +145,18 @@ impl Session {
 
     /// Read, decode and assemble until a stop condition; `on_packet` gets every traversal.
     /// Returns the summary (after detaching nothing: the caller drops the session).
-    pub fn run(&mut self, opts: &CaptureOptions, mut on_packet: impl FnMut(&PacketTrace) -> Result<()>) -> Result<Summary> {
+    pub fn run(&mut self, opts: &CaptureOptions, on_packet: impl FnMut(&PacketTrace) -> Result<()>) -> Result<Summary> {
+        self.run_with_events(opts, |_| Ok(()), on_packet)
+    }
+
+    /// [`Session::run`], also handing every decoded event to `on_event` (recording, rule-level
+    /// reconstruction) before assembly.
+    pub fn run_with_events(
+        &mut self,
+        opts: &CaptureOptions,
+        mut on_event: impl FnMut(&Event) -> Result<()>,
+        mut on_packet: impl FnMut(&PacketTrace) -> Result<()>,
+    ) -> Result<Summary> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let events = self.loaded.take_events()?;
         let decoder = Decoder::new(self.loaded.drop_reasons.clone(), kallsyms());
@@ -148,7 +165,7 @@ impl Session {
             asm.set_netfilter_drop_reason(r);
         }
         let mut st = ReadState { decoder, asm, received: 0, decode_errors: 0, packets: 0 };
-        rt.block_on(read_loop(events, opts, &mut st, &mut on_packet))?;
+        rt.block_on(read_loop(events, opts, &mut st, &mut on_event, &mut on_packet))?;
         for t in st.asm.flush() {
             st.packets += 1;
             on_packet(&t)?;
@@ -167,15 +184,19 @@ struct ReadState {
 }
 
 impl ReadState {
-    fn take(&mut self, bytes: &[u8], out: &mut Vec<PacketTrace>) {
+    fn take(&mut self, bytes: &[u8], out: &mut Vec<PacketTrace>, on_event: &mut impl FnMut(&Event) -> Result<()>) -> Result<()> {
         self.received += 1;
         match self.decoder.decode(bytes) {
-            Ok(ev) => out.extend(self.asm.push(ev)),
+            Ok(ev) => {
+                on_event(&ev)?;
+                out.extend(self.asm.push(ev));
+            }
             Err(e) => {
                 self.decode_errors += 1;
                 log::warn!("undecodable record: {e}");
             }
         }
+        Ok(())
     }
 }
 
@@ -183,6 +204,7 @@ async fn read_loop(
     events: RingBuf<MapData>,
     opts: &CaptureOptions,
     st: &mut ReadState,
+    on_event: &mut impl FnMut(&Event) -> Result<()>,
     on_packet: &mut impl FnMut(&PacketTrace) -> Result<()>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
@@ -206,7 +228,7 @@ async fn read_loop(
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    st.take(&item, &mut out);
+                    st.take(&item, &mut out, on_event)?;
                 }
                 guard.clear_ready();
             }
@@ -223,7 +245,7 @@ async fn read_loop(
     let rb = fd.get_mut();
     let mut out = Vec::new();
     while let Some(item) = rb.next() {
-        st.take(&item, &mut out);
+        st.take(&item, &mut out, on_event)?;
     }
     for t in out {
         st.packets += 1;

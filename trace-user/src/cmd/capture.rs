@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use crate::capture::plan;
 use crate::capture::print;
+use crate::capture::rulelevel::{self, RuleLevel};
 use crate::capture::session::{CaptureOptions, Session};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,13 @@ pub struct Args {
     /// Ring buffer size in bytes (power of two, >= 4096).
     #[arg(long = "ringbuf-size", default_value_t = 8 << 20)]
     pub ringbuf_size: u32,
+    /// Print the packet-level view (per hook and table: verdict, NAT, conntrack) instead of
+    /// the rule-level path reconstructed from the iptables dumps.
+    #[arg(long)]
+    pub packets: bool,
+    /// Also record the capture (dumps, plan, events) to FILE for `iptrace replay`.
+    #[arg(long)]
+    pub write: Option<std::path::PathBuf>,
     /// tcpdump-style filter (e.g. `tcp and dst port 10000`); empty = everything.
     pub filter: Vec<String>,
 }
@@ -61,15 +69,31 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let stdout = std::io::stdout();
     let format = args.format;
-    let summary = session.run(&opts, |t| {
-        let mut out = stdout.lock();
-        match format {
-            Format::Json => writeln!(out, "{}", serde_json::to_string(t)?)?,
-            Format::Trace | Format::Pretty => print::write_pretty(&mut out, t)?,
-        }
-        out.flush()?;
-        Ok(())
-    })?;
+    let packet_level = args.packets;
+    let out_format = match format {
+        Format::Json => trace_core::output::Format::Json,
+        Format::Trace => trace_core::output::Format::Trace,
+        Format::Pretty => trace_core::output::Format::Pretty,
+    };
+    let initial = rulelevel::initial_records(&session, &opts.targets);
+    let mut rules = RuleLevel::new(initial, !packet_level, out_format, args.write.as_deref())?;
+    let summary = session.run_with_events(
+        &opts,
+        |e| rules.event(e, &mut stdout.lock()),
+        |t| {
+            if !packet_level {
+                return Ok(());
+            }
+            let mut out = stdout.lock();
+            match format {
+                Format::Json => writeln!(out, "{}", serde_json::to_string(t)?)?,
+                Format::Trace | Format::Pretty => print::write_pretty(&mut out, t)?,
+            }
+            out.flush()?;
+            Ok(())
+        },
+    )?;
+    rules.finish(summary.lost, &mut stdout.lock())?;
     drop(session);
     if format == Format::Json {
         println!("{}", serde_json::json!({ "summary": summary }));

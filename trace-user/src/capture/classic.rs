@@ -1,0 +1,389 @@
+//! Loading the `fentry` and `kprobe` backends (issue 6): programs on nf_hook_slow, the table
+//! functions and nf_nat_inet_fn (trace-ebpf's fentry.rs / kprobe.rs, bodies in tables.rs),
+//! plus nfhook's tp_btf kfree_skb drop reporter — same maps, records, filter, sampling and
+//! tracking as nfhook, so the collector's decoding and assembly are shared.
+//!
+//! - aya creates the maps, patches the read-only globals (OFFSETS, CONFIG, TABLE_OFFSETS),
+//!   and loads/attaches kfree_skb and the kprobes (by symbol name: module functions work);
+//! - fentry/fexit programs are loaded by [`super::fentry`] with raw BPF_PROG_LOAD, because
+//!   functions in modules need attach_btf_obj_fd (aya 0.14 only knows vmlinux BTF).
+//!
+//! Which functions exist, where their BTF lives and the table structs' offsets come from
+//! [`super::modbtf`]; `nf_hook_slow` is required, a missing table function (module not
+//! loaded) is reported in [`Classic::skipped`] and that table's positions stay silent.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::{BtfTracePoint, KProbe};
+use aya::{Ebpf, EbpfLoader};
+use trace_common::filter::{FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS};
+use trace_common::record::{Counters, KernelOffsets, ProbeConfig, TableOffsets};
+use trace_core::assemble::{HookPlan, ProbePlan, StageSlot};
+use trace_core::netfilter::{Family, Hook};
+use trace_core::packet::Stage;
+
+use super::btf::Btf;
+use super::loader::{hide_netfilter_sections, kernel_offsets, LoadOptions};
+use super::modbtf::{KernelBtf, ModBtfError};
+use super::object;
+
+/// The record position of nf_hook_slow's entry (trace-ebpf tables::PRIO_HOOK_ENTRY).
+pub const PRIO_HOOK_ENTRY: i32 = i32::MIN + 1;
+
+/// The two backends this module loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavour {
+    Fentry,
+    Kprobe,
+}
+
+impl std::fmt::Display for Flavour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Flavour::Fentry => "fentry",
+            Flavour::Kprobe => "kprobe",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassicError {
+    #[error(transparent)]
+    Load(#[from] super::loader::LoadError),
+    #[error(transparent)]
+    Btf(#[from] super::btf::BtfError),
+    #[error(transparent)]
+    ModBtf(#[from] ModBtfError),
+    #[error("aya: {0}")]
+    Aya(String),
+    #[error("{flavour} backend: {what}")]
+    Unavailable { flavour: Flavour, what: String },
+    #[error(transparent)]
+    Fentry(#[from] super::fentry::FentryError),
+}
+
+fn aya_err(e: impl std::fmt::Display) -> ClassicError {
+    ClassicError::Aya(e.to_string())
+}
+
+/// A netfilter function and the programs of each flavour on it.
+pub struct Target {
+    pub function: &'static str,
+    /// (entry program, exit program) in the fentry flavour.
+    pub fentry: (&'static str, Option<&'static str>),
+    /// (kprobe, kretprobe).
+    pub kprobe: (&'static str, Option<&'static str>),
+    /// Module whose BTF holds it on modular kernels.
+    pub module: &'static str,
+    pub required: bool,
+}
+
+pub const TARGETS: &[Target] = &[
+    Target {
+        function: "nf_hook_slow",
+        fentry: ("fentry_nf_hook_slow", None),
+        kprobe: ("kprobe_nf_hook_slow", None),
+        module: "vmlinux",
+        required: true,
+    },
+    Target {
+        function: "ipt_do_table",
+        fentry: ("fentry_ipt_do_table", Some("fexit_ipt_do_table")),
+        kprobe: ("kprobe_ipt_do_table", Some("kretprobe_table")),
+        module: "ip_tables",
+        required: false,
+    },
+    Target {
+        function: "ip6t_do_table",
+        fentry: ("fentry_ip6t_do_table", Some("fexit_ip6t_do_table")),
+        kprobe: ("kprobe_ipt_do_table", Some("kretprobe_table")),
+        module: "ip6_tables",
+        required: false,
+    },
+    Target {
+        function: "nft_do_chain",
+        fentry: ("fentry_nft_do_chain", Some("fexit_nft_do_chain")),
+        kprobe: ("kprobe_nft_do_chain", Some("kretprobe_table")),
+        module: "nf_tables",
+        required: false,
+    },
+    Target {
+        function: "nf_nat_inet_fn",
+        fentry: ("fentry_nf_nat_inet_fn", Some("fexit_nf_nat_inet_fn")),
+        kprobe: ("kprobe_nf_nat_inet_fn", Some("kretprobe_nf_nat_inet_fn")),
+        module: "nf_nat",
+        required: false,
+    },
+];
+
+/// A loaded and attached fentry or kprobe capture.
+pub struct Classic {
+    pub flavour: Flavour,
+    ebpf: Ebpf,
+    /// fentry/fexit links (closing them detaches).
+    _links: Vec<OwnedFd>,
+    /// enum skb_drop_reason value → name without the SKB_DROP_REASON_ prefix.
+    pub drop_reasons: HashMap<u32, String>,
+    /// Functions attached.
+    pub attached: Vec<String>,
+    /// Functions not attached, with the reason (module not loaded, ...).
+    pub skipped: Vec<(String, String)>,
+    pub table_offsets: TableOffsets,
+}
+
+impl Classic {
+    /// Load and attach everything; an error says why this backend cannot work here.
+    pub fn load(flavour: Flavour, opts: &LoadOptions) -> Result<Classic, ClassicError> {
+        let kbtf = Btf::from_sys()?;
+        let offsets: KernelOffsets = kernel_offsets(&kbtf)?;
+        let drop_reasons = kbtf
+            .enum_values("skb_drop_reason")
+            .map(|m| m.into_iter().map(|(v, n)| (v as u32, n.trim_start_matches("SKB_DROP_REASON_").to_string())).collect())
+            .unwrap_or_default();
+        let vmlinux = KernelBtf::vmlinux()?;
+        let (table_offsets, btfs) = table_offsets(&vmlinux)?;
+        let config = probe_config(opts);
+        let elf = hide_netfilter_sections(object::bytes().map_err(super::loader::LoadError::from)?)?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", opts.ringbuf_size)
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("CONFIG", &config, true)
+            .override_global("TABLE_OFFSETS", &table_offsets, true)
+            .load(&elf)
+            .map_err(aya_err)?;
+        let mut filter: Array<&mut MapData, FilterProgram> =
+            Array::try_from(ebpf.map_mut("FILTER").ok_or_else(|| aya_err("map FILTER missing"))?).map_err(aya_err)?;
+        filter.set(0, opts.filter, 0).map_err(aya_err)?;
+        attach_kfree_skb(&mut ebpf)?;
+        let mut c = Classic {
+            flavour,
+            ebpf,
+            _links: Vec::new(),
+            drop_reasons,
+            attached: Vec::new(),
+            skipped: Vec::new(),
+            table_offsets,
+        };
+        match flavour {
+            Flavour::Kprobe => c.attach_kprobes()?,
+            Flavour::Fentry => c.attach_fentry(&elf, &vmlinux, &btfs)?,
+        }
+        Ok(c)
+    }
+
+    fn attach_kprobes(&mut self) -> Result<(), ClassicError> {
+        let syms = kallsyms_functions();
+        let mut loaded: Vec<&str> = Vec::new();
+        for t in TARGETS {
+            if !syms.contains(t.function) {
+                self.skip(t, "not in /proc/kallsyms (module not loaded?)")?;
+                continue;
+            }
+            let progs = [Some(t.kprobe.0), t.kprobe.1];
+            for name in progs.into_iter().flatten() {
+                let prog: &mut KProbe = self
+                    .ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| aya_err(format!("program {name} missing from the object")))?
+                    .try_into()
+                    .map_err(aya_err)?;
+                if !loaded.contains(&name) {
+                    prog.load().map_err(|e| ClassicError::Unavailable {
+                        flavour: Flavour::Kprobe,
+                        what: format!("loading {name}: {e}"),
+                    })?;
+                    loaded.push(name);
+                }
+                prog.attach(t.function, 0).map_err(|e| ClassicError::Unavailable {
+                    flavour: Flavour::Kprobe,
+                    what: format!("attaching {name} to {}: {e} (kernel without CONFIG_KPROBES?)", t.function),
+                })?;
+            }
+            self.attached.push(t.function.to_string());
+        }
+        Ok(())
+    }
+
+    fn attach_fentry(&mut self, elf: &[u8], vmlinux: &KernelBtf, btfs: &HashMap<&str, KernelBtf>) -> Result<(), ClassicError> {
+        let mut prog_set = super::fentry::Programs::new(elf, &self.ebpf)?;
+        for t in TARGETS {
+            let btf = if t.module == "vmlinux" { Some(vmlinux) } else { btfs.get(t.module) };
+            let found = btf.and_then(|b| b.func(t.function)).or_else(|| vmlinux.func(t.function));
+            let Some((btf_id, module)) = found else {
+                self.skip(t, &format!("no BTF for it (module {} not loaded?)", t.module))?;
+                continue;
+            };
+            let progs = [(t.fentry.0, false), (t.fentry.1.unwrap_or(""), true)];
+            for (name, exit) in progs.into_iter().filter(|(n, _)| !n.is_empty()) {
+                let link = prog_set.load_and_attach(name, t.function, btf_id, module.as_deref(), exit)?;
+                self._links.push(link);
+            }
+            self.attached.push(t.function.to_string());
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, t: &Target, why: &str) -> Result<(), ClassicError> {
+        if t.required {
+            return Err(ClassicError::Unavailable { flavour: self.flavour, what: format!("{}: {why}", t.function) });
+        }
+        self.skipped.push((t.function.to_string(), why.to_string()));
+        Ok(())
+    }
+
+    /// The ring buffer (taken once, by the reader).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ClassicError> {
+        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| aya_err("map EVENTS missing"))?;
+        RingBuf::try_from(map).map_err(aya_err)
+    }
+
+    /// Counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, ClassicError> {
+        let map = self.ebpf.map("COUNTERS").ok_or_else(|| aya_err("map COUNTERS missing"))?;
+        let arr: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map).map_err(aya_err)?;
+        let per_cpu = arr.get(&0, 0).map_err(aya_err)?;
+        Ok(per_cpu.iter().fold(Counters::default(), |mut s, c| {
+            s.seen += c.seen;
+            s.filtered_out += c.filtered_out;
+            s.sampled_out += c.sampled_out;
+            s.rate_limited += c.rate_limited;
+            s.tracked += c.tracked;
+            s.emitted += c.emitted;
+            s.lost += c.lost;
+            s.drops += c.drops;
+            s
+        }))
+    }
+}
+
+fn probe_config(opts: &LoadOptions) -> ProbeConfig {
+    let n_clauses = opts.filter.n_clauses.min(FILTER_MAX_CLAUSES as u32);
+    let max_preds = opts.filter.clauses[..n_clauses as usize].iter().map(|c| c.n_preds).max().unwrap_or(0);
+    ProbeConfig {
+        sample_n: opts.sample_n,
+        rate_limit: opts.rate_limit,
+        filter_clauses: n_clauses,
+        filter_preds: max_preds.min(FILTER_MAX_PREDS as u32),
+    }
+}
+
+fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), ClassicError> {
+    let btf = aya::Btf::from_sys_fs().map_err(aya_err)?;
+    let prog: &mut BtfTracePoint =
+        ebpf.program_mut("kfree_skb").ok_or_else(|| aya_err("program kfree_skb missing"))?.try_into().map_err(aya_err)?;
+    prog.load("kfree_skb", &btf).map_err(aya_err)?;
+    prog.attach().map_err(aya_err)?;
+    Ok(())
+}
+
+/// Text symbols of /proc/kallsyms (module functions included).
+fn kallsyms_functions() -> std::collections::HashSet<String> {
+    std::fs::read_to_string("/proc/kallsyms")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (_, ty, name) = (it.next()?, it.next()?, it.next()?);
+            matches!(ty, "t" | "T").then(|| name.to_string())
+        })
+        .collect()
+}
+
+/// Offsets of xt_table / nft_pktinfo / nft_base_chain and ipt_do_table's argument order,
+/// from vmlinux or the modules' split BTF; also returns the module BTFs read.
+pub fn table_offsets(vmlinux: &KernelBtf) -> Result<(TableOffsets, HashMap<&'static str, KernelBtf>), ModBtfError> {
+    let mut btfs = HashMap::new();
+    for m in ["x_tables", "ip_tables", "ip6_tables", "nf_tables", "nf_nat"] {
+        if let Some(b) = vmlinux.with_module(m)? {
+            btfs.insert(m, b);
+        }
+    }
+    let lookup = |ty: &str, path: &str, modules: &[&str]| -> Option<u32> {
+        vmlinux.offset(ty, path).ok().or_else(|| modules.iter().find_map(|m| btfs.get(m)?.offset(ty, path).ok()))
+    };
+    let mut o = TableOffsets::default();
+    if let Some(name) = lookup("xt_table", "name", &["x_tables", "ip_tables"]) {
+        o.xt_table_name = name;
+        let params = vmlinux.func_params("ipt_do_table").or_else(|| btfs.get("ip_tables")?.func_params("ipt_do_table"));
+        // Linux >= 5.16: ipt_do_table(void *priv, struct sk_buff *skb, const struct nf_hook_state *state).
+        o.ipt_priv_first = params.is_none_or(|p| p.first().map(String::as_str) != Some("skb")) as u32;
+        o.have_xt = 1;
+    }
+    let nft = (
+        lookup("nft_pktinfo", "skb", &["nf_tables"]),
+        lookup("nft_pktinfo", "state", &["nf_tables"]),
+        lookup("nft_base_chain", "chain", &["nf_tables"]),
+        lookup("nft_base_chain", "ops.priority", &["nf_tables"]),
+    );
+    if let (Some(skb), Some(state), Some(chain), Some(prio)) = nft {
+        o.pktinfo_skb = skb;
+        o.pktinfo_state = state;
+        o.base_chain_chain = chain;
+        o.base_chain_priority = prio;
+        o.have_nft = 1;
+    }
+    Ok((o, btfs))
+}
+
+/// The probe plan of these backends for one hook: the nf_hook_slow entry, then each table
+/// (or nft base chain) bracketed at P (entry) and P + 1 (accepted), with the stages the
+/// kernel registers there (`stages`, e.g. from capture::plan::stages).
+pub fn hook_plan(stages: Vec<StageSlot>) -> HookPlan {
+    let mut probes = vec![PRIO_HOOK_ENTRY];
+    for s in &stages {
+        if matches!(s.stage, Stage::Table { .. } | Stage::NftChain { .. }) {
+            probes.push(s.priority);
+            probes.push(s.priority.saturating_add(1));
+        }
+    }
+    HookPlan::new(probes, stages)
+}
+
+/// The whole plan for the namespaces in `regs` (netns inode → what is registered there).
+pub fn probe_plan(regs: &[(u32, super::plan::Registered)]) -> ProbePlan {
+    let mut plan = ProbePlan::new();
+    for (netns, reg) in regs {
+        for family in [Family::Ipv4, Family::Ipv6] {
+            for hook in Hook::ALL {
+                plan.insert(*netns, family, hook, hook_plan(super::plan::stages(reg, family, hook)));
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trace_core::netfilter::Table;
+
+    #[test]
+    fn plan_brackets_tables_not_conntrack() {
+        let stages = HookPlan::iptables_stages(Hook::Prerouting, &[Table::Raw, Table::Mangle, Table::Nat], true);
+        let p = hook_plan(stages);
+        assert_eq!(p.probes(), &[PRIO_HOOK_ENTRY, -300, -299, -150, -149, -100, -99]);
+        // Between the raw exit and the mangle entry: conntrack, passed silently.
+        assert_eq!(p.stages_between(-299, Some(-150)).len(), 1);
+        assert_eq!(p.stages_between(-100, Some(-99))[0].stage, Stage::Table { table: Table::Nat });
+    }
+
+    #[test]
+    fn table_offsets_on_this_kernel() {
+        let Ok(v) = KernelBtf::vmlinux() else {
+            eprintln!("SKIPPED table_offsets_on_this_kernel: no vmlinux BTF");
+            return;
+        };
+        let (o, _) = table_offsets(&v).unwrap();
+        // This machine has ip_tables and nf_tables built in: everything from vmlinux.
+        if v.func("ipt_do_table").is_some() {
+            assert_eq!(o.have_xt, 1);
+            assert_eq!(o.ipt_priv_first, 1);
+        }
+        if v.func("nft_do_chain").is_some() {
+            assert_eq!(o.have_nft, 1);
+            assert!(o.base_chain_chain > o.base_chain_priority);
+        }
+    }
+}
