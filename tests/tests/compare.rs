@@ -14,34 +14,13 @@ use trace_user::lab::{IptablesBackend, Lab, LabNs, LabOptions, LabTest};
 use trace_core::compare::captured::{CapturedHeaders, CapturedPacket};
 use trace_user::reference::{agreement, ReferenceTracer, TraceSelector, TraceTarget};
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
-        .unwrap_or(false)
-}
-
-fn on_path(p: &str) -> bool {
-    std::env::var("PATH").unwrap_or_default().split(':').any(|d| Path::new(d).join(p).is_file())
-}
-
+/// Root and the tools of the lab, the tracer and the backend (shared e2e helpers).
 fn ready(test: &str, backend: IptablesBackend) -> bool {
-    if !is_root() {
-        eprintln!("SKIPPED: {test}: needs root (network namespaces, iptables, /dev/kmsg)");
-        return false;
-    }
-    let mut tools = vec!["ip", "nsenter", "stdbuf", "nft"];
-    let bins = [backend.restore_bin(), backend.save_bin(), format!("iptables-{}", backend.as_str())];
-    tools.extend(bins.iter().map(String::as_str));
+    let mut tools = vec!["nsenter".to_string(), "stdbuf".into(), "nft".into(), format!("iptables-{}", backend.as_str())];
     if backend == IptablesBackend::Nft {
-        tools.push("xtables-monitor");
+        tools.push("xtables-monitor".into());
     }
-    let missing: Vec<&str> = tools.into_iter().filter(|t| !on_path(t)).collect();
-    if !missing.is_empty() {
-        eprintln!("SKIPPED: {test}: missing tools {missing:?}");
-        return false;
-    }
-    true
+    iptrace_tests::lab_ready(test, backend) && iptrace_tests::require_tools(test, &tools.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn lab(backend: IptablesBackend) -> Lab {
@@ -313,8 +292,7 @@ fn compare_capture_nft() {
 #[test]
 fn nf_log_all_netns_is_shared_and_survives_a_crashed_user() {
     use trace_user::reference::NfLogAllNetns;
-    if !is_root() {
-        eprintln!("SKIPPED: nf_log_all_netns_is_shared: needs root");
+    if !iptrace_tests::privileged("nf_log_all_netns_is_shared") {
         return;
     }
     let sysctl = "/proc/sys/net/netfilter/nf_log_all_netns";
