@@ -92,13 +92,14 @@ pub(crate) fn first_sight(state: u64, skb: u64, prio: i32) {
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
     let now = unsafe { bpf_ktime_get_ns() };
-    fill_record(rec, state, skb, prio, now);
+    fill_filter_fields(rec, state, skb, prio, now);
     if !selected(rec) {
         // A recycled skb address may still be in the map from an earlier traversal.
         let _ = TRACKED.remove(&skb);
         c.filtered_out += 1;
         return;
     }
+    fill_rest(rec, state, skb);
     let sampling = global!(CONFIG.sample_n) > 1;
     let mut t = Tracked {
         gen: now,
@@ -366,6 +367,14 @@ fn flush_pending(skb: u64, t: &mut Tracked, c: &mut Counters) {
 /// Fill everything but `gen` from the hook state and the skb.
 #[inline(never)]
 fn fill_record(rec: &mut ProbeRecord, state: u64, skb: u64, prio: i32, now: u64) {
+    fill_filter_fields(rec, state, skb, prio, now);
+    fill_rest(rec, state, skb);
+}
+
+/// What the filter looks at (and the record header): hook, family, devices, mark, headers.
+/// A first-sight probe reads only this for packets the filter rejects.
+#[inline(never)]
+fn fill_filter_fields(rec: &mut ProbeRecord, state: u64, skb: u64, prio: i32, now: u64) {
     rec.header.kind = kind::PROBE;
     rec.header.version = RECORD_VERSION;
     rec.ts_ns = now;
@@ -374,21 +383,29 @@ fn fill_record(rec: &mut ProbeRecord, state: u64, skb: u64, prio: i32, now: u64)
     rec.flags = 0;
     rec.hook = read(state, global!(OFFSETS.state_hook));
     rec.pf = read(state, global!(OFFSETS.state_pf));
+    let indev: u64 = read(state, global!(OFFSETS.state_in));
+    let outdev: u64 = read(state, global!(OFFSETS.state_out));
+    dev_name(indev, &mut rec.in_dev);
+    dev_name(outdev, &mut rec.out_dev);
+    rec.mark = read(skb, global!(OFFSETS.skb_mark));
+    let head: u64 = read(skb, global!(OFFSETS.skb_head));
+    let nh: u16 = read(skb, global!(OFFSETS.skb_network_header));
+    if head != 0 && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers) {
+        rec.flags |= probe_flags::HEADERS;
+    }
+}
+
+/// The rest of a record: netns, ifindexes, conntrack, MAC, socket owner.
+#[inline(never)]
+fn fill_rest(rec: &mut ProbeRecord, state: u64, skb: u64) {
     let net: u64 = read(state, global!(OFFSETS.state_net));
     rec.netns = read(net, global!(OFFSETS.net_inum));
     let indev: u64 = read(state, global!(OFFSETS.state_in));
     let outdev: u64 = read(state, global!(OFFSETS.state_out));
     rec.in_ifindex = read(indev, global!(OFFSETS.dev_ifindex));
     rec.out_ifindex = read(outdev, global!(OFFSETS.dev_ifindex));
-    dev_name(indev, &mut rec.in_dev);
-    dev_name(outdev, &mut rec.out_dev);
-    rec.mark = read(skb, global!(OFFSETS.skb_mark));
     conntrack(rec, skb);
     let head: u64 = read(skb, global!(OFFSETS.skb_head));
-    let nh: u16 = read(skb, global!(OFFSETS.skb_network_header));
-    if head != 0 && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers) {
-        rec.flags |= probe_flags::HEADERS;
-    }
     mac(rec, skb, head, indev);
     creds(rec, skb);
 }
