@@ -301,11 +301,11 @@ pub fn parse_xtables_packet_fields(s: &str) -> Result<RefHeaders, FieldError> {
         }
         None => true,
     });
+    // Flags mean TCP. SPORT without flags is UDP, UDPLITE, SCTP or DCCP: left unknown
+    // (matching then ignores the protocol).
     if flags.is_some() {
         h.tcp_flags = flags;
         h.proto = Some(6);
-    } else if h.sport.is_some() && h.proto.is_none() {
-        // SPORT without TCP flags: UDP-like (udp, udplite, sctp, dccp); protocol unknown.
     }
     Ok(h)
 }
