@@ -504,3 +504,31 @@ fn physdev_decided_for_unbridged_packets() {
     let t = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0)).out("br0").run(&dump, Table::Filter, &unknown());
     assert_eq!(t.candidates.len(), 8, "bridges unknown: branch points");
 }
+
+/// A block list of `-s ADDR/32` rules gets a source index; the path equals the in-order scan.
+#[test]
+fn source_index_is_exact() {
+    let mut rules = String::from(":BLOCK - [0:0]\n-A INPUT -j BLOCK\n");
+    let mut want = vec!["filter:INPUT:rule:1".to_string()];
+    let mut n = 0;
+    let mut add = |rules: &mut String, text: String, matches: bool| {
+        n += 1;
+        *rules += &text;
+        if matches {
+            want.push(format!("filter:BLOCK:rule:{n}"));
+        }
+    };
+    for i in 0..200 {
+        add(&mut rules, format!("-A BLOCK -s 198.51.100.{i}/32 -j LOG\n"), i == 77);
+        if i % 50 == 0 {
+            add(&mut rules, "-A BLOCK -s 198.51.100.0/24 -j LOG\n".into(), true);
+            add(&mut rules, "-A BLOCK -d 10.0.0.1/32 -p tcp -j LOG\n".into(), true);
+        }
+    }
+    add(&mut rules, "-A BLOCK -s 198.51.100.77/32 -j DROP\n".into(), true);
+    let dump = filter(&rules);
+    let t = Case::new(Hook::Input, tcp("198.51.100.77", 1, "10.0.0.1", 2, 0)).run(&dump, Table::Filter, &unknown());
+    let (v, s) = single(&t);
+    assert_eq!(*v, TableVerdict::Drop);
+    assert_eq!(s, want);
+}

@@ -23,44 +23,67 @@ pub(super) struct CChain {
     pub policy: Option<TableVerdict>,
     pub end_kind: StepKind,
     pub rules: Vec<CRule>,
-    /// For long chains of `-d ADDR/32` rules (kube-proxy's KUBE-SERVICES): which rules can
-    /// match a given destination. Skipping the others is exact — a rule whose destination
-    /// differs can neither match nor print anything.
-    pub dst_index: Option<DstIndex>,
+    /// For long chains of `-d ADDR/32` rules (kube-proxy's KUBE-SERVICES) or `-s ADDR/32` rules
+    /// (block lists): which rules can match a given address. Skipping the others is exact —
+    /// a rule whose address differs can neither match nor print anything.
+    pub addr_index: Option<AddrIndex>,
 }
 
-/// Positions of the rules with an exact, non-negated destination, by destination; and of
-/// every other rule. Both sorted.
+/// Which packet address an [`AddrIndex`] is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IndexedField {
+    Src,
+    Dst,
+}
+
+/// Positions of the rules with an exact, non-negated address in the indexed field, by
+/// address; and of every other rule. Both sorted.
 #[derive(Debug)]
-pub(super) struct DstIndex {
-    by_dst: HashMap<u128, Vec<u32>>,
+pub(super) struct AddrIndex {
+    pub field: IndexedField,
+    by_addr: HashMap<u128, Vec<u32>>,
     general: Vec<u32>,
 }
 
-/// Chains with at least this many exact-destination rules get an index.
+/// Chains with at least this many exact-address rules get an index.
 const INDEX_MIN_RULES: usize = 32;
 
-impl DstIndex {
-    fn build(rules: &[CRule], family_bits: u32) -> Option<DstIndex> {
+impl AddrIndex {
+    /// The better of a source and a destination index (the one leaving fewer rules to scan
+    /// for every packet).
+    fn build(rules: &[CRule], family_bits: u32) -> Option<AddrIndex> {
+        let dst = Self::build_on(rules, family_bits, IndexedField::Dst);
+        let src = Self::build_on(rules, family_bits, IndexedField::Src);
+        match (dst, src) {
+            (Some(d), Some(s)) => Some(if s.general.len() < d.general.len() { s } else { d }),
+            (d, s) => d.or(s),
+        }
+    }
+
+    fn build_on(rules: &[CRule], family_bits: u32, field: IndexedField) -> Option<AddrIndex> {
         let full: u128 = if family_bits == 32 { u32::MAX as u128 } else { u128::MAX };
-        let mut by_dst: HashMap<u128, Vec<u32>> = HashMap::new();
+        let mut by_addr: HashMap<u128, Vec<u32>> = HashMap::new();
         let mut general = Vec::new();
         for (i, r) in rules.iter().enumerate() {
-            match r.dst {
-                Some(t) if !t.negated && t.mask == full => by_dst.entry(t.net).or_default().push(i as u32),
+            let test = match field {
+                IndexedField::Dst => r.dst,
+                IndexedField::Src => r.src,
+            };
+            match test {
+                Some(t) if !t.negated && t.mask == full => by_addr.entry(t.net).or_default().push(i as u32),
                 _ => general.push(i as u32),
             }
         }
-        let exact: usize = by_dst.values().map(Vec::len).sum();
-        (exact >= INDEX_MIN_RULES).then_some(DstIndex { by_dst, general })
+        let exact = rules.len() - general.len();
+        (exact >= INDEX_MIN_RULES).then_some(AddrIndex { field, by_addr, general })
     }
 
-    /// The first position >= `pos` whose rule may match destination `dst`
-    /// (`len` = the chain end when none).
-    pub fn next(&self, pos: u32, dst: u128, len: u32) -> u32 {
+    /// The first position >= `pos` whose rule may match a packet with `addr` in the indexed
+    /// field (`len` = the chain end when none).
+    pub fn next(&self, pos: u32, addr: u128, len: u32) -> u32 {
         let from = |v: &[u32]| v.get(v.partition_point(|&p| p < pos)).copied().unwrap_or(len);
         let g = from(&self.general);
-        match self.by_dst.get(&dst) {
+        match self.by_addr.get(&addr) {
             Some(v) => g.min(from(v)),
             None => g,
         }
@@ -121,7 +144,7 @@ impl CTable {
                         Policy::Drop => TableVerdict::Drop,
                     }),
                     end_kind: if c.is_builtin() { StepKind::Policy } else { StepKind::Return },
-                    dst_index: DstIndex::build(&rules, bits),
+                    addr_index: AddrIndex::build(&rules, bits),
                     rules,
                 }
             })

@@ -349,8 +349,12 @@ impl Run<'_> {
                 return finish(c, TableVerdict::Broken { reason: "traversal does not terminate (chain loop)".into() });
             }
             let chain = &self.t.chains[c.chain as usize];
-            if let Some(idx) = &chain.dst_index {
-                c.pos = idx.next(c.pos, self.pkt.dst, chain.rules.len() as u32);
+            if let Some(idx) = &chain.addr_index {
+                let addr = match idx.field {
+                    compile::IndexedField::Dst => self.pkt.dst,
+                    compile::IndexedField::Src => self.pkt.src,
+                };
+                c.pos = idx.next(c.pos, addr, chain.rules.len() as u32);
             }
             if c.pos as usize == chain.rules.len() {
                 self.push_step(&mut c, chain.end_kind);
