@@ -19,19 +19,18 @@
 //! reconstruction must be taken after [`ReferenceTracer::start`] (they then show the TRACE
 //! rule as raw rule 1, and positions agree with the kernel's trace).
 
+mod collect;
+mod nf_log;
+
+pub use nf_log::NfLogAllNetns;
+
 use crate::lab::IptablesBackend;
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use collect::Collector;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use trace_core::compare::reference::Format;
 use trace_core::netfilter::Family;
-
-const NF_LOG_ALL_NETNS: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {
@@ -149,119 +148,10 @@ pub fn agreement(
     Ok(report)
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ReferenceError + 'a {
+pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ReferenceError + 'a {
     move |source| ReferenceError::Io { op, path: path.to_path_buf(), source }
 }
 
-/// Users of the root-namespace sysctl across iptrace processes: concurrent tracers (several
-/// captures, parallel test runs) must not restore the value under each other's feet, and a
-/// crashed process must not leave it changed for good. A state file under an exclusive
-/// `flock` holds the value to restore and one line per user (pid); dead pids are pruned, so
-/// the next user after a crash restores the original value.
-const NF_LOG_STATE: &str = "/run/iptrace/nf_log_all_netns.users";
-
-struct NfLogUsers {
-    original: Option<String>,
-    pids: Vec<u32>,
-}
-
-/// Runs `f` on the user list under the lock, then writes it back (or removes the file when
-/// nobody is left).
-fn with_nf_log_users<T>(f: impl FnOnce(&mut NfLogUsers) -> Result<T>) -> Result<T> {
-    use std::io::{Seek, Write};
-    use std::os::fd::AsRawFd;
-    let path = Path::new(NF_LOG_STATE);
-    let dir = path.parent().expect("state file has a directory");
-    std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err("open", path))?;
-    // SAFETY: flock on an fd we own; released when `file` closes.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(ReferenceError::Io { op: "lock", path: path.into(), source: std::io::Error::last_os_error() });
-    }
-    let mut text = String::new();
-    file.read_to_string(&mut text).map_err(io_err("read", path))?;
-    let mut lines = text.lines();
-    let original = lines.next().map(str::to_string).filter(|s| !s.is_empty());
-    let alive = |pid: &u32| Path::new(&format!("/proc/{pid}")).exists();
-    let pids = lines.filter_map(|l| l.trim().parse().ok()).filter(alive).collect();
-    let mut users = NfLogUsers { original, pids };
-    let out = f(&mut users)?;
-    if users.pids.is_empty() {
-        std::fs::remove_file(path).map_err(io_err("remove", path))?;
-    } else {
-        let body = std::iter::once(users.original.clone().unwrap_or_default())
-            .chain(users.pids.iter().map(u32::to_string))
-            .collect::<Vec<_>>()
-            .join("\n");
-        file.set_len(0).map_err(io_err("truncate", path))?;
-        file.rewind().map_err(io_err("rewind", path))?;
-        file.write_all(body.as_bytes()).map_err(io_err("write", path))?;
-    }
-    Ok(out)
-}
-
-/// One use of `net.netfilter.nf_log_all_netns=1` (legacy TRACE/LOG of non-initial namespaces
-/// reach the kernel log only then), shared across threads and processes: the first user sets
-/// it, the last one restores the original value — also after a user crashed. Released on
-/// drop; [`NfLogAllNetns::release`] reports errors instead.
-#[derive(Debug)]
-pub struct NfLogAllNetns {
-    held: bool,
-}
-
-impl NfLogAllNetns {
-    pub fn acquire() -> Result<Self> {
-        nf_log_acquire()?;
-        Ok(NfLogAllNetns { held: true })
-    }
-
-    pub fn release(mut self) -> Result<()> {
-        self.held = false;
-        nf_log_release()
-    }
-}
-
-impl Drop for NfLogAllNetns {
-    fn drop(&mut self) {
-        if std::mem::take(&mut self.held) {
-            if let Err(e) = nf_log_release() {
-                eprintln!("iptrace: cleanup: {e}");
-            }
-        }
-    }
-}
-
-fn nf_log_acquire() -> Result<()> {
-    with_nf_log_users(|u| {
-        let p = Path::new(NF_LOG_ALL_NETNS);
-        if u.pids.is_empty() {
-            // Nobody alive uses it: the recorded original (left by a crashed user) wins over
-            // the current value, which that user had changed.
-            if u.original.is_none() {
-                u.original = Some(std::fs::read_to_string(p).map_err(io_err("read", p))?.trim().to_string());
-            }
-            std::fs::write(p, "1").map_err(io_err("write", p))?;
-        }
-        u.pids.push(std::process::id());
-        Ok(())
-    })
-}
-
-fn nf_log_release() -> Result<()> {
-    with_nf_log_users(|u| {
-        let me = std::process::id();
-        if let Some(i) = u.pids.iter().position(|p| *p == me) {
-            u.pids.remove(i);
-        }
-        if u.pids.is_empty() {
-            if let Some(orig) = u.original.take() {
-                let p = Path::new(NF_LOG_ALL_NETNS);
-                std::fs::write(p, orig).map_err(io_err("write", p))?;
-            }
-        }
-        Ok(())
-    })
-}
 
 fn is_init_netns(netns: &Path) -> bool {
     let ino = |p: &Path| std::fs::metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
@@ -269,7 +159,7 @@ fn is_init_netns(netns: &Path) -> bool {
 }
 
 /// `nsenter --net=NETNS PROGRAM`: works for named and /proc namespaces alike.
-fn in_netns(netns: &Path, program: &str) -> Command {
+pub(super) fn in_netns(netns: &Path, program: &str) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net={}", netns.display())).arg(program);
     c
@@ -312,14 +202,6 @@ pub struct ReferenceTracer {
     created_nft_raw: bool,
 }
 
-/// Lines read by a background thread (kmsg or the monitor's stdout).
-struct Collector {
-    lines: Arc<Mutex<Vec<String>>>,
-    lost: Arc<Mutex<u64>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    child: Option<Child>,
-}
 
 impl ReferenceTracer {
     /// Starts collecting: reader first (so no line is missed), then the TRACE rules.
@@ -441,126 +323,6 @@ impl Drop for ReferenceTracer {
         }
         if let Some(e) = self.release_sysctl() {
             eprintln!("iptrace: cleanup: {e}");
-        }
-    }
-}
-
-impl Collector {
-    /// /dev/kmsg from its current end: only records logged from now on.
-    fn kmsg() -> Result<Self> {
-        let p = Path::new("/dev/kmsg");
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(p)
-            .map_err(io_err("open", p))?;
-        // SEEK_END on /dev/kmsg moves to the next record to be written.
-        std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)).map_err(io_err("seek", p))?;
-        let c = Collector::empty();
-        let (lines, lost, stop) = (c.lines.clone(), c.lost.clone(), c.stop.clone());
-        let thread = std::thread::spawn(move || read_kmsg(f, &lines, &lost, &stop));
-        Ok(Collector { thread: Some(thread), ..c })
-    }
-
-    /// `xtables-monitor --trace` inside the netns, line buffered (stdbuf) so nothing stays in
-    /// its stdio buffer when it is killed.
-    fn monitor(target: &TraceTarget) -> Result<Self> {
-        let fam = if target.family == Family::Ipv6 { "-6" } else { "-4" };
-        let mut cmd = in_netns(&target.netns, "stdbuf");
-        cmd.args(["-oL", "xtables-monitor", "--trace", fam]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let shown = format!("{cmd:?}");
-        let mut child = cmd.spawn().map_err(|source| ReferenceError::Spawn { cmd: shown.clone(), source })?;
-        // The monitor subscribes to the trace group right after start; give it that moment.
-        std::thread::sleep(Duration::from_millis(300));
-        if let Ok(Some(_)) = child.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut stderr);
-            }
-            return Err(ReferenceError::MonitorDied { cmd: shown, stderr: stderr.trim().to_string() });
-        }
-        let out = child.stdout.take().expect("stdout is piped");
-        let c = Collector::empty();
-        let lines = c.lines.clone();
-        let thread = std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(std::result::Result::ok) {
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(l);
-            }
-        });
-        Ok(Collector { thread: Some(thread), child: Some(child), ..c })
-    }
-
-    fn empty() -> Self {
-        Collector {
-            lines: Arc::default(),
-            lost: Arc::default(),
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-            child: None,
-        }
-    }
-
-    /// Stops the reader (kills the monitor we started) and returns (text, lost, warnings).
-    fn finish(mut self) -> (String, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut warnings = Vec::new();
-        if let Some(mut child) = self.child.take() {
-            // Still running is the normal case; an early exit means lines may be missing.
-            if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                warnings.push(format!("the trace monitor exited early ({status}): {}", stderr.trim()));
-            } else {
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()));
-        let lost = *self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        (lines.join("\n") + if lines.is_empty() { "" } else { "\n" }, lost, warnings)
-    }
-}
-
-/// Reads kmsg records until `stop`. Each read returns one record `prio,seq,usec,flags;text`
-/// followed by optional ` KEY=value` continuation lines (dropped). EPIPE = records were
-/// overwritten before we read them (counted as lost; reading continues).
-fn read_kmsg(mut f: std::fs::File, lines: &Mutex<Vec<String>>, lost: &Mutex<u64>, stop: &AtomicBool) {
-    let mut buf = vec![0u8; 16 * 1024];
-    let mut last_seq: Option<u64> = None;
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => std::thread::sleep(Duration::from_millis(10)),
-            Ok(n) => {
-                let rec = String::from_utf8_lossy(&buf[..n]);
-                let first = rec.lines().next().unwrap_or("").to_string();
-                let seq = first.split(',').nth(1).and_then(|s| s.parse::<u64>().ok());
-                if let (Some(prev), Some(s)) = (last_seq, seq) {
-                    if s > prev + 1 {
-                        *lost.lock().unwrap_or_else(|e| e.into_inner()) += s - prev - 1;
-                    }
-                }
-                last_seq = seq.or(last_seq);
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(first);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            // The sequence gap of the next record counts what was lost; before any record
-            // there is no gap to measure, so count at least one.
-            Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
-                if last_seq.is_none() {
-                    *lost.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-                }
-            }
-            Err(_) => return,
         }
     }
 }
