@@ -106,6 +106,7 @@ fn every_corpus_dump_replays_soundly() {
                                 gid: None,
                                 state: &state,
                                 nf_trace: false,
+                                tuples: Default::default(),
                             };
                             let t = ev.evaluate(td.table, &input, &ctx).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
                             assert!(!t.candidates.is_empty(), "{}: no candidate", f.display());

@@ -37,11 +37,12 @@ struct Case {
     mac: Option<Vec<u8>>,
     uid: Option<u32>,
     state: PacketState,
+    tuples: trace_core::eval::CtTuples,
 }
 
 impl Case {
     fn new(hook: Hook, h: Headers) -> Self {
-        Case { hook, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, state: PacketState { headers: h, mark: 0, ct: NEW } }
+        Case { hook, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, state: PacketState { headers: h, mark: 0, ct: NEW }, tuples: Default::default() }
     }
     fn out(mut self, d: &'static str) -> Self {
         self.out_dev = Some(d);
@@ -70,6 +71,7 @@ impl Case {
             gid: self.uid,
             state: &self.state,
             nf_trace: false,
+            tuples: self.tuples,
         };
         let t = ev.evaluate(table, &input, ctx).unwrap();
         // Render step ids through the evaluator for assertions.
@@ -310,7 +312,7 @@ fn missing_chain_and_missing_table_are_errors_not_guesses() {
     rs.tables[0].chains.remove(input_chain);
     let ev = Evaluator::new(rs);
     let st = PacketState { headers: tcp("10.0.0.1", 1, "10.0.0.2", 2, 0), mark: 0, ct: NEW };
-    let input = EvalInput { hook: Hook::Input, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, gid: None, state: &st, nf_trace: false };
+    let input = EvalInput { hook: Hook::Input, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, gid: None, state: &st, nf_trace: false, tuples: Default::default() };
     let t = ev.evaluate(Table::Filter, &input, &unknown()).unwrap();
     assert!(matches!(t.candidates[0].verdict, TableVerdict::Broken { .. }));
     assert!(ev.evaluate(Table::Nat, &input, &unknown()).is_err());
@@ -531,4 +533,23 @@ fn source_index_is_exact() {
     let (v, s) = single(&t);
     assert_eq!(*v, TableVerdict::Drop);
     assert_eq!(s, want);
+}
+
+/// --ctorig*/--ctrepl* are decided where the tuples are known, and branch where not.
+#[test]
+fn conntrack_tuples_when_known() {
+    use trace_core::eval::{CtTuples, Tuple};
+    let dump = filter(
+        "-A FORWARD -m conntrack --ctorigdst 10.96.0.10/32 --ctorigdstport 80 -j LOG\n\
+         -A FORWARD -m conntrack --ctrepldst 10.0.0.1 -j LOG\n\
+         -A FORWARD -m conntrack ! --ctorigsrc 10.0.0.0/8 -j LOG\n",
+    );
+    let after_dnat = tcp("10.0.0.1", 40000, "10.244.0.2", 8080, 0);
+    let mut c = Case::new(Hook::Forward, after_dnat.clone()).out("cni0").ct(EST);
+    c.tuples = CtTuples { orig: Some(Tuple::of(&tcp("10.0.0.1", 40000, "10.96.0.10", 80, 0))), reply: Some(Tuple::of(&after_dnat).inverse()) };
+    let t = c.run(&dump, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:FORWARD:rule:1", "filter:FORWARD:rule:2", "filter:FORWARD:policy:4"]);
+    c.tuples.reply = None;
+    let t = c.run(&dump, Table::Filter, &unknown());
+    assert_eq!(t.candidates.len(), 2, "unknown reply tuple: rule 2 is a branch point");
 }

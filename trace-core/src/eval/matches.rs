@@ -225,21 +225,56 @@ fn conntrack(c: &ConntrackMatch, p: &Pkt<'_>, st: &PathState) -> Tri {
             return Tri::False;
         }
     }
-    let tuple_opts = c.orig_src.is_some()
-        || c.orig_dst.is_some()
-        || c.repl_src.is_some()
-        || c.repl_dst.is_some()
-        || c.orig_src_port.is_some()
-        || c.orig_dst_port.is_some()
-        || c.repl_src_port.is_some()
-        || c.repl_dst_port.is_some();
-    if tuple_opts {
-        return Tri::Unknown("conntrack tuple not captured");
+    let orig_opts = c.orig_src.is_some() || c.orig_dst.is_some() || c.orig_src_port.is_some() || c.orig_dst_port.is_some();
+    let repl_opts = c.repl_src.is_some() || c.repl_dst.is_some() || c.repl_src_port.is_some() || c.repl_dst_port.is_some();
+    let mut unknown = None;
+    for (wanted, tuple, which) in [(orig_opts, p.tuples.orig, "original"), (repl_opts, p.tuples.reply, "reply")] {
+        if !wanted {
+            continue;
+        }
+        let (addr_s, addr_d, port_s, port_d) = if which == "original" {
+            (&c.orig_src, &c.orig_dst, &c.orig_src_port, &c.orig_dst_port)
+        } else {
+            (&c.repl_src, &c.repl_dst, &c.repl_src_port, &c.repl_dst_port)
+        };
+        match tuple.map(|t| tuple_matches(&t, addr_s, addr_d, port_s, port_d)) {
+            Some(Tri::False) => return Tri::False,
+            Some(Tri::True) => {}
+            _ => unknown = Some(Tri::Unknown("conntrack tuple not known for this packet")),
+        }
     }
     if c.expire.is_some() {
         return Tri::Unknown("conntrack timeout not captured");
     }
-    Tri::True
+    unknown.unwrap_or(Tri::True)
+}
+
+/// xt_conntrack's address/port tests on one tuple (each with its own `!`).
+fn tuple_matches(
+    t: &super::Tuple,
+    src: &Option<Negatable<crate::rules::IpNet>>,
+    dst: &Option<Negatable<crate::rules::IpNet>>,
+    sport: &Option<Negatable<Range>>,
+    dport: &Option<Negatable<Range>>,
+) -> Tri {
+    let addr = |want: &Option<Negatable<crate::rules::IpNet>>, have: Option<IpAddr>| match (want, have) {
+        (None, _) => Some(true),
+        (Some(n), Some(a)) => Some(n.apply(n.value.contains(a))),
+        (Some(_), None) => None,
+    };
+    let port = |want: &Option<Negatable<Range>>, have: Option<u16>| match (want, have) {
+        (None, _) => Some(true),
+        (Some(r), Some(p)) => Some(r.apply(r.value.contains(p as u32))),
+        (Some(_), None) => None,
+    };
+    let results = [addr(src, t.src), addr(dst, t.dst), port(sport, t.sport), port(dport, t.dport)];
+    if results.contains(&Some(false)) {
+        Tri::False
+    } else if results.contains(&None) {
+        Tri::Unknown("conntrack tuple not known for this packet")
+    } else {
+        Tri::True
+    }
 }
 
 /// The address types `ip` may have in the netns (xt_addrtype via the local routing table).

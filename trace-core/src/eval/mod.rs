@@ -64,6 +64,36 @@ pub struct EvalInput<'a> {
     pub state: &'a PacketState,
     /// skb->nf_trace was already set (by a TRACE target in an earlier table).
     pub nf_trace: bool,
+    /// The conntrack entry's tuples where the traversal shows them (`--ctorig*`/`--ctrepl*`).
+    pub tuples: CtTuples,
+}
+
+/// One direction of a conntrack entry (addresses, and ports for port protocols).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Tuple {
+    pub src: Option<std::net::IpAddr>,
+    pub dst: Option<std::net::IpAddr>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+}
+
+impl Tuple {
+    pub fn of(h: &Headers) -> Tuple {
+        let (sport, dport) = h.l4.ports().unzip();
+        Tuple { src: Some(h.src), dst: Some(h.dst), sport, dport }
+    }
+
+    /// The other direction of the same flow.
+    pub fn inverse(&self) -> Tuple {
+        Tuple { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport }
+    }
+}
+
+/// What is known of ct->tuplehash[ORIGINAL] / [REPLY] (None: unknown, a branch point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CtTuples {
+    pub orig: Option<Tuple>,
+    pub reply: Option<Tuple>,
 }
 
 /// How a table traversal ended.
@@ -202,6 +232,7 @@ enum RuleMatch {
 /// Read-only view of the packet for match decisions.
 pub(crate) struct Pkt<'a> {
     pub family: Family,
+    pub tuples: CtTuples,
     pub h: &'a Headers,
     pub src: u128,
     pub dst: u128,
@@ -274,6 +305,7 @@ impl Evaluator {
         let h = &input.state.headers;
         let pkt = Pkt {
             family: h.family(),
+            tuples: input.tuples,
             h,
             src: ip_bits(h.src),
             dst: ip_bits(h.dst),

@@ -14,7 +14,7 @@
 
 mod evidence;
 
-use crate::eval::{Assumption, Candidate, EvalInput, Evaluator, NatRequest, NetContext, TableVerdict};
+use crate::eval::{Assumption, Candidate, CtTuples, EvalInput, Evaluator, NatRequest, NetContext, TableVerdict, Tuple};
 use crate::event::Headers;
 use crate::netfilter::{Hook, Table};
 use crate::packet::{HookPass, ObservedVerdict, PacketState, PacketTrace, TableObservation};
@@ -148,11 +148,12 @@ impl ReconstructedPacket {
 /// packet's family) and the netns's host state.
 pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> ReconstructedPacket {
     let mut nf_trace = false;
+    let tuples = ct_tuples(packet);
     let mut hooks = Vec::with_capacity(packet.hooks.len());
     for hp in &packet.hooks {
         let mut tables = Vec::with_capacity(hp.tables.len());
         for obs in &hp.tables {
-            let tr = reconstruct_table(packet, hp, obs, ev, ctx, nf_trace);
+            let tr = reconstruct_table(packet, hp, obs, ev, ctx, nf_trace, tuples);
             // skb->nf_trace stays set for the rest of the traversal once a TRACE target ran.
             nf_trace |= tr.paths.first().is_some_and(|p| p.sets_trace);
             tables.push(tr);
@@ -163,6 +164,36 @@ pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> Re
     ReconstructedPacket { packet: packet.clone(), hooks, status }
 }
 
+/// The conntrack tuples this traversal shows. A packet enters conntrack (PREROUTING/OUTPUT,
+/// before any NAT) with the tuple of its direction, and leaves its last hook
+/// (POSTROUTING/INPUT, after nat) as the inverse of the other direction's tuple. The latter
+/// is final only for established connections: while a connection's first packet traverses,
+/// its reply tuple still changes (SNAT is set up in POSTROUTING). RELATED packets (ICMP
+/// errors) carry neither tuple.
+fn ct_tuples(packet: &PacketTrace) -> CtTuples {
+    let ct = packet.hooks.iter().flat_map(|h| &h.tables).find_map(|t| t.before.ct.or(t.after.as_ref().and_then(|a| a.ct)));
+    let entry = packet
+        .hooks
+        .first()
+        .filter(|h| matches!(h.hook, Hook::Prerouting | Hook::Output))
+        .and_then(|h| h.tables.first())
+        .map(|t| Tuple::of(&t.before.headers));
+    let exit = packet
+        .hooks
+        .last()
+        .filter(|h| matches!(h.hook, Hook::Postrouting | Hook::Input))
+        .and_then(|h| h.tables.last())
+        .and_then(|t| t.after.as_ref())
+        .map(|a| Tuple::of(&a.headers).inverse());
+    match ct.map(|c| c.ctinfo) {
+        Some(2) => CtTuples { orig: entry, reply: None },
+        Some(0) => CtTuples { orig: entry, reply: exit.filter(|_| !packet.incomplete) },
+        Some(3) => CtTuples { orig: exit.filter(|_| !packet.incomplete), reply: entry },
+        _ => CtTuples::default(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn reconstruct_table(
     packet: &PacketTrace,
     hp: &HookPass,
@@ -170,6 +201,7 @@ fn reconstruct_table(
     ev: &Evaluator,
     ctx: &NetContext,
     nf_trace: bool,
+    tuples: CtTuples,
 ) -> TableResult {
     let mut result = TableResult {
         table: obs.table,
@@ -203,6 +235,7 @@ fn reconstruct_table(
         gid: hp.gid,
         state: &obs.before,
         nf_trace,
+        tuples,
     };
     let traversal = match ev.evaluate(obs.table, &input, ctx) {
         Ok(t) => t,
