@@ -13,6 +13,10 @@
 //!   integration point with trace_core::reconstruct/output/record).
 
 pub mod btf;
+// fentry/kprobe backends (issue 6).
+pub mod classic;
+pub mod fentry;
+pub mod modbtf;
 pub mod link;
 pub mod loader;
 pub mod object;
