@@ -553,3 +553,36 @@ fn conntrack_tuples_when_known() {
     let t = c.run(&dump, Table::Filter, &unknown());
     assert_eq!(t.candidates.len(), 2, "unknown reply tuple: rule 2 is a branch point");
 }
+
+/// Reconstruction derives the tuples from the traversal: an ESTABLISHED packet DNAT'ed by
+/// conntrack still has the original destination port in its original tuple.
+#[test]
+fn reconstruction_knows_the_original_tuple() {
+    let dump = filter("-A FORWARD -m conntrack --ctorigdstport 10000 -j ACCEPT\n");
+    let ev = Evaluator::new(rules::parse(&dump).unwrap());
+    let pre = tcp("192.168.64.5", 5000, "192.168.64.4", 10000, tcp_flags::ACK);
+    let post = tcp("192.168.64.5", 5000, "172.19.0.9", 80, tcp_flags::ACK);
+    let st = |h: &Headers| PacketState { headers: h.clone(), mark: 0, ct: EST };
+    let obs = |t: Table, p: i32, b: &Headers, a: &Headers| TableObservation { table: t, priority: p, before: st(b), after: Some(st(a)), verdict: ObservedVerdict::Accept };
+    let pass = |hook, tables| HookPass { hook, ts_ns: 0, in_dev: Some("eth0".into()), out_dev: Some("br0".into()), mac: None, uid: None, gid: None, tables, stages: vec![], probes: vec![] };
+    let p = PacketTrace {
+        id: 1,
+        skb: 1,
+        gen: 1,
+        netns: 1,
+        family: Family::Ipv4,
+        first_ts_ns: 0,
+        hooks: vec![
+            pass(Hook::Prerouting, vec![obs(Table::Nat, -100, &pre, &post)]),
+            pass(Hook::Forward, vec![obs(Table::Filter, 0, &post, &post)]),
+            pass(Hook::Postrouting, vec![obs(Table::Nat, 100, &post, &post)]),
+        ],
+        incomplete: false,
+        fate: Default::default(),
+    };
+    // The dump has no nat table: reconstruct only the filter table's hook.
+    let rp = reconstruct(&p, &ev, &unknown());
+    let filter = &rp.hooks[1].tables[0];
+    assert_eq!(filter.status, Status::Confirmed, "{filter:#?}");
+    assert_eq!(filter.paths[0].steps.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(), ["filter:FORWARD:rule:1"]);
+}
