@@ -34,6 +34,7 @@ pub fn packet_json(rp: &ReconstructedPacket) -> Value {
         "ts_ns": p.first_ts_ns,
         "status": rp.status.as_str(),
         "incomplete": p.incomplete,
+        "fate": p.fate,
         "packet": p.hooks.first().and_then(|h| h.tables.first()).map(|t| headers_json(&t.before.headers)),
         "hooks": hooks,
     })

@@ -2,6 +2,7 @@
 //! inline, NAT arrows, verdicts and the status of every table. ANSI colors only when asked.
 
 use crate::event::{tcp_flags, Headers, L4};
+use crate::packet::Fate;
 use crate::reconstruct::{Endpoint, Path, ReconstructedPacket, Status, TableResult};
 use std::io::{self, Write};
 
@@ -54,7 +55,15 @@ pub fn summary(h: &Headers) -> String {
 pub fn write_pretty(w: &mut dyn Write, rp: &ReconstructedPacket, style: Style) -> io::Result<()> {
     let p = &rp.packet;
     let first = p.hooks.first().and_then(|h| h.tables.first()).map(|t| summary(&t.before.headers)).unwrap_or_default();
-    writeln!(w, "{} {first}  netns {}  [{}]{}", style.paint("1", &format!("packet #{}", p.id)), p.netns, style.status(rp.status), if p.incomplete { "  (incomplete capture)" } else { "" })?;
+    writeln!(
+        w,
+        "{} {first}  netns {}  [{}]{}{}",
+        style.paint("1", &format!("packet #{}", p.id)),
+        p.netns,
+        style.status(rp.status),
+        fate(&p.fate, style),
+        if p.incomplete { "  (incomplete capture)" } else { "" }
+    )?;
     for (rh, hp) in rp.hooks.iter().zip(&p.hooks) {
         let dev = |k: &str, d: &Option<String>| d.as_ref().map(|d| format!(" {k}={d}")).unwrap_or_default();
         // Conntrack state as the last table of the hook saw it (raw runs before conntrack).
@@ -65,6 +74,20 @@ pub fn write_pretty(w: &mut dyn Write, rp: &ReconstructedPacket, style: Style) -
         }
     }
     Ok(())
+}
+
+/// How the traversal ended, when it did not simply go on.
+fn fate(f: &Fate, style: Style) -> String {
+    match f {
+        Fate::Delivered | Fate::Unknown => String::new(),
+        Fate::Dropped { hook, stage } => format!("  {}", style.paint("31;1", &format!("dropped in {hook} {stage}"))),
+        Fate::Stolen { hook, stage } => format!("  {}", style.paint("33", &format!("stolen/queued in {hook} {stage}"))),
+        Fate::DroppedOutside { after, reason, reason_name } => {
+            let why = reason_name.clone().unwrap_or_else(|| reason.to_string());
+            format!("  {}", style.paint("31", &format!("dropped after {after} ({why})")))
+        }
+        Fate::Vanished { after } => format!("  vanished after {after}"),
+    }
 }
 
 /// enum ip_conntrack_info as conntrack's state names.
