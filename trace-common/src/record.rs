@@ -46,6 +46,10 @@ pub mod probe_flags {
     pub const GID: u16 = 1 << 4;
     /// This is the first record of the traversal (the probe that applied the filter).
     pub const FIRST: u16 = 1 << 5;
+    /// `in_*`/`out_*` device fields were read. The probes read devices, MAC and socket owner
+    /// once per hook (on the hook's first record of the packet): later records of the same
+    /// hook leave them out.
+    pub const DEVS: u16 = 1 << 6;
 }
 
 /// [`HeaderSnapshot::l4_flags`] bits.
@@ -176,7 +180,8 @@ pub struct Tracked {
     pub records: u16,
     /// 1 = pending (filter passed, sampling decision waits for conntrack), 2 = tracked.
     pub state: u8,
-    pub _pad0: u8,
+    /// Hook of the last record sent (0xff: none): devices are read once per hook.
+    pub last_hook: u8,
     pub _pad1: u64,
 }
 
@@ -231,6 +236,8 @@ pub struct KernelOffsets {
     pub ct_mark: u32,
     /// tuplehash[IP_CT_DIR_ORIGINAL].tuple
     pub ct_tuple: u32,
+    /// tuplehash[IP_CT_DIR_REPLY].tuple
+    pub ct_reply_tuple: u32,
     // struct nf_conntrack_tuple
     pub tuple_src_u3: u32,
     pub tuple_src_port: u32,
@@ -284,6 +291,17 @@ pub struct ProbeConfig {
     pub filter_preds: u32,
 }
 
+/// Bits of the read-only global `FILTER_FIELDS` (u32): which optional packet fields the loaded
+/// filter looks at, so the first-sight probe reads them for every packet only when needed.
+/// The default in the object is [`filter_fields::ALL`].
+pub mod filter_fields {
+    /// Device names (`iface`).
+    pub const DEVS: u32 = 1 << 0;
+    /// skb->mark (`mark`).
+    pub const MARK: u32 = 1 << 1;
+    pub const ALL: u32 = DEVS | MARK;
+}
+
 /// Token bucket state for `--rate-limit` (single-entry array map).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -305,7 +323,7 @@ const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 248);
 const _: () = assert!(core::mem::size_of::<DropRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<TableOffsets>() == 32);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);

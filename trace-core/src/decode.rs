@@ -122,6 +122,8 @@ impl Decoder {
             id: r.ct_id,
         });
         let mac_len = (r.mac_len as usize).min(r.mac.len());
+        // Devices are sent on a packet's first record of each hook only.
+        let devs = r.flags & probe_flags::DEVS != 0;
         Ok(ProbeEvent {
             ts_ns: r.ts_ns,
             skb: r.skb,
@@ -130,10 +132,10 @@ impl Decoder {
             family,
             hook,
             priority: r.priority,
-            in_ifindex: r.in_ifindex,
-            out_ifindex: r.out_ifindex,
-            in_dev: dev_name(&r.in_dev),
-            out_dev: dev_name(&r.out_dev),
+            in_ifindex: if devs { r.in_ifindex } else { 0 },
+            out_ifindex: if devs { r.out_ifindex } else { 0 },
+            in_dev: devs.then(|| dev_name(&r.in_dev)).flatten(),
+            out_dev: devs.then(|| dev_name(&r.out_dev)).flatten(),
             mark: r.mark,
             ct,
             headers,
@@ -240,7 +242,7 @@ mod tests {
         r.in_ifindex = 2;
         r.in_dev[..4].copy_from_slice(b"eth0");
         r.mark = 7;
-        r.flags = probe_flags::HEADERS | probe_flags::CT | probe_flags::MAC;
+        r.flags = probe_flags::HEADERS | probe_flags::CT | probe_flags::MAC | probe_flags::DEVS;
         r.ctinfo = 2;
         r.ct_status = 0x120;
         r.ct_id = 0xffff_8881_3949_6e00;
@@ -297,6 +299,7 @@ mod tests {
         let Event::Probe(p) = Decoder::default().decode(&bytes_of(&r, PROBE_SHORT_LEN)).unwrap() else { panic!() };
         assert_eq!(p.headers, None);
         assert_eq!(p.mac, None);
+        assert_eq!((p.in_dev, p.in_ifindex), (None, 0), "no DEVS flag: devices not sent");
     }
 
     #[test]

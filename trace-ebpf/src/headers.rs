@@ -21,19 +21,20 @@ const MAX_EXT_HEADERS: usize = 4;
 /// Fill `h` from the network header at `nh` (kernel address). `pf` is NFPROTO_IPV4/IPV6.
 /// Returns false when the IP header could not be read.
 #[inline(always)]
-pub fn snapshot(pf: u8, nh: u64, h: &mut HeaderSnapshot) -> bool {
+/// `options`: also copy the TCP options (not needed by the filter).
+pub fn snapshot(pf: u8, nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
     // Start from zero so that fields the protocol does not set hash and compare stably.
     // SAFETY: plain data; write_bytes avoids a 112-byte temporary on the stack.
     unsafe { core::ptr::write_bytes(h as *mut HeaderSnapshot, 0, 1) };
     if pf == 2 {
-        ipv4(nh, h)
+        ipv4(nh, h, options)
     } else {
-        ipv6(nh, h)
+        ipv6(nh, h, options)
     }
 }
 
 #[inline(always)]
-fn ipv4(nh: u64, h: &mut HeaderSnapshot) -> bool {
+fn ipv4(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
     let mut ip = [0u8; 20];
     if !read_buf(nh, &mut ip) {
         return false;
@@ -55,12 +56,12 @@ fn ipv4(nh: u64, h: &mut HeaderSnapshot) -> bool {
         h.l4_flags = 0;
         return true;
     }
-    transport(nh + ihl, h);
+    transport(nh + ihl, h, options);
     true
 }
 
 #[inline(always)]
-fn ipv6(nh: u64, h: &mut HeaderSnapshot) -> bool {
+fn ipv6(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
     let mut ip = [0u8; 40];
     if !read_buf(nh, &mut ip) {
         return false;
@@ -98,13 +99,13 @@ fn ipv6(nh: u64, h: &mut HeaderSnapshot) -> bool {
         }
     }
     h.proto = next;
-    transport(off, h);
+    transport(off, h, options);
     true
 }
 
 /// Read the transport header at `l4` according to `h.proto`.
 #[inline(always)]
-fn transport(l4: u64, h: &mut HeaderSnapshot) {
+fn transport(l4: u64, h: &mut HeaderSnapshot, options: bool) {
     h.l4_flags = 0;
     h.tcp_opt_len = 0;
     match h.proto {
@@ -122,7 +123,7 @@ fn transport(l4: u64, h: &mut HeaderSnapshot) {
             h.tcp_flags = t[13];
             h.tcp_window = u16::from_be_bytes([t[14], t[15]]);
             h.tcp_urgp = u16::from_be_bytes([t[18], t[19]]);
-            if doff > 20 && doff <= 20 + TCP_OPTIONS_MAX {
+            if options && doff > 20 && doff <= 20 + TCP_OPTIONS_MAX {
                 // Always copy the maximum: a constant size for the verifier; bytes past
                 // the options are ignored (tcp_opt_len).
                 if read_buf(l4 + 20, &mut h.tcp_options) {

@@ -35,6 +35,20 @@ pub static SCRATCH: PerCpuArray<ProbeRecord> = PerCpuArray::with_max_entries(1, 
 #[map]
 pub static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 
+/// Time of the last tracking activity (index 0; 0 = never). Probes after the first skip the
+/// per-skb lookup when nothing was tracked for a while, so an idle capture costs one array
+/// read per probe.
+#[map]
+pub static ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Sampling decisions per flow (`--sample`): flow hash of a packet's 5-tuple as it first
+/// appears (the conntrack ORIGINAL and REPLY tuples) → FLOW_KEEP / FLOW_SKIP, so only a flow's
+/// first packets wait for conntrack; later ones are decided at first sight with one lookup.
+#[map]
+pub static FLOWS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
+pub const FLOW_KEEP: u32 = 1;
+pub const FLOW_SKIP: u32 = 2;
+
 /// `--rate-limit` token bucket (index 0).
 #[map]
 pub static RATE: Array<RateState> = Array::with_max_entries(1, 0);
@@ -60,6 +74,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     ct_status: 0,
     ct_mark: 0,
     ct_tuple: 0,
+    ct_reply_tuple: 0,
     tuple_src_u3: 0,
     tuple_src_port: 0,
     tuple_dst_u3: 0,
@@ -78,9 +93,17 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 #[no_mangle]
 pub static CONFIG: ProbeConfig = ProbeConfig { sample_n: 0, rate_limit: 0, filter_clauses: 0, filter_preds: 0 };
 
+/// `trace_common::record::filter_fields` bits (set by the nfhook collector at load time;
+/// other loaders keep the default: read everything).
+#[no_mangle]
+pub static FILTER_FIELDS: u32 = trace_common::record::filter_fields::ALL;
+
 /// Read one field of a read-only global: volatile, so the compiler keeps the load (the values
 /// are patched into .rodata after compilation) and the verifier sees a constant.
 macro_rules! global {
+    ($g:ident) => {
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::$g)) }
+    };
     ($g:ident . $f:ident) => {
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!($crate::maps::$g.$f)) }
     };

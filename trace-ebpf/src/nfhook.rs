@@ -17,13 +17,14 @@ use aya_ebpf::{
 };
 use trace_common::{
     filter::{input_flags, pred_matches, FilterInput, FilterPredicate, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS},
-    record::{kind, probe_flags, Counters, ProbeRecord, Tracked, PRIORITY_MAGIC, RECORD_VERSION},
+    flowhash,
+    record::{filter_fields, kind, probe_flags, Counters, ProbeRecord, Tracked, PRIORITY_MAGIC, RECORD_VERSION},
 };
 
 use crate::{
     filter, headers,
     kread::{read, read_buf},
-    maps::{global, Pending, COUNTERS, EVENTS, FILTER, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED},
+    maps::{global, Pending, ACTIVE, FLOWS, FLOW_KEEP, FLOW_SKIP, COUNTERS, EVENTS, FILTER, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED},
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -70,11 +71,44 @@ pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
             return NF_ACCEPT;
         }
     }
+    if !recently_active() {
+        return NF_ACCEPT;
+    }
     if let Some(t) = TRACKED.get_ptr_mut(&skb) {
         // SAFETY: map value pointer, valid for this program run.
         follow(state, skb, prio, unsafe { &mut *t });
     }
     NF_ACCEPT
+}
+
+/// Nothing tracked for this long: later probes stop looking skbs up.
+const ACTIVE_WINDOW_NS: u64 = 1_000_000_000;
+/// ACTIVE is refreshed at most this often (one shared cache line).
+const ACTIVE_REFRESH_NS: u64 = 50_000_000;
+
+/// Was anything tracked within the window? One array read while the capture is idle
+/// (nothing ever matched), plus a clock read once something did.
+#[inline(always)]
+fn recently_active() -> bool {
+    let Some(a) = ACTIVE.get(0) else { return true };
+    let last = *a;
+    if last == 0 {
+        return false;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    now.wrapping_sub(last) < ACTIVE_WINDOW_NS
+}
+
+#[inline(always)]
+fn mark_active(now: u64) {
+    if let Some(a) = ACTIVE.get_ptr_mut(0) {
+        // SAFETY: array map value; a racy store of a timestamp is fine.
+        unsafe {
+            if now.wrapping_sub(*a) > ACTIVE_REFRESH_NS {
+                *a = now;
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -92,40 +126,59 @@ pub(crate) fn first_sight(state: u64, skb: u64, prio: i32) {
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
     let now = unsafe { bpf_ktime_get_ns() };
-    fill_filter_fields(rec, state, skb, prio, now);
+    read_filter_fields(rec, state, skb);
     if !selected(rec) {
-        // A recycled skb address may still be in the map from an earlier traversal.
-        let _ = TRACKED.remove(&skb);
+        // A recycled skb address may still be in the map from an earlier traversal (only
+        // consulted while something is being tracked).
+        if recently_active() {
+            let _ = TRACKED.remove(&skb);
+        }
         c.filtered_out += 1;
         return;
     }
-    fill_rest(rec, state, skb);
     let sampling = global!(CONFIG.sample_n) > 1;
+    // Later packets of a flow already decided: skip or track at once, no waiting.
+    let known = if sampling { known_flow(rec) } else { None };
+    if known == Some(false) {
+        if recently_active() {
+            let _ = TRACKED.remove(&skb);
+        }
+        c.sampled_out += 1;
+        return;
+    }
+    mark_active(now);
     let mut t = Tracked {
         gen: now,
         last_hash: 0,
-        netns: rec.netns,
+        netns: 0,
         records: 0,
-        state: if sampling { STATE_PENDING } else { STATE_TRACKED },
-        _pad0: 0,
+        state: STATE_TRACKED,
+        last_hook: NO_HOOK,
         _pad1: 0,
     };
+    rec.ts_ns = now;
+    rec.priority = prio;
+    let hash = fill_record(rec, state, skb, &mut t);
+    t.netns = rec.netns;
+    if sampling && known.is_none() {
+        t.state = STATE_PENDING;
+    }
     rec.gen = now;
     rec.flags |= probe_flags::FIRST;
-    if !sampling {
+    if t.state == STATE_TRACKED {
         if !rate_ok() {
             let _ = TRACKED.remove(&skb);
             c.rate_limited += 1;
             return;
         }
         c.tracked += 1;
-        emit(rec, &mut t, c);
+        emit(rec, &mut t, c, hash);
     } else if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
         if !decide(rec, &mut t, c) {
             let _ = TRACKED.remove(&skb);
             return;
         }
-        emit(rec, &mut t, c);
+        emit(rec, &mut t, c, hash);
     } else {
         start_pending(rec, &mut t);
     }
@@ -140,10 +193,13 @@ pub(crate) fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
     let now = unsafe { bpf_ktime_get_ns() };
-    fill_record(rec, state, skb, prio, now);
+    rec.ts_ns = now;
+    rec.priority = prio;
+    let hash = fill_record(rec, state, skb, t);
     rec.gen = t.gen;
     if t.state == STATE_TRACKED {
-        emit(rec, t, c);
+        mark_active(now);
+        emit(rec, t, c, hash);
         return;
     }
     if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
@@ -152,7 +208,7 @@ pub(crate) fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
             return;
         }
         flush_pending(skb, t, c);
-        emit(rec, t, c);
+        emit(rec, t, c, hash);
     } else {
         add_pending(rec, t);
     }
@@ -232,26 +288,50 @@ fn decide(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) -> bool {
     true
 }
 
+/// Keep this flow? With a conntrack entry: hash of its ORIGINAL tuple (both directions and
+/// NAT'ed packets agree), and the decision is remembered in FLOWS under the hashes of both
+/// tuples, i.e. of the packets of either direction as they arrive. Without: the packet's own
+/// 5-tuple.
 #[inline(never)]
 fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
-    if rec.ct_id != 0 {
-        let tuple = rec.ct_id + global!(OFFSETS.ct_tuple) as u64;
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        read_buf(tuple + global!(OFFSETS.tuple_src_u3) as u64, &mut src);
-        read_buf(tuple + global!(OFFSETS.tuple_dst_u3) as u64, &mut dst);
-        let sport = u16::from_be(read(tuple, global!(OFFSETS.tuple_src_port)));
-        let dport = u16::from_be(read(tuple, global!(OFFSETS.tuple_dst_port)));
-        let proto: u8 = read(tuple, global!(OFFSETS.tuple_dst_protonum));
-        if rec.pf == 2 {
-            // The tuple's union is 16 bytes; IPv4 uses the first 4, the rest may be stale.
-            src[4..].fill(0);
-            dst[4..].fill(0);
-        }
-        return filter::flow_sampled(rec.pf, proto, &src, sport, &dst, dport, n);
+    if rec.ct_id == 0 {
+        let h = &rec.headers;
+        return filter::flow_sampled(rec.pf, h.proto, &h.saddr, h.sport, &h.daddr, h.dport, n);
     }
+    let orig = tuple_hash(rec.ct_id + global!(OFFSETS.ct_tuple) as u64, rec.pf);
+    let keep = flowhash::sample_keep(orig, n);
+    let d = if keep { FLOW_KEEP } else { FLOW_SKIP };
+    let reply = tuple_hash(rec.ct_id + global!(OFFSETS.ct_reply_tuple) as u64, rec.pf);
+    let _ = FLOWS.insert(&orig, &d, 0);
+    let _ = FLOWS.insert(&reply, &d, 0);
+    keep
+}
+
+/// flow_hash of a struct nf_conntrack_tuple at `tuple`.
+#[inline(always)]
+fn tuple_hash(tuple: u64, pf: u8) -> u32 {
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    read_buf(tuple + global!(OFFSETS.tuple_src_u3) as u64, &mut src);
+    read_buf(tuple + global!(OFFSETS.tuple_dst_u3) as u64, &mut dst);
+    let sport = u16::from_be(read(tuple, global!(OFFSETS.tuple_src_port)));
+    let dport = u16::from_be(read(tuple, global!(OFFSETS.tuple_dst_port)));
+    let proto: u8 = read(tuple, global!(OFFSETS.tuple_dst_protonum));
+    if pf == 2 {
+        // The tuple's address union is 16 bytes; IPv4 uses the first 4, the rest may be stale.
+        src[4..].fill(0);
+        dst[4..].fill(0);
+    }
+    flowhash::flow_hash(pf, proto, &src, sport, &dst, dport)
+}
+
+/// A decision already made for this packet's flow (FLOWS), from its 5-tuple at first sight.
+#[inline(always)]
+fn known_flow(rec: &ProbeRecord) -> Option<bool> {
     let h = &rec.headers;
-    filter::flow_sampled(rec.pf, h.proto, &h.saddr, h.sport, &h.daddr, h.dport, n)
+    let key = flowhash::flow_hash(rec.pf, h.proto, &h.saddr, h.sport, &h.daddr, h.dport);
+    // SAFETY: map value read.
+    FLOWS.get_ptr(&key).map(|d| unsafe { *d } == FLOW_KEEP)
 }
 
 /// `--rate-limit` token bucket (one global bucket; updates are racy across CPUs, which only
@@ -279,14 +359,11 @@ fn rate_ok() -> bool {
     true
 }
 
-/// Write `rec` to the ring buffer, without the header snapshot when it did not change.
+/// Write `rec` to the ring buffer (without the header snapshot unless `fill_record` read
+/// one). `hash` identifies the headers it carries.
 #[inline(never)]
-fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters) {
-    let hash = header_hash(rec);
-    let with_headers = rec.flags & probe_flags::HEADERS != 0 && hash != t.last_hash;
-    if !with_headers {
-        rec.flags &= !probe_flags::HEADERS;
-    }
+fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
+    let with_headers = rec.flags & probe_flags::HEADERS != 0;
     let len = if with_headers { FULL_LEN } else { SHORT_LEN };
     rec.header.len = len as u32;
     // SAFETY: ProbeRecord is plain data; we send its first `len` bytes.
@@ -304,8 +381,9 @@ fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters) {
         }
     } else {
         c.lost += 1;
-        // The collector missed this record: send the headers again next time.
+        // The collector missed this record: send headers and devices again next time.
         t.last_hash = 0;
+        t.last_hook = NO_HOOK;
     }
 }
 
@@ -356,7 +434,8 @@ fn flush_pending(skb: u64, t: &mut Tracked, c: &mut Counters) {
         if i as u32 >= p.count {
             break;
         }
-        emit(&mut p.records[i], t, c);
+        // Held records were filled with headers and devices: send them as they are.
+        emit(&mut p.records[i], t, c, t.last_hash);
     }
     if p.count as usize > PENDING_RECORDS {
         c.lost += (p.count as usize - PENDING_RECORDS) as u64;
@@ -364,50 +443,88 @@ fn flush_pending(skb: u64, t: &mut Tracked, c: &mut Counters) {
     p.skb = 0;
 }
 
-/// Fill everything but `gen` from the hook state and the skb.
-#[inline(never)]
-fn fill_record(rec: &mut ProbeRecord, state: u64, skb: u64, prio: i32, now: u64) {
-    fill_filter_fields(rec, state, skb, prio, now);
-    fill_rest(rec, state, skb);
-}
+/// `Tracked::last_hook` before any record.
+const NO_HOOK: u8 = 0xff;
 
-/// What the filter looks at (and the record header): hook, family, devices, mark, headers.
-/// A first-sight probe reads only this for packets the filter rejects.
+/// Fill everything but `gen`, `ts_ns` and `priority`. The header snapshot is read only when the packet's first
+/// bytes changed since the record last sent (returns their hash); devices, MAC and socket
+/// owner only on the first record of each hook.
 #[inline(never)]
-fn fill_filter_fields(rec: &mut ProbeRecord, state: u64, skb: u64, prio: i32, now: u64) {
+fn fill_record(rec: &mut ProbeRecord, state: u64, skb: u64, t: &mut Tracked) -> u64 {
     rec.header.kind = kind::PROBE;
     rec.header.version = RECORD_VERSION;
-    rec.ts_ns = now;
     rec.skb = skb;
-    rec.priority = prio;
     rec.flags = 0;
+    rec.mac_len = 0;
     rec.hook = read(state, global!(OFFSETS.state_hook));
     rec.pf = read(state, global!(OFFSETS.state_pf));
-    let indev: u64 = read(state, global!(OFFSETS.state_in));
-    let outdev: u64 = read(state, global!(OFFSETS.state_out));
-    dev_name(indev, &mut rec.in_dev);
-    dev_name(outdev, &mut rec.out_dev);
+    rec.netns = if t.netns != 0 {
+        t.netns
+    } else {
+        let net: u64 = read(state, global!(OFFSETS.state_net));
+        read(net, global!(OFFSETS.net_inum))
+    };
     rec.mark = read(skb, global!(OFFSETS.skb_mark));
+    conntrack(rec, skb);
     let head: u64 = read(skb, global!(OFFSETS.skb_head));
     let nh: u16 = read(skb, global!(OFFSETS.skb_network_header));
-    if head != 0 && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers) {
+    let hash = quick_hash(head + nh as u64);
+    if head != 0 && (hash != t.last_hash || t.last_hash == 0) && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true) {
         rec.flags |= probe_flags::HEADERS;
+    }
+    if rec.hook != t.last_hook {
+        let indev: u64 = read(state, global!(OFFSETS.state_in));
+        let outdev: u64 = read(state, global!(OFFSETS.state_out));
+        rec.in_ifindex = read(indev, global!(OFFSETS.dev_ifindex));
+        rec.out_ifindex = read(outdev, global!(OFFSETS.dev_ifindex));
+        dev_name(indev, &mut rec.in_dev);
+        dev_name(outdev, &mut rec.out_dev);
+        rec.flags |= probe_flags::DEVS;
+        mac(rec, skb, head, indev);
+        creds(rec, skb);
+        t.last_hook = rec.hook;
+    }
+    hash
+}
+
+/// What the filter looks at: family, headers (no TCP options), and devices / mark only when
+/// the loaded filter uses them. All a first-sight probe reads for packets it rejects.
+#[inline(never)]
+fn read_filter_fields(rec: &mut ProbeRecord, state: u64, skb: u64) {
+    rec.pf = read(state, global!(OFFSETS.state_pf));
+    if global!(FILTER_FIELDS) & filter_fields::DEVS != 0 {
+        let indev: u64 = read(state, global!(OFFSETS.state_in));
+        let outdev: u64 = read(state, global!(OFFSETS.state_out));
+        dev_name(indev, &mut rec.in_dev);
+        dev_name(outdev, &mut rec.out_dev);
+    }
+    rec.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 { read(skb, global!(OFFSETS.skb_mark)) } else { 0 };
+    let head: u64 = read(skb, global!(OFFSETS.skb_head));
+    let nh: u16 = read(skb, global!(OFFSETS.skb_network_header));
+    if head == 0 || !headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, false) {
+        // Unreadable headers: nothing for the filter to match on.
+        rec.headers.proto = 0;
+        rec.headers.l4_flags = 0;
     }
 }
 
-/// The rest of a record: netns, ifindexes, conntrack, MAC, socket owner.
-#[inline(never)]
-fn fill_rest(rec: &mut ProbeRecord, state: u64, skb: u64) {
-    let net: u64 = read(state, global!(OFFSETS.state_net));
-    rec.netns = read(net, global!(OFFSETS.net_inum));
-    let indev: u64 = read(state, global!(OFFSETS.state_in));
-    let outdev: u64 = read(state, global!(OFFSETS.state_out));
-    rec.in_ifindex = read(indev, global!(OFFSETS.dev_ifindex));
-    rec.out_ifindex = read(outdev, global!(OFFSETS.dev_ifindex));
-    conntrack(rec, skb);
-    let head: u64 = read(skb, global!(OFFSETS.skb_head));
-    mac(rec, skb, head, indev);
-    creds(rec, skb);
+/// Hash of the packet's first 64 bytes from the network header: IP header and the start of
+/// the transport header, checksums included, so any rewrite (NAT, TTL, TOS, MSS) changes it.
+#[inline(always)]
+fn quick_hash(nh: u64) -> u64 {
+    let mut w = [0u64; 8];
+    // SAFETY: reading into a plain array.
+    let ok = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(nh as *const [u64; 8]) };
+    if let Ok(v) = ok {
+        w = v;
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in w {
+        h ^= x;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // 0 means "nothing sent yet".
+    h | 1
 }
 
 #[inline(always)]
@@ -486,24 +603,6 @@ fn creds(rec: &mut ProbeRecord, skb: u64) {
     rec.uid = read(cred, global!(OFFSETS.cred_fsuid));
     rec.gid = read(cred, global!(OFFSETS.cred_fsgid));
     rec.flags |= probe_flags::UID | probe_flags::GID;
-}
-
-/// FNV-1a over the snapshot's 32-bit words (headers-changed detection only).
-#[inline(always)]
-fn header_hash(rec: &ProbeRecord) -> u64 {
-    let words = unsafe {
-        core::slice::from_raw_parts(
-            &rec.headers as *const _ as *const u32,
-            core::mem::size_of_val(&rec.headers) / 4,
-        )
-    };
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for w in words {
-        h ^= *w as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    // 0 means "nothing sent yet".
-    h | 1
 }
 
 /// skb:kfree_skb(skb, location, reason, rx_sk): report drops of tracked skbs and stop

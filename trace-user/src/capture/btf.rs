@@ -54,7 +54,7 @@ struct Member {
 #[derive(Debug, Clone)]
 enum Type {
     /// struct or union
-    Composite { name: String, members: Vec<Member> },
+    Composite { name: String, size: u32, members: Vec<Member> },
     Enum { name: String, values: Vec<(String, i64)> },
     /// typedef/const/volatile/restrict/type_tag: follow to `ty`.
     Alias { ty: u32 },
@@ -123,7 +123,7 @@ impl Btf {
                             bit_offset: if kind_flag { off & 0x00ff_ffff } else { off },
                         });
                     }
-                    (Type::Composite { name: name(name_off), members }, vlen * 12)
+                    (Type::Composite { name: name(name_off), size: size_or_type, members }, vlen * 12)
                 }
                 KIND_ENUM => {
                     let mut values = Vec::with_capacity(vlen);
@@ -214,6 +214,17 @@ impl Btf {
         members.iter().filter(|m| m.name.is_empty()).find_map(|m| {
             self.find_member(m.ty, name, depth + 1).map(|(off, ty)| (m.bit_offset + off, ty))
         })
+    }
+
+    /// Size in bytes of `struct name`.
+    pub fn size_of(&self, name: &str) -> Result<u32, BtfError> {
+        let ids = self.by_name.get(name).ok_or_else(|| BtfError::NoStruct { name: name.to_string() })?;
+        ids.iter()
+            .find_map(|&id| match &self.types[id as usize] {
+                Type::Composite { size, members, .. } if !members.is_empty() => Some(*size),
+                _ => None,
+            })
+            .ok_or_else(|| BtfError::NoStruct { name: name.to_string() })
     }
 
     /// value → name of every enumerator of `enum name`.

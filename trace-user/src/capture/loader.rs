@@ -18,8 +18,8 @@ use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use aya_obj::generated::bpf_insn;
-use trace_common::filter::{FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS};
-use trace_common::record::{Counters, KernelOffsets, ProbeConfig, PRIORITY_MAGIC};
+use trace_common::filter::{pred_kind, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS};
+use trace_common::record::{filter_fields, Counters, KernelOffsets, ProbeConfig, PRIORITY_MAGIC};
 
 use super::btf::{Btf, BtfError};
 use super::object;
@@ -98,11 +98,19 @@ impl Loaded {
             filter_clauses: n_clauses,
             filter_preds: max_preds.min(FILTER_MAX_PREDS as u32),
         };
+        let mut fields = 0;
+        if uses_kind(&opts.filter, pred_kind::IFACE) {
+            fields |= filter_fields::DEVS;
+        }
+        if uses_kind(&opts.filter, pred_kind::MARK) {
+            fields |= filter_fields::MARK;
+        }
         let elf = hide_netfilter_sections(object::bytes()?)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ringbuf_size)
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &config, true)
+            .override_global("FILTER_FIELDS", &fields, true)
             .load(&elf)
             .map_err(aya_err)?;
         let mut filter: Array<&mut MapData, FilterProgram> =
@@ -150,6 +158,12 @@ impl Loaded {
             s
         }))
     }
+}
+
+/// Does any predicate of the program test `kind`?
+fn uses_kind(p: &FilterProgram, kind: u8) -> bool {
+    let n = (p.n_clauses as usize).min(FILTER_MAX_CLAUSES);
+    p.clauses[..n].iter().any(|c| c.preds[..(c.n_preds as usize).min(FILTER_MAX_PREDS)].iter().any(|x| x.kind == kind))
 }
 
 fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), LoadError> {
@@ -202,6 +216,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         ct_status: btf.offset("nf_conn", "status")?,
         ct_mark: btf.offset("nf_conn", "mark")?,
         ct_tuple: btf.offset("nf_conn", "tuplehash.tuple")?,
+        ct_reply_tuple: btf.offset("nf_conn", "tuplehash.tuple")? + btf.size_of("nf_conntrack_tuple_hash")?,
         tuple_src_u3: btf.offset("nf_conntrack_tuple", "src.u3")?,
         tuple_src_port: btf.offset("nf_conntrack_tuple", "src.u.all")?,
         tuple_dst_u3: btf.offset("nf_conntrack_tuple", "dst.u3")?,

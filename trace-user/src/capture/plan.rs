@@ -166,8 +166,11 @@ pub fn stages(reg: &Registered, family: Family, hook: Hook) -> Vec<StageSlot> {
     tables.dedup();
     let has_any = !tables.is_empty() || !others.is_empty();
     let mut v = HookPlan::iptables_stages(hook, &tables, has_any);
+    // Defragmentation is not bracketed: one probe less per packet, and the first probe then
+    // sees reassembled packets (as the tables and TRACE do).
+    v.retain(|s| s.stage != Stage::Defrag);
     // Only tables with a chain on this hook register there: without any, nothing to bracket.
-    if v.iter().all(|s| matches!(s.stage, Stage::Defrag | Stage::Conntrack | Stage::ConntrackConfirm)) && others.is_empty() {
+    if v.iter().all(|s| matches!(s.stage, Stage::Conntrack | Stage::ConntrackConfirm)) && others.is_empty() {
         return Vec::new();
     }
     v.extend(others);
@@ -193,11 +196,11 @@ mod tests {
         let reg = Registered { ipv4: vec![Table::Raw], ipv6: vec![], nft: c };
         let s = stages(&reg, Family::Ipv4, Hook::Prerouting);
         let prios: Vec<i32> = s.iter().map(|s| s.priority).collect();
-        assert_eq!(prios, vec![-400, -300, -250, -200, -100]);
-        assert!(matches!(&s[2].stage, Stage::NftChain { chain, .. } if chain == "early"));
+        assert_eq!(prios, vec![-300, -250, -200, -100]);
+        assert!(matches!(&s[1].stage, Stage::NftChain { chain, .. } if chain == "early"));
         // IPv6: only the inet chain is registered there.
         let s6 = stages(&reg, Family::Ipv6, Hook::Prerouting);
-        assert_eq!(s6.iter().map(|s| s.priority).collect::<Vec<_>>(), vec![-400, -250, -200]);
+        assert_eq!(s6.iter().map(|s| s.priority).collect::<Vec<_>>(), vec![-250, -200]);
     }
 
     #[test]
