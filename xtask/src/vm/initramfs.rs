@@ -18,6 +18,8 @@ const HOST_PROGRAMS: &[&str] = &[
     "/usr/bin/kmod",
     "/usr/sbin/modprobe",
     "/usr/sbin/nft",
+    // capture::plan::discover runs `nsenter --net=... nft -j list ruleset`.
+    "/usr/bin/nsenter",
     "/usr/sbin/iptables-legacy",
     "/usr/sbin/iptables-legacy-save",
     "/usr/sbin/iptables-legacy-restore",

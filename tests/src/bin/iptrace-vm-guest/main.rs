@@ -6,6 +6,7 @@
 //! capture backend the docker scenario captured with the real programs (see `vmguest`).
 
 mod report;
+mod scenario;
 
 use std::process::ExitCode;
 

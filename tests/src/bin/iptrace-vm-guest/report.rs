@@ -3,6 +3,7 @@
 //! is caught and reported as FAIL with its message, so one broken case cannot hide the others.
 
 use std::panic::AssertUnwindSafe;
+use trace_user::capture::classic::Flavour;
 use trace_user::lab::{IptablesBackend, LabNs};
 
 /// Collected outcomes (also printed as they happen).
@@ -54,7 +55,17 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
         report.case("env", &format!("lab-{backend}"), || lab_smoke(backend));
     }
     for &b in backends {
-        report.case(b, "all", || Outcome::Skip(format!("backend {b} has no guest cases yet (kernel {kernel})")));
+        let flavour = match b {
+            "fentry" => Flavour::Fentry,
+            "kprobe" => Flavour::Kprobe,
+            other => {
+                report.case(other, "all", || Outcome::Skip(format!("no guest cases for backend {other} yet (kernel {kernel})")));
+                continue;
+            }
+        };
+        for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+            report.case(b, &format!("remote-syn-{backend}"), || crate::scenario::remote_syn(flavour, backend));
+        }
     }
 }
 
