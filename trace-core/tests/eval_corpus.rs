@@ -107,6 +107,7 @@ fn every_corpus_dump_replays_soundly() {
                                 state: &state,
                                 nf_trace: false,
                                 tuples: Default::default(),
+                                dst_local: None,
                             };
                             let t = ev.evaluate(td.table, &input, &ctx).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
                             assert!(!t.candidates.is_empty(), "{}: no candidate", f.display());

@@ -72,6 +72,7 @@ impl Case {
             state: &self.state,
             nf_trace: false,
             tuples: self.tuples,
+            dst_local: None,
         };
         let t = ev.evaluate(table, &input, ctx).unwrap();
         // Render step ids through the evaluator for assertions.
@@ -312,7 +313,7 @@ fn missing_chain_and_missing_table_are_errors_not_guesses() {
     rs.tables[0].chains.remove(input_chain);
     let ev = Evaluator::new(rs);
     let st = PacketState { headers: tcp("10.0.0.1", 1, "10.0.0.2", 2, 0), mark: 0, ct: NEW };
-    let input = EvalInput { hook: Hook::Input, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, gid: None, state: &st, nf_trace: false, tuples: Default::default() };
+    let input = EvalInput { hook: Hook::Input, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, gid: None, state: &st, nf_trace: false, tuples: Default::default(), dst_local: None };
     let t = ev.evaluate(Table::Filter, &input, &unknown()).unwrap();
     assert!(matches!(t.candidates[0].verdict, TableVerdict::Broken { .. }));
     assert!(ev.evaluate(Table::Nat, &input, &unknown()).is_err());

@@ -42,14 +42,26 @@ fn context() -> NetContext {
 }
 
 fn reconstructed() -> Vec<ReconstructedPacket> {
+    reconstructed_with(&context())
+}
+
+fn reconstructed_with(ctx: &NetContext) -> Vec<ReconstructedPacket> {
     let rs = trace_core::rules::parse(&read("node.iptables-nft-save.txt")).unwrap();
     let ev = Evaluator::new(rs);
-    let ctx = context();
     read("packets.jsonl")
         .lines()
         .map(|l| serde_json::from_str::<PacketTrace>(l).unwrap())
-        .map(|p| reconstruct(&p, &ev, &ctx))
+        .map(|p| reconstruct(&p, &ev, ctx))
         .collect()
+}
+
+/// Without the netns's addresses, `-m addrtype` is decided by the kernel's own routing
+/// decisions (INPUT vs FORWARD after PREROUTING, `lo` or not on output): still all confirmed.
+#[test]
+fn routing_evidence_decides_addrtype_without_the_addresses() {
+    for rp in reconstructed_with(&NetContext::unknown()) {
+        assert_eq!(rp.status, Status::Confirmed, "packet {}: {:#?}", rp.packet.id, rp.hooks);
+    }
 }
 
 #[test]

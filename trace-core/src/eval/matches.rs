@@ -279,7 +279,11 @@ fn tuple_matches(
 
 /// The address types `ip` may have in the netns (xt_addrtype via the local routing table).
 /// More than one entry means the context cannot tell.
-fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext) -> Vec<AddrType> {
+/// The address types `ip` may have in the netns (xt_addrtype via the local routing table).
+/// More than one entry means the evidence cannot tell. `routed_local`: what the kernel's own
+/// routing decision for this packet says about `ip` (delivered locally or not), used when
+/// the netns's addresses are unknown.
+fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext, routed_local: Option<bool>, tcp: bool) -> Vec<AddrType> {
     match ip {
         IpAddr::V4(a) => {
             if a.octets()[0] == 0 || a.is_broadcast() {
@@ -296,7 +300,14 @@ fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext) -> Vec<AddrType> 
         }
     }
     if !ctx.known {
-        return vec![AddrType::Local, AddrType::Unicast, AddrType::Broadcast];
+        return match (routed_local, dev) {
+            // Routed elsewhere: not in the local table, so UNICAST.
+            (Some(false), None) => vec![AddrType::Unicast],
+            // Delivered locally: a local address, or (not for TCP) a subnet broadcast.
+            (Some(true), None) if tcp => vec![AddrType::Local],
+            (Some(true), None) => vec![AddrType::Local, AddrType::Broadcast],
+            _ => vec![AddrType::Local, AddrType::Unicast, AddrType::Broadcast],
+        };
     }
     if ctx.is_local(ip, dev) {
         vec![AddrType::Local]
@@ -310,10 +321,12 @@ fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext) -> Vec<AddrType> 
     }
 }
 
-fn addrtype_one(want: &Negatable<Vec<AddrType>>, ip: IpAddr, dev: Option<&str>, ctx: &NetContext) -> Tri {
-    let answers: Vec<bool> = addr_types(ip, dev, ctx).iter().map(|t| want.apply(want.value.contains(t))).collect();
+fn addrtype_one(want: &Negatable<Vec<AddrType>>, types: Vec<AddrType>, ctx_known: bool) -> Tri {
+    let answers: Vec<bool> = types.iter().map(|t| want.apply(want.value.contains(t))).collect();
     if answers.iter().all(|&a| a == answers[0]) {
         answers[0].into()
+    } else if ctx_known {
+        Tri::Unknown("address type not decidable from the netns addresses")
     } else {
         Tri::Unknown("local addresses of the netns unknown")
     }
@@ -327,10 +340,11 @@ fn addrtype(a: &AddrTypeMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
     } else {
         None
     };
+    let tcp = p.h.proto == 6;
     let mut result = Tri::True;
-    for (want, ip) in [(&a.src_type, p.h.src), (&a.dst_type, p.h.dst)] {
+    for (want, ip, routed) in [(&a.src_type, p.h.src, None), (&a.dst_type, p.h.dst, p.dst_local)] {
         if let Some(want) = want {
-            match addrtype_one(want, ip, dev, ctx) {
+            match addrtype_one(want, addr_types(ip, dev, ctx, routed, tcp), ctx.known) {
                 Tri::False => return Tri::False,
                 Tri::Unknown(r) => result = Tri::Unknown(r),
                 Tri::True => {}

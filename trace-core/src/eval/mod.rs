@@ -66,6 +66,10 @@ pub struct EvalInput<'a> {
     pub nf_trace: bool,
     /// The conntrack entry's tuples where the traversal shows them (`--ctorig*`/`--ctrepl*`).
     pub tuples: CtTuples,
+    /// What the kernel's routing decision says about the packet's destination as this table
+    /// sees it: Some(true) delivered locally, Some(false) routed elsewhere, None unknown. Used
+    /// by `-m addrtype` when the netns's addresses are not known.
+    pub dst_local: Option<bool>,
 }
 
 /// One direction of a conntrack entry (addresses, and ports for port protocols).
@@ -233,6 +237,7 @@ enum RuleMatch {
 pub(crate) struct Pkt<'a> {
     pub family: Family,
     pub tuples: CtTuples,
+    pub dst_local: Option<bool>,
     pub h: &'a Headers,
     pub src: u128,
     pub dst: u128,
@@ -306,6 +311,7 @@ impl Evaluator {
         let pkt = Pkt {
             family: h.family(),
             tuples: input.tuples,
+            dst_local: input.dst_local,
             h,
             src: ip_bits(h.src),
             dst: ip_bits(h.dst),

@@ -150,10 +150,11 @@ pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> Re
     let mut nf_trace = false;
     let tuples = ct_tuples(packet);
     let mut hooks = Vec::with_capacity(packet.hooks.len());
-    for hp in &packet.hooks {
+    for (hi, hp) in packet.hooks.iter().enumerate() {
         let mut tables = Vec::with_capacity(hp.tables.len());
         for obs in &hp.tables {
-            let tr = reconstruct_table(packet, hp, obs, ev, ctx, nf_trace, tuples);
+            let facts = Facts { nf_trace, tuples, dst_local: routed_local(packet, hi, obs) };
+            let tr = reconstruct_table(packet, hp, obs, ev, ctx, facts);
             // skb->nf_trace stays set for the rest of the traversal once a TRACE target ran.
             nf_trace |= tr.paths.first().is_some_and(|p| p.sets_trace);
             tables.push(tr);
@@ -193,15 +194,48 @@ fn ct_tuples(packet: &PacketTrace) -> CtTuples {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the whole traversal tells one table's replay.
+#[derive(Debug, Clone, Copy)]
+struct Facts {
+    nf_trace: bool,
+    tuples: CtTuples,
+    dst_local: Option<bool>,
+}
+
+/// The kernel's routing decision about the destination a table sees, from where the packet
+/// went: PREROUTING is followed by INPUT (local) or FORWARD (not), decided on the destination
+/// leaving PREROUTING; OUTPUT and POSTROUTING packets are routed to `lo` exactly when the
+/// destination is local (the route is looked up before OUTPUT and again after a DNAT there);
+/// FORWARD destinations are not local, INPUT ones are. None when the table sees a destination
+/// the decision was not made on (rewritten later in the hook) or the next hook is unknown.
+fn routed_local(packet: &PacketTrace, hi: usize, obs: &TableObservation) -> Option<bool> {
+    let hp = &packet.hooks[hi];
+    let dst = obs.before.headers.dst;
+    match hp.hook {
+        Hook::Forward => Some(false),
+        Hook::Input => Some(true),
+        Hook::Prerouting => {
+            let leaving = hp.tables.last()?.after.as_ref()?.headers.dst;
+            let next = packet.hooks.get(hi + 1)?.hook;
+            (leaving == dst).then_some(next == Hook::Input).filter(|_| matches!(next, Hook::Input | Hook::Forward))
+        }
+        Hook::Output | Hook::Postrouting => {
+            // The route (and so the output device) belongs to the destination the hook
+            // started with; a table after a DNAT in this hook sees another one.
+            let entering = hp.tables.first()?.before.headers.dst;
+            let out = hp.out_dev.as_deref()?;
+            (entering == dst).then_some(out == "lo")
+        }
+    }
+}
+
 fn reconstruct_table(
     packet: &PacketTrace,
     hp: &HookPass,
     obs: &TableObservation,
     ev: &Evaluator,
     ctx: &NetContext,
-    nf_trace: bool,
-    tuples: CtTuples,
+    facts: Facts,
 ) -> TableResult {
     let mut result = TableResult {
         table: obs.table,
@@ -234,8 +268,9 @@ fn reconstruct_table(
         uid: hp.uid,
         gid: hp.gid,
         state: &obs.before,
-        nf_trace,
-        tuples,
+        nf_trace: facts.nf_trace,
+        tuples: facts.tuples,
+        dst_local: facts.dst_local,
     };
     let traversal = match ev.evaluate(obs.table, &input, ctx) {
         Ok(t) => t,
