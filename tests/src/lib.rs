@@ -28,11 +28,18 @@ pub fn skipped(test: &str, why: &str) {
 
 /// True when every program is on PATH; otherwise prints which are missing and returns false.
 pub fn require_tools(test: &str, tools: &[&str]) -> bool {
-    let missing: Vec<&str> = tools.iter().copied().filter(|t| which(t).is_none()).collect();
+    let missing: Vec<&str> = tools
+        .iter()
+        .copied()
+        .filter(|t| which(t).is_none())
+        .collect();
     if missing.is_empty() {
         return true;
     }
-    skipped(test, &format!("missing tools {missing:?} (run scripts/setup.sh)"));
+    skipped(
+        test,
+        &format!("missing tools {missing:?} (run scripts/setup.sh)"),
+    );
     false
 }
 
@@ -47,7 +54,12 @@ pub fn which(program: &str) -> Option<PathBuf> {
 
 /// Tools the lab needs on each backend.
 pub fn lab_tools(backend: IptablesBackend) -> Vec<String> {
-    vec!["ip".into(), "sysctl".into(), backend.restore_bin(), backend.save_bin()]
+    vec![
+        "ip".into(),
+        "sysctl".into(),
+        backend.restore_bin(),
+        backend.save_bin(),
+    ]
 }
 
 /// `privileged` + the backend's tools.
@@ -58,7 +70,12 @@ pub fn lab_ready(test: &str, backend: IptablesBackend) -> bool {
 
 /// A lab with test defaults (prefix `e2e-lab`, in-process server).
 pub fn lab(backend: IptablesBackend, trace_rules: bool) -> Lab {
-    let opts = LabOptions { backend, trace_rules, name_prefix: "e2e-lab".into(), ..LabOptions::default() };
+    let opts = LabOptions {
+        backend,
+        trace_rules,
+        name_prefix: "e2e-lab".into(),
+        ..LabOptions::default()
+    };
     Lab::up(opts).unwrap_or_else(|e| panic!("lab up ({backend}): {e}"))
 }
 
@@ -71,7 +88,9 @@ pub fn rule_counter(save: &str, table: &str, rule: &str) -> Option<(u64, u64)> {
             cur = t;
             continue;
         }
-        let Some((counts, r)) = line.strip_prefix('[').and_then(|l| l.split_once("] -A ")) else { continue };
+        let Some((counts, r)) = line.strip_prefix('[').and_then(|l| l.split_once("] -A ")) else {
+            continue;
+        };
         if cur == table && r == rule {
             let (p, b) = counts.split_once(':')?;
             return Some((p.parse().ok()?, b.parse().ok()?));
@@ -86,12 +105,18 @@ pub fn iptrace_bin() -> Option<PathBuf> {
         return Some(p.into());
     }
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
-    ["debug", "release"].iter().map(|p| target.join(p).join("iptrace")).find(|p| p.is_file())
+    ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join("iptrace"))
+        .find(|p| p.is_file())
 }
 
 /// Names of links in the namespace this test runs in (the root namespace).
 pub fn root_links() -> Vec<String> {
-    let out = std::process::Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link");
+    let out = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
@@ -102,7 +127,10 @@ pub fn root_links() -> Vec<String> {
 /// True while /proc/PID exists and is not a zombie (zombies are reaped by init shortly).
 pub fn process_running(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')).unwrap_or(false),
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z'))
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -115,7 +143,10 @@ mod tests {
     fn rule_counter_reads_the_right_table() {
         let save = "*nat\n:DOCKER - [0:0]\n[1:60] -A DOCKER -j RETURN\nCOMMIT\n*filter\n[7:9] -A DOCKER -j RETURN\nCOMMIT\n";
         assert_eq!(rule_counter(save, "nat", "DOCKER -j RETURN"), Some((1, 60)));
-        assert_eq!(rule_counter(save, "filter", "DOCKER -j RETURN"), Some((7, 9)));
+        assert_eq!(
+            rule_counter(save, "filter", "DOCKER -j RETURN"),
+            Some((7, 9))
+        );
         assert_eq!(rule_counter(save, "raw", "DOCKER -j RETURN"), None);
     }
 }

@@ -10,7 +10,8 @@ use trace_user::netns;
 
 const BR: &str = "br-00ea7870520a";
 const DNAT: &str = "DOCKER ! -i br-00ea7870520a -p tcp -m tcp --dport 10000 -j DNAT --to-destination 172.19.0.9:80";
-const FWD_RELATED: &str = "FORWARD -o br-00ea7870520a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT";
+const FWD_RELATED: &str =
+    "FORWARD -o br-00ea7870520a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT";
 const FWD_DOCKER: &str = "FORWARD -o br-00ea7870520a -j DOCKER";
 const DOCKER_ACCEPT: &str =
     "DOCKER -d 172.19.0.9/32 ! -i br-00ea7870520a -o br-00ea7870520a -p tcp -m tcp --dport 80 -j ACCEPT";
@@ -18,7 +19,8 @@ const TRACE_PRE: &str = "PREROUTING -d 192.168.64.4/32 -p tcp -m tcp --dport 100
 const TRACE_OUT: &str = "OUTPUT -d 172.19.0.0/16 -p tcp -m tcp --dport 80 -j TRACE";
 
 fn counter(save: &str, table: &str, rule: &str) -> (u64, u64) {
-    e2e::rule_counter(save, table, rule).unwrap_or_else(|| panic!("no rule {table}: -A {rule} in\n{save}"))
+    e2e::rule_counter(save, table, rule)
+        .unwrap_or_else(|| panic!("no rule {table}: -A {rule} in\n{save}"))
 }
 
 /// Names, namespaces' processes and root links before teardown, checked after it.
@@ -30,9 +32,18 @@ struct LeakCheck {
 
 impl LeakCheck {
     fn before(lab: &Lab) -> Self {
-        let names: Vec<String> = [LabNs::Peer, LabNs::Node, LabNs::Ctr].map(|n| lab.ns_name(n).to_string()).into();
-        let pids = names.iter().flat_map(|n| netns::pids_in(&netns::path_of(n)).unwrap_or_default()).collect();
-        LeakCheck { names, pids, root_links: e2e::root_links().into_iter().collect() }
+        let names: Vec<String> = [LabNs::Peer, LabNs::Node, LabNs::Ctr]
+            .map(|n| lab.ns_name(n).to_string())
+            .into();
+        let pids = names
+            .iter()
+            .flat_map(|n| netns::pids_in(&netns::path_of(n)).unwrap_or_default())
+            .collect();
+        LeakCheck {
+            names,
+            pids,
+            root_links: e2e::root_links().into_iter().collect(),
+        }
     }
 
     fn assert_clean(&self) {
@@ -40,11 +51,17 @@ impl LeakCheck {
             assert!(!netns::exists(n), "netns {n} survived teardown");
         }
         for &pid in &self.pids {
-            assert!(wait_gone(pid), "process {pid} from a lab namespace survived teardown");
+            assert!(
+                wait_gone(pid),
+                "process {pid} from a lab namespace survived teardown"
+            );
         }
         let now: BTreeSet<String> = e2e::root_links().into_iter().collect();
         for ours in [BR, "docker0", "veth0ctr"] {
-            assert!(!now.contains(ours) || self.root_links.contains(ours), "link {ours} appeared in the root netns");
+            assert!(
+                !now.contains(ours) || self.root_links.contains(ours),
+                "link {ours} appeared in the root netns"
+            );
         }
     }
 }
@@ -68,14 +85,30 @@ fn lab_roundtrip(backend: IptablesBackend, trace_rules: bool) {
         assert_eq!(netns::inode_of(&lab.ns_path(ns)).unwrap(), lab.ns_inode(ns));
     }
     let save = lab.iptables_save().unwrap();
-    assert_eq!(counter(&save, "nat", DNAT), (0, 0), "fresh lab has traffic already?");
+    assert_eq!(
+        counter(&save, "nat", DNAT),
+        (0, 0),
+        "fresh lab has traffic already?"
+    );
 
     let local = lab.run_local().unwrap();
     assert_eq!(local.reply, "ctr got: hello-from-tc-node\n");
-    assert_eq!(local.local.ip().to_string(), "172.19.0.1", "local test must leave via the bridge");
+    assert_eq!(
+        local.local.ip().to_string(),
+        "172.19.0.1",
+        "local test must leave via the bridge"
+    );
     let save = lab.iptables_save().unwrap();
-    assert_eq!(counter(&save, "nat", DNAT), (0, 0), "local test must not be DNATed");
-    assert_eq!(counter(&save, "filter", FWD_DOCKER), (0, 0), "local test must not be forwarded");
+    assert_eq!(
+        counter(&save, "nat", DNAT),
+        (0, 0),
+        "local test must not be DNATed"
+    );
+    assert_eq!(
+        counter(&save, "filter", FWD_DOCKER),
+        (0, 0),
+        "local test must not be forwarded"
+    );
 
     let remote = lab.run_remote().unwrap();
     assert_eq!(remote.reply, "ctr got: hello-from-tc-peer\n");
@@ -90,7 +123,11 @@ fn lab_roundtrip(backend: IptablesBackend, trace_rules: bool) {
     assert!(related >= 3, "FORWARD rule 7 saw {related} packets\n{save}");
 
     check_trace_rules(&save, trace_rules);
-    assert_eq!(e2e::root_links(), root_before, "the lab changed the root namespace's links");
+    assert_eq!(
+        e2e::root_links(),
+        root_before,
+        "the lab changed the root namespace's links"
+    );
     let leaks = LeakCheck::before(&lab);
     lab.down().unwrap();
     leaks.assert_clean();
@@ -102,13 +139,19 @@ fn check_trace_rules(save: &str, trace_rules: bool) {
         assert!(counter(save, "raw", TRACE_PRE).0 >= 4, "{save}");
         assert!(counter(save, "raw", TRACE_OUT).0 >= 4, "{save}");
     } else {
-        assert!(!save.contains("TRACE"), "TRACE rules present although not asked for:\n{save}");
+        assert!(
+            !save.contains("TRACE"),
+            "TRACE rules present although not asked for:\n{save}"
+        );
     }
 }
 
 #[test]
 fn lab_legacy_with_and_without_trace_rules() {
-    if !e2e::lab_ready("lab_legacy_with_and_without_trace_rules", IptablesBackend::Legacy) {
+    if !e2e::lab_ready(
+        "lab_legacy_with_and_without_trace_rules",
+        IptablesBackend::Legacy,
+    ) {
         return;
     }
     lab_roundtrip(IptablesBackend::Legacy, false);
@@ -127,9 +170,13 @@ fn lab_nft_with_and_without_trace_rules() {
 /// The rules really are on the chosen backend only (the other one sees no docker chains).
 #[test]
 fn lab_rules_live_on_the_chosen_backend_only() {
-    if !e2e::lab_ready("lab_rules_live_on_the_chosen_backend_only", IptablesBackend::Nft)
-        || !e2e::require_tools("lab_rules_live_on_the_chosen_backend_only", &["iptables-legacy-save"])
-    {
+    if !e2e::lab_ready(
+        "lab_rules_live_on_the_chosen_backend_only",
+        IptablesBackend::Nft,
+    ) || !e2e::require_tools(
+        "lab_rules_live_on_the_chosen_backend_only",
+        &["iptables-legacy-save"],
+    ) {
         return;
     }
     let lab = e2e::lab(IptablesBackend::Nft, false);
@@ -165,13 +212,23 @@ fn lab_cli_up_run_status_down() {
         return;
     }
     let Some(bin) = e2e::iptrace_bin() else {
-        e2e::skipped(test, "no iptrace binary (cargo build -p trace-user, or set IPTRACE_BIN)");
+        e2e::skipped(
+            test,
+            "no iptrace binary (cargo build -p trace-user, or set IPTRACE_BIN)",
+        );
         return;
     };
     let iptrace = |args: &[&str]| {
-        let out = std::process::Command::new(&bin).args(args).output().unwrap();
+        let out = std::process::Command::new(&bin)
+            .args(args)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "iptrace {args:?}: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "iptrace {args:?}: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         text
     };
     let prefix = format!("e2e-cli-{}", std::process::id());
@@ -182,10 +239,17 @@ fn lab_cli_up_run_status_down() {
     let pid = lab.state().server_pid.expect("server pid in state");
     assert!(e2e::process_running(pid));
     let leaks = LeakCheck::before(&lab);
-    assert!(leaks.pids.contains(&pid), "server {pid} not inside the ctr namespace");
+    assert!(
+        leaks.pids.contains(&pid),
+        "server {pid} not inside the ctr namespace"
+    );
 
     let run = iptrace(&["lab", "run", "remote", "local", "--name", &name]);
-    assert!(run.contains("remote: 192.168.64.5:") && run.contains("got \"ctr got: hello-from-tc-peer\\n\""), "{run}");
+    assert!(
+        run.contains("remote: 192.168.64.5:")
+            && run.contains("got \"ctr got: hello-from-tc-peer\\n\""),
+        "{run}"
+    );
     assert!(run.contains("local: 172.19.0.1:"), "{run}");
     let status = iptrace(&["lab", "status", "--name", &name]);
     assert!(status.contains("server: running"), "{status}");
@@ -193,7 +257,10 @@ fn lab_cli_up_run_status_down() {
 
     iptrace(&["lab", "down", "--name", &name]);
     leaks.assert_clean();
-    assert!(!trace_user::lab::LabState::path_for(&name).exists(), "state file left behind");
+    assert!(
+        !trace_user::lab::LabState::path_for(&name).exists(),
+        "state file left behind"
+    );
 }
 
 /// The opt-in root sysctl is set while the lab lives and restored afterwards.

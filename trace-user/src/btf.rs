@@ -40,22 +40,28 @@ impl Kind {
     fn from_raw(k: u32) -> Option<Kind> {
         use Kind::*;
         const ALL: [Kind; 19] = [
-            Int, Ptr, Array, Struct, Union, Enum, Fwd, Typedef, Volatile, Const, Restrict, Func, FuncProto, Var,
-            Datasec, Float, DeclTag, TypeTag, Enum64,
+            Int, Ptr, Array, Struct, Union, Enum, Fwd, Typedef, Volatile, Const, Restrict, Func,
+            FuncProto, Var, Datasec, Float, DeclTag, TypeTag, Enum64,
         ];
         ALL.get((k as usize).wrapping_sub(1)).copied()
     }
 
     /// Kinds that only qualify or rename another type.
     fn is_alias(self) -> bool {
-        matches!(self, Kind::Typedef | Kind::Volatile | Kind::Const | Kind::Restrict | Kind::TypeTag)
+        matches!(
+            self,
+            Kind::Typedef | Kind::Volatile | Kind::Const | Kind::Restrict | Kind::TypeTag
+        )
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("not BTF: magic {found:#06x} at offset 0 (want 0xeb9f, little-endian)")]
     BadMagic { found: u16 },
     #[error("BTF truncated: {what} at byte offset {offset}")]
@@ -100,7 +106,10 @@ impl Btf {
     }
 
     pub fn from_file(path: &Path) -> Result<Btf, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Io { path: path.into(), source })?;
+        let data = std::fs::read(path).map_err(|source| BtfError::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&data)
     }
 
@@ -120,7 +129,10 @@ impl Btf {
         let mut by_name: HashMap<(Kind, String), Vec<u32>> = HashMap::new();
         for (id, t) in types.iter().enumerate().skip(1) {
             if !t.name.is_empty() {
-                by_name.entry((t.kind, t.name.clone())).or_default().push(id as u32);
+                by_name
+                    .entry((t.kind, t.name.clone()))
+                    .or_default()
+                    .push(id as u32);
             }
         }
         Ok(Btf { types, by_name })
@@ -141,7 +153,9 @@ impl Btf {
 
     /// The first type id of this kind and name (e.g. `(Kind::Func, "nf_hook_slow")`).
     pub fn find(&self, kind: Kind, name: &str) -> Option<u32> {
-        self.by_name.get(&(kind, name.to_string())).and_then(|ids| ids.first().copied())
+        self.by_name
+            .get(&(kind, name.to_string()))
+            .and_then(|ids| ids.first().copied())
     }
 
     /// Follows typedef/const/volatile/restrict/type_tag to the underlying type id.
@@ -159,7 +173,9 @@ impl Btf {
     /// inside struct `outer`, looking through anonymous struct/union members and type aliases.
     /// Bitfield members are not supported (None).
     pub fn member_offset(&self, outer: &str, path: &str) -> Option<(u32, u32)> {
-        let mut id = self.find(Kind::Struct, outer).or_else(|| self.find(Kind::Union, outer))?;
+        let mut id = self
+            .find(Kind::Struct, outer)
+            .or_else(|| self.find(Kind::Union, outer))?;
         let mut bits = 0;
         for part in path.split('.') {
             let (off, ty) = self.find_member(self.resolve(id), part)?;
@@ -193,8 +209,16 @@ impl Btf {
     /// The value of `variant` in enum `name` (e.g. `("bpf_attach_type", "BPF_NETFILTER")`).
     /// An empty `name` searches anonymous enums too.
     pub fn enum_value(&self, name: &str, variant: &str) -> Option<i64> {
-        let matches = |t: &Type| matches!(t.kind, Kind::Enum | Kind::Enum64) && (name.is_empty() || t.name == name);
-        self.types.iter().skip(1).filter(|t| matches(t)).flat_map(|t| &t.values).find(|(n, _)| n == variant).map(|(_, v)| *v)
+        let matches = |t: &Type| {
+            matches!(t.kind, Kind::Enum | Kind::Enum64) && (name.is_empty() || t.name == name)
+        };
+        self.types
+            .iter()
+            .skip(1)
+            .filter(|t| matches(t))
+            .flat_map(|t| &t.values)
+            .find(|(n, _)| n == variant)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -203,13 +227,19 @@ struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
     fn slice(&self, at: usize, len: usize, what: &'static str) -> Result<&'a [u8], BtfError> {
-        at.checked_add(len).and_then(|end| self.0.get(at..end)).ok_or(BtfError::Truncated { what, offset: at })
+        at.checked_add(len)
+            .and_then(|end| self.0.get(at..end))
+            .ok_or(BtfError::Truncated { what, offset: at })
     }
     fn u32(&self, at: usize, what: &'static str) -> Result<u32, BtfError> {
-        Ok(u32::from_le_bytes(self.slice(at, 4, what)?.try_into().unwrap()))
+        Ok(u32::from_le_bytes(
+            self.slice(at, 4, what)?.try_into().unwrap(),
+        ))
     }
     fn u16(&self, at: usize, what: &'static str) -> Result<u16, BtfError> {
-        Ok(u16::from_le_bytes(self.slice(at, 2, what)?.try_into().unwrap()))
+        Ok(u16::from_le_bytes(
+            self.slice(at, 2, what)?.try_into().unwrap(),
+        ))
     }
 }
 
@@ -219,8 +249,19 @@ fn string_at(strings: &[u8], off: u32) -> String {
     String::from_utf8_lossy(&tail[..end]).into_owned()
 }
 
-fn parse_types(r: &Reader, mut at: usize, end: usize, strings: &[u8]) -> Result<Vec<Type>, BtfError> {
-    let void = Type { kind: Kind::Int, name: String::new(), size_or_type: 0, members: vec![], values: vec![] };
+fn parse_types(
+    r: &Reader,
+    mut at: usize,
+    end: usize,
+    strings: &[u8],
+) -> Result<Vec<Type>, BtfError> {
+    let void = Type {
+        kind: Kind::Int,
+        name: String::new(),
+        size_or_type: 0,
+        members: vec![],
+        values: vec![],
+    };
     let mut types = vec![void];
     while at < end {
         let id = types.len() as u32;
@@ -237,27 +278,45 @@ fn parse_type(r: &Reader, at: usize, id: u32, strings: &[u8]) -> Result<(Type, u
     let info = r.u32(at + 4, "type info")?;
     let size_or_type = r.u32(at + 8, "type size")?;
     let raw_kind = (info >> 24) & 0x1f;
-    let kind = Kind::from_raw(raw_kind).ok_or(BtfError::UnknownKind { id, kind: raw_kind, offset: at })?;
+    let kind = Kind::from_raw(raw_kind).ok_or(BtfError::UnknownKind {
+        id,
+        kind: raw_kind,
+        offset: at,
+    })?;
     let vlen = (info & 0xffff) as usize;
     let body = at + 12;
-    let mut t = Type { kind, name, size_or_type, members: vec![], values: vec![] };
+    let mut t = Type {
+        kind,
+        name,
+        size_or_type,
+        members: vec![],
+        values: vec![],
+    };
     let next = match kind {
         Kind::Int | Kind::Var | Kind::DeclTag => body + 4,
         Kind::Array => body + 12,
         Kind::Struct | Kind::Union => {
-            t.members = (0..vlen).map(|i| member(r, body + 12 * i, strings, true)).collect::<Result<_, _>>()?;
+            t.members = (0..vlen)
+                .map(|i| member(r, body + 12 * i, strings, true))
+                .collect::<Result<_, _>>()?;
             body + 12 * vlen
         }
         Kind::FuncProto => {
-            t.members = (0..vlen).map(|i| member(r, body + 8 * i, strings, false)).collect::<Result<_, _>>()?;
+            t.members = (0..vlen)
+                .map(|i| member(r, body + 8 * i, strings, false))
+                .collect::<Result<_, _>>()?;
             body + 8 * vlen
         }
         Kind::Enum => {
-            t.values = (0..vlen).map(|i| enum32(r, body + 8 * i, strings)).collect::<Result<_, _>>()?;
+            t.values = (0..vlen)
+                .map(|i| enum32(r, body + 8 * i, strings))
+                .collect::<Result<_, _>>()?;
             body + 8 * vlen
         }
         Kind::Enum64 => {
-            t.values = (0..vlen).map(|i| enum64(r, body + 12 * i, strings)).collect::<Result<_, _>>()?;
+            t.values = (0..vlen)
+                .map(|i| enum64(r, body + 12 * i, strings))
+                .collect::<Result<_, _>>()?;
             body + 12 * vlen
         }
         Kind::Datasec => body + 12 * vlen,
@@ -270,18 +329,28 @@ fn member(r: &Reader, at: usize, strings: &[u8], with_offset: bool) -> Result<Me
     Ok(Member {
         name: string_at(strings, r.u32(at, "member")?),
         type_id: r.u32(at + 4, "member")?,
-        bit_offset: if with_offset { r.u32(at + 8, "member")? } else { 0 },
+        bit_offset: if with_offset {
+            r.u32(at + 8, "member")?
+        } else {
+            0
+        },
     })
 }
 
 fn enum32(r: &Reader, at: usize, strings: &[u8]) -> Result<(String, i64), BtfError> {
-    Ok((string_at(strings, r.u32(at, "enum")?), r.u32(at + 4, "enum")? as i32 as i64))
+    Ok((
+        string_at(strings, r.u32(at, "enum")?),
+        r.u32(at + 4, "enum")? as i32 as i64,
+    ))
 }
 
 fn enum64(r: &Reader, at: usize, strings: &[u8]) -> Result<(String, i64), BtfError> {
     let lo = r.u32(at + 4, "enum64")? as u64;
     let hi = r.u32(at + 8, "enum64")? as u64;
-    Ok((string_at(strings, r.u32(at, "enum64")?), ((hi << 32) | lo) as i64))
+    Ok((
+        string_at(strings, r.u32(at, "enum64")?),
+        ((hi << 32) | lo) as i64,
+    ))
 }
 
 #[cfg(test)]
@@ -298,7 +367,10 @@ pub(crate) mod tests {
 
     impl Builder {
         pub(crate) fn new() -> Self {
-            Builder { strings: vec![0], types: vec![] }
+            Builder {
+                strings: vec![0],
+                types: vec![],
+            }
         }
         pub(crate) fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
@@ -309,15 +381,31 @@ pub(crate) mod tests {
             self.strings.push(0);
             off
         }
-        pub(crate) fn ty(&mut self, name: &str, kind: Kind, vlen: u32, size_or_type: u32, extra: &[u32]) {
+        pub(crate) fn ty(
+            &mut self,
+            name: &str,
+            kind: Kind,
+            vlen: u32,
+            size_or_type: u32,
+            extra: &[u32],
+        ) {
             let n = self.s(name);
-            for w in [n, ((kind as u32) << 24) | vlen, size_or_type].iter().chain(extra) {
+            for w in [n, ((kind as u32) << 24) | vlen, size_or_type]
+                .iter()
+                .chain(extra)
+            {
                 self.types.extend_from_slice(&w.to_le_bytes());
             }
         }
         pub(crate) fn build(self) -> Vec<u8> {
             let mut out = vec![];
-            let words = [24u32, 0, self.types.len() as u32, self.types.len() as u32, self.strings.len() as u32];
+            let words = [
+                24u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ];
             out.extend_from_slice(&MAGIC.to_le_bytes());
             out.extend_from_slice(&[1, 0]);
             for w in words {
@@ -391,23 +479,45 @@ pub(crate) mod tests {
         b.ty("x", Kind::Int, 0, 4, &[32]);
         let mut blob = b.build();
         blob[24 + 7] = 0x1f; // kind 31
-        assert!(matches!(Btf::parse(&blob), Err(BtfError::UnknownKind { id: 1, kind: 31, offset: 24 })));
+        assert!(matches!(
+            Btf::parse(&blob),
+            Err(BtfError::UnknownKind {
+                id: 1,
+                kind: 31,
+                offset: 24
+            })
+        ));
     }
 
     /// Against the running kernel's BTF, when readable: the constants doctor relies on.
     #[test]
     fn vmlinux_has_what_doctor_needs() {
         let Ok(btf) = Btf::vmlinux() else {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: vmlinux_has_what_doctor_needs: {VMLINUX} not readable");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: vmlinux_has_what_doctor_needs: {VMLINUX} not readable"
+            );
             return;
         };
         assert!(btf.find(Kind::Func, "nf_hook_slow").is_some());
         assert!(btf.find(Kind::Typedef, "btf_trace_kfree_skb").is_some());
-        assert_eq!(btf.enum_value("bpf_prog_type", "BPF_PROG_TYPE_NETFILTER"), Some(32));
+        assert_eq!(
+            btf.enum_value("bpf_prog_type", "BPF_PROG_TYPE_NETFILTER"),
+            Some(32)
+        );
         assert_eq!(btf.enum_value("bpf_attach_type", "BPF_NETFILTER"), Some(45));
-        assert_eq!(btf.enum_value("bpf_attach_type", "BPF_TRACE_KPROBE_MULTI"), Some(42));
-        assert_eq!(btf.enum_value("bpf_attach_type", "BPF_TRACE_FENTRY"), Some(24));
-        assert_eq!(btf.enum_value("bpf_attach_type", "BPF_TRACE_RAW_TP"), Some(23));
+        assert_eq!(
+            btf.enum_value("bpf_attach_type", "BPF_TRACE_KPROBE_MULTI"),
+            Some(42)
+        );
+        assert_eq!(
+            btf.enum_value("bpf_attach_type", "BPF_TRACE_FENTRY"),
+            Some(24)
+        );
+        assert_eq!(
+            btf.enum_value("bpf_attach_type", "BPF_TRACE_RAW_TP"),
+            Some(23)
+        );
         assert_eq!(btf.member_offset("bpf_nf_ctx", "skb").map(|m| m.0), Some(8));
     }
 }

@@ -31,13 +31,24 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Command { cmd: String, status: String, stderr: String },
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
     #[error("cannot run `{cmd}`: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("setns into {path}: {source}")]
-    Setns { path: PathBuf, source: std::io::Error },
+    Setns {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("thread inside netns {path} panicked")]
     ThreadPanicked { path: PathBuf },
     #[error("invalid netns name {name:?}: use [A-Za-z0-9_.-], at most 200 bytes")]
@@ -113,7 +124,10 @@ pub fn run_checked(cmd: &mut Command) -> Result<Output> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| NetnsError::Spawn { cmd: shown.clone(), source })?;
+        .map_err(|source| NetnsError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
     if out.status.success() {
         return Ok(out);
     }
@@ -127,8 +141,11 @@ pub fn run_checked(cmd: &mut Command) -> Result<Output> {
 /// PIDs of the processes whose network namespace is `path` (scans /proc; same as `ip netns pids`).
 pub fn pids_in(path: &Path) -> Result<Vec<u32>> {
     let want = inode_of(path)?;
-    let dir = std::fs::read_dir("/proc")
-        .map_err(|source| NetnsError::Io { op: "read", path: "/proc".into(), source })?;
+    let dir = std::fs::read_dir("/proc").map_err(|source| NetnsError::Io {
+        op: "read",
+        path: "/proc".into(),
+        source,
+    })?;
     let pids = dir
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != std::process::id())
@@ -141,7 +158,11 @@ pub fn pids_in(path: &Path) -> Result<Vec<u32>> {
 pub fn inode_of(path: &Path) -> Result<u64> {
     std::fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| NetnsError::Io { op: "stat", path: path.into(), source })
+        .map_err(|source| NetnsError::Io {
+            op: "stat",
+            path: path.into(),
+            source,
+        })
 }
 
 /// The inode of the calling thread's current network namespace.
@@ -153,12 +174,19 @@ pub fn current_inode() -> Result<u64> {
 /// `/proc/PID/ns/net`). Affects this thread only; prefer [`run_in`]/[`spawn_in`], which
 /// use a fresh thread so the caller's thread never changes namespace.
 pub fn enter(path: &Path) -> Result<()> {
-    let f = File::open(path).map_err(|source| NetnsError::Io { op: "open", path: path.into(), source })?;
+    let f = File::open(path).map_err(|source| NetnsError::Io {
+        op: "open",
+        path: path.into(),
+        source,
+    })?;
     // SAFETY: plain syscall on a valid open fd.
     let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     if rc != 0 {
         let source = std::io::Error::last_os_error();
-        return Err(NetnsError::Setns { path: path.into(), source });
+        return Err(NetnsError::Setns {
+            path: path.into(),
+            source,
+        });
     }
     Ok(())
 }
@@ -197,7 +225,10 @@ where
             }
             f()
         })
-        .map_err(|source| NetnsError::Spawn { cmd: format!("thread {thread_name}"), source })?;
+        .map_err(|source| NetnsError::Spawn {
+            cmd: format!("thread {thread_name}"),
+            source,
+        })?;
     match rx.recv() {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => Err(e),
@@ -224,7 +255,11 @@ impl NetnsGuard {
     pub fn create_named(name: &str) -> Result<Self> {
         add(name)?;
         // Guard first, so a failing stat still deletes what we just created.
-        let mut guard = NetnsGuard { name: name.to_string(), inode: 0, armed: true };
+        let mut guard = NetnsGuard {
+            name: name.to_string(),
+            inode: 0,
+            armed: true,
+        };
         guard.inode = inode_of(&guard.path())?;
         Ok(guard)
     }
@@ -233,7 +268,11 @@ impl NetnsGuard {
     pub fn adopt(name: &str) -> Result<Self> {
         check_name(name)?;
         let inode = inode_of(&path_of(name))?;
-        Ok(NetnsGuard { name: name.to_string(), inode, armed: true })
+        Ok(NetnsGuard {
+            name: name.to_string(),
+            inode,
+            armed: true,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -302,11 +341,15 @@ fn check_name(name: &str) -> Result<()> {
         && name.len() <= 200
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(NetnsError::BadName { name: name.to_string() })
+        Err(NetnsError::BadName {
+            name: name.to_string(),
+        })
     }
 }
 
@@ -364,7 +407,10 @@ mod tests {
     #[test]
     fn guard_roundtrip_as_root() {
         if unsafe { libc::geteuid() } != 0 {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: guard_roundtrip_as_root needs root");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: guard_roundtrip_as_root needs root"
+            );
             return;
         }
         let g = NetnsGuard::create("iptrace-unit-netns").unwrap();

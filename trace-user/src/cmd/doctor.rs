@@ -23,5 +23,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", doctor::report::render_text(&report));
     }
-    Ok(if report.choice.backend.is_some() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.choice.backend.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

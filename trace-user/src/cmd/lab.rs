@@ -107,15 +107,28 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let name = lab.name().to_string();
     let path = lab.persist()?;
-    eprintln!("state: {}   remove with: iptrace lab down --name {name}", path.display());
+    eprintln!(
+        "state: {}   remove with: iptrace lab down --name {name}",
+        path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(lab: &Lab) {
     let s = lab.state();
-    println!("lab {} (iptables-{}, TRACE rules: {})", s.name, s.backend, if s.trace_rules { "yes" } else { "no" });
+    println!(
+        "lab {} (iptables-{}, TRACE rules: {})",
+        s.name,
+        s.backend,
+        if s.trace_rules { "yes" } else { "no" }
+    );
     for ns in [LabNs::Peer, LabNs::Node, LabNs::Ctr] {
-        println!("  {:<5} netns {:<32} inode {}", format!("{ns:?}").to_lowercase(), lab.ns_name(ns), lab.ns_inode(ns));
+        println!(
+            "  {:<5} netns {:<32} inode {}",
+            format!("{ns:?}").to_lowercase(),
+            lab.ns_name(ns),
+            lab.ns_inode(ns)
+        );
     }
     if s.sysctls.bridge_nf_call_iptables.is_none() {
         println!("  warning: net.bridge.bridge-nf-call-iptables is absent: bridged packets skip iptables");
@@ -131,7 +144,10 @@ fn pick(p: Pick) -> anyhow::Result<Lab> {
     match lab::state::list().as_slice() {
         [one] => Ok(Lab::attach(one)?),
         [] => anyhow::bail!("no lab is up (start one with `iptrace lab up`)"),
-        many => anyhow::bail!("several labs are up, choose one with --name: {}", many.join(", ")),
+        many => anyhow::bail!(
+            "several labs are up, choose one with --name: {}",
+            many.join(", ")
+        ),
     }
 }
 
@@ -139,15 +155,33 @@ fn status(lab: &Lab) -> anyhow::Result<ExitCode> {
     print_summary(lab);
     let st = lab.status();
     for (ns, exists) in &st.namespaces {
-        println!("  netns {ns}: {}", if *exists { "present" } else { "MISSING" });
+        println!(
+            "  netns {ns}: {}",
+            if *exists { "present" } else { "MISSING" }
+        );
     }
-    println!("  server: {}", if st.server_alive { "running" } else { "NOT running" });
+    println!(
+        "  server: {}",
+        if st.server_alive {
+            "running"
+        } else {
+            "NOT running"
+        }
+    );
     if st.namespaces.iter().any(|(_, e)| !e) {
         return Ok(ExitCode::from(1));
     }
-    println!("rules (iptables-{}-save -c in {}):", lab.backend(), lab.ns_name(LabNs::Node));
+    println!(
+        "rules (iptables-{}-save -c in {}):",
+        lab.backend(),
+        lab.ns_name(LabNs::Node)
+    );
     print!("{}", lab.iptables_save()?);
-    Ok(if st.healthy() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if st.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn run_tests(lab: &Lab, tests: &[LabTest]) -> anyhow::Result<ExitCode> {
@@ -167,9 +201,15 @@ fn run_tests(lab: &Lab, tests: &[LabTest]) -> anyhow::Result<ExitCode> {
 }
 
 fn down(p: Pick, all: bool) -> anyhow::Result<ExitCode> {
-    let names = if all { lab::state::list() } else { vec![pick(p)?.name().to_string()] };
+    let names = if all {
+        lab::state::list()
+    } else {
+        vec![pick(p)?.name().to_string()]
+    };
     for name in names {
-        Lab::attach(&name)?.down().with_context(|| format!("tearing down lab {name}"))?;
+        Lab::attach(&name)?
+            .down()
+            .with_context(|| format!("tearing down lab {name}"))?;
         eprintln!("lab {name} torn down");
     }
     Ok(ExitCode::SUCCESS)

@@ -30,7 +30,10 @@ pub struct SysError {
 
 impl SysError {
     fn last(log: String) -> Self {
-        SysError { errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0), log }
+        SysError {
+            errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+            log,
+        }
     }
 }
 
@@ -86,7 +89,14 @@ impl Attr {
 
 fn sys_bpf(cmd: u32, attr: &mut Attr) -> libc::c_long {
     // SAFETY: attr is a valid, zero-padded bpf_attr of the size passed.
-    unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), std::mem::size_of::<Attr>()) }
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            std::mem::size_of::<Attr>(),
+        )
+    }
 }
 
 fn owned(fd: libc::c_long) -> OwnedFd {
@@ -135,7 +145,12 @@ pub fn prog_load(spec: ProgSpec) -> Result<OwnedFd, SysError> {
 fn last_log_line(log: &[u8]) -> String {
     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
     let text = String::from_utf8_lossy(&log[..end]);
-    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 /// BPF_RAW_TRACEPOINT_OPEN with no name: attaches a tracing program (tp_btf, fentry) to
@@ -151,9 +166,18 @@ pub fn raw_tracepoint_open(prog: &OwnedFd) -> Result<OwnedFd, SysError> {
 }
 
 /// BPF_LINK_CREATE for a netfilter hook (in the calling thread's netns).
-pub fn netfilter_link(prog: RawFd, pf: u32, hooknum: u32, priority: i32) -> Result<OwnedFd, SysError> {
+pub fn netfilter_link(
+    prog: RawFd,
+    pf: u32,
+    hooknum: u32,
+    priority: i32,
+) -> Result<OwnedFd, SysError> {
     let mut attr = Attr::new();
-    attr.u32(0, prog as u32).u32(8, ATTACH_NETFILTER).u32(16, pf).u32(20, hooknum).u32(24, priority as u32);
+    attr.u32(0, prog as u32)
+        .u32(8, ATTACH_NETFILTER)
+        .u32(16, pf)
+        .u32(20, hooknum)
+        .u32(24, priority as u32);
     let fd = sys_bpf(BPF_LINK_CREATE, &mut attr);
     if fd < 0 {
         return Err(SysError::last(String::new()));
@@ -179,7 +203,11 @@ pub fn kprobe_multi_link(prog: &OwnedFd, symbol: &str) -> Result<OwnedFd, SysErr
 
 /// The kprobe PMU's type id, when the kernel has kprobes (`None`: no such PMU).
 pub fn kprobe_pmu_type() -> Option<u32> {
-    std::fs::read_to_string("/sys/bus/event_source/devices/kprobe/type").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/sys/bus/event_source/devices/kprobe/type")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// perf_event_open a kprobe on `symbol` through the kprobe PMU and attach `prog` to it.
@@ -188,8 +216,17 @@ pub fn perf_kprobe_attach(pmu: u32, prog: &OwnedFd, symbol: &str) -> Result<Owne
     let mut attr = [0u64; 16]; // struct perf_event_attr, PERF_ATTR_SIZE_VER7 = 128 bytes
     attr[0] = pmu as u64 | (128u64 << 32); // type, size
     attr[7] = sym.as_ptr() as u64; // config1 = kprobe_func (config = 0: kprobe, not kretprobe)
-    // SAFETY: attr is a zeroed perf_event_attr of the stated size; pid -1 + cpu 0 = all tasks on cpu 0.
-    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), -1, 0, -1, PERF_FLAG_FD_CLOEXEC) };
+                                   // SAFETY: attr is a zeroed perf_event_attr of the stated size; pid -1 + cpu 0 = all tasks on cpu 0.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            -1,
+            0,
+            -1,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return Err(SysError::last(String::new()));
     }
@@ -223,9 +260,15 @@ mod tests {
 
     #[test]
     fn errors_print_name_and_number() {
-        let e = SysError { errno: libc::EPERM, log: String::new() };
+        let e = SysError {
+            errno: libc::EPERM,
+            log: String::new(),
+        };
         assert_eq!(e.to_string(), "EPERM (errno 1)");
-        let e = SysError { errno: 22, log: "R0 !read_ok".into() };
+        let e = SysError {
+            errno: 22,
+            log: "R0 !read_ok".into(),
+        };
         assert_eq!(e.to_string(), "EINVAL (errno 22), verifier: R0 !read_ok");
     }
 

@@ -129,69 +129,131 @@ pub struct Report {
 }
 
 fn status_of(probes: &[Probe], m: Mechanism) -> Status {
-    probes.iter().find(|p| p.mechanism == m).map_or(Status::Failed, |p| p.status)
+    probes
+        .iter()
+        .find(|p| p.mechanism == m)
+        .map_or(Status::Failed, |p| p.status)
 }
 
 /// Picks the capture backend: the first of fentry > kprobe > nfhook (netfilter link) whose
 /// mechanism works and which this build implements (`implemented`: capture's backend names).
 pub fn choose(probes: &[Probe], implemented: &[&str]) -> Choice {
-    let order = [("fentry", Mechanism::Fentry), ("kprobe", Mechanism::Kprobe), ("nfhook", Mechanism::NetfilterLink)];
+    let order = [
+        ("fentry", Mechanism::Fentry),
+        ("kprobe", Mechanism::Kprobe),
+        ("nfhook", Mechanism::NetfilterLink),
+    ];
     let mut why = vec![];
     for (backend, m) in order {
         let st = status_of(probes, m);
         if st != Status::Ok {
             why.push(format!("{} {}", m.label(), st.label()));
         } else if !implemented.contains(&backend) {
-            why.push(format!("{} ok but backend {backend} not in this build", m.label()));
+            why.push(format!(
+                "{} ok but backend {backend} not in this build",
+                m.label()
+            ));
         } else {
             why.push(format!("{} ok → {backend}", m.label()));
             let drops = match status_of(probes, Mechanism::TpBtf) {
                 Status::Ok => "drop reasons from tp_btf kfree_skb".to_string(),
                 st => format!("no drop reasons (tp_btf {})", st.label()),
             };
-            return Choice { backend: Some(backend.into()), reason: format!("{}; {drops}", why.join(", ")) };
+            return Choice {
+                backend: Some(backend.into()),
+                reason: format!("{}; {drops}", why.join(", ")),
+            };
         }
     }
-    Choice { backend: None, reason: format!("{}: no capture backend works here", why.join(", ")) }
+    Choice {
+        backend: None,
+        reason: format!("{}: no capture backend works here", why.join(", ")),
+    }
 }
 
 /// Human-readable report.
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<22} {v}\n"));
-    line("kernel", format!("{} {} ({})", r.kernel.release, r.kernel.machine, r.kernel.version));
+    line(
+        "kernel",
+        format!(
+            "{} {} ({})",
+            r.kernel.release, r.kernel.machine, r.kernel.version
+        ),
+    );
     line("btf", btf_text(&r.btf));
-    line("lockdown", format!("{} ({})", r.lockdown.mode, r.lockdown.source));
+    line(
+        "lockdown",
+        format!("{} ({})", r.lockdown.mode, r.lockdown.source),
+    );
     let c = &r.capabilities;
     let yn = |b: bool| if b { "yes" } else { "NO" };
     line(
         "capabilities",
-        format!("CAP_BPF {} CAP_PERFMON {} CAP_NET_ADMIN {} CAP_SYS_ADMIN {} (CapEff {})", yn(c.bpf), yn(c.perfmon), yn(c.net_admin), yn(c.sys_admin), c.effective),
+        format!(
+            "CAP_BPF {} CAP_PERFMON {} CAP_NET_ADMIN {} CAP_SYS_ADMIN {} (CapEff {})",
+            yn(c.bpf),
+            yn(c.perfmon),
+            yn(c.net_admin),
+            yn(c.sys_admin),
+            c.effective
+        ),
     );
     for p in &r.attach {
-        line(&format!("attach {}", p.mechanism.label()), format!("{}: {}", p.status.label(), p.detail));
+        line(
+            &format!("attach {}", p.mechanism.label()),
+            format!("{}: {}", p.status.label(), p.detail),
+        );
     }
-    line("iptables (default)", r.iptables_default.clone().unwrap_or_else(|| "no `iptables` command".into()));
+    line(
+        "iptables (default)",
+        r.iptables_default
+            .clone()
+            .unwrap_or_else(|| "no `iptables` command".into()),
+    );
     for i in &r.iptables {
         line(&format!("iptables {}", i.backend), iptables_text(i));
     }
-    line("nf_log_all_netns", r.nf_log.all_netns.clone().unwrap_or_else(|| "absent".into()));
-    line("nf_log loggers", if r.nf_log.loggers.is_empty() { "none bound".into() } else { r.nf_log.loggers.join("; ") });
+    line(
+        "nf_log_all_netns",
+        r.nf_log
+            .all_netns
+            .clone()
+            .unwrap_or_else(|| "absent".into()),
+    );
+    line(
+        "nf_log loggers",
+        if r.nf_log.loggers.is_empty() {
+            "none bound".into()
+        } else {
+            r.nf_log.loggers.join("; ")
+        },
+    );
     let backend = r.choice.backend.as_deref().unwrap_or("NONE");
-    s.push_str(&format!("{:<22} {backend} ({})\n", "backend", r.choice.reason));
+    s.push_str(&format!(
+        "{:<22} {backend} ({})\n",
+        "backend", r.choice.reason
+    ));
     s
 }
 
 fn btf_text(b: &BtfInfo) -> String {
     match (&b.types, &b.error) {
-        (Some(n), _) => format!("{} present, {n} types (parsed in {:.0} ms)", b.path, b.parse_ms.unwrap_or(0.0)),
+        (Some(n), _) => format!(
+            "{} present, {n} types (parsed in {:.0} ms)",
+            b.path,
+            b.parse_ms.unwrap_or(0.0)
+        ),
         (None, Some(e)) if b.present => format!("{} present but unreadable: {e}", b.path),
         _ => format!("{} absent", b.path),
     }
 }
 
 fn iptables_text(i: &IptablesInfo) -> String {
-    let Some(version) = &i.version else { return "not installed".into() };
+    let Some(version) = &i.version else {
+        return "not installed".into();
+    };
     let tables = match (&i.tables_error, i.tables.is_empty()) {
         (Some(e), _) => format!("tables unknown: {e}"),
         (None, true) => "no tables in the root netns".into(),
@@ -205,10 +267,19 @@ mod tests {
     use super::*;
 
     fn probes(k: Status, f: Status, t: Status, n: Status) -> Vec<Probe> {
-        [(Mechanism::Kprobe, k), (Mechanism::Fentry, f), (Mechanism::TpBtf, t), (Mechanism::NetfilterLink, n)]
-            .into_iter()
-            .map(|(mechanism, status)| Probe { mechanism, status, detail: "d".into() })
-            .collect()
+        [
+            (Mechanism::Kprobe, k),
+            (Mechanism::Fentry, f),
+            (Mechanism::TpBtf, t),
+            (Mechanism::NetfilterLink, n),
+        ]
+        .into_iter()
+        .map(|(mechanism, status)| Probe {
+            mechanism,
+            status,
+            detail: "d".into(),
+        })
+        .collect()
     }
 
     const ALL: &[&str] = &["fentry", "kprobe", "nfhook"];
@@ -224,30 +295,69 @@ mod tests {
     #[test]
     fn preference_is_fentry_then_kprobe_then_nfhook() {
         let ok = Status::Ok;
-        assert_eq!(choose(&probes(ok, ok, ok, ok), ALL).backend.as_deref(), Some("fentry"));
-        assert_eq!(choose(&probes(ok, Status::Refused, ok, ok), ALL).backend.as_deref(), Some("kprobe"));
+        assert_eq!(
+            choose(&probes(ok, ok, ok, ok), ALL).backend.as_deref(),
+            Some("fentry")
+        );
+        assert_eq!(
+            choose(&probes(ok, Status::Refused, ok, ok), ALL)
+                .backend
+                .as_deref(),
+            Some("kprobe")
+        );
         // a working mechanism without an implementation is skipped, and said so
         let c = choose(&probes(ok, ok, ok, ok), &["nfhook"]);
         assert_eq!(c.backend.as_deref(), Some("nfhook"));
-        assert!(c.reason.contains("fentry ok but backend fentry not in this build"), "{}", c.reason);
+        assert!(
+            c.reason
+                .contains("fentry ok but backend fentry not in this build"),
+            "{}",
+            c.reason
+        );
     }
 
     #[test]
     fn nothing_works_means_no_backend() {
         let bad = Status::Unavailable;
-        let c = choose(&probes(bad, Status::Refused, Status::Ok, Status::Failed), ALL);
+        let c = choose(
+            &probes(bad, Status::Refused, Status::Ok, Status::Failed),
+            ALL,
+        );
         assert_eq!(c.backend, None);
-        assert!(c.reason.ends_with("no capture backend works here"), "{}", c.reason);
+        assert!(
+            c.reason.ends_with("no capture backend works here"),
+            "{}",
+            c.reason
+        );
     }
 
     fn sample_report() -> Report {
         let attach = probes(Status::Unavailable, Status::Refused, Status::Ok, Status::Ok);
         let choice = choose(&attach, &["nfhook"]);
         Report {
-            kernel: Kernel { release: "6.18.0".into(), version: "#1 SMP".into(), machine: "x86_64".into() },
-            btf: BtfInfo { path: "/sys/kernel/btf/vmlinux".into(), present: true, types: Some(10), parse_ms: Some(3.0), error: None },
-            lockdown: Lockdown { mode: "integrity".into(), source: "test".into() },
-            capabilities: Caps { effective: "0".into(), bpf: true, perfmon: true, net_admin: true, sys_admin: false },
+            kernel: Kernel {
+                release: "6.18.0".into(),
+                version: "#1 SMP".into(),
+                machine: "x86_64".into(),
+            },
+            btf: BtfInfo {
+                path: "/sys/kernel/btf/vmlinux".into(),
+                present: true,
+                types: Some(10),
+                parse_ms: Some(3.0),
+                error: None,
+            },
+            lockdown: Lockdown {
+                mode: "integrity".into(),
+                source: "test".into(),
+            },
+            capabilities: Caps {
+                effective: "0".into(),
+                bpf: true,
+                perfmon: true,
+                net_admin: true,
+                sys_admin: false,
+            },
             attach,
             iptables_default: Some("iptables v1.8.9 (nf_tables)".into()),
             iptables: vec![IptablesInfo {
@@ -257,7 +367,10 @@ mod tests {
                 tables: vec!["filter".into()],
                 tables_error: None,
             }],
-            nf_log: NfLog { all_netns: Some("0".into()), loggers: vec![] },
+            nf_log: NfLog {
+                all_netns: Some("0".into()),
+                loggers: vec![],
+            },
             choice,
         }
     }
@@ -265,11 +378,25 @@ mod tests {
     #[test]
     fn text_report_has_one_line_per_fact_and_ends_with_the_backend() {
         let text = render_text(&sample_report());
-        assert!(text.contains("attach fentry          refused: d\n"), "{text}");
+        assert!(
+            text.contains("attach fentry          refused: d\n"),
+            "{text}"
+        );
         assert!(text.contains("attach netfilter link  ok: d\n"), "{text}");
         assert!(text.contains("CAP_SYS_ADMIN NO"), "{text}");
-        assert!(text.contains("iptables nft           iptables v1.8.9 (nf_tables); root netns tables: filter\n"), "{text}");
-        assert!(text.lines().last().unwrap().starts_with("backend                nfhook (fentry refused"), "{text}");
+        assert!(
+            text.contains(
+                "iptables nft           iptables v1.8.9 (nf_tables); root netns tables: filter\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .last()
+                .unwrap()
+                .starts_with("backend                nfhook (fentry refused"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -37,17 +37,32 @@ pub enum LabError {
     #[error("interrupted (Ctrl-C): the lab was torn down")]
     Interrupted,
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {path}: {source}")]
-    State { path: PathBuf, source: serde_json::Error },
+    State {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("no lab named {name:?} (no state file {path})")]
     NotFound { name: String, path: PathBuf },
     #[error("{0}")]
     Choose(String),
     #[error("{test} test: connection to {to} failed: {source}")]
-    Connect { test: LabTest, to: SocketAddr, source: std::io::Error },
+    Connect {
+        test: LabTest,
+        to: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{test} test: expected reply {expected:?}, got {got:?}")]
-    BadReply { test: LabTest, expected: String, got: String },
+    BadReply {
+        test: LabTest,
+        expected: String,
+        got: String,
+    },
     #[error("lab server did not start: {0}")]
     Server(String),
     #[error("only a lab whose server runs as a process can outlive this process (use ServerMode::Process)")]
@@ -89,8 +104,16 @@ impl LabTest {
     /// (client namespace, destination, line sent): the fixtures' payloads, so packet lengths match.
     fn plan(self) -> (LabNs, SocketAddr, &'static str) {
         match self {
-            LabTest::Local => (LabNs::Node, addr(topology::CTR_IP, topology::CTR_PORT), "hello-from-tc-node"),
-            LabTest::Remote => (LabNs::Peer, addr(topology::NODE_IP, topology::HOST_PORT), "hello-from-tc-peer"),
+            LabTest::Local => (
+                LabNs::Node,
+                addr(topology::CTR_IP, topology::CTR_PORT),
+                "hello-from-tc-node",
+            ),
+            LabTest::Remote => (
+                LabNs::Peer,
+                addr(topology::NODE_IP, topology::HOST_PORT),
+                "hello-from-tc-peer",
+            ),
         }
     }
 }
@@ -163,7 +186,14 @@ impl Lab {
         if opts.nf_log_all_netns {
             self.state.nf_log_all_netns_prev = Some(state::set_nf_log_all_netns("1")?);
         }
-        for (i, ns) in self.state.ns.all().map(String::from).into_iter().enumerate() {
+        for (i, ns) in self
+            .state
+            .ns
+            .all()
+            .map(String::from)
+            .into_iter()
+            .enumerate()
+        {
             interrupt::check()?;
             netns::add(&ns)?;
             self.state.created.push(ns.clone());
@@ -188,7 +218,9 @@ impl Lab {
     fn start_server(&mut self, mode: &ServerMode) -> Result<()> {
         let ctr = self.ns_path(LabNs::Ctr);
         match mode {
-            ServerMode::Thread => self.server_thread = Some(server::ServerThread::start(&ctr, topology::CTR_PORT)?),
+            ServerMode::Thread => {
+                self.server_thread = Some(server::ServerThread::start(&ctr, topology::CTR_PORT)?)
+            }
             ServerMode::Process { exe } => {
                 let child = spawn_server_process(exe, &ctr)?;
                 self.state.server_pid = Some(child.id());
@@ -202,7 +234,12 @@ impl Lab {
     /// Dropping the result leaves the lab running; call [`Lab::down`] to remove it.
     pub fn attach(name: &str) -> Result<Lab> {
         let state = LabState::load(name)?;
-        Ok(Lab { state, server_thread: None, server_child: None, owned: false })
+        Ok(Lab {
+            state,
+            server_thread: None,
+            server_child: None,
+            owned: false,
+        })
     }
 
     /// Writes the state file so other `iptrace lab` invocations find this lab (teardown
@@ -313,7 +350,11 @@ impl Lab {
             .map_err(|source| LabError::Connect { test, to, source })?;
         let expected = server::expected_reply(&ex.sent);
         if ex.reply != expected {
-            return Err(LabError::BadReply { test, expected, got: ex.reply });
+            return Err(LabError::BadReply {
+                test,
+                expected,
+                got: ex.reply,
+            });
         }
         Ok(ex)
     }
@@ -321,7 +362,10 @@ impl Lab {
     /// `iptables-{legacy,nft}-save -c` in the node namespace (rules with counters).
     pub fn iptables_save(&self) -> Result<String> {
         let save = self.state.backend.save_bin();
-        Ok(netns::exec_stdout(self.ns_name(LabNs::Node), &[&save, "-c"])?)
+        Ok(netns::exec_stdout(
+            self.ns_name(LabNs::Node),
+            &[&save, "-c"],
+        )?)
     }
 
     /// Runs `argv` inside one of the lab's namespaces; non-zero exit is an error.
@@ -370,14 +414,21 @@ fn spawn_server_process(exe: &Path, ctr: &Path) -> Result<Child> {
         .stderr(Stdio::null())
         .process_group(0)
         .spawn()
-        .map_err(|source| LabError::Io { op: "spawn", path: exe.into(), source })?;
+        .map_err(|source| LabError::Io {
+            op: "spawn",
+            path: exe.into(),
+            source,
+        })?;
     let mut line = String::new();
     let out = child.stdout.take().expect("piped stdout");
     let _ = std::io::BufReader::new(out).read_line(&mut line);
     if line.trim() != "ready" {
         let _ = child.kill();
         let _ = child.wait();
-        return Err(LabError::Server(format!("{} lab serve said {line:?}", exe.display())));
+        return Err(LabError::Server(format!(
+            "{} lab serve said {line:?}",
+            exe.display()
+        )));
     }
     Ok(child)
 }
@@ -391,22 +442,43 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| NetnsError::Spawn { cmd: shown.clone(), source })?;
-    let write = child.stdin.take().expect("piped stdin").write_all(input.as_bytes());
-    let out = child.wait_with_output().map_err(|source| NetnsError::Spawn { cmd: shown.clone(), source })?;
+        .map_err(|source| NetnsError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
+    let write = child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(input.as_bytes());
+    let out = child
+        .wait_with_output()
+        .map_err(|source| NetnsError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
     if out.status.success() && write.is_ok() {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(NetnsError::Command { cmd: shown, status: out.status.to_string(), stderr }.into())
+    Err(NetnsError::Command {
+        cmd: shown,
+        status: out.status.to_string(),
+        stderr,
+    }
+    .into())
 }
 
 /// The `iptrace lab serve` side: enter the netns, bind, say "ready" on stdout, serve until
 /// killed.
 pub fn serve_process(ns: &Path, port: u16) -> Result<()> {
     netns::enter(ns)?;
-    let listener = std::net::TcpListener::bind(("0.0.0.0", port))
-        .map_err(|source| LabError::Io { op: "bind port in", path: ns.into(), source })?;
+    let listener =
+        std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|source| LabError::Io {
+            op: "bind port in",
+            path: ns.into(),
+            source,
+        })?;
     println!("ready");
     let never = std::sync::atomic::AtomicBool::new(false);
     server::serve(listener, &never);

@@ -47,13 +47,26 @@ pub fn restore_text(trace_rules: bool) -> String {
 fn raw(trace_rules: bool) -> String {
     let rules = if trace_rules {
         vec![
-            format!("-A PREROUTING -d {}/32 -p tcp -m tcp --dport {} -j TRACE", t::NODE_IP, t::HOST_PORT),
-            format!("-A OUTPUT -d {} -p tcp -m tcp --dport {} -j TRACE", t::CTR_SUBNET, t::CTR_PORT),
+            format!(
+                "-A PREROUTING -d {}/32 -p tcp -m tcp --dport {} -j TRACE",
+                t::NODE_IP,
+                t::HOST_PORT
+            ),
+            format!(
+                "-A OUTPUT -d {} -p tcp -m tcp --dport {} -j TRACE",
+                t::CTR_SUBNET,
+                t::CTR_PORT
+            ),
         ]
     } else {
         vec![]
     };
-    table("raw", &[("PREROUTING", "ACCEPT"), ("OUTPUT", "ACCEPT")], &[], &rules)
+    table(
+        "raw",
+        &[("PREROUTING", "ACCEPT"), ("OUTPUT", "ACCEPT")],
+        &[],
+        &rules,
+    )
 }
 
 /// mangle: empty but present, as on a docker host (its chains appear in TRACE output).
@@ -68,8 +81,14 @@ fn nat() -> String {
     let rules = [
         "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER".to_string(),
         "-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER".to_string(),
-        format!("-A POSTROUTING -s {} ! -o {d0} -j MASQUERADE", t::DOCKER0_SUBNET),
-        format!("-A POSTROUTING -s {} ! -o {br} -j MASQUERADE", t::CTR_SUBNET),
+        format!(
+            "-A POSTROUTING -s {} ! -o {d0} -j MASQUERADE",
+            t::DOCKER0_SUBNET
+        ),
+        format!(
+            "-A POSTROUTING -s {} ! -o {br} -j MASQUERADE",
+            t::CTR_SUBNET
+        ),
         format!(
             "-A POSTROUTING -s {ip}/32 -d {ip}/32 -p tcp -m tcp --dport {p} -j MASQUERADE",
             ip = t::CTR_IP,
@@ -91,9 +110,14 @@ fn nat() -> String {
 /// filter: FORWARD policy DROP and docker's FORWARD/DOCKER/ISOLATION/USER chains. FORWARD
 /// rule 7 = `-o br… RELATED,ESTABLISHED -j ACCEPT`, rule 8 = `-o br… -j DOCKER`.
 fn filter() -> String {
-    let mut rules = vec!["-A FORWARD -j DOCKER-USER".to_string(), "-A FORWARD -j DOCKER-ISOLATION-STAGE-1".to_string()];
+    let mut rules = vec![
+        "-A FORWARD -j DOCKER-USER".to_string(),
+        "-A FORWARD -j DOCKER-ISOLATION-STAGE-1".to_string(),
+    ];
     for b in [t::DOCKER0, t::BRIDGE] {
-        rules.push(format!("-A FORWARD -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"));
+        rules.push(format!(
+            "-A FORWARD -o {b} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        ));
         rules.push(format!("-A FORWARD -o {b} -j DOCKER"));
         rules.push(format!("-A FORWARD -i {b} ! -o {b} -j ACCEPT"));
         rules.push(format!("-A FORWARD -i {b} -o {b} -j ACCEPT"));
@@ -105,7 +129,9 @@ fn filter() -> String {
         br = t::BRIDGE
     ));
     for b in [t::DOCKER0, t::BRIDGE] {
-        rules.push(format!("-A DOCKER-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DOCKER-ISOLATION-STAGE-2"));
+        rules.push(format!(
+            "-A DOCKER-ISOLATION-STAGE-1 -i {b} ! -o {b} -j DOCKER-ISOLATION-STAGE-2"
+        ));
     }
     rules.push("-A DOCKER-ISOLATION-STAGE-1 -j RETURN".to_string());
     for b in [t::DOCKER0, t::BRIDGE] {
@@ -113,9 +139,23 @@ fn filter() -> String {
     }
     rules.push("-A DOCKER-ISOLATION-STAGE-2 -j RETURN".to_string());
     rules.push("-A DOCKER-USER -j RETURN".to_string());
-    let user = ["DOCKER", "DOCKER-ISOLATION-STAGE-1", "DOCKER-ISOLATION-STAGE-2", "DOCKER-USER"];
+    let user = [
+        "DOCKER",
+        "DOCKER-ISOLATION-STAGE-1",
+        "DOCKER-ISOLATION-STAGE-2",
+        "DOCKER-USER",
+    ];
     // Docker sets FORWARD's policy to DROP.
-    table("filter", &[("INPUT", "ACCEPT"), ("FORWARD", "DROP"), ("OUTPUT", "ACCEPT")], &user, &rules)
+    table(
+        "filter",
+        &[
+            ("INPUT", "ACCEPT"),
+            ("FORWARD", "DROP"),
+            ("OUTPUT", "ACCEPT"),
+        ],
+        &user,
+        &rules,
+    )
 }
 
 /// One `iptables-restore` table block: built-in chains with policies, user chains, rules.
@@ -148,7 +188,10 @@ mod tests {
                 cur = t;
             }
             // iptables-save -c prefixes counters: "[p:b] -A ..."
-            let rule = line.split_once("] -A ").map(|(_, r)| r).or_else(|| line.strip_prefix("-A "));
+            let rule = line
+                .split_once("] -A ")
+                .map(|(_, r)| r)
+                .or_else(|| line.strip_prefix("-A "));
             if let (Some(r), true) = (rule, cur == table) {
                 out.push(r);
             }
@@ -159,8 +202,14 @@ mod tests {
     #[test]
     fn forward_rules_7_and_8_are_the_bridge_ones() {
         let text = restore_text(false);
-        let fwd: Vec<_> = rules_of(&text, "filter").into_iter().filter(|r| r.starts_with("FORWARD")).collect();
-        assert_eq!(fwd[6], "FORWARD -o br-00ea7870520a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT");
+        let fwd: Vec<_> = rules_of(&text, "filter")
+            .into_iter()
+            .filter(|r| r.starts_with("FORWARD"))
+            .collect();
+        assert_eq!(
+            fwd[6],
+            "FORWARD -o br-00ea7870520a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        );
         assert_eq!(fwd[7], "FORWARD -o br-00ea7870520a -j DOCKER");
         assert!(text.contains(":FORWARD DROP [0:0]"));
     }
@@ -170,7 +219,9 @@ mod tests {
         assert!(!restore_text(false).contains("TRACE"));
         let with = restore_text(true);
         assert_eq!(rules_of(&with, "raw").len(), 2);
-        assert!(with.contains("-A PREROUTING -d 192.168.64.4/32 -p tcp -m tcp --dport 10000 -j TRACE"));
+        assert!(
+            with.contains("-A PREROUTING -d 192.168.64.4/32 -p tcp -m tcp --dport 10000 -j TRACE")
+        );
     }
 
     #[test]
@@ -187,12 +238,19 @@ mod tests {
     fn template_matches_fixture_dump() {
         let path = "/work/shared/fixtures/docker/legacy-remote.iptables-save.txt";
         let Ok(fixture) = std::fs::read_to_string(path) else {
-            let _ = writeln!(std::io::stderr(), "SKIPPED: template_matches_fixture_dump: {path} not present");
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: template_matches_fixture_dump: {path} not present"
+            );
             return;
         };
         let ours = restore_text(true);
         for table in ["raw", "mangle", "nat", "filter"] {
-            assert_eq!(rules_of(&ours, table), rules_of(&fixture, table), "table {table}");
+            assert_eq!(
+                rules_of(&ours, table),
+                rules_of(&fixture, table),
+                "table {table}"
+            );
         }
     }
 }

@@ -40,7 +40,13 @@ pub fn exchange(to: SocketAddr, line: &str) -> std::io::Result<Exchange> {
     s.shutdown(Shutdown::Write)?;
     let mut reply = String::new();
     s.read_to_string(&mut reply)?;
-    Ok(Exchange { local: s.local_addr()?, remote: to, sent, reply, elapsed: start.elapsed() })
+    Ok(Exchange {
+        local: s.local_addr()?,
+        remote: to,
+        sent,
+        reply,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// The reply the server sends for `line` (with its newline).
@@ -78,7 +84,11 @@ fn answer(conn: TcpStream) -> std::io::Result<()> {
 
 /// poll(2) for an incoming connection, so the accept loop can notice `stop`.
 fn readable(listener: &TcpListener, timeout_ms: i32) -> bool {
-    let mut fd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd for the duration of the call.
     let n = unsafe { libc::poll(&mut fd, 1, timeout_ms) };
     n > 0 && fd.revents & libc::POLLIN != 0
@@ -105,8 +115,14 @@ impl ServerThread {
         let handle = std::thread::Builder::new()
             .name("lab-server".into())
             .spawn(move || serve(listener, &flag))
-            .map_err(|source| crate::netns::NetnsError::Spawn { cmd: "lab server thread".into(), source })?;
-        Ok(ServerThread { stop, handle: Some(handle) })
+            .map_err(|source| crate::netns::NetnsError::Spawn {
+                cmd: "lab server thread".into(),
+                source,
+            })?;
+        Ok(ServerThread {
+            stop,
+            handle: Some(handle),
+        })
     }
 
     /// Stops accepting and closes the listener (waits up to one poll interval).

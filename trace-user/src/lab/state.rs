@@ -62,7 +62,10 @@ impl LabState {
     pub fn load(name: &str) -> Result<Self> {
         let path = Self::path_for(name);
         let text = std::fs::read_to_string(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => LabError::NotFound { name: name.into(), path: path.clone() },
+            std::io::ErrorKind::NotFound => LabError::NotFound {
+                name: name.into(),
+                path: path.clone(),
+            },
             _ => io("read", &path, source),
         })?;
         serde_json::from_str(&text).map_err(|source| LabError::State { path, source })
@@ -79,7 +82,9 @@ impl LabState {
 
 /// Names of labs with a state file.
 pub fn list() -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir(STATE_DIR) else { return vec![] };
+    let Ok(dir) = std::fs::read_dir(STATE_DIR) else {
+        return vec![];
+    };
     let mut names: Vec<String> = dir
         .filter_map(|e| {
             let f = e.ok()?.file_name().into_string().ok()?;
@@ -101,12 +106,20 @@ pub struct LabStatus {
 
 impl LabStatus {
     pub fn probe(state: &LabState, server_thread: bool) -> Self {
-        let namespaces = state.ns.all().iter().map(|n| (n.to_string(), netns::exists(n))).collect();
+        let namespaces = state
+            .ns
+            .all()
+            .iter()
+            .map(|n| (n.to_string(), netns::exists(n)))
+            .collect();
         let ctr_inode = state.inodes[2];
         let proc_alive = state
             .server_pid
             .is_some_and(|pid| netns::inode_of(&netns::path_of_pid(pid)).ok() == Some(ctr_inode));
-        LabStatus { namespaces, server_alive: server_thread || proc_alive }
+        LabStatus {
+            namespaces,
+            server_alive: server_thread || proc_alive,
+        }
     }
 
     pub fn healthy(&self) -> bool {
@@ -117,13 +130,19 @@ impl LabStatus {
 /// Sets the root namespace's nf_log_all_netns, returning the previous value. Must run on a
 /// thread in the initial namespace (the sysctl exists only there).
 pub fn set_nf_log_all_netns(value: &str) -> Result<String> {
-    let prev = std::fs::read_to_string(NF_LOG_ALL_NETNS).map_err(|source| io("read", NF_LOG_ALL_NETNS, source))?;
-    std::fs::write(NF_LOG_ALL_NETNS, value).map_err(|source| io("write", NF_LOG_ALL_NETNS, source))?;
+    let prev = std::fs::read_to_string(NF_LOG_ALL_NETNS)
+        .map_err(|source| io("read", NF_LOG_ALL_NETNS, source))?;
+    std::fs::write(NF_LOG_ALL_NETNS, value)
+        .map_err(|source| io("write", NF_LOG_ALL_NETNS, source))?;
     Ok(prev.trim().to_string())
 }
 
 fn io(op: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> LabError {
-    LabError::Io { op, path: path.as_ref().into(), source }
+    LabError::Io {
+        op,
+        path: path.as_ref().into(),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -140,11 +159,16 @@ mod tests {
         assert_eq!(back.backend, IptablesBackend::Nft);
         assert_eq!(back.server_pid, Some(42));
         assert_eq!(back.created, s.created);
-        assert!(serde_json::to_string(&s).unwrap().contains("\"backend\":\"nft\""));
+        assert!(serde_json::to_string(&s)
+            .unwrap()
+            .contains("\"backend\":\"nft\""));
     }
 
     #[test]
     fn state_path_names_the_lab() {
-        assert_eq!(LabState::path_for("x-1-2"), PathBuf::from("/run/iptrace/lab-x-1-2.json"));
+        assert_eq!(
+            LabState::path_for("x-1-2"),
+            PathBuf::from("/run/iptrace/lab-x-1-2.json")
+        );
     }
 }

@@ -34,7 +34,11 @@ pub struct NsNames {
 impl NsNames {
     /// `NAME-peer`, `NAME-node`, `NAME-ctr`.
     pub fn for_lab(lab: &str) -> Self {
-        NsNames { peer: format!("{lab}-peer"), node: format!("{lab}-node"), ctr: format!("{lab}-ctr") }
+        NsNames {
+            peer: format!("{lab}-peer"),
+            node: format!("{lab}-node"),
+            ctr: format!("{lab}-ctr"),
+        }
     }
     pub fn all(&self) -> [&str; 3] {
         [&self.peer, &self.node, &self.ctr]
@@ -54,7 +58,13 @@ pub struct NodeSysctls {
 pub fn disable_ipv6(ns: &str) -> Result<(), NetnsError> {
     netns::exec(
         ns,
-        &["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"],
+        &[
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ],
     )
     .map(drop)
 }
@@ -63,13 +73,24 @@ pub fn disable_ipv6(ns: &str) -> Result<(), NetnsError> {
 /// per-namespace sysctls on 6.18 (checked: setting them in a netns leaves the root's alone).
 pub fn node_sysctls(node: &str) -> Result<NodeSysctls, NetnsError> {
     netns::exec(node, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])?;
-    let has_br_nf = netns::exec(node, &["test", "-e", "/proc/sys/net/bridge/bridge-nf-call-iptables"]).is_ok();
+    let has_br_nf = netns::exec(
+        node,
+        &["test", "-e", "/proc/sys/net/bridge/bridge-nf-call-iptables"],
+    )
+    .is_ok();
     if !has_br_nf {
         eprintln!("iptrace lab: warning: net.bridge.bridge-nf-call-iptables absent (no br_netfilter): bridged traffic skips iptables");
-        return Ok(NodeSysctls { bridge_nf_call_iptables: None });
+        return Ok(NodeSysctls {
+            bridge_nf_call_iptables: None,
+        });
     }
-    netns::exec(node, &["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"])?;
-    Ok(NodeSysctls { bridge_nf_call_iptables: Some(true) })
+    netns::exec(
+        node,
+        &["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"],
+    )?;
+    Ok(NodeSysctls {
+        bridge_nf_call_iptables: Some(true),
+    })
 }
 
 /// Links, addresses and routes, as `ip` argument lists, each run in the given namespace.
@@ -77,7 +98,10 @@ pub fn link_steps(n: &NsNames) -> Vec<(String, Vec<String>)> {
     let (peer, node, ctr) = (n.peer.as_str(), n.node.as_str(), n.ctr.as_str());
     let steps: Vec<(&str, String)> = vec![
         // peer <-> node: both ends are eth0 (created in node, one end moved to peer).
-        (node, format!("link add eth0 type veth peer name eth0 netns {peer}")),
+        (
+            node,
+            format!("link add eth0 type veth peer name eth0 netns {peer}"),
+        ),
         (peer, format!("addr add {PEER_IP}/24 dev eth0")),
         (peer, "link set eth0 up".into()),
         (node, format!("addr add {NODE_IP}/24 dev eth0")),
@@ -85,7 +109,10 @@ pub fn link_steps(n: &NsNames) -> Vec<(String, Vec<String>)> {
         // the user-defined network's bridge with the container's veth as its only port
         (node, format!("link add {BRIDGE} type bridge")),
         (node, format!("addr add {BRIDGE_IP}/16 dev {BRIDGE}")),
-        (node, format!("link add {CTR_VETH} type veth peer name eth0 netns {ctr}")),
+        (
+            node,
+            format!("link add {CTR_VETH} type veth peer name eth0 netns {ctr}"),
+        ),
         (node, format!("link set {CTR_VETH} master {BRIDGE}")),
         (node, format!("link set {CTR_VETH} up")),
         (node, format!("link set {BRIDGE} up")),
@@ -129,7 +156,11 @@ mod tests {
         let steps = link_steps(&n);
         assert!(steps.iter().all(|(ns, _)| n.all().contains(&ns.as_str())));
         // the container veth is a bridge port, and the container routes via the bridge
-        assert!(steps.iter().any(|(_, a)| a.join(" ") == "link set veth0ctr master br-00ea7870520a"));
-        assert!(steps.iter().any(|(ns, a)| ns == "x-ctr" && a.join(" ") == "route add default via 172.19.0.1"));
+        assert!(steps
+            .iter()
+            .any(|(_, a)| a.join(" ") == "link set veth0ctr master br-00ea7870520a"));
+        assert!(steps
+            .iter()
+            .any(|(ns, a)| ns == "x-ctr" && a.join(" ") == "route add default via 172.19.0.1"));
     }
 }
