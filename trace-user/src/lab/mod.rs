@@ -49,8 +49,6 @@ pub enum LabError {
     },
     #[error("no lab named {name:?} (no state file {path})")]
     NotFound { name: String, path: PathBuf },
-    #[error("{0}")]
-    Choose(String),
     #[error("{test} test: connection to {to} failed: {source}")]
     Connect {
         test: LabTest,
