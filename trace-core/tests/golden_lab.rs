@@ -88,3 +88,26 @@ fn reconstruction_agrees_with_the_kernels_trace_of_the_same_run() {
     let t = &report.totals;
     assert_eq!((t.reference_packets, t.agree, t.differ, t.only_in_reference), (12, 12, 0, 0), "{}", report.render_text(5));
 }
+
+/// The full offline pipeline on a real legacy run: recording → assembly → reconstruction →
+/// TRACE lines, byte-identical to the kernel's legacy TRACE output of the same packets.
+#[test]
+fn replayed_recording_prints_the_kernels_trace_lines() {
+    use trace_core::output::trace::{trace_lines, TraceFrom};
+    use trace_core::record::{replay::Replayer, RecordingReader};
+    let bytes = std::fs::read(format!("{DIR}/legacy-run.iptrace")).unwrap();
+    let mut replayer = Replayer::new(None);
+    let mut packets = Vec::new();
+    for item in RecordingReader::new(&bytes[..]).unwrap() {
+        packets.extend(replayer.push(item.unwrap().1));
+    }
+    packets.extend(replayer.finish());
+    // The two test connections (20 packets) and two IGMP reports the node sent meanwhile.
+    assert_eq!(packets.len(), 22);
+    assert!(packets.iter().all(|p| p.status == Status::Confirmed));
+    packets.sort_by_key(|p| p.packet.first_ts_ns);
+    let ours: Vec<String> = packets.iter().flat_map(|p| trace_lines(p, TraceFrom::TraceTarget)).collect();
+    let kernel: Vec<String> = read("legacy-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    assert_eq!(kernel.len(), 80);
+    assert_eq!(ours, kernel);
+}
