@@ -32,7 +32,7 @@ pub enum Color {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Recording written by `iptrace capture --write FILE`.
+    /// Recording written by `iptrace capture --write FILE` (`-` = stdin).
     pub file: PathBuf,
     /// Output format (default: pretty on a terminal, trace otherwise).
     #[arg(long, value_enum)]
@@ -67,8 +67,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Some(p) => Some(crate::rulesource::load_dump_file(p)?),
         None => None,
     };
-    let file = std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
-    let reader = RecordingReader::new(BufReader::new(file)).with_context(|| args.file.display().to_string())?;
+    let input: Box<dyn std::io::Read> = if args.file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?)
+    };
+    let reader = RecordingReader::new(BufReader::new(input)).with_context(|| args.file.display().to_string())?;
     let mut replayer = Replayer::new(override_rules);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
