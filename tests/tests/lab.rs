@@ -282,3 +282,82 @@ fn lab_nf_log_all_netns_is_restored() {
     drop(lab);
     assert_eq!(read(), before);
 }
+
+/// Ctrl-C: `lab up --foreground` tears the lab down on SIGINT; an interrupted `lab up`
+/// leaves nothing behind whenever the signal lands.
+#[test]
+fn lab_cli_ctrl_c_tears_down() {
+    let test = "lab_cli_ctrl_c_tears_down";
+    if !e2e::lab_ready(test, IptablesBackend::Legacy) {
+        return;
+    }
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(
+            test,
+            "no iptrace binary (cargo build -p trace-user, or set IPTRACE_BIN)",
+        );
+        return;
+    };
+    let prefix = format!("e2e-intr-{}", std::process::id());
+    let mut up = Interruptible::spawn(&bin, &["lab", "up", "--foreground", "--prefix", &prefix]);
+    let name = format!("{prefix}-{}-0", up.0.id());
+    let came_up = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        trace_user::lab::LabState::path_for(&name).exists()
+    });
+    assert!(came_up, "lab {name} did not come up");
+    let leaks = LeakCheck::before(&Lab::attach(&name).unwrap());
+    assert!(up.interrupt().success());
+    leaks.assert_clean();
+    assert!(!trace_user::lab::LabState::path_for(&name).exists());
+
+    // Interrupt `lab up` early, at several points of the build.
+    for delay_ms in [20, 60, 120] {
+        let prefix = format!("e2e-intr-{}-{delay_ms}", std::process::id());
+        let mut up = Interruptible::spawn(&bin, &["lab", "up", "--prefix", &prefix]);
+        let name = format!("{prefix}-{}-0", up.0.id());
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        up.interrupt();
+        if trace_user::lab::LabState::path_for(&name).exists() {
+            // Finished before the signal: a complete lab, removed the normal way.
+            Lab::attach(&name).unwrap().down().unwrap();
+        }
+        for ns in ["peer", "node", "ctr"] {
+            let ns = format!("{name}-{ns}");
+            assert!(
+                !netns::exists(&ns),
+                "{ns} left after Ctrl-C at {delay_ms} ms"
+            );
+        }
+    }
+}
+
+/// An `iptrace` child that gets SIGINT (like Ctrl-C) when interrupted or dropped, so a
+/// failing test does not leave a foreground lab running.
+struct Interruptible(std::process::Child);
+
+impl Interruptible {
+    fn spawn(bin: &std::path::Path, args: &[&str]) -> Self {
+        let child = std::process::Command::new(bin)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Interruptible(child)
+    }
+
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Interruptible {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.interrupt();
+        }
+    }
+}
