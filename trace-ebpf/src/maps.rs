@@ -98,6 +98,12 @@ pub static CONFIG: ProbeConfig = ProbeConfig { sample_n: 0, rate_limit: 0, filte
 #[no_mangle]
 pub static FILTER_FIELDS: u32 = trace_common::record::filter_fields::ALL;
 
+/// Ring-buffer fill level (bytes) above which a record wakes the collector; below it records
+/// are written without a wakeup and the collector drains on its timer (one wakeup per batch
+/// instead of one per record). Set by the collector (a fraction of the ring size).
+#[no_mangle]
+pub static WAKEUP_BYTES: u64 = 0;
+
 /// Read one field of a read-only global: volatile, so the compiler keeps the load (the values
 /// are patched into .rodata after compilation) and the verifier sees a constant.
 macro_rules! global {

@@ -11,6 +11,7 @@
 //! produced before it are held per CPU and flushed when the flow is kept.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -368,10 +369,11 @@ fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
     rec.header.len = len as u32;
     // SAFETY: ProbeRecord is plain data; we send its first `len` bytes.
     let bytes = unsafe { core::slice::from_raw_parts(rec as *const ProbeRecord as *const u8, FULL_LEN) };
+    let flags = wakeup_flags();
     let sent = if with_headers {
-        EVENTS.output::<[u8]>(bytes, 0)
+        EVENTS.output::<[u8]>(bytes, flags)
     } else {
-        EVENTS.output::<[u8]>(&bytes[..SHORT_LEN], 0)
+        EVENTS.output::<[u8]>(&bytes[..SHORT_LEN], flags)
     };
     t.records = t.records.wrapping_add(1);
     if sent.is_ok() {
@@ -384,6 +386,21 @@ fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
         // The collector missed this record: send headers and devices again next time.
         t.last_hash = 0;
         t.last_hook = NO_HOOK;
+    }
+}
+
+/// Wake the collector only when the ring holds more than WAKEUP_BYTES (0: the kernel's
+/// default, a wakeup whenever the collector has caught up).
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    let threshold = global!(WAKEUP_BYTES);
+    if threshold == 0 {
+        return 0;
+    }
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
     }
 }
 
@@ -627,7 +644,7 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         reason: ctx.arg::<u64>(2) as u32,
         ..trace_common::record::DropRecord::ZERO
     };
-    if EVENTS.output::<trace_common::record::DropRecord>(&rec, 0).is_ok() {
+    if EVENTS.output::<trace_common::record::DropRecord>(&rec, wakeup_flags()).is_ok() {
         c.emitted += 1;
         c.drops += 1;
     } else {

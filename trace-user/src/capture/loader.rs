@@ -111,6 +111,7 @@ impl Loaded {
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &config, true)
             .override_global("FILTER_FIELDS", &fields, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes(opts.ringbuf_size), true)
             .load(&elf)
             .map_err(aya_err)?;
         let mut filter: Array<&mut MapData, FilterProgram> =
@@ -158,6 +159,12 @@ impl Loaded {
             s
         }))
     }
+}
+
+/// Records wake the collector once the ring is 1/8 full; below that it drains on its
+/// timer (see session::DRAIN_INTERVAL): one wakeup per batch instead of one per record.
+pub fn wakeup_bytes(ringbuf_size: u32) -> u64 {
+    (ringbuf_size / 8) as u64
 }
 
 /// Does any predicate of the program test `kind`?

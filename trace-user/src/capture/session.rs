@@ -22,6 +22,9 @@ use super::link::{self, HookSpec};
 use super::loader::{LoadOptions, Loaded};
 use super::plan::{self, Target};
 
+/// How often the collector drains the ring buffer without a wakeup.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Capture settings (from the command line).
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
@@ -214,16 +217,22 @@ async fn read_loop(
         .context("registering the ring buffer with tokio")?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
-    // Packets that vanish without a further event are resolved by event time: tick so a quiet
-    // capture still prints them.
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    // The probes wake us only when the ring is filling up (loader::wakeup_bytes): drain on a
+    // timer too, which also resolves packets that vanished without a further event.
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
     loop {
         let mut out = Vec::new();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-            _ = tick.tick() => out.extend(st.asm.advance(monotonic_ns())),
+            _ = tick.tick() => {
+                let rb = fd.get_mut();
+                while let Some(item) = rb.next() {
+                    st.take(&item, &mut out, on_event)?;
+                }
+                out.extend(st.asm.advance(monotonic_ns()));
+            }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
