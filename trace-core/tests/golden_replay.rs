@@ -195,3 +195,25 @@ fn pretty_tree_shows_rules_nat_and_status_and_colors_only_on_request() {
     assert!(plain.contains("filter:DOCKER-USER:return:1  -j RETURN"));
     assert!(render(true).contains("\x1b[32mconfirmed\x1b[0m"));
 }
+
+/// docs/json-schema.md documents every key the JSON output emits (packet, hook, table, path,
+/// step): the schema doc cannot silently drift from the producer.
+#[test]
+fn json_keys_are_documented() {
+    let Some(dump) = dump() else { return };
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/json-schema.md")).unwrap();
+    let documented = |key: &str| doc.lines().any(|l| l.starts_with('|') && l.split('|').nth(1).is_some_and(|c| c.contains(&format!("`{key}`"))));
+    let (pkts, _) = replay(&recording(&dump));
+    let v = trace_core::output::json::packet_json(&pkts[0]);
+    let mut objects = vec![&v];
+    let hook = &v["hooks"][0];
+    let table = &hook["tables"][2];
+    let path = &table["path"];
+    let step = &path["steps"][0];
+    objects.extend([hook, table, path, step]);
+    for o in objects {
+        for k in o.as_object().unwrap().keys() {
+            assert!(documented(k), "key `{k}` is not documented in docs/json-schema.md");
+        }
+    }
+}
