@@ -22,7 +22,7 @@ use trace_core::eval::{Evaluator, IfaceAddr, NetContext};
 use trace_core::netfilter::Family;
 use trace_core::packet::PacketTrace;
 use trace_core::reconstruct::{reconstruct, unresolved, ReconstructedPacket};
-use trace_core::record::RecordingWriter;
+use trace_core::record::{Record, RecordingWriter};
 use trace_core::rules::{self, ParseOptions, Ruleset};
 
 /// Reads and parses a dump file (`--rules FILE`, `-` = stdin); errors name file:line:col.
@@ -141,22 +141,35 @@ impl RuleSource {
         }
     }
 
-    /// Writes the dumps and host contexts of `changes` (from [`RuleSource::refresh`]) to a
-    /// recording, so that replay resolves later events against the same generation.
-    pub fn record_changes<W: std::io::Write>(&self, changes: &[Change], w: &mut RecordingWriter<W>) -> std::io::Result<()> {
-        let mut ctx_written = Vec::new();
+    /// The records announcing `changes` (from [`RuleSource::refresh`]): each new dump with its
+    /// generation, and the netns's host context. Feed them to a
+    /// `trace_core::record::replay::Replayer` (and a recording) before the events that follow,
+    /// so packets are resolved against the dump in force when they were captured:
+    ///
+    /// ```text
+    /// let changes = rules.refresh();                 // once per batch of events
+    /// for r in rules.records(&changes) { replayer.push(r.clone()); writer.write_record(&r)?; }
+    /// ```
+    pub fn records(&self, changes: &[Change]) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut ctx_done = Vec::new();
         for c in changes {
             if let Some(d) = self.dump(c.netns, c.family) {
-                w.write_ruleset_family(c.netns, c.family, d.generation, &d.text)?;
+                out.push(Record::Ruleset { netns: c.netns, family: c.family, generation: d.generation, text: d.text.to_string() });
             }
-            if !ctx_written.contains(&c.netns) {
+            if !ctx_done.contains(&c.netns) {
                 if let Some(ctx) = self.context(c.netns) {
-                    w.write_netinfo(c.netns, &ctx)?;
+                    out.push(Record::Netinfo { netns: c.netns, context: (*ctx).clone() });
                 }
-                ctx_written.push(c.netns);
+                ctx_done.push(c.netns);
             }
         }
-        Ok(())
+        out
+    }
+
+    /// Writes [`RuleSource::records`] of `changes` to a recording.
+    pub fn record_changes<W: std::io::Write>(&self, changes: &[Change], w: &mut RecordingWriter<W>) -> std::io::Result<()> {
+        self.records(changes).iter().try_for_each(|r| w.write_record(r))
     }
 
     /// Re-takes the dumps (and addresses) of every netns whose last dump is older than the
@@ -389,6 +402,9 @@ mod tests {
         let g2 = src.dump(ino, Family::Ipv4).unwrap().generation;
         assert!(changed.iter().any(|c| c.netns == ino && c.family == Family::Ipv4 && c.generation == g2));
         assert!(g2 > g1);
+        let recs = src.records(&changed);
+        assert!(recs.iter().any(|r| matches!(r, Record::Ruleset { generation, .. } if *generation == g2)));
+        assert!(recs.iter().any(|r| matches!(r, Record::Netinfo { netns, .. } if *netns == ino)));
         let (ev, _, g) = src.rules_for(ino, Family::Ipv4).unwrap();
         assert_eq!(g, g2);
         assert_eq!(ev.ruleset().table(trace_core::netfilter::Table::Filter).unwrap().chain("INPUT").unwrap().rules.len(), 2);
