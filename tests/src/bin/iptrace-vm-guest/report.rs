@@ -65,6 +65,7 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
         };
         for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
             report.case(b, &format!("remote-syn-{backend}"), || crate::scenario::remote_syn(flavour, backend));
+            report.case(b, &format!("filter-drop-{backend}"), || crate::scenario::filter_drop(flavour, backend));
         }
     }
 }

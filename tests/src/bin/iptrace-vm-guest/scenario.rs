@@ -33,6 +33,66 @@ pub fn remote_syn(flavour: Flavour, backend: IptablesBackend) -> Outcome {
     }
 }
 
+/// A loaded capture over a lab, with the assembler planned from the lab's registrations.
+struct Capture {
+    cap: Classic,
+    asm: Assembler,
+    decoder: Decoder,
+    rb: aya::maps::RingBuf<aya::maps::MapData>,
+    records: u64,
+    bad: u64,
+}
+
+impl Capture {
+    fn start(flavour: Flavour, lab: &Lab) -> anyhow::Result<Capture> {
+        let opts = LoadOptions { ringbuf_size: 1 << 22, sample_n: 0, rate_limit: 0, filter: FilterProgram::match_all() };
+        let mut cap = Classic::load(flavour, &opts)?;
+        let mut regs = Vec::new();
+        for ns in [LabNs::Peer, LabNs::Node, LabNs::Ctr] {
+            regs.push((lab.ns_inode(ns) as u32, plan::discover(&lab.ns_path(ns))?));
+        }
+        let mut asm = Assembler::new(classic::probe_plan(&regs), AssemblerConfig::default());
+        if let Some((&n, _)) = cap.drop_reasons.iter().find(|(_, name)| *name == "NETFILTER_DROP") {
+            asm.set_netfilter_drop_reason(n);
+        }
+        let decoder = Decoder::new(cap.drop_reasons.clone(), Symbols::default());
+        let rb = cap.take_events()?;
+        Ok(Capture { cap, asm, decoder, rb, records: 0, bad: 0 })
+    }
+
+    /// Read for `ms` milliseconds, then flush the assembler.
+    fn collect(&mut self, ms: u64) -> Vec<PacketTrace> {
+        let mut traces = Vec::new();
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            while let Some(item) = self.rb.next() {
+                self.records += 1;
+                match self.decoder.decode(&item) {
+                    Ok(ev) => traces.extend(self.asm.push(ev)),
+                    Err(_) => self.bad += 1,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        traces.extend(self.asm.flush());
+        traces
+    }
+
+    fn summary(&self, packets: usize) -> anyhow::Result<(String, bool)> {
+        let c = self.cap.counters()?;
+        let s = format!(
+            "{} attached ({} skipped: {:?}); records {}, undecodable {}, lost {}, packets {packets}",
+            self.cap.attached.join(","),
+            self.cap.skipped.len(),
+            self.cap.skipped,
+            self.records,
+            self.bad,
+            c.lost,
+        );
+        Ok((s, self.bad == 0 && c.lost == 0))
+    }
+}
+
 fn run(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
     let lab = Lab::up(LabOptions {
         backend,
@@ -40,45 +100,13 @@ fn run(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
         name_prefix: format!("vm-{flavour}"),
         ..LabOptions::default()
     })?;
-    let opts = LoadOptions { ringbuf_size: 1 << 22, sample_n: 0, rate_limit: 0, filter: FilterProgram::match_all() };
-    let mut cap = Classic::load(flavour, &opts)?;
-    let mut regs = Vec::new();
-    for ns in [LabNs::Peer, LabNs::Node, LabNs::Ctr] {
-        regs.push((lab.ns_inode(ns) as u32, plan::discover(&lab.ns_path(ns))?));
-    }
-    let mut asm = Assembler::new(classic::probe_plan(&regs), AssemblerConfig::default());
-    if let Some((&n, _)) = cap.drop_reasons.iter().find(|(_, name)| *name == "NETFILTER_DROP") {
-        asm.set_netfilter_drop_reason(n);
-    }
-    let decoder = Decoder::new(cap.drop_reasons.clone(), Symbols::default());
-    let mut rb = cap.take_events()?;
+    let mut cap = Capture::start(flavour, &lab)?;
     let ex = lab.run_remote()?;
-    let mut traces: Vec<PacketTrace> = Vec::new();
-    let (mut records, mut bad) = (0u64, 0u64);
-    let until = Instant::now() + Duration::from_millis(800);
-    while Instant::now() < until {
-        while let Some(item) = rb.next() {
-            records += 1;
-            match decoder.decode(&item) {
-                Ok(ev) => traces.extend(asm.push(ev)),
-                Err(_) => bad += 1,
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    traces.extend(asm.flush());
-    let counters = cap.counters()?;
+    let traces = cap.collect(800);
     let node = lab.ns_inode(LabNs::Node) as u32;
     let client_port = ex.local.port();
-    let syn = traces.iter().find(|t| t.netns == node && t.family == Family::Ipv4 && is_syn_from(t, client_port));
-    let summary = format!(
-        "{} attached ({} skipped: {:?}); records {records}, undecodable {bad}, lost {}, packets {}",
-        cap.attached.join(","),
-        cap.skipped.len(),
-        cap.skipped,
-        counters.lost,
-        traces.len()
-    );
+    let syn = traces.iter().find(|t| t.netns == node && t.family == Family::Ipv4 && is_syn_from(t, Some(client_port)));
+    let (summary, clean) = cap.summary(traces.len())?;
     let Some(syn) = syn else {
         return Ok(Outcome::Fail(format!("no remote SYN (client port {client_port}) in node netns; {summary}")));
     };
@@ -86,8 +114,8 @@ fn run(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
     let problems = check(syn);
     drop(cap);
     lab.down()?;
-    if bad > 0 || counters.lost > 0 {
-        return Ok(Outcome::Fail(format!("{path}; {summary}")));
+    if !clean {
+        return Ok(Outcome::Fail(format!("events lost or undecodable: {path}; {summary}")));
     }
     Ok(match problems {
         None => Outcome::Pass(format!("{path}; {summary}")),
@@ -95,9 +123,54 @@ fn run(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
     })
 }
 
-fn is_syn_from(t: &PacketTrace, port: u16) -> bool {
+/// A DROP rule in filter FORWARD: the remote SYN is reported dropped in FORWARD filter with
+/// the kernel's NETFILTER_DROP reason (a number that differs between kernels, from BTF).
+pub fn filter_drop(flavour: Flavour, backend: IptablesBackend) -> Outcome {
+    match run_drop(flavour, backend) {
+        Ok(o) => o,
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+fn run_drop(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
+    let lab = Lab::up(LabOptions { backend, name_prefix: format!("vm-drop-{flavour}"), ..LabOptions::default() })?;
+    let bin = format!("iptables-{}", backend.as_str());
+    let out = lab.exec(LabNs::Node, &[&bin, "-I", "FORWARD", "1", "-p", "tcp", "-d", "172.19.0.9", "--dport", "80", "-j", "DROP"])?;
+    anyhow::ensure!(out.status.success(), "{bin} -I FORWARD: {}", String::from_utf8_lossy(&out.stderr));
+    let mut cap = Capture::start(flavour, &lab)?;
+    let to: std::net::SocketAddr = "192.168.64.4:10000".parse()?;
+    let connected = trace_user::netns::run_in(&lab.ns_path(LabNs::Peer), move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_millis(300)).is_ok()
+    })?;
+    let traces = cap.collect(600);
+    let node = lab.ns_inode(LabNs::Node) as u32;
+    let syn = traces.iter().find(|t| t.netns == node && t.family == Family::Ipv4 && is_syn_from(t, None));
+    let (summary, clean) = cap.summary(traces.len())?;
+    drop(cap);
+    lab.down()?;
+    if connected {
+        return Ok(Outcome::Fail("the connection went through the DROP rule".into()));
+    }
+    let Some(syn) = syn else {
+        return Ok(Outcome::Fail(format!("no SYN in node netns; {summary}")));
+    };
+    let path = describe(syn);
+    let fwd_filter = syn.hooks.iter().find(|h| h.hook == Hook::Forward).and_then(|h| h.tables.iter().find(|o| o.table == Table::Filter));
+    let dropped = matches!(fwd_filter.map(|o| &o.verdict),
+        Some(ObservedVerdict::Drop { reason_name: Some(n), .. }) if n == "NETFILTER_DROP");
+    let fate_ok = matches!(&syn.fate, trace_core::packet::Fate::Dropped { hook: Hook::Forward, stage }
+        if stage.table() == Some(Table::Filter));
+    Ok(if dropped && fate_ok && clean {
+        Outcome::Pass(format!("{path}; {summary}"))
+    } else {
+        Outcome::Fail(format!("expected FORWARD filter drop(NETFILTER_DROP): {path}; {summary}"))
+    })
+}
+
+/// The traversal starts with a SYN (no ACK) to port 10000, from `port` when given.
+fn is_syn_from(t: &PacketTrace, port: Option<u16>) -> bool {
     let first = t.hooks.first().and_then(|h| h.tables.first().map(|o| &o.before.headers).or(h.stages.first().map(|s| &s.before.headers)));
-    matches!(first.map(|h| &h.l4), Some(L4::Tcp { sport, flags, .. }) if *sport == port && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0)
+    matches!(first.map(|h| &h.l4), Some(L4::Tcp { sport, dport, flags, .. }) if port.is_none_or(|p| *sport == p) && *dport == 10000 && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0)
 }
 
 /// `PREROUTING raw:accept mangle:accept nat:accept(->172.19.0.9:80) | FORWARD ...`
