@@ -371,6 +371,8 @@ fn log_fixtures_are_on_the_path_and_format_identically() {
             let ctx = trace_core::output::logline::LogContext {
                 in_dev: hp.in_dev.as_deref(),
                 out_dev: hp.out_dev.as_deref(),
+                physin: None,
+                physout: None,
                 mac: hp.mac.as_deref(),
                 uid_gid: None,
                 mark: 0,

@@ -13,6 +13,10 @@ use std::net::IpAddr;
 pub struct LogContext<'a> {
     pub in_dev: Option<&'a str>,
     pub out_dev: Option<&'a str>,
+    /// Bridge ports of a bridged packet (br_netfilter), printed as PHYSIN=/PHYSOUT= when they
+    /// differ from the devices. The capture does not record them yet.
+    pub physin: Option<&'a str>,
+    pub physout: Option<&'a str>,
     /// Link-layer header bytes; printed (as `MAC=`) only when there is an input device.
     pub mac: Option<&'a [u8]>,
     /// UID/GID of a local socket owner (printed after the transport fields).
@@ -40,6 +44,12 @@ impl LogFlags {
 pub fn packet_fields(h: &Headers, ctx: &LogContext<'_>, flags: LogFlags) -> String {
     let mut s = String::with_capacity(256);
     let _ = write!(s, "IN={} OUT={} ", ctx.in_dev.unwrap_or(""), ctx.out_dev.unwrap_or(""));
+    if let Some(p) = ctx.physin.filter(|p| Some(*p) != ctx.in_dev) {
+        let _ = write!(s, "PHYSIN={p} ");
+    }
+    if let Some(p) = ctx.physout.filter(|p| Some(*p) != ctx.out_dev) {
+        let _ = write!(s, "PHYSOUT={p} ");
+    }
     if ctx.in_dev.is_some() {
         push_mac(&mut s, ctx.mac);
     }
@@ -283,6 +293,8 @@ mod tests {
             flowlabel: 0x12345,
             l4: L4::Udp { sport: 53, dport: 4000, len: 48 },
         };
+        let s = packet_fields(&h, &LogContext { in_dev: Some("br0"), physin: Some("veth1"), ..Default::default() }, LogFlags::PLAIN);
+        assert!(s.starts_with("IN=br0 OUT= PHYSIN=veth1 MAC= SRC="), "{s}");
         let s = packet_fields(&h6, &LogContext { in_dev: Some("eth0"), ..Default::default() }, LogFlags::TRACE);
         assert_eq!(s, "IN=eth0 OUT= MAC= SRC=2001:0db8:0000:0000:0000:0000:0000:0001 DST=fe80:0000:0000:0000:0000:0000:0000:0002 LEN=88 TC=0 HOPLIMIT=255 FLOWLBL=74565 PROTO=UDP SPT=53 DPT=4000 LEN=48 ");
     }

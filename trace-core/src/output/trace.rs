@@ -25,6 +25,8 @@ pub fn trace_line(hp: &HookPass, obs: &TableObservation, step: &Step) -> String 
     let ctx = LogContext {
         in_dev: hp.in_dev.as_deref(),
         out_dev: hp.out_dev.as_deref(),
+        physin: None,
+        physout: None,
         mac: hp.mac.as_deref(),
         uid_gid: hp.uid.zip(hp.gid),
         mark: step.mark,
