@@ -587,3 +587,92 @@ fn reconstruction_knows_the_original_tuple() {
     assert_eq!(filter.status, Status::Confirmed, "{filter:#?}");
     assert_eq!(filter.paths[0].steps.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(), ["filter:FORWARD:rule:1"]);
 }
+
+/// One nat table observation: `before` → `after` on `hook`, NEW connection.
+fn nat_packet(hook: Hook, in_dev: Option<&str>, out_dev: Option<&str>, before: Headers, after: Headers) -> PacketTrace {
+    PacketTrace {
+        id: 1,
+        skb: 1,
+        gen: 1,
+        netns: 1,
+        family: Family::Ipv4,
+        first_ts_ns: 0,
+        hooks: vec![HookPass {
+            hook,
+            ts_ns: 0,
+            in_dev: in_dev.map(str::to_string),
+            out_dev: out_dev.map(str::to_string),
+            mac: None,
+            uid: None,
+            gid: None,
+            tables: vec![TableObservation {
+                table: Table::Nat,
+                priority: Table::Nat.priority(hook).unwrap(),
+                before: PacketState { headers: before, mark: 0, ct: NEW },
+                after: Some(PacketState { headers: after, mark: 0, ct: NEW }),
+                verdict: ObservedVerdict::Accept,
+            }],
+            stages: vec![],
+            probes: vec![],
+        }],
+        incomplete: false,
+        fate: Default::default(),
+    }
+}
+
+fn nat_status(dump: &str, p: &PacketTrace, ctx: &NetContext) -> (Status, Vec<String>) {
+    let ev = Evaluator::new(rules::parse(dump).unwrap());
+    let rp = reconstruct(p, &ev, ctx);
+    let t = &rp.hooks[0].tables[0];
+    (t.status, t.paths.first().map(|p| p.steps.iter().map(|s| s.id.to_string()).collect()).unwrap_or_default())
+}
+
+fn nat_dump(rules: &str) -> String {
+    format!("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n{rules}COMMIT\n")
+}
+
+/// SNAT/MASQUERADE (POSTROUTING), REDIRECT (PREROUTING) and NETMAP: the observed translation
+/// must be one the rule produces; no NAT rule means no address change (a null binding may
+/// still move the source port).
+#[test]
+fn nat_targets_are_checked_against_the_observed_translation() {
+    let ctx = NetContext::from_addrs([
+        IfaceAddr { iface: "eth0".into(), addr: "203.0.113.1".parse().unwrap(), broadcast: None },
+        IfaceAddr { iface: "eth1".into(), addr: "10.0.0.1".parse().unwrap(), broadcast: None },
+    ]);
+    let before = tcp("10.0.0.5", 40000, "198.51.100.9", 443, tcp_flags::SYN);
+    let post = |src: &str, sport| nat_packet(Hook::Postrouting, Some("eth1"), Some("eth0"), before.clone(), tcp(src, sport, "198.51.100.9", 443, tcp_flags::SYN));
+
+    let snat = nat_dump("-A POSTROUTING -s 10.0.0.0/24 -o eth0 -j SNAT --to-source 203.0.113.10-203.0.113.20:1024-2048\n");
+    assert_eq!(nat_status(&snat, &post("203.0.113.15", 1500), &ctx).0, Status::Confirmed);
+    assert_eq!(nat_status(&snat, &post("203.0.113.30", 1500), &ctx).0, Status::Inconsistent, "address outside the range");
+    assert_eq!(nat_status(&snat, &post("203.0.113.15", 3000), &ctx).0, Status::Inconsistent, "port outside the range");
+
+    let masq = nat_dump("-A POSTROUTING -o eth0 -j MASQUERADE\n");
+    assert_eq!(nat_status(&masq, &post("203.0.113.1", 40000), &ctx).0, Status::Confirmed);
+    assert_eq!(nat_status(&masq, &post("203.0.113.1", 61000), &ctx).0, Status::Confirmed, "a clash may move the port");
+    assert_eq!(nat_status(&masq, &post("10.0.0.1", 40000), &ctx).0, Status::Inconsistent, "not an address of eth0");
+    assert_eq!(nat_status(&masq, &post("10.0.0.1", 40000), &NetContext::unknown()).0, Status::Confirmed, "addresses unknown");
+
+    // No NAT rule: the null binding keeps the addresses (may move the source port).
+    let none = nat_dump("");
+    assert_eq!(nat_status(&none, &post("10.0.0.5", 40001), &ctx).0, Status::Confirmed);
+    assert_eq!(nat_status(&none, &post("203.0.113.1", 40000), &ctx).0, Status::Inconsistent);
+
+    let redirect = nat_dump("-A PREROUTING -i eth1 -p tcp -m tcp --dport 443 -j REDIRECT --to-ports 3129\n");
+    let pre = |dst: &str, dport| nat_packet(Hook::Prerouting, Some("eth1"), None, before.clone(), tcp("10.0.0.5", 40000, dst, dport, tcp_flags::SYN));
+    assert_eq!(nat_status(&redirect, &pre("10.0.0.1", 3129), &ctx).0, Status::Confirmed);
+    assert_eq!(nat_status(&redirect, &pre("203.0.113.1", 3129), &ctx).0, Status::Inconsistent, "REDIRECT goes to the input device's address");
+    assert_eq!(nat_status(&redirect, &pre("10.0.0.1", 8080), &ctx).0, Status::Inconsistent);
+
+    let netmap = nat_dump("-A PREROUTING -d 198.51.100.0/24 -j NETMAP --to 192.0.2.0/24\n");
+    assert_eq!(nat_status(&netmap, &pre("192.0.2.9", 443), &ctx).0, Status::Confirmed);
+    assert_eq!(nat_status(&netmap, &pre("192.0.2.10", 443), &ctx).0, Status::Inconsistent);
+
+    // A translation in a table that does not translate is never explained.
+    let mangle = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
+    let mut p = pre("192.0.2.9", 443);
+    p.hooks[0].tables[0].table = Table::Mangle;
+    p.hooks[0].tables[0].priority = -150;
+    assert_eq!(nat_status(mangle, &p, &ctx).0, Status::Inconsistent);
+}
