@@ -89,25 +89,45 @@ fn reconstruction_agrees_with_the_kernels_trace_of_the_same_run() {
     assert_eq!((t.reference_packets, t.agree, t.differ, t.only_in_reference), (12, 12, 0, 0), "{}", report.render_text(5));
 }
 
-/// The full offline pipeline on a real legacy run: recording → assembly → reconstruction →
-/// TRACE lines, byte-identical to the kernel's legacy TRACE output of the same packets.
-#[test]
-fn replayed_recording_prints_the_kernels_trace_lines() {
-    use trace_core::output::trace::{trace_lines, TraceFrom};
+/// Replays a recording of tests/golden_lab: every packet, in capture order.
+fn replay_recording(name: &str) -> Vec<ReconstructedPacket> {
     use trace_core::record::{replay::Replayer, RecordingReader};
-    let bytes = std::fs::read(format!("{DIR}/legacy-run.iptrace")).unwrap();
+    let bytes = std::fs::read(format!("{DIR}/{name}")).unwrap();
     let mut replayer = Replayer::new(None);
     let mut packets = Vec::new();
     for item in RecordingReader::new(&bytes[..]).unwrap() {
         packets.extend(replayer.push(item.unwrap().1));
     }
     packets.extend(replayer.finish());
+    packets.sort_by_key(|p| p.packet.first_ts_ns);
+    packets
+}
+
+/// What legacy TRACE prints for these packets: the steps after the TRACE rule.
+fn legacy_trace_lines(packets: &[ReconstructedPacket]) -> Vec<String> {
+    use trace_core::output::trace::{trace_lines, TraceFrom};
+    packets.iter().flat_map(|p| trace_lines(p, TraceFrom::TraceTarget)).collect()
+}
+
+/// The full offline pipeline on a real legacy run: recording → assembly → reconstruction →
+/// TRACE lines, byte-identical to the kernel's legacy TRACE output of the same packets.
+#[test]
+fn replayed_recording_prints_the_kernels_trace_lines() {
+    let packets = replay_recording("legacy-run.iptrace");
     // The two test connections (20 packets) and two IGMP reports the node sent meanwhile.
     assert_eq!(packets.len(), 22);
     assert!(packets.iter().all(|p| p.status == Status::Confirmed));
-    packets.sort_by_key(|p| p.packet.first_ts_ns);
-    let ours: Vec<String> = packets.iter().flat_map(|p| trace_lines(p, TraceFrom::TraceTarget)).collect();
     let kernel: Vec<String> = read("legacy-run.kernel-trace.txt").lines().map(str::to_string).collect();
     assert_eq!(kernel.len(), 80);
-    assert_eq!(ours, kernel);
+    assert_eq!(legacy_trace_lines(&packets), kernel);
+}
+
+/// The same for IPv6 (ip6tables-legacy, the IPv6 LOG format).
+#[test]
+fn replayed_ipv6_recording_prints_the_kernels_trace_lines() {
+    let packets = replay_recording("ipv6-run.iptrace");
+    assert!(packets.iter().all(|p| p.status == Status::Confirmed));
+    let kernel: Vec<String> = read("ipv6-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    assert_eq!(kernel.len(), 10);
+    assert_eq!(legacy_trace_lines(&packets), kernel);
 }
