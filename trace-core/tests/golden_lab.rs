@@ -131,3 +131,25 @@ fn replayed_ipv6_recording_prints_the_kernels_trace_lines() {
     assert_eq!(kernel.len(), 10);
     assert_eq!(legacy_trace_lines(&packets), kernel);
 }
+
+/// A hand-written ruleset (goto, RETURN through a goto to the policy, MARK/CONNMARK/DSCP
+/// changing what later TRACE lines print, REDIRECT, a `-m limit` LOG, REJECT): the replayed
+/// recording prints the kernel's TRACE lines. The limit is the only branch the kernel's
+/// evidence cannot settle (both outcomes accept); the path shown first is the one where the
+/// limit matched, which the kernel's LOG line confirms.
+#[test]
+fn handwritten_ruleset_matches_the_kernels_trace() {
+    let packets = replay_recording("handwritten-run.iptrace");
+    let kernel: Vec<String> = read("handwritten-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    assert_eq!(legacy_trace_lines(&packets), kernel);
+    let unsure: Vec<_> = packets
+        .iter()
+        .flat_map(|p| p.hooks.iter().flat_map(|h| &h.tables))
+        .filter(|t| t.status != Status::Confirmed)
+        .collect();
+    assert_eq!(unsure.len(), 1, "{unsure:#?}");
+    let limit = unsure[0];
+    assert_eq!((limit.status, limit.paths.len()), (Status::Ambiguous, 2));
+    assert!(limit.paths[0].assumptions.iter().any(|a| a.chain == "LOGCHAIN" && a.matched && a.what[0].contains("limit")));
+    assert!(read("handwritten-run.kernel-log.txt").contains("EVALDEV-X IN=vethxb"));
+}

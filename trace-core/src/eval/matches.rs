@@ -282,8 +282,9 @@ fn tuple_matches(
 /// The address types `ip` may have in the netns (xt_addrtype via the local routing table).
 /// More than one entry means the evidence cannot tell. `routed_local`: what the kernel's own
 /// routing decision for this packet says about `ip` (delivered locally or not), used when
-/// the netns's addresses are unknown.
-fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext, routed_local: Option<bool>, tcp: bool) -> Vec<AddrType> {
+/// the netns's addresses are unknown. `unicast_only`: the packet cannot have a broadcast
+/// destination (TCP, or received with a unicast link-layer destination).
+fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext, routed_local: Option<bool>, unicast_only: bool) -> Vec<AddrType> {
     match ip {
         IpAddr::V4(a) => {
             if a.octets()[0] == 0 || a.is_broadcast() {
@@ -303,8 +304,9 @@ fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext, routed_local: Opt
         return match (routed_local, dev) {
             // Routed elsewhere: not in the local table, so UNICAST.
             (Some(false), None) => vec![AddrType::Unicast],
-            // Delivered locally: a local address, or (not for TCP) a subnet broadcast.
-            (Some(true), None) if tcp => vec![AddrType::Local],
+            // Delivered locally: a local address, or (not for unicast-only packets) a subnet
+            // broadcast.
+            (Some(true), None) if unicast_only => vec![AddrType::Local],
             (Some(true), None) => vec![AddrType::Local, AddrType::Broadcast],
             _ => vec![AddrType::Local, AddrType::Unicast, AddrType::Broadcast],
         };
@@ -340,11 +342,13 @@ fn addrtype(a: &AddrTypeMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
     } else {
         None
     };
-    let tcp = p.h.proto == 6;
+    // Broadcasts go to the link-layer broadcast address; TCP is never broadcast.
+    let unicast_l2 = p.mac.filter(|m| m.len() >= 6).is_some_and(|m| m[0] & 1 == 0);
+    let unicast_only = p.h.proto == 6 || unicast_l2;
     let mut result = Tri::True;
     for (want, ip, routed) in [(&a.src_type, p.h.src, None), (&a.dst_type, p.h.dst, p.dst_local)] {
         if let Some(want) = want {
-            match addrtype_one(want, addr_types(ip, dev, ctx, routed, tcp), ctx.known) {
+            match addrtype_one(want, addr_types(ip, dev, ctx, routed, unicast_only), ctx.known) {
                 Tri::False => return Tri::False,
                 Tri::Unknown(r) => result = Tri::Unknown(r),
                 Tri::True => {}
