@@ -32,6 +32,10 @@ const HOST_PROGRAMS: &[&str] = &[
     "/usr/sbin/ip6tables-nft",
     "/usr/sbin/ip6tables-nft-save",
     "/usr/sbin/ip6tables-nft-restore",
+    // The nft backend's reference trace (trace_user::reference).
+    "/usr/sbin/xtables-monitor",
+    "/usr/bin/stdbuf",
+    "/usr/libexec/coreutils/libstdbuf.so",
 ];
 const HOST_FILES: &[&str] = &["/etc/protocols", "/etc/services", "/etc/ethertypes"];
 /// Directory of iptables' extension plugins (dlopen'ed: ldd of the binary does not list them).

@@ -66,6 +66,7 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
         for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
             report.case(b, &format!("remote-syn-{backend}"), || crate::scenario::remote_syn(flavour, backend));
             report.case(b, &format!("filter-drop-{backend}"), || crate::scenario::filter_drop(flavour, backend));
+            report.case(b, &format!("trace-agrees-{backend}"), || crate::scenario::trace_agrees(flavour, backend));
         }
     }
 }

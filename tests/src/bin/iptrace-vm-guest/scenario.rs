@@ -36,6 +36,7 @@ pub fn remote_syn(flavour: Flavour, backend: IptablesBackend) -> Outcome {
 /// A loaded capture over a lab, with the assembler planned from the lab's registrations.
 struct Capture {
     cap: Classic,
+    plan: trace_core::assemble::ProbePlan,
     asm: Assembler,
     decoder: Decoder,
     rb: aya::maps::RingBuf<aya::maps::MapData>,
@@ -51,13 +52,14 @@ impl Capture {
         for ns in [LabNs::Peer, LabNs::Node, LabNs::Ctr] {
             regs.push((lab.ns_inode(ns) as u32, plan::discover(&lab.ns_path(ns))?));
         }
-        let mut asm = Assembler::new(classic::probe_plan(&regs), AssemblerConfig::default());
+        let plan = classic::probe_plan(&regs);
+        let mut asm = Assembler::new(plan.clone(), AssemblerConfig::default());
         if let Some((&n, _)) = cap.drop_reasons.iter().find(|(_, name)| *name == "NETFILTER_DROP") {
             asm.set_netfilter_drop_reason(n);
         }
         let decoder = Decoder::new(cap.drop_reasons.clone(), Symbols::default());
         let rb = cap.take_events()?;
-        Ok(Capture { cap, asm, decoder, rb, records: 0, bad: 0 })
+        Ok(Capture { cap, plan, asm, decoder, rb, records: 0, bad: 0 })
     }
 
     /// Read for `ms` milliseconds, then flush the assembler.
@@ -76,6 +78,23 @@ impl Capture {
         }
         traces.extend(self.asm.flush());
         traces
+    }
+
+    /// Read for `ms` milliseconds; the decoded events (for the rule-level replayer).
+    fn collect_events(&mut self, ms: u64) -> Vec<trace_core::event::Event> {
+        let mut events = Vec::new();
+        let until = Instant::now() + Duration::from_millis(ms);
+        while Instant::now() < until {
+            while let Some(item) = self.rb.next() {
+                self.records += 1;
+                match self.decoder.decode(&item) {
+                    Ok(ev) => events.push(ev),
+                    Err(_) => self.bad += 1,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        events
     }
 
     fn summary(&self, packets: usize) -> anyhow::Result<(String, bool)> {
@@ -228,4 +247,64 @@ fn check(t: &PacketTrace) -> Option<String> {
         return Some(format!("fate {:?}, expected delivered", t.fate));
     }
     None
+}
+
+/// The kernel's own TRACE (legacy: TRACE target → kernel log; nft: xtables-monitor --trace)
+/// against iptrace's rule-level reconstruction from this backend's events (the shared
+/// Replayer and compare code): every traced packet agrees, none differs or is missing.
+pub fn trace_agrees(flavour: Flavour, backend: IptablesBackend) -> Outcome {
+    match run_trace(flavour, backend) {
+        Ok(o) => o,
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+fn run_trace(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
+    use trace_core::compare::captured::CapturedPacket;
+    use trace_core::record::{replay::Replayer, Record};
+    use trace_user::reference::{agreement, ReferenceTracer, TraceSelector, TraceTarget};
+    let lab = Lab::up(LabOptions { backend, name_prefix: format!("vm-trace-{flavour}"), ..LabOptions::default() })?;
+    let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
+    let sel = TraceSelector {
+        dst: Some("192.168.64.4/32".into()),
+        proto: Some("tcp".into()),
+        dport: Some(10000),
+        ..Default::default()
+    };
+    let tracer = ReferenceTracer::start(target, &sel, true)?;
+    let snapshot = tracer.snapshot_rulesets()?;
+    // After start(): the TRACE rule created/changed raw, so registrations and dumps are current.
+    let mut cap = Capture::start(flavour, &lab)?;
+    let node = lab.ns_inode(LabNs::Node) as u32;
+    let mut rp = Replayer::new(None);
+    let _ = rp.push(Record::Ruleset { netns: node, family: Family::Ipv4, generation: 1, text: snapshot.iptables_save.clone() });
+    for hook in Hook::ALL {
+        if let Some(p) = cap.plan.get(node, Family::Ipv4, hook) {
+            let _ = rp.push(Record::plan(node, Family::Ipv4, hook, p));
+        }
+    }
+    lab.run_remote()?;
+    let events = cap.collect_events(800);
+    let mut packets = Vec::new();
+    for ev in events.into_iter().filter(|e| matches!(e, trace_core::event::Event::Probe(p) if p.netns == node) || matches!(e, trace_core::event::Event::Drop(_))) {
+        packets.extend(rp.push(Record::Event { event: Box::new(ev) }));
+    }
+    packets.extend(rp.finish());
+    let (summary, clean) = cap.summary(packets.len())?;
+    drop(cap);
+    let output = tracer.finish()?;
+    lab.down()?;
+    let captured: Vec<CapturedPacket> = packets.iter().map(CapturedPacket::from).collect();
+    let report = agreement(&output, &captured, &snapshot)?;
+    let t = &report.totals;
+    let totals = format!(
+        "reference {} captured {} agree {} differ {} only-in-reference {} only-in-capture {} unparsable {}",
+        t.reference_packets, t.captured_packets, t.agree, t.differ, t.only_in_reference, t.only_in_capture, t.unparsable
+    );
+    let ok = clean && t.agree > 0 && t.differ == 0 && t.only_in_reference == 0;
+    Ok(if ok {
+        Outcome::Pass(format!("{totals}; {summary}"))
+    } else {
+        Outcome::Fail(format!("{totals}; {summary}; {}", report.render_text(3)))
+    })
 }
