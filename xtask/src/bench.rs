@@ -1,4 +1,4 @@
-//! `cargo xtask bench-capture [--rounds N] [--secs S]` (root): overhead of the nfhook capture
+//! `cargo xtask bench-capture [--rounds N] [--secs S] [--configs NAME,...]` (root): overhead of the nfhook capture
 //! through the lab's DNAT path. Not a test: it prints measurements.
 //!
 //! Per round, for each configuration in turn (interleaved, so drift hits all alike):
@@ -50,17 +50,24 @@ fn configs() -> Vec<Config> {
         Config { name: "match-nothing", args: Some(vec!["host", "10.255.255.254"]) },
         Config { name: "match-everything", args: Some(vec![]) },
         Config { name: "sample-1/1000", args: Some(vec!["--sample", "1/1000"]) },
+        // Diagnostics (--configs): the packet-level view costs the collector less than the
+        // rule-level reconstruction.
+        Config { name: "everything-packets", args: Some(vec!["--packets"]) },
     ]
 }
 
 fn bench(args: &[String]) -> Result<()> {
     let mut rounds = 3;
     let mut secs = 3u64;
+    let mut only: Option<Vec<String>> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--secs" => secs = it.next().context("--secs S")?.parse()?,
+            "--configs" => {
+                only = Some(it.next().context("--configs NAME,NAME")?.split(',').map(String::from).collect::<Vec<_>>())
+            }
             other => bail!("unknown argument {other}"),
         }
     }
@@ -75,14 +82,19 @@ fn bench(args: &[String]) -> Result<()> {
     let iptrace = root.join("target/release/iptrace");
     let xtask = root.join("target/release/xtask");
     let lab = LabNs::up(&iptrace)?;
-    let result = run_rounds(&lab, &iptrace, &xtask, rounds, secs);
+    let mut cfgs: Vec<Config> = configs();
+    let defaults = ["none", "match-nothing", "match-everything", "sample-1/1000"];
+    cfgs.retain(|c| match &only {
+        Some(names) => c.name == "none" || names.iter().any(|n| n == c.name),
+        None => defaults.contains(&c.name),
+    });
+    let result = run_rounds(&lab, &iptrace, &xtask, &cfgs, rounds, secs);
     lab.down(&iptrace);
     result
 }
 
-fn run_rounds(lab: &LabNs, iptrace: &Path, xtask: &Path, rounds: usize, secs: u64) -> Result<()> {
+fn run_rounds(lab: &LabNs, iptrace: &Path, xtask: &Path, cfgs: &[Config], rounds: usize, secs: u64) -> Result<()> {
     lab.prepare(xtask)?;
-    let cfgs = configs();
     let mut tput: Vec<Vec<f64>> = vec![Vec::new(); cfgs.len()];
     let mut conns: Vec<Vec<f64>> = vec![Vec::new(); cfgs.len()];
     let mut lost: Vec<u64> = vec![0; cfgs.len()];

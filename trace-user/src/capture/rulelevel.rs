@@ -56,6 +56,7 @@ pub struct RuleLevel {
     replayer: Option<Replayer>,
     format: Format,
     writer: Option<RecordingWriter<std::io::BufWriter<std::fs::File>>>,
+    printed: u64,
 }
 
 impl RuleLevel {
@@ -78,7 +79,12 @@ impl RuleLevel {
                 let _ = rp.push(r);
             }
         }
-        Ok(RuleLevel { replayer, format, writer })
+        Ok(RuleLevel { replayer, format, writer, printed: 0 })
+    }
+
+    /// Packets printed so far (rule-level mode).
+    pub fn packets(&self) -> u64 {
+        self.printed
     }
 
     pub fn event(&mut self, e: &Event, out: &mut dyn Write) -> Result<()> {
@@ -88,6 +94,7 @@ impl RuleLevel {
         if let Some(rp) = self.replayer.as_mut() {
             for p in rp.push(Record::Event { event: Box::new(e.clone()) }) {
                 output::write_packet(out, &p, self.format, false)?;
+                self.printed += 1;
             }
         }
         Ok(())
@@ -104,6 +111,7 @@ impl RuleLevel {
         if let Some(rp) = self.replayer.as_mut() {
             for p in rp.finish() {
                 output::write_packet(out, &p, self.format, false)?;
+                self.printed += 1;
             }
             for w in rp.take_warnings() {
                 eprintln!("iptrace capture: warning: {w}");

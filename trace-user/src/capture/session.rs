@@ -157,8 +157,24 @@ impl Session {
     pub fn run_with_events(
         &mut self,
         opts: &CaptureOptions,
+        on_event: impl FnMut(&Event) -> Result<()>,
+        on_packet: impl FnMut(&PacketTrace) -> Result<()>,
+    ) -> Result<Summary> {
+        self.run_inner(opts, on_event, on_packet, true)
+    }
+
+    /// Only decode and hand out events (their consumer assembles, e.g. the rule-level
+    /// replayer): no second assembly in the hot loop. `Summary::packets` stays 0.
+    pub fn run_events(&mut self, opts: &CaptureOptions, on_event: impl FnMut(&Event) -> Result<()>) -> Result<Summary> {
+        self.run_inner(opts, on_event, |_| Ok(()), false)
+    }
+
+    fn run_inner(
+        &mut self,
+        opts: &CaptureOptions,
         mut on_event: impl FnMut(&Event) -> Result<()>,
         mut on_packet: impl FnMut(&PacketTrace) -> Result<()>,
+        assemble: bool,
     ) -> Result<Summary> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let events = self.loaded.take_events()?;
@@ -167,7 +183,7 @@ impl Session {
         if let Some(r) = self.netfilter_drop {
             asm.set_netfilter_drop_reason(r);
         }
-        let mut st = ReadState { decoder, asm, received: 0, decode_errors: 0, packets: 0 };
+        let mut st = ReadState { decoder, asm, assemble, received: 0, decode_errors: 0, packets: 0 };
         rt.block_on(read_loop(events, opts, &mut st, &mut on_event, &mut on_packet))?;
         for t in st.asm.flush() {
             st.packets += 1;
@@ -181,6 +197,7 @@ impl Session {
 struct ReadState {
     decoder: Decoder,
     asm: Assembler,
+    assemble: bool,
     received: u64,
     decode_errors: u64,
     packets: u64,
@@ -192,7 +209,9 @@ impl ReadState {
         match self.decoder.decode(bytes) {
             Ok(ev) => {
                 on_event(&ev)?;
-                out.extend(self.asm.push(ev));
+                if self.assemble {
+                    out.extend(self.asm.push(ev));
+                }
             }
             Err(e) => {
                 self.decode_errors += 1;
@@ -231,7 +250,9 @@ async fn read_loop(
                 while let Some(item) = rb.next() {
                     st.take(&item, &mut out, on_event)?;
                 }
-                out.extend(st.asm.advance(monotonic_ns()));
+                if st.assemble {
+                    out.extend(st.asm.advance(monotonic_ns()));
+                }
             }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;

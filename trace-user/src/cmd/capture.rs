@@ -67,7 +67,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for a in &session.attached {
         eprintln!("iptrace capture: netns {} (inode {}): {} probes attached", a.label, a.netns, a.links);
     }
-    let stdout = std::io::stdout();
     let format = args.format;
     let packet_level = args.packets;
     let out_format = match format {
@@ -77,29 +76,70 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let initial = rulelevel::initial_records(&session, &opts.targets);
     let mut rules = RuleLevel::new(initial, !packet_level, out_format, args.write.as_deref())?;
-    let summary = session.run_with_events(
-        &opts,
-        |e| rules.event(e, &mut stdout.lock()),
-        |t| {
-            if !packet_level {
-                return Ok(());
-            }
-            let mut out = stdout.lock();
-            match format {
-                Format::Json => writeln!(out, "{}", serde_json::to_string(t)?)?,
-                Format::Trace | Format::Pretty => print::write_pretty(&mut out, t)?,
-            }
-            out.flush()?;
-            Ok(())
-        },
-    )?;
-    rules.finish(summary.lost, &mut stdout.lock())?;
-    drop(session);
-    if format == Format::Json {
-        println!("{}", serde_json::json!({ "summary": summary }));
+    // Buffered: a line-buffered stdout costs a write(2) per line at high packet rates.
+    let out = std::cell::RefCell::new(Output::new());
+    let mut summary = if packet_level {
+        session.run_with_events(
+            &opts,
+            |e| rules.event(e, &mut *out.borrow_mut()),
+            |t| {
+                let mut o = out.borrow_mut();
+                match format {
+                    Format::Json => writeln!(o, "{}", serde_json::to_string(t)?)?,
+                    Format::Trace | Format::Pretty => print::write_pretty(&mut *o, t)?,
+                }
+                o.maybe_flush()?;
+                Ok(())
+            },
+        )?
+    } else {
+        session.run_events(&opts, |e| {
+            let mut o = out.borrow_mut();
+            rules.event(e, &mut *o)?;
+            o.maybe_flush()
+        })?
+    };
+    let mut o = out.into_inner();
+    rules.finish(summary.lost, &mut o)?;
+    if !packet_level {
+        summary.packets = rules.packets();
     }
+    if format == Format::Json {
+        writeln!(o, "{}", serde_json::json!({ "summary": summary }))?;
+    }
+    o.flush()?;
+    drop(session);
     print::write_summary(&mut std::io::stderr(), &summary)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Buffered stdout, flushed at least every 50 ms while packets keep coming.
+struct Output {
+    w: std::io::BufWriter<std::io::Stdout>,
+    last: std::time::Instant,
+}
+
+impl Output {
+    fn new() -> Self {
+        Output { w: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()), last: std::time::Instant::now() }
+    }
+
+    fn maybe_flush(&mut self) -> Result<()> {
+        if self.last.elapsed() >= Duration::from_millis(50) {
+            self.w.flush()?;
+            self.last = std::time::Instant::now();
+        }
+        Ok(())
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
 }
 
 fn options(args: &Args) -> Result<CaptureOptions> {
