@@ -13,6 +13,24 @@ pub fn read<T: Copy + Default>(base: u64, off: u32) -> T {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
 }
 
+/// `*(T *)(base + off)` with a plain load when `DIRECT`, else [`read`]. Direct loads are for
+/// pointers the verifier knows as BTF pointers (a netfilter program's ctx->state / ctx->skb
+/// and the struct pointers read from them): `off` comes from read-only globals, which the
+/// verifier sees as constants, so it checks each load against the kernel's BTF, and the JIT
+/// makes it fault-safe. Much cheaper than a helper call. Other program types (kprobes) get
+/// plain integers and must use `DIRECT = false`.
+#[inline(always)]
+pub fn kread<T: Copy + Default, const DIRECT: bool>(base: u64, off: u32) -> T {
+    if !DIRECT {
+        return read(base, off);
+    }
+    if base == 0 {
+        return T::default();
+    }
+    // SAFETY: see above; the verifier validates the access against BTF.
+    unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
+}
+
 /// Copy `dst.len()` bytes from `addr`; false when the read failed (dst is then zeroed).
 #[inline(always)]
 pub fn read_buf(addr: u64, dst: &mut [u8]) -> bool {

@@ -24,7 +24,7 @@ use trace_common::{
 
 use crate::{
     filter, headers,
-    kread::{read, read_buf},
+    kread::{kread, read, read_buf},
     maps::{global, Pending, ACTIVE, FLOWS, FLOW_KEEP, FLOW_SKIP, COUNTERS, EVENTS, FILTER, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED},
 };
 
@@ -66,9 +66,9 @@ pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
     let (state, skb) = unsafe { (*ctx as u64, *ctx.add(1) as u64) };
     let prio = slot as u32 as i32;
     if slot & SLOT_FIRST_SIGHT != 0 {
-        let hook: u8 = read(state, global!(OFFSETS.state_hook));
+        let hook: u8 = kread::<_, true>(state, global!(OFFSETS.state_hook));
         if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
-            first_sight(state, skb, prio);
+            first_sight_with::<true>(state, skb, prio);
             return NF_ACCEPT;
         }
     }
@@ -77,7 +77,7 @@ pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
     }
     if let Some(t) = TRACKED.get_ptr_mut(&skb) {
         // SAFETY: map value pointer, valid for this program run.
-        follow(state, skb, prio, unsafe { &mut *t });
+        follow_with::<true>(state, skb, prio, unsafe { &mut *t });
     }
     NF_ACCEPT
 }
@@ -121,13 +121,20 @@ fn counters() -> Option<&'static mut Counters> {
 /// First probe of a traversal: filter, then start tracking (pending the sampling decision).
 #[inline(always)]
 pub(crate) fn first_sight(state: u64, skb: u64, prio: i32) {
+    first_sight_with::<false>(state, skb, prio)
+}
+
+/// [`first_sight`]; `D`: state/skb are BTF pointers the verifier tracks (netfilter programs),
+/// so their fields are plain loads instead of bpf_probe_read_kernel calls.
+#[inline(always)]
+fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
     let Some(c) = counters() else { return };
     c.seen += 1;
     let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
     let now = unsafe { bpf_ktime_get_ns() };
-    read_filter_fields(rec, state, skb);
+    read_filter_fields::<D>(rec, state, skb);
     if !selected(rec) {
         // A recycled skb address may still be in the map from an earlier traversal (only
         // consulted while something is being tracked).
@@ -159,7 +166,7 @@ pub(crate) fn first_sight(state: u64, skb: u64, prio: i32) {
     };
     rec.ts_ns = now;
     rec.priority = prio;
-    let hash = fill_record(rec, state, skb, &mut t);
+    let hash = fill_record::<D>(rec, state, skb, &mut t);
     t.netns = rec.netns;
     if sampling && known.is_none() {
         t.state = STATE_PENDING;
@@ -189,6 +196,12 @@ pub(crate) fn first_sight(state: u64, skb: u64, prio: i32) {
 /// A tracked (or pending) skb at a later probe.
 #[inline(always)]
 pub(crate) fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
+    follow_with::<false>(state, skb, prio, t)
+}
+
+/// [`follow`] with direct loads when `D` (see [`first_sight_with`]).
+#[inline(always)]
+fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
     let Some(c) = counters() else { return };
     let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU scratch value.
@@ -196,7 +209,7 @@ pub(crate) fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
     let now = unsafe { bpf_ktime_get_ns() };
     rec.ts_ns = now;
     rec.priority = prio;
-    let hash = fill_record(rec, state, skb, t);
+    let hash = fill_record::<D>(rec, state, skb, t);
     rec.gen = t.gen;
     if t.state == STATE_TRACKED {
         mark_active(now);
@@ -467,38 +480,38 @@ const NO_HOOK: u8 = 0xff;
 /// bytes changed since the record last sent (returns their hash); devices, MAC and socket
 /// owner only on the first record of each hook.
 #[inline(never)]
-fn fill_record(rec: &mut ProbeRecord, state: u64, skb: u64, t: &mut Tracked) -> u64 {
+fn fill_record<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, t: &mut Tracked) -> u64 {
     rec.header.kind = kind::PROBE;
     rec.header.version = RECORD_VERSION;
     rec.skb = skb;
     rec.flags = 0;
     rec.mac_len = 0;
-    rec.hook = read(state, global!(OFFSETS.state_hook));
-    rec.pf = read(state, global!(OFFSETS.state_pf));
+    rec.hook = kread::<_, D>(state, global!(OFFSETS.state_hook));
+    rec.pf = kread::<_, D>(state, global!(OFFSETS.state_pf));
     rec.netns = if t.netns != 0 {
         t.netns
     } else {
-        let net: u64 = read(state, global!(OFFSETS.state_net));
-        read(net, global!(OFFSETS.net_inum))
+        let net: u64 = kread::<_, D>(state, global!(OFFSETS.state_net));
+        kread::<_, D>(net, global!(OFFSETS.net_inum))
     };
-    rec.mark = read(skb, global!(OFFSETS.skb_mark));
-    conntrack(rec, skb);
-    let head: u64 = read(skb, global!(OFFSETS.skb_head));
-    let nh: u16 = read(skb, global!(OFFSETS.skb_network_header));
+    rec.mark = kread::<_, D>(skb, global!(OFFSETS.skb_mark));
+    conntrack::<D>(rec, skb);
+    let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
+    let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
     let hash = quick_hash(head + nh as u64);
     if head != 0 && (hash != t.last_hash || t.last_hash == 0) && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true) {
         rec.flags |= probe_flags::HEADERS;
     }
     if rec.hook != t.last_hook {
-        let indev: u64 = read(state, global!(OFFSETS.state_in));
-        let outdev: u64 = read(state, global!(OFFSETS.state_out));
-        rec.in_ifindex = read(indev, global!(OFFSETS.dev_ifindex));
-        rec.out_ifindex = read(outdev, global!(OFFSETS.dev_ifindex));
+        let indev: u64 = kread::<_, D>(state, global!(OFFSETS.state_in));
+        let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
+        rec.in_ifindex = kread::<_, D>(indev, global!(OFFSETS.dev_ifindex));
+        rec.out_ifindex = kread::<_, D>(outdev, global!(OFFSETS.dev_ifindex));
         dev_name(indev, &mut rec.in_dev);
         dev_name(outdev, &mut rec.out_dev);
         rec.flags |= probe_flags::DEVS;
-        mac(rec, skb, head, indev);
-        creds(rec, skb);
+        mac::<D>(rec, skb, head, indev);
+        creds::<D>(rec, skb);
         t.last_hook = rec.hook;
     }
     hash
@@ -507,17 +520,17 @@ fn fill_record(rec: &mut ProbeRecord, state: u64, skb: u64, t: &mut Tracked) -> 
 /// What the filter looks at: family, headers (no TCP options), and devices / mark only when
 /// the loaded filter uses them. All a first-sight probe reads for packets it rejects.
 #[inline(never)]
-fn read_filter_fields(rec: &mut ProbeRecord, state: u64, skb: u64) {
-    rec.pf = read(state, global!(OFFSETS.state_pf));
+fn read_filter_fields<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64) {
+    rec.pf = kread::<_, D>(state, global!(OFFSETS.state_pf));
     if global!(FILTER_FIELDS) & filter_fields::DEVS != 0 {
-        let indev: u64 = read(state, global!(OFFSETS.state_in));
-        let outdev: u64 = read(state, global!(OFFSETS.state_out));
+        let indev: u64 = kread::<_, D>(state, global!(OFFSETS.state_in));
+        let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
         dev_name(indev, &mut rec.in_dev);
         dev_name(outdev, &mut rec.out_dev);
     }
-    rec.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 { read(skb, global!(OFFSETS.skb_mark)) } else { 0 };
-    let head: u64 = read(skb, global!(OFFSETS.skb_head));
-    let nh: u16 = read(skb, global!(OFFSETS.skb_network_header));
+    rec.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 { kread::<_, D>(skb, global!(OFFSETS.skb_mark)) } else { 0 };
+    let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
+    let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
     if head == 0 || !headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, false) {
         // Unreadable headers: nothing for the filter to match on.
         rec.headers.proto = 0;
@@ -553,8 +566,8 @@ fn dev_name(dev: u64, dst: &mut [u8; 16]) {
 
 /// skb->_nfct: conntrack pointer | ctinfo (low 3 bits).
 #[inline(always)]
-fn conntrack(rec: &mut ProbeRecord, skb: u64) {
-    let nfct: u64 = read(skb, global!(OFFSETS.skb_nfct));
+fn conntrack<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
+    let nfct: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_nfct));
     rec.ctinfo = (nfct & 7) as u8;
     let ct = nfct & !7;
     rec.ct_id = ct;
@@ -577,12 +590,12 @@ fn conntrack(rec: &mut ProbeRecord, skb: u64) {
 
 /// Link-layer header of received packets (LOG's MAC=).
 #[inline(always)]
-fn mac(rec: &mut ProbeRecord, skb: u64, head: u64, indev: u64) {
+fn mac<const D: bool>(rec: &mut ProbeRecord, skb: u64, head: u64, indev: u64) {
     rec.mac_len = 0;
     if indev == 0 || head == 0 {
         return;
     }
-    let mh: u16 = read(skb, global!(OFFSETS.skb_mac_header));
+    let mh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_mac_header));
     // 0xffff: mac header not set.
     if mh == 0xffff {
         return;
@@ -597,28 +610,28 @@ fn mac(rec: &mut ProbeRecord, skb: u64, head: u64, indev: u64) {
 
 /// Socket owner (skb->sk->sk_socket->file->f_cred fsuid/fsgid), as LOG prints UID=/GID=.
 #[inline(always)]
-fn creds(rec: &mut ProbeRecord, skb: u64) {
+fn creds<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
     rec.uid = 0;
     rec.gid = 0;
     if global!(OFFSETS.have_creds) == 0 {
         return;
     }
-    let sk: u64 = read(skb, global!(OFFSETS.skb_sk));
+    let sk: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_sk));
     if sk == 0 {
         return;
     }
-    let st: u8 = read(sk, global!(OFFSETS.sk_state));
+    let st: u8 = kread::<_, D>(sk, global!(OFFSETS.sk_state));
     if st == TCP_TIME_WAIT || st == TCP_NEW_SYN_RECV {
         return;
     }
-    let sock: u64 = read(sk, global!(OFFSETS.sk_socket));
-    let file: u64 = read(sock, global!(OFFSETS.socket_file));
-    let cred: u64 = read(file, global!(OFFSETS.file_cred));
+    let sock: u64 = kread::<_, D>(sk, global!(OFFSETS.sk_socket));
+    let file: u64 = kread::<_, D>(sock, global!(OFFSETS.socket_file));
+    let cred: u64 = kread::<_, D>(file, global!(OFFSETS.file_cred));
     if cred == 0 {
         return;
     }
-    rec.uid = read(cred, global!(OFFSETS.cred_fsuid));
-    rec.gid = read(cred, global!(OFFSETS.cred_fsgid));
+    rec.uid = kread::<_, D>(cred, global!(OFFSETS.cred_fsuid));
+    rec.gid = kread::<_, D>(cred, global!(OFFSETS.cred_fsgid));
     rec.flags |= probe_flags::UID | probe_flags::GID;
 }
 
