@@ -263,24 +263,68 @@ fn lab_cli_up_run_status_down() {
     );
 }
 
-/// The opt-in root sysctl is set while the lab lives and restored afterwards.
+/// The opt-in root sysctl is set while the lab lives and restored afterwards — for an
+/// in-process lab and for a CLI lab (whose server process holds the use). The use is shared
+/// with other iptrace users (reference::NfLogAllNetns): the restore is checked only when no
+/// other user holds it.
 #[test]
 fn lab_nf_log_all_netns_is_restored() {
-    if !e2e::lab_ready("lab_nf_log_all_netns_is_restored", IptablesBackend::Legacy) {
+    let test = "lab_nf_log_all_netns_is_restored";
+    if !e2e::lab_ready(test, IptablesBackend::Legacy) {
         return;
     }
-    let path = "/proc/sys/net/netfilter/nf_log_all_netns";
-    let read = || std::fs::read_to_string(path).unwrap().trim().to_string();
-    let before = read();
+    let before = nf_log_all_netns();
     let opts = trace_user::lab::LabOptions {
         nf_log_all_netns: true,
         name_prefix: "e2e-lab".into(),
         ..Default::default()
     };
     let lab = Lab::up(opts).unwrap();
-    assert_eq!(read(), "1");
+    assert_eq!(nf_log_all_netns(), "1");
     drop(lab);
-    assert_eq!(read(), before);
+    check_nf_log_restored(test, &before);
+
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(test, "CLI part: no iptrace binary");
+        return;
+    };
+    let prefix = format!("e2e-nflog-{}", std::process::id());
+    let up = std::process::Command::new(&bin)
+        .args(["lab", "up", "--nf-log-all-netns", "--prefix", &prefix])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let name = String::from_utf8_lossy(&up.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    // `lab up` has exited: the server process keeps the sysctl in use.
+    assert_eq!(nf_log_all_netns(), "1");
+    Lab::attach(&name).unwrap().down().unwrap();
+    check_nf_log_restored(test, &before);
+}
+
+fn nf_log_all_netns() -> String {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_log_all_netns")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn check_nf_log_restored(test: &str, before: &str) {
+    if std::path::Path::new("/run/iptrace/nf_log_all_netns.users").exists() {
+        e2e::skipped(
+            test,
+            "restore check: another iptrace process uses nf_log_all_netns now",
+        );
+        return;
+    }
+    assert_eq!(nf_log_all_netns(), before, "nf_log_all_netns not restored");
 }
 
 /// Ctrl-C: `lab up --foreground` tears the lab down on SIGINT; an interrupted `lab up`

@@ -41,6 +41,9 @@ enum Action {
         netns: PathBuf,
         #[arg(long, default_value_t = 80)]
         port: u16,
+        /// Hold a use of net.netfilter.nf_log_all_netns=1 until SIGTERM.
+        #[arg(long)]
+        nf_log_all_netns: bool,
     },
 }
 
@@ -76,8 +79,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Action::Status(p) => status(&pick(p)?),
         Action::Run { tests, pick: p } => run_tests(&pick(p)?, &tests),
         Action::Down { pick: p, all } => down(p, all),
-        Action::Serve { netns, port } => {
-            lab::serve_process(&netns, port)?;
+        Action::Serve {
+            netns,
+            port,
+            nf_log_all_netns,
+        } => {
+            lab::serve_process(&netns, port, nf_log_all_netns)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -21,6 +21,11 @@ pub fn install() {
     }
 }
 
+/// The flag itself (e.g. as the stop flag of `server::serve`).
+pub fn flag() -> &'static AtomicBool {
+    &INTERRUPTED
+}
+
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }

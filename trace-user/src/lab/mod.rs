@@ -25,7 +25,9 @@ pub use server::Exchange;
 pub use state::LabState;
 
 use crate::netns::{self, NetnsError};
+use crate::reference::NfLogAllNetns;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
@@ -61,6 +63,8 @@ pub enum LabError {
         expected: String,
         got: String,
     },
+    #[error("net.netfilter.nf_log_all_netns: {0}")]
+    NfLog(String),
     #[error("lab server did not start: {0}")]
     Server(String),
     #[error("only a lab whose server runs as a process can outlive this process (use ServerMode::Process)")]
@@ -162,6 +166,9 @@ pub struct Lab {
     state: LabState,
     server_thread: Option<server::ServerThread>,
     server_child: Option<Child>,
+    /// In-process labs hold their nf_log_all_netns use here (process-mode labs: the server
+    /// process holds it, so it lasts as long as the lab).
+    nf_log: Option<NfLogAllNetns>,
     owned: bool,
 }
 
@@ -174,15 +181,18 @@ impl Lab {
             state: LabState::new(&name, opts.backend, opts.trace_rules),
             server_thread: None,
             server_child: None,
+            nf_log: None,
             owned: true,
         };
+        lab.state.nf_log_all_netns = opts.nf_log_all_netns;
         lab.build(&opts)?;
         Ok(lab)
     }
 
     fn build(&mut self, opts: &LabOptions) -> Result<()> {
-        if opts.nf_log_all_netns {
-            self.state.nf_log_all_netns_prev = Some(state::set_nf_log_all_netns("1")?);
+        if opts.nf_log_all_netns && matches!(opts.server, ServerMode::Thread) {
+            self.nf_log =
+                Some(NfLogAllNetns::acquire().map_err(|e| LabError::NfLog(e.to_string()))?);
         }
         for (i, ns) in self
             .state
@@ -220,7 +230,7 @@ impl Lab {
                 self.server_thread = Some(server::ServerThread::start(&ctr, topology::CTR_PORT)?)
             }
             ServerMode::Process { exe } => {
-                let child = spawn_server_process(exe, &ctr)?;
+                let child = spawn_server_process(exe, &ctr, self.state.nf_log_all_netns)?;
                 self.state.server_pid = Some(child.id());
                 self.server_child = Some(child);
             }
@@ -236,6 +246,7 @@ impl Lab {
             state,
             server_thread: None,
             server_child: None,
+            nf_log: None,
             owned: false,
         })
     }
@@ -275,26 +286,28 @@ impl Lab {
         for ns in self.state.created.clone().iter().rev() {
             note(netns::destroy(ns).map_err(LabError::from));
         }
-        if let Some(prev) = self.state.nf_log_all_netns_prev.take() {
-            note(state::set_nf_log_all_netns(&prev).map(drop));
+        if let Some(n) = self.nf_log.take() {
+            note(n.release().map_err(|e| LabError::NfLog(e.to_string())));
         }
         note(self.state.remove_file());
         first.map_or(Ok(()), Err)
     }
 
+    /// Stops the server. A server process gets SIGTERM first so it can release its
+    /// nf_log_all_netns use (restoring the sysctl), SIGKILL after 3 s.
     fn stop_server(&mut self) -> Result<()> {
         if let Some(mut t) = self.server_thread.take() {
             t.stop();
         }
         if let Some(mut child) = self.server_child.take() {
+            terminate(child.id());
             let _ = child.kill();
             let _ = child.wait();
         } else if let Some(pid) = self.state.server_pid {
             // Started by an earlier `iptrace lab up`: only signal it if it still is the process
             // inside our container namespace (pids get reused).
             if netns::inode_of(&netns::path_of_pid(pid)).ok() == Some(self.ns_inode(LabNs::Ctr)) {
-                // SAFETY: plain syscall on a process we started (checked above).
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                terminate(pid);
             }
         }
         Ok(())
@@ -397,15 +410,40 @@ impl Drop for Lab {
     }
 }
 
+/// SIGTERM, then SIGKILL if `pid` still runs after 3 s (a process we started).
+fn terminate(pid: u32) {
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+            .unwrap_or(false)
+    };
+    // SAFETY: plain syscalls on a process this lab started.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    for _ in 0..60 {
+        if !running() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
 /// Starts `EXE lab serve` in its own process group (a Ctrl-C in the terminal that ran
 /// `lab up` must not kill a lab meant to outlive it) and waits for its "ready" line.
-fn spawn_server_process(exe: &Path, ctr: &Path) -> Result<Child> {
+fn spawn_server_process(exe: &Path, ctr: &Path, nf_log_all_netns: bool) -> Result<Child> {
     use std::io::BufRead;
     use std::os::unix::process::CommandExt;
-    let mut child = Command::new(exe)
-        .args(["lab", "serve", "--netns"])
+    let mut cmd = Command::new(exe);
+    cmd.args(["lab", "serve", "--netns"])
         .arg(ctr)
-        .args(["--port", &topology::CTR_PORT.to_string()])
+        .args(["--port", &topology::CTR_PORT.to_string()]);
+    if nf_log_all_netns {
+        cmd.arg("--nf-log-all-netns");
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         // Not inherited: a caller reading our output to EOF would wait for the server too.
@@ -467,9 +505,45 @@ fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<()> {
     .into())
 }
 
-/// The `iptrace lab serve` side: enter the netns, bind, say "ready" on stdout, serve until
-/// killed.
-pub fn serve_process(ns: &Path, port: u16) -> Result<()> {
+/// The `iptrace lab serve` side: hold nf_log_all_netns if asked, enter the netns, bind, say
+/// "ready" on stdout, serve until SIGTERM, then release the sysctl and return.
+///
+/// The whole process lives in the container namespace (teardown finds and stops it there);
+/// the sysctl exists only in the namespace we started in, so the release goes back there.
+pub fn serve_process(ns: &Path, port: u16, nf_log_all_netns: bool) -> Result<()> {
+    interrupt::install();
+    // The parent reads stdout until "ready" and does not keep our stderr: report there.
+    let setup = serve_setup(ns, port, nf_log_all_netns).inspect_err(|e| println!("error: {e}"))?;
+    println!("ready");
+    server::serve(setup.listener, interrupt::flag());
+    if let Some(n) = setup.nf_log {
+        netns::enter(Path::new(&format!(
+            "/proc/self/fd/{}",
+            setup.home.as_raw_fd()
+        )))?;
+        n.release().map_err(|e| LabError::NfLog(e.to_string()))?;
+    }
+    Ok(())
+}
+
+struct ServeSetup {
+    listener: std::net::TcpListener,
+    nf_log: Option<NfLogAllNetns>,
+    /// The namespace we started in (to release the sysctl there).
+    home: std::fs::File,
+}
+
+fn serve_setup(ns: &Path, port: u16, nf_log_all_netns: bool) -> Result<ServeSetup> {
+    let here = Path::new("/proc/thread-self/ns/net");
+    let home = std::fs::File::open(here).map_err(|source| LabError::Io {
+        op: "open",
+        path: here.into(),
+        source,
+    })?;
+    let nf_log = match nf_log_all_netns {
+        true => Some(NfLogAllNetns::acquire().map_err(|e| LabError::NfLog(e.to_string()))?),
+        false => None,
+    };
     netns::enter(ns)?;
     let listener =
         std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|source| LabError::Io {
@@ -477,8 +551,9 @@ pub fn serve_process(ns: &Path, port: u16) -> Result<()> {
             path: ns.into(),
             source,
         })?;
-    println!("ready");
-    let never = std::sync::atomic::AtomicBool::new(false);
-    server::serve(listener, &never);
-    Ok(())
+    Ok(ServeSetup {
+        listener,
+        nf_log,
+        home,
+    })
 }

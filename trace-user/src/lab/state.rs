@@ -1,6 +1,5 @@
 //! What a lab consists of, persisted as JSON under /run/iptrace so `iptrace lab
-//! status|run|down` work from later invocations, plus the one root-namespace sysctl the lab
-//! may touch (net.netfilter.nf_log_all_netns, opt-in, restored at teardown).
+//! status|run|down` work from later invocations.
 
 use super::{topology::NodeSysctls, topology::NsNames, IptablesBackend, LabError, Result};
 use crate::netns;
@@ -9,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 /// Where state files live (tmpfs: a reboot forgets labs, as it forgets their namespaces).
 pub const STATE_DIR: &str = "/run/iptrace";
-const NF_LOG_ALL_NETNS: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
 
 /// Everything needed to use or remove a lab later.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,8 +23,10 @@ pub struct LabState {
     pub sysctls: NodeSysctls,
     /// PID of an `iptrace lab serve` process (ServerMode::Process).
     pub server_pid: Option<u32>,
-    /// Root-namespace nf_log_all_netns before the lab set it (restored at teardown).
-    pub nf_log_all_netns_prev: Option<String>,
+    /// The lab holds a use of the root namespace's nf_log_all_netns (shared with other
+    /// iptrace users through `reference::NfLogAllNetns`; the last user restores it).
+    #[serde(default)]
+    pub nf_log_all_netns: bool,
 }
 
 impl LabState {
@@ -40,7 +40,7 @@ impl LabState {
             inodes: [0; 3],
             sysctls: NodeSysctls::default(),
             server_pid: None,
-            nf_log_all_netns_prev: None,
+            nf_log_all_netns: false,
         }
     }
 
@@ -125,16 +125,6 @@ impl LabStatus {
     pub fn healthy(&self) -> bool {
         self.server_alive && self.namespaces.iter().all(|(_, e)| *e)
     }
-}
-
-/// Sets the root namespace's nf_log_all_netns, returning the previous value. Must run on a
-/// thread in the initial namespace (the sysctl exists only there).
-pub fn set_nf_log_all_netns(value: &str) -> Result<String> {
-    let prev = std::fs::read_to_string(NF_LOG_ALL_NETNS)
-        .map_err(|source| io("read", NF_LOG_ALL_NETNS, source))?;
-    std::fs::write(NF_LOG_ALL_NETNS, value)
-        .map_err(|source| io("write", NF_LOG_ALL_NETNS, source))?;
-    Ok(prev.trim().to_string())
 }
 
 fn io(op: &'static str, path: impl AsRef<Path>, source: std::io::Error) -> LabError {
