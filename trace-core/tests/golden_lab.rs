@@ -181,3 +181,15 @@ fn kube_proxy_service_matches_the_kernels_trace() {
     }
     assert_eq!(owner_only, 6);
 }
+
+/// Loopback: nf_trace set in OUTPUT stays set when the packet comes back in through `lo`
+/// (PREROUTING, INPUT), a separate traversal for the assembler; REDIRECT in nat OUTPUT.
+#[test]
+fn loopback_keeps_nf_trace_across_lo() {
+    let packets = replay_recording("loopback-run.iptrace");
+    assert!(packets.iter().all(|p| p.status == Status::Confirmed));
+    let kernel: Vec<String> = read("loopback-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    assert_eq!(kernel.len(), 22);
+    assert!(kernel.iter().any(|l| l.starts_with("TRACE: filter:INPUT:rule:1 IN=lo ")));
+    assert_eq!(legacy_trace_lines(&packets), kernel);
+}

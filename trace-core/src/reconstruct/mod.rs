@@ -131,6 +131,10 @@ pub struct ReconstructedPacket {
     pub hooks: Vec<ReconstructedHook>,
     /// The worst table status.
     pub status: Status,
+    /// skb->nf_trace when the traversal ended (a TRACE target ran, or it was set on entry):
+    /// carried into the continuation of a packet looped back through `lo`.
+    #[serde(default)]
+    pub nf_trace_end: bool,
 }
 
 impl ReconstructedPacket {
@@ -147,7 +151,13 @@ impl ReconstructedPacket {
 /// Reconstructs one packet against the rules of its netns (`ev` must hold the ruleset of the
 /// packet's family) and the netns's host state.
 pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> ReconstructedPacket {
-    let mut nf_trace = false;
+    reconstruct_from(packet, ev, ctx, false)
+}
+
+/// Like [`reconstruct`], for a traversal that starts with skb->nf_trace already set: the
+/// second half of a packet sent to `lo`, whose first half (OUTPUT, POSTROUTING) set it.
+pub fn reconstruct_from(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext, nf_trace_start: bool) -> ReconstructedPacket {
+    let mut nf_trace = nf_trace_start;
     let tuples = ct_tuples(packet);
     let mut hooks = Vec::with_capacity(packet.hooks.len());
     for (hi, hp) in packet.hooks.iter().enumerate() {
@@ -162,7 +172,7 @@ pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> Re
         hooks.push(ReconstructedHook { hook: hp.hook, tables });
     }
     let status = hooks.iter().flat_map(|h| &h.tables).map(|t| t.status).max().unwrap_or(Status::Confirmed);
-    ReconstructedPacket { packet: packet.clone(), hooks, status }
+    ReconstructedPacket { packet: packet.clone(), hooks, status, nf_trace_end: nf_trace }
 }
 
 /// The conntrack tuples this traversal shows. A packet enters conntrack (PREROUTING/OUTPUT,
@@ -173,10 +183,12 @@ pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> Re
 /// errors) carry neither tuple.
 fn ct_tuples(packet: &PacketTrace) -> CtTuples {
     let ct = packet.hooks.iter().flat_map(|h| &h.tables).find_map(|t| t.before.ct.or(t.after.as_ref().and_then(|a| a.ct)));
+    // A packet coming back in through `lo` was translated on its way out: its entry headers
+    // are not the tuple conntrack recorded at OUTPUT.
     let entry = packet
         .hooks
         .first()
-        .filter(|h| matches!(h.hook, Hook::Prerouting | Hook::Output))
+        .filter(|h| matches!(h.hook, Hook::Prerouting | Hook::Output) && h.in_dev.as_deref() != Some("lo"))
         .and_then(|h| h.tables.first())
         .map(|t| Tuple::of(&t.before.headers));
     let exit = packet
@@ -390,5 +402,5 @@ pub fn unresolved(packet: &PacketTrace, reason: &str) -> ReconstructedPacket {
                 .collect(),
         })
         .collect();
-    ReconstructedPacket { packet: packet.clone(), hooks, status: Status::Inconsistent }
+    ReconstructedPacket { packet: packet.clone(), hooks, status: Status::Inconsistent, nf_trace_end: false }
 }

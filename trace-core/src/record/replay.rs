@@ -9,7 +9,8 @@ use crate::assemble::{Assembler, AssemblerConfig, AssemblerStats};
 use crate::eval::{Evaluator, NetContext};
 use crate::netfilter::{Family, Table};
 use crate::packet::PacketTrace;
-use crate::reconstruct::{reconstruct, unresolved, ReconstructedPacket};
+use crate::netfilter::Hook;
+use crate::reconstruct::{reconstruct_from, unresolved, ReconstructedPacket};
 use crate::rules::{self, ParseOptions, Ruleset};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub struct Replayer {
     ctx: HashMap<u32, NetContext>,
     override_rules: Option<Arc<Evaluator>>,
     planned: std::collections::HashSet<(u32, Family)>,
+    /// skb addresses of packets that left through `lo` with nf_trace set: their way back in
+    /// (a new traversal for the assembler) starts traced, as in the kernel.
+    looped_traced: std::collections::HashSet<(u32, u64)>,
     stats: ReplayStats,
     warnings: Vec<String>,
 }
@@ -54,6 +58,7 @@ impl Replayer {
             ctx: HashMap::new(),
             override_rules: override_rules.map(|r| Arc::new(Evaluator::new(r))),
             planned: Default::default(),
+            looped_traced: Default::default(),
             stats: ReplayStats::default(),
             warnings: Vec::new(),
         }
@@ -161,15 +166,30 @@ impl Replayer {
 
     fn finish_packets(&mut self, done: Vec<PacketTrace>) -> Vec<ReconstructedPacket> {
         let unknown = NetContext::unknown();
-        done.iter()
-            .map(|p| {
-                self.stats.packets += 1;
-                let ctx = self.ctx.get(&p.netns).unwrap_or(&unknown);
-                match self.rules_for(p.netns, p.family) {
-                    Ok(ev) => reconstruct(p, ev, ctx),
-                    Err(reason) => unresolved(p, &reason),
-                }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(done.len());
+        for p in &done {
+            self.stats.packets += 1;
+            let ctx = self.ctx.get(&p.netns).unwrap_or(&unknown);
+            let traced_in = lo_in(p) && self.looped_traced.remove(&(p.netns, p.skb));
+            let rp = match self.rules_for(p.netns, p.family) {
+                Ok(ev) => reconstruct_from(p, ev, ctx, traced_in),
+                Err(reason) => unresolved(p, &reason),
+            };
+            if rp.nf_trace_end && lo_out(p) {
+                self.looped_traced.insert((p.netns, p.skb));
+            }
+            out.push(rp);
+        }
+        out
     }
+}
+
+/// The traversal ended leaving through `lo` (it comes back in as another traversal).
+fn lo_out(p: &PacketTrace) -> bool {
+    p.hooks.last().is_some_and(|h| h.hook == Hook::Postrouting && h.out_dev.as_deref() == Some("lo"))
+}
+
+/// The traversal came in through `lo`.
+fn lo_in(p: &PacketTrace) -> bool {
+    p.hooks.first().is_some_and(|h| h.hook == Hook::Prerouting && h.in_dev.as_deref() == Some("lo"))
 }
