@@ -58,6 +58,10 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
         let flavour = match b {
             "fentry" => Flavour::Fentry,
             "kprobe" => Flavour::Kprobe,
+            "nfhook" => {
+                nfhook_cases(report);
+                continue;
+            }
             other => {
                 report.case(other, "all", || Outcome::Skip(format!("no guest cases for backend {other} yet (kernel {kernel})")));
                 continue;
@@ -100,5 +104,21 @@ fn lab_smoke(backend: IptablesBackend) -> Outcome {
     match (remote, local, down) {
         (Ok(r), Ok(l), Ok(())) => Outcome::Pass(format!("netns {ns}: remote from {} local from {}", r.local, l.local)),
         (r, l, d) => Outcome::Fail(format!("remote {:?} local {:?} down {:?}", r.err(), l.err(), d.err())),
+    }
+}
+
+/// nfhook needs BPF_PROG_TYPE_NETFILTER links (Linux >= 6.4): on older kernels say so.
+fn nfhook_cases(report: &mut Report) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let version = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+    if version < (6, 4) {
+        report.case("nfhook", "all", || {
+            Outcome::Skip(format!("kernel {} < 6.4: no BPF netfilter links", release.trim()))
+        });
+        return;
+    }
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        report.case("nfhook", &format!("remote-syn-{backend}"), || crate::scenario::nfhook_remote_syn(backend));
     }
 }

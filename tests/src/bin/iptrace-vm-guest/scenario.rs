@@ -308,3 +308,60 @@ fn run_trace(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outco
         Outcome::Fail(format!("{totals}; {summary}; {}", report.render_text(3)))
     })
 }
+
+/// The same remote SYN through the nfhook backend (BPF netfilter links, Linux >= 6.4) with
+/// the capture developer's session: all three backends must tell the same story.
+pub fn nfhook_remote_syn(backend: IptablesBackend) -> Outcome {
+    match run_nfhook(backend) {
+        Ok(o) => o,
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+fn run_nfhook(backend: IptablesBackend) -> anyhow::Result<Outcome> {
+    use trace_user::capture::session::{CaptureOptions, Session};
+    let lab = Lab::up(LabOptions { backend, trace_rules: true, name_prefix: "vm-nfhook".into(), ..LabOptions::default() })?;
+    let opts = CaptureOptions {
+        targets: vec![plan::Target { label: "node".into(), path: lab.ns_path(LabNs::Node) }],
+        filter: FilterProgram::match_all(),
+        sample_n: 0,
+        rate_limit: 0,
+        ringbuf_size: 1 << 22,
+        count: None,
+        duration: Some(Duration::from_millis(2500)),
+    };
+    let mut session = Session::attach(&opts)?;
+    let peer = lab.ns_path(LabNs::Peer);
+    let client = std::thread::spawn(move || -> anyhow::Result<u16> {
+        use std::io::{Read, Write};
+        std::thread::sleep(Duration::from_millis(700));
+        let to: std::net::SocketAddr = "192.168.64.4:10000".parse()?;
+        trace_user::netns::run_in(&peer, move || -> std::io::Result<u16> {
+            let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+            s.write_all(b"hello-from-tc-peer\n")?;
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf)?;
+            Ok(s.local_addr()?.port())
+        })?
+        .map_err(Into::into)
+    });
+    let mut traces: Vec<PacketTrace> = Vec::new();
+    let summary = session.run(&opts, |t| {
+        traces.push(t.clone());
+        Ok(())
+    })?;
+    let port = client.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    drop(session);
+    lab.down()?;
+    let syn = traces.iter().find(|t| t.family == Family::Ipv4 && is_syn_from(t, Some(port)));
+    let stats = format!("lost {}, packets {}", summary.lost, traces.len());
+    let Some(syn) = syn else {
+        return Ok(Outcome::Fail(format!("no remote SYN (client port {port}); {stats}")));
+    };
+    let path = describe(syn);
+    Ok(match check(syn) {
+        None if summary.lost == 0 => Outcome::Pass(format!("{path}; {stats}")),
+        None => Outcome::Fail(format!("events lost: {path}; {stats}")),
+        Some(p) => Outcome::Fail(format!("{p}: {path}; {stats}")),
+    })
+}
