@@ -258,6 +258,82 @@ impl Classic {
     }
 }
 
+/// What the collector needs from any loaded backend (nfhook's `Loaded` or [`Classic`]): one
+/// ring buffer, the counters, the drop-reason names — so a session can hold either.
+pub trait EventSource {
+    fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>>;
+    fn counters(&self) -> anyhow::Result<Counters>;
+    fn drop_reasons(&self) -> &HashMap<u32, String>;
+}
+
+impl EventSource for Classic {
+    fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        Ok(Classic::take_events(self)?)
+    }
+    fn counters(&self) -> anyhow::Result<Counters> {
+        Ok(Classic::counters(self)?)
+    }
+    fn drop_reasons(&self) -> &HashMap<u32, String> {
+        &self.drop_reasons
+    }
+}
+
+impl EventSource for super::loader::Loaded {
+    fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        Ok(super::loader::Loaded::take_events(self)?)
+    }
+    fn counters(&self) -> anyhow::Result<Counters> {
+        Ok(super::loader::Loaded::counters(self)?)
+    }
+    fn drop_reasons(&self) -> &HashMap<u32, String> {
+        &self.drop_reasons
+    }
+}
+
+/// `--backend` as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requested {
+    Auto,
+    Fentry,
+    Kprobe,
+    Nfhook,
+}
+
+/// The backend `select` settled on.
+pub enum Chosen {
+    /// fentry or kprobe, loaded and attached.
+    Classic(Classic),
+    /// nfhook: the caller attaches it (netfilter links per netns); if that fails too, its error
+    /// is the final reason.
+    Nfhook,
+}
+
+/// The choice and why each better backend was passed over (for `doctor` and the log).
+pub struct Selection {
+    pub chosen: Chosen,
+    pub rejected: Vec<(Flavour, String)>,
+}
+
+/// `--backend auto` tries fentry, then kprobe, by actually loading and attaching them, and
+/// falls back to nfhook; an explicit fentry/kprobe that cannot work is an error with the reason.
+pub fn select(req: Requested, opts: &LoadOptions) -> Result<Selection, ClassicError> {
+    let order: &[Flavour] = match req {
+        Requested::Auto => &[Flavour::Fentry, Flavour::Kprobe],
+        Requested::Fentry => &[Flavour::Fentry],
+        Requested::Kprobe => &[Flavour::Kprobe],
+        Requested::Nfhook => &[],
+    };
+    let mut rejected = Vec::new();
+    for &f in order {
+        match Classic::load(f, opts) {
+            Ok(c) => return Ok(Selection { chosen: Chosen::Classic(c), rejected }),
+            Err(e) if req == Requested::Auto => rejected.push((f, e.to_string())),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Selection { chosen: Chosen::Nfhook, rejected })
+}
+
 fn probe_config(opts: &LoadOptions) -> ProbeConfig {
     let n_clauses = opts.filter.n_clauses.min(FILTER_MAX_CLAUSES as u32);
     let max_preds = opts.filter.clauses[..n_clauses as usize].iter().map(|c| c.n_preds).max().unwrap_or(0);
@@ -358,6 +434,7 @@ pub fn probe_plan(regs: &[(u32, super::plan::Registered)]) -> ProbePlan {
 mod tests {
     use super::*;
     use trace_core::netfilter::Table;
+    use trace_common::filter::FilterProgram;
 
     #[test]
     fn plan_brackets_tables_not_conntrack() {
@@ -367,6 +444,33 @@ mod tests {
         // Between the raw exit and the mangle entry: conntrack, passed silently.
         assert_eq!(p.stages_between(-299, Some(-150)).len(), 1);
         assert_eq!(p.stages_between(-100, Some(-99))[0].stage, Stage::Table { table: Table::Nat });
+    }
+
+    /// On a kernel that refuses them (this project's machines: no CONFIG_KPROBES, fentry
+    /// EPERM) each explicit backend fails with a reason naming what failed, and auto falls
+    /// back to nfhook listing both; where they work, they load. Needs root.
+    #[test]
+    fn explicit_backends_load_or_say_why_as_root() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED explicit_backends_load_or_say_why_as_root: needs root");
+            return;
+        }
+        let opts = LoadOptions { ringbuf_size: 1 << 16, sample_n: 0, rate_limit: 0, filter: FilterProgram::match_all() };
+        for (req, f) in [(Requested::Fentry, Flavour::Fentry), (Requested::Kprobe, Flavour::Kprobe)] {
+            match select(req, &opts) {
+                Ok(s) => assert!(matches!(&s.chosen, Chosen::Classic(c) if c.flavour == f && c.attached.contains(&"nf_hook_slow".to_string()))),
+                Err(e) => {
+                    let msg = e.to_string();
+                    eprintln!("{f} unavailable here: {msg}");
+                    assert!(msg.contains("nf_hook_slow") || msg.contains(&f.to_string()), "{msg}");
+                }
+            }
+        }
+        let auto = select(Requested::Auto, &opts).expect("auto never fails by itself");
+        match auto.chosen {
+            Chosen::Nfhook => assert_eq!(auto.rejected.len(), 2, "both classic backends tried"),
+            Chosen::Classic(c) => assert_eq!(auto.rejected.len(), (c.flavour == Flavour::Kprobe) as usize),
+        }
     }
 
     #[test]
