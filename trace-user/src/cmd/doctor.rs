@@ -3,11 +3,8 @@
 //! backend works, 1 when none does.
 
 use crate::doctor;
+use clap::ValueEnum;
 use std::process::ExitCode;
-
-/// The backends `iptrace capture --backend` implements: doctor only recommends one of those.
-/// (Capture developers: add yours here when it lands.)
-pub const IMPLEMENTED_BACKENDS: &[&str] = &["nfhook"];
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -17,7 +14,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let report = doctor::diagnose(IMPLEMENTED_BACKENDS);
+    let names = implemented_backends();
+    let report = doctor::diagnose(&names.iter().map(String::as_str).collect::<Vec<_>>());
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -28,4 +26,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The backends `iptrace capture --backend` accepts: doctor only recommends one of those,
+/// and learns new ones from capture's own list.
+pub fn implemented_backends() -> Vec<String> {
+    super::capture::Backend::value_variants()
+        .iter()
+        .filter_map(|b| b.to_possible_value().map(|v| v.get_name().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn nfhook_is_implemented() {
+        assert!(super::implemented_backends().contains(&"nfhook".to_string()));
+    }
 }
