@@ -205,3 +205,15 @@ fn firewalld_ruleset_matches_the_kernels_trace() {
     assert!(kernel.iter().any(|l| l.starts_with("TRACE: security:INPUT:")));
     assert_eq!(legacy_trace_lines(&packets), kernel);
 }
+
+/// A real-world ufw + libvirt ruleset (ufw's chain set, addrtype, conntrack, limit LOG chains,
+/// interface matches): the kernel's TRACE lines reproduced, every packet confirmed.
+#[test]
+fn ufw_ruleset_matches_the_kernels_trace() {
+    let packets = replay_recording("ufw-run.iptrace");
+    assert!(packets.iter().all(|p| p.status == Status::Confirmed));
+    let kernel: Vec<String> = read("ufw-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    assert_eq!(kernel.len(), 27);
+    assert!(kernel.iter().any(|l| l.contains(":ufw-user-input:")));
+    assert_eq!(legacy_trace_lines(&packets), kernel);
+}
