@@ -91,8 +91,23 @@ impl RuleLevel {
         if let Some(w) = self.writer.as_mut() {
             w.write_event(e)?;
         }
+        if self.replayer.is_some() {
+            self.reconstruct(e.clone(), out)?;
+        }
+        Ok(())
+    }
+
+    /// [`RuleLevel::event`] taking the event (no copy).
+    pub fn event_owned(&mut self, e: Event, out: &mut dyn Write) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.write_event(&e)?;
+        }
+        self.reconstruct(e, out)
+    }
+
+    fn reconstruct(&mut self, e: Event, out: &mut dyn Write) -> Result<()> {
         if let Some(rp) = self.replayer.as_mut() {
-            for p in rp.push(Record::Event { event: Box::new(e.clone()) }) {
+            for p in rp.push(Record::Event { event: Box::new(e) }) {
                 output::write_packet(out, &p, self.format, false)?;
                 self.printed += 1;
             }

@@ -157,22 +157,38 @@ impl Session {
     pub fn run_with_events(
         &mut self,
         opts: &CaptureOptions,
-        on_event: impl FnMut(&Event) -> Result<()>,
+        mut on_event: impl FnMut(&Event) -> Result<()>,
         on_packet: impl FnMut(&PacketTrace) -> Result<()>,
     ) -> Result<Summary> {
-        self.run_inner(opts, on_event, on_packet, true)
+        self.run_inner(
+            opts,
+            |e| {
+                on_event(&e)?;
+                Ok(Some(e))
+            },
+            on_packet,
+            true,
+        )
     }
 
     /// Only decode and hand out events (their consumer assembles, e.g. the rule-level
     /// replayer): no second assembly in the hot loop. `Summary::packets` stays 0.
-    pub fn run_events(&mut self, opts: &CaptureOptions, on_event: impl FnMut(&Event) -> Result<()>) -> Result<Summary> {
-        self.run_inner(opts, on_event, |_| Ok(()), false)
+    pub fn run_events(&mut self, opts: &CaptureOptions, mut on_event: impl FnMut(Event) -> Result<()>) -> Result<Summary> {
+        self.run_inner(
+            opts,
+            |e| {
+                on_event(e)?;
+                Ok(None)
+            },
+            |_| Ok(()),
+            false,
+        )
     }
 
     fn run_inner(
         &mut self,
         opts: &CaptureOptions,
-        mut on_event: impl FnMut(&Event) -> Result<()>,
+        mut on_event: impl FnMut(Event) -> Result<Option<Event>>,
         mut on_packet: impl FnMut(&PacketTrace) -> Result<()>,
         assemble: bool,
     ) -> Result<Summary> {
@@ -204,13 +220,20 @@ struct ReadState {
 }
 
 impl ReadState {
-    fn take(&mut self, bytes: &[u8], out: &mut Vec<PacketTrace>, on_event: &mut impl FnMut(&Event) -> Result<()>) -> Result<()> {
+    /// Decode one record, hand the event out; assemble it if it comes back.
+    fn take(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<PacketTrace>,
+        on_event: &mut impl FnMut(Event) -> Result<Option<Event>>,
+    ) -> Result<()> {
         self.received += 1;
         match self.decoder.decode(bytes) {
             Ok(ev) => {
-                on_event(&ev)?;
-                if self.assemble {
-                    out.extend(self.asm.push(ev));
+                if let Some(ev) = on_event(ev)? {
+                    if self.assemble {
+                        out.extend(self.asm.push(ev));
+                    }
                 }
             }
             Err(e) => {
@@ -226,7 +249,7 @@ async fn read_loop(
     events: RingBuf<MapData>,
     opts: &CaptureOptions,
     st: &mut ReadState,
-    on_event: &mut impl FnMut(&Event) -> Result<()>,
+    on_event: &mut impl FnMut(Event) -> Result<Option<Event>>,
     on_packet: &mut impl FnMut(&PacketTrace) -> Result<()>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the

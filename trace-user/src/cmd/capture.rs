@@ -95,7 +95,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         session.run_events(&opts, |e| {
             let mut o = out.borrow_mut();
-            rules.event(e, &mut *o)?;
+            rules.event_owned(e, &mut *o)?;
             o.maybe_flush()
         })?
     };
