@@ -258,3 +258,60 @@ fn rate_limit_caps_new_tracked_packets() {
     assert!(summary.tracked <= 4 * 3, "at most the burst plus the refill of the capture time: {summary:?}");
     assert_eq!(packets.len() as u64, summary.tracked, "every tracked packet is reported once");
 }
+
+/// IPv6, and a namespace whose only table is filter (nothing on PREROUTING): packets are still
+/// seen first on PREROUTING and followed into INPUT. Two namespaces of our own, veth between.
+#[test]
+fn ipv6_filter_only_namespace_is_traced() {
+    use trace_user::netns::{self, NetnsGuard};
+    let test = "ipv6_filter_only_namespace_is_traced";
+    if !e2e::privileged(test) || !e2e::require_tools(test, &["ip", "ip6tables-legacy"]) {
+        return;
+    }
+    let a = NetnsGuard::create("nfhk6a").expect("netns a");
+    let b = NetnsGuard::create("nfhk6b").expect("netns b");
+    let run = |ns: &str, argv: &[&str]| {
+        netns::exec(ns, argv).unwrap_or_else(|e| panic!("{ns}: {argv:?}: {e}"));
+    };
+    run(a.name(), &["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b.name()]);
+    run(a.name(), &["ip", "addr", "add", "fd00:6::1/64", "dev", "va", "nodad"]);
+    run(b.name(), &["ip", "addr", "add", "fd00:6::2/64", "dev", "vb", "nodad"]);
+    run(a.name(), &["ip", "link", "set", "va", "up"]);
+    run(b.name(), &["ip", "link", "set", "vb", "up"]);
+    run(b.name(), &["ip6tables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "7777", "-j", "ACCEPT"]);
+    let opts = CaptureOptions {
+        targets: vec![Target { label: "b".into(), path: b.path() }],
+        filter: trace_core::filter::compile("ip6 and tcp and port 7777").unwrap(),
+        sample_n: 0,
+        rate_limit: 0,
+        ringbuf_size: 1 << 20,
+        count: None,
+        duration: Some(Duration::from_secs(2)),
+    };
+    let a_path = a.path();
+    let Some((packets, summary)) = capture(test, &opts, move || {
+        // Nothing listens: the SYN is accepted by filter INPUT, the kernel answers RST.
+        let r = netns::run_in(&a_path, || {
+            std::net::TcpStream::connect_timeout(&"[fd00:6::2]:7777".parse().unwrap(), Duration::from_secs(1))
+        })
+        .unwrap();
+        assert!(r.is_err(), "nothing listens on 7777");
+    }) else {
+        return;
+    };
+    assert_eq!(summary.lost, 0);
+    let syn = packets
+        .iter()
+        .find(|p| p.family == trace_core::netfilter::Family::Ipv6 && tcp_flags(p) == Some(0x02))
+        .unwrap_or_else(|| panic!("no IPv6 SYN traced: {summary:?}"));
+    assert_eq!(src(syn), Some("fd00:6::1".parse().unwrap()));
+    assert_eq!(syn.hooks.iter().map(|h| h.hook).collect::<Vec<_>>(), vec![Hook::Prerouting, Hook::Input]);
+    let input = hook(syn, Hook::Input);
+    assert_eq!(tables(input), vec![Table::Filter]);
+    assert!(all_accept(input));
+    assert_eq!(input.in_dev.as_deref(), Some("vb"));
+    // The RST goes out through OUTPUT (first sight there) and POSTROUTING.
+    let rst = packets.iter().find(|p| tcp_flags(p).is_some_and(|f| f & 0x04 != 0)).expect("RST traced");
+    assert_eq!(rst.hooks[0].hook, Hook::Output);
+    assert!(hook(rst, Hook::Output).tables.iter().any(|t| t.table == Table::Filter));
+}

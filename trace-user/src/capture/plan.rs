@@ -169,8 +169,15 @@ pub fn stages(reg: &Registered, family: Family, hook: Hook) -> Vec<StageSlot> {
     // Defragmentation is not bracketed: one probe less per packet, and the first probe then
     // sees reassembled packets (as the tables and TRACE do).
     v.retain(|s| s.stage != Stage::Defrag);
-    // Only tables with a chain on this hook register there: without any, nothing to bracket.
-    if v.iter().all(|s| matches!(s.stage, Stage::Conntrack | Stage::ConntrackConfirm)) && others.is_empty() {
+    // Only tables with a chain on this hook register there: without any, nothing to bracket
+    // — except on the entry hooks (PREROUTING, OUTPUT), where the first probe of every packet
+    // applies the filter: a family with tables anywhere (e.g. only filter INPUT) keeps its
+    // conntrack bracket there, so its packets are seen first.
+    let entry = matches!(hook, Hook::Prerouting | Hook::Output);
+    let family_has_tables = has_any
+        || reg.nft.iter().any(|c| fam_names.contains(&c.family.as_str()));
+    let only_conntrack = v.iter().all(|s| matches!(s.stage, Stage::Conntrack | Stage::ConntrackConfirm));
+    if only_conntrack && others.is_empty() && !(entry && family_has_tables) {
         return Vec::new();
     }
     v.extend(others);
@@ -201,6 +208,18 @@ mod tests {
         // IPv6: only the inet chain is registered there.
         let s6 = stages(&reg, Family::Ipv6, Hook::Prerouting);
         assert_eq!(s6.iter().map(|s| s.priority).collect::<Vec<_>>(), vec![-250, -200]);
+    }
+
+    #[test]
+    fn entry_hooks_keep_a_first_probe_when_the_family_has_tables() {
+        // Only filter (INPUT/FORWARD/OUTPUT): PREROUTING has no table, but packets must still
+        // meet a first-sight probe there before INPUT.
+        let reg = Registered { ipv6: vec![Table::Filter], ..Default::default() };
+        let pre = stages(&reg, Family::Ipv6, Hook::Prerouting);
+        assert_eq!(pre.iter().map(|s| s.priority).collect::<Vec<_>>(), vec![-200]);
+        let input = stages(&reg, Family::Ipv6, Hook::Input);
+        assert_eq!(input.iter().map(|s| s.priority).collect::<Vec<_>>(), vec![0, i32::MAX]);
+        assert!(stages(&reg, Family::Ipv4, Hook::Prerouting).is_empty(), "no IPv4 tables");
     }
 
     #[test]
