@@ -217,3 +217,21 @@ fn ufw_ruleset_matches_the_kernels_trace() {
     assert!(kernel.iter().any(|l| l.contains(":ufw-user-input:")));
     assert_eq!(legacy_trace_lines(&packets), kernel);
 }
+
+/// A real-world kube-proxy ruleset: ClusterIP traffic through statistic branches, DNAT,
+/// KUBE-MARK-MASQ and MASQUERADE, each settled by the kernel's translations; ICMP errors the
+/// node emitted were dropped by nf_nat's ICMP translation without consulting the nat table.
+#[test]
+fn kube_proxy_corpus_ruleset_matches_the_kernels_trace() {
+    let packets = replay_recording("kubeproxy-corpus-run.iptrace");
+    assert!(packets.iter().all(|p| p.status == Status::Confirmed), "{:#?}", packets.iter().filter(|p| p.status != Status::Confirmed).collect::<Vec<_>>());
+    let icmp_drops = packets
+        .iter()
+        .flat_map(|p| p.hooks.iter().flat_map(|h| &h.tables))
+        .filter(|t| t.skipped && t.reason.as_deref().is_some_and(|r| r.contains("that translation dropped it")))
+        .count();
+    assert!(icmp_drops > 0);
+    let kernel: Vec<String> = read("kubeproxy-corpus-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    assert_eq!(kernel.len(), 108);
+    assert_eq!(legacy_trace_lines(&packets), kernel);
+}

@@ -33,6 +33,9 @@ pub(super) fn nat_skipped(hook: Hook, before: &PacketState) -> Option<String> {
     match ct.ctinfo {
         7 => Some("untracked: nat is not consulted".into()),
         0 | 3 => Some("established connection: conntrack applies the stored NAT binding".into()),
+        // nf_nat_ipv4_fn / nf_nat_ipv6_fn: an ICMP error of a tracked connection is handled by
+        // translating the packet it quotes (and dropped if that fails), never by the table.
+        1 | 4 if is_icmp(&before.headers) => Some(ICMP_ERROR_NAT.into()),
         _ => {
             let done = match manip(hook) {
                 Manip::Src => ct_status::SRC_NAT_DONE,
@@ -41,6 +44,13 @@ pub(super) fn nat_skipped(hook: Hook, before: &PacketState) -> Option<String> {
             (ct.status & done != 0).then(|| "NAT binding already set up for this connection".into())
         }
     }
+}
+
+/// Why an ICMP error skips the nat table.
+pub(super) const ICMP_ERROR_NAT: &str = "ICMP error of a tracked connection: nat translates the quoted packet instead of consulting the table";
+
+fn is_icmp(h: &Headers) -> bool {
+    matches!((h.src, h.proto), (std::net::IpAddr::V4(_), 1) | (std::net::IpAddr::V6(_), 58))
 }
 
 fn port_of(h: &Headers, src: bool) -> Option<u16> {

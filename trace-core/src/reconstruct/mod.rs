@@ -265,8 +265,13 @@ fn reconstruct_table(
     if obs.table == Table::Nat {
         if let Some(why) = evidence::nat_skipped(hp.hook, &obs.before) {
             result.skipped = true;
-            result.reason = Some(why);
+            result.reason = Some(why.clone());
             if matches!(obs.verdict, ObservedVerdict::Drop { .. }) {
+                if why == evidence::ICMP_ERROR_NAT {
+                    // nf_nat_icmp_reply_translation refused it: a drop without any rule.
+                    result.reason = Some(format!("{why}; that translation dropped it"));
+                    return result;
+                }
                 return inconsistent(result, "dropped in the nat hook although the table was not traversed".into());
             }
             return result;
