@@ -83,11 +83,21 @@ fn all_accept(h: &HookPass) -> bool {
 
 #[test]
 fn remote_syn_path_nat_conntrack_and_filter() {
-    let test = "remote_syn_path_nat_conntrack_and_filter";
-    if !ready(test) {
+    remote_syn_path("remote_syn_path_nat_conntrack_and_filter", IptablesBackend::Legacy);
+}
+
+/// The same with iptables-nft: the tables are nft chains at the iptables priorities, found
+/// through `nft -j list ruleset`.
+#[test]
+fn remote_syn_path_iptables_nft() {
+    remote_syn_path("remote_syn_path_iptables_nft", IptablesBackend::Nft);
+}
+
+fn remote_syn_path(test: &str, backend: IptablesBackend) {
+    if !e2e::lab_ready(test, backend) || !e2e::require_tools(test, &["nft", "nsenter"]) {
         return;
     }
-    let lab = e2e::lab(IptablesBackend::Legacy, false);
+    let lab = e2e::lab(backend, false);
     let opts = options(&lab, &format!("host {PEER}"));
     let Some((packets, summary)) = capture(test, &opts, || {
         lab.run_remote().expect("remote connection");
