@@ -16,6 +16,10 @@ pub mod kind {
     pub const PROBE: u8 = 1;
     /// A [`super::DropRecord`]: a tracked skb freed by kfree_skb with a drop reason.
     pub const DROP: u8 = 2;
+    /// A [`super::XtRecord`]: an x_tables table base, match or target call for a tracked
+    /// skb (rule positions, issue 6 item 3; kprobe backend only). Not an `Event`: the
+    /// collector splits these off before `trace_core::decode`.
+    pub const XT: u8 = 3;
 }
 
 /// Common prefix of every ring-buffer record (8 bytes).
@@ -166,6 +170,40 @@ pub struct DropRecord {
     pub reason: u32,
 }
 
+/// [`XtRecord::what`] values.
+pub mod xt_what {
+    /// `addr` is the kernel address of the table's rule blob (xt_table_info.entries) as
+    /// ipt_do_table starts; `name` is the table.
+    pub const BASE: u8 = 0;
+    /// `addr` is a match's matchinfo (points into the blob); `result` is what it returned.
+    pub const MATCH: u8 = 1;
+    /// `addr` is a target's targinfo (points into the blob): the rule matched.
+    pub const TARGET: u8 = 2;
+}
+
+/// An x_tables call for a tracked skb (64 bytes): `addr` − the table's BASE address is the
+/// offset in the rule blob userspace reads with IPT_SO_GET_ENTRIES.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XtRecord {
+    pub header: RecordHeader,
+    pub ts_ns: u64,
+    pub skb: u64,
+    pub gen: u64,
+    pub addr: u64,
+    pub netns: u32,
+    /// [`xt_what`].
+    pub what: u8,
+    /// Match result (1 matched, 0 not); 0 for BASE/TARGET.
+    pub result: u8,
+    /// NF_INET_* hook (BASE only).
+    pub hook: u8,
+    /// NFPROTO_* (BASE only).
+    pub pf: u8,
+    /// Table name, NUL-padded (BASE only).
+    pub name: [u8; 16],
+}
+
 /// Per-skb tracking state (value of the LRU hash keyed by skb address; 32 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,6 +313,13 @@ pub struct TableOffsets {
     /// 1: the ip_tables/nf_tables offsets resolved (else the table probes stay silent).
     pub have_xt: u32,
     pub have_nft: u32,
+    /// struct xt_table: private (struct xt_table_info *); xt_table_info: entries (the rule
+    /// blob); xt_action_param: matchinfo (= targinfo, one union). For rule positions.
+    pub xt_table_private: u32,
+    pub xt_info_entries: u32,
+    pub par_matchinfo: u32,
+    /// 1: the three above resolved.
+    pub have_xtpos: u32,
 }
 
 /// Load-time settings of the probes (read-only global `CONFIG`).
@@ -325,7 +370,8 @@ const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
-const _: () = assert!(core::mem::size_of::<TableOffsets>() == 32);
+const _: () = assert!(core::mem::size_of::<TableOffsets>() == 48);
+const _: () = assert!(core::mem::size_of::<XtRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 
 // SAFETY: plain #[repr(C)] data with explicit padding fields; every bit pattern is valid.
@@ -341,6 +387,7 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for ProbeConfig {}
     unsafe impl aya::Pod for TableOffsets {}
+    unsafe impl aya::Pod for XtRecord {}
     unsafe impl aya::Pod for RateState {}
 }
 

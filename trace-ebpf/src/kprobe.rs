@@ -16,6 +16,7 @@ use crate::tables;
 const MAX_FRAMES: usize = 8;
 const FN_TABLE: u32 = 1;
 const FN_NAT: u32 = 2;
+const FN_XT_MATCH: u32 = 3;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -123,5 +124,32 @@ pub fn kretprobe_nf_nat_inet_fn(ctx: RetProbeContext) -> u32 {
     if let Some(f) = pop(FN_NAT) {
         tables::nat_exit(f.skb, f.state, ctx.ret::<u64>() as u32);
     }
+    0
+}
+
+/// x_tables match functions (`bool match(const struct sk_buff *, struct xt_action_param *)`),
+/// attached by name to those the collector finds (rule positions). The frame is pushed for
+/// every skb so the return probes stay paired with the table frames around them.
+#[kprobe]
+pub fn kprobe_xt_match(ctx: ProbeContext) -> u32 {
+    let (skb, par) = (arg(&ctx, 0), arg(&ctx, 1));
+    push(FN_XT_MATCH, skb, tables::xt_info(par), 0);
+    0
+}
+
+#[kretprobe]
+pub fn kretprobe_xt_match(ctx: RetProbeContext) -> u32 {
+    if let Some(f) = pop(FN_XT_MATCH) {
+        tables::xt_call(f.skb, trace_common::record::xt_what::MATCH, f.state, (ctx.ret::<u64>() & 1) as u8);
+    }
+    0
+}
+
+/// x_tables target functions (`unsigned int target(struct sk_buff *, const struct
+/// xt_action_param *)`): the rule whose targinfo this is matched.
+#[kprobe]
+pub fn kprobe_xt_target(ctx: ProbeContext) -> u32 {
+    let (skb, par) = (arg(&ctx, 0), arg(&ctx, 1));
+    tables::xt_call(skb, trace_common::record::xt_what::TARGET, tables::xt_info(par), 0);
     0
 }

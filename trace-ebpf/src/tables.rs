@@ -18,14 +18,17 @@
 //! Legacy tables are named by `xt_table.name`; nft base chains carry their hook priority in
 //! `nft_base_chain.ops.priority`.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use trace_common::record::TableOffsets;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray};
+use trace_common::record::{kind, xt_what, TableOffsets, XtRecord, RECORD_VERSION};
 
 use crate::{
     kread::{read, read_buf},
-    maps::{global, TRACKED},
+    maps::{global, COUNTERS, EVENTS, TRACKED},
     nfhook::{first_sight, follow},
 };
+
+/// Tracked::state of a traced (not pending) skb.
+const STATE_TRACKED: u8 = 2;
 
 /// Priority the nf_hook_slow entry record stands for: before everything on the hook
 /// (INT_MIN itself is not a valid netfilter priority).
@@ -55,6 +58,10 @@ pub static TABLE_OFFSETS: TableOffsets = TableOffsets {
     ipt_priv_first: 0,
     have_xt: 0,
     have_nft: 0,
+    xt_table_private: 0,
+    xt_info_entries: 0,
+    par_matchinfo: 0,
+    have_xtpos: 0,
 };
 
 /// Read one field of [`TABLE_OFFSETS`] (volatile: patched after compilation).
@@ -142,6 +149,7 @@ fn xt_table_prio(table: u64) -> i32 {
 /// ipt_do_table / ip6t_do_table entry; returns the position (for the return probe).
 #[inline(always)]
 pub fn ipt_entry(table: u64, skb: u64, state: u64) -> i32 {
+    xt_base(table, skb, state);
     let prio = xt_table_prio(table);
     if prio != NO_PRIO {
         at(state, skb, prio);
@@ -209,4 +217,69 @@ pub fn nat_exit(skb: u64, state: u64, verdict: u32) {
     let hook: u8 = read(state, global!(OFFSETS.state_hook));
     let prio = if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT { PRIO_NAT_DST } else { PRIO_NAT_SRC };
     table_exit(skb, state, prio, verdict);
+}
+
+/// Rule positions (kprobe backend): the rule blob's kernel address as a table starts on a
+/// traced skb, so userspace can turn match/target pointers into blob offsets.
+#[inline(always)]
+fn xt_base(table: u64, skb: u64, state: u64) {
+    if toff!(have_xtpos) == 0 {
+        return;
+    }
+    let private: u64 = read(table, toff!(xt_table_private));
+    if private == 0 {
+        return;
+    }
+    let mut name = [0u8; 16];
+    read_buf(table + toff!(xt_table_name) as u64, &mut name);
+    let hook: u8 = read(state, global!(OFFSETS.state_hook));
+    let pf: u8 = read(state, global!(OFFSETS.state_pf));
+    emit_xt(skb, xt_what::BASE, private + toff!(xt_info_entries) as u64, 0, hook, pf, name);
+}
+
+/// A match (`matched` = its return value) or target call with `par` = struct xt_action_param.
+#[inline(always)]
+pub fn xt_call(skb: u64, what: u8, info: u64, matched: u8) {
+    if toff!(have_xtpos) != 0 {
+        emit_xt(skb, what, info, matched, 0, 0, [0; 16]);
+    }
+}
+
+/// par->matchinfo / par->targinfo (one union).
+#[inline(always)]
+pub fn xt_info(par: u64) -> u64 {
+    read(par, toff!(par_matchinfo))
+}
+
+#[inline(always)]
+fn emit_xt(skb: u64, what: u8, addr: u64, result: u8, hook: u8, pf: u8, name: [u8; 16]) {
+    let Some(t) = TRACKED.get_ptr(&skb) else { return };
+    // SAFETY: map value pointer, read once.
+    let t = unsafe { *t };
+    if t.state != STATE_TRACKED {
+        return;
+    }
+    let rec = XtRecord {
+        header: trace_common::record::RecordHeader { kind: kind::XT, version: RECORD_VERSION, _pad0: 0, len: 64 },
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skb,
+        gen: t.gen,
+        addr,
+        netns: t.netns,
+        what,
+        result,
+        hook,
+        pf,
+        name,
+    };
+    let sent = EVENTS.output::<XtRecord>(&rec, 0).is_ok();
+    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU map value.
+        let c = unsafe { &mut *c };
+        if sent {
+            c.emitted += 1;
+        } else {
+            c.lost += 1;
+        }
+    }
 }

@@ -225,6 +225,42 @@ impl Classic {
         Ok(())
     }
 
+    /// Rule positions (kprobe flavour): attach the match/target probes to the x_tables
+    /// match and target functions in /proc/kallsyms (see [`super::xtpos::xt_functions`]).
+    /// Returns how many functions were attached; those that refuse a kprobe are skipped.
+    pub fn attach_rule_probes(&mut self) -> Result<usize, ClassicError> {
+        if self.flavour != Flavour::Kprobe {
+            return Err(ClassicError::Unavailable { flavour: self.flavour, what: "rule positions need the kprobe backend".into() });
+        }
+        if self.table_offsets.have_xtpos == 0 {
+            return Err(ClassicError::Unavailable { flavour: self.flavour, what: "no xt_table/xt_action_param offsets in BTF".into() });
+        }
+        let (matches, targets) = super::xtpos::xt_functions(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
+        let mut n = 0;
+        for (progs, funcs) in [(&["kprobe_xt_match", "kretprobe_xt_match"][..], &matches), (&["kprobe_xt_target"][..], &targets)] {
+            for f in funcs {
+                let mut ok = true;
+                for name in progs {
+                    let prog: &mut KProbe = self
+                        .ebpf
+                        .program_mut(name)
+                        .ok_or_else(|| aya_err(format!("program {name} missing from the object")))?
+                        .try_into()
+                        .map_err(aya_err)?;
+                    if prog.fd().is_err() {
+                        prog.load().map_err(aya_err)?;
+                    }
+                    if let Err(e) = prog.attach(f, 0) {
+                        log::warn!("rule positions: {name} on {f}: {e}");
+                        ok = false;
+                    }
+                }
+                n += ok as usize;
+            }
+        }
+        Ok(n)
+    }
+
     fn skip(&mut self, t: &Target, why: &str) -> Result<(), ClassicError> {
         if t.required {
             return Err(ClassicError::Unavailable { flavour: self.flavour, what: format!("{}: {why}", t.function) });
@@ -386,6 +422,17 @@ pub fn table_offsets(vmlinux: &KernelBtf) -> Result<(TableOffsets, HashMap<&'sta
         // Linux >= 5.16: ipt_do_table(void *priv, struct sk_buff *skb, const struct nf_hook_state *state).
         o.ipt_priv_first = params.is_none_or(|p| p.first().map(String::as_str) != Some("skb")) as u32;
         o.have_xt = 1;
+    }
+    let pos = (
+        lookup("xt_table", "private", &["x_tables", "ip_tables"]),
+        lookup("xt_table_info", "entries", &["x_tables", "ip_tables"]),
+        lookup("xt_action_param", "matchinfo", &["x_tables", "ip_tables"]),
+    );
+    if let (Some(private), Some(entries), Some(matchinfo)) = pos {
+        o.xt_table_private = private;
+        o.xt_info_entries = entries;
+        o.par_matchinfo = matchinfo;
+        o.have_xtpos = o.have_xt;
     }
     let nft = (
         lookup("nft_pktinfo", "skb", &["nf_tables"]),

@@ -17,6 +17,7 @@ pub mod btf;
 pub mod classic;
 pub mod fentry;
 pub mod modbtf;
+pub mod xtpos;
 pub mod link;
 pub mod loader;
 pub mod object;

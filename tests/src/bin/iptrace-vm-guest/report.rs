@@ -67,6 +67,9 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
                 continue;
             }
         };
+        if flavour == Flavour::Kprobe {
+            report.case(b, "rule-positions-legacy", crate::scenario::rule_positions);
+        }
         for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
             report.case(b, &format!("remote-syn-{backend}"), || crate::scenario::remote_syn(flavour, backend));
             report.case(b, &format!("filter-drop-{backend}"), || crate::scenario::filter_drop(flavour, backend));

@@ -42,6 +42,8 @@ struct Capture {
     rb: aya::maps::RingBuf<aya::maps::MapData>,
     records: u64,
     bad: u64,
+    /// x_tables rule-position records (split off before decoding: they are not events).
+    xt: Vec<trace_common::record::XtRecord>,
 }
 
 impl Capture {
@@ -59,7 +61,7 @@ impl Capture {
         }
         let decoder = Decoder::new(cap.drop_reasons.clone(), Symbols::default());
         let rb = cap.take_events()?;
-        Ok(Capture { cap, plan, asm, decoder, rb, records: 0, bad: 0 })
+        Ok(Capture { cap, plan, asm, decoder, rb, records: 0, bad: 0, xt: Vec::new() })
     }
 
     /// Read for `ms` milliseconds, then flush the assembler.
@@ -87,6 +89,11 @@ impl Capture {
         while Instant::now() < until {
             while let Some(item) = self.rb.next() {
                 self.records += 1;
+                if item.first() == Some(&trace_common::record::kind::XT) && item.len() == std::mem::size_of::<trace_common::record::XtRecord>() {
+                    // SAFETY: length checked; XtRecord is plain data (any bit pattern).
+                    self.xt.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const trace_common::record::XtRecord) });
+                    continue;
+                }
                 match self.decoder.decode(&item) {
                     Ok(ev) => events.push(ev),
                     Err(_) => self.bad += 1,
@@ -363,5 +370,75 @@ fn run_nfhook(backend: IptablesBackend) -> anyhow::Result<Outcome> {
         None if summary.lost == 0 => Outcome::Pass(format!("{path}; {stats}")),
         None => Outcome::Fail(format!("events lost: {path}; {stats}")),
         Some(p) => Outcome::Fail(format!("{p}: {path}; {stats}")),
+    })
+}
+
+/// Exact legacy rule positions (kprobe backend): the match/target probes' pointers mapped to
+/// chain:rule through the rule blob; every rule whose target ran must be a rule the kernel's
+/// TRACE reports, and the positions must all resolve.
+pub fn rule_positions() -> Outcome {
+    match run_positions() {
+        Ok(o) => o,
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+fn run_positions() -> anyhow::Result<Outcome> {
+    use std::collections::{BTreeSet, HashMap};
+    use trace_user::capture::xtpos::{self, Blob};
+    use trace_user::reference::{ReferenceTracer, TraceSelector, TraceTarget};
+    let backend = IptablesBackend::Legacy;
+    let lab = Lab::up(LabOptions { backend, name_prefix: "vm-xtpos".into(), ..LabOptions::default() })?;
+    let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
+    let sel = TraceSelector { dst: Some("192.168.64.4/32".into()), proto: Some("tcp".into()), dport: Some(10000), ..Default::default() };
+    let tracer = ReferenceTracer::start(target, &sel, true)?;
+    let mut cap = Capture::start(Flavour::Kprobe, &lab)?;
+    let attached = cap.cap.attach_rule_probes()?;
+    let reg = plan::discover(&lab.ns_path(LabNs::Node))?;
+    let mut blobs = HashMap::new();
+    for t in &reg.ipv4 {
+        blobs.insert(t.to_string(), Blob::read(&lab.ns_path(LabNs::Node), &t.to_string())?);
+    }
+    lab.run_remote()?;
+    let _ = cap.collect_events(800);
+    let (summary, clean) = cap.summary(0)?;
+    let (obs, unresolved) = xtpos::resolve(&cap.xt, &blobs);
+    drop(cap);
+    let output = tracer.finish()?;
+    lab.down()?;
+    // TRACE labels the kernel printed: "table:chain:rule:N".
+    let traced: BTreeSet<String> = output
+        .text
+        .lines()
+        .filter_map(|l| l.split("TRACE: ").nth(1)?.split_whitespace().next().map(String::from))
+        .collect();
+    let label = |o: &xtpos::Observation| match o.position.rule {
+        Some(n) => format!("{}:{}:rule:{n}", o.table, o.position.chain),
+        None => format!("{}:{}:policy", o.table, o.position.chain),
+    };
+    let mut targets = BTreeSet::new();
+    let mut failed = BTreeSet::new();
+    for o in &obs {
+        match (&o.position.matched, o.result) {
+            (None, _) => {
+                targets.insert(label(o));
+            }
+            (Some(m), false) => {
+                failed.insert(format!("{} {m}=no", label(o)));
+            }
+            _ => {}
+        }
+    }
+    // The TRACE rule itself is never in legacy TRACE output (it traces what follows).
+    let missing: Vec<&String> = targets.iter().filter(|l| !traced.contains(*l) && !l.starts_with("raw:PREROUTING:rule:1")).collect();
+    let detail = format!(
+        "{attached} functions probed; {} observations, {unresolved} unresolved; targets ran at {targets:?}; matches that failed {failed:?}; TRACE {} labels; {summary}",
+        obs.len(),
+        traced.len()
+    );
+    Ok(if clean && unresolved == 0 && !targets.is_empty() && missing.is_empty() && !traced.is_empty() {
+        Outcome::Pass(detail)
+    } else {
+        Outcome::Fail(format!("not in TRACE: {missing:?}; {detail}"))
     })
 }

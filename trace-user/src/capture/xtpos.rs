@@ -1,0 +1,323 @@
+//! Exact legacy rule positions (issue 6 item 3), without adding rules: the kprobe backend
+//! probes the x_tables match and target functions; their `xt_action_param` matchinfo/targinfo
+//! pointers point into the table's rule blob, whose kernel address the table probe reports as
+//! the table starts ([`XtRecord`] BASE). `pointer − base` is an offset in the blob userspace
+//! reads with IPT_SO_GET_ENTRIES (same layout: only the 32-byte match/target headers differ,
+//! kernel pointers vs names), which maps to chain:rule.
+//!
+//! What this sees: rules with a match or a non-standard target (a function call). Rules with
+//! only the IP part and a standard verdict/jump call nothing; the evaluator fills those in and
+//! these positions confirm it.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use trace_common::record::{xt_what, XtRecord};
+
+const IPT_SO_GET_INFO: libc::c_int = 64;
+const IPT_SO_GET_ENTRIES: libc::c_int = 65;
+const XT_TABLE_MAXNAMELEN: usize = 32;
+/// sizeof(struct ipt_entry) on 64-bit.
+const IPT_ENTRY_SIZE: usize = 112;
+/// The match/target header before its data (union of the user and kernel views).
+const XT_HEADER: usize = 32;
+const HOOK_NAMES: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum XtPosError {
+    #[error("getsockopt {what} for table {table}: {source}")]
+    Sockopt { what: &'static str, table: String, source: std::io::Error },
+    #[error("rule blob of table {table} malformed at offset {offset}")]
+    Malformed { table: String, offset: usize },
+    #[error(transparent)]
+    Netns(#[from] crate::netns::NetnsError),
+}
+
+/// Where an offset of the blob is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub chain: String,
+    /// 1-based rule number in the chain (TRACE's numbering); None = the builtin chain's policy.
+    pub rule: Option<u32>,
+    /// The match's name for a match pointer, None for the target.
+    pub matched: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    offset: usize,
+    size: usize,
+    chain: String,
+    rule: Option<u32>,
+    /// (data offset, name) of each match.
+    matches: Vec<(usize, String)>,
+    target_data: usize,
+}
+
+/// One table's rule blob, parsed.
+#[derive(Debug, Clone)]
+pub struct Blob {
+    pub table: String,
+    entries: Vec<Entry>,
+}
+
+impl Blob {
+    /// IPT_SO_GET_INFO + IPT_SO_GET_ENTRIES for `table` in the netns at `netns`.
+    pub fn read(netns: &Path, table: &str) -> Result<Blob, XtPosError> {
+        let t = table.to_string();
+        let (info, bytes) = crate::netns::run_in(netns, move || get_entries(&t))??;
+        Blob::parse(table, &info, &bytes)
+    }
+
+    /// Parse the entries of a blob with the table's hook entry points.
+    fn parse(table: &str, info: &Info, bytes: &[u8]) -> Result<Blob, XtPosError> {
+        let bad = |offset| XtPosError::Malformed { table: table.to_string(), offset };
+        let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize).ok_or(bad(o));
+        let mut entries = Vec::new();
+        let (mut chain, mut rule) = (String::new(), 0u32);
+        let mut off = 0;
+        while off < bytes.len() {
+            let target_offset = u16_at(off + 92)?;
+            let next = u16_at(off + 94)?;
+            if next < IPT_ENTRY_SIZE || target_offset < IPT_ENTRY_SIZE || off + next > bytes.len() {
+                return Err(bad(off));
+            }
+            if let Some(h) = (0..5).find(|&h| info.valid_hooks & (1 << h) != 0 && info.hook_entry[h] as usize == off) {
+                chain = HOOK_NAMES[h].to_string();
+                rule = 0;
+            }
+            let tname = name_at(bytes, off + target_offset + 2);
+            if tname == "ERROR" {
+                // A user chain head (data = its name) or the table's final entry.
+                chain = name_at(bytes, off + target_offset + XT_HEADER);
+                rule = 0;
+                off += next;
+                continue;
+            }
+            let policy = (0..5).any(|h| info.valid_hooks & (1 << h) != 0 && info.underflow[h] as usize == off);
+            let mut matches = Vec::new();
+            let mut m = off + IPT_ENTRY_SIZE;
+            while m < off + target_offset {
+                let size = u16_at(m)?;
+                if size < XT_HEADER {
+                    return Err(bad(m));
+                }
+                matches.push((m + XT_HEADER - off, name_at(bytes, m + 2)));
+                m += size;
+            }
+            rule += 1;
+            entries.push(Entry {
+                offset: off,
+                size: next,
+                chain: chain.clone(),
+                rule: (!policy).then_some(rule),
+                matches,
+                target_data: target_offset + XT_HEADER,
+            });
+            off += next;
+        }
+        Ok(Blob { table: table.to_string(), entries })
+    }
+
+    /// The rule (and match) at `offset` of the blob.
+    pub fn position(&self, offset: usize) -> Option<Position> {
+        let i = self.entries.partition_point(|e| e.offset <= offset).checked_sub(1)?;
+        let e = &self.entries[i];
+        let rel = offset.checked_sub(e.offset).filter(|r| *r < e.size)?;
+        let matched = if rel == e.target_data {
+            None
+        } else {
+            Some(e.matches.iter().find(|(o, _)| *o == rel)?.1.clone())
+        };
+        Some(Position { chain: e.chain.clone(), rule: e.rule, matched })
+    }
+}
+
+/// A resolved probe observation for one skb.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub skb: u64,
+    pub gen: u64,
+    pub table: String,
+    pub position: Position,
+    /// MATCH: the match's result; TARGET: always true (the rule matched).
+    pub result: bool,
+}
+
+/// Resolve the XT records of a capture (in order) against the blobs of their netns
+/// (table name → blob); records that fall outside every blob are counted in the second value.
+pub fn resolve(records: &[XtRecord], blobs: &HashMap<String, Blob>) -> (Vec<Observation>, usize) {
+    let mut base: HashMap<(u64, u64), (u64, String)> = HashMap::new();
+    let mut out = Vec::new();
+    let mut unresolved = 0;
+    for r in records {
+        let key = (r.skb, r.gen);
+        if r.what == xt_what::BASE {
+            let end = r.name.iter().position(|&b| b == 0).unwrap_or(r.name.len());
+            base.insert(key, (r.addr, String::from_utf8_lossy(&r.name[..end]).into_owned()));
+            continue;
+        }
+        let pos = base.get(&key).and_then(|(b, table)| {
+            let blob = blobs.get(table)?;
+            let off = usize::try_from(r.addr.checked_sub(*b)?).ok()?;
+            Some((table.clone(), blob.position(off)?))
+        });
+        match pos {
+            Some((table, position)) => out.push(Observation {
+                skb: r.skb,
+                gen: r.gen,
+                table,
+                position,
+                result: r.what == xt_what::TARGET || r.result != 0,
+            }),
+            None => unresolved += 1,
+        }
+    }
+    (out, unresolved)
+}
+
+/// struct ipt_getinfo.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Info {
+    name: [u8; XT_TABLE_MAXNAMELEN],
+    valid_hooks: u32,
+    hook_entry: [u32; 5],
+    underflow: [u32; 5],
+    num_entries: u32,
+    size: u32,
+}
+
+fn get_entries(table: &str) -> Result<(Info, Vec<u8>), XtPosError> {
+    let err = |what, source| XtPosError::Sockopt { what, table: table.to_string(), source };
+    // SAFETY: plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(err("socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is ours.
+    let _guard = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut info = Info { name: [0; XT_TABLE_MAXNAMELEN], valid_hooks: 0, hook_entry: [0; 5], underflow: [0; 5], num_entries: 0, size: 0 };
+    let n = table.len().min(XT_TABLE_MAXNAMELEN - 1);
+    info.name[..n].copy_from_slice(&table.as_bytes()[..n]);
+    let mut len = std::mem::size_of::<Info>() as libc::socklen_t;
+    // SAFETY: info is a valid ipt_getinfo buffer of `len` bytes.
+    if unsafe { libc::getsockopt(fd, libc::SOL_IP, IPT_SO_GET_INFO, &mut info as *mut Info as *mut libc::c_void, &mut len) } < 0 {
+        return Err(err("IPT_SO_GET_INFO", std::io::Error::last_os_error()));
+    }
+    // struct ipt_get_entries { char name[32]; unsigned int size; struct ipt_entry entrytable[]; }
+    // (entrytable 8-aligned: at 40).
+    let head = 40;
+    let mut buf = vec![0u8; head + info.size as usize];
+    buf[..n].copy_from_slice(&table.as_bytes()[..n]);
+    buf[32..36].copy_from_slice(&info.size.to_le_bytes());
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf holds the request header and room for `size` bytes of entries.
+    if unsafe { libc::getsockopt(fd, libc::SOL_IP, IPT_SO_GET_ENTRIES, buf.as_mut_ptr() as *mut libc::c_void, &mut len) } < 0 {
+        return Err(err("IPT_SO_GET_ENTRIES", std::io::Error::last_os_error()));
+    }
+    Ok((info, buf[head..].to_vec()))
+}
+
+fn name_at(bytes: &[u8], off: usize) -> String {
+    let s = bytes.get(off..(off + 29).min(bytes.len())).unwrap_or(&[]);
+    let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+    String::from_utf8_lossy(&s[..end]).into_owned()
+}
+
+/// x_tables match and target functions in /proc/kallsyms text (`addr t name [module]`):
+/// modules xt_*, ipt_*, ip6t_* (or built in), names ending in _mt / _mtN / _mt_vN (matches)
+/// and _tg / _tgN / _tg_vN / _target_vN (targets); helpers (_check, _destroy, .cold) excluded.
+pub fn xt_functions(kallsyms: &str) -> (Vec<String>, Vec<String>) {
+    let (mut matches, mut targets) = (Vec::new(), Vec::new());
+    for l in kallsyms.lines() {
+        let mut it = l.split_whitespace();
+        let (Some(_), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else { continue };
+        if !matches!(ty, "t" | "T") || name.contains('.') {
+            continue;
+        }
+        let module = it.next().map(|m| m.trim_matches(|c| c == '[' || c == ']'));
+        if !module.is_none_or(|m| m.starts_with("xt_") || m.starts_with("ipt_") || m.starts_with("ip6t_")) {
+            continue;
+        }
+        let base = strip_version(name);
+        if base.ends_with("_mt") || base.ends_with("_mt4") || base.ends_with("_mt6") {
+            matches.push(name.to_string());
+        } else if base.ends_with("_tg") || base.ends_with("_tg4") || base.ends_with("_tg6") || (base.starts_with("xt_") && base.ends_with("_target")) {
+            targets.push(name.to_string());
+        }
+    }
+    matches.sort();
+    matches.dedup();
+    targets.sort();
+    targets.dedup();
+    (matches, targets)
+}
+
+/// `conntrack_mt_v3` → `conntrack_mt`.
+fn strip_version(name: &str) -> &str {
+    match name.rsplit_once("_v") {
+        Some((base, v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_match_and_target_functions() {
+        let text = "ffff t tcp_mt\t[xt_tcpudp]\nffff t conntrack_mt_v3\t[xt_conntrack]\nffff t conntrack_mt_check\t[xt_conntrack]\n\
+                    ffff t xt_dnat_target_v2\t[xt_nat]\nffff t masquerade_tg\t[xt_MASQUERADE]\nffff t addrtype_mt_checkentry_v1.cold\t[xt_addrtype]\n\
+                    ffff t tcp_v4_rcv\nffff t foo_mt\t[nf_tables]\n";
+        let (m, t) = xt_functions(text);
+        assert_eq!(m, ["conntrack_mt_v3", "tcp_mt"]);
+        assert_eq!(t, ["masquerade_tg", "xt_dnat_target_v2"]);
+    }
+
+    /// A blob by hand: PREROUTING with one rule (one match, a target) and its policy, then a
+    /// user chain DOCKER with one rule, then the final ERROR entry.
+    #[test]
+    fn maps_offsets_to_chain_rule_and_match() {
+        fn entry(buf: &mut Vec<u8>, matches: &[(&str, usize)], target: &str, tdata: usize) -> usize {
+            let start = buf.len();
+            let msize: usize = matches.iter().map(|(_, d)| XT_HEADER + d).sum();
+            let target_offset = IPT_ENTRY_SIZE + msize;
+            let next = target_offset + XT_HEADER + tdata;
+            buf.resize(start + next, 0);
+            buf[start + 92..start + 94].copy_from_slice(&(target_offset as u16).to_le_bytes());
+            buf[start + 94..start + 96].copy_from_slice(&(next as u16).to_le_bytes());
+            let mut m = start + IPT_ENTRY_SIZE;
+            for (name, d) in matches {
+                buf[m..m + 2].copy_from_slice(&((XT_HEADER + d) as u16).to_le_bytes());
+                buf[m + 2..m + 2 + name.len()].copy_from_slice(name.as_bytes());
+                m += XT_HEADER + d;
+            }
+            let t = start + target_offset;
+            buf[t..t + 2].copy_from_slice(&((XT_HEADER + tdata) as u16).to_le_bytes());
+            buf[t + 2..t + 2 + target.len()].copy_from_slice(target.as_bytes());
+            start
+        }
+        let mut b = Vec::new();
+        let r1 = entry(&mut b, &[("tcp", 16)], "DNAT", 16);
+        let pol = entry(&mut b, &[], "", 8);
+        let head = entry(&mut b, &[], "ERROR", 32);
+        b[head + IPT_ENTRY_SIZE + XT_HEADER..head + IPT_ENTRY_SIZE + XT_HEADER + 6].copy_from_slice(b"DOCKER");
+        let d1 = entry(&mut b, &[("addrtype", 8), ("comment", 8)], "", 8);
+        entry(&mut b, &[], "ERROR", 32);
+        let mut info = Info { name: [0; 32], valid_hooks: 1, hook_entry: [0; 5], underflow: [0; 5], num_entries: 5, size: b.len() as u32 };
+        info.hook_entry[0] = r1 as u32;
+        info.underflow[0] = pol as u32;
+        let blob = Blob::parse("nat", &info, &b).unwrap();
+        let p = blob.position(r1 + IPT_ENTRY_SIZE + XT_HEADER).unwrap();
+        assert_eq!((p.chain.as_str(), p.rule, p.matched.as_deref()), ("PREROUTING", Some(1), Some("tcp")));
+        let p = blob.position(r1 + IPT_ENTRY_SIZE + XT_HEADER + 16 + XT_HEADER).unwrap();
+        assert_eq!((p.rule, p.matched), (Some(1), None));
+        assert_eq!(blob.position(pol + IPT_ENTRY_SIZE + XT_HEADER).unwrap().rule, None);
+        let p = blob.position(d1 + IPT_ENTRY_SIZE + 2 * XT_HEADER + 8).unwrap();
+        assert_eq!((p.chain.as_str(), p.rule, p.matched.as_deref()), ("DOCKER", Some(1), Some("comment")));
+        // Inside a header, not at a data pointer: nothing.
+        assert!(blob.position(r1 + 4).is_none());
+    }
+}
