@@ -48,11 +48,15 @@ fn configs() -> Vec<Config> {
     vec![
         Config { name: "none", args: None },
         Config { name: "match-nothing", args: Some(vec!["host", "10.255.255.254"]) },
+        // The tracer prints TRACE lines (--format trace) to /dev/null.
         Config { name: "match-everything", args: Some(vec![]) },
         Config { name: "sample-1/1000", args: Some(vec!["--sample", "1/1000"]) },
         // Diagnostics (--configs): the packet-level view costs the collector less than the
         // rule-level reconstruction.
         Config { name: "everything-packets", args: Some(vec!["--packets"]) },
+        Config { name: "everything-json", args: Some(vec!["--format", "json"]) },
+        // The probes alone: the collector drains without decoding.
+        Config { name: "everything-discard", args: Some(vec!["--discard"]) },
     ]
 }
 
@@ -251,7 +255,8 @@ struct Tracer {
 impl Tracer {
     fn start(iptrace: &Path, node: &str, args: &[&str]) -> Result<Tracer> {
         let mut child = Command::new(iptrace)
-            .args(["capture", "--backend", "nfhook", "--netns", node, "--format", "json"])
+            .args(["capture", "--backend", "nfhook", "--netns", node])
+            .args(if args.contains(&"--format") { &[][..] } else { &["--format", "trace"][..] })
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

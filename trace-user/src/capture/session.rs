@@ -93,6 +93,7 @@ pub struct Session {
     plan: ProbePlan,
     pub attached: Vec<Attached>,
     netfilter_drop: Option<u32>,
+    discard: bool,
 }
 
 impl Session {
@@ -133,7 +134,7 @@ impl Session {
             log::info!("netns {} (inode {inode}): {n} netfilter links", t.label);
             attached.push(Attached { label: t.label.clone(), netns: inode, links: n });
         }
-        Ok(Session { loaded, links, plan, attached, netfilter_drop })
+        Ok(Session { loaded, links, plan, attached, netfilter_drop, discard: false })
     }
 
     /// The probe plan (per netns inode, family, hook).
@@ -185,6 +186,15 @@ impl Session {
         )
     }
 
+    /// Drain the ring buffer and count records without decoding them: measures what the
+    /// probes cost the kernel apart from the collector's work (benchmarks only).
+    pub fn run_discard(&mut self, opts: &CaptureOptions) -> Result<Summary> {
+        self.discard = true;
+        let r = self.run_inner(opts, |_| Ok(None), |_| Ok(()), false);
+        self.discard = false;
+        r
+    }
+
     fn run_inner(
         &mut self,
         opts: &CaptureOptions,
@@ -199,7 +209,7 @@ impl Session {
         if let Some(r) = self.netfilter_drop {
             asm.set_netfilter_drop_reason(r);
         }
-        let mut st = ReadState { decoder, asm, assemble, received: 0, decode_errors: 0, packets: 0 };
+        let mut st = ReadState { decoder, asm, assemble, decode: !self.discard, received: 0, decode_errors: 0, packets: 0 };
         rt.block_on(read_loop(events, opts, &mut st, &mut on_event, &mut on_packet))?;
         for t in st.asm.flush() {
             st.packets += 1;
@@ -214,6 +224,7 @@ struct ReadState {
     decoder: Decoder,
     asm: Assembler,
     assemble: bool,
+    decode: bool,
     received: u64,
     decode_errors: u64,
     packets: u64,
@@ -228,6 +239,9 @@ impl ReadState {
         on_event: &mut impl FnMut(Event) -> Result<Option<Event>>,
     ) -> Result<()> {
         self.received += 1;
+        if !self.decode {
+            return Ok(());
+        }
         match self.decoder.decode(bytes) {
             Ok(ev) => {
                 if let Some(ev) = on_event(ev)? {

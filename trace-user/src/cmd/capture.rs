@@ -57,6 +57,9 @@ pub struct Args {
     /// Also record the capture (dumps, plan, events) to FILE for `iptrace replay`.
     #[arg(long)]
     pub write: Option<std::path::PathBuf>,
+    /// Benchmarks: drain the ring buffer without decoding or printing (the probes' own cost).
+    #[arg(long, hide = true)]
+    pub discard: bool,
     /// tcpdump-style filter (e.g. `tcp and dst port 10000`); empty = everything.
     pub filter: Vec<String>,
 }
@@ -78,7 +81,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut rules = RuleLevel::new(initial, !packet_level, out_format, args.write.as_deref())?;
     // Buffered: a line-buffered stdout costs a write(2) per line at high packet rates.
     let out = std::cell::RefCell::new(Output::new());
-    let mut summary = if packet_level {
+    let mut summary = if args.discard {
+        session.run_discard(&opts)?
+    } else if packet_level {
         session.run_with_events(
             &opts,
             |e| rules.event(e, &mut *out.borrow_mut()),
