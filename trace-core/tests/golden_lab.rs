@@ -75,6 +75,9 @@ fn every_captured_table_is_confirmed() {
     let syn = &rps[0];
     let nat = &syn.hooks[0].tables.iter().find(|t| t.table == trace_core::netfilter::Table::Nat).unwrap().paths[0];
     assert_eq!(nat.nat.as_ref().unwrap().step.to_string(), "nat:DOCKER:rule:3");
+    // `-A DOCKER-USER -j RETURN` is a real rule (labelled like the chain end): not implicit.
+    let ret = syn.steps().find(|(_, _, s)| s.id.to_string() == "filter:DOCKER-USER:return:1").unwrap().2;
+    assert!(!ret.implicit_return);
 }
 
 #[test]
@@ -234,4 +237,57 @@ fn kube_proxy_corpus_ruleset_matches_the_kernels_trace() {
     let kernel: Vec<String> = read("kubeproxy-corpus-run.kernel-trace.txt").lines().map(str::to_string).collect();
     assert_eq!(kernel.len(), 108);
     assert_eq!(legacy_trace_lines(&packets), kernel);
+}
+
+/// The nf_tables backend: xtables-monitor's steps (rules mapped to positions through the
+/// rule text they print) equal our path from the TRACE rule on, minus the implicit returns
+/// of user chains, which nf_tables does not trace (legacy does).
+#[test]
+fn nft_backend_trace_is_the_path_without_implicit_returns() {
+    use trace_core::compare::reference::xtmon::{parse_line, XtLine};
+    use trace_core::compare::reference::RefStepPos;
+    let packets = replay_recording("kubeproxy-nft-run.iptrace");
+    assert!(packets.iter().all(|p| p.status == Status::Confirmed));
+    let rs = {
+        let text = std::fs::read(format!("{DIR}/kubeproxy-nft-run.iptrace")).unwrap();
+        let first = trace_core::record::RecordingReader::new(&text[..]).unwrap().find_map(|r| match r.unwrap().1 {
+            trace_core::record::Record::Ruleset { text, .. } => Some(text),
+            _ => None,
+        });
+        trace_core::rules::parse(&first.unwrap()).unwrap()
+    };
+    // Reference: per packet (a raw PREROUTING TRACE rule line starts one), the mapped steps.
+    let mut reference: Vec<Vec<String>> = Vec::new();
+    for (n, line) in read("kubeproxy-nft-run.xtables-monitor.txt").lines().enumerate() {
+        let Some(XtLine::Step { step, .. }) = parse_line(line, n + 1).unwrap() else { continue };
+        let chain = rs.table(step.table).unwrap().chain(&step.chain).unwrap();
+        let id = match &step.pos {
+            RefStepPos::Policy => chain.end_step(step.table),
+            _ => {
+                let text = step.rule_text.as_deref().unwrap();
+                let body = &text[text.find(&format!("-A {} ", step.chain)).unwrap() + step.chain.len() + 4..];
+                let i = chain.rules.iter().position(|r| r.text == body).unwrap_or_else(|| panic!("{body}"));
+                chain.step(step.table, i as u32 + 1).unwrap()
+            }
+        };
+        if step.table == trace_core::netfilter::Table::Raw && step.rule_text.as_deref().is_some_and(|t| t.ends_with("-j TRACE")) {
+            reference.push(Vec::new());
+        }
+        reference.last_mut().unwrap().push(id.to_string());
+    }
+    let ours: Vec<Vec<String>> = packets
+        .iter()
+        .map(|p| {
+            let all: Vec<_> = p.steps().map(|(_, _, s)| s).collect();
+            let Some(first) = all.iter().position(|s| s.traced) else { return Vec::new() };
+            all[first - 1..].iter().filter(|s| !s.implicit_return).map(|s| s.id.to_string()).collect()
+        })
+        .filter(|v: &Vec<String>| !v.is_empty())
+        .collect();
+    assert_eq!(reference.len(), 6);
+    assert_eq!(ours, reference);
+    // And the steps left out are exactly implicit returns legacy TRACE would print.
+    let implicit: std::collections::BTreeSet<String> =
+        packets.iter().flat_map(|p| p.steps().filter(|(_, _, s)| s.implicit_return).map(|(_, _, s)| s.id.to_string())).collect();
+    assert!(implicit.contains("nat:KUBE-MARK-MASQ:return:2") && implicit.contains("filter:KUBE-PROXY-FIREWALL:return:1"), "{implicit:?}");
 }

@@ -80,6 +80,7 @@ fn path_json(p: &Path) -> Value {
             "step": s.id.to_string(),
             "rule": s.rule_text,
             "traced": s.traced,
+            "implicit_return": s.implicit_return,
             "mark": s.mark,
         })).collect::<Vec<_>>(),
         "verdict": p.verdict.as_str(),

@@ -52,6 +52,11 @@ pub struct Step {
     pub ttl: u8,
     /// skb->nf_trace was set at this step: the kernel's legacy TRACE printed it.
     pub traced: bool,
+    /// The end of a user chain reached without a RETURN rule. Legacy x_tables has a real
+    /// RETURN entry there and TRACE prints it (`return:N`); nf_tables (iptables-nft) returns
+    /// implicitly and its trace (xtables-monitor, nft monitor) shows nothing for it.
+    #[serde(default)]
+    pub implicit_return: bool,
 }
 
 /// A NAT translation, as requested by a rule and observed across the table.
@@ -365,6 +370,7 @@ fn to_path(ev: &Evaluator, obs: &TableObservation, hook: Hook, c: &Candidate) ->
             tos: s.tos,
             ttl: s.ttl,
             traced: s.traced,
+            implicit_return: s.kind == crate::step::StepKind::Return && ev.rule_text(table, s).is_none(),
         })
         .collect();
     let nat = c.nat.as_ref().map(|(i, req)| {
