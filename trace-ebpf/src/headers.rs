@@ -33,6 +33,55 @@ pub fn snapshot(pf: u8, nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool 
     }
 }
 
+/// What the filter needs (addresses, protocol, ports / ICMP type), with one 64-byte read for
+/// the common layouts (IPv4 without options, IPv6 without extension headers); other packets
+/// take the full path. Other snapshot fields are left as they were: the first-sight probe
+/// calls [`snapshot`] before sending anything.
+#[inline(always)]
+pub fn filter_view(pf: u8, nh: u64, h: &mut HeaderSnapshot) -> bool {
+    let mut b = [0u8; 64];
+    if !read_buf(nh, &mut b) {
+        return snapshot(pf, nh, h, false);
+    }
+    let l4 = if pf == 2 {
+        if b[0] != 0x45 {
+            return snapshot(pf, nh, h, false);
+        }
+        h.proto = b[9];
+        h.saddr = [0; 16];
+        h.daddr = [0; 16];
+        h.saddr[..4].copy_from_slice(&b[12..16]);
+        h.daddr[..4].copy_from_slice(&b[16..20]);
+        // Non-first fragments have no transport header.
+        if u16::from_be_bytes([b[6], b[7]]) & 0x1fff != 0 {
+            h.l4_flags = 0;
+            return true;
+        }
+        20
+    } else {
+        h.proto = b[6];
+        if !matches!(h.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_ICMPV6) {
+            return snapshot(pf, nh, h, false);
+        }
+        h.saddr.copy_from_slice(&b[8..24]);
+        h.daddr.copy_from_slice(&b[24..40]);
+        40
+    };
+    h.l4_flags = l4_flags::VALID;
+    match h.proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+            h.sport = u16::from_be_bytes([b[l4], b[l4 + 1]]);
+            h.dport = u16::from_be_bytes([b[l4 + 2], b[l4 + 3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            h.icmp_type = b[l4];
+            h.icmp_code = b[l4 + 1];
+        }
+        _ => h.l4_flags = 0,
+    }
+    true
+}
+
 #[inline(always)]
 fn ipv4(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
     let mut ip = [0u8; 20];

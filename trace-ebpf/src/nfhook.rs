@@ -531,7 +531,7 @@ fn read_filter_fields<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64
     rec.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 { kread::<_, D>(skb, global!(OFFSETS.skb_mark)) } else { 0 };
     let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
     let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
-    if head == 0 || !headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, false) {
+    if head == 0 || !headers::filter_view(rec.pf, head + nh as u64, &mut rec.headers) {
         // Unreadable headers: nothing for the filter to match on.
         rec.headers.proto = 0;
         rec.headers.l4_flags = 0;
@@ -583,10 +583,26 @@ fn conntrack<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
         rec.ct_mark = 0;
         return;
     }
-    let status: u64 = read(ct, global!(OFFSETS.ct_status));
+    let (s_off, m_off) = (global!(OFFSETS.ct_status), global!(OFFSETS.ct_mark));
+    // status and mark are a few bytes apart in struct nf_conn: one read for both when they
+    // fit in CT_BLOCK bytes (the offsets are load-time constants, so is the index).
+    if m_off >= s_off && m_off - s_off + 4 <= CT_BLOCK as u32 {
+        let mut b = [0u8; CT_BLOCK];
+        read_buf(ct + s_off as u64, &mut b);
+        let d = (m_off - s_off) as usize;
+        rec.ct_status = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if d + 4 <= CT_BLOCK {
+            rec.ct_mark = u32::from_le_bytes([b[d], b[d + 1], b[d + 2], b[d + 3]]);
+        }
+        return;
+    }
+    let status: u64 = read(ct, s_off);
     rec.ct_status = status as u32;
-    rec.ct_mark = read(ct, global!(OFFSETS.ct_mark));
+    rec.ct_mark = read(ct, m_off);
 }
+
+/// Bytes read from ct->status on (status and mark together, see [`conntrack`]).
+const CT_BLOCK: usize = 32;
 
 /// Link-layer header of received packets (LOG's MAC=).
 #[inline(always)]
