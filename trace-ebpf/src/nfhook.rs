@@ -402,6 +402,8 @@ fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
     }
 }
 
+const WAKEUP_CHECK_EVERY: u64 = 16;
+
 /// Wake the collector only when the ring holds more than WAKEUP_BYTES (0: the kernel's
 /// default, a wakeup whenever the collector has caught up).
 #[inline(always)]
@@ -409,6 +411,12 @@ fn wakeup_flags() -> u64 {
     let threshold = global!(WAKEUP_BYTES);
     if threshold == 0 {
         return 0;
+    }
+    // Checking the fill level is a helper call: do it every WAKEUP_CHECK_EVERY records of
+    // this CPU (the collector also drains on its timer).
+    let Some(c) = counters() else { return 0 };
+    if c.emitted % WAKEUP_CHECK_EVERY != 0 {
+        return BPF_RB_NO_WAKEUP as u64;
     }
     if EVENTS.query(BPF_RB_AVAIL_DATA as u64) > threshold {
         BPF_RB_FORCE_WAKEUP as u64
