@@ -194,6 +194,7 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
                 .chain(p.steps().iter().map(|s| resolver.step(s).unwrap()))
                 .collect(),
             table_paths: Vec::new(),
+            implicit_returns: None,
         })
         .collect();
     assert!(captured.len() >= 4);

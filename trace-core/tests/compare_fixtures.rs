@@ -54,6 +54,7 @@ fn as_captured(r: &ParsedReference, resolver: &Resolver) -> Vec<CapturedPacket> 
                 .collect(),
             steps: p.steps().iter().map(|s| resolver.step(s).unwrap()).collect(),
             table_paths: Vec::new(),
+            implicit_returns: None,
         })
         .collect()
 }
@@ -175,6 +176,7 @@ fn legacy_trace_matches_a_full_captured_path() {
         headers: vec![CapturedHeaders { src: h.src.unwrap(), dst: h.dst.unwrap(), proto: Some(6), sport: h.sport, dport: h.dport, id: Some(id), len: h.len, seq: h.seq, ack: h.ack, tcp_flags: h.tcp_flags }],
         steps,
         table_paths: Vec::new(),
+        implicit_returns: None,
     };
     let ok = compare(&r, &[cap(path.clone(), 65380)], &Resolver::default(), &MatchOptions::default());
     assert_eq!((ok.totals.agree, ok.exit_code()), (1, exit::AGREE), "{}", ok.render_text(1));
@@ -224,7 +226,7 @@ fn pcap_packets(bytes: &[u8]) -> Vec<CapturedPacket> {
         match out.iter_mut().find(|c| same(c)) {
             Some(c) if !c.headers.contains(&h) => c.headers.push(h),
             Some(_) => {}
-            None => out.push(CapturedPacket { index: out.len(), ts_ns: None, headers: vec![h], steps: Vec::new(), table_paths: Vec::new() }),
+            None => out.push(CapturedPacket { index: out.len(), ts_ns: None, headers: vec![h], steps: Vec::new(), table_paths: Vec::new(), implicit_returns: None }),
         }
     }
     out

@@ -70,6 +70,13 @@ pub struct CapturedPacket {
     /// candidate for a table means the reconstruction was ambiguous there.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub table_paths: Vec<Vec<Vec<StepId>>>,
+    /// Steps (of any candidate) that are the end of a user chain reached without a RETURN
+    /// rule (`implicit_return` in `iptrace.packet.v1`): legacy TRACE prints them, nf_tables
+    /// traces do not. None: the producer did not say (older JSON, bare step strings);
+    /// `compare` then asks the ruleset. The property belongs to the position, not to the
+    /// occurrence (`return:N` is the chain end exactly when the chain has N-1 rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit_returns: Option<Vec<StepId>>,
 }
 
 /// Upper bound on the full paths an ambiguous packet expands to (product of the per-table
@@ -93,6 +100,17 @@ impl CapturedPacket {
                 out
             }
             _ => vec![self.steps.clone()],
+        }
+    }
+
+    /// The packet without the steps `drop` selects, in `steps` and in every candidate of
+    /// `table_paths` (comparing with a reference that does not show them).
+    pub fn without_steps(&self, drop: impl Fn(&StepId) -> bool) -> CapturedPacket {
+        let keep = |v: &Vec<StepId>| v.iter().filter(|s| !drop(s)).cloned().collect::<Vec<_>>();
+        CapturedPacket {
+            steps: keep(&self.steps),
+            table_paths: self.table_paths.iter().map(|t| t.iter().map(keep).collect()).collect(),
+            ..self.clone()
         }
     }
 }
@@ -119,12 +137,19 @@ impl From<&ReconstructedPacket> for CapturedPacket {
             .filter(|t| !t.paths.is_empty())
             .map(|t| t.paths.iter().map(|p| p.steps.iter().map(|s| s.id.clone()).collect()).collect())
             .collect();
+        let mut implicit: Vec<StepId> = Vec::new();
+        for s in rp.hooks.iter().flat_map(|h| &h.tables).flat_map(|t| &t.paths).flat_map(|p| &p.steps) {
+            if s.implicit_return && !implicit.contains(&s.id) {
+                implicit.push(s.id.clone());
+            }
+        }
         CapturedPacket {
             index: 0,
             ts_ns: Some(rp.packet.first_ts_ns),
             headers,
             steps: rp.steps().map(|(_, _, s)| s.id.clone()).collect(),
             table_paths,
+            implicit_returns: Some(implicit),
         }
     }
 }
@@ -150,7 +175,8 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<CapturedPacket>, CapturedError> {
             continue;
         }
         let v: Value = serde_json::from_str(raw).map_err(|e| CapturedError::Json { line, message: e.to_string() })?;
-        let Some(table_paths) = table_paths_of(&v, line)? else { continue };
+        let mut implicit = None;
+        let Some(table_paths) = table_paths_of(&v, line, &mut implicit)? else { continue };
         let steps: Vec<StepId> = table_paths.iter().filter_map(|t| t.first()).flatten().cloned().collect();
         let mut headers = Vec::new();
         collect_headers(&v, &mut headers);
@@ -158,7 +184,7 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<CapturedPacket>, CapturedError> {
             return Err(CapturedError::NoHeaders { line });
         }
         let ts_ns = ["ts_ns", "first_ts_ns"].iter().find_map(|k| v.get(*k).and_then(Value::as_u64));
-        out.push(CapturedPacket { index: out.len(), ts_ns, headers, steps, table_paths });
+        out.push(CapturedPacket { index: out.len(), ts_ns, headers, steps, table_paths, implicit_returns: implicit });
     }
     if out.is_empty() {
         return Err(CapturedError::Empty);
@@ -170,28 +196,38 @@ fn steps_array(v: &Value) -> Option<&Vec<Value>> {
     ["steps", "path"].iter().find_map(|k| v.get(*k).and_then(Value::as_array))
 }
 
-fn steps_of(arr: &[Value], line: usize) -> Result<Vec<StepId>, CapturedError> {
-    arr.iter()
-        .enumerate()
-        .map(|(i, s)| step_of(s).ok_or_else(|| CapturedError::BadStep { line, index: i, text: s.to_string() }))
-        .collect()
+/// The steps of one path; steps carrying `implicit_return` make `implicit` known (Some) and
+/// the flagged ones are added to it.
+fn steps_of(arr: &[Value], line: usize, implicit: &mut Option<Vec<StepId>>) -> Result<Vec<StepId>, CapturedError> {
+    let mut out = Vec::with_capacity(arr.len());
+    for (i, s) in arr.iter().enumerate() {
+        let id = step_of(s).ok_or_else(|| CapturedError::BadStep { line, index: i, text: s.to_string() })?;
+        if let Some(flag) = s.get("implicit_return").and_then(Value::as_bool) {
+            let known = implicit.get_or_insert_with(Vec::new);
+            if flag && !known.contains(&id) {
+                known.push(id.clone());
+            }
+        }
+        out.push(id);
+    }
+    Ok(out)
 }
 
 /// Per-table candidate paths of one JSON line. `iptrace.packet.v1` nests them as
 /// `hooks[].tables[].path.steps` (+ `alternatives[].steps`); a flat top-level `steps`/`path`
 /// array (this module's own form) takes precedence and counts as one table. None: the line is not a packet.
-fn table_paths_of(v: &Value, line: usize) -> Result<Option<Vec<Vec<Vec<StepId>>>>, CapturedError> {
+fn table_paths_of(v: &Value, line: usize, implicit: &mut Option<Vec<StepId>>) -> Result<Option<Vec<Vec<Vec<StepId>>>>, CapturedError> {
     if let Some(arr) = steps_array(v) {
-        return Ok(Some(vec![vec![steps_of(arr, line)?]]));
+        return Ok(Some(vec![vec![steps_of(arr, line, implicit)?]]));
     }
     if let Some(hooks) = v.get("hooks").and_then(Value::as_array) {
         let mut out = Vec::new();
         for t in hooks.iter().filter_map(|h| h.get("tables")?.as_array()).flatten() {
             let Some(first) = t.get("path").and_then(|p| p.get("steps")).and_then(Value::as_array) else { continue };
-            let mut cands = vec![steps_of(first, line)?];
+            let mut cands = vec![steps_of(first, line, implicit)?];
             for alt in t.get("alternatives").and_then(Value::as_array).into_iter().flatten() {
                 if let Some(a) = alt.get("steps").and_then(Value::as_array) {
-                    cands.push(steps_of(a, line)?);
+                    cands.push(steps_of(a, line, implicit)?);
                 }
             }
             out.push(cands);
@@ -289,6 +325,22 @@ mod tests {
         assert_eq!(p[0].steps.iter().map(ToString::to_string).collect::<Vec<_>>(), ["raw:PREROUTING:policy:2", "nat:PREROUTING:rule:1"]);
         assert_eq!(p[0].candidate_paths().len(), 2);
         assert_eq!(p[0].headers[0].sport, Some(1));
+    }
+
+    #[test]
+    fn reads_implicit_return_marks_and_tells_unmarked_apart() {
+        let h = r#""headers":{"src":"1.1.1.1","dst":"2.2.2.2"}"#;
+        let marked = format!(r#"{{{h},"steps":[{{"step":"filter:U:return:2","implicit_return":true}},{{"step":"filter:V:return:1","implicit_return":false}}]}}"#);
+        let p = parse_jsonl(&marked).unwrap();
+        assert_eq!(p[0].implicit_returns, Some(vec!["filter:U:return:2".parse().unwrap()]));
+        let none_flagged = format!(r#"{{{h},"steps":[{{"step":"filter:V:return:1","implicit_return":false}}]}}"#);
+        assert_eq!(parse_jsonl(&none_flagged).unwrap()[0].implicit_returns, Some(vec![]));
+        let bare = format!(r#"{{{h},"steps":["filter:U:return:2"]}}"#);
+        assert_eq!(parse_jsonl(&bare).unwrap()[0].implicit_returns, None);
+        let c = &p[0];
+        let kept = c.without_steps(|s| c.implicit_returns.as_ref().unwrap().contains(s));
+        assert_eq!(kept.steps, vec!["filter:V:return:1".parse::<StepId>().unwrap()]);
+        assert_eq!(kept.table_paths, vec![vec![kept.steps.clone()]]);
     }
 
     #[test]

@@ -134,7 +134,7 @@ mod tests {
             ack: None,
             tcp_flags: None,
         };
-        CapturedPacket { index: 0, ts_ns: None, headers: vec![h], steps: Vec::new(), table_paths: Vec::new() }
+        CapturedPacket { index: 0, ts_ns: None, headers: vec![h], steps: Vec::new(), table_paths: Vec::new(), implicit_returns: None }
     }
 
     fn refp(id: Option<u16>, sport: u16, log: bool) -> RefPacket {

@@ -19,7 +19,7 @@ pub mod resolve;
 
 use captured::CapturedPacket;
 use matching::MatchOptions;
-use reference::{Evidence, ParsedReference, RefPacket};
+use reference::{Evidence, Format, ParsedReference, RefPacket, RefStepPos};
 use report::{CapturedOnly, Outcome, PacketReport, Report, Totals};
 use resolve::{ResolveError, Resolver};
 use crate::rules::Target;
@@ -42,7 +42,10 @@ pub fn compare(reference: &ParsedReference, captured: &[CapturedPacket], resolve
     for (r, pair) in reference.packets.iter().zip(&pairs) {
         let outcome = match pair {
             None => Outcome::OnlyInReference,
-            Some(i) => judge(r, &captured[*i], resolver, &mut report.missing_ruleset),
+            Some(i) => {
+                let c = as_the_reference_shows_it(reference.format, r, &captured[*i], resolver);
+                judge(r, &c, resolver, &mut report.missing_ruleset)
+            }
         };
         count(&mut report.totals, &outcome);
         report.packets.push(PacketReport {
@@ -62,6 +65,23 @@ fn count(t: &mut Totals, o: &Outcome) {
         Outcome::Agree => t.agree += 1,
         Outcome::OnlyInReference => t.only_in_reference += 1,
         _ => t.differ += 1,
+    }
+}
+
+/// The captured packet as a reference of `format` can show it: nf_tables traces print
+/// nothing where a user chain ends without a RETURN rule (legacy TRACE prints `return:N`),
+/// so those steps leave the captured side. Explicit `-j RETURN` rules, base-chain policies
+/// and every step of a legacy reference stay. A reference packet that does show a chain end
+/// (an nft `return` event, as kernels that print one would) keeps them too.
+fn as_the_reference_shows_it(format: Option<Format>, r: &RefPacket, c: &CapturedPacket, resolver: &Resolver) -> CapturedPacket {
+    let hides = format.is_some_and(|f| !f.shows_implicit_returns());
+    let shows_chain_ends = r.steps().iter().any(|s| matches!(s.pos, RefStepPos::EndOfChain));
+    if !hides || shows_chain_ends {
+        return c.clone();
+    }
+    match &c.implicit_returns {
+        Some(ids) => c.without_steps(|s| ids.contains(s)),
+        None => c.without_steps(|s| resolver.is_implicit_return(s) == Some(true)),
     }
 }
 

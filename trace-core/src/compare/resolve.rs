@@ -166,6 +166,20 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// Whether `id` is the end of a user chain (`return:N`, N = rules + 1) in the rulesets
+    /// given: the step legacy TRACE prints and nf_tables traces do not. None when no ruleset
+    /// knows the chain. For captured packets whose producer did not mark implicit returns.
+    pub fn is_implicit_return(&self, id: &StepId) -> Option<bool> {
+        if id.kind != StepKind::Return {
+            return Some(false);
+        }
+        let rules = self
+            .dump_chain(id.table, &id.chain)
+            .map(|c| c.rules.len())
+            .or_else(|| self.nft_chain(id.table, &id.chain).map(|c| c.rules.len()))?;
+        Some(id.num as usize == rules + 1)
+    }
+
     /// TRACE positions of the LOG rules whose prefix is `prefix` (as printed: the kernel
     /// prints the configured prefix verbatim; no prefix prints nothing).
     pub fn log_rules(&self, prefix: &str) -> Vec<StepId> {
@@ -219,6 +233,22 @@ mod tests {
         assert_eq!(s("U", RefStepPos::EndOfChain), "filter:U:return:3");
         assert!(matches!(r.step(&step(f, "U", RefStepPos::Handle { handle: 99 }, None)), Err(ResolveError::UnknownHandle { .. })));
         assert!(matches!(r.step(&step(f, "NOPE", RefStepPos::Policy, None)), Err(ResolveError::UnknownChain { .. })));
+    }
+
+    #[test]
+    fn chain_ends_are_implicit_returns_explicit_return_rules_are_not() {
+        let dump = crate::rules::parse("*filter\n:INPUT ACCEPT [0:0]\n:U - [0:0]\n:E - [0:0]\n-A U -p tcp -j DROP\n-A U -j RETURN\n-A U -p udp\nCOMMIT\n").unwrap();
+        let r = Resolver::new(Some(&dump), None);
+        let is = |s: &str| r.is_implicit_return(&s.parse().unwrap());
+        assert_eq!(is("filter:U:return:4"), Some(true));
+        assert_eq!(is("filter:E:return:1"), Some(true));
+        assert_eq!(is("filter:U:return:2"), Some(false));
+        assert_eq!(is("filter:INPUT:policy:1"), Some(false));
+        assert_eq!(is("filter:NOPE:return:1"), None);
+        let nft = nft_ruleset::parse("table ip filter {\n chain U { # handle 3\n  counter return # handle 11\n }\n}\n").unwrap();
+        let r = Resolver::new(None, Some(&nft));
+        assert_eq!(r.is_implicit_return(&"filter:U:return:2".parse().unwrap()), Some(true));
+        assert_eq!(r.is_implicit_return(&"filter:U:return:1".parse().unwrap()), Some(false));
     }
 
     #[test]

@@ -222,6 +222,7 @@ mod tests {
                         .collect(),
                     steps: p.steps().iter().map(|s| resolver.step(s).unwrap()).collect(),
                     table_paths: Vec::new(),
+                    implicit_returns: None,
                 };
                 serde_json::to_string(&c).unwrap() + "\n"
             })

@@ -179,7 +179,7 @@ fn header_key(h: &RefHeaders) -> HeaderKey {
 /// LOG line.
 pub fn parse(text: &str) -> ParsedReference {
     let mut seg: Segmenter<HeaderKey> = Segmenter::new();
-    let mut out = ParsedReference::default();
+    let mut out = ParsedReference { format: Some(super::Format::KernelLog), ..Default::default() };
     for (n, line) in text.lines().enumerate() {
         let lineno = n + 1;
         match parse_line(line) {

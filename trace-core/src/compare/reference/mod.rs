@@ -115,6 +115,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether this format shows the end of a user chain reached without a RETURN rule.
+    /// Legacy x_tables has a real RETURN entry there and TRACE prints it (`return:N`);
+    /// nf_tables returns implicitly and, on the kernels measured (6.18, iptables-nft 1.8.9,
+    /// nftables 1.0.6), xtables-monitor and `nft monitor trace` print nothing for it.
+    /// An explicit `-j RETURN` rule is a rule in both and is always shown.
+    pub fn shows_implicit_returns(self) -> bool {
+        matches!(self, Format::KernelLog)
+    }
+
     /// Guesses the format from the first lines that look like netfilter output.
     pub fn detect(text: &str) -> Option<Format> {
         text.lines().take(2000).find_map(|l| {
@@ -149,6 +158,9 @@ impl Malformed {
 /// Result of parsing a reference file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ParsedReference {
+    /// The format the text was parsed as (None: undetectable text, or built by hand).
+    #[serde(default)]
+    pub format: Option<Format>,
     pub packets: Vec<RefPacket>,
     pub malformed: Vec<Malformed>,
     /// Lines that are not netfilter output at all (other kernel messages, blank lines).

@@ -274,7 +274,7 @@ fn icmp_type_number(v: &str) -> Option<u8> {
 
 pub fn parse(text: &str) -> ParsedReference {
     let mut g = NftGrouper::new();
-    let mut out = ParsedReference::default();
+    let mut out = ParsedReference { format: Some(super::Format::NftMonitor), ..Default::default() };
     for (n, line) in text.lines().enumerate() {
         match parse_line(line, n + 1) {
             Ok(Some(NftLine::Packet { family, trace_id, headers })) => g.headers(trace_id, family, *headers, n + 1),

@@ -169,7 +169,7 @@ impl NftGrouper {
 
 pub fn parse(text: &str) -> ParsedReference {
     let mut g = NftGrouper::new();
-    let mut out = ParsedReference::default();
+    let mut out = ParsedReference { format: Some(super::Format::XtablesMonitor), ..Default::default() };
     for (n, line) in text.lines().enumerate() {
         match parse_line(line, n + 1) {
             Ok(Some(XtLine::Packet { family, trace_id, headers })) => g.headers(trace_id, family, *headers, n + 1),
