@@ -220,8 +220,10 @@ pub fn nat_exit(skb: u64, state: u64, verdict: u32) {
 }
 
 /// Rule positions (kprobe backend): the rule blob's kernel address as a table starts on a
-/// traced skb, so userspace can turn match/target pointers into blob offsets.
-#[inline(always)]
+/// traced skb, so userspace can turn match/target pointers into blob offsets. Its own BPF
+/// function: inlined, its record would add to the stack of the path through `follow`
+/// (combined stack limit 512 bytes).
+#[inline(never)]
 fn xt_base(table: u64, skb: u64, state: u64) {
     if toff!(have_xtpos) == 0 {
         return;
@@ -238,7 +240,7 @@ fn xt_base(table: u64, skb: u64, state: u64) {
 }
 
 /// A match (`matched` = its return value) or target call with `par` = struct xt_action_param.
-#[inline(always)]
+#[inline(never)]
 pub fn xt_call(skb: u64, what: u8, info: u64, matched: u8) {
     if toff!(have_xtpos) != 0 {
         emit_xt(skb, what, info, matched, 0, 0, [0; 16]);

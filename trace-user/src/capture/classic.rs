@@ -136,6 +136,13 @@ pub struct Classic {
 impl Classic {
     /// Load and attach everything; an error says why this backend cannot work here.
     pub fn load(flavour: Flavour, opts: &LoadOptions) -> Result<Classic, ClassicError> {
+        Classic::load_with(flavour, opts, false)
+    }
+
+    /// [`Classic::load`]; `rule_positions`: the table probes also report the rule blob's
+    /// address ([`trace_common::record::XtRecord`], kind XT: split those off before
+    /// `trace_core::decode`), for [`Classic::attach_rule_probes`].
+    pub fn load_with(flavour: Flavour, opts: &LoadOptions, rule_positions: bool) -> Result<Classic, ClassicError> {
         let kbtf = Btf::from_sys()?;
         let offsets: KernelOffsets = kernel_offsets(&kbtf)?;
         let drop_reasons = kbtf
@@ -143,7 +150,10 @@ impl Classic {
             .map(|m| m.into_iter().map(|(v, n)| (v as u32, n.trim_start_matches("SKB_DROP_REASON_").to_string())).collect())
             .unwrap_or_default();
         let vmlinux = KernelBtf::vmlinux()?;
-        let (table_offsets, btfs) = table_offsets(&vmlinux)?;
+        let (mut table_offsets, btfs) = table_offsets(&vmlinux)?;
+        if !rule_positions {
+            table_offsets.have_xtpos = 0;
+        }
         let config = probe_config(opts);
         let elf = hide_netfilter_sections(object::bytes().map_err(super::loader::LoadError::from)?)?;
         let mut ebpf = EbpfLoader::new()
@@ -233,7 +243,10 @@ impl Classic {
             return Err(ClassicError::Unavailable { flavour: self.flavour, what: "rule positions need the kprobe backend".into() });
         }
         if self.table_offsets.have_xtpos == 0 {
-            return Err(ClassicError::Unavailable { flavour: self.flavour, what: "no xt_table/xt_action_param offsets in BTF".into() });
+            return Err(ClassicError::Unavailable {
+                flavour: self.flavour,
+                what: "not loaded with rule_positions, or no xt_table/xt_action_param offsets in BTF".into(),
+            });
         }
         let (matches, targets) = super::xtpos::xt_functions(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
         let mut n = 0;

@@ -17,8 +17,11 @@ use trace_common::record::{xt_what, XtRecord};
 const IPT_SO_GET_INFO: libc::c_int = 64;
 const IPT_SO_GET_ENTRIES: libc::c_int = 65;
 const XT_TABLE_MAXNAMELEN: usize = 32;
-/// sizeof(struct ipt_entry) on 64-bit.
+/// sizeof(struct ipt_entry) on 64-bit: ipt_ip (84), nfcache, target_offset (88),
+/// next_offset (90), comefrom, counters (96..112).
 const IPT_ENTRY_SIZE: usize = 112;
+const TARGET_OFFSET_AT: usize = 88;
+const NEXT_OFFSET_AT: usize = 90;
 /// The match/target header before its data (union of the user and kernel views).
 const XT_HEADER: usize = 32;
 const HOOK_NAMES: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
@@ -77,8 +80,8 @@ impl Blob {
         let (mut chain, mut rule) = (String::new(), 0u32);
         let mut off = 0;
         while off < bytes.len() {
-            let target_offset = u16_at(off + 92)?;
-            let next = u16_at(off + 94)?;
+            let target_offset = u16_at(off + TARGET_OFFSET_AT)?;
+            let next = u16_at(off + NEXT_OFFSET_AT)?;
             if next < IPT_ENTRY_SIZE || target_offset < IPT_ENTRY_SIZE || off + next > bytes.len() {
                 return Err(bad(off));
             }
@@ -121,9 +124,14 @@ impl Blob {
 
     /// The rule (and match) at `offset` of the blob.
     pub fn position(&self, offset: usize) -> Option<Position> {
-        let i = self.entries.partition_point(|e| e.offset <= offset).checked_sub(1)?;
+        let mut i = self.entries.partition_point(|e| e.offset <= offset).checked_sub(1)?;
+        // A target without data (TRACE, ACCEPT...): its data pointer is the entry's end, i.e.
+        // the next entry's start (never a data pointer of that one).
+        if offset == self.entries[i].offset && i > 0 && self.entries[i - 1].target_data == self.entries[i - 1].size {
+            i -= 1;
+        }
         let e = &self.entries[i];
-        let rel = offset.checked_sub(e.offset).filter(|r| *r < e.size)?;
+        let rel = offset.checked_sub(e.offset).filter(|r| *r <= e.size)?;
         let matched = if rel == e.target_data {
             None
         } else {
@@ -145,11 +153,12 @@ pub struct Observation {
 }
 
 /// Resolve the XT records of a capture (in order) against the blobs of their netns
-/// (table name → blob); records that fall outside every blob are counted in the second value.
-pub fn resolve(records: &[XtRecord], blobs: &HashMap<String, Blob>) -> (Vec<Observation>, usize) {
+/// (table name → blob); records that fall outside every blob are described in the second
+/// value (`table+offset`, or why not).
+pub fn resolve(records: &[XtRecord], blobs: &HashMap<String, Blob>) -> (Vec<Observation>, Vec<String>) {
     let mut base: HashMap<(u64, u64), (u64, String)> = HashMap::new();
     let mut out = Vec::new();
-    let mut unresolved = 0;
+    let mut unresolved = Vec::new();
     for r in records {
         let key = (r.skb, r.gen);
         if r.what == xt_what::BASE {
@@ -157,20 +166,25 @@ pub fn resolve(records: &[XtRecord], blobs: &HashMap<String, Blob>) -> (Vec<Obse
             base.insert(key, (r.addr, String::from_utf8_lossy(&r.name[..end]).into_owned()));
             continue;
         }
-        let pos = base.get(&key).and_then(|(b, table)| {
-            let blob = blobs.get(table)?;
-            let off = usize::try_from(r.addr.checked_sub(*b)?).ok()?;
-            Some((table.clone(), blob.position(off)?))
-        });
-        match pos {
-            Some((table, position)) => out.push(Observation {
+        let what = if r.what == xt_what::TARGET { "target" } else { "match" };
+        let Some((b, table)) = base.get(&key) else {
+            unresolved.push(format!("{what} before any table base"));
+            continue;
+        };
+        let Some(blob) = blobs.get(table) else {
+            unresolved.push(format!("{what} in table {table} without a blob"));
+            continue;
+        };
+        let off = r.addr.wrapping_sub(*b);
+        match usize::try_from(off).ok().and_then(|o| blob.position(o)) {
+            Some(position) => out.push(Observation {
                 skb: r.skb,
                 gen: r.gen,
-                table,
+                table: table.clone(),
                 position,
                 result: r.what == xt_what::TARGET || r.result != 0,
             }),
-            None => unresolved += 1,
+            None => unresolved.push(format!("{what} {table}+{:#x}", off as i64)),
         }
     }
     (out, unresolved)
@@ -286,8 +300,8 @@ mod tests {
             let target_offset = IPT_ENTRY_SIZE + msize;
             let next = target_offset + XT_HEADER + tdata;
             buf.resize(start + next, 0);
-            buf[start + 92..start + 94].copy_from_slice(&(target_offset as u16).to_le_bytes());
-            buf[start + 94..start + 96].copy_from_slice(&(next as u16).to_le_bytes());
+            buf[start + TARGET_OFFSET_AT..start + TARGET_OFFSET_AT + 2].copy_from_slice(&(target_offset as u16).to_le_bytes());
+            buf[start + NEXT_OFFSET_AT..start + NEXT_OFFSET_AT + 2].copy_from_slice(&(next as u16).to_le_bytes());
             let mut m = start + IPT_ENTRY_SIZE;
             for (name, d) in matches {
                 buf[m..m + 2].copy_from_slice(&((XT_HEADER + d) as u16).to_le_bytes());
@@ -319,5 +333,16 @@ mod tests {
         assert_eq!((p.chain.as_str(), p.rule, p.matched.as_deref()), ("DOCKER", Some(1), Some("comment")));
         // Inside a header, not at a data pointer: nothing.
         assert!(blob.position(r1 + 4).is_none());
+        // A target without data (TRACE) points at the end of its entry = the next one's start.
+        let mut b2 = Vec::new();
+        let t1 = entry(&mut b2, &[("tcp", 16)], "TRACE", 0);
+        let pol2 = entry(&mut b2, &[], "", 8);
+        entry(&mut b2, &[], "ERROR", 32);
+        let mut info2 = info;
+        info2.hook_entry[0] = t1 as u32;
+        info2.underflow[0] = pol2 as u32;
+        let blob2 = Blob::parse("raw", &info2, &b2).unwrap();
+        let p = blob2.position(pol2).unwrap();
+        assert_eq!((p.chain.as_str(), p.rule, p.matched), ("PREROUTING", Some(1), None));
     }
 }
