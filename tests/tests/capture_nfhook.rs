@@ -325,3 +325,47 @@ fn ipv6_filter_only_namespace_is_traced() {
     assert_eq!(rst.hooks[0].hook, Hook::Output);
     assert!(hook(rst, Hook::Output).tables.iter().any(|t| t.table == Table::Filter));
 }
+
+/// The command line: `iptrace capture --count 3 --format json FILTER` prints three rule-level
+/// packets and the JSON summary, then detaches by itself.
+#[test]
+fn cli_count_json_rule_level() {
+    let test = "cli_count_json_rule_level";
+    if !ready(test) {
+        return;
+    }
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let lab = e2e::lab(IptablesBackend::Legacy, false);
+    let node = lab.ns_path(LabNs::Node);
+    let mut child = std::process::Command::new(&bin)
+        .args(["capture", "--backend", "nfhook", "--netns"])
+        .arg(&node)
+        .args(["--count", "3", "--duration", "20", "--format", "json", "src", "host", PEER])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn iptrace");
+    // Wait for the probes (stderr says when), then one connection: 5 client packets.
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("probes attached") {
+        line.clear();
+    }
+    lab.run_remote().expect("remote connection");
+    let start = std::time::Instant::now();
+    let out = child.wait_with_output().expect("iptrace exits");
+    assert!(start.elapsed() < Duration::from_secs(10), "--count 3 must stop the capture");
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let (summary, packets) = lines.split_last().expect("output");
+    assert_eq!(summary["summary"]["lost"], 0, "{summary}");
+    assert!(packets.len() >= 3, "{} packets", packets.len());
+    assert!(summary["summary"]["packets"].as_u64().unwrap() >= 3);
+    // The SYN's rule path (rule level): DNAT by nat:DOCKER:rule:3.
+    assert!(stdout.contains("nat:DOCKER:rule:3"), "{stdout}");
+}

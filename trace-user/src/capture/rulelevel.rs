@@ -97,12 +97,14 @@ impl RuleLevel {
         Ok(())
     }
 
-    /// [`RuleLevel::event`] taking the event (no copy).
-    pub fn event_owned(&mut self, e: Event, out: &mut dyn Write) -> Result<()> {
+    /// [`RuleLevel::event`] taking the event (no copy); returns the packets it completed.
+    pub fn event_owned(&mut self, e: Event, out: &mut dyn Write) -> Result<u64> {
         if let Some(w) = self.writer.as_mut() {
             w.write_event(&e)?;
         }
-        self.reconstruct(e, out)
+        let before = self.printed;
+        self.reconstruct(e, out)?;
+        Ok(self.printed - before)
     }
 
     fn reconstruct(&mut self, e: Event, out: &mut dyn Write) -> Result<()> {

@@ -165,7 +165,7 @@ impl Session {
             opts,
             |e| {
                 on_event(&e)?;
-                Ok(Some(e))
+                Ok((Some(e), 0))
             },
             on_packet,
             true,
@@ -173,14 +173,12 @@ impl Session {
     }
 
     /// Only decode and hand out events (their consumer assembles, e.g. the rule-level
-    /// replayer): no second assembly in the hot loop. `Summary::packets` stays 0.
-    pub fn run_events(&mut self, opts: &CaptureOptions, mut on_event: impl FnMut(Event) -> Result<()>) -> Result<Summary> {
+    /// replayer): no second assembly in the hot loop. `on_event` returns how many packets the
+    /// event completed (for --count and `Summary::packets`).
+    pub fn run_events(&mut self, opts: &CaptureOptions, mut on_event: impl FnMut(Event) -> Result<u64>) -> Result<Summary> {
         self.run_inner(
             opts,
-            |e| {
-                on_event(e)?;
-                Ok(None)
-            },
+            |e| Ok((None, on_event(e)?)),
             |_| Ok(()),
             false,
         )
@@ -190,7 +188,7 @@ impl Session {
     /// probes cost the kernel apart from the collector's work (benchmarks only).
     pub fn run_discard(&mut self, opts: &CaptureOptions) -> Result<Summary> {
         self.discard = true;
-        let r = self.run_inner(opts, |_| Ok(None), |_| Ok(()), false);
+        let r = self.run_inner(opts, |_| Ok((None, 0)), |_| Ok(()), false);
         self.discard = false;
         r
     }
@@ -198,7 +196,7 @@ impl Session {
     fn run_inner(
         &mut self,
         opts: &CaptureOptions,
-        mut on_event: impl FnMut(Event) -> Result<Option<Event>>,
+        mut on_event: impl FnMut(Event) -> Result<(Option<Event>, u64)>,
         mut on_packet: impl FnMut(&PacketTrace) -> Result<()>,
         assemble: bool,
     ) -> Result<Summary> {
@@ -236,7 +234,7 @@ impl ReadState {
         &mut self,
         bytes: &[u8],
         out: &mut Vec<PacketTrace>,
-        on_event: &mut impl FnMut(Event) -> Result<Option<Event>>,
+        on_event: &mut impl FnMut(Event) -> Result<(Option<Event>, u64)>,
     ) -> Result<()> {
         self.received += 1;
         if !self.decode {
@@ -244,7 +242,9 @@ impl ReadState {
         }
         match self.decoder.decode(bytes) {
             Ok(ev) => {
-                if let Some(ev) = on_event(ev)? {
+                let (back, completed) = on_event(ev)?;
+                self.packets += completed;
+                if let Some(ev) = back {
                     if self.assemble {
                         out.extend(self.asm.push(ev));
                     }
@@ -263,7 +263,7 @@ async fn read_loop(
     events: RingBuf<MapData>,
     opts: &CaptureOptions,
     st: &mut ReadState,
-    on_event: &mut impl FnMut(Event) -> Result<Option<Event>>,
+    on_event: &mut impl FnMut(Event) -> Result<(Option<Event>, u64)>,
     on_packet: &mut impl FnMut(&PacketTrace) -> Result<()>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
@@ -303,9 +303,10 @@ async fn read_loop(
         for t in out {
             st.packets += 1;
             on_packet(&t)?;
-            if opts.count.is_some_and(|c| st.packets >= c) {
-                return Ok(());
-            }
+        }
+        // Packets counted by the assembler above or by the event consumer (rule level).
+        if opts.count.is_some_and(|c| st.packets >= c) {
+            return Ok(());
         }
     }
     // Drain what is already in the buffer before stopping.

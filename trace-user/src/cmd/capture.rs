@@ -100,13 +100,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } else {
         session.run_events(&opts, |e| {
             let mut o = out.borrow_mut();
-            rules.event_owned(e, &mut *o)?;
-            o.maybe_flush()
+            let n = rules.event_owned(e, &mut *o)?;
+            o.maybe_flush()?;
+            Ok(n)
         })?
     };
     let mut o = out.into_inner();
     rules.finish(summary.lost, &mut o)?;
-    if !packet_level {
+    if !packet_level && !args.discard {
         summary.packets = rules.packets();
     }
     if format == Format::Json {
