@@ -222,8 +222,11 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         skb_sk: btf.offset("sk_buff", "sk")?,
         ct_status: btf.offset("nf_conn", "status")?,
         ct_mark: btf.offset("nf_conn", "mark")?,
-        ct_tuple: btf.offset("nf_conn", "tuplehash.tuple")?,
-        ct_reply_tuple: btf.offset("nf_conn", "tuplehash.tuple")? + btf.size_of("nf_conntrack_tuple_hash")?,
+        // tuplehash is an array of struct nf_conntrack_tuple_hash: [0] ORIGINAL, [1] REPLY.
+        ct_tuple: btf.offset("nf_conn", "tuplehash")? + btf.offset("nf_conntrack_tuple_hash", "tuple")?,
+        ct_reply_tuple: btf.offset("nf_conn", "tuplehash")?
+            + btf.size_of("nf_conntrack_tuple_hash")?
+            + btf.offset("nf_conntrack_tuple_hash", "tuple")?,
         tuple_src_u3: btf.offset("nf_conntrack_tuple", "src.u3")?,
         tuple_src_port: btf.offset("nf_conntrack_tuple", "src.u.all")?,
         tuple_dst_u3: btf.offset("nf_conntrack_tuple", "dst.u3")?,
