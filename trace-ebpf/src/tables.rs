@@ -18,7 +18,11 @@
 //! Legacy tables are named by `xt_table.name`; nft base chains carry their hook priority in
 //! `nft_base_chain.ops.priority`.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
 use trace_common::record::{kind, xt_what, TableOffsets, XtRecord, RECORD_VERSION};
 
 use crate::{
@@ -77,9 +81,30 @@ macro_rules! toff {
 #[map]
 static NAT_DEPTH: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// `--netns`: these programs see every namespace (nfhook links only the selected ones), so
+/// when NETNS_ON[0] != 0 only namespaces whose inode is in NETNS record anything.
+#[map]
+static NETNS_ON: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static NETNS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+
+#[inline(always)]
+fn netns_selected(state: u64) -> bool {
+    if NETNS_ON.get(0).is_none_or(|on| *on == 0) {
+        return true;
+    }
+    let net: u64 = read(state, global!(OFFSETS.state_net));
+    let inum: u32 = read(net, global!(OFFSETS.net_inum));
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { NETNS.get(&inum) }.is_some()
+}
+
 /// Write a record at `prio` if the skb is tracked (or pending a sampling decision).
 #[inline(always)]
 fn at(state: u64, skb: u64, prio: i32) {
+    if !netns_selected(state) {
+        return;
+    }
     if let Some(t) = TRACKED.get_ptr_mut(&skb) {
         // SAFETY: map value pointer, valid for this program run.
         follow(state, skb, prio, unsafe { &mut *t });
@@ -106,7 +131,9 @@ pub fn hook_entry(skb: u64, state: u64) {
     }
     let hook: u8 = read(state, global!(OFFSETS.state_hook));
     if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
-        first_sight(state, skb, PRIO_HOOK_ENTRY);
+        if netns_selected(state) {
+            first_sight(state, skb, PRIO_HOOK_ENTRY);
+        }
     } else {
         at(state, skb, PRIO_HOOK_ENTRY);
     }

@@ -282,6 +282,20 @@ impl Classic {
         Ok(())
     }
 
+    /// Record only packets in these network namespaces (inodes); without a call, every
+    /// namespace (the programs are global, unlike nfhook's per-netns links).
+    pub fn restrict_netns(&mut self, inodes: &[u32]) -> Result<(), ClassicError> {
+        let mut set: aya::maps::HashMap<&mut MapData, u32, u8> =
+            aya::maps::HashMap::try_from(self.ebpf.map_mut("NETNS").ok_or_else(|| aya_err("map NETNS missing"))?).map_err(aya_err)?;
+        for i in inodes {
+            set.insert(i, 1, 0).map_err(aya_err)?;
+        }
+        let mut on: Array<&mut MapData, u32> =
+            Array::try_from(self.ebpf.map_mut("NETNS_ON").ok_or_else(|| aya_err("map NETNS_ON missing"))?).map_err(aya_err)?;
+        on.set(0, 1, 0).map_err(aya_err)?;
+        Ok(())
+    }
+
     /// The ring buffer (taken once, by the reader).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ClassicError> {
         let map = self.ebpf.take_map("EVENTS").ok_or_else(|| aya_err("map EVENTS missing"))?;

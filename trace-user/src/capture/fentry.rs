@@ -30,7 +30,7 @@ pub enum FentryError {
     NoProgram(String),
     #[error(transparent)]
     Btf(#[from] modbtf::ModBtfError),
-    #[error("BPF_PROG_LOAD {prog} (fentry on {function}, BTF id {btf_id}{module}): {source}\n{log}")]
+    #[error("BPF_PROG_LOAD {prog} (fentry on {function}, BTF id {btf_id}{module}): {source}: {log}")]
     Load { prog: String, function: String, btf_id: u32, module: String, source: std::io::Error, log: String },
     #[error("attaching {prog} to {function}: {source}")]
     Attach { prog: String, function: String, source: std::io::Error },
@@ -176,7 +176,13 @@ fn prog_load(
                     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                     let text = String::from_utf8_lossy(&log[..end]);
                     let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                    Err((e, tail.into_iter().rev().collect::<Vec<_>>().join("\n")))
+                    let text = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+                    let text = if text.trim().is_empty() {
+                        "no verifier log: this kernel refuses tracing programs (lockdown, or no BPF trampolines)".to_string()
+                    } else {
+                        format!("verifier:\n{text}")
+                    };
+                    Err((e, text))
                 }
             }
         }

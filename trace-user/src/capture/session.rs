@@ -19,6 +19,7 @@ use trace_common::filter::FilterProgram;
 use trace_common::record::Counters;
 
 use super::link::{self, HookSpec};
+use super::classic::{Classic, EventSource};
 use super::loader::{LoadOptions, Loaded};
 use super::plan::{self, Target};
 
@@ -88,7 +89,8 @@ impl Summary {
 
 /// Loaded programs + links. Links close (detach) on drop.
 pub struct Session {
-    loaded: Loaded,
+    /// nfhook's programs, or the fentry/kprobe backend's (issue 6).
+    loaded: Box<dyn EventSource>,
     links: Vec<OwnedFd>,
     plan: ProbePlan,
     pub attached: Vec<Attached>,
@@ -134,7 +136,24 @@ impl Session {
             log::info!("netns {} (inode {inode}): {n} netfilter links", t.label);
             attached.push(Attached { label: t.label.clone(), netns: inode, links: n });
         }
-        Ok(Session { loaded, links, plan, attached, netfilter_drop, discard: false })
+        Ok(Session { loaded: Box::new(loaded), links, plan, attached, netfilter_drop, discard: false })
+    }
+
+    /// A session over the fentry or kprobe backend (already loaded and attached, e.g. by
+    /// `classic::select`): its programs are global, so they are restricted to the targets'
+    /// namespaces; the plan brackets each registered table at P / P + 1 (`classic::probe_plan`).
+    pub fn attach_classic(opts: &CaptureOptions, mut classic: Classic) -> Result<Session> {
+        let netfilter_drop = classic.drop_reasons.iter().find(|(_, n)| *n == "NETFILTER_DROP").map(|(v, _)| *v);
+        let mut regs = Vec::new();
+        let mut attached = Vec::new();
+        for t in &opts.targets {
+            let inode = crate::netns::inode_of(&t.path)? as u32;
+            regs.push((inode, plan::discover(&t.path)?));
+            attached.push(Attached { label: t.label.clone(), netns: inode, links: classic.attached.len() });
+        }
+        classic.restrict_netns(&regs.iter().map(|(i, _)| *i).collect::<Vec<_>>())?;
+        let plan = super::classic::probe_plan(&regs);
+        Ok(Session { loaded: Box::new(classic), links: Vec::new(), plan, attached, netfilter_drop, discard: false })
     }
 
     /// The probe plan (per netns inode, family, hook).
@@ -202,7 +221,7 @@ impl Session {
     ) -> Result<Summary> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let events = self.loaded.take_events()?;
-        let decoder = Decoder::new(self.loaded.drop_reasons.clone(), kallsyms());
+        let decoder = Decoder::new(self.loaded.drop_reasons().clone(), kallsyms());
         let mut asm = Assembler::new(self.plan.clone(), AssemblerConfig::default());
         if let Some(r) = self.netfilter_drop {
             asm.set_netfilter_drop_reason(r);

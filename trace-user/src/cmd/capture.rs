@@ -15,6 +15,12 @@ use crate::capture::session::{CaptureOptions, Session};
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Nfhook,
+    /// fentry/fexit on nf_hook_slow, the table functions and nf_nat (stock kernels).
+    Fentry,
+    /// kprobe/kretprobe on the same functions.
+    Kprobe,
+    /// fentry > kprobe > nfhook, by what actually loads here.
+    Auto,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +72,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let opts = options(&args)?;
-    let mut session = Session::attach(&opts)?;
+    let mut session = attach(args.backend, &opts)?;
     for a in &session.attached {
         eprintln!("iptrace capture: netns {} (inode {}): {} probes attached", a.label, a.netns, a.links);
     }
@@ -117,6 +123,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
     drop(session);
     print::write_summary(&mut std::io::stderr(), &summary)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The session on the requested backend; auto reports why better backends were passed over,
+/// an explicit fentry/kprobe that cannot work is an error with the reason.
+fn attach(backend: Backend, opts: &CaptureOptions) -> Result<Session> {
+    use crate::capture::classic::{self, Chosen, Requested};
+    let req = match backend {
+        Backend::Nfhook => return Session::attach(opts),
+        Backend::Fentry => Requested::Fentry,
+        Backend::Kprobe => Requested::Kprobe,
+        Backend::Auto => Requested::Auto,
+    };
+    let load = crate::capture::loader::LoadOptions {
+        ringbuf_size: opts.ringbuf_size,
+        sample_n: opts.sample_n,
+        rate_limit: opts.rate_limit,
+        filter: opts.filter,
+    };
+    let sel = classic::select(req, &load).with_context(|| format!("--backend {}", format!("{backend:?}").to_lowercase()))?;
+    for (f, why) in &sel.rejected {
+        eprintln!("iptrace capture: backend {f} unavailable: {why}");
+    }
+    match sel.chosen {
+        Chosen::Classic(c) => {
+            eprintln!("iptrace capture: backend {} ({} attached)", c.flavour, c.attached.join(", "));
+            Session::attach_classic(opts, c)
+        }
+        Chosen::Nfhook => {
+            eprintln!("iptrace capture: backend nfhook");
+            Session::attach(opts)
+        }
+    }
 }
 
 /// Buffered stdout, flushed at least every 50 ms while packets keep coming.
