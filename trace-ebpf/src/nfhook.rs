@@ -63,7 +63,7 @@ fn probe_slot() -> u64 {
 pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
     let slot = probe_slot();
     // SAFETY: bpf_nf_ctx is two pointers; the verifier checks the ctx accesses.
-    let (state, skb) = unsafe { (*ctx as u64, *ctx.add(1) as u64) };
+    let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
     let prio = slot as u32 as i32;
     if slot & SLOT_FIRST_SIGHT != 0 {
         let hook: u8 = kread::<_, true>(state, global!(OFFSETS.state_hook));
@@ -75,7 +75,7 @@ pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
     if !recently_active() {
         return NF_ACCEPT;
     }
-    if let Some(t) = TRACKED.get_ptr_mut(&skb) {
+    if let Some(t) = TRACKED.get_ptr_mut(skb) {
         // SAFETY: map value pointer, valid for this program run.
         follow_with::<true>(state, skb, prio, unsafe { &mut *t });
     }
@@ -139,7 +139,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
         // A recycled skb address may still be in the map from an earlier traversal (only
         // consulted while something is being tracked).
         if recently_active() {
-            let _ = TRACKED.remove(&skb);
+            let _ = TRACKED.remove(skb);
         }
         c.filtered_out += 1;
         return;
@@ -149,7 +149,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
     let known = if sampling { known_flow(rec) } else { None };
     if known == Some(false) {
         if recently_active() {
-            let _ = TRACKED.remove(&skb);
+            let _ = TRACKED.remove(skb);
         }
         c.sampled_out += 1;
         return;
@@ -175,7 +175,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
     rec.flags |= probe_flags::FIRST;
     if t.state == STATE_TRACKED {
         if !rate_ok() {
-            let _ = TRACKED.remove(&skb);
+            let _ = TRACKED.remove(skb);
             c.rate_limited += 1;
             return;
         }
@@ -183,14 +183,14 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
         emit(rec, &mut t, c, hash);
     } else if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
         if !decide(rec, &mut t, c) {
-            let _ = TRACKED.remove(&skb);
+            let _ = TRACKED.remove(skb);
             return;
         }
         emit(rec, &mut t, c, hash);
     } else {
         start_pending(rec, &mut t);
     }
-    let _ = TRACKED.insert(&skb, &t, 0);
+    let _ = TRACKED.insert(skb, t, 0);
 }
 
 /// A tracked (or pending) skb at a later probe.
@@ -218,7 +218,7 @@ fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked) 
     }
     if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
         if !decide(rec, t, c) {
-            let _ = TRACKED.remove(&skb);
+            let _ = TRACKED.remove(skb);
             return;
         }
         flush_pending(skb, t, c);
@@ -316,8 +316,8 @@ fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
     let keep = flowhash::sample_keep(orig, n);
     let d = if keep { FLOW_KEEP } else { FLOW_SKIP };
     let reply = tuple_hash(rec.ct_id + global!(OFFSETS.ct_reply_tuple) as u64, rec.pf);
-    let _ = FLOWS.insert(&orig, &d, 0);
-    let _ = FLOWS.insert(&reply, &d, 0);
+    let _ = FLOWS.insert(orig, d, 0);
+    let _ = FLOWS.insert(reply, d, 0);
     keep
 }
 
@@ -345,7 +345,7 @@ fn known_flow(rec: &ProbeRecord) -> Option<bool> {
     let h = &rec.headers;
     let key = flowhash::flow_hash(rec.pf, h.proto, &h.saddr, h.sport, &h.daddr, h.dport);
     // SAFETY: map value read.
-    FLOWS.get_ptr(&key).map(|d| unsafe { *d } == FLOW_KEEP)
+    FLOWS.get_ptr(key).map(|d| unsafe { *d } == FLOW_KEEP)
 }
 
 /// `--rate-limit` token bucket (one global bucket; updates are racy across CPUs, which only
@@ -669,10 +669,10 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let skb: u64 = ctx.arg(0);
-    let Some(t) = TRACKED.get_ptr(&skb) else { return 0 };
+    let Some(t) = TRACKED.get_ptr(skb) else { return 0 };
     // SAFETY: map value pointer.
     let t = unsafe { *t };
-    let _ = TRACKED.remove(&skb);
+    let _ = TRACKED.remove(skb);
     if t.state != STATE_TRACKED {
         return 0;
     }
