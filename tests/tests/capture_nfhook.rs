@@ -340,9 +340,12 @@ fn cli_count_json_rule_level() {
     };
     let lab = e2e::lab(IptablesBackend::Legacy, false);
     let node = lab.ns_path(LabNs::Node);
+    let recording = std::env::temp_dir().join(format!("capture-nfhook-{}.iptrace", std::process::id()));
     let mut child = std::process::Command::new(&bin)
         .args(["capture", "--backend", "nfhook", "--netns"])
         .arg(&node)
+        .arg("--write")
+        .arg(&recording)
         .args(["--count", "3", "--duration", "20", "--format", "json", "src", "host", PEER])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -368,4 +371,14 @@ fn cli_count_json_rule_level() {
     assert!(summary["summary"]["packets"].as_u64().unwrap() >= 3);
     // The SYN's rule path (rule level): DNAT by nat:DOCKER:rule:3.
     assert!(stdout.contains("nat:DOCKER:rule:3"), "{stdout}");
+    // The recording replays offline to the same path.
+    let replay = std::process::Command::new(&bin)
+        .args(["replay", "--format", "trace"])
+        .arg(&recording)
+        .output()
+        .expect("iptrace replay");
+    let _ = std::fs::remove_file(&recording);
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(text.contains("TRACE: nat:DOCKER:rule:3"), "{text}");
 }
