@@ -5,10 +5,16 @@
 //! has a table around that priority, in every traced netns.
 //!
 //! Per packet: the first probe it meets on PREROUTING or OUTPUT ("first sight", a flag in the
-//! patched immediate) evaluates the filter and starts tracking the skb; every other probe
-//! costs one LRU lookup for untracked skbs. With `--sample 1/N` the flow decision waits for
-//! conntrack (the ORIGINAL tuple makes both directions and NAT'ed packets agree); records
-//! produced before it are held per CPU and flushed when the flow is kept.
+//! patched immediate) evaluates the filter on a minimal view of the packet and starts
+//! tracking the skb (LRU map keyed by skb address, `gen` = first-seen time). Every other probe
+//! costs one array read while nothing is tracked (ACTIVE), else one LRU lookup. Records go
+//! out only for tracked skbs; a record carries the header snapshot only when the packet's
+//! first bytes changed, and devices/MAC/socket owner only on its first record of a hook.
+//! With `--sample 1/N` the flow decision waits for conntrack (the ORIGINAL tuple makes both
+//! directions and NAT'ed packets agree) and is cached per flow (FLOWS) for the next packets;
+//! records produced before it are held per CPU and flushed when the flow is kept.
+//! Netfilter programs read kernel structs with direct BTF-checked loads (`kread::<_, true>`);
+//! the same bodies serve the kprobe backend with probe reads (`first_sight` / `follow`).
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
