@@ -82,6 +82,11 @@ impl RuleLevel {
         Ok(RuleLevel { replayer, format, writer, printed: 0 })
     }
 
+    /// The replayer's assembly counters (rule-level mode), for the summary.
+    pub fn assembler_stats(&self) -> Option<trace_core::assemble::AssemblerStats> {
+        self.replayer.as_ref().map(|r| r.assembler_stats().clone())
+    }
+
     /// Packets printed so far (rule-level mode).
     pub fn packets(&self) -> u64 {
         self.printed

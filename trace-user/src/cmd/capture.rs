@@ -114,7 +114,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut o = out.into_inner();
     rules.finish(summary.lost, &mut o)?;
     if !packet_level && !args.discard {
+        // Rule level: the replayer assembled the packets.
         summary.packets = rules.packets();
+        if let Some(stats) = rules.assembler_stats() {
+            summary.assembler = stats;
+        }
     }
     if format == Format::Json {
         writeln!(o, "{}", serde_json::json!({ "summary": summary }))?;
