@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use trace_common::{
-    filter::FilterProgram,
+    filter::{FilterInput, FilterProgram},
     record::{Counters, KernelOffsets, ProbeConfig, ProbeRecord, RateState, Tracked},
 };
 
@@ -30,6 +30,18 @@ pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0)
 /// Scratch record (index 0): too big for the 512-byte stack.
 #[map]
 pub static SCRATCH: PerCpuArray<ProbeRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// The filter's view of the packet at first sight (index 0; off the stack).
+#[map]
+pub static FILTER_INPUT: PerCpuArray<FilterInput> = PerCpuArray::with_max_entries(1, 0);
+
+/// The first 64 bytes of the packet, hashed to notice header changes (index 0; off the stack).
+#[map]
+pub static HASH_BUF: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A conntrack tuple's two addresses while hashing it (index 0; off the stack).
+#[map]
+pub static TUPLE_BUF: PerCpuArray<[[u8; 16]; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records of packets whose sampling decision is pending (see nfhook::buffer_pending).
 #[map]
@@ -124,9 +136,12 @@ pub const PENDING_RECORDS: usize = 3;
 /// case where an interrupting packet took the slot).
 #[repr(C)]
 pub struct Pending {
+    /// The held packet (0: slot free).
     pub skb: u64,
     pub gen: u64,
     pub count: u32,
     pub _pad0: u32,
+    /// Its tracking state until the decision (netfilter probes keep it only here).
+    pub tracked: Tracked,
     pub records: [ProbeRecord; PENDING_RECORDS],
 }

@@ -31,7 +31,7 @@ use trace_common::{
 use crate::{
     filter, headers,
     kread::{kread, read, read_buf},
-    maps::{global, Pending, ACTIVE, FLOWS, FLOW_KEEP, FLOW_SKIP, COUNTERS, EVENTS, FILTER, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED},
+    maps::{global, Pending, ACTIVE, FILTER_INPUT, HASH_BUF, TUPLE_BUF, FLOWS, FLOW_KEEP, FLOW_SKIP, COUNTERS, EVENTS, FILTER, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED},
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -74,8 +74,18 @@ pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
     if slot & SLOT_FIRST_SIGHT != 0 {
         let hook: u8 = kread::<_, true>(state, global!(OFFSETS.state_hook));
         if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
-            first_sight_with::<true>(state, skb, prio);
+            nf_first_sight(state, skb, prio);
             return NF_ACCEPT;
+        }
+    }
+    if global!(CONFIG.sample_n) > 1 {
+        if let Some(p) = PENDING.get_ptr_mut(0) {
+            // SAFETY: per-CPU map value.
+            let p = unsafe { &mut *p };
+            if p.skb == skb {
+                pending_probe(state, skb, prio, p);
+                return NF_ACCEPT;
+            }
         }
     }
     if !recently_active() {
@@ -83,9 +93,21 @@ pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
     }
     if let Some(t) = TRACKED.get_ptr_mut(skb) {
         // SAFETY: map value pointer, valid for this program run.
-        follow_with::<true>(state, skb, prio, unsafe { &mut *t });
+        nf_follow(state, skb, prio, unsafe { &mut *t });
     }
     NF_ACCEPT
+}
+
+// Separate BPF functions, so each path's stack is counted on its own (512 bytes per call
+// chain) rather than all of them summed in nf_probe's frame.
+#[inline(never)]
+fn nf_first_sight(state: u64, skb: u64, prio: i32) {
+    first_sight_with::<true>(state, skb, prio)
+}
+
+#[inline(never)]
+fn nf_follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
+    follow_with::<true>(state, skb, prio, t)
 }
 
 /// Nothing tracked for this long: later probes stop looking skbs up.
@@ -160,7 +182,6 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
         c.sampled_out += 1;
         return;
     }
-    mark_active(now);
     let mut t = Tracked {
         gen: now,
         last_hash: 0,
@@ -186,17 +207,67 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
             return;
         }
         c.tracked += 1;
+        mark_active(now);
         emit(rec, &mut t, c, hash);
     } else if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
         if !decide(rec, &mut t, c) {
             let _ = TRACKED.remove(skb);
             return;
         }
+        mark_active(now);
         emit(rec, &mut t, c, hash);
+    } else if D {
+        // Netfilter probes keep an undecided packet in the per-CPU PENDING slot only (see
+        // `pending_probe`): no map insert and no wake-up of the later probes' lookups for
+        // the flows sampling will skip.
+        if recently_active() {
+            let _ = TRACKED.remove(skb);
+        }
+        start_pending(rec, &mut t, c);
+        return;
     } else {
-        start_pending(rec, &mut t);
+        mark_active(now);
+        start_pending(rec, &mut t, c);
     }
     let _ = TRACKED.insert(skb, t, 0);
+}
+
+/// A later netfilter probe on the packet held in this CPU's PENDING slot: hold its record,
+/// or decide once conntrack ran (kept: send the held records, start tracking).
+#[inline(never)]
+fn pending_probe(state: u64, skb: u64, prio: i32, p: &mut Pending) {
+    let Some(c) = counters() else { return };
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
+    // SAFETY: per-CPU scratch value.
+    let rec = unsafe { &mut *rec };
+    let now = unsafe { bpf_ktime_get_ns() };
+    rec.ts_ns = now;
+    rec.priority = prio;
+    let hash = fill_record::<true>(rec, state, skb, &mut p.tracked);
+    rec.gen = p.gen;
+    if rec.flags & probe_flags::CT == 0 && prio < PRIO_AFTER_CONNTRACK {
+        hold(p, rec);
+        return;
+    }
+    if !decide(rec, &mut p.tracked, c) {
+        p.skb = 0;
+        return;
+    }
+    mark_active(now);
+    // Kept: the held records first (they carry their own headers and devices), then this one.
+    for i in 0..PENDING_RECORDS {
+        if i as u32 >= p.count {
+            break;
+        }
+        let h = p.tracked.last_hash;
+        emit(&mut p.records[i], &mut p.tracked, c, h);
+    }
+    if p.count as usize > PENDING_RECORDS {
+        c.lost += (p.count as usize - PENDING_RECORDS) as u64;
+    }
+    emit(rec, &mut p.tracked, c, hash);
+    let _ = TRACKED.insert(skb, &p.tracked, 0);
+    p.skb = 0;
 }
 
 /// A tracked (or pending) skb at a later probe.
@@ -238,8 +309,11 @@ fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked) 
 #[inline(never)]
 fn selected(rec: &ProbeRecord) -> bool {
     let Some(prog) = FILTER.get(0) else { return false };
+    // The 80-byte input lives in a per-CPU map: the stack is shared with the callers' frames.
+    let Some(input) = FILTER_INPUT.get_ptr_mut(0) else { return false };
+    // SAFETY: per-CPU map value.
+    let input = unsafe { &mut *input };
     let h = &rec.headers;
-    let mut input = FilterInput::ZERO;
     input.family = rec.pf;
     input.proto = h.proto;
     input.flags = if h.l4_flags != 0 { input_flags::L4_VALID } else { 0 };
@@ -251,7 +325,7 @@ fn selected(rec: &ProbeRecord) -> bool {
     input.dport = h.dport;
     input.in_dev = rec.in_dev;
     input.out_dev = rec.out_dev;
-    program_matches(prog, &input)
+    program_matches(prog, input)
 }
 
 /// `trace_common::filter::matches` with each predicate evaluated in its own BPF function
@@ -327,22 +401,26 @@ fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
     keep
 }
 
-/// flow_hash of a struct nf_conntrack_tuple at `tuple`.
-#[inline(always)]
+/// flow_hash of a struct nf_conntrack_tuple at `tuple` (its own BPF function: two inlined
+/// copies made flow_kept's frame the largest of the program).
+#[inline(never)]
 fn tuple_hash(tuple: u64, pf: u8) -> u32 {
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    read_buf(tuple + global!(OFFSETS.tuple_src_u3) as u64, &mut src);
-    read_buf(tuple + global!(OFFSETS.tuple_dst_u3) as u64, &mut dst);
+    // Addresses go to a per-CPU buffer: on the stack, this function was the deepest frame.
+    let Some(buf) = TUPLE_BUF.get_ptr_mut(0) else { return 0 };
+    // SAFETY: per-CPU map value.
+    let buf = unsafe { &mut *buf };
+    let (src, dst) = buf.split_at_mut(1);
+    read_buf(tuple + global!(OFFSETS.tuple_src_u3) as u64, &mut src[0]);
+    read_buf(tuple + global!(OFFSETS.tuple_dst_u3) as u64, &mut dst[0]);
     let sport = u16::from_be(read(tuple, global!(OFFSETS.tuple_src_port)));
     let dport = u16::from_be(read(tuple, global!(OFFSETS.tuple_dst_port)));
     let proto: u8 = read(tuple, global!(OFFSETS.tuple_dst_protonum));
     if pf == 2 {
         // The tuple's address union is 16 bytes; IPv4 uses the first 4, the rest may be stale.
-        src[4..].fill(0);
-        dst[4..].fill(0);
+        src[0][4..].fill(0);
+        dst[0][4..].fill(0);
     }
-    flowhash::flow_hash(pf, proto, &src, sport, &dst, dport)
+    flowhash::flow_hash(pf, proto, &src[0], sport, &dst[0], dport)
 }
 
 /// A decision already made for this packet's flow (FLOWS), from its 5-tuple at first sight.
@@ -431,15 +509,20 @@ fn wakeup_flags() -> u64 {
     }
 }
 
-/// Hold the first record of a packet awaiting its sampling decision.
+/// Hold the first record of a packet awaiting its sampling decision. A packet still held
+/// by an interrupted traversal on this CPU loses its slot: its records count as lost.
 #[inline(always)]
-fn start_pending(rec: &ProbeRecord, t: &mut Tracked) {
+fn start_pending(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) {
     let Some(p) = PENDING.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU map value.
     let p = unsafe { &mut *p };
+    if p.skb != 0 {
+        c.lost += p.count as u64;
+    }
     p.skb = rec.skb;
     p.gen = t.gen;
     p.count = 0;
+    p.tracked = *t;
     hold(p, rec);
 }
 
@@ -469,7 +552,11 @@ fn hold(p: &mut Pending, rec: &ProbeRecord) {
 fn flush_pending(skb: u64, t: &mut Tracked, c: &mut Counters) {
     let Some(p) = PENDING.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU map value.
-    let p = unsafe { &mut *p };
+    flush_slot(unsafe { &mut *p }, skb, t, c);
+}
+
+#[inline(always)]
+fn flush_slot(p: &mut Pending, skb: u64, t: &mut Tracked, c: &mut Counters) {
     if p.skb != skb || p.gen != t.gen {
         c.lost += 1;
         return;
@@ -556,15 +643,20 @@ fn read_filter_fields<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64
 /// the transport header, checksums included, so any rewrite (NAT, TTL, TOS, MSS) changes it.
 #[inline(always)]
 fn quick_hash(nh: u64) -> u64 {
-    let mut w = [0u64; 8];
-    // SAFETY: reading into a plain array.
-    let ok = unsafe { aya_ebpf::helpers::bpf_probe_read_kernel(nh as *const [u64; 8]) };
-    if let Ok(v) = ok {
-        w = v;
+    // A per-CPU buffer: 64 bytes (twice, through the helper's return value) would otherwise
+    // sit on the stack of the deepest call chain.
+    let Some(w) = HASH_BUF.get_ptr_mut(0) else { return 1 };
+    // SAFETY: per-CPU map value of 64 bytes.
+    let w = unsafe { &mut *w };
+    let ok = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(w.as_mut_ptr().cast(), 64, nh as *const core::ffi::c_void)
+    };
+    if ok != 0 {
+        *w = [0; 8];
     }
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for x in w {
-        h ^= x;
+    for x in w.iter() {
+        h ^= *x;
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     // 0 means "nothing sent yet".

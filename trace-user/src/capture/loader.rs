@@ -453,5 +453,10 @@ mod root_tests {
         l.program(-299, false).expect("plain copy verifies");
         assert!(l.drop_reasons.values().any(|n| n == "NETFILTER_DROP"));
         assert_eq!(l.counters().unwrap().seen, 0);
+        // Sampling and rate limiting are load-time constants: their code paths are only
+        // verified when enabled.
+        let mut l = Loaded::load(&LoadOptions { sample_n: 8, rate_limit: 100, ..opts }).expect("load");
+        l.program(-301, true).expect("first-sight copy with sampling verifies");
+        l.program(-299, false).expect("plain copy with sampling verifies");
     }
 }
