@@ -13,7 +13,9 @@ use crate::tables;
 /// nf_hook_slow(skb, state, e, s).
 #[fentry(function = "nf_hook_slow")]
 pub fn fentry_nf_hook_slow(ctx: FEntryContext) -> i32 {
-    tables::hook_entry(ctx.arg(0), ctx.arg(1));
+    if tables::entry_allowed(ctx.arg(1)) {
+        tables::hook_entry(ctx.arg(0), ctx.arg(1));
+    }
     0
 }
 

@@ -79,7 +79,9 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 /// nf_hook_slow(skb, state, e, s).
 #[kprobe]
 pub fn kprobe_nf_hook_slow(ctx: ProbeContext) -> u32 {
-    tables::hook_entry(arg(&ctx, 0), arg(&ctx, 1));
+    if tables::entry_allowed(arg(&ctx, 1)) {
+        tables::hook_entry(arg(&ctx, 0), arg(&ctx, 1));
+    }
     0
 }
 

@@ -88,7 +88,7 @@ static NETNS_ON: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static NETNS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
 
-#[inline(always)]
+#[inline(never)]
 fn netns_selected(state: u64) -> bool {
     if NETNS_ON.get(0).is_none_or(|on| *on == 0) {
         return true;
@@ -117,25 +117,33 @@ fn nat_depth() -> Option<&'static mut u32> {
     NAT_DEPTH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// nf_hook_slow(skb, state, ...) entry: first sight on PREROUTING/OUTPUT, else follow.
-#[inline(always)]
-pub fn hook_entry(skb: u64, state: u64) {
+/// Whether nf_hook_slow's entry looks at this packet at all: IPv4/IPv6, a selected netns.
+/// Also clears a left-over nf_nat_inet_fn depth: a hook is never entered from inside
+/// nf_nat_inet_fn, so that is a missed return probe (kretprobe instances exhausted). Its own
+/// BPF function, called first (nothing else live yet), so it adds nothing to the frame of the
+/// path first_sight → record writer, which is near the 512-byte combined limit on 6.1.
+#[inline(never)]
+pub fn entry_allowed(state: u64) -> bool {
     let pf: u8 = read(state, global!(OFFSETS.state_pf));
     if pf != NFPROTO_IPV4 && pf != NFPROTO_IPV6 {
-        return;
+        return false;
     }
-    // A hook is never entered from inside nf_nat_inet_fn: a left-over depth is a missed
-    // return probe (kretprobe instances exhausted), not a nesting.
     if let Some(d) = nat_depth() {
         *d = 0;
     }
+    netns_selected(state)
+}
+
+/// nf_hook_slow(skb, state, ...) entry, after [`entry_allowed`]: first sight on
+/// PREROUTING/OUTPUT, else follow.
+#[inline(always)]
+pub fn hook_entry(skb: u64, state: u64) {
     let hook: u8 = read(state, global!(OFFSETS.state_hook));
     if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
-        if netns_selected(state) {
-            first_sight(state, skb, PRIO_HOOK_ENTRY);
-        }
-    } else {
-        at(state, skb, PRIO_HOOK_ENTRY);
+        first_sight(state, skb, PRIO_HOOK_ENTRY);
+    } else if let Some(t) = TRACKED.get_ptr_mut(&skb) {
+        // SAFETY: map value pointer, valid for this program run.
+        follow(state, skb, PRIO_HOOK_ENTRY, unsafe { &mut *t });
     }
 }
 

@@ -109,7 +109,7 @@ fn run_kernel(
     cache: &Path,
     spec: &KernelSpec,
     busybox: &Path,
-    guest: &Path,
+    guest: &(PathBuf, PathBuf),
 ) -> Result<report::KernelRun> {
     let mut names = apt.search(spec.pattern)?;
     names.sort_by_key(|n| apt::version_key(n));
@@ -132,7 +132,7 @@ fn run_kernel(
             kernel_root: &root,
             kver: &kver,
             busybox,
-            binaries: vec![(format!("vmtest/{GUEST_BIN}"), guest.to_path_buf())],
+            binaries: vec![(format!("vmtest/{GUEST_BIN}"), guest.0.clone()), ("usr/bin/iptrace".into(), guest.1.clone())],
             command,
         },
         &image,
@@ -192,26 +192,23 @@ fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Build the static guest test binary; returns its path.
-fn build_guest() -> Result<PathBuf> {
-    eprintln!("vm: building {GUEST_BIN} (release)");
+/// Build the guest test binary and the iptrace CLI (the guest drives it too); returns their
+/// paths.
+fn build_guest() -> Result<(PathBuf, PathBuf)> {
+    eprintln!("vm: building {GUEST_BIN} and iptrace (release)");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
-            "build",
-            "--quiet",
-            "--release",
-            "-p",
-            "iptrace-tests",
-            "--bin",
-            GUEST_BIN,
-        ])
+        .args(["build", "--quiet", "--release", "-p", "iptrace-tests", "--bin", GUEST_BIN, "-p", "trace-user", "--bin", "iptrace"])
         .status()
         .context("running cargo build")?;
     if !status.success() {
         bail!("building {GUEST_BIN} failed");
     }
-    let path = std::env::current_dir()?.join(format!("target/release/{GUEST_BIN}"));
-    path.exists()
-        .then_some(path.clone())
-        .with_context(|| format!("{} was not built", path.display()))
+    let dir = std::env::current_dir()?.join("target/release");
+    let (guest, cli) = (dir.join(GUEST_BIN), dir.join("iptrace"));
+    for p in [&guest, &cli] {
+        if !p.exists() {
+            bail!("{} was not built", p.display());
+        }
+    }
+    Ok((guest, cli))
 }

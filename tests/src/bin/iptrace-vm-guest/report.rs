@@ -69,6 +69,10 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
         };
         if flavour == Flavour::Kprobe {
             report.case(b, "rule-positions-legacy", crate::scenario::rule_positions);
+            report.case(b, "cli-kprobe", || crate::scenario::cli_capture("kprobe", "backend kprobe"));
+        } else {
+            // auto prefers fentry where it loads.
+            report.case(b, "cli-auto", || crate::scenario::cli_capture("auto", "backend fentry"));
         }
         for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
             report.case(b, &format!("remote-syn-{backend}"), || crate::scenario::remote_syn(flavour, backend));

@@ -448,3 +448,54 @@ fn run_positions() -> anyhow::Result<Outcome> {
         Outcome::Fail(format!("not in TRACE: {missing:?}; {detail}"))
     })
 }
+
+/// The CLI end to end: `iptrace capture --backend <b> --netns <node> --packets --format json`
+/// as a process while the remote connection runs; its packet lines deserialize to the same
+/// PacketTrace and the remote SYN has the expected path; stderr names the backend chosen.
+pub fn cli_capture(backend_arg: &'static str, expect: &'static str) -> Outcome {
+    match run_cli(backend_arg, expect) {
+        Ok(o) => o,
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
+    let lab = Lab::up(LabOptions {
+        backend: IptablesBackend::Legacy,
+        trace_rules: true,
+        name_prefix: "vm-cli".into(),
+        ..LabOptions::default()
+    })?;
+    let node = lab.ns_name(LabNs::Node).to_string();
+    let child = std::process::Command::new("/usr/bin/iptrace")
+        .args(["capture", "--backend", backend_arg, "--netns", &node, "--duration", "8", "--packets", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Loading and attaching under TCG takes a few seconds.
+    std::thread::sleep(Duration::from_secs(4));
+    let ex = lab.run_remote()?;
+    let out = child.wait_with_output()?;
+    lab.down()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let traces: Vec<PacketTrace> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let chosen = stderr
+        .lines()
+        .find(|l| l.contains("iptrace capture: backend ") && !l.contains("unavailable"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    if !out.status.success() {
+        return Ok(Outcome::Fail(format!("exit {}: {}", out.status, stderr.replace('\n', " | "))));
+    }
+    let Some(syn) = traces.iter().find(|t| is_syn_from(t, Some(ex.local.port()))) else {
+        return Ok(Outcome::Fail(format!("{chosen}; no remote SYN among {} packets", traces.len())));
+    };
+    let path = describe(syn);
+    Ok(match check(syn) {
+        None if chosen.contains(expect) => Outcome::Pass(format!("{chosen}; {path}; {} packets", traces.len())),
+        None => Outcome::Fail(format!("expected {expect}, stderr says {chosen:?}")),
+        Some(p) => Outcome::Fail(format!("{p}: {path}; {chosen}")),
+    })
+}
