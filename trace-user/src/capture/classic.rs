@@ -365,7 +365,7 @@ pub enum Requested {
 /// The backend `select` settled on.
 pub enum Chosen {
     /// fentry or kprobe, loaded and attached.
-    Classic(Classic),
+    Classic(Box<Classic>),
     /// nfhook: the caller attaches it (netfilter links per netns); if that fails too, its error
     /// is the final reason.
     Nfhook,
@@ -389,7 +389,7 @@ pub fn select(req: Requested, opts: &LoadOptions) -> Result<Selection, ClassicEr
     let mut rejected = Vec::new();
     for &f in order {
         match Classic::load(f, opts) {
-            Ok(c) => return Ok(Selection { chosen: Chosen::Classic(c), rejected }),
+            Ok(c) => return Ok(Selection { chosen: Chosen::Classic(Box::new(c)), rejected }),
             Err(e) if req == Requested::Auto => rejected.push((f, e.to_string())),
             Err(e) => return Err(e),
         }

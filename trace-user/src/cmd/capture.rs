@@ -152,7 +152,7 @@ fn attach(backend: Backend, opts: &CaptureOptions) -> Result<Session> {
     match sel.chosen {
         Chosen::Classic(c) => {
             eprintln!("iptrace capture: backend {} ({} attached)", c.flavour, c.attached.join(", "));
-            Session::attach_classic(opts, c)
+            Session::attach_classic(opts, *c)
         }
         Chosen::Nfhook => {
             eprintln!("iptrace capture: backend nfhook");
