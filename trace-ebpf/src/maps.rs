@@ -14,10 +14,14 @@ use trace_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+/// Per-CPU LRU lists (the table itself is shared): inserts and evictions take no global
+/// lock. Each CPU can evict among max_entries / CPUs of its own entries.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 /// Tracked skbs: skb address → traversal state. LRU so that skbs freed without a drop report
 /// (consumed, stolen) age out instead of filling the map.
 #[map]
-pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65536, 0);
+pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
 /// The compiled capture filter (index 0), written by the collector before linking.
 #[map]
@@ -57,7 +61,7 @@ pub static ACTIVE: Array<u64> = Array::with_max_entries(1, 0);
 /// appears (the conntrack ORIGINAL and REPLY tuples) → FLOW_KEEP / FLOW_SKIP, so only a flow's
 /// first packets wait for conntrack; later ones are decided at first sight with one lookup.
 #[map]
-pub static FLOWS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, 0);
+pub static FLOWS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 pub const FLOW_KEEP: u32 = 1;
 pub const FLOW_SKIP: u32 = 2;
 

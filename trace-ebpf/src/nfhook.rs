@@ -161,7 +161,6 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
     let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
-    let now = unsafe { bpf_ktime_get_ns() };
     read_filter_fields::<D>(rec, state, skb);
     if !selected(rec) {
         // A recycled skb address may still be in the map from an earlier traversal (only
@@ -182,6 +181,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
         c.sampled_out += 1;
         return;
     }
+    let now = unsafe { bpf_ktime_get_ns() };
     let mut t = Tracked {
         gen: now,
         last_hash: 0,
