@@ -75,7 +75,7 @@ fn tables(h: &HookPass) -> Vec<Table> {
     h.tables.iter().map(|t| t.table).collect()
 }
 
-fn hook<'a>(t: &'a PacketTrace, hook: Hook) -> &'a HookPass {
+fn hook(t: &PacketTrace, hook: Hook) -> &HookPass {
     t.hooks.iter().find(|h| h.hook == hook).unwrap_or_else(|| panic!("packet {} has no {hook} pass: {t:#?}", t.id))
 }
 
