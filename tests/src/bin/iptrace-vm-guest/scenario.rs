@@ -467,17 +467,39 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
         ..LabOptions::default()
     })?;
     let node = lab.ns_name(LabNs::Node).to_string();
-    let child = std::process::Command::new("/usr/bin/iptrace")
-        .args(["capture", "--backend", backend_arg, "--netns", &node, "--duration", "8", "--packets", "--format", "json"])
+    let mut child = std::process::Command::new("/usr/bin/iptrace")
+        .args(["capture", "--backend", backend_arg, "--netns", &node, "--duration", "120", "--packets", "--format", "json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
-    // Loading and attaching under TCG takes a few seconds.
-    std::thread::sleep(Duration::from_secs(4));
-    let ex = lab.run_remote()?;
+    // Connect only once the CLI says its probes are attached (loading takes seconds under TCG).
+    let stderr_pipe = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr pipe"))?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut stderr_lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stderr_lines.iter().any(|l: &String| l.contains("probes attached")) && Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => stderr_lines.push(l),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+    let ex = lab.run_remote();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SIGINT: the capture detaches, flushes and prints its summary (our own child, by pid).
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output()?;
+    let _ = reader.join();
+    stderr_lines.extend(rx.try_iter());
     lab.down()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let ex = ex?;
+    let stderr = stderr_lines.join("\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let traces: Vec<PacketTrace> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     let chosen = stderr
