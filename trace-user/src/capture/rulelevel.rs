@@ -1,11 +1,28 @@
 //! The one place where the capture meets the rule-level pipeline (reconstruction, outputs,
-//! recordings): the capture's records — the iptables dump of every traced (netns, family),
-//! the probe plan, then every decoded event — are fed to `trace_core::record::replay::Replayer`
-//! (assembly + rule replay against the dump) and/or written with `RecordingWriter`
-//! (`--write FILE`, replayable offline with `iptrace replay`).
+//! recordings): the capture's records — the iptables dump of every traced (netns, family)
+//! and its addresses (`crate::rulesource::RuleSource`), the probe plan, then every decoded
+//! event — are fed to `trace_core::record::replay::Replayer` (assembly + rule replay against
+//! the dump) and/or written with `RecordingWriter` (`--write FILE`, replayable offline with
+//! `iptrace replay`).
+//!
+//! Rule changes during the capture: [`RuleLevel::tick`] re-takes the dumps (at most every
+//! `min_interval`, on the session's timer, with or without traffic). A changed ruleset becomes
+//! a new generation, stamped with the CLOCK_MONOTONIC time at which its dump started — the
+//! clock of the probes' event timestamps. The new generation's records are handed to the
+//! replayer (and the recording) just before the first event captured at or after that time.
+//! Guarantee: every event is resolved against the newest dump whose save started before the
+//! event was captured. So a packet captured before a rule change is always resolved against
+//! the generation that was live then (never a newer one); a packet captured after a change
+//! but before the next dump (a window of at most `min_interval` + one drain tick + the dump
+//! time) is resolved against the previous generation, and its steps show the evidence that
+//! contradicts it as inconsistent. Exceptions: several changes inside one window collapse into
+//! the last one; a packet whose own events straddle a generation switch is resolved once
+//! complete, against the newer one.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use trace_core::event::Event;
@@ -15,23 +32,26 @@ use trace_core::record::replay::Replayer;
 use trace_core::record::{Record, RecordingWriter};
 
 use super::plan::Target;
-use super::session::Session;
+use super::session::{monotonic_ns, Session};
+use crate::rulesource::RuleSource;
 
-/// The rule dumps and plan records of a capture, taken at attach time.
-pub fn initial_records(session: &Session, targets: &[Target]) -> Vec<Record> {
+/// Where the rules come from.
+pub enum Rules {
+    /// Live dumps per netns (re-taken at most every `min_interval`).
+    Live { min_interval: Duration },
+    /// `--rules FILE`: this dump (text) for every netns; nothing is taken live.
+    File { path: std::path::PathBuf },
+}
+
+/// The live rule source of the session's namespaces (keyed by the inode events carry).
+pub fn live_source(session: &Session, targets: &[Target], min_interval: Duration) -> RuleSource {
+    let ns: Vec<(u32, std::path::PathBuf)> = targets.iter().zip(&session.attached).map(|(t, a)| (a.netns, t.path.clone())).collect();
+    RuleSource::live(&ns, min_interval)
+}
+
+/// The probe plan records of a capture.
+pub fn plan_records(session: &Session) -> Vec<Record> {
     let mut out = Vec::new();
-    for (t, a) in targets.iter().zip(&session.attached) {
-        for (family, legacy, nft) in
-            [(Family::Ipv4, "iptables-legacy-save", "iptables-nft-save"), (Family::Ipv6, "ip6tables-legacy-save", "ip6tables-nft-save")]
-        {
-            // Whichever backend has tables in that netns (legacy first: it is what
-            // /proc/net/ip_tables_names reports).
-            let text = [legacy, nft].iter().find_map(|bin| dump(&t.path, bin));
-            if let Some(text) = text {
-                out.push(Record::Ruleset { netns: a.netns, family, generation: 1, text });
-            }
-        }
-    }
     for a in &session.attached {
         for family in [Family::Ipv4, Family::Ipv6] {
             for hook in Hook::ALL {
@@ -44,11 +64,10 @@ pub fn initial_records(session: &Session, targets: &[Target]) -> Vec<Record> {
     out
 }
 
-/// `BIN` run inside the netns; None when it fails or prints no table.
-fn dump(ns: &Path, bin: &str) -> Option<String> {
-    let o = std::process::Command::new("nsenter").arg(format!("--net={}", ns.display())).arg(bin).output().ok()?;
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    (o.status.success() && text.lines().any(|l| l.starts_with('*'))).then_some(text)
+/// `--rules FILE`'s records: its text as generation 0 of every traced netns, so that a
+/// recording replays against what the capture used.
+fn override_records(session: &Session, text: &str, family: Family) -> Vec<Record> {
+    session.attached.iter().map(|a| Record::Ruleset { netns: a.netns, family, generation: 0, text: text.to_string() }).collect()
 }
 
 /// Rule-level output and/or recording of a running capture.
@@ -57,29 +76,98 @@ pub struct RuleLevel {
     format: Format,
     writer: Option<RecordingWriter<std::io::BufWriter<std::fs::File>>>,
     printed: u64,
+    /// None with `--rules FILE`.
+    source: Option<RuleSource>,
+    /// New generations not yet in force: (dump start time, their records), oldest first.
+    pending: VecDeque<(u64, Vec<Record>)>,
+    warned: std::collections::HashSet<String>,
 }
 
 impl RuleLevel {
     /// `print`: reconstruct and print packets in `format`; `write`: record to that file.
-    pub fn new(initial: Vec<Record>, print: bool, format: Format, write: Option<&Path>) -> Result<RuleLevel> {
-        let mut writer = match write {
+    /// The first dumps are taken here (after anything that changes the rules on purpose,
+    /// such as --compare-trace's TRACE rule, and before any event).
+    pub fn new(session: &Session, targets: &[Target], rules: Rules, print: bool, format: Format, write: Option<&Path>) -> Result<RuleLevel> {
+        let (source, override_rs, mut initial) = match rules {
+            Rules::Live { min_interval } => {
+                let mut src = live_source(session, targets, min_interval);
+                let changes = src.refresh();
+                let recs = src.records(&changes);
+                (Some(src), None, recs)
+            }
+            Rules::File { path } => {
+                let rs = crate::rulesource::load_dump_file(&path)?;
+                let recs = match std::fs::read_to_string(&path) {
+                    Ok(text) if path != Path::new("-") => override_records(session, &text, rs.family),
+                    _ => Vec::new(),
+                };
+                (None, Some(rs), recs)
+            }
+        };
+        initial.extend(plan_records(session));
+        // After the rules loaded: a bad --rules file leaves no half-written recording.
+        let writer = match write {
             Some(p) => {
                 let f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
                 Some(RecordingWriter::new(std::io::BufWriter::new(f))?)
             }
             None => None,
         };
-        let mut replayer = print.then(|| Replayer::new(None));
-        for r in initial {
-            if let Some(w) = writer.as_mut() {
+
+        let replayer = print.then(|| Replayer::new(override_rs));
+        let mut rl = RuleLevel { replayer, format, writer, printed: 0, source, pending: VecDeque::new(), warned: Default::default() };
+        rl.show_warnings();
+        rl.apply(initial)?;
+        Ok(rl)
+    }
+
+    /// Re-takes the dumps when due (the session's timer); a changed ruleset waits in
+    /// `pending` until the first event captured after its dump started.
+    pub fn tick(&mut self) -> Result<()> {
+        let Some(src) = self.source.as_mut() else { return Ok(()) };
+        let started = monotonic_ns();
+        let changes = src.refresh();
+        if !changes.is_empty() {
+            for c in &changes {
+                log::info!("netns {} {:?}: ruleset changed, generation {}", c.netns, c.family, c.generation);
+            }
+            self.pending.push_back((started, src.records(&changes)));
+        }
+        self.show_warnings();
+        Ok(())
+    }
+
+    /// The rule source's notes, each shown once.
+    fn show_warnings(&mut self) {
+        let Some(src) = self.source.as_mut() else { return };
+        for w in std::mem::take(&mut src.warnings) {
+            if self.warned.insert(w.clone()) {
+                eprintln!("iptrace capture: warning: {w}");
+            }
+        }
+    }
+
+    /// Puts in force every pending generation whose dump started at or before `ts_ns`.
+    fn catch_up(&mut self, ts_ns: u64) -> Result<()> {
+        while self.pending.front().is_some_and(|(t, _)| *t <= ts_ns) {
+            let (_, recs) = self.pending.pop_front().expect("checked");
+            self.apply(recs)?;
+        }
+        Ok(())
+    }
+
+    /// Setup records (dumps, addresses, plans) to the recording and the replayer.
+    fn apply(&mut self, recs: Vec<Record>) -> Result<()> {
+        for r in recs {
+            if let Some(w) = self.writer.as_mut() {
                 w.write_record(&r)?;
             }
-            if let Some(rp) = replayer.as_mut() {
+            if let Some(rp) = self.replayer.as_mut() {
                 // Setup records complete no packet.
                 let _ = rp.push(r);
             }
         }
-        Ok(RuleLevel { replayer, format, writer, printed: 0 })
+        Ok(())
     }
 
     /// The replayer's assembly counters (rule-level mode), for the summary.
@@ -93,6 +181,7 @@ impl RuleLevel {
     }
 
     pub fn event(&mut self, e: &Event, out: &mut dyn Write) -> Result<()> {
+        self.catch_up(e.ts_ns())?;
         if let Some(w) = self.writer.as_mut() {
             w.write_event(e)?;
         }
@@ -104,6 +193,7 @@ impl RuleLevel {
 
     /// [`RuleLevel::event`] taking the event (no copy); returns the packets it completed.
     pub fn event_owned(&mut self, e: Event, out: &mut dyn Write) -> Result<u64> {
+        self.catch_up(e.ts_ns())?;
         if let Some(w) = self.writer.as_mut() {
             w.write_event(&e)?;
         }
@@ -124,6 +214,8 @@ impl RuleLevel {
 
     /// End of capture: remaining packets, the loss count, flush.
     pub fn finish(&mut self, lost: u64, out: &mut dyn Write) -> Result<()> {
+        // Generations seen after the last event still belong in the recording.
+        self.catch_up(u64::MAX)?;
         if let Some(w) = self.writer.as_mut() {
             if lost > 0 {
                 w.write_lost(lost)?;

@@ -188,26 +188,34 @@ impl Session {
             },
             on_packet,
             true,
+            &mut || Ok(()),
         )
     }
 
     /// Only decode and hand out events (their consumer assembles, e.g. the rule-level
     /// replayer): no second assembly in the hot loop. `on_event` returns how many packets the
     /// event completed (for --count and `Summary::packets`).
-    pub fn run_events(&mut self, opts: &CaptureOptions, mut on_event: impl FnMut(Event) -> Result<u64>) -> Result<Summary> {
-        self.run_inner(
-            opts,
-            |e| Ok((None, on_event(e)?)),
-            |_| Ok(()),
-            false,
-        )
+    pub fn run_events(&mut self, opts: &CaptureOptions, on_event: impl FnMut(Event) -> Result<u64>) -> Result<Summary> {
+        self.run_events_ticked(opts, || Ok(()), on_event)
+    }
+
+    /// [`Session::run_events`], calling `on_tick` every [`DRAIN_INTERVAL`] before the ring
+    /// buffer is drained, with or without traffic (rule dump refreshes: they must not wait
+    /// for the next packet, or that packet would be resolved against the dump before it).
+    pub fn run_events_ticked(
+        &mut self,
+        opts: &CaptureOptions,
+        mut on_tick: impl FnMut() -> Result<()>,
+        mut on_event: impl FnMut(Event) -> Result<u64>,
+    ) -> Result<Summary> {
+        self.run_inner(opts, |e| Ok((None, on_event(e)?)), |_| Ok(()), false, &mut on_tick)
     }
 
     /// Drain the ring buffer and count records without decoding them: measures what the
     /// probes cost the kernel apart from the collector's work (benchmarks only).
     pub fn run_discard(&mut self, opts: &CaptureOptions) -> Result<Summary> {
         self.discard = true;
-        let r = self.run_inner(opts, |_| Ok((None, 0)), |_| Ok(()), false);
+        let r = self.run_inner(opts, |_| Ok((None, 0)), |_| Ok(()), false, &mut || Ok(()));
         self.discard = false;
         r
     }
@@ -218,6 +226,7 @@ impl Session {
         mut on_event: impl FnMut(Event) -> Result<(Option<Event>, u64)>,
         mut on_packet: impl FnMut(&PacketTrace) -> Result<()>,
         assemble: bool,
+        on_tick: &mut dyn FnMut() -> Result<()>,
     ) -> Result<Summary> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let events = self.loaded.take_events()?;
@@ -227,7 +236,7 @@ impl Session {
             asm.set_netfilter_drop_reason(r);
         }
         let mut st = ReadState { decoder, asm, assemble, decode: !self.discard, received: 0, decode_errors: 0, packets: 0 };
-        rt.block_on(read_loop(events, opts, &mut st, &mut on_event, &mut on_packet))?;
+        rt.block_on(read_loop(events, opts, &mut st, &mut on_event, &mut on_packet, on_tick))?;
         for t in st.asm.flush() {
             st.packets += 1;
             on_packet(&t)?;
@@ -284,6 +293,7 @@ async fn read_loop(
     st: &mut ReadState,
     on_event: &mut impl FnMut(Event) -> Result<(Option<Event>, u64)>,
     on_packet: &mut impl FnMut(&PacketTrace) -> Result<()>,
+    on_tick: &mut dyn FnMut() -> Result<()>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
     // AsyncFd owns the ring buffer (tokio's I/O-safety contract for `register`).
@@ -302,6 +312,7 @@ async fn read_loop(
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
             _ = tick.tick() => {
+                on_tick()?;
                 let rb = fd.get_mut();
                 while let Some(item) = rb.next() {
                     st.take(&item, &mut out, on_event)?;
@@ -342,7 +353,7 @@ async fn read_loop(
 }
 
 /// CLOCK_MONOTONIC in ns (the probes' bpf_ktime_get_ns clock).
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

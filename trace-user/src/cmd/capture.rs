@@ -63,6 +63,14 @@ pub struct Args {
     /// Also record the capture (dumps, plan, events) to FILE for `iptrace replay`.
     #[arg(long)]
     pub write: Option<std::path::PathBuf>,
+    /// Reconstruct against this iptables-save dump (every traced netns) instead of the live
+    /// dumps (`-` = stdin).
+    #[arg(long)]
+    pub rules: Option<std::path::PathBuf>,
+    /// Re-take the live rule dumps at most every SECS seconds (a rule change is seen within
+    /// that time; packets in between are resolved against the previous dump).
+    #[arg(long = "rules-interval", default_value_t = 1.0)]
+    pub rules_interval: f64,
     /// Benchmarks: drain the ring buffer without decoding or printing (the probes' own cost).
     #[arg(long, hide = true)]
     pub discard: bool,
@@ -72,6 +80,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let opts = options(&args)?;
+    let rule_source = rule_source(&args)?;
     let mut session = attach(args.backend, &opts)?;
     for a in &session.attached {
         eprintln!("iptrace capture: netns {} (inode {}): {} probes attached", a.label, a.netns, a.links);
@@ -83,8 +92,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Format::Trace => trace_core::output::Format::Trace,
         Format::Pretty => trace_core::output::Format::Pretty,
     };
-    let initial = rulelevel::initial_records(&session, &opts.targets);
-    let mut rules = RuleLevel::new(initial, !packet_level, out_format, args.write.as_deref())?;
+    let mut rules = RuleLevel::new(&session, &opts.targets, rule_source, !packet_level, out_format, args.write.as_deref())?;
     // Buffered: a line-buffered stdout costs a write(2) per line at high packet rates.
     let out = std::cell::RefCell::new(Output::new());
     let mut summary = if args.discard {
@@ -104,12 +112,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
             },
         )?
     } else {
-        session.run_events(&opts, |e| {
-            let mut o = out.borrow_mut();
-            let n = rules.event_owned(e, &mut *o)?;
-            o.maybe_flush()?;
-            Ok(n)
-        })?
+        let rl = std::cell::RefCell::new(&mut rules);
+        session.run_events_ticked(
+            &opts,
+            || rl.borrow_mut().tick(),
+            |e| {
+                let mut o = out.borrow_mut();
+                let n = rl.borrow_mut().event_owned(e, &mut *o)?;
+                o.maybe_flush()?;
+                Ok(n)
+            },
+        )?
     };
     let mut o = out.into_inner();
     rules.finish(summary.lost, &mut o)?;
@@ -127,6 +140,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
     drop(session);
     print::write_summary(&mut std::io::stderr(), &summary)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--rules FILE` or the live dumps every `--rules-interval`.
+fn rule_source(args: &Args) -> Result<rulelevel::Rules> {
+    if let Some(path) = &args.rules {
+        if path.as_os_str() != "-" {
+            // Bad input is refused before anything is attached.
+            crate::rulesource::load_dump_file(path)?;
+        }
+        return Ok(rulelevel::Rules::File { path: path.clone() });
+    }
+    if !(args.rules_interval.is_finite() && args.rules_interval >= 0.0) {
+        bail!("--rules-interval {}: expected seconds >= 0", args.rules_interval);
+    }
+    Ok(rulelevel::Rules::Live { min_interval: Duration::from_secs_f64(args.rules_interval) })
 }
 
 /// The session on the requested backend; auto reports why better backends were passed over,

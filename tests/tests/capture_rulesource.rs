@@ -1,0 +1,126 @@
+//! `iptrace capture` with live rule dumps (root): a rule inserted during the capture is seen
+//! as a new generation — the connection before the change is reconstructed against the old
+//! positions, the one after against the new — and `-m addrtype` is decided from the netns's
+//! own addresses, not assumed. Skips loudly without root, the lab's tools, or the binary.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use iptrace_tests as e2e;
+use serde_json::Value;
+use trace_user::lab::{topology, IptablesBackend, Lab, LabNs};
+
+/// Starts `iptrace capture ARGS` on the lab's node netns; returns once the probes are attached.
+fn start_capture(bin: &std::path::Path, lab: &Lab, args: &[&str]) -> Child {
+    let mut child = Command::new(bin)
+        .args(["capture", "--backend", "nfhook", "--netns"])
+        .arg(lab.ns_path(LabNs::Node))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iptrace");
+    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("probes attached") {
+        eprint!("{line}");
+        line.clear();
+    }
+    assert!(line.contains("probes attached"), "iptrace capture did not attach");
+    // Keep draining stderr (warnings, summary) so the child never blocks on it.
+    std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            eprintln!("[iptrace] {l}");
+        }
+    });
+    child
+}
+
+/// The JSON packets (summary line dropped) of the capture's stdout.
+fn packets(stdout: &[u8]) -> Vec<Value> {
+    let text = String::from_utf8_lossy(stdout);
+    text.lines().map(|l| serde_json::from_str::<Value>(l).expect("JSON line")).filter(|v| v.get("summary").is_none()).collect()
+}
+
+/// The SYN (first packet) of the connection from `sport`.
+fn syn_of(pkts: &[Value], sport: u16) -> &Value {
+    pkts.iter()
+        .find(|p| p["packet"]["l4"]["sport"] == sport && p["packet"]["l4"]["flags"].as_u64().is_some_and(|f| f & 0x12 == 0x02))
+        .unwrap_or_else(|| panic!("no packet from port {sport}: {pkts:#?}"))
+}
+
+/// Every step of the packet's first (chosen) paths, in order.
+fn steps(p: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for h in p["hooks"].as_array().into_iter().flatten() {
+        for t in h["tables"].as_array().into_iter().flatten() {
+            for s in t["path"]["steps"].as_array().into_iter().flatten() {
+                out.push(s["step"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The nat table of the packet's PREROUTING pass.
+fn nat_prerouting(p: &Value) -> &Value {
+    p["hooks"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["hook"] == "PREROUTING"))
+        .and_then(|h| h["tables"].as_array())
+        .and_then(|ts| ts.iter().find(|t| t["table"] == "nat"))
+        .unwrap_or_else(|| panic!("no nat PREROUTING table: {p:#}"))
+}
+
+fn rule_change_is_a_new_generation(backend: IptablesBackend) {
+    let test = format!("capture_rulesource_{backend}");
+    if !e2e::lab_ready(&test, backend) {
+        return;
+    }
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(&test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let lab = e2e::lab(backend, false);
+    let filter = format!("tcp and host {}", topology::PEER_IP);
+    let child = start_capture(&bin, &lab, &["--rules-interval", "0.1", "--duration", "6", "--format", "json", &filter]);
+    let first = lab.run_remote().expect("first connection");
+    std::thread::sleep(Duration::from_millis(600));
+    // Matches the remote connection and only counts: the path gains a step, RETURN moves to 2.
+    let ipt = backend.to_string();
+    let ipt = format!("iptables-{ipt}");
+    let rule = ["-t", "filter", "-I", "DOCKER-USER", "1", "-s", topology::PEER_IP, "-m", "comment", "--comment", "iptrace-e2e"];
+    lab.exec(LabNs::Node, &[&[ipt.as_str()][..], &rule[..]].concat()).expect("insert rule");
+    std::thread::sleep(Duration::from_millis(600));
+    let second = lab.run_remote().expect("second connection");
+    let out = child.wait_with_output().expect("iptrace exits");
+    lab.down().unwrap();
+    assert!(out.status.success(), "iptrace capture failed");
+    let pkts = packets(&out.stdout);
+    let old = steps(syn_of(&pkts, first.local.port()));
+    let new = steps(syn_of(&pkts, second.local.port()));
+    eprintln!("{test}: before the change {old:?}\n{test}: after the change {new:?}");
+    assert!(old.iter().any(|s| s == "filter:DOCKER-USER:return:1"), "first SYN against the old dump: {old:?}");
+    assert!(!old.iter().any(|s| s == "filter:DOCKER-USER:rule:1"), "first SYN against the old dump: {old:?}");
+    assert!(new.iter().any(|s| s == "filter:DOCKER-USER:rule:1"), "second SYN against the new dump: {new:?}");
+    assert!(new.iter().any(|s| s == "filter:DOCKER-USER:return:2"), "second SYN against the new dump: {new:?}");
+    // -m addrtype --dst-type LOCAL (nat PREROUTING → DOCKER) decided from the node's addresses.
+    for (what, syn) in [("first", syn_of(&pkts, first.local.port())), ("second", syn_of(&pkts, second.local.port()))] {
+        let nat = nat_prerouting(syn);
+        assert_eq!(nat["status"], "confirmed", "{what} SYN: {nat:#}");
+        assert_eq!(nat["path"]["assumptions"].as_array().map(Vec::len), Some(0), "{what} SYN: addrtype assumed: {nat:#}");
+        assert_eq!(nat["alternatives"].as_array().map(Vec::len), Some(0), "{what} SYN: {nat:#}");
+        assert!(steps(syn).iter().any(|s| s == "nat:DOCKER:rule:3"), "{what} SYN DNAT: {:?}", steps(syn));
+    }
+}
+
+#[test]
+fn capture_rule_change_legacy() {
+    rule_change_is_a_new_generation(IptablesBackend::Legacy);
+}
+
+#[test]
+fn capture_rule_change_nft() {
+    rule_change_is_a_new_generation(IptablesBackend::Nft);
+}
