@@ -7,6 +7,8 @@
 //! - recording records decoded per second (events read back from a recording);
 //! - ring-buffer records decoded (trace_core::decode) and assembled (trace_core::assemble)
 //!   per second: local TCP packets through PREROUTING and INPUT, one record per probe (10).
+//! - reconstructed packets formatted per second in each output format (json, trace, pretty)
+//!   into an in-memory sink: the collector's cost per printed packet.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::fmt::Write as _;
@@ -280,5 +282,28 @@ fn bench_decode_assemble(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_reconstruct, bench_records, bench_decode_assemble);
+fn bench_output(c: &mut Criterion) {
+    use trace_core::output::{write_packet, Format};
+    let rs = trace_core::rules::parse(&kube_ruleset()).expect("generated ruleset parses");
+    let ev = Evaluator::new(rs);
+    let ctx = ctx();
+    let packets: Vec<_> = (0..64).map(|i| reconstruct(&syn_packet((i * 157) % SERVICES, i % ENDPOINTS), &ev, &ctx)).collect();
+    let mut sink = Vec::with_capacity(1 << 20);
+    let mut g = c.benchmark_group("output");
+    g.throughput(Throughput::Elements(packets.len() as u64));
+    for (name, format) in [("json", Format::Json), ("trace", Format::Trace), ("pretty", Format::Pretty)] {
+        g.bench_function(format!("{name} (DNAT'ed SYN, 3 hooks)"), |b| {
+            b.iter(|| {
+                sink.clear();
+                for p in &packets {
+                    write_packet(&mut sink, black_box(p), format, false).unwrap();
+                }
+                black_box(sink.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_reconstruct, bench_records, bench_decode_assemble, bench_output);
 criterion_main!(benches);
