@@ -13,6 +13,8 @@
 //!   integration point with trace_core::reconstruct/output/record).
 
 pub mod btf;
+// `capture --compare-trace`: the kernel's own trace in the same run.
+pub mod compare_trace;
 // fentry/kprobe backends (issue 6).
 pub mod classic;
 pub mod fentry;
@@ -25,3 +27,4 @@ pub mod plan;
 pub mod print;
 pub mod rulelevel;
 pub mod session;
+pub mod stop;

@@ -25,7 +25,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use trace_core::compare::captured::CapturedPacket;
 use trace_core::event::Event;
+use trace_core::reconstruct::ReconstructedPacket;
 use trace_core::netfilter::{Family, Hook};
 use trace_core::output::{self, Format};
 use trace_core::record::replay::Replayer;
@@ -81,6 +83,8 @@ pub struct RuleLevel {
     /// New generations not yet in force: (dump start time, their records), oldest first.
     pending: VecDeque<(u64, Vec<Record>)>,
     warned: std::collections::HashSet<String>,
+    /// `--compare-trace`: every reconstructed packet, by netns, for the agreement report.
+    kept: Option<Vec<(u32, CapturedPacket)>>,
 }
 
 impl RuleLevel {
@@ -115,16 +119,20 @@ impl RuleLevel {
         };
 
         let replayer = print.then(|| Replayer::new(override_rs));
-        let mut rl = RuleLevel { replayer, format, writer, printed: 0, source, pending: VecDeque::new(), warned: Default::default() };
+        let mut rl = RuleLevel { replayer, format, writer, printed: 0, source, pending: VecDeque::new(), warned: Default::default(), kept: None };
         rl.show_warnings();
         rl.apply(initial)?;
         Ok(rl)
     }
 
     /// Re-takes the dumps when due (the session's timer); a changed ruleset waits in
-    /// `pending` until the first event captured after its dump started.
-    pub fn tick(&mut self) -> Result<()> {
-        let Some(src) = self.source.as_mut() else { return Ok(()) };
+    /// `pending` until the first event captured after its dump started. True: a stop was
+    /// requested (Ctrl-C/SIGTERM caught by `super::stop`).
+    pub fn tick(&mut self) -> Result<bool> {
+        if super::stop::requested() {
+            return Ok(true);
+        }
+        let Some(src) = self.source.as_mut() else { return Ok(false) };
         let started = monotonic_ns();
         let changes = src.refresh();
         if !changes.is_empty() {
@@ -134,7 +142,7 @@ impl RuleLevel {
             self.pending.push_back((started, src.records(&changes)));
         }
         self.show_warnings();
-        Ok(())
+        Ok(false)
     }
 
     /// The rule source's notes, each shown once.
@@ -166,6 +174,26 @@ impl RuleLevel {
                 // Setup records complete no packet.
                 let _ = rp.push(r);
             }
+        }
+        Ok(())
+    }
+
+    /// Keep every reconstructed packet for [`RuleLevel::take_kept`] (`--compare-trace`).
+    pub fn keep_packets(&mut self) {
+        self.kept = Some(Vec::new());
+    }
+
+    /// The packets kept since [`RuleLevel::keep_packets`], with their netns.
+    pub fn take_kept(&mut self) -> Vec<(u32, CapturedPacket)> {
+        self.kept.take().unwrap_or_default()
+    }
+
+    /// Prints one reconstructed packet (and keeps it when asked).
+    fn emit(&mut self, p: &ReconstructedPacket, out: &mut dyn Write) -> Result<()> {
+        output::write_packet(out, p, self.format, false)?;
+        self.printed += 1;
+        if let Some(k) = self.kept.as_mut() {
+            k.push((p.packet.netns, CapturedPacket::from(p)));
         }
         Ok(())
     }
@@ -205,8 +233,7 @@ impl RuleLevel {
     fn reconstruct(&mut self, e: Event, out: &mut dyn Write) -> Result<()> {
         if let Some(rp) = self.replayer.as_mut() {
             for p in rp.push(Record::Event { event: Box::new(e) }) {
-                output::write_packet(out, &p, self.format, false)?;
-                self.printed += 1;
+                self.emit(&p, out)?;
             }
         }
         Ok(())
@@ -222,14 +249,15 @@ impl RuleLevel {
             }
             w.flush()?;
         }
-        if let Some(rp) = self.replayer.as_mut() {
-            for p in rp.finish() {
-                output::write_packet(out, &p, self.format, false)?;
-                self.printed += 1;
-            }
-            for w in rp.take_warnings() {
-                eprintln!("iptrace capture: warning: {w}");
-            }
+        let (rest, warnings) = match self.replayer.as_mut() {
+            Some(rp) => (rp.finish(), rp.take_warnings()),
+            None => return Ok(()),
+        };
+        for p in &rest {
+            self.emit(p, out)?;
+        }
+        for w in warnings {
+            eprintln!("iptrace capture: warning: {w}");
         }
         Ok(())
     }

@@ -188,7 +188,7 @@ impl Session {
             },
             on_packet,
             true,
-            &mut || Ok(()),
+            &mut || Ok(false),
         )
     }
 
@@ -196,16 +196,18 @@ impl Session {
     /// replayer): no second assembly in the hot loop. `on_event` returns how many packets the
     /// event completed (for --count and `Summary::packets`).
     pub fn run_events(&mut self, opts: &CaptureOptions, on_event: impl FnMut(Event) -> Result<u64>) -> Result<Summary> {
-        self.run_events_ticked(opts, || Ok(()), on_event)
+        self.run_events_ticked(opts, || Ok(false), on_event)
     }
 
     /// [`Session::run_events`], calling `on_tick` every [`DRAIN_INTERVAL`] before the ring
     /// buffer is drained, with or without traffic (rule dump refreshes: they must not wait
     /// for the next packet, or that packet would be resolved against the dump before it).
+    /// `on_tick` returning true stops the capture like Ctrl-C (a stop requested before the
+    /// session's own signal listeners existed).
     pub fn run_events_ticked(
         &mut self,
         opts: &CaptureOptions,
-        mut on_tick: impl FnMut() -> Result<()>,
+        mut on_tick: impl FnMut() -> Result<bool>,
         mut on_event: impl FnMut(Event) -> Result<u64>,
     ) -> Result<Summary> {
         self.run_inner(opts, |e| Ok((None, on_event(e)?)), |_| Ok(()), false, &mut on_tick)
@@ -215,7 +217,7 @@ impl Session {
     /// probes cost the kernel apart from the collector's work (benchmarks only).
     pub fn run_discard(&mut self, opts: &CaptureOptions) -> Result<Summary> {
         self.discard = true;
-        let r = self.run_inner(opts, |_| Ok((None, 0)), |_| Ok(()), false, &mut || Ok(()));
+        let r = self.run_inner(opts, |_| Ok((None, 0)), |_| Ok(()), false, &mut || Ok(false));
         self.discard = false;
         r
     }
@@ -226,7 +228,7 @@ impl Session {
         mut on_event: impl FnMut(Event) -> Result<(Option<Event>, u64)>,
         mut on_packet: impl FnMut(&PacketTrace) -> Result<()>,
         assemble: bool,
-        on_tick: &mut dyn FnMut() -> Result<()>,
+        on_tick: &mut dyn FnMut() -> Result<bool>,
     ) -> Result<Summary> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let events = self.loaded.take_events()?;
@@ -293,7 +295,7 @@ async fn read_loop(
     st: &mut ReadState,
     on_event: &mut impl FnMut(Event) -> Result<(Option<Event>, u64)>,
     on_packet: &mut impl FnMut(&PacketTrace) -> Result<()>,
-    on_tick: &mut dyn FnMut() -> Result<()>,
+    on_tick: &mut dyn FnMut() -> Result<bool>,
 ) -> Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
     // AsyncFd owns the ring buffer (tokio's I/O-safety contract for `register`).
@@ -312,7 +314,9 @@ async fn read_loop(
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
             _ = tick.tick() => {
-                on_tick()?;
+                if on_tick()? {
+                    break;
+                }
                 let rb = fd.get_mut();
                 while let Some(item) = rb.next() {
                     st.take(&item, &mut out, on_event)?;

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use crate::capture::plan;
 use crate::capture::print;
 use crate::capture::rulelevel::{self, RuleLevel};
+use crate::capture::compare_trace::{self, CompareTrace};
 use crate::capture::session::{CaptureOptions, Session};
+use crate::capture::stop;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -71,6 +73,15 @@ pub struct Args {
     /// that time; packets in between are resolved against the previous dump).
     #[arg(long = "rules-interval", default_value_t = 1.0)]
     pub rules_interval: f64,
+    /// Also collect the kernel's own trace of the captured packets in the same run (a TRACE
+    /// rule for the filter in raw PREROUTING/OUTPUT of each netns; legacy: the kernel log with
+    /// net.netfilter.nf_log_all_netns, nft: xtables-monitor), undo it all on exit, and print
+    /// the agreement report last (exit 0 agree, 1 differ). Needs --allow-system-changes.
+    #[arg(long = "compare-trace")]
+    pub compare_trace: bool,
+    /// Permit the system changes --compare-trace makes (without it iptrace changes nothing).
+    #[arg(long = "allow-system-changes")]
+    pub allow_system_changes: bool,
     /// Benchmarks: drain the ring buffer without decoding or printing (the probes' own cost).
     #[arg(long, hide = true)]
     pub discard: bool,
@@ -81,6 +92,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let opts = options(&args)?;
     let rule_source = rule_source(&args)?;
+    // Before the probes and the first dumps: see compare_trace's module docs.
+    let tracer = start_compare(&args, &opts)?;
     let mut session = attach(args.backend, &opts)?;
     for a in &session.attached {
         eprintln!("iptrace capture: netns {} (inode {}): {} probes attached", a.label, a.netns, a.links);
@@ -94,6 +107,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let mut rules = RuleLevel::new(&session, &opts.targets, rule_source, !packet_level, out_format, args.write.as_deref())?;
     // Buffered: a line-buffered stdout costs a write(2) per line at high packet rates.
+    if tracer.is_some() {
+        rules.keep_packets();
+    }
     let out = std::cell::RefCell::new(Output::new());
     let mut summary = if args.discard {
         session.run_discard(&opts)?
@@ -139,7 +155,57 @@ pub fn run(args: Args) -> Result<ExitCode> {
     o.flush()?;
     drop(session);
     print::write_summary(&mut std::io::stderr(), &summary)?;
-    Ok(ExitCode::SUCCESS)
+    match tracer {
+        Some(t) => {
+            let reports = t.finish(&rules.take_kept())?;
+            print_reports(&mut o, &reports, format == Format::Json)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// `--compare-trace`: checks the flags, installs the signal flag (so that Ctrl-C/SIGTERM end
+/// the capture through the cleanup path instead of killing the process), starts the tracers.
+fn start_compare(args: &Args, opts: &CaptureOptions) -> Result<Option<CompareTrace>> {
+    if !args.compare_trace {
+        return Ok(None);
+    }
+    if !args.allow_system_changes {
+        bail!("--compare-trace inserts TRACE rules (and may set net.netfilter.nf_log_all_netns): it needs --allow-system-changes; without it iptrace changes nothing on the system");
+    }
+    if args.packets || args.discard || args.rules.is_some() {
+        bail!("--compare-trace compares the rule-level paths reconstructed from the live dumps: not with --packets, --discard or --rules");
+    }
+    let filter = args.filter.join(" ");
+    let (family, sel, dropped) = compare_trace::selector_for(&filter)?;
+    if !dropped.is_empty() {
+        eprintln!(
+            "iptrace capture: --compare-trace: iptables cannot express {} of the filter; the TRACE rule is broader ({}), only captured packets are compared",
+            dropped.join(", "),
+            if sel.iptables_args().is_empty() { "every packet".to_string() } else { sel.iptables_args().join(" ") }
+        );
+    }
+    stop::install().context("installing the Ctrl-C/SIGTERM handler")?;
+    Ok(Some(CompareTrace::start(&opts.targets, family, &sel)?))
+}
+
+/// The agreement reports, last on stdout (text, or one JSON line each); exit 0/1/2.
+fn print_reports(o: &mut Output, reports: &[(String, trace_core::compare::report::Report)], json: bool) -> Result<ExitCode> {
+    let mut code = 0;
+    for (netns, r) in reports {
+        if json {
+            writeln!(o, "{}", serde_json::json!({ "compare": { "netns": netns, "report": r } }))?;
+        } else {
+            writeln!(o, "--compare-trace, netns {netns}:")?;
+            write!(o, "{}", r.render_text(5))?;
+        }
+        if let Some(why) = &r.missing_ruleset {
+            eprintln!("iptrace capture: --compare-trace: {why}");
+        }
+        code = code.max(r.exit_code());
+    }
+    o.flush()?;
+    Ok(ExitCode::from(code))
 }
 
 /// `--rules FILE` or the live dumps every `--rules-interval`.

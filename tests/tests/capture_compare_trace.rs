@@ -1,0 +1,115 @@
+//! `iptrace capture --compare-trace --allow-system-changes` end to end (root), on both
+//! iptables backends: the CLI inserts its TRACE rule, captures the lab's remote and local
+//! connections, compares its reconstruction with the kernel's own trace of the same run, exits
+//! 0 with every matched packet agreeing — and leaves no TRACE rule and the sysctl as it was.
+//! Without --allow-system-changes it refuses (exit 2) and changes nothing.
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+
+use iptrace_tests as e2e;
+use serde_json::Value;
+use trace_user::lab::{IptablesBackend, Lab, LabNs};
+
+const SYSCTL: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
+const USERS: &str = "/run/iptrace/nf_log_all_netns.users";
+
+fn ready(test: &str, backend: IptablesBackend) -> bool {
+    let mut tools = vec!["nsenter", "stdbuf", "nft"];
+    if backend == IptablesBackend::Nft {
+        tools.push("xtables-monitor");
+    }
+    e2e::lab_ready(test, backend) && e2e::require_tools(test, &tools)
+}
+
+fn save(lab: &Lab) -> String {
+    lab.iptables_save().expect("iptables-save")
+}
+
+/// Other iptrace processes using nf_log_all_netns right now (then its value is theirs too).
+fn other_sysctl_users() -> bool {
+    let me = std::process::id().to_string();
+    std::fs::read_to_string(USERS).is_ok_and(|s| s.lines().skip(1).any(|l| l != me && e2e::process_running(l.parse().unwrap_or(0))))
+}
+
+fn capture_compare_trace(backend: IptablesBackend) {
+    let test = format!("capture_compare_trace_{backend}");
+    if !ready(&test, backend) {
+        return;
+    }
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(&test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let lab = e2e::lab(backend, false);
+    let sysctl_before = std::fs::read_to_string(SYSCTL).unwrap();
+    let rules_before = save(&lab);
+    let mut child = Command::new(&bin)
+        .args(["capture", "--compare-trace", "--allow-system-changes", "--netns"])
+        .arg(lab.ns_path(LabNs::Node))
+        .args(["--count", "10", "--duration", "20", "--format", "json", "tcp and port 10000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iptrace");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("probes attached") {
+        eprint!("[iptrace] {line}");
+        line.clear();
+    }
+    assert!(line.contains("probes attached"), "{test}: capture did not start");
+    let during = save(&lab);
+    let stderr = std::thread::spawn(move || err.lines().map_while(Result::ok).inspect(|l| eprintln!("[iptrace] {l}")).collect::<Vec<_>>());
+    // The remote connection matches the filter; the local one (port 80) must not disturb it.
+    lab.run_local().expect("local connection");
+    lab.run_remote().expect("remote connection");
+    lab.run_remote().expect("remote connection");
+    let out = child.wait_with_output().expect("iptrace exits");
+    let _ = stderr.join();
+    let after = save(&lab);
+    let sysctl_after = std::fs::read_to_string(SYSCTL).unwrap();
+    lab.down().unwrap();
+    assert!(during.contains("-j TRACE"), "{test}: TRACE rule in place during the capture:\n{during}");
+    assert!(!after.contains("-j TRACE") && !after.contains("iptrace-compare"), "{test}: TRACE rule left behind:\n{after}");
+    assert_eq!(rules_before.lines().filter(|l| l.contains("-A ")).count(), after.lines().filter(|l| l.contains("-A ")).count());
+    if other_sysctl_users() {
+        e2e::skipped(&format!("{test} (sysctl restore check)"), "another iptrace process uses nf_log_all_netns now");
+    } else {
+        assert_eq!(sysctl_before, sysctl_after, "{test}: nf_log_all_netns restored");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let report = lines.iter().find_map(|l| l.get("compare")).unwrap_or_else(|| panic!("{test}: no compare line:\n{stdout}"));
+    let totals = &report["report"]["totals"];
+    eprintln!("{test}: totals {totals}");
+    assert_eq!(out.status.code(), Some(0), "{test}: exit code; report {report:#}");
+    assert_eq!(totals["differ"], 0, "{report:#}");
+    assert!(totals["agree"].as_u64().unwrap() >= 10, "{test}: every captured packet matched and agrees: {report:#}");
+    assert_eq!(totals["agree"], totals["captured_packets"], "{test}: every captured packet agrees: {report:#}");
+}
+
+#[test]
+fn capture_compare_trace_legacy() {
+    capture_compare_trace(IptablesBackend::Legacy);
+}
+
+#[test]
+fn capture_compare_trace_nft() {
+    capture_compare_trace(IptablesBackend::Nft);
+}
+
+/// Without --allow-system-changes: exit 2, a clear message, nothing inserted.
+#[test]
+fn compare_trace_needs_permission() {
+    let test = "compare_trace_needs_permission";
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let out = Command::new(&bin).args(["capture", "--compare-trace", "--count", "1", "tcp"]).output().expect("run iptrace");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--allow-system-changes"), "{err}");
+    assert!(out.stdout.is_empty());
+}
