@@ -43,7 +43,23 @@ impl LogFlags {
 /// including the trailing space.
 pub fn packet_fields(h: &Headers, ctx: &LogContext<'_>, flags: LogFlags) -> String {
     let mut s = String::with_capacity(256);
-    let _ = write!(s, "IN={} OUT={} ", ctx.in_dev.unwrap_or(""), ctx.out_dev.unwrap_or(""));
+    push_packet_fields(&mut s, h, ctx, flags);
+    s
+}
+
+/// [`packet_fields`] appended to `s` (output paths reuse one buffer for many lines).
+pub fn push_packet_fields(s: &mut String, h: &Headers, ctx: &LogContext<'_>, flags: LogFlags) {
+    push_fields_with(s, h, h.tos, h.ttl, ctx, flags);
+}
+
+/// [`push_packet_fields`] with the TOS and TTL a rule path had set by then (TRACE lines after
+/// a TOS/TTL target), without copying the headers.
+pub fn push_fields_with(s: &mut String, h: &Headers, tos: u8, ttl: u8, ctx: &LogContext<'_>, flags: LogFlags) {
+    s.push_str("IN=");
+    s.push_str(ctx.in_dev.unwrap_or(""));
+    s.push_str(" OUT=");
+    s.push_str(ctx.out_dev.unwrap_or(""));
+    s.push(' ');
     if let Some(p) = ctx.physin.filter(|p| Some(*p) != ctx.in_dev) {
         let _ = write!(s, "PHYSIN={p} ");
     }
@@ -51,23 +67,22 @@ pub fn packet_fields(h: &Headers, ctx: &LogContext<'_>, flags: LogFlags) -> Stri
         let _ = write!(s, "PHYSOUT={p} ");
     }
     if ctx.in_dev.is_some() {
-        push_mac(&mut s, ctx.mac);
+        push_mac(s, ctx.mac);
     }
     match (h.src, h.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
             let _ = write!(s, "SRC={src} DST={dst} ");
-            push_ipv4(&mut s, h);
+            push_ipv4(s, h, tos, ttl);
         }
         _ => {
-            let _ = write!(s, "SRC={} DST={} ", ip6_full(h.src), ip6_full(h.dst));
-            let _ = write!(
-                s,
-                "LEN={} TC={} HOPLIMIT={} FLOWLBL={} ",
-                h.len, h.tos, h.ttl, h.flowlabel
-            );
+            s.push_str("SRC=");
+            push_ip6_full(s, h.src);
+            s.push_str(" DST=");
+            push_ip6_full(s, h.dst);
+            let _ = write!(s, " LEN={} TC={} HOPLIMIT={} FLOWLBL={} ", h.len, tos, ttl, h.flowlabel);
         }
     }
-    push_l4(&mut s, h, flags);
+    push_l4(s, h, flags);
     if flags.uid {
         if let Some((uid, gid)) = ctx.uid_gid {
             let _ = write!(s, "UID={uid} GID={gid} ");
@@ -76,7 +91,15 @@ pub fn packet_fields(h: &Headers, ctx: &LogContext<'_>, flags: LogFlags) -> Stri
     if ctx.mark != 0 {
         let _ = write!(s, "MARK=0x{:x} ", ctx.mark);
     }
-    s
+}
+
+const HEX_LOWER: &[u8; 16] = b"0123456789abcdef";
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Two hex digits of `b` (what `{b:02x}` / `{b:02X}` print), without the formatting machinery.
+fn push_hex_byte(s: &mut String, b: u8, digits: &[u8; 16]) {
+    s.push(digits[(b >> 4) as usize] as char);
+    s.push(digits[(b & 0xf) as usize] as char);
 }
 
 /// dump_mac_header's fallback (no MACDECODE): `MAC=aa:bb:...` then a space; empty when the
@@ -85,23 +108,22 @@ fn push_mac(s: &mut String, mac: Option<&[u8]>) {
     s.push_str("MAC=");
     if let Some(mac) = mac {
         for (i, b) in mac.iter().enumerate() {
-            let _ = write!(s, "{}{b:02x}", if i == 0 { "" } else { ":" });
+            if i > 0 {
+                s.push(':');
+            }
+            push_hex_byte(s, *b, HEX_LOWER);
         }
     }
     s.push(' ');
 }
 
-fn push_ipv4(s: &mut String, h: &Headers) {
+fn push_ipv4(s: &mut String, h: &Headers, tos: u8, ttl: u8) {
     // IPTOS_TOS_MASK 0x1E, IPTOS_PREC_MASK 0xE0.
-    let _ = write!(
-        s,
-        "LEN={} TOS=0x{:02X} PREC=0x{:02X} TTL={} ID={} ",
-        h.len,
-        h.tos & 0x1e,
-        h.tos & 0xe0,
-        h.ttl,
-        h.id
-    );
+    let _ = write!(s, "LEN={} TOS=0x", h.len);
+    push_hex_byte(s, tos & 0x1e, HEX_UPPER);
+    s.push_str(" PREC=0x");
+    push_hex_byte(s, tos & 0xe0, HEX_UPPER);
+    let _ = write!(s, " TTL={ttl} ID={} ", h.id);
     // frag_off: 0x8000 "CE" (reserved bit), 0x4000 DF, 0x2000 MF, 0x1fff offset.
     if h.frag & 0x8000 != 0 {
         s.push_str("CE ");
@@ -130,13 +152,15 @@ fn push_l4(s: &mut String, h: &Headers, flags: LogFlags) {
                 let _ = write!(s, "SEQ={seq} ACK={ack} ");
             }
             // `res` holds the low nibble of the data-offset byte: 3 reserved bits + AE.
-            let _ = write!(s, "WINDOW={window} RES=0x{:02x} ", (res & 0x0e) << 2);
+            let _ = write!(s, "WINDOW={window} RES=0x");
+            push_hex_byte(s, (res & 0x0e) << 2, HEX_LOWER);
+            s.push(' ');
             push_tcp_flags(s, *f, res & 0x01 != 0);
             let _ = write!(s, "URGP={urgp} ");
             if flags.tcp_opt && !options.is_empty() {
                 s.push_str("OPT (");
                 for b in options {
-                    let _ = write!(s, "{b:02X}");
+                    push_hex_byte(s, *b, HEX_UPPER);
                 }
                 s.push_str(") ");
             }
@@ -200,14 +224,20 @@ fn push_tcp_flags(s: &mut String, f: u8, ae: bool) {
 }
 
 /// `%pI6`: eight 4-digit groups, never compressed.
-fn ip6_full(ip: IpAddr) -> String {
+fn push_ip6_full(s: &mut String, ip: IpAddr) {
     match ip {
         IpAddr::V6(a) => {
-            let seg = a.segments();
-            let parts: Vec<String> = seg.iter().map(|g| format!("{g:04x}")).collect();
-            parts.join(":")
+            for (i, g) in a.octets().chunks(2).enumerate() {
+                if i > 0 {
+                    s.push(':');
+                }
+                push_hex_byte(s, g[0], HEX_LOWER);
+                push_hex_byte(s, g[1], HEX_LOWER);
+            }
         }
-        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V4(a) => {
+            let _ = write!(s, "{a}");
+        }
     }
 }
 
