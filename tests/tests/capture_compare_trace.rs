@@ -99,6 +99,60 @@ fn capture_compare_trace_nft() {
     capture_compare_trace(IptablesBackend::Nft);
 }
 
+/// Starts a --compare-trace capture, waits for stderr's `until`, sends `signal`; returns
+/// (exit status, stdout). The process must end by itself within 10 s.
+fn stop_with(bin: &std::path::Path, lab: &Lab, until: &str, signal: i32) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(bin)
+        .args(["capture", "--compare-trace", "--allow-system-changes", "--netns"])
+        .arg(lab.ns_path(LabNs::Node))
+        .args(["--duration", "60", "--format", "json", "tcp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iptrace");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains(until) {
+        line.clear();
+    }
+    assert!(line.contains(until), "never saw `{until}`");
+    // SAFETY: signalling the child we spawned, by its pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let start = std::time::Instant::now();
+    std::thread::spawn(move || err.lines().map_while(Result::ok).for_each(|l| eprintln!("[iptrace] {l}")));
+    let out = child.wait_with_output().expect("iptrace exits");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10), "the signal must stop the capture");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// SIGTERM while capturing and SIGINT right after the TRACE rule went in (before the probes
+/// are attached, where the session's own listeners do not exist yet): the capture ends
+/// through the cleanup path — no TRACE rule left, sysctl restored, a report printed.
+#[test]
+fn compare_trace_signals_clean_up() {
+    let test = "compare_trace_signals_clean_up";
+    if !ready(test, IptablesBackend::Legacy) {
+        return;
+    }
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let lab = e2e::lab(IptablesBackend::Legacy, false);
+    let sysctl_before = std::fs::read_to_string(SYSCTL).unwrap();
+    for (until, signal) in [("probes attached", libc::SIGTERM), ("TRACE rule inserted", libc::SIGINT)] {
+        let (status, stdout) = stop_with(&bin, &lab, until, signal);
+        let after = save(&lab);
+        assert!(!after.contains("-j TRACE"), "{test}: signal {signal} after `{until}`: TRACE rule left behind:\n{after}");
+        assert!(status.code().is_some(), "{test}: killed by the signal instead of exiting: {status}");
+        assert!(stdout.contains("\"compare\""), "{test}: signal {signal}: no report:\n{stdout}");
+        if !other_sysctl_users() {
+            assert_eq!(std::fs::read_to_string(SYSCTL).unwrap(), sysctl_before, "{test}: nf_log_all_netns restored");
+        }
+    }
+    lab.down().unwrap();
+}
+
 /// Without --allow-system-changes: exit 2, a clear message, nothing inserted.
 #[test]
 fn compare_trace_needs_permission() {

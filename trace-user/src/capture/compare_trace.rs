@@ -37,10 +37,12 @@ pub fn selector_for(filter: &str) -> Result<(Family, TraceSelector, Vec<String>)
             Expr::True => {}
             Expr::Prim(p) => {
                 if !apply(p, &mut sel, &mut family) {
-                    dropped.push(format!("{p:?}"));
+                    dropped.push(describe(p));
                 }
             }
-            other => dropped.push(format!("{other:?}")),
+            Expr::Or(..) => dropped.push("`or`".into()),
+            Expr::Not(..) => dropped.push("`not`".into()),
+            Expr::And(..) => unreachable!("conjuncts() flattens `and`"),
         }
     }
     if sel.proto.is_none() && (sel.sport.is_some() || sel.dport.is_some()) {
@@ -48,6 +50,19 @@ pub fn selector_for(filter: &str) -> Result<(Family, TraceSelector, Vec<String>)
         (sel.sport, sel.dport) = (None, None);
     }
     Ok((family.unwrap_or(Family::Ipv4), sel, dropped))
+}
+
+/// A filter term iptables cannot express, for the user.
+fn describe(p: &Prim) -> String {
+    match p {
+        Prim::Net { dir: Dir::Either, net } => format!("`host/net {}/{}` (either side)", net.addr, net.prefix),
+        Prim::Port { dir: Dir::Either, lo, hi } if lo == hi => format!("`port {lo}` (either side)"),
+        Prim::Port { lo, hi, .. } => format!("`portrange {lo}-{hi}`"),
+        Prim::Iface { name, .. } => format!("`iface {name}`"),
+        Prim::Mark { value, mask } => format!("`mark {value:#x}/{mask:#x}`"),
+        Prim::IcmpType(t) => format!("`icmp-type {t}`"),
+        other => format!("{other:?}"),
+    }
 }
 
 /// The terms of a top-level `and` chain.
