@@ -14,6 +14,7 @@ use trace_core::compare::nft_ruleset::{self, NftRuleset};
 use trace_core::compare::reference::{self, Format};
 use trace_core::compare::report::Report;
 use trace_core::compare::resolve::Resolver;
+use trace_core::netfilter::Family;
 use trace_core::rules::Ruleset;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,23 +91,65 @@ fn load_nft(path: &Path) -> anyhow::Result<NftRuleset> {
     nft_ruleset::parse(&read_input(path)?).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn load_captured(path: &Path) -> anyhow::Result<Vec<CapturedPacket>> {
+/// iptrace's packets, and the iptables dump a recording holds for them (None for JSON lines).
+fn load_captured(path: &Path) -> anyhow::Result<(Vec<CapturedPacket>, Option<String>)> {
     let text = read_input(path)?;
     if text.starts_with(trace_core::record::MAGIC) {
         return replay_recording(path, &text);
     }
-    captured::parse_jsonl(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    let packets = captured::parse_jsonl(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok((packets, None))
+}
+
+/// The rule dumps of a recording as it is read: the last one per (netns, family) and how
+/// many generations each had.
+#[derive(Default)]
+struct RecordedDumps {
+    last: std::collections::HashMap<(u32, Family), (String, usize)>,
+}
+
+impl RecordedDumps {
+    fn see(&mut self, rec: &trace_core::record::Record) {
+        if let trace_core::record::Record::Ruleset { netns, family, text, .. } = rec {
+            let e = self.last.entry((*netns, *family)).or_insert_with(|| (String::new(), 0));
+            *e = (text.clone(), e.1 + 1);
+        }
+    }
+
+    /// The dump of the (netns, family) most packets belong to: what the reference's rule text
+    /// and positions refer to (the reference traces one netns). Says what it chose when the
+    /// choice was not unique.
+    fn for_packets(mut self, path: &Path, packets: &[trace_core::reconstruct::ReconstructedPacket]) -> Option<String> {
+        let mut count: std::collections::HashMap<(u32, Family), usize> = Default::default();
+        for p in packets {
+            *count.entry((p.packet.netns, p.packet.family)).or_default() += 1;
+        }
+        let key = count.iter().filter(|(k, _)| self.last.contains_key(k)).max_by_key(|(_, n)| **n).map(|(k, _)| *k)?;
+        let (text, generations) = self.last.remove(&key)?;
+        if count.len() > 1 || generations > 1 {
+            eprintln!(
+                "iptrace compare: {}: using the last of the {generations} recorded {:?} dump(s) of netns {} (the recording has packets of {} netns/family); give --ruleset to choose",
+                path.display(),
+                key.1,
+                key.0,
+                count.len()
+            );
+        }
+        Some(text)
+    }
 }
 
 /// A recording (`capture --write`) is reconstructed in process, as `iptrace replay` does. A
 /// damaged recording is bad input: comparing only its prefix would hide packets.
-fn replay_recording(path: &Path, text: &str) -> anyhow::Result<Vec<CapturedPacket>> {
+fn replay_recording(path: &Path, text: &str) -> anyhow::Result<(Vec<CapturedPacket>, Option<String>)> {
     let reader = trace_core::record::RecordingReader::new(std::io::Cursor::new(text.as_bytes()))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut replayer = trace_core::record::replay::Replayer::new(None);
     let mut packets = Vec::new();
+    let mut dumps = RecordedDumps::default();
     for item in reader {
         let (_, rec) = item.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        dumps.see(&rec);
         packets.extend(replayer.push(rec));
     }
     packets.extend(replayer.finish());
@@ -120,7 +163,8 @@ fn replay_recording(path: &Path, text: &str) -> anyhow::Result<Vec<CapturedPacke
     if packets.is_empty() {
         bail!("{}: the recording holds no packet", path.display());
     }
-    Ok(packets.iter().enumerate().map(|(i, rp)| CapturedPacket { index: i, ..CapturedPacket::from(rp) }).collect())
+    let captured = packets.iter().enumerate().map(|(i, rp)| CapturedPacket { index: i, ..CapturedPacket::from(rp) }).collect();
+    Ok((captured, dumps.for_packets(path, &packets)))
 }
 
 /// Runs the comparison on already-loaded inputs (shared with `capture --compare-trace`).
@@ -144,9 +188,15 @@ pub fn print_report(report: &Report, json: bool, max_diffs: usize) -> anyhow::Re
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let reference_text = read_input(&args.reference)?;
-    let dump = args.ruleset.as_deref().map(load_dump).transpose()?;
+    let mut dump = args.ruleset.as_deref().map(load_dump).transpose()?;
     let nft = args.nft_ruleset.as_deref().map(load_nft).transpose()?;
-    let captured = load_captured(&args.captured)?;
+    let (captured, recorded_dump) = load_captured(&args.captured)?;
+    if let (None, Some(text)) = (&dump, recorded_dump) {
+        // A recording carries the dumps it was reconstructed with: the ruleset the
+        // reference's rule text and positions refer to, unless --ruleset says otherwise.
+        let rs = trace_core::rules::parse(&text).map_err(|e| anyhow::anyhow!("{}: recorded rule dump: {e}", args.captured.display()))?;
+        dump = Some(rs);
+    }
     let format = args.format.format();
     if format.is_none() && Format::detect(&reference_text).is_none() && !reference_text.trim().is_empty() {
         bail!("{}: no TRACE, LOG, xtables-monitor or nft monitor line found (give --format?)", args.reference.display());
@@ -364,13 +414,27 @@ mod tests {
         let rec = syn_recording(&dump);
         let path = std::env::temp_dir().join(format!("iptrace-compare-test-{}-syn.rec", std::process::id()));
         std::fs::write(&path, &rec).unwrap();
-        let captured = load_captured(&path).unwrap();
+        let (captured, recorded) = load_captured(&path).unwrap();
         assert_eq!(captured.len(), 1);
+        assert_eq!(recorded.as_deref(), Some(dump.as_str()), "the recording's dump comes back");
         assert!(captured[0].steps.iter().any(|s| s.to_string() == "filter:FORWARD:rule:8"), "{:?}", captured[0].steps);
         // The kernel's xtables-monitor trace of the same SYN (the nft run of the fixtures:
         // same rules, same positions) agrees with the reconstruction.
         let a = args(d.join("nft-remote.txt"), Some(d.join("nft-remote.nft-ruleset.txt")), path.clone());
         assert_eq!(run(a).unwrap(), ExitCode::from(0));
+        // Without --ruleset nor --nft-ruleset: xtables-monitor's rule text is mapped to
+        // positions through the dump stored in the recording.
+        let a = args(d.join("nft-remote.txt"), None, path.clone());
+        assert_eq!(run(a).unwrap(), ExitCode::from(0));
+        // --ruleset still wins: a dump with DOCKER-USER's RETURN moved to position 2 maps the
+        // kernel's rule text elsewhere than the recording's reconstruction.
+        let shifted = dump.replace("-A DOCKER-USER -j RETURN", "-A DOCKER-USER -s 10.99.0.0/16 -j ACCEPT\n[0:0] -A DOCKER-USER -j RETURN");
+        assert_ne!(shifted, dump);
+        let shifted_path = tmp("shifted.iptables-save", &shifted);
+        let mut a = args(d.join("nft-remote.txt"), None, path.clone());
+        a.ruleset = Some(shifted_path.clone());
+        assert_eq!(run(a).unwrap(), ExitCode::from(1));
+        let _ = std::fs::remove_file(shifted_path);
         // A truncated recording is bad input, naming the offset.
         std::fs::write(&path, &rec[..rec.len() - 10]).unwrap();
         let e = load_captured(&path).unwrap_err().to_string();
