@@ -24,16 +24,26 @@ pub fn packet_json(rp: &ReconstructedPacket) -> Value {
     serde_json::to_value(PacketView(rp)).expect("packet views serialize to a JSON value")
 }
 
-/// Writes one line.
+/// Writes one line (serialized in memory first: serde_json writes field by field, and each
+/// call through `dyn Write` costs more than the bytes it copies).
 pub fn write_json(w: &mut dyn Write, rp: &ReconstructedPacket) -> io::Result<()> {
-    serde_json::to_writer(&mut *w, &PacketView(rp))?;
-    w.write_all(b"\n")
+    let mut buf = Vec::with_capacity(4096);
+    push_json(&mut buf, rp);
+    w.write_all(&buf)
 }
 
 /// Appends one line to `buf` (callers reuse the buffer between packets).
 pub fn push_json(buf: &mut Vec<u8>, rp: &ReconstructedPacket) {
     serde_json::to_writer(&mut *buf, &PacketView(rp)).expect("writing JSON to a Vec cannot fail");
     buf.push(b'\n');
+}
+
+/// [`push_json`] into a `String` buffer (the text formats' buffer).
+pub fn push_json_str(buf: &mut String, rp: &ReconstructedPacket) {
+    let mut bytes = std::mem::take(buf).into_bytes();
+    push_json(&mut bytes, rp);
+    // serde_json writes valid UTF-8 (it only copies `str`s and escapes).
+    *buf = String::from_utf8(bytes).expect("serde_json writes UTF-8");
 }
 
 /// A `Display` value serialized as a JSON string without an intermediate `String`.

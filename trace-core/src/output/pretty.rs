@@ -4,7 +4,8 @@
 use crate::event::{tcp_flags, Headers, L4};
 use crate::packet::Fate;
 use crate::reconstruct::{Endpoint, Path, ReconstructedPacket, Status, TableResult};
-use std::io::{self, Write};
+use std::fmt::{Display, Write};
+use std::io;
 
 /// ANSI styling, or none.
 #[derive(Debug, Clone, Copy)]
@@ -13,80 +14,125 @@ pub struct Style {
 }
 
 impl Style {
-    fn paint(&self, code: &str, s: &str) -> String {
+    /// Appends `s` wrapped in the ANSI `code` (or plain).
+    fn paint(&self, out: &mut String, code: &str, s: impl Display) {
         if self.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
+            let _ = write!(out, "\x1b[{code}m{s}\x1b[0m");
         } else {
-            s.to_string()
+            let _ = write!(out, "{s}");
         }
     }
-    fn status(&self, st: Status) -> String {
+    fn status(&self, out: &mut String, st: Status) {
         let code = match st {
             Status::Confirmed => "32",
             Status::Ambiguous => "33",
             Status::Inconsistent => "31;1",
         };
-        self.paint(code, st.as_str())
+        self.paint(out, code, st.as_str())
     }
-    fn verdict(&self, v: &str) -> String {
+    fn verdict(&self, out: &mut String, v: &str) {
         let code = if v == "ACCEPT" { "32" } else if v == "DROP" { "31;1" } else { "33" };
-        self.paint(code, v)
+        self.paint(out, code, v)
     }
 }
 
-fn flags(f: u8) -> String {
+fn push_flags(out: &mut String, f: u8) {
     let names = [(tcp_flags::SYN, "SYN"), (tcp_flags::ACK, "ACK"), (tcp_flags::PSH, "PSH"), (tcp_flags::FIN, "FIN"), (tcp_flags::RST, "RST"), (tcp_flags::URG, "URG")];
-    names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
+    for (i, (_, n)) in names.iter().filter(|(b, _)| f & b != 0).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(n);
+    }
 }
 
 /// `tcp 192.168.64.5:50676 → 192.168.64.4:10000 [SYN] len 60`
 pub fn summary(h: &Headers) -> String {
-    let ep = |a, p| Endpoint { addr: a, port: p }.to_string();
-    match &h.l4 {
-        L4::Tcp { sport, dport, flags: f, .. } => format!("tcp {} → {} [{}] len {}", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)), flags(*f), h.len),
-        L4::Udp { sport, dport, .. } => format!("udp {} → {} len {}", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)), h.len),
-        L4::Sctp { sport, dport } => format!("sctp {} → {} len {}", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)), h.len),
-        L4::Icmp { icmp_type, code, .. } | L4::Icmpv6 { icmp_type, code, .. } => format!("icmp {} → {} type {icmp_type}/{code} len {}", h.src, h.dst, h.len),
-        L4::Other => format!("proto {} {} → {} len {}", h.proto, h.src, h.dst, h.len),
-    }
+    let mut s = String::new();
+    push_summary(&mut s, h);
+    s
 }
 
-/// Writes one packet as a tree.
-pub fn write_pretty(w: &mut dyn Write, rp: &ReconstructedPacket, style: Style) -> io::Result<()> {
+/// [`summary`] appended to `out`.
+pub fn push_summary(out: &mut String, h: &Headers) {
+    let ep = |a, p| Endpoint { addr: a, port: p };
+    let _ = match &h.l4 {
+        L4::Tcp { sport, dport, flags: f, .. } => {
+            let _ = write!(out, "tcp {} → {} [", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)));
+            push_flags(out, *f);
+            write!(out, "] len {}", h.len)
+        }
+        L4::Udp { sport, dport, .. } => write!(out, "udp {} → {} len {}", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)), h.len),
+        L4::Sctp { sport, dport } => write!(out, "sctp {} → {} len {}", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)), h.len),
+        L4::Icmp { icmp_type, code, .. } | L4::Icmpv6 { icmp_type, code, .. } => write!(out, "icmp {} → {} type {icmp_type}/{code} len {}", h.src, h.dst, h.len),
+        L4::Other => write!(out, "proto {} {} → {} len {}", h.proto, h.src, h.dst, h.len),
+    };
+}
+
+/// Writes one packet as a tree (built in one buffer, written with one `write_all`).
+pub fn write_pretty(w: &mut dyn io::Write, rp: &ReconstructedPacket, style: Style) -> io::Result<()> {
+    let mut buf = String::with_capacity(2048);
+    push_pretty(&mut buf, rp, style);
+    w.write_all(buf.as_bytes())
+}
+
+/// Appends one packet's tree (see [`write_pretty`]) to `out`.
+pub fn push_pretty(out: &mut String, rp: &ReconstructedPacket, style: Style) {
     let p = &rp.packet;
-    let first = p.hooks.first().and_then(|h| h.tables.first()).map(|t| summary(&t.before.headers)).unwrap_or_default();
-    writeln!(
-        w,
-        "{} {first}  netns {}  [{}]{}{}",
-        style.paint("1", &format!("packet #{}", p.id)),
-        p.netns,
-        style.status(rp.status),
-        fate(&p.fate, style),
-        if p.incomplete { "  (incomplete capture)" } else { "" }
-    )?;
+    style.paint(out, "1", format_args!("packet #{}", p.id));
+    out.push(' ');
+    if let Some(t) = p.hooks.first().and_then(|h| h.tables.first()) {
+        push_summary(out, &t.before.headers);
+    }
+    let _ = write!(out, "  netns {}  [", p.netns);
+    style.status(out, rp.status);
+    out.push(']');
+    push_fate(out, &p.fate, style);
+    if p.incomplete {
+        out.push_str("  (incomplete capture)");
+    }
+    out.push('\n');
     for (rh, hp) in rp.hooks.iter().zip(&p.hooks) {
-        let dev = |k: &str, d: &Option<String>| d.as_ref().map(|d| format!(" {k}={d}")).unwrap_or_default();
+        out.push_str("  ");
+        style.paint(out, "36;1", hp.hook.chain_name());
+        for (k, d) in [("in", &hp.in_dev), ("out", &hp.out_dev)] {
+            if let Some(d) = d {
+                let _ = write!(out, " {k}={d}");
+            }
+        }
         // Conntrack state as the last table of the hook saw it (raw runs before conntrack).
-        let ct = hp.tables.iter().rev().find_map(|t| t.before.ct).map(|c| format!(" ct={}", ct_name(c.ctinfo))).unwrap_or_default();
-        writeln!(w, "  {}{}{}{ct}", style.paint("36;1", hp.hook.chain_name()), dev("in", &hp.in_dev), dev("out", &hp.out_dev))?;
+        if let Some(c) = hp.tables.iter().rev().find_map(|t| t.before.ct) {
+            let _ = write!(out, " ct={}", ct_name(c.ctinfo));
+        }
+        out.push('\n');
         for (t, obs) in rh.tables.iter().zip(&hp.tables) {
-            write_table(w, t, obs.before.mark, style)?;
+            push_table(out, t, obs.before.mark, style);
         }
     }
-    Ok(())
 }
 
 /// How the traversal ended, when it did not simply go on.
-fn fate(f: &Fate, style: Style) -> String {
+fn push_fate(out: &mut String, f: &Fate, style: Style) {
     match f {
-        Fate::Delivered | Fate::Unknown => String::new(),
-        Fate::Dropped { hook, stage } => format!("  {}", style.paint("31;1", &format!("dropped in {hook} {stage}"))),
-        Fate::Stolen { hook, stage } => format!("  {}", style.paint("33", &format!("stolen/queued in {hook} {stage}"))),
-        Fate::DroppedOutside { after, reason, reason_name } => {
-            let why = reason_name.clone().unwrap_or_else(|| reason.to_string());
-            format!("  {}", style.paint("31", &format!("dropped after {after} ({why})")))
+        Fate::Delivered | Fate::Unknown => {}
+        Fate::Dropped { hook, stage } => {
+            out.push_str("  ");
+            style.paint(out, "31;1", format_args!("dropped in {hook} {stage}"));
         }
-        Fate::Vanished { after } => format!("  vanished after {after}"),
+        Fate::Stolen { hook, stage } => {
+            out.push_str("  ");
+            style.paint(out, "33", format_args!("stolen/queued in {hook} {stage}"));
+        }
+        Fate::DroppedOutside { after, reason, reason_name } => {
+            out.push_str("  ");
+            match reason_name {
+                Some(why) => style.paint(out, "31", format_args!("dropped after {after} ({why})")),
+                None => style.paint(out, "31", format_args!("dropped after {after} ({reason})")),
+            }
+        }
+        Fate::Vanished { after } => {
+            let _ = write!(out, "  vanished after {after}");
+        }
     }
 }
 
@@ -103,43 +149,60 @@ fn ct_name(ctinfo: u8) -> &'static str {
     }
 }
 
-fn write_table(w: &mut dyn Write, t: &TableResult, mark_before: u32, style: Style) -> io::Result<()> {
-    let head = format!("    {:<8}", t.table.name());
+fn push_table(out: &mut String, t: &TableResult, mark_before: u32, style: Style) {
+    let _ = write!(out, "    {:<8} ", t.table.name());
     if t.skipped {
-        return writeln!(w, "{head} {}", style.paint("2", &format!("not traversed: {}", t.reason.as_deref().unwrap_or(""))));
+        style.paint(out, "2", format_args!("not traversed: {}", t.reason.as_deref().unwrap_or("")));
+        out.push('\n');
+        return;
     }
-    let verdict = t.paths.first().map(|p| style.verdict(p.verdict.as_str())).unwrap_or_default();
-    let note = match (&t.status, &t.reason) {
-        (Status::Confirmed, _) => String::new(),
-        (st, r) => format!(" [{}{}]", style.status(*st), r.as_deref().map(|r| format!(": {r}")).unwrap_or_default()),
-    };
-    let mark = match t.paths.first() {
-        Some(p) if p.mark != mark_before => format!("  mark 0x{mark_before:x} → 0x{:x}", p.mark),
-        _ => String::new(),
-    };
-    writeln!(w, "{head} {verdict}{mark}{note}")?;
+    if let Some(p) = t.paths.first() {
+        style.verdict(out, p.verdict.as_str());
+        if p.mark != mark_before {
+            let _ = write!(out, "  mark 0x{mark_before:x} → 0x{:x}", p.mark);
+        }
+    }
+    if t.status != Status::Confirmed {
+        out.push_str(" [");
+        style.status(out, t.status);
+        if let Some(r) = &t.reason {
+            let _ = write!(out, ": {r}");
+        }
+        out.push(']');
+    }
+    out.push('\n');
     for (i, path) in t.paths.iter().enumerate() {
         if t.paths.len() > 1 {
             let label = if t.status == Status::Inconsistent { "evaluated path" } else { "candidate" };
-            writeln!(w, "      {} {}{}", style.paint("33", &format!("{label} {}:", i + 1)), style.verdict(path.verdict.as_str()), path.rejected.as_deref().map(|r| format!(" — ruled out: {r}")).unwrap_or_default())?;
+            out.push_str("      ");
+            style.paint(out, "33", format_args!("{label} {}:", i + 1));
+            out.push(' ');
+            style.verdict(out, path.verdict.as_str());
+            if let Some(r) = &path.rejected {
+                let _ = write!(out, " — ruled out: {r}");
+            }
+            out.push('\n');
         } else if let Some(r) = &path.rejected {
-            writeln!(w, "      ruled out: {r}")?;
+            let _ = writeln!(out, "      ruled out: {r}");
         }
-        write_path(w, path, style)?;
+        push_path(out, path, style);
     }
-    Ok(())
 }
 
-fn write_path(w: &mut dyn Write, path: &Path, style: Style) -> io::Result<()> {
+fn push_path(out: &mut String, path: &Path, style: Style) {
     for s in &path.steps {
-        let text = s.rule_text.as_deref().unwrap_or("(end of chain)");
-        writeln!(w, "      {}  {}", style.paint("1", &s.id.to_string()), style.paint("2", text))?;
+        out.push_str("      ");
+        style.paint(out, "1", &s.id);
+        out.push_str("  ");
+        style.paint(out, "2", s.rule_text.as_deref().unwrap_or("(end of chain)"));
+        out.push('\n');
     }
     if let Some(n) = &path.nat {
-        writeln!(w, "      {} {} → {}", style.paint("35;1", "NAT"), n.from, n.to)?;
+        out.push_str("      ");
+        style.paint(out, "35;1", "NAT");
+        let _ = writeln!(out, " {} → {}", n.from, n.to);
     }
     for a in &path.assumptions {
-        writeln!(w, "      assumes {}:{} {} {}", a.chain, a.rule, if a.matched { "matched:" } else { "did not match:" }, a.what.join(", "))?;
+        let _ = writeln!(out, "      assumes {}:{} {} {}", a.chain, a.rule, if a.matched { "matched:" } else { "did not match:" }, a.what.join(", "));
     }
-    Ok(())
 }
