@@ -1,7 +1,9 @@
 //! Replays a recording and formats every packet, for profiling the collector's pure part
 //! without root or the `iptrace` binary:
 //! `cargo run --release -p trace-core --example replay_format -- FILE [json|trace|pretty|none]`
-//! (`none`: replay and reconstruct only). Output goes to stdout, timings to stderr.
+//! (`none`: replay and reconstruct only). The recording is decoded before the clock starts,
+//! so the time is the collector's: assembly, reconstruction, formatting (as `capture` runs
+//! its events through the same Replayer). Output goes to stdout, timings to stderr.
 
 use std::io::Write;
 use std::time::Instant;
@@ -17,6 +19,7 @@ fn main() {
         Some(f) => Some(f.parse().expect("format")),
     };
     let bytes = std::fs::read(&file).expect("reading the recording");
+    let records: Vec<_> = RecordingReader::new(&bytes[..]).expect("recording header").map(|r| r.expect("record").1).collect();
     let start = Instant::now();
     let mut r = Replayer::new(None);
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
@@ -27,8 +30,8 @@ fn main() {
             write_packet(&mut out, p, f, false).expect("writing stdout");
         }
     };
-    for item in RecordingReader::new(&bytes[..]).expect("recording header") {
-        for p in r.push(item.expect("record").1) {
+    for rec in records {
+        for p in r.push(rec) {
             emit(&p);
         }
     }
