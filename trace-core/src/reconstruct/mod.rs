@@ -162,6 +162,19 @@ pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> Re
 /// Like [`reconstruct`], for a traversal that starts with skb->nf_trace already set: the
 /// second half of a packet sent to `lo`, whose first half (OUTPUT, POSTROUTING) set it.
 pub fn reconstruct_from(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext, nf_trace_start: bool) -> ReconstructedPacket {
+    let (hooks, status, nf_trace_end) = reconstruct_hooks(packet, ev, ctx, nf_trace_start);
+    ReconstructedPacket { packet: packet.clone(), hooks, status, nf_trace_end }
+}
+
+/// [`reconstruct_from`] taking the packet by value: the collector's path, which has no use
+/// for the assembled packet afterwards and so saves a deep copy per packet.
+pub fn reconstruct_owned(packet: PacketTrace, ev: &Evaluator, ctx: &NetContext, nf_trace_start: bool) -> ReconstructedPacket {
+    let (hooks, status, nf_trace_end) = reconstruct_hooks(&packet, ev, ctx, nf_trace_start);
+    ReconstructedPacket { packet, hooks, status, nf_trace_end }
+}
+
+/// Every table of every hook, the packet's worst status, and whether nf_trace is set at the end.
+fn reconstruct_hooks(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext, nf_trace_start: bool) -> (Vec<ReconstructedHook>, Status, bool) {
     let mut nf_trace = nf_trace_start;
     let tuples = ct_tuples(packet);
     let mut hooks = Vec::with_capacity(packet.hooks.len());
@@ -177,7 +190,7 @@ pub fn reconstruct_from(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext, 
         hooks.push(ReconstructedHook { hook: hp.hook, tables });
     }
     let status = hooks.iter().flat_map(|h| &h.tables).map(|t| t.status).max().unwrap_or(Status::Confirmed);
-    ReconstructedPacket { packet: packet.clone(), hooks, status, nf_trace_end: nf_trace }
+    (hooks, status, nf_trace)
 }
 
 /// The conntrack tuples this traversal shows. A packet enters conntrack (PREROUTING/OUTPUT,
@@ -392,7 +405,17 @@ pub fn headers_at(before: &PacketState, step: &Step) -> Headers {
 /// A packet that cannot be reconstructed at all (no rule dump for its netns/family, a dump
 /// that does not parse): every table inconsistent with `reason`, no steps.
 pub fn unresolved(packet: &PacketTrace, reason: &str) -> ReconstructedPacket {
-    let hooks = packet
+    ReconstructedPacket { packet: packet.clone(), hooks: unresolved_hooks(packet, reason), status: Status::Inconsistent, nf_trace_end: false }
+}
+
+/// [`unresolved`] taking the packet by value (no copy).
+pub fn unresolved_owned(packet: PacketTrace, reason: &str) -> ReconstructedPacket {
+    let hooks = unresolved_hooks(&packet, reason);
+    ReconstructedPacket { packet, hooks, status: Status::Inconsistent, nf_trace_end: false }
+}
+
+fn unresolved_hooks(packet: &PacketTrace, reason: &str) -> Vec<ReconstructedHook> {
+    packet
         .hooks
         .iter()
         .map(|hp| ReconstructedHook {
@@ -412,6 +435,5 @@ pub fn unresolved(packet: &PacketTrace, reason: &str) -> ReconstructedPacket {
                 })
                 .collect(),
         })
-        .collect();
-    ReconstructedPacket { packet: packet.clone(), hooks, status: Status::Inconsistent, nf_trace_end: false }
+        .collect()
 }

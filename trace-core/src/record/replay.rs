@@ -10,7 +10,7 @@ use crate::eval::{Evaluator, NetContext};
 use crate::netfilter::{Family, Table};
 use crate::packet::PacketTrace;
 use crate::netfilter::Hook;
-use crate::reconstruct::{reconstruct_from, unresolved, ReconstructedPacket};
+use crate::reconstruct::{reconstruct_owned, unresolved_owned, ReconstructedPacket};
 use crate::rules::{self, ParseOptions, Ruleset};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -167,16 +167,17 @@ impl Replayer {
     fn finish_packets(&mut self, done: Vec<PacketTrace>) -> Vec<ReconstructedPacket> {
         let unknown = NetContext::unknown();
         let mut out = Vec::with_capacity(done.len());
-        for p in &done {
+        // By value: the assembled packet moves into its reconstruction (no copy per packet).
+        for p in done {
             self.stats.packets += 1;
             let ctx = self.ctx.get(&p.netns).unwrap_or(&unknown);
-            let traced_in = lo_in(p) && self.looped_traced.remove(&(p.netns, p.skb));
+            let traced_in = lo_in(&p) && self.looped_traced.remove(&(p.netns, p.skb));
             let rp = match self.rules_for(p.netns, p.family) {
-                Ok(ev) => reconstruct_from(p, ev, ctx, traced_in),
-                Err(reason) => unresolved(p, &reason),
+                Ok(ev) => reconstruct_owned(p, ev, ctx, traced_in),
+                Err(reason) => unresolved_owned(p, &reason),
             };
-            if rp.nf_trace_end && lo_out(p) {
-                self.looped_traced.insert((p.netns, p.skb));
+            if rp.nf_trace_end && lo_out(&rp.packet) {
+                self.looped_traced.insert((rp.packet.netns, rp.packet.skb));
             }
             out.push(rp);
         }
