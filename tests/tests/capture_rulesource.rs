@@ -11,8 +11,10 @@ use iptrace_tests as e2e;
 use serde_json::Value;
 use trace_user::lab::{topology, IptablesBackend, Lab, LabNs};
 
-/// Starts `iptrace capture ARGS` on the lab's node netns; returns once the probes are attached.
-fn start_capture(bin: &std::path::Path, lab: &Lab, args: &[&str]) -> Child {
+/// Starts `iptrace capture ARGS` on the lab's node netns; returns once the probes are attached,
+/// with a thread reading its stdout (a full pipe would stall the collector, and with it the
+/// rule refreshes this test is about).
+fn start_capture(bin: &std::path::Path, lab: &Lab, args: &[&str]) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
     let mut child = Command::new(bin)
         .args(["capture", "--backend", "nfhook", "--netns"])
         .arg(lab.ns_path(LabNs::Node))
@@ -34,7 +36,13 @@ fn start_capture(bin: &std::path::Path, lab: &Lab, args: &[&str]) -> Child {
             eprintln!("[iptrace] {l}");
         }
     });
-    child
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut v).expect("read stdout");
+        v
+    });
+    (child, reader)
 }
 
 /// The JSON packets (summary line dropped) of the capture's stdout.
@@ -84,7 +92,9 @@ fn rule_change_is_a_new_generation(backend: IptablesBackend) {
     };
     let lab = e2e::lab(backend, false);
     let filter = format!("tcp and host {}", topology::PEER_IP);
-    let child = start_capture(&bin, &lab, &["--rules-interval", "0.1", "--duration", "6", "--format", "json", &filter]);
+    let recording = std::env::temp_dir().join(format!("capture-rulesource-{}-{backend}.iptrace", std::process::id()));
+    let rec = recording.to_str().expect("utf-8 temp path");
+    let (mut child, stdout) = start_capture(&bin, &lab, &["--rules-interval", "0.1", "--duration", "6", "--format", "json", "--write", rec, &filter]);
     let first = lab.run_remote().expect("first connection");
     std::thread::sleep(Duration::from_millis(600));
     // Matches the remote connection and only counts: the path gains a step, RETURN moves to 2.
@@ -94,10 +104,11 @@ fn rule_change_is_a_new_generation(backend: IptablesBackend) {
     lab.exec(LabNs::Node, &[&[ipt.as_str()][..], &rule[..]].concat()).expect("insert rule");
     std::thread::sleep(Duration::from_millis(600));
     let second = lab.run_remote().expect("second connection");
-    let out = child.wait_with_output().expect("iptrace exits");
+    let status = child.wait().expect("iptrace exits");
+    let stdout = stdout.join().expect("stdout reader");
     lab.down().unwrap();
-    assert!(out.status.success(), "iptrace capture failed");
-    let pkts = packets(&out.stdout);
+    assert!(status.success(), "iptrace capture failed");
+    let pkts = packets(&stdout);
     let old = steps(syn_of(&pkts, first.local.port()));
     let new = steps(syn_of(&pkts, second.local.port()));
     eprintln!("{test}: before the change {old:?}\n{test}: after the change {new:?}");
@@ -105,6 +116,13 @@ fn rule_change_is_a_new_generation(backend: IptablesBackend) {
     assert!(!old.iter().any(|s| s == "filter:DOCKER-USER:rule:1"), "first SYN against the old dump: {old:?}");
     assert!(new.iter().any(|s| s == "filter:DOCKER-USER:rule:1"), "second SYN against the new dump: {new:?}");
     assert!(new.iter().any(|s| s == "filter:DOCKER-USER:return:2"), "second SYN against the new dump: {new:?}");
+    // The recording holds both generations: the offline replay gives the same two paths.
+    let replay = Command::new(&bin).args(["replay", "--format", "json"]).arg(&recording).output().expect("iptrace replay");
+    let _ = std::fs::remove_file(&recording);
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let offline = packets(&replay.stdout);
+    assert_eq!(steps(syn_of(&offline, first.local.port())), old, "replayed first SYN");
+    assert_eq!(steps(syn_of(&offline, second.local.port())), new, "replayed second SYN");
     // -m addrtype --dst-type LOCAL (nat PREROUTING → DOCKER) decided from the node's addresses.
     for (what, syn) in [("first", syn_of(&pkts, first.local.port())), ("second", syn_of(&pkts, second.local.port()))] {
         let nat = nat_prerouting(syn);

@@ -14,8 +14,9 @@
 //! event was captured. So a packet captured before a rule change is always resolved against
 //! the generation that was live then (never a newer one); a packet captured after a change
 //! but before the next dump (a window of at most `min_interval` + one drain tick + the dump
-//! time) is resolved against the previous generation, and its steps show the evidence that
-//! contradicts it as inconsistent. Exceptions: several changes inside one window collapse into
+//! time, while the collector keeps up: refreshes run on the collector's loop, so a stdout
+//! nobody reads delays them) is resolved against the previous generation, and its steps show
+//! the evidence that contradicts it as inconsistent. Exceptions: several changes inside one window collapse into
 //! the last one; a packet whose own events straddle a generation switch is resolved once
 //! complete, against the newer one.
 
@@ -132,9 +133,14 @@ impl RuleLevel {
         if super::stop::requested() {
             return Ok(true);
         }
+        if self.replayer.is_none() && self.writer.is_none() {
+            // --packets without --write: nobody uses the dumps.
+            return Ok(false);
+        }
         let Some(src) = self.source.as_mut() else { return Ok(false) };
         let started = monotonic_ns();
         let changes = src.refresh();
+        log::debug!("rule refresh at {started}: {} ms, {} changes", (monotonic_ns() - started) / 1_000_000, changes.len());
         if !changes.is_empty() {
             for c in &changes {
                 log::info!("netns {} {:?}: ruleset changed, generation {}", c.netns, c.family, c.generation);

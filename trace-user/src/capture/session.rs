@@ -177,6 +177,17 @@ impl Session {
     pub fn run_with_events(
         &mut self,
         opts: &CaptureOptions,
+        on_event: impl FnMut(&Event) -> Result<()>,
+        on_packet: impl FnMut(&PacketTrace) -> Result<()>,
+    ) -> Result<Summary> {
+        self.run_with_events_ticked(opts, || Ok(false), on_event, on_packet)
+    }
+
+    /// [`Session::run_with_events`] with `on_tick` as in [`Session::run_events_ticked`].
+    pub fn run_with_events_ticked(
+        &mut self,
+        opts: &CaptureOptions,
+        mut on_tick: impl FnMut() -> Result<bool>,
         mut on_event: impl FnMut(&Event) -> Result<()>,
         on_packet: impl FnMut(&PacketTrace) -> Result<()>,
     ) -> Result<Summary> {
@@ -188,7 +199,7 @@ impl Session {
             },
             on_packet,
             true,
-            &mut || Ok(false),
+            &mut on_tick,
         )
     }
 

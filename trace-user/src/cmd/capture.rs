@@ -106,17 +106,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Format::Pretty => trace_core::output::Format::Pretty,
     };
     let mut rules = RuleLevel::new(&session, &opts.targets, rule_source, !packet_level, out_format, args.write.as_deref())?;
-    // Buffered: a line-buffered stdout costs a write(2) per line at high packet rates.
     if tracer.is_some() {
         rules.keep_packets();
     }
+    // Buffered: a line-buffered stdout costs a write(2) per line at high packet rates.
     let out = std::cell::RefCell::new(Output::new());
     let mut summary = if args.discard {
         session.run_discard(&opts)?
     } else if packet_level {
-        session.run_with_events(
+        // Rule changes still reach a --write recording.
+        let rl = std::cell::RefCell::new(&mut rules);
+        session.run_with_events_ticked(
             &opts,
-            |e| rules.event(e, &mut *out.borrow_mut()),
+            || rl.borrow_mut().tick(),
+            |e| rl.borrow_mut().event(e, &mut *out.borrow_mut()),
             |t| {
                 let mut o = out.borrow_mut();
                 match format {
