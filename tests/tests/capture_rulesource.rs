@@ -142,3 +142,58 @@ fn capture_rule_change_legacy() {
 fn capture_rule_change_nft() {
     rule_change_is_a_new_generation(IptablesBackend::Nft);
 }
+
+/// `--rules FILE` replaces the live dumps: the SYN follows the file's rules (an extra
+/// DOCKER-USER rule the netns does not have), not the netns's.
+#[test]
+fn capture_rules_file_overrides_live_dumps() {
+    let test = "capture_rules_file_overrides_live_dumps";
+    if !e2e::lab_ready(test, IptablesBackend::Legacy) {
+        return;
+    }
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let lab = e2e::lab(IptablesBackend::Legacy, false);
+    let live = lab.iptables_save().expect("iptables-save");
+    let edited = live.replace("-A DOCKER-USER -j RETURN", &format!("-A DOCKER-USER -s {}/32 -m comment --comment from-file\n-A DOCKER-USER -j RETURN", topology::PEER_IP));
+    assert_ne!(edited, live, "the lab has DOCKER-USER's RETURN");
+    let file = std::env::temp_dir().join(format!("capture-rulesource-{}-rules.txt", std::process::id()));
+    std::fs::write(&file, edited).unwrap();
+    let filter = format!("tcp and src host {}", topology::PEER_IP);
+    let (mut child, stdout) = start_capture(&bin, &lab, &["--rules", file.to_str().unwrap(), "--count", "1", "--duration", "10", "--format", "json", &filter]);
+    let ex = lab.run_remote().expect("connection");
+    let status = child.wait().expect("iptrace exits");
+    let stdout = stdout.join().unwrap();
+    lab.down().unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(status.success());
+    let path = steps(syn_of(&packets(&stdout), ex.local.port()));
+    assert!(path.iter().any(|s| s == "filter:DOCKER-USER:rule:1") && path.iter().any(|s| s == "filter:DOCKER-USER:return:2"), "{path:?}");
+}
+
+/// A `--rules` file that does not parse: exit 2 naming file and line, before anything is
+/// attached, and no half-written recording.
+#[test]
+fn capture_bad_rules_file_is_refused() {
+    let test = "capture_bad_rules_file_is_refused";
+    if !e2e::privileged(test) {
+        return;
+    }
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let dir = std::env::temp_dir();
+    let bad = dir.join(format!("capture-rulesource-{}-bad.txt", std::process::id()));
+    let rec = dir.join(format!("capture-rulesource-{}-bad.iptrace", std::process::id()));
+    std::fs::write(&bad, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j\nCOMMIT\n").unwrap();
+    let out = Command::new(&bin).args(["capture", "--count", "1", "--rules"]).arg(&bad).arg("--write").arg(&rec).arg("tcp").output().unwrap();
+    let _ = std::fs::remove_file(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(bad.to_str().unwrap()) && err.contains(":3"), "names file and line: {err}");
+    assert!(!err.contains("probes attached"), "{err}");
+    assert!(!rec.exists(), "no recording written");
+}
