@@ -73,6 +73,26 @@ fn override_records(session: &Session, text: &str, family: Family) -> Vec<Record
     session.attached.iter().map(|a| Record::Ruleset { netns: a.netns, family, generation: 0, text: text.to_string() }).collect()
 }
 
+/// New generations not yet in force: (dump start time, their records), oldest first.
+#[derive(Default)]
+struct Pending(VecDeque<(u64, Vec<Record>)>);
+
+impl Pending {
+    fn push(&mut self, started_ns: u64, recs: Vec<Record>) {
+        self.0.push_back((started_ns, recs));
+    }
+
+    /// The records of every generation whose dump started at or before `ts_ns` (an event's
+    /// capture time), in order; they must be in force before that event.
+    fn due(&mut self, ts_ns: u64) -> Vec<Record> {
+        let mut out = Vec::new();
+        while self.0.front().is_some_and(|(t, _)| *t <= ts_ns) {
+            out.extend(self.0.pop_front().expect("checked").1);
+        }
+        out
+    }
+}
+
 /// Rule-level output and/or recording of a running capture.
 pub struct RuleLevel {
     replayer: Option<Replayer>,
@@ -81,8 +101,8 @@ pub struct RuleLevel {
     printed: u64,
     /// None with `--rules FILE`.
     source: Option<RuleSource>,
-    /// New generations not yet in force: (dump start time, their records), oldest first.
-    pending: VecDeque<(u64, Vec<Record>)>,
+    /// New generations not yet in force.
+    pending: Pending,
     warned: std::collections::HashSet<String>,
     /// `--compare-trace`: every reconstructed packet, by netns, for the agreement report.
     kept: Option<Vec<(u32, CapturedPacket)>>,
@@ -120,7 +140,7 @@ impl RuleLevel {
         };
 
         let replayer = print.then(|| Replayer::new(override_rs));
-        let mut rl = RuleLevel { replayer, format, writer, printed: 0, source, pending: VecDeque::new(), warned: Default::default(), kept: None };
+        let mut rl = RuleLevel { replayer, format, writer, printed: 0, source, pending: Pending::default(), warned: Default::default(), kept: None };
         rl.show_warnings();
         rl.apply(initial)?;
         Ok(rl)
@@ -145,7 +165,7 @@ impl RuleLevel {
             for c in &changes {
                 log::info!("netns {} {:?}: ruleset changed, generation {}", c.netns, c.family, c.generation);
             }
-            self.pending.push_back((started, src.records(&changes)));
+            self.pending.push(started, src.records(&changes));
         }
         self.show_warnings();
         Ok(false)
@@ -163,11 +183,8 @@ impl RuleLevel {
 
     /// Puts in force every pending generation whose dump started at or before `ts_ns`.
     fn catch_up(&mut self, ts_ns: u64) -> Result<()> {
-        while self.pending.front().is_some_and(|(t, _)| *t <= ts_ns) {
-            let (_, recs) = self.pending.pop_front().expect("checked");
-            self.apply(recs)?;
-        }
-        Ok(())
+        let due = self.pending.due(ts_ns);
+        self.apply(due)
     }
 
     /// Setup records (dumps, addresses, plans) to the recording and the replayer.
@@ -266,5 +283,33 @@ impl RuleLevel {
             eprintln!("iptrace capture: warning: {w}");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gen(g: u64) -> Record {
+        Record::Ruleset { netns: 1, family: Family::Ipv4, generation: g, text: String::new() }
+    }
+
+    fn gens(recs: &[Record]) -> Vec<u64> {
+        recs.iter().filter_map(|r| if let Record::Ruleset { generation, .. } = r { Some(*generation) } else { None }).collect()
+    }
+
+    /// An event captured before a dump started keeps the generation before it; the first event
+    /// at or after the dump's start brings it (and every older pending one) into force.
+    #[test]
+    fn generations_come_into_force_by_capture_time() {
+        let mut p = Pending::default();
+        p.push(1_000, vec![gen(2)]);
+        p.push(2_000, vec![gen(3)]);
+        assert!(p.due(999).is_empty(), "captured before generation 2 was dumped");
+        assert_eq!(gens(&p.due(1_000)), [2]);
+        assert!(p.due(1_500).is_empty());
+        p.push(3_000, vec![gen(4)]);
+        assert_eq!(gens(&p.due(5_000)), [3, 4], "in order");
+        assert!(p.due(u64::MAX).is_empty());
     }
 }
