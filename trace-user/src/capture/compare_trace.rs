@@ -4,7 +4,7 @@
 //! xtables-monitor on nft), then compared with the reconstructed packets.
 //!
 //! The TRACE rule selects what the capture filter selects as far as iptables can say it
-//! (addresses, protocol, ports on one side): the filter's top-level `and` terms that have an
+//! (addresses, protocol, ports; `port N` on either side through multiport): the filter's top-level `and` terms that have an
 //! iptables equivalent are kept, the others dropped — dropping a conjunct only widens the
 //! rule, so the kernel traces at least every captured packet. Packets traced but not captured
 //! are reported as "only in reference" and do not count as differences.
@@ -45,9 +45,15 @@ pub fn selector_for(filter: &str) -> Result<(Family, TraceSelector, Vec<String>)
             Expr::And(..) => unreachable!("conjuncts() flattens `and`"),
         }
     }
-    if sel.proto.is_none() && (sel.sport.is_some() || sel.dport.is_some()) {
+    let has_ports = sel.sport.is_some() || sel.dport.is_some() || sel.ports.is_some();
+    if has_ports && sel.proto.is_none() {
         dropped.push("ports without a protocol".into());
-        (sel.sport, sel.dport) = (None, None);
+        (sel.sport, sel.dport, sel.ports) = (None, None, None);
+    }
+    if sel.ports.is_some() && !matches!(sel.proto.as_deref(), Some("tcp" | "udp" | "sctp")) {
+        // -m multiport needs a protocol with ports.
+        dropped.push(format!("`port {}` (either side) without tcp/udp/sctp", sel.ports.unwrap_or_default()));
+        sel.ports = None;
     }
     Ok((family.unwrap_or(Family::Ipv4), sel, dropped))
 }
@@ -108,7 +114,7 @@ fn apply(p: &Prim, sel: &mut TraceSelector, family: &mut Option<Family>) -> bool
             Dir::Src => set(&mut sel.sport, *lo),
             Dir::Dst => set(&mut sel.dport, *lo),
             Dir::Both => set(&mut sel.sport, *lo) && set(&mut sel.dport, *lo),
-            Dir::Either => false,
+            Dir::Either => set(&mut sel.ports, *lo),
         },
         _ => false,
     }
@@ -200,9 +206,16 @@ mod tests {
         assert_eq!(f, Family::Ipv4);
         assert_eq!(s.iptables_args(), ["-d", "192.168.64.4/32", "-p", "tcp", "--dport", "10000"]);
         assert!(dropped.is_empty());
-        // `port` is either side: not one iptables match; the rule widens to -p tcp.
+        // `port` is either side: multiport.
         let (_, s, dropped) = selector_for("tcp and port 10000").unwrap();
-        assert_eq!(s.iptables_args(), ["-p", "tcp"]);
+        assert_eq!(s.iptables_args(), ["-p", "tcp", "-m", "multiport", "--ports", "10000"]);
+        assert!(dropped.is_empty(), "{dropped:?}");
+        // Two either-side ports cannot be one multiport `and`: the second widens the rule.
+        let (_, s, dropped) = selector_for("tcp and port 1 and port 2").unwrap();
+        assert_eq!(s.ports, Some(1));
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
+        let (_, s, dropped) = selector_for("icmp and port 7").unwrap();
+        assert_eq!(s.iptables_args(), ["-p", "icmp"]);
         assert_eq!(dropped.len(), 1, "{dropped:?}");
         let (_, s, dropped) = selector_for("tcp or udp").unwrap();
         assert!(s.iptables_args().is_empty());

@@ -60,6 +60,8 @@ pub struct TraceSelector {
     pub proto: Option<String>,
     pub sport: Option<u16>,
     pub dport: Option<u16>,
+    /// Either side (`-m multiport --ports`, tcp/udp/sctp only): tcpdump's `port N`.
+    pub ports: Option<u16>,
 }
 
 impl TraceSelector {
@@ -83,6 +85,10 @@ impl TraceSelector {
             }
             if let Some(dp) = self.dport {
                 push("--dport", dp.to_string());
+            }
+            if let Some(p) = self.ports {
+                a.extend(["-m".to_string(), "multiport".to_string()]);
+                a.extend(["--ports".to_string(), p.to_string()]);
             }
         }
         a
@@ -343,5 +349,7 @@ mod tests {
         assert_eq!(s.iptables_args(), ["-d", "192.168.64.4/32", "-p", "tcp", "--dport", "10000"]);
         let no_proto = TraceSelector { sport: Some(1), ..Default::default() };
         assert!(no_proto.iptables_args().is_empty(), "ports need -p");
+        let either = TraceSelector { proto: Some("tcp".into()), ports: Some(10000), ..Default::default() };
+        assert_eq!(either.iptables_args(), ["-p", "tcp", "-m", "multiport", "--ports", "10000"]);
     }
 }
