@@ -22,6 +22,7 @@ use matching::MatchOptions;
 use reference::{Evidence, Format, ParsedReference, RefPacket, RefStepPos};
 use report::{CapturedOnly, Outcome, PacketReport, Report, Totals};
 use resolve::{ResolveError, Resolver};
+use crate::netfilter;
 use crate::rules::Target;
 use crate::step::StepId;
 
@@ -89,9 +90,9 @@ fn as_the_reference_shows_it(format: Option<Format>, r: &RefPacket, c: &Captured
 fn judge(r: &RefPacket, c: &CapturedPacket, resolver: &Resolver, missing: &mut Option<String>) -> Outcome {
     match &r.evidence {
         Evidence::Path { steps } => {
-            let resolved: Result<Vec<StepId>, ResolveError> = steps.iter().map(|s| resolver.step_of_family(r.family, s)).collect();
+            let resolved: Result<Vec<Vec<StepId>>, ResolveError> = steps.iter().map(|s| candidates(resolver, r.family, s)).collect();
             match resolved {
-                Ok(ids) => judge_path(&ids, c),
+                Ok(cands) => judge_path(&pick_candidates(&cands, &c.steps), c),
                 Err(e) => {
                     if matches!(e, ResolveError::NeedRuleset { .. }) && missing.is_none() {
                         *missing = Some(e.to_string());
@@ -102,6 +103,31 @@ fn judge(r: &RefPacket, c: &CapturedPacket, resolver: &Resolver, missing: &mut O
         }
         Evidence::Logged { prefix } => judge_log(prefix, c, resolver, missing),
     }
+}
+
+/// The positions a reference step may stand for: one, except an nft chain-end event of older
+/// kernels (see [`Resolver::chain_end_candidates`]).
+fn candidates(resolver: &Resolver, family: Option<netfilter::Family>, s: &reference::RefStep) -> Result<Vec<StepId>, ResolveError> {
+    match s.pos {
+        RefStepPos::EndOfChain => resolver.chain_end_candidates(family, s),
+        _ => Ok(vec![resolver.step_of_family(family, s)?]),
+    }
+}
+
+/// One position per reference step: where a step has several, the one the captured path
+/// shows at the aligned place (the reference cannot tell them apart, so any agrees), else
+/// the first. Alignment as in [`diff::diff_paths`], on the first choices.
+fn pick_candidates(cands: &[Vec<StepId>], captured: &[StepId]) -> Vec<StepId> {
+    let first: Vec<StepId> = cands.iter().filter_map(|c| c.first().cloned()).collect();
+    if cands.iter().all(|c| c.len() <= 1) {
+        return first;
+    }
+    let offset = diff::diff_paths(&first, captured).offset;
+    cands
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| captured.get(offset + i).filter(|x| c.contains(x)).or(c.first()).cloned())
+        .collect()
 }
 
 /// Agree when the reference equals the reconstructed path — or, for a packet the

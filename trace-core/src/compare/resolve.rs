@@ -166,6 +166,49 @@ impl<'a> Resolver<'a> {
         })
     }
 
+    /// The TRACE positions an nft chain-end (`return`) event of a packet of `family` may stand
+    /// for. Kernels before 6.4-ish (Debian's 6.1 among them) trace both ways of leaving a
+    /// chain as NFT_TRACETYPE_RETURN: falling off its end (verdict `continue`, no rule handle)
+    /// and a `-j RETURN` rule (verdict `return`, rule handle attached). Neither
+    /// xtables-monitor (`table:chain:return:`) nor `nft monitor trace` (`verdict return`)
+    /// prints that handle, so the event narrows the position to: the chain end (rules + 1),
+    /// unless the verdict says `return`; and every rule whose target is RETURN, unless the
+    /// verdict says `continue` — each labelled as legacy TRACE labels it (`return:N` for an
+    /// unconditional one, `rule:N` otherwise). The chain end comes first when it is possible.
+    pub fn chain_end_candidates(&self, family: Option<Family>, s: &RefStep) -> Result<Vec<StepId>, ResolveError> {
+        let r = Resolver { packet_family: family, ..*self };
+        let end = r.step(&RefStep { pos: RefStepPos::EndOfChain, ..s.clone() })?;
+        let verdict = s.verdict.as_deref().map(str::to_ascii_lowercase);
+        let (explicit, implicit) = match verdict.as_deref() {
+            Some("continue") => (false, true),
+            Some("return") | Some("0xfffffffb") => (true, false),
+            _ => (true, true),
+        };
+        let mut out = Vec::new();
+        if implicit {
+            out.push(end.clone());
+        }
+        if explicit {
+            for n in r.return_rules(s) {
+                out.push(StepId { table: s.table, chain: s.chain.clone(), kind: r.kind_at(s, n)?, num: n });
+            }
+        }
+        if out.is_empty() {
+            out.push(end);
+        }
+        Ok(out)
+    }
+
+    /// 1-based positions of the rules of `s`'s chain whose target is RETURN.
+    fn return_rules(&self, s: &RefStep) -> Vec<u32> {
+        let pos = |i: usize| i as u32 + 1;
+        if let Some(c) = self.dump_chain(s.table, &s.chain) {
+            return c.rules.iter().enumerate().filter(|(_, r)| matches!(r.target, Target::Return)).map(|(i, _)| pos(i)).collect();
+        }
+        let Some(c) = self.nft_chain(s.table, &s.chain) else { return Vec::new() };
+        c.rules.iter().enumerate().filter(|(_, r)| r.text.split_whitespace().last() == Some("return")).map(|(i, _)| pos(i)).collect()
+    }
+
     /// Whether `id` is the end of a user chain (`return:N`, N = rules + 1) in the rulesets
     /// given: the step legacy TRACE prints and nf_tables traces do not. None when no ruleset
     /// knows the chain. For captured packets whose producer did not mark implicit returns.

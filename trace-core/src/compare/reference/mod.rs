@@ -32,7 +32,8 @@ pub enum RefStepPos {
     RuleText { text: String },
     /// The base chain's policy decided (nft `policy accept`): N = rules + 1, from the ruleset.
     Policy,
-    /// The end of a user chain was reached without a verdict (nft `return` trace event).
+    /// The chain was left by an nft `return` trace event (older kernels only): its end reached,
+    /// or a RETURN rule — see `compare::resolve::Resolver::chain_end_candidates`.
     EndOfChain,
 }
 

@@ -3,7 +3,10 @@
 //! - `packet: iif "eth0" … ip saddr … ip id 52575 … tcp sport … tcp flags == syn …` (headers);
 //! - `rule <nft rule text> [# handle N] (verdict <v>)` or `unknown rule handle N (verdict <v>)`;
 //! - `policy <v> [meta mark …]` (the base chain's policy decided);
-//! - `verdict <v> [meta mark …]` (a user chain ended: NFT_TRACETYPE_RETURN).
+//! - `verdict <v> [meta mark …]` (a chain was left: NFT_TRACETYPE_RETURN). Only older kernels
+//!   (Debian's 6.1, not 6.12) send it: `verdict continue` when the packet fell off a chain's
+//!   end (base chains too, right before `policy`), `verdict return` for a `return` rule,
+//!   whose handle nft does not print (6.12 prints that rule as `rule … (verdict return)`).
 //!
 //! Without `-a` the rule has no handle: it is identified by its text, matched against
 //! `nft -a list ruleset` later. Events of tables that are not iptables tables (native nft

@@ -7,6 +7,15 @@
 //!  TRACE: 2 ed114cd4 filter:DOCKER-USER:rule:0x19:0xfffffffb  -4 -t filter -A DOCKER-USER -j RETURN
 //!  TRACE: 2 ed114cd4 filter:DOCKER:return:…
 //! ```
+//! Kernels before the nf_tables trace rework (Debian's 6.1; not 6.12) trace leaving a chain
+//! as an NFT_TRACETYPE_RETURN event, which xtables-monitor prints as `table:chain:return:`
+//! with nothing after it (it prints a jump target there, which a return never has): for
+//! falling off a user chain's end, for a `-j RETURN` rule (6.12 prints that one as
+//! `rule:0xH:0xfffffffb`; the 6.1 event does carry the rule handle, xtables-monitor does not
+//! print it), and for falling off a base chain's end right before its `policy:` event (merged
+//! into the policy here). `compare::resolve::Resolver::chain_end_candidates` says which
+//! positions such an event may stand for.
+//!
 //! The first number is the nfproto (2 IPv4, 10 IPv6), then the trace id. Verdicts print as
 //! ACCEPT, DROP, QUEUE, STOLEN, BREAK, CONTINUE, JUMP:chain, GOTO:chain, else as hex
 //! (RETURN = NFT_RETURN = -5 = 0xfffffffb).
@@ -155,6 +164,9 @@ impl NftGrouper {
             pkt.push_headers(h);
         }
         if let Evidence::Path { steps } = &mut pkt.evidence {
+            if ends_base_chain(steps.last(), &step) {
+                steps.pop();
+            }
             steps.push(step);
         }
         if done {
@@ -165,6 +177,14 @@ impl NftGrouper {
     pub fn finish(self) -> Vec<RefPacket> {
         self.seg.packets
     }
+}
+
+/// Whether `prev` is the chain-end event older kernels (Debian's 6.1; 6.12 no longer does)
+/// trace when a packet falls off the end of a base chain, right before that chain's policy
+/// event: legacy TRACE shows only the policy there, so the pair is one step.
+fn ends_base_chain(prev: Option<&RefStep>, step: &RefStep) -> bool {
+    matches!(step.pos, RefStepPos::Policy)
+        && prev.is_some_and(|p| matches!(p.pos, RefStepPos::EndOfChain) && p.table == step.table && p.chain == step.chain)
 }
 
 pub fn parse(text: &str) -> ParsedReference {
