@@ -8,15 +8,15 @@
 
 use std::collections::HashSet;
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use aya::Ebpf;
 use aya_obj::generated::bpf_insn;
 
+use super::bpfsys::{load_with_log_on_failure, sys_bpf, ProgLoadHead, BPF_PROG_LOAD};
 use super::loader::map_fd;
 use super::modbtf;
 
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
 const BPF_TRACE_FENTRY: u32 = 24;
@@ -100,18 +100,7 @@ impl Programs {
 /// union bpf_attr for BPF_PROG_LOAD up to fd_array (the rest zero).
 #[repr(C)]
 struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
+    head: ProgLoadHead,
     prog_btf_fd: u32,
     func_info_rec_size: u32,
     func_info: u64,
@@ -134,23 +123,10 @@ fn prog_load(
     obj_fd: Option<RawFd>,
     exit: bool,
 ) -> Result<OwnedFd, (std::io::Error, String)> {
-    let attempt = |log: &mut Vec<u8>| -> Result<OwnedFd, std::io::Error> {
-        let mut prog_name = [0u8; 16];
-        let n = name.len().min(15);
-        prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let expected_attach_type = if exit { BPF_TRACE_FEXIT } else { BPF_TRACE_FENTRY };
+    load_with_log_on_failure(1 << 20, 20, |log| {
         let attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_TRACING,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: if log.is_empty() { 0 } else { 1 },
-            log_size: log.len() as u32,
-            log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
-            kern_version: 0,
-            prog_flags: 0,
-            prog_name,
-            prog_ifindex: 0,
-            expected_attach_type: if exit { BPF_TRACE_FEXIT } else { BPF_TRACE_FENTRY },
+            head: ProgLoadHead::new(BPF_PROG_TYPE_TRACING, expected_attach_type, insns, license, name, log),
             prog_btf_fd: 0,
             func_info_rec_size: 0,
             func_info: 0,
@@ -165,28 +141,15 @@ fn prog_load(
             _rest: [0; 32],
         };
         sys_bpf(BPF_PROG_LOAD, &attr)
-    };
-    match attempt(&mut Vec::new()) {
-        Ok(fd) => Ok(fd),
-        Err(_) => {
-            let mut log = vec![0u8; 1 << 20];
-            match attempt(&mut log) {
-                Ok(fd) => Ok(fd),
-                Err(e) => {
-                    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-                    let text = String::from_utf8_lossy(&log[..end]);
-                    let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                    let text = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-                    let text = if text.trim().is_empty() {
-                        "no verifier log: this kernel refuses tracing programs (lockdown, or no BPF trampolines)".to_string()
-                    } else {
-                        format!("verifier:\n{text}")
-                    };
-                    Err((e, text))
-                }
-            }
-        }
-    }
+    })
+    .map_err(|(e, text)| {
+        let text = if text.trim().is_empty() {
+            "no verifier log: this kernel refuses tracing programs (lockdown, or no BPF trampolines)".to_string()
+        } else {
+            format!("verifier:\n{text}")
+        };
+        (e, text)
+    })
 }
 
 /// BPF_RAW_TRACEPOINT_OPEN with no name: attaches a tracing program to its BTF target.
@@ -201,25 +164,16 @@ fn raw_tracepoint_open(prog: &OwnedFd) -> Result<OwnedFd, std::io::Error> {
     sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &Attr { name: 0, prog_fd: prog.as_raw_fd() as u32, _pad: 0, cookie: 0 })
 }
 
-fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> Result<OwnedFd, std::io::Error> {
-    // SAFETY: attr is a valid bpf_attr prefix for `cmd`, alive for the call; returns a new fd.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd owned by us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn prog_load_attr_layout() {
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
+        assert_eq!(std::mem::offset_of!(ProgLoadAttr, head.expected_attach_type), 68);
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, attach_btf_id), 108);
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, attach_btf_obj_fd), 112);
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, fd_array), 120);
+        assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 160);
     }
 }

@@ -3,7 +3,9 @@
 //! netns are made on a thread that entered it (trace_user::netns::run_in). Closing the fd
 //! unregisters the hook.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
+
+use super::bpfsys::sys_bpf;
 
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_NETFILTER: u32 = 45;
@@ -52,15 +54,7 @@ pub fn create(prog_fd: RawFd, spec: HookSpec) -> Result<OwnedFd, LinkError> {
         nf_flags: 0,
         _rest: [0; 32],
     };
-    // SAFETY: attr is valid for the call; the kernel returns a new fd.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &attr as *const LinkCreateAttr, std::mem::size_of::<LinkCreateAttr>())
-    };
-    if fd < 0 {
-        return Err(LinkError { spec, source: std::io::Error::last_os_error() });
-    }
-    // SAFETY: a fresh fd owned by us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    sys_bpf(BPF_LINK_CREATE, &attr).map_err(|source| LinkError { spec, source })
 }
 
 #[cfg(test)]

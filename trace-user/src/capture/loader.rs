@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
@@ -21,6 +21,7 @@ use aya_obj::generated::bpf_insn;
 use trace_common::filter::{pred_kind, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS};
 use trace_common::record::{filter_fields, Counters, KernelOffsets, ProbeConfig, PRIORITY_MAGIC};
 
+use super::bpfsys::{load_with_log_on_failure, sys_bpf, ProgLoadHead, BPF_PROG_LOAD};
 use super::btf::{Btf, BtfError};
 use super::object;
 
@@ -30,7 +31,6 @@ const PROBE_FN: &str = "nf_probe";
 const NETFILTER_SECTION: &str = "netfilter";
 const BPF_PROG_TYPE_NETFILTER: u32 = 32;
 const BPF_NETFILTER: u32 = 45;
-const BPF_PROG_LOAD: libc::c_long = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -346,68 +346,17 @@ fn patch_slot(insns: &mut [bpf_insn], priority: i32, first_sight: bool) -> Resul
 /// union bpf_attr for BPF_PROG_LOAD, up to expected_attach_type (rest zero).
 #[repr(C)]
 struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
+    head: ProgLoadHead,
     _rest: [u8; 72],
 }
 
 fn prog_load(insns: &[bpf_insn], license: &CString, priority: i32) -> Result<OwnedFd, LoadError> {
-    let attempt = |log: &mut Vec<u8>| -> Result<OwnedFd, std::io::Error> {
-        let mut name = [0u8; 16];
-        let n = format!("nfprobe_{}", priority as i64 + 0x8000_0000);
-        let len = n.len().min(15);
-        name[..len].copy_from_slice(&n.as_bytes()[..len]);
-        let attr = ProgLoadAttr {
-            prog_type: BPF_PROG_TYPE_NETFILTER,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            log_level: if log.is_empty() { 0 } else { 1 },
-            log_size: log.len() as u32,
-            log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
-            kern_version: 0,
-            prog_flags: 0,
-            prog_name: name,
-            prog_ifindex: 0,
-            expected_attach_type: BPF_NETFILTER,
-            _rest: [0; 72],
-        };
-        // SAFETY: attr points to valid memory for the call's duration; the kernel returns a new fd.
-        let fd = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &attr as *const ProgLoadAttr, std::mem::size_of::<ProgLoadAttr>())
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd owned by us.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-    };
-    match attempt(&mut Vec::new()) {
-        Ok(fd) => Ok(fd),
-        Err(_) => {
-            let mut log = vec![0u8; 4 << 20];
-            match attempt(&mut log) {
-                Ok(fd) => Ok(fd),
-                Err(source) => {
-                    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-                    let text = String::from_utf8_lossy(&log[..end]);
-                    let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                    let log = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-                    Err(LoadError::ProgLoad { priority, source, log })
-                }
-            }
-        }
-    }
+    let name = format!("nfprobe_{}", priority as i64 + 0x8000_0000);
+    load_with_log_on_failure(4 << 20, 30, |log| {
+        let head = ProgLoadHead::new(BPF_PROG_TYPE_NETFILTER, BPF_NETFILTER, insns, license, &name, log);
+        sys_bpf(BPF_PROG_LOAD, &ProgLoadAttr { head, _rest: [0; 72] })
+    })
+    .map_err(|(source, log)| LoadError::ProgLoad { priority, source, log })
 }
 
 #[cfg(test)]
@@ -416,8 +365,9 @@ mod tests {
 
     #[test]
     fn prog_load_attr_layout() {
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, prog_name), 48);
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, expected_attach_type), 68);
+        assert_eq!(std::mem::offset_of!(ProgLoadAttr, head.prog_name), 48);
+        assert_eq!(std::mem::offset_of!(ProgLoadAttr, head.expected_attach_type), 68);
+        assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 144);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //!
 //! - [`object`]: the embedded eBPF object built by build.rs;
 //! - [`btf`]: struct offsets and enum names from the running kernel's BTF;
+//! - [`bpfsys`]: the raw bpf(2) calls aya cannot make (one wrapper, one BPF_PROG_LOAD prefix);
 //! - [`loader`]: maps, globals and the kfree_skb program through aya, the netfilter probe
 //!   copies through raw BPF_PROG_LOAD;
 //! - [`link`]: BPF_LINK_CREATE netfilter links;
@@ -12,6 +13,7 @@
 //! - [`rulelevel`]: rule-level reconstruction/output and `--write` recordings (the one
 //!   integration point with trace_core::reconstruct/output/record).
 
+pub mod bpfsys;
 pub mod btf;
 // `capture --compare-trace`: the kernel's own trace in the same run.
 pub mod compare_trace;
