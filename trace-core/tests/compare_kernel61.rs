@@ -206,3 +206,24 @@ fn docker_user_return_rule_of_the_vm_run() {
     let p = parsed(policy, Format::XtablesMonitor);
     assert_eq!(steps(&p, 0).iter().map(|s| s.pos.clone()).collect::<Vec<_>>(), [RefStepPos::Policy]);
 }
+
+/// `nft monitor trace` on 6.1 says `verdict return` for a RETURN rule: in a base chain that is
+/// a step of its own (legacy: `policy:K` for an unconditional one at K), kept before the
+/// policy; `verdict continue` there is the fall-through marker and is merged.
+#[test]
+fn nft_verdict_return_in_a_base_chain_is_kept() {
+    let text = "trace id 0a1b2c3f ip filter INPUT packet: iif \"eth0\" ip saddr 10.0.0.1 ip daddr 10.0.0.2 ip id 7 ip length 31 udp sport 1 udp dport 9 \n\
+                trace id 0a1b2c3f ip filter INPUT verdict return \n\
+                trace id 0a1b2c3f ip filter INPUT policy accept \n\
+                trace id 0a1b2c40 ip filter INPUT packet: iif \"eth0\" ip saddr 10.0.0.1 ip daddr 10.0.0.2 ip id 8 ip length 31 udp sport 1 udp dport 9 \n\
+                trace id 0a1b2c40 ip filter INPUT verdict continue \n\
+                trace id 0a1b2c40 ip filter INPUT policy accept \n";
+    let p = parsed(text, Format::NftMonitor);
+    assert_eq!(p.packets.len(), 2);
+    assert_eq!(steps(&p, 0).iter().map(|s| s.pos.clone()).collect::<Vec<_>>(), [RefStepPos::EndOfChain, RefStepPos::Policy]);
+    assert_eq!(steps(&p, 1).iter().map(|s| s.pos.clone()).collect::<Vec<_>>(), [RefStepPos::Policy]);
+    let d = trace_core::rules::parse("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -j DROP\n-A INPUT -j RETURN\nCOMMIT\n").unwrap();
+    let r = Resolver::new(Some(&d), None);
+    let ids: Vec<String> = r.chain_end_candidates(None, &steps(&p, 0)[0]).unwrap().iter().map(ToString::to_string).collect();
+    assert_eq!(ids, ["filter:INPUT:policy:2"]);
+}

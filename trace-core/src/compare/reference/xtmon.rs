@@ -181,10 +181,15 @@ impl NftGrouper {
 
 /// Whether `prev` is the chain-end event older kernels (Debian's 6.1; 6.12 no longer does)
 /// trace when a packet falls off the end of a base chain, right before that chain's policy
-/// event: legacy TRACE shows only the policy there, so the pair is one step.
+/// event: legacy TRACE shows only the policy there, so the pair is one step. Not when nft
+/// printed `verdict return`: that was a RETURN rule of the base chain, which legacy TRACE
+/// shows as a step of its own before the policy. (xtables-monitor prints no verdict, so a
+/// RETURN rule in a base chain is merged too: a known limit, such rules are rare.)
 fn ends_base_chain(prev: Option<&RefStep>, step: &RefStep) -> bool {
-    matches!(step.pos, RefStepPos::Policy)
-        && prev.is_some_and(|p| matches!(p.pos, RefStepPos::EndOfChain) && p.table == step.table && p.chain == step.chain)
+    let fell_off = |p: &RefStep| {
+        matches!(p.pos, RefStepPos::EndOfChain) && !p.verdict.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("return"))
+    };
+    matches!(step.pos, RefStepPos::Policy) && prev.is_some_and(|p| fell_off(p) && p.table == step.table && p.chain == step.chain)
 }
 
 pub fn parse(text: &str) -> ParsedReference {
