@@ -16,16 +16,18 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use aya::programs::{BtfTracePoint, KProbe};
+use aya::programs::KProbe;
 use aya::{Ebpf, EbpfLoader};
-use trace_common::filter::{FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS};
-use trace_common::record::{Counters, KernelOffsets, ProbeConfig, TableOffsets};
+use trace_common::filter::FilterProgram;
+use trace_common::record::{Counters, KernelOffsets, TableOffsets};
 use trace_core::assemble::{HookPlan, ProbePlan, StageSlot};
 use trace_core::netfilter::{Family, Hook};
 use trace_core::packet::Stage;
 
 use super::btf::Btf;
-use super::loader::{hide_netfilter_sections, kernel_offsets, LoadOptions};
+use super::loader::{
+    attach_kfree_skb, drop_reasons, hide_netfilter_sections, kernel_offsets, probe_config, sum_counters, LoadOptions,
+};
 use super::modbtf::{KernelBtf, ModBtfError};
 use super::object;
 
@@ -145,10 +147,7 @@ impl Classic {
     pub fn load_with(flavour: Flavour, opts: &LoadOptions, rule_positions: bool) -> Result<Classic, ClassicError> {
         let kbtf = Btf::from_sys()?;
         let offsets: KernelOffsets = kernel_offsets(&kbtf)?;
-        let drop_reasons = kbtf
-            .enum_values("skb_drop_reason")
-            .map(|m| m.into_iter().map(|(v, n)| (v as u32, n.trim_start_matches("SKB_DROP_REASON_").to_string())).collect())
-            .unwrap_or_default();
+        let drop_reasons = drop_reasons(&kbtf);
         let vmlinux = KernelBtf::vmlinux()?;
         let (mut table_offsets, btfs) = table_offsets(&vmlinux)?;
         if !rule_positions {
@@ -307,17 +306,7 @@ impl Classic {
         let map = self.ebpf.map("COUNTERS").ok_or_else(|| aya_err("map COUNTERS missing"))?;
         let arr: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map).map_err(aya_err)?;
         let per_cpu = arr.get(&0, 0).map_err(aya_err)?;
-        Ok(per_cpu.iter().fold(Counters::default(), |mut s, c| {
-            s.seen += c.seen;
-            s.filtered_out += c.filtered_out;
-            s.sampled_out += c.sampled_out;
-            s.rate_limited += c.rate_limited;
-            s.tracked += c.tracked;
-            s.emitted += c.emitted;
-            s.lost += c.lost;
-            s.drops += c.drops;
-            s
-        }))
+        Ok(sum_counters(&per_cpu))
     }
 }
 
@@ -395,26 +384,6 @@ pub fn select(req: Requested, opts: &LoadOptions) -> Result<Selection, ClassicEr
         }
     }
     Ok(Selection { chosen: Chosen::Nfhook, rejected })
-}
-
-fn probe_config(opts: &LoadOptions) -> ProbeConfig {
-    let n_clauses = opts.filter.n_clauses.min(FILTER_MAX_CLAUSES as u32);
-    let max_preds = opts.filter.clauses[..n_clauses as usize].iter().map(|c| c.n_preds).max().unwrap_or(0);
-    ProbeConfig {
-        sample_n: opts.sample_n,
-        rate_limit: opts.rate_limit,
-        filter_clauses: n_clauses,
-        filter_preds: max_preds.min(FILTER_MAX_PREDS as u32),
-    }
-}
-
-fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), ClassicError> {
-    let btf = aya::Btf::from_sys_fs().map_err(aya_err)?;
-    let prog: &mut BtfTracePoint =
-        ebpf.program_mut("kfree_skb").ok_or_else(|| aya_err("program kfree_skb missing"))?.try_into().map_err(aya_err)?;
-    prog.load("kfree_skb", &btf).map_err(aya_err)?;
-    prog.attach().map_err(aya_err)?;
-    Ok(())
 }
 
 /// Text symbols of /proc/kallsyms (module functions included).

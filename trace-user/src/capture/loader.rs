@@ -81,23 +81,8 @@ impl Loaded {
     pub fn load(opts: &LoadOptions) -> Result<Self, LoadError> {
         let kbtf = Btf::from_sys()?;
         let offsets = kernel_offsets(&kbtf)?;
-        let drop_reasons = kbtf
-            .enum_values("skb_drop_reason")
-            .map(|m| {
-                m.into_iter()
-                    .map(|(v, n)| (v as u32, n.trim_start_matches("SKB_DROP_REASON_").to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let n_clauses = opts.filter.n_clauses.min(FILTER_MAX_CLAUSES as u32);
-        let max_preds =
-            opts.filter.clauses[..n_clauses as usize].iter().map(|c| c.n_preds).max().unwrap_or(0);
-        let config = ProbeConfig {
-            sample_n: opts.sample_n,
-            rate_limit: opts.rate_limit,
-            filter_clauses: n_clauses,
-            filter_preds: max_preds.min(FILTER_MAX_PREDS as u32),
-        };
+        let drop_reasons = drop_reasons(&kbtf);
+        let config = probe_config(opts);
         let mut fields = 0;
         if uses_kind(&opts.filter, pred_kind::IFACE) {
             fields |= filter_fields::DEVS;
@@ -147,17 +132,46 @@ impl Loaded {
         let map = self.ebpf.map("COUNTERS").ok_or(LoadError::NoMap("COUNTERS"))?;
         let arr: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map).map_err(aya_err)?;
         let per_cpu = arr.get(&0, 0).map_err(aya_err)?;
-        Ok(per_cpu.iter().fold(Counters::default(), |mut s, c| {
-            s.seen += c.seen;
-            s.filtered_out += c.filtered_out;
-            s.sampled_out += c.sampled_out;
-            s.rate_limited += c.rate_limited;
-            s.tracked += c.tracked;
-            s.emitted += c.emitted;
-            s.lost += c.lost;
-            s.drops += c.drops;
-            s
-        }))
+        Ok(sum_counters(&per_cpu))
+    }
+}
+
+/// The per-CPU copies of the COUNTERS map added up (shared with capture::classic).
+pub(crate) fn sum_counters(per_cpu: &[Counters]) -> Counters {
+    per_cpu.iter().fold(Counters::default(), |mut s, c| {
+        s.seen += c.seen;
+        s.filtered_out += c.filtered_out;
+        s.sampled_out += c.sampled_out;
+        s.rate_limited += c.rate_limited;
+        s.tracked += c.tracked;
+        s.emitted += c.emitted;
+        s.lost += c.lost;
+        s.drops += c.drops;
+        s
+    })
+}
+
+/// enum skb_drop_reason value → name without the SKB_DROP_REASON_ prefix (empty when the
+/// kernel's BTF lacks the enum).
+pub(crate) fn drop_reasons(kbtf: &Btf) -> HashMap<u32, String> {
+    kbtf.enum_values("skb_drop_reason")
+        .map(|m| {
+            m.into_iter()
+                .map(|(v, n)| (v as u32, n.trim_start_matches("SKB_DROP_REASON_").to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The CONFIG global: sampling, rate limit and the filter's clause/predicate bounds.
+pub(crate) fn probe_config(opts: &LoadOptions) -> ProbeConfig {
+    let n_clauses = opts.filter.n_clauses.min(FILTER_MAX_CLAUSES as u32);
+    let max_preds = opts.filter.clauses[..n_clauses as usize].iter().map(|c| c.n_preds).max().unwrap_or(0);
+    ProbeConfig {
+        sample_n: opts.sample_n,
+        rate_limit: opts.rate_limit,
+        filter_clauses: n_clauses,
+        filter_preds: max_preds.min(FILTER_MAX_PREDS as u32),
     }
 }
 
@@ -173,7 +187,7 @@ fn uses_kind(p: &FilterProgram, kind: u8) -> bool {
     p.clauses[..n].iter().any(|c| c.preds[..(c.n_preds as usize).min(FILTER_MAX_PREDS)].iter().any(|x| x.kind == kind))
 }
 
-fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+pub(crate) fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), LoadError> {
     let btf = aya::Btf::from_sys_fs().map_err(aya_err)?;
     let prog: &mut BtfTracePoint = ebpf
         .program_mut("kfree_skb")
