@@ -12,9 +12,14 @@ fn main() -> anyhow::Result<()> {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let object = out_dir.join("trace-ebpf");
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let workspace = manifest.parent().expect("trace-user is inside the workspace");
+    let workspace = manifest
+        .parent()
+        .expect("trace-user is inside the workspace");
     // The eBPF object also depends on the shared ABI crate (filter, flow hash, records).
-    println!("cargo:rerun-if-changed={}", workspace.join("trace-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("trace-common/src").display()
+    );
     println!("cargo:rerun-if-changed=build.rs");
 
     if skip_requested() {

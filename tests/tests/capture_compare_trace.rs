@@ -29,7 +29,11 @@ fn save(lab: &Lab) -> String {
 /// Other iptrace processes using nf_log_all_netns right now (then its value is theirs too).
 fn other_sysctl_users() -> bool {
     let me = std::process::id().to_string();
-    std::fs::read_to_string(USERS).is_ok_and(|s| s.lines().skip(1).any(|l| l != me && e2e::process_running(l.parse().unwrap_or(0))))
+    std::fs::read_to_string(USERS).is_ok_and(|s| {
+        s.lines()
+            .skip(1)
+            .any(|l| l != me && e2e::process_running(l.parse().unwrap_or(0)))
+    })
 }
 
 fn capture_compare_trace(backend: IptablesBackend) {
@@ -50,7 +54,9 @@ fn capture_compare_trace(backend: IptablesBackend) {
         let (code, report) = run_once(&test, &bin, &lab);
         let warnings = report["report"]["warnings"].to_string();
         if warnings.contains("exited early") && attempt < 3 {
-            eprintln!("{test}: attempt {attempt}: the reference collection failed ({warnings}); retrying");
+            eprintln!(
+                "{test}: attempt {attempt}: the reference collection failed ({warnings}); retrying"
+            );
             continue;
         }
         result = Some((code, report));
@@ -62,8 +68,14 @@ fn capture_compare_trace(backend: IptablesBackend) {
     eprintln!("{test}: totals {totals}");
     assert_eq!(code, Some(0), "{test}: exit code; report {report:#}");
     assert_eq!(totals["differ"], 0, "{report:#}");
-    assert!(totals["agree"].as_u64().unwrap() >= 10, "{test}: every captured packet matched and agrees: {report:#}");
-    assert_eq!(totals["agree"], totals["captured_packets"], "{test}: every captured packet agrees: {report:#}");
+    assert!(
+        totals["agree"].as_u64().unwrap() >= 10,
+        "{test}: every captured packet matched and agrees: {report:#}"
+    );
+    assert_eq!(
+        totals["agree"], totals["captured_packets"],
+        "{test}: every captured packet agrees: {report:#}"
+    );
 }
 
 /// One `capture --compare-trace` run with remote and local connections; checks that nothing
@@ -72,9 +84,22 @@ fn run_once(test: &str, bin: &std::path::Path, lab: &Lab) -> (Option<i32>, Value
     let sysctl_before = std::fs::read_to_string(SYSCTL).unwrap();
     let rules_before = save(lab);
     let mut child = Command::new(bin)
-        .args(["capture", "--compare-trace", "--allow-system-changes", "--netns"])
+        .args([
+            "capture",
+            "--compare-trace",
+            "--allow-system-changes",
+            "--netns",
+        ])
         .arg(lab.ns_path(LabNs::Node))
-        .args(["--count", "10", "--duration", "20", "--format", "json", "tcp and port 10000"])
+        .args([
+            "--count",
+            "10",
+            "--duration",
+            "20",
+            "--format",
+            "json",
+            "tcp and port 10000",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -85,9 +110,17 @@ fn run_once(test: &str, bin: &std::path::Path, lab: &Lab) -> (Option<i32>, Value
         eprint!("[iptrace] {line}");
         line.clear();
     }
-    assert!(line.contains("probes attached"), "{test}: capture did not start");
+    assert!(
+        line.contains("probes attached"),
+        "{test}: capture did not start"
+    );
     let during = save(lab);
-    let stderr = std::thread::spawn(move || err.lines().map_while(Result::ok).inspect(|l| eprintln!("[iptrace] {l}")).collect::<Vec<_>>());
+    let stderr = std::thread::spawn(move || {
+        err.lines()
+            .map_while(Result::ok)
+            .inspect(|l| eprintln!("[iptrace] {l}"))
+            .collect::<Vec<_>>()
+    });
     // Read stdout as it comes: a full pipe would stall the collector.
     let mut pipe = child.stdout.take().unwrap();
     let stdout = std::thread::spawn(move || {
@@ -103,17 +136,39 @@ fn run_once(test: &str, bin: &std::path::Path, lab: &Lab) -> (Option<i32>, Value
     let _ = stderr.join();
     let after = save(lab);
     let sysctl_after = std::fs::read_to_string(SYSCTL).unwrap();
-    assert!(during.contains("-j TRACE"), "{test}: TRACE rule in place during the capture:\n{during}");
-    assert!(!after.contains("-j TRACE") && !after.contains("iptrace-compare"), "{test}: TRACE rule left behind:\n{after}");
-    assert_eq!(rules_before.lines().filter(|l| l.contains("-A ")).count(), after.lines().filter(|l| l.contains("-A ")).count());
+    assert!(
+        during.contains("-j TRACE"),
+        "{test}: TRACE rule in place during the capture:\n{during}"
+    );
+    assert!(
+        !after.contains("-j TRACE") && !after.contains("iptrace-compare"),
+        "{test}: TRACE rule left behind:\n{after}"
+    );
+    assert_eq!(
+        rules_before.lines().filter(|l| l.contains("-A ")).count(),
+        after.lines().filter(|l| l.contains("-A ")).count()
+    );
     if other_sysctl_users() {
-        e2e::skipped(&format!("{test} (sysctl restore check)"), "another iptrace process uses nf_log_all_netns now");
+        e2e::skipped(
+            &format!("{test} (sysctl restore check)"),
+            "another iptrace process uses nf_log_all_netns now",
+        );
     } else {
-        assert_eq!(sysctl_before, sysctl_after, "{test}: nf_log_all_netns restored");
+        assert_eq!(
+            sysctl_before, sysctl_after,
+            "{test}: nf_log_all_netns restored"
+        );
     }
     let stdout = String::from_utf8_lossy(&stdout);
-    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
-    let report = lines.iter().find_map(|l| l.get("compare")).unwrap_or_else(|| panic!("{test}: no compare line:\n{stdout}")).clone();
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let report = lines
+        .iter()
+        .find_map(|l| l.get("compare"))
+        .unwrap_or_else(|| panic!("{test}: no compare line:\n{stdout}"))
+        .clone();
     (status.code(), report)
 }
 
@@ -129,9 +184,19 @@ fn capture_compare_trace_nft() {
 
 /// Starts a --compare-trace capture, waits for stderr's `until`, sends `signal`; returns
 /// (exit status, stdout). The process must end by itself within 10 s.
-fn stop_with(bin: &std::path::Path, lab: &Lab, until: &str, signal: i32) -> (std::process::ExitStatus, String) {
+fn stop_with(
+    bin: &std::path::Path,
+    lab: &Lab,
+    until: &str,
+    signal: i32,
+) -> (std::process::ExitStatus, String) {
     let mut child = Command::new(bin)
-        .args(["capture", "--compare-trace", "--allow-system-changes", "--netns"])
+        .args([
+            "capture",
+            "--compare-trace",
+            "--allow-system-changes",
+            "--netns",
+        ])
         .arg(lab.ns_path(LabNs::Node))
         .args(["--duration", "60", "--format", "json", "tcp"])
         .stdout(Stdio::piped())
@@ -147,10 +212,20 @@ fn stop_with(bin: &std::path::Path, lab: &Lab, until: &str, signal: i32) -> (std
     // SAFETY: signalling the child we spawned, by its pid.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
     let start = std::time::Instant::now();
-    std::thread::spawn(move || err.lines().map_while(Result::ok).for_each(|l| eprintln!("[iptrace] {l}")));
+    std::thread::spawn(move || {
+        err.lines()
+            .map_while(Result::ok)
+            .for_each(|l| eprintln!("[iptrace] {l}"))
+    });
     let out = child.wait_with_output().expect("iptrace exits");
-    assert!(start.elapsed() < std::time::Duration::from_secs(10), "the signal must stop the capture");
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "the signal must stop the capture"
+    );
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 /// SIGTERM while capturing and SIGINT right after the TRACE rule went in (before the probes
@@ -168,14 +243,30 @@ fn compare_trace_signals_clean_up() {
     };
     let lab = e2e::lab(IptablesBackend::Legacy, false);
     let sysctl_before = std::fs::read_to_string(SYSCTL).unwrap();
-    for (until, signal) in [("probes attached", libc::SIGTERM), ("TRACE rule inserted", libc::SIGINT)] {
+    for (until, signal) in [
+        ("probes attached", libc::SIGTERM),
+        ("TRACE rule inserted", libc::SIGINT),
+    ] {
         let (status, stdout) = stop_with(&bin, &lab, until, signal);
         let after = save(&lab);
-        assert!(!after.contains("-j TRACE"), "{test}: signal {signal} after `{until}`: TRACE rule left behind:\n{after}");
-        assert!(status.code().is_some(), "{test}: killed by the signal instead of exiting: {status}");
-        assert!(stdout.contains("\"compare\""), "{test}: signal {signal}: no report:\n{stdout}");
+        assert!(
+            !after.contains("-j TRACE"),
+            "{test}: signal {signal} after `{until}`: TRACE rule left behind:\n{after}"
+        );
+        assert!(
+            status.code().is_some(),
+            "{test}: killed by the signal instead of exiting: {status}"
+        );
+        assert!(
+            stdout.contains("\"compare\""),
+            "{test}: signal {signal}: no report:\n{stdout}"
+        );
         if !other_sysctl_users() {
-            assert_eq!(std::fs::read_to_string(SYSCTL).unwrap(), sysctl_before, "{test}: nf_log_all_netns restored");
+            assert_eq!(
+                std::fs::read_to_string(SYSCTL).unwrap(),
+                sysctl_before,
+                "{test}: nf_log_all_netns restored"
+            );
         }
     }
     lab.down().unwrap();
@@ -189,7 +280,10 @@ fn compare_trace_needs_permission() {
         e2e::skipped(test, "no iptrace binary (cargo build first)");
         return;
     };
-    let out = Command::new(&bin).args(["capture", "--compare-trace", "--count", "1", "tcp"]).output().expect("run iptrace");
+    let out = Command::new(&bin)
+        .args(["capture", "--compare-trace", "--count", "1", "tcp"])
+        .output()
+        .expect("run iptrace");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--allow-system-changes"), "{err}");

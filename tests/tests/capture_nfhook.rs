@@ -21,7 +21,10 @@ fn ready(test: &str) -> bool {
 
 fn options(lab: &Lab, filter: &str) -> CaptureOptions {
     CaptureOptions {
-        targets: vec![Target { label: "node".into(), path: lab.ns_path(LabNs::Node) }],
+        targets: vec![Target {
+            label: "node".into(),
+            path: lab.ns_path(LabNs::Node),
+        }],
         filter: trace_core::filter::compile(filter).expect("filter compiles"),
         sample_n: 0,
         rate_limit: 0,
@@ -33,7 +36,11 @@ fn options(lab: &Lab, filter: &str) -> CaptureOptions {
 
 /// Attach, run `traffic` while capturing for `opts.duration`, return packets + summary.
 /// None (with a loud skip) when the kernel refuses the netfilter links.
-fn capture(test: &str, opts: &CaptureOptions, traffic: impl FnOnce() + Send) -> Option<(Vec<PacketTrace>, Summary)> {
+fn capture(
+    test: &str,
+    opts: &CaptureOptions,
+    traffic: impl FnOnce() + Send,
+) -> Option<(Vec<PacketTrace>, Summary)> {
     let mut session = match Session::attach(opts) {
         Ok(s) => s,
         // A kernel without netfilter links is a skip; a verifier rejection of our programs
@@ -76,16 +83,24 @@ fn tables(h: &HookPass) -> Vec<Table> {
 }
 
 fn hook(t: &PacketTrace, hook: Hook) -> &HookPass {
-    t.hooks.iter().find(|h| h.hook == hook).unwrap_or_else(|| panic!("packet {} has no {hook} pass: {t:#?}", t.id))
+    t.hooks
+        .iter()
+        .find(|h| h.hook == hook)
+        .unwrap_or_else(|| panic!("packet {} has no {hook} pass: {t:#?}", t.id))
 }
 
 fn all_accept(h: &HookPass) -> bool {
-    h.tables.iter().all(|t| t.verdict == ObservedVerdict::Accept)
+    h.tables
+        .iter()
+        .all(|t| t.verdict == ObservedVerdict::Accept)
 }
 
 #[test]
 fn remote_syn_path_nat_conntrack_and_filter() {
-    remote_syn_path("remote_syn_path_nat_conntrack_and_filter", IptablesBackend::Legacy);
+    remote_syn_path(
+        "remote_syn_path_nat_conntrack_and_filter",
+        IptablesBackend::Legacy,
+    );
 }
 
 /// The same with iptables-nft: the tables are nft chains at the iptables priorities, found
@@ -109,7 +124,10 @@ fn remote_syn_path(test: &str, backend: IptablesBackend) {
         return;
     };
     assert_eq!(summary.lost, 0, "{summary:?}");
-    assert!(summary.filtered_out > 0, "the local connection must be filtered out: {summary:?}");
+    assert!(
+        summary.filtered_out > 0,
+        "the local connection must be filtered out: {summary:?}"
+    );
     // Packets outside the filter produce no record.
     for p in &packets {
         let h = &p.hooks[0].stages[0].before.headers;
@@ -128,9 +146,19 @@ fn remote_syn_path(test: &str, backend: IptablesBackend) {
     let nat = &pre.tables[2];
     let before = &nat.before.headers;
     let after = &nat.after.as_ref().expect("came out of nat").headers;
-    assert_eq!((before.dst.to_string(), before.l4.ports().unwrap().1), ("192.168.64.4".into(), 10000));
-    assert_eq!((after.dst.to_string(), after.l4.ports().unwrap().1), ("172.19.0.9".into(), 80));
-    assert_eq!(nat.after.as_ref().unwrap().ct.map(|c| c.ctinfo), Some(2), "SYN is NEW");
+    assert_eq!(
+        (before.dst.to_string(), before.l4.ports().unwrap().1),
+        ("192.168.64.4".into(), 10000)
+    );
+    assert_eq!(
+        (after.dst.to_string(), after.l4.ports().unwrap().1),
+        ("172.19.0.9".into(), 80)
+    );
+    assert_eq!(
+        nat.after.as_ref().unwrap().ct.map(|c| c.ctinfo),
+        Some(2),
+        "SYN is NEW"
+    );
     let fwd = hook(syn, Hook::Forward);
     assert_eq!(tables(fwd), vec![Table::Mangle, Table::Filter]);
     assert!(all_accept(fwd));
@@ -138,18 +166,33 @@ fn remote_syn_path(test: &str, backend: IptablesBackend) {
     assert_eq!(tables(post), vec![Table::Mangle, Table::Nat]);
     assert!(all_accept(post));
     assert_eq!(syn.fate, Fate::Delivered);
-    assert_eq!(syn.hooks.iter().map(|h| h.hook).collect::<Vec<_>>(), vec![Hook::Prerouting, Hook::Forward, Hook::Postrouting]);
+    assert_eq!(
+        syn.hooks.iter().map(|h| h.hook).collect::<Vec<_>>(),
+        vec![Hook::Prerouting, Hook::Forward, Hook::Postrouting]
+    );
     // Later client packets of the connection are ESTABLISHED (conntrack applies the NAT).
-    let later: Vec<&PacketTrace> =
-        packets.iter().filter(|p| src(p) == Some(PEER.parse().unwrap()) && tcp_flags(p) != Some(0x02)).collect();
+    let later: Vec<&PacketTrace> = packets
+        .iter()
+        .filter(|p| src(p) == Some(PEER.parse().unwrap()) && tcp_flags(p) != Some(0x02))
+        .collect();
     assert!(later.len() >= 3, "ACK, data, FIN…: {}", later.len());
     for p in later {
-        let ct = hook(p, Hook::Prerouting).tables[2].after.as_ref().and_then(|a| a.ct).expect("ct");
+        let ct = hook(p, Hook::Prerouting).tables[2]
+            .after
+            .as_ref()
+            .and_then(|a| a.ct)
+            .expect("ct");
         assert_eq!(ct.ctinfo, 0, "packet {} not ESTABLISHED", p.id);
     }
     // Replies come back through the same three hooks and are un-NATed in POSTROUTING.
-    let reply = packets.iter().find(|p| tcp_flags(p) == Some(0x12)).expect("SYN-ACK traced");
-    assert!(hook(reply, Hook::Postrouting).tables.iter().any(|t| t.translated()));
+    let reply = packets
+        .iter()
+        .find(|p| tcp_flags(p) == Some(0x12))
+        .expect("SYN-ACK traced");
+    assert!(hook(reply, Hook::Postrouting)
+        .tables
+        .iter()
+        .any(|t| t.translated()));
 }
 
 #[test]
@@ -160,26 +203,68 @@ fn filter_drop_is_reported_with_netfilter_drop() {
     }
     let lab = e2e::lab(IptablesBackend::Legacy, false);
     let out = lab
-        .exec(LabNs::Node, &["iptables-legacy", "-I", "DOCKER-USER", "1", "-p", "tcp", "--dport", "80", "-j", "DROP"])
+        .exec(
+            LabNs::Node,
+            &[
+                "iptables-legacy",
+                "-I",
+                "DOCKER-USER",
+                "1",
+                "-p",
+                "tcp",
+                "--dport",
+                "80",
+                "-j",
+                "DROP",
+            ],
+        )
         .expect("insert DROP rule");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut opts = options(&lab, &format!("src host {PEER} and tcp"));
     opts.duration = Some(Duration::from_secs(3));
     let Some((packets, summary)) = capture(test, &opts, || {
-        assert!(lab.run_remote().is_err(), "the connection must fail with the DROP rule");
+        assert!(
+            lab.run_remote().is_err(),
+            "the connection must fail with the DROP rule"
+        );
     }) else {
         return;
     };
     assert!(summary.drops > 0, "{summary:?}");
-    let dropped = packets.iter().find(|p| matches!(p.fate, Fate::Dropped { .. })).expect("a dropped packet");
-    assert_eq!(dropped.fate, Fate::Dropped { hook: Hook::Forward, stage: trace_core::packet::Stage::Table { table: Table::Filter } });
+    let dropped = packets
+        .iter()
+        .find(|p| matches!(p.fate, Fate::Dropped { .. }))
+        .expect("a dropped packet");
+    assert_eq!(
+        dropped.fate,
+        Fate::Dropped {
+            hook: Hook::Forward,
+            stage: trace_core::packet::Stage::Table {
+                table: Table::Filter
+            }
+        }
+    );
     let fwd = hook(dropped, Hook::Forward);
-    let filter = fwd.tables.iter().find(|t| t.table == Table::Filter).unwrap();
+    let filter = fwd
+        .tables
+        .iter()
+        .find(|t| t.table == Table::Filter)
+        .unwrap();
     match &filter.verdict {
-        ObservedVerdict::Drop { reason_name, .. } => assert_eq!(reason_name.as_deref(), Some("NETFILTER_DROP")),
+        ObservedVerdict::Drop { reason_name, .. } => {
+            assert_eq!(reason_name.as_deref(), Some("NETFILTER_DROP"))
+        }
         v => panic!("filter verdict {v:?}"),
     }
-    assert_eq!(fwd.tables[0].verdict, ObservedVerdict::Accept, "mangle let it through");
+    assert_eq!(
+        fwd.tables[0].verdict,
+        ObservedVerdict::Accept,
+        "mangle let it through"
+    );
 }
 
 #[test]
@@ -201,7 +286,10 @@ fn sampled_flows_are_complete_in_both_directions() {
         return;
     };
     assert_eq!(summary.lost, 0, "{summary:?}");
-    assert!(summary.sampled_out > 0, "1/3 sampling skips flows: {summary:?}");
+    assert!(
+        summary.sampled_out > 0,
+        "1/3 sampling skips flows: {summary:?}"
+    );
     // Group by the client's port (the flow), in either direction.
     let mut flows: std::collections::BTreeMap<u16, (usize, usize)> = Default::default();
     for p in &packets {
@@ -213,13 +301,23 @@ fn sampled_flows_are_complete_in_both_directions() {
             flows.entry(dport).or_default().1 += 1;
         }
     }
-    assert!(!flows.is_empty() && flows.len() < conns, "sampled {} of {conns} flows", flows.len());
+    assert!(
+        !flows.is_empty() && flows.len() < conns,
+        "sampled {} of {conns} flows",
+        flows.len()
+    );
     for (port, (out, back)) in &flows {
         // A connection is SYN, ACK, data, FIN, ACK from the client and SYN-ACK, ACK, data,
         // FIN… from the server: every packet of a kept flow is traced, both ways.
-        assert!(*out >= 4 && *back >= 3, "flow {port}: {out} client packets, {back} server packets");
         assert!(
-            packets.iter().filter(|p| p.hooks[0].stages[0].before.headers.l4.ports().unwrap().0 == *port).all(|p| !p.incomplete),
+            *out >= 4 && *back >= 3,
+            "flow {port}: {out} client packets, {back} server packets"
+        );
+        assert!(
+            packets
+                .iter()
+                .filter(|p| p.hooks[0].stages[0].before.headers.l4.ports().unwrap().0 == *port)
+                .all(|p| !p.incomplete),
             "flow {port} has incomplete packets"
         );
     }
@@ -241,7 +339,10 @@ fn tiny_ring_buffer_losses_are_counted() {
     }) else {
         return;
     };
-    assert!(summary.lost > 0, "a 4 KiB ring buffer must overflow: {summary:?}");
+    assert!(
+        summary.lost > 0,
+        "a 4 KiB ring buffer must overflow: {summary:?}"
+    );
     // Every record the probes produced is either received by the collector or counted lost.
     assert_eq!(summary.received, summary.emitted, "{summary:?}");
     assert_eq!(summary.decode_errors, 0);
@@ -267,8 +368,15 @@ fn rate_limit_caps_new_tracked_packets() {
     };
     // ~100 packets in well under two seconds; the bucket holds 4 and refills 4/s.
     assert!(summary.rate_limited > 0, "{summary:?}");
-    assert!(summary.tracked <= 4 * 3, "at most the burst plus the refill of the capture time: {summary:?}");
-    assert_eq!(packets.len() as u64, summary.tracked, "every tracked packet is reported once");
+    assert!(
+        summary.tracked <= 4 * 3,
+        "at most the burst plus the refill of the capture time: {summary:?}"
+    );
+    assert_eq!(
+        packets.len() as u64,
+        summary.tracked,
+        "every tracked packet is reported once"
+    );
 }
 
 /// IPv6, and a namespace whose only table is filter (nothing on PREROUTING): packets are still
@@ -285,14 +393,51 @@ fn ipv6_filter_only_namespace_is_traced() {
     let run = |ns: &str, argv: &[&str]| {
         netns::exec(ns, argv).unwrap_or_else(|e| panic!("{ns}: {argv:?}: {e}"));
     };
-    run(a.name(), &["ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b.name()]);
-    run(a.name(), &["ip", "addr", "add", "fd00:6::1/64", "dev", "va", "nodad"]);
-    run(b.name(), &["ip", "addr", "add", "fd00:6::2/64", "dev", "vb", "nodad"]);
+    run(
+        a.name(),
+        &[
+            "ip",
+            "link",
+            "add",
+            "va",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vb",
+            "netns",
+            b.name(),
+        ],
+    );
+    run(
+        a.name(),
+        &["ip", "addr", "add", "fd00:6::1/64", "dev", "va", "nodad"],
+    );
+    run(
+        b.name(),
+        &["ip", "addr", "add", "fd00:6::2/64", "dev", "vb", "nodad"],
+    );
     run(a.name(), &["ip", "link", "set", "va", "up"]);
     run(b.name(), &["ip", "link", "set", "vb", "up"]);
-    run(b.name(), &["ip6tables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "7777", "-j", "ACCEPT"]);
+    run(
+        b.name(),
+        &[
+            "ip6tables-legacy",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "7777",
+            "-j",
+            "ACCEPT",
+        ],
+    );
     let opts = CaptureOptions {
-        targets: vec![Target { label: "b".into(), path: b.path() }],
+        targets: vec![Target {
+            label: "b".into(),
+            path: b.path(),
+        }],
         filter: trace_core::filter::compile("ip6 and tcp and port 7777").unwrap(),
         sample_n: 0,
         rate_limit: 0,
@@ -304,7 +449,10 @@ fn ipv6_filter_only_namespace_is_traced() {
     let Some((packets, summary)) = capture(test, &opts, move || {
         // Nothing listens: the SYN is accepted by filter INPUT, the kernel answers RST.
         let r = netns::run_in(&a_path, || {
-            std::net::TcpStream::connect_timeout(&"[fd00:6::2]:7777".parse().unwrap(), Duration::from_secs(1))
+            std::net::TcpStream::connect_timeout(
+                &"[fd00:6::2]:7777".parse().unwrap(),
+                Duration::from_secs(1),
+            )
         })
         .unwrap();
         assert!(r.is_err(), "nothing listens on 7777");
@@ -317,15 +465,24 @@ fn ipv6_filter_only_namespace_is_traced() {
         .find(|p| p.family == trace_core::netfilter::Family::Ipv6 && tcp_flags(p) == Some(0x02))
         .unwrap_or_else(|| panic!("no IPv6 SYN traced: {summary:?}"));
     assert_eq!(src(syn), Some("fd00:6::1".parse().unwrap()));
-    assert_eq!(syn.hooks.iter().map(|h| h.hook).collect::<Vec<_>>(), vec![Hook::Prerouting, Hook::Input]);
+    assert_eq!(
+        syn.hooks.iter().map(|h| h.hook).collect::<Vec<_>>(),
+        vec![Hook::Prerouting, Hook::Input]
+    );
     let input = hook(syn, Hook::Input);
     assert_eq!(tables(input), vec![Table::Filter]);
     assert!(all_accept(input));
     assert_eq!(input.in_dev.as_deref(), Some("vb"));
     // The RST goes out through OUTPUT (first sight there) and POSTROUTING.
-    let rst = packets.iter().find(|p| tcp_flags(p).is_some_and(|f| f & 0x04 != 0)).expect("RST traced");
+    let rst = packets
+        .iter()
+        .find(|p| tcp_flags(p).is_some_and(|f| f & 0x04 != 0))
+        .expect("RST traced");
     assert_eq!(rst.hooks[0].hook, Hook::Output);
-    assert!(hook(rst, Hook::Output).tables.iter().any(|t| t.table == Table::Filter));
+    assert!(hook(rst, Hook::Output)
+        .tables
+        .iter()
+        .any(|t| t.table == Table::Filter));
 }
 
 /// The command line: `iptrace capture --count 3 --format json FILTER` prints three rule-level
@@ -342,13 +499,24 @@ fn cli_count_json_rule_level() {
     };
     let lab = e2e::lab(IptablesBackend::Legacy, false);
     let node = lab.ns_path(LabNs::Node);
-    let recording = std::env::temp_dir().join(format!("capture-nfhook-{}.iptrace", std::process::id()));
+    let recording =
+        std::env::temp_dir().join(format!("capture-nfhook-{}.iptrace", std::process::id()));
     let mut child = std::process::Command::new(&bin)
         .args(["capture", "--backend", "nfhook", "--netns"])
         .arg(&node)
         .arg("--write")
         .arg(&recording)
-        .args(["--count", "3", "--duration", "20", "--format", "json", "src", "host", PEER])
+        .args([
+            "--count",
+            "3",
+            "--duration",
+            "20",
+            "--format",
+            "json",
+            "src",
+            "host",
+            PEER,
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -363,10 +531,16 @@ fn cli_count_json_rule_level() {
     lab.run_remote().expect("remote connection");
     let start = std::time::Instant::now();
     let out = child.wait_with_output().expect("iptrace exits");
-    assert!(start.elapsed() < Duration::from_secs(10), "--count 3 must stop the capture");
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "--count 3 must stop the capture"
+    );
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
     let (summary, packets) = lines.split_last().expect("output");
     assert_eq!(summary["summary"]["lost"], 0, "{summary}");
     assert!(packets.len() >= 3, "{} packets", packets.len());
@@ -381,6 +555,10 @@ fn cli_count_json_rule_level() {
         .expect("iptrace replay");
     let _ = std::fs::remove_file(&recording);
     let text = String::from_utf8_lossy(&replay.stdout);
-    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
     assert!(text.contains("TRACE: nat:DOCKER:rule:3"), "{text}");
 }

@@ -14,7 +14,11 @@ use trace_user::lab::{topology, IptablesBackend, Lab, LabNs};
 /// Starts `iptrace capture ARGS` on the lab's node netns; returns once the probes are attached,
 /// with a thread reading its stdout (a full pipe would stall the collector, and with it the
 /// rule refreshes this test is about).
-fn start_capture(bin: &std::path::Path, lab: &Lab, args: &[&str]) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
+fn start_capture(
+    bin: &std::path::Path,
+    lab: &Lab,
+    args: &[&str],
+) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
     let mut child = Command::new(bin)
         .args(["capture", "--backend", "nfhook", "--netns"])
         .arg(lab.ns_path(LabNs::Node))
@@ -29,7 +33,10 @@ fn start_capture(bin: &std::path::Path, lab: &Lab, args: &[&str]) -> (Child, std
         eprint!("{line}");
         line.clear();
     }
-    assert!(line.contains("probes attached"), "iptrace capture did not attach");
+    assert!(
+        line.contains("probes attached"),
+        "iptrace capture did not attach"
+    );
     // Keep draining stderr (warnings, summary) so the child never blocks on it.
     std::thread::spawn(move || {
         for l in err.lines().map_while(Result::ok) {
@@ -48,13 +55,21 @@ fn start_capture(bin: &std::path::Path, lab: &Lab, args: &[&str]) -> (Child, std
 /// The JSON packets (summary line dropped) of the capture's stdout.
 fn packets(stdout: &[u8]) -> Vec<Value> {
     let text = String::from_utf8_lossy(stdout);
-    text.lines().map(|l| serde_json::from_str::<Value>(l).expect("JSON line")).filter(|v| v.get("summary").is_none()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .filter(|v| v.get("summary").is_none())
+        .collect()
 }
 
 /// The SYN (first packet) of the connection from `sport`.
 fn syn_of(pkts: &[Value], sport: u16) -> &Value {
     pkts.iter()
-        .find(|p| p["packet"]["l4"]["sport"] == sport && p["packet"]["l4"]["flags"].as_u64().is_some_and(|f| f & 0x12 == 0x02))
+        .find(|p| {
+            p["packet"]["l4"]["sport"] == sport
+                && p["packet"]["l4"]["flags"]
+                    .as_u64()
+                    .is_some_and(|f| f & 0x12 == 0x02)
+        })
         .unwrap_or_else(|| panic!("no packet from port {sport}: {pkts:#?}"))
 }
 
@@ -92,16 +107,46 @@ fn rule_change_is_a_new_generation(backend: IptablesBackend) {
     };
     let lab = e2e::lab(backend, false);
     let filter = format!("tcp and host {}", topology::PEER_IP);
-    let recording = std::env::temp_dir().join(format!("capture-rulesource-{}-{backend}.iptrace", std::process::id()));
+    let recording = std::env::temp_dir().join(format!(
+        "capture-rulesource-{}-{backend}.iptrace",
+        std::process::id()
+    ));
     let rec = recording.to_str().expect("utf-8 temp path");
-    let (mut child, stdout) = start_capture(&bin, &lab, &["--rules-interval", "0.1", "--duration", "6", "--format", "json", "--write", rec, &filter]);
+    let (mut child, stdout) = start_capture(
+        &bin,
+        &lab,
+        &[
+            "--rules-interval",
+            "0.1",
+            "--duration",
+            "6",
+            "--format",
+            "json",
+            "--write",
+            rec,
+            &filter,
+        ],
+    );
     let first = lab.run_remote().expect("first connection");
     std::thread::sleep(Duration::from_millis(600));
     // Matches the remote connection and only counts: the path gains a step, RETURN moves to 2.
     let ipt = backend.to_string();
     let ipt = format!("iptables-{ipt}");
-    let rule = ["-t", "filter", "-I", "DOCKER-USER", "1", "-s", topology::PEER_IP, "-m", "comment", "--comment", "iptrace-e2e"];
-    lab.exec(LabNs::Node, &[&[ipt.as_str()][..], &rule[..]].concat()).expect("insert rule");
+    let rule = [
+        "-t",
+        "filter",
+        "-I",
+        "DOCKER-USER",
+        "1",
+        "-s",
+        topology::PEER_IP,
+        "-m",
+        "comment",
+        "--comment",
+        "iptrace-e2e",
+    ];
+    lab.exec(LabNs::Node, &[&[ipt.as_str()][..], &rule[..]].concat())
+        .expect("insert rule");
     std::thread::sleep(Duration::from_millis(600));
     let second = lab.run_remote().expect("second connection");
     let status = child.wait().expect("iptrace exits");
@@ -112,24 +157,67 @@ fn rule_change_is_a_new_generation(backend: IptablesBackend) {
     let old = steps(syn_of(&pkts, first.local.port()));
     let new = steps(syn_of(&pkts, second.local.port()));
     eprintln!("{test}: before the change {old:?}\n{test}: after the change {new:?}");
-    assert!(old.iter().any(|s| s == "filter:DOCKER-USER:return:1"), "first SYN against the old dump: {old:?}");
-    assert!(!old.iter().any(|s| s == "filter:DOCKER-USER:rule:1"), "first SYN against the old dump: {old:?}");
-    assert!(new.iter().any(|s| s == "filter:DOCKER-USER:rule:1"), "second SYN against the new dump: {new:?}");
-    assert!(new.iter().any(|s| s == "filter:DOCKER-USER:return:2"), "second SYN against the new dump: {new:?}");
+    assert!(
+        old.iter().any(|s| s == "filter:DOCKER-USER:return:1"),
+        "first SYN against the old dump: {old:?}"
+    );
+    assert!(
+        !old.iter().any(|s| s == "filter:DOCKER-USER:rule:1"),
+        "first SYN against the old dump: {old:?}"
+    );
+    assert!(
+        new.iter().any(|s| s == "filter:DOCKER-USER:rule:1"),
+        "second SYN against the new dump: {new:?}"
+    );
+    assert!(
+        new.iter().any(|s| s == "filter:DOCKER-USER:return:2"),
+        "second SYN against the new dump: {new:?}"
+    );
     // The recording holds both generations: the offline replay gives the same two paths.
-    let replay = Command::new(&bin).args(["replay", "--format", "json"]).arg(&recording).output().expect("iptrace replay");
+    let replay = Command::new(&bin)
+        .args(["replay", "--format", "json"])
+        .arg(&recording)
+        .output()
+        .expect("iptrace replay");
     let _ = std::fs::remove_file(&recording);
-    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
     let offline = packets(&replay.stdout);
-    assert_eq!(steps(syn_of(&offline, first.local.port())), old, "replayed first SYN");
-    assert_eq!(steps(syn_of(&offline, second.local.port())), new, "replayed second SYN");
+    assert_eq!(
+        steps(syn_of(&offline, first.local.port())),
+        old,
+        "replayed first SYN"
+    );
+    assert_eq!(
+        steps(syn_of(&offline, second.local.port())),
+        new,
+        "replayed second SYN"
+    );
     // -m addrtype --dst-type LOCAL (nat PREROUTING → DOCKER) decided from the node's addresses.
-    for (what, syn) in [("first", syn_of(&pkts, first.local.port())), ("second", syn_of(&pkts, second.local.port()))] {
+    for (what, syn) in [
+        ("first", syn_of(&pkts, first.local.port())),
+        ("second", syn_of(&pkts, second.local.port())),
+    ] {
         let nat = nat_prerouting(syn);
         assert_eq!(nat["status"], "confirmed", "{what} SYN: {nat:#}");
-        assert_eq!(nat["path"]["assumptions"].as_array().map(Vec::len), Some(0), "{what} SYN: addrtype assumed: {nat:#}");
-        assert_eq!(nat["alternatives"].as_array().map(Vec::len), Some(0), "{what} SYN: {nat:#}");
-        assert!(steps(syn).iter().any(|s| s == "nat:DOCKER:rule:3"), "{what} SYN DNAT: {:?}", steps(syn));
+        assert_eq!(
+            nat["path"]["assumptions"].as_array().map(Vec::len),
+            Some(0),
+            "{what} SYN: addrtype assumed: {nat:#}"
+        );
+        assert_eq!(
+            nat["alternatives"].as_array().map(Vec::len),
+            Some(0),
+            "{what} SYN: {nat:#}"
+        );
+        assert!(
+            steps(syn).iter().any(|s| s == "nat:DOCKER:rule:3"),
+            "{what} SYN DNAT: {:?}",
+            steps(syn)
+        );
     }
 }
 
@@ -157,12 +245,35 @@ fn capture_rules_file_overrides_live_dumps() {
     };
     let lab = e2e::lab(IptablesBackend::Legacy, false);
     let live = lab.iptables_save().expect("iptables-save");
-    let edited = live.replace("-A DOCKER-USER -j RETURN", &format!("-A DOCKER-USER -s {}/32 -m comment --comment from-file\n-A DOCKER-USER -j RETURN", topology::PEER_IP));
+    let edited = live.replace(
+        "-A DOCKER-USER -j RETURN",
+        &format!(
+            "-A DOCKER-USER -s {}/32 -m comment --comment from-file\n-A DOCKER-USER -j RETURN",
+            topology::PEER_IP
+        ),
+    );
     assert_ne!(edited, live, "the lab has DOCKER-USER's RETURN");
-    let file = std::env::temp_dir().join(format!("capture-rulesource-{}-rules.txt", std::process::id()));
+    let file = std::env::temp_dir().join(format!(
+        "capture-rulesource-{}-rules.txt",
+        std::process::id()
+    ));
     std::fs::write(&file, edited).unwrap();
     let filter = format!("tcp and src host {}", topology::PEER_IP);
-    let (mut child, stdout) = start_capture(&bin, &lab, &["--rules", file.to_str().unwrap(), "--count", "1", "--duration", "10", "--format", "json", &filter]);
+    let (mut child, stdout) = start_capture(
+        &bin,
+        &lab,
+        &[
+            "--rules",
+            file.to_str().unwrap(),
+            "--count",
+            "1",
+            "--duration",
+            "10",
+            "--format",
+            "json",
+            &filter,
+        ],
+    );
     let ex = lab.run_remote().expect("connection");
     let status = child.wait().expect("iptrace exits");
     let stdout = stdout.join().unwrap();
@@ -170,7 +281,11 @@ fn capture_rules_file_overrides_live_dumps() {
     let _ = std::fs::remove_file(&file);
     assert!(status.success());
     let path = steps(syn_of(&packets(&stdout), ex.local.port()));
-    assert!(path.iter().any(|s| s == "filter:DOCKER-USER:rule:1") && path.iter().any(|s| s == "filter:DOCKER-USER:return:2"), "{path:?}");
+    assert!(
+        path.iter().any(|s| s == "filter:DOCKER-USER:rule:1")
+            && path.iter().any(|s| s == "filter:DOCKER-USER:return:2"),
+        "{path:?}"
+    );
 }
 
 /// A `--rules` file that does not parse: exit 2 naming file and line, before anything is
@@ -187,13 +302,26 @@ fn capture_bad_rules_file_is_refused() {
     };
     let dir = std::env::temp_dir();
     let bad = dir.join(format!("capture-rulesource-{}-bad.txt", std::process::id()));
-    let rec = dir.join(format!("capture-rulesource-{}-bad.iptrace", std::process::id()));
+    let rec = dir.join(format!(
+        "capture-rulesource-{}-bad.iptrace",
+        std::process::id()
+    ));
     std::fs::write(&bad, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j\nCOMMIT\n").unwrap();
-    let out = Command::new(&bin).args(["capture", "--count", "1", "--rules"]).arg(&bad).arg("--write").arg(&rec).arg("tcp").output().unwrap();
+    let out = Command::new(&bin)
+        .args(["capture", "--count", "1", "--rules"])
+        .arg(&bad)
+        .arg("--write")
+        .arg(&rec)
+        .arg("tcp")
+        .output()
+        .unwrap();
     let _ = std::fs::remove_file(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains(bad.to_str().unwrap()) && err.contains(":3"), "names file and line: {err}");
+    assert!(
+        err.contains(bad.to_str().unwrap()) && err.contains(":3"),
+        "names file and line: {err}"
+    );
     assert!(!err.contains("probes attached"), "{err}");
     assert!(!rec.exists(), "no recording written");
 }

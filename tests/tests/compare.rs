@@ -6,25 +6,36 @@
 //! Skips loudly when not root or when a tool is missing.
 
 use std::path::Path;
+use trace_core::compare::captured::{CapturedHeaders, CapturedPacket};
 use trace_core::compare::nft_ruleset;
 use trace_core::compare::reference::{self, RefPacket};
 use trace_core::compare::resolve::Resolver;
 use trace_core::netfilter::Family;
 use trace_user::lab::{IptablesBackend, Lab, LabNs, LabOptions, LabTest};
-use trace_core::compare::captured::{CapturedHeaders, CapturedPacket};
 use trace_user::reference::{agreement, ReferenceTracer, TraceSelector, TraceTarget};
 
 /// Root and the tools of the lab, the tracer and the backend (shared e2e helpers).
 fn ready(test: &str, backend: IptablesBackend) -> bool {
-    let mut tools = vec!["nsenter".to_string(), "stdbuf".into(), "nft".into(), format!("iptables-{}", backend.as_str())];
+    let mut tools = vec![
+        "nsenter".to_string(),
+        "stdbuf".into(),
+        "nft".into(),
+        format!("iptables-{}", backend.as_str()),
+    ];
     if backend == IptablesBackend::Nft {
         tools.push("xtables-monitor".into());
     }
-    iptrace_tests::lab_ready(test, backend) && iptrace_tests::require_tools(test, &tools.iter().map(String::as_str).collect::<Vec<_>>())
+    iptrace_tests::lab_ready(test, backend)
+        && iptrace_tests::require_tools(test, &tools.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn lab(backend: IptablesBackend) -> Lab {
-    let opts = LabOptions { backend, trace_rules: false, name_prefix: "cmp-e2e".into(), ..LabOptions::default() };
+    let opts = LabOptions {
+        backend,
+        trace_rules: false,
+        name_prefix: "cmp-e2e".into(),
+        ..LabOptions::default()
+    };
     Lab::up(opts).unwrap_or_else(|e| panic!("lab up ({backend}): {e}"))
 }
 
@@ -33,7 +44,12 @@ fn selector(test: LabTest) -> TraceSelector {
         LabTest::Remote => ("192.168.64.4/32", 10000),
         LabTest::Local => ("172.19.0.0/16", 80),
     };
-    TraceSelector { dst: Some(dst.into()), proto: Some("tcp".into()), dport: Some(port), ..Default::default() }
+    TraceSelector {
+        dst: Some(dst.into()),
+        proto: Some("tcp".into()),
+        dport: Some(port),
+        ..Default::default()
+    }
 }
 
 /// One traced connection: the kernel's output parsed, the packets of our client port, the
@@ -46,27 +62,62 @@ struct Traced {
 }
 
 fn trace_one(lab: &Lab, backend: IptablesBackend, test: LabTest) -> Traced {
-    let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
+    let target = TraceTarget {
+        netns: lab.ns_path(LabNs::Node),
+        backend,
+        family: Family::Ipv4,
+    };
     let tracer = ReferenceTracer::start(target, &selector(test), true).expect("tracer start");
     let snap = tracer.snapshot_rulesets().expect("ruleset snapshot");
     let save = snap.iptables_save.clone();
-    assert!(save.contains("iptrace-compare-"), "TRACE rule inserted:\n{save}");
+    assert!(
+        save.contains("iptrace-compare-"),
+        "TRACE rule inserted:\n{save}"
+    );
     assert_eq!(snap.nft_ruleset.is_some(), backend == IptablesBackend::Nft);
-    let nft = snap.nft_ruleset.as_deref().map(|t| nft_ruleset::parse(t).expect("nft ruleset parses"));
+    let nft = snap
+        .nft_ruleset
+        .as_deref()
+        .map(|t| nft_ruleset::parse(t).expect("nft ruleset parses"));
     let ex = lab.run(test).expect("lab traffic");
     let out = tracer.finish().expect("tracer finish");
-    assert!(out.warnings.is_empty(), "{backend} {test}: {:?}", out.warnings);
+    assert!(
+        out.warnings.is_empty(),
+        "{backend} {test}: {:?}",
+        out.warnings
+    );
     let parsed = reference::parse(&out.text, Some(out.format));
-    assert!(parsed.malformed.is_empty(), "kernel output parses: {:?}", parsed.malformed);
+    assert!(
+        parsed.malformed.is_empty(),
+        "kernel output parses: {:?}",
+        parsed.malformed
+    );
     let port = ex.local.port();
-    let packets = parsed.packets.into_iter().filter(|p| p.headers.iter().any(|h| h.sport == Some(port))).collect();
+    let packets = parsed
+        .packets
+        .into_iter()
+        .filter(|p| p.headers.iter().any(|h| h.sport == Some(port)))
+        .collect();
     let dump = trace_core::rules::parse(&save).expect("dump parses");
-    Traced { packets, dump, nft, lost: out.lost }
+    Traced {
+        packets,
+        dump,
+        nft,
+        lost: out.lost,
+    }
 }
 
 fn paths(t: &Traced) -> Vec<Vec<String>> {
     let resolver = Resolver::new(Some(&t.dump), t.nft.as_ref());
-    t.packets.iter().map(|p| p.steps().iter().map(|s| resolver.step(s).unwrap().to_string()).collect()).collect()
+    t.packets
+        .iter()
+        .map(|p| {
+            p.steps()
+                .iter()
+                .map(|s| resolver.step(s).unwrap().to_string())
+                .collect()
+        })
+        .collect()
 }
 
 const REMOTE_SYN: [&str; 13] = [
@@ -97,7 +148,10 @@ const LOCAL_SYN: [&str; 6] = [
 /// nft shows the TRACE rule itself (raw rule 1); legacy starts after it.
 fn from_trace_point(backend: IptablesBackend, mut p: Vec<String>) -> Vec<String> {
     if backend == IptablesBackend::Nft {
-        assert!(p[0].starts_with("raw:") && p[0].ends_with(":rule:1"), "nft trace starts at the TRACE rule: {p:?}");
+        assert!(
+            p[0].starts_with("raw:") && p[0].ends_with(":rule:1"),
+            "nft trace starts at the TRACE rule: {p:?}"
+        );
         p.remove(0);
     }
     p
@@ -110,37 +164,76 @@ fn check_backend(backend: IptablesBackend) {
     }
     let prev_sysctl = std::fs::read_to_string("/proc/sys/net/netfilter/nf_log_all_netns").unwrap();
     let lab = lab(backend);
-    let raw_listing = |lab: &Lab| lab.exec(LabNs::Node, &["nft", "list", "table", "ip", "raw"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    for (t, syn) in [(LabTest::Remote, &REMOTE_SYN[..]), (LabTest::Local, &LOCAL_SYN[..])] {
+    let raw_listing = |lab: &Lab| {
+        lab.exec(LabNs::Node, &["nft", "list", "table", "ip", "raw"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    for (t, syn) in [
+        (LabTest::Remote, &REMOTE_SYN[..]),
+        (LabTest::Local, &LOCAL_SYN[..]),
+    ] {
         if backend == IptablesBackend::Nft && t == LabTest::Local {
             // Second run without a raw table: iptables-nft creates it for the TRACE rule and
             // the tracer must remove it again.
-            lab.exec(LabNs::Node, &["nft", "delete", "table", "ip", "raw"]).expect("delete raw");
+            lab.exec(LabNs::Node, &["nft", "delete", "table", "ip", "raw"])
+                .expect("delete raw");
         }
         let raw_before = raw_listing(&lab).ok();
         let traced = trace_one(&lab, backend, t);
         assert_eq!(traced.lost, 0, "{backend} {t}: kernel records lost");
         let ps = paths(&traced);
-        eprintln!("{backend} {t}: kernel traced {} packets of the connection; SYN: {:?}", ps.len(), ps[0]);
+        eprintln!(
+            "{backend} {t}: kernel traced {} packets of the connection; SYN: {:?}",
+            ps.len(),
+            ps[0]
+        );
         // SYN, ACK, data, FIN, final ACK(s): at least 4 client packets, all traced.
-        assert!(ps.len() >= 4, "{backend} {t}: {} traced packets: {ps:?}", ps.len());
-        assert_eq!(from_trace_point(backend, ps[0].clone()), syn, "{backend} {t}: SYN path");
+        assert!(
+            ps.len() >= 4,
+            "{backend} {t}: {} traced packets: {ps:?}",
+            ps.len()
+        );
+        assert_eq!(
+            from_trace_point(backend, ps[0].clone()),
+            syn,
+            "{backend} {t}: SYN path"
+        );
         for later in &ps[1..] {
             let later = from_trace_point(backend, later.clone());
-            assert!(!later.iter().any(|s| s.starts_with("nat:")), "{backend} {t}: established packets skip nat: {later:?}");
+            assert!(
+                !later.iter().any(|s| s.starts_with("nat:")),
+                "{backend} {t}: established packets skip nat: {later:?}"
+            );
             if t == LabTest::Remote {
-                assert!(later.contains(&"filter:FORWARD:rule:7".to_string()), "{backend}: ESTABLISHED accepted by rule 7: {later:?}");
+                assert!(
+                    later.contains(&"filter:FORWARD:rule:7".to_string()),
+                    "{backend}: ESTABLISHED accepted by rule 7: {later:?}"
+                );
             }
         }
         // Nothing of the tracer remains.
         let save = lab.iptables_save().unwrap();
-        assert!(!save.contains("iptrace-compare-") && !save.contains("-j TRACE"), "{backend} {t}: rules removed:\n{save}");
+        assert!(
+            !save.contains("iptrace-compare-") && !save.contains("-j TRACE"),
+            "{backend} {t}: rules removed:\n{save}"
+        );
         if backend == IptablesBackend::Nft {
             let raw_after = raw_listing(&lab).ok();
-            assert_eq!(raw_after.is_some(), raw_before.is_some(), "{backend} {t}: raw table existence restored");
-            assert!(!raw_after.unwrap_or_default().contains("nftrace"), "{backend} {t}: nftrace rule removed");
+            assert_eq!(
+                raw_after.is_some(),
+                raw_before.is_some(),
+                "{backend} {t}: raw table existence restored"
+            );
+            assert!(
+                !raw_after.unwrap_or_default().contains("nftrace"),
+                "{backend} {t}: nftrace rule removed"
+            );
         }
-        assert_eq!(std::fs::read_to_string("/proc/sys/net/netfilter/nf_log_all_netns").unwrap(), prev_sysctl, "sysctl restored");
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/netfilter/nf_log_all_netns").unwrap(),
+            prev_sysctl,
+            "sysctl restored"
+        );
     }
     lab.down().expect("lab down");
 }
@@ -162,13 +255,20 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
         return;
     }
     let lab = lab(backend);
-    let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
+    let target = TraceTarget {
+        netns: lab.ns_path(LabNs::Node),
+        backend,
+        family: Family::Ipv4,
+    };
     {
         let _t = ReferenceTracer::start(target.clone(), &selector(LabTest::Remote), true).unwrap();
         assert!(lab.iptables_save().unwrap().contains("iptrace-compare-"));
         // dropped here as on a panic or Ctrl-C unwinding
     }
-    assert!(!lab.iptables_save().unwrap().contains("iptrace-compare-"), "drop removed the rules");
+    assert!(
+        !lab.iptables_save().unwrap().contains("iptrace-compare-"),
+        "drop removed the rules"
+    );
     // A traced run compared through `agreement` with what iptrace reconstructs for it (here:
     // the kernel's own paths plus the TRACE rule step a full reconstruction starts with)
     // agrees packet by packet; one wrong rule number is a disagreement.
@@ -179,17 +279,33 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
     let dump = trace_core::rules::parse(&snap.iptables_save).unwrap();
     let resolver = Resolver::new(Some(&dump), None);
     let parsed = reference::parse(&out.text, Some(out.format));
-    let ours: Vec<&RefPacket> = parsed.packets.iter().filter(|p| p.headers.iter().any(|h| h.sport == Some(ex.local.port()))).collect();
+    let ours: Vec<&RefPacket> = parsed
+        .packets
+        .iter()
+        .filter(|p| p.headers.iter().any(|h| h.sport == Some(ex.local.port())))
+        .collect();
     let mut captured: Vec<CapturedPacket> = ours
         .iter()
         .enumerate()
         .map(|(index, p)| CapturedPacket {
             index,
             ts_ns: None,
-            headers: p.headers.iter().map(|h| CapturedHeaders {
-                src: h.src.unwrap(), dst: h.dst.unwrap(), proto: h.proto, sport: h.sport, dport: h.dport,
-                id: h.id, len: h.len, seq: h.seq, ack: h.ack, tcp_flags: h.tcp_flags,
-            }).collect(),
+            headers: p
+                .headers
+                .iter()
+                .map(|h| CapturedHeaders {
+                    src: h.src.unwrap(),
+                    dst: h.dst.unwrap(),
+                    proto: h.proto,
+                    sport: h.sport,
+                    dport: h.dport,
+                    id: h.id,
+                    len: h.len,
+                    seq: h.seq,
+                    ack: h.ack,
+                    tcp_flags: h.tcp_flags,
+                })
+                .collect(),
             steps: std::iter::once("raw:PREROUTING:rule:1".parse().unwrap())
                 .chain(p.steps().iter().map(|s| resolver.step(s).unwrap()))
                 .collect(),
@@ -199,13 +315,26 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
         .collect();
     assert!(captured.len() >= 4);
     let report = agreement(&out, &captured, &snap).unwrap();
-    assert_eq!(report.totals.agree, captured.len(), "{}", report.render_text(3));
+    assert_eq!(
+        report.totals.agree,
+        captured.len(),
+        "{}",
+        report.render_text(3)
+    );
     assert_eq!(report.exit_code(), 0);
     let syn_path = &mut captured[0].steps;
-    let at = syn_path.iter().position(|s| s.to_string() == "filter:FORWARD:rule:8").expect("SYN through FORWARD rule 8");
+    let at = syn_path
+        .iter()
+        .position(|s| s.to_string() == "filter:FORWARD:rule:8")
+        .expect("SYN through FORWARD rule 8");
     syn_path[at] = "filter:FORWARD:rule:7".parse().unwrap();
     let report = agreement(&out, &captured, &snap).unwrap();
-    assert_eq!((report.totals.differ, report.exit_code()), (1, 1), "{}", report.render_text(3));
+    assert_eq!(
+        (report.totals.differ, report.exit_code()),
+        (1, 1),
+        "{}",
+        report.render_text(3)
+    );
     lab.down().unwrap();
 }
 
@@ -214,7 +343,10 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
 /// against the live dump, and the kernel's own trace of the same run agrees on every packet.
 fn capture_agrees_with_kernel(backend: IptablesBackend) {
     use std::time::Duration;
-    use trace_user::capture::{plan, session::{CaptureOptions, Session}};
+    use trace_user::capture::{
+        plan,
+        session::{CaptureOptions, Session},
+    };
     use trace_user::lab::{server, topology};
     let test = format!("compare_capture_{backend}");
     if !ready(&test, backend) {
@@ -223,10 +355,17 @@ fn capture_agrees_with_kernel(backend: IptablesBackend) {
     let lab = lab(backend);
     for t in [LabTest::Remote, LabTest::Local] {
         let node = lab.ns_path(LabNs::Node);
-        let target = TraceTarget { netns: node.clone(), backend, family: Family::Ipv4 };
+        let target = TraceTarget {
+            netns: node.clone(),
+            backend,
+            family: Family::Ipv4,
+        };
         let tracer = ReferenceTracer::start(target, &selector(t), true).expect("tracer start");
         let snap = tracer.snapshot_rulesets().unwrap();
-        let mut rules = trace_user::rulesource::RuleSource::live(&[(lab.ns_inode(LabNs::Node) as u32, node.clone())], Duration::ZERO);
+        let mut rules = trace_user::rulesource::RuleSource::live(
+            &[(lab.ns_inode(LabNs::Node) as u32, node.clone())],
+            Duration::ZERO,
+        );
         rules.refresh();
         let opts = CaptureOptions {
             targets: plan::targets(&[node.display().to_string()]).unwrap(),
@@ -242,12 +381,20 @@ fn capture_agrees_with_kernel(backend: IptablesBackend) {
             Err(e) => panic!("{test}: attaching the nfhook probes failed: {e:#}"),
         };
         let (client, to) = match t {
-            LabTest::Remote => (lab.ns_path(LabNs::Peer), format!("{}:{}", topology::NODE_IP, topology::HOST_PORT)),
-            LabTest::Local => (node.clone(), format!("{}:{}", topology::CTR_IP, topology::CTR_PORT)),
+            LabTest::Remote => (
+                lab.ns_path(LabNs::Peer),
+                format!("{}:{}", topology::NODE_IP, topology::HOST_PORT),
+            ),
+            LabTest::Local => (
+                node.clone(),
+                format!("{}:{}", topology::CTR_IP, topology::CTR_PORT),
+            ),
         };
         let traffic = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(700));
-            trace_user::netns::run_in(&client, move || server::exchange(to.parse().unwrap(), "hello-compare"))
+            trace_user::netns::run_in(&client, move || {
+                server::exchange(to.parse().unwrap(), "hello-compare")
+            })
         });
         let mut traces = Vec::new();
         let summary = session.run(&opts, |p| {
@@ -264,17 +411,31 @@ fn capture_agrees_with_kernel(backend: IptablesBackend) {
             .iter()
             .map(|p| rules.reconstruct(p))
             .map(|rp| CapturedPacket::from(&rp))
-            .filter(|c| c.headers.iter().any(|h| h.sport == Some(port) || h.dport == Some(port)))
+            .filter(|c| {
+                c.headers
+                    .iter()
+                    .any(|h| h.sport == Some(port) || h.dport == Some(port))
+            })
             .enumerate()
             .map(|(index, c)| CapturedPacket { index, ..c })
             .collect();
         let mut report = agreement(&out, &captured, &snap).unwrap();
         // Keep the reference packets of this connection (the kernel log is shared).
-        report.packets.retain(|p| p.summary.contains(&format!(":{port} ")));
+        report
+            .packets
+            .retain(|p| p.summary.contains(&format!(":{port} ")));
         let ours = report.packets.len();
-        let agree = report.packets.iter().filter(|p| matches!(p.outcome, trace_core::compare::report::Outcome::Agree)).count();
+        let agree = report
+            .packets
+            .iter()
+            .filter(|p| matches!(p.outcome, trace_core::compare::report::Outcome::Agree))
+            .count();
         eprintln!("{test} {t}: {agree}/{ours} kernel-traced packets agree");
-        assert!(ours >= 4, "{test} {t}: {ours} traced packets\n{}", report.render_text(3));
+        assert!(
+            ours >= 4,
+            "{test} {t}: {ours} traced packets\n{}",
+            report.render_text(3)
+        );
         assert_eq!(agree, ours, "{test} {t}:\n{}", report.render_text(6));
     }
     lab.down().unwrap();
@@ -309,7 +470,11 @@ fn nf_log_all_netns_is_shared_and_survives_a_crashed_user() {
     assert_eq!(read(), "1", "still one user");
     drop(b);
     if let Ok(s) = std::fs::read_to_string(state) {
-        assert_eq!(users(&s), 0, "our entries are gone (other processes may still use it: {s:?})");
+        assert_eq!(
+            users(&s),
+            0,
+            "our entries are gone (other processes may still use it: {s:?})"
+        );
     }
     // A crashed user (dead pid) is pruned; its recorded original survives the crash.
     if !state.exists() {
@@ -322,7 +487,11 @@ fn nf_log_all_netns_is_shared_and_survives_a_crashed_user() {
         std::fs::write(sysctl, "1").unwrap();
         let c = NfLogAllNetns::acquire().unwrap();
         c.release().unwrap();
-        assert_eq!(read(), original, "restored the crashed user's original value");
+        assert_eq!(
+            read(),
+            original,
+            "restored the crashed user's original value"
+        );
         assert!(!state.exists());
     }
 }

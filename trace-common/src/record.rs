@@ -423,7 +423,12 @@ impl HeaderSnapshot {
 
 impl ProbeRecord {
     pub const ZERO: ProbeRecord = ProbeRecord {
-        header: RecordHeader { kind: kind::PROBE, version: RECORD_VERSION, _pad0: 0, len: 248 },
+        header: RecordHeader {
+            kind: kind::PROBE,
+            version: RECORD_VERSION,
+            _pad0: 0,
+            len: 248,
+        },
         ts_ns: 0,
         skb: 0,
         gen: 0,
@@ -453,7 +458,12 @@ impl ProbeRecord {
 
 impl DropRecord {
     pub const ZERO: DropRecord = DropRecord {
-        header: RecordHeader { kind: kind::DROP, version: RECORD_VERSION, _pad0: 0, len: 48 },
+        header: RecordHeader {
+            kind: kind::DROP,
+            version: RECORD_VERSION,
+            _pad0: 0,
+            len: 48,
+        },
         ts_ns: 0,
         skb: 0,
         gen: 0,

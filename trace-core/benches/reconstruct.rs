@@ -50,9 +50,17 @@ fn kube_ruleset() -> String {
             if left > 1 {
                 let _ = writeln!(rules, "-A {svc} -m comment --comment \"ns{s}/svc{s}:http -> {}:8080\" -m statistic --mode random --probability {:.11} -j {sep}", pod_ip(s, e), 1.0 / left as f64);
             } else {
-                let _ = writeln!(rules, "-A {svc} -m comment --comment \"ns{s}/svc{s}:http -> {}:8080\" -j {sep}", pod_ip(s, e));
+                let _ = writeln!(
+                    rules,
+                    "-A {svc} -m comment --comment \"ns{s}/svc{s}:http -> {}:8080\" -j {sep}",
+                    pod_ip(s, e)
+                );
             }
-            let _ = writeln!(rules, "-A {sep} -s {}/32 -m comment --comment \"ns{s}/svc{s}:http\" -j KUBE-MARK-MASQ", pod_ip(s, e));
+            let _ = writeln!(
+                rules,
+                "-A {sep} -s {}/32 -m comment --comment \"ns{s}/svc{s}:http\" -j KUBE-MARK-MASQ",
+                pod_ip(s, e)
+            );
             let _ = writeln!(rules, "-A {sep} -p tcp -m comment --comment \"ns{s}/svc{s}:http\" -m tcp -j DNAT --to-destination {}:8080", pod_ip(s, e));
         }
     }
@@ -88,55 +96,177 @@ fn tcp(dst: String, dport: u16, flags: u8) -> Headers {
         id: 4242,
         frag: 0x4000,
         flowlabel: 0,
-        l4: L4::Tcp { sport: 43210, dport, seq: 1, ack: 0, window: 64240, flags, res: 0, urgp: 0, options: vec![] },
+        l4: L4::Tcp {
+            sport: 43210,
+            dport,
+            seq: 1,
+            ack: 0,
+            window: 64240,
+            flags,
+            res: 0,
+            urgp: 0,
+            options: vec![],
+        },
     }
 }
 
-fn obs(table: Table, hook: Hook, before: Headers, after: Headers, ct: CtSnapshot) -> TableObservation {
+fn obs(
+    table: Table,
+    hook: Hook,
+    before: Headers,
+    after: Headers,
+    ct: CtSnapshot,
+) -> TableObservation {
     TableObservation {
         table,
         priority: table.priority(hook).unwrap(),
-        before: PacketState { headers: before, mark: 0, ct: Some(ct) },
-        after: Some(PacketState { headers: after, mark: 0, ct: Some(ct) }),
+        before: PacketState {
+            headers: before,
+            mark: 0,
+            ct: Some(ct),
+        },
+        after: Some(PacketState {
+            headers: after,
+            mark: 0,
+            ct: Some(ct),
+        }),
         verdict: ObservedVerdict::Accept,
     }
 }
 
 fn pass(hook: Hook, out: Option<&str>, tables: Vec<TableObservation>) -> HookPass {
-    HookPass { hook, ts_ns: 0, in_dev: Some("eth0".into()), out_dev: out.map(str::to_string), mac: None, uid: None, gid: None, tables, stages: vec![], probes: vec![] }
+    HookPass {
+        hook,
+        ts_ns: 0,
+        in_dev: Some("eth0".into()),
+        out_dev: out.map(str::to_string),
+        mac: None,
+        uid: None,
+        gid: None,
+        tables,
+        stages: vec![],
+        probes: vec![],
+    }
 }
 
 /// A forwarded SYN to service `s`, DNAT'ed to endpoint `e` (PREROUTING nat, FORWARD filter,
 /// POSTROUTING nat).
 fn syn_packet(s: usize, e: usize) -> PacketTrace {
-    let new = CtSnapshot { ctinfo: 2, status: 0, mark: 0, id: 1 };
-    let dnat = CtSnapshot { status: 0x120, ..new };
+    let new = CtSnapshot {
+        ctinfo: 2,
+        status: 0,
+        mark: 0,
+        id: 1,
+    };
+    let dnat = CtSnapshot {
+        status: 0x120,
+        ..new
+    };
     let before = tcp(svc_ip(s), 80, tcp_flags::SYN);
     let after = tcp(pod_ip(s, e), 8080, tcp_flags::SYN);
     let mut pre = obs(Table::Nat, Hook::Prerouting, before, after.clone(), new);
     pre.after.as_mut().unwrap().ct = Some(dnat);
     let hooks = vec![
         pass(Hook::Prerouting, None, vec![pre]),
-        pass(Hook::Forward, Some("cni0"), vec![obs(Table::Filter, Hook::Forward, after.clone(), after.clone(), dnat)]),
-        pass(Hook::Postrouting, Some("cni0"), vec![obs(Table::Nat, Hook::Postrouting, after.clone(), after, dnat)]),
+        pass(
+            Hook::Forward,
+            Some("cni0"),
+            vec![obs(
+                Table::Filter,
+                Hook::Forward,
+                after.clone(),
+                after.clone(),
+                dnat,
+            )],
+        ),
+        pass(
+            Hook::Postrouting,
+            Some("cni0"),
+            vec![obs(
+                Table::Nat,
+                Hook::Postrouting,
+                after.clone(),
+                after,
+                dnat,
+            )],
+        ),
     ];
-    PacketTrace { id: 1, skb: 1, gen: 1, netns: 1, family: Family::Ipv4, first_ts_ns: 0, hooks, incomplete: false, fate: Default::default() }
+    PacketTrace {
+        id: 1,
+        skb: 1,
+        gen: 1,
+        netns: 1,
+        family: Family::Ipv4,
+        first_ts_ns: 0,
+        hooks,
+        incomplete: false,
+        fate: Default::default(),
+    }
 }
 
 fn est_packet(s: usize, e: usize) -> PacketTrace {
-    let est = CtSnapshot { ctinfo: 0, status: 0x1ae, mark: 0, id: 1 };
+    let est = CtSnapshot {
+        ctinfo: 0,
+        status: 0x1ae,
+        mark: 0,
+        id: 1,
+    };
     let before = tcp(svc_ip(s), 80, tcp_flags::ACK);
     let after = tcp(pod_ip(s, e), 8080, tcp_flags::ACK);
     let hooks = vec![
-        pass(Hook::Prerouting, None, vec![obs(Table::Nat, Hook::Prerouting, before, after.clone(), est)]),
-        pass(Hook::Forward, Some("cni0"), vec![obs(Table::Filter, Hook::Forward, after.clone(), after.clone(), est)]),
-        pass(Hook::Postrouting, Some("cni0"), vec![obs(Table::Nat, Hook::Postrouting, after.clone(), after, est)]),
+        pass(
+            Hook::Prerouting,
+            None,
+            vec![obs(
+                Table::Nat,
+                Hook::Prerouting,
+                before,
+                after.clone(),
+                est,
+            )],
+        ),
+        pass(
+            Hook::Forward,
+            Some("cni0"),
+            vec![obs(
+                Table::Filter,
+                Hook::Forward,
+                after.clone(),
+                after.clone(),
+                est,
+            )],
+        ),
+        pass(
+            Hook::Postrouting,
+            Some("cni0"),
+            vec![obs(
+                Table::Nat,
+                Hook::Postrouting,
+                after.clone(),
+                after,
+                est,
+            )],
+        ),
     ];
-    PacketTrace { id: 2, skb: 2, gen: 1, netns: 1, family: Family::Ipv4, first_ts_ns: 0, hooks, incomplete: false, fate: Default::default() }
+    PacketTrace {
+        id: 2,
+        skb: 2,
+        gen: 1,
+        netns: 1,
+        family: Family::Ipv4,
+        first_ts_ns: 0,
+        hooks,
+        incomplete: false,
+        fate: Default::default(),
+    }
 }
 
 fn ctx() -> NetContext {
-    NetContext::from_addrs([IfaceAddr { iface: "eth0".into(), addr: "192.168.1.2".parse().unwrap(), broadcast: Some("192.168.1.255".parse().unwrap()) }])
+    NetContext::from_addrs([IfaceAddr {
+        iface: "eth0".into(),
+        addr: "192.168.1.2".parse().unwrap(),
+        broadcast: Some("192.168.1.255".parse().unwrap()),
+    }])
 }
 
 fn bench_reconstruct(c: &mut Criterion) {
@@ -144,7 +274,9 @@ fn bench_reconstruct(c: &mut Criterion) {
     assert!(rs.rule_count() >= 10_000, "{} rules", rs.rule_count());
     let ev = Evaluator::new(rs);
     let ctx = ctx();
-    let packets: Vec<PacketTrace> = (0..64).map(|i| syn_packet((i * 157) % SERVICES, i % ENDPOINTS)).collect();
+    let packets: Vec<PacketTrace> = (0..64)
+        .map(|i| syn_packet((i * 157) % SERVICES, i % ENDPOINTS))
+        .collect();
     for p in &packets {
         let rp = reconstruct(p, &ev, &ctx);
         assert_eq!(rp.status, Status::Confirmed, "{:#?}", rp.hooks);
@@ -158,7 +290,9 @@ fn bench_reconstruct(c: &mut Criterion) {
             }
         })
     });
-    let est: Vec<PacketTrace> = (0..64).map(|i| est_packet((i * 157) % SERVICES, i % ENDPOINTS)).collect();
+    let est: Vec<PacketTrace> = (0..64)
+        .map(|i| est_packet((i * 157) % SERVICES, i % ENDPOINTS))
+        .collect();
     g.bench_function("kube-proxy 10k rules, established", |b| {
         b.iter(|| {
             for p in &est {
@@ -243,7 +377,12 @@ fn raw_records(packets: u64, plan: &trace_core::assemble::ProbePlan) -> Vec<Vec<
                 h.dport = 22;
                 h.tcp_flags = 0x02;
                 // SAFETY: ProbeRecord is plain #[repr(C)] data with explicit padding.
-                let bytes = unsafe { std::slice::from_raw_parts(&r as *const ProbeRecord as *const u8, std::mem::size_of::<ProbeRecord>()) };
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(
+                        &r as *const ProbeRecord as *const u8,
+                        std::mem::size_of::<ProbeRecord>(),
+                    )
+                };
                 out.push(bytes.to_vec());
             }
         }
@@ -255,7 +394,12 @@ fn bench_decode_assemble(c: &mut Criterion) {
     use trace_core::assemble::{Assembler, AssemblerConfig, ProbePlan};
     use trace_core::decode::Decoder;
     let mut plan = ProbePlan::new();
-    plan.insert_iptables(1, Family::Ipv4, &[Table::Raw, Table::Mangle, Table::Nat, Table::Filter], true);
+    plan.insert_iptables(
+        1,
+        Family::Ipv4,
+        &[Table::Raw, Table::Mangle, Table::Nat, Table::Filter],
+        true,
+    );
     let records = raw_records(2_000, &plan);
     let decoder = Decoder::default();
     let check = {
@@ -287,11 +431,17 @@ fn bench_output(c: &mut Criterion) {
     let rs = trace_core::rules::parse(&kube_ruleset()).expect("generated ruleset parses");
     let ev = Evaluator::new(rs);
     let ctx = ctx();
-    let packets: Vec<_> = (0..64).map(|i| reconstruct(&syn_packet((i * 157) % SERVICES, i % ENDPOINTS), &ev, &ctx)).collect();
+    let packets: Vec<_> = (0..64)
+        .map(|i| reconstruct(&syn_packet((i * 157) % SERVICES, i % ENDPOINTS), &ev, &ctx))
+        .collect();
     let mut sink = Vec::with_capacity(1 << 20);
     let mut g = c.benchmark_group("output");
     g.throughput(Throughput::Elements(packets.len() as u64));
-    for (name, format) in [("json", Format::Json), ("trace", Format::Trace), ("pretty", Format::Pretty)] {
+    for (name, format) in [
+        ("json", Format::Json),
+        ("trace", Format::Trace),
+        ("pretty", Format::Pretty),
+    ] {
         g.bench_function(format!("{name} (DNAT'ed SYN, 3 hooks)"), |b| {
             b.iter(|| {
                 sink.clear();
@@ -305,5 +455,11 @@ fn bench_output(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_reconstruct, bench_records, bench_decode_assemble, bench_output);
+criterion_group!(
+    benches,
+    bench_reconstruct,
+    bench_records,
+    bench_decode_assemble,
+    bench_output
+);
 criterion_main!(benches);

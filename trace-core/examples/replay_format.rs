@@ -13,13 +13,18 @@ use trace_core::record::RecordingReader;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let file = args.next().expect("usage: replay_format FILE [json|trace|pretty|none]");
+    let file = args
+        .next()
+        .expect("usage: replay_format FILE [json|trace|pretty|none]");
     let format: Option<Format> = match args.next().as_deref() {
         None | Some("none") => None,
         Some(f) => Some(f.parse().expect("format")),
     };
     let bytes = std::fs::read(&file).expect("reading the recording");
-    let records: Vec<_> = RecordingReader::new(&bytes[..]).expect("recording header").map(|r| r.expect("record").1).collect();
+    let records: Vec<_> = RecordingReader::new(&bytes[..])
+        .expect("recording header")
+        .map(|r| r.expect("record").1)
+        .collect();
     let start = Instant::now();
     let mut r = Replayer::new(None);
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
@@ -40,5 +45,8 @@ fn main() {
     }
     out.flush().expect("flushing stdout");
     let secs = start.elapsed().as_secs_f64();
-    eprintln!("{n} packets in {secs:.3} s ({:.0} packets/s)", n as f64 / secs);
+    eprintln!(
+        "{n} packets in {secs:.3} s ({:.0} packets/s)",
+        n as f64 / secs
+    );
 }

@@ -9,7 +9,8 @@ use crate::netfilter::{Family, Hook};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use trace_common::record::{
-    kind, l4_flags, probe_flags, DropRecord, HeaderSnapshot, ProbeRecord, RecordHeader, RECORD_VERSION,
+    kind, l4_flags, probe_flags, DropRecord, HeaderSnapshot, ProbeRecord, RecordHeader,
+    RECORD_VERSION,
 };
 
 /// Length of a probe record that carries no header snapshot (headers unchanged).
@@ -20,7 +21,11 @@ pub const DROP_LEN: usize = std::mem::size_of::<DropRecord>();
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than its {need}-byte {what}")]
-    Short { what: &'static str, len: usize, need: usize },
+    Short {
+        what: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("record kind {kind} is unknown")]
     UnknownKind { kind: u8 },
     #[error("record layout version {version} (this collector reads {RECORD_VERSION})")]
@@ -63,7 +68,11 @@ impl Symbols {
     pub fn resolve(&self, addr: u64) -> Option<String> {
         let i = self.sorted.partition_point(|(a, _)| *a <= addr);
         let (start, name) = self.sorted.get(i.checked_sub(1)?)?;
-        Some(if addr == *start { name.clone() } else { format!("{name}+{:#x}", addr - start) })
+        Some(if addr == *start {
+            name.clone()
+        } else {
+            format!("{name}+{:#x}", addr - start)
+        })
     }
 }
 
@@ -77,17 +86,25 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(drop_reasons: HashMap<u32, String>, symbols: Symbols) -> Decoder {
-        Decoder { drop_reasons, symbols }
+        Decoder {
+            drop_reasons,
+            symbols,
+        }
     }
 
     /// One ring-buffer sample → one event.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
         let hdr: RecordHeader = read_pod(bytes, "record header")?;
         if hdr.version != RECORD_VERSION {
-            return Err(DecodeError::Version { version: hdr.version });
+            return Err(DecodeError::Version {
+                version: hdr.version,
+            });
         }
         if hdr.len as usize != bytes.len() {
-            return Err(DecodeError::Length { declared: hdr.len, actual: bytes.len() });
+            return Err(DecodeError::Length {
+                declared: hdr.len,
+                actual: bytes.len(),
+            });
         }
         match hdr.kind {
             kind::PROBE => self.probe(bytes).map(Event::Probe),
@@ -100,16 +117,30 @@ impl Decoder {
         // A short record is the full layout cut before `headers`: pad it to read the prefix.
         let mut buf = [0u8; PROBE_FULL_LEN];
         if bytes.len() < PROBE_SHORT_LEN {
-            return Err(DecodeError::Short { what: "probe record", len: bytes.len(), need: PROBE_SHORT_LEN });
+            return Err(DecodeError::Short {
+                what: "probe record",
+                len: bytes.len(),
+                need: PROBE_SHORT_LEN,
+            });
         }
         let n = bytes.len().min(PROBE_FULL_LEN);
         buf[..n].copy_from_slice(&bytes[..n]);
         let r: ProbeRecord = read_pod(&buf, "probe record")?;
-        let family = Family::from_nfproto(r.pf).ok_or(DecodeError::Field { field: "pf", value: r.pf as u64 })?;
-        let hook = Hook::from_num(r.hook).ok_or(DecodeError::Field { field: "hook", value: r.hook as u64 })?;
+        let family = Family::from_nfproto(r.pf).ok_or(DecodeError::Field {
+            field: "pf",
+            value: r.pf as u64,
+        })?;
+        let hook = Hook::from_num(r.hook).ok_or(DecodeError::Field {
+            field: "hook",
+            value: r.hook as u64,
+        })?;
         let headers = if r.flags & probe_flags::HEADERS != 0 {
             if bytes.len() < PROBE_FULL_LEN {
-                return Err(DecodeError::Short { what: "probe record with headers", len: bytes.len(), need: PROBE_FULL_LEN });
+                return Err(DecodeError::Short {
+                    what: "probe record with headers",
+                    len: bytes.len(),
+                    need: PROBE_FULL_LEN,
+                });
             }
             Some(headers(family, &r.headers))
         } else {
@@ -164,7 +195,11 @@ impl Decoder {
 fn read_pod<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { what, len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            what,
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: T is one of trace_common's #[repr(C)] records (every bit pattern valid) and
     // `bytes` holds at least size_of::<T>() bytes.
@@ -179,10 +214,17 @@ fn dev_name(raw: &[u8; 16]) -> Option<String> {
 fn headers(family: Family, h: &HeaderSnapshot) -> Headers {
     let (src, dst) = match family {
         Family::Ipv4 => (
-            IpAddr::V4(Ipv4Addr::new(h.saddr[0], h.saddr[1], h.saddr[2], h.saddr[3])),
-            IpAddr::V4(Ipv4Addr::new(h.daddr[0], h.daddr[1], h.daddr[2], h.daddr[3])),
+            IpAddr::V4(Ipv4Addr::new(
+                h.saddr[0], h.saddr[1], h.saddr[2], h.saddr[3],
+            )),
+            IpAddr::V4(Ipv4Addr::new(
+                h.daddr[0], h.daddr[1], h.daddr[2], h.daddr[3],
+            )),
         ),
-        Family::Ipv6 => (IpAddr::V6(Ipv6Addr::from(h.saddr)), IpAddr::V6(Ipv6Addr::from(h.daddr))),
+        Family::Ipv6 => (
+            IpAddr::V6(Ipv6Addr::from(h.saddr)),
+            IpAddr::V6(Ipv6Addr::from(h.daddr)),
+        ),
     };
     let valid = h.l4_flags & l4_flags::VALID != 0;
     let l4 = match (valid, h.proto, family) {
@@ -198,12 +240,27 @@ fn headers(family: Family, h: &HeaderSnapshot) -> Headers {
             urgp: h.tcp_urgp,
             options: h.tcp_options[..(h.tcp_opt_len as usize).min(h.tcp_options.len())].to_vec(),
         },
-        (true, 17, _) => L4::Udp { sport: h.sport, dport: h.dport, len: h.udp_len },
-        (true, 132, _) => L4::Sctp { sport: h.sport, dport: h.dport },
-        (true, 1, Family::Ipv4) => L4::Icmp { icmp_type: h.icmp_type, code: h.icmp_code, id: h.sport, seq: h.dport },
-        (true, 58, Family::Ipv6) => {
-            L4::Icmpv6 { icmp_type: h.icmp_type, code: h.icmp_code, id: h.sport, seq: h.dport }
-        }
+        (true, 17, _) => L4::Udp {
+            sport: h.sport,
+            dport: h.dport,
+            len: h.udp_len,
+        },
+        (true, 132, _) => L4::Sctp {
+            sport: h.sport,
+            dport: h.dport,
+        },
+        (true, 1, Family::Ipv4) => L4::Icmp {
+            icmp_type: h.icmp_type,
+            code: h.icmp_code,
+            id: h.sport,
+            seq: h.dport,
+        },
+        (true, 58, Family::Ipv6) => L4::Icmpv6 {
+            icmp_type: h.icmp_type,
+            code: h.icmp_code,
+            id: h.sport,
+            seq: h.dport,
+        },
         _ => L4::Other,
     };
     Headers {
@@ -270,19 +327,39 @@ mod tests {
     #[test]
     fn decodes_full_probe_record() {
         let r = syn_record();
-        let ev = Decoder::default().decode(&bytes_of(&r, PROBE_FULL_LEN)).unwrap();
-        let Event::Probe(p) = ev else { panic!("not a probe") };
-        assert_eq!((p.family, p.hook, p.priority), (Family::Ipv4, Hook::Prerouting, -99));
+        let ev = Decoder::default()
+            .decode(&bytes_of(&r, PROBE_FULL_LEN))
+            .unwrap();
+        let Event::Probe(p) = ev else {
+            panic!("not a probe")
+        };
+        assert_eq!(
+            (p.family, p.hook, p.priority),
+            (Family::Ipv4, Hook::Prerouting, -99)
+        );
         assert_eq!(p.in_dev.as_deref(), Some("eth0"));
         assert_eq!(p.out_dev, None);
-        assert_eq!(p.ct, Some(CtSnapshot { ctinfo: 2, status: 0x120, mark: 0, id: 0xffff_8881_3949_6e00 }));
+        assert_eq!(
+            p.ct,
+            Some(CtSnapshot {
+                ctinfo: 2,
+                status: 0x120,
+                mark: 0,
+                id: 0xffff_8881_3949_6e00
+            })
+        );
         assert_eq!(p.mac.as_ref().map(|m| m.len()), Some(14));
         assert_eq!(p.uid, None);
         let h = p.headers.unwrap();
         assert_eq!(h.dst, "172.19.0.9".parse::<IpAddr>().unwrap());
         assert_eq!(h.l4.ports(), Some((43148, 80)));
         match h.l4 {
-            L4::Tcp { flags, ref options, window, .. } => {
+            L4::Tcp {
+                flags,
+                ref options,
+                window,
+                ..
+            } => {
                 assert_eq!(flags, 0x02);
                 assert_eq!(options, &vec![2, 4, 5, 0xb4]);
                 assert_eq!(window, 64240);
@@ -296,37 +373,75 @@ mod tests {
         let mut r = syn_record();
         r.flags = probe_flags::CT;
         r.header.len = PROBE_SHORT_LEN as u32;
-        let Event::Probe(p) = Decoder::default().decode(&bytes_of(&r, PROBE_SHORT_LEN)).unwrap() else { panic!() };
+        let Event::Probe(p) = Decoder::default()
+            .decode(&bytes_of(&r, PROBE_SHORT_LEN))
+            .unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(p.headers, None);
         assert_eq!(p.mac, None);
-        assert_eq!((p.in_dev, p.in_ifindex), (None, 0), "no DEVS flag: devices not sent");
+        assert_eq!(
+            (p.in_dev, p.in_ifindex),
+            (None, 0),
+            "no DEVS flag: devices not sent"
+        );
     }
 
     #[test]
     fn headers_flag_on_short_record_is_an_error() {
         let mut r = syn_record();
         r.header.len = PROBE_SHORT_LEN as u32;
-        let err = Decoder::default().decode(&bytes_of(&r, PROBE_SHORT_LEN)).unwrap_err();
-        assert!(matches!(err, DecodeError::Short { need: PROBE_FULL_LEN, .. }), "{err}");
+        let err = Decoder::default()
+            .decode(&bytes_of(&r, PROBE_SHORT_LEN))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Short {
+                    need: PROBE_FULL_LEN,
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn rejects_truncated_unknown_and_mislabelled_records() {
         let r = syn_record();
         let full = bytes_of(&r, PROBE_FULL_LEN);
-        assert!(matches!(Decoder::default().decode(&full[..4]), Err(DecodeError::Short { .. })));
-        assert!(matches!(Decoder::default().decode(&full[..100]), Err(DecodeError::Length { declared: 248, actual: 100 })));
+        assert!(matches!(
+            Decoder::default().decode(&full[..4]),
+            Err(DecodeError::Short { .. })
+        ));
+        assert!(matches!(
+            Decoder::default().decode(&full[..100]),
+            Err(DecodeError::Length {
+                declared: 248,
+                actual: 100
+            })
+        ));
         let mut bad = full.clone();
         bad[0] = 9;
-        assert_eq!(Decoder::default().decode(&bad), Err(DecodeError::UnknownKind { kind: 9 }));
+        assert_eq!(
+            Decoder::default().decode(&bad),
+            Err(DecodeError::UnknownKind { kind: 9 })
+        );
         let mut bad = full.clone();
         bad[1] = RECORD_VERSION + 1;
-        assert!(matches!(Decoder::default().decode(&bad), Err(DecodeError::Version { .. })));
+        assert!(matches!(
+            Decoder::default().decode(&bad),
+            Err(DecodeError::Version { .. })
+        ));
         let mut r2 = syn_record();
         r2.hook = 7;
         assert_eq!(
             Decoder::default().decode(&bytes_of(&r2, PROBE_FULL_LEN)),
-            Err(DecodeError::Field { field: "hook", value: 7 })
+            Err(DecodeError::Field {
+                field: "hook",
+                value: 7
+            })
         );
     }
 
@@ -341,7 +456,9 @@ mod tests {
             HashMap::from([(12, "NETFILTER_DROP".to_string())]),
             Symbols::from_kallsyms("ffffffff81000000 T nf_hook_slow\nffffffff81000100 t other\n"),
         );
-        let Event::Drop(e) = dec.decode(&bytes_of(&d, DROP_LEN)).unwrap() else { panic!() };
+        let Event::Drop(e) = dec.decode(&bytes_of(&d, DROP_LEN)).unwrap() else {
+            panic!()
+        };
         assert_eq!(e.reason_name.as_deref(), Some("NETFILTER_DROP"));
         assert_eq!(e.location_sym.as_deref(), Some("nf_hook_slow+0x10"));
         assert_eq!((e.skb, e.gen), (5, 4));
@@ -354,12 +471,33 @@ mod tests {
         r.headers.icmp_type = 8;
         r.headers.sport = 77;
         r.headers.dport = 3;
-        let Event::Probe(p) = Decoder::default().decode(&bytes_of(&r, PROBE_FULL_LEN)).unwrap() else { panic!() };
-        assert_eq!(p.headers.unwrap().l4, L4::Icmp { icmp_type: 8, code: 0, id: 77, seq: 3 });
+        let Event::Probe(p) = Decoder::default()
+            .decode(&bytes_of(&r, PROBE_FULL_LEN))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            p.headers.unwrap().l4,
+            L4::Icmp {
+                icmp_type: 8,
+                code: 0,
+                id: 77,
+                seq: 3
+            }
+        );
         let mut r6 = syn_record();
         r6.pf = 10;
         r6.headers.saddr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-        let Event::Probe(p) = Decoder::default().decode(&bytes_of(&r6, PROBE_FULL_LEN)).unwrap() else { panic!() };
-        assert_eq!(p.headers.unwrap().src, "2001:db8::1".parse::<IpAddr>().unwrap());
+        let Event::Probe(p) = Decoder::default()
+            .decode(&bytes_of(&r6, PROBE_FULL_LEN))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            p.headers.unwrap().src,
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
     }
 }

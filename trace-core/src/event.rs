@@ -36,10 +36,27 @@ pub enum L4 {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         options: Vec<u8>,
     },
-    Udp { sport: u16, dport: u16, len: u16 },
-    Sctp { sport: u16, dport: u16 },
-    Icmp { icmp_type: u8, code: u8, id: u16, seq: u16 },
-    Icmpv6 { icmp_type: u8, code: u8, id: u16, seq: u16 },
+    Udp {
+        sport: u16,
+        dport: u16,
+        len: u16,
+    },
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+        id: u16,
+        seq: u16,
+    },
+    Icmpv6 {
+        icmp_type: u8,
+        code: u8,
+        id: u16,
+        seq: u16,
+    },
     /// Any other protocol, or a fragment without a transport header.
     Other,
 }
@@ -48,9 +65,9 @@ impl L4 {
     /// (source port, destination port) for port-carrying protocols.
     pub fn ports(&self) -> Option<(u16, u16)> {
         match *self {
-            L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } | L4::Sctp { sport, dport } => {
-                Some((sport, dport))
-            }
+            L4::Tcp { sport, dport, .. }
+            | L4::Udp { sport, dport, .. }
+            | L4::Sctp { sport, dport } => Some((sport, dport)),
             _ => None,
         }
     }

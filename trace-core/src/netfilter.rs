@@ -42,7 +42,13 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [Hook::Prerouting, Hook::Input, Hook::Forward, Hook::Output, Hook::Postrouting];
+    pub const ALL: [Hook; 5] = [
+        Hook::Prerouting,
+        Hook::Input,
+        Hook::Forward,
+        Hook::Output,
+        Hook::Postrouting,
+    ];
 
     pub fn from_num(n: u8) -> Option<Self> {
         Self::ALL.get(n as usize).copied()
@@ -86,7 +92,13 @@ pub enum Table {
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [Table::Raw, Table::Mangle, Table::Nat, Table::Filter, Table::Security];
+    pub const ALL: [Table; 5] = [
+        Table::Raw,
+        Table::Mangle,
+        Table::Nat,
+        Table::Filter,
+        Table::Security,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -123,8 +135,10 @@ impl Table {
 
     /// Tables that have a chain on `hook`, in the order the kernel runs them.
     pub fn on_hook(hook: Hook) -> Vec<Table> {
-        let mut v: Vec<(i32, Table)> =
-            Self::ALL.into_iter().filter_map(|t| t.priority(hook).map(|p| (p, t))).collect();
+        let mut v: Vec<(i32, Table)> = Self::ALL
+            .into_iter()
+            .filter_map(|t| t.priority(hook).map(|p| (p, t)))
+            .collect();
         v.sort();
         v.into_iter().map(|(_, t)| t).collect()
     }
@@ -152,7 +166,13 @@ mod tests {
         );
         assert_eq!(
             Table::on_hook(Hook::Output),
-            vec![Table::Raw, Table::Mangle, Table::Nat, Table::Filter, Table::Security]
+            vec![
+                Table::Raw,
+                Table::Mangle,
+                Table::Nat,
+                Table::Filter,
+                Table::Security
+            ]
         );
         assert_eq!(
             Table::on_hook(Hook::Postrouting),

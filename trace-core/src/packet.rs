@@ -21,7 +21,10 @@ pub enum ObservedVerdict {
     /// Seen by the probe after the table: the table let it go on.
     Accept,
     /// Vanished inside the table and skb:kfree_skb reported a netfilter drop.
-    Drop { reason: u32, reason_name: Option<String> },
+    Drop {
+        reason: u32,
+        reason_name: Option<String>,
+    },
     /// Vanished inside the table without a drop report (NF_STOLEN, NF_QUEUE, or consumed).
     Stolen,
     /// The capture ended (or lost events) before the outcome was seen.
@@ -43,7 +46,9 @@ pub struct TableObservation {
 impl TableObservation {
     /// True when the headers differ across the table (NAT rewrote the packet).
     pub fn translated(&self) -> bool {
-        self.after.as_ref().is_some_and(|a| a.headers != self.before.headers)
+        self.after
+            .as_ref()
+            .is_some_and(|a| a.headers != self.before.headers)
     }
 }
 
@@ -154,7 +159,11 @@ pub enum Fate {
     /// Vanished inside a stage of `hook` without a drop report (NF_STOLEN, NF_QUEUE, consumed).
     Stolen { hook: Hook, stage: Stage },
     /// Freed with a drop reason outside netfilter (routing, socket lookup...) after `after`.
-    DroppedOutside { after: Hook, reason: u32, reason_name: Option<String> },
+    DroppedOutside {
+        after: Hook,
+        reason: u32,
+        reason_name: Option<String>,
+    },
     /// Came out of a non-final hook and was never seen again (routed where no probe is,
     /// dropped without a report, or its events were lost).
     Vanished { after: Hook },

@@ -38,7 +38,14 @@ pub struct StepId {
 
 impl fmt::Display for StepId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}:{}", self.table, self.chain, self.kind.as_str(), self.num)
+        write!(
+            f,
+            "{}:{}:{}:{}",
+            self.table,
+            self.chain,
+            self.kind.as_str(),
+            self.num
+        )
     }
 }
 
@@ -61,12 +68,20 @@ impl FromStr for StepId {
             Some("policy") => StepKind::Policy,
             _ => return Err(err()),
         };
-        let (table, chain) = it.next().and_then(|tc| tc.split_once(':')).ok_or_else(err)?;
+        let (table, chain) = it
+            .next()
+            .and_then(|tc| tc.split_once(':'))
+            .ok_or_else(err)?;
         let table = Table::from_name(table).ok_or_else(err)?;
         if chain.is_empty() {
             return Err(err());
         }
-        Ok(StepId { table, chain: chain.to_string(), kind, num })
+        Ok(StepId {
+            table,
+            chain: chain.to_string(),
+            kind,
+            num,
+        })
     }
 }
 
@@ -76,14 +91,24 @@ mod tests {
 
     #[test]
     fn round_trips_trace_positions() {
-        for s in ["filter:FORWARD:rule:8", "filter:DOCKER-USER:return:1", "raw:PREROUTING:policy:2"] {
+        for s in [
+            "filter:FORWARD:rule:8",
+            "filter:DOCKER-USER:return:1",
+            "raw:PREROUTING:policy:2",
+        ] {
             assert_eq!(s.parse::<StepId>().unwrap().to_string(), s);
         }
     }
 
     #[test]
     fn rejects_malformed_positions() {
-        for s in ["", "filter:FORWARD:rule", "filter:FORWARD:jump:1", "bogus:X:rule:1", "filter::rule:1"] {
+        for s in [
+            "",
+            "filter:FORWARD:rule",
+            "filter:FORWARD:jump:1",
+            "bogus:X:rule:1",
+            "filter::rule:1",
+        ] {
             assert!(s.parse::<StepId>().is_err(), "{s}");
         }
     }

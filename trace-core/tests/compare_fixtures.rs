@@ -14,11 +14,15 @@ use trace_core::step::StepId;
 fn fixtures() -> Option<PathBuf> {
     let dir = std::env::var_os("IPTRACE_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")).join("docker");
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .join("docker");
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)", dir.display());
+        eprintln!(
+            "SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)",
+            dir.display()
+        );
         None
     }
 }
@@ -52,7 +56,11 @@ fn as_captured(r: &ParsedReference, resolver: &Resolver) -> Vec<CapturedPacket> 
                     tcp_flags: h.tcp_flags,
                 })
                 .collect(),
-            steps: p.steps().iter().map(|s| resolver.step(s).unwrap()).collect(),
+            steps: p
+                .steps()
+                .iter()
+                .map(|s| resolver.step(s).unwrap())
+                .collect(),
             table_paths: Vec::new(),
             implicit_returns: None,
         })
@@ -82,14 +90,28 @@ fn nft_remote_syn_maps_to_the_legacy_trace_sequence() {
     let resolver = Resolver::new(None, Some(&rs));
     for file in ["nft-remote.txt", "nft-remote.nft-monitor.txt"] {
         let r = reference::parse(&read(&d, file), None);
-        let ids: Vec<String> = r.packets[0].steps().iter().map(|s| resolver.step(s).unwrap().to_string()).collect();
+        let ids: Vec<String> = r.packets[0]
+            .steps()
+            .iter()
+            .map(|s| resolver.step(s).unwrap().to_string())
+            .collect();
         // nft shows the TRACE rule itself; legacy starts after it.
         assert_eq!(ids[0], "raw:PREROUTING:rule:1", "{file}");
         assert_eq!(ids[1..], REMOTE_SYN, "{file}");
         // Later packets: conntrack skips nat and FORWARD rule 7 accepts.
-        let ack: Vec<String> = r.packets[1].steps().iter().map(|s| resolver.step(s).unwrap().to_string()).collect();
-        assert!(ack.contains(&"filter:FORWARD:rule:7".to_string()), "{file}: {ack:?}");
-        assert!(!ack.iter().any(|s| s.starts_with("nat:")), "{file}: {ack:?}");
+        let ack: Vec<String> = r.packets[1]
+            .steps()
+            .iter()
+            .map(|s| resolver.step(s).unwrap().to_string())
+            .collect();
+        assert!(
+            ack.contains(&"filter:FORWARD:rule:7".to_string()),
+            "{file}: {ack:?}"
+        );
+        assert!(
+            !ack.iter().any(|s| s.starts_with("nat:")),
+            "{file}: {ack:?}"
+        );
     }
 }
 
@@ -119,7 +141,12 @@ fn xtables_monitor_and_nft_monitor_agree_through_compare() {
         let resolver = Resolver::new(None, Some(&rs));
         let xt = reference::parse(&read(&d, &format!("{name}.txt")), None);
         let nm = reference::parse(&read(&d, &format!("{name}.nft-monitor.txt")), None);
-        let report = compare(&nm, &as_captured(&xt, &resolver), &resolver, &MatchOptions::default());
+        let report = compare(
+            &nm,
+            &as_captured(&xt, &resolver),
+            &resolver,
+            &MatchOptions::default(),
+        );
         assert_eq!(report.totals.agree, 6, "{name}: {}", report.render_text(3));
         assert_eq!(report.exit_code(), exit::AGREE);
     }
@@ -140,10 +167,17 @@ fn a_shifted_rule_makes_compare_disagree() {
     let bad = nft_ruleset::parse(&edited).unwrap();
     let xt = reference::parse(&read(&d, "nft-remote.txt"), None);
     let captured = as_captured(&xt, &Resolver::new(None, Some(&good)));
-    let report = compare(&xt, &captured, &Resolver::new(None, Some(&bad)), &MatchOptions::default());
+    let report = compare(
+        &xt,
+        &captured,
+        &Resolver::new(None, Some(&bad)),
+        &MatchOptions::default(),
+    );
     assert_eq!(report.totals.differ, 6, "{}", report.render_text(1));
     assert_eq!(report.exit_code(), exit::DIFFER);
-    let Outcome::Differ { diff } = &report.packets[0].outcome else { panic!("{:?}", report.packets[0].outcome) };
+    let Outcome::Differ { diff } = &report.packets[0].outcome else {
+        panic!("{:?}", report.packets[0].outcome)
+    };
     let first = &diff.rows[diff.first_difference.unwrap()];
     assert_eq!(first.reference.as_deref(), Some("filter:FORWARD:rule:2"));
     assert_eq!(first.captured.as_deref(), Some("filter:FORWARD:rule:1"));
@@ -156,7 +190,12 @@ fn handles_need_a_ruleset_and_that_is_bad_input() {
     let xt = reference::parse(&read(&d, "nft-remote.txt"), None);
     let rs = nft_ruleset::parse(&read(&d, "nft-remote.nft-ruleset.txt")).unwrap();
     let captured = as_captured(&xt, &Resolver::new(None, Some(&rs)));
-    let report = compare(&xt, &captured, &Resolver::default(), &MatchOptions::default());
+    let report = compare(
+        &xt,
+        &captured,
+        &Resolver::default(),
+        &MatchOptions::default(),
+    );
     assert_eq!(report.exit_code(), exit::BAD_INPUT);
     assert!(report.missing_ruleset.unwrap().contains("--nft-ruleset"));
 }
@@ -166,27 +205,71 @@ fn legacy_trace_matches_a_full_captured_path() {
     let Some(d) = fixtures() else { return };
     let r = reference::parse(&read(&d, "legacy-local.txt"), None);
     let h = &r.packets[0].headers[0];
-    let path: Vec<StepId> = ["raw:OUTPUT:rule:1", "raw:OUTPUT:policy:2", "mangle:OUTPUT:policy:1", "filter:OUTPUT:policy:1", "mangle:POSTROUTING:policy:1"]
-        .iter()
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let path: Vec<StepId> = [
+        "raw:OUTPUT:rule:1",
+        "raw:OUTPUT:policy:2",
+        "mangle:OUTPUT:policy:1",
+        "filter:OUTPUT:policy:1",
+        "mangle:POSTROUTING:policy:1",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
     let cap = |steps: Vec<StepId>, id| CapturedPacket {
         index: 0,
         ts_ns: None,
-        headers: vec![CapturedHeaders { src: h.src.unwrap(), dst: h.dst.unwrap(), proto: Some(6), sport: h.sport, dport: h.dport, id: Some(id), len: h.len, seq: h.seq, ack: h.ack, tcp_flags: h.tcp_flags }],
+        headers: vec![CapturedHeaders {
+            src: h.src.unwrap(),
+            dst: h.dst.unwrap(),
+            proto: Some(6),
+            sport: h.sport,
+            dport: h.dport,
+            id: Some(id),
+            len: h.len,
+            seq: h.seq,
+            ack: h.ack,
+            tcp_flags: h.tcp_flags,
+        }],
         steps,
         table_paths: Vec::new(),
         implicit_returns: None,
     };
-    let ok = compare(&r, &[cap(path.clone(), 65380)], &Resolver::default(), &MatchOptions::default());
-    assert_eq!((ok.totals.agree, ok.exit_code()), (1, exit::AGREE), "{}", ok.render_text(1));
+    let ok = compare(
+        &r,
+        &[cap(path.clone(), 65380)],
+        &Resolver::default(),
+        &MatchOptions::default(),
+    );
+    assert_eq!(
+        (ok.totals.agree, ok.exit_code()),
+        (1, exit::AGREE),
+        "{}",
+        ok.render_text(1)
+    );
     // A packet with another IP id is not this packet.
-    let other = compare(&r, &[cap(path.clone(), 1)], &Resolver::default(), &MatchOptions::default());
-    assert_eq!((other.totals.only_in_reference, other.totals.only_in_capture, other.exit_code()), (1, 1, exit::DIFFER));
+    let other = compare(
+        &r,
+        &[cap(path.clone(), 1)],
+        &Resolver::default(),
+        &MatchOptions::default(),
+    );
+    assert_eq!(
+        (
+            other.totals.only_in_reference,
+            other.totals.only_in_capture,
+            other.exit_code()
+        ),
+        (1, 1, exit::DIFFER)
+    );
     // A different filter verdict position differs.
     let mut wrong = path;
     wrong[3] = "filter:OUTPUT:rule:1".parse().unwrap();
-    let bad = compare(&r, &[cap(wrong, 65380)], &Resolver::default(), &MatchOptions::default());
+    let bad = compare(
+        &r,
+        &[cap(wrong, 65380)],
+        &Resolver::default(),
+        &MatchOptions::default(),
+    );
     assert_eq!((bad.totals.differ, bad.exit_code()), (1, exit::DIFFER));
 }
 
@@ -195,7 +278,11 @@ fn legacy_trace_matches_a_full_captured_path() {
 /// NAT) becomes one packet with a header snapshot per distinct record.
 fn pcap_packets(bytes: &[u8]) -> Vec<CapturedPacket> {
     assert_eq!(&bytes[..4], &[0xd4, 0xc3, 0xb2, 0xa1], "little-endian pcap");
-    assert_eq!(u32::from_le_bytes(bytes[20..24].try_into().unwrap()), 276, "LINUX_SLL2");
+    assert_eq!(
+        u32::from_le_bytes(bytes[20..24].try_into().unwrap()),
+        276,
+        "LINUX_SLL2"
+    );
     let be16 = |b: &[u8], o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
     let be32 = |b: &[u8], o: usize| u32::from_be_bytes(b[o..o + 4].try_into().unwrap());
     let mut out: Vec<CapturedPacket> = Vec::new();
@@ -222,11 +309,22 @@ fn pcap_packets(bytes: &[u8]) -> Vec<CapturedPacket> {
             ack: Some(be32(tcp, 8)),
             tcp_flags: Some(tcp[13]),
         };
-        let same = |c: &CapturedPacket| c.headers.iter().any(|o| (o.id, o.seq, o.ack) == (h.id, h.seq, h.ack));
+        let same = |c: &CapturedPacket| {
+            c.headers
+                .iter()
+                .any(|o| (o.id, o.seq, o.ack) == (h.id, h.seq, h.ack))
+        };
         match out.iter_mut().find(|c| same(c)) {
             Some(c) if !c.headers.contains(&h) => c.headers.push(h),
             Some(_) => {}
-            None => out.push(CapturedPacket { index: out.len(), ts_ns: None, headers: vec![h], steps: Vec::new(), table_paths: Vec::new(), implicit_returns: None }),
+            None => out.push(CapturedPacket {
+                index: out.len(),
+                ts_ns: None,
+                headers: vec![h],
+                steps: Vec::new(),
+                table_paths: Vec::new(),
+                implicit_returns: None,
+            }),
         }
     }
     out
@@ -236,25 +334,48 @@ fn pcap_packets(bytes: &[u8]) -> Vec<CapturedPacket> {
 fn log_lines_match_the_pcap_packets_and_their_log_rule() {
     let Some(d) = fixtures() else { return };
     for name in ["legacy-log-remote", "nft-log-remote"] {
-        let dump = trace_core::rules::parse(&read(&d, &format!("{name}.iptables-save.txt"))).unwrap();
+        let dump =
+            trace_core::rules::parse(&read(&d, &format!("{name}.iptables-save.txt"))).unwrap();
         let resolver = Resolver::new(Some(&dump), None);
-        assert_eq!(resolver.log_rules("TCLOG-PRE: ").iter().map(ToString::to_string).collect::<Vec<_>>(), ["raw:PREROUTING:rule:1"]);
+        assert_eq!(
+            resolver
+                .log_rules("TCLOG-PRE: ")
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["raw:PREROUTING:rule:1"]
+        );
         let r = reference::parse(&read(&d, &format!("{name}.txt")), None);
         let mut caps = pcap_packets(&std::fs::read(d.join(format!("{name}.pcap"))).unwrap());
         // Each logged line is exactly one packet of the capture (ID, length, ports, flags).
         for p in &r.packets {
-            let n = caps.iter().filter(|c| trace_core::compare::matching::packets_agree(p, c)).count();
+            let n = caps
+                .iter()
+                .filter(|c| trace_core::compare::matching::packets_agree(p, c))
+                .count();
             assert_eq!(n, 1, "{name} line {}", p.line);
         }
         // What iptrace would reconstruct for them: the raw LOG rule matched client→server
         // packets (the rule is `-d 192.168.64.4/32 -p tcp --dport 10000`).
         for c in &mut caps {
             if c.headers[0].dport == Some(10000) {
-                c.steps = ["raw:PREROUTING:rule:1", "raw:PREROUTING:policy:2"].iter().map(|s| s.parse().unwrap()).collect();
+                c.steps = ["raw:PREROUTING:rule:1", "raw:PREROUTING:policy:2"]
+                    .iter()
+                    .map(|s| s.parse().unwrap())
+                    .collect();
             }
         }
         let report = compare(&r, &caps, &resolver, &MatchOptions::default());
-        assert_eq!((report.totals.agree, report.totals.differ, report.exit_code()), (2, 0, exit::AGREE), "{name}: {}", report.render_text(3));
+        assert_eq!(
+            (
+                report.totals.agree,
+                report.totals.differ,
+                report.exit_code()
+            ),
+            (2, 0, exit::AGREE),
+            "{name}: {}",
+            report.render_text(3)
+        );
         // The fixture's log holds 2 of the connection's 6 logged packets: the other 4 went
         // through the LOG rule but have no line — reported, not hidden.
         assert_eq!(report.totals.only_in_capture, 4, "{name}");
@@ -264,6 +385,9 @@ fn log_lines_match_the_pcap_packets_and_their_log_rule() {
         }
         let moved = compare(&r, &caps, &resolver, &MatchOptions::default());
         assert_eq!((moved.totals.differ, moved.exit_code()), (2, exit::DIFFER));
-        assert!(matches!(moved.packets[0].outcome, Outcome::LogNotInPath { .. }));
+        assert!(matches!(
+            moved.packets[0].outcome,
+            Outcome::LogNotInPath { .. }
+        ));
     }
 }

@@ -36,7 +36,14 @@ fn replayed(name: &str) -> Vec<CapturedPacket> {
     }
     packets.extend(replayer.finish());
     packets.sort_by_key(|p| p.packet.first_ts_ns);
-    packets.iter().enumerate().map(|(i, p)| CapturedPacket { index: i, ..CapturedPacket::from(p) }).collect()
+    packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| CapturedPacket {
+            index: i,
+            ..CapturedPacket::from(p)
+        })
+        .collect()
 }
 
 fn ids(v: &[&str]) -> Vec<StepId> {
@@ -61,9 +68,18 @@ const FULL_PATH: [&str; 12] = [
 
 /// The chain ends legacy prints and nf_tables does not: FALL (its last rule did not match),
 /// the empty EMPTY, and GT entered by `-g` (then INPUT's policy decides).
-const IMPLICIT: [&str; 3] = ["filter:FALL:return:3", "filter:EMPTY:return:1", "filter:GT:return:2"];
+const IMPLICIT: [&str; 3] = [
+    "filter:FALL:return:3",
+    "filter:EMPTY:return:1",
+    "filter:GT:return:2",
+];
 
-fn run(reference_text: &str, format: Option<Format>, captured: &[CapturedPacket], resolver: &Resolver) -> Report {
+fn run(
+    reference_text: &str,
+    format: Option<Format>,
+    captured: &[CapturedPacket],
+    resolver: &Resolver,
+) -> Report {
     let parsed = reference::parse(reference_text, format);
     assert!(parsed.malformed.is_empty(), "{:?}", parsed.malformed);
     compare(&parsed, captured, resolver, &MatchOptions::default())
@@ -86,7 +102,10 @@ fn differing_rows(r: &Report) -> Vec<(Option<String>, Option<String>)> {
             _ => None,
         })
         .expect("a differing packet");
-    diff.rows.iter().map(|row| (row.reference.clone(), row.captured.clone())).collect()
+    diff.rows
+        .iter()
+        .map(|row| (row.reference.clone(), row.captured.clone()))
+        .collect()
 }
 
 #[test]
@@ -112,17 +131,34 @@ fn xtables_monitor_agrees_without_the_implicit_returns() {
     let d = dump("nft.iptables-save.txt");
     let nft = nft_ruleset::parse(&read("nft.nft-ruleset.txt")).unwrap();
     let text = read("nft.xtables-monitor.txt");
-    for captured in [replayed("nft-run.iptrace"), parse_jsonl(&read("nft.capture.jsonl")).unwrap()] {
-        assert_all_agree(&run(&text, None, &captured, &Resolver::new(Some(&d), None)), 2);
-        assert_all_agree(&run(&text, None, &captured, &Resolver::new(None, Some(&nft))), 2);
-        assert_all_agree(&run(&text, None, &captured, &Resolver::new(Some(&d), Some(&nft))), 2);
+    for captured in [
+        replayed("nft-run.iptrace"),
+        parse_jsonl(&read("nft.capture.jsonl")).unwrap(),
+    ] {
+        assert_all_agree(
+            &run(&text, None, &captured, &Resolver::new(Some(&d), None)),
+            2,
+        );
+        assert_all_agree(
+            &run(&text, None, &captured, &Resolver::new(None, Some(&nft))),
+            2,
+        );
+        assert_all_agree(
+            &run(&text, None, &captured, &Resolver::new(Some(&d), Some(&nft))),
+            2,
+        );
     }
 }
 
 #[test]
 fn nft_monitor_agrees_without_the_implicit_returns() {
     let nft = nft_ruleset::parse(&read("nft.nft-ruleset.txt")).unwrap();
-    let r = run(&read("nft.nft-monitor.txt"), Some(Format::NftMonitor), &replayed("nft-run.iptrace"), &Resolver::new(None, Some(&nft)));
+    let r = run(
+        &read("nft.nft-monitor.txt"),
+        Some(Format::NftMonitor),
+        &replayed("nft-run.iptrace"),
+        &Resolver::new(None, Some(&nft)),
+    );
     assert_all_agree(&r, 2);
 }
 
@@ -137,15 +173,43 @@ fn explicit_returns_and_policies_are_still_compared() {
     let text = read("nft.xtables-monitor.txt");
     let first_packet_without = |needle: &str| {
         let line = text.lines().position(|l| l.contains(needle)).unwrap();
-        text.lines().enumerate().filter(|(n, _)| *n != line).map(|(_, l)| l).collect::<Vec<_>>().join("\n")
+        text.lines()
+            .enumerate()
+            .filter(|(n, _)| *n != line)
+            .map(|(_, l)| l)
+            .collect::<Vec<_>>()
+            .join("\n")
     };
-    let rows = differing_rows(&run(&first_packet_without("filter:EXPL:rule:0xf:"), None, &captured, &resolver));
-    assert!(rows.contains(&(Some("filter:INPUT:rule:4".into()), Some("filter:EXPL:return:2".into()))), "{rows:?}");
-    let rows = differing_rows(&run(&first_packet_without("filter:INPUT:policy:ACCEPT"), None, &captured, &resolver));
-    assert_eq!(rows.last().unwrap(), &(None, Some("filter:INPUT:policy:5".into())));
+    let rows = differing_rows(&run(
+        &first_packet_without("filter:EXPL:rule:0xf:"),
+        None,
+        &captured,
+        &resolver,
+    ));
+    assert!(
+        rows.contains(&(
+            Some("filter:INPUT:rule:4".into()),
+            Some("filter:EXPL:return:2".into())
+        )),
+        "{rows:?}"
+    );
+    let rows = differing_rows(&run(
+        &first_packet_without("filter:INPUT:policy:ACCEPT"),
+        None,
+        &captured,
+        &resolver,
+    ));
+    assert_eq!(
+        rows.last().unwrap(),
+        &(None, Some("filter:INPUT:policy:5".into()))
+    );
     // The captured rows shown against nft are the path without the implicit returns.
     let captured_side: Vec<String> = rows.iter().filter_map(|r| r.1.clone()).collect();
-    let expected: Vec<&str> = FULL_PATH.iter().copied().filter(|s| !IMPLICIT.contains(s)).collect();
+    let expected: Vec<&str> = FULL_PATH
+        .iter()
+        .copied()
+        .filter(|s| !IMPLICIT.contains(s))
+        .collect();
     assert_eq!(captured_side, expected);
 }
 
@@ -160,9 +224,19 @@ fn legacy_trace_keeps_every_step() {
     assert_eq!(captured[0].steps, ids(&FULL_PATH));
     let text = read("legacy.kmsg.txt");
     assert_all_agree(&run(&text, None, &captured, &resolver), 2);
-    let without: String = text.lines().filter(|l| !l.contains("TRACE: filter:EMPTY:return:1")).map(|l| format!("{l}\n")).collect();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.contains("TRACE: filter:EMPTY:return:1"))
+        .map(|l| format!("{l}\n"))
+        .collect();
     let rows = differing_rows(&run(&without, None, &captured, &resolver));
-    assert!(rows.contains(&(Some("filter:INPUT:rule:3".into()), Some("filter:EMPTY:return:1".into()))), "{rows:?}");
+    assert!(
+        rows.contains(&(
+            Some("filter:INPUT:rule:3".into()),
+            Some("filter:EMPTY:return:1".into())
+        )),
+        "{rows:?}"
+    );
 }
 
 /// Captured JSON from a producer that does not mark implicit returns (bare step strings):
@@ -182,9 +256,25 @@ fn unmarked_captured_steps_are_judged_by_the_ruleset() {
     let captured = parse_jsonl(&bare).unwrap();
     assert!(captured.iter().all(|c| c.implicit_returns.is_none()));
     let d = dump("nft.iptables-save.txt");
-    assert_all_agree(&run(&read("nft.xtables-monitor.txt"), None, &captured, &Resolver::new(Some(&d), None)), 2);
+    assert_all_agree(
+        &run(
+            &read("nft.xtables-monitor.txt"),
+            None,
+            &captured,
+            &Resolver::new(Some(&d), None),
+        ),
+        2,
+    );
     let nft = nft_ruleset::parse(&read("nft.nft-ruleset.txt")).unwrap();
-    assert_all_agree(&run(&read("nft.nft-monitor.txt"), None, &captured, &Resolver::new(None, Some(&nft))), 2);
+    assert_all_agree(
+        &run(
+            &read("nft.nft-monitor.txt"),
+            None,
+            &captured,
+            &Resolver::new(None, Some(&nft)),
+        ),
+        2,
+    );
 }
 
 /// A kernel whose nft trace does show a chain end (an xtables-monitor `return` event, as
@@ -232,10 +322,33 @@ fn kube_proxy_on_nf_tables_agrees_with_xtables_monitor() {
     }
     packets.extend(replayer.finish());
     packets.sort_by_key(|p| p.packet.first_ts_ns);
-    let captured: Vec<CapturedPacket> = packets.iter().enumerate().map(|(i, p)| CapturedPacket { index: i, ..CapturedPacket::from(p) }).collect();
-    let implicit: Vec<String> = captured.iter().flat_map(|c| c.implicit_returns.iter().flatten()).map(ToString::to_string).collect();
-    assert!(implicit.iter().any(|s| s == "nat:KUBE-MARK-MASQ:return:2") && implicit.iter().any(|s| s == "filter:KUBE-PROXY-FIREWALL:return:1"), "{implicit:?}");
-    let text = std::fs::read_to_string(format!("{golden}/kubeproxy-nft-run.xtables-monitor.txt")).unwrap();
-    let r = run(&text, Some(Format::XtablesMonitor), &captured, &Resolver::new(Some(&d), None));
+    let captured: Vec<CapturedPacket> = packets
+        .iter()
+        .enumerate()
+        .map(|(i, p)| CapturedPacket {
+            index: i,
+            ..CapturedPacket::from(p)
+        })
+        .collect();
+    let implicit: Vec<String> = captured
+        .iter()
+        .flat_map(|c| c.implicit_returns.iter().flatten())
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        implicit.iter().any(|s| s == "nat:KUBE-MARK-MASQ:return:2")
+            && implicit
+                .iter()
+                .any(|s| s == "filter:KUBE-PROXY-FIREWALL:return:1"),
+        "{implicit:?}"
+    );
+    let text =
+        std::fs::read_to_string(format!("{golden}/kubeproxy-nft-run.xtables-monitor.txt")).unwrap();
+    let r = run(
+        &text,
+        Some(Format::XtablesMonitor),
+        &captured,
+        &Resolver::new(Some(&d), None),
+    );
     assert_all_agree(&r, 6);
 }

@@ -5,13 +5,17 @@ use trace_core::compare::reference::{self, Evidence, Format, RefStepPos};
 
 /// The fixture directory (IPTRACE_FIXTURES overrides); None, loudly, when absent.
 fn fixtures() -> Option<PathBuf> {
-    let dir = std::env::var_os("IPTRACE_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-    }).join("docker");
+    let dir = std::env::var_os("IPTRACE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures"))
+        .join("docker");
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)", dir.display());
+        eprintln!(
+            "SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)",
+            dir.display()
+        );
         None
     }
 }
@@ -23,11 +27,27 @@ fn read(dir: &std::path::Path, name: &str) -> String {
 #[test]
 fn detects_every_fixture_format() {
     let Some(d) = fixtures() else { return };
-    assert_eq!(Format::detect(&read(&d, "nft-remote.txt")), Some(Format::XtablesMonitor));
-    assert_eq!(Format::detect(&read(&d, "nft-remote.nft-monitor.txt")), Some(Format::NftMonitor));
-    assert_eq!(Format::detect(&read(&d, "legacy-local.txt")), Some(Format::KernelLog));
-    assert_eq!(Format::detect(&read(&d, "legacy-log-remote.txt")), Some(Format::KernelLog));
-    assert_eq!(Format::detect(&read(&d, "legacy-remote.txt")), None, "the empty capture has no format");
+    assert_eq!(
+        Format::detect(&read(&d, "nft-remote.txt")),
+        Some(Format::XtablesMonitor)
+    );
+    assert_eq!(
+        Format::detect(&read(&d, "nft-remote.nft-monitor.txt")),
+        Some(Format::NftMonitor)
+    );
+    assert_eq!(
+        Format::detect(&read(&d, "legacy-local.txt")),
+        Some(Format::KernelLog)
+    );
+    assert_eq!(
+        Format::detect(&read(&d, "legacy-log-remote.txt")),
+        Some(Format::KernelLog)
+    );
+    assert_eq!(
+        Format::detect(&read(&d, "legacy-remote.txt")),
+        None,
+        "the empty capture has no format"
+    );
 }
 
 #[test]
@@ -46,7 +66,12 @@ fn xtables_monitor_and_nft_monitor_agree_on_packets() {
             assert_eq!(a.headers[0].id, b.headers[0].id);
             assert_eq!(a.headers[0].src, b.headers[0].src);
             assert_eq!(a.headers[0].tcp_flags, b.headers[0].tcp_flags);
-            let chains = |p: &reference::RefPacket| p.steps().iter().map(|s| (s.table, s.chain.clone())).collect::<Vec<_>>();
+            let chains = |p: &reference::RefPacket| {
+                p.steps()
+                    .iter()
+                    .map(|s| (s.table, s.chain.clone()))
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(chains(a), chains(b), "{name} packet at line {}", a.line);
         }
     }
@@ -81,17 +106,36 @@ fn legacy_trace_and_log_fixtures_parse() {
         .steps()
         .iter()
         .map(|s| match &s.pos {
-            RefStepPos::Numbered { kind, num } => format!("{}:{}:{}:{}", s.table, s.chain, kind.as_str(), num),
+            RefStepPos::Numbered { kind, num } => {
+                format!("{}:{}:{}:{}", s.table, s.chain, kind.as_str(), num)
+            }
             other => panic!("{other:?}"),
         })
         .collect();
-    assert_eq!(steps, ["mangle:OUTPUT:policy:1", "filter:OUTPUT:policy:1", "mangle:POSTROUTING:policy:1"]);
-    for (name, prefix, n) in [("legacy-log-local.txt", "TCLOG-OUT: ", 3), ("legacy-log-remote.txt", "TCLOG-PRE: ", 2), ("nft-log-remote.txt", "TCLOG-PRE: ", 2)] {
+    assert_eq!(
+        steps,
+        [
+            "mangle:OUTPUT:policy:1",
+            "filter:OUTPUT:policy:1",
+            "mangle:POSTROUTING:policy:1"
+        ]
+    );
+    for (name, prefix, n) in [
+        ("legacy-log-local.txt", "TCLOG-OUT: ", 3),
+        ("legacy-log-remote.txt", "TCLOG-PRE: ", 2),
+        ("nft-log-remote.txt", "TCLOG-PRE: ", 2),
+    ] {
         let r = reference::parse(&read(&d, name), None);
         assert!(r.malformed.is_empty(), "{name}");
         assert_eq!(r.packets.len(), n, "{name}");
         for p in &r.packets {
-            assert_eq!(p.evidence, Evidence::Logged { prefix: prefix.to_string() }, "{name}");
+            assert_eq!(
+                p.evidence,
+                Evidence::Logged {
+                    prefix: prefix.to_string()
+                },
+                "{name}"
+            );
         }
     }
 }
@@ -99,7 +143,10 @@ fn legacy_trace_and_log_fixtures_parse() {
 #[test]
 fn edited_lines_are_counted_as_malformed_with_line_numbers() {
     let Some(d) = fixtures() else { return };
-    let mut lines: Vec<String> = read(&d, "nft-remote.txt").lines().map(String::from).collect();
+    let mut lines: Vec<String> = read(&d, "nft-remote.txt")
+        .lines()
+        .map(String::from)
+        .collect();
     lines[1] = " TRACE: 2 ed114cd4 raw:PREROUTING:rule:zz:CONTINUE".into();
     lines[4] = "PACKET: 2 ed114cd4 IN=eth0 SRC=999.1.1.1 DST=1.1.1.1".into();
     let r = reference::parse(&lines.join("\n"), Some(Format::XtablesMonitor));

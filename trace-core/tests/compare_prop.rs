@@ -43,7 +43,28 @@ const SEEDS: &[&str] = &[
     r#"{"steps":["raw:PREROUTING:policy:2"],"headers":{"src":"1.1.1.1","dst":"2.2.2.2","id":7}}"#,
 ];
 
-const INJECT: &[&str] = &["=", " ", ":", "[", "]", "(", ")", "\"", "#", "{", "}", "0x", "-", "é", "\t", "TRACE: ", "IN=", " OUT=", "PACKET: ", "trace id "];
+const INJECT: &[&str] = &[
+    "=",
+    " ",
+    ":",
+    "[",
+    "]",
+    "(",
+    ")",
+    "\"",
+    "#",
+    "{",
+    "}",
+    "0x",
+    "-",
+    "é",
+    "\t",
+    "TRACE: ",
+    "IN=",
+    " OUT=",
+    "PACKET: ",
+    "trace id ",
+];
 
 fn mutate(rng: &mut Rng, line: &str) -> String {
     let mut s = line.to_string();
@@ -56,7 +77,13 @@ fn mutate(rng: &mut Rng, line: &str) -> String {
             2 => {
                 let toks: Vec<&str> = s.split(' ').collect();
                 let drop = rng.below(toks.len());
-                s = toks.iter().enumerate().filter(|(i, _)| *i != drop).map(|(_, t)| *t).collect::<Vec<_>>().join(" ");
+                s = toks
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != drop)
+                    .map(|(_, t)| *t)
+                    .collect::<Vec<_>>()
+                    .join(" ");
             }
             3 => {
                 let toks: Vec<&str> = s.split(' ').collect();
@@ -64,7 +91,9 @@ fn mutate(rng: &mut Rng, line: &str) -> String {
                 s.insert_str(at, &format!(" {dup} "));
             }
             _ => {
-                let junk: String = (0..rng.below(12)).map(|_| char::from(b' ' + rng.below(95) as u8)).collect();
+                let junk: String = (0..rng.below(12))
+                    .map(|_| char::from(b' ' + rng.below(95) as u8))
+                    .collect();
                 s.insert_str(at, &junk);
             }
         }
@@ -75,15 +104,27 @@ fn mutate(rng: &mut Rng, line: &str) -> String {
 fn fixture_lines() -> Vec<String> {
     let dir = std::env::var_os("IPTRACE_FIXTURES")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")).join("docker");
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+        })
+        .join("docker");
     let mut out = Vec::new();
-    for name in ["nft-remote.txt", "nft-remote.nft-monitor.txt", "nft-remote.nft-ruleset.txt", "legacy-local.txt", "legacy-log-remote.txt"] {
+    for name in [
+        "nft-remote.txt",
+        "nft-remote.nft-monitor.txt",
+        "nft-remote.nft-ruleset.txt",
+        "legacy-local.txt",
+        "legacy-log-remote.txt",
+    ] {
         if let Ok(t) = std::fs::read_to_string(dir.join(name)) {
             out.extend(t.lines().map(String::from));
         }
     }
     if out.is_empty() {
-        eprintln!("note: fixtures not found at {}; mutating the built-in seed lines only", dir.display());
+        eprintln!(
+            "note: fixtures not found at {}; mutating the built-in seed lines only",
+            dir.display()
+        );
     }
     out
 }
@@ -93,26 +134,54 @@ fn parsers_and_compare_never_panic_on_mutated_lines() {
     let mut pool: Vec<String> = SEEDS.iter().map(|s| s.to_string()).collect();
     pool.extend(fixture_lines());
     // IPTRACE_PROP_ROUNDS / IPTRACE_PROP_SEED widen the search when hunting a bug.
-    let rounds: usize = std::env::var("IPTRACE_PROP_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
-    let seed: u64 = std::env::var("IPTRACE_PROP_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x9E37_79B9_7F4A_7C15);
+    let rounds: usize = std::env::var("IPTRACE_PROP_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let seed: u64 = std::env::var("IPTRACE_PROP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x9E37_79B9_7F4A_7C15);
     let mut rng = Rng(seed | 1);
-    let formats = [None, Some(Format::KernelLog), Some(Format::XtablesMonitor), Some(Format::NftMonitor)];
+    let formats = [
+        None,
+        Some(Format::KernelLog),
+        Some(Format::XtablesMonitor),
+        Some(Format::NftMonitor),
+    ];
     for round in 0..rounds {
         let n = 1 + rng.below(12);
-        let lines: Vec<String> = (0..n).map(|_| {
-            let l = &pool[rng.below(pool.len())];
-            if rng.below(4) == 0 { l.clone() } else { mutate(&mut rng, l) }
-        }).collect();
+        let lines: Vec<String> = (0..n)
+            .map(|_| {
+                let l = &pool[rng.below(pool.len())];
+                if rng.below(4) == 0 {
+                    l.clone()
+                } else {
+                    mutate(&mut rng, l)
+                }
+            })
+            .collect();
         let text = lines.join("\n");
         let nft = nft_ruleset::parse(&text).ok();
         let captured = parse_jsonl(&text).unwrap_or_default();
         for f in formats {
             let r = reference::parse(&text, f);
             for m in &r.malformed {
-                assert!(m.line >= 1 && m.line <= n, "round {round}: line {} of {n}", m.line);
+                assert!(
+                    m.line >= 1 && m.line <= n,
+                    "round {round}: line {} of {n}",
+                    m.line
+                );
             }
             let resolver = Resolver::new(None, nft.as_ref());
-            let report = compare(&r, &captured, &resolver, &MatchOptions { time_window: Some(1.0) });
+            let report = compare(
+                &r,
+                &captured,
+                &resolver,
+                &MatchOptions {
+                    time_window: Some(1.0),
+                },
+            );
             let _ = report.render_text(3);
             let _ = serde_json::to_string(&report).unwrap();
         }

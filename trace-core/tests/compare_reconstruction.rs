@@ -32,7 +32,10 @@ fn fixtures() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIP: fixtures not found at {} (set IPTRACE_FIXTURES to the fixtures root)", dir.display());
+        eprintln!(
+            "SKIP: fixtures not found at {} (set IPTRACE_FIXTURES to the fixtures root)",
+            dir.display()
+        );
         None
     }
 }
@@ -94,7 +97,11 @@ fn chain_views(text: &str) -> Vec<Vec<(Hook, Table, RefHeaders)>> {
                 if step.table == Table::Raw {
                     out.push(Vec::new());
                 }
-                out.last_mut().unwrap().push((Hook::from_chain_name(&step.chain).unwrap(), step.table, h));
+                out.last_mut().unwrap().push((
+                    Hook::from_chain_name(&step.chain).unwrap(),
+                    step.table,
+                    h,
+                ));
             }
             None => {}
         }
@@ -104,44 +111,87 @@ fn chain_views(text: &str) -> Vec<Vec<(Hook, Table, RefHeaders)>> {
 
 fn ct(first: bool, status: u32) -> CtSnapshot {
     if first {
-        CtSnapshot { ctinfo: 2, status, mark: 0, id: 1 }
+        CtSnapshot {
+            ctinfo: 2,
+            status,
+            mark: 0,
+            id: 1,
+        }
     } else {
-        CtSnapshot { ctinfo: 0, status: 0x1ae, mark: 0, id: 1 }
+        CtSnapshot {
+            ctinfo: 0,
+            status: 0x1ae,
+            mark: 0,
+            id: 1,
+        }
     }
 }
 
-fn packet_trace(id: u64, views: &[(Hook, Table, RefHeaders)], rs: &Ruleset, first: bool) -> PacketTrace {
+fn packet_trace(
+    id: u64,
+    views: &[(Hook, Table, RefHeaders)],
+    rs: &Ruleset,
+    first: bool,
+) -> PacketTrace {
     let mut hooks_seen: Vec<Hook> = views.iter().map(|v| v.0).collect();
     hooks_seen.dedup();
     let mut status = 0u32;
     let mut hooks = Vec::new();
     for (hi, hook) in hooks_seen.iter().copied().enumerate() {
         let mine: Vec<&(Hook, Table, RefHeaders)> = views.iter().filter(|v| v.0 == hook).collect();
-        let next_hook_in = hooks_seen.get(hi + 1).and_then(|h| views.iter().find(|v| v.0 == *h)).map(|v| to_headers(&v.2));
-        let tables: Vec<Table> = Table::on_hook(hook).into_iter().filter(|t| rs.table(*t).is_some()).collect();
+        let next_hook_in = hooks_seen
+            .get(hi + 1)
+            .and_then(|h| views.iter().find(|v| v.0 == *h))
+            .map(|v| to_headers(&v.2));
+        let tables: Vec<Table> = Table::on_hook(hook)
+            .into_iter()
+            .filter(|t| rs.table(*t).is_some())
+            .collect();
         let mut inputs: Vec<Headers> = Vec::new();
         for t in &tables {
             let shown = mine.iter().find(|v| v.1 == *t).map(|v| to_headers(&v.2));
-            let carried = inputs.last().cloned().unwrap_or_else(|| to_headers(&mine[0].2));
+            let carried = inputs
+                .last()
+                .cloned()
+                .unwrap_or_else(|| to_headers(&mine[0].2));
             inputs.push(shown.unwrap_or(carried));
         }
         let mut obs = Vec::new();
         for (ti, t) in tables.iter().copied().enumerate() {
             let before = inputs[ti].clone();
             // Routing (not a table) decrements the TTL between hooks.
-            let after = inputs.get(ti + 1).cloned().or_else(|| next_hook_in.clone().map(|h| Headers { ttl: before.ttl, ..h })).unwrap_or_else(|| before.clone());
+            let after = inputs
+                .get(ti + 1)
+                .cloned()
+                .or_else(|| {
+                    next_hook_in.clone().map(|h| Headers {
+                        ttl: before.ttl,
+                        ..h
+                    })
+                })
+                .unwrap_or_else(|| before.clone());
             let ct_before = (t != Table::Raw).then(|| ct(first, status));
             if first && t == Table::Nat {
                 status |= match hook {
-                    Hook::Prerouting | Hook::Output => 0x100 | if after.dst != before.dst { 0x20 } else { 0 },
+                    Hook::Prerouting | Hook::Output => {
+                        0x100 | if after.dst != before.dst { 0x20 } else { 0 }
+                    }
                     _ => 0x80 | if after.src != before.src { 0x10 } else { 0 },
                 };
             }
             obs.push(TableObservation {
                 table: t,
                 priority: t.priority(hook).unwrap(),
-                before: PacketState { headers: before, mark: 0, ct: ct_before },
-                after: Some(PacketState { headers: after, mark: 0, ct: Some(ct(first, status)) }),
+                before: PacketState {
+                    headers: before,
+                    mark: 0,
+                    ct: ct_before,
+                },
+                after: Some(PacketState {
+                    headers: after,
+                    mark: 0,
+                    ct: Some(ct(first, status)),
+                }),
                 verdict: ObservedVerdict::Accept,
             });
         }
@@ -159,7 +209,17 @@ fn packet_trace(id: u64, views: &[(Hook, Table, RefHeaders)], rs: &Ruleset, firs
             probes: Vec::new(),
         });
     }
-    PacketTrace { id, skb: id, gen: 0, netns: 1, family: Family::Ipv4, first_ts_ns: id * 1000, hooks, incomplete: false, fate: Default::default() }
+    PacketTrace {
+        id,
+        skb: id,
+        gen: 0,
+        netns: 1,
+        family: Family::Ipv4,
+        first_ts_ns: id * 1000,
+        hooks,
+        incomplete: false,
+        fate: Default::default(),
+    }
 }
 
 /// Reconstructs the fixture's packets and renders them as iptrace's JSON lines.
@@ -170,7 +230,11 @@ fn reconstructed_jsonl(d: &Path, name: &str, rs: &Ruleset) -> String {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let rp = trace_core::reconstruct::reconstruct(&packet_trace(i as u64 + 1, v, rs, i == 0), &ev, &ctx);
+            let rp = trace_core::reconstruct::reconstruct(
+                &packet_trace(i as u64 + 1, v, rs, i == 0),
+                &ev,
+                &ctx,
+            );
             trace_core::output::json::packet_json(&rp).to_string() + "\n"
         })
         .collect()
@@ -180,18 +244,30 @@ fn reconstructed_jsonl(d: &Path, name: &str, rs: &Ruleset) -> String {
 fn reconstructions_agree_with_the_kernel_traces_through_compare() {
     let Some(d) = fixtures() else { return };
     for name in ["nft-remote", "nft-local"] {
-        let dump = trace_core::rules::parse(&read(&d, &format!("{name}.iptables-save.txt"))).unwrap();
+        let dump =
+            trace_core::rules::parse(&read(&d, &format!("{name}.iptables-save.txt"))).unwrap();
         let nft = nft_ruleset::parse(&read(&d, &format!("{name}.nft-ruleset.txt"))).unwrap();
         let captured = parse_jsonl(&reconstructed_jsonl(&d, name, &dump)).unwrap();
         assert_eq!(captured.len(), 6, "{name}");
         for (file, resolver) in [
-            (format!("{name}.txt"), Resolver::new(Some(&dump), Some(&nft))),
+            (
+                format!("{name}.txt"),
+                Resolver::new(Some(&dump), Some(&nft)),
+            ),
             (format!("{name}.txt"), Resolver::new(Some(&dump), None)),
-            (format!("{name}.nft-monitor.txt"), Resolver::new(Some(&dump), Some(&nft))),
+            (
+                format!("{name}.nft-monitor.txt"),
+                Resolver::new(Some(&dump), Some(&nft)),
+            ),
         ] {
             let r = reference::parse(&read(&d, &file), None);
             let report = compare(&r, &captured, &resolver, &MatchOptions::default());
-            assert_eq!((report.totals.agree, report.totals.differ), (6, 0), "{file}: {}", report.render_text(6));
+            assert_eq!(
+                (report.totals.agree, report.totals.differ),
+                (6, 0),
+                "{file}: {}",
+                report.render_text(6)
+            );
             assert_eq!(report.exit_code(), 0, "{file}");
         }
     }
@@ -205,13 +281,26 @@ fn reconstruction_against_an_edited_dump_disagrees_with_the_kernel() {
     // A stale dump: the ESTABLISHED rule is gone. The reconstruction follows the dump; the
     // kernel's trace (taken with the real rules) shows rule 7: compare must say so.
     let gone = "-A FORWARD -o br-00ea7870520a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT";
-    let stale: String = text.lines().filter(|l| !l.ends_with(gone)).map(|l| format!("{l}\n")).collect();
+    let stale: String = text
+        .lines()
+        .filter(|l| !l.ends_with(gone))
+        .map(|l| format!("{l}\n"))
+        .collect();
     assert_eq!(stale.lines().count() + 1, text.lines().count());
     let stale = trace_core::rules::parse(&stale).unwrap();
     let captured = parse_jsonl(&reconstructed_jsonl(&d, "nft-remote", &stale)).unwrap();
     let nft = nft_ruleset::parse(&read(&d, "nft-remote.nft-ruleset.txt")).unwrap();
     let r = reference::parse(&read(&d, "nft-remote.txt"), None);
-    let report = compare(&r, &captured, &Resolver::new(Some(&dump), Some(&nft)), &MatchOptions::default());
-    assert!(report.totals.differ >= 5, "the 5 established packets differ: {}", report.render_text(2));
+    let report = compare(
+        &r,
+        &captured,
+        &Resolver::new(Some(&dump), Some(&nft)),
+        &MatchOptions::default(),
+    );
+    assert!(
+        report.totals.differ >= 5,
+        "the 5 established packets differ: {}",
+        report.render_text(2)
+    );
     assert_eq!(report.exit_code(), 1);
 }

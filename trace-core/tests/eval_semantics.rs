@@ -1,7 +1,7 @@
 //! Unit tests of the evaluator (ipt_do_table semantics), per match and per target, and of
 //! how reconstruction resolves branch points with kernel evidence.
 
-use trace_core::eval::{Evaluator, EvalInput, IfaceAddr, NetContext, TableVerdict, Traversal};
+use trace_core::eval::{EvalInput, Evaluator, IfaceAddr, NetContext, TableVerdict, Traversal};
 use trace_core::event::{tcp_flags, CtSnapshot, Headers, L4};
 use trace_core::netfilter::{Family, Hook, Table};
 use trace_core::packet::{HookPass, ObservedVerdict, PacketState, PacketTrace, TableObservation};
@@ -19,16 +19,44 @@ fn tcp(src: &str, sport: u16, dst: &str, dport: u16, flags: u8) -> Headers {
         id: 1,
         frag: 0x4000,
         flowlabel: 0,
-        l4: L4::Tcp { sport, dport, seq: 1, ack: 0, window: 100, flags, res: 0, urgp: 0, options: vec![2, 4, 0x05, 0xb4, 1, 1] },
+        l4: L4::Tcp {
+            sport,
+            dport,
+            seq: 1,
+            ack: 0,
+            window: 100,
+            flags,
+            res: 0,
+            urgp: 0,
+            options: vec![2, 4, 0x05, 0xb4, 1, 1],
+        },
     }
 }
 
 fn udp(src: &str, dst: &str, dport: u16) -> Headers {
-    Headers { proto: 17, l4: L4::Udp { sport: 5353, dport, len: 20 }, ..tcp(src, 1, dst, 1, 0) }
+    Headers {
+        proto: 17,
+        l4: L4::Udp {
+            sport: 5353,
+            dport,
+            len: 20,
+        },
+        ..tcp(src, 1, dst, 1, 0)
+    }
 }
 
-const NEW: Option<CtSnapshot> = Some(CtSnapshot { ctinfo: 2, status: 0, mark: 0, id: 1 });
-const EST: Option<CtSnapshot> = Some(CtSnapshot { ctinfo: 0, status: 0x1a, mark: 7, id: 1 });
+const NEW: Option<CtSnapshot> = Some(CtSnapshot {
+    ctinfo: 2,
+    status: 0,
+    mark: 0,
+    id: 1,
+});
+const EST: Option<CtSnapshot> = Some(CtSnapshot {
+    ctinfo: 0,
+    status: 0x1a,
+    mark: 7,
+    id: 1,
+});
 
 struct Case {
     hook: Hook,
@@ -42,7 +70,19 @@ struct Case {
 
 impl Case {
     fn new(hook: Hook, h: Headers) -> Self {
-        Case { hook, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, state: PacketState { headers: h, mark: 0, ct: NEW }, tuples: Default::default() }
+        Case {
+            hook,
+            in_dev: Some("eth0"),
+            out_dev: None,
+            mac: None,
+            uid: None,
+            state: PacketState {
+                headers: h,
+                mark: 0,
+                ct: NEW,
+            },
+            tuples: Default::default(),
+        }
     }
     fn out(mut self, d: &'static str) -> Self {
         self.out_dev = Some(d);
@@ -77,7 +117,16 @@ impl Case {
         let t = ev.evaluate(table, &input, ctx).unwrap();
         // Render step ids through the evaluator for assertions.
         STEPS.with(|s| {
-            *s.borrow_mut() = t.candidates.iter().map(|c| c.steps.iter().map(|st| ev.step_id(table, st).to_string()).collect()).collect()
+            *s.borrow_mut() = t
+                .candidates
+                .iter()
+                .map(|c| {
+                    c.steps
+                        .iter()
+                        .map(|st| ev.step_id(table, st).to_string())
+                        .collect()
+                })
+                .collect()
         });
         t
     }
@@ -93,7 +142,9 @@ fn steps() -> Vec<Vec<String>> {
 }
 
 fn filter(rules: &str) -> String {
-    format!("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n")
+    format!(
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n{rules}COMMIT\n"
+    )
 }
 
 fn single(t: &Traversal) -> (&TableVerdict, Vec<String>) {
@@ -114,7 +165,12 @@ fn jump_return_goto_and_policy_labels() {
          -A B -j C\n-A B -p tcp -j RETURN\n\
          -A C -p tcp --dport 80 -j LOG\n",
     );
-    let t = Case::new(Hook::Forward, tcp("10.0.0.1", 1000, "10.0.0.2", 80, tcp_flags::SYN)).out("eth1").run(&dump, Table::Filter, &unknown());
+    let t = Case::new(
+        Hook::Forward,
+        tcp("10.0.0.1", 1000, "10.0.0.2", 80, tcp_flags::SYN),
+    )
+    .out("eth1")
+    .run(&dump, Table::Filter, &unknown());
     let (v, s) = single(&t);
     // A: unconditional RETURN is labelled return:2. C falls off its end (return:2) back to B;
     // B's RETURN (conditional: rule:2) returns past FORWARD (goto pushed nothing) to the
@@ -122,8 +178,14 @@ fn jump_return_goto_and_policy_labels() {
     assert_eq!(
         s,
         [
-            "filter:FORWARD:rule:1", "filter:A:return:2", "filter:FORWARD:rule:2", "filter:B:rule:1", "filter:C:rule:1",
-            "filter:C:return:2", "filter:B:rule:2", "filter:FORWARD:policy:4"
+            "filter:FORWARD:rule:1",
+            "filter:A:return:2",
+            "filter:FORWARD:rule:2",
+            "filter:B:rule:1",
+            "filter:C:rule:1",
+            "filter:C:return:2",
+            "filter:B:rule:2",
+            "filter:FORWARD:policy:4"
         ]
     );
     assert_eq!(*v, TableVerdict::Drop);
@@ -132,18 +194,43 @@ fn jump_return_goto_and_policy_labels() {
 #[test]
 fn unconditional_accept_in_builtin_chain_is_labelled_policy() {
     let dump = filter("-A INPUT -j ACCEPT\n-A INPUT -m comment --comment x -j ACCEPT\n");
-    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(&dump, Table::Filter, &unknown());
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(
+        &dump,
+        Table::Filter,
+        &unknown(),
+    );
     assert_eq!(single(&t).1, ["filter:INPUT:policy:1"]);
     let dump = filter("-A INPUT -m comment --comment x -j ACCEPT\n");
-    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:1"], "a match makes it conditional");
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(
+        &dump,
+        Table::Filter,
+        &unknown(),
+    );
+    assert_eq!(
+        single(&t).1,
+        ["filter:INPUT:rule:1"],
+        "a match makes it conditional"
+    );
 }
 
 #[test]
 fn rule_without_target_is_printed_and_falls_through() {
     let dump = filter("-A INPUT -p tcp\n-A INPUT -p udp -j DROP\n");
-    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t), (&TableVerdict::Accept, vec!["filter:INPUT:rule:1".to_string(), "filter:INPUT:policy:3".to_string()]));
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(
+        &dump,
+        Table::Filter,
+        &unknown(),
+    );
+    assert_eq!(
+        single(&t),
+        (
+            &TableVerdict::Accept,
+            vec![
+                "filter:INPUT:rule:1".to_string(),
+                "filter:INPUT:policy:3".to_string()
+            ]
+        )
+    );
 }
 
 #[test]
@@ -159,16 +246,38 @@ fn ip_part_addresses_masks_negations_interfaces_fragments() {
          -A INPUT -f -j LOG\n\
          -A INPUT ! -f -j LOG\n",
     );
-    let t = Case::new(Hook::Input, tcp("10.9.0.1", 1, "10.0.0.2", 2, 0)).run(&dump, Table::Filter, &unknown());
+    let t = Case::new(Hook::Input, tcp("10.9.0.1", 1, "10.0.0.2", 2, 0)).run(
+        &dump,
+        Table::Filter,
+        &unknown(),
+    );
     // No output device on INPUT: -o eth0 fails, ! -o eth0 matches (compared against "").
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:3", "filter:INPUT:rule:6", "filter:INPUT:rule:9", "filter:INPUT:policy:10"]);
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:INPUT:rule:1",
+            "filter:INPUT:rule:3",
+            "filter:INPUT:rule:6",
+            "filter:INPUT:rule:9",
+            "filter:INPUT:policy:10"
+        ]
+    );
 
     let mut frag = tcp("10.9.0.1", 1, "10.0.0.2", 2, 0);
     frag.frag = 0x2000 | 100;
     frag.l4 = L4::Other;
-    let dump = filter("-A INPUT -f -j LOG\n-A INPUT -p tcp --dport 2 -j LOG\n-A INPUT -p tcp -j LOG\n");
+    let dump =
+        filter("-A INPUT -f -j LOG\n-A INPUT -p tcp --dport 2 -j LOG\n-A INPUT -p tcp -j LOG\n");
     let t = Case::new(Hook::Input, frag).run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:3", "filter:INPUT:policy:4"], "ports never match later fragments");
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:INPUT:rule:1",
+            "filter:INPUT:rule:3",
+            "filter:INPUT:policy:4"
+        ],
+        "ports never match later fragments"
+    );
 }
 
 #[test]
@@ -183,14 +292,40 @@ fn tcp_udp_icmp_multiport_matches() {
          -A INPUT -p tcp -m tcpmss --mss 1400:1500 -j LOG\n\
          -A INPUT -p udp -m udp --dport 53 -j LOG\n",
     );
-    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1500, "10.0.0.2", 85, tcp_flags::SYN)).run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:3", "filter:INPUT:rule:4", "filter:INPUT:rule:6", "filter:INPUT:rule:7", "filter:INPUT:policy:9"]);
-    let t = Case::new(Hook::Input, udp("10.0.0.1", "10.0.0.2", 53)).run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:8", "filter:INPUT:policy:9"]);
+    let t = Case::new(
+        Hook::Input,
+        tcp("10.0.0.1", 1500, "10.0.0.2", 85, tcp_flags::SYN),
+    )
+    .run(&dump, Table::Filter, &unknown());
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:INPUT:rule:1",
+            "filter:INPUT:rule:3",
+            "filter:INPUT:rule:4",
+            "filter:INPUT:rule:6",
+            "filter:INPUT:rule:7",
+            "filter:INPUT:policy:9"
+        ]
+    );
+    let t = Case::new(Hook::Input, udp("10.0.0.1", "10.0.0.2", 53)).run(
+        &dump,
+        Table::Filter,
+        &unknown(),
+    );
+    assert_eq!(
+        single(&t).1,
+        ["filter:INPUT:rule:8", "filter:INPUT:policy:9"]
+    );
 
     let mut ping = tcp("10.0.0.1", 0, "10.0.0.2", 0, 0);
     ping.proto = 1;
-    ping.l4 = L4::Icmp { icmp_type: 8, code: 0, id: 1, seq: 1 };
+    ping.l4 = L4::Icmp {
+        icmp_type: 8,
+        code: 0,
+        id: 1,
+        seq: 1,
+    };
     let dump = filter("-A INPUT -p icmp -m icmp --icmp-type 0 -j LOG\n-A INPUT -p icmp -m icmp --icmp-type 8 -j ACCEPT\n");
     let t = Case::new(Hook::Input, ping).run(&dump, Table::Filter, &unknown());
     assert_eq!(single(&t).1, ["filter:INPUT:rule:2"]);
@@ -208,15 +343,55 @@ fn conntrack_state_status_and_invalid_without_ct() {
     );
     let h = tcp("10.0.0.1", 1, "10.0.0.2", 2, 0);
     let t = Case::new(Hook::Input, h.clone()).run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:5", "filter:INPUT:policy:7"]);
-    let t = Case::new(Hook::Input, h.clone()).ct(EST).run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:2", "filter:INPUT:rule:5", "filter:INPUT:policy:7"], "status 0x1a lacks ASSURED (0x4); SRC_NAT is not DNAT");
-    let t = Case::new(Hook::Input, h.clone()).ct(None).run(&dump, Table::Filter, &unknown());
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:INPUT:rule:1",
+            "filter:INPUT:rule:5",
+            "filter:INPUT:policy:7"
+        ]
+    );
+    let t = Case::new(Hook::Input, h.clone())
+        .ct(EST)
+        .run(&dump, Table::Filter, &unknown());
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:INPUT:rule:2",
+            "filter:INPUT:rule:5",
+            "filter:INPUT:policy:7"
+        ],
+        "status 0x1a lacks ASSURED (0x4); SRC_NAT is not DNAT"
+    );
+    let t = Case::new(Hook::Input, h.clone())
+        .ct(None)
+        .run(&dump, Table::Filter, &unknown());
     // Without a conntrack: INVALID; options other than --ctstate cannot match.
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:3", "filter:INPUT:rule:5", "filter:INPUT:policy:7"]);
-    let reply = Some(CtSnapshot { ctinfo: 3, status: 0x20, mark: 0, id: 1 });
-    let t = Case::new(Hook::Input, h).ct(reply).run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:2", "filter:INPUT:rule:6", "filter:INPUT:policy:7"]);
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:INPUT:rule:3",
+            "filter:INPUT:rule:5",
+            "filter:INPUT:policy:7"
+        ]
+    );
+    let reply = Some(CtSnapshot {
+        ctinfo: 3,
+        status: 0x20,
+        mark: 0,
+        id: 1,
+    });
+    let t = Case::new(Hook::Input, h)
+        .ct(reply)
+        .run(&dump, Table::Filter, &unknown());
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:INPUT:rule:2",
+            "filter:INPUT:rule:6",
+            "filter:INPUT:policy:7"
+        ]
+    );
 }
 
 #[test]
@@ -228,9 +403,21 @@ fn mark_connmark_and_their_targets() {
         -A PREROUTING -m connmark --mark 0x7 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n\
         -A PREROUTING -m connmark --mark 0x101 -j CONNMARK --restore-mark --nfmask 0xf --ctmask 0xffffffff\n\
         COMMIT\n";
-    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).ct(EST).mark(0x200).run(dump, Table::Mangle, &unknown());
+    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0))
+        .ct(EST)
+        .mark(0x200)
+        .run(dump, Table::Mangle, &unknown());
     let (_, s) = single(&t);
-    assert_eq!(s, ["mangle:PREROUTING:rule:2", "mangle:PREROUTING:rule:3", "mangle:PREROUTING:rule:4", "mangle:PREROUTING:rule:5", "mangle:PREROUTING:policy:6"]);
+    assert_eq!(
+        s,
+        [
+            "mangle:PREROUTING:rule:2",
+            "mangle:PREROUTING:rule:3",
+            "mangle:PREROUTING:rule:4",
+            "mangle:PREROUTING:rule:5",
+            "mangle:PREROUTING:policy:6"
+        ]
+    );
     let c = &t.candidates[0];
     assert_eq!(c.ctmark, Some(0x101));
     // save: ctmark = (7 & !ffffffff) ^ 0x101; restore: mark = (0x101 & !0xf) ^ 0x101 = 0x001.
@@ -238,7 +425,9 @@ fn mark_connmark_and_their_targets() {
     assert_eq!(c.steps[0].mark, 0x200);
     assert_eq!(c.steps[1].mark, 0x101, "a step logs the mark set before it");
     // No conntrack: connmark never matches, CONNMARK does nothing.
-    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).ct(None).run(dump, Table::Mangle, &unknown());
+    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0))
+        .ct(None)
+        .run(dump, Table::Mangle, &unknown());
     assert_eq!(single(&t).1.len(), 3);
 }
 
@@ -246,7 +435,9 @@ fn mark_connmark_and_their_targets() {
 fn dscp_tos_ttl_targets_change_the_packet() {
     let dump = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
         -A FORWARD -j DSCP --set-dscp 0x2e\n-A FORWARD -m dscp --dscp 0x2e -j TTL --ttl-set 9\n-A FORWARD -m ttl --ttl-eq 9 -j LOG\nCOMMIT\n";
-    let t = Case::new(Hook::Forward, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).out("eth1").run(dump, Table::Mangle, &unknown());
+    let t = Case::new(Hook::Forward, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0))
+        .out("eth1")
+        .run(dump, Table::Mangle, &unknown());
     let (_, s) = single(&t);
     assert_eq!(s.len(), 4);
     assert_eq!((t.candidates[0].tos, t.candidates[0].ttl), (0xb8, 9));
@@ -257,16 +448,43 @@ fn addrtype_uses_the_netns_addresses_or_branches() {
     let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
         -A PREROUTING -m addrtype --dst-type LOCAL -j LOG\n-A PREROUTING -m addrtype --dst-type BROADCAST -j LOG\n\
         -A PREROUTING -m addrtype --src-type MULTICAST -j LOG\nCOMMIT\n";
-    let ctx = NetContext::from_addrs([IfaceAddr { iface: "eth0".into(), addr: "10.0.0.2".parse().unwrap(), broadcast: Some("10.0.0.255".parse().unwrap()) }]);
-    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(dump, Table::Nat, &ctx);
-    assert_eq!(single(&t).1, ["nat:PREROUTING:rule:1", "nat:PREROUTING:policy:4"]);
-    let t = Case::new(Hook::Prerouting, udp("10.0.0.1", "10.0.0.255", 2)).run(dump, Table::Nat, &ctx);
-    assert_eq!(single(&t).1, ["nat:PREROUTING:rule:2", "nat:PREROUTING:policy:4"]);
-    let t = Case::new(Hook::Prerouting, udp("10.0.0.1", "255.255.255.255", 2)).run(dump, Table::Nat, &unknown());
-    assert_eq!(single(&t).1, ["nat:PREROUTING:rule:2", "nat:PREROUTING:policy:4"], "limited broadcast needs no context");
+    let ctx = NetContext::from_addrs([IfaceAddr {
+        iface: "eth0".into(),
+        addr: "10.0.0.2".parse().unwrap(),
+        broadcast: Some("10.0.0.255".parse().unwrap()),
+    }]);
+    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(
+        dump,
+        Table::Nat,
+        &ctx,
+    );
+    assert_eq!(
+        single(&t).1,
+        ["nat:PREROUTING:rule:1", "nat:PREROUTING:policy:4"]
+    );
+    let t =
+        Case::new(Hook::Prerouting, udp("10.0.0.1", "10.0.0.255", 2)).run(dump, Table::Nat, &ctx);
+    assert_eq!(
+        single(&t).1,
+        ["nat:PREROUTING:rule:2", "nat:PREROUTING:policy:4"]
+    );
+    let t = Case::new(Hook::Prerouting, udp("10.0.0.1", "255.255.255.255", 2)).run(
+        dump,
+        Table::Nat,
+        &unknown(),
+    );
+    assert_eq!(
+        single(&t).1,
+        ["nat:PREROUTING:rule:2", "nat:PREROUTING:policy:4"],
+        "limited broadcast needs no context"
+    );
     // Unknown addresses: LOCAL and BROADCAST are branch points (2 x 2 paths explored; the
     // source 10.0.0.1 is not multicast whatever the context).
-    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(dump, Table::Nat, &unknown());
+    let t = Case::new(Hook::Prerouting, tcp("10.0.0.1", 1, "10.0.0.2", 2, 0)).run(
+        dump,
+        Table::Nat,
+        &unknown(),
+    );
     assert_eq!(t.candidates.len(), 4);
     assert!(t.candidates.iter().all(|c| !c.assumptions.is_empty()));
 }
@@ -282,40 +500,103 @@ fn iprange_length_mac_pkttype_owner() {
          -A OUTPUT -m owner ! --uid-owner 0 -j LOG\n",
     );
     let mut c = Case::new(Hook::Input, tcp("10.0.0.5", 1, "10.0.0.2", 2, 0));
-    c.mac = Some(vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 8, 0]);
+    c.mac = Some(vec![
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 8, 0,
+    ]);
     let t = c.run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:INPUT:rule:1", "filter:INPUT:rule:3", "filter:INPUT:rule:4", "filter:INPUT:policy:5"]);
-    let mut c = Case::new(Hook::Output, tcp("10.0.0.2", 1, "10.0.0.5", 2, 0)).no_in().out("eth0");
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:INPUT:rule:1",
+            "filter:INPUT:rule:3",
+            "filter:INPUT:rule:4",
+            "filter:INPUT:policy:5"
+        ]
+    );
+    let mut c = Case::new(Hook::Output, tcp("10.0.0.2", 1, "10.0.0.5", 2, 0))
+        .no_in()
+        .out("eth0");
     c.uid = Some(1000);
     let t = c.run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:OUTPUT:rule:1", "filter:OUTPUT:rule:2", "filter:OUTPUT:policy:3"]);
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:OUTPUT:rule:1",
+            "filter:OUTPUT:rule:2",
+            "filter:OUTPUT:policy:3"
+        ]
+    );
     c.uid = None;
     let t = c.run(&dump, Table::Filter, &unknown());
-    assert_eq!(t.candidates.len(), 4, "owner unknown: both rules are branch points");
+    assert_eq!(
+        t.candidates.len(),
+        4,
+        "owner unknown: both rules are branch points"
+    );
 }
 
 #[test]
 fn terminal_extension_targets() {
     let h = tcp("10.0.0.1", 1, "10.0.0.2", 2, 0);
-    let t = Case::new(Hook::Input, h.clone()).run(&filter("-A INPUT -p tcp -j REJECT --reject-with tcp-reset\n"), Table::Filter, &unknown());
+    let t = Case::new(Hook::Input, h.clone()).run(
+        &filter("-A INPUT -p tcp -j REJECT --reject-with tcp-reset\n"),
+        Table::Filter,
+        &unknown(),
+    );
     assert_eq!(*single(&t).0, TableVerdict::Drop);
-    let t = Case::new(Hook::Input, h.clone()).run(&filter("-A INPUT -j NFQUEUE --queue-num 3 --queue-bypass\n"), Table::Filter, &unknown());
+    let t = Case::new(Hook::Input, h.clone()).run(
+        &filter("-A INPUT -j NFQUEUE --queue-num 3 --queue-bypass\n"),
+        Table::Filter,
+        &unknown(),
+    );
     assert_eq!(*single(&t).0, TableVerdict::Queue { bypass: true });
-    let t = Case::new(Hook::Input, h.clone()).run(&filter("-A INPUT -j FOOBAR --foo 1\n"), Table::Filter, &unknown());
+    let t = Case::new(Hook::Input, h.clone()).run(
+        &filter("-A INPUT -j FOOBAR --foo 1\n"),
+        Table::Filter,
+        &unknown(),
+    );
     let verdicts: Vec<_> = t.candidates.iter().map(|c| c.verdict.clone()).collect();
-    assert!(verdicts.contains(&TableVerdict::Accept) && verdicts.contains(&TableVerdict::Unknown { target: "FOOBAR".into() }), "{verdicts:?}");
+    assert!(
+        verdicts.contains(&TableVerdict::Accept)
+            && verdicts.contains(&TableVerdict::Unknown {
+                target: "FOOBAR".into()
+            }),
+        "{verdicts:?}"
+    );
 }
 
 #[test]
 fn missing_chain_and_missing_table_are_errors_not_guesses() {
     let mut rs = rules::parse(&filter(":X - [0:0]\n-A INPUT -j X\n")).unwrap();
-    let input_chain = rs.tables[0].chains.iter().position(|c| c.name == "X").unwrap();
+    let input_chain = rs.tables[0]
+        .chains
+        .iter()
+        .position(|c| c.name == "X")
+        .unwrap();
     rs.tables[0].chains.remove(input_chain);
     let ev = Evaluator::new(rs);
-    let st = PacketState { headers: tcp("10.0.0.1", 1, "10.0.0.2", 2, 0), mark: 0, ct: NEW };
-    let input = EvalInput { hook: Hook::Input, in_dev: Some("eth0"), out_dev: None, mac: None, uid: None, gid: None, state: &st, nf_trace: false, tuples: Default::default(), dst_local: None };
+    let st = PacketState {
+        headers: tcp("10.0.0.1", 1, "10.0.0.2", 2, 0),
+        mark: 0,
+        ct: NEW,
+    };
+    let input = EvalInput {
+        hook: Hook::Input,
+        in_dev: Some("eth0"),
+        out_dev: None,
+        mac: None,
+        uid: None,
+        gid: None,
+        state: &st,
+        nf_trace: false,
+        tuples: Default::default(),
+        dst_local: None,
+    };
     let t = ev.evaluate(Table::Filter, &input, &unknown()).unwrap();
-    assert!(matches!(t.candidates[0].verdict, TableVerdict::Broken { .. }));
+    assert!(matches!(
+        t.candidates[0].verdict,
+        TableVerdict::Broken { .. }
+    ));
     assert!(ev.evaluate(Table::Nat, &input, &unknown()).is_err());
 }
 
@@ -359,8 +640,16 @@ fn statistic_branches_are_resolved_by_the_observed_dnat() {
             tables: vec![TableObservation {
                 table: Table::Nat,
                 priority: -100,
-                before: PacketState { headers: before.clone(), mark: 0, ct: NEW },
-                after: Some(PacketState { headers: after, mark, ct: NEW }),
+                before: PacketState {
+                    headers: before.clone(),
+                    mark: 0,
+                    ct: NEW,
+                },
+                after: Some(PacketState {
+                    headers: after,
+                    mark,
+                    ct: NEW,
+                }),
                 verdict: ObservedVerdict::Accept,
             }],
             stages: vec![],
@@ -374,15 +663,36 @@ fn statistic_branches_are_resolved_by_the_observed_dnat() {
     assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
     assert_eq!(tr.ruled_out, 2);
     let ids: Vec<String> = tr.paths[0].steps.iter().map(|s| s.id.to_string()).collect();
-    assert_eq!(ids, ["nat:PREROUTING:rule:1", "nat:KUBE-SERVICES:rule:1", "nat:KUBE-SVC-A:rule:2", "nat:KUBE-SEP-2:rule:2"]);
-    assert_eq!(tr.paths[0].nat.as_ref().unwrap().to.to_string(), "10.244.0.2:8080");
+    assert_eq!(
+        ids,
+        [
+            "nat:PREROUTING:rule:1",
+            "nat:KUBE-SERVICES:rule:1",
+            "nat:KUBE-SVC-A:rule:2",
+            "nat:KUBE-SEP-2:rule:2"
+        ]
+    );
+    assert_eq!(
+        tr.paths[0].nat.as_ref().unwrap().to.to_string(),
+        "10.244.0.2:8080"
+    );
 
     // A translation no rule produces: inconsistent, with every evaluated path and why.
-    let rp = reconstruct(&packet(tcp("10.0.0.1", 40000, "10.244.0.9", 8080, tcp_flags::SYN), 0), &ev, &unknown());
+    let rp = reconstruct(
+        &packet(
+            tcp("10.0.0.1", 40000, "10.244.0.9", 8080, tcp_flags::SYN),
+            0,
+        ),
+        &ev,
+        &unknown(),
+    );
     let tr = &rp.hooks[0].tables[0];
     assert_eq!(tr.status, Status::Inconsistent);
     assert_eq!(tr.paths.len(), 3);
-    assert!(tr.paths.iter().all(|p| p.rejected.as_deref().is_some_and(|r| r.contains("10.244.0.9:8080"))));
+    assert!(tr.paths.iter().all(|p| p
+        .rejected
+        .as_deref()
+        .is_some_and(|r| r.contains("10.244.0.9:8080"))));
 
     // No evidence (packet dropped later, verdict unknown, no after): ambiguous, all shown.
     let mut p = packet(after, 0);
@@ -410,23 +720,50 @@ fn destination_index_is_exact() {
         }
     };
     for i in 0..100 {
-        add(&mut rules, format!("-A SVC -d 10.96.0.{i}/32 -p tcp -j LOG\n"), i == 42);
+        add(
+            &mut rules,
+            format!("-A SVC -d 10.96.0.{i}/32 -p tcp -j LOG\n"),
+            i == 42,
+        );
         if i % 25 == 0 {
             add(&mut rules, "-A SVC -p udp -j LOG\n".into(), false);
-            add(&mut rules, "-A SVC -d 10.96.0.0/24 -p tcp -m tcp --dport 80 -j LOG\n".into(), true);
-            add(&mut rules, "-A SVC ! -d 10.96.0.7/32 -p tcp -m tcp --dport 80 -j LOG\n".into(), true);
+            add(
+                &mut rules,
+                "-A SVC -d 10.96.0.0/24 -p tcp -m tcp --dport 80 -j LOG\n".into(),
+                true,
+            );
+            add(
+                &mut rules,
+                "-A SVC ! -d 10.96.0.7/32 -p tcp -m tcp --dport 80 -j LOG\n".into(),
+                true,
+            );
         }
     }
-    add(&mut rules, "-A SVC -d 10.96.0.42/32 -j ACCEPT\n".into(), true);
+    add(
+        &mut rules,
+        "-A SVC -d 10.96.0.42/32 -j ACCEPT\n".into(),
+        true,
+    );
     let dump = filter(&rules);
-    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.96.0.42", 80, 0)).run(&dump, Table::Filter, &unknown());
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.96.0.42", 80, 0)).run(
+        &dump,
+        Table::Filter,
+        &unknown(),
+    );
     let (v, s) = single(&t);
     assert_eq!(*v, TableVerdict::Accept);
     assert_eq!(s, want);
     assert_eq!(s.len(), 11);
-    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.96.0.7", 80, 0)).run(&dump, Table::Filter, &unknown());
+    let t = Case::new(Hook::Input, tcp("10.0.0.1", 1, "10.96.0.7", 80, 0)).run(
+        &dump,
+        Table::Filter,
+        &unknown(),
+    );
     assert!(single(&t).1.contains(&"filter:SVC:rule:11".to_string()));
-    assert!(!single(&t).1.contains(&"filter:SVC:rule:4".to_string()), "! -d 10.96.0.7/32 does not match .7");
+    assert!(
+        !single(&t).1.contains(&"filter:SVC:rule:4".to_string()),
+        "! -d 10.96.0.7/32 does not match .7"
+    );
 }
 
 #[test]
@@ -436,11 +773,32 @@ fn ipv6_rules_and_icmpv6() {
         -A INPUT -d 2001:db8::1/128 -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n";
     let mut h = tcp("fe80::2", 0, "fe80::1", 0, 0);
     h.proto = 58;
-    h.l4 = L4::Icmpv6 { icmp_type: 135, code: 0, id: 0, seq: 0 };
+    h.l4 = L4::Icmpv6 {
+        icmp_type: 135,
+        code: 0,
+        id: 0,
+        seq: 0,
+    };
     let t = Case::new(Hook::Input, h).run(dump, Table::Filter, &unknown());
-    assert_eq!(single(&t), (&TableVerdict::Accept, vec!["filter:INPUT:rule:1".to_string()]));
-    let t = Case::new(Hook::Input, tcp("2001:db8::9", 5, "2001:db8::1", 23, 0)).run(dump, Table::Filter, &unknown());
-    assert_eq!(single(&t), (&TableVerdict::Drop, vec!["filter:INPUT:policy:3".to_string()]));
+    assert_eq!(
+        single(&t),
+        (
+            &TableVerdict::Accept,
+            vec!["filter:INPUT:rule:1".to_string()]
+        )
+    );
+    let t = Case::new(Hook::Input, tcp("2001:db8::9", 5, "2001:db8::1", 23, 0)).run(
+        dump,
+        Table::Filter,
+        &unknown(),
+    );
+    assert_eq!(
+        single(&t),
+        (
+            &TableVerdict::Drop,
+            vec!["filter:INPUT:policy:3".to_string()]
+        )
+    );
 }
 
 /// Observations shared with other stages (a lost probe event) constrain only what holds for
@@ -455,8 +813,16 @@ fn shared_observations_are_weaker_evidence() {
     let obs = TableObservation {
         table: Table::Mangle,
         priority: -150,
-        before: PacketState { headers: before, mark: 0, ct: NEW },
-        after: Some(PacketState { headers: after, mark: 0x10, ct: NEW }),
+        before: PacketState {
+            headers: before,
+            mark: 0,
+            ct: NEW,
+        },
+        after: Some(PacketState {
+            headers: after,
+            mark: 0x10,
+            ct: NEW,
+        }),
         verdict: ObservedVerdict::Accept,
     };
     let mk = |shared: bool| PacketTrace {
@@ -475,14 +841,29 @@ fn shared_observations_are_weaker_evidence() {
             uid: None,
             gid: None,
             tables: vec![obs.clone()],
-            stages: vec![StageObservation { stage: Stage::Table { table: Table::Mangle }, priority: -150, before: obs.before.clone(), after: obs.after.clone(), verdict: ObservedVerdict::Accept, shared }],
+            stages: vec![StageObservation {
+                stage: Stage::Table {
+                    table: Table::Mangle,
+                },
+                priority: -150,
+                before: obs.before.clone(),
+                after: obs.after.clone(),
+                verdict: ObservedVerdict::Accept,
+                shared,
+            }],
             probes: vec![],
         }],
         incomplete: false,
         fate: Default::default(),
     };
-    assert_eq!(reconstruct(&mk(false), &ev, &unknown()).status, Status::Inconsistent);
-    assert_eq!(reconstruct(&mk(true), &ev, &unknown()).status, Status::Confirmed);
+    assert_eq!(
+        reconstruct(&mk(false), &ev, &unknown()).status,
+        Status::Inconsistent
+    );
+    assert_eq!(
+        reconstruct(&mk(true), &ev, &unknown()).status,
+        Status::Confirmed
+    );
 }
 
 /// physdev without bridge port info (the packet did not come in through a bridge): options
@@ -495,16 +876,31 @@ fn physdev_decided_for_unbridged_packets() {
          -A FORWARD -m physdev --physdev-in veth+ -j LOG\n\
          -A FORWARD -j ACCEPT\n",
     );
-    let mut ctx = NetContext::from_addrs([IfaceAddr { iface: "br0".into(), addr: "10.0.0.1".parse().unwrap(), broadcast: None }]);
+    let mut ctx = NetContext::from_addrs([IfaceAddr {
+        iface: "br0".into(),
+        addr: "10.0.0.1".parse().unwrap(),
+        broadcast: None,
+    }]);
     ctx.bridges = vec!["br0".into()];
     ctx.bridges_known = true;
-    let t = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0)).out("br0").run(&dump, Table::Filter, &ctx);
-    assert_eq!(single(&t).1, ["filter:FORWARD:rule:2", "filter:FORWARD:policy:4"]);
+    let t = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0))
+        .out("br0")
+        .run(&dump, Table::Filter, &ctx);
+    assert_eq!(
+        single(&t).1,
+        ["filter:FORWARD:rule:2", "filter:FORWARD:policy:4"]
+    );
     let mut c = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0)).out("eth1");
     c.in_dev = Some("br0");
     let t = c.run(&dump, Table::Filter, &ctx);
-    assert_eq!(t.candidates.len(), 8, "bridged: all three rules are branch points");
-    let t = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0)).out("br0").run(&dump, Table::Filter, &unknown());
+    assert_eq!(
+        t.candidates.len(),
+        8,
+        "bridged: all three rules are branch points"
+    );
+    let t = Case::new(Hook::Forward, tcp("10.0.0.5", 1, "10.1.0.2", 2, 0))
+        .out("br0")
+        .run(&dump, Table::Filter, &unknown());
     assert_eq!(t.candidates.len(), 8, "bridges unknown: branch points");
 }
 
@@ -522,15 +918,35 @@ fn source_index_is_exact() {
         }
     };
     for i in 0..200 {
-        add(&mut rules, format!("-A BLOCK -s 198.51.100.{i}/32 -j LOG\n"), i == 77);
+        add(
+            &mut rules,
+            format!("-A BLOCK -s 198.51.100.{i}/32 -j LOG\n"),
+            i == 77,
+        );
         if i % 50 == 0 {
-            add(&mut rules, "-A BLOCK -s 198.51.100.0/24 -j LOG\n".into(), true);
-            add(&mut rules, "-A BLOCK -d 10.0.0.1/32 -p tcp -j LOG\n".into(), true);
+            add(
+                &mut rules,
+                "-A BLOCK -s 198.51.100.0/24 -j LOG\n".into(),
+                true,
+            );
+            add(
+                &mut rules,
+                "-A BLOCK -d 10.0.0.1/32 -p tcp -j LOG\n".into(),
+                true,
+            );
         }
     }
-    add(&mut rules, "-A BLOCK -s 198.51.100.77/32 -j DROP\n".into(), true);
+    add(
+        &mut rules,
+        "-A BLOCK -s 198.51.100.77/32 -j DROP\n".into(),
+        true,
+    );
     let dump = filter(&rules);
-    let t = Case::new(Hook::Input, tcp("198.51.100.77", 1, "10.0.0.1", 2, 0)).run(&dump, Table::Filter, &unknown());
+    let t = Case::new(Hook::Input, tcp("198.51.100.77", 1, "10.0.0.1", 2, 0)).run(
+        &dump,
+        Table::Filter,
+        &unknown(),
+    );
     let (v, s) = single(&t);
     assert_eq!(*v, TableVerdict::Drop);
     assert_eq!(s, want);
@@ -546,13 +962,29 @@ fn conntrack_tuples_when_known() {
          -A FORWARD -m conntrack ! --ctorigsrc 10.0.0.0/8 -j LOG\n",
     );
     let after_dnat = tcp("10.0.0.1", 40000, "10.244.0.2", 8080, 0);
-    let mut c = Case::new(Hook::Forward, after_dnat.clone()).out("cni0").ct(EST);
-    c.tuples = CtTuples { orig: Some(Tuple::of(&tcp("10.0.0.1", 40000, "10.96.0.10", 80, 0))), reply: Some(Tuple::of(&after_dnat).inverse()) };
+    let mut c = Case::new(Hook::Forward, after_dnat.clone())
+        .out("cni0")
+        .ct(EST);
+    c.tuples = CtTuples {
+        orig: Some(Tuple::of(&tcp("10.0.0.1", 40000, "10.96.0.10", 80, 0))),
+        reply: Some(Tuple::of(&after_dnat).inverse()),
+    };
     let t = c.run(&dump, Table::Filter, &unknown());
-    assert_eq!(single(&t).1, ["filter:FORWARD:rule:1", "filter:FORWARD:rule:2", "filter:FORWARD:policy:4"]);
+    assert_eq!(
+        single(&t).1,
+        [
+            "filter:FORWARD:rule:1",
+            "filter:FORWARD:rule:2",
+            "filter:FORWARD:policy:4"
+        ]
+    );
     c.tuples.reply = None;
     let t = c.run(&dump, Table::Filter, &unknown());
-    assert_eq!(t.candidates.len(), 2, "unknown reply tuple: rule 2 is a branch point");
+    assert_eq!(
+        t.candidates.len(),
+        2,
+        "unknown reply tuple: rule 2 is a branch point"
+    );
 }
 
 /// Reconstruction derives the tuples from the traversal: an ESTABLISHED packet DNAT'ed by
@@ -563,9 +995,30 @@ fn reconstruction_knows_the_original_tuple() {
     let ev = Evaluator::new(rules::parse(&dump).unwrap());
     let pre = tcp("192.168.64.5", 5000, "192.168.64.4", 10000, tcp_flags::ACK);
     let post = tcp("192.168.64.5", 5000, "172.19.0.9", 80, tcp_flags::ACK);
-    let st = |h: &Headers| PacketState { headers: h.clone(), mark: 0, ct: EST };
-    let obs = |t: Table, p: i32, b: &Headers, a: &Headers| TableObservation { table: t, priority: p, before: st(b), after: Some(st(a)), verdict: ObservedVerdict::Accept };
-    let pass = |hook, tables| HookPass { hook, ts_ns: 0, in_dev: Some("eth0".into()), out_dev: Some("br0".into()), mac: None, uid: None, gid: None, tables, stages: vec![], probes: vec![] };
+    let st = |h: &Headers| PacketState {
+        headers: h.clone(),
+        mark: 0,
+        ct: EST,
+    };
+    let obs = |t: Table, p: i32, b: &Headers, a: &Headers| TableObservation {
+        table: t,
+        priority: p,
+        before: st(b),
+        after: Some(st(a)),
+        verdict: ObservedVerdict::Accept,
+    };
+    let pass = |hook, tables| HookPass {
+        hook,
+        ts_ns: 0,
+        in_dev: Some("eth0".into()),
+        out_dev: Some("br0".into()),
+        mac: None,
+        uid: None,
+        gid: None,
+        tables,
+        stages: vec![],
+        probes: vec![],
+    };
     let p = PacketTrace {
         id: 1,
         skb: 1,
@@ -585,11 +1038,24 @@ fn reconstruction_knows_the_original_tuple() {
     let rp = reconstruct(&p, &ev, &unknown());
     let filter = &rp.hooks[1].tables[0];
     assert_eq!(filter.status, Status::Confirmed, "{filter:#?}");
-    assert_eq!(filter.paths[0].steps.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(), ["filter:FORWARD:rule:1"]);
+    assert_eq!(
+        filter.paths[0]
+            .steps
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect::<Vec<_>>(),
+        ["filter:FORWARD:rule:1"]
+    );
 }
 
 /// One nat table observation: `before` → `after` on `hook`, NEW connection.
-fn nat_packet(hook: Hook, in_dev: Option<&str>, out_dev: Option<&str>, before: Headers, after: Headers) -> PacketTrace {
+fn nat_packet(
+    hook: Hook,
+    in_dev: Option<&str>,
+    out_dev: Option<&str>,
+    before: Headers,
+    after: Headers,
+) -> PacketTrace {
     PacketTrace {
         id: 1,
         skb: 1,
@@ -608,8 +1074,16 @@ fn nat_packet(hook: Hook, in_dev: Option<&str>, out_dev: Option<&str>, before: H
             tables: vec![TableObservation {
                 table: Table::Nat,
                 priority: Table::Nat.priority(hook).unwrap(),
-                before: PacketState { headers: before, mark: 0, ct: NEW },
-                after: Some(PacketState { headers: after, mark: 0, ct: NEW }),
+                before: PacketState {
+                    headers: before,
+                    mark: 0,
+                    ct: NEW,
+                },
+                after: Some(PacketState {
+                    headers: after,
+                    mark: 0,
+                    ct: NEW,
+                }),
                 verdict: ObservedVerdict::Accept,
             }],
             stages: vec![],
@@ -624,7 +1098,13 @@ fn nat_status(dump: &str, p: &PacketTrace, ctx: &NetContext) -> (Status, Vec<Str
     let ev = Evaluator::new(rules::parse(dump).unwrap());
     let rp = reconstruct(p, &ev, ctx);
     let t = &rp.hooks[0].tables[0];
-    (t.status, t.paths.first().map(|p| p.steps.iter().map(|s| s.id.to_string()).collect()).unwrap_or_default())
+    (
+        t.status,
+        t.paths
+            .first()
+            .map(|p| p.steps.iter().map(|s| s.id.to_string()).collect())
+            .unwrap_or_default(),
+    )
 }
 
 fn nat_dump(rules: &str) -> String {
@@ -637,37 +1117,110 @@ fn nat_dump(rules: &str) -> String {
 #[test]
 fn nat_targets_are_checked_against_the_observed_translation() {
     let ctx = NetContext::from_addrs([
-        IfaceAddr { iface: "eth0".into(), addr: "203.0.113.1".parse().unwrap(), broadcast: None },
-        IfaceAddr { iface: "eth1".into(), addr: "10.0.0.1".parse().unwrap(), broadcast: None },
+        IfaceAddr {
+            iface: "eth0".into(),
+            addr: "203.0.113.1".parse().unwrap(),
+            broadcast: None,
+        },
+        IfaceAddr {
+            iface: "eth1".into(),
+            addr: "10.0.0.1".parse().unwrap(),
+            broadcast: None,
+        },
     ]);
     let before = tcp("10.0.0.5", 40000, "198.51.100.9", 443, tcp_flags::SYN);
-    let post = |src: &str, sport| nat_packet(Hook::Postrouting, Some("eth1"), Some("eth0"), before.clone(), tcp(src, sport, "198.51.100.9", 443, tcp_flags::SYN));
+    let post = |src: &str, sport| {
+        nat_packet(
+            Hook::Postrouting,
+            Some("eth1"),
+            Some("eth0"),
+            before.clone(),
+            tcp(src, sport, "198.51.100.9", 443, tcp_flags::SYN),
+        )
+    };
 
     let snat = nat_dump("-A POSTROUTING -s 10.0.0.0/24 -o eth0 -j SNAT --to-source 203.0.113.10-203.0.113.20:1024-2048\n");
-    assert_eq!(nat_status(&snat, &post("203.0.113.15", 1500), &ctx).0, Status::Confirmed);
-    assert_eq!(nat_status(&snat, &post("203.0.113.30", 1500), &ctx).0, Status::Inconsistent, "address outside the range");
-    assert_eq!(nat_status(&snat, &post("203.0.113.15", 3000), &ctx).0, Status::Inconsistent, "port outside the range");
+    assert_eq!(
+        nat_status(&snat, &post("203.0.113.15", 1500), &ctx).0,
+        Status::Confirmed
+    );
+    assert_eq!(
+        nat_status(&snat, &post("203.0.113.30", 1500), &ctx).0,
+        Status::Inconsistent,
+        "address outside the range"
+    );
+    assert_eq!(
+        nat_status(&snat, &post("203.0.113.15", 3000), &ctx).0,
+        Status::Inconsistent,
+        "port outside the range"
+    );
 
     let masq = nat_dump("-A POSTROUTING -o eth0 -j MASQUERADE\n");
-    assert_eq!(nat_status(&masq, &post("203.0.113.1", 40000), &ctx).0, Status::Confirmed);
-    assert_eq!(nat_status(&masq, &post("203.0.113.1", 61000), &ctx).0, Status::Confirmed, "a clash may move the port");
-    assert_eq!(nat_status(&masq, &post("10.0.0.1", 40000), &ctx).0, Status::Inconsistent, "not an address of eth0");
-    assert_eq!(nat_status(&masq, &post("10.0.0.1", 40000), &NetContext::unknown()).0, Status::Confirmed, "addresses unknown");
+    assert_eq!(
+        nat_status(&masq, &post("203.0.113.1", 40000), &ctx).0,
+        Status::Confirmed
+    );
+    assert_eq!(
+        nat_status(&masq, &post("203.0.113.1", 61000), &ctx).0,
+        Status::Confirmed,
+        "a clash may move the port"
+    );
+    assert_eq!(
+        nat_status(&masq, &post("10.0.0.1", 40000), &ctx).0,
+        Status::Inconsistent,
+        "not an address of eth0"
+    );
+    assert_eq!(
+        nat_status(&masq, &post("10.0.0.1", 40000), &NetContext::unknown()).0,
+        Status::Confirmed,
+        "addresses unknown"
+    );
 
     // No NAT rule: the null binding keeps the addresses (may move the source port).
     let none = nat_dump("");
-    assert_eq!(nat_status(&none, &post("10.0.0.5", 40001), &ctx).0, Status::Confirmed);
-    assert_eq!(nat_status(&none, &post("203.0.113.1", 40000), &ctx).0, Status::Inconsistent);
+    assert_eq!(
+        nat_status(&none, &post("10.0.0.5", 40001), &ctx).0,
+        Status::Confirmed
+    );
+    assert_eq!(
+        nat_status(&none, &post("203.0.113.1", 40000), &ctx).0,
+        Status::Inconsistent
+    );
 
-    let redirect = nat_dump("-A PREROUTING -i eth1 -p tcp -m tcp --dport 443 -j REDIRECT --to-ports 3129\n");
-    let pre = |dst: &str, dport| nat_packet(Hook::Prerouting, Some("eth1"), None, before.clone(), tcp("10.0.0.5", 40000, dst, dport, tcp_flags::SYN));
-    assert_eq!(nat_status(&redirect, &pre("10.0.0.1", 3129), &ctx).0, Status::Confirmed);
-    assert_eq!(nat_status(&redirect, &pre("203.0.113.1", 3129), &ctx).0, Status::Inconsistent, "REDIRECT goes to the input device's address");
-    assert_eq!(nat_status(&redirect, &pre("10.0.0.1", 8080), &ctx).0, Status::Inconsistent);
+    let redirect =
+        nat_dump("-A PREROUTING -i eth1 -p tcp -m tcp --dport 443 -j REDIRECT --to-ports 3129\n");
+    let pre = |dst: &str, dport| {
+        nat_packet(
+            Hook::Prerouting,
+            Some("eth1"),
+            None,
+            before.clone(),
+            tcp("10.0.0.5", 40000, dst, dport, tcp_flags::SYN),
+        )
+    };
+    assert_eq!(
+        nat_status(&redirect, &pre("10.0.0.1", 3129), &ctx).0,
+        Status::Confirmed
+    );
+    assert_eq!(
+        nat_status(&redirect, &pre("203.0.113.1", 3129), &ctx).0,
+        Status::Inconsistent,
+        "REDIRECT goes to the input device's address"
+    );
+    assert_eq!(
+        nat_status(&redirect, &pre("10.0.0.1", 8080), &ctx).0,
+        Status::Inconsistent
+    );
 
     let netmap = nat_dump("-A PREROUTING -d 198.51.100.0/24 -j NETMAP --to 192.0.2.0/24\n");
-    assert_eq!(nat_status(&netmap, &pre("192.0.2.9", 443), &ctx).0, Status::Confirmed);
-    assert_eq!(nat_status(&netmap, &pre("192.0.2.10", 443), &ctx).0, Status::Inconsistent);
+    assert_eq!(
+        nat_status(&netmap, &pre("192.0.2.9", 443), &ctx).0,
+        Status::Confirmed
+    );
+    assert_eq!(
+        nat_status(&netmap, &pre("192.0.2.10", 443), &ctx).0,
+        Status::Inconsistent
+    );
 
     // A translation in a table that does not translate is never explained.
     let mangle = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";

@@ -41,7 +41,10 @@ fn fixtures() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: fixtures not found at {} (set IPTRACE_FIXTURES)", dir.display());
+        eprintln!(
+            "SKIPPED: fixtures not found at {} (set IPTRACE_FIXTURES)",
+            dir.display()
+        );
         None
     }
 }
@@ -57,9 +60,17 @@ fn ruleset(name: &str) -> Ruleset {
 
 /// The node namespace of the lab (README topology).
 fn node_ctx() -> NetContext {
-    let a = |iface: &str, addr: &str, brd: &str| IfaceAddr { iface: iface.into(), addr: addr.parse().unwrap(), broadcast: Some(brd.parse().unwrap()) };
+    let a = |iface: &str, addr: &str, brd: &str| IfaceAddr {
+        iface: iface.into(),
+        addr: addr.parse().unwrap(),
+        broadcast: Some(brd.parse().unwrap()),
+    };
     NetContext::from_addrs([
-        IfaceAddr { iface: "lo".into(), addr: "127.0.0.1".parse().unwrap(), broadcast: None },
+        IfaceAddr {
+            iface: "lo".into(),
+            addr: "127.0.0.1".parse().unwrap(),
+            broadcast: None,
+        },
         a("eth0", "192.168.64.4", "192.168.64.255"),
         a("br-00ea7870520a", "172.19.0.1", "172.19.255.255"),
         a("docker0", "172.17.0.1", "172.17.255.255"),
@@ -81,7 +92,11 @@ fn headers(r: &RefHeaders) -> Headers {
             urgp: r.urgp.unwrap_or(0),
             options: r.tcp_opt.as_deref().map(hex).unwrap_or_default(),
         },
-        17 => L4::Udp { sport, dport, len: r.udp_len.unwrap_or(0) },
+        17 => L4::Udp {
+            sport,
+            dport,
+            len: r.udp_len.unwrap_or(0),
+        },
         _ => L4::Other,
     };
     Headers {
@@ -100,7 +115,9 @@ fn headers(r: &RefHeaders) -> Headers {
 
 fn hex(s: &str) -> Vec<u8> {
     let s: String = s.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    (0..s.len() / 2).map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap()).collect()
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
 }
 
 fn mac(r: &RefHeaders) -> Option<Vec<u8>> {
@@ -129,9 +146,20 @@ fn xt_packets(text: &str) -> Vec<Vec<ChainView>> {
                     if step.table == Table::Raw {
                         packets.push(Vec::new());
                     }
-                    packets.last_mut().expect("starts in raw").push(ChainView { table: step.table, hook, headers: h, steps: Vec::new() });
+                    packets.last_mut().expect("starts in raw").push(ChainView {
+                        table: step.table,
+                        hook,
+                        headers: h,
+                        steps: Vec::new(),
+                    });
                 }
-                packets.last_mut().unwrap().last_mut().unwrap().steps.push(step);
+                packets
+                    .last_mut()
+                    .unwrap()
+                    .last_mut()
+                    .unwrap()
+                    .steps
+                    .push(step);
             }
             None => {}
         }
@@ -142,7 +170,12 @@ fn xt_packets(text: &str) -> Vec<Vec<ChainView>> {
 const ESTABLISHED_STATUS: u32 = 0x1ae;
 
 /// Builds the probes' view of one packet from its chain views.
-fn packet_trace(id: u64, views: &[ChainView], rs: &Ruleset, first_of_connection: bool) -> PacketTrace {
+fn packet_trace(
+    id: u64,
+    views: &[ChainView],
+    rs: &Ruleset,
+    first_of_connection: bool,
+) -> PacketTrace {
     let mut hooks: Vec<HookPass> = Vec::new();
     let mut order: Vec<(Hook, Vec<&ChainView>)> = Vec::new();
     for v in views {
@@ -156,31 +189,56 @@ fn packet_trace(id: u64, views: &[ChainView], rs: &Ruleset, first_of_connection:
         let next_hook_first = order.get(hi + 1).map(|(_, vs)| headers(&vs[0].headers));
         let first = &vs[0].headers;
         let mut tables = Vec::new();
-        let present: Vec<Table> = Table::on_hook(*hook).into_iter().filter(|t| rs.table(*t).is_some()).collect();
+        let present: Vec<Table> = Table::on_hook(*hook)
+            .into_iter()
+            .filter(|t| rs.table(*t).is_some())
+            .collect();
         // Each table's input: what the trace shows, or (a table not traversed) what the
         // previous table left. Each table's output: the next table's input.
         let mut befores: Vec<Headers> = Vec::new();
         for t in &present {
-            let seen = vs.iter().find(|v| v.table == *t).map(|v| headers(&v.headers));
+            let seen = vs
+                .iter()
+                .find(|v| v.table == *t)
+                .map(|v| headers(&v.headers));
             let prev = befores.last().cloned().unwrap_or_else(|| headers(first));
             befores.push(seen.unwrap_or(prev));
         }
         for (ti, t) in present.iter().copied().enumerate() {
             let before = befores[ti].clone();
             // ip_forward decrements the TTL between PREROUTING and FORWARD, not in a table.
-            let next_hook = next_hook_first.clone().map(|h| Headers { ttl: before.ttl, ..h });
-            let after = befores.get(ti + 1).cloned().or(next_hook).unwrap_or_else(|| before.clone());
+            let next_hook = next_hook_first.clone().map(|h| Headers {
+                ttl: before.ttl,
+                ..h
+            });
+            let after = befores
+                .get(ti + 1)
+                .cloned()
+                .or(next_hook)
+                .unwrap_or_else(|| before.clone());
             let ct = if t == Table::Raw {
                 None
             } else if first_of_connection {
-                Some(CtSnapshot { ctinfo: 2, status, mark: 0, id: 1 })
+                Some(CtSnapshot {
+                    ctinfo: 2,
+                    status,
+                    mark: 0,
+                    id: 1,
+                })
             } else {
-                Some(CtSnapshot { ctinfo: 0, status: ESTABLISHED_STATUS, mark: 0, id: 1 })
+                Some(CtSnapshot {
+                    ctinfo: 0,
+                    status: ESTABLISHED_STATUS,
+                    mark: 0,
+                    id: 1,
+                })
             };
             if first_of_connection && t == Table::Nat {
                 // nf_nat marks the manip done (DNAT'ed or null binding) after the table.
                 status |= match hook {
-                    Hook::Prerouting | Hook::Output => 0x100 | if after.dst != before.dst { 0x20 } else { 0 },
+                    Hook::Prerouting | Hook::Output => {
+                        0x100 | if after.dst != before.dst { 0x20 } else { 0 }
+                    }
                     _ => 0x80 | if after.src != before.src { 0x10 } else { 0 },
                 };
             }
@@ -188,13 +246,35 @@ fn packet_trace(id: u64, views: &[ChainView], rs: &Ruleset, first_of_connection:
                 Some(c) if first_of_connection => Some(CtSnapshot { status, ..c }),
                 Some(c) => Some(c),
                 // conntrack (-200) attaches the entry right after raw.
-                None => Some(if first_of_connection { CtSnapshot { ctinfo: 2, status, mark: 0, id: 1 } } else { CtSnapshot { ctinfo: 0, status: ESTABLISHED_STATUS, mark: 0, id: 1 } }),
+                None => Some(if first_of_connection {
+                    CtSnapshot {
+                        ctinfo: 2,
+                        status,
+                        mark: 0,
+                        id: 1,
+                    }
+                } else {
+                    CtSnapshot {
+                        ctinfo: 0,
+                        status: ESTABLISHED_STATUS,
+                        mark: 0,
+                        id: 1,
+                    }
+                }),
             };
             tables.push(TableObservation {
                 table: t,
                 priority: t.priority(*hook).unwrap(),
-                before: PacketState { headers: before, mark: 0, ct },
-                after: Some(PacketState { headers: after, mark: 0, ct: ct_after }),
+                before: PacketState {
+                    headers: before,
+                    mark: 0,
+                    ct,
+                },
+                after: Some(PacketState {
+                    headers: after,
+                    mark: 0,
+                    ct: ct_after,
+                }),
                 verdict: ObservedVerdict::Accept,
             });
         }
@@ -211,7 +291,17 @@ fn packet_trace(id: u64, views: &[ChainView], rs: &Ruleset, first_of_connection:
             probes: Vec::new(),
         });
     }
-    PacketTrace { id, skb: id, gen: 0, netns: 1, family: Family::Ipv4, first_ts_ns: 0, hooks, incomplete: false, fate: Default::default() }
+    PacketTrace {
+        id,
+        skb: id,
+        gen: 0,
+        netns: 1,
+        family: Family::Ipv4,
+        first_ts_ns: 0,
+        hooks,
+        incomplete: false,
+        fate: Default::default(),
+    }
 }
 
 /// A reference step mapped to a TRACE position of `rs` through its rule text.
@@ -220,19 +310,30 @@ fn map_step(rs: &Ruleset, s: &RefStep) -> StepId {
     let chain = table.chain(&s.chain).expect("chain");
     match &s.pos {
         RefStepPos::Policy | RefStepPos::EndOfChain => chain.end_step(s.table),
-        RefStepPos::Numbered { kind, num } => StepId { table: s.table, chain: s.chain.clone(), kind: *kind, num: *num },
+        RefStepPos::Numbered { kind, num } => StepId {
+            table: s.table,
+            chain: s.chain.clone(),
+            kind: *kind,
+            num: *num,
+        },
         _ => {
             let text = s.rule_text.as_deref().expect("rule text");
             let prefix = format!("-A {} ", s.chain);
             let body = &text[text.find(&prefix).expect("-A CHAIN") + prefix.len()..];
-            let n = chain.rules.iter().position(|r| r.text == body).unwrap_or_else(|| panic!("rule `{body}` not in {}", s.chain));
+            let n = chain
+                .rules
+                .iter()
+                .position(|r| r.text == body)
+                .unwrap_or_else(|| panic!("rule `{body}` not in {}", s.chain));
             chain.step(s.table, n as u32 + 1).unwrap()
         }
     }
 }
 
 fn is_trace_rule(s: &RefStep) -> bool {
-    s.rule_text.as_deref().is_some_and(|t| t.ends_with("-j TRACE"))
+    s.rule_text
+        .as_deref()
+        .is_some_and(|t| t.ends_with("-j TRACE"))
 }
 
 /// Reconstructs every packet of an xtables-monitor fixture against `dump` and compares with
@@ -248,15 +349,41 @@ fn golden(trace: &str, dump: &str) -> Vec<ReconstructedPacket> {
         let pt = packet_trace(i as u64 + 1, views, &rs, i == 0);
         let rp = reconstruct(&pt, &ev, &ctx);
         let ref_steps: Vec<&RefStep> = views.iter().flat_map(|v| &v.steps).collect();
-        assert!(is_trace_rule(ref_steps[0]), "nft prints the TRACE rule first");
-        let want: Vec<String> = ref_steps[1..].iter().map(|s| map_step(&rs, s).to_string()).collect();
+        assert!(
+            is_trace_rule(ref_steps[0]),
+            "nft prints the TRACE rule first"
+        );
+        let want: Vec<String> = ref_steps[1..]
+            .iter()
+            .map(|s| map_step(&rs, s).to_string())
+            .collect();
         let all: Vec<_> = rp.steps().map(|(_, _, s)| s).collect();
-        let got: Vec<String> = all.iter().filter(|s| s.traced).map(|s| s.id.to_string()).collect();
-        assert_eq!(got, want, "{trace} against {dump}, packet {} (line by line from where TRACE was enabled)", i + 1);
+        let got: Vec<String> = all
+            .iter()
+            .filter(|s| s.traced)
+            .map(|s| s.id.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            want,
+            "{trace} against {dump}, packet {} (line by line from where TRACE was enabled)",
+            i + 1
+        );
         // nft also prints the TRACE rule: it is the step just before the first traced one.
         let first_traced = all.iter().position(|s| s.traced).unwrap();
-        assert_eq!(all[first_traced - 1].id, map_step(&rs, ref_steps[0]), "{trace} packet {}: TRACE rule", i + 1);
-        assert_eq!(rp.status, Status::Confirmed, "{trace} packet {}: {:#?}", i + 1, rp.hooks);
+        assert_eq!(
+            all[first_traced - 1].id,
+            map_step(&rs, ref_steps[0]),
+            "{trace} packet {}: TRACE rule",
+            i + 1
+        );
+        assert_eq!(
+            rp.status,
+            Status::Confirmed,
+            "{trace} packet {}: {:#?}",
+            i + 1,
+            rp.hooks
+        );
         out.push(rp);
     }
     out
@@ -269,22 +396,49 @@ fn nft_remote_matches_xtables_monitor() {
     }
     let rps = golden("nft-remote.txt", "nft-remote.iptables-save.txt");
     // The README's remote SYN path, and ESTABLISHED packets via FORWARD rule 7 without nat.
-    let syn: Vec<String> = rps[0].steps().filter(|(_, _, s)| s.traced).map(|(_, _, s)| s.id.to_string()).collect();
+    let syn: Vec<String> = rps[0]
+        .steps()
+        .filter(|(_, _, s)| s.traced)
+        .map(|(_, _, s)| s.id.to_string())
+        .collect();
     assert_eq!(
         syn,
         [
-            "raw:PREROUTING:policy:2", "mangle:PREROUTING:policy:1", "nat:PREROUTING:rule:1", "nat:DOCKER:rule:3",
-            "mangle:FORWARD:policy:1", "filter:FORWARD:rule:1", "filter:DOCKER-USER:return:1", "filter:FORWARD:rule:2",
-            "filter:DOCKER-ISOLATION-STAGE-1:return:3", "filter:FORWARD:rule:8", "filter:DOCKER:rule:1",
-            "mangle:POSTROUTING:policy:1", "nat:POSTROUTING:policy:4"
+            "raw:PREROUTING:policy:2",
+            "mangle:PREROUTING:policy:1",
+            "nat:PREROUTING:rule:1",
+            "nat:DOCKER:rule:3",
+            "mangle:FORWARD:policy:1",
+            "filter:FORWARD:rule:1",
+            "filter:DOCKER-USER:return:1",
+            "filter:FORWARD:rule:2",
+            "filter:DOCKER-ISOLATION-STAGE-1:return:3",
+            "filter:FORWARD:rule:8",
+            "filter:DOCKER:rule:1",
+            "mangle:POSTROUTING:policy:1",
+            "nat:POSTROUTING:policy:4"
         ]
     );
-    let nat = rps[0].hooks[0].tables.iter().find(|t| t.table == Table::Nat).unwrap();
+    let nat = rps[0].hooks[0]
+        .tables
+        .iter()
+        .find(|t| t.table == Table::Nat)
+        .unwrap();
     let n = nat.paths[0].nat.as_ref().expect("DNAT");
-    assert_eq!((n.from.to_string(), n.to.to_string()), ("192.168.64.4:10000".into(), "172.19.0.9:80".into()));
+    assert_eq!(
+        (n.from.to_string(), n.to.to_string()),
+        ("192.168.64.4:10000".into(), "172.19.0.9:80".into())
+    );
     for rp in &rps[1..] {
-        assert!(rp.steps().any(|(_, _, s)| s.id.to_string() == "filter:FORWARD:rule:7"));
-        assert!(rp.hooks.iter().flat_map(|h| &h.tables).filter(|t| t.table == Table::Nat).all(|t| t.skipped));
+        assert!(rp
+            .steps()
+            .any(|(_, _, s)| s.id.to_string() == "filter:FORWARD:rule:7"));
+        assert!(rp
+            .hooks
+            .iter()
+            .flat_map(|h| &h.tables)
+            .filter(|t| t.table == Table::Nat)
+            .all(|t| t.skipped));
     }
 }
 
@@ -301,7 +455,10 @@ fn legacy_remote_dump_gives_the_nft_path_mapped_by_rule_text() {
     if fixtures().is_none() {
         return;
     }
-    assert!(read("legacy-remote.txt").is_empty(), "the legacy remote trace is empty (README)");
+    assert!(
+        read("legacy-remote.txt").is_empty(),
+        "the legacy remote trace is empty (README)"
+    );
     golden("nft-remote.txt", "legacy-remote.iptables-save.txt");
 }
 
@@ -323,23 +480,56 @@ fn legacy_local_trace_lines_are_byte_identical() {
         return;
     }
     let text = read("legacy-local.txt");
-    let kernel: Vec<&str> = text.lines().map(|l| &l[l.find("TRACE: ").unwrap()..]).collect();
+    let kernel: Vec<&str> = text
+        .lines()
+        .map(|l| &l[l.find("TRACE: ").unwrap()..])
+        .collect();
     assert_eq!(kernel.len(), 3);
     let fields = &kernel[0][kernel[0].find(" IN=").unwrap() + 1..];
     let r = trace_core::compare::reference::fields::parse_fields(fields).unwrap();
     let rs = ruleset("legacy-local.iptables-save.txt");
     let views = vec![
-        ChainView { table: Table::Raw, hook: Hook::Output, headers: r.clone(), steps: vec![] },
-        ChainView { table: Table::Mangle, hook: Hook::Output, headers: r.clone(), steps: vec![] },
-        ChainView { table: Table::Filter, hook: Hook::Output, headers: r.clone(), steps: vec![] },
-        ChainView { table: Table::Mangle, hook: Hook::Postrouting, headers: r.clone(), steps: vec![] },
+        ChainView {
+            table: Table::Raw,
+            hook: Hook::Output,
+            headers: r.clone(),
+            steps: vec![],
+        },
+        ChainView {
+            table: Table::Mangle,
+            hook: Hook::Output,
+            headers: r.clone(),
+            steps: vec![],
+        },
+        ChainView {
+            table: Table::Filter,
+            hook: Hook::Output,
+            headers: r.clone(),
+            steps: vec![],
+        },
+        ChainView {
+            table: Table::Mangle,
+            hook: Hook::Postrouting,
+            headers: r.clone(),
+            steps: vec![],
+        },
     ];
     let pt = packet_trace(1, &views, &rs, false);
     let rp = reconstruct(&pt, &Evaluator::new(rs), &node_ctx());
     assert_eq!(rp.status, Status::Confirmed);
-    let ours = trace_core::output::trace::trace_lines(&rp, trace_core::output::trace::TraceFrom::TraceTarget);
-    assert_eq!(ours.first().map(|l| &l[..31]), Some("TRACE: raw:OUTPUT:policy:2 IN= "));
-    assert_eq!(&ours[1..], &kernel[..], "our TRACE lines (after raw:OUTPUT:policy:2) vs the kernel's");
+    let ours = trace_core::output::trace::trace_lines(
+        &rp,
+        trace_core::output::trace::TraceFrom::TraceTarget,
+    );
+    assert_eq!(
+        ours.first().map(|l| &l[..31]),
+        Some("TRACE: raw:OUTPUT:policy:2 IN= ")
+    );
+    assert_eq!(
+        &ours[1..],
+        &kernel[..],
+        "our TRACE lines (after raw:OUTPUT:policy:2) vs the kernel's"
+    );
 }
 
 /// LOG fixtures: the LOG rule must be on the reconstructed path of every logged packet, and
@@ -350,9 +540,24 @@ fn log_fixtures_are_on_the_path_and_format_identically() {
         return;
     }
     for (name, dump, hook, prefix) in [
-        ("legacy-log-local.txt", "legacy-log-local.iptables-save.txt", Hook::Output, "TCLOG-OUT: "),
-        ("legacy-log-remote.txt", "legacy-log-remote.iptables-save.txt", Hook::Prerouting, "TCLOG-PRE: "),
-        ("nft-log-remote.txt", "nft-log-remote.iptables-save.txt", Hook::Prerouting, "TCLOG-PRE: "),
+        (
+            "legacy-log-local.txt",
+            "legacy-log-local.iptables-save.txt",
+            Hook::Output,
+            "TCLOG-OUT: ",
+        ),
+        (
+            "legacy-log-remote.txt",
+            "legacy-log-remote.iptables-save.txt",
+            Hook::Prerouting,
+            "TCLOG-PRE: ",
+        ),
+        (
+            "nft-log-remote.txt",
+            "nft-log-remote.iptables-save.txt",
+            Hook::Prerouting,
+            "TCLOG-PRE: ",
+        ),
     ] {
         let rs = ruleset(dump);
         let ev = Evaluator::new(rs.clone());
@@ -362,7 +567,12 @@ fn log_fixtures_are_on_the_path_and_format_identically() {
         for line in lines {
             let fields = &line[line.find(prefix).unwrap() + prefix.len()..];
             let r = trace_core::compare::reference::fields::parse_fields(fields).unwrap();
-            let views = vec![ChainView { table: Table::Raw, hook, headers: r.clone(), steps: vec![] }];
+            let views = vec![ChainView {
+                table: Table::Raw,
+                hook,
+                headers: r.clone(),
+                steps: vec![],
+            }];
             let rp = reconstruct(&packet_trace(1, &views, &rs, false), &ev, &node_ctx());
             let path: Vec<String> = rp.steps().map(|(_, _, s)| s.id.to_string()).collect();
             let want = format!("raw:{}:rule:1", hook.chain_name());
@@ -377,7 +587,11 @@ fn log_fixtures_are_on_the_path_and_format_identically() {
                 uid_gid: None,
                 mark: 0,
             };
-            let ours = trace_core::output::logline::packet_fields(&hp.tables[0].before.headers, &ctx, trace_core::output::logline::LogFlags::PLAIN);
+            let ours = trace_core::output::logline::packet_fields(
+                &hp.tables[0].before.headers,
+                &ctx,
+                trace_core::output::logline::LogFlags::PLAIN,
+            );
             assert_eq!(ours, fields, "{name}");
         }
     }
@@ -403,22 +617,53 @@ fn edited_dumps_are_inconsistent_or_differ() {
         h.tables.iter().find(|t| t.table == table).unwrap().status
     };
 
-    let dnat = original.replace("--to-destination 172.19.0.9:80", "--to-destination 172.19.0.10:80");
+    let dnat = original.replace(
+        "--to-destination 172.19.0.9:80",
+        "--to-destination 172.19.0.10:80",
+    );
     let rp = run(&dnat, 0);
-    assert_eq!(status_of(&rp, Hook::Prerouting, Table::Nat), Status::Inconsistent);
+    assert_eq!(
+        status_of(&rp, Hook::Prerouting, Table::Nat),
+        Status::Inconsistent
+    );
     assert_eq!(rp.status, Status::Inconsistent);
 
-    let drop = original.replace("-A DOCKER-USER -j RETURN", "-A DOCKER-USER -p tcp -j DROP\n[0:0] -A DOCKER-USER -j RETURN");
+    let drop = original.replace(
+        "-A DOCKER-USER -j RETURN",
+        "-A DOCKER-USER -p tcp -j DROP\n[0:0] -A DOCKER-USER -j RETURN",
+    );
     let rp = run(&drop, 1);
-    assert_eq!(status_of(&rp, Hook::Forward, Table::Filter), Status::Inconsistent);
-    let reason = rp.hooks[1].tables.iter().find(|t| t.table == Table::Filter).unwrap().reason.clone().unwrap();
-    assert!(reason.contains("ACCEPT") && reason.contains("DROP"), "{reason}");
+    assert_eq!(
+        status_of(&rp, Hook::Forward, Table::Filter),
+        Status::Inconsistent
+    );
+    let reason = rp.hooks[1]
+        .tables
+        .iter()
+        .find(|t| t.table == Table::Filter)
+        .unwrap()
+        .reason
+        .clone()
+        .unwrap();
+    assert!(
+        reason.contains("ACCEPT") && reason.contains("DROP"),
+        "{reason}"
+    );
 
     let no_est = original.replace("[5:279] -A FORWARD -o br-00ea7870520a -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n", "");
-    let before: Vec<String> = run(&original, 2).steps().map(|(_, _, s)| s.id.to_string()).collect();
-    let after: Vec<String> = run(&no_est, 2).steps().map(|(_, _, s)| s.id.to_string()).collect();
+    let before: Vec<String> = run(&original, 2)
+        .steps()
+        .map(|(_, _, s)| s.id.to_string())
+        .collect();
+    let after: Vec<String> = run(&no_est, 2)
+        .steps()
+        .map(|(_, _, s)| s.id.to_string())
+        .collect();
     assert_ne!(before, after);
-    assert!(after.contains(&"filter:DOCKER:rule:1".to_string()), "{after:?}");
+    assert!(
+        after.contains(&"filter:DOCKER:rule:1".to_string()),
+        "{after:?}"
+    );
 }
 
 /// Maps an `nft monitor trace` rule (nft syntax, no handle) to its TRACE position through
@@ -469,7 +714,11 @@ fn nft_monitor_traces_match_reconstruction() {
         let rs = ruleset(&format!("{name}.iptables-save.txt"));
         let nft_rules = read(&format!("{name}.nft-ruleset.txt"));
         let monitor = nftmon::parse(&read(&format!("{name}.nft-monitor.txt")));
-        assert!(monitor.malformed.is_empty(), "{name}: {:?}", monitor.malformed);
+        assert!(
+            monitor.malformed.is_empty(),
+            "{name}: {:?}",
+            monitor.malformed
+        );
         let ours = golden(&format!("{name}.txt"), &format!("{name}.iptables-save.txt"));
         assert_eq!(monitor.packets.len(), ours.len(), "{name}: packets");
         for (i, (mp, rp)) in monitor.packets.iter().zip(&ours).enumerate() {
@@ -480,7 +729,8 @@ fn nft_monitor_traces_match_reconstruction() {
                     let chain = rs.table(s.table).unwrap().chain(&s.chain).unwrap();
                     match &s.pos {
                         RefStepPos::RuleText { text } => {
-                            let n = nft_position(&nft_rules, s.table, &s.chain, text).unwrap_or_else(|| panic!("{name}: `{text}` not in ruleset"));
+                            let n = nft_position(&nft_rules, s.table, &s.chain, text)
+                                .unwrap_or_else(|| panic!("{name}: `{text}` not in ruleset"));
                             chain.step(s.table, n).unwrap().to_string()
                         }
                         _ => chain.end_step(s.table).to_string(),

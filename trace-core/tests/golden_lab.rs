@@ -60,7 +60,13 @@ fn reconstructed_with(ctx: &NetContext) -> Vec<ReconstructedPacket> {
 #[test]
 fn routing_evidence_decides_addrtype_without_the_addresses() {
     for rp in reconstructed_with(&NetContext::unknown()) {
-        assert_eq!(rp.status, Status::Confirmed, "packet {}: {:#?}", rp.packet.id, rp.hooks);
+        assert_eq!(
+            rp.status,
+            Status::Confirmed,
+            "packet {}: {:#?}",
+            rp.packet.id,
+            rp.hooks
+        );
     }
 }
 
@@ -69,14 +75,32 @@ fn every_captured_table_is_confirmed() {
     let rps = reconstructed();
     assert_eq!(rps.len(), 20);
     for rp in &rps {
-        assert_eq!(rp.status, Status::Confirmed, "packet {}: {:#?}", rp.packet.id, rp.hooks);
+        assert_eq!(
+            rp.status,
+            Status::Confirmed,
+            "packet {}: {:#?}",
+            rp.packet.id,
+            rp.hooks
+        );
     }
     // The first packet is the remote SYN: DNAT observed and explained by nat:DOCKER:rule:3.
     let syn = &rps[0];
-    let nat = &syn.hooks[0].tables.iter().find(|t| t.table == trace_core::netfilter::Table::Nat).unwrap().paths[0];
-    assert_eq!(nat.nat.as_ref().unwrap().step.to_string(), "nat:DOCKER:rule:3");
+    let nat = &syn.hooks[0]
+        .tables
+        .iter()
+        .find(|t| t.table == trace_core::netfilter::Table::Nat)
+        .unwrap()
+        .paths[0];
+    assert_eq!(
+        nat.nat.as_ref().unwrap().step.to_string(),
+        "nat:DOCKER:rule:3"
+    );
     // `-A DOCKER-USER -j RETURN` is a real rule (labelled like the chain end): not implicit.
-    let ret = syn.steps().find(|(_, _, s)| s.id.to_string() == "filter:DOCKER-USER:return:1").unwrap().2;
+    let ret = syn
+        .steps()
+        .find(|(_, _, s)| s.id.to_string() == "filter:DOCKER-USER:return:1")
+        .unwrap()
+        .2;
     assert!(!ret.implicit_return);
 }
 
@@ -84,12 +108,25 @@ fn every_captured_table_is_confirmed() {
 fn reconstruction_agrees_with_the_kernels_trace_of_the_same_run() {
     let rps = reconstructed();
     let captured: Vec<CapturedPacket> = rps.iter().map(CapturedPacket::from).collect();
-    let reference = reference::parse(&read("node.xtables-monitor.txt"), Some(Format::XtablesMonitor));
+    let reference = reference::parse(
+        &read("node.xtables-monitor.txt"),
+        Some(Format::XtablesMonitor),
+    );
     assert!(reference.malformed.is_empty(), "{:?}", reference.malformed);
     let rs = trace_core::rules::parse(&read("node.iptables-nft-save.txt")).unwrap();
-    let report = trace_core::compare::compare(&reference, &captured, &Resolver::new(Some(&rs), None), &Default::default());
+    let report = trace_core::compare::compare(
+        &reference,
+        &captured,
+        &Resolver::new(Some(&rs), None),
+        &Default::default(),
+    );
     let t = &report.totals;
-    assert_eq!((t.reference_packets, t.agree, t.differ, t.only_in_reference), (12, 12, 0, 0), "{}", report.render_text(5));
+    assert_eq!(
+        (t.reference_packets, t.agree, t.differ, t.only_in_reference),
+        (12, 12, 0, 0),
+        "{}",
+        report.render_text(5)
+    );
 }
 
 /// Replays a recording of tests/golden_lab: every packet, in capture order.
@@ -109,7 +146,10 @@ fn replay_recording(name: &str) -> Vec<ReconstructedPacket> {
 /// What legacy TRACE prints for these packets: the steps after the TRACE rule.
 fn legacy_trace_lines(packets: &[ReconstructedPacket]) -> Vec<String> {
     use trace_core::output::trace::{trace_lines, TraceFrom};
-    packets.iter().flat_map(|p| trace_lines(p, TraceFrom::TraceTarget)).collect()
+    packets
+        .iter()
+        .flat_map(|p| trace_lines(p, TraceFrom::TraceTarget))
+        .collect()
 }
 
 /// The full offline pipeline on a real legacy run: recording → assembly → reconstruction →
@@ -120,7 +160,10 @@ fn replayed_recording_prints_the_kernels_trace_lines() {
     // The two test connections (20 packets) and two IGMP reports the node sent meanwhile.
     assert_eq!(packets.len(), 22);
     assert!(packets.iter().all(|p| p.status == Status::Confirmed));
-    let kernel: Vec<String> = read("legacy-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    let kernel: Vec<String> = read("legacy-run.kernel-trace.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(kernel.len(), 80);
     assert_eq!(legacy_trace_lines(&packets), kernel);
 }
@@ -130,7 +173,10 @@ fn replayed_recording_prints_the_kernels_trace_lines() {
 fn replayed_ipv6_recording_prints_the_kernels_trace_lines() {
     let packets = replay_recording("ipv6-run.iptrace");
     assert!(packets.iter().all(|p| p.status == Status::Confirmed));
-    let kernel: Vec<String> = read("ipv6-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    let kernel: Vec<String> = read("ipv6-run.kernel-trace.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(kernel.len(), 10);
     assert_eq!(legacy_trace_lines(&packets), kernel);
 }
@@ -143,7 +189,10 @@ fn replayed_ipv6_recording_prints_the_kernels_trace_lines() {
 #[test]
 fn handwritten_ruleset_matches_the_kernels_trace() {
     let packets = replay_recording("handwritten-run.iptrace");
-    let kernel: Vec<String> = read("handwritten-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    let kernel: Vec<String> = read("handwritten-run.kernel-trace.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(legacy_trace_lines(&packets), kernel);
     let unsure: Vec<_> = packets
         .iter()
@@ -153,7 +202,10 @@ fn handwritten_ruleset_matches_the_kernels_trace() {
     assert_eq!(unsure.len(), 1, "{unsure:#?}");
     let limit = unsure[0];
     assert_eq!((limit.status, limit.paths.len()), (Status::Ambiguous, 2));
-    assert!(limit.paths[0].assumptions.iter().any(|a| a.chain == "LOGCHAIN" && a.matched && a.what[0].contains("limit")));
+    assert!(limit.paths[0]
+        .assumptions
+        .iter()
+        .any(|a| a.chain == "LOGCHAIN" && a.matched && a.what[0].contains("limit")));
     assert!(read("handwritten-run.kernel-log.txt").contains("EVALDEV-X IN=vethxb"));
 }
 
@@ -164,21 +216,35 @@ fn handwritten_ruleset_matches_the_kernels_trace() {
 #[test]
 fn kube_proxy_service_matches_the_kernels_trace() {
     let packets = replay_recording("kube-run.iptrace");
-    let unsure: Vec<_> = packets.iter().filter(|p| p.status != Status::Confirmed).map(|p| p.packet.id).collect();
+    let unsure: Vec<_> = packets
+        .iter()
+        .filter(|p| p.status != Status::Confirmed)
+        .map(|p| p.packet.id)
+        .collect();
     assert!(unsure.is_empty(), "not confirmed: {unsure:?}");
     let dnat_targets: std::collections::BTreeSet<String> = packets
         .iter()
         .flat_map(|p| p.hooks.iter().flat_map(|h| &h.tables))
         .filter_map(|t| t.paths.first()?.nat.as_ref().map(|n| n.to.to_string()))
         .collect();
-    assert!(dnat_targets.len() >= 2, "several endpoints were chosen: {dnat_targets:?}");
+    assert!(
+        dnat_targets.len() >= 2,
+        "several endpoints were chosen: {dnat_targets:?}"
+    );
     let ours = legacy_trace_lines(&packets);
-    let kernel: Vec<String> = read("kube-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    let kernel: Vec<String> = read("kube-run.kernel-trace.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(ours.len(), kernel.len());
     let mut owner_only = 0;
     for (o, k) in ours.iter().zip(&kernel) {
         if o != k {
-            assert_eq!(format!("{o}UID=0 GID=0 "), *k, "only the socket owner may differ");
+            assert_eq!(
+                format!("{o}UID=0 GID=0 "),
+                *k,
+                "only the socket owner may differ"
+            );
             owner_only += 1;
         }
     }
@@ -191,9 +257,14 @@ fn kube_proxy_service_matches_the_kernels_trace() {
 fn loopback_keeps_nf_trace_across_lo() {
     let packets = replay_recording("loopback-run.iptrace");
     assert!(packets.iter().all(|p| p.status == Status::Confirmed));
-    let kernel: Vec<String> = read("loopback-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    let kernel: Vec<String> = read("loopback-run.kernel-trace.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(kernel.len(), 22);
-    assert!(kernel.iter().any(|l| l.starts_with("TRACE: filter:INPUT:rule:1 IN=lo ")));
+    assert!(kernel
+        .iter()
+        .any(|l| l.starts_with("TRACE: filter:INPUT:rule:1 IN=lo ")));
     assert_eq!(legacy_trace_lines(&packets), kernel);
 }
 
@@ -203,9 +274,14 @@ fn loopback_keeps_nf_trace_across_lo() {
 fn firewalld_ruleset_matches_the_kernels_trace() {
     let packets = replay_recording("firewalld-run.iptrace");
     assert!(packets.iter().all(|p| p.status == Status::Confirmed));
-    let kernel: Vec<String> = read("firewalld-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    let kernel: Vec<String> = read("firewalld-run.kernel-trace.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(kernel.len(), 323);
-    assert!(kernel.iter().any(|l| l.starts_with("TRACE: security:INPUT:")));
+    assert!(kernel
+        .iter()
+        .any(|l| l.starts_with("TRACE: security:INPUT:")));
     assert_eq!(legacy_trace_lines(&packets), kernel);
 }
 
@@ -215,7 +291,10 @@ fn firewalld_ruleset_matches_the_kernels_trace() {
 fn ufw_ruleset_matches_the_kernels_trace() {
     let packets = replay_recording("ufw-run.iptrace");
     assert!(packets.iter().all(|p| p.status == Status::Confirmed));
-    let kernel: Vec<String> = read("ufw-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    let kernel: Vec<String> = read("ufw-run.kernel-trace.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(kernel.len(), 27);
     assert!(kernel.iter().any(|l| l.contains(":ufw-user-input:")));
     assert_eq!(legacy_trace_lines(&packets), kernel);
@@ -227,14 +306,29 @@ fn ufw_ruleset_matches_the_kernels_trace() {
 #[test]
 fn kube_proxy_corpus_ruleset_matches_the_kernels_trace() {
     let packets = replay_recording("kubeproxy-corpus-run.iptrace");
-    assert!(packets.iter().all(|p| p.status == Status::Confirmed), "{:#?}", packets.iter().filter(|p| p.status != Status::Confirmed).collect::<Vec<_>>());
+    assert!(
+        packets.iter().all(|p| p.status == Status::Confirmed),
+        "{:#?}",
+        packets
+            .iter()
+            .filter(|p| p.status != Status::Confirmed)
+            .collect::<Vec<_>>()
+    );
     let icmp_drops = packets
         .iter()
         .flat_map(|p| p.hooks.iter().flat_map(|h| &h.tables))
-        .filter(|t| t.skipped && t.reason.as_deref().is_some_and(|r| r.contains("that translation dropped it")))
+        .filter(|t| {
+            t.skipped
+                && t.reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("that translation dropped it"))
+        })
         .count();
     assert!(icmp_drops > 0);
-    let kernel: Vec<String> = read("kubeproxy-corpus-run.kernel-trace.txt").lines().map(str::to_string).collect();
+    let kernel: Vec<String> = read("kubeproxy-corpus-run.kernel-trace.txt")
+        .lines()
+        .map(str::to_string)
+        .collect();
     assert_eq!(kernel.len(), 108);
     assert_eq!(legacy_trace_lines(&packets), kernel);
 }
@@ -250,27 +344,44 @@ fn nft_backend_trace_is_the_path_without_implicit_returns() {
     assert!(packets.iter().all(|p| p.status == Status::Confirmed));
     let rs = {
         let text = std::fs::read(format!("{DIR}/kubeproxy-nft-run.iptrace")).unwrap();
-        let first = trace_core::record::RecordingReader::new(&text[..]).unwrap().find_map(|r| match r.unwrap().1 {
-            trace_core::record::Record::Ruleset { text, .. } => Some(text),
-            _ => None,
-        });
+        let first = trace_core::record::RecordingReader::new(&text[..])
+            .unwrap()
+            .find_map(|r| match r.unwrap().1 {
+                trace_core::record::Record::Ruleset { text, .. } => Some(text),
+                _ => None,
+            });
         trace_core::rules::parse(&first.unwrap()).unwrap()
     };
     // Reference: per packet (a raw PREROUTING TRACE rule line starts one), the mapped steps.
     let mut reference: Vec<Vec<String>> = Vec::new();
-    for (n, line) in read("kubeproxy-nft-run.xtables-monitor.txt").lines().enumerate() {
-        let Some(XtLine::Step { step, .. }) = parse_line(line, n + 1).unwrap() else { continue };
+    for (n, line) in read("kubeproxy-nft-run.xtables-monitor.txt")
+        .lines()
+        .enumerate()
+    {
+        let Some(XtLine::Step { step, .. }) = parse_line(line, n + 1).unwrap() else {
+            continue;
+        };
         let chain = rs.table(step.table).unwrap().chain(&step.chain).unwrap();
         let id = match &step.pos {
             RefStepPos::Policy => chain.end_step(step.table),
             _ => {
                 let text = step.rule_text.as_deref().unwrap();
-                let body = &text[text.find(&format!("-A {} ", step.chain)).unwrap() + step.chain.len() + 4..];
-                let i = chain.rules.iter().position(|r| r.text == body).unwrap_or_else(|| panic!("{body}"));
+                let body = &text
+                    [text.find(&format!("-A {} ", step.chain)).unwrap() + step.chain.len() + 4..];
+                let i = chain
+                    .rules
+                    .iter()
+                    .position(|r| r.text == body)
+                    .unwrap_or_else(|| panic!("{body}"));
                 chain.step(step.table, i as u32 + 1).unwrap()
             }
         };
-        if step.table == trace_core::netfilter::Table::Raw && step.rule_text.as_deref().is_some_and(|t| t.ends_with("-j TRACE")) {
+        if step.table == trace_core::netfilter::Table::Raw
+            && step
+                .rule_text
+                .as_deref()
+                .is_some_and(|t| t.ends_with("-j TRACE"))
+        {
             reference.push(Vec::new());
         }
         reference.last_mut().unwrap().push(id.to_string());
@@ -279,15 +390,31 @@ fn nft_backend_trace_is_the_path_without_implicit_returns() {
         .iter()
         .map(|p| {
             let all: Vec<_> = p.steps().map(|(_, _, s)| s).collect();
-            let Some(first) = all.iter().position(|s| s.traced) else { return Vec::new() };
-            all[first - 1..].iter().filter(|s| !s.implicit_return).map(|s| s.id.to_string()).collect()
+            let Some(first) = all.iter().position(|s| s.traced) else {
+                return Vec::new();
+            };
+            all[first - 1..]
+                .iter()
+                .filter(|s| !s.implicit_return)
+                .map(|s| s.id.to_string())
+                .collect()
         })
         .filter(|v: &Vec<String>| !v.is_empty())
         .collect();
     assert_eq!(reference.len(), 6);
     assert_eq!(ours, reference);
     // And the steps left out are exactly implicit returns legacy TRACE would print.
-    let implicit: std::collections::BTreeSet<String> =
-        packets.iter().flat_map(|p| p.steps().filter(|(_, _, s)| s.implicit_return).map(|(_, _, s)| s.id.to_string())).collect();
-    assert!(implicit.contains("nat:KUBE-MARK-MASQ:return:2") && implicit.contains("filter:KUBE-PROXY-FIREWALL:return:1"), "{implicit:?}");
+    let implicit: std::collections::BTreeSet<String> = packets
+        .iter()
+        .flat_map(|p| {
+            p.steps()
+                .filter(|(_, _, s)| s.implicit_return)
+                .map(|(_, _, s)| s.id.to_string())
+        })
+        .collect();
+    assert!(
+        implicit.contains("nat:KUBE-MARK-MASQ:return:2")
+            && implicit.contains("filter:KUBE-PROXY-FIREWALL:return:1"),
+        "{implicit:?}"
+    );
 }

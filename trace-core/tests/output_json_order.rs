@@ -9,7 +9,11 @@ use trace_core::record::RecordingReader;
 #[test]
 fn direct_json_equals_sorted_value_rendering_on_golden_recordings() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden_lab");
-    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "iptrace")).collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "iptrace"))
+        .collect();
     files.sort();
     assert!(files.len() >= 5, "golden recordings in {dir}: {files:?}");
     let mut packets = 0;
@@ -26,7 +30,13 @@ fn direct_json_equals_sorted_value_rendering_on_golden_recordings() {
             let mut direct = Vec::new();
             write_json(&mut direct, p).unwrap();
             let want = serde_json::to_string(&packet_json(p)).unwrap() + "\n";
-            assert_eq!(String::from_utf8(direct.clone()).unwrap(), want, "{} packet {}", f.display(), p.packet.id);
+            assert_eq!(
+                String::from_utf8(direct.clone()).unwrap(),
+                want,
+                "{} packet {}",
+                f.display(),
+                p.packet.id
+            );
             buf.clear();
             push_json(&mut buf, p);
             assert_eq!(buf, direct);

@@ -60,7 +60,10 @@ pub fn filter_view(pf: u8, nh: u64, h: &mut HeaderSnapshot) -> bool {
         20
     } else {
         h.proto = b[6];
-        if !matches!(h.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_ICMPV6) {
+        if !matches!(
+            h.proto,
+            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_ICMPV6
+        ) {
             return snapshot(pf, nh, h, false);
         }
         h.saddr.copy_from_slice(&b[8..24]);
@@ -188,7 +191,11 @@ fn transport(l4: u64, h: &mut HeaderSnapshot, options: bool) {
             }
             h.sport = u16::from_be_bytes([u[0], u[1]]);
             h.dport = u16::from_be_bytes([u[2], u[3]]);
-            h.udp_len = if h.proto == IPPROTO_UDP { u16::from_be_bytes([u[4], u[5]]) } else { 0 };
+            h.udp_len = if h.proto == IPPROTO_UDP {
+                u16::from_be_bytes([u[4], u[5]])
+            } else {
+                0
+            };
             h.l4_flags = l4_flags::VALID;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {

@@ -39,12 +39,19 @@ static FRAMES: PerCpuArray<Frames> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 fn push(func: u32, skb: u64, state: u64, prio: i32) {
-    let Some(f) = FRAMES.get_ptr_mut(0) else { return };
+    let Some(f) = FRAMES.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU map value.
     let f = unsafe { &mut *f };
     let d = f.depth as usize;
     if d < MAX_FRAMES {
-        f.frames[d] = Frame { skb, state, prio, func };
+        f.frames[d] = Frame {
+            skb,
+            state,
+            prio,
+            func,
+        };
     }
     // Deeper than MAX_FRAMES: counted, so the matching pops stay aligned (they find nothing).
     f.depth = f.depth.saturating_add(1);
@@ -142,7 +149,12 @@ pub fn kprobe_xt_match(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn kretprobe_xt_match(ctx: RetProbeContext) -> u32 {
     if let Some(f) = pop(FN_XT_MATCH) {
-        tables::xt_call(f.skb, trace_common::record::xt_what::MATCH, f.state, (ctx.ret::<u64>() & 1) as u8);
+        tables::xt_call(
+            f.skb,
+            trace_common::record::xt_what::MATCH,
+            f.state,
+            (ctx.ret::<u64>() & 1) as u8,
+        );
     }
     0
 }
@@ -152,6 +164,11 @@ pub fn kretprobe_xt_match(ctx: RetProbeContext) -> u32 {
 #[kprobe]
 pub fn kprobe_xt_target(ctx: ProbeContext) -> u32 {
     let (skb, par) = (arg(&ctx, 0), arg(&ctx, 1));
-    tables::xt_call(skb, trace_common::record::xt_what::TARGET, tables::xt_info(par), 0);
+    tables::xt_call(
+        skb,
+        trace_common::record::xt_what::TARGET,
+        tables::xt_info(par),
+        0,
+    );
     0
 }

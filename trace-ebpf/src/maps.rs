@@ -21,7 +21,8 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 /// Tracked skbs: skb address → traversal state. LRU so that skbs freed without a drop report
 /// (consumed, stolen) age out instead of filling the map.
 #[map]
-pub static TRACKED: LruHashMap<u64, Tracked> = LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
+pub static TRACKED: LruHashMap<u64, Tracked> =
+    LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
 /// The compiled capture filter (index 0), written by the collector before linking.
 #[map]
@@ -107,7 +108,12 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 
 /// Sampling and rate limit (set by the collector at load time).
 #[no_mangle]
-pub static CONFIG: ProbeConfig = ProbeConfig { sample_n: 0, rate_limit: 0, filter_clauses: 0, filter_preds: 0 };
+pub static CONFIG: ProbeConfig = ProbeConfig {
+    sample_n: 0,
+    rate_limit: 0,
+    filter_clauses: 0,
+    filter_preds: 0,
+};
 
 /// `trace_common::record::filter_fields` bits (set by the nfhook collector at load time;
 /// other loaders keep the default: read everything).

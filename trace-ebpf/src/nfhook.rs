@@ -23,15 +23,24 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use trace_common::{
-    filter::{input_flags, pred_matches, FilterInput, FilterPredicate, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS},
+    filter::{
+        input_flags, pred_matches, FilterInput, FilterPredicate, FilterProgram, FILTER_MAX_CLAUSES,
+        FILTER_MAX_PREDS,
+    },
     flowhash,
-    record::{filter_fields, kind, probe_flags, Counters, ProbeRecord, Tracked, PRIORITY_MAGIC, RECORD_VERSION},
+    record::{
+        filter_fields, kind, probe_flags, Counters, ProbeRecord, Tracked, PRIORITY_MAGIC,
+        RECORD_VERSION,
+    },
 };
 
 use crate::{
     filter, headers,
     kread::{kread, read, read_buf},
-    maps::{global, Pending, ACTIVE, FILTER_INPUT, HASH_BUF, TUPLE_BUF, FLOWS, FLOW_KEEP, FLOW_SKIP, COUNTERS, EVENTS, FILTER, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED},
+    maps::{
+        global, Pending, ACTIVE, COUNTERS, EVENTS, FILTER, FILTER_INPUT, FLOWS, FLOW_KEEP,
+        FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED, TUPLE_BUF,
+    },
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -158,7 +167,9 @@ pub(crate) fn first_sight(state: u64, skb: u64, prio: i32) {
 fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
     let Some(c) = counters() else { return };
     c.seen += 1;
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
     read_filter_fields::<D>(rec, state, skb);
@@ -237,7 +248,9 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
 #[inline(never)]
 fn pending_probe(state: u64, skb: u64, prio: i32, p: &mut Pending) {
     let Some(c) = counters() else { return };
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -280,7 +293,9 @@ pub(crate) fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
 #[inline(always)]
 fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
     let Some(c) = counters() else { return };
-    let Some(rec) = SCRATCH.get_ptr_mut(0) else { return };
+    let Some(rec) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -308,15 +323,23 @@ fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked) 
 /// Filter verdict for the packet in `rec`.
 #[inline(never)]
 fn selected(rec: &ProbeRecord) -> bool {
-    let Some(prog) = FILTER.get(0) else { return false };
+    let Some(prog) = FILTER.get(0) else {
+        return false;
+    };
     // The 80-byte input lives in a per-CPU map: the stack is shared with the callers' frames.
-    let Some(input) = FILTER_INPUT.get_ptr_mut(0) else { return false };
+    let Some(input) = FILTER_INPUT.get_ptr_mut(0) else {
+        return false;
+    };
     // SAFETY: per-CPU map value.
     let input = unsafe { &mut *input };
     let h = &rec.headers;
     input.family = rec.pf;
     input.proto = h.proto;
-    input.flags = if h.l4_flags != 0 { input_flags::L4_VALID } else { 0 };
+    input.flags = if h.l4_flags != 0 {
+        input_flags::L4_VALID
+    } else {
+        0
+    };
     input.icmp_type = h.icmp_type;
     input.mark = rec.mark;
     input.saddr = h.saddr;
@@ -406,7 +429,9 @@ fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
 #[inline(never)]
 fn tuple_hash(tuple: u64, pf: u8) -> u32 {
     // Addresses go to a per-CPU buffer: on the stack, this function was the deepest frame.
-    let Some(buf) = TUPLE_BUF.get_ptr_mut(0) else { return 0 };
+    let Some(buf) = TUPLE_BUF.get_ptr_mut(0) else {
+        return 0;
+    };
     // SAFETY: per-CPU map value.
     let buf = unsafe { &mut *buf };
     let (src, dst) = buf.split_at_mut(1);
@@ -440,14 +465,20 @@ fn rate_ok() -> bool {
     if limit == 0 {
         return true;
     }
-    let Some(r) = RATE.get_ptr_mut(0) else { return true };
+    let Some(r) = RATE.get_ptr_mut(0) else {
+        return true;
+    };
     // SAFETY: array map value.
     let r = unsafe { &mut *r };
     let now = unsafe { bpf_ktime_get_ns() };
     let cap = limit * 1_000_000_000;
     let elapsed = now.saturating_sub(r.last_ns);
     // Refill `limit` tokens per second, capped at one second's worth (the burst).
-    let refill = if elapsed >= 1_000_000_000 { cap } else { elapsed * limit };
+    let refill = if elapsed >= 1_000_000_000 {
+        cap
+    } else {
+        elapsed * limit
+    };
     r.nano_tokens = core::cmp::min(cap, r.nano_tokens + refill);
     r.last_ns = now;
     if r.nano_tokens < 1_000_000_000 {
@@ -465,7 +496,8 @@ fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
     let len = if with_headers { FULL_LEN } else { SHORT_LEN };
     rec.header.len = len as u32;
     // SAFETY: ProbeRecord is plain data; we send its first `len` bytes.
-    let bytes = unsafe { core::slice::from_raw_parts(rec as *const ProbeRecord as *const u8, FULL_LEN) };
+    let bytes =
+        unsafe { core::slice::from_raw_parts(rec as *const ProbeRecord as *const u8, FULL_LEN) };
     let flags = wakeup_flags();
     let sent = if with_headers {
         EVENTS.output::<[u8]>(bytes, flags)
@@ -513,7 +545,9 @@ fn wakeup_flags() -> u64 {
 /// by an interrupted traversal on this CPU loses its slot: its records count as lost.
 #[inline(always)]
 fn start_pending(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) {
-    let Some(p) = PENDING.get_ptr_mut(0) else { return };
+    let Some(p) = PENDING.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU map value.
     let p = unsafe { &mut *p };
     if p.skb != 0 {
@@ -528,7 +562,9 @@ fn start_pending(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) {
 
 #[inline(always)]
 fn add_pending(rec: &ProbeRecord, t: &mut Tracked) {
-    let Some(p) = PENDING.get_ptr_mut(0) else { return };
+    let Some(p) = PENDING.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU map value.
     let p = unsafe { &mut *p };
     if p.skb == rec.skb && p.gen == t.gen {
@@ -550,7 +586,9 @@ fn hold(p: &mut Pending, rec: &ProbeRecord) {
 /// an interrupting packet overwrote, are counted as lost.
 #[inline(always)]
 fn flush_pending(skb: u64, t: &mut Tracked, c: &mut Counters) {
-    let Some(p) = PENDING.get_ptr_mut(0) else { return };
+    let Some(p) = PENDING.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU map value.
     flush_slot(unsafe { &mut *p }, skb, t, c);
 }
@@ -600,7 +638,10 @@ fn fill_record<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, t: &m
     let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
     let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
     let hash = quick_hash(head + nh as u64);
-    if head != 0 && (hash != t.last_hash || t.last_hash == 0) && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true) {
+    if head != 0
+        && (hash != t.last_hash || t.last_hash == 0)
+        && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true)
+    {
         rec.flags |= probe_flags::HEADERS;
     }
     if rec.hook != t.last_hook {
@@ -629,7 +670,11 @@ fn read_filter_fields<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64
         dev_name(indev, &mut rec.in_dev);
         dev_name(outdev, &mut rec.out_dev);
     }
-    rec.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 { kread::<_, D>(skb, global!(OFFSETS.skb_mark)) } else { 0 };
+    rec.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 {
+        kread::<_, D>(skb, global!(OFFSETS.skb_mark))
+    } else {
+        0
+    };
     let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
     let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
     if head == 0 || !headers::filter_view(rec.pf, head + nh as u64, &mut rec.headers) {
@@ -645,11 +690,17 @@ fn read_filter_fields<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64
 fn quick_hash(nh: u64) -> u64 {
     // A per-CPU buffer: 64 bytes (twice, through the helper's return value) would otherwise
     // sit on the stack of the deepest call chain.
-    let Some(w) = HASH_BUF.get_ptr_mut(0) else { return 1 };
+    let Some(w) = HASH_BUF.get_ptr_mut(0) else {
+        return 1;
+    };
     // SAFETY: per-CPU map value of 64 bytes.
     let w = unsafe { &mut *w };
     let ok = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_kernel(w.as_mut_ptr().cast(), 64, nh as *const core::ffi::c_void)
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            w.as_mut_ptr().cast(),
+            64,
+            nh as *const core::ffi::c_void,
+        )
     };
     if ok != 0 {
         *w = [0; 8];
@@ -767,7 +818,9 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let skb: u64 = ctx.arg(0);
-    let Some(t) = TRACKED.get_ptr(skb) else { return 0 };
+    let Some(t) = TRACKED.get_ptr(skb) else {
+        return 0;
+    };
     // SAFETY: map value pointer.
     let t = unsafe { *t };
     let _ = TRACKED.remove(skb);
@@ -784,7 +837,10 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         reason: ctx.arg::<u64>(2) as u32,
         ..trace_common::record::DropRecord::ZERO
     };
-    if EVENTS.output::<trace_common::record::DropRecord>(&rec, wakeup_flags()).is_ok() {
+    if EVENTS
+        .output::<trace_common::record::DropRecord>(&rec, wakeup_flags())
+        .is_ok()
+    {
         c.emitted += 1;
         c.drops += 1;
     } else {

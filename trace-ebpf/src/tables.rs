@@ -218,7 +218,11 @@ pub fn nft_args(pkt: u64, chain: u64) -> (u64, u64, i32) {
     let base = chain - toff!(base_chain_chain) as u64;
     let prio: i32 = read(base, toff!(base_chain_priority));
     // The nat stage's own brackets, and priorities reserved for the hook entry record.
-    let prio = if prio <= PRIO_HOOK_ENTRY || prio == i32::MAX { NO_PRIO } else { prio };
+    let prio = if prio <= PRIO_HOOK_ENTRY || prio == i32::MAX {
+        NO_PRIO
+    } else {
+        prio
+    };
     (skb, state, prio)
 }
 
@@ -238,7 +242,11 @@ pub fn nat_entry(skb: u64, state: u64) -> i32 {
         *d += 1;
     }
     let hook: u8 = read(state, global!(OFFSETS.state_hook));
-    let prio = if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT { PRIO_NAT_DST } else { PRIO_NAT_SRC };
+    let prio = if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
+        PRIO_NAT_DST
+    } else {
+        PRIO_NAT_SRC
+    };
     at(state, skb, prio);
     prio
 }
@@ -250,7 +258,11 @@ pub fn nat_exit(skb: u64, state: u64, verdict: u32) {
         *d = d.saturating_sub(1);
     }
     let hook: u8 = read(state, global!(OFFSETS.state_hook));
-    let prio = if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT { PRIO_NAT_DST } else { PRIO_NAT_SRC };
+    let prio = if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
+        PRIO_NAT_DST
+    } else {
+        PRIO_NAT_SRC
+    };
     table_exit(skb, state, prio, verdict);
 }
 
@@ -271,7 +283,15 @@ fn xt_base(table: u64, skb: u64, state: u64) {
     read_buf(table + toff!(xt_table_name) as u64, &mut name);
     let hook: u8 = read(state, global!(OFFSETS.state_hook));
     let pf: u8 = read(state, global!(OFFSETS.state_pf));
-    emit_xt(skb, xt_what::BASE, private + toff!(xt_info_entries) as u64, 0, hook, pf, name);
+    emit_xt(
+        skb,
+        xt_what::BASE,
+        private + toff!(xt_info_entries) as u64,
+        0,
+        hook,
+        pf,
+        name,
+    );
 }
 
 /// A match (`matched` = its return value) or target call with `par` = struct xt_action_param.
@@ -290,14 +310,21 @@ pub fn xt_info(par: u64) -> u64 {
 
 #[inline(always)]
 fn emit_xt(skb: u64, what: u8, addr: u64, result: u8, hook: u8, pf: u8, name: [u8; 16]) {
-    let Some(t) = TRACKED.get_ptr(&skb) else { return };
+    let Some(t) = TRACKED.get_ptr(&skb) else {
+        return;
+    };
     // SAFETY: map value pointer, read once.
     let t = unsafe { *t };
     if t.state != STATE_TRACKED {
         return;
     }
     let rec = XtRecord {
-        header: trace_common::record::RecordHeader { kind: kind::XT, version: RECORD_VERSION, _pad0: 0, len: 64 },
+        header: trace_common::record::RecordHeader {
+            kind: kind::XT,
+            version: RECORD_VERSION,
+            _pad0: 0,
+            len: 64,
+        },
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skb,
         gen: t.gen,

@@ -34,7 +34,8 @@ pub fn load_dump_file(path: &Path) -> Result<Ruleset> {
     } else {
         std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
     };
-    rules::parse_bytes(&bytes, ParseOptions::default()).map_err(|e| anyhow::anyhow!("{}", e.with_file(&path.display().to_string())))
+    rules::parse_bytes(&bytes, ParseOptions::default())
+        .map_err(|e| anyhow::anyhow!("{}", e.with_file(&path.display().to_string())))
 }
 
 /// Which iptables backend a dump came from.
@@ -96,9 +97,25 @@ impl RuleSource {
     pub fn live(targets: &[(u32, PathBuf)], min_interval: Duration) -> Self {
         let netns = targets
             .iter()
-            .map(|(ino, path)| (*ino, NetnsState { path: path.clone(), dumps: HashMap::new(), ctx: Arc::new(NetContext::unknown()), taken: None }))
+            .map(|(ino, path)| {
+                (
+                    *ino,
+                    NetnsState {
+                        path: path.clone(),
+                        dumps: HashMap::new(),
+                        ctx: Arc::new(NetContext::unknown()),
+                        taken: None,
+                    },
+                )
+            })
             .collect();
-        RuleSource { netns, override_rules: None, min_interval, next_generation: 1, warnings: Vec::new() }
+        RuleSource {
+            netns,
+            override_rules: None,
+            min_interval,
+            next_generation: 1,
+            warnings: Vec::new(),
+        }
     }
 
     /// `--rules FILE`: this dump for every netns (of its family); nothing is taken live.
@@ -108,9 +125,15 @@ impl RuleSource {
     }
 
     /// The evaluator, host context and generation for packets of (netns, family).
-    pub fn rules_for(&self, netns: u32, family: Family) -> Result<(Arc<Evaluator>, Arc<NetContext>, u64)> {
+    pub fn rules_for(
+        &self,
+        netns: u32,
+        family: Family,
+    ) -> Result<(Arc<Evaluator>, Arc<NetContext>, u64)> {
         let st = self.netns.get(&netns);
-        let ctx = st.map(|s| s.ctx.clone()).unwrap_or_else(|| Arc::new(NetContext::unknown()));
+        let ctx = st
+            .map(|s| s.ctx.clone())
+            .unwrap_or_else(|| Arc::new(NetContext::unknown()));
         if let Some((fam, ev)) = &self.override_rules {
             if *fam != family {
                 bail!("--rules holds {fam:?} rules, the packet is {family:?}");
@@ -118,7 +141,10 @@ impl RuleSource {
             return Ok((ev.clone(), ctx, 0));
         }
         let st = st.with_context(|| format!("netns {netns} is not traced"))?;
-        let d = st.dumps.get(&family).with_context(|| format!("no {family:?} rule dump for netns {netns} (see warnings)"))?;
+        let d = st
+            .dumps
+            .get(&family)
+            .with_context(|| format!("no {family:?} rule dump for netns {netns} (see warnings)"))?;
         Ok((d.evaluator.clone(), ctx, d.generation))
     }
 
@@ -155,11 +181,19 @@ impl RuleSource {
         let mut ctx_done = Vec::new();
         for c in changes {
             if let Some(d) = self.dump(c.netns, c.family) {
-                out.push(Record::Ruleset { netns: c.netns, family: c.family, generation: d.generation, text: d.text.to_string() });
+                out.push(Record::Ruleset {
+                    netns: c.netns,
+                    family: c.family,
+                    generation: d.generation,
+                    text: d.text.to_string(),
+                });
             }
             if !ctx_done.contains(&c.netns) {
                 if let Some(ctx) = self.context(c.netns) {
-                    out.push(Record::Netinfo { netns: c.netns, context: (*ctx).clone() });
+                    out.push(Record::Netinfo {
+                        netns: c.netns,
+                        context: (*ctx).clone(),
+                    });
                 }
                 ctx_done.push(c.netns);
             }
@@ -168,8 +202,14 @@ impl RuleSource {
     }
 
     /// Writes [`RuleSource::records`] of `changes` to a recording.
-    pub fn record_changes<W: std::io::Write>(&self, changes: &[Change], w: &mut RecordingWriter<W>) -> std::io::Result<()> {
-        self.records(changes).iter().try_for_each(|r| w.write_record(r))
+    pub fn record_changes<W: std::io::Write>(
+        &self,
+        changes: &[Change],
+        w: &mut RecordingWriter<W>,
+    ) -> std::io::Result<()> {
+        self.records(changes)
+            .iter()
+            .try_for_each(|r| w.write_record(r))
     }
 
     /// Re-takes the dumps (and addresses) of every netns whose last dump is older than the
@@ -196,12 +236,18 @@ impl RuleSource {
         let mut changes = Vec::new();
         match take_context(&path) {
             Ok(ctx) => self.netns.get_mut(&ino).expect("known").ctx = Arc::new(ctx),
-            Err(e) => self.warnings.push(format!("netns {ino}: addresses unknown ({e:#}); -m addrtype becomes a branch point")),
+            Err(e) => self.warnings.push(format!(
+                "netns {ino}: addresses unknown ({e:#}); -m addrtype becomes a branch point"
+            )),
         }
         for family in [Family::Ipv4, Family::Ipv6] {
             match take_dump(&path, family) {
                 Ok(None) => {
-                    self.netns.get_mut(&ino).expect("known").dumps.remove(&family);
+                    self.netns
+                        .get_mut(&ino)
+                        .expect("known")
+                        .dumps
+                        .remove(&family);
                 }
                 Ok(Some((backend, text, note))) => {
                     if let Some(n) = note {
@@ -211,7 +257,9 @@ impl RuleSource {
                         changes.push(c);
                     }
                 }
-                Err(e) => self.warnings.push(format!("netns {ino}: {family:?} rules not available: {e:#}")),
+                Err(e) => self.warnings.push(format!(
+                    "netns {ino}: {family:?} rules not available: {e:#}"
+                )),
             }
         }
         self.netns.get_mut(&ino).expect("known").taken = Some(Instant::now());
@@ -219,24 +267,55 @@ impl RuleSource {
     }
 
     /// Keeps `text` as the dump of (netns, family) if it differs from the one in force.
-    fn install(&mut self, ino: u32, family: Family, backend: SaveBackend, text: String) -> Option<Change> {
+    fn install(
+        &mut self,
+        ino: u32,
+        family: Family,
+        backend: SaveBackend,
+        text: String,
+    ) -> Option<Change> {
         let fp = fingerprint(&text);
         let st = self.netns.get_mut(&ino).expect("known");
-        if st.dumps.get(&family).is_some_and(|d| d.fingerprint == fp && d.backend == backend) {
+        if st
+            .dumps
+            .get(&family)
+            .is_some_and(|d| d.fingerprint == fp && d.backend == backend)
+        {
             return None;
         }
-        let rs = match rules::parse_with(&text, ParseOptions { family: Some(family) }) {
+        let rs = match rules::parse_with(
+            &text,
+            ParseOptions {
+                family: Some(family),
+            },
+        ) {
             Ok(rs) => rs,
             Err(e) => {
-                self.warnings.push(format!("netns {ino}: {} output does not parse: {e}", backend.command(family)));
+                self.warnings.push(format!(
+                    "netns {ino}: {} output does not parse: {e}",
+                    backend.command(family)
+                ));
                 st.dumps.remove(&family);
                 return None;
             }
         };
         let generation = self.next_generation;
         self.next_generation += 1;
-        st.dumps.insert(family, Dump { backend, text: text.into(), generation, evaluator: Arc::new(Evaluator::new(rs)), fingerprint: fp });
-        Some(Change { netns: ino, family, generation })
+        st.dumps.insert(
+            family,
+            Dump {
+                backend,
+                text: text.into(),
+                generation,
+                evaluator: Arc::new(Evaluator::new(rs)),
+                fingerprint: fp,
+            },
+        );
+        Some(Change {
+            netns: ino,
+            family,
+            generation,
+        })
     }
 }
 
@@ -253,7 +332,11 @@ pub fn fingerprint(text: &str) -> String {
             _ => line,
         };
         // `:CHAIN POLICY [p:b]`
-        let line = if line.starts_with(':') { line.rsplit_once(" [").map_or(line, |(l, _)| l) } else { line };
+        let line = if line.starts_with(':') {
+            line.rsplit_once(" [").map_or(line, |(l, _)| l)
+        } else {
+            line
+        };
         out.push_str(line);
         out.push('\n');
     }
@@ -264,10 +347,19 @@ pub fn fingerprint(text: &str) -> String {
 fn run_in_netns(path: &Path, argv: &[&str]) -> Result<String> {
     let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
     let shown = argv.join(" ");
-    let out = crate::netns::run_in(path, move || Command::new(&argv[0]).args(&argv[1..]).stdin(std::process::Stdio::null()).output())?
-        .with_context(|| format!("running `{shown}`"))?;
+    let out = crate::netns::run_in(path, move || {
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .output()
+    })?
+    .with_context(|| format!("running `{shown}`"))?;
     if !out.status.success() {
-        bail!("`{shown}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{shown}` printed non-UTF-8 output"))
 }
@@ -318,19 +410,53 @@ pub fn parse_ip_addr_json(json: &str) -> Result<NetContext> {
     let mut addrs = Vec::new();
     let mut interfaces = Vec::new();
     let mut bridges = Vec::new();
-    for link in v.as_array().context("`ip -j addr show`: expected an array")? {
-        let Some(name) = link.get("ifname").and_then(|n| n.as_str()) else { continue };
+    for link in v
+        .as_array()
+        .context("`ip -j addr show`: expected an array")?
+    {
+        let Some(name) = link.get("ifname").and_then(|n| n.as_str()) else {
+            continue;
+        };
         interfaces.push(name.to_string());
-        if link.get("linkinfo").and_then(|l| l.get("info_kind")).and_then(|k| k.as_str()) == Some("bridge") {
+        if link
+            .get("linkinfo")
+            .and_then(|l| l.get("info_kind"))
+            .and_then(|k| k.as_str())
+            == Some("bridge")
+        {
             bridges.push(name.to_string());
         }
-        for a in link.get("addr_info").and_then(|a| a.as_array()).into_iter().flatten() {
-            let Some(local) = a.get("local").and_then(|l| l.as_str()).and_then(|l| l.parse().ok()) else { continue };
-            let broadcast = a.get("broadcast").and_then(|b| b.as_str()).and_then(|b| b.parse().ok());
-            addrs.push(IfaceAddr { iface: name.to_string(), addr: local, broadcast });
+        for a in link
+            .get("addr_info")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let Some(local) = a
+                .get("local")
+                .and_then(|l| l.as_str())
+                .and_then(|l| l.parse().ok())
+            else {
+                continue;
+            };
+            let broadcast = a
+                .get("broadcast")
+                .and_then(|b| b.as_str())
+                .and_then(|b| b.parse().ok());
+            addrs.push(IfaceAddr {
+                iface: name.to_string(),
+                addr: local,
+                broadcast,
+            });
         }
     }
-    Ok(NetContext { known: true, addrs, interfaces, bridges, bridges_known: true })
+    Ok(NetContext {
+        known: true,
+        addrs,
+        interfaces,
+        bridges,
+        bridges_known: true,
+    })
 }
 
 #[cfg(test)]
@@ -342,8 +468,14 @@ mod tests {
         let a = "# Generated by iptables-save v1.8.9 on Wed Nov 25 15:46:12 2026\n*filter\n:INPUT ACCEPT [4:244]\n[0:0] -A INPUT -j ACCEPT\nCOMMIT\n# Completed on Wed\n";
         let b = "# Generated by iptables-save v1.8.9 on Thu Nov 26 10:00:00 2026\n*filter\n:INPUT ACCEPT [9:999]\n[7:70] -A INPUT -j ACCEPT\nCOMMIT\n# Completed on Thu\n";
         assert_eq!(fingerprint(a), fingerprint(b));
-        assert_ne!(fingerprint(a), fingerprint(&b.replace("ACCEPT\nCOMMIT", "DROP\nCOMMIT")));
-        assert_ne!(fingerprint(a), fingerprint(&b.replace(":INPUT ACCEPT", ":INPUT DROP")));
+        assert_ne!(
+            fingerprint(a),
+            fingerprint(&b.replace("ACCEPT\nCOMMIT", "DROP\nCOMMIT"))
+        );
+        assert_ne!(
+            fingerprint(a),
+            fingerprint(&b.replace(":INPUT ACCEPT", ":INPUT DROP"))
+        );
     }
 
     #[test]
@@ -355,7 +487,10 @@ mod tests {
         let c = parse_ip_addr_json(j).unwrap();
         assert!(c.known);
         assert_eq!(c.interfaces, ["lo", "br0", "eth0"]);
-        assert_eq!((c.is_bridge("br0"), c.is_bridge("eth0")), (Some(true), Some(false)));
+        assert_eq!(
+            (c.is_bridge("br0"), c.is_bridge("eth0")),
+            (Some(true), Some(false))
+        );
         assert!(c.is_local("192.168.64.4".parse().unwrap(), Some("eth0")));
         assert!(c.is_broadcast("192.168.64.255".parse().unwrap(), None));
         assert!(c.is_local("fe80::1".parse().unwrap(), None));
@@ -374,8 +509,15 @@ mod tests {
     /// without iptables-legacy.
     #[test]
     fn live_dump_detects_backend_and_changes() {
-        if unsafe { libc::geteuid() } != 0 || Command::new("iptables-legacy-save").arg("--version").output().is_err() {
-            eprintln!("SKIPPED live_dump_detects_backend_and_changes: needs root and iptables-legacy");
+        if unsafe { libc::geteuid() } != 0
+            || Command::new("iptables-legacy-save")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            eprintln!(
+                "SKIPPED live_dump_detects_backend_and_changes: needs root and iptables-legacy"
+            );
             return;
         }
         let ns = crate::netns::NetnsGuard::create("rulesrc").expect("netns");
@@ -384,29 +526,55 @@ mod tests {
             argv.extend_from_slice(args);
             crate::netns::exec(ns.name(), &argv).expect("iptables-legacy in test netns");
         };
-        ipt(&["-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
+        ipt(&[
+            "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+        ]);
         let ino = ns.inode() as u32;
         let mut src = RuleSource::live(&[(ino, ns.path())], Duration::ZERO);
         let first = src.refresh();
-        assert!(first.iter().any(|c| c.netns == ino && c.family == Family::Ipv4), "{first:?} {:?}", src.warnings);
+        assert!(
+            first
+                .iter()
+                .any(|c| c.netns == ino && c.family == Family::Ipv4),
+            "{first:?} {:?}",
+            src.warnings
+        );
         let d = src.dump(ino, Family::Ipv4).unwrap();
         assert_eq!(d.backend, SaveBackend::Legacy);
         assert!(d.text.contains("--dport 22 -j ACCEPT"));
         let g1 = d.generation;
-        assert!(src.context(ino).unwrap().is_local("127.0.0.1".parse().unwrap(), None));
+        assert!(src
+            .context(ino)
+            .unwrap()
+            .is_local("127.0.0.1".parse().unwrap(), None));
         // Counters change, rules do not: same generation.
         ipt(&["-Z"]);
         assert!(src.refresh().iter().all(|c| c.family != Family::Ipv4));
         ipt(&["-t", "filter", "-I", "INPUT", "1", "-j", "DROP"]);
         let changed = src.refresh();
         let g2 = src.dump(ino, Family::Ipv4).unwrap().generation;
-        assert!(changed.iter().any(|c| c.netns == ino && c.family == Family::Ipv4 && c.generation == g2));
+        assert!(changed
+            .iter()
+            .any(|c| c.netns == ino && c.family == Family::Ipv4 && c.generation == g2));
         assert!(g2 > g1);
         let recs = src.records(&changed);
-        assert!(recs.iter().any(|r| matches!(r, Record::Ruleset { generation, .. } if *generation == g2)));
-        assert!(recs.iter().any(|r| matches!(r, Record::Netinfo { netns, .. } if *netns == ino)));
+        assert!(recs
+            .iter()
+            .any(|r| matches!(r, Record::Ruleset { generation, .. } if *generation == g2)));
+        assert!(recs
+            .iter()
+            .any(|r| matches!(r, Record::Netinfo { netns, .. } if *netns == ino)));
         let (ev, _, g) = src.rules_for(ino, Family::Ipv4).unwrap();
         assert_eq!(g, g2);
-        assert_eq!(ev.ruleset().table(trace_core::netfilter::Table::Filter).unwrap().chain("INPUT").unwrap().rules.len(), 2);
+        assert_eq!(
+            ev.ruleset()
+                .table(trace_core::netfilter::Table::Filter)
+                .unwrap()
+                .chain("INPUT")
+                .unwrap()
+                .rules
+                .len(),
+            2
+        );
     }
 }

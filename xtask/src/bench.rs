@@ -47,17 +47,38 @@ struct Config {
 
 fn configs() -> Vec<Config> {
     vec![
-        Config { name: "none", args: None },
-        Config { name: "match-nothing", args: Some(vec!["host", "10.255.255.254"]) },
+        Config {
+            name: "none",
+            args: None,
+        },
+        Config {
+            name: "match-nothing",
+            args: Some(vec!["host", "10.255.255.254"]),
+        },
         // The tracer prints TRACE lines (--format trace) to /dev/null.
-        Config { name: "match-everything", args: Some(vec![]) },
-        Config { name: "sample-1/1000", args: Some(vec!["--sample", "1/1000"]) },
+        Config {
+            name: "match-everything",
+            args: Some(vec![]),
+        },
+        Config {
+            name: "sample-1/1000",
+            args: Some(vec!["--sample", "1/1000"]),
+        },
         // Diagnostics (--configs): the packet-level view costs the collector less than the
         // rule-level reconstruction.
-        Config { name: "everything-packets", args: Some(vec!["--packets"]) },
-        Config { name: "everything-json", args: Some(vec!["--format", "json"]) },
+        Config {
+            name: "everything-packets",
+            args: Some(vec!["--packets"]),
+        },
+        Config {
+            name: "everything-json",
+            args: Some(vec!["--format", "json"]),
+        },
         // The probes alone: the collector drains without decoding.
-        Config { name: "everything-discard", args: Some(vec!["--discard"]) },
+        Config {
+            name: "everything-discard",
+            args: Some(vec!["--discard"]),
+        },
     ]
 }
 
@@ -71,7 +92,13 @@ fn bench(args: &[String]) -> Result<()> {
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--secs" => secs = it.next().context("--secs S")?.parse()?,
             "--configs" => {
-                only = Some(it.next().context("--configs NAME,NAME")?.split(',').map(String::from).collect::<Vec<_>>())
+                only = Some(
+                    it.next()
+                        .context("--configs NAME,NAME")?
+                        .split(',')
+                        .map(String::from)
+                        .collect::<Vec<_>>(),
+                )
             }
             other => bail!("unknown argument {other}"),
         }
@@ -80,7 +107,10 @@ fn bench(args: &[String]) -> Result<()> {
         bail!("needs root (lab namespaces, eBPF)");
     }
     let root = workspace_root();
-    let st = Command::new("cargo").args(["build", "--release", "-p", "trace-user", "-p", "xtask"]).current_dir(&root).status()?;
+    let st = Command::new("cargo")
+        .args(["build", "--release", "-p", "trace-user", "-p", "xtask"])
+        .current_dir(&root)
+        .status()?;
     if !st.success() {
         bail!("release build failed");
     }
@@ -98,7 +128,14 @@ fn bench(args: &[String]) -> Result<()> {
     result
 }
 
-fn run_rounds(lab: &LabNs, iptrace: &Path, xtask: &Path, cfgs: &[Config], rounds: usize, secs: u64) -> Result<()> {
+fn run_rounds(
+    lab: &LabNs,
+    iptrace: &Path,
+    xtask: &Path,
+    cfgs: &[Config],
+    rounds: usize,
+    secs: u64,
+) -> Result<()> {
     lab.prepare(xtask)?;
     let mut tput: Vec<Vec<f64>> = vec![Vec::new(); cfgs.len()];
     let mut conns: Vec<Vec<f64>> = vec![Vec::new(); cfgs.len()];
@@ -114,13 +151,21 @@ fn run_rounds(lab: &LabNs, iptrace: &Path, xtask: &Path, cfgs: &[Config], rounds
             if let Some(tr) = tracer {
                 lost[i] += tr.stop()?;
             }
-            eprintln!("round {round} {:<17} throughput {:>8.1} Mbit/s  connections {:>7.1}/s", c.name, t / 1e6, n);
+            eprintln!(
+                "round {round} {:<17} throughput {:>8.1} Mbit/s  connections {:>7.1}/s",
+                c.name,
+                t / 1e6,
+                n
+            );
             tput[i].push(t);
             conns[i].push(n);
         }
     }
     println!("nfhook capture overhead (median of {rounds} interleaved rounds, {secs}s each; ratio to no tracer)");
-    println!("{:<17} {:>12} {:>10} {:>12} {:>10} {:>6}", "config", "Mbit/s", "ratio", "conn/s", "ratio", "lost");
+    println!(
+        "{:<17} {:>12} {:>10} {:>12} {:>10} {:>6}",
+        "config", "Mbit/s", "ratio", "conn/s", "ratio", "lost"
+    );
     let (t0, c0) = (median(&tput[0]), median(&conns[0]));
     for (i, c) in cfgs.iter().enumerate() {
         let (t, n) = (median(&tput[i]), median(&conns[i]));
@@ -131,7 +176,11 @@ fn run_rounds(lab: &LabNs, iptrace: &Path, xtask: &Path, cfgs: &[Config], rounds
             100.0 * t / t0,
             n,
             100.0 * n / c0,
-            if c.args.is_some() { lost[i].to_string() } else { "-".into() }
+            if c.args.is_some() {
+                lost[i].to_string()
+            } else {
+                "-".into()
+            }
         );
     }
     Ok(())
@@ -147,7 +196,10 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The lab's namespaces (built by `iptrace lab up` with a unique prefix).
@@ -187,7 +239,10 @@ impl LabNs {
     }
 
     fn exec(&self, ns: &str, argv: &[&str]) -> Result<String> {
-        let out = Command::new("ip").args(["netns", "exec", ns]).args(argv).output()?;
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(argv)
+            .output()?;
         if !out.status.success() {
             bail!("{ns}: {argv:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -199,12 +254,62 @@ impl LabNs {
     fn prepare(&self, xtask: &Path) -> Result<()> {
         for (public, port) in [(10001u16, IPERF_PORT), (10002, CONN_PORT)] {
             let (p, to) = (public.to_string(), format!("172.19.0.9:{port}"));
-            self.exec(&self.node, &["iptables-legacy", "-t", "nat", "-I", "DOCKER", "1", "!", "-i", BR, "-p", "tcp", "--dport", &p, "-j", "DNAT", "--to-destination", &to])?;
+            self.exec(
+                &self.node,
+                &[
+                    "iptables-legacy",
+                    "-t",
+                    "nat",
+                    "-I",
+                    "DOCKER",
+                    "1",
+                    "!",
+                    "-i",
+                    BR,
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &p,
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &to,
+                ],
+            )?;
             let port = port.to_string();
-            self.exec(&self.node, &["iptables-legacy", "-I", "DOCKER", "1", "-d", "172.19.0.9/32", "!", "-i", BR, "-o", BR, "-p", "tcp", "--dport", &port, "-j", "ACCEPT"])?;
+            self.exec(
+                &self.node,
+                &[
+                    "iptables-legacy",
+                    "-I",
+                    "DOCKER",
+                    "1",
+                    "-d",
+                    "172.19.0.9/32",
+                    "!",
+                    "-i",
+                    BR,
+                    "-o",
+                    BR,
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &port,
+                    "-j",
+                    "ACCEPT",
+                ],
+            )?;
         }
         let iperf = Command::new("ip")
-            .args(["netns", "exec", &self.ctr, "iperf3", "-s", "-p", &IPERF_PORT.to_string()])
+            .args([
+                "netns",
+                "exec",
+                &self.ctr,
+                "iperf3",
+                "-s",
+                "-p",
+                &IPERF_PORT.to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -221,20 +326,46 @@ impl LabNs {
 
     /// iperf3 throughput (bits/s received).
     fn iperf(&self, secs: u64) -> Result<f64> {
-        let out = self.exec(&self.peer, &["iperf3", "-c", "192.168.64.4", "-p", "10001", "-t", &secs.to_string(), "-J"])?;
+        let out = self.exec(
+            &self.peer,
+            &[
+                "iperf3",
+                "-c",
+                "192.168.64.4",
+                "-p",
+                "10001",
+                "-t",
+                &secs.to_string(),
+                "-J",
+            ],
+        )?;
         let key = "\"bits_per_second\":";
         // The last sum (sum_received) is the receiver's view.
-        let pos = out.rfind("\"sum_received\"").context("iperf3 output without sum_received")?;
+        let pos = out
+            .rfind("\"sum_received\"")
+            .context("iperf3 output without sum_received")?;
         let rest = &out[pos..];
         let v = rest.find(key).context("no bits_per_second")? + key.len();
-        let num: String = rest[v..].trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+').collect();
+        let num: String = rest[v..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+')
+            .collect();
         Ok(num.parse()?)
     }
 
     fn conn_rate(&self, xtask: &Path, secs: u64) -> Result<f64> {
         let out = self.exec(
             &self.peer,
-            &["taskset", "-c", "0", xtask.to_str().unwrap(), "bench-client", "192.168.64.4:10002", &secs.to_string()],
+            &[
+                "taskset",
+                "-c",
+                "0",
+                xtask.to_str().unwrap(),
+                "bench-client",
+                "192.168.64.4:10002",
+                &secs.to_string(),
+            ],
         )?;
         Ok(out.trim().parse()?)
     }
@@ -244,7 +375,10 @@ impl LabNs {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(iptrace).args(["lab", "down", "--name", &self.name]).stdout(Stdio::null()).status();
+        let _ = Command::new(iptrace)
+            .args(["lab", "down", "--name", &self.name])
+            .stdout(Stdio::null())
+            .status();
     }
 }
 
@@ -261,7 +395,11 @@ impl Tracer {
             .args(["-c", "1"])
             .arg(iptrace)
             .args(["capture", "--backend", "nfhook", "--netns", node])
-            .args(if args.contains(&"--format") { &[][..] } else { &["--format", "trace"][..] })
+            .args(if args.contains(&"--format") {
+                &[][..]
+            } else {
+                &["--format", "trace"][..]
+            })
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

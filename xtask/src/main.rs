@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         std::process::exit(vm::main(std::env::args().skip(1).collect()));
     }
     // bench-capture: nfhook capture overhead (issue 3, xtask/src/bench.rs).
-    if std::env::args().nth(1).is_some_and(|a| a.starts_with("bench-")) {
+    if std::env::args()
+        .nth(1)
+        .is_some_and(|a| a.starts_with("bench-"))
+    {
         std::process::exit(bench::main(std::env::args().skip(1).collect()));
     }
     let cli = Cli::parse();

@@ -34,7 +34,9 @@ impl From<&Headers> for CapturedHeaders {
     fn from(h: &Headers) -> Self {
         let (sport, dport) = h.l4.ports().unzip();
         let (seq, ack, tcp_flags) = match h.l4 {
-            L4::Tcp { seq, ack, flags, .. } => (Some(seq), Some(ack), Some(flags)),
+            L4::Tcp {
+                seq, ack, flags, ..
+            } => (Some(seq), Some(ack), Some(flags)),
             _ => (None, None, None),
         };
         CapturedHeaders {
@@ -87,14 +89,20 @@ impl CapturedPacket {
     /// Every full path the reconstruction allows, first candidates first; just `steps` when
     /// there are no alternatives or too many combinations.
     pub fn candidate_paths(&self) -> Vec<Vec<StepId>> {
-        let product = self.table_paths.iter().map(|t| t.len().max(1)).try_fold(1usize, |a, n| a.checked_mul(n));
+        let product = self
+            .table_paths
+            .iter()
+            .map(|t| t.len().max(1))
+            .try_fold(1usize, |a, n| a.checked_mul(n));
         match product {
             Some(n) if n > 1 && n <= MAX_CANDIDATE_PATHS => {
                 let mut out: Vec<Vec<StepId>> = vec![Vec::new()];
                 for table in self.table_paths.iter().filter(|t| !t.is_empty()) {
                     out = out
                         .iter()
-                        .flat_map(|prefix| table.iter().map(move |p| [prefix.as_slice(), p].concat()))
+                        .flat_map(|prefix| {
+                            table.iter().map(move |p| [prefix.as_slice(), p].concat())
+                        })
                         .collect();
                 }
                 out
@@ -109,7 +117,11 @@ impl CapturedPacket {
         let keep = |v: &Vec<StepId>| v.iter().filter(|s| !drop(s)).cloned().collect::<Vec<_>>();
         CapturedPacket {
             steps: keep(&self.steps),
-            table_paths: self.table_paths.iter().map(|t| t.iter().map(keep).collect()).collect(),
+            table_paths: self
+                .table_paths
+                .iter()
+                .map(|t| t.iter().map(keep).collect())
+                .collect(),
             ..self.clone()
         }
     }
@@ -135,10 +147,21 @@ impl From<&ReconstructedPacket> for CapturedPacket {
             .iter()
             .flat_map(|h| &h.tables)
             .filter(|t| !t.paths.is_empty())
-            .map(|t| t.paths.iter().map(|p| p.steps.iter().map(|s| s.id.clone()).collect()).collect())
+            .map(|t| {
+                t.paths
+                    .iter()
+                    .map(|p| p.steps.iter().map(|s| s.id.clone()).collect())
+                    .collect()
+            })
             .collect();
         let mut implicit: Vec<StepId> = Vec::new();
-        for s in rp.hooks.iter().flat_map(|h| &h.tables).flat_map(|t| &t.paths).flat_map(|p| &p.steps) {
+        for s in rp
+            .hooks
+            .iter()
+            .flat_map(|h| &h.tables)
+            .flat_map(|t| &t.paths)
+            .flat_map(|p| &p.steps)
+        {
             if s.implicit_return && !implicit.contains(&s.id) {
                 implicit.push(s.id.clone());
             }
@@ -159,7 +182,11 @@ pub enum CapturedError {
     #[error("line {line}: not JSON: {message}")]
     Json { line: usize, message: String },
     #[error("line {line}: step {index} ({text}) is not a TRACE position table:chain:rule|return|policy:N")]
-    BadStep { line: usize, index: usize, text: String },
+    BadStep {
+        line: usize,
+        index: usize,
+        text: String,
+    },
     #[error("line {line}: packet without any header snapshot (objects with src and dst)")]
     NoHeaders { line: usize },
     #[error("no packet found (expected JSON lines with a `steps` array per packet)")]
@@ -174,17 +201,36 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<CapturedPacket>, CapturedError> {
         if raw.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(raw).map_err(|e| CapturedError::Json { line, message: e.to_string() })?;
+        let v: Value = serde_json::from_str(raw).map_err(|e| CapturedError::Json {
+            line,
+            message: e.to_string(),
+        })?;
         let mut implicit = None;
-        let Some(table_paths) = table_paths_of(&v, line, &mut implicit)? else { continue };
-        let steps: Vec<StepId> = table_paths.iter().filter_map(|t| t.first()).flatten().cloned().collect();
+        let Some(table_paths) = table_paths_of(&v, line, &mut implicit)? else {
+            continue;
+        };
+        let steps: Vec<StepId> = table_paths
+            .iter()
+            .filter_map(|t| t.first())
+            .flatten()
+            .cloned()
+            .collect();
         let mut headers = Vec::new();
         collect_headers(&v, &mut headers);
         if headers.is_empty() {
             return Err(CapturedError::NoHeaders { line });
         }
-        let ts_ns = ["ts_ns", "first_ts_ns"].iter().find_map(|k| v.get(*k).and_then(Value::as_u64));
-        out.push(CapturedPacket { index: out.len(), ts_ns, headers, steps, table_paths, implicit_returns: implicit });
+        let ts_ns = ["ts_ns", "first_ts_ns"]
+            .iter()
+            .find_map(|k| v.get(*k).and_then(Value::as_u64));
+        out.push(CapturedPacket {
+            index: out.len(),
+            ts_ns,
+            headers,
+            steps,
+            table_paths,
+            implicit_returns: implicit,
+        });
     }
     if out.is_empty() {
         return Err(CapturedError::Empty);
@@ -193,15 +239,25 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<CapturedPacket>, CapturedError> {
 }
 
 fn steps_array(v: &Value) -> Option<&Vec<Value>> {
-    ["steps", "path"].iter().find_map(|k| v.get(*k).and_then(Value::as_array))
+    ["steps", "path"]
+        .iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_array))
 }
 
 /// The steps of one path; steps carrying `implicit_return` make `implicit` known (Some) and
 /// the flagged ones are added to it.
-fn steps_of(arr: &[Value], line: usize, implicit: &mut Option<Vec<StepId>>) -> Result<Vec<StepId>, CapturedError> {
+fn steps_of(
+    arr: &[Value],
+    line: usize,
+    implicit: &mut Option<Vec<StepId>>,
+) -> Result<Vec<StepId>, CapturedError> {
     let mut out = Vec::with_capacity(arr.len());
     for (i, s) in arr.iter().enumerate() {
-        let id = step_of(s).ok_or_else(|| CapturedError::BadStep { line, index: i, text: s.to_string() })?;
+        let id = step_of(s).ok_or_else(|| CapturedError::BadStep {
+            line,
+            index: i,
+            text: s.to_string(),
+        })?;
         if let Some(flag) = s.get("implicit_return").and_then(Value::as_bool) {
             let known = implicit.get_or_insert_with(Vec::new);
             if flag && !known.contains(&id) {
@@ -216,16 +272,35 @@ fn steps_of(arr: &[Value], line: usize, implicit: &mut Option<Vec<StepId>>) -> R
 /// Per-table candidate paths of one JSON line. `iptrace.packet.v1` nests them as
 /// `hooks[].tables[].path.steps` (+ `alternatives[].steps`); a flat top-level `steps`/`path`
 /// array (this module's own form) takes precedence and counts as one table. None: the line is not a packet.
-fn table_paths_of(v: &Value, line: usize, implicit: &mut Option<Vec<StepId>>) -> Result<Option<Vec<Vec<Vec<StepId>>>>, CapturedError> {
+fn table_paths_of(
+    v: &Value,
+    line: usize,
+    implicit: &mut Option<Vec<StepId>>,
+) -> Result<Option<Vec<Vec<Vec<StepId>>>>, CapturedError> {
     if let Some(arr) = steps_array(v) {
         return Ok(Some(vec![vec![steps_of(arr, line, implicit)?]]));
     }
     if let Some(hooks) = v.get("hooks").and_then(Value::as_array) {
         let mut out = Vec::new();
-        for t in hooks.iter().filter_map(|h| h.get("tables")?.as_array()).flatten() {
-            let Some(first) = t.get("path").and_then(|p| p.get("steps")).and_then(Value::as_array) else { continue };
+        for t in hooks
+            .iter()
+            .filter_map(|h| h.get("tables")?.as_array())
+            .flatten()
+        {
+            let Some(first) = t
+                .get("path")
+                .and_then(|p| p.get("steps"))
+                .and_then(Value::as_array)
+            else {
+                continue;
+            };
             let mut cands = vec![steps_of(first, line, implicit)?];
-            for alt in t.get("alternatives").and_then(Value::as_array).into_iter().flatten() {
+            for alt in t
+                .get("alternatives")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if let Some(a) = alt.get("steps").and_then(Value::as_array) {
                     cands.push(steps_of(a, line, implicit)?);
                 }
@@ -244,7 +319,11 @@ fn step_of(v: &Value) -> Option<StepId> {
         return s.parse().ok();
     }
     for k in ["step", "id", "label", "position"] {
-        if let Some(id) = v.get(k).and_then(Value::as_str).and_then(|s| s.parse().ok()) {
+        if let Some(id) = v
+            .get(k)
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+        {
             return Some(id);
         }
     }
@@ -269,7 +348,11 @@ fn collect_headers(v: &Value, out: &mut Vec<CapturedHeaders>) {
 fn int<T: TryFrom<u64>>(v: &Value, keys: &[&str]) -> Option<T> {
     let l4 = v.get("l4");
     keys.iter()
-        .find_map(|k| v.get(*k).or_else(|| l4.and_then(|l| l.get(*k))).and_then(Value::as_u64))
+        .find_map(|k| {
+            v.get(*k)
+                .or_else(|| l4.and_then(|l| l.get(*k)))
+                .and_then(Value::as_u64)
+        })
         .and_then(|n| T::try_from(n).ok())
 }
 
@@ -313,16 +396,27 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].steps.len(), 2);
         let h = &p[0].headers[0];
-        assert_eq!((h.proto, h.sport, h.dport, h.id, h.seq, h.tcp_flags), (Some(6), Some(1000), Some(80), Some(7), Some(9), Some(2)));
+        assert_eq!(
+            (h.proto, h.sport, h.dport, h.id, h.seq, h.tcp_flags),
+            (Some(6), Some(1000), Some(80), Some(7), Some(9), Some(2))
+        );
         assert_eq!(p[0].ts_ns, Some(5));
     }
 
     #[test]
     fn reads_the_nested_packet_v1_paths_with_alternatives() {
         let h = r#"{"src":"1.1.1.1","dst":"2.2.2.2","proto":6,"len":60,"id":7,"l4":{"sport":1,"dport":2,"seq":3,"ack":0,"flags":2}}"#;
-        let line = format!(r#"{{"schema":"iptrace.packet.v1","ts_ns":9,"hooks":[{{"hook":"PREROUTING","tables":[{{"table":"raw","before":{{"headers":{h}}},"path":{{"steps":[{{"step":"raw:PREROUTING:policy:2"}}]}},"alternatives":[]}},{{"table":"nat","before":{{"headers":{h}}},"path":{{"steps":[{{"step":"nat:PREROUTING:rule:1"}}]}},"alternatives":[{{"steps":[{{"step":"nat:PREROUTING:policy:2"}}]}}]}},{{"table":"mangle","skipped":true,"path":null}}]}}]}}"#);
+        let line = format!(
+            r#"{{"schema":"iptrace.packet.v1","ts_ns":9,"hooks":[{{"hook":"PREROUTING","tables":[{{"table":"raw","before":{{"headers":{h}}},"path":{{"steps":[{{"step":"raw:PREROUTING:policy:2"}}]}},"alternatives":[]}},{{"table":"nat","before":{{"headers":{h}}},"path":{{"steps":[{{"step":"nat:PREROUTING:rule:1"}}]}},"alternatives":[{{"steps":[{{"step":"nat:PREROUTING:policy:2"}}]}}]}},{{"table":"mangle","skipped":true,"path":null}}]}}]}}"#
+        );
         let p = parse_jsonl(&line).unwrap();
-        assert_eq!(p[0].steps.iter().map(ToString::to_string).collect::<Vec<_>>(), ["raw:PREROUTING:policy:2", "nat:PREROUTING:rule:1"]);
+        assert_eq!(
+            p[0].steps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["raw:PREROUTING:policy:2", "nat:PREROUTING:rule:1"]
+        );
         assert_eq!(p[0].candidate_paths().len(), 2);
         assert_eq!(p[0].headers[0].sport, Some(1));
     }
@@ -330,24 +424,49 @@ mod tests {
     #[test]
     fn reads_implicit_return_marks_and_tells_unmarked_apart() {
         let h = r#""headers":{"src":"1.1.1.1","dst":"2.2.2.2"}"#;
-        let marked = format!(r#"{{{h},"steps":[{{"step":"filter:U:return:2","implicit_return":true}},{{"step":"filter:V:return:1","implicit_return":false}}]}}"#);
+        let marked = format!(
+            r#"{{{h},"steps":[{{"step":"filter:U:return:2","implicit_return":true}},{{"step":"filter:V:return:1","implicit_return":false}}]}}"#
+        );
         let p = parse_jsonl(&marked).unwrap();
-        assert_eq!(p[0].implicit_returns, Some(vec!["filter:U:return:2".parse().unwrap()]));
-        let none_flagged = format!(r#"{{{h},"steps":[{{"step":"filter:V:return:1","implicit_return":false}}]}}"#);
-        assert_eq!(parse_jsonl(&none_flagged).unwrap()[0].implicit_returns, Some(vec![]));
+        assert_eq!(
+            p[0].implicit_returns,
+            Some(vec!["filter:U:return:2".parse().unwrap()])
+        );
+        let none_flagged =
+            format!(r#"{{{h},"steps":[{{"step":"filter:V:return:1","implicit_return":false}}]}}"#);
+        assert_eq!(
+            parse_jsonl(&none_flagged).unwrap()[0].implicit_returns,
+            Some(vec![])
+        );
         let bare = format!(r#"{{{h},"steps":["filter:U:return:2"]}}"#);
         assert_eq!(parse_jsonl(&bare).unwrap()[0].implicit_returns, None);
         let c = &p[0];
         let kept = c.without_steps(|s| c.implicit_returns.as_ref().unwrap().contains(s));
-        assert_eq!(kept.steps, vec!["filter:V:return:1".parse::<StepId>().unwrap()]);
+        assert_eq!(
+            kept.steps,
+            vec!["filter:V:return:1".parse::<StepId>().unwrap()]
+        );
         assert_eq!(kept.table_paths, vec![vec![kept.steps.clone()]]);
     }
 
     #[test]
     fn reports_bad_lines() {
-        assert!(matches!(parse_jsonl("{nope"), Err(CapturedError::Json { line: 1, .. })));
-        assert!(matches!(parse_jsonl(r#"{"steps":["x"]}"#), Err(CapturedError::BadStep { line: 1, index: 0, .. })));
-        assert!(matches!(parse_jsonl(r#"{"steps":[]}"#), Err(CapturedError::NoHeaders { line: 1 })));
+        assert!(matches!(
+            parse_jsonl("{nope"),
+            Err(CapturedError::Json { line: 1, .. })
+        ));
+        assert!(matches!(
+            parse_jsonl(r#"{"steps":["x"]}"#),
+            Err(CapturedError::BadStep {
+                line: 1,
+                index: 0,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_jsonl(r#"{"steps":[]}"#),
+            Err(CapturedError::NoHeaders { line: 1 })
+        ));
         assert!(matches!(parse_jsonl("\n"), Err(CapturedError::Empty)));
     }
 }

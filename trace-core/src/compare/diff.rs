@@ -33,12 +33,18 @@ fn common_prefix(a: &[StepId], b: &[StepId]) -> usize {
 /// Where in `captured` the reference starts: the occurrence of its first step that agrees
 /// longest; failing that, the first step in the same chain; failing that, 0.
 fn alignment(reference: &[StepId], captured: &[StepId]) -> usize {
-    let Some(first) = reference.first() else { return 0 };
+    let Some(first) = reference.first() else {
+        return 0;
+    };
     let exact = (0..captured.len())
         .filter(|&k| captured[k] == *first)
         .max_by_key(|&k| (common_prefix(reference, &captured[k..]), usize::MAX - k));
     exact
-        .or_else(|| captured.iter().position(|c| c.table == first.table && c.chain == first.chain))
+        .or_else(|| {
+            captured
+                .iter()
+                .position(|c| c.table == first.table && c.chain == first.chain)
+        })
         .unwrap_or(0)
 }
 
@@ -50,13 +56,20 @@ pub fn diff_paths(reference: &[StepId], captured: &[StepId]) -> PathDiff {
         .map(|i| {
             let r = reference.get(i);
             let c = tail.get(i);
-            Row { reference: r.map(|s| s.to_string()), captured: c.map(|s| s.to_string()), same: r.is_some() && r == c }
+            Row {
+                reference: r.map(|s| s.to_string()),
+                captured: c.map(|s| s.to_string()),
+                same: r.is_some() && r == c,
+            }
         })
         .collect();
     PathDiff {
         offset,
         first_difference: rows.iter().position(|r| !r.same),
-        captured_before: captured[..offset.min(captured.len())].iter().map(|s| s.to_string()).collect(),
+        captured_before: captured[..offset.min(captured.len())]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         rows,
     }
 }
@@ -71,8 +84,15 @@ mod tests {
 
     #[test]
     fn reference_starting_after_the_trace_rule_agrees_with_the_full_path() {
-        let cap = p(&["raw:PREROUTING:rule:1", "raw:PREROUTING:policy:2", "mangle:PREROUTING:policy:1"]);
-        let d = diff_paths(&p(&["raw:PREROUTING:policy:2", "mangle:PREROUTING:policy:1"]), &cap);
+        let cap = p(&[
+            "raw:PREROUTING:rule:1",
+            "raw:PREROUTING:policy:2",
+            "mangle:PREROUTING:policy:1",
+        ]);
+        let d = diff_paths(
+            &p(&["raw:PREROUTING:policy:2", "mangle:PREROUTING:policy:1"]),
+            &cap,
+        );
         assert_eq!((d.offset, d.first_difference), (1, None));
         assert_eq!(d.captured_before, ["raw:PREROUTING:rule:1"]);
         let nft = diff_paths(&cap, &cap);

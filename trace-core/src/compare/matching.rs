@@ -40,12 +40,16 @@ pub fn headers_agree(r: &RefHeaders, c: &CapturedHeaders) -> bool {
 
 /// Some snapshot of the reference packet agrees with some snapshot of the captured one.
 pub fn packets_agree(r: &RefPacket, c: &CapturedPacket) -> bool {
-    r.headers.iter().any(|rh| c.headers.iter().any(|ch| headers_agree(rh, ch)))
+    r.headers
+        .iter()
+        .any(|rh| c.headers.iter().any(|ch| headers_agree(rh, ch)))
 }
 
 fn within_window(r: &RefPacket, c: &CapturedPacket, opts: &MatchOptions) -> bool {
     match (opts.time_window, &r.time, c.ts_ns) {
-        (Some(w), Some(RefTime::Monotonic { secs }), Some(ns)) => (secs - ns as f64 / 1e9).abs() <= w,
+        (Some(w), Some(RefTime::Monotonic { secs }), Some(ns)) => {
+            (secs - ns as f64 / 1e9).abs() <= w
+        }
         _ => true,
     }
 }
@@ -89,7 +93,11 @@ impl ById {
 /// For each reference packet, the index of its captured packet. `exclusive` reference
 /// packets (paths) take a captured packet for themselves; LOG lines may share one (several
 /// LOG rules can log the same packet).
-pub fn match_packets(refs: &[RefPacket], caps: &[CapturedPacket], opts: &MatchOptions) -> Vec<Option<usize>> {
+pub fn match_packets(
+    refs: &[RefPacket],
+    caps: &[CapturedPacket],
+    opts: &MatchOptions,
+) -> Vec<Option<usize>> {
     let index = ById::new(caps);
     let all: Vec<usize> = (0..caps.len()).collect();
     let mut used = vec![false; caps.len()];
@@ -97,12 +105,27 @@ pub fn match_packets(refs: &[RefPacket], caps: &[CapturedPacket], opts: &MatchOp
     refs.iter()
         .map(|r| {
             let exclusive = !r.steps().is_empty();
-            let ok = |i: &usize| (!exclusive || !used[*i]) && within_window(r, &caps[*i], opts) && packets_agree(r, &caps[*i]);
+            let ok = |i: &usize| {
+                (!exclusive || !used[*i])
+                    && within_window(r, &caps[*i], opts)
+                    && packets_agree(r, &caps[*i])
+            };
             let own = index.candidates(r);
             let cands = own.as_deref().unwrap_or(&all);
             // Prefer the first candidate at or after the previous pairing (both sides are in
             // time order), else the first anywhere (lines may interleave across CPUs).
-            let found = cands.iter().copied().filter(|&i| i >= cursor).find(|i| ok(i)).or_else(|| cands.iter().copied().filter(|&i| i < cursor).find(|i| ok(i)));
+            let found = cands
+                .iter()
+                .copied()
+                .filter(|&i| i >= cursor)
+                .find(|i| ok(i))
+                .or_else(|| {
+                    cands
+                        .iter()
+                        .copied()
+                        .filter(|&i| i < cursor)
+                        .find(|i| ok(i))
+                });
             if let Some(i) = found {
                 if exclusive {
                     used[i] = true;
@@ -134,7 +157,14 @@ mod tests {
             ack: None,
             tcp_flags: None,
         };
-        CapturedPacket { index: 0, ts_ns: None, headers: vec![h], steps: Vec::new(), table_paths: Vec::new(), implicit_returns: None }
+        CapturedPacket {
+            index: 0,
+            ts_ns: None,
+            headers: vec![h],
+            steps: Vec::new(),
+            table_paths: Vec::new(),
+            implicit_returns: None,
+        }
     }
 
     fn refp(id: Option<u16>, sport: u16, log: bool) -> RefPacket {
@@ -147,30 +177,88 @@ mod tests {
             id,
             ..Default::default()
         };
-        let step = RefStep { table: Table::Raw, chain: "PREROUTING".into(), pos: RefStepPos::Numbered { kind: StepKind::Policy, num: 2 }, verdict: None, rule_text: None, line: 1 };
-        let evidence = if log { Evidence::Logged { prefix: "X: ".into() } } else { Evidence::Path { steps: vec![step] } };
-        RefPacket { line: 1, time: None, trace_id: None, family: None, headers: vec![h], evidence }
+        let step = RefStep {
+            table: Table::Raw,
+            chain: "PREROUTING".into(),
+            pos: RefStepPos::Numbered {
+                kind: StepKind::Policy,
+                num: 2,
+            },
+            verdict: None,
+            rule_text: None,
+            line: 1,
+        };
+        let evidence = if log {
+            Evidence::Logged {
+                prefix: "X: ".into(),
+            }
+        } else {
+            Evidence::Path { steps: vec![step] }
+        };
+        RefPacket {
+            line: 1,
+            time: None,
+            trace_id: None,
+            family: None,
+            headers: vec![h],
+            evidence,
+        }
     }
 
     #[test]
     fn pairs_by_fields_in_order_once_per_path() {
-        let caps = [cap(Some(1), 1000), cap(Some(2), 1000), cap(Some(1), 1000), cap(None, 2000)];
-        let refs = [refp(Some(1), 1000, false), refp(Some(1), 1000, false), refp(Some(1), 1000, false), refp(Some(9), 2000, false), refp(Some(3), 1000, false)];
+        let caps = [
+            cap(Some(1), 1000),
+            cap(Some(2), 1000),
+            cap(Some(1), 1000),
+            cap(None, 2000),
+        ];
+        let refs = [
+            refp(Some(1), 1000, false),
+            refp(Some(1), 1000, false),
+            refp(Some(1), 1000, false),
+            refp(Some(9), 2000, false),
+            refp(Some(3), 1000, false),
+        ];
         // Two packets with id 1, then none left; id 9 pairs with the capture showing no id;
         // id 3 has no counterpart.
-        assert_eq!(match_packets(&refs, &caps, &MatchOptions::default()), [Some(0), Some(2), None, Some(3), None]);
+        assert_eq!(
+            match_packets(&refs, &caps, &MatchOptions::default()),
+            [Some(0), Some(2), None, Some(3), None]
+        );
     }
 
     #[test]
     fn log_lines_may_share_a_packet_and_time_window_filters() {
         let caps = [cap(Some(5), 1000)];
         let refs = [refp(Some(5), 1000, true), refp(Some(5), 1000, true)];
-        assert_eq!(match_packets(&refs, &caps, &MatchOptions::default()), [Some(0), Some(0)]);
+        assert_eq!(
+            match_packets(&refs, &caps, &MatchOptions::default()),
+            [Some(0), Some(0)]
+        );
         let mut c = cap(Some(5), 1000);
         c.ts_ns = Some(10_000_000_000);
         let mut r = refp(Some(5), 1000, false);
         r.time = Some(RefTime::Monotonic { secs: 12.5 });
-        assert_eq!(match_packets(&[r.clone()], &[c.clone()], &MatchOptions { time_window: Some(1.0) }), [None]);
-        assert_eq!(match_packets(&[r], &[c], &MatchOptions { time_window: Some(3.0) }), [Some(0)]);
+        assert_eq!(
+            match_packets(
+                &[r.clone()],
+                &[c.clone()],
+                &MatchOptions {
+                    time_window: Some(1.0)
+                }
+            ),
+            [None]
+        );
+        assert_eq!(
+            match_packets(
+                &[r],
+                &[c],
+                &MatchOptions {
+                    time_window: Some(3.0)
+                }
+            ),
+            [Some(0)]
+        );
     }
 }

@@ -17,17 +17,22 @@ pub mod reference;
 pub mod report;
 pub mod resolve;
 
+use crate::netfilter;
+use crate::rules::Target;
+use crate::step::StepId;
 use captured::CapturedPacket;
 use matching::MatchOptions;
 use reference::{Evidence, Format, ParsedReference, RefPacket, RefStepPos};
 use report::{CapturedOnly, Outcome, PacketReport, Report, Totals};
 use resolve::{ResolveError, Resolver};
-use crate::netfilter;
-use crate::rules::Target;
-use crate::step::StepId;
 
 /// Compares parsed reference output with captured packets.
-pub fn compare(reference: &ParsedReference, captured: &[CapturedPacket], resolver: &Resolver, opts: &MatchOptions) -> Report {
+pub fn compare(
+    reference: &ParsedReference,
+    captured: &[CapturedPacket],
+    resolver: &Resolver,
+    opts: &MatchOptions,
+) -> Report {
     let pairs = matching::match_packets(&reference.packets, captured, opts);
     let mut report = Report {
         malformed: reference.malformed.clone(),
@@ -74,9 +79,17 @@ fn count(t: &mut Totals, o: &Outcome) {
 /// so those steps leave the captured side. Explicit `-j RETURN` rules, base-chain policies
 /// and every step of a legacy reference stay. A reference packet that does show a chain end
 /// (an nft `return` event, as kernels that print one would) keeps them too.
-fn as_the_reference_shows_it(format: Option<Format>, r: &RefPacket, c: &CapturedPacket, resolver: &Resolver) -> CapturedPacket {
+fn as_the_reference_shows_it(
+    format: Option<Format>,
+    r: &RefPacket,
+    c: &CapturedPacket,
+    resolver: &Resolver,
+) -> CapturedPacket {
     let hides = format.is_some_and(|f| !f.shows_implicit_returns());
-    let shows_chain_ends = r.steps().iter().any(|s| matches!(s.pos, RefStepPos::EndOfChain));
+    let shows_chain_ends = r
+        .steps()
+        .iter()
+        .any(|s| matches!(s.pos, RefStepPos::EndOfChain));
     if !hides || shows_chain_ends {
         return c.clone();
     }
@@ -87,17 +100,27 @@ fn as_the_reference_shows_it(format: Option<Format>, r: &RefPacket, c: &Captured
 }
 
 /// The outcome for one paired packet.
-fn judge(r: &RefPacket, c: &CapturedPacket, resolver: &Resolver, missing: &mut Option<String>) -> Outcome {
+fn judge(
+    r: &RefPacket,
+    c: &CapturedPacket,
+    resolver: &Resolver,
+    missing: &mut Option<String>,
+) -> Outcome {
     match &r.evidence {
         Evidence::Path { steps } => {
-            let resolved: Result<Vec<Vec<StepId>>, ResolveError> = steps.iter().map(|s| candidates(resolver, r.family, s)).collect();
+            let resolved: Result<Vec<Vec<StepId>>, ResolveError> = steps
+                .iter()
+                .map(|s| candidates(resolver, r.family, s))
+                .collect();
             match resolved {
                 Ok(cands) => judge_path(&pick_candidates(&cands, &c.steps), c),
                 Err(e) => {
                     if matches!(e, ResolveError::NeedRuleset { .. }) && missing.is_none() {
                         *missing = Some(e.to_string());
                     }
-                    Outcome::Unresolved { reason: e.to_string() }
+                    Outcome::Unresolved {
+                        reason: e.to_string(),
+                    }
                 }
             }
         }
@@ -107,7 +130,11 @@ fn judge(r: &RefPacket, c: &CapturedPacket, resolver: &Resolver, missing: &mut O
 
 /// The positions a reference step may stand for: one, except an nft chain-end event of older
 /// kernels (see [`Resolver::chain_end_candidates`]).
-fn candidates(resolver: &Resolver, family: Option<netfilter::Family>, s: &reference::RefStep) -> Result<Vec<StepId>, ResolveError> {
+fn candidates(
+    resolver: &Resolver,
+    family: Option<netfilter::Family>,
+    s: &reference::RefStep,
+) -> Result<Vec<StepId>, ResolveError> {
     match s.pos {
         RefStepPos::EndOfChain => resolver.chain_end_candidates(family, s),
         _ => Ok(vec![resolver.step_of_family(family, s)?]),
@@ -126,7 +153,13 @@ fn pick_candidates(cands: &[Vec<StepId>], captured: &[StepId]) -> Vec<StepId> {
     cands
         .iter()
         .enumerate()
-        .filter_map(|(i, c)| captured.get(offset + i).filter(|x| c.contains(x)).or(c.first()).cloned())
+        .filter_map(|(i, c)| {
+            captured
+                .get(offset + i)
+                .filter(|x| c.contains(x))
+                .or(c.first())
+                .cloned()
+        })
         .collect()
 }
 
@@ -138,11 +171,23 @@ fn judge_path(ids: &[StepId], c: &CapturedPacket) -> Outcome {
     if diff.first_difference.is_none() {
         return Outcome::Agree;
     }
-    let alternative_agrees = c.candidate_paths().iter().any(|p| diff::diff_paths(ids, p).first_difference.is_none());
-    if alternative_agrees { Outcome::Agree } else { Outcome::Differ { diff } }
+    let alternative_agrees = c
+        .candidate_paths()
+        .iter()
+        .any(|p| diff::diff_paths(ids, p).first_difference.is_none());
+    if alternative_agrees {
+        Outcome::Agree
+    } else {
+        Outcome::Differ { diff }
+    }
 }
 
-fn judge_log(prefix: &str, c: &CapturedPacket, resolver: &Resolver, missing: &mut Option<String>) -> Outcome {
+fn judge_log(
+    prefix: &str,
+    c: &CapturedPacket,
+    resolver: &Resolver,
+    missing: &mut Option<String>,
+) -> Outcome {
     if resolver.dump.is_none() {
         let reason = "LOG lines name no chain: give the iptables-save dump (--ruleset) to find the LOG rules".to_string();
         missing.get_or_insert_with(|| reason.clone());
@@ -150,7 +195,9 @@ fn judge_log(prefix: &str, c: &CapturedPacket, resolver: &Resolver, missing: &mu
     }
     let expected = resolver.log_rules(prefix);
     if expected.is_empty() {
-        return Outcome::Unresolved { reason: format!("no LOG rule with prefix {prefix:?} in the ruleset") };
+        return Outcome::Unresolved {
+            reason: format!("no LOG rule with prefix {prefix:?} in the ruleset"),
+        };
     }
     if c.steps.iter().any(|s| expected.contains(s)) {
         Outcome::Agree
@@ -166,16 +213,31 @@ fn judge_log(prefix: &str, c: &CapturedPacket, resolver: &Resolver, missing: &mu
 /// Captured packets the reference should have shown but did not: those that went through a
 /// rule producing the reference (a TRACE rule for traces, a LOG rule for LOG lines). Without
 /// a dump every unpaired captured packet is listed.
-fn only_in_capture(reference: &ParsedReference, captured: &[CapturedPacket], pairs: &[Option<usize>], resolver: &Resolver) -> Vec<CapturedOnly> {
+fn only_in_capture(
+    reference: &ParsedReference,
+    captured: &[CapturedPacket],
+    pairs: &[Option<usize>],
+    resolver: &Resolver,
+) -> Vec<CapturedOnly> {
     let paired: std::collections::HashSet<usize> = pairs.iter().flatten().copied().collect();
-    let logs = reference.packets.iter().any(|p| matches!(p.evidence, Evidence::Logged { .. }));
+    let logs = reference
+        .packets
+        .iter()
+        .any(|p| matches!(p.evidence, Evidence::Logged { .. }));
     let producers = producer_steps(resolver, logs);
     captured
         .iter()
         .enumerate()
         .filter(|(i, _)| !paired.contains(i))
-        .filter(|(_, c)| producers.as_ref().is_none_or(|p| c.steps.iter().any(|s| p.contains(s))))
-        .map(|(i, c)| CapturedOnly { captured_index: i, summary: captured_summary(c) })
+        .filter(|(_, c)| {
+            producers
+                .as_ref()
+                .is_none_or(|p| c.steps.iter().any(|s| p.contains(s)))
+        })
+        .map(|(i, c)| CapturedOnly {
+            captured_index: i,
+            summary: captured_summary(c),
+        })
         .collect()
 }
 
@@ -186,7 +248,11 @@ fn producer_steps(resolver: &Resolver, logs: bool) -> Option<Vec<StepId>> {
     for t in &dump.tables {
         for c in &t.chains {
             for (i, r) in c.rules.iter().enumerate() {
-                let hit = if logs { matches!(r.target, Target::Log(_)) } else { matches!(r.target, Target::Trace) };
+                let hit = if logs {
+                    matches!(r.target, Target::Log(_))
+                } else {
+                    matches!(r.target, Target::Trace)
+                };
                 if hit {
                     out.extend(c.step(t.table, i as u32 + 1));
                 }
@@ -197,7 +263,9 @@ fn producer_steps(resolver: &Resolver, logs: bool) -> Option<Vec<StepId>> {
 }
 
 fn captured_summary(c: &CapturedPacket) -> String {
-    let Some(h) = c.headers.first() else { return "no headers".into() };
+    let Some(h) = c.headers.first() else {
+        return "no headers".into();
+    };
     let r = reference::RefHeaders {
         src: Some(h.src),
         dst: Some(h.dst),

@@ -41,7 +41,11 @@ pub struct NftRuleset {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NftRulesetError {
     #[error("line {line}: {what} outside a {expected}")]
-    Misplaced { line: usize, what: &'static str, expected: &'static str },
+    Misplaced {
+        line: usize,
+        what: &'static str,
+        expected: &'static str,
+    },
     #[error("line {line}: rule without `# handle N` (list the ruleset with `nft -a`)")]
     NoHandle { line: usize },
     #[error("line {line}: unbalanced braces")]
@@ -72,14 +76,20 @@ impl NftRuleset {
 impl NftChain {
     /// 1-based position of the rule with `handle`.
     pub fn position_of_handle(&self, handle: u64) -> Option<u32> {
-        self.rules.iter().position(|r| r.handle == handle).map(|i| i as u32 + 1)
+        self.rules
+            .iter()
+            .position(|r| r.handle == handle)
+            .map(|i| i as u32 + 1)
     }
 
     /// 1-based position of the first rule with this (normalized) text. Identical rules
     /// evaluate identically, so the first one is the one a packet would match first.
     pub fn position_of_text(&self, text: &str) -> Option<u32> {
         let t = normalize_rule_text(text);
-        self.rules.iter().position(|r| r.text == t).map(|i| i as u32 + 1)
+        self.rules
+            .iter()
+            .position(|r| r.text == t)
+            .map(|i| i as u32 + 1)
     }
 }
 
@@ -91,7 +101,10 @@ pub fn normalize_rule_text(text: &str) -> String {
     let mut out: Vec<&str> = Vec::with_capacity(toks.len());
     let mut i = 0;
     while i < toks.len() {
-        if toks[i] == "counter" && toks.get(i + 1) == Some(&"packets") && toks.get(i + 3) == Some(&"bytes") {
+        if toks[i] == "counter"
+            && toks.get(i + 1) == Some(&"packets")
+            && toks.get(i + 3) == Some(&"bytes")
+        {
             out.push("counter");
             i += 5;
             continue;
@@ -119,7 +132,8 @@ fn brace_delta(line: &str) -> i32 {
 }
 
 fn handle_of(line: &str) -> Option<u64> {
-    line.rsplit_once("# handle ").and_then(|(_, h)| h.trim().parse().ok())
+    line.rsplit_once("# handle ")
+        .and_then(|(_, h)| h.trim().parse().ok())
 }
 
 /// Where in the nesting the parser is.
@@ -161,14 +175,28 @@ impl Parser {
     fn table_header(&mut self, line: usize, t: &str) -> Result<(), NftRulesetError> {
         let mut w = t.split_whitespace();
         if w.next() != Some("table") {
-            return Err(NftRulesetError::Misplaced { line, what: "statement", expected: "table" });
+            return Err(NftRulesetError::Misplaced {
+                line,
+                what: "statement",
+                expected: "table",
+            });
         }
         let (family, name) = match (w.next(), w.next()) {
             (Some(f), Some(nm)) if nm != "{" => (f, nm),
             (Some(nm), _) => ("ip", nm),
-            _ => return Err(NftRulesetError::Misplaced { line, what: "table", expected: "ruleset" }),
+            _ => {
+                return Err(NftRulesetError::Misplaced {
+                    line,
+                    what: "table",
+                    expected: "ruleset",
+                })
+            }
         };
-        self.rs.tables.push(NftTable { family: family.into(), name: name.into(), chains: Vec::new() });
+        self.rs.tables.push(NftTable {
+            family: family.into(),
+            name: name.into(),
+            chains: Vec::new(),
+        });
         self.ctx = Ctx::Table;
         Ok(())
     }
@@ -177,9 +205,18 @@ impl Parser {
         if t == "}" {
             self.ctx = Ctx::Top;
         } else if let Some(rest) = t.strip_prefix("chain ") {
-            let name = rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_string();
+            let name = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .trim_matches('"')
+                .to_string();
             let table = self.rs.tables.last_mut().expect("Ctx::Table has a table");
-            table.chains.push(NftChain { name, base: false, rules: Vec::new() });
+            table.chains.push(NftChain {
+                name,
+                base: false,
+                rules: Vec::new(),
+            });
             self.ctx = if delta > 0 { Ctx::Chain } else { Ctx::Table };
         } else if delta > 0 {
             self.ctx = Ctx::Skip(self.depth - delta);
@@ -187,12 +224,20 @@ impl Parser {
     }
 
     fn in_chain(&mut self, line: usize, t: &str) -> Result<(), NftRulesetError> {
-        let chain = self.rs.tables.last_mut().and_then(|t| t.chains.last_mut()).expect("Ctx::Chain has a chain");
+        let chain = self
+            .rs
+            .tables
+            .last_mut()
+            .and_then(|t| t.chains.last_mut())
+            .expect("Ctx::Chain has a chain");
         if t == "}" && self.pending_rule.is_empty() {
             self.ctx = Ctx::Table;
         } else if t.starts_with("type ") && t.contains(" hook ") {
             chain.base = true;
-        } else if ["policy ", "comment ", "devices "].iter().any(|a| t.starts_with(a)) {
+        } else if ["policy ", "comment ", "devices "]
+            .iter()
+            .any(|a| t.starts_with(a))
+        {
             // chain attributes, not rules
         } else {
             if !self.pending_rule.is_empty() {
@@ -213,7 +258,12 @@ impl Parser {
 
 /// Parses `nft -a list ruleset`.
 pub fn parse(text: &str) -> Result<NftRuleset, NftRulesetError> {
-    let mut p = Parser { rs: NftRuleset::default(), ctx: Ctx::Top, depth: 0, pending_rule: String::new() };
+    let mut p = Parser {
+        rs: NftRuleset::default(),
+        ctx: Ctx::Top,
+        depth: 0,
+        pending_rule: String::new(),
+    };
     for (n, raw) in text.lines().enumerate() {
         let t = raw.trim();
         // Comments (`# Warning: table ip nat is managed by iptables-nft`) and blank lines.
@@ -239,11 +289,21 @@ mod tests {
         let rs = parse(RS).unwrap();
         assert_eq!(rs.tables.len(), 2);
         let fwd = rs.chain(None, "filter", "FORWARD").unwrap();
-        assert!(rs.chain(Some(Family::Ipv6), "filter", "FORWARD").is_none(), "no ip6 filter table");
+        assert!(
+            rs.chain(Some(Family::Ipv6), "filter", "FORWARD").is_none(),
+            "no ip6 filter table"
+        );
         assert!(fwd.base);
         assert_eq!(fwd.position_of_handle(14), Some(2));
-        assert_eq!(fwd.position_of_text("oifname \"br-0\" ct state related,established counter packets 0 bytes 0 accept"), Some(2));
-        let user = rs.chain(Some(Family::Ipv4), "filter", "DOCKER-USER").unwrap();
+        assert_eq!(
+            fwd.position_of_text(
+                "oifname \"br-0\" ct state related,established counter packets 0 bytes 0 accept"
+            ),
+            Some(2)
+        );
+        let user = rs
+            .chain(Some(Family::Ipv4), "filter", "DOCKER-USER")
+            .unwrap();
         assert!(!user.base);
         assert_eq!(user.rules[0].text, "counter return");
     }
@@ -259,8 +319,14 @@ mod tests {
 
     #[test]
     fn rejects_rules_without_handles_and_garbage() {
-        assert!(matches!(parse("table ip t {\n chain c {\n  accept\n }\n}\n"), Err(NftRulesetError::NoHandle { line: 3 })));
-        assert!(matches!(parse("hello\n"), Err(NftRulesetError::Misplaced { line: 1, .. })));
+        assert!(matches!(
+            parse("table ip t {\n chain c {\n  accept\n }\n}\n"),
+            Err(NftRulesetError::NoHandle { line: 3 })
+        ));
+        assert!(matches!(
+            parse("hello\n"),
+            Err(NftRulesetError::Misplaced { line: 1, .. })
+        ));
         assert!(matches!(parse(""), Err(NftRulesetError::Empty)));
     }
 }

@@ -29,12 +29,20 @@ pub struct Totals {
 pub enum Outcome {
     Agree,
     /// The paths differ (see the rows).
-    Differ { diff: PathDiff },
+    Differ {
+        diff: PathDiff,
+    },
     /// A LOG line whose rule is not in the captured path.
-    LogNotInPath { prefix: String, expected_one_of: Vec<String>, captured: Vec<String> },
+    LogNotInPath {
+        prefix: String,
+        expected_one_of: Vec<String>,
+        captured: Vec<String>,
+    },
     /// The reference step could not be placed in the ruleset (stale or wrong dump): counted
     /// as a difference.
-    Unresolved { reason: String },
+    Unresolved {
+        reason: String,
+    },
     OnlyInReference,
 }
 
@@ -102,7 +110,11 @@ impl Report {
             let _ = writeln!(s, "  warning: {w}");
         }
         if t.reference_lost > 0 {
-            let _ = writeln!(s, "  warning: {} kernel log records were lost before they were read", t.reference_lost);
+            let _ = writeln!(
+                s,
+                "  warning: {} kernel log records were lost before they were read",
+                t.reference_lost
+            );
         }
         for m in self.malformed.iter().take(5) {
             let _ = writeln!(s, "  unparsable line {}: {} ({})", m.line, m.reason, m.text);
@@ -119,16 +131,29 @@ impl Report {
 }
 
 fn is_difference(o: &Outcome) -> bool {
-    matches!(o, Outcome::Differ { .. } | Outcome::LogNotInPath { .. } | Outcome::Unresolved { .. })
+    matches!(
+        o,
+        Outcome::Differ { .. } | Outcome::LogNotInPath { .. } | Outcome::Unresolved { .. }
+    )
 }
 
 fn render_packet(s: &mut String, p: &PacketReport) {
-    let cap = p.captured_index.map_or("-".to_string(), |i| format!("#{i}"));
-    let _ = writeln!(s, "\nreference line {} ({}) <-> captured {}", p.reference_line, p.summary, cap);
+    let cap = p
+        .captured_index
+        .map_or("-".to_string(), |i| format!("#{i}"));
+    let _ = writeln!(
+        s,
+        "\nreference line {} ({}) <-> captured {}",
+        p.reference_line, p.summary, cap
+    );
     match &p.outcome {
         Outcome::Differ { diff } => {
             if !diff.captured_before.is_empty() {
-                let _ = writeln!(s, "  (captured before the reference starts: {})", diff.captured_before.join(", "));
+                let _ = writeln!(
+                    s,
+                    "  (captured before the reference starts: {})",
+                    diff.captured_before.join(", ")
+                );
             }
             let _ = writeln!(s, "    {:<44} captured", "reference");
             for r in &diff.rows {
@@ -138,7 +163,11 @@ fn render_packet(s: &mut String, p: &PacketReport) {
                 let _ = writeln!(s, "  {mark} {a:<44} {b}");
             }
         }
-        Outcome::LogNotInPath { prefix, expected_one_of, captured } => {
+        Outcome::LogNotInPath {
+            prefix,
+            expected_one_of,
+            captured,
+        } => {
             let _ = writeln!(s, "  LOG {prefix:?} matched in the kernel; its rule ({}) is not in the captured path:", expected_one_of.join(" or "));
             let _ = writeln!(s, "    {}", captured.join(" → "));
         }
@@ -151,7 +180,9 @@ fn render_packet(s: &mut String, p: &PacketReport) {
 
 /// `TCP 192.168.64.5:50676 > 192.168.64.4:10000 id 52575` for the report.
 pub fn summarize(h: Option<&RefHeaders>) -> String {
-    let Some(h) = h else { return "no headers".into() };
+    let Some(h) = h else {
+        return "no headers".into();
+    };
     let addr = |a: Option<std::net::IpAddr>, p: Option<u16>| match (a, p) {
         (Some(a), Some(p)) if a.is_ipv6() => format!("[{a}]:{p}"),
         (Some(a), Some(p)) => format!("{a}:{p}"),
@@ -166,7 +197,11 @@ pub fn summarize(h: Option<&RefHeaders>) -> String {
         Some(n) => format!("proto {n}"),
         None => "IP".into(),
     };
-    let mut s = format!("{proto} {} > {}", addr(h.src, h.sport), addr(h.dst, h.dport));
+    let mut s = format!(
+        "{proto} {} > {}",
+        addr(h.src, h.sport),
+        addr(h.dst, h.dport)
+    );
     if let Some(id) = h.id {
         let _ = write!(s, " id {id}");
     }

@@ -20,15 +20,40 @@ use crate::step::{StepId, StepKind};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResolveError {
     #[error("line {line}: {table}:{chain} is identified by {what}; give the ruleset (--nft-ruleset from `nft -a list ruleset`, or --ruleset from iptables-save) to map it")]
-    NeedRuleset { line: usize, table: Table, chain: String, what: &'static str },
+    NeedRuleset {
+        line: usize,
+        table: Table,
+        chain: String,
+        what: &'static str,
+    },
     #[error("line {line}: chain {table}:{chain} is not in the ruleset")]
-    UnknownChain { line: usize, table: Table, chain: String },
+    UnknownChain {
+        line: usize,
+        table: Table,
+        chain: String,
+    },
     #[error("line {line}: {table}:{chain} has no rule with handle {handle} in the nft ruleset")]
-    UnknownHandle { line: usize, table: Table, chain: String, handle: u64 },
+    UnknownHandle {
+        line: usize,
+        table: Table,
+        chain: String,
+        handle: u64,
+    },
     #[error("line {line}: no rule in {table}:{chain} reads {text:?}")]
-    UnknownRuleText { line: usize, table: Table, chain: String, text: String },
+    UnknownRuleText {
+        line: usize,
+        table: Table,
+        chain: String,
+        text: String,
+    },
     #[error("line {line}: {table}:{chain} has {nft} rules in the nft ruleset but {dump} in the iptables dump")]
-    RulesetsDisagree { line: usize, table: Table, chain: String, nft: usize, dump: usize },
+    RulesetsDisagree {
+        line: usize,
+        table: Table,
+        chain: String,
+        nft: usize,
+        dump: usize,
+    },
 }
 
 /// The rulesets a comparison may use (either, both or none).
@@ -42,7 +67,11 @@ pub struct Resolver<'a> {
 
 impl<'a> Resolver<'a> {
     pub fn new(dump: Option<&'a Ruleset>, nft: Option<&'a NftRuleset>) -> Self {
-        Resolver { dump, nft, packet_family: None }
+        Resolver {
+            dump,
+            nft,
+            packet_family: None,
+        }
     }
 
     /// The family whose nft tables hold the rules: the dump's (one dump is one family), else
@@ -73,17 +102,31 @@ impl<'a> Resolver<'a> {
     }
 
     fn nft_chain(&self, table: Table, chain: &str) -> Option<&'a NftChain> {
-        self.nft?.chain(self.family(self.packet_family), table.name(), chain)
+        self.nft?
+            .chain(self.family(self.packet_family), table.name(), chain)
     }
 
     /// The TRACE position of a reference step of a packet of `family` (None: unknown).
-    pub fn step_of_family(&self, family: Option<Family>, s: &RefStep) -> Result<StepId, ResolveError> {
-        Resolver { packet_family: family, ..*self }.step(s)
+    pub fn step_of_family(
+        &self,
+        family: Option<Family>,
+        s: &RefStep,
+    ) -> Result<StepId, ResolveError> {
+        Resolver {
+            packet_family: family,
+            ..*self
+        }
+        .step(s)
     }
 
     /// The TRACE position of a reference step.
     pub fn step(&self, s: &RefStep) -> Result<StepId, ResolveError> {
-        let id = |kind, num| StepId { table: s.table, chain: s.chain.clone(), kind, num };
+        let id = |kind, num| StepId {
+            table: s.table,
+            chain: s.chain.clone(),
+            kind,
+            num,
+        };
         match &s.pos {
             RefStepPos::Numbered { kind, num } => Ok(id(*kind, *num)),
             RefStepPos::Policy => Ok(id(StepKind::Policy, self.rule_count(s)? + 1)),
@@ -107,25 +150,51 @@ impl<'a> Resolver<'a> {
                 dump: d,
             }),
             (Some(c), _) | (None, Some(c)) => Ok(c as u32),
-            (None, None) if self.dump.is_none() && self.nft.is_none() => Err(self.need(s, "a policy/chain end")),
-            (None, None) => Err(ResolveError::UnknownChain { line: s.line, table: s.table, chain: s.chain.clone() }),
+            (None, None) if self.dump.is_none() && self.nft.is_none() => {
+                Err(self.need(s, "a policy/chain end"))
+            }
+            (None, None) => Err(ResolveError::UnknownChain {
+                line: s.line,
+                table: s.table,
+                chain: s.chain.clone(),
+            }),
         }
     }
 
     fn need(&self, s: &RefStep, what: &'static str) -> ResolveError {
-        ResolveError::NeedRuleset { line: s.line, table: s.table, chain: s.chain.clone(), what }
+        ResolveError::NeedRuleset {
+            line: s.line,
+            table: s.table,
+            chain: s.chain.clone(),
+            what,
+        }
     }
 
     /// 1-based position of a handle/text step.
     fn position(&self, s: &RefStep) -> Result<u32, ResolveError> {
-        let unknown_chain = || ResolveError::UnknownChain { line: s.line, table: s.table, chain: s.chain.clone() };
+        let unknown_chain = || ResolveError::UnknownChain {
+            line: s.line,
+            table: s.table,
+            chain: s.chain.clone(),
+        };
         if self.nft.is_some() {
-            let chain = self.nft_chain(s.table, &s.chain).ok_or_else(unknown_chain)?;
+            let chain = self
+                .nft_chain(s.table, &s.chain)
+                .ok_or_else(unknown_chain)?;
             return match &s.pos {
-                RefStepPos::Handle { handle } => chain.position_of_handle(*handle).ok_or_else(|| {
-                    ResolveError::UnknownHandle { line: s.line, table: s.table, chain: s.chain.clone(), handle: *handle }
-                }),
-                RefStepPos::RuleText { text } => chain.position_of_text(text).ok_or_else(|| self.unknown_text(s, text)),
+                RefStepPos::Handle { handle } => {
+                    chain
+                        .position_of_handle(*handle)
+                        .ok_or_else(|| ResolveError::UnknownHandle {
+                            line: s.line,
+                            table: s.table,
+                            chain: s.chain.clone(),
+                            handle: *handle,
+                        })
+                }
+                RefStepPos::RuleText { text } => chain
+                    .position_of_text(text)
+                    .ok_or_else(|| self.unknown_text(s, text)),
                 _ => unreachable!("position() is only called for handle/text steps"),
             };
         }
@@ -135,7 +204,11 @@ impl<'a> Resolver<'a> {
             _ => return Err(self.need(s, "an nft rule handle or nft rule text")),
         };
         let chain = self.dump_chain(s.table, &s.chain).ok_or_else(|| {
-            if self.dump.is_some() { unknown_chain() } else { self.need(s, "an nft rule handle") }
+            if self.dump.is_some() {
+                unknown_chain()
+            } else {
+                self.need(s, "an nft rule handle")
+            }
         })?;
         chain
             .rules
@@ -146,7 +219,12 @@ impl<'a> Resolver<'a> {
     }
 
     fn unknown_text(&self, s: &RefStep, text: &str) -> ResolveError {
-        ResolveError::UnknownRuleText { line: s.line, table: s.table, chain: s.chain.clone(), text: normalize_rule_text(text) }
+        ResolveError::UnknownRuleText {
+            line: s.line,
+            table: s.table,
+            chain: s.chain.clone(),
+            text: normalize_rule_text(text),
+        }
     }
 
     /// TRACE's label for position `n`: from the dump when there is one (the parser knows
@@ -155,9 +233,15 @@ impl<'a> Resolver<'a> {
         if let Some(chain) = self.dump_chain(s.table, &s.chain) {
             return chain
                 .step_kind(n)
-                .ok_or_else(|| ResolveError::UnknownChain { line: s.line, table: s.table, chain: s.chain.clone() });
+                .ok_or_else(|| ResolveError::UnknownChain {
+                    line: s.line,
+                    table: s.table,
+                    chain: s.chain.clone(),
+                });
         }
-        let chain = self.nft_chain(s.table, &s.chain).ok_or_else(|| self.need(s, "an nft rule handle"))?;
+        let chain = self
+            .nft_chain(s.table, &s.chain)
+            .ok_or_else(|| self.need(s, "an nft rule handle"))?;
         let rule = &chain.rules[(n - 1) as usize];
         Ok(match (nft_ends_chain(&rule.text), chain.base) {
             (false, _) => StepKind::Rule,
@@ -175,9 +259,19 @@ impl<'a> Resolver<'a> {
     /// unless the verdict says `return`; and every rule whose target is RETURN, unless the
     /// verdict says `continue` — each labelled as legacy TRACE labels it (`return:N` for an
     /// unconditional one, `rule:N` otherwise). The chain end comes first when it is possible.
-    pub fn chain_end_candidates(&self, family: Option<Family>, s: &RefStep) -> Result<Vec<StepId>, ResolveError> {
-        let r = Resolver { packet_family: family, ..*self };
-        let end = r.step(&RefStep { pos: RefStepPos::EndOfChain, ..s.clone() })?;
+    pub fn chain_end_candidates(
+        &self,
+        family: Option<Family>,
+        s: &RefStep,
+    ) -> Result<Vec<StepId>, ResolveError> {
+        let r = Resolver {
+            packet_family: family,
+            ..*self
+        };
+        let end = r.step(&RefStep {
+            pos: RefStepPos::EndOfChain,
+            ..s.clone()
+        })?;
         let verdict = s.verdict.as_deref().map(str::to_ascii_lowercase);
         let (explicit, implicit) = match verdict.as_deref() {
             Some("continue") => (false, true),
@@ -190,7 +284,12 @@ impl<'a> Resolver<'a> {
         }
         if explicit {
             for n in r.return_rules(s) {
-                out.push(StepId { table: s.table, chain: s.chain.clone(), kind: r.kind_at(s, n)?, num: n });
+                out.push(StepId {
+                    table: s.table,
+                    chain: s.chain.clone(),
+                    kind: r.kind_at(s, n)?,
+                    num: n,
+                });
             }
         }
         if out.is_empty() {
@@ -203,10 +302,23 @@ impl<'a> Resolver<'a> {
     fn return_rules(&self, s: &RefStep) -> Vec<u32> {
         let pos = |i: usize| i as u32 + 1;
         if let Some(c) = self.dump_chain(s.table, &s.chain) {
-            return c.rules.iter().enumerate().filter(|(_, r)| matches!(r.target, Target::Return)).map(|(i, _)| pos(i)).collect();
+            return c
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| matches!(r.target, Target::Return))
+                .map(|(i, _)| pos(i))
+                .collect();
         }
-        let Some(c) = self.nft_chain(s.table, &s.chain) else { return Vec::new() };
-        c.rules.iter().enumerate().filter(|(_, r)| r.text.split_whitespace().last() == Some("return")).map(|(i, _)| pos(i)).collect()
+        let Some(c) = self.nft_chain(s.table, &s.chain) else {
+            return Vec::new();
+        };
+        c.rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.text.split_whitespace().last() == Some("return"))
+            .map(|(i, _)| pos(i))
+            .collect()
     }
 
     /// Whether `id` is the end of a user chain (`return:N`, N = rules + 1) in the rulesets
@@ -226,12 +338,16 @@ impl<'a> Resolver<'a> {
     /// TRACE positions of the LOG rules whose prefix is `prefix` (as printed: the kernel
     /// prints the configured prefix verbatim; no prefix prints nothing).
     pub fn log_rules(&self, prefix: &str) -> Vec<StepId> {
-        let Some(dump) = self.dump else { return Vec::new() };
+        let Some(dump) = self.dump else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for t in &dump.tables {
             for c in &t.chains {
                 for (i, r) in c.rules.iter().enumerate() {
-                    let Target::Log(log) = &r.target else { continue };
+                    let Target::Log(log) = &r.target else {
+                        continue;
+                    };
                     if log.prefix.as_deref().unwrap_or("") == prefix {
                         out.extend(c.step(t.table, i as u32 + 1));
                     }
@@ -249,8 +365,14 @@ fn normalize_ws(s: &str) -> String {
 /// An nft rule that iptables-nft generated from an unconditional standard-verdict rule:
 /// nothing but an optional counter and the verdict.
 fn nft_ends_chain(text: &str) -> bool {
-    let toks: Vec<&str> = text.split_whitespace().filter(|t| *t != "counter").collect();
-    matches!(toks.as_slice(), ["accept"] | ["drop"] | ["return"] | ["queue"])
+    let toks: Vec<&str> = text
+        .split_whitespace()
+        .filter(|t| *t != "counter")
+        .collect();
+    matches!(
+        toks.as_slice(),
+        ["accept"] | ["drop"] | ["return"] | ["queue"]
+    )
 }
 
 #[cfg(test)]
@@ -259,7 +381,14 @@ mod tests {
     use crate::compare::nft_ruleset;
 
     fn step(table: Table, chain: &str, pos: RefStepPos, text: Option<&str>) -> RefStep {
-        RefStep { table, chain: chain.into(), pos, verdict: None, rule_text: text.map(String::from), line: 1 }
+        RefStep {
+            table,
+            chain: chain.into(),
+            pos,
+            verdict: None,
+            rule_text: text.map(String::from),
+            line: 1,
+        }
     }
 
     #[test]
@@ -268,14 +397,37 @@ mod tests {
         let r = Resolver::new(None, Some(&rs));
         let f = Table::Filter;
         let s = |c: &str, p| r.step(&step(f, c, p, None)).unwrap().to_string();
-        assert_eq!(s("FORWARD", RefStepPos::Handle { handle: 8 }), "filter:FORWARD:rule:1");
-        assert_eq!(s("FORWARD", RefStepPos::Handle { handle: 10 }), "filter:FORWARD:policy:3");
-        assert_eq!(s("U", RefStepPos::Handle { handle: 11 }), "filter:U:return:1");
-        assert_eq!(s("U", RefStepPos::RuleText { text: "iifname \"y\" drop".into() }), "filter:U:rule:2");
+        assert_eq!(
+            s("FORWARD", RefStepPos::Handle { handle: 8 }),
+            "filter:FORWARD:rule:1"
+        );
+        assert_eq!(
+            s("FORWARD", RefStepPos::Handle { handle: 10 }),
+            "filter:FORWARD:policy:3"
+        );
+        assert_eq!(
+            s("U", RefStepPos::Handle { handle: 11 }),
+            "filter:U:return:1"
+        );
+        assert_eq!(
+            s(
+                "U",
+                RefStepPos::RuleText {
+                    text: "iifname \"y\" drop".into()
+                }
+            ),
+            "filter:U:rule:2"
+        );
         assert_eq!(s("FORWARD", RefStepPos::Policy), "filter:FORWARD:policy:4");
         assert_eq!(s("U", RefStepPos::EndOfChain), "filter:U:return:3");
-        assert!(matches!(r.step(&step(f, "U", RefStepPos::Handle { handle: 99 }, None)), Err(ResolveError::UnknownHandle { .. })));
-        assert!(matches!(r.step(&step(f, "NOPE", RefStepPos::Policy, None)), Err(ResolveError::UnknownChain { .. })));
+        assert!(matches!(
+            r.step(&step(f, "U", RefStepPos::Handle { handle: 99 }, None)),
+            Err(ResolveError::UnknownHandle { .. })
+        ));
+        assert!(matches!(
+            r.step(&step(f, "NOPE", RefStepPos::Policy, None)),
+            Err(ResolveError::UnknownChain { .. })
+        ));
     }
 
     #[test]
@@ -288,23 +440,48 @@ mod tests {
         assert_eq!(is("filter:U:return:2"), Some(false));
         assert_eq!(is("filter:INPUT:policy:1"), Some(false));
         assert_eq!(is("filter:NOPE:return:1"), None);
-        let nft = nft_ruleset::parse("table ip filter {\n chain U { # handle 3\n  counter return # handle 11\n }\n}\n").unwrap();
+        let nft = nft_ruleset::parse(
+            "table ip filter {\n chain U { # handle 3\n  counter return # handle 11\n }\n}\n",
+        )
+        .unwrap();
         let r = Resolver::new(None, Some(&nft));
-        assert_eq!(r.is_implicit_return(&"filter:U:return:2".parse().unwrap()), Some(true));
-        assert_eq!(r.is_implicit_return(&"filter:U:return:1".parse().unwrap()), Some(false));
+        assert_eq!(
+            r.is_implicit_return(&"filter:U:return:2".parse().unwrap()),
+            Some(true)
+        );
+        assert_eq!(
+            r.is_implicit_return(&"filter:U:return:1".parse().unwrap()),
+            Some(false)
+        );
     }
 
     #[test]
     fn needs_a_ruleset_for_handles_but_not_for_numbered_steps() {
         let r = Resolver::default();
-        let num = step(Table::Raw, "PREROUTING", RefStepPos::Numbered { kind: StepKind::Policy, num: 2 }, None);
+        let num = step(
+            Table::Raw,
+            "PREROUTING",
+            RefStepPos::Numbered {
+                kind: StepKind::Policy,
+                num: 2,
+            },
+            None,
+        );
         assert_eq!(r.step(&num).unwrap().to_string(), "raw:PREROUTING:policy:2");
-        let h = step(Table::Raw, "PREROUTING", RefStepPos::Handle { handle: 3 }, Some("-4 -t raw -A PREROUTING -j TRACE"));
+        let h = step(
+            Table::Raw,
+            "PREROUTING",
+            RefStepPos::Handle { handle: 3 },
+            Some("-4 -t raw -A PREROUTING -j TRACE"),
+        );
         assert!(matches!(r.step(&h), Err(ResolveError::NeedRuleset { .. })));
     }
 
     #[test]
     fn strips_xtables_monitor_rule_prefix() {
-        assert_eq!(iptables_rule_body("-4 -t filter -A FORWARD -o br-x -j DOCKER"), "-o br-x -j DOCKER");
+        assert_eq!(
+            iptables_rule_body("-4 -t filter -A FORWARD -o br-x -j DOCKER"),
+            "-o br-x -j DOCKER"
+        );
     }
 }

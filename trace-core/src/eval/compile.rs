@@ -55,13 +55,21 @@ impl AddrIndex {
         let dst = Self::build_on(rules, family_bits, IndexedField::Dst);
         let src = Self::build_on(rules, family_bits, IndexedField::Src);
         match (dst, src) {
-            (Some(d), Some(s)) => Some(if s.general.len() < d.general.len() { s } else { d }),
+            (Some(d), Some(s)) => Some(if s.general.len() < d.general.len() {
+                s
+            } else {
+                d
+            }),
             (d, s) => d.or(s),
         }
     }
 
     fn build_on(rules: &[CRule], family_bits: u32, field: IndexedField) -> Option<AddrIndex> {
-        let full: u128 = if family_bits == 32 { u32::MAX as u128 } else { u128::MAX };
+        let full: u128 = if family_bits == 32 {
+            u32::MAX as u128
+        } else {
+            u128::MAX
+        };
         let mut by_addr: HashMap<u128, Vec<u32>> = HashMap::new();
         let mut general = Vec::new();
         for (i, r) in rules.iter().enumerate() {
@@ -70,18 +78,28 @@ impl AddrIndex {
                 IndexedField::Src => r.src,
             };
             match test {
-                Some(t) if !t.negated && t.mask == full => by_addr.entry(t.net).or_default().push(i as u32),
+                Some(t) if !t.negated && t.mask == full => {
+                    by_addr.entry(t.net).or_default().push(i as u32)
+                }
                 _ => general.push(i as u32),
             }
         }
         let exact = rules.len() - general.len();
-        (exact >= INDEX_MIN_RULES).then_some(AddrIndex { field, by_addr, general })
+        (exact >= INDEX_MIN_RULES).then_some(AddrIndex {
+            field,
+            by_addr,
+            general,
+        })
     }
 
     /// The first position >= `pos` whose rule may match a packet with `addr` in the indexed
     /// field (`len` = the chain end when none).
     pub fn next(&self, pos: u32, addr: u128, len: u32) -> u32 {
-        let from = |v: &[u32]| v.get(v.partition_point(|&p| p < pos)).copied().unwrap_or(len);
+        let from = |v: &[u32]| {
+            v.get(v.partition_point(|&p| p < pos))
+                .copied()
+                .unwrap_or(len)
+        };
         let g = from(&self.general);
         match self.by_addr.get(&addr) {
             Some(v) => g.min(from(v)),
@@ -125,9 +143,17 @@ pub(super) enum CTarget {
 impl CTable {
     pub fn build(rs: &Ruleset, dump: usize) -> CTable {
         let td = &rs.tables[dump];
-        let by_name: HashMap<String, u32> =
-            td.chains.iter().enumerate().map(|(i, c)| (c.name.clone(), i as u32)).collect();
-        let bits = if rs.family == crate::netfilter::Family::Ipv4 { 32 } else { 128 };
+        let by_name: HashMap<String, u32> = td
+            .chains
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i as u32))
+            .collect();
+        let bits = if rs.family == crate::netfilter::Family::Ipv4 {
+            32
+        } else {
+            128
+        };
         let chains = td
             .chains
             .iter()
@@ -136,20 +162,34 @@ impl CTable {
                     .rules
                     .iter()
                     .enumerate()
-                    .map(|(i, r)| compile_rule(r, c.step_kind(i as u32 + 1).unwrap_or(StepKind::Rule), &by_name))
+                    .map(|(i, r)| {
+                        compile_rule(
+                            r,
+                            c.step_kind(i as u32 + 1).unwrap_or(StepKind::Rule),
+                            &by_name,
+                        )
+                    })
                     .collect();
                 CChain {
                     policy: c.policy.map(|p| match p {
                         Policy::Accept => TableVerdict::Accept,
                         Policy::Drop => TableVerdict::Drop,
                     }),
-                    end_kind: if c.is_builtin() { StepKind::Policy } else { StepKind::Return },
+                    end_kind: if c.is_builtin() {
+                        StepKind::Policy
+                    } else {
+                        StepKind::Return
+                    },
                     addr_index: AddrIndex::build(&rules, bits),
                     rules,
                 }
             })
             .collect();
-        CTable { dump, chains, by_name }
+        CTable {
+            dump,
+            chains,
+            by_name,
+        }
     }
 
     pub fn hook_chain(&self, hook: Hook) -> Option<u32> {
@@ -164,7 +204,11 @@ impl CTable {
 
 fn net_test(n: &Option<Negatable<crate::rules::IpNet>>) -> Option<NetTest> {
     let n = n.as_ref()?;
-    Some(NetTest { net: ip_bits(n.value.addr), mask: ip_bits(n.value.mask), negated: n.negated })
+    Some(NetTest {
+        net: ip_bits(n.value.addr),
+        mask: ip_bits(n.value.mask),
+        negated: n.negated,
+    })
 }
 
 fn compile_rule(r: &Rule, kind: StepKind, by_name: &HashMap<String, u32>) -> CRule {
@@ -249,7 +293,9 @@ impl Run<'_> {
             match super::matches::decide(m, self.pkt, st, self.ctx) {
                 super::matches::Tri::True => {}
                 super::matches::Tri::False => return RuleMatch::No,
-                super::matches::Tri::Unknown(why) => undecided.push(format!("-m {} ({why})", m.module)),
+                super::matches::Tri::Unknown(why) => {
+                    undecided.push(format!("-m {} ({why})", m.module))
+                }
             }
         }
         if undecided.is_empty() {

@@ -41,12 +41,19 @@ impl NetContext {
         let addrs: Vec<IfaceAddr> = addrs.into_iter().collect();
         let mut interfaces: Vec<String> = addrs.iter().map(|a| a.iface.clone()).collect();
         interfaces.dedup();
-        NetContext { known: true, addrs, interfaces, bridges: Vec::new(), bridges_known: false }
+        NetContext {
+            known: true,
+            addrs,
+            interfaces,
+            bridges: Vec::new(),
+            bridges_known: false,
+        }
     }
 
     /// Some(true/false) when the bridge devices are known.
     pub fn is_bridge(&self, dev: &str) -> Option<bool> {
-        self.bridges_known.then(|| self.bridges.iter().any(|b| b == dev))
+        self.bridges_known
+            .then(|| self.bridges.iter().any(|b| b == dev))
     }
 
     /// Local addresses the kernel's local routing table holds: assigned addresses, and all
@@ -60,11 +67,15 @@ impl NetContext {
         if loopback {
             return dev.is_none_or(|d| d == "lo");
         }
-        self.addrs.iter().any(|a| a.addr == ip && dev.is_none_or(|d| d == a.iface))
+        self.addrs
+            .iter()
+            .any(|a| a.addr == ip && dev.is_none_or(|d| d == a.iface))
     }
 
     /// True when `ip` is the directed broadcast of one of the subnets.
     pub fn is_broadcast(&self, ip: IpAddr, dev: Option<&str>) -> bool {
-        self.addrs.iter().any(|a| a.broadcast == Some(ip) && dev.is_none_or(|d| d == a.iface))
+        self.addrs
+            .iter()
+            .any(|a| a.broadcast == Some(ip) && dev.is_none_or(|d| d == a.iface))
     }
 }

@@ -52,7 +52,9 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
         MatchKind::Icmp6(i) => icmp(i, p, true).into(),
         MatchKind::Multiport(mp) => multiport(mp, p).into(),
         MatchKind::Conntrack(c) => conntrack(c, p, st),
-        MatchKind::State(s) => s.apply(state_bits(p, st, false).iter().any(|b| s.value.contains(b))).into(),
+        MatchKind::State(s) => s
+            .apply(state_bits(p, st, false).iter().any(|b| s.value.contains(b)))
+            .into(),
         MatchKind::AddrType(a) => addrtype(a, p, ctx),
         MatchKind::Mark(mm) => mm.apply(mm.value.matches(st.mark)).into(),
         MatchKind::Connmark(mm) => match st.ctmark {
@@ -72,7 +74,9 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
         },
         MatchKind::Length(l) => l.apply(l.value.contains(p.h.len as u32)).into(),
         MatchKind::Ttl(c) if p.family == Family::Ipv4 => c.apply(c.value.matches(st.ttl)).into(),
-        MatchKind::HopLimit(c) if p.family == Family::Ipv6 => c.apply(c.value.matches(st.ttl)).into(),
+        MatchKind::HopLimit(c) if p.family == Family::Ipv6 => {
+            c.apply(c.value.matches(st.ttl)).into()
+        }
         MatchKind::Ttl(_) | MatchKind::HopLimit(_) => Tri::False,
         MatchKind::TcpMss(r) => tcpmss(r, p),
         MatchKind::Dscp(d) => d.apply(st.tos >> 2 == d.value).into(),
@@ -103,7 +107,16 @@ fn unknown_reason(module: &str) -> &'static str {
 
 /// xt_tcpudp tcp_mt: no match on later fragments; ports, flags, option.
 fn tcp(t: &TcpMatch, p: &Pkt<'_>) -> bool {
-    let L4::Tcp { sport, dport, flags, options, .. } = &p.h.l4 else { return false };
+    let L4::Tcp {
+        sport,
+        dport,
+        flags,
+        options,
+        ..
+    } = &p.h.l4
+    else {
+        return false;
+    };
     if is_later_fragment(p.h) {
         return false;
     }
@@ -139,13 +152,26 @@ fn ports(u: &PortsMatch, p: &Pkt<'_>, proto_ok: impl Fn(&L4) -> bool) -> bool {
     if !proto_ok(&p.h.l4) || is_later_fragment(p.h) {
         return false;
     }
-    let Some((s, d)) = p.h.l4.ports() else { return false };
+    let Some((s, d)) = p.h.l4.ports() else {
+        return false;
+    };
     neg(&u.sport, |r| r.contains(s as u32)) && neg(&u.dport, |r| r.contains(d as u32))
 }
 
 fn icmp(i: &IcmpMatch, p: &Pkt<'_>, v6: bool) -> bool {
     let (ty, code) = match (&p.h.l4, v6) {
-        (L4::Icmp { icmp_type, code, .. }, false) | (L4::Icmpv6 { icmp_type, code, .. }, true) => (*icmp_type, *code),
+        (
+            L4::Icmp {
+                icmp_type, code, ..
+            },
+            false,
+        )
+        | (
+            L4::Icmpv6 {
+                icmp_type, code, ..
+            },
+            true,
+        ) => (*icmp_type, *code),
         _ => return false,
     };
     !is_later_fragment(p.h) && neg(&i.icmp_type, |t| t.matches(ty, code))
@@ -155,8 +181,15 @@ fn multiport(m: &MultiportMatch, p: &Pkt<'_>) -> bool {
     if is_later_fragment(p.h) {
         return false;
     }
-    let Some((s, d)) = p.h.l4.ports() else { return false };
-    let hit = |port: u16| m.ports.value.iter().any(|r: &Range| r.contains(port as u32));
+    let Some((s, d)) = p.h.l4.ports() else {
+        return false;
+    };
+    let hit = |port: u16| {
+        m.ports
+            .value
+            .iter()
+            .any(|r: &Range| r.contains(port as u32))
+    };
     let any = match m.dir {
         PortDir::Src => hit(s),
         PortDir::Dst => hit(d),
@@ -171,7 +204,11 @@ fn state_bits(p: &Pkt<'_>, st: &PathState, with_nat: bool) -> Vec<CtState> {
     let ct = p.ct.filter(|c| c.ctinfo != CTINFO_UNTRACKED && !st.notrack);
     let Some(ct) = ct else {
         let untracked = st.notrack || p.ct.is_some_and(|c| c.ctinfo == CTINFO_UNTRACKED);
-        return vec![if untracked { CtState::Untracked } else { CtState::Invalid }];
+        return vec![if untracked {
+            CtState::Untracked
+        } else {
+            CtState::Invalid
+        }];
     };
     let mut v = vec![match ct.ctinfo % 3 {
         0 => CtState::Established,
@@ -225,10 +262,19 @@ fn conntrack(c: &ConntrackMatch, p: &Pkt<'_>, st: &PathState) -> Tri {
             return Tri::False;
         }
     }
-    let orig_opts = c.orig_src.is_some() || c.orig_dst.is_some() || c.orig_src_port.is_some() || c.orig_dst_port.is_some();
-    let repl_opts = c.repl_src.is_some() || c.repl_dst.is_some() || c.repl_src_port.is_some() || c.repl_dst_port.is_some();
+    let orig_opts = c.orig_src.is_some()
+        || c.orig_dst.is_some()
+        || c.orig_src_port.is_some()
+        || c.orig_dst_port.is_some();
+    let repl_opts = c.repl_src.is_some()
+        || c.repl_dst.is_some()
+        || c.repl_src_port.is_some()
+        || c.repl_dst_port.is_some();
     let mut unknown = None;
-    for (wanted, tuple, which) in [(orig_opts, p.tuples.orig, "original"), (repl_opts, p.tuples.reply, "reply")] {
+    for (wanted, tuple, which) in [
+        (orig_opts, p.tuples.orig, "original"),
+        (repl_opts, p.tuples.reply, "reply"),
+    ] {
         if !wanted {
             continue;
         }
@@ -257,17 +303,23 @@ fn tuple_matches(
     sport: &Option<Negatable<Range>>,
     dport: &Option<Negatable<Range>>,
 ) -> Tri {
-    let addr = |want: &Option<Negatable<crate::rules::IpNet>>, have: Option<IpAddr>| match (want, have) {
-        (None, _) => Some(true),
-        (Some(n), Some(a)) => Some(n.apply(n.value.contains(a))),
-        (Some(_), None) => None,
-    };
+    let addr =
+        |want: &Option<Negatable<crate::rules::IpNet>>, have: Option<IpAddr>| match (want, have) {
+            (None, _) => Some(true),
+            (Some(n), Some(a)) => Some(n.apply(n.value.contains(a))),
+            (Some(_), None) => None,
+        };
     let port = |want: &Option<Negatable<Range>>, have: Option<u16>| match (want, have) {
         (None, _) => Some(true),
         (Some(r), Some(p)) => Some(r.apply(r.value.contains(p as u32))),
         (Some(_), None) => None,
     };
-    let results = [addr(src, t.src), addr(dst, t.dst), port(sport, t.sport), port(dport, t.dport)];
+    let results = [
+        addr(src, t.src),
+        addr(dst, t.dst),
+        port(sport, t.sport),
+        port(dport, t.dport),
+    ];
     if results.contains(&Some(false)) {
         Tri::False
     } else if results.contains(&None) {
@@ -284,7 +336,13 @@ fn tuple_matches(
 /// routing decision for this packet says about `ip` (delivered locally or not), used when
 /// the netns's addresses are unknown. `unicast_only`: the packet cannot have a broadcast
 /// destination (TCP, or received with a unicast link-layer destination).
-fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext, routed_local: Option<bool>, unicast_only: bool) -> Vec<AddrType> {
+fn addr_types(
+    ip: IpAddr,
+    dev: Option<&str>,
+    ctx: &NetContext,
+    routed_local: Option<bool>,
+    unicast_only: bool,
+) -> Vec<AddrType> {
     match ip {
         IpAddr::V4(a) => {
             if a.octets()[0] == 0 || a.is_broadcast() {
@@ -324,7 +382,10 @@ fn addr_types(ip: IpAddr, dev: Option<&str>, ctx: &NetContext, routed_local: Opt
 }
 
 fn addrtype_one(want: &Negatable<Vec<AddrType>>, types: Vec<AddrType>, ctx_known: bool) -> Tri {
-    let answers: Vec<bool> = types.iter().map(|t| want.apply(want.value.contains(t))).collect();
+    let answers: Vec<bool> = types
+        .iter()
+        .map(|t| want.apply(want.value.contains(t)))
+        .collect();
     if answers.iter().all(|&a| a == answers[0]) {
         answers[0].into()
     } else if ctx_known {
@@ -343,12 +404,22 @@ fn addrtype(a: &AddrTypeMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
         None
     };
     // Broadcasts go to the link-layer broadcast address; TCP is never broadcast.
-    let unicast_l2 = p.mac.filter(|m| m.len() >= 6).is_some_and(|m| m[0] & 1 == 0);
+    let unicast_l2 = p
+        .mac
+        .filter(|m| m.len() >= 6)
+        .is_some_and(|m| m[0] & 1 == 0);
     let unicast_only = p.h.proto == 6 || unicast_l2;
     let mut result = Tri::True;
-    for (want, ip, routed) in [(&a.src_type, p.h.src, None), (&a.dst_type, p.h.dst, p.dst_local)] {
+    for (want, ip, routed) in [
+        (&a.src_type, p.h.src, None),
+        (&a.dst_type, p.h.dst, p.dst_local),
+    ] {
         if let Some(want) = want {
-            match addrtype_one(want, addr_types(ip, dev, ctx, routed, unicast_only), ctx.known) {
+            match addrtype_one(
+                want,
+                addr_types(ip, dev, ctx, routed, unicast_only),
+                ctx.known,
+            ) {
                 Tri::False => return Tri::False,
                 Tri::Unknown(r) => result = Tri::Unknown(r),
                 Tri::True => {}
@@ -360,7 +431,9 @@ fn addrtype(a: &AddrTypeMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
 
 fn iprange(r: &IpRangeMatch, p: &Pkt<'_>) -> bool {
     let within = |ip: IpAddr, (lo, hi): &(IpAddr, IpAddr)| {
-        ip.is_ipv4() == lo.is_ipv4() && super::ip_bits(*lo) <= super::ip_bits(ip) && super::ip_bits(ip) <= super::ip_bits(*hi)
+        ip.is_ipv4() == lo.is_ipv4()
+            && super::ip_bits(*lo) <= super::ip_bits(ip)
+            && super::ip_bits(ip) <= super::ip_bits(*hi)
     };
     neg(&r.src, |rg| within(p.h.src, rg)) && neg(&r.dst, |rg| within(p.h.dst, rg))
 }
@@ -391,7 +464,11 @@ fn pkt_type(p: &Pkt<'_>) -> Option<PktType> {
 /// every option given without `!` fails and the rest match (physdev_mt's first branch).
 /// Bridged packets need the port, which the capture does not record: a branch point.
 fn physdev(m: &crate::rules::matches::PhysdevMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
-    let bridged_in = if p.has_in { ctx.is_bridge(p.in_dev) } else { Some(false) };
+    let bridged_in = if p.has_in {
+        ctx.is_bridge(p.in_dev)
+    } else {
+        Some(false)
+    };
     match bridged_in {
         Some(false) => {
             let plain = |o: Option<bool>| o == Some(false);
@@ -410,9 +487,13 @@ fn physdev(m: &crate::rules::matches::PhysdevMatch, p: &Pkt<'_>, ctx: &NetContex
 }
 
 fn tcpmss(r: &Negatable<Range>, p: &Pkt<'_>) -> Tri {
-    let L4::Tcp { options, .. } = &p.h.l4 else { return Tri::False };
+    let L4::Tcp { options, .. } = &p.h.l4 else {
+        return Tri::False;
+    };
     match tcp_option(options, 2) {
-        Some(d) if d.len() == 2 => r.apply(r.value.contains(u16::from_be_bytes([d[0], d[1]]) as u32)).into(),
+        Some(d) if d.len() == 2 => r
+            .apply(r.value.contains(u16::from_be_bytes([d[0], d[1]]) as u32))
+            .into(),
         _ => r.negated.into(),
     }
 }
@@ -422,5 +503,8 @@ fn owner(o: &OwnerMatch, p: &Pkt<'_>) -> Tri {
     let (Some(uid), Some(gid)) = (p.uid, p.gid) else {
         return Tri::Unknown("socket owner not captured");
     };
-    (neg(&o.socket_exists, |_| true) && neg(&o.uid, |r| r.contains(uid)) && neg(&o.gid, |r| r.contains(gid))).into()
+    (neg(&o.socket_exists, |_| true)
+        && neg(&o.uid, |r| r.contains(uid))
+        && neg(&o.gid, |r| r.contains(gid)))
+    .into()
 }

@@ -31,7 +31,7 @@ use crate::packet::PacketState;
 use crate::rules::targets::{MasqueradeTarget, NatTarget};
 use crate::rules::{IpNet, Ruleset};
 use crate::step::{StepId, StepKind};
-use compile::{CRule, CTarget, CTable};
+use compile::{CRule, CTable, CTarget};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -47,7 +47,11 @@ pub enum EvalError {
     #[error("table {table} is not in the rule dump")]
     MissingTable { table: Table },
     #[error("chain {table}:{chain} (the {hook} hook's chain) is not in the rule dump")]
-    MissingHookChain { table: Table, chain: String, hook: Hook },
+    MissingHookChain {
+        table: Table,
+        chain: String,
+        hook: Hook,
+    },
 }
 
 /// The packet as one table sees it, plus the hook context.
@@ -84,12 +88,22 @@ pub struct Tuple {
 impl Tuple {
     pub fn of(h: &Headers) -> Tuple {
         let (sport, dport) = h.l4.ports().unzip();
-        Tuple { src: Some(h.src), dst: Some(h.dst), sport, dport }
+        Tuple {
+            src: Some(h.src),
+            dst: Some(h.dst),
+            sport,
+            dport,
+        }
     }
 
     /// The other direction of the same flow.
     pub fn inverse(&self) -> Tuple {
-        Tuple { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport }
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
     }
 }
 
@@ -107,11 +121,17 @@ pub enum TableVerdict {
     Accept,
     Drop,
     /// NF_QUEUE (QUEUE or NFQUEUE); `bypass` lets the packet through when nobody listens.
-    Queue { bypass: bool },
+    Queue {
+        bypass: bool,
+    },
     /// A target iptrace does not model stopped the traversal with a verdict it cannot know.
-    Unknown { target: String },
+    Unknown {
+        target: String,
+    },
     /// The path jumps to a chain the dump does not have (a broken or edited dump).
-    Broken { reason: String },
+    Broken {
+        reason: String,
+    },
 }
 
 impl TableVerdict {
@@ -265,7 +285,13 @@ impl Evaluator {
     pub fn from_arc(ruleset: Arc<Ruleset>) -> Self {
         let tables = Table::ALL
             .iter()
-            .map(|t| ruleset.tables.iter().position(|d| d.table == *t).map(|i| CTable::build(&ruleset, i)))
+            .map(|t| {
+                ruleset
+                    .tables
+                    .iter()
+                    .position(|d| d.table == *t)
+                    .map(|i| CTable::build(&ruleset, i))
+            })
             .collect();
         Evaluator { ruleset, tables }
     }
@@ -281,18 +307,30 @@ impl Evaluator {
     /// The TRACE position of a step of `table`.
     pub fn step_id(&self, table: Table, step: &StepRec) -> StepId {
         let chain = self.chain_name(table, step.chain).to_string();
-        StepId { table, chain, kind: step.kind, num: step.num }
+        StepId {
+            table,
+            chain,
+            kind: step.kind,
+            num: step.num,
+        }
     }
 
     pub fn chain_name(&self, table: Table, chain: u32) -> &str {
-        self.ctable(table).map_or("?", |t| self.ruleset.tables[t.dump].chains[chain as usize].name.as_str())
+        self.ctable(table).map_or("?", |t| {
+            self.ruleset.tables[t.dump].chains[chain as usize]
+                .name
+                .as_str()
+        })
     }
 
     /// The rule text (`-A` arguments) of a step; None for a chain end.
     pub fn rule_text(&self, table: Table, step: &StepRec) -> Option<&str> {
         let t = self.ctable(table)?;
         let chain = &self.ruleset.tables[t.dump].chains[step.chain as usize];
-        chain.rules.get(step.num as usize - 1).map(|r| r.text.as_str())
+        chain
+            .rules
+            .get(step.num as usize - 1)
+            .map(|r| r.text.as_str())
     }
 
     fn ctable(&self, table: Table) -> Option<&CTable> {
@@ -300,13 +338,22 @@ impl Evaluator {
     }
 
     /// Replays `table` on `hook` for the packet: every candidate path.
-    pub fn evaluate(&self, table: Table, input: &EvalInput<'_>, ctx: &NetContext) -> Result<Traversal, EvalError> {
-        let ct = self.ctable(table).ok_or(EvalError::MissingTable { table })?;
-        let start = ct.hook_chain(input.hook).ok_or_else(|| EvalError::MissingHookChain {
-            table,
-            chain: input.hook.chain_name().to_string(),
-            hook: input.hook,
-        })?;
+    pub fn evaluate(
+        &self,
+        table: Table,
+        input: &EvalInput<'_>,
+        ctx: &NetContext,
+    ) -> Result<Traversal, EvalError> {
+        let ct = self
+            .ctable(table)
+            .ok_or(EvalError::MissingTable { table })?;
+        let start = ct
+            .hook_chain(input.hook)
+            .ok_or_else(|| EvalError::MissingHookChain {
+                table,
+                chain: input.hook.chain_name().to_string(),
+                hook: input.hook,
+            })?;
         let h = &input.state.headers;
         let pkt = Pkt {
             family: h.family(),
@@ -332,10 +379,32 @@ impl Evaluator {
             sets_trace: false,
             notrack: false,
         };
-        let first = Cursor { chain: start, pos: 0, stack: Vec::new(), st, steps: Vec::new(), assumptions: Vec::new(), nat: None };
-        let mut run = Run { ev: self, t: ct, table, pkt: &pkt, ctx, start, work: vec![first], out: Vec::new(), truncated: false };
+        let first = Cursor {
+            chain: start,
+            pos: 0,
+            stack: Vec::new(),
+            st,
+            steps: Vec::new(),
+            assumptions: Vec::new(),
+            nat: None,
+        };
+        let mut run = Run {
+            ev: self,
+            t: ct,
+            table,
+            pkt: &pkt,
+            ctx,
+            start,
+            work: vec![first],
+            out: Vec::new(),
+            truncated: false,
+        };
         run.drain();
-        Ok(Traversal { table, candidates: run.out, truncated: run.truncated })
+        Ok(Traversal {
+            table,
+            candidates: run.out,
+            truncated: run.truncated,
+        })
     }
 }
 
@@ -384,7 +453,12 @@ impl Run<'_> {
     fn walk(&mut self, mut c: Cursor) -> Candidate {
         loop {
             if c.steps.len() > MAX_STEPS {
-                return finish(c, TableVerdict::Broken { reason: "traversal does not terminate (chain loop)".into() });
+                return finish(
+                    c,
+                    TableVerdict::Broken {
+                        reason: "traversal does not terminate (chain loop)".into(),
+                    },
+                );
             }
             let chain = &self.t.chains[c.chain as usize];
             if let Some(idx) = &chain.addr_index {
@@ -413,7 +487,8 @@ impl Run<'_> {
                 RuleMatch::Yes => {}
                 RuleMatch::Maybe(what) => {
                     let mut alt = c.clone();
-                    alt.assumptions.push(self.assumption(&c, what.clone(), false));
+                    alt.assumptions
+                        .push(self.assumption(&c, what.clone(), false));
                     alt.pos += 1;
                     self.work.push(alt);
                     let a = self.assumption(&c, what, true);
@@ -428,7 +503,12 @@ impl Run<'_> {
     }
 
     fn assumption(&self, c: &Cursor, what: Vec<String>, matched: bool) -> Assumption {
-        Assumption { chain: self.ev.chain_name(self.table, c.chain).to_string(), rule: c.pos + 1, what, matched }
+        Assumption {
+            chain: self.ev.chain_name(self.table, c.chain).to_string(),
+            rule: c.pos + 1,
+            what,
+            matched,
+        }
     }
 
     /// RETURN: pop the jump stack, or continue at the hook chain's policy entry.
@@ -465,7 +545,9 @@ impl Run<'_> {
                 c.pos = 0;
                 None
             }
-            CTarget::Missing(name) => Some(TableVerdict::Broken { reason: format!("jump to chain `{name}` which the dump does not define") }),
+            CTarget::Missing(name) => Some(TableVerdict::Broken {
+                reason: format!("jump to chain `{name}` which the dump does not define"),
+            }),
             CTarget::Extension => {
                 let model = self.t.model_rule(&self.ev.ruleset, c.chain, c.pos);
                 targets::apply(self, c, model)

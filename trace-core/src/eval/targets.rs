@@ -7,8 +7,25 @@ use crate::rules::Rule;
 
 /// Targets that always return XT_CONTINUE and change nothing the evaluator tracks.
 const CONTINUE_TARGETS: &[&str] = &[
-    "LOG", "NFLOG", "ULOG", "AUDIT", "CHECKSUM", "CLASSIFY", "CONNSECMARK", "SECMARK", "IDLETIMER",
-    "LED", "RATEEST", "TEE", "TCPMSS", "TCPOPTSTRIP", "ECN", "SET", "HMARK", "NETMAP_NOOP", "TRACE",
+    "LOG",
+    "NFLOG",
+    "ULOG",
+    "AUDIT",
+    "CHECKSUM",
+    "CLASSIFY",
+    "CONNSECMARK",
+    "SECMARK",
+    "IDLETIMER",
+    "LED",
+    "RATEEST",
+    "TEE",
+    "TCPMSS",
+    "TCPOPTSTRIP",
+    "ECN",
+    "SET",
+    "HMARK",
+    "NETMAP_NOOP",
+    "TRACE",
 ];
 
 /// Applies the rule's target; Some(verdict) ends the traversal.
@@ -38,18 +55,30 @@ pub(super) fn apply(run: &mut Run<'_>, c: &mut Cursor, rule: &Rule) -> Option<Ta
         Target::Tproxy(t) => {
             // Accepts (setting the mark) when a socket is found, else drops: a branch point.
             let mut alt = c.clone();
-            alt.assumptions.push(assume(run, c, "-j TPROXY (no socket found)", false));
+            alt.assumptions
+                .push(assume(run, c, "-j TPROXY (no socket found)", false));
             run.out.push(super::finish(alt, TableVerdict::Drop));
-            c.assumptions.push(assume(run, c, "-j TPROXY (socket found)", true));
+            c.assumptions
+                .push(assume(run, c, "-j TPROXY (socket found)", true));
             if let Some(m) = t.mark {
                 c.st.mark = (c.st.mark & !m.mask) ^ m.value;
             }
             return Some(TableVerdict::Accept);
         }
-        Target::Log(_) | Target::Nflog(_) | Target::Checksum | Target::TcpMss { .. } | Target::Set(_) | Target::Classify(_) => {}
+        Target::Log(_)
+        | Target::Nflog(_)
+        | Target::Checksum
+        | Target::TcpMss { .. }
+        | Target::Set(_)
+        | Target::Classify(_) => {}
         Target::Unknown { name, args } => return unknown(run, c, name, args),
         // Standard verdicts, jumps and gotos are handled by the traversal itself.
-        Target::Accept | Target::Drop | Target::Return | Target::Queue | Target::Jump(_) | Target::Goto(_) => {
+        Target::Accept
+        | Target::Drop
+        | Target::Return
+        | Target::Queue
+        | Target::Jump(_)
+        | Target::Goto(_) => {
             unreachable!("standard targets are compiled")
         }
     }
@@ -72,13 +101,22 @@ fn connmark(c: &mut Cursor, cm: &ConnmarkTarget) {
     let Some(ctmark) = c.st.ctmark else { return };
     match *cm {
         ConnmarkTarget::Set { value, mask } => c.st.ctmark = Some((ctmark & !mask) ^ value),
-        ConnmarkTarget::Save { nfmask, ctmask } => c.st.ctmark = Some((ctmark & !ctmask) ^ (c.st.mark & nfmask)),
-        ConnmarkTarget::Restore { nfmask, ctmask } => c.st.mark = (c.st.mark & !nfmask) ^ (ctmark & ctmask),
+        ConnmarkTarget::Save { nfmask, ctmask } => {
+            c.st.ctmark = Some((ctmark & !ctmask) ^ (c.st.mark & nfmask))
+        }
+        ConnmarkTarget::Restore { nfmask, ctmask } => {
+            c.st.mark = (c.st.mark & !nfmask) ^ (ctmark & ctmask)
+        }
     }
 }
 
 fn assume(run: &Run<'_>, c: &Cursor, what: &str, matched: bool) -> Assumption {
-    Assumption { chain: run.ev.chain_name(run.table, c.chain).to_string(), rule: c.pos + 1, what: vec![what.to_string()], matched }
+    Assumption {
+        chain: run.ev.chain_name(run.table, c.chain).to_string(),
+        rule: c.pos + 1,
+        what: vec![what.to_string()],
+        matched,
+    }
 }
 
 /// `TTL`/`HL` change the packet; other known names continue; anything else may continue or
@@ -88,9 +126,20 @@ fn unknown(run: &mut Run<'_>, c: &mut Cursor, name: &str, args: &[String]) -> Op
         ttl(c, args);
     } else if !CONTINUE_TARGETS.contains(&name) {
         let mut stop = c.clone();
-        stop.assumptions.push(assume(run, c, &format!("-j {name} stopped the table"), true));
-        run.out.push(super::finish(stop, TableVerdict::Unknown { target: name.to_string() }));
-        c.assumptions.push(assume(run, c, &format!("-j {name} continued"), true));
+        stop.assumptions.push(assume(
+            run,
+            c,
+            &format!("-j {name} stopped the table"),
+            true,
+        ));
+        run.out.push(super::finish(
+            stop,
+            TableVerdict::Unknown {
+                target: name.to_string(),
+            },
+        ));
+        c.assumptions
+            .push(assume(run, c, &format!("-j {name} continued"), true));
     }
     c.pos += 1;
     None
@@ -98,7 +147,9 @@ fn unknown(run: &mut Run<'_>, c: &mut Cursor, name: &str, args: &[String]) -> Op
 
 /// xt_HL: `--ttl-set N`, `--ttl-dec N`, `--ttl-inc N` (and `--hl-*`).
 fn ttl(c: &mut Cursor, args: &[String]) {
-    let (Some(op), Some(v)) = (args.first(), args.get(1).and_then(|v| v.parse::<u8>().ok())) else { return };
+    let (Some(op), Some(v)) = (args.first(), args.get(1).and_then(|v| v.parse::<u8>().ok())) else {
+        return;
+    };
     c.st.ttl = match op.trim_start_matches("--").split_once('-').map(|(_, o)| o) {
         Some("set") => v,
         Some("dec") => c.st.ttl.saturating_sub(v),

@@ -9,7 +9,9 @@
 
 use crate::event::{CtSnapshot, Headers, L4};
 use crate::packet::{Fate, HookPass, ObservedVerdict, PacketState, TableObservation};
-use crate::reconstruct::{NatInfo, Path, ReconstructedHook, ReconstructedPacket, Step, TableResult};
+use crate::reconstruct::{
+    NatInfo, Path, ReconstructedHook, ReconstructedPacket, Step, TableResult,
+};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
 use serde_json::Value;
@@ -79,7 +81,9 @@ struct Sorted<'a, T>(&'a T);
 
 impl<T: Serialize> Serialize for Sorted<'_, T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_json::to_value(self.0).map_err(serde::ser::Error::custom)?.serialize(s)
+        serde_json::to_value(self.0)
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
     }
 }
 
@@ -92,11 +96,24 @@ impl Serialize for PacketView<'_> {
         let mut m = s.serialize_map(Some(10))?;
         m.serialize_entry("family", &p.family)?;
         m.serialize_entry("fate", &FateView(&p.fate))?;
-        m.serialize_entry("hooks", &seq(rp.hooks.iter().zip(&p.hooks).map(|(rh, hp)| HookView { rh, hp })))?;
+        m.serialize_entry(
+            "hooks",
+            &seq(rp
+                .hooks
+                .iter()
+                .zip(&p.hooks)
+                .map(|(rh, hp)| HookView { rh, hp })),
+        )?;
         m.serialize_entry("id", &p.id)?;
         m.serialize_entry("incomplete", &p.incomplete)?;
         m.serialize_entry("netns", &p.netns)?;
-        m.serialize_entry("packet", &p.hooks.first().and_then(|h| h.tables.first()).map(|t| HeadersView(&t.before.headers)))?;
+        m.serialize_entry(
+            "packet",
+            &p.hooks
+                .first()
+                .and_then(|h| h.tables.first())
+                .map(|t| HeadersView(&t.before.headers)),
+        )?;
         m.serialize_entry("schema", SCHEMA)?;
         m.serialize_entry("status", rp.status.as_str())?;
         m.serialize_entry("ts_ns", &p.first_ts_ns)?;
@@ -133,7 +150,14 @@ impl Serialize for HookView<'_> {
         m.serialize_entry("hook", hp.hook.chain_name())?;
         m.serialize_entry("in", &hp.in_dev)?;
         m.serialize_entry("out", &hp.out_dev)?;
-        m.serialize_entry("tables", &seq(rh.tables.iter().zip(&hp.tables).map(|(t, o)| TableView { t, o })))?;
+        m.serialize_entry(
+            "tables",
+            &seq(rh
+                .tables
+                .iter()
+                .zip(&hp.tables)
+                .map(|(t, o)| TableView { t, o })),
+        )?;
         m.serialize_entry("ts_ns", &hp.ts_ns)?;
         m.end()
     }
@@ -173,14 +197,23 @@ impl Serialize for ObservedView<'_> {
             ObservedVerdict::Accept => s.serialize_str("accept"),
             ObservedVerdict::Stolen => s.serialize_str("stolen"),
             ObservedVerdict::Unknown => s.serialize_str("unknown"),
-            ObservedVerdict::Drop { reason, reason_name } => {
+            ObservedVerdict::Drop {
+                reason,
+                reason_name,
+            } => {
                 #[derive(Serialize)]
                 struct Drop<'a> {
                     reason: &'a u32,
                     reason_name: &'a Option<String>,
                 }
                 let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("drop", &Drop { reason, reason_name })?;
+                m.serialize_entry(
+                    "drop",
+                    &Drop {
+                        reason,
+                        reason_name,
+                    },
+                )?;
                 m.end()
             }
         }
@@ -283,7 +316,14 @@ struct L4View<'a>(&'a L4);
 impl Serialize for L4View<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
-            L4::Tcp { sport, dport, seq, ack, flags, .. } => {
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+                ..
+            } => {
                 let mut m = s.serialize_map(Some(5))?;
                 m.serialize_entry("ack", ack)?;
                 m.serialize_entry("dport", dport)?;
@@ -298,7 +338,12 @@ impl Serialize for L4View<'_> {
                 m.serialize_entry("sport", sport)?;
                 m.end()
             }
-            L4::Icmp { icmp_type, code, .. } | L4::Icmpv6 { icmp_type, code, .. } => {
+            L4::Icmp {
+                icmp_type, code, ..
+            }
+            | L4::Icmpv6 {
+                icmp_type, code, ..
+            } => {
                 let mut m = s.serialize_map(Some(2))?;
                 m.serialize_entry("code", code)?;
                 m.serialize_entry("type", icmp_type)?;

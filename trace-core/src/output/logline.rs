@@ -34,9 +34,17 @@ pub struct LogFlags {
 
 impl LogFlags {
     /// NF_LOG_DEFAULT_MASK: what `TRACE:` lines use.
-    pub const TRACE: LogFlags = LogFlags { tcp_seq: true, tcp_opt: true, uid: true };
+    pub const TRACE: LogFlags = LogFlags {
+        tcp_seq: true,
+        tcp_opt: true,
+        uid: true,
+    };
     /// A plain `-j LOG` without options.
-    pub const PLAIN: LogFlags = LogFlags { tcp_seq: false, tcp_opt: false, uid: false };
+    pub const PLAIN: LogFlags = LogFlags {
+        tcp_seq: false,
+        tcp_opt: false,
+        uid: false,
+    };
 }
 
 /// `IN=.. OUT=.. [MAC=..] SRC=.. ...` exactly as nf_log_ip_packet/nf_log_ip6_packet print it,
@@ -54,7 +62,14 @@ pub fn push_packet_fields(s: &mut String, h: &Headers, ctx: &LogContext<'_>, fla
 
 /// [`push_packet_fields`] with the TOS and TTL a rule path had set by then (TRACE lines after
 /// a TOS/TTL target), without copying the headers.
-pub fn push_fields_with(s: &mut String, h: &Headers, tos: u8, ttl: u8, ctx: &LogContext<'_>, flags: LogFlags) {
+pub fn push_fields_with(
+    s: &mut String,
+    h: &Headers,
+    tos: u8,
+    ttl: u8,
+    ctx: &LogContext<'_>,
+    flags: LogFlags,
+) {
     s.push_str("IN=");
     s.push_str(ctx.in_dev.unwrap_or(""));
     s.push_str(" OUT=");
@@ -79,7 +94,11 @@ pub fn push_fields_with(s: &mut String, h: &Headers, tos: u8, ttl: u8, ctx: &Log
             push_ip6_full(s, h.src);
             s.push_str(" DST=");
             push_ip6_full(s, h.dst);
-            let _ = write!(s, " LEN={} TC={} HOPLIMIT={} FLOWLBL={} ", h.len, tos, ttl, h.flowlabel);
+            let _ = write!(
+                s,
+                " LEN={} TC={} HOPLIMIT={} FLOWLBL={} ",
+                h.len, tos, ttl, h.flowlabel
+            );
         }
     }
     push_l4(s, h, flags);
@@ -146,7 +165,20 @@ fn is_fragment(h: &Headers) -> bool {
 fn push_l4(s: &mut String, h: &Headers, flags: LogFlags) {
     let frag = is_fragment(h);
     match (&h.l4, h.proto) {
-        (L4::Tcp { sport, dport, seq, ack, window, flags: f, res, urgp, options }, _) if !frag => {
+        (
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                window,
+                flags: f,
+                res,
+                urgp,
+                options,
+            },
+            _,
+        ) if !frag => {
             let _ = write!(s, "PROTO=TCP SPT={sport} DPT={dport} ");
             if flags.tcp_seq {
                 let _ = write!(s, "SEQ={seq} ACK={ack} ");
@@ -166,15 +198,35 @@ fn push_l4(s: &mut String, h: &Headers, flags: LogFlags) {
             }
         }
         (L4::Udp { sport, dport, len }, p) if !frag => {
-            let _ = write!(s, "PROTO={} SPT={sport} DPT={dport} LEN={len} ", udp_name(p));
+            let _ = write!(
+                s,
+                "PROTO={} SPT={sport} DPT={dport} LEN={len} ",
+                udp_name(p)
+            );
         }
-        (L4::Icmp { icmp_type, code, id, seq }, _) if !frag => {
+        (
+            L4::Icmp {
+                icmp_type,
+                code,
+                id,
+                seq,
+            },
+            _,
+        ) if !frag => {
             let _ = write!(s, "PROTO=ICMP TYPE={icmp_type} CODE={code} ");
             if *icmp_type == 0 || *icmp_type == 8 {
                 let _ = write!(s, "ID={id} SEQ={seq} ");
             }
         }
-        (L4::Icmpv6 { icmp_type, code, id, seq }, _) => {
+        (
+            L4::Icmpv6 {
+                icmp_type,
+                code,
+                id,
+                seq,
+            },
+            _,
+        ) => {
             let _ = write!(s, "PROTO=ICMPv6 TYPE={icmp_type} CODE={code} ");
             if *icmp_type == 128 || *icmp_type == 129 {
                 let _ = write!(s, "ID={id} SEQ={seq} ");
@@ -215,7 +267,16 @@ fn push_tcp_flags(s: &mut String, f: u8, ae: bool) {
     if ae {
         s.push_str("AE ");
     }
-    for (bit, name) in [(CWR, "CWR"), (ECE, "ECE"), (URG, "URG"), (ACK, "ACK"), (PSH, "PSH"), (RST, "RST"), (SYN, "SYN"), (FIN, "FIN")] {
+    for (bit, name) in [
+        (CWR, "CWR"),
+        (ECE, "ECE"),
+        (URG, "URG"),
+        (ACK, "ACK"),
+        (PSH, "PSH"),
+        (RST, "RST"),
+        (SYN, "SYN"),
+        (FIN, "FIN"),
+    ] {
         if f & bit != 0 {
             s.push_str(name);
             s.push(' ');
@@ -274,7 +335,11 @@ mod tests {
     fn local_tcp_matches_kernel_trace_line() {
         // legacy-local.txt, line 1 (after the "TRACE: mangle:OUTPUT:policy:1 " prefix).
         let want = "IN= OUT=br-00ea7870520a SRC=172.19.0.1 DST=172.19.0.9 LEN=52 TOS=0x00 PREC=0x00 TTL=64 ID=65380 DF PROTO=TCP SPT=58726 DPT=80 SEQ=1826961587 ACK=3047535488 WINDOW=63 RES=0x00 ACK URGP=0 OPT (0101080A1136B1B11E13B190) UID=0 GID=0 ";
-        let ctx = LogContext { out_dev: Some("br-00ea7870520a"), uid_gid: Some((0, 0)), ..Default::default() };
+        let ctx = LogContext {
+            out_dev: Some("br-00ea7870520a"),
+            uid_gid: Some((0, 0)),
+            ..Default::default()
+        };
         assert_eq!(packet_fields(&tcp_headers(), &ctx, LogFlags::TRACE), want);
     }
 
@@ -286,19 +351,51 @@ mod tests {
         h.src = "192.168.64.5".parse().unwrap();
         h.dst = "192.168.64.4".parse().unwrap();
         h.id = 62913;
-        h.l4 = L4::Tcp { sport: 55158, dport: 10000, seq: 1, ack: 2, window: 63, flags: tcp_flags::ACK, res: 0, urgp: 0, options: vec![1, 1] };
-        let mac = [0x7e, 0x31, 0xb8, 0xfe, 0x69, 0x94, 0xb2, 0x88, 0x7d, 0x3e, 0x1d, 0xe2, 0x08, 0x00];
-        let ctx = LogContext { in_dev: Some("eth0"), mac: Some(&mac), ..Default::default() };
+        h.l4 = L4::Tcp {
+            sport: 55158,
+            dport: 10000,
+            seq: 1,
+            ack: 2,
+            window: 63,
+            flags: tcp_flags::ACK,
+            res: 0,
+            urgp: 0,
+            options: vec![1, 1],
+        };
+        let mac = [
+            0x7e, 0x31, 0xb8, 0xfe, 0x69, 0x94, 0xb2, 0x88, 0x7d, 0x3e, 0x1d, 0xe2, 0x08, 0x00,
+        ];
+        let ctx = LogContext {
+            in_dev: Some("eth0"),
+            mac: Some(&mac),
+            ..Default::default()
+        };
         assert_eq!(packet_fields(&h, &ctx, LogFlags::PLAIN), want);
     }
 
     #[test]
     fn flags_fragments_icmp_ipv6_and_mark() {
         let mut h = tcp_headers();
-        h.l4 = L4::Tcp { sport: 1, dport: 2, seq: 0, ack: 0, window: 0, flags: tcp_flags::ACK | tcp_flags::FIN | tcp_flags::SYN | tcp_flags::CWR, res: 0x0f, urgp: 0, options: vec![] };
-        let ctx = LogContext { mark: 0x4000, ..Default::default() };
+        h.l4 = L4::Tcp {
+            sport: 1,
+            dport: 2,
+            seq: 0,
+            ack: 0,
+            window: 0,
+            flags: tcp_flags::ACK | tcp_flags::FIN | tcp_flags::SYN | tcp_flags::CWR,
+            res: 0x0f,
+            urgp: 0,
+            options: vec![],
+        };
+        let ctx = LogContext {
+            mark: 0x4000,
+            ..Default::default()
+        };
         let s = packet_fields(&h, &ctx, LogFlags::PLAIN);
-        assert!(s.ends_with("RES=0x38 AE CWR ACK SYN FIN URGP=0 MARK=0x4000 "), "{s}");
+        assert!(
+            s.ends_with("RES=0x38 AE CWR ACK SYN FIN URGP=0 MARK=0x4000 "),
+            "{s}"
+        );
 
         h.frag = 0x2000 | 185;
         h.l4 = L4::Other;
@@ -307,7 +404,12 @@ mod tests {
 
         h.frag = 0;
         h.proto = 1;
-        h.l4 = L4::Icmp { icmp_type: 8, code: 0, id: 7, seq: 3 };
+        h.l4 = L4::Icmp {
+            icmp_type: 8,
+            code: 0,
+            id: 7,
+            seq: 3,
+        };
         let s = packet_fields(&h, &LogContext::default(), LogFlags::TRACE);
         assert!(s.ends_with("PROTO=ICMP TYPE=8 CODE=0 ID=7 SEQ=3 "), "{s}");
 
@@ -321,11 +423,30 @@ mod tests {
             id: 0,
             frag: 0,
             flowlabel: 0x12345,
-            l4: L4::Udp { sport: 53, dport: 4000, len: 48 },
+            l4: L4::Udp {
+                sport: 53,
+                dport: 4000,
+                len: 48,
+            },
         };
-        let s = packet_fields(&h, &LogContext { in_dev: Some("br0"), physin: Some("veth1"), ..Default::default() }, LogFlags::PLAIN);
+        let s = packet_fields(
+            &h,
+            &LogContext {
+                in_dev: Some("br0"),
+                physin: Some("veth1"),
+                ..Default::default()
+            },
+            LogFlags::PLAIN,
+        );
         assert!(s.starts_with("IN=br0 OUT= PHYSIN=veth1 MAC= SRC="), "{s}");
-        let s = packet_fields(&h6, &LogContext { in_dev: Some("eth0"), ..Default::default() }, LogFlags::TRACE);
+        let s = packet_fields(
+            &h6,
+            &LogContext {
+                in_dev: Some("eth0"),
+                ..Default::default()
+            },
+            LogFlags::TRACE,
+        );
         assert_eq!(s, "IN=eth0 OUT= MAC= SRC=2001:0db8:0000:0000:0000:0000:0000:0001 DST=fe80:0000:0000:0000:0000:0000:0000:0002 LEN=88 TC=0 HOPLIMIT=255 FLOWLBL=74565 PROTO=UDP SPT=53 DPT=4000 LEN=48 ");
     }
 }

@@ -1,8 +1,8 @@
 //! Output formats of reconstructed packets: `trace` (the kernel's TRACE lines), `pretty`
 //! (a colored tree), `json` (JSON lines, schema `iptrace.packet.v1`, docs/json-schema.md).
 
-pub mod logline;
 pub mod json;
+pub mod logline;
 pub mod pretty;
 pub mod trace;
 
@@ -33,7 +33,12 @@ impl std::str::FromStr for Format {
 /// Writes one packet in `format` (`color` only affects pretty) with one `write_all`: the text
 /// is built in a per-thread buffer reused between packets, so a busy collector neither
 /// allocates per line nor makes a `Write` call per field.
-pub fn write_packet(w: &mut dyn Write, rp: &ReconstructedPacket, format: Format, color: bool) -> io::Result<()> {
+pub fn write_packet(
+    w: &mut dyn Write,
+    rp: &ReconstructedPacket,
+    format: Format,
+    color: bool,
+) -> io::Result<()> {
     thread_local! {
         static BUF: RefCell<String> = RefCell::new(String::with_capacity(8192));
     }

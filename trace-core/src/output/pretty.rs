@@ -31,13 +31,26 @@ impl Style {
         self.paint(out, code, st.as_str())
     }
     fn verdict(&self, out: &mut String, v: &str) {
-        let code = if v == "ACCEPT" { "32" } else if v == "DROP" { "31;1" } else { "33" };
+        let code = if v == "ACCEPT" {
+            "32"
+        } else if v == "DROP" {
+            "31;1"
+        } else {
+            "33"
+        };
         self.paint(out, code, v)
     }
 }
 
 fn push_flags(out: &mut String, f: u8) {
-    let names = [(tcp_flags::SYN, "SYN"), (tcp_flags::ACK, "ACK"), (tcp_flags::PSH, "PSH"), (tcp_flags::FIN, "FIN"), (tcp_flags::RST, "RST"), (tcp_flags::URG, "URG")];
+    let names = [
+        (tcp_flags::SYN, "SYN"),
+        (tcp_flags::ACK, "ACK"),
+        (tcp_flags::PSH, "PSH"),
+        (tcp_flags::FIN, "FIN"),
+        (tcp_flags::RST, "RST"),
+        (tcp_flags::URG, "URG"),
+    ];
     for (i, (_, n)) in names.iter().filter(|(b, _)| f & b != 0).enumerate() {
         if i > 0 {
             out.push(',');
@@ -57,20 +70,55 @@ pub fn summary(h: &Headers) -> String {
 pub fn push_summary(out: &mut String, h: &Headers) {
     let ep = |a, p| Endpoint { addr: a, port: p };
     let _ = match &h.l4 {
-        L4::Tcp { sport, dport, flags: f, .. } => {
-            let _ = write!(out, "tcp {} → {} [", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)));
+        L4::Tcp {
+            sport,
+            dport,
+            flags: f,
+            ..
+        } => {
+            let _ = write!(
+                out,
+                "tcp {} → {} [",
+                ep(h.src, Some(*sport)),
+                ep(h.dst, Some(*dport))
+            );
             push_flags(out, *f);
             write!(out, "] len {}", h.len)
         }
-        L4::Udp { sport, dport, .. } => write!(out, "udp {} → {} len {}", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)), h.len),
-        L4::Sctp { sport, dport } => write!(out, "sctp {} → {} len {}", ep(h.src, Some(*sport)), ep(h.dst, Some(*dport)), h.len),
-        L4::Icmp { icmp_type, code, .. } | L4::Icmpv6 { icmp_type, code, .. } => write!(out, "icmp {} → {} type {icmp_type}/{code} len {}", h.src, h.dst, h.len),
+        L4::Udp { sport, dport, .. } => write!(
+            out,
+            "udp {} → {} len {}",
+            ep(h.src, Some(*sport)),
+            ep(h.dst, Some(*dport)),
+            h.len
+        ),
+        L4::Sctp { sport, dport } => write!(
+            out,
+            "sctp {} → {} len {}",
+            ep(h.src, Some(*sport)),
+            ep(h.dst, Some(*dport)),
+            h.len
+        ),
+        L4::Icmp {
+            icmp_type, code, ..
+        }
+        | L4::Icmpv6 {
+            icmp_type, code, ..
+        } => write!(
+            out,
+            "icmp {} → {} type {icmp_type}/{code} len {}",
+            h.src, h.dst, h.len
+        ),
         L4::Other => write!(out, "proto {} {} → {} len {}", h.proto, h.src, h.dst, h.len),
     };
 }
 
 /// Writes one packet as a tree (built in one buffer, written with one `write_all`).
-pub fn write_pretty(w: &mut dyn io::Write, rp: &ReconstructedPacket, style: Style) -> io::Result<()> {
+pub fn write_pretty(
+    w: &mut dyn io::Write,
+    rp: &ReconstructedPacket,
+    style: Style,
+) -> io::Result<()> {
     let mut buf = String::with_capacity(2048);
     push_pretty(&mut buf, rp, style);
     w.write_all(buf.as_bytes())
@@ -123,7 +171,11 @@ fn push_fate(out: &mut String, f: &Fate, style: Style) {
             out.push_str("  ");
             style.paint(out, "33", format_args!("stolen/queued in {hook} {stage}"));
         }
-        Fate::DroppedOutside { after, reason, reason_name } => {
+        Fate::DroppedOutside {
+            after,
+            reason,
+            reason_name,
+        } => {
             out.push_str("  ");
             match reason_name {
                 Some(why) => style.paint(out, "31", format_args!("dropped after {after} ({why})")),
@@ -152,7 +204,11 @@ fn ct_name(ctinfo: u8) -> &'static str {
 fn push_table(out: &mut String, t: &TableResult, mark_before: u32, style: Style) {
     let _ = write!(out, "    {:<8} ", t.table.name());
     if t.skipped {
-        style.paint(out, "2", format_args!("not traversed: {}", t.reason.as_deref().unwrap_or("")));
+        style.paint(
+            out,
+            "2",
+            format_args!("not traversed: {}", t.reason.as_deref().unwrap_or("")),
+        );
         out.push('\n');
         return;
     }
@@ -173,7 +229,11 @@ fn push_table(out: &mut String, t: &TableResult, mark_before: u32, style: Style)
     out.push('\n');
     for (i, path) in t.paths.iter().enumerate() {
         if t.paths.len() > 1 {
-            let label = if t.status == Status::Inconsistent { "evaluated path" } else { "candidate" };
+            let label = if t.status == Status::Inconsistent {
+                "evaluated path"
+            } else {
+                "candidate"
+            };
             out.push_str("      ");
             style.paint(out, "33", format_args!("{label} {}:", i + 1));
             out.push(' ');
@@ -203,6 +263,17 @@ fn push_path(out: &mut String, path: &Path, style: Style) {
         let _ = writeln!(out, " {} → {}", n.from, n.to);
     }
     for a in &path.assumptions {
-        let _ = writeln!(out, "      assumes {}:{} {} {}", a.chain, a.rule, if a.matched { "matched:" } else { "did not match:" }, a.what.join(", "));
+        let _ = writeln!(
+            out,
+            "      assumes {}:{} {} {}",
+            a.chain,
+            a.rule,
+            if a.matched {
+                "matched:"
+            } else {
+                "did not match:"
+            },
+            a.what.join(", ")
+        );
     }
 }

@@ -40,7 +40,14 @@ pub fn push_trace_line(s: &mut String, hp: &HookPass, obs: &TableObservation, st
         mark: step.mark,
     };
     let _ = write!(s, "TRACE: {} ", step.id);
-    push_fields_with(s, &obs.before.headers, step.tos, step.ttl, &ctx, LogFlags::TRACE);
+    push_fields_with(
+        s,
+        &obs.before.headers,
+        step.tos,
+        step.ttl,
+        &ctx,
+        LogFlags::TRACE,
+    );
 }
 
 /// The TRACE lines of a packet (first path of every table).
@@ -53,7 +60,11 @@ pub fn trace_lines(rp: &ReconstructedPacket, from: TraceFrom) -> Vec<String> {
 
 /// Writes a packet's TRACE lines, with `# ` notes for tables that are not confirmed, in one
 /// `write_all` (the lines are built in one buffer per packet).
-pub fn write_trace(w: &mut dyn io::Write, rp: &ReconstructedPacket, from: TraceFrom) -> io::Result<()> {
+pub fn write_trace(
+    w: &mut dyn io::Write,
+    rp: &ReconstructedPacket,
+    from: TraceFrom,
+) -> io::Result<()> {
     let mut buf = String::with_capacity(2048);
     push_trace(&mut buf, rp, from);
     w.write_all(buf.as_bytes())
@@ -64,7 +75,15 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
     for (rh, hp) in rp.hooks.iter().zip(&rp.packet.hooks) {
         for (tr, obs) in rh.tables.iter().zip(&hp.tables) {
             if tr.status != Status::Confirmed {
-                let _ = write!(buf, "# packet {} {}:{} {} ({} candidate paths", rp.packet.id, tr.table, hp.hook, tr.status.as_str(), tr.paths.len());
+                let _ = write!(
+                    buf,
+                    "# packet {} {}:{} {} ({} candidate paths",
+                    rp.packet.id,
+                    tr.table,
+                    hp.hook,
+                    tr.status.as_str(),
+                    tr.paths.len()
+                );
                 if let Some(r) = tr.reason.as_deref() {
                     let _ = write!(buf, ": {r}");
                 }
@@ -74,7 +93,11 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
                 if i > 0 {
                     let _ = writeln!(buf, "# alternative {} for {}:{}", i + 1, tr.table, hp.hook);
                 }
-                for s in path.steps.iter().filter(|s| from == TraceFrom::Start || s.traced) {
+                for s in path
+                    .steps
+                    .iter()
+                    .filter(|s| from == TraceFrom::Start || s.traced)
+                {
                     // Paths the evidence does not single out are printed as comments.
                     if i > 0 || tr.status == Status::Inconsistent {
                         buf.push_str("# ");

@@ -50,7 +50,10 @@ pub(super) fn nat_skipped(hook: Hook, before: &PacketState) -> Option<String> {
 pub(super) const ICMP_ERROR_NAT: &str = "ICMP error of a tracked connection: nat translates the quoted packet instead of consulting the table";
 
 fn is_icmp(h: &Headers) -> bool {
-    matches!((h.src, h.proto), (std::net::IpAddr::V4(_), 1) | (std::net::IpAddr::V6(_), 58))
+    matches!(
+        (h.src, h.proto),
+        (std::net::IpAddr::V4(_), 1) | (std::net::IpAddr::V6(_), 58)
+    )
 }
 
 fn port_of(h: &Headers, src: bool) -> Option<u16> {
@@ -58,16 +61,30 @@ fn port_of(h: &Headers, src: bool) -> Option<u16> {
 }
 
 /// (before, after) of the rewritten side of the tuple.
-pub(super) fn nat_endpoints(hook: Hook, before: &Headers, after: Option<&Headers>) -> (Endpoint, Endpoint) {
+pub(super) fn nat_endpoints(
+    hook: Hook,
+    before: &Headers,
+    after: Option<&Headers>,
+) -> (Endpoint, Endpoint) {
     let src = manip(hook) == Manip::Src;
-    let ep = |h: &Headers| Endpoint { addr: if src { h.src } else { h.dst }, port: port_of(h, src) };
+    let ep = |h: &Headers| Endpoint {
+        addr: if src { h.src } else { h.dst },
+        port: port_of(h, src),
+    };
     (ep(before), after.map_or(ep(before), ep))
 }
 
 /// Ok when the candidate explains everything observed about the table.
 /// `shared`: the observation covers this table and other stages together; then a packet that
 /// came out accepted everywhere, but a drop may be another stage's, and changes may be too.
-pub(super) fn check(obs: &TableObservation, hook: Hook, c: &Candidate, ctx: &NetContext, hp: &HookPass, shared: bool) -> Result<(), String> {
+pub(super) fn check(
+    obs: &TableObservation,
+    hook: Hook,
+    c: &Candidate,
+    ctx: &NetContext,
+    hp: &HookPass,
+    shared: bool,
+) -> Result<(), String> {
     if shared {
         return match (&obs.after, &c.verdict) {
             (_, TableVerdict::Broken { reason }) => Err(reason.clone()),
@@ -76,20 +93,34 @@ pub(super) fn check(obs: &TableObservation, hook: Hook, c: &Candidate, ctx: &Net
         };
     }
     verdict_fits(&obs.verdict, &c.verdict)?;
-    let Some(after) = &obs.after else { return Ok(()) };
+    let Some(after) = &obs.after else {
+        return Ok(());
+    };
     if after.mark != c.mark {
-        return Err(format!("mark after the table is 0x{:x}, the path leaves 0x{:x}", after.mark, c.mark));
+        return Err(format!(
+            "mark after the table is 0x{:x}, the path leaves 0x{:x}",
+            after.mark, c.mark
+        ));
     }
     if let (Some(ct), Some(m)) = (after.ct, c.ctmark) {
         if ct.ctinfo != 7 && ct.mark != m {
-            return Err(format!("conntrack mark after the table is 0x{:x}, the path leaves 0x{m:x}", ct.mark));
+            return Err(format!(
+                "conntrack mark after the table is 0x{:x}, the path leaves 0x{m:x}",
+                ct.mark
+            ));
         }
     }
     if after.headers.tos != c.tos {
-        return Err(format!("TOS after the table is 0x{:02x}, the path leaves 0x{:02x}", after.headers.tos, c.tos));
+        return Err(format!(
+            "TOS after the table is 0x{:02x}, the path leaves 0x{:02x}",
+            after.headers.tos, c.tos
+        ));
     }
     if after.headers.ttl != c.ttl {
-        return Err(format!("TTL after the table is {}, the path leaves {}", after.headers.ttl, c.ttl));
+        return Err(format!(
+            "TTL after the table is {}, the path leaves {}",
+            after.headers.ttl, c.ttl
+        ));
     }
     translation_fits(obs, hook, c, ctx, hp, &after.headers)
 }
@@ -98,7 +129,9 @@ fn verdict_fits(observed: &ObservedVerdict, v: &TableVerdict) -> Result<(), Stri
     let ok = match (observed, v) {
         (_, TableVerdict::Broken { reason }) => return Err(reason.clone()),
         (ObservedVerdict::Unknown, _) | (_, TableVerdict::Unknown { .. }) => true,
-        (ObservedVerdict::Accept, TableVerdict::Accept | TableVerdict::Queue { bypass: true }) => true,
+        (ObservedVerdict::Accept, TableVerdict::Accept | TableVerdict::Queue { bypass: true }) => {
+            true
+        }
         (ObservedVerdict::Drop { .. }, TableVerdict::Drop) => true,
         (ObservedVerdict::Stolen, TableVerdict::Queue { .. }) => true,
         _ => false,
@@ -106,7 +139,11 @@ fn verdict_fits(observed: &ObservedVerdict, v: &TableVerdict) -> Result<(), Stri
     if ok {
         Ok(())
     } else {
-        Err(format!("the kernel's verdict was {}, the path ends in {}", observed_name(observed), v.as_str()))
+        Err(format!(
+            "the kernel's verdict was {}, the path ends in {}",
+            observed_name(observed),
+            v.as_str()
+        ))
     }
 }
 
@@ -121,7 +158,14 @@ fn observed_name(o: &ObservedVerdict) -> &'static str {
 
 /// Addresses/ports across the table: unchanged outside nat; in nat, exactly what the
 /// path's NAT rule (or the null binding) produces.
-fn translation_fits(obs: &TableObservation, hook: Hook, c: &Candidate, ctx: &NetContext, hp: &HookPass, after: &Headers) -> Result<(), String> {
+fn translation_fits(
+    obs: &TableObservation,
+    hook: Hook,
+    c: &Candidate,
+    ctx: &NetContext,
+    hp: &HookPass,
+    after: &Headers,
+) -> Result<(), String> {
     let before = &obs.before.headers;
     let (from, to) = nat_endpoints(hook, before, Some(after));
     let other_side_same = match manip(hook) {
@@ -136,13 +180,22 @@ fn translation_fits(obs: &TableObservation, hook: Hook, c: &Candidate, ctx: &Net
         return Ok(());
     }
     if !other_side_same {
-        return Err(format!("the {} side changed in a nat table that rewrites only the other side", if manip(hook) == Manip::Dst { "source" } else { "destination" }));
+        return Err(format!(
+            "the {} side changed in a nat table that rewrites only the other side",
+            if manip(hook) == Manip::Dst {
+                "source"
+            } else {
+                "destination"
+            }
+        ));
     }
     match &c.nat {
         None if !changed => Ok(()),
         // Null binding: the kernel may still move the source port to keep tuples unique.
         None if manip(hook) == Manip::Src && from.addr == to.addr => Ok(()),
-        None => Err(format!("observed translation {from} → {to}, but the path has no NAT rule")),
+        None => Err(format!(
+            "observed translation {from} → {to}, but the path has no NAT rule"
+        )),
         Some((_, req)) => request_fits(req, hook, from, to, ctx, hp),
     }
 }
@@ -171,14 +224,26 @@ fn within(ip: IpAddr, lo: IpAddr, hi: IpAddr) -> bool {
     crate::eval::ip_bits(lo) <= v && v <= crate::eval::ip_bits(hi)
 }
 
-fn port_in(r: Option<crate::rules::matches::Range>, from: Endpoint, to: Endpoint, may_move: bool) -> bool {
+fn port_in(
+    r: Option<crate::rules::matches::Range>,
+    from: Endpoint,
+    to: Endpoint,
+    may_move: bool,
+) -> bool {
     match (r, to.port) {
         (Some(r), Some(p)) => r.contains(p as u32),
         _ => to.port == from.port || may_move,
     }
 }
 
-fn request_fits(req: &NatRequest, hook: Hook, from: Endpoint, to: Endpoint, ctx: &NetContext, hp: &HookPass) -> Result<(), String> {
+fn request_fits(
+    req: &NatRequest,
+    hook: Hook,
+    from: Endpoint,
+    to: Endpoint,
+    ctx: &NetContext,
+    hp: &HookPass,
+) -> Result<(), String> {
     let m = manip(hook);
     let ok = match req {
         NatRequest::Dnat(t) => m == Manip::Dst && in_ranges(&t.to, from, to, false),
@@ -198,13 +263,16 @@ fn request_fits(req: &NatRequest, hook: Hook, from: Endpoint, to: Endpoint, ctx:
         }
         NatRequest::Netmap { to: net } => {
             let mask = crate::eval::ip_bits(net.mask);
-            let want = (crate::eval::ip_bits(net.addr) & mask) | (crate::eval::ip_bits(from.addr) & !mask);
+            let want =
+                (crate::eval::ip_bits(net.addr) & mask) | (crate::eval::ip_bits(from.addr) & !mask);
             crate::eval::ip_bits(to.addr) == want && to.port == from.port
         }
     };
     if ok {
         Ok(())
     } else {
-        Err(format!("observed translation {from} → {to} is not what this NAT rule produces"))
+        Err(format!(
+            "observed translation {from} → {to} is not what this NAT rule produces"
+        ))
     }
 }

@@ -14,13 +14,15 @@
 
 mod evidence;
 
-use crate::eval::{Assumption, Candidate, CtTuples, EvalInput, Evaluator, NatRequest, NetContext, TableVerdict, Tuple};
+use crate::eval::{
+    Assumption, Candidate, CtTuples, EvalInput, Evaluator, NatRequest, NetContext, TableVerdict,
+    Tuple,
+};
 use crate::event::Headers;
 use crate::netfilter::{Hook, Table};
 use crate::packet::{HookPass, ObservedVerdict, PacketState, PacketTrace, TableObservation};
 use crate::step::StepId;
 use serde::{Deserialize, Serialize};
-
 
 /// How well the kernel's evidence pins down the path through a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -145,11 +147,17 @@ pub struct ReconstructedPacket {
 impl ReconstructedPacket {
     /// The path's steps in order (first path of every table), with their table observation.
     pub fn steps(&self) -> impl Iterator<Item = (&HookPass, &TableObservation, &Step)> {
-        self.hooks.iter().zip(&self.packet.hooks).flat_map(|(rh, hp)| {
-            rh.tables.iter().zip(&hp.tables).flat_map(move |(tr, obs)| {
-                tr.paths.first().into_iter().flat_map(move |p| p.steps.iter().map(move |s| (hp, obs, s)))
+        self.hooks
+            .iter()
+            .zip(&self.packet.hooks)
+            .flat_map(|(rh, hp)| {
+                rh.tables.iter().zip(&hp.tables).flat_map(move |(tr, obs)| {
+                    tr.paths
+                        .first()
+                        .into_iter()
+                        .flat_map(move |p| p.steps.iter().map(move |s| (hp, obs, s)))
+                })
             })
-        })
     }
 }
 
@@ -161,35 +169,72 @@ pub fn reconstruct(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext) -> Re
 
 /// Like [`reconstruct`], for a traversal that starts with skb->nf_trace already set: the
 /// second half of a packet sent to `lo`, whose first half (OUTPUT, POSTROUTING) set it.
-pub fn reconstruct_from(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext, nf_trace_start: bool) -> ReconstructedPacket {
+pub fn reconstruct_from(
+    packet: &PacketTrace,
+    ev: &Evaluator,
+    ctx: &NetContext,
+    nf_trace_start: bool,
+) -> ReconstructedPacket {
     let (hooks, status, nf_trace_end) = reconstruct_hooks(packet, ev, ctx, nf_trace_start);
-    ReconstructedPacket { packet: packet.clone(), hooks, status, nf_trace_end }
+    ReconstructedPacket {
+        packet: packet.clone(),
+        hooks,
+        status,
+        nf_trace_end,
+    }
 }
 
 /// [`reconstruct_from`] taking the packet by value: the collector's path, which has no use
 /// for the assembled packet afterwards and so saves a deep copy per packet.
-pub fn reconstruct_owned(packet: PacketTrace, ev: &Evaluator, ctx: &NetContext, nf_trace_start: bool) -> ReconstructedPacket {
+pub fn reconstruct_owned(
+    packet: PacketTrace,
+    ev: &Evaluator,
+    ctx: &NetContext,
+    nf_trace_start: bool,
+) -> ReconstructedPacket {
     let (hooks, status, nf_trace_end) = reconstruct_hooks(&packet, ev, ctx, nf_trace_start);
-    ReconstructedPacket { packet, hooks, status, nf_trace_end }
+    ReconstructedPacket {
+        packet,
+        hooks,
+        status,
+        nf_trace_end,
+    }
 }
 
 /// Every table of every hook, the packet's worst status, and whether nf_trace is set at the end.
-fn reconstruct_hooks(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext, nf_trace_start: bool) -> (Vec<ReconstructedHook>, Status, bool) {
+fn reconstruct_hooks(
+    packet: &PacketTrace,
+    ev: &Evaluator,
+    ctx: &NetContext,
+    nf_trace_start: bool,
+) -> (Vec<ReconstructedHook>, Status, bool) {
     let mut nf_trace = nf_trace_start;
     let tuples = ct_tuples(packet);
     let mut hooks = Vec::with_capacity(packet.hooks.len());
     for (hi, hp) in packet.hooks.iter().enumerate() {
         let mut tables = Vec::with_capacity(hp.tables.len());
         for obs in &hp.tables {
-            let facts = Facts { nf_trace, tuples, dst_local: routed_local(packet, hi, obs) };
+            let facts = Facts {
+                nf_trace,
+                tuples,
+                dst_local: routed_local(packet, hi, obs),
+            };
             let tr = reconstruct_table(packet, hp, obs, ev, ctx, facts);
             // skb->nf_trace stays set for the rest of the traversal once a TRACE target ran.
             nf_trace |= tr.paths.first().is_some_and(|p| p.sets_trace);
             tables.push(tr);
         }
-        hooks.push(ReconstructedHook { hook: hp.hook, tables });
+        hooks.push(ReconstructedHook {
+            hook: hp.hook,
+            tables,
+        });
     }
-    let status = hooks.iter().flat_map(|h| &h.tables).map(|t| t.status).max().unwrap_or(Status::Confirmed);
+    let status = hooks
+        .iter()
+        .flat_map(|h| &h.tables)
+        .map(|t| t.status)
+        .max()
+        .unwrap_or(Status::Confirmed);
     (hooks, status, nf_trace)
 }
 
@@ -200,13 +245,19 @@ fn reconstruct_hooks(packet: &PacketTrace, ev: &Evaluator, ctx: &NetContext, nf_
 /// its reply tuple still changes (SNAT is set up in POSTROUTING). RELATED packets (ICMP
 /// errors) carry neither tuple.
 fn ct_tuples(packet: &PacketTrace) -> CtTuples {
-    let ct = packet.hooks.iter().flat_map(|h| &h.tables).find_map(|t| t.before.ct.or(t.after.as_ref().and_then(|a| a.ct)));
+    let ct = packet
+        .hooks
+        .iter()
+        .flat_map(|h| &h.tables)
+        .find_map(|t| t.before.ct.or(t.after.as_ref().and_then(|a| a.ct)));
     // A packet coming back in through `lo` was translated on its way out: its entry headers
     // are not the tuple conntrack recorded at OUTPUT.
     let entry = packet
         .hooks
         .first()
-        .filter(|h| matches!(h.hook, Hook::Prerouting | Hook::Output) && h.in_dev.as_deref() != Some("lo"))
+        .filter(|h| {
+            matches!(h.hook, Hook::Prerouting | Hook::Output) && h.in_dev.as_deref() != Some("lo")
+        })
         .and_then(|h| h.tables.first())
         .map(|t| Tuple::of(&t.before.headers));
     let exit = packet
@@ -217,9 +268,18 @@ fn ct_tuples(packet: &PacketTrace) -> CtTuples {
         .and_then(|t| t.after.as_ref())
         .map(|a| Tuple::of(&a.headers).inverse());
     match ct.map(|c| c.ctinfo) {
-        Some(2) => CtTuples { orig: entry, reply: None },
-        Some(0) => CtTuples { orig: entry, reply: exit.filter(|_| !packet.incomplete) },
-        Some(3) => CtTuples { orig: exit.filter(|_| !packet.incomplete), reply: entry },
+        Some(2) => CtTuples {
+            orig: entry,
+            reply: None,
+        },
+        Some(0) => CtTuples {
+            orig: entry,
+            reply: exit.filter(|_| !packet.incomplete),
+        },
+        Some(3) => CtTuples {
+            orig: exit.filter(|_| !packet.incomplete),
+            reply: entry,
+        },
         _ => CtTuples::default(),
     }
 }
@@ -247,7 +307,9 @@ fn routed_local(packet: &PacketTrace, hi: usize, obs: &TableObservation) -> Opti
         Hook::Prerouting => {
             let leaving = hp.tables.last()?.after.as_ref()?.headers.dst;
             let next = packet.hooks.get(hi + 1)?.hook;
-            (leaving == dst).then_some(next == Hook::Input).filter(|_| matches!(next, Hook::Input | Hook::Forward))
+            (leaving == dst)
+                .then_some(next == Hook::Input)
+                .filter(|_| matches!(next, Hook::Input | Hook::Forward))
         }
         Hook::Output | Hook::Postrouting => {
             // The route (and so the output device) belongs to the destination the hook
@@ -278,7 +340,14 @@ fn reconstruct_table(
         truncated: false,
     };
     if ev.ruleset().family != packet.family {
-        return inconsistent(result, format!("rule dump is {:?}, packet is {:?}", ev.ruleset().family, packet.family));
+        return inconsistent(
+            result,
+            format!(
+                "rule dump is {:?}, packet is {:?}",
+                ev.ruleset().family,
+                packet.family
+            ),
+        );
     }
     if obs.table == Table::Nat {
         if let Some(why) = evidence::nat_skipped(hp.hook, &obs.before) {
@@ -290,7 +359,10 @@ fn reconstruct_table(
                     result.reason = Some(format!("{why}; that translation dropped it"));
                     return result;
                 }
-                return inconsistent(result, "dropped in the nat hook although the table was not traversed".into());
+                return inconsistent(
+                    result,
+                    "dropped in the nat hook although the table was not traversed".into(),
+                );
             }
             return result;
         }
@@ -314,9 +386,14 @@ fn reconstruct_table(
     result.truncated = traversal.truncated;
     // Other stages between the same two probes (or a lost probe event): before/after and
     // the verdict describe the group, so only what holds for every member is evidence.
-    let shared = hp.stages.iter().any(|s| s.shared && s.priority == obs.priority && s.stage.table() == Some(obs.table));
+    let shared = hp
+        .stages
+        .iter()
+        .any(|s| s.shared && s.priority == obs.priority && s.stage.table() == Some(obs.table));
     if shared {
-        result.reason = Some("shares its probes with other stages: only the group's outcome is evidence".into());
+        result.reason = Some(
+            "shares its probes with other stages: only the group's outcome is evidence".into(),
+        );
     }
     let mut fits = Vec::new();
     let mut rejected = Vec::new();
@@ -329,7 +406,13 @@ fn reconstruct_table(
     result.ruled_out = rejected.len();
     // Ruled-out paths are only shown when nothing fits (materialising them costs).
     let rejected: Vec<Path> = if fits.is_empty() {
-        rejected.into_iter().map(|(c, why)| Path { rejected: Some(why), ..to_path(ev, obs, hp.hook, c) }).collect()
+        rejected
+            .into_iter()
+            .map(|(c, why)| Path {
+                rejected: Some(why),
+                ..to_path(ev, obs, hp.hook, c)
+            })
+            .collect()
     } else {
         Vec::new()
     };
@@ -339,7 +422,10 @@ fn reconstruct_table(
     let distinct = count_distinct_step_lists(&fits);
     match distinct {
         0 => {
-            let reason = rejected.first().and_then(|p| p.rejected.clone()).unwrap_or_default();
+            let reason = rejected
+                .first()
+                .and_then(|p| p.rejected.clone())
+                .unwrap_or_default();
             result.paths = rejected;
             return inconsistent(result, reason);
         }
@@ -348,7 +434,10 @@ fn reconstruct_table(
     }
     if result.truncated && result.status == Status::Confirmed {
         result.status = Status::Ambiguous;
-        result.reason = Some(format!("more than {} paths: not all explored", crate::eval::MAX_CANDIDATES));
+        result.reason = Some(format!(
+            "more than {} paths: not all explored",
+            crate::eval::MAX_CANDIDATES
+        ));
     }
     result.paths = fits;
     result
@@ -383,14 +472,33 @@ fn to_path(ev: &Evaluator, obs: &TableObservation, hook: Hook, c: &Candidate) ->
             tos: s.tos,
             ttl: s.ttl,
             traced: s.traced,
-            implicit_return: s.kind == crate::step::StepKind::Return && ev.rule_text(table, s).is_none(),
+            implicit_return: s.kind == crate::step::StepKind::Return
+                && ev.rule_text(table, s).is_none(),
         })
         .collect();
     let nat = c.nat.as_ref().map(|(i, req)| {
-        let (from, to) = evidence::nat_endpoints(hook, &obs.before.headers, obs.after.as_ref().map(|a| &a.headers));
-        NatInfo { step: steps[*i].id.clone(), request: req.clone(), from, to }
+        let (from, to) = evidence::nat_endpoints(
+            hook,
+            &obs.before.headers,
+            obs.after.as_ref().map(|a| &a.headers),
+        );
+        NatInfo {
+            step: steps[*i].id.clone(),
+            request: req.clone(),
+            from,
+            to,
+        }
     });
-    Path { steps, verdict: c.verdict.clone(), nat, mark: c.mark, ctmark: c.ctmark, assumptions: c.assumptions.clone(), sets_trace: c.sets_trace, rejected: None }
+    Path {
+        steps,
+        verdict: c.verdict.clone(),
+        nat,
+        mark: c.mark,
+        ctmark: c.ctmark,
+        assumptions: c.assumptions.clone(),
+        sets_trace: c.sets_trace,
+        rejected: None,
+    }
 }
 
 /// Headers a table's TRACE lines show at a step (the table's input with the TOS/TTL the path
@@ -405,13 +513,23 @@ pub fn headers_at(before: &PacketState, step: &Step) -> Headers {
 /// A packet that cannot be reconstructed at all (no rule dump for its netns/family, a dump
 /// that does not parse): every table inconsistent with `reason`, no steps.
 pub fn unresolved(packet: &PacketTrace, reason: &str) -> ReconstructedPacket {
-    ReconstructedPacket { packet: packet.clone(), hooks: unresolved_hooks(packet, reason), status: Status::Inconsistent, nf_trace_end: false }
+    ReconstructedPacket {
+        packet: packet.clone(),
+        hooks: unresolved_hooks(packet, reason),
+        status: Status::Inconsistent,
+        nf_trace_end: false,
+    }
 }
 
 /// [`unresolved`] taking the packet by value (no copy).
 pub fn unresolved_owned(packet: PacketTrace, reason: &str) -> ReconstructedPacket {
     let hooks = unresolved_hooks(&packet, reason);
-    ReconstructedPacket { packet, hooks, status: Status::Inconsistent, nf_trace_end: false }
+    ReconstructedPacket {
+        packet,
+        hooks,
+        status: Status::Inconsistent,
+        nf_trace_end: false,
+    }
 }
 
 fn unresolved_hooks(packet: &PacketTrace, reason: &str) -> Vec<ReconstructedHook> {

@@ -36,12 +36,30 @@ pub const MAGIC: &str = "IPTRACE-RECORDING 1";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
-    Ruleset { netns: u32, family: Family, generation: u64, text: String },
-    Netinfo { netns: u32, context: NetContext },
-    Plan { netns: u32, family: Family, hook: Hook, probes: Vec<i32>, stages: Vec<PlanStage> },
+    Ruleset {
+        netns: u32,
+        family: Family,
+        generation: u64,
+        text: String,
+    },
+    Netinfo {
+        netns: u32,
+        context: NetContext,
+    },
+    Plan {
+        netns: u32,
+        family: Family,
+        hook: Hook,
+        probes: Vec<i32>,
+        stages: Vec<PlanStage>,
+    },
     /// Boxed: events are much larger than the other records.
-    Event { event: Box<Event> },
-    Lost { count: u64 },
+    Event {
+        event: Box<Event>,
+    },
+    Lost {
+        count: u64,
+    },
 }
 
 /// A stage of a recorded [`HookPlan`].
@@ -59,15 +77,40 @@ impl Record {
             family,
             hook,
             probes: plan.probes().to_vec(),
-            stages: plan.stages().iter().map(|s| PlanStage { priority: s.priority, stage: s.stage.clone() }).collect(),
+            stages: plan
+                .stages()
+                .iter()
+                .map(|s| PlanStage {
+                    priority: s.priority,
+                    stage: s.stage.clone(),
+                })
+                .collect(),
         }
     }
 
     /// Adds a plan record to `plan` (other records: no-op).
     pub fn add_to_plan(&self, plan: &mut ProbePlan) {
-        if let Record::Plan { netns, family, hook, probes, stages } = self {
-            let stages = stages.iter().map(|s| StageSlot { priority: s.priority, stage: s.stage.clone() }).collect();
-            plan.insert(*netns, *family, *hook, HookPlan::new(probes.clone(), stages));
+        if let Record::Plan {
+            netns,
+            family,
+            hook,
+            probes,
+            stages,
+        } = self
+        {
+            let stages = stages
+                .iter()
+                .map(|s| StageSlot {
+                    priority: s.priority,
+                    stage: s.stage.clone(),
+                })
+                .collect();
+            plan.insert(
+                *netns,
+                *family,
+                *hook,
+                HookPlan::new(probes.clone(), stages),
+            );
         }
     }
 }
@@ -80,7 +123,11 @@ pub enum RecordError {
     #[error("recording truncated at byte offset {offset}: the last record is incomplete")]
     Truncated { offset: u64 },
     #[error("corrupt record at byte offset {offset} (line {line}): {message}")]
-    Corrupt { offset: u64, line: u64, message: String },
+    Corrupt {
+        offset: u64,
+        line: u64,
+        message: String,
+    },
     #[error("reading the recording at byte offset {offset}: {source}")]
     Io { offset: u64, source: io::Error },
 }
@@ -110,7 +157,13 @@ impl<W: Write> RecordingWriter<W> {
             record: &'static str,
             event: &'a Event,
         }
-        serde_json::to_writer(&mut self.w, &EventRef { record: "event", event: e })?;
+        serde_json::to_writer(
+            &mut self.w,
+            &EventRef {
+                record: "event",
+                event: e,
+            },
+        )?;
         self.w.write_all(b"\n")
     }
 
@@ -121,16 +174,36 @@ impl<W: Write> RecordingWriter<W> {
         self.write_ruleset_family(netns, family, generation, text)
     }
 
-    pub fn write_ruleset_family(&mut self, netns: u32, family: Family, generation: u64, text: &str) -> io::Result<()> {
-        self.write_record(&Record::Ruleset { netns, family, generation, text: text.to_string() })
+    pub fn write_ruleset_family(
+        &mut self,
+        netns: u32,
+        family: Family,
+        generation: u64,
+        text: &str,
+    ) -> io::Result<()> {
+        self.write_record(&Record::Ruleset {
+            netns,
+            family,
+            generation,
+            text: text.to_string(),
+        })
     }
 
     pub fn write_netinfo(&mut self, netns: u32, context: &NetContext) -> io::Result<()> {
-        self.write_record(&Record::Netinfo { netns, context: context.clone() })
+        self.write_record(&Record::Netinfo {
+            netns,
+            context: context.clone(),
+        })
     }
 
     /// Where the probes of one hook sat (write every hook of the [`ProbePlan`] before events).
-    pub fn write_hook_plan(&mut self, netns: u32, family: Family, hook: Hook, plan: &HookPlan) -> io::Result<()> {
+    pub fn write_hook_plan(
+        &mut self,
+        netns: u32,
+        family: Family,
+        hook: Hook,
+        plan: &HookPlan,
+    ) -> io::Result<()> {
         self.write_record(&Record::plan(netns, family, hook, plan))
     }
 
@@ -163,7 +236,10 @@ impl<W: Write> RecordingWriter<W> {
 
 /// IPv6 when the dump says it comes from ip6tables-save.
 pub fn family_of_dump(text: &str) -> Family {
-    let header = text.lines().find(|l| l.starts_with("# Generated by")).unwrap_or("");
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("# Generated by"))
+        .unwrap_or("");
     if header.contains("ip6tables") {
         Family::Ipv6
     } else {
@@ -184,12 +260,22 @@ impl<R: BufRead> RecordingReader<R> {
     /// Checks the magic line.
     pub fn new(mut r: R) -> Result<Self, RecordError> {
         let mut first = Vec::new();
-        let n = r.read_until(b'\n', &mut first).map_err(|source| RecordError::Io { offset: 0, source })?;
+        let n = r
+            .read_until(b'\n', &mut first)
+            .map_err(|source| RecordError::Io { offset: 0, source })?;
         let text = String::from_utf8_lossy(&first);
         if text.trim_end_matches('\n') != MAGIC {
-            return Err(RecordError::BadMagic { found: text.chars().take(60).collect() });
+            return Err(RecordError::BadMagic {
+                found: text.chars().take(60).collect(),
+            });
         }
-        Ok(RecordingReader { r, offset: n as u64, line: 1, buf: Vec::new(), done: false })
+        Ok(RecordingReader {
+            r,
+            offset: n as u64,
+            line: 1,
+            buf: Vec::new(),
+            done: false,
+        })
     }
 }
 
@@ -224,7 +310,11 @@ impl<R: BufRead> Iterator for RecordingReader<R> {
             Ok(rec) => Some(Ok((offset, rec))),
             Err(e) => {
                 self.done = true;
-                Some(Err(RecordError::Corrupt { offset, line: self.line, message: e.to_string() }))
+                Some(Err(RecordError::Corrupt {
+                    offset,
+                    line: self.line,
+                    message: e.to_string(),
+                }))
             }
         }
     }
@@ -236,16 +326,32 @@ mod tests {
     use crate::event::DropEvent;
 
     fn drop_event(n: u64) -> Event {
-        Event::Drop(DropEvent { ts_ns: n, skb: 1, gen: 2, netns: 3, reason: 12, reason_name: Some("NETFILTER_DROP".into()), location: 0, location_sym: None })
+        Event::Drop(DropEvent {
+            ts_ns: n,
+            skb: 1,
+            gen: 2,
+            netns: 3,
+            reason: 12,
+            reason_name: Some("NETFILTER_DROP".into()),
+            location: 0,
+            location_sym: None,
+        })
     }
 
     fn sample() -> Vec<u8> {
         let mut w = RecordingWriter::new(Vec::new()).unwrap();
-        w.write_ruleset(3, 1, "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n").unwrap();
+        w.write_ruleset(3, 1, "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n")
+            .unwrap();
         w.write_netinfo(3, &NetContext::unknown()).unwrap();
         let mut plan = ProbePlan::new();
         plan.insert_iptables(3, Family::Ipv4, &[crate::netfilter::Table::Filter], true);
-        w.write_hook_plan(3, Family::Ipv4, Hook::Input, plan.get(3, Family::Ipv4, Hook::Input).unwrap()).unwrap();
+        w.write_hook_plan(
+            3,
+            Family::Ipv4,
+            Hook::Input,
+            plan.get(3, Family::Ipv4, Hook::Input).unwrap(),
+        )
+        .unwrap();
         w.write_event(&drop_event(10)).unwrap();
         w.write_event(&drop_event(11)).unwrap();
         w.write_lost(4).unwrap();
@@ -255,15 +361,28 @@ mod tests {
     #[test]
     fn round_trips_records() {
         let bytes = sample();
-        let recs: Vec<Record> = RecordingReader::new(&bytes[..]).unwrap().map(|r| r.unwrap().1).collect();
+        let recs: Vec<Record> = RecordingReader::new(&bytes[..])
+            .unwrap()
+            .map(|r| r.unwrap().1)
+            .collect();
         assert_eq!(recs.len(), 6);
-        assert!(matches!(&recs[0], Record::Ruleset { netns: 3, family: Family::Ipv4, generation: 1, text } if text.contains("*filter")));
+        assert!(
+            matches!(&recs[0], Record::Ruleset { netns: 3, family: Family::Ipv4, generation: 1, text } if text.contains("*filter"))
+        );
         let mut plan = ProbePlan::new();
         recs[2].add_to_plan(&mut plan);
         let mut want = ProbePlan::new();
         want.insert_iptables(3, Family::Ipv4, &[crate::netfilter::Table::Filter], true);
-        assert_eq!(plan.get(3, Family::Ipv4, Hook::Input), want.get(3, Family::Ipv4, Hook::Input));
-        assert_eq!(recs[3], Record::Event { event: Box::new(drop_event(10)) });
+        assert_eq!(
+            plan.get(3, Family::Ipv4, Hook::Input),
+            want.get(3, Family::Ipv4, Hook::Input)
+        );
+        assert_eq!(
+            recs[3],
+            Record::Event {
+                event: Box::new(drop_event(10))
+            }
+        );
         assert_eq!(recs[5], Record::Lost { count: 4 });
     }
 
@@ -273,7 +392,11 @@ mod tests {
         let cut = bytes.len() - 5;
         let items: Vec<_> = RecordingReader::new(&bytes[..cut]).unwrap().collect();
         assert_eq!(items.iter().filter(|r| r.is_ok()).count(), 5);
-        let last_start = bytes[..bytes.len() - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+        let last_start = bytes[..bytes.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .unwrap()
+            + 1;
         match items.last().unwrap() {
             Err(RecordError::Truncated { offset }) => assert_eq!(*offset, last_start as u64),
             other => panic!("{other:?}"),
@@ -283,7 +406,14 @@ mod tests {
     #[test]
     fn corrupt_record_names_offset_and_line() {
         let mut bytes = sample();
-        let second = bytes.iter().enumerate().filter(|(_, &b)| b == b'\n').nth(2).unwrap().0 + 1;
+        let second = bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'\n')
+            .nth(2)
+            .unwrap()
+            .0
+            + 1;
         bytes[second + 3] = b'#';
         let items: Vec<_> = RecordingReader::new(&bytes[..]).unwrap().collect();
         assert_eq!(items.len(), 3);
@@ -298,13 +428,25 @@ mod tests {
 
     #[test]
     fn rejects_other_files() {
-        assert!(matches!(RecordingReader::new(&b"*filter\n"[..]), Err(RecordError::BadMagic { .. })));
-        assert!(matches!(RecordingReader::new(&b""[..]), Err(RecordError::BadMagic { .. })));
+        assert!(matches!(
+            RecordingReader::new(&b"*filter\n"[..]),
+            Err(RecordError::BadMagic { .. })
+        ));
+        assert!(matches!(
+            RecordingReader::new(&b""[..]),
+            Err(RecordError::BadMagic { .. })
+        ));
     }
 
     #[test]
     fn ip6tables_dumps_are_ipv6() {
-        assert_eq!(family_of_dump("# Generated by ip6tables-save v1.8.9 on x\n*filter\n"), Family::Ipv6);
-        assert_eq!(family_of_dump("# Generated by iptables-nft-save v1.8.9 (nf_tables)\n"), Family::Ipv4);
+        assert_eq!(
+            family_of_dump("# Generated by ip6tables-save v1.8.9 on x\n*filter\n"),
+            Family::Ipv6
+        );
+        assert_eq!(
+            family_of_dump("# Generated by iptables-nft-save v1.8.9 (nf_tables)\n"),
+            Family::Ipv4
+        );
     }
 }

@@ -7,9 +7,9 @@
 use super::Record;
 use crate::assemble::{Assembler, AssemblerConfig, AssemblerStats};
 use crate::eval::{Evaluator, NetContext};
+use crate::netfilter::Hook;
 use crate::netfilter::{Family, Table};
 use crate::packet::PacketTrace;
-use crate::netfilter::Hook;
 use crate::reconstruct::{reconstruct_owned, unresolved_owned, ReconstructedPacket};
 use crate::rules::{self, ParseOptions, Ruleset};
 use std::collections::HashMap;
@@ -81,10 +81,23 @@ impl Replayer {
     pub fn push(&mut self, rec: Record) -> Vec<ReconstructedPacket> {
         self.stats.records += 1;
         match rec {
-            Record::Ruleset { netns, family, generation, text } => {
+            Record::Ruleset {
+                netns,
+                family,
+                generation,
+                text,
+            } => {
                 self.stats.rulesets += 1;
-                let rules = match rules::parse_with(&text, ParseOptions { family: Some(family) }) {
-                    Ok(rs) => Rules::Ready { generation, ev: Arc::new(Evaluator::new(rs)) },
+                let rules = match rules::parse_with(
+                    &text,
+                    ParseOptions {
+                        family: Some(family),
+                    },
+                ) {
+                    Ok(rs) => Rules::Ready {
+                        generation,
+                        ev: Arc::new(Evaluator::new(rs)),
+                    },
                     Err(e) => {
                         self.stats.bad_rulesets += 1;
                         let reason = format!("recorded rule dump of netns {netns} (generation {generation}) does not parse: {e}");
@@ -128,7 +141,9 @@ impl Replayer {
     /// A recording without plan records (older writer): assume the standard bracketing of
     /// the tables the netns's dump defines, with conntrack, and say so.
     fn assume_plan(&mut self, e: &crate::event::Event) {
-        let crate::event::Event::Probe(p) = e else { return };
+        let crate::event::Event::Probe(p) = e else {
+            return;
+        };
         let key = (p.netns, p.family);
         if self.planned.contains(&key) {
             return;
@@ -143,7 +158,9 @@ impl Replayer {
             "recording has no probe plan for netns {} {:?}: assuming probes around the tables {:?} and conntrack",
             p.netns, p.family, tables
         ));
-        self.asm.plan_mut().insert_iptables(p.netns, p.family, &tables, true);
+        self.asm
+            .plan_mut()
+            .insert_iptables(p.netns, p.family, &tables, true);
     }
 
     fn rules_for(&self, netns: u32, family: Family) -> Result<&Arc<Evaluator>, String> {
@@ -153,7 +170,9 @@ impl Replayer {
         match self.rules.get(&(netns, family)) {
             Some(Rules::Ready { ev, .. }) => Ok(ev),
             Some(Rules::Broken { reason, .. }) => Err(reason.clone()),
-            None => Err(format!("the recording has no {family:?} rule dump for netns {netns}")),
+            None => Err(format!(
+                "the recording has no {family:?} rule dump for netns {netns}"
+            )),
         }
     }
 
@@ -187,10 +206,14 @@ impl Replayer {
 
 /// The traversal ended leaving through `lo` (it comes back in as another traversal).
 fn lo_out(p: &PacketTrace) -> bool {
-    p.hooks.last().is_some_and(|h| h.hook == Hook::Postrouting && h.out_dev.as_deref() == Some("lo"))
+    p.hooks
+        .last()
+        .is_some_and(|h| h.hook == Hook::Postrouting && h.out_dev.as_deref() == Some("lo"))
 }
 
 /// The traversal came in through `lo`.
 fn lo_in(p: &PacketTrace) -> bool {
-    p.hooks.first().is_some_and(|h| h.hook == Hook::Prerouting && h.in_dev.as_deref() == Some("lo"))
+    p.hooks
+        .first()
+        .is_some_and(|h| h.hook == Hook::Prerouting && h.in_dev.as_deref() == Some("lo"))
 }

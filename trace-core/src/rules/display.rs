@@ -72,15 +72,22 @@ impl Target {
         let mut w = Words::default();
         match self {
             Target::Dnat(t) | Target::Snat(t) => {
-                let opt = if matches!(self, Target::Dnat(_)) { "--to-destination" } else { "--to-source" };
+                let opt = if matches!(self, Target::Dnat(_)) {
+                    "--to-destination"
+                } else {
+                    "--to-source"
+                };
                 t.to.iter().for_each(|r| w.val(opt, nat_range(r)));
-                w.flag(t.random, "--random").flag(t.random_fully, "--random-fully").flag(t.persistent, "--persistent");
+                w.flag(t.random, "--random")
+                    .flag(t.random_fully, "--random-fully")
+                    .flag(t.persistent, "--persistent");
             }
             Target::Masquerade(t) | Target::Redirect(t) => {
                 if let Some(p) = t.to_ports {
                     w.val("--to-ports", port_range(p.lo, p.hi));
                 }
-                w.flag(t.random, "--random").flag(t.random_fully, "--random-fully");
+                w.flag(t.random, "--random")
+                    .flag(t.random_fully, "--random-fully");
             }
             Target::Netmap { to } => w.val("--to", to.to_string()),
             Target::Mark(m) => w.val("--set-xmark", format!("{:#x}/{:#x}", m.value, m.mask)),
@@ -91,22 +98,39 @@ impl Target {
                 t.helper.iter().for_each(|h| w.val("--helper", h.clone()));
             }
             Target::Log(l) => {
-                l.prefix.iter().for_each(|p| w.val("--log-prefix", p.clone()));
+                l.prefix
+                    .iter()
+                    .for_each(|p| w.val("--log-prefix", p.clone()));
                 l.level.iter().for_each(|p| w.val("--log-level", p.clone()));
-                w.flag(l.tcp_sequence, "--log-tcp-sequence").flag(l.tcp_options, "--log-tcp-options");
-                w.flag(l.ip_options, "--log-ip-options").flag(l.uid, "--log-uid").flag(l.macdecode, "--log-macdecode");
+                w.flag(l.tcp_sequence, "--log-tcp-sequence")
+                    .flag(l.tcp_options, "--log-tcp-options");
+                w.flag(l.ip_options, "--log-ip-options")
+                    .flag(l.uid, "--log-uid")
+                    .flag(l.macdecode, "--log-macdecode");
             }
             Target::Nflog(n) => {
-                n.prefix.iter().for_each(|p| w.val("--nflog-prefix", p.clone()));
-                n.group.iter().for_each(|g| w.val("--nflog-group", g.to_string()));
-                n.range.iter().for_each(|r| w.val("--nflog-range", r.to_string()));
-                n.threshold.iter().for_each(|t| w.val("--nflog-threshold", t.to_string()));
+                n.prefix
+                    .iter()
+                    .for_each(|p| w.val("--nflog-prefix", p.clone()));
+                n.group
+                    .iter()
+                    .for_each(|g| w.val("--nflog-group", g.to_string()));
+                n.range
+                    .iter()
+                    .for_each(|r| w.val("--nflog-range", r.to_string()));
+                n.threshold
+                    .iter()
+                    .for_each(|t| w.val("--nflog-threshold", t.to_string()));
             }
             Target::Reject { with } => with.iter().for_each(|r| w.val("--reject-with", r.clone())),
             Target::Tproxy(t) => {
                 w.val("--on-port", t.on_port.to_string());
-                t.on_ip.iter().for_each(|ip| w.val("--on-ip", ip.to_string()));
-                t.mark.iter().for_each(|m| w.val("--tproxy-mark", format!("{:#x}/{:#x}", m.value, m.mask)));
+                t.on_ip
+                    .iter()
+                    .for_each(|ip| w.val("--on-ip", ip.to_string()));
+                t.mark
+                    .iter()
+                    .for_each(|m| w.val("--tproxy-mark", format!("{:#x}/{:#x}", m.value, m.mask)));
             }
             Target::Nfqueue { num, bypass } => {
                 w.val("--queue-num", num.to_string());
@@ -125,10 +149,14 @@ impl Target {
                     }
                 }
                 w.flag(s.exist, "--exist");
-                s.timeout.iter().for_each(|t| w.val("--timeout", t.to_string()));
+                s.timeout
+                    .iter()
+                    .for_each(|t| w.val("--timeout", t.to_string()));
             }
             Target::Classify(c) => w.val("--set-class", format!("{:x}:{:x}", c >> 16, c & 0xffff)),
-            Target::Unknown { args, .. } => args.iter().for_each(|a| w.0.push(if a == "!" { a.clone() } else { quote(a) })),
+            Target::Unknown { args, .. } => args
+                .iter()
+                .for_each(|a| w.0.push(if a == "!" { a.clone() } else { quote(a) })),
             _ => {}
         }
         w.0
@@ -159,9 +187,15 @@ impl Words {
 
 fn connmark_words(w: &mut Words, c: &ConnmarkTarget) {
     match c {
-        ConnmarkTarget::Set { value, mask } => w.val("--set-xmark", format!("{value:#x}/{mask:#x}")),
+        ConnmarkTarget::Set { value, mask } => {
+            w.val("--set-xmark", format!("{value:#x}/{mask:#x}"))
+        }
         ConnmarkTarget::Save { nfmask, ctmask } | ConnmarkTarget::Restore { nfmask, ctmask } => {
-            w.word(if matches!(c, ConnmarkTarget::Save { .. }) { "--save-mark" } else { "--restore-mark" });
+            w.word(if matches!(c, ConnmarkTarget::Save { .. }) {
+                "--save-mark"
+            } else {
+                "--restore-mark"
+            });
             w.val("--nfmask", format!("{nfmask:#x}"));
             w.val("--ctmask", format!("{ctmask:#x}"));
         }
@@ -169,7 +203,11 @@ fn connmark_words(w: &mut Words, c: &ConnmarkTarget) {
 }
 
 fn set_flags(flags: &[bool]) -> String {
-    flags.iter().map(|s| if *s { "src" } else { "dst" }).collect::<Vec<_>>().join(",")
+    flags
+        .iter()
+        .map(|s| if *s { "src" } else { "dst" })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn port_range(lo: u32, hi: u32) -> String {
@@ -184,8 +222,16 @@ fn nat_range(r: &NatRange) -> String {
     let mut s = String::new();
     let v6 = r.addr.is_some_and(|(a, _)| a.is_ipv6());
     if let Some((a, b)) = r.addr {
-        let addr = if a == b { a.to_string() } else { format!("{a}-{b}") };
-        s = if v6 && r.ports.is_some() { format!("[{addr}]") } else { addr };
+        let addr = if a == b {
+            a.to_string()
+        } else {
+            format!("{a}-{b}")
+        };
+        s = if v6 && r.ports.is_some() {
+            format!("[{addr}]")
+        } else {
+            addr
+        };
     }
     if let Some(p) = r.ports {
         let _ = write!(s, ":{}", port_range(p.lo, p.hi));

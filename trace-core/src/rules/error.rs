@@ -68,15 +68,27 @@ pub enum ParseErrorKind {
     #[error("invalid {what} `{text}`")]
     BadValue { what: String, text: String },
     #[error("`{option}` of module {module}: {reason}")]
-    BadMatchOption { module: String, option: String, reason: String },
+    BadMatchOption {
+        module: String,
+        option: String,
+        reason: String,
+    },
     #[error("target {target}: {reason}")]
     BadTarget { target: String, reason: String },
     #[error("rule jumps to chain `{chain}`, which does not exist in table {table}")]
     UnknownJumpTarget { table: String, chain: String },
     #[error("insert position {position} is beyond the end of chain `{chain}` ({len} rules)")]
-    BadInsertPosition { chain: String, position: u32, len: usize },
+    BadInsertPosition {
+        chain: String,
+        position: u32,
+        len: usize,
+    },
     #[error("{what} is only valid with {need}, not with {proto} (the kernel refuses such a rule)")]
-    ProtocolMismatch { what: String, need: String, proto: String },
+    ProtocolMismatch {
+        what: String,
+        need: String,
+        proto: String,
+    },
     #[error("address family mismatch: `{text}` in an {family} ruleset")]
     FamilyMismatch { text: String, family: String },
 }

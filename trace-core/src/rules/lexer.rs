@@ -33,7 +33,11 @@ pub fn split(line: &str, line_no: u32) -> Result<Vec<Word>, ParseError> {
     for (i, c) in line.chars().enumerate() {
         let col = i as u32 + 1;
         if quote_col.is_some() {
-            let w = cur.get_or_insert_with(|| Word { text: String::new(), col, quoted: true });
+            let w = cur.get_or_insert_with(|| Word {
+                text: String::new(),
+                col,
+                quoted: true,
+            });
             if escaped {
                 escaped = false;
                 w.text.push(c);
@@ -48,7 +52,11 @@ pub fn split(line: &str, line_no: u32) -> Result<Vec<Word>, ParseError> {
         } else if c == ' ' || c == '\t' {
             words.extend(cur.take());
         } else {
-            let w = cur.get_or_insert_with(|| Word { text: String::new(), col, quoted: false });
+            let w = cur.get_or_insert_with(|| Word {
+                text: String::new(),
+                col,
+                quoted: false,
+            });
             if c == '"' {
                 quote_col = Some(col);
                 w.quoted = true;
@@ -58,7 +66,11 @@ pub fn split(line: &str, line_no: u32) -> Result<Vec<Word>, ParseError> {
         }
     }
     if let Some(col) = quote_col {
-        return Err(ParseError::new(line_no, col, ParseErrorKind::UnterminatedQuote));
+        return Err(ParseError::new(
+            line_no,
+            col,
+            ParseErrorKind::UnterminatedQuote,
+        ));
     }
     words.extend(cur);
     Ok(words)
@@ -68,7 +80,9 @@ pub fn split(line: &str, line_no: u32) -> Result<Vec<Word>, ParseError> {
 /// value that reads like a generic option (`"-j"`): quoted words are never taken as options.
 /// A backslash alone needs no quotes (it is literal outside quotes).
 pub fn quote(s: &str) -> String {
-    const OPTION_LIKE: [&str; 11] = ["-s", "-d", "-p", "-i", "-o", "-f", "-m", "-j", "-g", "-c", "!"];
+    const OPTION_LIKE: [&str; 11] = [
+        "-s", "-d", "-p", "-i", "-o", "-f", "-m", "-j", "-g", "-c", "!",
+    ];
     let plain = !s.is_empty()
         && !OPTION_LIKE.contains(&s)
         && s.chars().all(|c| !matches!(c, ' ' | '\t' | '"'));
@@ -92,20 +106,33 @@ mod tests {
     use super::*;
 
     fn texts(line: &str) -> Vec<String> {
-        split(line, 1).unwrap().into_iter().map(|w| w.text).collect()
+        split(line, 1)
+            .unwrap()
+            .into_iter()
+            .map(|w| w.text)
+            .collect()
     }
 
     #[test]
     fn splits_on_blanks_and_keeps_columns() {
         let w = split("-A  INPUT\t-j ACCEPT ", 1).unwrap();
-        assert_eq!(w.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), ["-A", "INPUT", "-j", "ACCEPT"]);
+        assert_eq!(
+            w.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(),
+            ["-A", "INPUT", "-j", "ACCEPT"]
+        );
         assert_eq!(w.iter().map(|w| w.col).collect::<Vec<_>>(), [1, 5, 11, 14]);
     }
 
     #[test]
     fn quotes_group_and_escape() {
-        assert_eq!(texts(r#"--log-prefix "[UFW BLOCK] " -j"#), ["--log-prefix", "[UFW BLOCK] ", "-j"]);
-        assert_eq!(texts(r#"--comment "say \"hi\" \\o/""#), ["--comment", r#"say "hi" \o/"#]);
+        assert_eq!(
+            texts(r#"--log-prefix "[UFW BLOCK] " -j"#),
+            ["--log-prefix", "[UFW BLOCK] ", "-j"]
+        );
+        assert_eq!(
+            texts(r#"--comment "say \"hi\" \\o/""#),
+            ["--comment", r#"say "hi" \o/"#]
+        );
         // As iptables-restore: the closing quote ends the word; single quotes are literal.
         assert_eq!(texts(r#"a"b c"d 'e f'"#), ["ab c", "d", "'e", "f'"]);
         assert_eq!(texts(r"a\b"), [r"a\b"]);
@@ -122,7 +149,18 @@ mod tests {
 
     #[test]
     fn quote_round_trips() {
-        for s in ["plain", "a b", r#"x"y"#, r"back\slash", r#"both\""#, "", "[UFW BLOCK] ", "-j", "!", "it's"] {
+        for s in [
+            "plain",
+            "a b",
+            r#"x"y"#,
+            r"back\slash",
+            r#"both\""#,
+            "",
+            "[UFW BLOCK] ",
+            "-j",
+            "!",
+            "it's",
+        ] {
             assert_eq!(texts(&quote(s)), [s]);
         }
     }

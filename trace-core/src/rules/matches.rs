@@ -66,7 +66,10 @@ pub enum Decidability {
 impl Decidability {
     /// True when the captured packet alone (headers + metadata) decides the match.
     pub fn from_packet(self) -> bool {
-        matches!(self, Decidability::Always | Decidability::Headers | Decidability::Metadata)
+        matches!(
+            self,
+            Decidability::Always | Decidability::Headers | Decidability::Metadata
+        )
     }
 }
 
@@ -82,7 +85,9 @@ pub fn module_decidability(module: &str) -> Decidability {
         "addrtype" | "physdev" | "socket" | "owner" | "rpfilter" | "devgroup" | "cgroup"
         | "ipvs" | "realm" | "policy" | "cluster" => HostState,
         "string" | "u32" | "bpf" => Payload,
-        "set" | "recent" | "connlimit" | "quota" | "connbytes" | "nfacct" | "connlabel" => ExternalState,
+        "set" | "recent" | "connlimit" | "quota" | "connbytes" | "nfacct" | "connlabel" => {
+            ExternalState
+        }
         "statistic" | "limit" | "hashlimit" | "time" => Nondeterministic,
         _ => Unknown,
     }
@@ -144,14 +149,29 @@ impl MatchKind {
         use Decidability::*;
         match self {
             MatchKind::Comment(_) => Always,
-            MatchKind::Tcp(_) | MatchKind::Udp(_) | MatchKind::Sctp(_) | MatchKind::Icmp(_)
-            | MatchKind::Icmp6(_) | MatchKind::Multiport(_) | MatchKind::IpRange(_)
-            | MatchKind::Mac(_) | MatchKind::Length(_) | MatchKind::Ttl(_)
-            | MatchKind::HopLimit(_) | MatchKind::TcpMss(_) | MatchKind::Dscp(_)
+            MatchKind::Tcp(_)
+            | MatchKind::Udp(_)
+            | MatchKind::Sctp(_)
+            | MatchKind::Icmp(_)
+            | MatchKind::Icmp6(_)
+            | MatchKind::Multiport(_)
+            | MatchKind::IpRange(_)
+            | MatchKind::Mac(_)
+            | MatchKind::Length(_)
+            | MatchKind::Ttl(_)
+            | MatchKind::HopLimit(_)
+            | MatchKind::TcpMss(_)
+            | MatchKind::Dscp(_)
             | MatchKind::Tos(_) => Headers,
-            MatchKind::Conntrack(_) | MatchKind::State(_) | MatchKind::Mark(_)
-            | MatchKind::Connmark(_) | MatchKind::PktType(_) | MatchKind::Helper(_) => Metadata,
-            MatchKind::AddrType(_) | MatchKind::Physdev(_) | MatchKind::Socket(_)
+            MatchKind::Conntrack(_)
+            | MatchKind::State(_)
+            | MatchKind::Mark(_)
+            | MatchKind::Connmark(_)
+            | MatchKind::PktType(_)
+            | MatchKind::Helper(_) => Metadata,
+            MatchKind::AddrType(_)
+            | MatchKind::Physdev(_)
+            | MatchKind::Socket(_)
             | MatchKind::Owner(_) => HostState,
             MatchKind::Recent(_) | MatchKind::Set(_) => ExternalState,
             MatchKind::Statistic(s) => s.decidability(),
@@ -201,7 +221,10 @@ pub struct TcpFlags {
 }
 
 impl TcpFlags {
-    pub const SYN_ONLY: TcpFlags = TcpFlags { mask: 0x17, comp: 0x02 };
+    pub const SYN_ONLY: TcpFlags = TcpFlags {
+        mask: 0x17,
+        comp: 0x02,
+    };
 
     pub fn matches(&self, flags: u8) -> bool {
         flags & self.mask == self.comp

@@ -94,7 +94,11 @@ impl Ruleset {
 
     /// Total number of rules (kernel entries, excluding chain policies/ends).
     pub fn rule_count(&self) -> usize {
-        self.tables.iter().flat_map(|t| &t.chains).map(|c| c.rules.len()).sum()
+        self.tables
+            .iter()
+            .flat_map(|t| &t.chains)
+            .map(|c| c.rules.len())
+            .sum()
     }
 }
 
@@ -192,12 +196,18 @@ impl Chain {
     /// The TRACE position of 1-based position `n` in this chain of `table`.
     pub fn step(&self, table: Table, n: u32) -> Option<StepId> {
         let kind = self.step_kind(n)?;
-        Some(StepId { table, chain: self.name.clone(), kind, num: n })
+        Some(StepId {
+            table,
+            chain: self.name.clone(),
+            kind,
+            num: n,
+        })
     }
 
     /// The TRACE position of the chain end (`policy:N` / `return:N`, N = rules + 1).
     pub fn end_step(&self, table: Table) -> StepId {
-        self.step(table, self.end_num()).expect("end_num is always in range")
+        self.step(table, self.end_num())
+            .expect("end_num is always in range")
     }
 
     /// `table:chain:kind:n` as text, e.g. `filter:FORWARD:rule:8`.
@@ -243,12 +253,18 @@ impl IpNet {
     /// Builds a network from an address and a prefix length (clamped to the family width).
     pub fn from_prefix(addr: IpAddr, prefix: u8) -> Self {
         let mask = mask_from_prefix(addr, prefix);
-        IpNet { addr: apply_mask(addr, mask), mask }
+        IpNet {
+            addr: apply_mask(addr, mask),
+            mask,
+        }
     }
 
     /// Builds a network from an address and an explicit mask of the same family.
     pub fn from_mask(addr: IpAddr, mask: IpAddr) -> Self {
-        IpNet { addr: apply_mask(addr, mask), mask }
+        IpNet {
+            addr: apply_mask(addr, mask),
+            mask,
+        }
     }
 
     /// The prefix length when the mask is contiguous (`/24`), else None.
@@ -258,7 +274,11 @@ impl IpNet {
             IpAddr::V6(m) => (u128::from(m), 128),
         };
         let ones = bits.count_ones();
-        let expect = if ones == 0 { 0 } else { (!0u128 >> (128 - ones)) << (width - ones) };
+        let expect = if ones == 0 {
+            0
+        } else {
+            (!0u128 >> (128 - ones)) << (width - ones)
+        };
         (bits == expect).then_some(ones as u8)
     }
 
@@ -313,8 +333,14 @@ pub struct Iface {
 impl Iface {
     pub fn parse(s: &str) -> Self {
         match s.strip_suffix('+') {
-            Some(prefix) => Iface { name: prefix.to_string(), wildcard: true },
-            None => Iface { name: s.to_string(), wildcard: false },
+            Some(prefix) => Iface {
+                name: prefix.to_string(),
+                wildcard: true,
+            },
+            None => Iface {
+                name: s.to_string(),
+                wildcard: false,
+            },
         }
     }
 
@@ -391,7 +417,8 @@ impl Rule {
     /// -i/-o, no -f, no `!`, no -g.
     pub fn is_unconditional(&self) -> bool {
         let plain_any_net = |n: &Option<Negatable<IpNet>>| {
-            n.as_ref().is_none_or(|n| !n.negated && n.value.mask.is_unspecified())
+            n.as_ref()
+                .is_none_or(|n| !n.negated && n.value.mask.is_unspecified())
         };
         self.matches.is_empty()
             && !self.goto
@@ -416,16 +443,36 @@ mod tests {
     use crate::rules::matches::{Match, MatchKind};
 
     fn chain(name: &str, policy: Option<Policy>, rules: Vec<Rule>) -> Chain {
-        Chain { name: name.into(), line: 1, policy, counters: None, rules }
+        Chain {
+            name: name.into(),
+            line: 1,
+            policy,
+            counters: None,
+            rules,
+        }
     }
 
     #[test]
     fn unconditional_standard_verdicts_trace_as_chain_end() {
-        let user = chain("DOCKER-USER", None, vec![Rule::new(2, "-j RETURN", Target::Return)]);
+        let user = chain(
+            "DOCKER-USER",
+            None,
+            vec![Rule::new(2, "-j RETURN", Target::Return)],
+        );
         assert_eq!(user.step_kind(1), Some(StepKind::Return));
-        assert_eq!(user.end_step(Table::Filter).to_string(), "filter:DOCKER-USER:return:2");
-        let builtin = chain("INPUT", Some(Policy::Accept), vec![Rule::new(2, "-j DROP", Target::Drop)]);
-        assert_eq!(builtin.rule_label(Table::Filter, 1).unwrap(), "filter:INPUT:policy:1");
+        assert_eq!(
+            user.end_step(Table::Filter).to_string(),
+            "filter:DOCKER-USER:return:2"
+        );
+        let builtin = chain(
+            "INPUT",
+            Some(Policy::Accept),
+            vec![Rule::new(2, "-j DROP", Target::Drop)],
+        );
+        assert_eq!(
+            builtin.rule_label(Table::Filter, 1).unwrap(),
+            "filter:INPUT:policy:1"
+        );
         assert_eq!(builtin.step_kind(0), None);
         assert_eq!(builtin.step_kind(3), None);
     }

@@ -25,7 +25,9 @@ impl<'w> Opts<'w> {
 
     /// The next option word and whether a `!` preceded it.
     pub fn next(&mut self, cx: &Ctx) -> Res<Option<(bool, &'w Word)>> {
-        let Some(w) = self.words.get(self.i) else { return Ok(None) };
+        let Some(w) = self.words.get(self.i) else {
+            return Ok(None);
+        };
         self.i += 1;
         if !w.is("!") {
             return Ok(Some((false, w)));
@@ -41,7 +43,14 @@ impl<'w> Opts<'w> {
 
     /// The value of `opt`, with an old-style `!` before it reported as `true`.
     pub fn value(&mut self, cx: &Ctx, opt: &Word) -> Res<(bool, &'w Word)> {
-        let missing = || cx.err(opt.col, ParseErrorKind::MissingValue { option: opt.text.clone() });
+        let missing = || {
+            cx.err(
+                opt.col,
+                ParseErrorKind::MissingValue {
+                    option: opt.text.clone(),
+                },
+            )
+        };
         let w = self.words.get(self.i).ok_or_else(missing)?;
         self.i += 1;
         if !w.is("!") {
@@ -67,7 +76,13 @@ impl<'w> Opts<'w> {
     }
 
     /// A value that takes no `!` (the caller rejects a negated option).
-    pub fn plain<T>(&mut self, cx: &Ctx, opt: &Word, what: &str, f: impl Fn(&str) -> Option<T>) -> Res<T> {
+    pub fn plain<T>(
+        &mut self,
+        cx: &Ctx,
+        opt: &Word,
+        what: &str,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Res<T> {
         Ok(self.neg(cx, opt, false, what, f)?.value)
     }
 }
@@ -75,7 +90,12 @@ impl<'w> Opts<'w> {
 /// Stores `v` in an option slot, rejecting a repeated option as iptables does.
 fn put<T>(slot: &mut Option<T>, v: T, cx: &Ctx, opt: &Word) -> Res<()> {
     if slot.is_some() {
-        return Err(cx.err(opt.col, ParseErrorKind::DuplicateOption { option: opt.text.clone() }));
+        return Err(cx.err(
+            opt.col,
+            ParseErrorKind::DuplicateOption {
+                option: opt.text.clone(),
+            },
+        ));
     }
     *slot = Some(v);
     Ok(())
@@ -100,15 +120,21 @@ pub(crate) fn parse_match(module: &str, args: &[Word], cx: &mut Ctx) -> Res<Matc
         "iprange" => iprange(cx, &mut o)?,
         "mac" => single(cx, &mut o, "--mac-source", "MAC address", parse_mac)?.map(MatchKind::Mac),
         "physdev" => physdev(cx, &mut o)?,
-        "pkttype" => single(cx, &mut o, "--pkt-type", "packet type", parse_pkttype)?.map(MatchKind::PktType),
-        "length" => single(cx, &mut o, "--length", "length", |s| parse_num_range(s, 65535))?
-            .map(MatchKind::Length),
+        "pkttype" => {
+            single(cx, &mut o, "--pkt-type", "packet type", parse_pkttype)?.map(MatchKind::PktType)
+        }
+        "length" => single(cx, &mut o, "--length", "length", |s| {
+            parse_num_range(s, 65535)
+        })?
+        .map(MatchKind::Length),
         "ttl" => ttl(cx, &mut o, "--ttl")?.map(MatchKind::Ttl),
         "hl" => ttl(cx, &mut o, "--hl")?.map(MatchKind::HopLimit),
-        "tcpmss" => single(cx, &mut o, "--mss", "MSS", |s| parse_num_range(s, 65535))?.map(MatchKind::TcpMss),
+        "tcpmss" => single(cx, &mut o, "--mss", "MSS", |s| parse_num_range(s, 65535))?
+            .map(MatchKind::TcpMss),
         "dscp" => dscp(cx, &mut o)?,
         "tos" => single(cx, &mut o, "--tos", "TOS", parse_tos)?.map(MatchKind::Tos),
-        "helper" => single(cx, &mut o, "--helper", "helper", |s| Some(s.to_string()))?.map(MatchKind::Helper),
+        "helper" => single(cx, &mut o, "--helper", "helper", |s| Some(s.to_string()))?
+            .map(MatchKind::Helper),
         "statistic" => statistic(cx, &mut o)?,
         "limit" => limit(cx, &mut o)?,
         "recent" => recent(cx, &mut o)?,
@@ -143,16 +169,35 @@ fn tcp(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
     let mut m = TcpMatch::default();
     while let Some((neg, opt)) = o.next(cx)? {
         match opt.text.as_str() {
-            "--sport" | "--source-port" => put(&mut m.sport, o.neg(cx, opt, neg, "port", parse_port_range)?, cx, opt)?,
-            "--dport" | "--destination-port" => {
-                put(&mut m.dport, o.neg(cx, opt, neg, "port", parse_port_range)?, cx, opt)?
-            }
-            "--syn" => put(&mut m.flags, Negatable::new(TcpFlags::SYN_ONLY, neg), cx, opt)?,
+            "--sport" | "--source-port" => put(
+                &mut m.sport,
+                o.neg(cx, opt, neg, "port", parse_port_range)?,
+                cx,
+                opt,
+            )?,
+            "--dport" | "--destination-port" => put(
+                &mut m.dport,
+                o.neg(cx, opt, neg, "port", parse_port_range)?,
+                cx,
+                opt,
+            )?,
+            "--syn" => put(
+                &mut m.flags,
+                Negatable::new(TcpFlags::SYN_ONLY, neg),
+                cx,
+                opt,
+            )?,
             "--tcp-flags" => {
                 let (old_neg, mask_w) = o.value(cx, opt)?;
-                let mask = parse_tcp_flags(&mask_w.text).ok_or_else(|| cx.bad(mask_w, "TCP flags"))?;
+                let mask =
+                    parse_tcp_flags(&mask_w.text).ok_or_else(|| cx.bad(mask_w, "TCP flags"))?;
                 let comp = o.plain(cx, opt, "TCP flags", parse_tcp_flags)?;
-                put(&mut m.flags, Negatable::new(TcpFlags { mask, comp }, neg || old_neg), cx, opt)?
+                put(
+                    &mut m.flags,
+                    Negatable::new(TcpFlags { mask, comp }, neg || old_neg),
+                    cx,
+                    opt,
+                )?
             }
             "--tcp-option" => {
                 let v = o.neg(cx, opt, neg, "TCP option", |s| s.parse::<u8>().ok())?;
@@ -192,13 +237,22 @@ fn ports(cx: &mut Ctx, o: &mut Opts) -> Res<Option<PortsMatch>> {
             "--dport" | "--destination-port" => &mut m.dport,
             _ => return Ok(None),
         };
-        put(slot, o.neg(cx, opt, neg, "port", parse_port_range)?, cx, opt)?;
+        put(
+            slot,
+            o.neg(cx, opt, neg, "port", parse_port_range)?,
+            cx,
+            opt,
+        )?;
     }
     Ok(Some(m))
 }
 
 fn icmp(cx: &mut Ctx, o: &mut Opts, family: Family) -> Res<Option<IcmpMatch>> {
-    let name = if family == Family::Ipv4 { "--icmp-type" } else { "--icmpv6-type" };
+    let name = if family == Family::Ipv4 {
+        "--icmp-type"
+    } else {
+        "--icmpv6-type"
+    };
     let mut m = IcmpMatch { icmp_type: None };
     while let Some((neg, opt)) = o.next(cx)? {
         if opt.text != name {
@@ -218,10 +272,22 @@ fn icmp(cx: &mut Ctx, o: &mut Opts, family: Family) -> Res<Option<IcmpMatch>> {
 /// `any`, `N`, `N/C` or a name iptables knows.
 pub(crate) fn parse_icmp_type(s: &str, family: Family) -> Option<IcmpType> {
     if s == "any" {
-        return Some(IcmpType { ty: None, code_lo: 0, code_hi: 255 });
+        return Some(IcmpType {
+            ty: None,
+            code_lo: 0,
+            code_hi: 255,
+        });
     }
-    let full = |ty: u8| IcmpType { ty: Some(ty), code_lo: 0, code_hi: 255 };
-    let coded = |ty: u8, c: u8| IcmpType { ty: Some(ty), code_lo: c, code_hi: c };
+    let full = |ty: u8| IcmpType {
+        ty: Some(ty),
+        code_lo: 0,
+        code_hi: 255,
+    };
+    let coded = |ty: u8, c: u8| IcmpType {
+        ty: Some(ty),
+        code_lo: c,
+        code_hi: c,
+    };
     if let Some((t, c)) = s.split_once('/') {
         return Some(coded(t.parse().ok()?, c.parse().ok()?));
     }
@@ -322,7 +388,9 @@ fn multiport(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
             "--ports" => PortDir::Either,
             _ => return Ok(None),
         };
-        let ports = o.neg(cx, opt, neg, "port list", |s| s.split(',').map(parse_port_range).collect())?;
+        let ports = o.neg(cx, opt, neg, "port list", |s| {
+            s.split(',').map(parse_port_range).collect()
+        })?;
         put(&mut m, MultiportMatch { dir, ports }, cx, opt)?;
     }
     Ok(m.map(MatchKind::Multiport))
@@ -360,8 +428,18 @@ fn conntrack(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
     let mut m = ConntrackMatch::default();
     while let Some((neg, opt)) = o.next(cx)? {
         match opt.text.as_str() {
-            "--ctstate" => put(&mut m.state, o.neg(cx, opt, neg, "ctstate", |s| list(s, ct_state))?, cx, opt)?,
-            "--ctstatus" => put(&mut m.status, o.neg(cx, opt, neg, "ctstatus", |s| list(s, ct_status))?, cx, opt)?,
+            "--ctstate" => put(
+                &mut m.state,
+                o.neg(cx, opt, neg, "ctstate", |s| list(s, ct_state))?,
+                cx,
+                opt,
+            )?,
+            "--ctstatus" => put(
+                &mut m.status,
+                o.neg(cx, opt, neg, "ctstatus", |s| list(s, ct_status))?,
+                cx,
+                opt,
+            )?,
             "--ctproto" => {
                 let p = o.neg(cx, opt, neg, "protocol", |s| {
                     super::values::parse_proto(s).map(|p| match p {
@@ -393,14 +471,21 @@ fn conntrack(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
                 put(slot, r, cx, opt)?
             }
             "--ctdir" => {
-                let d = o.plain(cx, opt, "ctdir", |s| match s.to_ascii_uppercase().as_str() {
-                    "ORIGINAL" => Some(CtDir::Original),
-                    "REPLY" => Some(CtDir::Reply),
-                    _ => None,
+                let d = o.plain(cx, opt, "ctdir", |s| {
+                    match s.to_ascii_uppercase().as_str() {
+                        "ORIGINAL" => Some(CtDir::Original),
+                        "REPLY" => Some(CtDir::Reply),
+                        _ => None,
+                    }
                 })?;
                 put(&mut m.dir, d, cx, opt)?
             }
-            "--ctexpire" => put(&mut m.expire, o.neg(cx, opt, neg, "ctexpire", |s| parse_num_range(s, u32::MAX))?, cx, opt)?,
+            "--ctexpire" => put(
+                &mut m.expire,
+                o.neg(cx, opt, neg, "ctexpire", |s| parse_num_range(s, u32::MAX))?,
+                cx,
+                opt,
+            )?,
             _ => return Ok(None),
         }
     }
@@ -433,8 +518,18 @@ fn addrtype(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
     let mut m = AddrTypeMatch::default();
     while let Some((neg, opt)) = o.next(cx)? {
         match opt.text.as_str() {
-            "--src-type" => put(&mut m.src_type, o.neg(cx, opt, neg, "address type", |s| list(s, addr_type))?, cx, opt)?,
-            "--dst-type" => put(&mut m.dst_type, o.neg(cx, opt, neg, "address type", |s| list(s, addr_type))?, cx, opt)?,
+            "--src-type" => put(
+                &mut m.src_type,
+                o.neg(cx, opt, neg, "address type", |s| list(s, addr_type))?,
+                cx,
+                opt,
+            )?,
+            "--dst-type" => put(
+                &mut m.dst_type,
+                o.neg(cx, opt, neg, "address type", |s| list(s, addr_type))?,
+                cx,
+                opt,
+            )?,
             "--limit-iface-in" => m.limit_iface_in = true,
             "--limit-iface-out" => m.limit_iface_out = true,
             _ => return Ok(None),
@@ -492,8 +587,18 @@ fn physdev(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
     while let Some((neg, opt)) = o.next(cx)? {
         let flag = Negatable::new((), neg);
         match opt.text.as_str() {
-            "--physdev-in" => put(&mut m.physdev_in, o.neg(cx, opt, neg, "interface", |s| Some(Iface::parse(s)))?, cx, opt)?,
-            "--physdev-out" => put(&mut m.physdev_out, o.neg(cx, opt, neg, "interface", |s| Some(Iface::parse(s)))?, cx, opt)?,
+            "--physdev-in" => put(
+                &mut m.physdev_in,
+                o.neg(cx, opt, neg, "interface", |s| Some(Iface::parse(s)))?,
+                cx,
+                opt,
+            )?,
+            "--physdev-out" => put(
+                &mut m.physdev_out,
+                o.neg(cx, opt, neg, "interface", |s| Some(Iface::parse(s)))?,
+                cx,
+                opt,
+            )?,
             "--physdev-is-in" => put(&mut m.is_in, flag, cx, opt)?,
             "--physdev-is-out" => put(&mut m.is_out, flag, cx, opt)?,
             "--physdev-is-bridged" => put(&mut m.is_bridged, flag, cx, opt)?,
@@ -525,7 +630,12 @@ fn ttl(cx: &mut Ctx, o: &mut Opts, prefix: &str) -> Res<Option<Negatable<Cmp>>> 
             _ => return Ok(None),
         };
         let v = o.neg(cx, opt, neg, "value", |s| s.parse::<u8>().ok())?;
-        put(&mut slot, Negatable::new(Cmp { op, value: v.value }, v.negated), cx, opt)?;
+        put(
+            &mut slot,
+            Negatable::new(Cmp { op, value: v.value }, v.negated),
+            cx,
+            opt,
+        )?;
     }
     Ok(slot)
 }
@@ -543,7 +653,10 @@ fn dscp_class(s: &str) -> Option<u8> {
         return Some(n << 3);
     }
     let af = up.strip_prefix("AF")?;
-    let (c, d) = (af.chars().next()?.to_digit(10)?, af.chars().nth(1)?.to_digit(10)?);
+    let (c, d) = (
+        af.chars().next()?.to_digit(10)?,
+        af.chars().nth(1)?.to_digit(10)?,
+    );
     ((1..=4).contains(&c) && (1..=3).contains(&d) && af.len() == 2).then_some((c * 8 + d * 2) as u8)
 }
 
@@ -551,7 +664,9 @@ fn dscp(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
     let mut slot = None;
     while let Some((neg, opt)) = o.next(cx)? {
         let v = match opt.text.as_str() {
-            "--dscp" => o.neg(cx, opt, neg, "DSCP", |s| parse_u32(s).filter(|v| *v < 64).map(|v| v as u8))?,
+            "--dscp" => o.neg(cx, opt, neg, "DSCP", |s| {
+                parse_u32(s).filter(|v| *v < 64).map(|v| v as u8)
+            })?,
             "--dscp-class" => o.neg(cx, opt, neg, "DSCP class", dscp_class)?,
             _ => return Ok(None),
         };
@@ -573,41 +688,79 @@ fn parse_tos(s: &str) -> Option<MarkMask> {
         return Some(MarkMask { value, mask: 0x3f });
     }
     let (value, mask) = parse_value_mask(s)?;
-    (value <= 0xff).then_some(MarkMask { value, mask: mask & 0xff })
+    (value <= 0xff).then_some(MarkMask {
+        value,
+        mask: mask & 0xff,
+    })
 }
 
 fn statistic(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
     let (mut mode, mut prob, mut every, mut packet, mut negated) = (None, None, None, None, false);
     while let Some((neg, opt)) = o.next(cx)? {
         match opt.text.as_str() {
-            "--mode" => put(&mut mode, o.plain(cx, opt, "mode", |s| Some(s.to_string()))?, cx, opt)?,
+            "--mode" => put(
+                &mut mode,
+                o.plain(cx, opt, "mode", |s| Some(s.to_string()))?,
+                cx,
+                opt,
+            )?,
             "--probability" => {
                 negated |= neg;
-                let p = o.plain(cx, opt, "probability", |s| s.parse::<f64>().ok().filter(|p| (0.0..=1.0).contains(p)))?;
+                let p = o.plain(cx, opt, "probability", |s| {
+                    s.parse::<f64>().ok().filter(|p| (0.0..=1.0).contains(p))
+                })?;
                 put(&mut prob, p, cx, opt)?
             }
             "--every" => {
                 negated |= neg;
-                put(&mut every, o.plain(cx, opt, "count", |s| s.parse::<u32>().ok().filter(|n| *n > 0))?, cx, opt)?
+                put(
+                    &mut every,
+                    o.plain(cx, opt, "count", |s| {
+                        s.parse::<u32>().ok().filter(|n| *n > 0)
+                    })?,
+                    cx,
+                    opt,
+                )?
             }
-            "--packet" => put(&mut packet, o.plain(cx, opt, "packet", |s| s.parse::<u32>().ok())?, cx, opt)?,
+            "--packet" => put(
+                &mut packet,
+                o.plain(cx, opt, "packet", |s| s.parse::<u32>().ok())?,
+                cx,
+                opt,
+            )?,
             _ => return Ok(None),
         }
     }
     let mode = match (mode.as_deref(), prob, every) {
         (Some("random"), Some(probability), None) => StatisticMode::Random { probability },
-        (Some("nth"), None, Some(every)) => StatisticMode::Nth { every, packet: packet.unwrap_or(0) },
+        (Some("nth"), None, Some(every)) => StatisticMode::Nth {
+            every,
+            packet: packet.unwrap_or(0),
+        },
         _ => return Ok(None),
     };
     Ok(Some(MatchKind::Statistic(StatisticMatch { mode, negated })))
 }
 
 fn limit(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
-    let mut m = LimitMatch { rate: None, burst: None };
+    let mut m = LimitMatch {
+        rate: None,
+        burst: None,
+    };
     while let Some((_, opt)) = o.next(cx)? {
         match opt.text.as_str() {
-            "--limit" => put(&mut m.rate, o.plain(cx, opt, "rate", |s| Some(s.to_string()))?, cx, opt)?,
-            "--limit-burst" => put(&mut m.burst, o.plain(cx, opt, "burst", |s| s.parse().ok())?, cx, opt)?,
+            "--limit" => put(
+                &mut m.rate,
+                o.plain(cx, opt, "rate", |s| Some(s.to_string()))?,
+                cx,
+                opt,
+            )?,
+            "--limit-burst" => put(
+                &mut m.burst,
+                o.plain(cx, opt, "burst", |s| s.parse().ok())?,
+                cx,
+                opt,
+            )?,
             _ => return Ok(None),
         }
     }
@@ -641,8 +794,18 @@ fn recent(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
         }
         match opt.text.as_str() {
             "--name" => m.name = o.plain(cx, opt, "name", |s| Some(s.to_string()))?,
-            "--seconds" => put(&mut m.seconds, o.plain(cx, opt, "seconds", |s| s.parse().ok())?, cx, opt)?,
-            "--hitcount" => put(&mut m.hitcount, o.plain(cx, opt, "hitcount", |s| s.parse().ok())?, cx, opt)?,
+            "--seconds" => put(
+                &mut m.seconds,
+                o.plain(cx, opt, "seconds", |s| s.parse().ok())?,
+                cx,
+                opt,
+            )?,
+            "--hitcount" => put(
+                &mut m.hitcount,
+                o.plain(cx, opt, "hitcount", |s| s.parse().ok())?,
+                cx,
+                opt,
+            )?,
             "--reap" => m.reap = true,
             "--rttl" => m.rttl = true,
             "--rsource" => m.rdest = false,
@@ -673,11 +836,16 @@ fn set(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
             "--match-set" | "--set" => {
                 let (old_neg, name) = o.value(cx, opt)?;
                 let src_flags = o.plain(cx, opt, "set flags", set_flags)?;
-                let v = SetMatch { name: name.text.clone(), src_flags, negated: neg || old_neg };
+                let v = SetMatch {
+                    name: name.text.clone(),
+                    src_flags,
+                    negated: neg || old_neg,
+                };
                 put(&mut m, v, cx, opt)?
             }
             "--return-nomatch" | "--update-counters" | "--update-subcounters" => {}
-            "--packets-eq" | "--packets-lt" | "--packets-gt" | "--bytes-eq" | "--bytes-lt" | "--bytes-gt" => {
+            "--packets-eq" | "--packets-lt" | "--packets-gt" | "--bytes-eq" | "--bytes-lt"
+            | "--bytes-gt" => {
                 o.plain(cx, opt, "counter", |s| s.parse::<u64>().ok())?;
             }
             _ => return Ok(None),
@@ -701,7 +869,13 @@ fn socket(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
 
 /// A uid/gid or range of them (`1000`, `1000-2000`, `root`); other names are not resolved.
 fn id_range(s: &str) -> Option<Range> {
-    let one = |x: &str| if x == "root" { Some(0) } else { x.parse::<u32>().ok() };
+    let one = |x: &str| {
+        if x == "root" {
+            Some(0)
+        } else {
+            x.parse::<u32>().ok()
+        }
+    };
     super::values::parse_range_with(s, u32::MAX, true, one)
 }
 
@@ -710,11 +884,15 @@ fn owner(cx: &mut Ctx, o: &mut Opts) -> Res<Option<MatchKind>> {
     while let Some((neg, opt)) = o.next(cx)? {
         match opt.text.as_str() {
             "--uid-owner" => {
-                let Ok(v) = o.neg(cx, opt, neg, "uid", id_range) else { return Ok(None) };
+                let Ok(v) = o.neg(cx, opt, neg, "uid", id_range) else {
+                    return Ok(None);
+                };
                 put(&mut m.uid, v, cx, opt)?
             }
             "--gid-owner" => {
-                let Ok(v) = o.neg(cx, opt, neg, "gid", id_range) else { return Ok(None) };
+                let Ok(v) = o.neg(cx, opt, neg, "gid", id_range) else {
+                    return Ok(None);
+                };
                 put(&mut m.gid, v, cx, opt)?
             }
             "--socket-exists" => put(&mut m.socket_exists, Negatable::new((), neg), cx, opt)?,

@@ -51,10 +51,13 @@ pub(crate) fn parse_target(
         "SET" => set(cx, &mut o)?,
         "CLASSIFY" => classify(cx, &mut o)?,
         _ if args.is_empty() => {
-            return Err(cx.err(name.col, ParseErrorKind::UnknownJumpTarget {
-                table: table.to_string(),
-                chain: name.text.clone(),
-            }))
+            return Err(cx.err(
+                name.col,
+                ParseErrorKind::UnknownJumpTarget {
+                    table: table.to_string(),
+                    chain: name.text.clone(),
+                },
+            ))
         }
         _ => None,
     };
@@ -76,10 +79,13 @@ fn standard(name: &str) -> Target {
 fn no_args(name: &Word, args: &[Word], cx: &Ctx) -> Res<()> {
     match args.first() {
         None => Ok(()),
-        Some(w) => Err(cx.err(w.col, ParseErrorKind::BadTarget {
-            target: name.text.clone(),
-            reason: format!("takes no option (`{}`)", w.text),
-        })),
+        Some(w) => Err(cx.err(
+            w.col,
+            ParseErrorKind::BadTarget {
+                target: name.text.clone(),
+                reason: format!("takes no option (`{}`)", w.text),
+            },
+        )),
     }
 }
 
@@ -107,7 +113,9 @@ fn flags_only(cx: &mut Ctx, o: &mut Opts, allowed: &[&str]) -> Res<Option<()>> {
 }
 
 fn port_range(s: &str) -> Option<Range> {
-    parse_range_with(s, 65535, true, |p| p.parse::<u32>().ok().filter(|p| *p <= 65535))
+    parse_range_with(s, 65535, true, |p| {
+        p.parse::<u32>().ok().filter(|p| *p <= 65535)
+    })
 }
 
 /// `[ADDR[-ADDR]][:PORT[-PORT]]`; IPv6 addresses are bracketed when a port follows.
@@ -192,7 +200,13 @@ fn xmark(cx: &Ctx, o: &mut Opts, opt: &Word) -> Res<Option<(u32, u32)>> {
     }))
 }
 
-const XMARK_OPTS: [&str; 5] = ["--set-xmark", "--set-mark", "--and-mark", "--or-mark", "--xor-mark"];
+const XMARK_OPTS: [&str; 5] = [
+    "--set-xmark",
+    "--set-mark",
+    "--and-mark",
+    "--or-mark",
+    "--xor-mark",
+];
 
 fn mark(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
     let mut t = None;
@@ -214,8 +228,18 @@ fn connmark(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
             continue;
         }
         match word {
-            "--save-mark" => op = Some(ConnmarkTarget::Save { nfmask: 0, ctmask: 0 }),
-            "--restore-mark" => op = Some(ConnmarkTarget::Restore { nfmask: 0, ctmask: 0 }),
+            "--save-mark" => {
+                op = Some(ConnmarkTarget::Save {
+                    nfmask: 0,
+                    ctmask: 0,
+                })
+            }
+            "--restore-mark" => {
+                op = Some(ConnmarkTarget::Restore {
+                    nfmask: 0,
+                    ctmask: 0,
+                })
+            }
             "--nfmask" => nfmask = o.plain(cx, opt, "mask", parse_u32)?,
             "--ctmask" => ctmask = o.plain(cx, opt, "mask", parse_u32)?,
             "--mask" => {
@@ -270,8 +294,12 @@ fn nflog(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
         match opt.text.as_str() {
             "--nflog-group" => t.group = Some(o.plain(cx, opt, "group", |s| s.parse().ok())?),
             "--nflog-prefix" => t.prefix = Some(text(cx, o, opt)?),
-            "--nflog-range" | "--nflog-size" => t.range = Some(o.plain(cx, opt, "size", |s| s.parse().ok())?),
-            "--nflog-threshold" => t.threshold = Some(o.plain(cx, opt, "threshold", |s| s.parse().ok())?),
+            "--nflog-range" | "--nflog-size" => {
+                t.range = Some(o.plain(cx, opt, "size", |s| s.parse().ok())?)
+            }
+            "--nflog-threshold" => {
+                t.threshold = Some(o.plain(cx, opt, "threshold", |s| s.parse().ok())?)
+            }
             _ => return Ok(None),
         }
     }
@@ -313,7 +341,13 @@ fn tproxy(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
             _ => return Ok(None),
         }
     }
-    Ok(on_port.map(|on_port| Target::Tproxy(TproxyTarget { on_port, on_ip, mark })))
+    Ok(on_port.map(|on_port| {
+        Target::Tproxy(TproxyTarget {
+            on_port,
+            on_ip,
+            mark,
+        })
+    }))
 }
 
 fn nfqueue(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
@@ -346,7 +380,9 @@ fn dscp(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
         if opt.text != "--set-dscp" {
             return Ok(None);
         }
-        t = Some(o.plain(cx, opt, "DSCP", |s| parse_u32(s).filter(|v| *v < 64).map(|v| v as u8))?);
+        t = Some(o.plain(cx, opt, "DSCP", |s| {
+            parse_u32(s).filter(|v| *v < 64).map(|v| v as u8)
+        })?);
     }
     Ok(t.map(Target::Dscp))
 }
@@ -358,19 +394,31 @@ fn tos(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
             return Ok(None);
         }
         let (value, mask) = o.plain(cx, opt, "TOS", parse_value_mask)?;
-        t = Some(MarkMask { value: value & 0xff, mask: if mask == u32::MAX { 0xff } else { mask & 0xff } });
+        t = Some(MarkMask {
+            value: value & 0xff,
+            mask: if mask == u32::MAX { 0xff } else { mask & 0xff },
+        });
     }
     Ok(t.map(Target::Tos))
 }
 
 fn set(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
-    let mut t = SetTarget { add: None, del: None, exist: false, timeout: None };
+    let mut t = SetTarget {
+        add: None,
+        del: None,
+        exist: false,
+        timeout: None,
+    };
     while let Some(opt) = next(cx, o)? {
         match opt.text.as_str() {
             "--add-set" | "--del-set" => {
                 let name = text(cx, o, opt)?;
                 let flags = o.plain(cx, opt, "set flags", set_flags)?;
-                let slot = if opt.text == "--add-set" { &mut t.add } else { &mut t.del };
+                let slot = if opt.text == "--add-set" {
+                    &mut t.add
+                } else {
+                    &mut t.del
+                };
                 *slot = Some((name, flags));
             }
             "--exist" => t.exist = true,
@@ -389,7 +437,10 @@ fn classify(cx: &mut Ctx, o: &mut Opts) -> Res<Option<Target>> {
         }
         let class = o.plain(cx, opt, "class", |s| {
             let (maj, min) = s.split_once(':')?;
-            let (maj, min) = (u16::from_str_radix(maj, 16).ok()?, u16::from_str_radix(min, 16).ok()?);
+            let (maj, min) = (
+                u16::from_str_radix(maj, 16).ok()?,
+                u16::from_str_radix(min, 16).ok()?,
+            );
             Some(((maj as u32) << 16) | min as u32)
         })?;
         t = Some(class);

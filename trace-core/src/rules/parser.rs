@@ -13,7 +13,9 @@
 
 use super::error::{ParseError, ParseErrorKind};
 use super::lexer::{split, Word};
-use super::model::{Backend, Chain, Counters, Header, Policy, Proto, Rule, Ruleset, TableDump, Warning};
+use super::model::{
+    Backend, Chain, Counters, Header, Policy, Proto, Rule, Ruleset, TableDump, Warning,
+};
 use super::rule_spec::{parse_rule, Scope};
 use super::values::Ctx;
 use crate::netfilter::{Family, Hook, Table};
@@ -45,14 +47,23 @@ pub fn parse_bytes(bytes: &[u8], opts: ParseOptions) -> Result<Ruleset, ParseErr
 fn utf8_error(bytes: &[u8], offset: usize) -> ParseError {
     let before = &bytes[..offset];
     let line = before.iter().filter(|b| **b == b'\n').count() as u32 + 1;
-    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() as u32 + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count() as u32
+        + 1;
     ParseError::new(line, column, ParseErrorKind::NotUtf8 { offset })
 }
 
 /// Parses `text` with `opts`; the first error stops it.
 pub fn parse_with(text: &str, opts: ParseOptions) -> Result<Ruleset, ParseError> {
-    let mut p = Parser { family: opts.family, ..Parser::default() };
+    let mut p = Parser {
+        family: opts.family,
+        ..Parser::default()
+    };
     for (i, raw) in text.split('\n').enumerate() {
         let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
         p.line(line_no, raw.strip_suffix('\r').unwrap_or(raw))?;
@@ -69,7 +80,10 @@ pub fn diagnose(bytes: &[u8], opts: ParseOptions, max: usize) -> Vec<ParseError>
         Ok(t) => t,
         Err(e) => return vec![utf8_error(bytes, e.valid_up_to())],
     };
-    let mut p = Parser { family: opts.family, ..Parser::default() };
+    let mut p = Parser {
+        family: opts.family,
+        ..Parser::default()
+    };
     let mut errors = Vec::new();
     for (i, raw) in text.split('\n').enumerate() {
         let line_no = u32::try_from(i + 1).unwrap_or(u32::MAX);
@@ -111,7 +125,11 @@ impl Parser {
         let words = split(line, no)?;
         let first = &words[0];
         if first.quoted {
-            return Err(ParseError::new(no, first.col, ParseErrorKind::UnexpectedLine));
+            return Err(ParseError::new(
+                no,
+                first.col,
+                ParseErrorKind::UnexpectedLine,
+            ));
         }
         if let Some(name) = first.text.strip_prefix('*') {
             return self.start_table(no, name, &words);
@@ -125,7 +143,11 @@ impl Parser {
         if first.text.starts_with('-') || first.text.starts_with('[') {
             return self.command(no, line, &words);
         }
-        Err(ParseError::new(no, first.col, ParseErrorKind::UnexpectedLine))
+        Err(ParseError::new(
+            no,
+            first.col,
+            ParseErrorKind::UnexpectedLine,
+        ))
     }
 
     fn warn(&mut self, line: u32, message: String) {
@@ -145,7 +167,10 @@ impl Parser {
     fn header_line(&mut self, no: u32, rest: &str) {
         let mut it = rest.split_whitespace();
         let tool = it.next().unwrap_or("").to_string();
-        let version = it.next().and_then(|v| v.strip_prefix('v')).map(str::to_string);
+        let version = it
+            .next()
+            .and_then(|v| v.strip_prefix('v'))
+            .map(str::to_string);
         let suffix = it.next().unwrap_or("");
         let backend = header_backend(&tool, suffix);
         if self.family.is_none() {
@@ -156,18 +181,37 @@ impl Parser {
             }
         }
         if self.header.is_none() {
-            self.header = Some(Header { line: no, tool, version, backend });
+            self.header = Some(Header {
+                line: no,
+                tool,
+                version,
+                backend,
+            });
         }
     }
 
     fn start_table(&mut self, no: u32, name: &str, words: &[Word]) -> Res<()> {
         let table = Table::from_name(name).ok_or_else(|| {
-            ParseError::new(no, words[0].col, ParseErrorKind::UnknownTable { name: name.to_string() })
+            ParseError::new(
+                no,
+                words[0].col,
+                ParseErrorKind::UnknownTable {
+                    name: name.to_string(),
+                },
+            )
         })?;
         extra_words(no, &words[1..])?;
         self.close_open(Some(no));
-        let dump = TableDump { table, line: no, committed: false, chains: Vec::new() };
-        self.open = Some(Open { dump, index: HashMap::new() });
+        let dump = TableDump {
+            table,
+            line: no,
+            committed: false,
+            chains: Vec::new(),
+        };
+        self.open = Some(Open {
+            dump,
+            index: HashMap::new(),
+        });
         Ok(())
     }
 
@@ -175,7 +219,9 @@ impl Parser {
     /// or at the end of input (None).
     fn close_open(&mut self, next: Option<u32>) {
         if let Some(open) = self.open.take() {
-            let at = next.map_or("at the end of input".to_string(), |n| format!("before line {n}"));
+            let at = next.map_or("at the end of input".to_string(), |n| {
+                format!("before line {n}")
+            });
             let msg = format!("table {} has no COMMIT {at}: kept as is", open.dump.table);
             self.warn(open.dump.line, msg);
             self.push_table(open.dump);
@@ -184,7 +230,10 @@ impl Parser {
 
     fn push_table(&mut self, dump: TableDump) {
         if let Some(pos) = self.tables.iter().position(|t| t.table == dump.table) {
-            let msg = format!("table {} appears again: this section replaces the one at line {}", dump.table, self.tables[pos].line);
+            let msg = format!(
+                "table {} appears again: this section replaces the one at line {}",
+                dump.table, self.tables[pos].line
+            );
             self.warn(dump.line, msg);
             self.tables.remove(pos);
         }
@@ -207,11 +256,21 @@ impl Parser {
     fn declare_chain(&mut self, no: u32, words: &[Word]) -> Res<()> {
         let name_w = &words[0];
         let name = &name_w.text[1..];
-        let bad = |reason: &str| ParseError::new(no, name_w.col, ParseErrorKind::BadChainDecl { reason: reason.into() });
+        let bad = |reason: &str| {
+            ParseError::new(
+                no,
+                name_w.col,
+                ParseErrorKind::BadChainDecl {
+                    reason: reason.into(),
+                },
+            )
+        };
         if name.is_empty() {
             return Err(bad("missing chain name"));
         }
-        let policy_w = words.get(1).ok_or_else(|| bad("missing policy (ACCEPT, DROP or -)"))?;
+        let policy_w = words
+            .get(1)
+            .ok_or_else(|| bad("missing policy (ACCEPT, DROP or -)"))?;
         let counters = match words.get(2) {
             Some(w) => Some(bracket_counters(no, w)?),
             None => None,
@@ -221,13 +280,30 @@ impl Parser {
         let builtin = is_builtin(open.dump.table, name);
         let policy = parse_policy(no, policy_w, name, builtin)?;
         if open.index.contains_key(name) {
-            return Err(ParseError::new(no, name_w.col, ParseErrorKind::DuplicateChain {
-                table: open.dump.table.to_string(),
-                chain: name.to_string(),
-            }));
+            return Err(ParseError::new(
+                no,
+                name_w.col,
+                ParseErrorKind::DuplicateChain {
+                    table: open.dump.table.to_string(),
+                    chain: name.to_string(),
+                },
+            ));
         }
-        let policy = if builtin { Some(policy.unwrap_or(Policy::Accept)) } else { policy };
-        add_chain(open, Chain { name: name.to_string(), line: no, policy, counters, rules: Vec::new() });
+        let policy = if builtin {
+            Some(policy.unwrap_or(Policy::Accept))
+        } else {
+            policy
+        };
+        add_chain(
+            open,
+            Chain {
+                name: name.to_string(),
+                line: no,
+                policy,
+                counters,
+                rules: Vec::new(),
+            },
+        );
         Ok(())
     }
 
@@ -237,7 +313,9 @@ impl Parser {
             true => (Some(bracket_counters(no, &words[0])?), &words[1..]),
             false => (None, words),
         };
-        let cmd = words.first().ok_or_else(|| ParseError::new(no, 1, ParseErrorKind::UnexpectedLine))?;
+        let cmd = words
+            .first()
+            .ok_or_else(|| ParseError::new(no, 1, ParseErrorKind::UnexpectedLine))?;
         match cmd.text.as_str() {
             "-A" | "--append" => self.append(no, line, words, counters, None),
             "-I" | "--insert" => self.insert(no, line, words, counters),
@@ -246,7 +324,13 @@ impl Parser {
             "-F" | "--flush" => self.flush(no, words, false),
             "-X" | "--delete-chain" => self.flush(no, words, true),
             "-Z" | "--zero" => self.open_table(no, cmd).map(|_| ()),
-            _ => Err(ParseError::new(no, cmd.col, ParseErrorKind::UnsupportedCommand { command: cmd.text.clone() })),
+            _ => Err(ParseError::new(
+                no,
+                cmd.col,
+                ParseErrorKind::UnsupportedCommand {
+                    command: cmd.text.clone(),
+                },
+            )),
         }
     }
 
@@ -254,32 +338,62 @@ impl Parser {
     fn target_chain(&mut self, no: u32, words: &[Word]) -> Res<usize> {
         let cmd = &words[0];
         let name_w = words.get(1).ok_or_else(|| {
-            ParseError::new(no, cmd.col, ParseErrorKind::MissingValue { option: cmd.text.clone() })
+            ParseError::new(
+                no,
+                cmd.col,
+                ParseErrorKind::MissingValue {
+                    option: cmd.text.clone(),
+                },
+            )
         })?;
         let open = self.open_table(no, cmd)?;
         if let Some(&i) = open.index.get(&name_w.text) {
             return Ok(i);
         }
         if !is_builtin(open.dump.table, &name_w.text) {
-            return Err(ParseError::new(no, name_w.col, ParseErrorKind::UnknownChain {
-                table: open.dump.table.to_string(),
-                chain: name_w.text.clone(),
-            }));
+            return Err(ParseError::new(
+                no,
+                name_w.col,
+                ParseErrorKind::UnknownChain {
+                    table: open.dump.table.to_string(),
+                    chain: name_w.text.clone(),
+                },
+            ));
         }
-        let chain = Chain { name: name_w.text.clone(), line: no, policy: Some(Policy::Accept), counters: None, rules: Vec::new() };
+        let chain = Chain {
+            name: name_w.text.clone(),
+            line: no,
+            policy: Some(Policy::Accept),
+            counters: None,
+            rules: Vec::new(),
+        };
         Ok(add_chain(open, chain))
     }
 
-    fn append(&mut self, no: u32, line: &str, words: &[Word], counters: Option<Counters>, at: Option<usize>) -> Res<()> {
+    fn append(
+        &mut self,
+        no: u32,
+        line: &str,
+        words: &[Word],
+        counters: Option<Counters>,
+        at: Option<usize>,
+    ) -> Res<()> {
         let chain = self.target_chain(no, words)?;
-        let skip = if at.is_some() && words.get(2).is_some_and(is_position) { 3 } else { 2 };
+        let skip = if at.is_some() && words.get(2).is_some_and(is_position) {
+            3
+        } else {
+            2
+        };
         let rest = words.get(skip..).unwrap_or(&[]);
         let text = rule_text(line, rest);
         let mut rules = self.rules(no, rest, &text)?;
         for r in &mut rules {
             r.counters = r.counters.or(counters);
         }
-        let open = self.open.as_mut().expect("target_chain checked the open table");
+        let open = self
+            .open
+            .as_mut()
+            .expect("target_chain checked the open table");
         let list = &mut open.dump.chains[chain].rules;
         match at {
             None => list.extend(rules),
@@ -294,20 +408,33 @@ impl Parser {
     }
 
     /// `-I CHAIN [n] rule`: n is 1-based and at most rules + 1.
-    fn insert(&mut self, no: u32, line: &str, words: &[Word], counters: Option<Counters>) -> Res<()> {
+    fn insert(
+        &mut self,
+        no: u32,
+        line: &str,
+        words: &[Word],
+        counters: Option<Counters>,
+    ) -> Res<()> {
         let chain = self.target_chain(no, words)?;
-        let open = self.open.as_ref().expect("target_chain checked the open table");
+        let open = self
+            .open
+            .as_ref()
+            .expect("target_chain checked the open table");
         let c = &open.dump.chains[chain];
         let pos = match words.get(2).filter(|w| is_position(w)) {
             None => 1,
             Some(w) => {
                 let n: u32 = w.text.parse().unwrap_or(u32::MAX);
                 if n == 0 || n as usize > c.rules.len() + 1 {
-                    return Err(ParseError::new(no, w.col, ParseErrorKind::BadInsertPosition {
-                        chain: c.name.clone(),
-                        position: n,
-                        len: c.rules.len(),
-                    }));
+                    return Err(ParseError::new(
+                        no,
+                        w.col,
+                        ParseErrorKind::BadInsertPosition {
+                            chain: c.name.clone(),
+                            position: n,
+                            len: c.rules.len(),
+                        },
+                    ));
                 }
                 n
             }
@@ -320,25 +447,50 @@ impl Parser {
         let table = open.dump.table.to_string();
         let index = &open.index;
         let has_chain = |name: &str| index.contains_key(name);
-        let scope = Scope { table: &table, has_chain: &has_chain };
-        let mut cx = Ctx { line: no, family: &mut self.family };
+        let scope = Scope {
+            table: &table,
+            has_chain: &has_chain,
+        };
+        let mut cx = Ctx {
+            line: no,
+            family: &mut self.family,
+        };
         parse_rule(words, text, &mut cx, &scope)
     }
 
     fn new_chain(&mut self, no: u32, words: &[Word]) -> Res<()> {
         let cmd = &words[0];
         let name_w = words.get(1).ok_or_else(|| {
-            ParseError::new(no, cmd.col, ParseErrorKind::MissingValue { option: cmd.text.clone() })
+            ParseError::new(
+                no,
+                cmd.col,
+                ParseErrorKind::MissingValue {
+                    option: cmd.text.clone(),
+                },
+            )
         })?;
         extra_words(no, &words[2..])?;
         let open = self.open_table(no, cmd)?;
         if open.index.contains_key(&name_w.text) || is_builtin(open.dump.table, &name_w.text) {
-            return Err(ParseError::new(no, name_w.col, ParseErrorKind::DuplicateChain {
-                table: open.dump.table.to_string(),
-                chain: name_w.text.clone(),
-            }));
+            return Err(ParseError::new(
+                no,
+                name_w.col,
+                ParseErrorKind::DuplicateChain {
+                    table: open.dump.table.to_string(),
+                    chain: name_w.text.clone(),
+                },
+            ));
         }
-        add_chain(open, Chain { name: name_w.text.clone(), line: no, policy: None, counters: None, rules: Vec::new() });
+        add_chain(
+            open,
+            Chain {
+                name: name_w.text.clone(),
+                line: no,
+                policy: None,
+                counters: None,
+                rules: Vec::new(),
+            },
+        );
         Ok(())
     }
 
@@ -346,9 +498,18 @@ impl Parser {
     fn set_policy(&mut self, no: u32, words: &[Word]) -> Res<()> {
         let chain = self.target_chain(no, words)?;
         let policy_w = words.get(2).ok_or_else(|| {
-            ParseError::new(no, words[0].col, ParseErrorKind::MissingValue { option: words[0].text.clone() })
+            ParseError::new(
+                no,
+                words[0].col,
+                ParseErrorKind::MissingValue {
+                    option: words[0].text.clone(),
+                },
+            )
         })?;
-        let open = self.open.as_mut().expect("target_chain checked the open table");
+        let open = self
+            .open
+            .as_mut()
+            .expect("target_chain checked the open table");
         let c = &mut open.dump.chains[chain];
         let policy = parse_policy(no, policy_w, &c.name, c.is_builtin())?;
         extra_words(no, &words[3..])?;
@@ -403,9 +564,15 @@ impl Parser {
 /// the model holds None. (ip6tables sets IP6T_F_PROTO for any -p, `all` included: there the
 /// restriction is real — an upper-layer header must be found — and is kept.)
 fn drop_ipv4_proto_all(tables: &mut [TableDump]) {
-    let rules = tables.iter_mut().flat_map(|t| t.chains.iter_mut()).flat_map(|c| c.rules.iter_mut());
+    let rules = tables
+        .iter_mut()
+        .flat_map(|t| t.chains.iter_mut())
+        .flat_map(|c| c.rules.iter_mut());
     for r in rules {
-        if r.protocol.as_ref().is_some_and(|p| p.value == Proto::All && !p.negated) {
+        if r.protocol
+            .as_ref()
+            .is_some_and(|p| p.value == Proto::All && !p.negated)
+        {
             r.protocol = None;
         }
     }
@@ -422,13 +589,25 @@ fn header_backend(tool: &str, suffix: &str) -> Backend {
 }
 
 fn outside(no: u32, w: &Word) -> ParseError {
-    ParseError::new(no, w.col, ParseErrorKind::OutsideTable { what: w.text.clone() })
+    ParseError::new(
+        no,
+        w.col,
+        ParseErrorKind::OutsideTable {
+            what: w.text.clone(),
+        },
+    )
 }
 
 fn extra_words(no: u32, rest: &[Word]) -> Res<()> {
     match rest.first() {
         None => Ok(()),
-        Some(w) => Err(ParseError::new(no, w.col, ParseErrorKind::UnknownOption { option: w.text.clone() })),
+        Some(w) => Err(ParseError::new(
+            no,
+            w.col,
+            ParseErrorKind::UnknownOption {
+                option: w.text.clone(),
+            },
+        )),
     }
 }
 
@@ -443,20 +622,49 @@ fn parse_policy(no: u32, w: &Word, chain: &str, builtin: bool) -> Res<Option<Pol
         "ACCEPT" => Some(Policy::Accept),
         "DROP" => Some(Policy::Drop),
         "-" => None,
-        _ => return Err(ParseError::new(no, w.col, ParseErrorKind::BadPolicy { policy: w.text.clone() })),
+        _ => {
+            return Err(ParseError::new(
+                no,
+                w.col,
+                ParseErrorKind::BadPolicy {
+                    policy: w.text.clone(),
+                },
+            ))
+        }
     };
     if policy.is_some() && !builtin {
-        return Err(ParseError::new(no, w.col, ParseErrorKind::PolicyOnUserChain { chain: chain.to_string() }));
+        return Err(ParseError::new(
+            no,
+            w.col,
+            ParseErrorKind::PolicyOnUserChain {
+                chain: chain.to_string(),
+            },
+        ));
     }
     Ok(policy)
 }
 
 /// `[packets:bytes]`.
 fn bracket_counters(no: u32, w: &Word) -> Res<Counters> {
-    let bad = || ParseError::new(no, w.col, ParseErrorKind::BadCounters { text: w.text.clone() });
-    let inner = w.text.strip_prefix('[').and_then(|s| s.strip_suffix(']')).ok_or_else(bad)?;
+    let bad = || {
+        ParseError::new(
+            no,
+            w.col,
+            ParseErrorKind::BadCounters {
+                text: w.text.clone(),
+            },
+        )
+    };
+    let inner = w
+        .text
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .ok_or_else(bad)?;
     let (p, b) = inner.split_once(':').ok_or_else(bad)?;
-    Ok(Counters { packets: p.parse().map_err(|_| bad())?, bytes: b.parse().map_err(|_| bad())? })
+    Ok(Counters {
+        packets: p.parse().map_err(|_| bad())?,
+        bytes: b.parse().map_err(|_| bad())?,
+    })
 }
 
 fn is_position(w: &Word) -> bool {
@@ -464,18 +672,30 @@ fn is_position(w: &Word) -> bool {
 }
 
 fn add_chain(open: &mut Open, chain: Chain) -> usize {
-    open.index.insert(chain.name.clone(), open.dump.chains.len());
+    open.index
+        .insert(chain.name.clone(), open.dump.chains.len());
     open.dump.chains.push(chain);
     open.dump.chains.len() - 1
 }
 
 fn reindex(open: &mut Open) {
-    open.index = open.dump.chains.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
+    open.index = open
+        .dump
+        .chains
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.clone(), i))
+        .collect();
 }
 
 /// The line from the first rule word on, without trailing blanks.
 fn rule_text(line: &str, rest: &[Word]) -> String {
-    let Some(first) = rest.first() else { return String::new() };
-    let start = line.char_indices().nth(first.col as usize - 1).map_or(line.len(), |(b, _)| b);
+    let Some(first) = rest.first() else {
+        return String::new();
+    };
+    let start = line
+        .char_indices()
+        .nth(first.col as usize - 1)
+        .map_or(line.len(), |(b, _)| b);
     line[start..].trim_end().to_string()
 }

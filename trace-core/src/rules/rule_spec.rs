@@ -21,9 +21,28 @@ type Res<T> = Result<T, ParseError>;
 
 /// Generic options: they end a module's or target's option words.
 const GENERIC: [&str; 22] = [
-    "-s", "--source", "--src", "-d", "--destination", "--dst", "-p", "--protocol", "-i",
-    "--in-interface", "-o", "--out-interface", "-f", "--fragment", "-m", "--match", "-j",
-    "--jump", "-g", "--goto", "-c", "--set-counters",
+    "-s",
+    "--source",
+    "--src",
+    "-d",
+    "--destination",
+    "--dst",
+    "-p",
+    "--protocol",
+    "-i",
+    "--in-interface",
+    "-o",
+    "--out-interface",
+    "-f",
+    "--fragment",
+    "-m",
+    "--match",
+    "-j",
+    "--jump",
+    "-g",
+    "--goto",
+    "-c",
+    "--set-counters",
 ];
 
 fn is_generic(w: &Word) -> bool {
@@ -54,7 +73,12 @@ pub(crate) struct Scope<'a> {
 
 /// Parses the rule words (after `-A CHAIN`) into the kernel rules they create (several
 /// when `-s`/`-d` list several addresses: sources outer, destinations inner).
-pub(crate) fn parse_rule(words: &[Word], text: &str, cx: &mut Ctx, scope: &Scope) -> Res<Vec<Rule>> {
+pub(crate) fn parse_rule(
+    words: &[Word],
+    text: &str,
+    cx: &mut Ctx,
+    scope: &Scope,
+) -> Res<Vec<Rule>> {
     let spec = read_spec(words, cx)?;
     check_address_lists(&spec, words, cx)?;
     let matches = typed_matches(&spec, cx)?;
@@ -88,12 +112,16 @@ pub(crate) fn parse_rule(words: &[Word], text: &str, cx: &mut Ctx, scope: &Scope
 fn check_address_lists(spec: &Spec, words: &[Word], cx: &Ctx) -> Res<()> {
     let len = |l: &Option<Negatable<Vec<IpNet>>>| l.as_ref().map_or(0, |l| l.value.len());
     let negated = |l: &Option<Negatable<Vec<IpNet>>>| l.as_ref().is_some_and(|l| l.negated);
-    if (len(&spec.srcs) > 1 || len(&spec.dsts) > 1) && (negated(&spec.srcs) || negated(&spec.dsts)) {
+    if (len(&spec.srcs) > 1 || len(&spec.dsts) > 1) && (negated(&spec.srcs) || negated(&spec.dsts))
+    {
         let at = words.iter().find(|w| w.is("!")).map_or(1, |w| w.col);
-        return Err(cx.err(at, ParseErrorKind::BadValue {
-            what: "negation".into(),
-            text: "! not allowed with multiple source or destination addresses".into(),
-        }));
+        return Err(cx.err(
+            at,
+            ParseErrorKind::BadValue {
+                what: "negation".into(),
+                text: "! not allowed with multiple source or destination addresses".into(),
+            },
+        ));
     }
     Ok(())
 }
@@ -101,12 +129,21 @@ fn check_address_lists(spec: &Spec, words: &[Word], cx: &Ctx) -> Res<()> {
 fn expand(list: &Option<Negatable<Vec<IpNet>>>) -> Vec<Option<Negatable<IpNet>>> {
     match list {
         None => vec![None],
-        Some(l) => l.value.iter().map(|n| Some(Negatable::new(*n, l.negated))).collect(),
+        Some(l) => l
+            .value
+            .iter()
+            .map(|n| Some(Negatable::new(*n, l.negated)))
+            .collect(),
     }
 }
 
 fn dup(cx: &Ctx, w: &Word) -> ParseError {
-    cx.err(w.col, ParseErrorKind::DuplicateOption { option: w.text.clone() })
+    cx.err(
+        w.col,
+        ParseErrorKind::DuplicateOption {
+            option: w.text.clone(),
+        },
+    )
 }
 
 fn set_once<T>(slot: &mut Option<T>, v: T, cx: &Ctx, w: &Word) -> Res<()> {
@@ -119,7 +156,14 @@ fn set_once<T>(slot: &mut Option<T>, v: T, cx: &Ctx, w: &Word) -> Res<()> {
 
 /// The value after option `opt` at `words[*i]`, with the old `-s ! x` negation form.
 fn value<'w>(words: &'w [Word], i: &mut usize, cx: &Ctx, opt: &Word) -> Res<(bool, &'w Word)> {
-    let missing = || cx.err(opt.col, ParseErrorKind::MissingValue { option: opt.text.clone() });
+    let missing = || {
+        cx.err(
+            opt.col,
+            ParseErrorKind::MissingValue {
+                option: opt.text.clone(),
+            },
+        )
+    };
     let w = words.get(*i).ok_or_else(missing)?;
     *i += 1;
     if !w.is("!") {
@@ -166,7 +210,14 @@ fn read_spec(words: &[Word], cx: &mut Ctx) -> Res<Spec> {
 }
 
 /// Handles option `w` (already consumed; `neg` = a `!` before it).
-fn option(spec: &mut Spec, words: &[Word], i: &mut usize, w: &Word, neg: Option<&Word>, cx: &mut Ctx) -> Res<()> {
+fn option(
+    spec: &mut Spec,
+    words: &[Word],
+    i: &mut usize,
+    w: &Word,
+    neg: Option<&Word>,
+    cx: &mut Ctx,
+) -> Res<()> {
     let negatable = |cx: &Ctx| match neg {
         Some(n) => Err(cx.err(n.col, ParseErrorKind::DanglingNegation)),
         None => Ok(()),
@@ -175,32 +226,59 @@ fn option(spec: &mut Spec, words: &[Word], i: &mut usize, w: &Word, neg: Option<
     match opt {
         "-p" | "--protocol" => {
             let (old, v) = value(words, i, cx, w)?;
-            let p = parse_proto(&v.text)
-                .ok_or_else(|| cx.err(v.col, ParseErrorKind::BadProtocol { text: v.text.clone() }))?;
+            let p = parse_proto(&v.text).ok_or_else(|| {
+                cx.err(
+                    v.col,
+                    ParseErrorKind::BadProtocol {
+                        text: v.text.clone(),
+                    },
+                )
+            })?;
             if p == Proto::All && (neg.is_some() || old) {
-                return Err(cx.bad(v, "protocol: `! -p all` would never match (iptables refuses it)"));
+                return Err(cx.bad(
+                    v,
+                    "protocol: `! -p all` would never match (iptables refuses it)",
+                ));
             }
-            if matches!(v.text.to_ascii_lowercase().as_str(), "ipv6-icmp" | "icmpv6" | "icmp6") {
+            if matches!(
+                v.text.to_ascii_lowercase().as_str(),
+                "ipv6-icmp" | "icmpv6" | "icmp6"
+            ) {
                 cx.use_family(Family::Ipv6, v)?;
             }
-            set_once(&mut spec.protocol, Negatable::new(p, neg.is_some() || old), cx, w)
+            set_once(
+                &mut spec.protocol,
+                Negatable::new(p, neg.is_some() || old),
+                cx,
+                w,
+            )
         }
         "-s" | "--source" | "--src" | "-d" | "--destination" | "--dst" => {
             let (old, v) = value(words, i, cx, w)?;
             let nets = cx.nets(v)?;
             let negated = neg.is_some() || old;
             let is_src = matches!(opt, "-s" | "--source" | "--src");
-            let slot = if is_src { &mut spec.srcs } else { &mut spec.dsts };
+            let slot = if is_src {
+                &mut spec.srcs
+            } else {
+                &mut spec.dsts
+            };
             set_once(slot, Negatable::new(nets, negated), cx, w)
         }
         "-i" | "--in-interface" | "-o" | "--out-interface" => {
             let (old, v) = value(words, i, cx, w)?;
             let iface = Negatable::new(iface(v, cx)?, neg.is_some() || old);
             let is_in = matches!(opt, "-i" | "--in-interface");
-            let slot = if is_in { &mut spec.in_iface } else { &mut spec.out_iface };
+            let slot = if is_in {
+                &mut spec.in_iface
+            } else {
+                &mut spec.out_iface
+            };
             set_once(slot, iface, cx, w)
         }
-        "-f" | "--fragment" => set_once(&mut spec.fragment, Negatable::new((), neg.is_some()), cx, w),
+        "-f" | "--fragment" => {
+            set_once(&mut spec.fragment, Negatable::new((), neg.is_some()), cx, w)
+        }
         "-m" | "--match" => {
             negatable(cx)?;
             let (_, name) = value(words, i, cx, w)?;
@@ -227,14 +305,26 @@ fn option(spec: &mut Spec, words: &[Word], i: &mut usize, w: &Word, neg: Option<
             set_once(&mut spec.counters, c, cx, w)
         }
         _ if opt.starts_with("--") => implicit_match(spec, words, i, w, neg, cx),
-        _ => Err(cx.err(w.col, ParseErrorKind::UnknownOption { option: w.text.clone() })),
+        _ => Err(cx.err(
+            w.col,
+            ParseErrorKind::UnknownOption {
+                option: w.text.clone(),
+            },
+        )),
     }
 }
 
 /// `-c P B` (also `-c P:B` and `-c [P:B]`).
 fn counters_words(words: &[Word], i: &mut usize, cx: &Ctx, opt: &Word) -> Res<Counters> {
     let (_, p) = value(words, i, cx, opt)?;
-    let bad = |w: &Word| cx.err(w.col, ParseErrorKind::BadCounters { text: w.text.clone() });
+    let bad = |w: &Word| {
+        cx.err(
+            w.col,
+            ParseErrorKind::BadCounters {
+                text: w.text.clone(),
+            },
+        )
+    };
     let inner = p.text.trim_start_matches('[').trim_end_matches(']');
     if let Some((pk, by)) = inner.split_once(':') {
         return match (pk.parse(), by.parse()) {
@@ -255,15 +345,38 @@ fn iface(w: &Word, cx: &Ctx) -> Res<Iface> {
         && w.text.chars().count() <= 15
         && !w.text.chars().any(|c| c.is_whitespace() || c == '/');
     if !ok {
-        return Err(cx.err(w.col, ParseErrorKind::BadInterface { text: w.text.clone() }));
+        return Err(cx.err(
+            w.col,
+            ParseErrorKind::BadInterface {
+                text: w.text.clone(),
+            },
+        ));
     }
     Ok(Iface::parse(&w.text))
 }
 
 /// `--dport 22` after `-p tcp` without `-m tcp`: iptables loads the protocol's module.
-fn implicit_match(spec: &mut Spec, words: &[Word], i: &mut usize, w: &Word, neg: Option<&Word>, cx: &Ctx) -> Res<()> {
-    let unknown = || cx.err(w.col, ParseErrorKind::UnknownOption { option: w.text.clone() });
-    let proto = spec.protocol.as_ref().filter(|p| !p.negated).ok_or_else(unknown)?;
+fn implicit_match(
+    spec: &mut Spec,
+    words: &[Word],
+    i: &mut usize,
+    w: &Word,
+    neg: Option<&Word>,
+    cx: &Ctx,
+) -> Res<()> {
+    let unknown = || {
+        cx.err(
+            w.col,
+            ParseErrorKind::UnknownOption {
+                option: w.text.clone(),
+            },
+        )
+    };
+    let proto = spec
+        .protocol
+        .as_ref()
+        .filter(|p| !p.negated)
+        .ok_or_else(unknown)?;
     let module = match proto.value {
         Proto::Num(6) => "tcp",
         Proto::Num(17) => "udp",
@@ -279,7 +392,9 @@ fn implicit_match(spec: &mut Spec, words: &[Word], i: &mut usize, w: &Word, neg:
     args.extend(option_words(words, i));
     match spec.matches.iter_mut().find(|(m, _, _)| m == module) {
         Some((_, _, existing)) => existing.extend(args),
-        None => spec.matches.push((module.to_string(), neg.unwrap_or(w).col, args)),
+        None => spec
+            .matches
+            .push((module.to_string(), neg.unwrap_or(w).col, args)),
     }
     Ok(())
 }
@@ -301,10 +416,13 @@ fn typed_matches(spec: &Spec, cx: &mut Ctx) -> Res<Vec<Match>> {
 fn typed_target(spec: &Spec, cx: &mut Ctx, scope: &Scope) -> Res<(Target, bool)> {
     if let Some(g) = &spec.goto {
         if !(scope.has_chain)(&g.text) {
-            return Err(cx.err(g.col, ParseErrorKind::UnknownJumpTarget {
-                table: scope.table.to_string(),
-                chain: g.text.clone(),
-            }));
+            return Err(cx.err(
+                g.col,
+                ParseErrorKind::UnknownJumpTarget {
+                    table: scope.table.to_string(),
+                    chain: g.text.clone(),
+                },
+            ));
         }
         return Ok((Target::Goto(g.text.clone()), true));
     }
@@ -342,7 +460,11 @@ fn check_protocols(spec: &Spec, matches: &[Match], target: &Target, cx: &Ctx) ->
     });
     let proto_text = || match &spec.protocol {
         None => "no -p".to_string(),
-        Some(p) => format!("{}-p {}", if p.negated { "! " } else { "" }, proto_name(p.value)),
+        Some(p) => format!(
+            "{}-p {}",
+            if p.negated { "! " } else { "" },
+            proto_name(p.value)
+        ),
     };
     let target_col = spec.target.as_ref().map_or(0, |(w, _)| w.col);
     // Only extension targets: a jump to a user chain named `tcp` is not the tcp module.
@@ -350,15 +472,23 @@ fn check_protocols(spec: &Spec, matches: &[Match], target: &Target, cx: &Ctx) ->
         Target::TcpMss { .. } | Target::Tproxy(_) => Some((target.name(), target_col)),
         _ => None,
     };
-    let items = matches.iter().map(|m| (m.module.as_str(), m.column)).chain(ext_target);
+    let items = matches
+        .iter()
+        .map(|m| (m.module.as_str(), m.column))
+        .chain(ext_target);
     for (what, col) in items {
-        let Some((allowed, need)) = required_protocols(what) else { continue };
+        let Some((allowed, need)) = required_protocols(what) else {
+            continue;
+        };
         if !proto.is_some_and(|p| allowed.contains(&p)) {
-            return Err(cx.err(col, ParseErrorKind::ProtocolMismatch {
-                what: what.to_string(),
-                need: need.to_string(),
-                proto: proto_text(),
-            }));
+            return Err(cx.err(
+                col,
+                ParseErrorKind::ProtocolMismatch {
+                    what: what.to_string(),
+                    need: need.to_string(),
+                    proto: proto_text(),
+                },
+            ));
         }
     }
     Ok(())

@@ -37,7 +37,9 @@ pub enum Target {
     Masquerade(MasqueradeTarget),
     Redirect(MasqueradeTarget),
     /// `NETMAP --to ADDR/MASK`.
-    Netmap { to: IpNet },
+    Netmap {
+        to: IpNet,
+    },
     Mark(MarkTarget),
     Connmark(ConnmarkTarget),
     Ct(CtTarget),
@@ -46,14 +48,21 @@ pub enum Target {
     Nflog(NflogTarget),
     Trace,
     /// `REJECT [--reject-with TYPE]` (type as written; None = the default port-unreachable).
-    Reject { with: Option<String> },
+    Reject {
+        with: Option<String>,
+    },
     Tproxy(TproxyTarget),
     /// `NFQUEUE --queue-num N [--queue-bypass]` etc. (options in [`super::model::Rule::text`]).
-    Nfqueue { num: u16, bypass: bool },
+    Nfqueue {
+        num: u16,
+        bypass: bool,
+    },
     /// `CHECKSUM --checksum-fill`.
     Checksum,
     /// `TCPMSS --set-mss N` (Some) or `--clamp-mss-to-pmtu` (None).
-    TcpMss { set_mss: Option<u16> },
+    TcpMss {
+        set_mss: Option<u16>,
+    },
     /// `DSCP --set-dscp N` / `--set-dscp-class`.
     Dscp(u8),
     /// `TOS --set-tos value/mask` (xor form like MARK: `tos = (tos & ~mask) ^ value`).
@@ -62,7 +71,10 @@ pub enum Target {
     /// `CLASSIFY --set-class MAJOR:MINOR` as `major << 16 | minor`.
     Classify(u32),
     /// Anything else, kept verbatim: `args` are the words after `-j NAME`.
-    Unknown { name: String, args: Vec<String> },
+    Unknown {
+        name: String,
+        args: Vec<String>,
+    },
 }
 
 impl Target {

@@ -22,7 +22,13 @@ impl Ctx<'_> {
     }
 
     pub fn bad(&self, w: &Word, what: &str) -> ParseError {
-        self.err(w.col, ParseErrorKind::BadValue { what: what.into(), text: w.text.clone() })
+        self.err(
+            w.col,
+            ParseErrorKind::BadValue {
+                what: what.into(),
+                text: w.text.clone(),
+            },
+        )
     }
 
     /// Records `fam` as the ruleset family, or fails if another family was fixed before.
@@ -35,7 +41,10 @@ impl Ctx<'_> {
             Some(f) if f == fam => Ok(()),
             Some(f) => Err(self.err(
                 w.col,
-                ParseErrorKind::FamilyMismatch { text: w.text.clone(), family: family_name(f).into() },
+                ParseErrorKind::FamilyMismatch {
+                    text: w.text.clone(),
+                    family: family_name(f).into(),
+                },
             )),
         }
     }
@@ -49,7 +58,13 @@ impl Ctx<'_> {
 
     fn bad_address(&self, text: &str, w: &Word) -> ParseError {
         let family = self.family.map_or("IPv4 or IPv6", family_name);
-        self.err(w.col, ParseErrorKind::BadAddress { text: text.into(), family: family.into() })
+        self.err(
+            w.col,
+            ParseErrorKind::BadAddress {
+                text: text.into(),
+                family: family.into(),
+            },
+        )
     }
 
     /// `addr[/prefix|/mask]`.
@@ -65,7 +80,11 @@ impl Ctx<'_> {
         let bad_mask = || self.err(w.col, ParseErrorKind::BadMask { text: m.into() });
         let width = if addr.is_ipv4() { 32 } else { 128 };
         if let Ok(p) = m.parse::<u8>() {
-            return if p <= width { Ok(IpNet::from_prefix(addr, p)) } else { Err(bad_mask()) };
+            return if p <= width {
+                Ok(IpNet::from_prefix(addr, p))
+            } else {
+                Err(bad_mask())
+            };
         }
         match m.parse::<IpAddr>() {
             Ok(mask) if mask.is_ipv4() == addr.is_ipv4() => Ok(IpNet::from_mask(addr, mask)),
@@ -118,7 +137,9 @@ pub(crate) fn parse_range_with(
     dash: bool,
     one: impl Fn(&str) -> Option<u32>,
 ) -> Option<Range> {
-    let split = s.split_once(':').or_else(|| if dash { s.split_once('-') } else { None });
+    let split = s
+        .split_once(':')
+        .or_else(|| if dash { s.split_once('-') } else { None });
     let (lo, hi) = match split {
         Some((a, b)) => {
             let lo = if a.is_empty() { 0 } else { one(a)? };
@@ -241,14 +262,23 @@ mod tests {
     use super::*;
 
     fn word(s: &str) -> Word {
-        Word { text: s.into(), col: 5, quoted: false }
+        Word {
+            text: s.into(),
+            col: 5,
+            quoted: false,
+        }
     }
 
     #[test]
     fn nets_with_prefixes_masks_and_lists() {
         let mut fam = None;
-        let mut cx = Ctx { line: 3, family: &mut fam };
-        let n = cx.nets(&word("10.0.0.0/8,192.168.1.1,10.1.0.0/255.255.0.0")).unwrap();
+        let mut cx = Ctx {
+            line: 3,
+            family: &mut fam,
+        };
+        let n = cx
+            .nets(&word("10.0.0.0/8,192.168.1.1,10.1.0.0/255.255.0.0"))
+            .unwrap();
         assert_eq!(n[0].prefix_len(), Some(8));
         assert_eq!(n[1].prefix_len(), Some(32));
         assert_eq!(n[2].prefix_len(), Some(16));
@@ -258,8 +288,17 @@ mod tests {
     #[test]
     fn placeholders_and_family_mixes_are_errors_at_the_word() {
         let mut fam = None;
-        let mut cx = Ctx { line: 3, family: &mut fam };
-        for bad in ["x.x.x.x/32", "IP4_2/32", "10.0.0.0/33", "10.0.0.0/255.0.0.0.0", "fe80::/129"] {
+        let mut cx = Ctx {
+            line: 3,
+            family: &mut fam,
+        };
+        for bad in [
+            "x.x.x.x/32",
+            "IP4_2/32",
+            "10.0.0.0/33",
+            "10.0.0.0/255.0.0.0.0",
+            "fe80::/129",
+        ] {
             let e = cx.nets(&word(bad)).unwrap_err();
             assert_eq!((e.line, e.column), (3, 5), "{bad}");
         }
@@ -270,7 +309,13 @@ mod tests {
 
     #[test]
     fn ranges_and_ports() {
-        assert_eq!(parse_port_range("1024:"), Some(Range { lo: 1024, hi: 65535 }));
+        assert_eq!(
+            parse_port_range("1024:"),
+            Some(Range {
+                lo: 1024,
+                hi: 65535
+            })
+        );
         assert_eq!(parse_port_range(":1023"), Some(Range { lo: 0, hi: 1023 }));
         assert_eq!(parse_port_range("ssh"), Some(Range::single(22)));
         assert_eq!(parse_port_range("90:80"), None);

@@ -51,7 +51,11 @@ impl ProgLoadHead {
             license: license.as_ptr() as u64,
             log_level: if log.is_empty() { 0 } else { 1 },
             log_size: log.len() as u32,
-            log_buf: if log.is_empty() { 0 } else { log.as_mut_ptr() as u64 },
+            log_buf: if log.is_empty() {
+                0
+            } else {
+                log.as_mut_ptr() as u64
+            },
             kern_version: 0,
             prog_flags: 0,
             prog_name,
@@ -64,7 +68,14 @@ impl ProgLoadHead {
 /// bpf(`cmd`, `attr`, sizeof attr) for the commands that return a new fd.
 pub(crate) fn sys_bpf<T>(cmd: libc::c_long, attr: &T) -> Result<OwnedFd, std::io::Error> {
     // SAFETY: attr is a valid bpf_attr prefix for `cmd`, alive for the call; returns a new fd.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -27,22 +27,31 @@ pub struct Btf {
 impl Btf {
     /// The running kernel's BTF (/sys/kernel/btf/vmlinux).
     pub fn from_sys() -> Result<Self, BtfError> {
-        Ok(Btf { inner: crate::btf::Btf::vmlinux()? })
+        Ok(Btf {
+            inner: crate::btf::Btf::vmlinux()?,
+        })
     }
 
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        Ok(Btf { inner: crate::btf::Btf::from_file(path)? })
+        Ok(Btf {
+            inner: crate::btf::Btf::from_file(path)?,
+        })
     }
 
     /// Byte offset of `path` ("ns.inum", "__sk_common.skc_state", "src.u.all") in `struct ty`.
     pub fn offset(&self, ty: &str, path: &str) -> Result<u32, BtfError> {
         if self.inner.find(Kind::Struct, ty).is_none() {
-            return Err(BtfError::NoStruct { name: ty.to_string() });
+            return Err(BtfError::NoStruct {
+                name: ty.to_string(),
+            });
         }
         self.inner
             .member_offset(ty, path)
             .map(|(off, _)| off)
-            .ok_or_else(|| BtfError::NoMember { ty: ty.to_string(), path: path.to_string() })
+            .ok_or_else(|| BtfError::NoMember {
+                ty: ty.to_string(),
+                path: path.to_string(),
+            })
     }
 
     /// Size in bytes of `struct name`.
@@ -51,7 +60,9 @@ impl Btf {
             .find(Kind::Struct, name)
             .and_then(|id| self.inner.get(id))
             .map(|t| t.size_or_type)
-            .ok_or_else(|| BtfError::NoStruct { name: name.to_string() })
+            .ok_or_else(|| BtfError::NoStruct {
+                name: name.to_string(),
+            })
     }
 
     /// value → name of every enumerator of `enum name`.
@@ -60,8 +71,12 @@ impl Btf {
             .inner
             .find(Kind::Enum, name)
             .or_else(|| self.inner.find(Kind::Enum64, name))
-            .ok_or_else(|| BtfError::NoEnum { name: name.to_string() })?;
-        let t = self.inner.get(id).ok_or_else(|| BtfError::NoEnum { name: name.to_string() })?;
+            .ok_or_else(|| BtfError::NoEnum {
+                name: name.to_string(),
+            })?;
+        let t = self.inner.get(id).ok_or_else(|| BtfError::NoEnum {
+            name: name.to_string(),
+        })?;
         Ok(t.values.iter().map(|(n, v)| (*v, n.clone())).collect())
     }
 }
@@ -83,8 +98,16 @@ mod tests {
         assert!(o.ct_reply_tuple > o.ct_tuple);
         assert_eq!(o.have_creds, 1);
         let reasons = btf.enum_values("skb_drop_reason").unwrap();
-        assert!(reasons.values().any(|n| n == "SKB_DROP_REASON_NETFILTER_DROP"));
-        assert!(matches!(btf.offset("sk_buff", "no_such_member"), Err(BtfError::NoMember { .. })));
-        assert!(matches!(btf.offset("no_such_struct", "x"), Err(BtfError::NoStruct { .. })));
+        assert!(reasons
+            .values()
+            .any(|n| n == "SKB_DROP_REASON_NETFILTER_DROP"));
+        assert!(matches!(
+            btf.offset("sk_buff", "no_such_member"),
+            Err(BtfError::NoMember { .. })
+        ));
+        assert!(matches!(
+            btf.offset("no_such_struct", "x"),
+            Err(BtfError::NoStruct { .. })
+        ));
     }
 }

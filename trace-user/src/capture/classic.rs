@@ -26,7 +26,8 @@ use trace_core::packet::Stage;
 
 use super::btf::Btf;
 use super::loader::{
-    attach_kfree_skb, drop_reasons, hide_netfilter_sections, kernel_offsets, probe_config, sum_counters, LoadOptions,
+    attach_kfree_skb, drop_reasons, hide_netfilter_sections, kernel_offsets, probe_config,
+    sum_counters, LoadOptions,
 };
 use super::modbtf::{KernelBtf, ModBtfError};
 use super::object;
@@ -144,7 +145,11 @@ impl Classic {
     /// [`Classic::load`]; `rule_positions`: the table probes also report the rule blob's
     /// address ([`trace_common::record::XtRecord`], kind XT: split those off before
     /// `trace_core::decode`), for [`Classic::attach_rule_probes`].
-    pub fn load_with(flavour: Flavour, opts: &LoadOptions, rule_positions: bool) -> Result<Classic, ClassicError> {
+    pub fn load_with(
+        flavour: Flavour,
+        opts: &LoadOptions,
+        rule_positions: bool,
+    ) -> Result<Classic, ClassicError> {
         let kbtf = Btf::from_sys()?;
         let offsets: KernelOffsets = kernel_offsets(&kbtf)?;
         let drop_reasons = drop_reasons(&kbtf);
@@ -154,7 +159,8 @@ impl Classic {
             table_offsets.have_xtpos = 0;
         }
         let config = probe_config(opts);
-        let elf = hide_netfilter_sections(object::bytes().map_err(super::loader::LoadError::from)?)?;
+        let elf =
+            hide_netfilter_sections(object::bytes().map_err(super::loader::LoadError::from)?)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ringbuf_size)
             .override_global("OFFSETS", &offsets, true)
@@ -162,8 +168,11 @@ impl Classic {
             .override_global("TABLE_OFFSETS", &table_offsets, true)
             .load(&elf)
             .map_err(aya_err)?;
-        let mut filter: Array<&mut MapData, FilterProgram> =
-            Array::try_from(ebpf.map_mut("FILTER").ok_or_else(|| aya_err("map FILTER missing"))?).map_err(aya_err)?;
+        let mut filter: Array<&mut MapData, FilterProgram> = Array::try_from(
+            ebpf.map_mut("FILTER")
+                .ok_or_else(|| aya_err("map FILTER missing"))?,
+        )
+        .map_err(aya_err)?;
         filter.set(0, opts.filter, 0).map_err(aya_err)?;
         attach_kfree_skb(&mut ebpf)?;
         let mut c = Classic {
@@ -205,28 +214,47 @@ impl Classic {
                     })?;
                     loaded.push(name);
                 }
-                prog.attach(t.function, 0).map_err(|e| ClassicError::Unavailable {
-                    flavour: Flavour::Kprobe,
-                    what: format!("attaching {name} to {}: {e} (kernel without CONFIG_KPROBES?)", t.function),
-                })?;
+                prog.attach(t.function, 0)
+                    .map_err(|e| ClassicError::Unavailable {
+                        flavour: Flavour::Kprobe,
+                        what: format!(
+                            "attaching {name} to {}: {e} (kernel without CONFIG_KPROBES?)",
+                            t.function
+                        ),
+                    })?;
             }
             self.attached.push(t.function.to_string());
         }
         Ok(())
     }
 
-    fn attach_fentry(&mut self, elf: &[u8], vmlinux: &KernelBtf, btfs: &HashMap<&str, KernelBtf>) -> Result<(), ClassicError> {
+    fn attach_fentry(
+        &mut self,
+        elf: &[u8],
+        vmlinux: &KernelBtf,
+        btfs: &HashMap<&str, KernelBtf>,
+    ) -> Result<(), ClassicError> {
         let mut prog_set = super::fentry::Programs::new(elf, &self.ebpf)?;
         for t in TARGETS {
-            let btf = if t.module == "vmlinux" { Some(vmlinux) } else { btfs.get(t.module) };
-            let found = btf.and_then(|b| b.func(t.function)).or_else(|| vmlinux.func(t.function));
+            let btf = if t.module == "vmlinux" {
+                Some(vmlinux)
+            } else {
+                btfs.get(t.module)
+            };
+            let found = btf
+                .and_then(|b| b.func(t.function))
+                .or_else(|| vmlinux.func(t.function));
             let Some((btf_id, module)) = found else {
-                self.skip(t, &format!("no BTF for it (module {} not loaded?)", t.module))?;
+                self.skip(
+                    t,
+                    &format!("no BTF for it (module {} not loaded?)", t.module),
+                )?;
                 continue;
             };
             let progs = [(t.fentry.0, false), (t.fentry.1.unwrap_or(""), true)];
             for (name, exit) in progs.into_iter().filter(|(n, _)| !n.is_empty()) {
-                let link = prog_set.load_and_attach(name, t.function, btf_id, module.as_deref(), exit)?;
+                let link =
+                    prog_set.load_and_attach(name, t.function, btf_id, module.as_deref(), exit)?;
                 self._links.push(link);
             }
             self.attached.push(t.function.to_string());
@@ -239,17 +267,27 @@ impl Classic {
     /// Returns how many functions were attached; those that refuse a kprobe are skipped.
     pub fn attach_rule_probes(&mut self) -> Result<usize, ClassicError> {
         if self.flavour != Flavour::Kprobe {
-            return Err(ClassicError::Unavailable { flavour: self.flavour, what: "rule positions need the kprobe backend".into() });
+            return Err(ClassicError::Unavailable {
+                flavour: self.flavour,
+                what: "rule positions need the kprobe backend".into(),
+            });
         }
         if self.table_offsets.have_xtpos == 0 {
             return Err(ClassicError::Unavailable {
                 flavour: self.flavour,
-                what: "not loaded with rule_positions, or no xt_table/xt_action_param offsets in BTF".into(),
+                what:
+                    "not loaded with rule_positions, or no xt_table/xt_action_param offsets in BTF"
+                        .into(),
             });
         }
-        let (matches, targets) = super::xtpos::xt_functions(&std::fs::read_to_string("/proc/kallsyms").unwrap_or_default());
+        let (matches, targets) = super::xtpos::xt_functions(
+            &std::fs::read_to_string("/proc/kallsyms").unwrap_or_default(),
+        );
         let mut n = 0;
-        for (progs, funcs) in [(&["kprobe_xt_match", "kretprobe_xt_match"][..], &matches), (&["kprobe_xt_target"][..], &targets)] {
+        for (progs, funcs) in [
+            (&["kprobe_xt_match", "kretprobe_xt_match"][..], &matches),
+            (&["kprobe_xt_target"][..], &targets),
+        ] {
             for f in funcs {
                 let mut ok = true;
                 for name in progs {
@@ -275,7 +313,10 @@ impl Classic {
 
     fn skip(&mut self, t: &Target, why: &str) -> Result<(), ClassicError> {
         if t.required {
-            return Err(ClassicError::Unavailable { flavour: self.flavour, what: format!("{}: {why}", t.function) });
+            return Err(ClassicError::Unavailable {
+                flavour: self.flavour,
+                what: format!("{}: {why}", t.function),
+            });
         }
         self.skipped.push((t.function.to_string(), why.to_string()));
         Ok(())
@@ -284,26 +325,40 @@ impl Classic {
     /// Record only packets in these network namespaces (inodes); without a call, every
     /// namespace (the programs are global, unlike nfhook's per-netns links).
     pub fn restrict_netns(&mut self, inodes: &[u32]) -> Result<(), ClassicError> {
-        let mut set: aya::maps::HashMap<&mut MapData, u32, u8> =
-            aya::maps::HashMap::try_from(self.ebpf.map_mut("NETNS").ok_or_else(|| aya_err("map NETNS missing"))?).map_err(aya_err)?;
+        let mut set: aya::maps::HashMap<&mut MapData, u32, u8> = aya::maps::HashMap::try_from(
+            self.ebpf
+                .map_mut("NETNS")
+                .ok_or_else(|| aya_err("map NETNS missing"))?,
+        )
+        .map_err(aya_err)?;
         for i in inodes {
             set.insert(i, 1, 0).map_err(aya_err)?;
         }
-        let mut on: Array<&mut MapData, u32> =
-            Array::try_from(self.ebpf.map_mut("NETNS_ON").ok_or_else(|| aya_err("map NETNS_ON missing"))?).map_err(aya_err)?;
+        let mut on: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut("NETNS_ON")
+                .ok_or_else(|| aya_err("map NETNS_ON missing"))?,
+        )
+        .map_err(aya_err)?;
         on.set(0, 1, 0).map_err(aya_err)?;
         Ok(())
     }
 
     /// The ring buffer (taken once, by the reader).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ClassicError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or_else(|| aya_err("map EVENTS missing"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| aya_err("map EVENTS missing"))?;
         RingBuf::try_from(map).map_err(aya_err)
     }
 
     /// Counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, ClassicError> {
-        let map = self.ebpf.map("COUNTERS").ok_or_else(|| aya_err("map COUNTERS missing"))?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or_else(|| aya_err("map COUNTERS missing"))?;
         let arr: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map).map_err(aya_err)?;
         let per_cpu = arr.get(&0, 0).map_err(aya_err)?;
         Ok(sum_counters(&per_cpu))
@@ -378,12 +433,20 @@ pub fn select(req: Requested, opts: &LoadOptions) -> Result<Selection, ClassicEr
     let mut rejected = Vec::new();
     for &f in order {
         match Classic::load(f, opts) {
-            Ok(c) => return Ok(Selection { chosen: Chosen::Classic(Box::new(c)), rejected }),
+            Ok(c) => {
+                return Ok(Selection {
+                    chosen: Chosen::Classic(Box::new(c)),
+                    rejected,
+                })
+            }
             Err(e) if req == Requested::Auto => rejected.push((f, e.to_string())),
             Err(e) => return Err(e),
         }
     }
-    Ok(Selection { chosen: Chosen::Nfhook, rejected })
+    Ok(Selection {
+        chosen: Chosen::Nfhook,
+        rejected,
+    })
 }
 
 /// Text symbols of /proc/kallsyms (module functions included).
@@ -401,7 +464,9 @@ fn kallsyms_functions() -> std::collections::HashSet<String> {
 
 /// Offsets of xt_table / nft_pktinfo / nft_base_chain and ipt_do_table's argument order,
 /// from vmlinux or the modules' split BTF; also returns the module BTFs read.
-pub fn table_offsets(vmlinux: &KernelBtf) -> Result<(TableOffsets, HashMap<&'static str, KernelBtf>), ModBtfError> {
+pub fn table_offsets(
+    vmlinux: &KernelBtf,
+) -> Result<(TableOffsets, HashMap<&'static str, KernelBtf>), ModBtfError> {
     let mut btfs = HashMap::new();
     for m in ["x_tables", "ip_tables", "ip6_tables", "nf_tables", "nf_nat"] {
         if let Some(b) = vmlinux.with_module(m)? {
@@ -409,14 +474,21 @@ pub fn table_offsets(vmlinux: &KernelBtf) -> Result<(TableOffsets, HashMap<&'sta
         }
     }
     let lookup = |ty: &str, path: &str, modules: &[&str]| -> Option<u32> {
-        vmlinux.offset(ty, path).ok().or_else(|| modules.iter().find_map(|m| btfs.get(m)?.offset(ty, path).ok()))
+        vmlinux.offset(ty, path).ok().or_else(|| {
+            modules
+                .iter()
+                .find_map(|m| btfs.get(m)?.offset(ty, path).ok())
+        })
     };
     let mut o = TableOffsets::default();
     if let Some(name) = lookup("xt_table", "name", &["x_tables", "ip_tables"]) {
         o.xt_table_name = name;
-        let params = vmlinux.func_params("ipt_do_table").or_else(|| btfs.get("ip_tables")?.func_params("ipt_do_table"));
+        let params = vmlinux
+            .func_params("ipt_do_table")
+            .or_else(|| btfs.get("ip_tables")?.func_params("ipt_do_table"));
         // Linux >= 5.16: ipt_do_table(void *priv, struct sk_buff *skb, const struct nf_hook_state *state).
-        o.ipt_priv_first = params.is_none_or(|p| p.first().map(String::as_str) != Some("skb")) as u32;
+        o.ipt_priv_first =
+            params.is_none_or(|p| p.first().map(String::as_str) != Some("skb")) as u32;
         o.have_xt = 1;
     }
     let pos = (
@@ -466,7 +538,12 @@ pub fn probe_plan(regs: &[(u32, super::plan::Registered)]) -> ProbePlan {
     for (netns, reg) in regs {
         for family in [Family::Ipv4, Family::Ipv6] {
             for hook in Hook::ALL {
-                plan.insert(*netns, family, hook, hook_plan(super::plan::stages(reg, family, hook)));
+                plan.insert(
+                    *netns,
+                    family,
+                    hook,
+                    hook_plan(super::plan::stages(reg, family, hook)),
+                );
             }
         }
     }
@@ -476,17 +553,27 @@ pub fn probe_plan(regs: &[(u32, super::plan::Registered)]) -> ProbePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trace_core::netfilter::Table;
     use trace_common::filter::FilterProgram;
+    use trace_core::netfilter::Table;
 
     #[test]
     fn plan_brackets_tables_not_conntrack() {
-        let stages = HookPlan::iptables_stages(Hook::Prerouting, &[Table::Raw, Table::Mangle, Table::Nat], true);
+        let stages = HookPlan::iptables_stages(
+            Hook::Prerouting,
+            &[Table::Raw, Table::Mangle, Table::Nat],
+            true,
+        );
         let p = hook_plan(stages);
-        assert_eq!(p.probes(), &[PRIO_HOOK_ENTRY, -300, -299, -150, -149, -100, -99]);
+        assert_eq!(
+            p.probes(),
+            &[PRIO_HOOK_ENTRY, -300, -299, -150, -149, -100, -99]
+        );
         // Between the raw exit and the mangle entry: conntrack, passed silently.
         assert_eq!(p.stages_between(-299, Some(-150)).len(), 1);
-        assert_eq!(p.stages_between(-100, Some(-99))[0].stage, Stage::Table { table: Table::Nat });
+        assert_eq!(
+            p.stages_between(-100, Some(-99))[0].stage,
+            Stage::Table { table: Table::Nat }
+        );
     }
 
     /// On a kernel that refuses them (this project's machines: no CONFIG_KPROBES, fentry
@@ -498,21 +585,36 @@ mod tests {
             eprintln!("SKIPPED explicit_backends_load_or_say_why_as_root: needs root");
             return;
         }
-        let opts = LoadOptions { ringbuf_size: 1 << 16, sample_n: 0, rate_limit: 0, filter: FilterProgram::match_all() };
-        for (req, f) in [(Requested::Fentry, Flavour::Fentry), (Requested::Kprobe, Flavour::Kprobe)] {
+        let opts = LoadOptions {
+            ringbuf_size: 1 << 16,
+            sample_n: 0,
+            rate_limit: 0,
+            filter: FilterProgram::match_all(),
+        };
+        for (req, f) in [
+            (Requested::Fentry, Flavour::Fentry),
+            (Requested::Kprobe, Flavour::Kprobe),
+        ] {
             match select(req, &opts) {
-                Ok(s) => assert!(matches!(&s.chosen, Chosen::Classic(c) if c.flavour == f && c.attached.contains(&"nf_hook_slow".to_string()))),
+                Ok(s) => assert!(
+                    matches!(&s.chosen, Chosen::Classic(c) if c.flavour == f && c.attached.contains(&"nf_hook_slow".to_string()))
+                ),
                 Err(e) => {
                     let msg = e.to_string();
                     eprintln!("{f} unavailable here: {msg}");
-                    assert!(msg.contains("nf_hook_slow") || msg.contains(&f.to_string()), "{msg}");
+                    assert!(
+                        msg.contains("nf_hook_slow") || msg.contains(&f.to_string()),
+                        "{msg}"
+                    );
                 }
             }
         }
         let auto = select(Requested::Auto, &opts).expect("auto never fails by itself");
         match auto.chosen {
             Chosen::Nfhook => assert_eq!(auto.rejected.len(), 2, "both classic backends tried"),
-            Chosen::Classic(c) => assert_eq!(auto.rejected.len(), (c.flavour == Flavour::Kprobe) as usize),
+            Chosen::Classic(c) => {
+                assert_eq!(auto.rejected.len(), (c.flavour == Flavour::Kprobe) as usize)
+            }
         }
     }
 

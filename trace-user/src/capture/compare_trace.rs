@@ -52,7 +52,10 @@ pub fn selector_for(filter: &str) -> Result<(Family, TraceSelector, Vec<String>)
     }
     if sel.ports.is_some() && !matches!(sel.proto.as_deref(), Some("tcp" | "udp" | "sctp")) {
         // -m multiport needs a protocol with ports.
-        dropped.push(format!("`port {}` (either side) without tcp/udp/sctp", sel.ports.unwrap_or_default()));
+        dropped.push(format!(
+            "`port {}` (either side) without tcp/udp/sctp",
+            sel.ports.unwrap_or_default()
+        ));
         sel.ports = None;
     }
     Ok((family.unwrap_or(Family::Ipv4), sel, dropped))
@@ -61,8 +64,15 @@ pub fn selector_for(filter: &str) -> Result<(Family, TraceSelector, Vec<String>)
 /// A filter term iptables cannot express, for the user.
 fn describe(p: &Prim) -> String {
     match p {
-        Prim::Net { dir: Dir::Either, net } => format!("`host/net {}/{}` (either side)", net.addr, net.prefix),
-        Prim::Port { dir: Dir::Either, lo, hi } if lo == hi => format!("`port {lo}` (either side)"),
+        Prim::Net {
+            dir: Dir::Either,
+            net,
+        } => format!("`host/net {}/{}` (either side)", net.addr, net.prefix),
+        Prim::Port {
+            dir: Dir::Either,
+            lo,
+            hi,
+        } if lo == hi => format!("`port {lo}` (either side)"),
         Prim::Port { lo, hi, .. } => format!("`portrange {lo}-{hi}`"),
         Prim::Iface { name, .. } => format!("`iface {name}`"),
         Prim::Mark { value, mask } => format!("`mark {value:#x}/{mask:#x}`"),
@@ -141,10 +151,17 @@ impl CompareTrace {
         for t in targets {
             let ino = crate::netns::inode_of(&t.path)? as u32;
             let backend = backend_in_use(ino, &t.path, family);
-            let target = TraceTarget { netns: t.path.clone(), backend, family };
+            let target = TraceTarget {
+                netns: t.path.clone(),
+                backend,
+                family,
+            };
             // On error, the tracers already started are dropped: they undo their changes.
-            let tracer = ReferenceTracer::start(target, sel, true).with_context(|| format!("--compare-trace in netns {}", t.label))?;
-            let snap = tracer.snapshot_rulesets().with_context(|| format!("rules of netns {}", t.label))?;
+            let tracer = ReferenceTracer::start(target, sel, true)
+                .with_context(|| format!("--compare-trace in netns {}", t.label))?;
+            let snap = tracer
+                .snapshot_rulesets()
+                .with_context(|| format!("rules of netns {}", t.label))?;
             eprintln!("iptrace capture: --compare-trace: netns {}: TRACE rule inserted (iptables-{backend})", t.label);
             tracers.push((ino, t.label.clone(), tracer, snap));
         }
@@ -157,15 +174,19 @@ impl CompareTrace {
         let mut reports = Vec::new();
         let mut first_err = None;
         for (ino, label, tracer, snap) in self.tracers {
-            let result = tracer.finish().with_context(|| format!("--compare-trace cleanup in netns {label}")).and_then(|out| {
-                let ours: Vec<CapturedPacket> = captured
-                    .iter()
-                    .filter(|(n, _)| *n == ino)
-                    .enumerate()
-                    .map(|(index, (_, c))| CapturedPacket { index, ..c.clone() })
-                    .collect();
-                agreement(&out, &ours, &snap).with_context(|| format!("comparing netns {label}"))
-            });
+            let result = tracer
+                .finish()
+                .with_context(|| format!("--compare-trace cleanup in netns {label}"))
+                .and_then(|out| {
+                    let ours: Vec<CapturedPacket> = captured
+                        .iter()
+                        .filter(|(n, _)| *n == ino)
+                        .enumerate()
+                        .map(|(index, (_, c))| CapturedPacket { index, ..c.clone() })
+                        .collect();
+                    agreement(&out, &ours, &snap)
+                        .with_context(|| format!("comparing netns {label}"))
+                });
             match result {
                 Ok(r) => reports.push((label, r)),
                 Err(e) => first_err = first_err.or(Some(e)),
@@ -202,13 +223,20 @@ mod tests {
 
     #[test]
     fn filter_to_trace_selector() {
-        let (f, s, dropped) = selector_for("tcp and dst host 192.168.64.4 and dst port 10000").unwrap();
+        let (f, s, dropped) =
+            selector_for("tcp and dst host 192.168.64.4 and dst port 10000").unwrap();
         assert_eq!(f, Family::Ipv4);
-        assert_eq!(s.iptables_args(), ["-d", "192.168.64.4/32", "-p", "tcp", "--dport", "10000"]);
+        assert_eq!(
+            s.iptables_args(),
+            ["-d", "192.168.64.4/32", "-p", "tcp", "--dport", "10000"]
+        );
         assert!(dropped.is_empty());
         // `port` is either side: multiport.
         let (_, s, dropped) = selector_for("tcp and port 10000").unwrap();
-        assert_eq!(s.iptables_args(), ["-p", "tcp", "-m", "multiport", "--ports", "10000"]);
+        assert_eq!(
+            s.iptables_args(),
+            ["-p", "tcp", "-m", "multiport", "--ports", "10000"]
+        );
         assert!(dropped.is_empty(), "{dropped:?}");
         // Two either-side ports cannot be one multiport `and`: the second widens the rule.
         let (_, s, dropped) = selector_for("tcp and port 1 and port 2").unwrap();

@@ -30,10 +30,23 @@ pub enum FentryError {
     NoProgram(String),
     #[error(transparent)]
     Btf(#[from] modbtf::ModBtfError),
-    #[error("BPF_PROG_LOAD {prog} (fentry on {function}, BTF id {btf_id}{module}): {source}: {log}")]
-    Load { prog: String, function: String, btf_id: u32, module: String, source: std::io::Error, log: String },
+    #[error(
+        "BPF_PROG_LOAD {prog} (fentry on {function}, BTF id {btf_id}{module}): {source}: {log}"
+    )]
+    Load {
+        prog: String,
+        function: String,
+        btf_id: u32,
+        module: String,
+        source: std::io::Error,
+        log: String,
+    },
     #[error("attaching {prog} to {function}: {source}")]
-    Attach { prog: String, function: String, source: std::io::Error },
+    Attach {
+        prog: String,
+        function: String,
+        source: std::io::Error,
+    },
 }
 
 /// The object's programs with maps relocated to aya's fds and calls linked.
@@ -48,18 +61,28 @@ impl Programs {
         let mut obj = aya_obj::Object::parse(elf).map_err(|e| err(&e))?;
         let mut maps: Vec<(String, RawFd, aya_obj::Map)> = Vec::new();
         for (name, def) in &obj.maps {
-            let map = ebpf.map(name).ok_or_else(|| FentryError::Object(format!("aya created no map {name}")))?;
+            let map = ebpf
+                .map(name)
+                .ok_or_else(|| FentryError::Object(format!("aya created no map {name}")))?;
             maps.push((name.clone(), map_fd(map).map_err(|e| err(&e))?, def.clone()));
         }
         let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
-        obj.relocate_maps(maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text_sections).map_err(|e| err(&e))?;
+        obj.relocate_maps(
+            maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+            &text_sections,
+        )
+        .map_err(|e| err(&e))?;
         obj.relocate_calls(&text_sections).map_err(|e| err(&e))?;
         let license = obj.license.clone();
         Ok(Programs { obj, license })
     }
 
     fn insns(&self, prog: &str) -> Result<&[bpf_insn], FentryError> {
-        let p = self.obj.programs.get(prog).ok_or_else(|| FentryError::NoProgram(prog.to_string()))?;
+        let p = self
+            .obj
+            .programs
+            .get(prog)
+            .ok_or_else(|| FentryError::NoProgram(prog.to_string()))?;
         let f = self
             .obj
             .functions
@@ -80,18 +103,29 @@ impl Programs {
     ) -> Result<OwnedFd, FentryError> {
         let obj_fd = module.map(modbtf::btf_object_fd).transpose()?;
         let insns = self.insns(prog)?.to_vec();
-        let fd = prog_load(&insns, &self.license, prog, btf_id, obj_fd.as_ref().map(|f| f.as_raw_fd()), exit).map_err(
-            |(source, log)| FentryError::Load {
-                prog: prog.to_string(),
-                function: function.to_string(),
-                btf_id,
-                module: module.map(|m| format!(" in module {m}")).unwrap_or_default(),
-                source,
-                log,
-            },
-        )?;
-        let link = raw_tracepoint_open(&fd)
-            .map_err(|source| FentryError::Attach { prog: prog.to_string(), function: function.to_string(), source })?;
+        let fd = prog_load(
+            &insns,
+            &self.license,
+            prog,
+            btf_id,
+            obj_fd.as_ref().map(|f| f.as_raw_fd()),
+            exit,
+        )
+        .map_err(|(source, log)| FentryError::Load {
+            prog: prog.to_string(),
+            function: function.to_string(),
+            btf_id,
+            module: module
+                .map(|m| format!(" in module {m}"))
+                .unwrap_or_default(),
+            source,
+            log,
+        })?;
+        let link = raw_tracepoint_open(&fd).map_err(|source| FentryError::Attach {
+            prog: prog.to_string(),
+            function: function.to_string(),
+            source,
+        })?;
         // The link holds the program; the program fd itself may go.
         Ok(link)
     }
@@ -123,7 +157,11 @@ fn prog_load(
     obj_fd: Option<RawFd>,
     exit: bool,
 ) -> Result<OwnedFd, (std::io::Error, String)> {
-    let expected_attach_type = if exit { BPF_TRACE_FEXIT } else { BPF_TRACE_FENTRY };
+    let expected_attach_type = if exit {
+        BPF_TRACE_FEXIT
+    } else {
+        BPF_TRACE_FENTRY
+    };
     load_with_log_on_failure(1 << 20, 20, |log| {
         let attr = ProgLoadAttr {
             head: ProgLoadHead::new(BPF_PROG_TYPE_TRACING, expected_attach_type, insns, license, name, log),
@@ -161,7 +199,15 @@ fn raw_tracepoint_open(prog: &OwnedFd) -> Result<OwnedFd, std::io::Error> {
         _pad: u32,
         cookie: u64,
     }
-    sys_bpf(BPF_RAW_TRACEPOINT_OPEN, &Attr { name: 0, prog_fd: prog.as_raw_fd() as u32, _pad: 0, cookie: 0 })
+    sys_bpf(
+        BPF_RAW_TRACEPOINT_OPEN,
+        &Attr {
+            name: 0,
+            prog_fd: prog.as_raw_fd() as u32,
+            _pad: 0,
+            cookie: 0,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -170,7 +216,10 @@ mod tests {
 
     #[test]
     fn prog_load_attr_layout() {
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, head.expected_attach_type), 68);
+        assert_eq!(
+            std::mem::offset_of!(ProgLoadAttr, head.expected_attach_type),
+            68
+        );
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, attach_btf_id), 108);
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, attach_btf_obj_fd), 112);
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, fd_array), 120);

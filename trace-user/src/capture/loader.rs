@@ -49,7 +49,11 @@ pub enum LoadError {
     #[error("the probe's priority immediate occurs {0} times (want 1)")]
     Magic(usize),
     #[error("BPF_PROG_LOAD (netfilter, priority {priority}) failed: {source}\n{log}")]
-    ProgLoad { priority: i32, source: std::io::Error, log: String },
+    ProgLoad {
+        priority: i32,
+        source: std::io::Error,
+        log: String,
+    },
 }
 
 fn aya_err(e: impl std::fmt::Display) -> LoadError {
@@ -100,11 +104,18 @@ impl Loaded {
             .load(&elf)
             .map_err(aya_err)?;
         let mut filter: Array<&mut MapData, FilterProgram> =
-            Array::try_from(ebpf.map_mut("FILTER").ok_or(LoadError::NoMap("FILTER"))?).map_err(aya_err)?;
+            Array::try_from(ebpf.map_mut("FILTER").ok_or(LoadError::NoMap("FILTER"))?)
+                .map_err(aya_err)?;
         filter.set(0, opts.filter, 0).map_err(aya_err)?;
         attach_kfree_skb(&mut ebpf)?;
         let (insns, license) = relocated_probe(&elf, &ebpf)?;
-        Ok(Loaded { ebpf, insns, license, progs: HashMap::new(), drop_reasons })
+        Ok(Loaded {
+            ebpf,
+            insns,
+            license,
+            progs: HashMap::new(),
+            drop_reasons,
+        })
     }
 
     /// The probe program for `priority` (loaded on first use). `first_sight` copies apply
@@ -123,13 +134,19 @@ impl Loaded {
 
     /// The ring buffer (taken once, by the reader).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
-        let map = self.ebpf.take_map("EVENTS").ok_or(LoadError::NoMap("EVENTS"))?;
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(LoadError::NoMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(aya_err)
     }
 
     /// Counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, LoadError> {
-        let map = self.ebpf.map("COUNTERS").ok_or(LoadError::NoMap("COUNTERS"))?;
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(LoadError::NoMap("COUNTERS"))?;
         let arr: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map).map_err(aya_err)?;
         let per_cpu = arr.get(&0, 0).map_err(aya_err)?;
         Ok(sum_counters(&per_cpu))
@@ -157,7 +174,12 @@ pub(crate) fn drop_reasons(kbtf: &Btf) -> HashMap<u32, String> {
     kbtf.enum_values("skb_drop_reason")
         .map(|m| {
             m.into_iter()
-                .map(|(v, n)| (v as u32, n.trim_start_matches("SKB_DROP_REASON_").to_string()))
+                .map(|(v, n)| {
+                    (
+                        v as u32,
+                        n.trim_start_matches("SKB_DROP_REASON_").to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -166,7 +188,11 @@ pub(crate) fn drop_reasons(kbtf: &Btf) -> HashMap<u32, String> {
 /// The CONFIG global: sampling, rate limit and the filter's clause/predicate bounds.
 pub(crate) fn probe_config(opts: &LoadOptions) -> ProbeConfig {
     let n_clauses = opts.filter.n_clauses.min(FILTER_MAX_CLAUSES as u32);
-    let max_preds = opts.filter.clauses[..n_clauses as usize].iter().map(|c| c.n_preds).max().unwrap_or(0);
+    let max_preds = opts.filter.clauses[..n_clauses as usize]
+        .iter()
+        .map(|c| c.n_preds)
+        .max()
+        .unwrap_or(0);
     ProbeConfig {
         sample_n: opts.sample_n,
         rate_limit: opts.rate_limit,
@@ -184,7 +210,11 @@ pub fn wakeup_bytes(ringbuf_size: u32) -> u64 {
 /// Does any predicate of the program test `kind`?
 fn uses_kind(p: &FilterProgram, kind: u8) -> bool {
     let n = (p.n_clauses as usize).min(FILTER_MAX_CLAUSES);
-    p.clauses[..n].iter().any(|c| c.preds[..(c.n_preds as usize).min(FILTER_MAX_PREDS)].iter().any(|x| x.kind == kind))
+    p.clauses[..n].iter().any(|c| {
+        c.preds[..(c.n_preds as usize).min(FILTER_MAX_PREDS)]
+            .iter()
+            .any(|x| x.kind == kind)
+    })
 }
 
 pub(crate) fn attach_kfree_skb(ebpf: &mut Ebpf) -> Result<(), LoadError> {
@@ -211,13 +241,14 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             btf.offset("cred", "fsgid")?,
         ))
     })();
-    let (sk_state, sk_socket, socket_file, file_cred, cred_fsuid, cred_fsgid, have_creds) = match creds {
-        Ok((a, b, c, d, e, f)) => (a, b, c, d, e, f, 1),
-        Err(e) => {
-            log::warn!("UID/GID of local packets unavailable: {e}");
-            (0, 0, 0, 0, 0, 0, 0)
-        }
-    };
+    let (sk_state, sk_socket, socket_file, file_cred, cred_fsuid, cred_fsgid, have_creds) =
+        match creds {
+            Ok((a, b, c, d, e, f)) => (a, b, c, d, e, f, 1),
+            Err(e) => {
+                log::warn!("UID/GID of local packets unavailable: {e}");
+                (0, 0, 0, 0, 0, 0, 0)
+            }
+        };
     Ok(KernelOffsets {
         state_hook: btf.offset("nf_hook_state", "hook")?,
         state_pf: btf.offset("nf_hook_state", "pf")?,
@@ -237,7 +268,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         ct_status: btf.offset("nf_conn", "status")?,
         ct_mark: btf.offset("nf_conn", "mark")?,
         // tuplehash is an array of struct nf_conntrack_tuple_hash: [0] ORIGINAL, [1] REPLY.
-        ct_tuple: btf.offset("nf_conn", "tuplehash")? + btf.offset("nf_conntrack_tuple_hash", "tuple")?,
+        ct_tuple: btf.offset("nf_conn", "tuplehash")?
+            + btf.offset("nf_conntrack_tuple_hash", "tuple")?,
         ct_reply_tuple: btf.offset("nf_conn", "tuplehash")?
             + btf.size_of("nf_conntrack_tuple_hash")?
             + btf.offset("nf_conntrack_tuple_hash", "tuple")?,
@@ -262,8 +294,14 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
 pub(crate) fn hide_netfilter_sections(elf: &[u8]) -> Result<Vec<u8>, LoadError> {
     let bad = |what: &str| LoadError::Elf(what.to_string());
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return Err(bad("not a little-endian ELF64 object"));
     }
@@ -274,7 +312,9 @@ pub(crate) fn hide_netfilter_sections(elf: &[u8]) -> Result<Vec<u8>, LoadError> 
     let sh = |i: usize| shoff + i * shentsize;
     let strtab_off = u64_at(sh(shstrndx) + 0x18).ok_or(bad("truncated section table"))? as usize;
     let strtab_size = u64_at(sh(shstrndx) + 0x20).ok_or(bad("truncated section table"))? as usize;
-    let strtab = elf.get(strtab_off..strtab_off + strtab_size).ok_or(bad("truncated string table"))?;
+    let strtab = elf
+        .get(strtab_off..strtab_off + strtab_size)
+        .ok_or(bad("truncated string table"))?;
     let name_at = |off: u32| -> &[u8] {
         let s = strtab.get(off as usize..).unwrap_or(&[]);
         &s[..s.iter().position(|&b| b == 0).unwrap_or(s.len())]
@@ -323,12 +363,17 @@ fn relocated_probe(elf: &[u8], ebpf: &Ebpf) -> Result<(Vec<bpf_insn>, CString), 
     // Clones: relocate_maps needs `&mut obj` while reading the map definitions.
     let mut maps: Vec<(String, RawFd, aya_obj::Map)> = Vec::new();
     for (name, def) in &obj.maps {
-        let map = ebpf.map(name).ok_or_else(|| LoadError::Aya(format!("aya created no map {name}")))?;
+        let map = ebpf
+            .map(name)
+            .ok_or_else(|| LoadError::Aya(format!("aya created no map {name}")))?;
         maps.push((name.clone(), map_fd(map)?, def.clone()));
     }
     let text_sections: HashSet<usize> = obj.functions.keys().map(|(s, _)| *s).collect();
-    obj.relocate_maps(maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)), &text_sections)
-        .map_err(aya_err)?;
+    obj.relocate_maps(
+        maps.iter().map(|(n, fd, m)| (n.as_str(), *fd, m)),
+        &text_sections,
+    )
+    .map_err(aya_err)?;
     obj.relocate_calls(&text_sections).map_err(aya_err)?;
     let insns = obj.functions[&key].instructions.clone();
     Ok((insns, obj.license.clone()))
@@ -336,7 +381,11 @@ fn relocated_probe(elf: &[u8], ebpf: &Ebpf) -> Result<(Vec<bpf_insn>, CString), 
 
 pub(crate) fn map_fd(map: &Map) -> Result<RawFd, LoadError> {
     let data = match map {
-        Map::Array(d) | Map::HashMap(d) | Map::LruHashMap(d) | Map::PerCpuArray(d) | Map::RingBuf(d) => d,
+        Map::Array(d)
+        | Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::RingBuf(d) => d,
         Map::PerCpuHashMap(d) | Map::PerCpuLruHashMap(d) => d,
         other => return Err(LoadError::Aya(format!("unexpected map kind {other:?}"))),
     };
@@ -345,9 +394,17 @@ pub(crate) fn map_fd(map: &Map) -> Result<RawFd, LoadError> {
 
 /// Rewrite the `ld_imm64 PRIORITY_MAGIC`: low word = priority, high word = flags.
 fn patch_slot(insns: &mut [bpf_insn], priority: i32, first_sight: bool) -> Result<(), LoadError> {
-    let (lo, hi) = (PRIORITY_MAGIC as u32 as i32, (PRIORITY_MAGIC >> 32) as u32 as i32);
+    let (lo, hi) = (
+        PRIORITY_MAGIC as u32 as i32,
+        (PRIORITY_MAGIC >> 32) as u32 as i32,
+    );
     let hits: Vec<usize> = (0..insns.len().saturating_sub(1))
-        .filter(|&i| insns[i].code == 0x18 && insns[i].src_reg() == 0 && insns[i].imm == lo && insns[i + 1].imm == hi)
+        .filter(|&i| {
+            insns[i].code == 0x18
+                && insns[i].src_reg() == 0
+                && insns[i].imm == lo
+                && insns[i + 1].imm == hi
+        })
         .collect();
     if hits.len() != 1 {
         return Err(LoadError::Magic(hits.len()));
@@ -367,10 +424,27 @@ struct ProgLoadAttr {
 fn prog_load(insns: &[bpf_insn], license: &CString, priority: i32) -> Result<OwnedFd, LoadError> {
     let name = format!("nfprobe_{}", priority as i64 + 0x8000_0000);
     load_with_log_on_failure(4 << 20, 30, |log| {
-        let head = ProgLoadHead::new(BPF_PROG_TYPE_NETFILTER, BPF_NETFILTER, insns, license, &name, log);
-        sys_bpf(BPF_PROG_LOAD, &ProgLoadAttr { head, _rest: [0; 72] })
+        let head = ProgLoadHead::new(
+            BPF_PROG_TYPE_NETFILTER,
+            BPF_NETFILTER,
+            insns,
+            license,
+            &name,
+            log,
+        );
+        sys_bpf(
+            BPF_PROG_LOAD,
+            &ProgLoadAttr {
+                head,
+                _rest: [0; 72],
+            },
+        )
     })
-    .map_err(|(source, log)| LoadError::ProgLoad { priority, source, log })
+    .map_err(|(source, log)| LoadError::ProgLoad {
+        priority,
+        source,
+        log,
+    })
 }
 
 #[cfg(test)]
@@ -380,7 +454,10 @@ mod tests {
     #[test]
     fn prog_load_attr_layout() {
         assert_eq!(std::mem::offset_of!(ProgLoadAttr, head.prog_name), 48);
-        assert_eq!(std::mem::offset_of!(ProgLoadAttr, head.expected_attach_type), 68);
+        assert_eq!(
+            std::mem::offset_of!(ProgLoadAttr, head.expected_attach_type),
+            68
+        );
         assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 144);
     }
 
@@ -390,7 +467,10 @@ mod tests {
         let out = hide_netfilter_sections(elf).unwrap();
         assert_eq!(out.len(), elf.len());
         aya_obj::Object::parse(&out).expect("aya-obj parses the patched object");
-        assert!(aya_obj::Object::parse(elf).is_err(), "aya-obj 0.3 rejects the netfilter section");
+        assert!(
+            aya_obj::Object::parse(elf).is_err(),
+            "aya-obj 0.3 rejects the netfilter section"
+        );
     }
 }
 
@@ -419,8 +499,15 @@ mod root_tests {
         assert_eq!(l.counters().unwrap().seen, 0);
         // Sampling and rate limiting are load-time constants: their code paths are only
         // verified when enabled.
-        let mut l = Loaded::load(&LoadOptions { sample_n: 8, rate_limit: 100, ..opts }).expect("load");
-        l.program(-301, true).expect("first-sight copy with sampling verifies");
-        l.program(-299, false).expect("plain copy with sampling verifies");
+        let mut l = Loaded::load(&LoadOptions {
+            sample_n: 8,
+            rate_limit: 100,
+            ..opts
+        })
+        .expect("load");
+        l.program(-301, true)
+            .expect("first-sight copy with sampling verifies");
+        l.program(-299, false)
+            .expect("plain copy with sampling verifies");
     }
 }

@@ -20,13 +20,13 @@ pub mod compare_trace;
 // fentry/kprobe backends (issue 6).
 pub mod classic;
 pub mod fentry;
-pub mod modbtf;
-pub mod xtpos;
 pub mod link;
 pub mod loader;
+pub mod modbtf;
 pub mod object;
 pub mod plan;
 pub mod print;
 pub mod rulelevel;
 pub mod session;
 pub mod stop;
+pub mod xtpos;

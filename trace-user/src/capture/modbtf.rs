@@ -15,11 +15,18 @@ const SYS_BTF: &str = "/sys/kernel/btf";
 #[derive(Debug, thiserror::Error)]
 pub enum ModBtfError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: malformed BTF at byte offset {offset}")]
     Malformed { path: PathBuf, offset: usize },
     #[error("{path}: unknown BTF kind {kind} at byte offset {offset}")]
-    UnknownKind { path: PathBuf, kind: u32, offset: usize },
+    UnknownKind {
+        path: PathBuf,
+        kind: u32,
+        offset: usize,
+    },
     #[error("BTF has no struct {0}")]
     NoStruct(String),
     #[error("BTF struct {ty} has no member {path}")]
@@ -27,17 +34,26 @@ pub enum ModBtfError {
     #[error("no kernel BTF object named {0} (module not loaded?)")]
     NoObject(String),
     #[error("{op}: {source}")]
-    Sys { op: &'static str, source: std::io::Error },
+    Sys {
+        op: &'static str,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
 enum Ty {
-    Composite { members: Vec<(String, u32, u32)> },
+    Composite {
+        members: Vec<(String, u32, u32)>,
+    },
     /// typedef/const/volatile/restrict/type tag → target.
     Alias(u32),
     Array(u32),
-    Func { proto: u32 },
-    Proto { params: Vec<String> },
+    Func {
+        proto: u32,
+    },
+    Proto {
+        params: Vec<String>,
+    },
     Other,
 }
 
@@ -61,7 +77,10 @@ impl KernelBtf {
 
     fn vmlinux_at(dir: &Path) -> Result<KernelBtf, ModBtfError> {
         let path = dir.join("vmlinux");
-        let data = std::fs::read(&path).map_err(|source| ModBtfError::Io { path: path.clone(), source })?;
+        let data = std::fs::read(&path).map_err(|source| ModBtfError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let mut k = KernelBtf {
             types: vec![Ty::Other],
             names: HashMap::new(),
@@ -83,7 +102,10 @@ impl KernelBtf {
         if !path.exists() {
             return Ok(None);
         }
-        let data = std::fs::read(&path).map_err(|source| ModBtfError::Io { path: path.clone(), source })?;
+        let data = std::fs::read(&path).map_err(|source| ModBtfError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let mut k = KernelBtf {
             types: self.types[..self.base_types].to_vec(),
             names: HashMap::new(),
@@ -92,7 +114,11 @@ impl KernelBtf {
             func_module: HashMap::new(),
         };
         for (n, ids) in &self.names {
-            let base: Vec<u32> = ids.iter().copied().filter(|i| (*i as usize) < self.base_types).collect();
+            let base: Vec<u32> = ids
+                .iter()
+                .copied()
+                .filter(|i| (*i as usize) < self.base_types)
+                .collect();
             if !base.is_empty() {
                 k.names.insert(n.clone(), base);
             }
@@ -102,10 +128,20 @@ impl KernelBtf {
     }
 
     /// Parse one BTF blob onto `self.types`; returns its string section.
-    fn parse(&mut self, data: &[u8], path: &Path, module: Option<&str>) -> Result<Vec<u8>, ModBtfError> {
-        let bad = |offset| ModBtfError::Malformed { path: path.to_path_buf(), offset };
+    fn parse(
+        &mut self,
+        data: &[u8],
+        path: &Path,
+        module: Option<&str>,
+    ) -> Result<Vec<u8>, ModBtfError> {
+        let bad = |offset| ModBtfError::Malformed {
+            path: path.to_path_buf(),
+            offset,
+        };
         let u32_at = |o: usize| -> Result<u32, ModBtfError> {
-            data.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).ok_or(bad(o))
+            data.get(o..o + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .ok_or(bad(o))
         };
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != BTF_MAGIC {
             return Err(bad(0));
@@ -113,7 +149,10 @@ impl KernelBtf {
         let hdr_len = u32_at(4)? as usize;
         let (type_off, type_len) = (u32_at(8)? as usize, u32_at(12)? as usize);
         let (str_off, str_len) = (u32_at(16)? as usize, u32_at(20)? as usize);
-        let strs = data.get(hdr_len + str_off..hdr_len + str_off + str_len).ok_or(bad(hdr_len + str_off))?.to_vec();
+        let strs = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(bad(hdr_len + str_off))?
+            .to_vec();
         let split = module.is_some();
         let base_len = self.base_strings.len() as u32;
         let name = |off: u32| -> String {
@@ -141,9 +180,9 @@ impl KernelBtf {
             let body = o + 12;
             let id = first_id + new_types.len() as u32;
             let (ty, body_len) = match kind {
-                1 => (Ty::Other, 4),                        // INT
-                2 | 7 | 16 => (Ty::Other, 0),               // PTR, FWD, FLOAT
-                3 => (Ty::Array(u32_at(body)?), 12),        // ARRAY
+                1 => (Ty::Other, 4),                 // INT
+                2 | 7 | 16 => (Ty::Other, 0),        // PTR, FWD, FLOAT
+                3 => (Ty::Array(u32_at(body)?), 12), // ARRAY
                 4 | 5 => {
                     // STRUCT, UNION
                     let mut members = Vec::with_capacity(vlen);
@@ -159,13 +198,18 @@ impl KernelBtf {
                     }
                     (Ty::Composite { members }, vlen * 12)
                 }
-                6 => (Ty::Other, vlen * 8),                 // ENUM
-                19 => (Ty::Other, vlen * 12),               // ENUM64
+                6 => (Ty::Other, vlen * 8),   // ENUM
+                19 => (Ty::Other, vlen * 12), // ENUM64
                 8 | 9 | 10 | 11 | 18 => (Ty::Alias(size_or_type), 0), // TYPEDEF VOLATILE CONST RESTRICT TYPE_TAG
                 12 => {
                     // FUNC
                     new_names.push((name(name_off), id));
-                    (Ty::Func { proto: size_or_type }, 0)
+                    (
+                        Ty::Func {
+                            proto: size_or_type,
+                        },
+                        0,
+                    )
                 }
                 13 => {
                     // FUNC_PROTO
@@ -175,9 +219,15 @@ impl KernelBtf {
                     }
                     (Ty::Proto { params }, vlen * 8)
                 }
-                14 | 17 => (Ty::Other, 4),                  // VAR, DECL_TAG
-                15 => (Ty::Other, vlen * 12),               // DATASEC
-                other => return Err(ModBtfError::UnknownKind { path: path.to_path_buf(), kind: other, offset: o }),
+                14 | 17 => (Ty::Other, 4),    // VAR, DECL_TAG
+                15 => (Ty::Other, vlen * 12), // DATASEC
+                other => {
+                    return Err(ModBtfError::UnknownKind {
+                        path: path.to_path_buf(),
+                        kind: other,
+                        offset: o,
+                    })
+                }
             };
             new_types.push(ty);
             o = body + body_len;
@@ -206,14 +256,20 @@ impl KernelBtf {
 
     /// The BTF id of function `name` and the module whose BTF holds it (None: vmlinux).
     pub fn func(&self, name: &str) -> Option<(u32, Option<String>)> {
-        let id = *self.names.get(name)?.iter().find(|id| matches!(self.types[**id as usize], Ty::Func { .. }))?;
+        let id = *self
+            .names
+            .get(name)?
+            .iter()
+            .find(|id| matches!(self.types[**id as usize], Ty::Func { .. }))?;
         Some((id, self.func_module.get(&id).cloned()))
     }
 
     /// Parameter names of function `name`.
     pub fn func_params(&self, name: &str) -> Option<Vec<String>> {
         let (id, _) = self.func(name)?;
-        let Ty::Func { proto } = &self.types[id as usize] else { return None };
+        let Ty::Func { proto } = &self.types[id as usize] else {
+            return None;
+        };
         match self.types.get(*proto as usize)? {
             Ty::Proto { params } => Some(params.clone()),
             _ => None,
@@ -223,7 +279,10 @@ impl KernelBtf {
     /// Byte offset of the dotted member `path` in struct `ty` (anonymous members searched,
     /// arrays entered at element 0).
     pub fn offset(&self, ty: &str, path: &str) -> Result<u32, ModBtfError> {
-        let ids = self.names.get(ty).ok_or_else(|| ModBtfError::NoStruct(ty.to_string()))?;
+        let ids = self
+            .names
+            .get(ty)
+            .ok_or_else(|| ModBtfError::NoStruct(ty.to_string()))?;
         for &id in ids {
             if !matches!(self.types[id as usize], Ty::Composite { .. }) {
                 continue;
@@ -232,7 +291,10 @@ impl KernelBtf {
                 return Ok(bits / 8);
             }
         }
-        Err(ModBtfError::NoMember { ty: ty.to_string(), path: path.to_string() })
+        Err(ModBtfError::NoMember {
+            ty: ty.to_string(),
+            path: path.to_string(),
+        })
     }
 
     fn walk(&self, id: u32, path: &str) -> Option<u32> {
@@ -248,7 +310,9 @@ impl KernelBtf {
 
     /// (bit offset, type) of member `name` of composite `id`, looking into anonymous members.
     fn member(&self, id: u32, name: &str, depth: u32) -> Option<(u32, u32)> {
-        let Ty::Composite { members } = self.types.get(self.resolve(id) as usize)? else { return None };
+        let Ty::Composite { members } = self.types.get(self.resolve(id) as usize)? else {
+            return None;
+        };
         for (n, ty, off) in members {
             if n == name {
                 return Some((*off, *ty));
@@ -281,7 +345,9 @@ pub fn btf_object_fd(name: &str) -> Result<OwnedFd, ModBtfError> {
         id = attr[1];
         let mut attr = [0u32; 4];
         attr[0] = id;
-        let Ok(fd) = bpf(BPF_BTF_GET_FD_BY_ID, &mut attr) else { continue };
+        let Ok(fd) = bpf(BPF_BTF_GET_FD_BY_ID, &mut attr) else {
+            continue;
+        };
         // SAFETY: a fresh fd owned by us.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         if btf_name(&fd).as_deref() == Some(name) {
@@ -309,14 +375,22 @@ struct BtfInfo {
 fn btf_name(fd: &OwnedFd) -> Option<String> {
     use std::os::fd::AsRawFd;
     let mut buf = [0u8; 64];
-    let mut info = BtfInfo { name: buf.as_mut_ptr() as u64, name_len: buf.len() as u32, ..Default::default() };
+    let mut info = BtfInfo {
+        name: buf.as_mut_ptr() as u64,
+        name_len: buf.len() as u32,
+        ..Default::default()
+    };
     #[repr(C)]
     struct InfoAttr {
         bpf_fd: u32,
         info_len: u32,
         info: u64,
     }
-    let mut attr = InfoAttr { bpf_fd: fd.as_raw_fd() as u32, info_len: std::mem::size_of::<BtfInfo>() as u32, info: &mut info as *mut BtfInfo as u64 };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<BtfInfo>() as u32,
+        info: &mut info as *mut BtfInfo as u64,
+    };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).ok()?;
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
@@ -348,7 +422,13 @@ mod tests {
         let (id, module) = k.func("nf_hook_slow").expect("nf_hook_slow in BTF");
         assert!(id > 0 && module.is_none());
         assert!(k.offset("nf_hook_state", "hook").is_ok());
-        assert_eq!(k.offset("net", "ns.inum").ok(), crate::capture::btf::Btf::from_sys().unwrap().offset("net", "ns.inum").ok());
+        assert_eq!(
+            k.offset("net", "ns.inum").ok(),
+            crate::capture::btf::Btf::from_sys()
+                .unwrap()
+                .offset("net", "ns.inum")
+                .ok()
+        );
         if let Some(p) = k.func_params("ipt_do_table") {
             assert_eq!(p.first().map(String::as_str), Some("priv"), "{p:?}");
         }

@@ -14,6 +14,8 @@ pub fn bytes() -> Result<&'static [u8], ObjectError> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
-    #[error("this iptrace was built with AYA_BUILD_SKIP=1: it has no eBPF object; rebuild without it")]
+    #[error(
+        "this iptrace was built with AYA_BUILD_SKIP=1: it has no eBPF object; rebuild without it"
+    )]
     NotBuilt,
 }

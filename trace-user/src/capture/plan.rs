@@ -30,17 +30,28 @@ pub enum PlanError {
 /// `NAME` (/run/netns/NAME), a path, a PID, or `all` (every named netns and the current one).
 pub fn targets(specs: &[String]) -> Result<Vec<Target>, PlanError> {
     if specs.is_empty() {
-        return Ok(vec![Target { label: "current".into(), path: "/proc/self/ns/net".into() }]);
+        return Ok(vec![Target {
+            label: "current".into(),
+            path: "/proc/self/ns/net".into(),
+        }]);
     }
     let mut out: Vec<Target> = Vec::new();
     for spec in specs {
         if spec == "all" {
-            out.push(Target { label: "current".into(), path: "/proc/self/ns/net".into() });
+            out.push(Target {
+                label: "current".into(),
+                path: "/proc/self/ns/net".into(),
+            });
             if let Ok(dir) = std::fs::read_dir(netns::NETNS_RUN_DIR) {
-                let mut names: Vec<String> =
-                    dir.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                let mut names: Vec<String> = dir
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect();
                 names.sort();
-                out.extend(names.into_iter().map(|n| Target { path: netns::path_of(&n), label: n }));
+                out.extend(names.into_iter().map(|n| Target {
+                    path: netns::path_of(&n),
+                    label: n,
+                }));
             }
             continue;
         }
@@ -54,11 +65,18 @@ pub fn targets(specs: &[String]) -> Result<Vec<Target>, PlanError> {
         if !path.exists() {
             return Err(PlanError::NoNetns(spec.clone()));
         }
-        out.push(Target { label: spec.clone(), path });
+        out.push(Target {
+            label: spec.clone(),
+            path,
+        });
     }
     // The same namespace named twice (e.g. `all` plus a name) is attached once.
     let mut seen = std::collections::HashSet::new();
-    out.retain(|t| netns::inode_of(&t.path).map(|i| seen.insert(i)).unwrap_or(true));
+    out.retain(|t| {
+        netns::inode_of(&t.path)
+            .map(|i| seen.insert(i))
+            .unwrap_or(true)
+    });
     Ok(out)
 }
 
@@ -83,7 +101,10 @@ pub struct Registered {
 /// Read the registrations of the netns at `path` (on a thread inside it).
 pub fn discover(path: &Path) -> Result<Registered, PlanError> {
     let (ipv4, ipv6) = netns::run_in(path, || {
-        (tables_in("/proc/thread-self/net/ip_tables_names"), tables_in("/proc/thread-self/net/ip6_tables_names"))
+        (
+            tables_in("/proc/thread-self/net/ip_tables_names"),
+            tables_in("/proc/thread-self/net/ip6_tables_names"),
+        )
     })?;
     let nft = nft_chains(path);
     Ok(Registered { ipv4, ipv6, nft })
@@ -111,8 +132,12 @@ fn nft_chains(path: &Path) -> Vec<NftChain> {
 
 /// Base chains (with hook and priority) of families ip, ip6 and inet in `nft -j` output.
 pub fn parse_nft_chains(json: &str) -> Vec<NftChain> {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else { return Vec::new() };
-    let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else { return Vec::new() };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
+        return Vec::new();
+    };
     items
         .iter()
         .filter_map(|item| {
@@ -152,13 +177,20 @@ pub fn stages(reg: &Registered, family: Family, hook: Hook) -> Vec<StageSlot> {
         Family::Ipv6 => reg.ipv6.clone(),
     };
     let mut others = Vec::new();
-    for c in reg.nft.iter().filter(|c| c.hook == hook && fam_names.contains(&c.family.as_str())) {
+    for c in reg
+        .nft
+        .iter()
+        .filter(|c| c.hook == hook && fam_names.contains(&c.family.as_str()))
+    {
         match Table::from_name(&c.table) {
             // iptables-nft registers its tables as nft chains at the standard priorities.
             Some(t) if t.priority(hook) == Some(c.priority) => tables.push(t),
             _ => others.push(StageSlot {
                 priority: c.priority,
-                stage: Stage::NftChain { table: c.table.clone(), chain: c.chain.clone() },
+                stage: Stage::NftChain {
+                    table: c.table.clone(),
+                    chain: c.chain.clone(),
+                },
             }),
         }
     }
@@ -175,8 +207,13 @@ pub fn stages(reg: &Registered, family: Family, hook: Hook) -> Vec<StageSlot> {
     // conntrack bracket there, so its packets are seen first.
     let entry = matches!(hook, Hook::Prerouting | Hook::Output);
     let family_has_tables = has_any
-        || reg.nft.iter().any(|c| fam_names.contains(&c.family.as_str()));
-    let only_conntrack = v.iter().all(|s| matches!(s.stage, Stage::Conntrack | Stage::ConntrackConfirm));
+        || reg
+            .nft
+            .iter()
+            .any(|c| fam_names.contains(&c.family.as_str()));
+    let only_conntrack = v
+        .iter()
+        .all(|s| matches!(s.stage, Stage::Conntrack | Stage::ConntrackConfirm));
     if only_conntrack && others.is_empty() && !(entry && family_has_tables) {
         return Vec::new();
     }
@@ -200,33 +237,55 @@ mod tests {
         let c = parse_nft_chains(json);
         assert_eq!(c.len(), 2);
         assert_eq!(c[1].priority, -250);
-        let reg = Registered { ipv4: vec![Table::Raw], ipv6: vec![], nft: c };
+        let reg = Registered {
+            ipv4: vec![Table::Raw],
+            ipv6: vec![],
+            nft: c,
+        };
         let s = stages(&reg, Family::Ipv4, Hook::Prerouting);
         let prios: Vec<i32> = s.iter().map(|s| s.priority).collect();
         assert_eq!(prios, vec![-300, -250, -200, -100]);
         assert!(matches!(&s[1].stage, Stage::NftChain { chain, .. } if chain == "early"));
         // IPv6: only the inet chain is registered there.
         let s6 = stages(&reg, Family::Ipv6, Hook::Prerouting);
-        assert_eq!(s6.iter().map(|s| s.priority).collect::<Vec<_>>(), vec![-250, -200]);
+        assert_eq!(
+            s6.iter().map(|s| s.priority).collect::<Vec<_>>(),
+            vec![-250, -200]
+        );
     }
 
     #[test]
     fn entry_hooks_keep_a_first_probe_when_the_family_has_tables() {
         // Only filter (INPUT/FORWARD/OUTPUT): PREROUTING has no table, but packets must still
         // meet a first-sight probe there before INPUT.
-        let reg = Registered { ipv6: vec![Table::Filter], ..Default::default() };
+        let reg = Registered {
+            ipv6: vec![Table::Filter],
+            ..Default::default()
+        };
         let pre = stages(&reg, Family::Ipv6, Hook::Prerouting);
-        assert_eq!(pre.iter().map(|s| s.priority).collect::<Vec<_>>(), vec![-200]);
+        assert_eq!(
+            pre.iter().map(|s| s.priority).collect::<Vec<_>>(),
+            vec![-200]
+        );
         let input = stages(&reg, Family::Ipv6, Hook::Input);
-        assert_eq!(input.iter().map(|s| s.priority).collect::<Vec<_>>(), vec![0, i32::MAX]);
-        assert!(stages(&reg, Family::Ipv4, Hook::Prerouting).is_empty(), "no IPv4 tables");
+        assert_eq!(
+            input.iter().map(|s| s.priority).collect::<Vec<_>>(),
+            vec![0, i32::MAX]
+        );
+        assert!(
+            stages(&reg, Family::Ipv4, Hook::Prerouting).is_empty(),
+            "no IPv4 tables"
+        );
     }
 
     #[test]
     fn no_tables_no_probes() {
         let reg = Registered::default();
         assert!(stages(&reg, Family::Ipv4, Hook::Forward).is_empty());
-        let reg = Registered { ipv4: vec![Table::Raw], ..Default::default() };
+        let reg = Registered {
+            ipv4: vec![Table::Raw],
+            ..Default::default()
+        };
         // raw has no FORWARD chain.
         assert!(stages(&reg, Family::Ipv4, Hook::Forward).is_empty());
     }

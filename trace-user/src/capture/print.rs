@@ -41,16 +41,33 @@ fn describe(h: &Headers) -> String {
         L4::Tcp { flags, .. } => format!("TCP [{}]", tcp_flags(*flags)),
         L4::Udp { .. } => "UDP".into(),
         L4::Sctp { .. } => "SCTP".into(),
-        L4::Icmp { icmp_type, code, .. } => format!("ICMP type {icmp_type} code {code}"),
-        L4::Icmpv6 { icmp_type, code, .. } => format!("ICMPv6 type {icmp_type} code {code}"),
+        L4::Icmp {
+            icmp_type, code, ..
+        } => format!("ICMP type {icmp_type} code {code}"),
+        L4::Icmpv6 {
+            icmp_type, code, ..
+        } => format!("ICMPv6 type {icmp_type} code {code}"),
         L4::Other => format!("proto {}", h.proto),
     };
     format!("{s} > {d} {l4}")
 }
 
 fn tcp_flags(f: u8) -> String {
-    let names = [(0x02, "SYN"), (0x10, "ACK"), (0x08, "PSH"), (0x01, "FIN"), (0x04, "RST"), (0x20, "URG"), (0x40, "ECE"), (0x80, "CWR")];
-    let v: Vec<&str> = names.iter().filter(|(b, _)| f & b != 0).map(|(_, n)| *n).collect();
+    let names = [
+        (0x02, "SYN"),
+        (0x10, "ACK"),
+        (0x08, "PSH"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    let v: Vec<&str> = names
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
     v.join(",")
 }
 
@@ -74,8 +91,16 @@ pub fn translation(before: &PacketState, after: &PacketState) -> Option<String> 
 fn verdict(v: &ObservedVerdict) -> String {
     match v {
         ObservedVerdict::Accept => "ACCEPT".into(),
-        ObservedVerdict::Drop { reason, reason_name } => {
-            format!("DROP ({})", reason_name.clone().unwrap_or_else(|| format!("reason {reason}")))
+        ObservedVerdict::Drop {
+            reason,
+            reason_name,
+        } => {
+            format!(
+                "DROP ({})",
+                reason_name
+                    .clone()
+                    .unwrap_or_else(|| format!("reason {reason}"))
+            )
         }
         ObservedVerdict::Stolen => "STOLEN".into(),
         ObservedVerdict::Unknown => "UNKNOWN".into(),
@@ -98,8 +123,15 @@ fn fate(f: &Fate) -> String {
         Fate::Delivered => "delivered".into(),
         Fate::Dropped { hook, stage } => format!("dropped in {stage} at {hook}"),
         Fate::Stolen { hook, stage } => format!("stolen in {stage} at {hook}"),
-        Fate::DroppedOutside { after, reason, reason_name } => {
-            format!("dropped after {after} ({})", reason_name.clone().unwrap_or_else(|| reason.to_string()))
+        Fate::DroppedOutside {
+            after,
+            reason,
+            reason_name,
+        } => {
+            format!(
+                "dropped after {after} ({})",
+                reason_name.clone().unwrap_or_else(|| reason.to_string())
+            )
         }
         Fate::Vanished { after } => format!("vanished after {after}"),
         other => format!("{other:?}").to_lowercase(),
@@ -109,13 +141,22 @@ fn fate(f: &Fate) -> String {
 /// Human-readable packet: one header line, one line per hook.
 pub fn write_pretty(w: &mut dyn Write, t: &PacketTrace) -> std::io::Result<()> {
     let first = t.hooks.iter().flat_map(|h| h.stages.iter()).next();
-    let what = first.map(|s| describe(&s.before.headers)).unwrap_or_else(|| "?".into());
+    let what = first
+        .map(|s| describe(&s.before.headers))
+        .unwrap_or_else(|| "?".into());
     let ct = first
         .and_then(|s| s.after.as_ref().and_then(|a| a.ct).or(s.before.ct))
         .map(|c| format!(" ct={} status={:#x}", ctinfo_name(c.ctinfo), c.status))
         .unwrap_or_default();
     let inc = if t.incomplete { " INCOMPLETE" } else { "" };
-    writeln!(w, "#{} {:?} netns={} {what}{ct} -> {}{inc}", t.id, t.family, t.netns, fate(&t.fate))?;
+    writeln!(
+        w,
+        "#{} {:?} netns={} {what}{ct} -> {}{inc}",
+        t.id,
+        t.family,
+        t.netns,
+        fate(&t.fate)
+    )?;
     for h in &t.hooks {
         let devs = format!(
             "in={} out={}",
@@ -130,7 +171,12 @@ pub fn write_pretty(w: &mut dyn Write, t: &PacketTrace) -> std::io::Result<()> {
             .find_map(|s| s.after.as_ref().and_then(|a| a.ct))
             .map(|c| format!(" [ct {} {:#x}]", ctinfo_name(c.ctinfo), c.status))
             .unwrap_or_default();
-        writeln!(w, "  {:<11} {devs}: {}{ct}", h.hook.chain_name(), stages.join(" | "))?;
+        writeln!(
+            w,
+            "  {:<11} {devs}: {}{ct}",
+            h.hook.chain_name(),
+            stages.join(" | ")
+        )?;
     }
     Ok(())
 }

@@ -28,9 +28,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use trace_core::compare::captured::CapturedPacket;
 use trace_core::event::Event;
-use trace_core::reconstruct::ReconstructedPacket;
 use trace_core::netfilter::{Family, Hook};
 use trace_core::output::{self, Format};
+use trace_core::reconstruct::ReconstructedPacket;
 use trace_core::record::replay::Replayer;
 use trace_core::record::{Record, RecordingWriter};
 
@@ -48,7 +48,11 @@ pub enum Rules {
 
 /// The live rule source of the session's namespaces (keyed by the inode events carry).
 pub fn live_source(session: &Session, targets: &[Target], min_interval: Duration) -> RuleSource {
-    let ns: Vec<(u32, std::path::PathBuf)> = targets.iter().zip(&session.attached).map(|(t, a)| (a.netns, t.path.clone())).collect();
+    let ns: Vec<(u32, std::path::PathBuf)> = targets
+        .iter()
+        .zip(&session.attached)
+        .map(|(t, a)| (a.netns, t.path.clone()))
+        .collect();
     RuleSource::live(&ns, min_interval)
 }
 
@@ -70,7 +74,16 @@ pub fn plan_records(session: &Session) -> Vec<Record> {
 /// `--rules FILE`'s records: its text as generation 0 of every traced netns, so that a
 /// recording replays against what the capture used.
 fn override_records(session: &Session, text: &str, family: Family) -> Vec<Record> {
-    session.attached.iter().map(|a| Record::Ruleset { netns: a.netns, family, generation: 0, text: text.to_string() }).collect()
+    session
+        .attached
+        .iter()
+        .map(|a| Record::Ruleset {
+            netns: a.netns,
+            family,
+            generation: 0,
+            text: text.to_string(),
+        })
+        .collect()
 }
 
 /// New generations not yet in force: (dump start time, their records), oldest first.
@@ -112,7 +125,14 @@ impl RuleLevel {
     /// `print`: reconstruct and print packets in `format`; `write`: record to that file.
     /// The first dumps are taken here (after anything that changes the rules on purpose,
     /// such as --compare-trace's TRACE rule, and before any event).
-    pub fn new(session: &Session, targets: &[Target], rules: Rules, print: bool, format: Format, write: Option<&Path>) -> Result<RuleLevel> {
+    pub fn new(
+        session: &Session,
+        targets: &[Target],
+        rules: Rules,
+        print: bool,
+        format: Format,
+        write: Option<&Path>,
+    ) -> Result<RuleLevel> {
         let (source, override_rs, mut initial) = match rules {
             Rules::Live { min_interval } => {
                 let mut src = live_source(session, targets, min_interval);
@@ -123,7 +143,9 @@ impl RuleLevel {
             Rules::File { path } => {
                 let rs = crate::rulesource::load_dump_file(&path)?;
                 let recs = match std::fs::read_to_string(&path) {
-                    Ok(text) if path != Path::new("-") => override_records(session, &text, rs.family),
+                    Ok(text) if path != Path::new("-") => {
+                        override_records(session, &text, rs.family)
+                    }
                     _ => Vec::new(),
                 };
                 (None, Some(rs), recs)
@@ -133,14 +155,24 @@ impl RuleLevel {
         // After the rules loaded: a bad --rules file leaves no half-written recording.
         let writer = match write {
             Some(p) => {
-                let f = std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?;
+                let f = std::fs::File::create(p)
+                    .with_context(|| format!("creating {}", p.display()))?;
                 Some(RecordingWriter::new(std::io::BufWriter::new(f))?)
             }
             None => None,
         };
 
         let replayer = print.then(|| Replayer::new(override_rs));
-        let mut rl = RuleLevel { replayer, format, writer, printed: 0, source, pending: Pending::default(), warned: Default::default(), kept: None };
+        let mut rl = RuleLevel {
+            replayer,
+            format,
+            writer,
+            printed: 0,
+            source,
+            pending: Pending::default(),
+            warned: Default::default(),
+            kept: None,
+        };
         rl.show_warnings();
         rl.apply(initial)?;
         Ok(rl)
@@ -157,13 +189,24 @@ impl RuleLevel {
             // --packets without --write: nobody uses the dumps.
             return Ok(false);
         }
-        let Some(src) = self.source.as_mut() else { return Ok(false) };
+        let Some(src) = self.source.as_mut() else {
+            return Ok(false);
+        };
         let started = monotonic_ns();
         let changes = src.refresh();
-        log::debug!("rule refresh at {started}: {} ms, {} changes", (monotonic_ns() - started) / 1_000_000, changes.len());
+        log::debug!(
+            "rule refresh at {started}: {} ms, {} changes",
+            (monotonic_ns() - started) / 1_000_000,
+            changes.len()
+        );
         if !changes.is_empty() {
             for c in &changes {
-                log::info!("netns {} {:?}: ruleset changed, generation {}", c.netns, c.family, c.generation);
+                log::info!(
+                    "netns {} {:?}: ruleset changed, generation {}",
+                    c.netns,
+                    c.family,
+                    c.generation
+                );
             }
             self.pending.push(started, src.records(&changes));
         }
@@ -173,7 +216,9 @@ impl RuleLevel {
 
     /// The rule source's notes, each shown once.
     fn show_warnings(&mut self) {
-        let Some(src) = self.source.as_mut() else { return };
+        let Some(src) = self.source.as_mut() else {
+            return;
+        };
         for w in std::mem::take(&mut src.warnings) {
             if self.warned.insert(w.clone()) {
                 eprintln!("iptrace capture: warning: {w}");
@@ -291,11 +336,24 @@ mod tests {
     use super::*;
 
     fn gen(g: u64) -> Record {
-        Record::Ruleset { netns: 1, family: Family::Ipv4, generation: g, text: String::new() }
+        Record::Ruleset {
+            netns: 1,
+            family: Family::Ipv4,
+            generation: g,
+            text: String::new(),
+        }
     }
 
     fn gens(recs: &[Record]) -> Vec<u64> {
-        recs.iter().filter_map(|r| if let Record::Ruleset { generation, .. } = r { Some(*generation) } else { None }).collect()
+        recs.iter()
+            .filter_map(|r| {
+                if let Record::Ruleset { generation, .. } = r {
+                    Some(*generation)
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     /// An event captured before a dump started keeps the generation before it; the first event
@@ -305,7 +363,10 @@ mod tests {
         let mut p = Pending::default();
         p.push(1_000, vec![gen(2)]);
         p.push(2_000, vec![gen(3)]);
-        assert!(p.due(999).is_empty(), "captured before generation 2 was dumped");
+        assert!(
+            p.due(999).is_empty(),
+            "captured before generation 2 was dumped"
+        );
         assert_eq!(gens(&p.due(1_000)), [2]);
         assert!(p.due(1_500).is_empty());
         p.push(3_000, vec![gen(4)]);

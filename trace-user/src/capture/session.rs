@@ -10,16 +10,16 @@ use anyhow::{Context, Result};
 use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
+use trace_common::filter::FilterProgram;
+use trace_common::record::Counters;
 use trace_core::assemble::{Assembler, AssemblerConfig, AssemblerStats, HookPlan, ProbePlan};
 use trace_core::decode::{Decoder, Symbols};
 use trace_core::event::Event;
 use trace_core::netfilter::{Family, Hook};
 use trace_core::packet::PacketTrace;
-use trace_common::filter::FilterProgram;
-use trace_common::record::Counters;
 
-use super::link::{self, HookSpec};
 use super::classic::{Classic, EventSource};
+use super::link::{self, HookSpec};
 use super::loader::{LoadOptions, Loaded};
 use super::plan::{self, Target};
 
@@ -68,7 +68,14 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn new(c: Counters, received: u64, decode_errors: u64, packets: u64, asm: AssemblerStats, attached: Vec<Attached>) -> Self {
+    fn new(
+        c: Counters,
+        received: u64,
+        decode_errors: u64,
+        packets: u64,
+        asm: AssemblerStats,
+        attached: Vec<Attached>,
+    ) -> Self {
         Summary {
             seen: c.seen,
             filtered_out: c.filtered_out,
@@ -108,7 +115,11 @@ impl Session {
             filter: opts.filter,
         })
         .context("loading the eBPF programs")?;
-        let netfilter_drop = loaded.drop_reasons.iter().find(|(_, n)| *n == "NETFILTER_DROP").map(|(v, _)| *v);
+        let netfilter_drop = loaded
+            .drop_reasons
+            .iter()
+            .find(|(_, n)| *n == "NETFILTER_DROP")
+            .map(|(v, _)| *v);
         let mut plan = ProbePlan::new();
         let mut links = Vec::new();
         let mut attached = Vec::new();
@@ -123,37 +134,73 @@ impl Session {
                     let entry = matches!(hook, Hook::Prerouting | Hook::Output);
                     for &p in hp.probes() {
                         let fd = loaded.program(p, entry && Some(p) == first)?;
-                        specs.push((fd, HookSpec { pf: family.nfproto(), hook: hook.num(), priority: p }));
+                        specs.push((
+                            fd,
+                            HookSpec {
+                                pf: family.nfproto(),
+                                hook: hook.num(),
+                                priority: p,
+                            },
+                        ));
                     }
                     plan.insert(inode, family, hook, hp);
                 }
             }
             let n = specs.len();
             let made = crate::netns::run_in(&t.path, move || {
-                specs.into_iter().map(|(fd, spec)| link::create(fd, spec)).collect::<Result<Vec<_>, _>>()
+                specs
+                    .into_iter()
+                    .map(|(fd, spec)| link::create(fd, spec))
+                    .collect::<Result<Vec<_>, _>>()
             })??;
             links.extend(made);
             log::info!("netns {} (inode {inode}): {n} netfilter links", t.label);
-            attached.push(Attached { label: t.label.clone(), netns: inode, links: n });
+            attached.push(Attached {
+                label: t.label.clone(),
+                netns: inode,
+                links: n,
+            });
         }
-        Ok(Session { loaded: Box::new(loaded), links, plan, attached, netfilter_drop, discard: false })
+        Ok(Session {
+            loaded: Box::new(loaded),
+            links,
+            plan,
+            attached,
+            netfilter_drop,
+            discard: false,
+        })
     }
 
     /// A session over the fentry or kprobe backend (already loaded and attached, e.g. by
     /// `classic::select`): its programs are global, so they are restricted to the targets'
     /// namespaces; the plan brackets each registered table at P / P + 1 (`classic::probe_plan`).
     pub fn attach_classic(opts: &CaptureOptions, mut classic: Classic) -> Result<Session> {
-        let netfilter_drop = classic.drop_reasons.iter().find(|(_, n)| *n == "NETFILTER_DROP").map(|(v, _)| *v);
+        let netfilter_drop = classic
+            .drop_reasons
+            .iter()
+            .find(|(_, n)| *n == "NETFILTER_DROP")
+            .map(|(v, _)| *v);
         let mut regs = Vec::new();
         let mut attached = Vec::new();
         for t in &opts.targets {
             let inode = crate::netns::inode_of(&t.path)? as u32;
             regs.push((inode, plan::discover(&t.path)?));
-            attached.push(Attached { label: t.label.clone(), netns: inode, links: classic.attached.len() });
+            attached.push(Attached {
+                label: t.label.clone(),
+                netns: inode,
+                links: classic.attached.len(),
+            });
         }
         classic.restrict_netns(&regs.iter().map(|(i, _)| *i).collect::<Vec<_>>())?;
         let plan = super::classic::probe_plan(&regs);
-        Ok(Session { loaded: Box::new(classic), links: Vec::new(), plan, attached, netfilter_drop, discard: false })
+        Ok(Session {
+            loaded: Box::new(classic),
+            links: Vec::new(),
+            plan,
+            attached,
+            netfilter_drop,
+            discard: false,
+        })
     }
 
     /// The probe plan (per netns inode, family, hook).
@@ -168,7 +215,11 @@ impl Session {
 
     /// Read, decode and assemble until a stop condition; `on_packet` gets every traversal.
     /// Returns the summary (after detaching nothing: the caller drops the session).
-    pub fn run(&mut self, opts: &CaptureOptions, on_packet: impl FnMut(&PacketTrace) -> Result<()>) -> Result<Summary> {
+    pub fn run(
+        &mut self,
+        opts: &CaptureOptions,
+        on_packet: impl FnMut(&PacketTrace) -> Result<()>,
+    ) -> Result<Summary> {
         self.run_with_events(opts, |_| Ok(()), on_packet)
     }
 
@@ -206,7 +257,11 @@ impl Session {
     /// Only decode and hand out events (their consumer assembles, e.g. the rule-level
     /// replayer): no second assembly in the hot loop. `on_event` returns how many packets the
     /// event completed (for --count and `Summary::packets`).
-    pub fn run_events(&mut self, opts: &CaptureOptions, on_event: impl FnMut(Event) -> Result<u64>) -> Result<Summary> {
+    pub fn run_events(
+        &mut self,
+        opts: &CaptureOptions,
+        on_event: impl FnMut(Event) -> Result<u64>,
+    ) -> Result<Summary> {
         self.run_events_ticked(opts, || Ok(false), on_event)
     }
 
@@ -221,14 +276,22 @@ impl Session {
         mut on_tick: impl FnMut() -> Result<bool>,
         mut on_event: impl FnMut(Event) -> Result<u64>,
     ) -> Result<Summary> {
-        self.run_inner(opts, |e| Ok((None, on_event(e)?)), |_| Ok(()), false, &mut on_tick)
+        self.run_inner(
+            opts,
+            |e| Ok((None, on_event(e)?)),
+            |_| Ok(()),
+            false,
+            &mut on_tick,
+        )
     }
 
     /// Drain the ring buffer and count records without decoding them: measures what the
     /// probes cost the kernel apart from the collector's work (benchmarks only).
     pub fn run_discard(&mut self, opts: &CaptureOptions) -> Result<Summary> {
         self.discard = true;
-        let r = self.run_inner(opts, |_| Ok((None, 0)), |_| Ok(()), false, &mut || Ok(false));
+        let r = self.run_inner(opts, |_| Ok((None, 0)), |_| Ok(()), false, &mut || {
+            Ok(false)
+        });
         self.discard = false;
         r
     }
@@ -241,21 +304,45 @@ impl Session {
         assemble: bool,
         on_tick: &mut dyn FnMut() -> Result<bool>,
     ) -> Result<Summary> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let events = self.loaded.take_events()?;
         let decoder = Decoder::new(self.loaded.drop_reasons().clone(), kallsyms());
         let mut asm = Assembler::new(self.plan.clone(), AssemblerConfig::default());
         if let Some(r) = self.netfilter_drop {
             asm.set_netfilter_drop_reason(r);
         }
-        let mut st = ReadState { decoder, asm, assemble, decode: !self.discard, received: 0, decode_errors: 0, packets: 0 };
-        rt.block_on(read_loop(events, opts, &mut st, &mut on_event, &mut on_packet, on_tick))?;
+        let mut st = ReadState {
+            decoder,
+            asm,
+            assemble,
+            decode: !self.discard,
+            received: 0,
+            decode_errors: 0,
+            packets: 0,
+        };
+        rt.block_on(read_loop(
+            events,
+            opts,
+            &mut st,
+            &mut on_event,
+            &mut on_packet,
+            on_tick,
+        ))?;
         for t in st.asm.flush() {
             st.packets += 1;
             on_packet(&t)?;
         }
         let c = self.loaded.counters()?;
-        Ok(Summary::new(c, st.received, st.decode_errors, st.packets, st.asm.stats().clone(), self.attached.clone()))
+        Ok(Summary::new(
+            c,
+            st.received,
+            st.decode_errors,
+            st.packets,
+            st.asm.stats().clone(),
+            self.attached.clone(),
+        ))
     }
 }
 
@@ -369,7 +456,10 @@ async fn read_loop(
 
 /// CLOCK_MONOTONIC in ns (the probes' bpf_ktime_get_ns clock).
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -377,5 +467,7 @@ pub fn monotonic_ns() -> u64 {
 
 /// Kernel text symbols for drop locations (empty when kallsyms hides addresses).
 fn kallsyms() -> Symbols {
-    std::fs::read_to_string("/proc/kallsyms").map(|t| Symbols::from_kallsyms(&t)).unwrap_or_default()
+    std::fs::read_to_string("/proc/kallsyms")
+        .map(|t| Symbols::from_kallsyms(&t))
+        .unwrap_or_default()
 }

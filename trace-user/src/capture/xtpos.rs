@@ -29,7 +29,11 @@ const HOOK_NAMES: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POST
 #[derive(Debug, thiserror::Error)]
 pub enum XtPosError {
     #[error("getsockopt {what} for table {table}: {source}")]
-    Sockopt { what: &'static str, table: String, source: std::io::Error },
+    Sockopt {
+        what: &'static str,
+        table: String,
+        source: std::io::Error,
+    },
     #[error("rule blob of table {table} malformed at offset {offset}")]
     Malformed { table: String, offset: usize },
     #[error(transparent)]
@@ -74,8 +78,16 @@ impl Blob {
 
     /// Parse the entries of a blob with the table's hook entry points.
     fn parse(table: &str, info: &Info, bytes: &[u8]) -> Result<Blob, XtPosError> {
-        let bad = |offset| XtPosError::Malformed { table: table.to_string(), offset };
-        let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize).ok_or(bad(o));
+        let bad = |offset| XtPosError::Malformed {
+            table: table.to_string(),
+            offset,
+        };
+        let u16_at = |o: usize| {
+            bytes
+                .get(o..o + 2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                .ok_or(bad(o))
+        };
         let mut entries = Vec::new();
         let (mut chain, mut rule) = (String::new(), 0u32);
         let mut off = 0;
@@ -85,7 +97,9 @@ impl Blob {
             if next < IPT_ENTRY_SIZE || target_offset < IPT_ENTRY_SIZE || off + next > bytes.len() {
                 return Err(bad(off));
             }
-            if let Some(h) = (0..5).find(|&h| info.valid_hooks & (1 << h) != 0 && info.hook_entry[h] as usize == off) {
+            if let Some(h) = (0..5)
+                .find(|&h| info.valid_hooks & (1 << h) != 0 && info.hook_entry[h] as usize == off)
+            {
                 chain = HOOK_NAMES[h].to_string();
                 rule = 0;
             }
@@ -97,7 +111,8 @@ impl Blob {
                 off += next;
                 continue;
             }
-            let policy = (0..5).any(|h| info.valid_hooks & (1 << h) != 0 && info.underflow[h] as usize == off);
+            let policy = (0..5)
+                .any(|h| info.valid_hooks & (1 << h) != 0 && info.underflow[h] as usize == off);
             let mut matches = Vec::new();
             let mut m = off + IPT_ENTRY_SIZE;
             while m < off + target_offset {
@@ -119,15 +134,24 @@ impl Blob {
             });
             off += next;
         }
-        Ok(Blob { table: table.to_string(), entries })
+        Ok(Blob {
+            table: table.to_string(),
+            entries,
+        })
     }
 
     /// The rule (and match) at `offset` of the blob.
     pub fn position(&self, offset: usize) -> Option<Position> {
-        let mut i = self.entries.partition_point(|e| e.offset <= offset).checked_sub(1)?;
+        let mut i = self
+            .entries
+            .partition_point(|e| e.offset <= offset)
+            .checked_sub(1)?;
         // A target without data (TRACE, ACCEPT...): its data pointer is the entry's end, i.e.
         // the next entry's start (never a data pointer of that one).
-        if offset == self.entries[i].offset && i > 0 && self.entries[i - 1].target_data == self.entries[i - 1].size {
+        if offset == self.entries[i].offset
+            && i > 0
+            && self.entries[i - 1].target_data == self.entries[i - 1].size
+        {
             i -= 1;
         }
         let e = &self.entries[i];
@@ -137,7 +161,11 @@ impl Blob {
         } else {
             Some(e.matches.iter().find(|(o, _)| *o == rel)?.1.clone())
         };
-        Some(Position { chain: e.chain.clone(), rule: e.rule, matched })
+        Some(Position {
+            chain: e.chain.clone(),
+            rule: e.rule,
+            matched,
+        })
     }
 }
 
@@ -155,7 +183,10 @@ pub struct Observation {
 /// Resolve the XT records of a capture (in order) against the blobs of their netns
 /// (table name → blob); records that fall outside every blob are described in the second
 /// value (`table+offset`, or why not).
-pub fn resolve(records: &[XtRecord], blobs: &HashMap<String, Blob>) -> (Vec<Observation>, Vec<String>) {
+pub fn resolve(
+    records: &[XtRecord],
+    blobs: &HashMap<String, Blob>,
+) -> (Vec<Observation>, Vec<String>) {
     let mut base: HashMap<(u64, u64), (u64, String)> = HashMap::new();
     let mut out = Vec::new();
     let mut unresolved = Vec::new();
@@ -163,10 +194,17 @@ pub fn resolve(records: &[XtRecord], blobs: &HashMap<String, Blob>) -> (Vec<Obse
         let key = (r.skb, r.gen);
         if r.what == xt_what::BASE {
             let end = r.name.iter().position(|&b| b == 0).unwrap_or(r.name.len());
-            base.insert(key, (r.addr, String::from_utf8_lossy(&r.name[..end]).into_owned()));
+            base.insert(
+                key,
+                (r.addr, String::from_utf8_lossy(&r.name[..end]).into_owned()),
+            );
             continue;
         }
-        let what = if r.what == xt_what::TARGET { "target" } else { "match" };
+        let what = if r.what == xt_what::TARGET {
+            "target"
+        } else {
+            "match"
+        };
         let Some((b, table)) = base.get(&key) else {
             unresolved.push(format!("{what} before any table base"));
             continue;
@@ -203,7 +241,11 @@ pub struct Info {
 }
 
 fn get_entries(table: &str) -> Result<(Info, Vec<u8>), XtPosError> {
-    let err = |what, source| XtPosError::Sockopt { what, table: table.to_string(), source };
+    let err = |what, source| XtPosError::Sockopt {
+        what,
+        table: table.to_string(),
+        source,
+    };
     // SAFETY: plain socket call; the fd is closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if fd < 0 {
@@ -211,12 +253,28 @@ fn get_entries(table: &str) -> Result<(Info, Vec<u8>), XtPosError> {
     }
     // SAFETY: fd is ours.
     let _guard = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut info = Info { name: [0; XT_TABLE_MAXNAMELEN], valid_hooks: 0, hook_entry: [0; 5], underflow: [0; 5], num_entries: 0, size: 0 };
+    let mut info = Info {
+        name: [0; XT_TABLE_MAXNAMELEN],
+        valid_hooks: 0,
+        hook_entry: [0; 5],
+        underflow: [0; 5],
+        num_entries: 0,
+        size: 0,
+    };
     let n = table.len().min(XT_TABLE_MAXNAMELEN - 1);
     info.name[..n].copy_from_slice(&table.as_bytes()[..n]);
     let mut len = std::mem::size_of::<Info>() as libc::socklen_t;
     // SAFETY: info is a valid ipt_getinfo buffer of `len` bytes.
-    if unsafe { libc::getsockopt(fd, libc::SOL_IP, IPT_SO_GET_INFO, &mut info as *mut Info as *mut libc::c_void, &mut len) } < 0 {
+    if unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_IP,
+            IPT_SO_GET_INFO,
+            &mut info as *mut Info as *mut libc::c_void,
+            &mut len,
+        )
+    } < 0
+    {
         return Err(err("IPT_SO_GET_INFO", std::io::Error::last_os_error()));
     }
     // struct ipt_get_entries { char name[32]; unsigned int size; struct ipt_entry entrytable[]; }
@@ -227,7 +285,16 @@ fn get_entries(table: &str) -> Result<(Info, Vec<u8>), XtPosError> {
     buf[32..36].copy_from_slice(&info.size.to_le_bytes());
     let mut len = buf.len() as libc::socklen_t;
     // SAFETY: buf holds the request header and room for `size` bytes of entries.
-    if unsafe { libc::getsockopt(fd, libc::SOL_IP, IPT_SO_GET_ENTRIES, buf.as_mut_ptr() as *mut libc::c_void, &mut len) } < 0 {
+    if unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_IP,
+            IPT_SO_GET_ENTRIES,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    } < 0
+    {
         return Err(err("IPT_SO_GET_ENTRIES", std::io::Error::last_os_error()));
     }
     Ok((info, buf[head..].to_vec()))
@@ -246,18 +313,26 @@ pub fn xt_functions(kallsyms: &str) -> (Vec<String>, Vec<String>) {
     let (mut matches, mut targets) = (Vec::new(), Vec::new());
     for l in kallsyms.lines() {
         let mut it = l.split_whitespace();
-        let (Some(_), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else { continue };
+        let (Some(_), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
         if !matches!(ty, "t" | "T") || name.contains('.') {
             continue;
         }
         let module = it.next().map(|m| m.trim_matches(|c| c == '[' || c == ']'));
-        if !module.is_none_or(|m| m.starts_with("xt_") || m.starts_with("ipt_") || m.starts_with("ip6t_")) {
+        if !module
+            .is_none_or(|m| m.starts_with("xt_") || m.starts_with("ipt_") || m.starts_with("ip6t_"))
+        {
             continue;
         }
         let base = strip_version(name);
         if base.ends_with("_mt") || base.ends_with("_mt4") || base.ends_with("_mt6") {
             matches.push(name.to_string());
-        } else if base.ends_with("_tg") || base.ends_with("_tg4") || base.ends_with("_tg6") || (base.starts_with("xt_") && base.ends_with("_target")) {
+        } else if base.ends_with("_tg")
+            || base.ends_with("_tg4")
+            || base.ends_with("_tg6")
+            || (base.starts_with("xt_") && base.ends_with("_target"))
+        {
             targets.push(name.to_string());
         }
     }
@@ -294,14 +369,21 @@ mod tests {
     /// user chain DOCKER with one rule, then the final ERROR entry.
     #[test]
     fn maps_offsets_to_chain_rule_and_match() {
-        fn entry(buf: &mut Vec<u8>, matches: &[(&str, usize)], target: &str, tdata: usize) -> usize {
+        fn entry(
+            buf: &mut Vec<u8>,
+            matches: &[(&str, usize)],
+            target: &str,
+            tdata: usize,
+        ) -> usize {
             let start = buf.len();
             let msize: usize = matches.iter().map(|(_, d)| XT_HEADER + d).sum();
             let target_offset = IPT_ENTRY_SIZE + msize;
             let next = target_offset + XT_HEADER + tdata;
             buf.resize(start + next, 0);
-            buf[start + TARGET_OFFSET_AT..start + TARGET_OFFSET_AT + 2].copy_from_slice(&(target_offset as u16).to_le_bytes());
-            buf[start + NEXT_OFFSET_AT..start + NEXT_OFFSET_AT + 2].copy_from_slice(&(next as u16).to_le_bytes());
+            buf[start + TARGET_OFFSET_AT..start + TARGET_OFFSET_AT + 2]
+                .copy_from_slice(&(target_offset as u16).to_le_bytes());
+            buf[start + NEXT_OFFSET_AT..start + NEXT_OFFSET_AT + 2]
+                .copy_from_slice(&(next as u16).to_le_bytes());
             let mut m = start + IPT_ENTRY_SIZE;
             for (name, d) in matches {
                 buf[m..m + 2].copy_from_slice(&((XT_HEADER + d) as u16).to_le_bytes());
@@ -317,20 +399,43 @@ mod tests {
         let r1 = entry(&mut b, &[("tcp", 16)], "DNAT", 16);
         let pol = entry(&mut b, &[], "", 8);
         let head = entry(&mut b, &[], "ERROR", 32);
-        b[head + IPT_ENTRY_SIZE + XT_HEADER..head + IPT_ENTRY_SIZE + XT_HEADER + 6].copy_from_slice(b"DOCKER");
+        b[head + IPT_ENTRY_SIZE + XT_HEADER..head + IPT_ENTRY_SIZE + XT_HEADER + 6]
+            .copy_from_slice(b"DOCKER");
         let d1 = entry(&mut b, &[("addrtype", 8), ("comment", 8)], "", 8);
         entry(&mut b, &[], "ERROR", 32);
-        let mut info = Info { name: [0; 32], valid_hooks: 1, hook_entry: [0; 5], underflow: [0; 5], num_entries: 5, size: b.len() as u32 };
+        let mut info = Info {
+            name: [0; 32],
+            valid_hooks: 1,
+            hook_entry: [0; 5],
+            underflow: [0; 5],
+            num_entries: 5,
+            size: b.len() as u32,
+        };
         info.hook_entry[0] = r1 as u32;
         info.underflow[0] = pol as u32;
         let blob = Blob::parse("nat", &info, &b).unwrap();
         let p = blob.position(r1 + IPT_ENTRY_SIZE + XT_HEADER).unwrap();
-        assert_eq!((p.chain.as_str(), p.rule, p.matched.as_deref()), ("PREROUTING", Some(1), Some("tcp")));
-        let p = blob.position(r1 + IPT_ENTRY_SIZE + XT_HEADER + 16 + XT_HEADER).unwrap();
+        assert_eq!(
+            (p.chain.as_str(), p.rule, p.matched.as_deref()),
+            ("PREROUTING", Some(1), Some("tcp"))
+        );
+        let p = blob
+            .position(r1 + IPT_ENTRY_SIZE + XT_HEADER + 16 + XT_HEADER)
+            .unwrap();
         assert_eq!((p.rule, p.matched), (Some(1), None));
-        assert_eq!(blob.position(pol + IPT_ENTRY_SIZE + XT_HEADER).unwrap().rule, None);
-        let p = blob.position(d1 + IPT_ENTRY_SIZE + 2 * XT_HEADER + 8).unwrap();
-        assert_eq!((p.chain.as_str(), p.rule, p.matched.as_deref()), ("DOCKER", Some(1), Some("comment")));
+        assert_eq!(
+            blob.position(pol + IPT_ENTRY_SIZE + XT_HEADER)
+                .unwrap()
+                .rule,
+            None
+        );
+        let p = blob
+            .position(d1 + IPT_ENTRY_SIZE + 2 * XT_HEADER + 8)
+            .unwrap();
+        assert_eq!(
+            (p.chain.as_str(), p.rule, p.matched.as_deref()),
+            ("DOCKER", Some(1), Some("comment"))
+        );
         // Inside a header, not at a data pointer: nothing.
         assert!(blob.position(r1 + 4).is_none());
         // A target without data (TRACE) points at the end of its entry = the next one's start.
@@ -343,6 +448,9 @@ mod tests {
         info2.underflow[0] = pol2 as u32;
         let blob2 = Blob::parse("raw", &info2, &b2).unwrap();
         let p = blob2.position(pol2).unwrap();
-        assert_eq!((p.chain.as_str(), p.rule, p.matched), ("PREROUTING", Some(1), None));
+        assert_eq!(
+            (p.chain.as_str(), p.rule, p.matched),
+            ("PREROUTING", Some(1), None)
+        );
     }
 }

@@ -6,13 +6,13 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use crate::capture::compare_trace::{self, CompareTrace};
 use crate::capture::plan;
 use crate::capture::print;
 use crate::capture::rulelevel::{self, RuleLevel};
-use crate::capture::compare_trace::{self, CompareTrace};
 use crate::capture::session::{CaptureOptions, Session};
 use crate::capture::stop;
+use anyhow::{bail, Context, Result};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -96,7 +96,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let tracer = start_compare(&args, &opts)?;
     let mut session = attach(args.backend, &opts)?;
     for a in &session.attached {
-        eprintln!("iptrace capture: netns {} (inode {}): {} probes attached", a.label, a.netns, a.links);
+        eprintln!(
+            "iptrace capture: netns {} (inode {}): {} probes attached",
+            a.label, a.netns, a.links
+        );
     }
     let format = args.format;
     let packet_level = args.packets;
@@ -105,7 +108,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Format::Trace => trace_core::output::Format::Trace,
         Format::Pretty => trace_core::output::Format::Pretty,
     };
-    let mut rules = RuleLevel::new(&session, &opts.targets, rule_source, !packet_level, out_format, args.write.as_deref())?;
+    let mut rules = RuleLevel::new(
+        &session,
+        &opts.targets,
+        rule_source,
+        !packet_level,
+        out_format,
+        args.write.as_deref(),
+    )?;
     if tracer.is_some() {
         rules.keep_packets();
     }
@@ -193,11 +203,19 @@ fn start_compare(args: &Args, opts: &CaptureOptions) -> Result<Option<CompareTra
 }
 
 /// The agreement reports, last on stdout (text, or one JSON line each); exit 0/1/2.
-fn print_reports(o: &mut Output, reports: &[(String, trace_core::compare::report::Report)], json: bool) -> Result<ExitCode> {
+fn print_reports(
+    o: &mut Output,
+    reports: &[(String, trace_core::compare::report::Report)],
+    json: bool,
+) -> Result<ExitCode> {
     let mut code = 0;
     for (netns, r) in reports {
         if json {
-            writeln!(o, "{}", serde_json::json!({ "compare": { "netns": netns, "report": r } }))?;
+            writeln!(
+                o,
+                "{}",
+                serde_json::json!({ "compare": { "netns": netns, "report": r } })
+            )?;
         } else {
             writeln!(o, "--compare-trace, netns {netns}:")?;
             write!(o, "{}", r.render_text(5))?;
@@ -221,9 +239,14 @@ fn rule_source(args: &Args) -> Result<rulelevel::Rules> {
         return Ok(rulelevel::Rules::File { path: path.clone() });
     }
     if !(args.rules_interval.is_finite() && args.rules_interval >= 0.0) {
-        bail!("--rules-interval {}: expected seconds >= 0", args.rules_interval);
+        bail!(
+            "--rules-interval {}: expected seconds >= 0",
+            args.rules_interval
+        );
     }
-    Ok(rulelevel::Rules::Live { min_interval: Duration::from_secs_f64(args.rules_interval) })
+    Ok(rulelevel::Rules::Live {
+        min_interval: Duration::from_secs_f64(args.rules_interval),
+    })
 }
 
 /// The session on the requested backend; auto reports why better backends were passed over,
@@ -242,13 +265,18 @@ fn attach(backend: Backend, opts: &CaptureOptions) -> Result<Session> {
         rate_limit: opts.rate_limit,
         filter: opts.filter,
     };
-    let sel = classic::select(req, &load).with_context(|| format!("--backend {}", format!("{backend:?}").to_lowercase()))?;
+    let sel = classic::select(req, &load)
+        .with_context(|| format!("--backend {}", format!("{backend:?}").to_lowercase()))?;
     for (f, why) in &sel.rejected {
         eprintln!("iptrace capture: backend {f} unavailable: {why}");
     }
     match sel.chosen {
         Chosen::Classic(c) => {
-            eprintln!("iptrace capture: backend {} ({} attached)", c.flavour, c.attached.join(", "));
+            eprintln!(
+                "iptrace capture: backend {} ({} attached)",
+                c.flavour,
+                c.attached.join(", ")
+            );
             Session::attach_classic(opts, *c)
         }
         Chosen::Nfhook => {
@@ -266,7 +294,10 @@ struct Output {
 
 impl Output {
     fn new() -> Self {
-        Output { w: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()), last: std::time::Instant::now() }
+        Output {
+            w: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
+            last: std::time::Instant::now(),
+        }
     }
 
     fn maybe_flush(&mut self) -> Result<()> {
@@ -289,15 +320,29 @@ impl Write for Output {
 
 fn options(args: &Args) -> Result<CaptureOptions> {
     let filter_text = args.filter.join(" ");
-    let filter = trace_core::filter::compile(&filter_text).with_context(|| format!("filter `{filter_text}`"))?;
+    let filter = trace_core::filter::compile(&filter_text)
+        .with_context(|| format!("filter `{filter_text}`"))?;
     if !args.ringbuf_size.is_power_of_two() || args.ringbuf_size < 4096 {
-        bail!("--ringbuf-size {}: must be a power of two >= 4096", args.ringbuf_size);
+        bail!(
+            "--ringbuf-size {}: must be a power of two >= 4096",
+            args.ringbuf_size
+        );
     }
     Ok(CaptureOptions {
         targets: plan::targets(&args.netns)?,
         filter,
-        sample_n: args.sample.as_deref().map(parse_sample).transpose()?.unwrap_or(0),
-        rate_limit: args.rate_limit.as_deref().map(parse_rate).transpose()?.unwrap_or(0),
+        sample_n: args
+            .sample
+            .as_deref()
+            .map(parse_sample)
+            .transpose()?
+            .unwrap_or(0),
+        rate_limit: args
+            .rate_limit
+            .as_deref()
+            .map(parse_rate)
+            .transpose()?
+            .unwrap_or(0),
         ringbuf_size: args.ringbuf_size,
         count: args.count,
         duration: args.duration.map(Duration::from_secs_f64),
@@ -307,7 +352,11 @@ fn options(args: &Args) -> Result<CaptureOptions> {
 /// `1/N` → N.
 fn parse_sample(s: &str) -> Result<u32> {
     match s.split_once('/') {
-        Some(("1", n)) => n.parse::<u32>().ok().filter(|n| *n >= 1).with_context(|| format!("--sample {s}: N must be >= 1")),
+        Some(("1", n)) => n
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .with_context(|| format!("--sample {s}: N must be >= 1")),
         _ => bail!("--sample {s}: expected 1/N"),
     }
 }
@@ -315,7 +364,10 @@ fn parse_sample(s: &str) -> Result<u32> {
 /// `N/s` (or `N`) → N.
 fn parse_rate(s: &str) -> Result<u32> {
     let n = s.strip_suffix("/s").unwrap_or(s);
-    n.parse::<u32>().ok().filter(|n| *n >= 1).with_context(|| format!("--rate-limit {s}: expected N/s with N >= 1"))
+    n.parse::<u32>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .with_context(|| format!("--rate-limit {s}: expected N/s with N >= 1"))
 }
 
 #[cfg(test)]

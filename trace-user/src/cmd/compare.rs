@@ -75,16 +75,25 @@ pub struct Args {
 fn read_input(path: &Path) -> anyhow::Result<String> {
     if path == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading stdin")?;
         return Ok(s);
     }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    String::from_utf8(bytes).map_err(|e| anyhow::anyhow!("{}: not UTF-8 text (byte offset {})", path.display(), e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 text (byte offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 fn load_dump(path: &Path) -> anyhow::Result<Ruleset> {
     let text = read_input(path)?;
-    trace_core::rules::parse(&text).map_err(|e| anyhow::anyhow!("{}", e.with_file(&path.display().to_string())))
+    trace_core::rules::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}", e.with_file(&path.display().to_string())))
 }
 
 fn load_nft(path: &Path) -> anyhow::Result<NftRuleset> {
@@ -97,7 +106,8 @@ fn load_captured(path: &Path) -> anyhow::Result<(Vec<CapturedPacket>, Option<Str
     if text.starts_with(trace_core::record::MAGIC) {
         return replay_recording(path, &text);
     }
-    let packets = captured::parse_jsonl(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let packets =
+        captured::parse_jsonl(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok((packets, None))
 }
 
@@ -110,8 +120,17 @@ struct RecordedDumps {
 
 impl RecordedDumps {
     fn see(&mut self, rec: &trace_core::record::Record) {
-        if let trace_core::record::Record::Ruleset { netns, family, text, .. } = rec {
-            let e = self.last.entry((*netns, *family)).or_insert_with(|| (String::new(), 0));
+        if let trace_core::record::Record::Ruleset {
+            netns,
+            family,
+            text,
+            ..
+        } = rec
+        {
+            let e = self
+                .last
+                .entry((*netns, *family))
+                .or_insert_with(|| (String::new(), 0));
             *e = (text.clone(), e.1 + 1);
         }
     }
@@ -119,12 +138,20 @@ impl RecordedDumps {
     /// The dump of the (netns, family) most packets belong to: what the reference's rule text
     /// and positions refer to (the reference traces one netns). Says what it chose when the
     /// choice was not unique.
-    fn for_packets(mut self, path: &Path, packets: &[trace_core::reconstruct::ReconstructedPacket]) -> Option<String> {
+    fn for_packets(
+        mut self,
+        path: &Path,
+        packets: &[trace_core::reconstruct::ReconstructedPacket],
+    ) -> Option<String> {
         let mut count: std::collections::HashMap<(u32, Family), usize> = Default::default();
         for p in packets {
             *count.entry((p.packet.netns, p.packet.family)).or_default() += 1;
         }
-        let key = count.iter().filter(|(k, _)| self.last.contains_key(k)).max_by_key(|(_, n)| **n).map(|(k, _)| *k)?;
+        let key = count
+            .iter()
+            .filter(|(k, _)| self.last.contains_key(k))
+            .max_by_key(|(_, n)| **n)
+            .map(|(k, _)| *k)?;
         let (text, generations) = self.last.remove(&key)?;
         if count.len() > 1 || generations > 1 {
             eprintln!(
@@ -141,7 +168,10 @@ impl RecordedDumps {
 
 /// A recording (`capture --write`) is reconstructed in process, as `iptrace replay` does. A
 /// damaged recording is bad input: comparing only its prefix would hide packets.
-fn replay_recording(path: &Path, text: &str) -> anyhow::Result<(Vec<CapturedPacket>, Option<String>)> {
+fn replay_recording(
+    path: &Path,
+    text: &str,
+) -> anyhow::Result<(Vec<CapturedPacket>, Option<String>)> {
     let reader = trace_core::record::RecordingReader::new(std::io::Cursor::new(text.as_bytes()))
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut replayer = trace_core::record::replay::Replayer::new(None);
@@ -158,17 +188,33 @@ fn replay_recording(path: &Path, text: &str) -> anyhow::Result<(Vec<CapturedPack
     }
     let lost = replayer.stats().lost_events;
     if lost > 0 {
-        eprintln!("iptrace compare: {}: {lost} events were lost during capture", path.display());
+        eprintln!(
+            "iptrace compare: {}: {lost} events were lost during capture",
+            path.display()
+        );
     }
     if packets.is_empty() {
         bail!("{}: the recording holds no packet", path.display());
     }
-    let captured = packets.iter().enumerate().map(|(i, rp)| CapturedPacket { index: i, ..CapturedPacket::from(rp) }).collect();
+    let captured = packets
+        .iter()
+        .enumerate()
+        .map(|(i, rp)| CapturedPacket {
+            index: i,
+            ..CapturedPacket::from(rp)
+        })
+        .collect();
     Ok((captured, dumps.for_packets(path, &packets)))
 }
 
 /// Runs the comparison on already-loaded inputs (shared with `capture --compare-trace`).
-pub fn compare_text(reference_text: &str, format: Option<Format>, captured: &[CapturedPacket], resolver: &Resolver, opts: &MatchOptions) -> Report {
+pub fn compare_text(
+    reference_text: &str,
+    format: Option<Format>,
+    captured: &[CapturedPacket],
+    resolver: &Resolver,
+    opts: &MatchOptions,
+) -> Report {
     let parsed = reference::parse(reference_text, format);
     trace_core::compare::compare(&parsed, captured, resolver, opts)
 }
@@ -194,17 +240,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let (None, Some(text)) = (&dump, recorded_dump) {
         // A recording carries the dumps it was reconstructed with: the ruleset the
         // reference's rule text and positions refer to, unless --ruleset says otherwise.
-        let rs = trace_core::rules::parse(&text).map_err(|e| anyhow::anyhow!("{}: recorded rule dump: {e}", args.captured.display()))?;
+        let rs = trace_core::rules::parse(&text)
+            .map_err(|e| anyhow::anyhow!("{}: recorded rule dump: {e}", args.captured.display()))?;
         dump = Some(rs);
     }
     let format = args.format.format();
-    if format.is_none() && Format::detect(&reference_text).is_none() && !reference_text.trim().is_empty() {
-        bail!("{}: no TRACE, LOG, xtables-monitor or nft monitor line found (give --format?)", args.reference.display());
+    if format.is_none()
+        && Format::detect(&reference_text).is_none()
+        && !reference_text.trim().is_empty()
+    {
+        bail!(
+            "{}: no TRACE, LOG, xtables-monitor or nft monitor line found (give --format?)",
+            args.reference.display()
+        );
     }
     if let (Some(given), Some(seen)) = (format, Format::detect(&reference_text)) {
         // An explicit format that matches no line would silently compare nothing.
         if given != seen && reference::parse(&reference_text, format).packets.is_empty() {
-            bail!("{}: looks like {seen:?} output, not {given:?} (--format)", args.reference.display());
+            bail!(
+                "{}: looks like {seen:?} output, not {given:?} (--format)",
+                args.reference.display()
+            );
         }
     }
     if reference_text.trim().is_empty() {
@@ -214,7 +270,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let resolver = Resolver::new(dump.as_ref(), nft.as_ref());
-    let opts = MatchOptions { time_window: args.time_window };
+    let opts = MatchOptions {
+        time_window: args.time_window,
+    };
     let report = compare_text(&reference_text, format, &captured, &resolver, &opts);
     print_report(&report, args.json, args.max_diffs)
 }
@@ -228,26 +286,41 @@ mod tests {
     fn fixtures() -> Option<PathBuf> {
         let d = std::env::var_os("IPTRACE_FIXTURES")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")).join("docker");
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+            })
+            .join("docker");
         if d.is_dir() {
             Some(d)
         } else {
-            eprintln!("SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)", d.display());
+            eprintln!(
+                "SKIP: fixture directory {} not found (set IPTRACE_FIXTURES to the fixtures root)",
+                d.display()
+            );
             None
         }
     }
 
     fn tmp(name: &str, text: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("iptrace-compare-test-{}-{name}", std::process::id()));
+        let p = std::env::temp_dir().join(format!(
+            "iptrace-compare-test-{}-{name}",
+            std::process::id()
+        ));
         std::fs::write(&p, text).unwrap();
         p
     }
 
     /// The xtables-monitor trace of nft-remote as iptrace JSON lines (the kernel's paths).
     fn captured_jsonl(d: &Path) -> String {
-        let rs = nft_ruleset::parse(&std::fs::read_to_string(d.join("nft-remote.nft-ruleset.txt")).unwrap()).unwrap();
+        let rs = nft_ruleset::parse(
+            &std::fs::read_to_string(d.join("nft-remote.nft-ruleset.txt")).unwrap(),
+        )
+        .unwrap();
         let resolver = Resolver::new(None, Some(&rs));
-        let xt = reference::parse(&std::fs::read_to_string(d.join("nft-remote.txt")).unwrap(), None);
+        let xt = reference::parse(
+            &std::fs::read_to_string(d.join("nft-remote.txt")).unwrap(),
+            None,
+        );
         xt.packets
             .iter()
             .map(|p| {
@@ -270,7 +343,11 @@ mod tests {
                             tcp_flags: h.tcp_flags,
                         })
                         .collect(),
-                    steps: p.steps().iter().map(|s| resolver.step(s).unwrap()).collect(),
+                    steps: p
+                        .steps()
+                        .iter()
+                        .map(|s| resolver.step(s).unwrap())
+                        .collect(),
                     table_paths: Vec::new(),
                     implicit_returns: None,
                 };
@@ -298,19 +375,31 @@ mod tests {
         let cap = tmp("cap.jsonl", &captured_jsonl(&d));
         let monitor = d.join("nft-remote.nft-monitor.txt");
         let nft = d.join("nft-remote.nft-ruleset.txt");
-        assert_eq!(run(args(monitor.clone(), Some(nft.clone()), cap.clone())).unwrap(), ExitCode::from(0));
+        assert_eq!(
+            run(args(monitor.clone(), Some(nft.clone()), cap.clone())).unwrap(),
+            ExitCode::from(0)
+        );
         // The ruleset changed after the capture: DOCKER-USER's RETURN moved to position 2.
         let edited = std::fs::read_to_string(&nft).unwrap().replace(
             "\t\tcounter packets 10 bytes 583 return # handle 25",
             "\t\tiifname \"lo\" accept # handle 98\n\t\tcounter packets 10 bytes 583 return # handle 25",
         );
         let edited = tmp("edited.nft", &edited);
-        assert_eq!(run(args(monitor.clone(), Some(edited.clone()), cap.clone())).unwrap(), ExitCode::from(1));
+        assert_eq!(
+            run(args(monitor.clone(), Some(edited.clone()), cap.clone())).unwrap(),
+            ExitCode::from(1)
+        );
         // Handles without any ruleset: bad input.
-        assert_eq!(run(args(monitor.clone(), None, cap.clone())).unwrap(), ExitCode::from(2));
+        assert_eq!(
+            run(args(monitor.clone(), None, cap.clone())).unwrap(),
+            ExitCode::from(2)
+        );
         // An empty reference (e.g. nf_log_all_netns was 0): nothing in common.
         let empty = d.join("legacy-remote.txt");
-        assert_eq!(run(args(empty, None, cap.clone())).unwrap(), ExitCode::from(1));
+        assert_eq!(
+            run(args(empty, None, cap.clone())).unwrap(),
+            ExitCode::from(1)
+        );
         for p in [cap, edited] {
             let _ = std::fs::remove_file(p);
         }
@@ -320,23 +409,35 @@ mod tests {
     fn bad_inputs_are_errors_naming_the_file() {
         let Some(d) = fixtures() else { return };
         let monitor = d.join("nft-remote.nft-monitor.txt");
-        let bad_json = tmp("bad.jsonl", "{\"steps\": [\"raw:PREROUTING:policy:2\"]\nnot json\n");
-        let e = run(args(monitor.clone(), None, bad_json.clone())).unwrap_err().to_string();
+        let bad_json = tmp(
+            "bad.jsonl",
+            "{\"steps\": [\"raw:PREROUTING:policy:2\"]\nnot json\n",
+        );
+        let e = run(args(monitor.clone(), None, bad_json.clone()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.jsonl") && e.contains("line 1"), "{e}");
         let bad_nft = tmp("bad.nft", "hello\n");
         let cap = tmp("cap2.jsonl", &captured_jsonl(&d));
-        let e = run(args(monitor.clone(), Some(bad_nft.clone()), cap.clone())).unwrap_err().to_string();
+        let e = run(args(monitor.clone(), Some(bad_nft.clone()), cap.clone()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bad.nft") && e.contains("line 1"), "{e}");
         let mut a = args(monitor, None, cap.clone());
         a.ruleset = Some(d.join("nft-remote.nft-ruleset.txt"));
         let e = run(a).unwrap_err().to_string();
-        assert!(e.contains("nft-remote.nft-ruleset.txt:"), "an nft listing is not an iptables-save dump: {e}");
+        assert!(
+            e.contains("nft-remote.nft-ruleset.txt:"),
+            "an nft listing is not an iptables-save dump: {e}"
+        );
         let mut wrong = args(d.join("nft-remote.txt"), None, cap.clone());
         wrong.format = RefFormat::NftMonitor;
         let e = run(wrong).unwrap_err().to_string();
         assert!(e.contains("looks like XtablesMonitor"), "{e}");
         let not_ref = tmp("notref.txt", "hello world\n");
-        let e = run(args(not_ref.clone(), None, cap.clone())).unwrap_err().to_string();
+        let e = run(args(not_ref.clone(), None, cap.clone()))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no TRACE, LOG"), "{e}");
         for p in [bad_json, bad_nft, cap, not_ref] {
             let _ = std::fs::remove_file(p);
@@ -361,15 +462,41 @@ mod tests {
             id: 52575,
             frag: 0x4000,
             flowlabel: 0,
-            l4: L4::Tcp { sport: 50676, dport, seq: 7, ack: 0, window: 64240, flags: tcp_flags::SYN, res: 0, urgp: 0, options: Vec::new() },
+            l4: L4::Tcp {
+                sport: 50676,
+                dport,
+                seq: 7,
+                ack: 0,
+                window: 64240,
+                flags: tcp_flags::SYN,
+                res: 0,
+                urgp: 0,
+                options: Vec::new(),
+            },
         };
         let mut plan = ProbePlan::new();
-        plan.insert_iptables(NS, Family::Ipv4, &[Table::Raw, Table::Mangle, Table::Nat, Table::Filter], true);
+        plan.insert_iptables(
+            NS,
+            Family::Ipv4,
+            &[Table::Raw, Table::Mangle, Table::Nat, Table::Filter],
+            true,
+        );
         let mut w = trace_core::record::RecordingWriter::new(Vec::new()).unwrap();
         w.write_plan(&plan, &[NS]).unwrap();
         w.write_ruleset(NS, 1, dump).unwrap();
-        let addr = |i: &str, a: &str, b: &str| IfaceAddr { iface: i.into(), addr: a.parse().unwrap(), broadcast: Some(b.parse().unwrap()) };
-        w.write_netinfo(NS, &NetContext::from_addrs([addr("eth0", "192.168.64.4", "192.168.64.255"), addr("br-00ea7870520a", "172.19.0.1", "172.19.255.255")])).unwrap();
+        let addr = |i: &str, a: &str, b: &str| IfaceAddr {
+            iface: i.into(),
+            addr: a.parse().unwrap(),
+            broadcast: Some(b.parse().unwrap()),
+        };
+        w.write_netinfo(
+            NS,
+            &NetContext::from_addrs([
+                addr("eth0", "192.168.64.4", "192.168.64.255"),
+                addr("br-00ea7870520a", "172.19.0.1", "172.19.255.255"),
+            ]),
+        )
+        .unwrap();
         let mut ts = 1000;
         for hook in [Hook::Prerouting, Hook::Forward, Hook::Postrouting] {
             for &prio in plan.get(NS, Family::Ipv4, hook).unwrap().probes() {
@@ -379,8 +506,18 @@ mod tests {
                     (Hook::Prerouting, true) => syn("172.19.0.9", 80, 64),
                     _ => syn("172.19.0.9", 80, 63),
                 };
-                let status = if dnat_done { 0x120 } else { 0 } | if hook == Hook::Postrouting && prio > 100 { 0x80 } else { 0 };
-                let ct = (hook != Hook::Prerouting || prio > -200).then_some(CtSnapshot { ctinfo: 2, status, mark: 0, id: 9 });
+                let status = if dnat_done { 0x120 } else { 0 }
+                    | if hook == Hook::Postrouting && prio > 100 {
+                        0x80
+                    } else {
+                        0
+                    };
+                let ct = (hook != Hook::Prerouting || prio > -200).then_some(CtSnapshot {
+                    ctinfo: 2,
+                    status,
+                    mark: 0,
+                    id: 9,
+                });
                 ts += 10;
                 w.write_event(&Event::Probe(ProbeEvent {
                     ts_ns: ts,
@@ -412,15 +549,33 @@ mod tests {
         let Some(d) = fixtures() else { return };
         let dump = std::fs::read_to_string(d.join("legacy-remote.iptables-save.txt")).unwrap();
         let rec = syn_recording(&dump);
-        let path = std::env::temp_dir().join(format!("iptrace-compare-test-{}-syn.rec", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "iptrace-compare-test-{}-syn.rec",
+            std::process::id()
+        ));
         std::fs::write(&path, &rec).unwrap();
         let (captured, recorded) = load_captured(&path).unwrap();
         assert_eq!(captured.len(), 1);
-        assert_eq!(recorded.as_deref(), Some(dump.as_str()), "the recording's dump comes back");
-        assert!(captured[0].steps.iter().any(|s| s.to_string() == "filter:FORWARD:rule:8"), "{:?}", captured[0].steps);
+        assert_eq!(
+            recorded.as_deref(),
+            Some(dump.as_str()),
+            "the recording's dump comes back"
+        );
+        assert!(
+            captured[0]
+                .steps
+                .iter()
+                .any(|s| s.to_string() == "filter:FORWARD:rule:8"),
+            "{:?}",
+            captured[0].steps
+        );
         // The kernel's xtables-monitor trace of the same SYN (the nft run of the fixtures:
         // same rules, same positions) agrees with the reconstruction.
-        let a = args(d.join("nft-remote.txt"), Some(d.join("nft-remote.nft-ruleset.txt")), path.clone());
+        let a = args(
+            d.join("nft-remote.txt"),
+            Some(d.join("nft-remote.nft-ruleset.txt")),
+            path.clone(),
+        );
         assert_eq!(run(a).unwrap(), ExitCode::from(0));
         // Without --ruleset nor --nft-ruleset: xtables-monitor's rule text is mapped to
         // positions through the dump stored in the recording.
@@ -428,7 +583,10 @@ mod tests {
         assert_eq!(run(a).unwrap(), ExitCode::from(0));
         // --ruleset still wins: a dump with DOCKER-USER's RETURN moved to position 2 maps the
         // kernel's rule text elsewhere than the recording's reconstruction.
-        let shifted = dump.replace("-A DOCKER-USER -j RETURN", "-A DOCKER-USER -s 10.99.0.0/16 -j ACCEPT\n[0:0] -A DOCKER-USER -j RETURN");
+        let shifted = dump.replace(
+            "-A DOCKER-USER -j RETURN",
+            "-A DOCKER-USER -s 10.99.0.0/16 -j ACCEPT\n[0:0] -A DOCKER-USER -j RETURN",
+        );
         assert_ne!(shifted, dump);
         let shifted_path = tmp("shifted.iptables-save", &shifted);
         let mut a = args(d.join("nft-remote.txt"), None, path.clone());

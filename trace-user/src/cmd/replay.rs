@@ -70,9 +70,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let input: Box<dyn std::io::Read> = if args.file.as_os_str() == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?)
+        Box::new(
+            std::fs::File::open(&args.file)
+                .with_context(|| format!("opening {}", args.file.display()))?,
+        )
     };
-    let reader = RecordingReader::new(BufReader::new(input)).with_context(|| args.file.display().to_string())?;
+    let reader = RecordingReader::new(BufReader::new(input))
+        .with_context(|| args.file.display().to_string())?;
     let mut replayer = Replayer::new(override_rules);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());

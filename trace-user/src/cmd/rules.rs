@@ -22,7 +22,9 @@ use serde::Serialize;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use trace_core::netfilter::{Family, Table};
-use trace_core::rules::{diagnose, parse_bytes, Backend, Chain, Counters, Header, ParseOptions, Rule, Ruleset, TableDump};
+use trace_core::rules::{
+    diagnose, parse_bytes, Backend, Chain, Counters, Header, ParseOptions, Rule, Ruleset, TableDump,
+};
 use trace_core::step::StepId;
 
 #[derive(clap::Args, Debug)]
@@ -39,14 +41,23 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (name, bytes) = read_input(&args.file)?;
-    let opts = ParseOptions { family: args.ipv6.then_some(Family::Ipv6) };
+    let opts = ParseOptions {
+        family: args.ipv6.then_some(Family::Ipv6),
+    };
     let rs = parse_bytes(&bytes, opts).map_err(|e| all_errors(&name, &bytes, opts, e))?;
     for w in &rs.warnings {
         eprintln!("{name}:{}: warning: {}", w.line, w.message);
     }
-    let out = if args.json { json(&name, &rs)? } else { text(&rs) };
+    let out = if args.json {
+        json(&name, &rs)?
+    } else {
+        text(&rs)
+    };
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()) {
+    match stdout
+        .write_all(out.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
         _ => Ok(ExitCode::SUCCESS),
     }
@@ -57,10 +68,20 @@ const MAX_ERRORS: usize = 20;
 
 /// The first error and the following ones (one `FILE:LINE:COL: message` per line), so that
 /// every placeholder address of a dump is reported in one run.
-fn all_errors(name: &str, bytes: &[u8], opts: ParseOptions, first: trace_core::rules::ParseError) -> anyhow::Error {
+fn all_errors(
+    name: &str,
+    bytes: &[u8],
+    opts: ParseOptions,
+    first: trace_core::rules::ParseError,
+) -> anyhow::Error {
     let mut lines = vec![first.with_file(name)];
     let rest = diagnose(bytes, opts, MAX_ERRORS + 1);
-    lines.extend(rest.iter().filter(|e| **e != first).take(MAX_ERRORS - 1).map(|e| e.with_file(name)));
+    lines.extend(
+        rest.iter()
+            .filter(|e| **e != first)
+            .take(MAX_ERRORS - 1)
+            .map(|e| e.with_file(name)),
+    );
     if rest.len() > MAX_ERRORS {
         lines.push(format!("{name}: more errors not shown"));
     }
@@ -71,7 +92,9 @@ fn all_errors(name: &str, bytes: &[u8], opts: ParseOptions, first: trace_core::r
 fn read_input(file: &str) -> anyhow::Result<(String, Vec<u8>)> {
     if file == "-" {
         let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .context("reading stdin")?;
         return Ok(("<stdin>".into(), buf));
     }
     let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
@@ -93,7 +116,11 @@ fn counters_text(c: Option<Counters>) -> String {
 /// with their own addresses; the others with their source text.
 fn rule_text(chain: &Chain, rule: &Rule) -> String {
     let split = chain.rules.iter().filter(|r| r.line == rule.line).count() > 1;
-    let text = if split { rule.to_save_text() } else { rule.text.clone() };
+    let text = if split {
+        rule.to_save_text()
+    } else {
+        rule.text.clone()
+    };
     format!("{text}  (line {})", rule.line)
 }
 
@@ -115,20 +142,32 @@ fn rows(table: Table, chain: &Chain) -> Vec<Row> {
             text: rule_text(chain, r),
         })
         .collect();
-    rows.push(Row { label: chain.end_step(table).to_string(), counters: None, text: end_text(chain) });
+    rows.push(Row {
+        label: chain.end_step(table).to_string(),
+        counters: None,
+        text: end_text(chain),
+    });
     rows
 }
 
 fn step(chain: &Chain, table: Table, n: u32) -> StepId {
-    chain.step(table, n).expect("1..=rules is always a position of the chain")
+    chain
+        .step(table, n)
+        .expect("1..=rules is always a position of the chain")
 }
 
 fn chain_heading(c: &Chain) -> String {
     let n = c.rules.len();
     let rules = format!("{n} rule{}", if n == 1 { "" } else { "s" });
-    let counters = c.counters.map_or(String::new(), |k| format!(", {} packets {} bytes", k.packets, k.bytes));
+    let counters = c.counters.map_or(String::new(), |k| {
+        format!(", {} packets {} bytes", k.packets, k.bytes)
+    });
     match c.policy {
-        Some(p) => format!("Chain {} (policy {}, {rules}{counters})", c.name, p.as_str()),
+        Some(p) => format!(
+            "Chain {} (policy {}, {rules}{counters})",
+            c.name,
+            p.as_str()
+        ),
         None => format!("Chain {} (user chain, {rules}{counters})", c.name),
     }
 }
@@ -138,15 +177,26 @@ fn header_line(rs: &Ruleset) -> String {
         Family::Ipv4 => "IPv4",
         Family::Ipv6 => "IPv6",
     };
-    let source = rs.header.as_ref().map_or("no header".to_string(), |h: &Header| {
-        let backend = match h.backend {
-            Backend::Legacy => "legacy",
-            Backend::NfTables => "nf_tables",
-            Backend::Unknown => "backend unknown",
-        };
-        format!("{} v{} ({backend})", h.tool, h.version.as_deref().unwrap_or("?"))
-    });
-    format!("# {family} ruleset, {source}, {} tables, {} rules\n", rs.tables.len(), rs.rule_count())
+    let source = rs
+        .header
+        .as_ref()
+        .map_or("no header".to_string(), |h: &Header| {
+            let backend = match h.backend {
+                Backend::Legacy => "legacy",
+                Backend::NfTables => "nf_tables",
+                Backend::Unknown => "backend unknown",
+            };
+            format!(
+                "{} v{} ({backend})",
+                h.tool,
+                h.version.as_deref().unwrap_or("?")
+            )
+        });
+    format!(
+        "# {family} ruleset, {source}, {} tables, {} rules\n",
+        rs.tables.len(),
+        rs.rule_count()
+    )
 }
 
 fn table_text(t: &TableDump, out: &mut String) {
@@ -156,9 +206,18 @@ fn table_text(t: &TableDump, out: &mut String) {
         out.push_str(&format!("{}\n", chain_heading(c)));
         let rows = rows(t.table, c);
         let lw = rows.iter().map(|r| r.label.len()).max().unwrap_or(0);
-        let cw = rows.iter().map(|r| counters_text(r.counters).len()).max().unwrap_or(0);
+        let cw = rows
+            .iter()
+            .map(|r| counters_text(r.counters).len())
+            .max()
+            .unwrap_or(0);
         for r in rows {
-            let line = format!("  {:lw$}  {:cw$}  {}", r.label, counters_text(r.counters), r.text);
+            let line = format!(
+                "  {:lw$}  {:cw$}  {}",
+                r.label,
+                counters_text(r.counters),
+                r.text
+            );
             out.push_str(line.trim_end());
             out.push('\n');
         }
@@ -248,7 +307,10 @@ fn json_chain(table: Table, c: &Chain) -> JsonChain<'_> {
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| JsonRule { step: step(c, table, i as u32 + 1).to_string(), rule: r })
+            .map(|(i, r)| JsonRule {
+                step: step(c, table, i as u32 + 1).to_string(),
+                rule: r,
+            })
             .collect(),
         end: c.end_step(table).to_string(),
     }
@@ -266,19 +328,43 @@ mod tests {
     fn text_lists_trace_labels_counters_and_chain_ends() {
         let out = text(&parse(DUMP).unwrap());
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines[0], "# IPv4 ruleset, iptables-save v1.8.9 (legacy), 1 tables, 4 rules");
-        assert!(out.contains("  filter:FORWARD:rule:1    [10:583]  -j DOCKER-USER  (line 5)\n"), "{out}");
+        assert_eq!(
+            lines[0],
+            "# IPv4 ruleset, iptables-save v1.8.9 (legacy), 1 tables, 4 rules"
+        );
+        assert!(
+            out.contains("  filter:FORWARD:rule:1    [10:583]  -j DOCKER-USER  (line 5)\n"),
+            "{out}"
+        );
         // A split address list shows each kernel rule with its own address.
-        assert!(out.contains("filter:FORWARD:rule:2              -s 1.1.1.1/32 -j ACCEPT  (line 6)"), "{out}");
-        assert!(out.contains("filter:FORWARD:rule:3              -s 2.2.2.2/32 -j ACCEPT  (line 6)"), "{out}");
-        assert!(out.contains("filter:FORWARD:policy:4            (end of chain: policy DROP)"), "{out}");
-        assert!(out.contains("filter:DOCKER-USER:return:1  [10:583]  -j RETURN  (line 7)"), "{out}");
-        assert!(out.contains("filter:DOCKER-USER:return:2            (end of chain: return to the caller)"), "{out}");
+        assert!(
+            out.contains("filter:FORWARD:rule:2              -s 1.1.1.1/32 -j ACCEPT  (line 6)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("filter:FORWARD:rule:3              -s 2.2.2.2/32 -j ACCEPT  (line 6)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("filter:FORWARD:policy:4            (end of chain: policy DROP)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("filter:DOCKER-USER:return:1  [10:583]  -j RETURN  (line 7)"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "filter:DOCKER-USER:return:2            (end of chain: return to the caller)"
+            ),
+            "{out}"
+        );
     }
 
     #[test]
     fn json_has_steps_and_typed_rules() {
-        let doc: serde_json::Value = serde_json::from_str(&json("d.txt", &parse(DUMP).unwrap()).unwrap()).unwrap();
+        let doc: serde_json::Value =
+            serde_json::from_str(&json("d.txt", &parse(DUMP).unwrap()).unwrap()).unwrap();
         assert_eq!(doc["schema"], "iptrace.rules/1");
         let chain = &doc["tables"][0]["chains"][1];
         assert_eq!(chain["name"], "DOCKER-USER");
@@ -289,16 +375,27 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_naming_file_line_and_column() {
-        let path = std::env::temp_dir().join(format!("iptrace-rules-test-{}.txt", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("iptrace-rules-test-{}.txt", std::process::id()));
         std::fs::write(&path, "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -d x.x.x.x/32 -j DROP\n-A INPUT -s IP4_2 -j DROP\nCOMMIT\n").unwrap();
         let file = path.to_string_lossy().into_owned();
-        let err = run(Args { file: file.clone(), json: false, ipv6: false }).unwrap_err();
+        let err = run(Args {
+            file: file.clone(),
+            json: false,
+            ipv6: false,
+        })
+        .unwrap_err();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(
             err.to_string(),
             format!("{file}:3:13: invalid address `x.x.x.x` for IPv4 or IPv6\n{file}:4:13: invalid address `IP4_2` for IPv4 or IPv6")
         );
-        let missing = run(Args { file: "/nonexistent/iptrace-dump".into(), json: false, ipv6: false }).unwrap_err();
+        let missing = run(Args {
+            file: "/nonexistent/iptrace-dump".into(),
+            json: false,
+            ipv6: false,
+        })
+        .unwrap_err();
         assert!(format!("{missing:#}").contains("reading /nonexistent/iptrace-dump"));
     }
 }

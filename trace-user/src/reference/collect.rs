@@ -21,7 +21,6 @@ pub(super) struct Collector {
     child: Option<Child>,
 }
 
-
 impl Collector {
     /// /dev/kmsg from its current end: only records logged from now on.
     pub(super) fn kmsg() -> Result<Self> {
@@ -36,17 +35,30 @@ impl Collector {
         let c = Collector::empty();
         let (lines, lost, stop) = (c.lines.clone(), c.lost.clone(), c.stop.clone());
         let thread = std::thread::spawn(move || read_kmsg(f, &lines, &lost, &stop));
-        Ok(Collector { thread: Some(thread), ..c })
+        Ok(Collector {
+            thread: Some(thread),
+            ..c
+        })
     }
 
     /// `xtables-monitor --trace` inside the netns, line buffered (stdbuf) so nothing stays in
     /// its stdio buffer when it is killed.
     pub(super) fn monitor(target: &TraceTarget) -> Result<Self> {
-        let fam = if target.family == Family::Ipv6 { "-6" } else { "-4" };
+        let fam = if target.family == Family::Ipv6 {
+            "-6"
+        } else {
+            "-4"
+        };
         let mut cmd = in_netns(&target.netns, "stdbuf");
-        cmd.args(["-oL", "xtables-monitor", "--trace", fam]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(["-oL", "xtables-monitor", "--trace", fam])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let shown = format!("{cmd:?}");
-        let mut child = cmd.spawn().map_err(|source| ReferenceError::Spawn { cmd: shown.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| ReferenceError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
         // The monitor subscribes to the trace group right after start; give it that moment.
         std::thread::sleep(Duration::from_millis(300));
         if let Ok(Some(_)) = child.try_wait() {
@@ -54,17 +66,27 @@ impl Collector {
             if let Some(mut e) = child.stderr.take() {
                 let _ = e.read_to_string(&mut stderr);
             }
-            return Err(ReferenceError::MonitorDied { cmd: shown, stderr: stderr.trim().to_string() });
+            return Err(ReferenceError::MonitorDied {
+                cmd: shown,
+                stderr: stderr.trim().to_string(),
+            });
         }
         let out = child.stdout.take().expect("stdout is piped");
         let c = Collector::empty();
         let lines = c.lines.clone();
         let thread = std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(std::result::Result::ok) {
+            for l in BufReader::new(out)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
                 lines.lock().unwrap_or_else(|e| e.into_inner()).push(l);
             }
         });
-        Ok(Collector { thread: Some(thread), child: Some(child), ..c })
+        Ok(Collector {
+            thread: Some(thread),
+            child: Some(child),
+            ..c
+        })
     }
 
     fn empty() -> Self {
@@ -88,7 +110,10 @@ impl Collector {
                 if let Some(mut e) = child.stderr.take() {
                     let _ = e.read_to_string(&mut stderr);
                 }
-                warnings.push(format!("the trace monitor exited early ({status}): {}", stderr.trim()));
+                warnings.push(format!(
+                    "the trace monitor exited early ({status}): {}",
+                    stderr.trim()
+                ));
             } else {
                 let _ = child.kill();
             }
@@ -99,14 +124,23 @@ impl Collector {
         }
         let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()));
         let lost = *self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        (lines.join("\n") + if lines.is_empty() { "" } else { "\n" }, lost, warnings)
+        (
+            lines.join("\n") + if lines.is_empty() { "" } else { "\n" },
+            lost,
+            warnings,
+        )
     }
 }
 
 /// Reads kmsg records until `stop`. Each read returns one record `prio,seq,usec,flags;text`
 /// followed by optional ` KEY=value` continuation lines (dropped). EPIPE = records were
 /// overwritten before we read them (counted as lost; reading continues).
-fn read_kmsg(mut f: std::fs::File, lines: &Mutex<Vec<String>>, lost: &Mutex<u64>, stop: &AtomicBool) {
+fn read_kmsg(
+    mut f: std::fs::File,
+    lines: &Mutex<Vec<String>>,
+    lost: &Mutex<u64>,
+    stop: &AtomicBool,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     let mut last_seq: Option<u64> = None;
     loop {
@@ -141,4 +175,3 @@ fn read_kmsg(mut f: std::fs::File, lines: &Mutex<Vec<String>>, lost: &Mutex<u64>
         }
     }
 }
-

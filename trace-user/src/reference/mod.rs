@@ -37,11 +37,19 @@ pub enum ReferenceError {
     #[error("collecting the kernel's TRACE output changes the system (TRACE rules, nf_log_all_netns); it needs --allow-system-changes")]
     NotAllowed,
     #[error("`{cmd}` failed ({status}): {stderr}")]
-    Command { cmd: String, status: String, stderr: String },
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
     #[error("cannot run `{cmd}`: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{cmd}` exited right after start: {stderr}")]
     MonitorDied { cmd: String, stderr: String },
 }
@@ -144,23 +152,39 @@ pub fn agreement(
     snapshot: &RulesetSnapshot,
 ) -> std::result::Result<trace_core::compare::report::Report, AgreementError> {
     use trace_core::compare::{matching::MatchOptions, nft_ruleset, reference, resolve::Resolver};
-    let dump = trace_core::rules::parse(&snapshot.iptables_save).map_err(|e| AgreementError::Dump(e.to_string()))?;
-    let nft = snapshot.nft_ruleset.as_deref().map(nft_ruleset::parse).transpose()?;
+    let dump = trace_core::rules::parse(&snapshot.iptables_save)
+        .map_err(|e| AgreementError::Dump(e.to_string()))?;
+    let nft = snapshot
+        .nft_ruleset
+        .as_deref()
+        .map(nft_ruleset::parse)
+        .transpose()?;
     let parsed = reference::parse(&output.text, Some(output.format));
     let resolver = Resolver::new(Some(&dump), nft.as_ref());
-    let mut report = trace_core::compare::compare(&parsed, captured, &resolver, &MatchOptions::default());
+    let mut report =
+        trace_core::compare::compare(&parsed, captured, &resolver, &MatchOptions::default());
     report.totals.reference_lost = output.lost;
     report.warnings.extend(output.warnings.iter().cloned());
     Ok(report)
 }
 
-pub(crate) fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ReferenceError + 'a {
-    move |source| ReferenceError::Io { op, path: path.to_path_buf(), source }
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ReferenceError + 'a {
+    move |source| ReferenceError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
-
 fn is_init_netns(netns: &Path) -> bool {
-    let ino = |p: &Path| std::fs::metadata(p).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let ino = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
     ino(netns).is_some() && ino(netns) == ino(Path::new("/proc/1/ns/net"))
 }
 
@@ -173,7 +197,13 @@ pub(super) fn in_netns(netns: &Path, program: &str) -> Command {
 
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
-    let out = cmd.stdin(Stdio::null()).output().map_err(|source| ReferenceError::Spawn { cmd: shown.clone(), source })?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| ReferenceError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
     if out.status.success() {
         return Ok(());
     }
@@ -186,7 +216,13 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn output_of(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let out = cmd.stdin(Stdio::null()).output().map_err(|source| ReferenceError::Spawn { cmd: shown.clone(), source })?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| ReferenceError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(ReferenceError::Command {
             cmd: shown,
@@ -208,14 +244,23 @@ pub struct ReferenceTracer {
     created_nft_raw: bool,
 }
 
-
 impl ReferenceTracer {
     /// Starts collecting: reader first (so no line is missed), then the TRACE rules.
-    pub fn start(target: TraceTarget, selector: &TraceSelector, allow_system_changes: bool) -> Result<Self> {
+    pub fn start(
+        target: TraceTarget,
+        selector: &TraceSelector,
+        allow_system_changes: bool,
+    ) -> Result<Self> {
         if !allow_system_changes {
             return Err(ReferenceError::NotAllowed);
         }
-        let mut t = ReferenceTracer { target, rules: Vec::new(), nf_log: None, collector: None, created_nft_raw: false };
+        let mut t = ReferenceTracer {
+            target,
+            rules: Vec::new(),
+            nf_log: None,
+            collector: None,
+            created_nft_raw: false,
+        };
         // On any error below, dropping `t` undoes what was done so far.
         match t.target.backend {
             IptablesBackend::Legacy => {
@@ -236,7 +281,11 @@ impl ReferenceTracer {
     }
 
     fn iptables_bin(&self) -> String {
-        let v6 = if self.target.family == Family::Ipv6 { "ip6" } else { "ip" };
+        let v6 = if self.target.family == Family::Ipv6 {
+            "ip6"
+        } else {
+            "ip"
+        };
         format!("{v6}tables-{}", self.target.backend.as_str())
     }
 
@@ -246,25 +295,40 @@ impl ReferenceTracer {
         let tag = format!("iptrace-compare-{}", std::process::id());
         spec.extend(["-m", "comment", "--comment", &tag, "-j", "TRACE"].map(String::from));
         let bin = self.iptables_bin();
-        run(in_netns(&self.target.netns, &bin).args(["-w", "-t", "raw", "-I", chain, "1"]).args(&spec))?;
+        run(in_netns(&self.target.netns, &bin)
+            .args(["-w", "-t", "raw", "-I", chain, "1"])
+            .args(&spec))?;
         self.rules.push((chain.to_string(), spec));
         Ok(())
     }
 
     /// The netns's rulesets now (call after `start`, while the TRACE rules are in place).
     pub fn snapshot_rulesets(&self) -> Result<RulesetSnapshot> {
-        let v6 = if self.target.family == Family::Ipv6 { "ip6" } else { "ip" };
+        let v6 = if self.target.family == Family::Ipv6 {
+            "ip6"
+        } else {
+            "ip"
+        };
         let save = format!("{v6}tables-{}-save", self.target.backend.as_str());
         let iptables_save = output_of(&mut in_netns(&self.target.netns, &save))?;
         let nft_ruleset = match self.target.backend {
-            IptablesBackend::Nft => Some(output_of(in_netns(&self.target.netns, "nft").args(["-a", "list", "ruleset"]))?),
+            IptablesBackend::Nft => Some(output_of(
+                in_netns(&self.target.netns, "nft").args(["-a", "list", "ruleset"]),
+            )?),
             IptablesBackend::Legacy => None,
         };
-        Ok(RulesetSnapshot { iptables_save, nft_ruleset })
+        Ok(RulesetSnapshot {
+            iptables_save,
+            nft_ruleset,
+        })
     }
 
     fn nft_raw_exists(&self) -> bool {
-        let fam = if self.target.family == Family::Ipv6 { "ip6" } else { "ip" };
+        let fam = if self.target.family == Family::Ipv6 {
+            "ip6"
+        } else {
+            "ip"
+        };
         run(in_netns(&self.target.netns, "nft").args(["list", "table", fam, "raw"])).is_ok()
     }
 
@@ -273,7 +337,11 @@ impl ReferenceTracer {
         // Let the last events of in-flight packets arrive before the rules go.
         std::thread::sleep(Duration::from_millis(200));
         let errors = self.cleanup_rules();
-        let (text, lost, warnings) = self.collector.take().map(Collector::finish).unwrap_or_default();
+        let (text, lost, warnings) = self
+            .collector
+            .take()
+            .map(Collector::finish)
+            .unwrap_or_default();
         let mut errors = errors.into_iter().chain(self.release_sysctl());
         if let Some(e) = errors.next() {
             return Err(e);
@@ -282,7 +350,12 @@ impl ReferenceTracer {
             IptablesBackend::Legacy => Format::KernelLog,
             IptablesBackend::Nft => Format::XtablesMonitor,
         };
-        Ok(ReferenceOutput { format, text, lost, warnings })
+        Ok(ReferenceOutput {
+            format,
+            text,
+            lost,
+            warnings,
+        })
     }
 
     /// Deletes the inserted rules (idempotent: each is removed from the list first).
@@ -290,17 +363,33 @@ impl ReferenceTracer {
         let mut errors = Vec::new();
         let bin = self.iptables_bin();
         while let Some((chain, spec)) = self.rules.pop() {
-            if let Err(e) = run(in_netns(&self.target.netns, &bin).args(["-w", "-t", "raw", "-D", &chain]).args(&spec)) {
+            if let Err(e) = run(in_netns(&self.target.netns, &bin)
+                .args(["-w", "-t", "raw", "-D", &chain])
+                .args(&spec))
+            {
                 errors.push(e);
             }
         }
         if std::mem::take(&mut self.created_nft_raw) {
             // iptables-nft created the table for our rules: remove it if nothing else uses it.
-            let fam = if self.target.family == Family::Ipv6 { "ip6" } else { "ip" };
-            let listing = in_netns(&self.target.netns, "nft").args(["list", "table", fam, "raw"]).output();
-            let empty = listing.is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stdout).lines().any(is_nft_rule_line));
+            let fam = if self.target.family == Family::Ipv6 {
+                "ip6"
+            } else {
+                "ip"
+            };
+            let listing = in_netns(&self.target.netns, "nft")
+                .args(["list", "table", fam, "raw"])
+                .output();
+            let empty = listing.is_ok_and(|o| {
+                o.status.success()
+                    && !String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .any(is_nft_rule_line)
+            });
             if empty {
-                if let Err(e) = run(in_netns(&self.target.netns, "nft").args(["delete", "table", fam, "raw"])) {
+                if let Err(e) =
+                    run(in_netns(&self.target.netns, "nft").args(["delete", "table", fam, "raw"]))
+                {
                     errors.push(e);
                 }
             }
@@ -316,7 +405,13 @@ impl ReferenceTracer {
 /// A rule line of `nft list table` (not a chain header, type line, or brace).
 fn is_nft_rule_line(l: &str) -> bool {
     let t = l.trim();
-    !(t.is_empty() || t.starts_with('#') || t.starts_with("table ") || t.starts_with("chain ") || t.starts_with("type ") || t.starts_with("policy ") || t == "}")
+    !(t.is_empty()
+        || t.starts_with('#')
+        || t.starts_with("table ")
+        || t.starts_with("chain ")
+        || t.starts_with("type ")
+        || t.starts_with("policy ")
+        || t == "}")
 }
 
 impl Drop for ReferenceTracer {
@@ -339,17 +434,42 @@ mod tests {
 
     #[test]
     fn refuses_without_permission() {
-        let target = TraceTarget { netns: "/proc/self/ns/net".into(), backend: IptablesBackend::Legacy, family: Family::Ipv4 };
-        assert!(matches!(ReferenceTracer::start(target, &TraceSelector::default(), false), Err(ReferenceError::NotAllowed)));
+        let target = TraceTarget {
+            netns: "/proc/self/ns/net".into(),
+            backend: IptablesBackend::Legacy,
+            family: Family::Ipv4,
+        };
+        assert!(matches!(
+            ReferenceTracer::start(target, &TraceSelector::default(), false),
+            Err(ReferenceError::NotAllowed)
+        ));
     }
 
     #[test]
     fn selector_builds_iptables_matches() {
-        let s = TraceSelector { dst: Some("192.168.64.4/32".into()), proto: Some("tcp".into()), dport: Some(10000), ..Default::default() };
-        assert_eq!(s.iptables_args(), ["-d", "192.168.64.4/32", "-p", "tcp", "--dport", "10000"]);
-        let no_proto = TraceSelector { sport: Some(1), ..Default::default() };
+        let s = TraceSelector {
+            dst: Some("192.168.64.4/32".into()),
+            proto: Some("tcp".into()),
+            dport: Some(10000),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.iptables_args(),
+            ["-d", "192.168.64.4/32", "-p", "tcp", "--dport", "10000"]
+        );
+        let no_proto = TraceSelector {
+            sport: Some(1),
+            ..Default::default()
+        };
         assert!(no_proto.iptables_args().is_empty(), "ports need -p");
-        let either = TraceSelector { proto: Some("tcp".into()), ports: Some(10000), ..Default::default() };
-        assert_eq!(either.iptables_args(), ["-p", "tcp", "-m", "multiport", "--ports", "10000"]);
+        let either = TraceSelector {
+            proto: Some("tcp".into()),
+            ports: Some(10000),
+            ..Default::default()
+        };
+        assert_eq!(
+            either.iptables_args(),
+            ["-p", "tcp", "-m", "multiport", "--ports", "10000"]
+        );
     }
 }

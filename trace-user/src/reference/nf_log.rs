@@ -28,17 +28,31 @@ fn with_nf_log_users<T>(f: impl FnOnce(&mut NfLogUsers) -> Result<T>) -> Result<
     let path = Path::new(NF_LOG_STATE);
     let dir = path.parent().expect("state file has a directory");
     std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io_err("open", path))?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err("open", path))?;
     // SAFETY: flock on an fd we own; released when `file` closes.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(ReferenceError::Io { op: "lock", path: path.into(), source: std::io::Error::last_os_error() });
+        return Err(ReferenceError::Io {
+            op: "lock",
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     let mut text = String::new();
-    file.read_to_string(&mut text).map_err(io_err("read", path))?;
+    file.read_to_string(&mut text)
+        .map_err(io_err("read", path))?;
     let mut lines = text.lines();
     let original = lines.next().map(str::to_string).filter(|s| !s.is_empty());
     let alive = |pid: &u32| Path::new(&format!("/proc/{pid}")).exists();
-    let pids = lines.filter_map(|l| l.trim().parse().ok()).filter(alive).collect();
+    let pids = lines
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(alive)
+        .collect();
     let mut users = NfLogUsers { original, pids };
     let out = f(&mut users)?;
     if users.pids.is_empty() {
@@ -50,7 +64,8 @@ fn with_nf_log_users<T>(f: impl FnOnce(&mut NfLogUsers) -> Result<T>) -> Result<
             .join("\n");
         file.set_len(0).map_err(io_err("truncate", path))?;
         file.rewind().map_err(io_err("rewind", path))?;
-        file.write_all(body.as_bytes()).map_err(io_err("write", path))?;
+        file.write_all(body.as_bytes())
+            .map_err(io_err("write", path))?;
     }
     Ok(out)
 }
@@ -93,7 +108,12 @@ fn nf_log_acquire() -> Result<()> {
             // Nobody alive uses it: the recorded original (left by a crashed user) wins over
             // the current value, which that user had changed.
             if u.original.is_none() {
-                u.original = Some(std::fs::read_to_string(p).map_err(io_err("read", p))?.trim().to_string());
+                u.original = Some(
+                    std::fs::read_to_string(p)
+                        .map_err(io_err("read", p))?
+                        .trim()
+                        .to_string(),
+                );
             }
             std::fs::write(p, "1").map_err(io_err("write", p))?;
         }
@@ -117,4 +137,3 @@ fn nf_log_release() -> Result<()> {
         Ok(())
     })
 }
-

@@ -132,7 +132,10 @@ fn run_kernel(
             kernel_root: &root,
             kver: &kver,
             busybox,
-            binaries: vec![(format!("vmtest/{GUEST_BIN}"), guest.0.clone()), ("usr/bin/iptrace".into(), guest.1.clone())],
+            binaries: vec![
+                (format!("vmtest/{GUEST_BIN}"), guest.0.clone()),
+                ("usr/bin/iptrace".into(), guest.1.clone()),
+            ],
             command,
         },
         &image,
@@ -197,7 +200,19 @@ fn preflight() -> Result<()> {
 fn build_guest() -> Result<(PathBuf, PathBuf)> {
     eprintln!("vm: building {GUEST_BIN} and iptrace (release)");
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--quiet", "--release", "-p", "iptrace-tests", "--bin", GUEST_BIN, "-p", "trace-user", "--bin", "iptrace"])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "-p",
+            "iptrace-tests",
+            "--bin",
+            GUEST_BIN,
+            "-p",
+            "trace-user",
+            "--bin",
+            "iptrace",
+        ])
         .status()
         .context("running cargo build")?;
     if !status.success() {

@@ -12,7 +12,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let opt = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     let kernel = opt("--kernel").unwrap_or_else(|| "?".into());
     let backends = opt("--backends").unwrap_or_else(|| "fentry,kprobe,nfhook".into());
     let backends: Vec<&str> = backends.split(',').filter(|b| !b.is_empty()).collect();

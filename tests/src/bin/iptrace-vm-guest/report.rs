@@ -40,12 +40,18 @@ impl Report {
             Outcome::Skip(d) => ("SKIP", d),
         };
         // One line per case: newlines in details would break the host's parser.
-        println!("VMTEST result {backend} {case} {status} {}", detail.replace('\n', " | "));
+        println!(
+            "VMTEST result {backend} {case} {status} {}",
+            detail.replace('\n', " | ")
+        );
     }
 }
 
 fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 /// Every case for this kernel and these backends.
@@ -63,30 +69,53 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
                 continue;
             }
             other => {
-                report.case(other, "all", || Outcome::Skip(format!("no guest cases for backend {other} yet (kernel {kernel})")));
+                report.case(other, "all", || {
+                    Outcome::Skip(format!(
+                        "no guest cases for backend {other} yet (kernel {kernel})"
+                    ))
+                });
                 continue;
             }
         };
         if flavour == Flavour::Kprobe {
             report.case(b, "rule-positions-legacy", crate::scenario::rule_positions);
-            report.case(b, "cli-kprobe", || crate::scenario::cli_capture("kprobe", "backend kprobe"));
+            report.case(b, "cli-kprobe", || {
+                crate::scenario::cli_capture("kprobe", "backend kprobe")
+            });
         } else {
             // auto prefers fentry where it loads.
-            report.case(b, "cli-auto", || crate::scenario::cli_capture("auto", "backend fentry"));
+            report.case(b, "cli-auto", || {
+                crate::scenario::cli_capture("auto", "backend fentry")
+            });
         }
         for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-            report.case(b, &format!("remote-syn-{backend}"), || crate::scenario::remote_syn(flavour, backend));
-            report.case(b, &format!("filter-drop-{backend}"), || crate::scenario::filter_drop(flavour, backend));
-            report.case(b, &format!("trace-agrees-{backend}"), || crate::scenario::trace_agrees(flavour, backend));
+            report.case(b, &format!("remote-syn-{backend}"), || {
+                crate::scenario::remote_syn(flavour, backend)
+            });
+            report.case(b, &format!("filter-drop-{backend}"), || {
+                crate::scenario::filter_drop(flavour, backend)
+            });
+            report.case(b, &format!("trace-agrees-{backend}"), || {
+                crate::scenario::trace_agrees(flavour, backend)
+            });
         }
     }
 }
 
 /// The module BTF the fentry backend needs is there once the modules are loaded.
 fn module_btf() -> Outcome {
-    let want = ["vmlinux", "ip_tables", "nf_tables", "nf_nat", "nf_conntrack"];
-    let missing: Vec<&str> =
-        want.iter().copied().filter(|m| !std::path::Path::new(&format!("/sys/kernel/btf/{m}")).exists()).collect();
+    let want = [
+        "vmlinux",
+        "ip_tables",
+        "nf_tables",
+        "nf_nat",
+        "nf_conntrack",
+    ];
+    let missing: Vec<&str> = want
+        .iter()
+        .copied()
+        .filter(|m| !std::path::Path::new(&format!("/sys/kernel/btf/{m}")).exists())
+        .collect();
     if missing.is_empty() {
         Outcome::Pass(format!("/sys/kernel/btf has {}", want.join(",")))
     } else {
@@ -109,23 +138,39 @@ fn lab_smoke(backend: IptablesBackend) -> Outcome {
     let ns = lab.ns_name(LabNs::Node).to_string();
     let down = lab.down();
     match (remote, local, down) {
-        (Ok(r), Ok(l), Ok(())) => Outcome::Pass(format!("netns {ns}: remote from {} local from {}", r.local, l.local)),
-        (r, l, d) => Outcome::Fail(format!("remote {:?} local {:?} down {:?}", r.err(), l.err(), d.err())),
+        (Ok(r), Ok(l), Ok(())) => Outcome::Pass(format!(
+            "netns {ns}: remote from {} local from {}",
+            r.local, l.local
+        )),
+        (r, l, d) => Outcome::Fail(format!(
+            "remote {:?} local {:?} down {:?}",
+            r.err(),
+            l.err(),
+            d.err()
+        )),
     }
 }
 
 /// nfhook needs BPF_PROG_TYPE_NETFILTER links (Linux >= 6.4): on older kernels say so.
 fn nfhook_cases(report: &mut Report) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut it = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u32>().ok());
+    let mut it = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
     let version = (it.next().unwrap_or(0), it.next().unwrap_or(0));
     if version < (6, 4) {
         report.case("nfhook", "all", || {
-            Outcome::Skip(format!("kernel {} < 6.4: no BPF netfilter links", release.trim()))
+            Outcome::Skip(format!(
+                "kernel {} < 6.4: no BPF netfilter links",
+                release.trim()
+            ))
         });
         return;
     }
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
-        report.case("nfhook", &format!("remote-syn-{backend}"), || crate::scenario::nfhook_remote_syn(backend));
+        report.case("nfhook", &format!("remote-syn-{backend}"), || {
+            crate::scenario::nfhook_remote_syn(backend)
+        });
     }
 }

@@ -52,7 +52,12 @@ impl Capture {
     }
 
     fn start_with(flavour: Flavour, lab: &Lab, rule_positions: bool) -> anyhow::Result<Capture> {
-        let opts = LoadOptions { ringbuf_size: 1 << 22, sample_n: 0, rate_limit: 0, filter: FilterProgram::match_all() };
+        let opts = LoadOptions {
+            ringbuf_size: 1 << 22,
+            sample_n: 0,
+            rate_limit: 0,
+            filter: FilterProgram::match_all(),
+        };
         let mut cap = Classic::load_with(flavour, &opts, rule_positions)?;
         let mut regs = Vec::new();
         for ns in [LabNs::Peer, LabNs::Node, LabNs::Ctr] {
@@ -60,12 +65,25 @@ impl Capture {
         }
         let plan = classic::probe_plan(&regs);
         let mut asm = Assembler::new(plan.clone(), AssemblerConfig::default());
-        if let Some((&n, _)) = cap.drop_reasons.iter().find(|(_, name)| *name == "NETFILTER_DROP") {
+        if let Some((&n, _)) = cap
+            .drop_reasons
+            .iter()
+            .find(|(_, name)| *name == "NETFILTER_DROP")
+        {
             asm.set_netfilter_drop_reason(n);
         }
         let decoder = Decoder::new(cap.drop_reasons.clone(), Symbols::default());
         let rb = cap.take_events()?;
-        Ok(Capture { cap, plan, asm, decoder, rb, records: 0, bad: 0, xt: Vec::new() })
+        Ok(Capture {
+            cap,
+            plan,
+            asm,
+            decoder,
+            rb,
+            records: 0,
+            bad: 0,
+            xt: Vec::new(),
+        })
     }
 
     /// Read for `ms` milliseconds, then flush the assembler.
@@ -93,9 +111,15 @@ impl Capture {
         while Instant::now() < until {
             while let Some(item) = self.rb.next() {
                 self.records += 1;
-                if item.first() == Some(&trace_common::record::kind::XT) && item.len() == std::mem::size_of::<trace_common::record::XtRecord>() {
+                if item.first() == Some(&trace_common::record::kind::XT)
+                    && item.len() == std::mem::size_of::<trace_common::record::XtRecord>()
+                {
                     // SAFETY: length checked; XtRecord is plain data (any bit pattern).
-                    self.xt.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const trace_common::record::XtRecord) });
+                    self.xt.push(unsafe {
+                        std::ptr::read_unaligned(
+                            item.as_ptr() as *const trace_common::record::XtRecord
+                        )
+                    });
                     continue;
                 }
                 match self.decoder.decode(&item) {
@@ -135,17 +159,23 @@ fn run(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
     let traces = cap.collect(800);
     let node = lab.ns_inode(LabNs::Node) as u32;
     let client_port = ex.local.port();
-    let syn = traces.iter().find(|t| t.netns == node && t.family == Family::Ipv4 && is_syn_from(t, Some(client_port)));
+    let syn = traces
+        .iter()
+        .find(|t| t.netns == node && t.family == Family::Ipv4 && is_syn_from(t, Some(client_port)));
     let (summary, clean) = cap.summary(traces.len())?;
     let Some(syn) = syn else {
-        return Ok(Outcome::Fail(format!("no remote SYN (client port {client_port}) in node netns; {summary}")));
+        return Ok(Outcome::Fail(format!(
+            "no remote SYN (client port {client_port}) in node netns; {summary}"
+        )));
     };
     let path = describe(syn);
     let problems = check(syn);
     drop(cap);
     lab.down()?;
     if !clean {
-        return Ok(Outcome::Fail(format!("events lost or undecodable: {path}; {summary}")));
+        return Ok(Outcome::Fail(format!(
+            "events lost or undecodable: {path}; {summary}"
+        )));
     }
     Ok(match problems {
         None => Outcome::Pass(format!("{path}; {summary}")),
@@ -163,10 +193,34 @@ pub fn filter_drop(flavour: Flavour, backend: IptablesBackend) -> Outcome {
 }
 
 fn run_drop(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
-    let lab = Lab::up(LabOptions { backend, name_prefix: format!("vm-drop-{flavour}"), ..LabOptions::default() })?;
+    let lab = Lab::up(LabOptions {
+        backend,
+        name_prefix: format!("vm-drop-{flavour}"),
+        ..LabOptions::default()
+    })?;
     let bin = format!("iptables-{}", backend.as_str());
-    let out = lab.exec(LabNs::Node, &[&bin, "-I", "FORWARD", "1", "-p", "tcp", "-d", "172.19.0.9", "--dport", "80", "-j", "DROP"])?;
-    anyhow::ensure!(out.status.success(), "{bin} -I FORWARD: {}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.exec(
+        LabNs::Node,
+        &[
+            &bin,
+            "-I",
+            "FORWARD",
+            "1",
+            "-p",
+            "tcp",
+            "-d",
+            "172.19.0.9",
+            "--dport",
+            "80",
+            "-j",
+            "DROP",
+        ],
+    )?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{bin} -I FORWARD: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut cap = Capture::start(flavour, &lab)?;
     let to: std::net::SocketAddr = "192.168.64.4:10000".parse()?;
     let connected = trace_user::netns::run_in(&lab.ns_path(LabNs::Peer), move || {
@@ -174,18 +228,26 @@ fn run_drop(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcom
     })?;
     let traces = cap.collect(600);
     let node = lab.ns_inode(LabNs::Node) as u32;
-    let syn = traces.iter().find(|t| t.netns == node && t.family == Family::Ipv4 && is_syn_from(t, None));
+    let syn = traces
+        .iter()
+        .find(|t| t.netns == node && t.family == Family::Ipv4 && is_syn_from(t, None));
     let (summary, clean) = cap.summary(traces.len())?;
     drop(cap);
     lab.down()?;
     if connected {
-        return Ok(Outcome::Fail("the connection went through the DROP rule".into()));
+        return Ok(Outcome::Fail(
+            "the connection went through the DROP rule".into(),
+        ));
     }
     let Some(syn) = syn else {
         return Ok(Outcome::Fail(format!("no SYN in node netns; {summary}")));
     };
     let path = describe(syn);
-    let fwd_filter = syn.hooks.iter().find(|h| h.hook == Hook::Forward).and_then(|h| h.tables.iter().find(|o| o.table == Table::Filter));
+    let fwd_filter = syn
+        .hooks
+        .iter()
+        .find(|h| h.hook == Hook::Forward)
+        .and_then(|h| h.tables.iter().find(|o| o.table == Table::Filter));
     let dropped = matches!(fwd_filter.map(|o| &o.verdict),
         Some(ObservedVerdict::Drop { reason_name: Some(n), .. }) if n == "NETFILTER_DROP");
     let fate_ok = matches!(&syn.fate, trace_core::packet::Fate::Dropped { hook: Hook::Forward, stage }
@@ -193,13 +255,20 @@ fn run_drop(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcom
     Ok(if dropped && fate_ok && clean {
         Outcome::Pass(format!("{path}; {summary}"))
     } else {
-        Outcome::Fail(format!("expected FORWARD filter drop(NETFILTER_DROP): {path}; {summary}"))
+        Outcome::Fail(format!(
+            "expected FORWARD filter drop(NETFILTER_DROP): {path}; {summary}"
+        ))
     })
 }
 
 /// The traversal starts with a SYN (no ACK) to port 10000, from `port` when given.
 fn is_syn_from(t: &PacketTrace, port: Option<u16>) -> bool {
-    let first = t.hooks.first().and_then(|h| h.tables.first().map(|o| &o.before.headers).or(h.stages.first().map(|s| &s.before.headers)));
+    let first = t.hooks.first().and_then(|h| {
+        h.tables
+            .first()
+            .map(|o| &o.before.headers)
+            .or(h.stages.first().map(|s| &s.before.headers))
+    });
     matches!(first.map(|h| &h.l4), Some(L4::Tcp { sport, dport, flags, .. }) if port.is_none_or(|p| *sport == p) && *dport == 10000 && flags & tcp_flags::SYN != 0 && flags & tcp_flags::ACK == 0)
 }
 
@@ -215,12 +284,22 @@ fn describe(t: &PacketTrace) -> String {
                 .map(|o| {
                     let v = match &o.verdict {
                         ObservedVerdict::Accept => "accept".to_string(),
-                        ObservedVerdict::Drop { reason_name, reason } => format!("drop({})", reason_name.clone().unwrap_or(reason.to_string())),
+                        ObservedVerdict::Drop {
+                            reason_name,
+                            reason,
+                        } => format!(
+                            "drop({})",
+                            reason_name.clone().unwrap_or(reason.to_string())
+                        ),
                         ObservedVerdict::Stolen => "stolen".into(),
                         ObservedVerdict::Unknown => "unknown".into(),
                     };
                     let nat = match (o.translated(), &o.after) {
-                        (true, Some(a)) => format!("(->{}:{})", a.headers.dst, a.headers.l4.ports().map_or(0, |p| p.1)),
+                        (true, Some(a)) => format!(
+                            "(->{}:{})",
+                            a.headers.dst,
+                            a.headers.l4.ports().map_or(0, |p| p.1)
+                        ),
                         _ => String::new(),
                     };
                     format!("{}:{v}{nat}", o.table)
@@ -244,15 +323,24 @@ fn check(t: &PacketTrace) -> Option<String> {
         if got != *tables {
             return Some(format!("{hook:?}: tables {got:?}, expected {tables:?}"));
         }
-        if let Some(o) = pass.tables.iter().find(|o| o.verdict != ObservedVerdict::Accept) {
+        if let Some(o) = pass
+            .tables
+            .iter()
+            .find(|o| o.verdict != ObservedVerdict::Accept)
+        {
             return Some(format!("{hook:?} {}: verdict {:?}", o.table, o.verdict));
         }
     }
     let nat = &t.hooks[0].tables[2];
     let after = nat.after.as_ref()?;
-    let dnat_ok = after.headers.dst.to_string() == "172.19.0.9" && after.headers.l4.ports().map(|p| p.1) == Some(80);
+    let dnat_ok = after.headers.dst.to_string() == "172.19.0.9"
+        && after.headers.l4.ports().map(|p| p.1) == Some(80);
     if !dnat_ok {
-        return Some(format!("PREROUTING nat: after {}:{:?}, expected DNAT to 172.19.0.9:80", after.headers.dst, after.headers.l4.ports()));
+        return Some(format!(
+            "PREROUTING nat: after {}:{:?}, expected DNAT to 172.19.0.9:80",
+            after.headers.dst,
+            after.headers.l4.ports()
+        ));
     }
     if t.fate != trace_core::packet::Fate::Delivered {
         return Some(format!("fate {:?}, expected delivered", t.fate));
@@ -274,8 +362,16 @@ fn run_trace(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outco
     use trace_core::compare::captured::CapturedPacket;
     use trace_core::record::{replay::Replayer, Record};
     use trace_user::reference::{agreement, ReferenceTracer, TraceSelector, TraceTarget};
-    let lab = Lab::up(LabOptions { backend, name_prefix: format!("vm-trace-{flavour}"), ..LabOptions::default() })?;
-    let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
+    let lab = Lab::up(LabOptions {
+        backend,
+        name_prefix: format!("vm-trace-{flavour}"),
+        ..LabOptions::default()
+    })?;
+    let target = TraceTarget {
+        netns: lab.ns_path(LabNs::Node),
+        backend,
+        family: Family::Ipv4,
+    };
     let sel = TraceSelector {
         dst: Some("192.168.64.4/32".into()),
         proto: Some("tcp".into()),
@@ -288,7 +384,12 @@ fn run_trace(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outco
     let mut cap = Capture::start(flavour, &lab)?;
     let node = lab.ns_inode(LabNs::Node) as u32;
     let mut rp = Replayer::new(None);
-    let _ = rp.push(Record::Ruleset { netns: node, family: Family::Ipv4, generation: 1, text: snapshot.iptables_save.clone() });
+    let _ = rp.push(Record::Ruleset {
+        netns: node,
+        family: Family::Ipv4,
+        generation: 1,
+        text: snapshot.iptables_save.clone(),
+    });
     for hook in Hook::ALL {
         if let Some(p) = cap.plan.get(node, Family::Ipv4, hook) {
             let _ = rp.push(Record::plan(node, Family::Ipv4, hook, p));
@@ -297,8 +398,13 @@ fn run_trace(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outco
     lab.run_remote()?;
     let events = cap.collect_events(800);
     let mut packets = Vec::new();
-    for ev in events.into_iter().filter(|e| matches!(e, trace_core::event::Event::Probe(p) if p.netns == node) || matches!(e, trace_core::event::Event::Drop(_))) {
-        packets.extend(rp.push(Record::Event { event: Box::new(ev) }));
+    for ev in events.into_iter().filter(|e| {
+        matches!(e, trace_core::event::Event::Probe(p) if p.netns == node)
+            || matches!(e, trace_core::event::Event::Drop(_))
+    }) {
+        packets.extend(rp.push(Record::Event {
+            event: Box::new(ev),
+        }));
     }
     packets.extend(rp.finish());
     let (summary, clean) = cap.summary(packets.len())?;
@@ -331,9 +437,17 @@ pub fn nfhook_remote_syn(backend: IptablesBackend) -> Outcome {
 
 fn run_nfhook(backend: IptablesBackend) -> anyhow::Result<Outcome> {
     use trace_user::capture::session::{CaptureOptions, Session};
-    let lab = Lab::up(LabOptions { backend, trace_rules: true, name_prefix: "vm-nfhook".into(), ..LabOptions::default() })?;
+    let lab = Lab::up(LabOptions {
+        backend,
+        trace_rules: true,
+        name_prefix: "vm-nfhook".into(),
+        ..LabOptions::default()
+    })?;
     let opts = CaptureOptions {
-        targets: vec![plan::Target { label: "node".into(), path: lab.ns_path(LabNs::Node) }],
+        targets: vec![plan::Target {
+            label: "node".into(),
+            path: lab.ns_path(LabNs::Node),
+        }],
         filter: FilterProgram::match_all(),
         sample_n: 0,
         rate_limit: 0,
@@ -361,13 +475,19 @@ fn run_nfhook(backend: IptablesBackend) -> anyhow::Result<Outcome> {
         traces.push(t.clone());
         Ok(())
     })?;
-    let port = client.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let port = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     drop(session);
     lab.down()?;
-    let syn = traces.iter().find(|t| t.family == Family::Ipv4 && is_syn_from(t, Some(port)));
+    let syn = traces
+        .iter()
+        .find(|t| t.family == Family::Ipv4 && is_syn_from(t, Some(port)));
     let stats = format!("lost {}, packets {}", summary.lost, traces.len());
     let Some(syn) = syn else {
-        return Ok(Outcome::Fail(format!("no remote SYN (client port {port}); {stats}")));
+        return Ok(Outcome::Fail(format!(
+            "no remote SYN (client port {port}); {stats}"
+        )));
     };
     let path = describe(syn);
     Ok(match check(syn) {
@@ -392,16 +512,32 @@ fn run_positions() -> anyhow::Result<Outcome> {
     use trace_user::capture::xtpos::{self, Blob};
     use trace_user::reference::{ReferenceTracer, TraceSelector, TraceTarget};
     let backend = IptablesBackend::Legacy;
-    let lab = Lab::up(LabOptions { backend, name_prefix: "vm-xtpos".into(), ..LabOptions::default() })?;
-    let target = TraceTarget { netns: lab.ns_path(LabNs::Node), backend, family: Family::Ipv4 };
-    let sel = TraceSelector { dst: Some("192.168.64.4/32".into()), proto: Some("tcp".into()), dport: Some(10000), ..Default::default() };
+    let lab = Lab::up(LabOptions {
+        backend,
+        name_prefix: "vm-xtpos".into(),
+        ..LabOptions::default()
+    })?;
+    let target = TraceTarget {
+        netns: lab.ns_path(LabNs::Node),
+        backend,
+        family: Family::Ipv4,
+    };
+    let sel = TraceSelector {
+        dst: Some("192.168.64.4/32".into()),
+        proto: Some("tcp".into()),
+        dport: Some(10000),
+        ..Default::default()
+    };
     let tracer = ReferenceTracer::start(target, &sel, true)?;
     let mut cap = Capture::start_with(Flavour::Kprobe, &lab, true)?;
     let attached = cap.cap.attach_rule_probes()?;
     let reg = plan::discover(&lab.ns_path(LabNs::Node))?;
     let mut blobs = HashMap::new();
     for t in &reg.ipv4 {
-        blobs.insert(t.to_string(), Blob::read(&lab.ns_path(LabNs::Node), &t.to_string())?);
+        blobs.insert(
+            t.to_string(),
+            Blob::read(&lab.ns_path(LabNs::Node), &t.to_string())?,
+        );
     }
     lab.run_remote()?;
     let _ = cap.collect_events(800);
@@ -414,7 +550,13 @@ fn run_positions() -> anyhow::Result<Outcome> {
     let traced: BTreeSet<String> = output
         .text
         .lines()
-        .filter_map(|l| l.split("TRACE: ").nth(1)?.split_whitespace().next().map(String::from))
+        .filter_map(|l| {
+            l.split("TRACE: ")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(String::from)
+        })
         .collect();
     let label = |o: &xtpos::Observation| match o.position.rule {
         Some(n) => format!("{}:{}:rule:{n}", o.table, o.position.chain),
@@ -434,7 +576,10 @@ fn run_positions() -> anyhow::Result<Outcome> {
         }
     }
     // The TRACE rule itself is never in legacy TRACE output (it traces what follows).
-    let missing: Vec<&String> = targets.iter().filter(|l| !traced.contains(*l) && !l.starts_with("raw:PREROUTING:rule:1")).collect();
+    let missing: Vec<&String> = targets
+        .iter()
+        .filter(|l| !traced.contains(*l) && !l.starts_with("raw:PREROUTING:rule:1"))
+        .collect();
     let detail = format!(
         "{attached} functions probed; {} observations, {} unresolved {:?}; targets ran at {targets:?}; matches that failed {failed:?}; TRACE {} labels; {summary}",
         obs.len(),
@@ -442,11 +587,18 @@ fn run_positions() -> anyhow::Result<Outcome> {
         unresolved.iter().take(8).collect::<Vec<_>>(),
         traced.len()
     );
-    Ok(if clean && unresolved.is_empty() && !targets.is_empty() && missing.is_empty() && !traced.is_empty() {
-        Outcome::Pass(detail)
-    } else {
-        Outcome::Fail(format!("not in TRACE: {missing:?}; {detail}"))
-    })
+    Ok(
+        if clean
+            && unresolved.is_empty()
+            && !targets.is_empty()
+            && missing.is_empty()
+            && !traced.is_empty()
+        {
+            Outcome::Pass(detail)
+        } else {
+            Outcome::Fail(format!("not in TRACE: {missing:?}; {detail}"))
+        },
+    )
 }
 
 /// The CLI end to end: `iptrace capture --backend <b> --netns <node> --packets --format json`
@@ -468,22 +620,43 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
     })?;
     let node = lab.ns_name(LabNs::Node).to_string();
     let mut child = std::process::Command::new("/usr/bin/iptrace")
-        .args(["capture", "--backend", backend_arg, "--netns", &node, "--duration", "120", "--packets", "--format", "json"])
+        .args([
+            "capture",
+            "--backend",
+            backend_arg,
+            "--netns",
+            &node,
+            "--duration",
+            "120",
+            "--packets",
+            "--format",
+            "json",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     // Connect only once the CLI says its probes are attached (loading takes seconds under TCG).
-    let stderr_pipe = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr pipe"))?;
+    let stderr_pipe = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stderr pipe"))?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr_pipe)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
     let mut stderr_lines = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !stderr_lines.iter().any(|l: &String| l.contains("probes attached")) && Instant::now() < deadline {
+    while !stderr_lines
+        .iter()
+        .any(|l: &String| l.contains("probes attached"))
+        && Instant::now() < deadline
+    {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(l) => stderr_lines.push(l),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -501,7 +674,10 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
     let ex = ex?;
     let stderr = stderr_lines.join("\n");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let traces: Vec<PacketTrace> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let traces: Vec<PacketTrace> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     let chosen = stderr
         .lines()
         .find(|l| l.contains("iptrace capture: backend ") && !l.contains("unavailable"))
@@ -509,14 +685,26 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
         .trim()
         .to_string();
     if !out.status.success() {
-        return Ok(Outcome::Fail(format!("exit {}: {}", out.status, stderr.replace('\n', " | "))));
+        return Ok(Outcome::Fail(format!(
+            "exit {}: {}",
+            out.status,
+            stderr.replace('\n', " | ")
+        )));
     }
-    let Some(syn) = traces.iter().find(|t| is_syn_from(t, Some(ex.local.port()))) else {
-        return Ok(Outcome::Fail(format!("{chosen}; no remote SYN among {} packets", traces.len())));
+    let Some(syn) = traces
+        .iter()
+        .find(|t| is_syn_from(t, Some(ex.local.port())))
+    else {
+        return Ok(Outcome::Fail(format!(
+            "{chosen}; no remote SYN among {} packets",
+            traces.len()
+        )));
     };
     let path = describe(syn);
     Ok(match check(syn) {
-        None if chosen.contains(expect) => Outcome::Pass(format!("{chosen}; {path}; {} packets", traces.len())),
+        None if chosen.contains(expect) => {
+            Outcome::Pass(format!("{chosen}; {path}; {} packets", traces.len()))
+        }
         None => Outcome::Fail(format!("expected {expect}, stderr says {chosen:?}")),
         Some(p) => Outcome::Fail(format!("{p}: {path}; {chosen}")),
     })

@@ -118,11 +118,17 @@ fn group_end(bytes: &[u8], start: usize) -> Result<usize, FieldError> {
             _ => {}
         }
     }
-    Err(FieldError::Unterminated { open: bytes[start] as char, offset: start })
+    Err(FieldError::Unterminated {
+        open: bytes[start] as char,
+        offset: start,
+    })
 }
 
 fn bad(key: &str, value: &str) -> FieldError {
-    FieldError::BadValue { key: key.to_string(), value: value.to_string() }
+    FieldError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+    }
 }
 
 fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, FieldError> {
@@ -131,8 +137,14 @@ fn num<T: std::str::FromStr>(key: &str, v: &str) -> Result<T, FieldError> {
 
 /// `0x1F` / `1f` style hex (TOS, PREC, RES, MARK print with 0x; MACPROTO without).
 fn hex<T: TryFrom<u64>>(key: &str, v: &str) -> Result<T, FieldError> {
-    let digits = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")).unwrap_or(v);
-    u64::from_str_radix(digits, 16).ok().and_then(|n| T::try_from(n).ok()).ok_or_else(|| bad(key, v))
+    let digits = v
+        .strip_prefix("0x")
+        .or_else(|| v.strip_prefix("0X"))
+        .unwrap_or(v);
+    u64::from_str_radix(digits, 16)
+        .ok()
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| bad(key, v))
 }
 
 fn dev(v: &str) -> Option<String> {
@@ -207,7 +219,11 @@ fn set_bare(h: &mut RefHeaders, tok: &str, next: Option<&str>) -> Result<usize, 
             let g = group.ok_or_else(|| bad("OPT", next.unwrap_or("")))?;
             let hexs = g[1..g.len() - 1].to_string();
             // IP options come before PROTO=, TCP options after it.
-            if h.proto.is_some() { h.tcp_opt = Some(hexs) } else { h.ip_opt = Some(hexs) }
+            if h.proto.is_some() {
+                h.tcp_opt = Some(hexs)
+            } else {
+                h.ip_opt = Some(hexs)
+            }
             return Ok(1);
         }
         "INCOMPLETE" => {
@@ -270,7 +286,11 @@ fn set_field(h: &mut RefHeaders, key: &str, v: &str) -> Result<(), FieldError> {
 
 /// IP ID; xtables-monitor before 1.8.7 printed `ID=%d` without a space before `DF `.
 fn ip_id(h: &mut RefHeaders, v: &str) -> Result<u16, FieldError> {
-    for (flag, set) in [("DF", &mut h.df as &mut bool), ("MF", &mut h.mf), ("CE", &mut h.ce)] {
+    for (flag, set) in [
+        ("DF", &mut h.df as &mut bool),
+        ("MF", &mut h.mf),
+        ("CE", &mut h.ce),
+    ] {
         if let Some(n) = v.strip_suffix(flag) {
             *set = true;
             return num("ID", n);
@@ -335,7 +355,10 @@ mod tests {
     fn icmp_id_and_seq_are_not_ip_id_or_tcp_seq() {
         let h = parse_fields("IN=eth0 OUT= MAC=aa:bb SRC=10.0.0.1 DST=10.0.0.2 LEN=84 TOS=0x00 PREC=0x00 TTL=64 ID=1234 DF PROTO=ICMP TYPE=8 CODE=0 ID=77 SEQ=3 MARK=0x1f").unwrap();
         assert_eq!(h.id, Some(1234));
-        assert_eq!((h.icmp_type, h.icmp_code, h.icmp_id, h.icmp_seq), (Some(8), Some(0), Some(77), Some(3)));
+        assert_eq!(
+            (h.icmp_type, h.icmp_code, h.icmp_id, h.icmp_seq),
+            (Some(8), Some(0), Some(77), Some(3))
+        );
         assert_eq!(h.seq, None);
         assert_eq!(h.mark, Some(0x1f));
     }
@@ -353,9 +376,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_values_and_unterminated_groups() {
-        assert!(matches!(parse_fields("SRC=1.2.3.400 DST=1.1.1.1"), Err(FieldError::BadValue { .. })));
-        assert!(matches!(parse_fields("SRC=1.2.3.4 DST=1.1.1.1 PROTO=TCP OPT (0101"), Err(FieldError::Unterminated { .. })));
-        assert!(matches!(parse_fields("IN=eth0 OUT="), Err(FieldError::NoAddresses)));
+        assert!(matches!(
+            parse_fields("SRC=1.2.3.400 DST=1.1.1.1"),
+            Err(FieldError::BadValue { .. })
+        ));
+        assert!(matches!(
+            parse_fields("SRC=1.2.3.4 DST=1.1.1.1 PROTO=TCP OPT (0101"),
+            Err(FieldError::Unterminated { .. })
+        ));
+        assert!(matches!(
+            parse_fields("IN=eth0 OUT="),
+            Err(FieldError::NoAddresses)
+        ));
     }
 
     #[test]

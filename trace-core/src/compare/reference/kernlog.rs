@@ -17,8 +17,19 @@ use crate::step::StepKind;
 /// What one kernel-log line says.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KernLine {
-    Trace { time: Option<RefTime>, table: Table, chain: String, kind: StepKind, num: u32, headers: RefHeaders },
-    Log { time: Option<RefTime>, prefix: String, headers: RefHeaders },
+    Trace {
+        time: Option<RefTime>,
+        table: Table,
+        chain: String,
+        kind: StepKind,
+        num: u32,
+        headers: RefHeaders,
+    },
+    Log {
+        time: Option<RefTime>,
+        prefix: String,
+        headers: RefHeaders,
+    },
 }
 
 /// Why a netfilter-looking kernel line did not parse.
@@ -35,10 +46,13 @@ pub enum KernLineError {
 
 /// True when the line is (or claims to be) a netfilter TRACE or LOG line.
 pub fn looks_like(line: &str) -> bool {
-    line.contains("TRACE: ") && !line.contains("PACKET: ") || (line.contains("IN=") && line.contains("OUT="))
+    line.contains("TRACE: ") && !line.contains("PACKET: ")
+        || (line.contains("IN=") && line.contains("OUT="))
 }
 
-const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
 
 /// `/dev/kmsg` record header `prio,seq,usec,flags;` → microseconds since boot.
 fn strip_kmsg(line: &str) -> Option<(RefTime, &str)> {
@@ -47,7 +61,14 @@ fn strip_kmsg(line: &str) -> Option<(RefTime, &str)> {
     let prio_ok = it.next()?.parse::<u32>().is_ok();
     let seq_ok = it.next()?.parse::<u64>().is_ok();
     let usec = it.next()?.parse::<u64>().ok()?;
-    (prio_ok && seq_ok).then(|| (RefTime::Monotonic { secs: usec as f64 / 1e6 }, rest))
+    (prio_ok && seq_ok).then(|| {
+        (
+            RefTime::Monotonic {
+                secs: usec as f64 / 1e6,
+            },
+            rest,
+        )
+    })
 }
 
 /// `[ 2243.183223] ` → seconds since boot; `[Wed Nov 25 15:46:16 2026] ` → wall time.
@@ -57,7 +78,9 @@ fn strip_bracket(line: &str) -> Option<(RefTime, &str)> {
     let rest = line[inner_end + 1..].trim_start();
     let time = match inner.parse::<f64>() {
         Ok(secs) if secs.is_finite() => RefTime::Monotonic { secs },
-        _ if inner.chars().any(|c| c == ':') => RefTime::Wall { text: inner.to_string() },
+        _ if inner.chars().any(|c| c == ':') => RefTime::Wall {
+            text: inner.to_string(),
+        },
         _ => return None,
     };
     Some((time, rest))
@@ -73,10 +96,22 @@ fn strip_wall_stamp(line: &str) -> Option<(RefTime, &str)> {
             return None;
         }
         let end = line.find(t)? + t.len();
-        return Some((RefTime::Wall { text: format!("{m} {d} {t}") }, line[end..].trim_start()));
+        return Some((
+            RefTime::Wall {
+                text: format!("{m} {d} {t}"),
+            },
+            line[end..].trim_start(),
+        ));
     }
     let iso = first.len() >= 19 && first.as_bytes()[4] == b'-' && first.as_bytes()[10] == b'T';
-    iso.then(|| (RefTime::Wall { text: first.to_string() }, line[first.len()..].trim_start()))
+    iso.then(|| {
+        (
+            RefTime::Wall {
+                text: first.to_string(),
+            },
+            line[first.len()..].trim_start(),
+        )
+    })
 }
 
 /// `host kernel: ` / `host kernel[0]: ` after a syslog or journal stamp.
@@ -94,7 +129,10 @@ fn strip_dmesg_level(line: &str) -> &str {
     match (parts.next(), parts.next(), parts.next()) {
         (Some(fac), Some(lvl), Some(rest))
             if ["kern", "user", "daemon", "syslog"].contains(&fac.trim())
-                && ["emerg", "alert", "crit", "err", "warn", "notice", "info", "debug"].contains(&lvl.trim()) =>
+                && [
+                    "emerg", "alert", "crit", "err", "warn", "notice", "info", "debug",
+                ]
+                .contains(&lvl.trim()) =>
         {
             rest.trim_start()
         }
@@ -127,7 +165,9 @@ pub fn strip_preamble(line: &str) -> (Option<RefTime>, &str) {
 
 /// Parses `table:chain:kind:N` (the TRACE position).
 fn parse_position(s: &str) -> Result<(Table, String, StepKind, u32), KernLineError> {
-    let id: crate::step::StepId = s.parse().map_err(|_| KernLineError::BadPosition { text: s.to_string() })?;
+    let id: crate::step::StepId = s.parse().map_err(|_| KernLineError::BadPosition {
+        text: s.to_string(),
+    })?;
     Ok((id.table, id.chain, id.kind, id.num))
 }
 
@@ -137,15 +177,29 @@ pub fn parse_line(line: &str) -> Result<Option<KernLine>, KernLineError> {
         return Ok(None);
     }
     let (time, msg) = strip_preamble(line);
-    if let Some(after) = msg.strip_prefix("TRACE: ").or_else(|| msg.find("TRACE: ").map(|i| &msg[i + 7..])) {
+    if let Some(after) = msg
+        .strip_prefix("TRACE: ")
+        .or_else(|| msg.find("TRACE: ").map(|i| &msg[i + 7..]))
+    {
         let (pos, fields) = after.split_once(' ').unwrap_or((after, ""));
         let (table, chain, kind, num) = parse_position(pos)?;
         let headers = parse_fields(fields)?;
-        return Ok(Some(KernLine::Trace { time, table, chain, kind, num, headers }));
+        return Ok(Some(KernLine::Trace {
+            time,
+            table,
+            chain,
+            kind,
+            num,
+            headers,
+        }));
     }
     let at = log_fields_start(msg).ok_or(super::fields::FieldError::NoAddresses)?;
     let headers = parse_fields(&msg[at..])?;
-    Ok(Some(KernLine::Log { time, prefix: msg[..at].to_string(), headers }))
+    Ok(Some(KernLine::Log {
+        time,
+        prefix: msg[..at].to_string(),
+        headers,
+    }))
 }
 
 /// Byte offset of the `IN=` that starts the LOG fields: the first one followed by ` OUT=`
@@ -164,12 +218,26 @@ fn log_fields_start(msg: &str) -> Option<usize> {
 }
 
 fn family_of(h: &RefHeaders) -> Option<Family> {
-    h.src.or(h.dst).map(|a| if a.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 })
+    h.src.or(h.dst).map(|a| {
+        if a.is_ipv4() {
+            Family::Ipv4
+        } else {
+            Family::Ipv6
+        }
+    })
 }
 
 /// Lines of one packet share these values through every table and NAT (addresses and ports
 /// change with NAT, TTL after routing; IP id, length, TCP seq/ack and ICMP seq do not).
-type HeaderKey = (Option<u16>, Option<u8>, Option<u32>, Option<u32>, Option<u32>, Option<u16>, Option<u32>);
+type HeaderKey = (
+    Option<u16>,
+    Option<u8>,
+    Option<u32>,
+    Option<u32>,
+    Option<u32>,
+    Option<u16>,
+    Option<u32>,
+);
 
 fn header_key(h: &RefHeaders) -> HeaderKey {
     (h.id, h.proto, h.len, h.seq, h.ack, h.icmp_seq, h.flowlabel)
@@ -179,11 +247,21 @@ fn header_key(h: &RefHeaders) -> HeaderKey {
 /// LOG line.
 pub fn parse(text: &str) -> ParsedReference {
     let mut seg: Segmenter<HeaderKey> = Segmenter::new();
-    let mut out = ParsedReference { format: Some(super::Format::KernelLog), ..Default::default() };
+    let mut out = ParsedReference {
+        format: Some(super::Format::KernelLog),
+        ..Default::default()
+    };
     for (n, line) in text.lines().enumerate() {
         let lineno = n + 1;
         match parse_line(line) {
-            Ok(Some(KernLine::Trace { time, table, chain, kind, num, headers })) => {
+            Ok(Some(KernLine::Trace {
+                time,
+                table,
+                chain,
+                kind,
+                num,
+                headers,
+            })) => {
                 let key = header_key(&headers);
                 let fam = family_of(&headers);
                 let idx = seg.packet_for(key, table, &chain, || RefPacket {
@@ -210,7 +288,11 @@ pub fn parse(text: &str) -> ParsedReference {
                     seg.table_done(idx);
                 }
             }
-            Ok(Some(KernLine::Log { time, prefix, headers })) => {
+            Ok(Some(KernLine::Log {
+                time,
+                prefix,
+                headers,
+            })) => {
                 let family = family_of(&headers);
                 let pkt = RefPacket {
                     line: lineno,
@@ -238,7 +320,11 @@ mod tests {
 
     fn log_prefix_of(line: &str) -> (Option<RefTime>, String) {
         match parse_line(line).unwrap().unwrap() {
-            KernLine::Log { time, prefix, headers } => {
+            KernLine::Log {
+                time,
+                prefix,
+                headers,
+            } => {
                 assert_eq!(headers.id, Some(62913));
                 (time, prefix)
             }
@@ -252,10 +338,22 @@ mod tests {
         let cases = [
             (format!("[ 2261.450183] TCLOG-PRE: {FIELDS}"), mono.clone()),
             (format!("TCLOG-PRE: {FIELDS}"), None),
-            (format!("4,1234,2261450183,-;TCLOG-PRE: {FIELDS}"), mono.clone()),
-            (format!("kern  :warn  : [ 2261.450183] TCLOG-PRE: {FIELDS}"), mono.clone()),
-            (format!("Nov 25 15:46:16 node kernel: [ 2261.450183] TCLOG-PRE: {FIELDS}"), mono.clone()),
-            (format!("[ 2261.450183] node kernel: TCLOG-PRE: {FIELDS}"), mono.clone()),
+            (
+                format!("4,1234,2261450183,-;TCLOG-PRE: {FIELDS}"),
+                mono.clone(),
+            ),
+            (
+                format!("kern  :warn  : [ 2261.450183] TCLOG-PRE: {FIELDS}"),
+                mono.clone(),
+            ),
+            (
+                format!("Nov 25 15:46:16 node kernel: [ 2261.450183] TCLOG-PRE: {FIELDS}"),
+                mono.clone(),
+            ),
+            (
+                format!("[ 2261.450183] node kernel: TCLOG-PRE: {FIELDS}"),
+                mono.clone(),
+            ),
         ];
         for (line, want_time) in cases {
             let (time, prefix) = log_prefix_of(&line);
@@ -277,7 +375,10 @@ mod tests {
     #[test]
     fn empty_and_spaced_log_prefixes() {
         assert_eq!(log_prefix_of(&format!("[ 1.0] {FIELDS}")).1, "");
-        assert_eq!(log_prefix_of(&format!("[ 1.0] FW DROP: {FIELDS}")).1, "FW DROP: ");
+        assert_eq!(
+            log_prefix_of(&format!("[ 1.0] FW DROP: {FIELDS}")).1,
+            "FW DROP: "
+        );
     }
 
     #[test]
@@ -296,21 +397,38 @@ mod tests {
 
     #[test]
     fn ip6tables_trace_lines_group_by_flow_label_and_length() {
-        let l = |pos: &str, len: u32| format!("[ 5.0] TRACE: {pos} IN=eth0 OUT= MAC=aa:bb SRC=fd00::1 DST=fd00::2 LEN={len} TC=0 HOPLIMIT=64 FLOWLBL=74565 PROTO=TCP SPT=40000 DPT=80 SEQ=9 ACK=0 WINDOW=64800 RES=0x00 SYN URGP=0 OPT (020405A0)\n");
-        let text = [l("raw:PREROUTING:policy:2", 80), l("mangle:PREROUTING:policy:1", 80), l("raw:PREROUTING:policy:2", 72)].concat();
+        let l = |pos: &str, len: u32| {
+            format!("[ 5.0] TRACE: {pos} IN=eth0 OUT= MAC=aa:bb SRC=fd00::1 DST=fd00::2 LEN={len} TC=0 HOPLIMIT=64 FLOWLBL=74565 PROTO=TCP SPT=40000 DPT=80 SEQ=9 ACK=0 WINDOW=64800 RES=0x00 SYN URGP=0 OPT (020405A0)\n")
+        };
+        let text = [
+            l("raw:PREROUTING:policy:2", 80),
+            l("mangle:PREROUTING:policy:1", 80),
+            l("raw:PREROUTING:policy:2", 72),
+        ]
+        .concat();
         let r = parse(&text);
         assert!(r.malformed.is_empty(), "{:?}", r.malformed);
         assert_eq!(r.packets.len(), 2);
         assert_eq!(r.packets[0].family, Some(Family::Ipv6));
         let h = &r.packets[0].headers[0];
-        assert_eq!((h.flowlabel, h.ttl, h.len, h.sport), (Some(74565), Some(64), Some(80), Some(40000)));
+        assert_eq!(
+            (h.flowlabel, h.ttl, h.len, h.sport),
+            (Some(74565), Some(64), Some(80), Some(40000))
+        );
         assert_eq!(r.packets[0].steps().len(), 2);
     }
 
     #[test]
     fn a_repeated_base_chain_starts_a_new_packet() {
-        let l = |pos: &str| format!("TRACE: {pos} IN=eth0 OUT= SRC=10.0.0.1 DST=10.0.0.2 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=0 DF PROTO=TCP SPT=1 DPT=2 SEQ=5 ACK=0 WINDOW=1 RES=0x00 SYN URGP=0\n");
-        let text = [l("raw:PREROUTING:policy:2"), l("mangle:PREROUTING:policy:1"), l("raw:PREROUTING:policy:2")].concat();
+        let l = |pos: &str| {
+            format!("TRACE: {pos} IN=eth0 OUT= SRC=10.0.0.1 DST=10.0.0.2 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=0 DF PROTO=TCP SPT=1 DPT=2 SEQ=5 ACK=0 WINDOW=1 RES=0x00 SYN URGP=0\n")
+        };
+        let text = [
+            l("raw:PREROUTING:policy:2"),
+            l("mangle:PREROUTING:policy:1"),
+            l("raw:PREROUTING:policy:2"),
+        ]
+        .concat();
         let r = parse(&text);
         assert_eq!(r.packets.len(), 2);
     }

@@ -152,7 +152,11 @@ pub struct Malformed {
 
 impl Malformed {
     fn new(line: usize, text: &str, reason: impl std::fmt::Display) -> Self {
-        Malformed { line, reason: reason.to_string(), text: text.chars().take(200).collect() }
+        Malformed {
+            line,
+            reason: reason.to_string(),
+            text: text.chars().take(200).collect(),
+        }
     }
 }
 
@@ -175,6 +179,9 @@ pub fn parse(text: &str, format: Option<Format>) -> ParsedReference {
         Some(Format::KernelLog) => kernlog::parse(text),
         Some(Format::XtablesMonitor) => xtmon::parse(text),
         Some(Format::NftMonitor) => nftmon::parse(text),
-        None => ParsedReference { skipped: text.lines().count(), ..Default::default() },
+        None => ParsedReference {
+            skipped: text.lines().count(),
+            ..Default::default()
+        },
     }
 }

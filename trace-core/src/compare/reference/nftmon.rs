@@ -21,8 +21,16 @@ use crate::netfilter::{Family, Table};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum NftLine {
-    Packet { family: Option<Family>, trace_id: u32, headers: Box<RefHeaders> },
-    Step { family: Option<Family>, trace_id: u32, step: RefStep },
+    Packet {
+        family: Option<Family>,
+        trace_id: u32,
+        headers: Box<RefHeaders>,
+    },
+    Step {
+        family: Option<Family>,
+        trace_id: u32,
+        step: RefStep,
+    },
     /// A valid event of a table iptables does not own.
     Foreign,
 }
@@ -57,10 +65,16 @@ pub fn parse_line(line: &str, lineno: usize) -> Result<Option<NftLine>, NftLineE
         return Ok(None);
     };
     let mut it = rest.splitn(5, ' ');
-    let id = it.next().and_then(|s| u32::from_str_radix(s, 16).ok()).ok_or(NftLineError::BadHeader)?;
+    let id = it
+        .next()
+        .and_then(|s| u32::from_str_radix(s, 16).ok())
+        .ok_or(NftLineError::BadHeader)?;
     let fam = it.next().ok_or(NftLineError::BadHeader)?;
     let table = it.next().ok_or(NftLineError::BadHeader)?;
-    let chain = it.next().filter(|c| !c.is_empty()).ok_or(NftLineError::BadHeader)?;
+    let chain = it
+        .next()
+        .filter(|c| !c.is_empty())
+        .ok_or(NftLineError::BadHeader)?;
     let ev = it.next().unwrap_or("").trim();
     let family = family_of(fam);
     let Some(table) = Table::from_name(table).filter(|_| matches!(fam, "ip" | "ip6")) else {
@@ -68,10 +82,18 @@ pub fn parse_line(line: &str, lineno: usize) -> Result<Option<NftLine>, NftLineE
     };
     if let Some(pkt) = ev.strip_prefix("packet:") {
         let headers = parse_packet(pkt)?;
-        return Ok(Some(NftLine::Packet { family, trace_id: id, headers: Box::new(headers) }));
+        return Ok(Some(NftLine::Packet {
+            family,
+            trace_id: id,
+            headers: Box::new(headers),
+        }));
     }
     let step = parse_event(ev, table, chain, lineno)?;
-    Ok(Some(NftLine::Step { family, trace_id: id, step }))
+    Ok(Some(NftLine::Step {
+        family,
+        trace_id: id,
+        step,
+    }))
 }
 
 fn parse_event(ev: &str, table: Table, chain: &str, line: usize) -> Result<RefStep, NftLineError> {
@@ -89,30 +111,54 @@ fn parse_event(ev: &str, table: Table, chain: &str, line: usize) -> Result<RefSt
     if let Some(r) = ev.strip_prefix("verdict ") {
         return Ok(mk(RefStepPos::EndOfChain, Some(verdict_word(r)), None));
     }
-    let body = ev.strip_prefix("rule ").or_else(|| ev.strip_prefix("unknown rule handle ")).ok_or_else(|| {
-        NftLineError::BadEvent { text: ev.split_whitespace().next().unwrap_or("").to_string() }
-    })?;
-    let open = body.rfind(" (verdict ").or_else(|| body.starts_with("(verdict ").then_some(0)).ok_or(NftLineError::NoVerdict)?;
-    let verdict = body[open..].trim().trim_start_matches("(verdict ").trim_end_matches(')');
+    let body = ev
+        .strip_prefix("rule ")
+        .or_else(|| ev.strip_prefix("unknown rule handle "))
+        .ok_or_else(|| NftLineError::BadEvent {
+            text: ev.split_whitespace().next().unwrap_or("").to_string(),
+        })?;
+    let open = body
+        .rfind(" (verdict ")
+        .or_else(|| body.starts_with("(verdict ").then_some(0))
+        .ok_or(NftLineError::NoVerdict)?;
+    let verdict = body[open..]
+        .trim()
+        .trim_start_matches("(verdict ")
+        .trim_end_matches(')');
     let text = body[..open].trim();
     if ev.starts_with("unknown rule handle ") {
-        let handle = text.parse().map_err(|_| NftLineError::BadValue { field: "handle".into(), value: text.into() })?;
+        let handle = text.parse().map_err(|_| NftLineError::BadValue {
+            field: "handle".into(),
+            value: text.into(),
+        })?;
         return Ok(mk(RefStepPos::Handle { handle }, Some(verdict), None));
     }
     // `nft -a monitor trace` appends `# handle N` to the rule text.
     if let Some((t, h)) = text.rsplit_once(" # handle ") {
         if let Ok(handle) = h.trim().parse() {
-            return Ok(mk(RefStepPos::Handle { handle }, Some(verdict), Some(t.trim().to_string())));
+            return Ok(mk(
+                RefStepPos::Handle { handle },
+                Some(verdict),
+                Some(t.trim().to_string()),
+            ));
         }
     }
-    Ok(mk(RefStepPos::RuleText { text: text.to_string() }, Some(verdict), Some(text.to_string())))
+    Ok(mk(
+        RefStepPos::RuleText {
+            text: text.to_string(),
+        },
+        Some(verdict),
+        Some(text.to_string()),
+    ))
 }
 
 /// `return meta mark 0x1` → `return`; `jump DOCKER` stays whole.
 fn verdict_word(r: &str) -> &str {
     let r = r.trim();
     match r.split_once(' ') {
-        Some((w, rest)) if matches!(w, "jump" | "goto") => &r[..w.len() + 1 + rest.split(' ').next().unwrap_or("").len()],
+        Some((w, rest)) if matches!(w, "jump" | "goto") => {
+            &r[..w.len() + 1 + rest.split(' ').next().unwrap_or("").len()]
+        }
         Some((w, _)) => w,
         None => r,
     }
@@ -141,7 +187,10 @@ fn tokens(s: &str) -> Vec<String> {
 }
 
 fn bad(field: &str, value: &str) -> NftLineError {
-    NftLineError::BadValue { field: field.to_string(), value: value.to_string() }
+    NftLineError::BadValue {
+        field: field.to_string(),
+        value: value.to_string(),
+    }
 }
 
 fn num<T: TryFrom<u64>>(field: &str, v: &str) -> Result<T, NftLineError> {
@@ -149,7 +198,8 @@ fn num<T: TryFrom<u64>>(field: &str, v: &str) -> Result<T, NftLineError> {
         Some(h) => u64::from_str_radix(h, 16).ok(),
         None => v.parse().ok(),
     };
-    n.and_then(|n| T::try_from(n).ok()).ok_or_else(|| bad(field, v))
+    n.and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| bad(field, v))
 }
 
 /// `syn`, `0x18`, `syn | ack`, `syn,ack` → flags byte.
@@ -183,7 +233,11 @@ pub fn parse_packet(s: &str) -> Result<RefHeaders, NftLineError> {
         let proto = toks[i].as_str();
         if matches!(proto, "iif" | "oif") {
             let v = toks.get(i + 1).cloned().unwrap_or_default();
-            if proto == "iif" { h.in_dev = Some(v) } else { h.out_dev = Some(v) }
+            if proto == "iif" {
+                h.in_dev = Some(v)
+            } else {
+                h.out_dev = Some(v)
+            }
             i += 2;
             continue;
         }
@@ -208,7 +262,12 @@ pub fn parse_packet(s: &str) -> Result<RefHeaders, NftLineError> {
     Ok(h)
 }
 
-fn set_nft_field(h: &mut RefHeaders, proto: &str, field: &str, v: &str) -> Result<(), NftLineError> {
+fn set_nft_field(
+    h: &mut RefHeaders,
+    proto: &str,
+    field: &str,
+    v: &str,
+) -> Result<(), NftLineError> {
     let key = format!("{proto} {field}");
     match (proto, field) {
         ("ip" | "ip6", "saddr") => h.src = Some(v.parse().map_err(|_| bad(&key, v))?),
@@ -277,11 +336,22 @@ fn icmp_type_number(v: &str) -> Option<u8> {
 
 pub fn parse(text: &str) -> ParsedReference {
     let mut g = NftGrouper::new();
-    let mut out = ParsedReference { format: Some(super::Format::NftMonitor), ..Default::default() };
+    let mut out = ParsedReference {
+        format: Some(super::Format::NftMonitor),
+        ..Default::default()
+    };
     for (n, line) in text.lines().enumerate() {
         match parse_line(line, n + 1) {
-            Ok(Some(NftLine::Packet { family, trace_id, headers })) => g.headers(trace_id, family, *headers, n + 1),
-            Ok(Some(NftLine::Step { family, trace_id, step })) => g.step(trace_id, family, step),
+            Ok(Some(NftLine::Packet {
+                family,
+                trace_id,
+                headers,
+            })) => g.headers(trace_id, family, *headers, n + 1),
+            Ok(Some(NftLine::Step {
+                family,
+                trace_id,
+                step,
+            })) => g.step(trace_id, family, step),
             Ok(Some(NftLine::Foreign)) | Ok(None) => out.skipped += 1,
             Err(e) => out.malformed.push(Malformed::new(n + 1, line, e)),
         }
@@ -297,21 +367,56 @@ mod tests {
     #[test]
     fn parses_packet_rule_policy_and_return_events() {
         let p = parse_line(r#"trace id ed114cd4 ip raw PREROUTING packet: iif "eth0" ether saddr 4a:70:b2:aa:8f:4f ether daddr 66:6b:9d:86:56:c7 ip saddr 192.168.64.5 ip daddr 192.168.64.4 ip dscp cs0 ip ecn not-ect ip ttl 64 ip id 52575 ip length 60 tcp sport 50676 tcp dport 10000 tcp flags == syn tcp window 64240 "#, 1).unwrap().unwrap();
-        let NftLine::Packet { headers: h, trace_id, .. } = p else { panic!("{p:?}") };
+        let NftLine::Packet {
+            headers: h,
+            trace_id,
+            ..
+        } = p
+        else {
+            panic!("{p:?}")
+        };
         assert_eq!(trace_id, 0xed114cd4);
-        assert_eq!((h.id, h.len, h.sport, h.dport, h.tcp_flags), (Some(52575), Some(60), Some(50676), Some(10000), Some(tcp_flags::SYN)));
+        assert_eq!(
+            (h.id, h.len, h.sport, h.dport, h.tcp_flags),
+            (
+                Some(52575),
+                Some(60),
+                Some(50676),
+                Some(10000),
+                Some(tcp_flags::SYN)
+            )
+        );
         assert_eq!(h.in_dev.as_deref(), Some("eth0"));
         let r = parse_line("trace id ed114cd4 ip filter FORWARD rule oifname \"br-00ea7870520a\" counter packets 0 bytes 0 jump DOCKER (verdict jump DOCKER)", 2).unwrap().unwrap();
-        let NftLine::Step { step, .. } = r else { panic!() };
+        let NftLine::Step { step, .. } = r else {
+            panic!()
+        };
         assert_eq!(step.verdict.as_deref(), Some("jump DOCKER"));
-        assert!(matches!(step.pos, RefStepPos::RuleText { ref text } if text.ends_with("jump DOCKER")));
+        assert!(
+            matches!(step.pos, RefStepPos::RuleText { ref text } if text.ends_with("jump DOCKER"))
+        );
         let h = parse_line("trace id 1 ip filter FORWARD rule counter packets 0 bytes 0 accept # handle 14 (verdict accept)", 3).unwrap().unwrap();
-        let NftLine::Step { step, .. } = h else { panic!() };
+        let NftLine::Step { step, .. } = h else {
+            panic!()
+        };
         assert_eq!(step.pos, RefStepPos::Handle { handle: 14 });
-        let e = parse_line("trace id 1 ip filter DOCKER verdict continue meta mark 0x00000001 ", 4).unwrap().unwrap();
-        let NftLine::Step { step, .. } = e else { panic!() };
-        assert_eq!((step.pos, step.verdict.as_deref()), (RefStepPos::EndOfChain, Some("continue")));
-        assert_eq!(parse_line("trace id 1 inet firewalld filter_INPUT policy accept", 5).unwrap(), Some(NftLine::Foreign));
+        let e = parse_line(
+            "trace id 1 ip filter DOCKER verdict continue meta mark 0x00000001 ",
+            4,
+        )
+        .unwrap()
+        .unwrap();
+        let NftLine::Step { step, .. } = e else {
+            panic!()
+        };
+        assert_eq!(
+            (step.pos, step.verdict.as_deref()),
+            (RefStepPos::EndOfChain, Some("continue"))
+        );
+        assert_eq!(
+            parse_line("trace id 1 inet firewalld filter_INPUT policy accept", 5).unwrap(),
+            Some(NftLine::Foreign)
+        );
         assert!(parse_line("trace id zz ip raw X policy accept", 6).is_err());
         assert!(parse_line("trace id 1 ip raw PREROUTING rule foo", 7).is_err());
         assert!(parse_line("trace id 1 ip raw PREROUTING packet: ip id x", 8).is_err());

@@ -44,12 +44,21 @@ const MAX_OPEN: usize = 1024;
 
 impl<K: PartialEq> Segmenter<K> {
     pub fn new() -> Self {
-        Segmenter { open: Vec::new(), packets: Vec::new() }
+        Segmenter {
+            open: Vec::new(),
+            packets: Vec::new(),
+        }
     }
 
     /// The packet a step at (`table`, `chain`) with key `key` belongs to; `new` builds the
     /// packet when a new one must start.
-    pub fn packet_for(&mut self, key: K, table: Table, chain: &str, new: impl FnOnce() -> RefPacket) -> usize {
+    pub fn packet_for(
+        &mut self,
+        key: K,
+        table: Table,
+        chain: &str,
+        new: impl FnOnce() -> RefPacket,
+    ) -> usize {
         let ord = base_order(table, chain);
         let pos = self.open.iter().rposition(|o| o.key == key);
         if let Some(p) = pos {
@@ -81,7 +90,13 @@ impl<K: PartialEq> Segmenter<K> {
         }
         // A packet first seen in a user chain (earlier lines lost) gets the lowest order so
         // any base chain continues it.
-        self.open.push(Open { key, idx, order: ord.unwrap_or((0, i32::MIN)), table, table_done: false });
+        self.open.push(Open {
+            key,
+            idx,
+            order: ord.unwrap_or((0, i32::MIN)),
+            table,
+            table_done: false,
+        });
         idx
     }
 

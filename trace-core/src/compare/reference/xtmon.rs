@@ -29,8 +29,16 @@ use std::collections::HashMap;
 /// One parsed xtables-monitor line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum XtLine {
-    Packet { family: Option<Family>, trace_id: u32, headers: Box<RefHeaders> },
-    Step { family: Option<Family>, trace_id: u32, step: RefStep },
+    Packet {
+        family: Option<Family>,
+        trace_id: u32,
+        headers: Box<RefHeaders>,
+    },
+    Step {
+        family: Option<Family>,
+        trace_id: u32,
+        step: RefStep,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +58,8 @@ pub enum XtLineError {
 
 pub fn looks_like(line: &str) -> bool {
     let t = line.trim_start();
-    t.starts_with("PACKET: ") || (t.starts_with("TRACE: ") && t[7..].split(' ').nth(1).is_some_and(is_trace_id))
+    t.starts_with("PACKET: ")
+        || (t.starts_with("TRACE: ") && t[7..].split(' ').nth(1).is_some_and(is_trace_id))
 }
 
 fn is_trace_id(s: &str) -> bool {
@@ -58,7 +67,10 @@ fn is_trace_id(s: &str) -> bool {
 }
 
 /// `2 ed114cd4 rest` → (family, id, rest).
-fn split_header<'a>(rest: &'a str, tag: &'static str) -> Result<(Option<Family>, u32, &'a str), XtLineError> {
+fn split_header<'a>(
+    rest: &'a str,
+    tag: &'static str,
+) -> Result<(Option<Family>, u32, &'a str), XtLineError> {
     let err = || XtLineError::BadHeader { tag };
     let mut it = rest.splitn(3, ' ');
     let pf: u8 = it.next().and_then(|p| p.parse().ok()).ok_or_else(err)?;
@@ -68,7 +80,9 @@ fn split_header<'a>(rest: &'a str, tag: &'static str) -> Result<(Option<Family>,
 }
 
 pub(super) fn table_of(name: &str) -> Result<Table, XtLineError> {
-    Table::from_name(name).ok_or_else(|| XtLineError::UnknownTable { name: name.to_string() })
+    Table::from_name(name).ok_or_else(|| XtLineError::UnknownTable {
+        name: name.to_string(),
+    })
 }
 
 /// `raw:PREROUTING:rule:0x3:CONTINUE  -4 -t raw …` → step.
@@ -77,9 +91,15 @@ fn parse_event(ev: &str, line: usize) -> Result<RefStep, XtLineError> {
         Some((h, t)) => (h, t.trim()),
         None => (ev.trim(), ""),
     };
-    let bad = || XtLineError::BadEvent { text: head.to_string() };
+    let bad = || XtLineError::BadEvent {
+        text: head.to_string(),
+    };
     let mut it = head.splitn(4, ':');
-    let (table, chain, kind) = (it.next().ok_or_else(bad)?, it.next().ok_or_else(bad)?, it.next().ok_or_else(bad)?);
+    let (table, chain, kind) = (
+        it.next().ok_or_else(bad)?,
+        it.next().ok_or_else(bad)?,
+        it.next().ok_or_else(bad)?,
+    );
     let tail = it.next().unwrap_or("");
     if chain.is_empty() {
         return Err(bad());
@@ -92,7 +112,10 @@ fn parse_event(ev: &str, line: usize) -> Result<RefStep, XtLineError> {
             (RefStepPos::Handle { handle }, Some(v.to_string()))
         }
         "policy" => (RefStepPos::Policy, Some(tail.to_string())),
-        "return" => (RefStepPos::EndOfChain, (!tail.is_empty()).then(|| tail.to_string())),
+        "return" => (
+            RefStepPos::EndOfChain,
+            (!tail.is_empty()).then(|| tail.to_string()),
+        ),
         _ => return Err(bad()),
     };
     Ok(RefStep {
@@ -111,19 +134,30 @@ pub fn parse_line(line: &str, lineno: usize) -> Result<Option<XtLine>, XtLineErr
     if let Some(rest) = t.strip_prefix("PACKET: ") {
         let (family, trace_id, fields) = split_header(rest, "PACKET:")?;
         let headers = parse_xtables_packet_fields(fields)?;
-        return Ok(Some(XtLine::Packet { family, trace_id, headers: Box::new(headers) }));
+        return Ok(Some(XtLine::Packet {
+            family,
+            trace_id,
+            headers: Box::new(headers),
+        }));
     }
     if let Some(rest) = t.strip_prefix("TRACE: ") {
         let (family, trace_id, ev) = split_header(rest, "TRACE:")?;
         let step = parse_event(ev, lineno)?;
-        return Ok(Some(XtLine::Step { family, trace_id, step }));
+        return Ok(Some(XtLine::Step {
+            family,
+            trace_id,
+            step,
+        }));
     }
     Ok(None)
 }
 
 /// A verdict after which the table traversal is over.
 pub(super) fn is_final_verdict(v: &str) -> bool {
-    matches!(v.to_ascii_uppercase().as_str(), "ACCEPT" | "DROP" | "QUEUE" | "STOLEN")
+    matches!(
+        v.to_ascii_uppercase().as_str(),
+        "ACCEPT" | "DROP" | "QUEUE" | "STOLEN"
+    )
 }
 
 /// Groups nft trace events into packets: by trace id, split where the IP id changes or the
@@ -136,7 +170,11 @@ pub(super) struct NftGrouper {
 
 impl NftGrouper {
     pub fn new() -> Self {
-        NftGrouper { seg: Segmenter::new(), ip_id: HashMap::new(), pending: HashMap::new() }
+        NftGrouper {
+            seg: Segmenter::new(),
+            ip_id: HashMap::new(),
+            pending: HashMap::new(),
+        }
     }
 
     /// Headers line: remembered until the step that follows it places the packet.
@@ -149,15 +187,18 @@ impl NftGrouper {
         let key = (trace_id, self.ip_id.get(&trace_id).copied().flatten());
         let pending = self.pending.remove(&trace_id);
         let first_line = pending.as_ref().map_or(step.line, |p| p.2);
-        let idx = self.seg.packet_for(key, step.table, &step.chain, || RefPacket {
-            line: first_line,
-            time: None,
-            trace_id: Some(trace_id),
-            family,
-            headers: Vec::new(),
-            evidence: Evidence::Path { steps: Vec::new() },
-        });
-        let done = matches!(step.pos, RefStepPos::Policy) || step.verdict.as_deref().is_some_and(is_final_verdict);
+        let idx = self
+            .seg
+            .packet_for(key, step.table, &step.chain, || RefPacket {
+                line: first_line,
+                time: None,
+                trace_id: Some(trace_id),
+                family,
+                headers: Vec::new(),
+                evidence: Evidence::Path { steps: Vec::new() },
+            });
+        let done = matches!(step.pos, RefStepPos::Policy)
+            || step.verdict.as_deref().is_some_and(is_final_verdict);
         let pkt = &mut self.seg.packets[idx];
         if let Some((h, fam, _)) = pending {
             pkt.family = pkt.family.or(fam);
@@ -187,18 +228,34 @@ impl NftGrouper {
 /// RETURN rule in a base chain is merged too: a known limit, such rules are rare.)
 fn ends_base_chain(prev: Option<&RefStep>, step: &RefStep) -> bool {
     let fell_off = |p: &RefStep| {
-        matches!(p.pos, RefStepPos::EndOfChain) && !p.verdict.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("return"))
+        matches!(p.pos, RefStepPos::EndOfChain)
+            && !p
+                .verdict
+                .as_deref()
+                .is_some_and(|v| v.eq_ignore_ascii_case("return"))
     };
-    matches!(step.pos, RefStepPos::Policy) && prev.is_some_and(|p| fell_off(p) && p.table == step.table && p.chain == step.chain)
+    matches!(step.pos, RefStepPos::Policy)
+        && prev.is_some_and(|p| fell_off(p) && p.table == step.table && p.chain == step.chain)
 }
 
 pub fn parse(text: &str) -> ParsedReference {
     let mut g = NftGrouper::new();
-    let mut out = ParsedReference { format: Some(super::Format::XtablesMonitor), ..Default::default() };
+    let mut out = ParsedReference {
+        format: Some(super::Format::XtablesMonitor),
+        ..Default::default()
+    };
     for (n, line) in text.lines().enumerate() {
         match parse_line(line, n + 1) {
-            Ok(Some(XtLine::Packet { family, trace_id, headers })) => g.headers(trace_id, family, *headers, n + 1),
-            Ok(Some(XtLine::Step { family, trace_id, step })) => g.step(trace_id, family, step),
+            Ok(Some(XtLine::Packet {
+                family,
+                trace_id,
+                headers,
+            })) => g.headers(trace_id, family, *headers, n + 1),
+            Ok(Some(XtLine::Step {
+                family,
+                trace_id,
+                step,
+            })) => g.step(trace_id, family, step),
             Ok(None) => out.skipped += 1,
             Err(e) => out.malformed.push(Malformed::new(n + 1, line, e)),
         }
@@ -213,13 +270,24 @@ mod tests {
 
     #[test]
     fn parses_events_and_verdicts() {
-        let s = parse_event("filter:DOCKER-USER:rule:0x19:0xfffffffb  -4 -t filter -A DOCKER-USER -j RETURN", 7).unwrap();
+        let s = parse_event(
+            "filter:DOCKER-USER:rule:0x19:0xfffffffb  -4 -t filter -A DOCKER-USER -j RETURN",
+            7,
+        )
+        .unwrap();
         assert_eq!(s.pos, RefStepPos::Handle { handle: 0x19 });
         assert_eq!(s.verdict.as_deref(), Some("0xfffffffb"));
-        assert_eq!(s.rule_text.as_deref(), Some("-4 -t filter -A DOCKER-USER -j RETURN"));
+        assert_eq!(
+            s.rule_text.as_deref(),
+            Some("-4 -t filter -A DOCKER-USER -j RETURN")
+        );
         let p = parse_event("raw:PREROUTING:policy:ACCEPT ", 8).unwrap();
         assert_eq!(p.pos, RefStepPos::Policy);
-        let j = parse_event("nat:PREROUTING:rule:0x6:JUMP:DOCKER  -4 -t nat -A PREROUTING -j DOCKER", 9).unwrap();
+        let j = parse_event(
+            "nat:PREROUTING:rule:0x6:JUMP:DOCKER  -4 -t nat -A PREROUTING -j DOCKER",
+            9,
+        )
+        .unwrap();
         assert_eq!(j.verdict.as_deref(), Some("JUMP:DOCKER"));
         assert!(parse_event("nat:PREROUTING:rule:6:ACCEPT", 1).is_err());
         assert!(parse_event("bogus:X:policy:ACCEPT", 1).is_err());
