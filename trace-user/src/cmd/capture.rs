@@ -128,7 +128,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let rl = std::cell::RefCell::new(&mut rules);
         session.run_with_events_ticked(
             &opts,
-            || rl.borrow_mut().tick(),
+            || {
+                // Quiet periods: what the last events printed must not wait for the next one.
+                out.borrow_mut().maybe_flush()?;
+                rl.borrow_mut().tick()
+            },
             |e| rl.borrow_mut().event(e, &mut *out.borrow_mut()),
             |t| {
                 let mut o = out.borrow_mut();
@@ -144,7 +148,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let rl = std::cell::RefCell::new(&mut rules);
         session.run_events_ticked(
             &opts,
-            || rl.borrow_mut().tick(),
+            || {
+                // Quiet periods: what the last events printed must not wait for the next one.
+                out.borrow_mut().maybe_flush()?;
+                rl.borrow_mut().tick()
+            },
             |e| {
                 let mut o = out.borrow_mut();
                 let n = rl.borrow_mut().event_owned(e, &mut *o)?;
@@ -286,7 +294,7 @@ fn attach(backend: Backend, opts: &CaptureOptions) -> Result<Session> {
     }
 }
 
-/// Buffered stdout, flushed at least every 50 ms while packets keep coming.
+/// Buffered stdout, flushed at most 50 ms after a write (from the events and the session's timer).
 struct Output {
     w: std::io::BufWriter<std::io::Stdout>,
     last: std::time::Instant,
