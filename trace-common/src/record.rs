@@ -20,6 +20,11 @@ pub mod kind {
     /// skb (rule positions, issue 6 item 3; kprobe backend only). Not an `Event`: the
     /// collector splits these off before `trace_core::decode`.
     pub const XT: u8 = 3;
+    /// A [`super::HookVerdictRecord`]: nf_hook_slow returned a verdict other than accept for a
+    /// tracked skb (fentry/kprobe backends; an accept is a [`super::ProbeRecord`] at the hook's
+    /// exit position instead). Not an `Event`: the collector turns it into one
+    /// (`trace_user::capture::hookverdict`) before `trace_core::decode`.
+    pub const HOOK_VERDICT: u8 = 4;
 }
 
 /// Common prefix of every ring-buffer record (8 bytes).
@@ -204,6 +209,28 @@ pub struct XtRecord {
     pub name: [u8; 16],
 }
 
+/// What nf_hook_slow returned for a tracked skb when it did not accept it (48 bytes): 0 (the
+/// skb was stolen or queued by a hook function) or a negative errno (dropped: -EPERM for
+/// NF_DROP, another errno for NF_DROP_ERR). Written after the hook functions ran, so the skb
+/// may be freed: only what its entry remembered is reported.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HookVerdictRecord {
+    pub header: RecordHeader,
+    pub ts_ns: u64,
+    pub skb: u64,
+    pub gen: u64,
+    pub netns: u32,
+    /// nf_hook_slow's return value.
+    pub verdict: i32,
+    /// NF_INET_* hook.
+    pub hook: u8,
+    /// NFPROTO_*.
+    pub pf: u8,
+    pub _pad0: u16,
+    pub _pad1: u32,
+}
+
 /// Per-skb tracking state (value of the LRU hash keyed by skb address; 32 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -372,6 +399,7 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<TableOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<XtRecord>() == 64);
+const _: () = assert!(core::mem::size_of::<HookVerdictRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<RateState>() == 16);
 
 // SAFETY: plain #[repr(C)] data with explicit padding fields; every bit pattern is valid.
@@ -388,6 +416,7 @@ mod pod {
     unsafe impl aya::Pod for ProbeConfig {}
     unsafe impl aya::Pod for TableOffsets {}
     unsafe impl aya::Pod for XtRecord {}
+    unsafe impl aya::Pod for HookVerdictRecord {}
     unsafe impl aya::Pod for RateState {}
 }
 
