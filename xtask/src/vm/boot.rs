@@ -1,6 +1,10 @@
 //! One bounded QEMU boot: TCG (KVM crashes stock kernels in this nested VM), no network device
 //! to the outside, serial console on stdout, kernel powers off when /init is done. The whole
 //! console goes to a log file; `VMTEST` lines are echoed live.
+//!
+//! Two limits: the guest must reach its tests (`VMTEST begin`) within `begin_timeout` — a boot
+//! that does not is a *boot failure* (the caller may boot again) — and the whole run must end
+//! within `timeout` (a guest that started its tests and then hangs is a test failure).
 
 use anyhow::{Context, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -14,16 +18,51 @@ pub struct Boot<'a> {
     pub initrd: &'a Path,
     pub log: &'a Path,
     pub timeout: Duration,
+    /// Until `VMTEST begin` (kernel boot, module loads).
+    pub begin_timeout: Duration,
 }
+
+/// The console line the guest's /init prints right before the tests.
+pub const BEGIN: &str = "VMTEST begin";
 
 /// What the console showed.
 #[derive(Debug)]
 pub struct Outcome {
     /// Every console line.
     pub lines: Vec<String>,
-    /// The boot hit the timeout and QEMU was killed.
+    /// The boot hit a timeout and QEMU was killed.
     pub timed_out: bool,
     pub secs: f64,
+    /// QEMU's exit status (None when killed).
+    pub status: Option<std::process::ExitStatus>,
+}
+
+impl Outcome {
+    /// The guest never reached its tests (QEMU or kernel failed, or boot took too long): such a
+    /// run says nothing about the code under test and may be retried once.
+    pub fn boot_failure(&self) -> Option<String> {
+        if self.lines.iter().any(|l| l.contains(BEGIN)) {
+            return None;
+        }
+        let last: Vec<&str> = self
+            .lines
+            .iter()
+            .rev()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .map(String::as_str)
+            .collect();
+        let how = if self.timed_out {
+            format!("no `{BEGIN}` after {:.0}s", self.secs)
+        } else {
+            format!(
+                "QEMU exited ({}) after {:.0}s before `{BEGIN}`",
+                self.status.map_or("killed".to_string(), |s| s.to_string()),
+                self.secs
+            )
+        };
+        Some(format!("{how}; last console lines: {last:?}"))
+    }
 }
 
 impl Boot<'_> {
@@ -76,18 +115,25 @@ impl Boot<'_> {
             .with_context(|| format!("create {}", self.log.display()))?;
         let mut lines = Vec::new();
         let mut timed_out = false;
+        let mut begun = false;
         loop {
-            let left = self.timeout.saturating_sub(start.elapsed());
+            let limit = if begun {
+                self.timeout
+            } else {
+                self.begin_timeout.min(self.timeout)
+            };
+            let left = limit.saturating_sub(start.elapsed());
             match rx.recv_timeout(left.min(Duration::from_secs(1))) {
                 Ok(line) => {
                     writeln!(log, "{line}")?;
                     if line.contains("VMTEST ") {
-                        eprintln!("  guest: {line}");
+                        eprintln!("  guest [{:>4.0}s]: {line}", start.elapsed().as_secs_f64());
                     }
+                    begun |= line.contains(BEGIN);
                     lines.push(line);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() >= self.timeout => {
+                Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() >= limit => {
                     timed_out = true;
                     // Our own child, by its handle.
                     let _ = child.kill();
@@ -96,7 +142,7 @@ impl Boot<'_> {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
             }
         }
-        let _ = child.wait();
+        let status = child.wait().ok().filter(|_| !timed_out);
         for r in readers {
             let _ = r.join();
         }
@@ -104,6 +150,7 @@ impl Boot<'_> {
             lines,
             timed_out,
             secs: start.elapsed().as_secs_f64(),
+            status,
         })
     }
 }

@@ -25,6 +25,10 @@ pub struct KernelRun {
     pub rc: Option<i32>,
     pub timed_out: bool,
     pub secs: f64,
+    /// Requested backends the guest printed no result line for (a silent backend fails).
+    pub silent_backends: Vec<String>,
+    /// Boot failures before this run (retried), with what went wrong.
+    pub boot_failures: Vec<String>,
 }
 
 impl KernelRun {
@@ -38,6 +42,8 @@ impl KernelRun {
             rc: None,
             timed_out: o.timed_out,
             secs: o.secs,
+            silent_backends: Vec::new(),
+            boot_failures: Vec::new(),
         };
         for line in &o.lines {
             // The console may prefix the first line with terminal escapes.
@@ -71,9 +77,22 @@ impl KernelRun {
         run
     }
 
-    /// The guest finished, its command exited 0 and no case failed.
+    /// Every backend asked for must have printed at least one result (PASS, FAIL or a SKIP
+    /// with its reason): a backend whose cases vanished is a failure, not a pass.
+    pub fn require_backends(&mut self, backends: &[&str]) {
+        self.silent_backends = backends
+            .iter()
+            .filter(|b| !self.results.iter().any(|r| r.backend == **b))
+            .map(|b| b.to_string())
+            .collect();
+    }
+
+    /// The guest finished, its command exited 0, no case failed and every backend reported.
     pub fn ok(&self) -> bool {
-        self.rc == Some(0) && !self.timed_out && !self.results.iter().any(|r| r.status == "FAIL")
+        self.rc == Some(0)
+            && !self.timed_out
+            && self.silent_backends.is_empty()
+            && !self.results.iter().any(|r| r.status == "FAIL")
     }
 }
 
@@ -107,6 +126,16 @@ pub fn table(runs: &[KernelRun]) -> String {
     }
     for k in runs {
         out.push_str(&format!("{}: {}\n", k.label, k.package));
+        for f in &k.boot_failures {
+            out.push_str(&format!("{}: boot failure (retried): {f}\n", k.label));
+        }
+        if !k.silent_backends.is_empty() {
+            out.push_str(&format!(
+                "{}: FAIL: no result at all for backend(s) {}\n",
+                k.label,
+                k.silent_backends.join(", ")
+            ));
+        }
         if !k.missing_modules.is_empty() && k.missing_modules != "none" {
             out.push_str(&format!(
                 "{}: modules missing: {}\n",
@@ -155,6 +184,7 @@ mod tests {
             lines: lines.iter().map(|s| s.to_string()).collect(),
             timed_out: false,
             secs: 30.0,
+            status: None,
         };
         let k = KernelRun::parse("6.1", "linux-image-6.1.0-56-amd64-unsigned", &o);
         assert_eq!(k.rc, Some(1));
@@ -177,9 +207,47 @@ mod tests {
             lines: vec!["VMTEST kernel 6.1".into()],
             timed_out: true,
             secs: 900.0,
+            status: None,
         };
         let k = KernelRun::parse("6.1", "p", &o);
         assert!(!k.ok());
         assert!(table(&[k]).contains("TIMEOUT"));
+    }
+
+    #[test]
+    fn a_backend_without_results_fails_the_run() {
+        let lines = [
+            "VMTEST kernel 6.1.0-56-amd64 cpus=2",
+            "VMTEST begin",
+            "VMTEST result fentry remote-syn-legacy PASS ok",
+            "VMTEST end rc=0",
+        ];
+        let o = Outcome {
+            lines: lines.iter().map(|s| s.to_string()).collect(),
+            timed_out: false,
+            secs: 30.0,
+            status: None,
+        };
+        let mut k = KernelRun::parse("6.1", "p", &o);
+        k.require_backends(&["fentry"]);
+        assert!(k.ok());
+        k.require_backends(&["fentry", "kprobe"]);
+        assert!(!k.ok());
+        assert!(table(&[k]).contains("no result at all for backend(s) kprobe"));
+    }
+
+    #[test]
+    fn boot_failure_is_only_before_the_tests() {
+        let mut o = Outcome {
+            lines: vec!["Kernel panic - not syncing".into()],
+            timed_out: false,
+            secs: 12.0,
+            status: None,
+        };
+        assert!(o.boot_failure().unwrap().contains("Kernel panic"));
+        o.lines.push("VMTEST begin".into());
+        o.timed_out = true;
+        // A hang after the tests began is a test failure, never retried.
+        assert_eq!(o.boot_failure(), None);
     }
 }
