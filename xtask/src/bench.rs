@@ -9,6 +9,10 @@
 //! Prints per-round values and median ratios against no tracer, plus the tracer's lost count.
 //! The tracer (`iptrace capture`, TRACE lines to /dev/null) is pinned to CPU 1.
 //!
+//! `--bpf-stats`: kernel.bpf_stats_enabled=1 during the run (restored after), and per
+//! configuration the kernel's run count and mean run time of each capture program (summed over
+//! rounds): the probes' own cost, independent of how busy the other CPU is.
+//!
 //! Hidden helpers run inside the namespaces: `bench-client ADDR SECS` (connect, send a line,
 //! read the reply, close; prints connections/s) and `bench-serve PORT`.
 
@@ -86,9 +90,11 @@ fn bench(args: &[String]) -> Result<()> {
     let mut rounds = 3;
     let mut secs = 3u64;
     let mut only: Option<Vec<String>> = None;
+    let mut bpf_stats = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--bpf-stats" => bpf_stats = true,
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--secs" => secs = it.next().context("--secs S")?.parse()?,
             "--configs" => {
@@ -123,9 +129,145 @@ fn bench(args: &[String]) -> Result<()> {
         Some(names) => c.name == "none" || names.iter().any(|n| n == c.name),
         None => defaults.contains(&c.name),
     });
-    let result = run_rounds(&lab, &iptrace, &xtask, &cfgs, rounds, secs);
+    let stats_guard = if bpf_stats {
+        Some(StatsEnabled::on()?)
+    } else {
+        None
+    };
+    let result = run_rounds(&lab, &iptrace, &xtask, &cfgs, rounds, secs, bpf_stats);
+    drop(stats_guard);
     lab.down(&iptrace);
     result
+}
+
+/// kernel.bpf_stats_enabled = 1 while alive; the previous value is written back on drop.
+struct StatsEnabled {
+    prev: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl StatsEnabled {
+    fn on() -> Result<StatsEnabled> {
+        let prev = std::fs::read_to_string(BPF_STATS_SYSCTL)?
+            .trim()
+            .to_string();
+        std::fs::write(BPF_STATS_SYSCTL, "1")?;
+        Ok(StatsEnabled { prev })
+    }
+}
+
+impl Drop for StatsEnabled {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS_SYSCTL, &self.prev) {
+            eprintln!(
+                "xtask bench-capture: could not restore {BPF_STATS_SYSCTL}={}: {e}",
+                self.prev
+            );
+        }
+    }
+}
+
+/// Per program name: (runs, total run time ns).
+type ProgStats = std::collections::BTreeMap<String, (u64, u64)>;
+
+/// The run counts and times of the BPF programs a process holds (its fdinfo), by program name.
+fn prog_stats(pid: u32) -> ProgStats {
+    let mut out = ProgStats::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return out;
+    };
+    for e in dir.filter_map(|e| e.ok()) {
+        let Ok(text) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        let field = |k: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let (Some(id), Some(ns), Some(cnt)) =
+            (field("prog_id:"), field("run_time_ns:"), field("run_cnt:"))
+        else {
+            continue;
+        };
+        let name = prog_name(id as u32).unwrap_or_else(|| format!("id{id}"));
+        let s = out.entry(name).or_default();
+        s.0 += cnt;
+        s.1 += ns;
+    }
+    out
+}
+
+/// A program's name by id (BPF_PROG_GET_FD_BY_ID + BPF_OBJ_GET_INFO_BY_FD).
+fn prog_name(id: u32) -> Option<String> {
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut attr = [0u8; 128];
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    // SAFETY: bpf(2) with a zeroed attr holding prog_id.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            attr.as_mut_ptr(),
+            attr.len(),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // struct bpf_prog_info up to name (offset 64, 16 bytes).
+    let mut info = [0u8; 256];
+    let mut a = [0u8; 128];
+    a[..4].copy_from_slice(&(fd as u32).to_ne_bytes());
+    a[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
+    a[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: info_by_fd writes at most info_len bytes into `info`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            a.as_mut_ptr(),
+            a.len(),
+        )
+    };
+    // SAFETY: closing the fd we just got.
+    unsafe { libc::close(fd as i32) };
+    if r != 0 {
+        return None;
+    }
+    let name = &info[64..80];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(16);
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+fn print_prog_stats(name: &str, stats: &ProgStats) {
+    if stats.is_empty() {
+        return;
+    }
+    let first: u64 = stats
+        .iter()
+        .filter(|(n, _)| n.starts_with("nfpf"))
+        .map(|(_, s)| s.0)
+        .sum();
+    let total_ns: u64 = stats.values().map(|s| s.1).sum();
+    let nf_runs: u64 = stats
+        .iter()
+        .filter(|(n, _)| n.starts_with("nfp"))
+        .map(|(_, s)| s.0)
+        .sum();
+    println!(
+        "{name}: {} ns of BPF per packet entering (first-sight runs {first}, netfilter probe runs {nf_runs})",
+        if first > 0 { total_ns / first } else { 0 }
+    );
+    for (prog, (cnt, ns)) in stats {
+        println!(
+            "  {prog:<16} runs {cnt:>10}  mean {:>6} ns  total {:>8.1} ms",
+            if *cnt > 0 { ns / cnt } else { 0 },
+            *ns as f64 / 1e6
+        );
+    }
 }
 
 fn run_rounds(
@@ -135,8 +277,10 @@ fn run_rounds(
     cfgs: &[Config],
     rounds: usize,
     secs: u64,
+    bpf_stats: bool,
 ) -> Result<()> {
     lab.prepare(xtask)?;
+    let mut stats: Vec<ProgStats> = vec![ProgStats::new(); cfgs.len()];
     let mut tput: Vec<Vec<f64>> = vec![Vec::new(); cfgs.len()];
     let mut conns: Vec<Vec<f64>> = vec![Vec::new(); cfgs.len()];
     let mut lost: Vec<u64> = vec![0; cfgs.len()];
@@ -149,6 +293,13 @@ fn run_rounds(
             let t = lab.iperf(secs)?;
             let n = lab.conn_rate(xtask, secs)?;
             if let Some(tr) = tracer {
+                if bpf_stats {
+                    for (k, (cnt, ns)) in prog_stats(tr.child.id()) {
+                        let e = stats[i].entry(k).or_default();
+                        e.0 += cnt;
+                        e.1 += ns;
+                    }
+                }
                 lost[i] += tr.stop()?;
             }
             eprintln!(
@@ -182,6 +333,12 @@ fn run_rounds(
                 "-".into()
             }
         );
+    }
+    if bpf_stats {
+        println!("BPF program cost (kernel.bpf_stats_enabled; all rounds, both tests)");
+        for (i, c) in cfgs.iter().enumerate() {
+            print_prog_stats(c.name, &stats[i]);
+        }
     }
     Ok(())
 }

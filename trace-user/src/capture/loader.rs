@@ -126,7 +126,7 @@ impl Loaded {
         }
         let mut insns = self.insns.clone();
         patch_slot(&mut insns, priority, first_sight)?;
-        let fd = prog_load(&insns, &self.license, priority)?;
+        let fd = prog_load(&insns, &self.license, priority, first_sight)?;
         let raw = fd.as_raw_fd();
         self.progs.insert((priority, first_sight), fd);
         Ok(raw)
@@ -421,8 +421,22 @@ struct ProgLoadAttr {
     _rest: [u8; 72],
 }
 
-fn prog_load(insns: &[bpf_insn], license: &CString, priority: i32) -> Result<OwnedFd, LoadError> {
-    let name = format!("nfprobe_{}", priority as i64 + 0x8000_0000);
+/// The kernel's name of a probe copy (at most 15 characters, [A-Za-z0-9_]): `nfp` + `f` for
+/// first-sight copies else `_` + the priority with `m` for minus or `p` (e.g. `nfpfm301`,
+/// `nfp_p101`), so per-program statistics (bpf_stats) tell the copies apart.
+pub fn probe_prog_name(priority: i32, first_sight: bool) -> String {
+    let sign = if priority < 0 { 'm' } else { 'p' };
+    let f = if first_sight { 'f' } else { '_' };
+    format!("nfp{f}{sign}{}", priority.unsigned_abs())
+}
+
+fn prog_load(
+    insns: &[bpf_insn],
+    license: &CString,
+    priority: i32,
+    first_sight: bool,
+) -> Result<OwnedFd, LoadError> {
+    let name = probe_prog_name(priority, first_sight);
     load_with_log_on_failure(4 << 20, 30, |log| {
         let head = ProgLoadHead::new(
             BPF_PROG_TYPE_NETFILTER,
