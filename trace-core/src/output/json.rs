@@ -9,6 +9,7 @@
 
 use crate::event::{CtSnapshot, Headers, L4};
 use crate::packet::{Fate, HookPass, ObservedVerdict, PacketState, TableObservation};
+use crate::reconstruct::positions::{Agreement, FailedMatch, PositionsCheck};
 use crate::reconstruct::{
     NatInfo, Path, ReconstructedHook, ReconstructedPacket, Step, TableResult,
 };
@@ -178,6 +179,10 @@ impl Serialize for TableView<'_> {
         m.serialize_entry("before", &StateView(&o.before))?;
         m.serialize_entry("observed", &ObservedView(&t.observed))?;
         m.serialize_entry("path", &first.map(PathView))?;
+        // Only with rule positions (fentry/kprobe x_tables probes): nothing changes without.
+        if let Some(pc) = &t.positions {
+            m.serialize_entry("positions", &PositionsView(pc))?;
+        }
         m.serialize_entry("reason", &t.reason)?;
         m.serialize_entry("ruled_out", &t.ruled_out)?;
         m.serialize_entry("skipped", &t.skipped)?;
@@ -185,6 +190,42 @@ impl Serialize for TableView<'_> {
         m.serialize_entry("table", &t.table)?;
         m.serialize_entry("truncated", &t.truncated)?;
         m.serialize_entry("verdict", &first.map(|p| p.verdict.as_str()))?;
+        m.end()
+    }
+}
+
+/// `{"agreement", "calls", "complete", "failed": [...], "reason"}` (sorted keys).
+struct PositionsView<'a>(&'a PositionsCheck);
+
+impl Serialize for PositionsView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let pc = self.0;
+        let reason = match &pc.agreement {
+            Agreement::Agree => None,
+            Agreement::Disagree { reason } => Some(reason),
+            Agreement::Unchecked { why } => Some(why),
+        };
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("agreement", pc.agreement.as_str())?;
+        m.serialize_entry("calls", &pc.calls)?;
+        m.serialize_entry("complete", &pc.complete)?;
+        m.serialize_entry("failed", &seq(pc.failed.iter().map(FailedView)))?;
+        m.serialize_entry("reason", &reason)?;
+        m.end()
+    }
+}
+
+/// `{"index", "match", "rule", "text"}`: a rule evaluated without matching.
+struct FailedView<'a>(&'a FailedMatch);
+
+impl Serialize for FailedView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let f = self.0;
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("index", &f.index)?;
+        m.serialize_entry("match", &f.what)?;
+        m.serialize_entry("rule", &Str(&f.rule))?;
+        m.serialize_entry("text", &f.rule_text)?;
         m.end()
     }
 }

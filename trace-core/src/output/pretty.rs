@@ -3,6 +3,7 @@
 
 use crate::event::{tcp_flags, Headers, L4};
 use crate::packet::Fate;
+use crate::reconstruct::positions::{Agreement, PositionsCheck};
 use crate::reconstruct::{Endpoint, Path, ReconstructedPacket, Status, TableResult};
 use std::fmt::{Display, Write};
 use std::io;
@@ -227,6 +228,10 @@ fn push_table(out: &mut String, t: &TableResult, mark_before: u32, style: Style)
         out.push(']');
     }
     out.push('\n');
+    let observed = t
+        .positions
+        .as_ref()
+        .is_some_and(|pc| pc.agreement == Agreement::Agree);
     for (i, path) in t.paths.iter().enumerate() {
         if t.paths.len() > 1 {
             let label = if t.status == Status::Inconsistent {
@@ -245,11 +250,44 @@ fn push_table(out: &mut String, t: &TableResult, mark_before: u32, style: Style)
         } else if let Some(r) = &path.rejected {
             let _ = writeln!(out, "      ruled out: {r}");
         }
-        push_path(out, path, style);
+        push_path(out, path, style, observed);
+    }
+    if let Some(pc) = &t.positions {
+        push_positions(out, pc, style);
     }
 }
 
-fn push_path(out: &mut String, path: &Path, style: Style) {
+/// The rule positions' outcome and the rules evaluated without matching (kernel order).
+fn push_positions(out: &mut String, pc: &PositionsCheck, style: Style) {
+    let _ = write!(
+        out,
+        "      rule positions: {} calls{}, ",
+        pc.calls,
+        if pc.complete { "" } else { " (incomplete)" }
+    );
+    match &pc.agreement {
+        Agreement::Agree => style.paint(out, "32", "agree"),
+        Agreement::Disagree { .. } => style.paint(out, "31;1", "disagree"),
+        Agreement::Unchecked { why } => {
+            let _ = write!(out, "unchecked ({why})");
+        }
+    }
+    out.push('\n');
+    for f in &pc.failed {
+        out.push_str("      ");
+        style.paint(out, "2", "evaluated, did not match: ");
+        let _ = write!(out, "{}  match {} failed: {}", f.rule, f.index + 1, f.what);
+        if let Some(text) = &f.rule_text {
+            out.push_str("  ");
+            style.paint(out, "2", format_args!("({text})"));
+        }
+        out.push('\n');
+    }
+}
+
+/// `observed`: the kernel's rule positions confirmed the path, so its branch points are
+/// observed match results, not assumptions.
+fn push_path(out: &mut String, path: &Path, style: Style, observed: bool) {
     for s in &path.steps {
         out.push_str("      ");
         style.paint(out, "1", &s.id);
@@ -265,7 +303,8 @@ fn push_path(out: &mut String, path: &Path, style: Style) {
     for a in &path.assumptions {
         let _ = writeln!(
             out,
-            "      assumes {}:{} {} {}",
+            "      {} {}:{} {} {}",
+            if observed { "kernel:" } else { "assumes" },
             a.chain,
             a.rule,
             if a.matched {

@@ -13,6 +13,7 @@
 //! prints for them (nothing).
 
 mod evidence;
+pub mod positions;
 
 use crate::eval::{
     Assumption, Candidate, CtTuples, EvalInput, Evaluator, NatRequest, NetContext, TableVerdict,
@@ -121,6 +122,10 @@ pub struct TableResult {
     pub ruled_out: usize,
     /// The evaluator stopped exploring branch points (too many paths).
     pub truncated: bool,
+    /// What the kernel's rule positions (x_tables match/target calls) showed, when the
+    /// capture had them ([`positions::apply`]); None otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions: Option<positions::PositionsCheck>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -338,6 +343,7 @@ fn reconstruct_table(
         paths: Vec::new(),
         ruled_out: 0,
         truncated: false,
+        positions: None,
     };
     if ev.ruleset().family != packet.family {
         return inconsistent(
@@ -550,6 +556,7 @@ fn unresolved_hooks(packet: &PacketTrace, reason: &str) -> Vec<ReconstructedHook
                     paths: Vec::new(),
                     ruled_out: 0,
                     truncated: false,
+                    positions: None,
                 })
                 .collect(),
         })

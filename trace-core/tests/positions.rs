@@ -1,0 +1,495 @@
+//! Rule positions as evidence (issue 6 item 3): rulesets from the parser, packets, and
+//! synthetic x_tables call sequences as the kprobe backend reports them — agreement,
+//! disagreement (naming chain:rule), branch points resolved by a match result, failed
+//! matches reported, invisible rules (IP part + standard target) filled in by the evaluator.
+
+use trace_core::eval::{Evaluator, NetContext};
+use trace_core::event::{tcp_flags, CtSnapshot, Headers, L4};
+use trace_core::netfilter::{Family, Hook, Table};
+use trace_core::output::{format_packet, Format};
+use trace_core::packet::{HookPass, ObservedVerdict, PacketState, PacketTrace, TableObservation};
+use trace_core::reconstruct::positions::{
+    self, Agreement, PositionStore, RuleCall, TablePositions, XtCall,
+};
+use trace_core::reconstruct::{reconstruct, ReconstructedPacket, Status};
+use trace_core::rules;
+
+const DUMP: &str = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:LB - [0:0]
+:EP1 - [0:0]
+:EP2 - [0:0]
+:WEB - [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 80 -j LOG --log-prefix \"web \"
+-A INPUT -s 10.0.0.0/8 -j WEB
+-A INPUT -j DROP
+-A WEB -p udp -j DROP
+-A WEB -p tcp -m tcp --dport 80 -m comment --comment web -j LB
+-A WEB -j DROP
+-A LB -m statistic --mode random --probability 0.50000000000 -j EP1
+-A LB -j EP2
+-A EP1 -j ACCEPT
+-A EP2 -j ACCEPT
+COMMIT
+";
+
+fn tcp(dport: u16) -> Headers {
+    Headers {
+        src: "10.0.0.1".parse().unwrap(),
+        dst: "10.0.0.2".parse().unwrap(),
+        proto: 6,
+        len: 60,
+        tos: 0,
+        ttl: 64,
+        id: 1,
+        frag: 0x4000,
+        flowlabel: 0,
+        l4: L4::Tcp {
+            sport: 40000,
+            dport,
+            seq: 1,
+            ack: 0,
+            window: 100,
+            flags: tcp_flags::SYN,
+            res: 0,
+            urgp: 0,
+            options: vec![],
+        },
+    }
+}
+
+/// A packet through filter INPUT with the kernel's verdict.
+fn packet(dport: u16, verdict: ObservedVerdict) -> PacketTrace {
+    let state = PacketState {
+        headers: tcp(dport),
+        mark: 0,
+        ct: Some(CtSnapshot {
+            ctinfo: 2,
+            status: 0,
+            mark: 0,
+            id: 1,
+        }),
+    };
+    PacketTrace {
+        id: 1,
+        skb: 0xffff_0001,
+        gen: 77,
+        netns: 5,
+        family: Family::Ipv4,
+        first_ts_ns: 0,
+        hooks: vec![HookPass {
+            hook: Hook::Input,
+            ts_ns: 0,
+            in_dev: Some("eth0".into()),
+            out_dev: None,
+            mac: None,
+            uid: None,
+            gid: None,
+            tables: vec![TableObservation {
+                table: Table::Filter,
+                priority: 0,
+                after: matches!(verdict, ObservedVerdict::Accept).then(|| state.clone()),
+                before: state,
+                verdict,
+            }],
+            stages: vec![],
+            probes: vec![],
+        }],
+        incomplete: false,
+        fate: Default::default(),
+    }
+}
+
+fn m(chain: &str, rule: u32, index: u32, name: &str, matched: bool) -> RuleCall {
+    RuleCall {
+        chain: chain.into(),
+        rule: Some(rule),
+        call: XtCall::Match {
+            index,
+            name: name.into(),
+            matched,
+        },
+    }
+}
+
+fn t(chain: &str, rule: u32, name: &str) -> RuleCall {
+    RuleCall {
+        chain: chain.into(),
+        rule: Some(rule),
+        call: XtCall::Target { name: name.into() },
+    }
+}
+
+fn input(calls: Vec<RuleCall>) -> TablePositions {
+    TablePositions {
+        hook: Hook::Input,
+        table: Table::Filter,
+        calls,
+        complete: true,
+    }
+}
+
+/// Reconstructs `p` against DUMP, then applies the positions.
+fn run(p: &PacketTrace, tp: Option<TablePositions>) -> ReconstructedPacket {
+    let rs = rules::parse(DUMP).unwrap();
+    let ev = Evaluator::new(rs.clone());
+    let mut rp = reconstruct(p, &ev, &NetContext::unknown());
+    if let Some(tp) = tp {
+        positions::apply(&mut rp, &rs, &[tp]);
+    }
+    rp
+}
+
+fn steps(rp: &ReconstructedPacket) -> Vec<Vec<String>> {
+    rp.hooks[0].tables[0]
+        .paths
+        .iter()
+        .map(|p| p.steps.iter().map(|s| s.id.to_string()).collect())
+        .collect()
+}
+
+/// The calls the kernel makes for dport 80 when the statistic match says `statistic`.
+fn web_calls(statistic: bool) -> Vec<RuleCall> {
+    vec![
+        m("INPUT", 2, 0, "tcp", false),
+        m("INPUT", 3, 0, "tcp", true),
+        t("INPUT", 3, "LOG"),
+        // INPUT:4 (-s 10/8 -j WEB) is invisible: IP part and a jump.
+        // WEB:1 (-p udp) fails in the IP part: nothing.
+        m("WEB", 2, 0, "tcp", true),
+        m("WEB", 2, 1, "comment", true),
+        m("LB", 1, 0, "statistic", statistic),
+    ]
+}
+
+#[test]
+fn without_positions_a_random_balancer_stays_ambiguous() {
+    let rp = run(&packet(80, ObservedVerdict::Accept), None);
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Ambiguous, "{tr:#?}");
+    assert_eq!(tr.paths.len(), 2);
+    assert!(tr.positions.is_none());
+}
+
+#[test]
+fn match_result_resolves_the_branch_point() {
+    for (stat, ep) in [(true, "EP1"), (false, "EP2")] {
+        let rp = run(
+            &packet(80, ObservedVerdict::Accept),
+            Some(input(web_calls(stat))),
+        );
+        let tr = &rp.hooks[0].tables[0];
+        assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
+        assert_eq!(rp.status, Status::Confirmed);
+        assert_eq!(tr.ruled_out, 1);
+        let pc = tr.positions.as_ref().unwrap();
+        assert_eq!(pc.agreement, Agreement::Agree);
+        assert_eq!(pc.calls, 6);
+        let path = &steps(&rp)[0];
+        assert_eq!(
+            path,
+            &[
+                "filter:INPUT:rule:3".to_string(),
+                "filter:INPUT:rule:4".into(),
+                "filter:WEB:rule:2".into(),
+                format!("filter:LB:rule:{}", if stat { 1 } else { 2 }),
+                format!("filter:{ep}:return:1"),
+            ]
+        );
+    }
+}
+
+#[test]
+fn failed_matches_are_reported_in_kernel_order() {
+    let rp = run(
+        &packet(80, ObservedVerdict::Accept),
+        Some(input(web_calls(false))),
+    );
+    let pc = rp.hooks[0].tables[0].positions.as_ref().unwrap();
+    let failed: Vec<(String, u32, &str)> = pc
+        .failed
+        .iter()
+        .map(|f| (f.rule.to_string(), f.index, f.what.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("filter:INPUT:rule:2".to_string(), 0, "-m tcp --dport 22"),
+            (
+                "filter:LB:rule:1".to_string(),
+                0,
+                "-m statistic --mode random --probability 0.50000000000"
+            ),
+        ]
+    );
+    assert_eq!(
+        pc.failed[0].rule_text.as_deref(),
+        Some("-p tcp -m tcp --dport 22 -j ACCEPT")
+    );
+    // Shown in pretty output and JSON; the trace format is unchanged.
+    let mut pretty = String::new();
+    format_packet(&mut pretty, &rp, Format::Pretty, false);
+    assert!(
+        pretty.contains(
+            "evaluated, did not match: filter:INPUT:rule:2  match 1 failed: -m tcp --dport 22"
+        ),
+        "{pretty}"
+    );
+    assert!(
+        pretty.contains("rule positions: 6 calls, agree"),
+        "{pretty}"
+    );
+    let mut json = String::new();
+    format_packet(&mut json, &rp, Format::Json, false);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // The direct writer keeps the format's sorted keys.
+    assert_eq!(
+        json,
+        serde_json::to_string(&trace_core::output::json::packet_json(&rp)).unwrap() + "\n"
+    );
+    let pos = &v["hooks"][0]["tables"][0]["positions"];
+    assert_eq!(pos["agreement"], "agree", "{pos}");
+    assert_eq!(pos["failed"][1]["rule"], "filter:LB:rule:1");
+    assert_eq!(pos["failed"][1]["index"], 0);
+    let mut with = String::new();
+    format_packet(&mut with, &rp, Format::Trace, false);
+    let mut without = String::new();
+    format_packet(
+        &mut without,
+        &run(
+            &packet(80, ObservedVerdict::Accept),
+            Some(input(web_calls(false))),
+        ),
+        Format::Trace,
+        false,
+    );
+    assert_eq!(with, without);
+}
+
+#[test]
+fn json_without_positions_has_no_positions_key() {
+    let rp = run(&packet(80, ObservedVerdict::Accept), None);
+    let mut json = String::new();
+    format_packet(&mut json, &rp, Format::Json, false);
+    assert!(!json.contains("positions"), "{json}");
+}
+
+#[test]
+fn invisible_rules_are_filled_in_by_the_evaluator() {
+    // dport 443 from 10/8: INPUT:2 and :3 fail in tcp, INPUT:4 jumps to WEB invisibly, WEB:1
+    // fails in the IP part, WEB:2 fails in tcp, WEB:3 (-j DROP, unconditional) drops: the
+    // only calls are three failed tcp matches.
+    let calls = vec![
+        m("INPUT", 2, 0, "tcp", false),
+        m("INPUT", 3, 0, "tcp", false),
+        m("WEB", 2, 0, "tcp", false),
+    ];
+    let rp = run(
+        &packet(
+            443,
+            ObservedVerdict::Drop {
+                reason: 12,
+                reason_name: None,
+            },
+        ),
+        Some(input(calls)),
+    );
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
+    assert_eq!(
+        steps(&rp)[0],
+        ["filter:INPUT:rule:4", "filter:WEB:return:3"]
+    );
+    assert_eq!(tr.positions.as_ref().unwrap().failed.len(), 3);
+}
+
+#[test]
+fn a_rule_the_path_does_not_reach_is_inconsistent() {
+    // The kernel says WEB:2's tcp match failed: then WEB:3 drops, but the packet was accepted;
+    // no candidate can agree.
+    let calls = vec![
+        m("INPUT", 2, 0, "tcp", false),
+        m("INPUT", 3, 0, "tcp", true),
+        t("INPUT", 3, "LOG"),
+        m("WEB", 2, 0, "tcp", false),
+    ];
+    let rp = run(&packet(80, ObservedVerdict::Accept), Some(input(calls)));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    assert_eq!(rp.status, Status::Inconsistent);
+    let reason = tr.reason.as_deref().unwrap();
+    assert!(reason.contains("filter:WEB:rule:2"), "{reason}");
+    assert!(reason.contains("returned false"), "{reason}");
+    assert!(matches!(
+        tr.positions.as_ref().unwrap().agreement,
+        Agreement::Disagree { .. }
+    ));
+    // Every candidate is kept with why the positions rule it out.
+    assert!(tr.paths.iter().all(|p| p.rejected.is_some()));
+}
+
+#[test]
+fn a_call_off_the_path_is_inconsistent() {
+    // Statistic matched (EP1), then a call in EP2: neither candidate makes both.
+    let mut calls = web_calls(true);
+    calls.push(m("EP2", 1, 0, "tcp", false));
+    let rp = run(&packet(80, ObservedVerdict::Accept), Some(input(calls)));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    let ep1 = tr
+        .paths
+        .iter()
+        .find(|p| p.steps.iter().any(|s| s.id.chain == "EP1"))
+        .unwrap();
+    let why = ep1.rejected.as_deref().unwrap();
+    assert!(
+        why.contains("evaluated filter:EP2:rule:1") && why.contains("does not reach"),
+        "{why}"
+    );
+    let ep2 = tr.paths.iter().find(|p| !std::ptr::eq(*p, ep1)).unwrap();
+    let why = ep2.rejected.as_deref().unwrap();
+    assert!(
+        why.contains("filter:LB:rule:1") && why.contains("the kernel matched it"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_rule_the_kernel_matched_and_the_path_did_not_is_inconsistent() {
+    // dport 80: the evaluator decides INPUT:2 (--dport 22) does not match; the kernel says
+    // its tcp match returned true (ACCEPT is a standard target: no target call).
+    let rp = run(
+        &packet(80, ObservedVerdict::Accept),
+        Some(input(vec![m("INPUT", 2, 0, "tcp", true)])),
+    );
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    let reason = tr.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("filter:INPUT:rule:2: the kernel matched it, this path does not"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_failed_match_on_a_rule_the_path_matches_is_inconsistent() {
+    // dport 22 is accepted by INPUT:2 on the path; the kernel reports INPUT:2's tcp failing
+    // and the LOG rule's target running instead.
+    let calls = vec![
+        m("INPUT", 2, 0, "tcp", false),
+        m("INPUT", 3, 0, "tcp", true),
+        t("INPUT", 3, "LOG"),
+    ];
+    let rp = run(&packet(22, ObservedVerdict::Accept), Some(input(calls)));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    let reason = tr.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("filter:INPUT:rule:2: this path matches it, but the kernel's match #1 (-m tcp --dport 22) returned false"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_matched_visible_rule_without_calls_is_inconsistent() {
+    // The path matches WEB:2 (two matches), but the kernel called nothing there.
+    let calls = vec![
+        m("INPUT", 2, 0, "tcp", false),
+        m("INPUT", 3, 0, "tcp", true),
+        t("INPUT", 3, "LOG"),
+    ];
+    let rp = run(&packet(80, ObservedVerdict::Accept), Some(input(calls)));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    let reason = tr.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("filter:WEB:rule:2") && reason.contains("called none"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_stale_dump_shows_as_a_match_index_out_of_range() {
+    let mut calls = web_calls(true);
+    calls.insert(5, m("WEB", 2, 2, "mark", true));
+    let rp = run(&packet(80, ObservedVerdict::Accept), Some(input(calls)));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    assert!(tr.reason.as_deref().unwrap().contains("stale dump"));
+}
+
+#[test]
+fn incomplete_positions_report_failures_but_decide_nothing() {
+    let mut tp = input(web_calls(true));
+    tp.complete = false;
+    let rp = run(&packet(80, ObservedVerdict::Accept), Some(tp));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Ambiguous);
+    let pc = tr.positions.as_ref().unwrap();
+    assert!(matches!(pc.agreement, Agreement::Unchecked { .. }));
+    assert_eq!(pc.failed.len(), 1);
+}
+
+#[test]
+fn positions_of_another_table_or_hook_are_not_applied() {
+    let mut tp = input(vec![m("INPUT", 1, 0, "tcp", true)]);
+    tp.hook = Hook::Output;
+    let rp = run(&packet(80, ObservedVerdict::Accept), Some(tp));
+    assert!(rp.hooks[0].tables[0].positions.is_none());
+    assert_eq!(rp.status, Status::Ambiguous);
+}
+
+#[test]
+fn the_same_rule_reached_twice_is_two_evaluations() {
+    // CHK is called twice from INPUT; its one rule fails both times.
+    let dump = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:CHK - [0:0]
+-A INPUT -j CHK
+-A INPUT -j CHK
+-A CHK -p tcp -m tcp --dport 22 -j DROP
+COMMIT
+";
+    let rs = rules::parse(dump).unwrap();
+    let ev = Evaluator::new(rs.clone());
+    let mut rp = reconstruct(
+        &packet(80, ObservedVerdict::Accept),
+        &ev,
+        &NetContext::unknown(),
+    );
+    let calls = vec![m("CHK", 1, 0, "tcp", false), m("CHK", 1, 0, "tcp", false)];
+    positions::apply(&mut rp, &rs, &[input(calls.clone())]);
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
+    assert_eq!(tr.positions.as_ref().unwrap().failed.len(), 2);
+}
+
+#[test]
+fn store_hands_positions_to_their_packet_and_evicts_the_oldest() {
+    let p = packet(80, ObservedVerdict::Accept);
+    let mut store = PositionStore::with_capacity(2);
+    store.insert(p.netns, p.skb, p.gen, input(web_calls(true)));
+    // Another hook of the same traversal that this packet does not have stays.
+    let mut other = input(vec![]);
+    other.hook = Hook::Output;
+    store.insert(p.netns, p.skb, p.gen, other);
+    let got = store.take(&p);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].hook, Hook::Input);
+    assert_eq!(store.len(), 1);
+    assert!(store.take(&p).is_empty());
+    store.insert(1, 1, 1, input(vec![]));
+    store.insert(2, 2, 2, input(vec![]));
+    assert_eq!(store.evicted, 1);
+    assert_eq!(store.len(), 2);
+    assert_eq!(store.used, 1);
+}
+
