@@ -65,6 +65,13 @@ pub mod probe_flags {
 pub mod l4_flags {
     /// The transport header was read (not a non-first fragment, inside the packet).
     pub const VALID: u8 = 1 << 0;
+    /// An ICMP/ICMPv6 error with the packet it quotes captured (what LOG/TRACE print in
+    /// brackets): its first `tcp_opt_len` bytes, from its network header on, are stored in
+    /// `tcp_options` (40 bytes) and then in the 14 bytes of `tcp_seq..=tcp_res` in memory
+    /// order (fields an ICMP header does not use) — [`QUOTED_MAX`] bytes at most.
+    pub const QUOTED: u8 = 1 << 1;
+    /// Most bytes of a quoted packet a snapshot holds (40 + 14).
+    pub const QUOTED_MAX: usize = 54;
 }
 
 /// Maximum TCP option bytes (60-byte header − 20).
@@ -111,7 +118,7 @@ pub struct HeaderSnapshot {
     pub icmp_code: u8,
     /// UDP length field.
     pub udp_len: u16,
-    /// Number of valid bytes in `tcp_options`.
+    /// Number of valid bytes in `tcp_options` (with [`l4_flags::QUOTED`]: of the quoted packet).
     pub tcp_opt_len: u8,
     pub _pad1: u8,
     pub tcp_options: [u8; TCP_OPTIONS_MAX],

@@ -254,12 +254,14 @@ fn headers(family: Family, h: &HeaderSnapshot) -> Headers {
             code: h.icmp_code,
             id: h.sport,
             seq: h.dport,
+            quoted: quoted(h),
         },
         (true, 58, Family::Ipv6) => L4::Icmpv6 {
             icmp_type: h.icmp_type,
             code: h.icmp_code,
             id: h.sport,
             seq: h.dport,
+            quoted: quoted(h),
         },
         _ => L4::Other,
     };
@@ -275,6 +277,24 @@ fn headers(family: Family, h: &HeaderSnapshot) -> Headers {
         flowlabel: h.flowlabel,
         l4,
     }
+}
+
+/// The quoted packet of an ICMP error (see [`l4_flags::QUOTED`]): `tcp_options`, then the
+/// bytes of `tcp_seq..=tcp_res` as they lie in memory (the probe copied raw bytes there).
+fn quoted(h: &HeaderSnapshot) -> Vec<u8> {
+    if h.l4_flags & l4_flags::QUOTED == 0 {
+        return Vec::new();
+    }
+    let n = (h.tcp_opt_len as usize).min(l4_flags::QUOTED_MAX);
+    let mut v = Vec::with_capacity(l4_flags::QUOTED_MAX);
+    v.extend_from_slice(&h.tcp_options);
+    v.extend_from_slice(&h.tcp_seq.to_ne_bytes());
+    v.extend_from_slice(&h.tcp_ack.to_ne_bytes());
+    v.extend_from_slice(&h.tcp_window.to_ne_bytes());
+    v.extend_from_slice(&h.tcp_urgp.to_ne_bytes());
+    v.extend_from_slice(&[h.tcp_flags, h.tcp_res]);
+    v.truncate(n);
+    v
 }
 
 #[cfg(test)]
@@ -483,7 +503,8 @@ mod tests {
                 icmp_type: 8,
                 code: 0,
                 id: 77,
-                seq: 3
+                seq: 3,
+                quoted: vec![],
             }
         );
         let mut r6 = syn_record();

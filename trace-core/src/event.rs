@@ -48,14 +48,24 @@ pub enum L4 {
     Icmp {
         icmp_type: u8,
         code: u8,
+        /// Echo id/sequence; for errors the header's second word (MTU, gateway, pointer).
         id: u16,
         seq: u16,
+        /// Errors: the first bytes of the packet it quotes, from its network header on, as
+        /// captured (LOG/TRACE print it in brackets); empty when not captured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        quoted: Vec<u8>,
     },
     Icmpv6 {
         icmp_type: u8,
         code: u8,
+        /// Echo id/sequence; for errors the header's second word (MTU, gateway, pointer).
         id: u16,
         seq: u16,
+        /// Errors: the first bytes of the packet it quotes, from its network header on, as
+        /// captured (LOG/TRACE print it in brackets); empty when not captured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        quoted: Vec<u8>,
     },
     /// Any other protocol, or a fragment without a transport header.
     Other,

@@ -77,6 +77,7 @@ fn packets(family: Family) -> Vec<Headers> {
                 code: 0,
                 id: 1,
                 seq: 1,
+                quoted: vec![],
             };
         }
         Family::Ipv6 => {
@@ -86,6 +87,7 @@ fn packets(family: Family) -> Vec<Headers> {
                 code: 0,
                 id: 0,
                 seq: 0,
+                quoted: vec![],
             };
         }
     }

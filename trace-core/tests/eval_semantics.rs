@@ -325,6 +325,7 @@ fn tcp_udp_icmp_multiport_matches() {
         code: 0,
         id: 1,
         seq: 1,
+        quoted: vec![],
     };
     let dump = filter("-A INPUT -p icmp -m icmp --icmp-type 0 -j LOG\n-A INPUT -p icmp -m icmp --icmp-type 8 -j ACCEPT\n");
     let t = Case::new(Hook::Input, ping).run(&dump, Table::Filter, &unknown());
@@ -778,6 +779,7 @@ fn ipv6_rules_and_icmpv6() {
         code: 0,
         id: 0,
         seq: 0,
+        quoted: vec![],
     };
     let t = Case::new(Hook::Input, h).run(dump, Table::Filter, &unknown());
     assert_eq!(

@@ -5,6 +5,14 @@
 use crate::kread::{read, read_buf};
 use trace_common::record::{l4_flags, HeaderSnapshot, TCP_OPTIONS_MAX};
 
+/// Bytes of a quoted packet stored after `tcp_options`: `tcp_seq..=tcp_res`, contiguous.
+const QUOTED_TAIL: usize = l4_flags::QUOTED_MAX - TCP_OPTIONS_MAX;
+const _: () = assert!(
+    core::mem::offset_of!(HeaderSnapshot, icmp_type)
+        - core::mem::offset_of!(HeaderSnapshot, tcp_seq)
+        == QUOTED_TAIL
+);
+
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
@@ -108,7 +116,8 @@ fn ipv4(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
         h.l4_flags = 0;
         return true;
     }
-    transport(nh + ihl, h, options);
+    let end = nh + h.len as u64;
+    transport(nh + ihl, end, h, options);
     true
 }
 
@@ -151,13 +160,14 @@ fn ipv6(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
         }
     }
     h.proto = next;
-    transport(off, h, options);
+    transport(off, nh + h.len as u64, h, options);
     true
 }
 
-/// Read the transport header at `l4` according to `h.proto`.
+/// Read the transport header at `l4` according to `h.proto`; `end` is where the IP packet
+/// ends (its total length), `options`: also the TCP options / an ICMP error's quoted packet.
 #[inline(always)]
-fn transport(l4: u64, h: &mut HeaderSnapshot, options: bool) {
+fn transport(l4: u64, end: u64, h: &mut HeaderSnapshot, options: bool) {
     h.l4_flags = 0;
     h.tcp_opt_len = 0;
     match h.proto {
@@ -208,7 +218,46 @@ fn transport(l4: u64, h: &mut HeaderSnapshot, options: bool) {
             h.sport = u16::from_be_bytes([c[4], c[5]]);
             h.dport = u16::from_be_bytes([c[6], c[7]]);
             h.l4_flags = l4_flags::VALID;
+            if options && quotes_packet(h.proto, c[0]) {
+                quoted(l4 + 8, end, h);
+            }
         }
         _ => {}
     }
+}
+
+/// ICMP errors whose quoted packet LOG/TRACE print (nf_log_syslog.c recurses for these):
+/// destination unreachable, source quench, redirect, time exceeded; ICMPv6 destination
+/// unreachable, packet too big, time exceeded, parameter problem.
+#[inline(always)]
+fn quotes_packet(proto: u8, icmp_type: u8) -> bool {
+    match proto {
+        IPPROTO_ICMP => matches!(icmp_type, 3 | 4 | 5 | 11),
+        _ => matches!(icmp_type, 1..=4),
+    }
+}
+
+/// Copies the first bytes of the packet an ICMP error quotes (at `inner`, the packet ending
+/// at `end`) into the fields an ICMP header leaves unused: `tcp_options`, then
+/// `tcp_seq..=tcp_res` (see [`l4_flags::QUOTED`]). `tcp_opt_len` = bytes that are inside the
+/// packet; the reads are constant-size (verifier), bytes past it are ignored.
+#[inline(always)]
+fn quoted(inner: u64, end: u64, h: &mut HeaderSnapshot) {
+    if end <= inner {
+        return;
+    }
+    let avail = (end - inner).min(l4_flags::QUOTED_MAX as u64) as u8;
+    if !read_buf(inner, &mut h.tcp_options) {
+        return;
+    }
+    // SAFETY: tcp_seq..=tcp_res are QUOTED_TAIL contiguous bytes of the repr(C) struct
+    // (asserted above); plain integers, any bit pattern is valid.
+    let tail = unsafe { &mut *(core::ptr::addr_of_mut!(h.tcp_seq) as *mut [u8; QUOTED_TAIL]) };
+    let mut avail = avail;
+    if !read_buf(inner + TCP_OPTIONS_MAX as u64, tail) {
+        *tail = [0; QUOTED_TAIL];
+        avail = avail.min(TCP_OPTIONS_MAX as u8);
+    }
+    h.tcp_opt_len = avail;
+    h.l4_flags |= l4_flags::QUOTED;
 }

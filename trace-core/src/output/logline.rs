@@ -2,7 +2,10 @@
 //! NF_LOG_DEFAULT_MASK = TCPSEQ|TCPOPT|IPOPT|UID), rebuilt from captured header fields.
 //!
 //! Everything the kernel prints from memory we do not capture is left out rather than
-//! invented: IPv4/IPv6 option bytes, the inner packet of ICMP errors, PHYSIN/PHYSOUT.
+//! invented: IPv4/IPv6 option bytes, PHYSIN/PHYSOUT, the part of an ICMP error's quoted
+//! packet past the bytes the capture copies (see [`icmp`]).
+
+mod icmp;
 
 use crate::event::{tcp_flags, Headers, L4};
 use std::fmt::Write;
@@ -210,13 +213,17 @@ fn push_l4(s: &mut String, h: &Headers, flags: LogFlags) {
                 code,
                 id,
                 seq,
+                quoted,
             },
             _,
         ) if !frag => {
-            let _ = write!(s, "PROTO=ICMP TYPE={icmp_type} CODE={code} ");
-            if *icmp_type == 0 || *icmp_type == 8 {
-                let _ = write!(s, "ID={id} SEQ={seq} ");
-            }
+            let ic = icmp::IcmpHead {
+                icmp_type: *icmp_type,
+                code: *code,
+                id: *id,
+                seq: *seq,
+            };
+            icmp::push_icmp(s, h, ic, quoted, flags);
         }
         (
             L4::Icmpv6 {
@@ -224,13 +231,17 @@ fn push_l4(s: &mut String, h: &Headers, flags: LogFlags) {
                 code,
                 id,
                 seq,
+                quoted,
             },
             _,
         ) => {
-            let _ = write!(s, "PROTO=ICMPv6 TYPE={icmp_type} CODE={code} ");
-            if *icmp_type == 128 || *icmp_type == 129 {
-                let _ = write!(s, "ID={id} SEQ={seq} ");
-            }
+            let ic = icmp::IcmpHead {
+                icmp_type: *icmp_type,
+                code: *code,
+                id: *id,
+                seq: *seq,
+            };
+            icmp::push_icmpv6(s, h, ic, quoted, flags);
         }
         (_, p) => push_proto_only(s, p, h.src.is_ipv4()),
     }
@@ -409,6 +420,7 @@ mod tests {
             code: 0,
             id: 7,
             seq: 3,
+            quoted: vec![],
         };
         let s = packet_fields(&h, &LogContext::default(), LogFlags::TRACE);
         assert!(s.ends_with("PROTO=ICMP TYPE=8 CODE=0 ID=7 SEQ=3 "), "{s}");
