@@ -176,6 +176,12 @@ impl Replayer {
         }
     }
 
+    /// The evaluator a packet of (netns, family) completed now is reconstructed against (the
+    /// `--rules` override or the newest dump); None without one (or an unparsable dump).
+    pub fn evaluator(&self, netns: u32, family: Family) -> Option<&Arc<Evaluator>> {
+        self.rules_for(netns, family).ok()
+    }
+
     /// Generation of the dump a packet of (netns, family) is reconstructed against.
     pub fn generation(&self, netns: u32, family: Family) -> Option<u64> {
         match self.rules.get(&(netns, family))? {

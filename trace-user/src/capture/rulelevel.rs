@@ -19,6 +19,14 @@
 //! the evidence that contradicts it as inconsistent. Exceptions: several changes inside one window collapse into
 //! the last one; a packet whose own events straddle a generation switch is resolved once
 //! complete, against the newer one.
+//!
+//! Exact rule positions (legacy x_tables, backends that probe the match and target
+//! functions): the capture hands each table traversal's calls to [`RuleLevel::positions`]
+//! as they arrive; they wait in a [`PositionStore`] until their packet is reconstructed and
+//! are then applied as evidence ([`trace_core::reconstruct::positions`]): they confirm the
+//! path or make the table inconsistent, decide branch points, and list the failed matches.
+//! A capture without positions reconstructs exactly as before. Positions are not written to
+//! recordings (`--write`), so `iptrace replay` does not show them.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -30,6 +38,7 @@ use trace_core::compare::captured::CapturedPacket;
 use trace_core::event::Event;
 use trace_core::netfilter::{Family, Hook};
 use trace_core::output::{self, Format};
+use trace_core::reconstruct::positions::{self, PositionStore, TablePositions};
 use trace_core::reconstruct::ReconstructedPacket;
 use trace_core::record::replay::Replayer;
 use trace_core::record::{Record, RecordingWriter};
@@ -119,6 +128,8 @@ pub struct RuleLevel {
     warned: std::collections::HashSet<String>,
     /// `--compare-trace`: every reconstructed packet, by netns, for the agreement report.
     kept: Option<Vec<(u32, CapturedPacket)>>,
+    /// Rule positions waiting for their packet (empty unless the capture reports them).
+    positions: PositionStore,
 }
 
 impl RuleLevel {
@@ -172,6 +183,7 @@ impl RuleLevel {
             pending: Pending::default(),
             warned: Default::default(),
             kept: None,
+            positions: PositionStore::default(),
         };
         rl.show_warnings();
         rl.apply(initial)?;
@@ -299,12 +311,33 @@ impl RuleLevel {
     }
 
     fn reconstruct(&mut self, e: Event, out: &mut dyn Write) -> Result<()> {
-        if let Some(rp) = self.replayer.as_mut() {
-            for p in rp.push(Record::Event { event: Box::new(e) }) {
-                self.emit(&p, out)?;
-            }
+        let Some(rp) = self.replayer.as_mut() else {
+            return Ok(());
+        };
+        for mut p in rp.push(Record::Event { event: Box::new(e) }) {
+            self.apply_positions(&mut p);
+            self.emit(&p, out)?;
         }
         Ok(())
+    }
+
+    /// One table traversal's x_tables calls (`netns`, `skb`, `gen` as in the packet's
+    /// events), kept until the packet is reconstructed. Ignored without rule-level output.
+    pub fn positions(&mut self, netns: u32, skb: u64, gen: u64, tp: TablePositions) {
+        if self.replayer.is_some() {
+            self.positions.insert(netns, skb, gen, tp);
+        }
+    }
+
+    /// (table traversals applied to packets, traversals dropped unused) so far.
+    pub fn positions_stats(&self) -> (u64, u64) {
+        (self.positions.used, self.positions.evicted)
+    }
+
+    fn apply_positions(&mut self, p: &mut ReconstructedPacket) {
+        if let Some(rp) = self.replayer.as_ref() {
+            with_positions(&mut self.positions, rp, p);
+        }
     }
 
     /// End of capture: remaining packets, the loss count, flush.
@@ -321,13 +354,36 @@ impl RuleLevel {
             Some(rp) => (rp.finish(), rp.take_warnings()),
             None => return Ok(()),
         };
-        for p in &rest {
-            self.emit(p, out)?;
+        for mut p in rest {
+            self.apply_positions(&mut p);
+            self.emit(&p, out)?;
         }
         for w in warnings {
             eprintln!("iptrace capture: warning: {w}");
         }
+        let unused = self.positions.evicted + self.positions.len() as u64;
+        if unused > 0 {
+            eprintln!(
+                "iptrace capture: warning: rule positions of {unused} table traversals matched no reconstructed packet ({} applied)",
+                self.positions.used
+            );
+        }
         Ok(())
+    }
+}
+
+/// Applies the positions waiting for `p`'s traversals, against the dump `p` was just
+/// reconstructed with. Without positions (the store is empty) nothing is looked up.
+fn with_positions(store: &mut PositionStore, rp: &Replayer, p: &mut ReconstructedPacket) {
+    if store.is_empty() {
+        return;
+    }
+    let tps = store.take(&p.packet);
+    if tps.is_empty() {
+        return;
+    }
+    if let Some(ev) = rp.evaluator(p.packet.netns, p.packet.family) {
+        positions::apply(p, ev.ruleset(), &tps);
     }
 }
 
@@ -354,6 +410,124 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// A random balancer in filter INPUT: ambiguous from the packet alone.
+    const BALANCER: &str =
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        :EP1 - [0:0]\n:EP2 - [0:0]\n\
+        -A INPUT -m statistic --mode random --probability 0.50000000000 -j EP1\n-A INPUT -j EP2\n\
+        -A EP1 -j ACCEPT\n-A EP2 -j ACCEPT\nCOMMIT\n";
+
+    fn balanced_packet() -> (Replayer, ReconstructedPacket) {
+        use trace_core::event::{Headers, L4};
+        use trace_core::netfilter::Table;
+        use trace_core::packet::TableObservation;
+        use trace_core::packet::{HookPass, ObservedVerdict, PacketState, PacketTrace};
+        let rs = trace_core::rules::parse(BALANCER).unwrap();
+        let state = PacketState {
+            headers: Headers {
+                src: "10.0.0.1".parse().unwrap(),
+                dst: "10.0.0.2".parse().unwrap(),
+                proto: 6,
+                len: 60,
+                tos: 0,
+                ttl: 64,
+                id: 1,
+                frag: 0,
+                flowlabel: 0,
+                l4: L4::Tcp {
+                    sport: 1000,
+                    dport: 80,
+                    seq: 0,
+                    ack: 0,
+                    window: 0,
+                    flags: 2,
+                    res: 0,
+                    urgp: 0,
+                    options: vec![],
+                },
+            },
+            mark: 0,
+            ct: None,
+        };
+        let p = PacketTrace {
+            id: 1,
+            skb: 9,
+            gen: 3,
+            netns: 4,
+            family: Family::Ipv4,
+            first_ts_ns: 0,
+            hooks: vec![HookPass {
+                hook: Hook::Input,
+                ts_ns: 0,
+                in_dev: Some("eth0".into()),
+                out_dev: None,
+                mac: None,
+                uid: None,
+                gid: None,
+                tables: vec![TableObservation {
+                    table: Table::Filter,
+                    priority: 0,
+                    before: state.clone(),
+                    after: Some(state),
+                    verdict: ObservedVerdict::Accept,
+                }],
+                stages: vec![],
+                probes: vec![],
+            }],
+            incomplete: false,
+            fate: Default::default(),
+        };
+        let replayer = Replayer::new(Some(rs));
+        let ev = replayer.evaluator(4, Family::Ipv4).unwrap().clone();
+        let rp =
+            trace_core::reconstruct::reconstruct(&p, &ev, &trace_core::eval::NetContext::unknown());
+        (replayer, rp)
+    }
+
+    /// Positions reported for a packet's traversal decide its branch point; a packet without
+    /// positions is left exactly as reconstructed.
+    #[test]
+    fn positions_are_applied_to_their_packet_only() {
+        use trace_core::netfilter::Table;
+        use trace_core::reconstruct::positions::{RuleCall, XtCall};
+        use trace_core::reconstruct::Status;
+        let (replayer, before) = balanced_packet();
+        assert_eq!(before.status, Status::Ambiguous);
+        let mut store = PositionStore::default();
+        let mut p = before.clone();
+        with_positions(&mut store, &replayer, &mut p);
+        assert_eq!(p, before, "no positions: unchanged");
+        let tp = TablePositions {
+            hook: Hook::Input,
+            table: Table::Filter,
+            calls: vec![RuleCall {
+                chain: "INPUT".into(),
+                rule: Some(1),
+                call: XtCall::Match {
+                    index: 0,
+                    name: "statistic".into(),
+                    matched: false,
+                },
+            }],
+            complete: true,
+        };
+        // Another skb's positions do not apply.
+        store.insert(4, 10, 3, tp.clone());
+        with_positions(&mut store, &replayer, &mut p);
+        assert_eq!(p, before);
+        store.insert(4, 9, 3, tp);
+        with_positions(&mut store, &replayer, &mut p);
+        assert_eq!(p.status, Status::Confirmed);
+        let steps: Vec<String> = p.hooks[0].tables[0].paths[0]
+            .steps
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect();
+        assert_eq!(steps, ["filter:INPUT:rule:2", "filter:EP2:return:1"]);
+        assert_eq!(store.used, 1);
+        assert_eq!(store.len(), 1, "the other skb's positions still wait");
     }
 
     /// An event captured before a dump started keeps the generation before it; the first event
