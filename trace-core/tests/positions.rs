@@ -136,11 +136,14 @@ fn input(calls: Vec<RuleCall>) -> TablePositions {
 
 /// Reconstructs `p` against DUMP, then applies the positions.
 fn run(p: &PacketTrace, tp: Option<TablePositions>) -> ReconstructedPacket {
-    let rs = rules::parse(DUMP).unwrap();
-    let ev = Evaluator::new(rs.clone());
+    run_on(DUMP, p, tp)
+}
+
+fn run_on(dump: &str, p: &PacketTrace, tp: Option<TablePositions>) -> ReconstructedPacket {
+    let ev = Evaluator::new(rules::parse(dump).unwrap());
     let mut rp = reconstruct(p, &ev, &NetContext::unknown());
     if let Some(tp) = tp {
-        positions::apply(&mut rp, &rs, &[tp]);
+        positions::apply(&mut rp, &ev, &[tp]);
     }
     rp
 }
@@ -458,18 +461,63 @@ fn the_same_rule_reached_twice_is_two_evaluations() {
 -A CHK -p tcp -m tcp --dport 22 -j DROP
 COMMIT
 ";
-    let rs = rules::parse(dump).unwrap();
-    let ev = Evaluator::new(rs.clone());
-    let mut rp = reconstruct(
-        &packet(80, ObservedVerdict::Accept),
-        &ev,
-        &NetContext::unknown(),
-    );
     let calls = vec![m("CHK", 1, 0, "tcp", false), m("CHK", 1, 0, "tcp", false)];
-    positions::apply(&mut rp, &rs, &[input(calls.clone())]);
+    let rp = run_on(
+        dump,
+        &packet(80, ObservedVerdict::Accept),
+        Some(input(calls.clone())),
+    );
     let tr = &rp.hooks[0].tables[0];
     assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
     assert_eq!(tr.positions.as_ref().unwrap().failed.len(), 2);
+    // One evaluation missing: CHK:1's IP part (-p tcp) matches, so the kernel must have
+    // called its tcp match the second time too.
+    let rp = run_on(
+        dump,
+        &packet(80, ObservedVerdict::Accept),
+        Some(input(calls[..1].to_vec())),
+    );
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    let reason = tr.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("filter:CHK:rule:1: its IP part matches the packet"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn calls_at_a_rule_whose_ip_part_fails_are_inconsistent() {
+    let dump = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -i lo -p tcp -m tcp --dport 80 -j DROP
+-A INPUT -p tcp -m tcp --dport 80 -j ACCEPT
+COMMIT
+";
+    let p = packet(80, ObservedVerdict::Accept);
+    // Agreeing: INPUT:1 fails in its IP part (-i lo; the packet came in on eth0), so only
+    // INPUT:2's match is called.
+    let ok = run_on(dump, &p, Some(input(vec![m("INPUT", 2, 0, "tcp", true)])));
+    assert_eq!(ok.status, Status::Confirmed);
+    // The kernel calling INPUT:1's match says its IP part passed: the evaluator's -i test
+    // disagrees with the kernel.
+    let calls = vec![
+        m("INPUT", 1, 0, "tcp", false),
+        m("INPUT", 2, 0, "tcp", true),
+    ];
+    let rp = run_on(dump, &p, Some(input(calls)));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    let reason = tr.reason.as_deref().unwrap();
+    assert!(
+        reason.contains(
+            "filter:INPUT:rule:1: the kernel called its matches, but its IP part does not match"
+        ),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -492,4 +540,3 @@ fn store_hands_positions_to_their_packet_and_evicts_the_oldest() {
     assert_eq!(store.len(), 2);
     assert_eq!(store.used, 1);
 }
-

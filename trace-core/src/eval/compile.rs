@@ -248,7 +248,7 @@ impl NetTest {
 }
 
 /// ip_packet_match / ip6_packet_match.
-fn ip_part_matches(r: &CRule, p: &Pkt<'_>) -> bool {
+pub(super) fn ip_part_matches(r: &CRule, p: &Pkt<'_>) -> bool {
     if r.src.is_some_and(|t| !t.test(p.src)) || r.dst.is_some_and(|t| !t.test(p.dst)) {
         return false;
     }

@@ -270,6 +270,27 @@ pub(crate) struct Pkt<'a> {
     pub ct: Option<CtSnapshot>,
 }
 
+impl<'a> Pkt<'a> {
+    fn of(input: &EvalInput<'a>) -> Pkt<'a> {
+        let h = &input.state.headers;
+        Pkt {
+            family: h.family(),
+            tuples: input.tuples,
+            dst_local: input.dst_local,
+            h,
+            src: ip_bits(h.src),
+            dst: ip_bits(h.dst),
+            in_dev: input.in_dev.unwrap_or(""),
+            out_dev: input.out_dev.unwrap_or(""),
+            has_in: input.in_dev.is_some(),
+            mac: input.mac,
+            uid: input.uid,
+            gid: input.gid,
+            ct: input.state.ct,
+        }
+    }
+}
+
 pub fn ip_bits(ip: std::net::IpAddr) -> u128 {
     match ip {
         std::net::IpAddr::V4(a) => u32::from(a) as u128,
@@ -337,6 +358,26 @@ impl Evaluator {
         self.tables[table as usize].as_ref()
     }
 
+    /// The kernel's ip_packet_match for rule `num` (1-based) of chain `chain` (its index in the
+    /// table dump's `chains`, as in [`StepRec::chain`]) on the packet as `input` shows it: the
+    /// kernel calls a rule's match functions only when it passes (rule positions check this).
+    /// None when the rule is not in the dump.
+    pub fn ip_part_matches(
+        &self,
+        table: Table,
+        chain: usize,
+        num: u32,
+        input: &EvalInput<'_>,
+    ) -> Option<bool> {
+        let t = self.ctable(table)?;
+        let rule = t
+            .chains
+            .get(chain)?
+            .rules
+            .get((num as usize).checked_sub(1)?)?;
+        Some(compile::ip_part_matches(rule, &Pkt::of(input)))
+    }
+
     /// Replays `table` on `hook` for the packet: every candidate path.
     pub fn evaluate(
         &self,
@@ -355,21 +396,7 @@ impl Evaluator {
                 hook: input.hook,
             })?;
         let h = &input.state.headers;
-        let pkt = Pkt {
-            family: h.family(),
-            tuples: input.tuples,
-            dst_local: input.dst_local,
-            h,
-            src: ip_bits(h.src),
-            dst: ip_bits(h.dst),
-            in_dev: input.in_dev.unwrap_or(""),
-            out_dev: input.out_dev.unwrap_or(""),
-            has_in: input.in_dev.is_some(),
-            mac: input.mac,
-            uid: input.uid,
-            gid: input.gid,
-            ct: input.state.ct,
-        };
+        let pkt = Pkt::of(input);
         let st = PathState {
             mark: input.state.mark,
             ctmark: input.state.ct.filter(|c| c.ctinfo != 7).map(|c| c.mark),

@@ -15,10 +15,11 @@
 //! and reconstruction is unchanged.
 
 use super::{Path, Status, TableResult};
+use crate::eval::{EvalInput, Evaluator};
 use crate::netfilter::{Hook, Table};
-use crate::packet::PacketTrace;
+use crate::packet::{HookPass, PacketTrace, TableObservation};
 use crate::rules::targets::Target;
-use crate::rules::{Chain, Rule, Ruleset, TableDump};
+use crate::rules::{Chain, Rule, TableDump};
 use crate::step::StepId;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
@@ -196,20 +197,21 @@ impl PositionStore {
     }
 }
 
-/// Applies the rule positions of a packet's table traversals to its reconstruction
-/// (`ruleset`: the dump it was reconstructed against). Tables without positions are left as
-/// they are; the packet's status is recomputed.
-pub fn apply(rp: &mut super::ReconstructedPacket, ruleset: &Ruleset, positions: &[TablePositions]) {
+/// Applies the rule positions of a packet's table traversals to its reconstruction (`ev`:
+/// the evaluator it was reconstructed with). Tables without positions are left as they are;
+/// the packet's status is recomputed.
+pub fn apply(rp: &mut super::ReconstructedPacket, ev: &Evaluator, positions: &[TablePositions]) {
     if positions.is_empty() {
         return;
     }
-    for rh in &mut rp.hooks {
-        for tr in &mut rh.tables {
+    let super::ReconstructedPacket { packet, hooks, .. } = rp;
+    for (rh, hp) in hooks.iter_mut().zip(&packet.hooks) {
+        for (tr, obs) in rh.tables.iter_mut().zip(&hp.tables) {
             if let Some(tp) = positions
                 .iter()
                 .find(|t| t.hook == rh.hook && t.table == tr.table)
             {
-                check_table(tr, ruleset.table(tr.table), tp);
+                check_table(tr, ev, &table_input(hp, obs), tp);
             }
         }
     }
@@ -222,13 +224,41 @@ pub fn apply(rp: &mut super::ReconstructedPacket, ruleset: &Ruleset, positions: 
         .unwrap_or(Status::Confirmed);
 }
 
+/// The packet as the table saw it (only the `ipt_ip` part is tested with it here).
+pub fn table_input<'a>(hp: &'a HookPass, obs: &'a TableObservation) -> EvalInput<'a> {
+    EvalInput {
+        hook: hp.hook,
+        in_dev: hp.in_dev.as_deref(),
+        out_dev: hp.out_dev.as_deref(),
+        mac: hp.mac.as_deref(),
+        uid: hp.uid,
+        gid: hp.gid,
+        state: &obs.before,
+        nf_trace: false,
+        tuples: Default::default(),
+        dst_local: None,
+    }
+}
+
 /// Checks one table's paths against its positions: paths that would make other calls are
 /// ruled out (which resolves branch points: the observed match result decides); none left
 /// makes the table inconsistent, naming the first chain:rule that differs.
-pub fn check_table(tr: &mut TableResult, dump: Option<&TableDump>, tp: &TablePositions) {
+pub fn check_table(
+    tr: &mut TableResult,
+    ev: &Evaluator,
+    input: &EvalInput<'_>,
+    tp: &TablePositions,
+) {
     let groups = group(&tp.calls);
+    let dump = ev.ruleset().table(tr.table);
     let failed = dump.map_or_else(Vec::new, |d| failed_matches(d, &groups));
-    let agreement = agreement(tr, dump, tp, &groups);
+    let cx = dump.map(|dump| Cx {
+        ev,
+        dump,
+        input,
+        hook: tp.hook,
+    });
+    let agreement = agreement(tr, cx.as_ref(), tp, &groups);
     tr.positions = Some(PositionsCheck {
         calls: tp.calls.len(),
         complete: tp.complete,
@@ -237,10 +267,26 @@ pub fn check_table(tr: &mut TableResult, dump: Option<&TableDump>, tp: &TablePos
     });
 }
 
+/// What a path is checked against besides the calls.
+struct Cx<'a> {
+    ev: &'a Evaluator,
+    dump: &'a TableDump,
+    input: &'a EvalInput<'a>,
+    hook: Hook,
+}
+
+impl Cx<'_> {
+    /// The evaluator's ip_packet_match for a visited rule (None: unknown).
+    fn ip_part(&self, v: &Visit<'_>) -> Option<bool> {
+        self.ev
+            .ip_part_matches(self.dump.table, v.chain_index, v.num, self.input)
+    }
+}
+
 /// Compares, filters the paths, and updates the table's status.
 fn agreement(
     tr: &mut TableResult,
-    dump: Option<&TableDump>,
+    cx: Option<&Cx<'_>>,
     tp: &TablePositions,
     groups: &[Group<'_>],
 ) -> Agreement {
@@ -261,7 +307,7 @@ fn agreement(
         };
     }
     let unchecked = |why: &str| Agreement::Unchecked { why: why.into() };
-    let Some(dump) = dump else {
+    let Some(cx) = cx else {
         return unchecked("the rule dump has no such table");
     };
     if !tp.complete {
@@ -273,7 +319,7 @@ fn agreement(
     let mut kept = Vec::new();
     let mut first_reason = None;
     for mut p in std::mem::take(&mut tr.paths) {
-        match path_agrees(dump, tp.hook, &p, groups) {
+        match path_agrees(cx, &p, groups) {
             Ok(()) => kept.push(p),
             Err(why) => {
                 first_reason.get_or_insert_with(|| why.clone());
@@ -424,6 +470,8 @@ fn calls_target(t: &Target) -> bool {
 #[derive(Debug, Clone, Copy)]
 struct Visit<'r> {
     chain: &'r Chain,
+    /// Index of `chain` in the dump's chains.
+    chain_index: usize,
     /// 1-based rule number.
     num: u32,
     /// The rule (None for a chain end: the policy or user-chain RETURN entry).
@@ -435,47 +483,40 @@ struct Visit<'r> {
 /// did not match, the steps themselves (following jumps, gotos and returns as
 /// ipt_do_table does).
 fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<'r>>, String> {
-    let chain_of = |name: &str| {
-        dump.chain(name)
+    let index_of = |name: &str| {
+        dump.chain_index(name)
             .ok_or_else(|| format!("chain {name} is not in the dump"))
     };
-    let start = chain_of(hook.chain_name())?;
+    let start = index_of(hook.chain_name())?;
+    // (chain index, rules before the next one to evaluate), as the kernel's jump stack.
     let (mut cur, mut pos) = (start, 0u32);
-    let mut stack: Vec<(&Chain, u32)> = Vec::new();
-    let mut out = Vec::new();
-    let ret = |stack: &mut Vec<(&'r Chain, u32)>| {
-        stack.pop().unwrap_or((start, start.rules.len() as u32))
+    let mut stack: Vec<(usize, u32)> = Vec::new();
+    let ret = |stack: &mut Vec<(usize, u32)>| {
+        stack
+            .pop()
+            .unwrap_or((start, dump.chains[start].rules.len() as u32))
     };
+    let mut out = Vec::new();
     for (i, s) in path.steps.iter().enumerate() {
+        let chain = &dump.chains[cur];
         let n = s.id.num;
-        if s.id.chain != cur.name || n <= pos {
+        if s.id.chain != chain.name || n <= pos {
             return Err(format!("cannot follow the path at {}", s.id));
         }
-        for k in pos + 1..n.min(cur.end_num()) {
-            out.push(Visit {
-                chain: cur,
-                num: k,
-                rule: Some(&cur.rules[k as usize - 1]),
-                matched: false,
-            });
-        }
-        if n >= cur.end_num() {
-            out.push(Visit {
-                chain: cur,
-                num: n,
-                rule: None,
-                matched: true,
-            });
+        let visit = |num: u32, matched: bool| Visit {
+            chain,
+            chain_index: cur,
+            num,
+            rule: chain.rules.get(num as usize - 1),
+            matched,
+        };
+        out.extend((pos + 1..n.min(chain.end_num())).map(|k| visit(k, false)));
+        out.push(visit(n, true));
+        let Some(rule) = chain.rules.get(n as usize - 1) else {
+            // The chain end: the policy ends the path, a user chain returns.
             (cur, pos) = ret(&mut stack);
             continue;
-        }
-        let rule = &cur.rules[n as usize - 1];
-        out.push(Visit {
-            chain: cur,
-            num: n,
-            rule: Some(rule),
-            matched: true,
-        });
+        };
         if i + 1 == path.steps.len() {
             break;
         }
@@ -484,7 +525,7 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
                 if !rule.goto && matches!(rule.target, Target::Jump(_)) {
                     stack.push((cur, n));
                 }
-                (chain_of(c)?, 0)
+                (index_of(c)?, 0)
             }
             Target::Return => ret(&mut stack),
             _ => (cur, n),
@@ -494,14 +535,9 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
 }
 
 /// Ok when the path makes exactly the calls observed; else the first difference.
-fn path_agrees(
-    dump: &TableDump,
-    hook: Hook,
-    path: &Path,
-    groups: &[Group<'_>],
-) -> Result<(), String> {
-    let visits = visits(dump, hook, path)?;
-    let table = dump.table;
+fn path_agrees(cx: &Cx<'_>, path: &Path, groups: &[Group<'_>]) -> Result<(), String> {
+    let visits = visits(cx.dump, cx.hook, path)?;
+    let table = cx.dump.table;
     // Last index of each (chain, rule) on the path: a call at a rule the path no longer
     // reaches is reported as such at once.
     let mut last: HashMap<(&str, u32), usize> = HashMap::new();
@@ -539,6 +575,17 @@ fn path_agrees(
                     }
                 ));
             }
+            // A rule the path evaluates without matching calls nothing only when its IP
+            // part fails.
+            if let Some(m) = v.rule.and_then(|r| r.matches.first()) {
+                if !v.matched && cx.ip_part(v) == Some(true) {
+                    return Err(format!(
+                        "{}: its IP part matches the packet, so the kernel would have called its match #1 ({}), but it called nothing there",
+                        label(),
+                        match_text(m)
+                    ));
+                }
+            }
             continue;
         }
         let g = &groups[j];
@@ -549,6 +596,12 @@ fn path_agrees(
                 v.chain.name
             ));
         };
+        if !v.matched && cx.ip_part(v) == Some(false) {
+            return Err(format!(
+                "{}: the kernel called its matches, but its IP part does not match the packet",
+                label()
+            ));
+        }
         group_fits(g, rule, v.matched).map_err(|why| format!("{}: {why}", label()))?;
     }
     match groups.get(j) {

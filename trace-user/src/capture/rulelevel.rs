@@ -383,7 +383,7 @@ fn with_positions(store: &mut PositionStore, rp: &Replayer, p: &mut Reconstructe
         return;
     }
     if let Some(ev) = rp.evaluator(p.packet.netns, p.packet.family) {
-        positions::apply(p, ev.ruleset(), &tps);
+        positions::apply(p, ev, &tps);
     }
 }
 
