@@ -13,9 +13,18 @@ use crate::tables;
 /// nf_hook_slow(skb, state, e, s).
 #[fentry(function = "nf_hook_slow")]
 pub fn fentry_nf_hook_slow(ctx: FEntryContext) -> i32 {
-    if tables::entry_allowed(ctx.arg(1)) {
+    let allowed = tables::entry_allowed(ctx.arg(1));
+    if allowed {
         tables::hook_entry(ctx.arg(0), ctx.arg(1));
     }
+    tables::push_hook(ctx.arg(0), ctx.arg(1), allowed);
+    0
+}
+
+/// nf_hook_slow has four arguments: its int return value is the fifth slot.
+#[fexit(function = "nf_hook_slow")]
+pub fn fexit_nf_hook_slow(ctx: FExitContext) -> i32 {
+    tables::hook_exit(ctx.arg(0), ctx.arg::<u64>(4) as i32);
     0
 }
 
@@ -73,5 +82,34 @@ pub fn fentry_nf_nat_inet_fn(ctx: FEntryContext) -> i32 {
 #[fexit(function = "nf_nat_inet_fn")]
 pub fn fexit_nf_nat_inet_fn(ctx: FExitContext) -> i32 {
     tables::nat_exit(ctx.arg(1), ctx.arg(2), ctx.arg::<u64>(3) as u32);
+    0
+}
+
+/// x_tables match functions (`bool match(const struct sk_buff *, struct xt_action_param *)`),
+/// rule positions: loaded by the collector once per match function found (each load names
+/// its target by BTF id; the section's function name is a placeholder). fexit has the result.
+#[fexit(function = "xt_match")]
+pub fn fexit_xt_match(ctx: FExitContext) -> i32 {
+    let (skb, par) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    tables::xt_call(
+        skb,
+        trace_common::record::xt_what::MATCH,
+        tables::xt_info(par),
+        (ctx.arg::<u64>(2) & 1) as u8,
+    );
+    0
+}
+
+/// x_tables target functions (`unsigned int target(struct sk_buff *, const struct
+/// xt_action_param *)`): the rule whose targinfo this is matched.
+#[fentry(function = "xt_target")]
+pub fn fentry_xt_target(ctx: FEntryContext) -> i32 {
+    let (skb, par) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1));
+    tables::xt_call(
+        skb,
+        trace_common::record::xt_what::TARGET,
+        tables::xt_info(par),
+        0,
+    );
     0
 }

@@ -86,9 +86,19 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 /// nf_hook_slow(skb, state, e, s).
 #[kprobe]
 pub fn kprobe_nf_hook_slow(ctx: ProbeContext) -> u32 {
-    if tables::entry_allowed(arg(&ctx, 1)) {
+    let allowed = tables::entry_allowed(arg(&ctx, 1));
+    if allowed {
         tables::hook_entry(arg(&ctx, 0), arg(&ctx, 1));
     }
+    tables::push_hook(arg(&ctx, 0), arg(&ctx, 1), allowed);
+    0
+}
+
+/// Return of nf_hook_slow (int): the hook's verdict; the frame its kprobe pushed says for
+/// which skb.
+#[kretprobe]
+pub fn kretprobe_nf_hook_slow(ctx: RetProbeContext) -> u32 {
+    tables::hook_exit(0, ctx.ret::<u64>() as i32);
     0
 }
 

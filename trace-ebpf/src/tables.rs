@@ -6,6 +6,11 @@
 //!
 //! - nf_hook_slow entry: [`PRIO_HOOK_ENTRY`] (before every hook function of the hook); on
 //!   PREROUTING/OUTPUT it is the first sight (filter, start tracking);
+//! - nf_hook_slow exit: the hook's verdict. 1 (every hook function accepted) is a record at
+//!   [`PRIO_HOOK_EXIT`] (after everything on the hook, conntrack confirm included); 0 (stolen,
+//!   queued) and a negative errno (dropped) are a [`HookVerdictRecord`] built from what the
+//!   entry remembered ([`HOOK_FRAMES`]): the skb may be freed by then (and kfree_skb stopped
+//!   tracking it), so a drop is attributed even when its kfree_skb report is missing;
 //! - a table function's entry: the table's priority P (a probe at P runs before the stage at
 //!   P); its exit with NF_ACCEPT: P + 1 (after the table). Other verdicts write nothing: a
 //!   dropped packet is reported by kfree_skb (NETFILTER_DROP), a stolen one vanishes — the same
@@ -23,7 +28,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use trace_common::record::{kind, xt_what, TableOffsets, XtRecord, RECORD_VERSION};
+use trace_common::record::{
+    kind, xt_what, HookVerdictRecord, RecordHeader, TableOffsets, XtRecord, RECORD_VERSION,
+};
 
 use crate::{
     kread::{read, read_buf},
@@ -37,6 +44,8 @@ const STATE_TRACKED: u8 = 2;
 /// Priority the nf_hook_slow entry record stands for: before everything on the hook
 /// (INT_MIN itself is not a valid netfilter priority).
 pub const PRIO_HOOK_ENTRY: i32 = i32::MIN + 1;
+/// Priority the nf_hook_slow exit record (verdict accept) stands for: after everything.
+pub const PRIO_HOOK_EXIT: i32 = i32::MAX;
 /// "No table position": the call is not traced (nat table inside nf_nat_inet_fn, unknown table).
 pub const NO_PRIO: i32 = i32::MIN;
 const NF_ACCEPT: u32 = 1;
@@ -144,6 +153,158 @@ pub fn hook_entry(skb: u64, state: u64) {
     } else if let Some(t) = TRACKED.get_ptr_mut(&skb) {
         // SAFETY: map value pointer, valid for this program run.
         follow(state, skb, PRIO_HOOK_ENTRY, unsafe { &mut *t });
+    }
+}
+
+/// Deepest nf_hook_slow nesting remembered (a hook entered from inside another one's table,
+/// e.g. the RST a REJECT sends on OUTPUT while the packet is in INPUT).
+const HOOK_DEPTH: usize = 8;
+
+/// One nf_hook_slow call in progress, pushed by its entry for its exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct HookFrame {
+    skb: u64,
+    state: u64,
+    /// The traversal's gen when the skb was tracked at the entry (state TRACKED), else 0.
+    gen: u64,
+    netns: u32,
+    /// entry_allowed said yes (IPv4/IPv6, a selected netns).
+    allowed: u8,
+    hook: u8,
+    pf: u8,
+    _pad: u8,
+}
+
+#[repr(C)]
+pub struct HookFrames {
+    depth: u32,
+    _pad: u32,
+    frames: [HookFrame; HOOK_DEPTH],
+}
+
+/// Per-CPU stack of nf_hook_slow calls (index 0): a hook runs on one CPU from its entry to its
+/// exit (softirq or the sending task), nested calls return in reverse order.
+#[map]
+static HOOK_FRAMES: PerCpuArray<HookFrames> = PerCpuArray::with_max_entries(1, 0);
+
+/// nf_hook_slow entry, after [`entry_allowed`] / [`hook_entry`]: remember the call for its exit
+/// (every call, so the kretprobe's pops stay paired). Its own BPF function: the entry path's
+/// stack is near the limit.
+#[inline(never)]
+pub fn push_hook(skb: u64, state: u64, allowed: bool) {
+    let Some(f) = HOOK_FRAMES.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value.
+    let f = unsafe { &mut *f };
+    let d = f.depth as usize;
+    f.depth = f.depth.saturating_add(1);
+    if d >= HOOK_DEPTH {
+        return;
+    }
+    let mut fr = HookFrame {
+        skb,
+        state,
+        gen: 0,
+        netns: 0,
+        allowed: allowed as u8,
+        hook: 0,
+        pf: 0,
+        _pad: 0,
+    };
+    if allowed {
+        if let Some(t) = TRACKED.get_ptr(&skb) {
+            // SAFETY: map value pointer, read once.
+            let t = unsafe { *t };
+            if t.state == STATE_TRACKED {
+                fr.gen = t.gen;
+                fr.netns = t.netns;
+                fr.hook = read(state, global!(OFFSETS.state_hook));
+                fr.pf = read(state, global!(OFFSETS.state_pf));
+            }
+        }
+    }
+    f.frames[d] = fr;
+}
+
+/// The frame of the nf_hook_slow call returning now; `skb` (0 = not known: kretprobe) must be
+/// the one its entry saw, else a return was missed and the stack starts over.
+#[inline(always)]
+fn pop_hook(skb: u64) -> Option<HookFrame> {
+    let f = HOOK_FRAMES.get_ptr_mut(0)?;
+    // SAFETY: per-CPU map value.
+    let f = unsafe { &mut *f };
+    if f.depth == 0 {
+        return None;
+    }
+    f.depth -= 1;
+    let d = f.depth as usize;
+    if d >= HOOK_DEPTH {
+        return None;
+    }
+    let fr = f.frames[d];
+    if skb != 0 && fr.skb != skb {
+        f.depth = 0;
+        return None;
+    }
+    Some(fr)
+}
+
+/// nf_hook_slow exit with its return value (`skb` as in [`pop_hook`]): accept → a record at
+/// PRIO_HOOK_EXIT if still tracked; otherwise a [`HookVerdictRecord`] if it was tracked at
+/// the entry.
+#[inline(always)]
+pub fn hook_exit(skb: u64, verdict: i32) {
+    let Some(fr) = pop_hook(skb) else {
+        return;
+    };
+    if fr.allowed == 0 {
+        return;
+    }
+    if verdict == NF_ACCEPT as i32 {
+        if let Some(t) = TRACKED.get_ptr_mut(&fr.skb) {
+            // SAFETY: map value pointer, valid for this program run.
+            follow(fr.state, fr.skb, PRIO_HOOK_EXIT, unsafe { &mut *t });
+        }
+    } else if fr.gen != 0 {
+        emit_hook_verdict(&fr, verdict);
+    }
+}
+
+#[inline(never)]
+fn emit_hook_verdict(fr: &HookFrame, verdict: i32) {
+    let rec = HookVerdictRecord {
+        header: RecordHeader {
+            kind: kind::HOOK_VERDICT,
+            version: RECORD_VERSION,
+            _pad0: 0,
+            len: core::mem::size_of::<HookVerdictRecord>() as u32,
+        },
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        skb: fr.skb,
+        gen: fr.gen,
+        netns: fr.netns,
+        verdict,
+        hook: fr.hook,
+        pf: fr.pf,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let sent = EVENTS.output::<HookVerdictRecord>(&rec, 0).is_ok();
+    count_sent(sent);
+}
+
+#[inline(always)]
+fn count_sent(sent: bool) {
+    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU map value.
+        let c = unsafe { &mut *c };
+        if sent {
+            c.emitted += 1;
+        } else {
+            c.lost += 1;
+        }
     }
 }
 
@@ -266,9 +427,9 @@ pub fn nat_exit(skb: u64, state: u64, verdict: u32) {
     table_exit(skb, state, prio, verdict);
 }
 
-/// Rule positions (kprobe backend): the rule blob's kernel address as a table starts on a
-/// traced skb, so userspace can turn match/target pointers into blob offsets. Its own BPF
-/// function: inlined, its record would add to the stack of the path through `follow`
+/// Rule positions (fentry and kprobe backends): the rule blob's kernel address as a table
+/// starts on a traced skb, so userspace can turn match/target pointers into blob offsets. Its
+/// own BPF function: inlined, its record would add to the stack of the path through `follow`
 /// (combined stack limit 512 bytes).
 #[inline(never)]
 fn xt_base(table: u64, skb: u64, state: u64) {
@@ -337,13 +498,5 @@ fn emit_xt(skb: u64, what: u8, addr: u64, result: u8, hook: u8, pf: u8, name: [u
         name,
     };
     let sent = EVENTS.output::<XtRecord>(&rec, 0).is_ok();
-    if let Some(c) = COUNTERS.get_ptr_mut(0) {
-        // SAFETY: per-CPU map value.
-        let c = unsafe { &mut *c };
-        if sent {
-            c.emitted += 1;
-        } else {
-            c.lost += 1;
-        }
-    }
+    count_sent(sent);
 }

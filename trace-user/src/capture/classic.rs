@@ -31,9 +31,14 @@ use super::loader::{
 };
 use super::modbtf::{KernelBtf, ModBtfError};
 use super::object;
+use super::xtpos::XtFunction;
 
 /// The record position of nf_hook_slow's entry (trace-ebpf tables::PRIO_HOOK_ENTRY).
 pub const PRIO_HOOK_ENTRY: i32 = i32::MIN + 1;
+/// The record position of nf_hook_slow's exit when the hook accepted the packet (trace-ebpf
+/// tables::PRIO_HOOK_EXIT): after every stage of the hook. Other verdicts are
+/// HookVerdictRecords (see [`super::hookverdict`]).
+pub const PRIO_HOOK_EXIT: i32 = i32::MAX;
 
 /// The two backends this module loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,8 +91,8 @@ pub struct Target {
 pub const TARGETS: &[Target] = &[
     Target {
         function: "nf_hook_slow",
-        fentry: ("fentry_nf_hook_slow", None),
-        kprobe: ("kprobe_nf_hook_slow", None),
+        fentry: ("fentry_nf_hook_slow", Some("fexit_nf_hook_slow")),
+        kprobe: ("kprobe_nf_hook_slow", Some("kretprobe_nf_hook_slow")),
         module: "vmlinux",
         required: true,
     },
@@ -134,6 +139,8 @@ pub struct Classic {
     /// Functions not attached, with the reason (module not loaded, ...).
     pub skipped: Vec<(String, String)>,
     pub table_offsets: TableOffsets,
+    /// x_tables match/target functions the rule-position probes are attached to.
+    pub rule_functions: Vec<String>,
 }
 
 impl Classic {
@@ -144,7 +151,8 @@ impl Classic {
 
     /// [`Classic::load`]; `rule_positions`: the table probes also report the rule blob's
     /// address ([`trace_common::record::XtRecord`], kind XT: split those off before
-    /// `trace_core::decode`), for [`Classic::attach_rule_probes`].
+    /// `trace_core::decode`, resolve them with [`super::xtpos::positions`]), for
+    /// [`Classic::attach_rule_probes`].
     pub fn load_with(
         flavour: Flavour,
         opts: &LoadOptions,
@@ -183,6 +191,7 @@ impl Classic {
             attached: Vec::new(),
             skipped: Vec::new(),
             table_offsets,
+            rule_functions: Vec::new(),
         };
         match flavour {
             Flavour::Kprobe => c.attach_kprobes()?,
@@ -262,16 +271,13 @@ impl Classic {
         Ok(())
     }
 
-    /// Rule positions (kprobe flavour): attach the match/target probes to the x_tables
-    /// match and target functions in /proc/kallsyms (see [`super::xtpos::xt_functions`]).
-    /// Returns how many functions were attached; those that refuse a kprobe are skipped.
+    /// Rule positions: attach the match/target probes to the x_tables match and target
+    /// functions of the extensions the loaded rulesets use (see
+    /// [`super::xtpos::xt_functions`], [`super::xtpos::modules_in_use`]): kprobe + kretprobe
+    /// on matches and a kprobe on targets, or fexit on matches (it has the result) and fentry
+    /// on targets, each loaded with its module's BTF object. Returns how many functions were
+    /// attached; one that refuses the probe is skipped with a warning.
     pub fn attach_rule_probes(&mut self) -> Result<usize, ClassicError> {
-        if self.flavour != Flavour::Kprobe {
-            return Err(ClassicError::Unavailable {
-                flavour: self.flavour,
-                what: "rule positions need the kprobe backend".into(),
-            });
-        }
         if self.table_offsets.have_xtpos == 0 {
             return Err(ClassicError::Unavailable {
                 flavour: self.flavour,
@@ -280,13 +286,28 @@ impl Classic {
                         .into(),
             });
         }
+        let used = super::xtpos::modules_in_use(
+            &std::fs::read_to_string("/proc/modules").unwrap_or_default(),
+        );
         let (matches, targets) = super::xtpos::xt_functions(
             &std::fs::read_to_string("/proc/kallsyms").unwrap_or_default(),
+            |m| used.contains(m),
         );
+        match self.flavour {
+            Flavour::Kprobe => self.attach_rule_kprobes(&matches, &targets),
+            Flavour::Fentry => self.attach_rule_fentry(&matches, &targets),
+        }
+    }
+
+    fn attach_rule_kprobes(
+        &mut self,
+        matches: &[XtFunction],
+        targets: &[XtFunction],
+    ) -> Result<usize, ClassicError> {
         let mut n = 0;
         for (progs, funcs) in [
-            (&["kprobe_xt_match", "kretprobe_xt_match"][..], &matches),
-            (&["kprobe_xt_target"][..], &targets),
+            (&["kprobe_xt_match", "kretprobe_xt_match"][..], matches),
+            (&["kprobe_xt_target"][..], targets),
         ] {
             for f in funcs {
                 let mut ok = true;
@@ -300,12 +321,59 @@ impl Classic {
                     if prog.fd().is_err() {
                         prog.load().map_err(aya_err)?;
                     }
-                    if let Err(e) = prog.attach(f, 0) {
-                        log::warn!("rule positions: {name} on {f}: {e}");
+                    if let Err(e) = prog.attach(&f.name, 0) {
+                        log::warn!("rule positions: {name} on {}: {e}", f.name);
                         ok = false;
                     }
                 }
+                if ok {
+                    self.rule_functions.push(f.name.clone());
+                }
                 n += ok as usize;
+            }
+        }
+        Ok(n)
+    }
+
+    /// One fexit_xt_match / fentry_xt_target load per function (a tracing program names its
+    /// target at load time), with the BTF of the function's module (read once per module).
+    fn attach_rule_fentry(
+        &mut self,
+        matches: &[XtFunction],
+        targets: &[XtFunction],
+    ) -> Result<usize, ClassicError> {
+        let elf =
+            hide_netfilter_sections(object::bytes().map_err(super::loader::LoadError::from)?)?;
+        let mut progs = super::fentry::Programs::new(&elf, &self.ebpf)?;
+        let vmlinux = KernelBtf::vmlinux()?;
+        let mut module_btf: HashMap<String, Option<KernelBtf>> = HashMap::new();
+        let mut n = 0;
+        for (prog, exit, funcs) in [
+            ("fexit_xt_match", true, matches),
+            ("fentry_xt_target", false, targets),
+        ] {
+            for f in funcs {
+                let btf = match &f.module {
+                    None => Some(&vmlinux),
+                    Some(m) => {
+                        if !module_btf.contains_key(m) {
+                            module_btf.insert(m.clone(), vmlinux.with_module(m)?);
+                        }
+                        module_btf[m].as_ref()
+                    }
+                };
+                let Some((btf_id, module)) = btf.and_then(|b| b.func(&f.name)) else {
+                    log::warn!("rule positions: no BTF for {} ({:?})", f.name, f.module);
+                    continue;
+                };
+                match progs.load_and_attach(prog, &f.name, btf_id, module.as_deref(), exit) {
+                    Ok(link) => {
+                        self._links.push(link);
+                        self.rule_functions.push(f.name.clone());
+                        n += 1;
+                    }
+                    Err(e) => log::warn!("rule positions: {prog} on {}: {e}", f.name),
+                }
             }
         }
         Ok(n)
@@ -519,10 +587,13 @@ pub fn table_offsets(
 }
 
 /// The probe plan of these backends for one hook: the nf_hook_slow entry, then each table
-/// (or nft base chain) bracketed at P (entry) and P + 1 (accepted), with the stages the
-/// kernel registers there (`stages`, e.g. from capture::plan::stages).
+/// (or nft base chain) bracketed at P (entry) and P + 1 (accepted), then the nf_hook_slow
+/// exit (the hook accepted), with the stages the kernel registers there (`stages`, e.g. from
+/// capture::plan::stages). Conntrack confirm (INT_MAX) stays after the exit position in the
+/// plan although it runs before the exit: the plan's ordering rule puts a probe at P before a
+/// stage at P, and nothing but a netfilter drop can be attributed to it anyway.
 pub fn hook_plan(stages: Vec<StageSlot>) -> HookPlan {
-    let mut probes = vec![PRIO_HOOK_ENTRY];
+    let mut probes = vec![PRIO_HOOK_ENTRY, PRIO_HOOK_EXIT];
     for s in &stages {
         if matches!(s.stage, Stage::Table { .. } | Stage::NftChain { .. }) {
             probes.push(s.priority);
@@ -566,8 +637,19 @@ mod tests {
         let p = hook_plan(stages);
         assert_eq!(
             p.probes(),
-            &[PRIO_HOOK_ENTRY, -300, -299, -150, -149, -100, -99]
+            &[
+                PRIO_HOOK_ENTRY,
+                -300,
+                -299,
+                -150,
+                -149,
+                -100,
+                -99,
+                PRIO_HOOK_EXIT
+            ]
         );
+        // After the last table: nothing until the hook's exit.
+        assert!(p.stages_between(-99, Some(PRIO_HOOK_EXIT)).is_empty());
         // Between the raw exit and the mangle entry: conntrack, passed silently.
         assert_eq!(p.stages_between(-299, Some(-150)).len(), 1);
         assert_eq!(

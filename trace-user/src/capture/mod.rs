@@ -20,6 +20,7 @@ pub mod compare_trace;
 // fentry/kprobe backends (issue 6).
 pub mod classic;
 pub mod fentry;
+pub mod hookverdict;
 pub mod link;
 pub mod loader;
 pub mod modbtf;

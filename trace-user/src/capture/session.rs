@@ -320,6 +320,7 @@ impl Session {
             decode: !self.discard,
             received: 0,
             decode_errors: 0,
+            hook_verdicts: super::hookverdict::HookVerdicts::new(self.loaded.drop_reasons()),
             packets: 0,
         };
         rt.block_on(read_loop(
@@ -353,6 +354,8 @@ struct ReadState {
     decode: bool,
     received: u64,
     decode_errors: u64,
+    /// fentry/kprobe: nf_hook_slow verdict records, split off before decoding.
+    hook_verdicts: super::hookverdict::HookVerdicts,
     packets: u64,
 }
 
@@ -368,7 +371,13 @@ impl ReadState {
         if !self.decode {
             return Ok(());
         }
-        match self.decoder.decode(bytes) {
+        let decoded = match self.hook_verdicts.split(bytes) {
+            Some(Ok(None)) => return Ok(()),
+            Some(Ok(Some(ev))) => Ok(ev),
+            Some(Err(e)) => Err(e.to_string()),
+            None => self.decoder.decode(bytes).map_err(|e| e.to_string()),
+        };
+        match decoded {
             Ok(ev) => {
                 let (back, completed) = on_event(ev)?;
                 self.packets += completed;
@@ -376,6 +385,7 @@ impl ReadState {
                     if self.assemble {
                         out.extend(self.asm.push(ev));
                     }
+                self.hook_verdicts.saw(&ev);
                 }
             }
             Err(e) => {

@@ -13,6 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use trace_common::record::{xt_what, XtRecord};
+use trace_core::netfilter::{Hook, Table};
+use trace_core::reconstruct::positions::{RuleCall, TablePositions, XtCall};
 
 const IPT_SO_GET_INFO: libc::c_int = 64;
 const IPT_SO_GET_ENTRIES: libc::c_int = 65;
@@ -48,6 +50,10 @@ pub struct Position {
     pub rule: Option<u32>,
     /// The match's name for a match pointer, None for the target.
     pub matched: Option<String>,
+    /// The match's 0-based position among the rule's matches (0 for the target).
+    pub index: u32,
+    /// The entry's target name ("" for a standard verdict or jump).
+    pub target: String,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +65,7 @@ struct Entry {
     /// (data offset, name) of each match.
     matches: Vec<(usize, String)>,
     target_data: usize,
+    target: String,
 }
 
 /// One table's rule blob, parsed.
@@ -131,6 +138,7 @@ impl Blob {
                 rule: (!policy).then_some(rule),
                 matches,
                 target_data: target_offset + XT_HEADER,
+                target: tname,
             });
             off += next;
         }
@@ -156,74 +164,138 @@ impl Blob {
         }
         let e = &self.entries[i];
         let rel = offset.checked_sub(e.offset).filter(|r| *r <= e.size)?;
-        let matched = if rel == e.target_data {
-            None
+        let (matched, index) = if rel == e.target_data {
+            (None, 0)
         } else {
-            Some(e.matches.iter().find(|(o, _)| *o == rel)?.1.clone())
+            let i = e.matches.iter().position(|(o, _)| *o == rel)?;
+            (Some(e.matches[i].1.clone()), i as u32)
         };
         Some(Position {
             chain: e.chain.clone(),
             rule: e.rule,
             matched,
+            index,
+            target: e.target.clone(),
         })
+    }
+
+    /// The extensions the table's rules call: match names and non-standard target names
+    /// (standard verdicts and jumps call nothing; ERROR only marks chain heads).
+    pub fn extensions(&self) -> std::collections::BTreeSet<String> {
+        self.entries
+            .iter()
+            .flat_map(|e| e.matches.iter().map(|(_, n)| n.clone()))
+            .chain(
+                self.entries
+                    .iter()
+                    .map(|e| e.target.clone())
+                    .filter(|t| !t.is_empty() && t != "ERROR"),
+            )
+            .collect()
     }
 }
 
-/// A resolved probe observation for one skb.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Observation {
-    pub skb: u64,
-    pub gen: u64,
-    pub table: String,
-    pub position: Position,
-    /// MATCH: the match's result; TARGET: always true (the rule matched).
-    pub result: bool,
+/// Whether extension `name` (a match or target name of the blob) has a probed function among
+/// `functions`: its functions are named after it (`tcp` → tcp_mt, `conntrack` →
+/// conntrack_mt_v3, `DNAT` → xt_dnat_target_v2, `MASQUERADE` → masquerade_tg). An
+/// extension whose function is named otherwise (`icmp` → icmp_match in ip_tables, `set` →
+/// set_match_v4) is never probed, so its table's positions are incomplete.
+pub fn probed(name: &str, functions: &[String]) -> bool {
+    let prefix = format!("{}_", name.to_ascii_lowercase());
+    functions.iter().any(|f| {
+        f.trim_start_matches("xt_")
+            .to_ascii_lowercase()
+            .starts_with(&prefix)
+    })
 }
 
-/// Resolve the XT records of a capture (in order) against the blobs of their netns
-/// (table name → blob); records that fall outside every blob are described in the second
-/// value (`table+offset`, or why not).
-pub fn resolve(
+/// One table traversal's positions, with the packet traversal it belongs to (the key of
+/// [`trace_core::reconstruct::positions::PositionStore::insert`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketTable {
+    pub netns: u32,
+    pub skb: u64,
+    pub gen: u64,
+    pub positions: TablePositions,
+}
+
+/// The XT records of a capture (in ring-buffer order) resolved against the rule blobs of the
+/// traced netns (table name → blob): one [`TablePositions`] per table traversal (BASE record),
+/// its calls in kernel order. `complete` when every extension the table's rules use has a
+/// probed function among `probed_functions` ([`probed`]) and `lost_records` is false.
+/// Records that cannot be placed are described in the second value (`table+offset`, or why);
+/// a traversal with one is incomplete too.
+pub fn positions(
     records: &[XtRecord],
     blobs: &HashMap<String, Blob>,
-) -> (Vec<Observation>, Vec<String>) {
-    let mut base: HashMap<(u64, u64), (u64, String)> = HashMap::new();
-    let mut out = Vec::new();
+    probed_functions: &[String],
+    lost_records: bool,
+) -> (Vec<PacketTable>, Vec<String>) {
+    let complete_table: HashMap<&str, bool> = blobs
+        .iter()
+        .map(|(name, b)| {
+            let all = b.extensions().iter().all(|e| probed(e, probed_functions));
+            (name.as_str(), all && !lost_records)
+        })
+        .collect();
+    let mut out: Vec<PacketTable> = Vec::new();
+    // Per packet traversal: index in `out` of its current table traversal, and the blob base.
+    let mut current: HashMap<(u64, u64), (usize, u64, String)> = HashMap::new();
     let mut unresolved = Vec::new();
     for r in records {
         let key = (r.skb, r.gen);
         if r.what == xt_what::BASE {
             let end = r.name.iter().position(|&b| b == 0).unwrap_or(r.name.len());
-            base.insert(
-                key,
-                (r.addr, String::from_utf8_lossy(&r.name[..end]).into_owned()),
-            );
+            let name = String::from_utf8_lossy(&r.name[..end]).into_owned();
+            let (Some(table), Some(hook)) = (Table::from_name(&name), Hook::from_num(r.hook))
+            else {
+                unresolved.push(format!("table {name:?} on hook {}", r.hook));
+                current.remove(&key);
+                continue;
+            };
+            out.push(PacketTable {
+                netns: r.netns,
+                skb: r.skb,
+                gen: r.gen,
+                positions: TablePositions {
+                    hook,
+                    table,
+                    calls: Vec::new(),
+                    complete: complete_table.get(name.as_str()).copied().unwrap_or(false),
+                },
+            });
+            current.insert(key, (out.len() - 1, r.addr, name));
             continue;
         }
-        let what = if r.what == xt_what::TARGET {
-            "target"
-        } else {
-            "match"
-        };
-        let Some((b, table)) = base.get(&key) else {
+        let target = r.what == xt_what::TARGET;
+        let what = if target { "target" } else { "match" };
+        let Some((i, base, table)) = current.get(&key) else {
             unresolved.push(format!("{what} before any table base"));
             continue;
         };
-        let Some(blob) = blobs.get(table) else {
-            unresolved.push(format!("{what} in table {table} without a blob"));
+        let tp = &mut out[*i].positions;
+        let off = r.addr.wrapping_sub(*base);
+        let pos = blobs
+            .get(table)
+            .and_then(|b| usize::try_from(off).ok().and_then(|o| b.position(o)));
+        let Some(pos) = pos else {
+            unresolved.push(format!("{what} {table}+{:#x}", off as i64));
+            tp.complete = false;
             continue;
         };
-        let off = r.addr.wrapping_sub(*b);
-        match usize::try_from(off).ok().and_then(|o| blob.position(o)) {
-            Some(position) => out.push(Observation {
-                skb: r.skb,
-                gen: r.gen,
-                table: table.clone(),
-                position,
-                result: r.what == xt_what::TARGET || r.result != 0,
-            }),
-            None => unresolved.push(format!("{what} {table}+{:#x}", off as i64)),
-        }
+        let call = match pos.matched {
+            Some(name) if !target => XtCall::Match {
+                index: pos.index,
+                name,
+                matched: r.result != 0,
+            },
+            _ => XtCall::Target { name: pos.target },
+        };
+        tp.calls.push(RuleCall {
+            chain: pos.chain,
+            rule: pos.rule,
+            call,
+        });
     }
     (out, unresolved)
 }
@@ -306,10 +378,21 @@ fn name_at(bytes: &[u8], off: usize) -> String {
     String::from_utf8_lossy(&s[..end]).into_owned()
 }
 
+/// A match or target function and the module it is in (None: built in).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct XtFunction {
+    pub name: String,
+    pub module: Option<String>,
+}
+
 /// x_tables match and target functions in /proc/kallsyms text (`addr t name [module]`):
 /// modules xt_*, ipt_*, ip6t_* (or built in), names ending in _mt / _mtN / _mt_vN (matches)
 /// and _tg / _tgN / _tg_vN / _target_vN (targets); helpers (_check, _destroy, .cold) excluded.
-pub fn xt_functions(kallsyms: &str) -> (Vec<String>, Vec<String>) {
+/// `in_use`: only modules it accepts (see [`modules_in_use`]); built-in functions are kept.
+pub fn xt_functions(
+    kallsyms: &str,
+    in_use: impl Fn(&str) -> bool,
+) -> (Vec<XtFunction>, Vec<XtFunction>) {
     let (mut matches, mut targets) = (Vec::new(), Vec::new());
     for l in kallsyms.lines() {
         let mut it = l.split_whitespace();
@@ -320,20 +403,24 @@ pub fn xt_functions(kallsyms: &str) -> (Vec<String>, Vec<String>) {
             continue;
         }
         let module = it.next().map(|m| m.trim_matches(|c| c == '[' || c == ']'));
-        if !module
-            .is_none_or(|m| m.starts_with("xt_") || m.starts_with("ipt_") || m.starts_with("ip6t_"))
-        {
+        if !module.is_none_or(|m| {
+            (m.starts_with("xt_") || m.starts_with("ipt_") || m.starts_with("ip6t_")) && in_use(m)
+        }) {
             continue;
         }
+        let f = XtFunction {
+            name: name.to_string(),
+            module: module.map(String::from),
+        };
         let base = strip_version(name);
         if base.ends_with("_mt") || base.ends_with("_mt4") || base.ends_with("_mt6") {
-            matches.push(name.to_string());
+            matches.push(f);
         } else if base.ends_with("_tg")
             || base.ends_with("_tg4")
             || base.ends_with("_tg6")
             || (base.starts_with("xt_") && base.ends_with("_target"))
         {
-            targets.push(name.to_string());
+            targets.push(f);
         }
     }
     matches.sort();
@@ -341,6 +428,20 @@ pub fn xt_functions(kallsyms: &str) -> (Vec<String>, Vec<String>) {
     targets.sort();
     targets.dedup();
     (matches, targets)
+}
+
+/// Modules with a non-zero reference count in /proc/modules (`name size refcount deps state
+/// addr`): every rule using a match or target holds a reference to its module, so these are
+/// the extensions the loaded rulesets use (rules added later are not covered).
+pub fn modules_in_use(proc_modules: &str) -> std::collections::HashSet<String> {
+    proc_modules
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (name, _, refs) = (it.next()?, it.next()?, it.next()?);
+            (refs.parse::<u64>().ok()? > 0).then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// `conntrack_mt_v3` → `conntrack_mt`.
@@ -360,9 +461,18 @@ mod tests {
         let text = "ffff t tcp_mt\t[xt_tcpudp]\nffff t conntrack_mt_v3\t[xt_conntrack]\nffff t conntrack_mt_check\t[xt_conntrack]\n\
                     ffff t xt_dnat_target_v2\t[xt_nat]\nffff t masquerade_tg\t[xt_MASQUERADE]\nffff t addrtype_mt_checkentry_v1.cold\t[xt_addrtype]\n\
                     ffff t tcp_v4_rcv\nffff t foo_mt\t[nf_tables]\n";
-        let (m, t) = xt_functions(text);
-        assert_eq!(m, ["conntrack_mt_v3", "tcp_mt"]);
-        assert_eq!(t, ["masquerade_tg", "xt_dnat_target_v2"]);
+        let names = |v: Vec<XtFunction>| v.into_iter().map(|f| f.name).collect::<Vec<_>>();
+        let (m, t) = xt_functions(text, |_| true);
+        assert_eq!(m[1].module.as_deref(), Some("xt_tcpudp"));
+        assert_eq!(names(m), ["conntrack_mt_v3", "tcp_mt"]);
+        assert_eq!(names(t), ["masquerade_tg", "xt_dnat_target_v2"]);
+        // Only modules the rulesets hold references to.
+        let used = modules_in_use(
+            "xt_tcpudp 16384 2 - Live 0x0\nxt_conntrack 16384 0 - Live 0x0\nxt_nat 16384 1 - Live 0x0\n",
+        );
+        let (m, t) = xt_functions(text, |m| used.contains(m));
+        assert_eq!(names(m), ["tcp_mt"]);
+        assert_eq!(names(t), ["xt_dnat_target_v2"]);
     }
 
     /// A blob by hand: PREROUTING with one rule (one match, a target) and its policy, then a
@@ -452,5 +562,107 @@ mod tests {
             (p.chain.as_str(), p.rule, p.matched),
             ("PREROUTING", Some(1), None)
         );
+        assert_eq!(p.target, "TRACE");
+
+        // Records of one packet through the nat blob: PREROUTING rule 1 (tcp matched, DNAT
+        // ran), then a second traversal where DOCKER rule 1's comment match failed.
+        let rec = |what, addr: usize, result, skb| XtRecord {
+            header: trace_common::record::RecordHeader {
+                kind: trace_common::record::kind::XT,
+                version: trace_common::record::RECORD_VERSION,
+                _pad0: 0,
+                len: 64,
+            },
+            ts_ns: 0,
+            skb,
+            gen: 5,
+            addr: addr as u64,
+            netns: 3,
+            what,
+            result,
+            hook: 0,
+            pf: 2,
+            name: *b"nat\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let base = 0x10_0000;
+        let records = [
+            rec(xt_what::BASE, base, 0, 1),
+            rec(xt_what::MATCH, base + r1 + IPT_ENTRY_SIZE + XT_HEADER, 1, 1),
+            rec(
+                xt_what::TARGET,
+                base + r1 + IPT_ENTRY_SIZE + 2 * XT_HEADER + 16,
+                0,
+                1,
+            ),
+            rec(xt_what::BASE, base, 0, 2),
+            rec(xt_what::MATCH, base + d1 + IPT_ENTRY_SIZE + XT_HEADER, 1, 2),
+            rec(
+                xt_what::MATCH,
+                base + d1 + IPT_ENTRY_SIZE + 2 * XT_HEADER + 8,
+                0,
+                2,
+            ),
+            rec(xt_what::MATCH, base + 3, 0, 2),
+        ];
+        assert_eq!(
+            blob.extensions().into_iter().collect::<Vec<_>>(),
+            ["DNAT", "addrtype", "comment", "tcp"]
+        );
+        let probed_fns: Vec<String> = [
+            "tcp_mt",
+            "addrtype_mt_v1",
+            "comment_mt",
+            "xt_dnat_target_v2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let blobs = HashMap::from([("nat".to_string(), blob.clone())]);
+        let (tables, unresolved) = positions(&records, &blobs, &probed_fns, false);
+        assert_eq!(unresolved, ["match nat+0x3"]);
+        assert_eq!(tables.len(), 2);
+        let t = &tables[0];
+        assert_eq!((t.netns, t.skb, t.gen), (3, 1, 5));
+        assert_eq!(
+            (t.positions.hook, t.positions.table),
+            (Hook::Prerouting, Table::Nat)
+        );
+        assert!(t.positions.complete);
+        assert_eq!(
+            t.positions.calls,
+            [
+                RuleCall {
+                    chain: "PREROUTING".into(),
+                    rule: Some(1),
+                    call: XtCall::Match {
+                        index: 0,
+                        name: "tcp".into(),
+                        matched: true
+                    }
+                },
+                RuleCall {
+                    chain: "PREROUTING".into(),
+                    rule: Some(1),
+                    call: XtCall::Target {
+                        name: "DNAT".into()
+                    }
+                },
+            ]
+        );
+        // The unplaced record makes the second traversal incomplete.
+        assert!(!tables[1].positions.complete);
+        assert_eq!(
+            tables[1].positions.calls[1].call,
+            XtCall::Match {
+                index: 1,
+                name: "comment".into(),
+                matched: false
+            }
+        );
+        // A table using an extension without a probed function (DNAT here) is incomplete,
+        // and so is every table once records were lost.
+        let (t, _) = positions(&records[..3], &blobs, &probed_fns[..3], false);
+        assert!(!t[0].positions.complete);
+        let (t, _) = positions(&records[..3], &blobs, &probed_fns, true);
+        assert!(!t[0].positions.complete);
     }
 }

@@ -12,6 +12,7 @@ use trace_core::event::{tcp_flags, L4};
 use trace_core::netfilter::{Family, Hook, Table};
 use trace_core::packet::{ObservedVerdict, PacketTrace};
 use trace_user::capture::classic::{self, Classic, Flavour};
+use trace_user::capture::hookverdict::{hook_verdict, HookVerdict, HookVerdicts};
 use trace_user::capture::loader::LoadOptions;
 use trace_user::capture::plan;
 use trace_user::lab::{IptablesBackend, Lab, LabNs, LabOptions};
@@ -44,6 +45,10 @@ struct Capture {
     bad: u64,
     /// x_tables rule-position records (split off before decoding: they are not events).
     xt: Vec<trace_common::record::XtRecord>,
+    /// nf_hook_slow verdict records (split off, as the session does).
+    hv: HookVerdicts,
+    /// Every record as read (to assemble again without some of them).
+    raw: Vec<Vec<u8>>,
 }
 
 impl Capture {
@@ -73,8 +78,11 @@ impl Capture {
             asm.set_netfilter_drop_reason(n);
         }
         let decoder = Decoder::new(cap.drop_reasons.clone(), Symbols::default());
+        let hv = HookVerdicts::new(&cap.drop_reasons);
         let rb = cap.take_events()?;
         Ok(Capture {
+            hv,
+            raw: Vec::new(),
             cap,
             plan,
             asm,
@@ -89,47 +97,84 @@ impl Capture {
     /// Read for `ms` milliseconds, then flush the assembler.
     fn collect(&mut self, ms: u64) -> Vec<PacketTrace> {
         let mut traces = Vec::new();
-        let until = Instant::now() + Duration::from_millis(ms);
-        while Instant::now() < until {
-            while let Some(item) = self.rb.next() {
-                self.records += 1;
-                match self.decoder.decode(&item) {
-                    Ok(ev) => traces.extend(self.asm.push(ev)),
-                    Err(_) => self.bad += 1,
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        for ev in self.collect_events(ms) {
+            traces.extend(self.asm.push(ev));
         }
         traces.extend(self.asm.flush());
         traces
     }
 
-    /// Read for `ms` milliseconds; the decoded events (for the rule-level replayer).
+    /// Read for `ms` milliseconds; the decoded events (for the rule-level replayer), with
+    /// rule-position and hook-verdict records split off as the session does.
     fn collect_events(&mut self, ms: u64) -> Vec<trace_core::event::Event> {
         let mut events = Vec::new();
         let until = Instant::now() + Duration::from_millis(ms);
         while Instant::now() < until {
+            let mut batch = Vec::new();
             while let Some(item) = self.rb.next() {
+                batch.push(item.to_vec());
+            }
+            for bytes in batch {
                 self.records += 1;
-                if item.first() == Some(&trace_common::record::kind::XT)
-                    && item.len() == std::mem::size_of::<trace_common::record::XtRecord>()
-                {
-                    // SAFETY: length checked; XtRecord is plain data (any bit pattern).
-                    self.xt.push(unsafe {
-                        std::ptr::read_unaligned(
-                            item.as_ptr() as *const trace_common::record::XtRecord
-                        )
-                    });
-                    continue;
+                if let Some(ev) = self.event(&bytes) {
+                    events.push(ev);
                 }
-                match self.decoder.decode(&item) {
-                    Ok(ev) => events.push(ev),
-                    Err(_) => self.bad += 1,
-                }
+                self.raw.push(bytes);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         events
+    }
+
+    /// One record: an event, or None (split off, nothing to add, or undecodable: counted).
+    fn event(&mut self, item: &[u8]) -> Option<trace_core::event::Event> {
+        if item.first() == Some(&trace_common::record::kind::XT)
+            && item.len() == std::mem::size_of::<trace_common::record::XtRecord>()
+        {
+            // SAFETY: length checked; XtRecord is plain data (any bit pattern).
+            self.xt.push(unsafe {
+                std::ptr::read_unaligned(item.as_ptr() as *const trace_common::record::XtRecord)
+            });
+            return None;
+        }
+        let ev = match self.hv.split(item) {
+            Some(Ok(ev)) => ev,
+            Some(Err(_)) => {
+                self.bad += 1;
+                None
+            }
+            None => match self.decoder.decode(item) {
+                Ok(ev) => Some(ev),
+                Err(_) => {
+                    self.bad += 1;
+                    None
+                }
+            },
+        };
+        if let Some(ev) = &ev {
+            self.hv.saw(ev);
+        }
+        ev
+    }
+
+    /// The records read so far assembled again from scratch, leaving out those `skip` says:
+    /// what the collector would have made of the capture had they been lost.
+    fn reassemble_without(&self, skip: impl Fn(&[u8]) -> bool) -> Vec<PacketTrace> {
+        let mut asm = Assembler::new(self.plan.clone(), AssemblerConfig::default());
+        let mut hv = HookVerdicts::new(&self.cap.drop_reasons);
+        let mut traces = Vec::new();
+        for item in self.raw.iter().filter(|r| !skip(r)) {
+            let ev = match hv.split(item) {
+                Some(r) => r.ok().flatten(),
+                None => self.decoder.decode(item).ok(),
+            };
+            if let Some(ev) = ev {
+                hv.saw(&ev);
+                traces.extend(asm.push(ev));
+            }
+        }
+        traces.extend(asm.flush());
+        traces
     }
 
     fn summary(&self, packets: usize) -> anyhow::Result<(String, bool)> {
@@ -169,7 +214,7 @@ fn run(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
         )));
     };
     let path = describe(syn);
-    let problems = check(syn);
+    let problems = check(syn).or_else(|| check_hooks_accepted(syn));
     drop(cap);
     lab.down()?;
     if !clean {
@@ -183,8 +228,25 @@ fn run(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcome> {
     })
 }
 
+/// Every hook pass ended with nf_hook_slow's exit seeing the packet (hook verdict accept).
+fn check_hooks_accepted(t: &PacketTrace) -> Option<String> {
+    t.hooks
+        .iter()
+        .find(|h| hook_verdict(t, h) != HookVerdict::Accept)
+        .map(|h| {
+            format!(
+                "{:?}: hook verdict {:?}, expected accept",
+                h.hook,
+                hook_verdict(t, h)
+            )
+        })
+}
+
 /// A DROP rule in filter FORWARD: the remote SYN is reported dropped in FORWARD filter with
-/// the kernel's NETFILTER_DROP reason (a number that differs between kernels, from BTF).
+/// the kernel's NETFILTER_DROP reason (a number that differs between kernels, from BTF); the
+/// FORWARD hook's verdict is drop (nf_hook_slow's exit reported it, after kfree_skb), and the
+/// same capture without its kfree_skb records still attributes the drop to FORWARD filter,
+/// from the hook verdict alone.
 pub fn filter_drop(flavour: Flavour, backend: IptablesBackend) -> Outcome {
     match run_drop(flavour, backend) {
         Ok(o) => o,
@@ -232,6 +294,9 @@ fn run_drop(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcom
         .iter()
         .find(|t| t.netns == node && t.family == Family::Ipv4 && is_syn_from(t, None));
     let (summary, clean) = cap.summary(traces.len())?;
+    let without_kfree =
+        cap.reassemble_without(|r| r.first() == Some(&trace_common::record::kind::DROP));
+    let verdicts = cap.hv.stats.clone();
     drop(cap);
     lab.down()?;
     if connected {
@@ -250,15 +315,51 @@ fn run_drop(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outcom
         .and_then(|h| h.tables.iter().find(|o| o.table == Table::Filter));
     let dropped = matches!(fwd_filter.map(|o| &o.verdict),
         Some(ObservedVerdict::Drop { reason_name: Some(n), .. }) if n == "NETFILTER_DROP");
-    let fate_ok = matches!(&syn.fate, trace_core::packet::Fate::Dropped { hook: Hook::Forward, stage }
-        if stage.table() == Some(Table::Filter));
-    Ok(if dropped && fate_ok && clean {
-        Outcome::Pass(format!("{path}; {summary}"))
-    } else {
-        Outcome::Fail(format!(
-            "expected FORWARD filter drop(NETFILTER_DROP): {path}; {summary}"
-        ))
-    })
+    let fate_ok = |t: &PacketTrace| {
+        matches!(&t.fate, trace_core::packet::Fate::Dropped { hook: Hook::Forward, stage }
+        if stage.table() == Some(Table::Filter))
+    };
+    let fwd_verdict = syn
+        .hooks
+        .iter()
+        .find(|h| h.hook == Hook::Forward)
+        .map(|h| hook_verdict(syn, h));
+    // The same SYN assembled without the kfree_skb reports: the hook verdict alone.
+    let alone = without_kfree
+        .iter()
+        .find(|t| t.skb == syn.skb && t.gen == syn.gen);
+    let alone_ok = alone.is_some_and(|t| {
+        fate_ok(t)
+            && t.hooks
+                .iter()
+                .find(|h| h.hook == Hook::Forward)
+                .is_some_and(|h| {
+                    h.tables.iter().any(|o| {
+                        o.table == Table::Filter
+                            && matches!(&o.verdict,
+                    ObservedVerdict::Drop { reason_name: Some(n), .. } if n == "NETFILTER_DROP")
+                    })
+                })
+    });
+    let detail = format!(
+        "{path}; FORWARD hook verdict {fwd_verdict:?}; verdict records {verdicts:?}; without kfree_skb: {}; {summary}",
+        alone.map_or("SYN not assembled".to_string(), describe)
+    );
+    Ok(
+        if dropped
+            && fate_ok(syn)
+            && clean
+            && fwd_verdict == Some(HookVerdict::Drop)
+            && verdicts.drops_reported >= 1
+            && alone_ok
+        {
+            Outcome::Pass(detail)
+        } else {
+            Outcome::Fail(format!(
+                "expected FORWARD filter drop(NETFILTER_DROP) and hook verdict drop: {detail}"
+            ))
+        },
+    )
 }
 
 /// The traversal starts with a SYN (no ACK) to port 10000, from `port` when given.
@@ -305,7 +406,15 @@ fn describe(t: &PacketTrace) -> String {
                     format!("{}:{v}{nat}", o.table)
                 })
                 .collect();
-            format!("{:?} {}", h.hook, tables.join(" "))
+            let exit = if h
+                .probes
+                .contains(&trace_user::capture::hookverdict::PRIO_HOOK_EXIT)
+            {
+                "[accept]"
+            } else {
+                ""
+            };
+            format!("{:?}{exit} {}", h.hook, tables.join(" "))
         })
         .collect();
     format!("{} fate {:?}", hooks.join(" | "), t.fate)
@@ -497,24 +606,37 @@ fn run_nfhook(backend: IptablesBackend) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Exact legacy rule positions (kprobe backend): the match/target probes' pointers mapped to
-/// chain:rule through the rule blob; every rule whose target ran must be a rule the kernel's
-/// TRACE reports, and the positions must all resolve.
+/// Exact legacy rule positions, kprobe backend (see [`rule_positions_with`]).
 pub fn rule_positions() -> Outcome {
-    match run_positions() {
+    rule_positions_with(Flavour::Kprobe)
+}
+
+/// Exact legacy rule positions (`iptables-legacy` lab, kernel TRACE on): the x_tables
+/// match/target probes of `flavour` (kprobe/kretprobe, or fexit on matches and fentry on
+/// targets) mapped to chain:rule through the rule blobs (`capture::xtpos::positions`) and
+/// applied to the rule-level reconstruction of the remote SYN
+/// (`trace_core::reconstruct::positions::apply`, the same code the CLI uses). Must hold: every
+/// record resolves; the SYN's table traversals have complete positions (every extension the
+/// tables use probed); every table with positions agrees with the evaluator's path, nat
+/// PREROUTING included (the DNAT rule's target ran); the failed matches are listed; and
+/// every rule whose target ran is one the kernel's TRACE printed.
+pub fn rule_positions_with(flavour: Flavour) -> Outcome {
+    match run_positions(flavour) {
         Ok(o) => o,
         Err(e) => Outcome::Fail(format!("{e:#}")),
     }
 }
 
-fn run_positions() -> anyhow::Result<Outcome> {
+fn run_positions(flavour: Flavour) -> anyhow::Result<Outcome> {
     use std::collections::{BTreeSet, HashMap};
+    use trace_core::reconstruct::positions::{self, Agreement, PositionStore, XtCall};
+    use trace_core::record::{replay::Replayer, Record};
     use trace_user::capture::xtpos::{self, Blob};
     use trace_user::reference::{ReferenceTracer, TraceSelector, TraceTarget};
     let backend = IptablesBackend::Legacy;
     let lab = Lab::up(LabOptions {
         backend,
-        name_prefix: "vm-xtpos".into(),
+        name_prefix: format!("vm-xtpos-{flavour}"),
         ..LabOptions::default()
     })?;
     let target = TraceTarget {
@@ -528,9 +650,12 @@ fn run_positions() -> anyhow::Result<Outcome> {
         dport: Some(10000),
         ..Default::default()
     };
+    // Started first: its TRACE rule is in the blobs and its extension in use when probed.
     let tracer = ReferenceTracer::start(target, &sel, true)?;
-    let mut cap = Capture::start_with(Flavour::Kprobe, &lab, true)?;
+    let snapshot = tracer.snapshot_rulesets()?;
+    let mut cap = Capture::start_with(flavour, &lab, true)?;
     let attached = cap.cap.attach_rule_probes()?;
+    let node = lab.ns_inode(LabNs::Node) as u32;
     let reg = plan::discover(&lab.ns_path(LabNs::Node))?;
     let mut blobs = HashMap::new();
     for t in &reg.ipv4 {
@@ -539,13 +664,55 @@ fn run_positions() -> anyhow::Result<Outcome> {
             Blob::read(&lab.ns_path(LabNs::Node), &t.to_string())?,
         );
     }
-    lab.run_remote()?;
-    let _ = cap.collect_events(800);
+    let mut rp = Replayer::new(None);
+    let _ = rp.push(Record::Ruleset {
+        netns: node,
+        family: Family::Ipv4,
+        generation: 1,
+        text: snapshot.iptables_save.clone(),
+    });
+    for hook in Hook::ALL {
+        if let Some(p) = cap.plan.get(node, Family::Ipv4, hook) {
+            let _ = rp.push(Record::plan(node, Family::Ipv4, hook, p));
+        }
+    }
+    let ex = lab.run_remote()?;
+    let events = cap.collect_events(800);
     let (summary, clean) = cap.summary(0)?;
-    let (obs, unresolved) = xtpos::resolve(&cap.xt, &blobs);
+    let lost = cap.cap.counters()?.lost > 0;
+    let (tables, unresolved) = xtpos::positions(&cap.xt, &blobs, &cap.cap.rule_functions, lost);
+    let mut store = PositionStore::default();
+    for t in tables.iter().filter(|t| t.netns == node) {
+        store.insert(t.netns, t.skb, t.gen, t.positions.clone());
+    }
+    let mut packets = Vec::new();
+    for ev in events.into_iter().filter(|e| {
+        matches!(e, trace_core::event::Event::Probe(p) if p.netns == node)
+            || matches!(e, trace_core::event::Event::Drop(_))
+    }) {
+        packets.extend(rp.push(Record::Event {
+            event: Box::new(ev),
+        }));
+    }
+    packets.extend(rp.finish());
+    for p in &mut packets {
+        let tps = store.take(&p.packet);
+        if let (false, Some(ev)) = (tps.is_empty(), rp.evaluator(node, Family::Ipv4)) {
+            positions::apply(p, ev, &tps);
+        }
+    }
     drop(cap);
     let output = tracer.finish()?;
     lab.down()?;
+    let Some(syn) = packets
+        .iter()
+        .find(|p| is_syn_from(&p.packet, Some(ex.local.port())))
+    else {
+        return Ok(Outcome::Fail(format!(
+            "no remote SYN among {} packets; {summary}",
+            packets.len()
+        )));
+    };
     // TRACE labels the kernel printed: "table:chain:rule:N".
     let traced: BTreeSet<String> = output
         .text
@@ -558,31 +725,69 @@ fn run_positions() -> anyhow::Result<Outcome> {
                 .map(String::from)
         })
         .collect();
-    let label = |o: &xtpos::Observation| match o.position.rule {
-        Some(n) => format!("{}:{}:rule:{n}", o.table, o.position.chain),
-        None => format!("{}:{}:policy", o.table, o.position.chain),
-    };
-    let mut targets = BTreeSet::new();
-    let mut failed = BTreeSet::new();
-    for o in &obs {
-        match (&o.position.matched, o.result) {
-            (None, _) => {
-                targets.insert(label(o));
+    let mut checked = Vec::new();
+    let mut problems = Vec::new();
+    let mut failed = Vec::new();
+    for (rh, hp) in syn.hooks.iter().zip(&syn.packet.hooks) {
+        for (tr, obs) in rh.tables.iter().zip(&hp.tables) {
+            let at = format!("{:?} {}", hp.hook, obs.table);
+            let Some(pc) = &tr.positions else {
+                // Tables whose rules call nothing may have no positions at all.
+                continue;
+            };
+            checked.push(format!(
+                "{at}:{}({} calls)",
+                pc.agreement.as_str(),
+                pc.calls
+            ));
+            if !pc.complete {
+                problems.push(format!("{at}: incomplete positions"));
             }
-            (Some(m), false) => {
-                failed.insert(format!("{} {m}=no", label(o)));
+            if pc.agreement != Agreement::Agree {
+                problems.push(format!("{at}: {:?}", pc.agreement));
             }
-            _ => {}
+            failed.extend(pc.failed.iter().map(|f| format!("{} {}", f.rule, f.what)));
         }
     }
-    // The TRACE rule itself is never in legacy TRACE output (it traces what follows).
-    let missing: Vec<&String> = targets
+    // Rules whose target ran, from the SYN's raw calls: each must be in the kernel's TRACE
+    // (the TRACE rule itself is never printed: it traces what follows).
+    let nat_pre = syn
+        .hooks
+        .iter()
+        .zip(&syn.packet.hooks)
+        .filter(|(_, hp)| hp.hook == Hook::Prerouting)
+        .flat_map(|(rh, _)| &rh.tables)
+        .find(|t| t.table == Table::Nat)
+        .and_then(|t| t.positions.as_ref());
+    if nat_pre.is_none_or(|p| p.agreement != Agreement::Agree) {
+        problems.push("nat PREROUTING: no agreeing positions (DNAT rule)".into());
+    }
+    let targets_ran: BTreeSet<String> = tables
+        .iter()
+        .filter(|t| t.skb == syn.packet.skb && t.gen == syn.packet.gen)
+        .flat_map(|t| {
+            t.positions
+                .calls
+                .iter()
+                .filter_map(move |c| match (&c.call, c.rule) {
+                    (XtCall::Target { .. }, Some(n)) => {
+                        Some(format!("{}:{}:rule:{n}", t.positions.table, c.chain))
+                    }
+                    _ => None,
+                })
+        })
+        .collect();
+    let untraced: Vec<&String> = targets_ran
         .iter()
         .filter(|l| !traced.contains(*l) && !l.starts_with("raw:PREROUTING:rule:1"))
         .collect();
+    if !untraced.is_empty() {
+        problems.push(format!(
+            "targets ran at {untraced:?}, not in the kernel's TRACE"
+        ));
+    }
     let detail = format!(
-        "{attached} functions probed; {} observations, {} unresolved {:?}; targets ran at {targets:?}; matches that failed {failed:?}; TRACE {} labels; {summary}",
-        obs.len(),
+        "{attached} functions probed; tables {checked:?}; targets ran {targets_ran:?}; failed matches {failed:?}; {} unresolved {:?}; TRACE {} labels; {summary}",
         unresolved.len(),
         unresolved.iter().take(8).collect::<Vec<_>>(),
         traced.len()
@@ -590,13 +795,13 @@ fn run_positions() -> anyhow::Result<Outcome> {
     Ok(
         if clean
             && unresolved.is_empty()
-            && !targets.is_empty()
-            && missing.is_empty()
+            && problems.is_empty()
+            && !checked.is_empty()
             && !traced.is_empty()
         {
             Outcome::Pass(detail)
         } else {
-            Outcome::Fail(format!("not in TRACE: {missing:?}; {detail}"))
+            Outcome::Fail(format!("{problems:?}; {detail}"))
         },
     )
 }
@@ -701,7 +906,8 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
         )));
     };
     let path = describe(syn);
-    Ok(match check(syn) {
+    // fentry/kprobe: the JSON passes carry the hook exit position (hook verdict accept).
+    Ok(match check(syn).or_else(|| check_hooks_accepted(syn)) {
         None if chosen.contains(expect) => {
             Outcome::Pass(format!("{chosen}; {path}; {} packets", traces.len()))
         }
