@@ -521,6 +521,89 @@ COMMIT
 }
 
 #[test]
+fn a_table_inconsistent_by_other_evidence_says_which_path_the_calls_fit() {
+    // Every path accepts, the kernel dropped: inconsistent before positions are looked at.
+    let rp = run(
+        &packet(
+            80,
+            ObservedVerdict::Drop {
+                reason: 12,
+                reason_name: None,
+            },
+        ),
+        Some(input(web_calls(false))),
+    );
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    assert!(!tr.reason.as_deref().unwrap().contains("rule positions"));
+    let Agreement::Unchecked { why } = &tr.positions.as_ref().unwrap().agreement else {
+        panic!("{tr:#?}");
+    };
+    let ep2 = 1 + tr
+        .paths
+        .iter()
+        .position(|p| p.steps.iter().any(|s| s.id.chain == "EP2"))
+        .unwrap();
+    assert!(
+        why.ends_with(&format!("the calls fit evaluated path {ep2}")),
+        "{why}"
+    );
+}
+
+/// Seven random LOG rules: 128 paths, 64 explored (those where the first statistic matched).
+const MANY: &str = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m statistic --mode random --probability 0.5 -j LOG
+-A INPUT -m statistic --mode random --probability 0.5 -j LOG
+-A INPUT -m statistic --mode random --probability 0.5 -j LOG
+-A INPUT -m statistic --mode random --probability 0.5 -j LOG
+-A INPUT -m statistic --mode random --probability 0.5 -j LOG
+-A INPUT -m statistic --mode random --probability 0.5 -j LOG
+-A INPUT -m statistic --mode random --probability 0.5 -j LOG
+-A INPUT -j ACCEPT
+COMMIT
+";
+
+fn many_calls(first: bool) -> Vec<RuleCall> {
+    let mut calls = Vec::new();
+    for r in 1..=7 {
+        let matched = r > 1 || first;
+        calls.push(m("INPUT", r, 0, "statistic", matched));
+        if matched {
+            calls.push(t("INPUT", r, "LOG"));
+        }
+    }
+    calls
+}
+
+#[test]
+fn truncated_exploration_is_confirmed_only_by_an_explored_path() {
+    let p = packet(80, ObservedVerdict::Accept);
+    let plain = run_on(MANY, &p, None);
+    let tr = &plain.hooks[0].tables[0];
+    assert!(tr.truncated);
+    assert_eq!(tr.status, Status::Ambiguous);
+    // Explored: every branch point is a match, so the calls decide them all.
+    let rp = run_on(MANY, &p, Some(input(many_calls(true))));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Confirmed, "{:?}", tr.reason);
+    assert_eq!(tr.paths.len(), 1);
+    assert_eq!(tr.paths[0].steps.len(), 8);
+    // Not explored: nothing is ruled out, and it is said why.
+    let rp = run_on(MANY, &p, Some(input(many_calls(false))));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Ambiguous);
+    let Agreement::Unchecked { why } = &tr.positions.as_ref().unwrap().agreement else {
+        panic!("{tr:#?}");
+    };
+    assert!(why.contains("fit none of the 64 paths explored"), "{why}");
+    assert!(tr.paths.iter().all(|p| p.rejected.is_none()));
+}
+
+#[test]
 fn store_hands_positions_to_their_packet_and_evicts_the_oldest() {
     let p = packet(80, ObservedVerdict::Accept);
     let mut store = PositionStore::with_capacity(2);

@@ -313,21 +313,44 @@ fn agreement(
     if !tp.complete {
         return unchecked("incomplete positions (unprobed functions or lost records)");
     }
-    if tr.status == Status::Inconsistent || tr.paths.is_empty() {
-        return unchecked("the table is already inconsistent with the kernel's other evidence");
+    if tr.paths.is_empty() {
+        return unchecked("no path to compare (the table could not be replayed)");
+    }
+    let verdicts: Vec<Result<(), String>> = tr
+        .paths
+        .iter()
+        .map(|p| path_agrees(cx, p, groups))
+        .collect();
+    if tr.status == Status::Inconsistent {
+        // Still worth knowing which evaluated path the kernel took.
+        let fit: Vec<String> = (1..=verdicts.len())
+            .filter(|i| verdicts[i - 1].is_ok())
+            .map(|i| i.to_string())
+            .collect();
+        return unchecked(&match fit.len() {
+            0 => "inconsistent with the kernel's other evidence; the calls fit none of the evaluated paths".to_string(),
+            _ => format!(
+                "inconsistent with the kernel's other evidence; the calls fit evaluated path {}",
+                fit.join(", ")
+            ),
+        });
+    }
+    if tr.truncated && verdicts.iter().all(Result::is_err) {
+        // The path the kernel took may be among those not explored.
+        return unchecked(&format!(
+            "the calls fit none of the {} paths explored; more exist",
+            verdicts.len()
+        ));
     }
     let mut kept = Vec::new();
     let mut first_reason = None;
-    for mut p in std::mem::take(&mut tr.paths) {
-        match path_agrees(cx, &p, groups) {
-            Ok(()) => kept.push(p),
-            Err(why) => {
-                first_reason.get_or_insert_with(|| why.clone());
-                p.rejected = Some(format!("rule positions: {why}"));
-                kept.push(p);
-                tr.ruled_out += 1;
-            }
+    for (mut p, v) in std::mem::take(&mut tr.paths).into_iter().zip(verdicts) {
+        if let Err(why) = v {
+            first_reason.get_or_insert_with(|| why.clone());
+            p.rejected = Some(format!("rule positions: {why}"));
+            tr.ruled_out += 1;
         }
+        kept.push(p);
     }
     let (agree, rejected): (Vec<Path>, Vec<Path>) =
         kept.into_iter().partition(|p| p.rejected.is_none());
@@ -342,8 +365,24 @@ fn agreement(
         return Agreement::Disagree { reason };
     }
     tr.paths = agree;
-    if super::count_distinct_step_lists(&tr.paths) == 1 && !tr.truncated {
-        if tr.status == Status::Ambiguous {
+    if super::count_distinct_step_lists(&tr.paths) == 1 {
+        if tr.truncated {
+            // Paths not explored differ from this one at a branch point; if every branch
+            // point is a match, its observed result rules them out too. (An unmodelled
+            // target's verdict is not observed.)
+            let match_branches_only = tr.paths.iter().all(|p| {
+                p.assumptions
+                    .iter()
+                    .all(|a| a.what.iter().all(|w| w.starts_with("-m ")))
+            });
+            if !match_branches_only {
+                return Agreement::Agree;
+            }
+            tr.reason = Some(format!(
+                "more than {} paths, not all explored: the kernel's match results decide every branch point",
+                crate::eval::MAX_CANDIDATES
+            ));
+        } else if tr.status == Status::Ambiguous {
             tr.reason = None;
         }
         tr.status = Status::Confirmed;
