@@ -623,3 +623,20 @@ fn store_hands_positions_to_their_packet_and_evicts_the_oldest() {
     assert_eq!(store.len(), 2);
     assert_eq!(store.used, 1);
 }
+
+#[test]
+fn streaming_input_builds_the_same_traversals() {
+    let p = packet(80, ObservedVerdict::Accept);
+    let mut store = PositionStore::default();
+    assert!(
+        store
+            .push_call(p.netns, p.skb, p.gen, m("INPUT", 2, 0, "tcp", false))
+            .is_none(),
+        "a call before any BASE is dropped"
+    );
+    store.begin_table(p.netns, p.skb, p.gen, Hook::Input, Table::Filter, true);
+    for c in web_calls(true) {
+        assert!(store.push_call(p.netns, p.skb, p.gen, c).is_some());
+    }
+    assert_eq!(store.take(&p), [input(web_calls(true))]);
+}

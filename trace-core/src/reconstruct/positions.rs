@@ -160,6 +160,41 @@ impl PositionStore {
         self.order.push_back(key);
     }
 
+    /// Streaming input (records in ring-buffer order): a table traversal of the skb begins
+    /// (its BASE record); its calls follow with [`PositionStore::push_call`].
+    pub fn begin_table(
+        &mut self,
+        netns: u32,
+        skb: u64,
+        gen: u64,
+        hook: Hook,
+        table: Table,
+        complete: bool,
+    ) {
+        let tp = TablePositions {
+            hook,
+            table,
+            calls: Vec::new(),
+            complete,
+        };
+        self.insert(netns, skb, gen, tp);
+    }
+
+    /// Streaming input: a call of the skb's latest table traversal. Returns the traversal
+    /// (e.g. to clear `complete` when a record cannot be placed), None when none began (or it
+    /// was evicted): the call is dropped.
+    pub fn push_call(
+        &mut self,
+        netns: u32,
+        skb: u64,
+        gen: u64,
+        call: RuleCall,
+    ) -> Option<&mut TablePositions> {
+        let tp = self.by_key.get_mut(&(netns, skb, gen))?.last_mut()?;
+        tp.calls.push(call);
+        Some(tp)
+    }
+
     /// The traversals of `packet`'s (hook, table) passes, removed from the store (a packet
     /// looped back through `lo` shares skb and generation with its first half: only the
     /// passes it has are taken).

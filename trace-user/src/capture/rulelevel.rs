@@ -329,6 +329,12 @@ impl RuleLevel {
         }
     }
 
+    /// The store itself, for streaming input ([`PositionStore::begin_table`] at a BASE
+    /// record, [`PositionStore::push_call`] per call); None without rule-level output.
+    pub fn position_store(&mut self) -> Option<&mut PositionStore> {
+        self.replayer.is_some().then_some(&mut self.positions)
+    }
+
     /// (table traversals applied to packets, traversals dropped unused) so far.
     pub fn positions_stats(&self) -> (u64, u64) {
         (self.positions.used, self.positions.evicted)
