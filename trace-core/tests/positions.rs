@@ -640,3 +640,57 @@ fn streaming_input_builds_the_same_traversals() {
     }
     assert_eq!(store.take(&p), [input(web_calls(true))]);
 }
+
+#[test]
+fn calls_in_a_nat_table_conntrack_skipped_are_inconsistent() {
+    let dump = "\
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.9:80
+COMMIT
+";
+    // An established connection: nf_nat_inet_fn applies the binding without the table.
+    let mut p = packet(80, ObservedVerdict::Accept);
+    let hp = &mut p.hooks[0];
+    hp.hook = Hook::Prerouting;
+    let obs = &mut hp.tables[0];
+    obs.table = Table::Nat;
+    obs.priority = -100;
+    for st in [Some(&mut obs.before), obs.after.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        st.ct.as_mut().unwrap().ctinfo = 0;
+    }
+    let tp = |calls| TablePositions {
+        hook: Hook::Prerouting,
+        table: Table::Nat,
+        calls,
+        complete: true,
+    };
+    let rp = run_on(dump, &p, Some(tp(vec![])));
+    let tr = &rp.hooks[0].tables[0];
+    assert!(tr.skipped);
+    assert_eq!(tr.status, Status::Confirmed);
+    let rp = run_on(
+        dump,
+        &p,
+        Some(tp(vec![
+            m("PREROUTING", 1, 0, "tcp", true),
+            t("PREROUTING", 1, "DNAT"),
+        ])),
+    );
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    assert!(
+        tr.reason
+            .as_deref()
+            .unwrap()
+            .contains("evaluated nat:PREROUTING:rule:1 although the table was not traversed"),
+        "{:?}",
+        tr.reason
+    );
+}
