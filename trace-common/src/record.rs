@@ -8,7 +8,7 @@
 //! wire) — the probes convert ports/ids/seq numbers when they copy the headers.
 
 /// Bumped whenever a record layout changes; the decoder rejects other versions.
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 
 /// [`RecordHeader::kind`] values.
 pub mod kind {
@@ -59,7 +59,15 @@ pub mod probe_flags {
     /// once per hook (on the hook's first record of the packet): later records of the same
     /// hook leave them out.
     pub const DEVS: u16 = 1 << 6;
+    /// The probes send a record only when something changed (headers, mark, conntrack), on a
+    /// hook's first probe and on the last probe of a final hook (nfhook, version 2): the
+    /// traversal may have passed later probes than this record's without a record.
+    /// `prev_hook`/`prev_priority` say which probe it passed last before this record.
+    pub const SPARSE: u16 = 1 << 7;
 }
+
+/// `prev_hook` of a record that says nothing about the probes before it.
+pub const PREV_NONE: u8 = 0xff;
 
 /// [`HeaderSnapshot::l4_flags`] bits.
 pub mod l4_flags {
@@ -150,6 +158,9 @@ pub struct ProbeRecord {
     pub ct_mark: u32,
     pub uid: u32,
     pub gid: u32,
+    /// Priority of the last probe this traversal passed before this record (whether or not
+    /// that probe wrote a record); meaningful when `prev_hook` != [`PREV_NONE`].
+    pub prev_priority: i32,
     /// NFPROTO_IPV4 (2) / NFPROTO_IPV6 (10).
     pub pf: u8,
     /// NF_INET_* hook number.
@@ -159,15 +170,16 @@ pub struct ProbeRecord {
     /// enum ip_conntrack_info (skb->_nfct & 7).
     pub ctinfo: u8,
     pub mac_len: u8,
-    pub _pad0: u16,
+    /// NF_INET_* hook of the last probe passed before this record ([`PREV_NONE`]: none).
+    pub prev_hook: u8,
+    pub _pad0: u8,
     pub in_dev: [u8; IFNAME_LEN],
     pub out_dev: [u8; IFNAME_LEN],
     pub mac: [u8; MAC_MAX],
     pub headers: HeaderSnapshot,
-    pub _pad1: u32,
 }
 
-/// A tracked skb freed with a drop reason (48 bytes).
+/// A tracked skb freed with a drop reason (56 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropRecord {
@@ -180,6 +192,10 @@ pub struct DropRecord {
     pub netns: u32,
     /// enum skb_drop_reason value of the running kernel.
     pub reason: u32,
+    /// The last probe the traversal passed before it was freed (as in [`ProbeRecord`]).
+    pub prev_priority: i32,
+    pub prev_hook: u8,
+    pub _pad: [u8; 3],
 }
 
 /// [`XtRecord::what`] values.
@@ -238,7 +254,8 @@ pub struct HookVerdictRecord {
     pub _pad1: u32,
 }
 
-/// Per-skb tracking state (value of the LRU hash keyed by skb address; 32 bytes).
+/// Per-skb tracking state (value of the LRU hash keyed by skb address, and of the nfhook
+/// probes' per-CPU current-traversal slot; 32 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tracked {
@@ -248,13 +265,18 @@ pub struct Tracked {
     pub last_hash: u64,
     /// Network namespace inode of the first probe.
     pub netns: u32,
-    /// Records written for this traversal so far.
-    pub records: u16,
+    /// 32-bit mix of mark and conntrack fields of the last record sent (nfhook sends a
+    /// record when it changes).
+    pub last_meta: u32,
+    /// The last probe passed (see [`ProbeRecord::prev_priority`]).
+    pub prev_priority: i32,
     /// 1 = pending (filter passed, sampling decision waits for conntrack), 2 = tracked.
     pub state: u8,
     /// Hook of the last record sent (0xff: none): devices are read once per hook.
     pub last_hook: u8,
-    pub _pad1: u64,
+    /// Hook of the last probe passed ([`PREV_NONE`]: none, or a record was lost since).
+    pub prev_hook: u8,
+    pub _pad0: u8,
 }
 
 /// Per-CPU counters (index 0 of a per-CPU array), summed by the collector.
@@ -399,7 +421,8 @@ pub const PRIORITY_MAGIC: u64 = 0x7ead_5107_1a7e_c0de;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 8);
 const _: () = assert!(core::mem::size_of::<HeaderSnapshot>() == 112);
 const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 248);
-const _: () = assert!(core::mem::size_of::<DropRecord>() == 48);
+const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 136);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
@@ -478,17 +501,18 @@ impl ProbeRecord {
         ct_mark: 0,
         uid: 0,
         gid: 0,
+        prev_priority: 0,
         pf: 0,
         hook: 0,
         flags: 0,
         ctinfo: 0,
         mac_len: 0,
+        prev_hook: PREV_NONE,
         _pad0: 0,
         in_dev: [0; IFNAME_LEN],
         out_dev: [0; IFNAME_LEN],
         mac: [0; MAC_MAX],
         headers: HeaderSnapshot::ZERO,
-        _pad1: 0,
     };
 }
 
@@ -498,7 +522,7 @@ impl DropRecord {
             kind: kind::DROP,
             version: RECORD_VERSION,
             _pad0: 0,
-            len: 48,
+            len: 56,
         },
         ts_ns: 0,
         skb: 0,
@@ -506,5 +530,8 @@ impl DropRecord {
         location: 0,
         netns: 0,
         reason: 0,
+        prev_priority: 0,
+        prev_hook: PREV_NONE,
+        _pad: [0; 3],
     };
 }

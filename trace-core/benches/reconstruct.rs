@@ -325,6 +325,8 @@ fn bench_records(c: &mut Criterion) {
             mac: None,
             uid: None,
             gid: None,
+            prev: None,
+            sparse: false,
         }))
         .unwrap();
     }

@@ -65,6 +65,9 @@ pub struct AssemblerStats {
     pub unplanned_probes: u64,
     /// Traversals ended because their skb address was reused.
     pub recycled: u64,
+    /// Probes a packet passed without an event (sparse probes, nothing changed), filled in
+    /// from the next event's last-probe-passed.
+    pub synthesized_probes: u64,
 }
 
 /// One traversal being assembled.
@@ -194,6 +197,7 @@ impl Assembler {
             return;
         };
         partial.last_ts = e.ts_ns;
+        passed_silently(partial, e.prev, e.sparse, &mut self.stats);
         let state = state_of(partial, &e, &mut self.stats);
         let continues = partial.cur.as_ref().is_some_and(|c| {
             c.hook() == e.hook && c.last_priority().is_some_and(|last| e.priority > last)
@@ -224,6 +228,8 @@ impl Assembler {
             return;
         };
         partial.last_ts = d.ts_ns;
+        let sparse = partial.cur.as_ref().is_some_and(|c| c.sparse);
+        passed_silently(partial, d.prev, sparse, &mut self.stats);
         let end = PassEnd::Dropped {
             reason: d.reason,
             reason_name: d.reason_name.clone(),
@@ -395,6 +401,30 @@ fn close_current(p: &mut Partial, end: &PassEnd) {
 fn absorb(p: &mut Partial, closed: Closed) {
     p.trace.incomplete |= closed.gap;
     p.trace.hooks.push(closed.pass);
+}
+
+/// Before an event with `prev` (the last probe passed): the probes of the current pass after
+/// its last seen one, up to `prev`, were passed without events (sparse probes: unchanged).
+/// A sparse event that says nothing about what came before, other than a traversal's first,
+/// follows a lost record: the trace is incomplete.
+fn passed_silently(
+    p: &mut Partial,
+    prev: Option<(Hook, i32)>,
+    sparse: bool,
+    stats: &mut AssemblerStats,
+) {
+    let Some(cur) = p.cur.as_mut() else {
+        return;
+    };
+    match prev {
+        Some((hook, prio)) if hook == cur.hook() => {
+            stats.synthesized_probes += cur.pass_silently_upto(prio) as u64;
+        }
+        // A probe of another hook: that hook's pass had no event at all (lost).
+        Some(_) => p.trace.incomplete = true,
+        None if sparse => p.trace.incomplete = true,
+        None => {}
+    }
 }
 
 /// The packet state at this probe, carrying the last header snapshot forward.

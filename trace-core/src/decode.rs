@@ -9,7 +9,7 @@ use crate::netfilter::{Family, Hook};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use trace_common::record::{
-    kind, l4_flags, probe_flags, DropRecord, HeaderSnapshot, ProbeRecord, RecordHeader,
+    kind, l4_flags, probe_flags, DropRecord, HeaderSnapshot, ProbeRecord, RecordHeader, PREV_NONE,
     RECORD_VERSION,
 };
 
@@ -153,6 +153,7 @@ impl Decoder {
             id: r.ct_id,
         });
         let mac_len = (r.mac_len as usize).min(r.mac.len());
+        let prev = prev_probe(r.prev_hook, r.prev_priority)?;
         // Devices are sent on a packet's first record of each hook only.
         let devs = r.flags & probe_flags::DEVS != 0;
         Ok(ProbeEvent {
@@ -173,6 +174,8 @@ impl Decoder {
             mac: (r.flags & probe_flags::MAC != 0).then(|| r.mac[..mac_len].to_vec()),
             uid: (r.flags & probe_flags::UID != 0).then_some(r.uid),
             gid: (r.flags & probe_flags::GID != 0).then_some(r.gid),
+            prev,
+            sparse: r.flags & probe_flags::SPARSE != 0,
         })
     }
 
@@ -187,8 +190,21 @@ impl Decoder {
             reason_name: self.drop_reasons.get(&r.reason).cloned(),
             location: r.location,
             location_sym: self.symbols.resolve(r.location),
+            prev: prev_probe(r.prev_hook, r.prev_priority)?,
         })
     }
+}
+
+/// A record's last-probe-passed fields.
+fn prev_probe(hook: u8, priority: i32) -> Result<Option<(Hook, i32)>, DecodeError> {
+    if hook == PREV_NONE {
+        return Ok(None);
+    }
+    let hook = Hook::from_num(hook).ok_or(DecodeError::Field {
+        field: "prev_hook",
+        value: hook as u64,
+    })?;
+    Ok(Some((hook, priority)))
 }
 
 /// Copy a `#[repr(C)]` plain-data record out of `bytes` (unaligned).

@@ -176,6 +176,16 @@ pub struct ProbeEvent {
     pub uid: Option<u32>,
     #[serde(default)]
     pub gid: Option<u32>,
+    /// The last probe (hook, priority) the traversal passed before this one, whether or not
+    /// that probe sent an event (see `sparse`); None: nothing said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<(Hook, i32)>,
+    /// The probes send an event only when headers, mark or conntrack changed, on a hook's
+    /// first probe and on the last probe of a final hook (nfhook): the probes between two
+    /// events were passed with the earlier event's state, and the packet may have passed
+    /// probes after its last event without one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sparse: bool,
 }
 
 /// skb freed with a drop reason (skb:kfree_skb) while tracked.
@@ -192,6 +202,9 @@ pub struct DropEvent {
     /// Kernel address of the freeing call site and its symbol, if resolved.
     pub location: u64,
     pub location_sym: Option<String>,
+    /// The last probe (hook, priority) the traversal passed before it was freed, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<(Hook, i32)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

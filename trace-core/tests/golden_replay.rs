@@ -108,6 +108,8 @@ fn syn_events(plan: &ProbePlan) -> Vec<Event> {
                 ]),
                 uid: None,
                 gid: None,
+                prev: None,
+                sparse: false,
             }));
         }
     }

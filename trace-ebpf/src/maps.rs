@@ -24,6 +24,33 @@ const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 pub static TRACKED: LruHashMap<u64, Tracked> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
 
+/// This CPU's current traversal (index 0; nfhook probes only): the packet the last
+/// first-sight probe on this CPU saw, and its tracking state. A traversal of the netfilter
+/// hooks nearly always runs on one CPU without interruption, so later probes find the packet
+/// here instead of in TRACKED. A traversal still unfinished when another packet's probe runs
+/// on this CPU (interrupted: queued, softirq over process context, a packet sent from inside
+/// a hook) is spilled into TRACKED, so the LRU holds every unfinished traversal that left the
+/// slot.
+#[map]
+pub static CUR: PerCpuArray<CurSlot> = PerCpuArray::with_max_entries(1, 0);
+
+/// [`CurSlot::what`] bits (0 = an untracked packet, unfinished).
+pub const SLOT_TRACKED: u32 = 1;
+/// Passed the last probe of a final hook (INPUT/POSTROUTING), or already spilled: nothing
+/// to move into TRACKED when another packet takes the slot.
+pub const SLOT_DONE: u32 = 2;
+
+#[repr(C)]
+pub struct CurSlot {
+    /// The packet's skb address (0: empty).
+    pub skb: u64,
+    /// `SLOT_*` bits.
+    pub what: u32,
+    pub _pad0: u32,
+    /// Its tracking state (when SLOT_TRACKED).
+    pub t: Tracked,
+}
+
 /// The compiled capture filter (index 0), written by the collector before linking.
 #[map]
 pub static FILTER: Array<FilterProgram> = Array::with_max_entries(1, 0);

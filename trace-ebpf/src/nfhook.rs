@@ -29,8 +29,8 @@ use trace_common::{
     },
     flowhash,
     record::{
-        filter_fields, kind, probe_flags, Counters, ProbeRecord, Tracked, PRIORITY_MAGIC,
-        RECORD_VERSION,
+        filter_fields, kind, probe_flags, Counters, ProbeRecord, Tracked, PREV_NONE,
+        PRIORITY_MAGIC, RECORD_VERSION,
     },
 };
 
@@ -38,14 +38,18 @@ use crate::{
     filter, headers,
     kread::{kread, read, read_buf},
     maps::{
-        global, Pending, ACTIVE, COUNTERS, EVENTS, FILTER, FILTER_INPUT, FLOWS, FLOW_KEEP,
-        FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH, TRACKED, TUPLE_BUF,
+        global, CurSlot, Pending, ACTIVE, COUNTERS, CUR, EVENTS, FILTER, FILTER_INPUT, FLOWS,
+        FLOW_KEEP, FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH, SLOT_DONE,
+        SLOT_TRACKED, TRACKED, TUPLE_BUF,
     },
 };
 
 const NF_ACCEPT: i32 = 1;
 /// High half of the patched immediate: this copy is a first-sight probe.
 const SLOT_FIRST_SIGHT: u64 = 1 << 32;
+/// ... this copy is linked only where it is the last probe of a final hook (INPUT,
+/// POSTROUTING): the traversal ends here, a record is always sent.
+const SLOT_LAST: u64 = 2 << 32;
 /// Probes at or above this priority run after conntrack (NF_IP_PRI_CONNTRACK + 1).
 const PRIO_AFTER_CONNTRACK: i32 = -199;
 const NF_INET_PRE_ROUTING: u8 = 0;
@@ -80,43 +84,85 @@ pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
     // SAFETY: bpf_nf_ctx is two pointers; the verifier checks the ctx accesses.
     let (state, skb) = unsafe { (*ctx, *ctx.add(1)) };
     let prio = slot as u32 as i32;
+    let Some(cur) = CUR.get_ptr_mut(0) else {
+        return NF_ACCEPT;
+    };
+    // SAFETY: per-CPU map value; programs on one CPU do not run concurrently on it.
+    let cur = unsafe { &mut *cur };
     if slot & SLOT_FIRST_SIGHT != 0 {
         let hook: u8 = kread::<_, true>(state, global!(OFFSETS.state_hook));
         if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
-            nf_first_sight(state, skb, prio);
+            nf_first_sight(state, skb, prio, cur);
             return NF_ACCEPT;
         }
     }
+    let last = slot & SLOT_LAST != 0;
     if global!(CONFIG.sample_n) > 1 {
         if let Some(p) = PENDING.get_ptr_mut(0) {
             // SAFETY: per-CPU map value.
             let p = unsafe { &mut *p };
             if p.skb == skb {
-                pending_probe(state, skb, prio, p);
+                pending_probe(state, skb, prio, p, cur);
                 return NF_ACCEPT;
             }
         }
     }
+    if cur.skb == skb {
+        // The common case: the packet this CPU's last first sight saw, traversal going on.
+        if cur.what & SLOT_TRACKED != 0 {
+            nf_follow(state, skb, prio, &mut cur.t, last);
+        }
+        if last {
+            cur.what |= SLOT_DONE;
+        }
+        return NF_ACCEPT;
+    }
+    // Another packet's traversal was interrupted (or this one resumed elsewhere).
+    spill(cur);
     if !recently_active() {
         return NF_ACCEPT;
     }
     if let Some(t) = TRACKED.get_ptr_mut(skb) {
         // SAFETY: map value pointer, valid for this program run.
-        nf_follow(state, skb, prio, unsafe { &mut *t });
+        nf_follow(state, skb, prio, unsafe { &mut *t }, last);
     }
     NF_ACCEPT
+}
+
+/// Another packet takes this CPU's slot (or runs a probe while it holds an unfinished
+/// traversal): an unfinished tracked traversal moves into TRACKED, where its later probes
+/// (on any CPU) find it; for an unfinished untracked one, a TRACKED entry left under the same
+/// skb address by an earlier traversal is removed, so its later probes do not follow that.
+#[inline(always)]
+fn spill(cur: &mut CurSlot) {
+    if cur.skb == 0 || cur.what & SLOT_DONE != 0 {
+        return;
+    }
+    if cur.what & SLOT_TRACKED != 0 {
+        let _ = TRACKED.insert(cur.skb, &cur.t, 0);
+    } else if recently_active() {
+        let _ = TRACKED.remove(cur.skb);
+    }
+    cur.skb = 0;
 }
 
 // Separate BPF functions, so each path's stack is counted on its own (512 bytes per call
 // chain) rather than all of them summed in nf_probe's frame.
 #[inline(never)]
-fn nf_first_sight(state: u64, skb: u64, prio: i32) {
-    first_sight_with::<true>(state, skb, prio)
+fn nf_first_sight(state: u64, skb: u64, prio: i32, cur: &mut CurSlot) {
+    if cur.skb != skb {
+        spill(cur);
+    }
+    // Untracked until the filter and sampling say otherwise (a recycled address: the earlier
+    // traversal of this skb address is over).
+    cur.skb = skb;
+    cur.what = 0;
+    first_sight_with::<true>(state, skb, prio, Some(cur))
 }
 
 #[inline(never)]
-fn nf_follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
-    follow_with::<true>(state, skb, prio, t)
+fn nf_follow(state: u64, skb: u64, prio: i32, t: &mut Tracked, last: bool) {
+    follow_with::<true>(state, skb, prio, t, last)
 }
 
 /// Nothing tracked for this long: later probes stop looking skbs up.
@@ -158,13 +204,14 @@ fn counters() -> Option<&'static mut Counters> {
 /// First probe of a traversal: filter, then start tracking (pending the sampling decision).
 #[inline(always)]
 pub(crate) fn first_sight(state: u64, skb: u64, prio: i32) {
-    first_sight_with::<false>(state, skb, prio)
+    first_sight_with::<false>(state, skb, prio, None)
 }
 
 /// [`first_sight`]; `D`: state/skb are BTF pointers the verifier tracks (netfilter programs),
-/// so their fields are plain loads instead of bpf_probe_read_kernel calls.
+/// so their fields are plain loads instead of bpf_probe_read_kernel calls, and the traversal
+/// lives in this CPU's slot `cur` (set untracked by the caller) instead of TRACKED.
 #[inline(always)]
-fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
+fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<&mut CurSlot>) {
     let Some(c) = counters() else { return };
     c.seen += 1;
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
@@ -175,8 +222,8 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
     read_filter_fields::<D>(rec, state, skb);
     if !selected(rec) {
         // A recycled skb address may still be in the map from an earlier traversal (only
-        // consulted while something is being tracked).
-        if recently_active() {
+        // consulted while something is being tracked; netfilter probes: the slot shadows it).
+        if !D && recently_active() {
             let _ = TRACKED.remove(skb);
         }
         c.filtered_out += 1;
@@ -186,7 +233,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
     // Later packets of a flow already decided: skip or track at once, no waiting.
     let known = if sampling { known_flow(rec) } else { None };
     if known == Some(false) {
-        if recently_active() {
+        if !D && recently_active() {
             let _ = TRACKED.remove(skb);
         }
         c.sampled_out += 1;
@@ -197,14 +244,16 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
         gen: now,
         last_hash: 0,
         netns: 0,
-        records: 0,
+        last_meta: 0,
+        prev_priority: 0,
         state: STATE_TRACKED,
         last_hook: NO_HOOK,
-        _pad1: 0,
+        prev_hook: PREV_NONE,
+        _pad0: 0,
     };
     rec.ts_ns = now;
     rec.priority = prio;
-    let hash = fill_record::<D>(rec, state, skb, &mut t);
+    let hash = fill_record::<D>(rec, state, skb, &mut t, false);
     t.netns = rec.netns;
     if sampling && known.is_none() {
         t.state = STATE_PENDING;
@@ -213,7 +262,9 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
     rec.flags |= probe_flags::FIRST;
     if t.state == STATE_TRACKED {
         if !rate_ok() {
-            let _ = TRACKED.remove(skb);
+            if !D {
+                let _ = TRACKED.remove(skb);
+            }
             c.rate_limited += 1;
             return;
         }
@@ -222,7 +273,9 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
         emit(rec, &mut t, c, hash);
     } else if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
         if !decide(rec, &mut t, c) {
-            let _ = TRACKED.remove(skb);
+            if !D {
+                let _ = TRACKED.remove(skb);
+            }
             return;
         }
         mark_active(now);
@@ -231,22 +284,28 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32) {
         // Netfilter probes keep an undecided packet in the per-CPU PENDING slot only (see
         // `pending_probe`): no map insert and no wake-up of the later probes' lookups for
         // the flows sampling will skip.
-        if recently_active() {
-            let _ = TRACKED.remove(skb);
-        }
         start_pending(rec, &mut t, c);
         return;
     } else {
         mark_active(now);
         start_pending(rec, &mut t, c);
     }
-    let _ = TRACKED.insert(skb, t, 0);
+    match cur {
+        // Netfilter probes: the traversal stays in this CPU's slot (see `spill`).
+        Some(cur) if D => {
+            cur.t = t;
+            cur.what = SLOT_TRACKED;
+        }
+        _ => {
+            let _ = TRACKED.insert(skb, t, 0);
+        }
+    }
 }
 
 /// A later netfilter probe on the packet held in this CPU's PENDING slot: hold its record,
 /// or decide once conntrack ran (kept: send the held records, start tracking).
 #[inline(never)]
-fn pending_probe(state: u64, skb: u64, prio: i32, p: &mut Pending) {
+fn pending_probe(state: u64, skb: u64, prio: i32, p: &mut Pending, cur: &mut CurSlot) {
     let Some(c) = counters() else { return };
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -256,10 +315,13 @@ fn pending_probe(state: u64, skb: u64, prio: i32, p: &mut Pending) {
     let now = unsafe { bpf_ktime_get_ns() };
     rec.ts_ns = now;
     rec.priority = prio;
-    let hash = fill_record::<true>(rec, state, skb, &mut p.tracked);
+    let hash = fill_record::<true>(rec, state, skb, &mut p.tracked, false);
     rec.gen = p.gen;
+    // hash 0: nothing changed since the last record (held or sent), none to hold or send.
     if rec.flags & probe_flags::CT == 0 && prio < PRIO_AFTER_CONNTRACK {
-        hold(p, rec);
+        if hash != 0 {
+            hold(p, rec);
+        }
         return;
     }
     if !decide(rec, &mut p.tracked, c) {
@@ -278,30 +340,42 @@ fn pending_probe(state: u64, skb: u64, prio: i32, p: &mut Pending) {
     if p.count as usize > PENDING_RECORDS {
         c.lost += (p.count as usize - PENDING_RECORDS) as u64;
     }
-    emit(rec, &mut p.tracked, c, hash);
-    let _ = TRACKED.insert(skb, &p.tracked, 0);
+    if hash != 0 {
+        emit(rec, &mut p.tracked, c, hash);
+    }
+    if cur.skb == skb {
+        cur.t = p.tracked;
+        cur.what = SLOT_TRACKED;
+    } else {
+        let _ = TRACKED.insert(skb, &p.tracked, 0);
+    }
     p.skb = 0;
 }
 
 /// A tracked (or pending) skb at a later probe.
 #[inline(always)]
 pub(crate) fn follow(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
-    follow_with::<false>(state, skb, prio, t)
+    follow_with::<false>(state, skb, prio, t, false)
 }
 
-/// [`follow`] with direct loads when `D` (see [`first_sight_with`]).
+/// [`follow`] with direct loads when `D` (see [`first_sight_with`]); netfilter probes send a
+/// record only when [`fill_record`] says something changed. `last`: the last probe of a final
+/// hook.
 #[inline(always)]
-fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked) {
+fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked, last: bool) {
     let Some(c) = counters() else { return };
     let Some(rec) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
+    rec.priority = prio;
+    let hash = fill_record::<D>(rec, state, skb, t, last);
+    if D && hash == 0 {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     rec.ts_ns = now;
-    rec.priority = prio;
-    let hash = fill_record::<D>(rec, state, skb, t);
     rec.gen = t.gen;
     if t.state == STATE_TRACKED {
         mark_active(now);
@@ -504,7 +578,6 @@ fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
     } else {
         EVENTS.output::<[u8]>(&bytes[..SHORT_LEN], flags)
     };
-    t.records = t.records.wrapping_add(1);
     if sent.is_ok() {
         c.emitted += 1;
         if with_headers {
@@ -512,9 +585,11 @@ fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
         }
     } else {
         c.lost += 1;
-        // The collector missed this record: send headers and devices again next time.
+        // The collector missed this record: send headers and devices again next time, and
+        // claim nothing about the probes before the next record.
         t.last_hash = 0;
         t.last_hook = NO_HOOK;
+        t.prev_hook = PREV_NONE;
     }
 }
 
@@ -615,11 +690,23 @@ fn flush_slot(p: &mut Pending, skb: u64, t: &mut Tracked, c: &mut Counters) {
 /// `Tracked::last_hook` before any record.
 const NO_HOOK: u8 = 0xff;
 
-/// Fill everything but `gen`, `ts_ns` and `priority`. The header snapshot is read only when the packet's first
-/// bytes changed since the record last sent (returns their hash); devices, MAC and socket
-/// owner only on the first record of each hook.
+/// Fill everything but `gen` and `ts_ns` (`priority` is set by the caller). The header
+/// snapshot is read only when the packet's first bytes changed since the record last sent
+/// (returns their hash); devices, MAC and socket owner only on the first record of each hook.
+///
+/// Netfilter probes (`D`) aggregate: when neither the headers nor mark / conntrack changed
+/// since the last record, the hook is the same pass and this is not the `last` probe of a
+/// final hook, only `t`'s last-probe-passed is updated and 0 is returned (no record). A
+/// record carries the last probe passed before it (`prev_*`), so the collector knows the
+/// packet went through the probes in between, unchanged.
 #[inline(never)]
-fn fill_record<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, t: &mut Tracked) -> u64 {
+fn fill_record<const D: bool>(
+    rec: &mut ProbeRecord,
+    state: u64,
+    skb: u64,
+    t: &mut Tracked,
+    last: bool,
+) -> u64 {
     rec.header.kind = kind::PROBE;
     rec.header.version = RECORD_VERSION;
     rec.skb = skb;
@@ -638,13 +725,33 @@ fn fill_record<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, t: &m
     let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
     let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
     let hash = quick_hash(head + nh as u64);
+    // A new pass: another hook, or the same hook again from its start.
+    let new_pass = rec.hook != t.last_hook
+        || (D && rec.hook == t.prev_hook && rec.priority <= t.prev_priority);
+    if D {
+        let meta = meta_hash(rec);
+        if !(new_pass || last || hash != t.last_hash || meta != t.last_meta) {
+            t.prev_hook = rec.hook;
+            t.prev_priority = rec.priority;
+            return 0;
+        }
+        t.last_meta = meta;
+        rec.flags |= probe_flags::SPARSE;
+        rec.prev_hook = t.prev_hook;
+        rec.prev_priority = t.prev_priority;
+        t.prev_hook = rec.hook;
+        t.prev_priority = rec.priority;
+    } else {
+        rec.prev_hook = PREV_NONE;
+        rec.prev_priority = 0;
+    }
     if head != 0
         && (hash != t.last_hash || t.last_hash == 0)
         && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true)
     {
         rec.flags |= probe_flags::HEADERS;
     }
-    if rec.hook != t.last_hook {
+    if new_pass {
         let indev: u64 = kread::<_, D>(state, global!(OFFSETS.state_in));
         let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
         rec.in_ifindex = kread::<_, D>(indev, global!(OFFSETS.dev_ifindex));
@@ -657,6 +764,20 @@ fn fill_record<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, t: &m
         t.last_hook = rec.hook;
     }
     hash
+}
+
+/// 32-bit mix of the record's mark and conntrack fields (a change makes netfilter probes send
+/// a record). A collision hides one change with probability 2^-32.
+#[inline(always)]
+fn meta_hash(rec: &ProbeRecord) -> u32 {
+    let a = rec.ct_id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let b = (((rec.mark as u64) << 32) | rec.ct_status as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
+    let c = (((rec.ct_mark as u64) << 16)
+        | ((rec.ctinfo as u64) << 8)
+        | (rec.flags & probe_flags::CT) as u64)
+        .wrapping_mul(0x1656_67b1_9e37_79f9);
+    let h = a ^ b.rotate_left(21) ^ c.rotate_left(42);
+    (h ^ (h >> 32)) as u32
 }
 
 /// What the filter looks at: family, headers (no TCP options), and devices / mark only when
@@ -812,18 +933,33 @@ fn creds<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
 /// tracking them (the address will be recycled).
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
-    // Fires for every skb freed with a reason, in every namespace: while nothing is tracked,
-    // one array read and out.
-    if !recently_active() {
-        return 0;
-    }
+    // Fires for every skb freed with a reason, in every namespace: the slot of this CPU,
+    // then, while anything is tracked, TRACKED.
     let skb: u64 = ctx.arg(0);
-    let Some(t) = TRACKED.get_ptr(skb) else {
-        return 0;
+    let t = match CUR.get_ptr_mut(0) {
+        // SAFETY: per-CPU map value.
+        Some(cur) if unsafe { (*cur).skb } == skb => {
+            // SAFETY: as above.
+            let cur = unsafe { &mut *cur };
+            cur.skb = 0;
+            if cur.what & SLOT_TRACKED == 0 {
+                return 0;
+            }
+            cur.t
+        }
+        _ => {
+            if !recently_active() {
+                return 0;
+            }
+            let Some(t) = TRACKED.get_ptr(skb) else {
+                return 0;
+            };
+            // SAFETY: map value pointer.
+            let t = unsafe { *t };
+            let _ = TRACKED.remove(skb);
+            t
+        }
     };
-    // SAFETY: map value pointer.
-    let t = unsafe { *t };
-    let _ = TRACKED.remove(skb);
     if t.state != STATE_TRACKED {
         return 0;
     }
@@ -835,6 +971,8 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         location: ctx.arg(1),
         netns: t.netns,
         reason: ctx.arg::<u64>(2) as u32,
+        prev_priority: t.prev_priority,
+        prev_hook: t.prev_hook,
         ..trace_common::record::DropRecord::ZERO
     };
     if EVENTS

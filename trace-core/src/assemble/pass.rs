@@ -20,6 +20,9 @@ pub(super) struct Pass {
     /// (probe priority, packet state there); state None when no header snapshot was known.
     pub seen: Vec<(i32, Option<PacketState>)>,
     pub plan: Option<Arc<HookPlan>>,
+    /// Its events come from probes that send one only on change ([`ProbeEvent::sparse`]):
+    /// after the last one, the packet may have passed further probes unseen.
+    pub sparse: bool,
 }
 
 /// How a pass stopped being extended.
@@ -66,6 +69,7 @@ impl Pass {
             meta,
             seen: Vec::new(),
             plan,
+            sparse: e.sparse,
         }
     }
 
@@ -84,6 +88,28 @@ impl Pass {
         self.meta.gid = self.meta.gid.or(e.gid);
         self.meta.probes.push(e.priority);
         self.seen.push((e.priority, state));
+        self.sparse |= e.sparse;
+    }
+
+    /// The packet passed the planned probes after the last one seen, up to and including
+    /// `upto`, without events: nothing changed there (a sparse probe sends an event on any
+    /// change), so each gets the last seen state. Returns how many were added.
+    pub fn pass_silently_upto(&mut self, upto: i32) -> usize {
+        let (Some(plan), Some(last)) = (self.plan.as_ref(), self.last_priority()) else {
+            return 0;
+        };
+        let state = self.seen.last().and_then(|(_, s)| s.clone());
+        let passed: Vec<i32> = plan
+            .probes()
+            .iter()
+            .copied()
+            .filter(|p| *p > last && *p <= upto)
+            .collect();
+        for p in &passed {
+            self.meta.probes.push(*p);
+            self.seen.push((*p, state.clone()));
+        }
+        passed.len()
     }
 
     pub fn at_last_probe(&self) -> bool {
@@ -130,9 +156,21 @@ impl Pass {
         if let Some((p, state)) = last {
             let next = plan.next_probe(p);
             if let Some(verdict) = tail_verdict(end, next.is_some()) {
-                let tail = tail_stages(&plan, p, next);
+                // Sparse events without a drop report: the packet went on past `p` unseen for
+                // all we know, and vanished in one of the remaining stages or after them.
+                let unknown_range = self.sparse && !matches!(end, PassEnd::Dropped { .. });
+                let (tail, verdict) = if unknown_range {
+                    (
+                        plan.stages_between(p, None).to_vec(),
+                        ObservedVerdict::Unknown,
+                    )
+                } else {
+                    (tail_stages(&plan, p, next), verdict)
+                };
                 let shared = tail.len() > 1;
-                vanished_in = tail.first().map(|s| s.stage.clone());
+                if !unknown_range {
+                    vanished_in = tail.first().map(|s| s.stage.clone());
+                }
                 if let Some(before) = state {
                     for slot in &tail {
                         push_stage(

@@ -335,6 +335,7 @@ mod tests {
             reason_name: Some("NETFILTER_DROP".into()),
             location: 0,
             location_sym: None,
+            prev: None,
         })
     }
 

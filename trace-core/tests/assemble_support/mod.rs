@@ -182,6 +182,8 @@ pub fn to_events(obs: &[Obs]) -> Vec<Event> {
             mac: None,
             uid: None,
             gid: None,
+            prev: None,
+            sparse: false,
         }));
         last.insert(o.skb, (o.hook, o.priority, gen, h));
     }
@@ -207,6 +209,7 @@ pub fn drop_event(ts_ns: u64, skb: u64, gen: u64, reason: u32, name: Option<&str
         reason_name: name.map(str::to_string),
         location: 0,
         location_sym: Some("nf_hook_slow".into()),
+        prev: None,
     })
 }
 
@@ -242,6 +245,8 @@ pub fn probe(
         mac: None,
         uid: None,
         gid: None,
+        prev: None,
+        sparse: false,
     })
 }
 

@@ -75,8 +75,8 @@ pub struct Loaded {
     /// Relocated probe instructions (before priority patching).
     insns: Vec<bpf_insn>,
     license: CString,
-    /// (priority, first_sight) → loaded program.
-    progs: HashMap<(i32, bool), OwnedFd>,
+    /// (priority, first_sight, last) → loaded program.
+    progs: HashMap<(i32, bool, bool), OwnedFd>,
     /// enum skb_drop_reason value → name without the SKB_DROP_REASON_ prefix.
     pub drop_reasons: HashMap<u32, String>,
 }
@@ -121,14 +121,26 @@ impl Loaded {
     /// The probe program for `priority` (loaded on first use). `first_sight` copies apply
     /// the filter to packets entering at PREROUTING/OUTPUT.
     pub fn program(&mut self, priority: i32, first_sight: bool) -> Result<RawFd, LoadError> {
-        if let Some(fd) = self.progs.get(&(priority, first_sight)) {
+        self.program_with(priority, first_sight, false)
+    }
+
+    /// [`Loaded::program`]; `last`: the copy for hooks where `priority` is the last probe of
+    /// a final hook (INPUT, POSTROUTING): the traversal ends there, it always sends a record
+    /// (the probes otherwise send one only when something changed).
+    pub fn program_with(
+        &mut self,
+        priority: i32,
+        first_sight: bool,
+        last: bool,
+    ) -> Result<RawFd, LoadError> {
+        if let Some(fd) = self.progs.get(&(priority, first_sight, last)) {
             return Ok(fd.as_raw_fd());
         }
         let mut insns = self.insns.clone();
-        patch_slot(&mut insns, priority, first_sight)?;
-        let fd = prog_load(&insns, &self.license, priority, first_sight)?;
+        patch_slot(&mut insns, priority, first_sight, last)?;
+        let fd = prog_load(&insns, &self.license, priority, first_sight, last)?;
         let raw = fd.as_raw_fd();
-        self.progs.insert((priority, first_sight), fd);
+        self.progs.insert((priority, first_sight, last), fd);
         Ok(raw)
     }
 
@@ -392,8 +404,14 @@ pub(crate) fn map_fd(map: &Map) -> Result<RawFd, LoadError> {
     Ok(data.fd().as_fd().as_raw_fd())
 }
 
-/// Rewrite the `ld_imm64 PRIORITY_MAGIC`: low word = priority, high word = flags.
-fn patch_slot(insns: &mut [bpf_insn], priority: i32, first_sight: bool) -> Result<(), LoadError> {
+/// Rewrite the `ld_imm64 PRIORITY_MAGIC`: low word = priority, high word = flags (bit 0 first
+/// sight, bit 1 last probe of a final hook; trace-ebpf nfhook's SLOT_*).
+fn patch_slot(
+    insns: &mut [bpf_insn],
+    priority: i32,
+    first_sight: bool,
+    last: bool,
+) -> Result<(), LoadError> {
     let (lo, hi) = (
         PRIORITY_MAGIC as u32 as i32,
         (PRIORITY_MAGIC >> 32) as u32 as i32,
@@ -410,7 +428,7 @@ fn patch_slot(insns: &mut [bpf_insn], priority: i32, first_sight: bool) -> Resul
         return Err(LoadError::Magic(hits.len()));
     }
     insns[hits[0]].imm = priority;
-    insns[hits[0] + 1].imm = first_sight as i32;
+    insns[hits[0] + 1].imm = first_sight as i32 | (last as i32) << 1;
     Ok(())
 }
 
@@ -422,11 +440,16 @@ struct ProgLoadAttr {
 }
 
 /// The kernel's name of a probe copy (at most 15 characters, [A-Za-z0-9_]): `nfp` + `f` for
-/// first-sight copies else `_` + the priority with `m` for minus or `p` (e.g. `nfpfm301`,
-/// `nfp_p101`), so per-program statistics (bpf_stats) tell the copies apart.
-pub fn probe_prog_name(priority: i32, first_sight: bool) -> String {
+/// first-sight copies, `l` for last-probe copies, else `_` + the priority with `m` for minus
+/// or `p` (e.g. `nfpfm301`, `nfplp101`), so per-program statistics (bpf_stats) tell the
+/// copies apart.
+pub fn probe_prog_name(priority: i32, first_sight: bool, last: bool) -> String {
     let sign = if priority < 0 { 'm' } else { 'p' };
-    let f = if first_sight { 'f' } else { '_' };
+    let f = match (first_sight, last) {
+        (true, _) => 'f',
+        (false, true) => 'l',
+        (false, false) => '_',
+    };
     format!("nfp{f}{sign}{}", priority.unsigned_abs())
 }
 
@@ -435,8 +458,9 @@ fn prog_load(
     license: &CString,
     priority: i32,
     first_sight: bool,
+    last: bool,
 ) -> Result<OwnedFd, LoadError> {
-    let name = probe_prog_name(priority, first_sight);
+    let name = probe_prog_name(priority, first_sight, last);
     load_with_log_on_failure(4 << 20, 30, |log| {
         let head = ProgLoadHead::new(
             BPF_PROG_TYPE_NETFILTER,
@@ -509,6 +533,8 @@ mod root_tests {
         let mut l = Loaded::load(&opts).expect("load");
         l.program(-301, true).expect("first-sight copy verifies");
         l.program(-299, false).expect("plain copy verifies");
+        l.program_with(101, false, true)
+            .expect("last-probe copy verifies");
         assert!(l.drop_reasons.values().any(|n| n == "NETFILTER_DROP"));
         assert_eq!(l.counters().unwrap().seen, 0);
         // Sampling and rate limiting are load-time constants: their code paths are only

@@ -131,9 +131,15 @@ impl Session {
                 for hook in Hook::ALL {
                     let hp = HookPlan::bracketing(plan::stages(&reg, family, hook));
                     let first = hp.probes().first().copied();
+                    let last = hp.probes().last().copied();
                     let entry = matches!(hook, Hook::Prerouting | Hook::Output);
+                    let exit = matches!(hook, Hook::Input | Hook::Postrouting);
                     for &p in hp.probes() {
-                        let fd = loaded.program(p, entry && Some(p) == first)?;
+                        let fd = loaded.program_with(
+                            p,
+                            entry && Some(p) == first,
+                            exit && Some(p) == last,
+                        )?;
                         specs.push((
                             fd,
                             HookSpec {

@@ -537,6 +537,8 @@ mod tests {
                     mac: None,
                     uid: None,
                     gid: None,
+                    prev: None,
+                    sparse: false,
                 }))
                 .unwrap();
             }
