@@ -1,6 +1,7 @@
 //! `iptrace doctor [--json]`: kernel support for each attach mechanism (probed by loading
-//! and attaching), machine facts, and the capture backend to use. Exit 0 when a capture
-//! backend works, 1 when none does.
+//! and attaching), machine facts, each capture backend's own programs loaded and attached,
+//! and the backend `--backend auto` picks. Exit 0 when a capture backend works, 1 when none
+//! does.
 
 use crate::doctor;
 use clap::ValueEnum;
@@ -14,8 +15,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let names = implemented_backends();
-    let report = doctor::diagnose(&names.iter().map(String::as_str).collect::<Vec<_>>());
+    let report = doctor::diagnose();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -28,8 +28,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The backends `iptrace capture --backend` accepts: doctor only recommends one of those,
-/// and learns new ones from capture's own list.
+/// The backends `iptrace capture --backend` accepts (doctor names its checks the same way).
 pub fn implemented_backends() -> Vec<String> {
     super::capture::Backend::value_variants()
         .iter()
@@ -40,7 +39,10 @@ pub fn implemented_backends() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn nfhook_is_implemented() {
-        assert!(super::implemented_backends().contains(&"nfhook".to_string()));
+    fn doctor_checks_backends_capture_accepts() {
+        let names = super::implemented_backends();
+        for b in ["fentry", "kprobe", "nfhook", "auto"] {
+            assert!(names.contains(&b.to_string()), "{b} not in {names:?}");
+        }
     }
 }

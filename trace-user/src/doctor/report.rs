@@ -1,6 +1,8 @@
-//! Doctor's report: the facts, the attach probes' outcomes, the backend choice (pure: the
-//! preference order fentry > kprobe > nfhook applied to what worked) and its text rendering.
+//! Doctor's report: the facts, the attach probes' outcomes, each capture backend's own check,
+//! the backend choice (pure: what `--backend auto`'s selection picked, confirmed by the
+//! checks) and its text rendering.
 
+use super::backends::{AutoSelection, BackendCheck};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,11 +123,31 @@ pub struct Report {
     pub lockdown: Lockdown,
     pub capabilities: Caps,
     pub attach: Vec<Probe>,
+    /// Each capture backend's real programs, loaded and attached by capture's own code.
+    pub backends: Vec<BackendCheck>,
+    /// What `iptrace capture --backend auto` selected (Err: the selection itself failed;
+    /// JSON: the selection, or `{"error": …}`).
+    #[serde(serialize_with = "auto_json")]
+    pub auto: Result<AutoSelection, String>,
     /// `iptables -V` of the default `iptables` command (which flavour it is).
     pub iptables_default: Option<String>,
     pub iptables: Vec<IptablesInfo>,
     pub nf_log: NfLog,
     pub choice: Choice,
+}
+
+fn auto_json<S: serde::Serializer>(
+    auto: &Result<AutoSelection, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        error: &'a str,
+    }
+    match auto {
+        Ok(a) => a.serialize(s),
+        Err(e) => Error { error: e }.serialize(s),
+    }
 }
 
 fn status_of(probes: &[Probe], m: Mechanism) -> Status {
@@ -135,39 +157,69 @@ fn status_of(probes: &[Probe], m: Mechanism) -> Status {
         .map_or(Status::Failed, |p| p.status)
 }
 
-/// Picks the capture backend: the first of fentry > kprobe > nfhook (netfilter link) whose
-/// mechanism works and which this build implements (`implemented`: capture's backend names).
-pub fn choose(probes: &[Probe], implemented: &[&str]) -> Choice {
-    let order = [
-        ("fentry", Mechanism::Fentry),
-        ("kprobe", Mechanism::Kprobe),
-        ("nfhook", Mechanism::NetfilterLink),
-    ];
-    let mut why = vec![];
-    for (backend, m) in order {
-        let st = status_of(probes, m);
-        if st != Status::Ok {
-            why.push(format!("{} {}", m.label(), st.label()));
-        } else if !implemented.contains(&backend) {
-            why.push(format!(
-                "{} ok but backend {backend} not in this build",
-                m.label()
-            ));
-        } else {
-            why.push(format!("{} ok → {backend}", m.label()));
-            let drops = match status_of(probes, Mechanism::TpBtf) {
-                Status::Ok => "drop reasons from tp_btf kfree_skb".to_string(),
-                st => format!("no drop reasons (tp_btf {})", st.label()),
-            };
+/// The backend capture would use: auto's pick (fentry > kprobe by what loads, else nfhook),
+/// which must also have passed its own check — nfhook is attached by capture after the
+/// selection, so auto "picking" it means nothing when netfilter links do not work.
+pub fn choose(
+    checks: &[BackendCheck],
+    auto: &Result<AutoSelection, String>,
+    tp_btf: Status,
+) -> Choice {
+    let auto = match auto {
+        Ok(a) => a,
+        Err(e) => {
             return Choice {
-                backend: Some(backend.into()),
-                reason: format!("{}; {drops}", why.join(", ")),
-            };
+                backend: None,
+                reason: format!("--backend auto failed: {e}"),
+            }
         }
+    };
+    let status = |b: &str| {
+        checks
+            .iter()
+            .find(|c| c.backend == b)
+            .map_or("not checked", |c| c.status.label())
+    };
+    let mut why: Vec<String> = auto
+        .passed_over
+        .iter()
+        .map(|(b, _)| format!("{b} {}", status(b)))
+        .collect();
+    let works = status(&auto.picked) == Status::Ok.label();
+    if !works {
+        why.push(format!("{} {}", auto.picked, status(&auto.picked)));
+        return Choice {
+            backend: None,
+            reason: format!("{}: no capture backend works here", why.join(", ")),
+        };
     }
+    why.push(format!("{} ok → {}", auto.picked, auto.picked));
+    let drops = match tp_btf {
+        Status::Ok => "drop reasons from tp_btf kfree_skb".to_string(),
+        st => format!("no drop reasons (tp_btf {})", st.label()),
+    };
     Choice {
-        backend: None,
-        reason: format!("{}: no capture backend works here", why.join(", ")),
+        backend: Some(auto.picked.clone()),
+        reason: format!("{}; {drops}", why.join(", ")),
+    }
+}
+
+/// `tp_btf`'s probe status (drop reasons come from it).
+pub fn tp_btf_status(probes: &[Probe]) -> Status {
+    status_of(probes, Mechanism::TpBtf)
+}
+
+fn backend_text(c: &BackendCheck) -> String {
+    let yn = |b: bool| if b { "yes" } else { "no" };
+    if c.loads {
+        format!(
+            "{}: loads yes, attaches {}: {}",
+            c.status.label(),
+            yn(c.attaches),
+            c.detail
+        )
+    } else {
+        format!("{}: loads no: {}", c.status.label(), c.detail)
     }
 }
 
@@ -230,9 +282,12 @@ pub fn render_text(r: &Report) -> String {
             r.nf_log.loggers.join("; ")
         },
     );
+    for c in &r.backends {
+        line(&format!("backend {}", c.backend), backend_text(c));
+    }
     let backend = r.choice.backend.as_deref().unwrap_or("NONE");
     s.push_str(&format!(
-        "{:<22} {backend} ({})\n",
+        "{:<22} {backend} (auto: {})\n",
         "backend", r.choice.reason
     ));
     s
@@ -282,58 +337,82 @@ mod tests {
         .collect()
     }
 
-    const ALL: &[&str] = &["fentry", "kprobe", "nfhook"];
+    fn check(backend: &str, status: Status) -> BackendCheck {
+        BackendCheck {
+            backend: backend.into(),
+            status,
+            loads: status == Status::Ok,
+            attaches: status == Status::Ok,
+            detail: "d".into(),
+        }
+    }
 
-    #[test]
-    fn this_machine_chooses_nfhook() {
-        let p = probes(Status::Unavailable, Status::Refused, Status::Ok, Status::Ok);
-        let c = choose(&p, &["nfhook"]);
-        assert_eq!(c.backend.as_deref(), Some("nfhook"));
-        assert_eq!(c.reason, "fentry refused, kprobe unavailable, netfilter link ok → nfhook; drop reasons from tp_btf kfree_skb");
+    fn this_host() -> (Vec<BackendCheck>, Result<AutoSelection, String>) {
+        let checks = vec![
+            check("fentry", Status::Refused),
+            check("kprobe", Status::Unavailable),
+            check("nfhook", Status::Ok),
+        ];
+        let auto = Ok(AutoSelection {
+            picked: "nfhook".into(),
+            passed_over: vec![
+                ("fentry".into(), "EPERM".into()),
+                ("kprobe".into(), "no kprobes".into()),
+            ],
+        });
+        (checks, auto)
     }
 
     #[test]
-    fn preference_is_fentry_then_kprobe_then_nfhook() {
-        let ok = Status::Ok;
-        assert_eq!(
-            choose(&probes(ok, ok, ok, ok), ALL).backend.as_deref(),
-            Some("fentry")
-        );
-        assert_eq!(
-            choose(&probes(ok, Status::Refused, ok, ok), ALL)
-                .backend
-                .as_deref(),
-            Some("kprobe")
-        );
-        // a working mechanism without an implementation is skipped, and said so
-        let c = choose(&probes(ok, ok, ok, ok), &["nfhook"]);
+    fn this_machine_chooses_nfhook() {
+        let (checks, auto) = this_host();
+        let c = choose(&checks, &auto, Status::Ok);
         assert_eq!(c.backend.as_deref(), Some("nfhook"));
-        assert!(
-            c.reason
-                .contains("fentry ok but backend fentry not in this build"),
-            "{}",
-            c.reason
+        assert_eq!(
+            c.reason,
+            "fentry refused, kprobe unavailable, nfhook ok → nfhook; drop reasons from tp_btf kfree_skb"
+        );
+    }
+
+    #[test]
+    fn auto_pick_is_the_choice() {
+        let checks = vec![
+            check("fentry", Status::Ok),
+            check("kprobe", Status::Ok),
+            check("nfhook", Status::Unavailable),
+        ];
+        let auto = Ok(AutoSelection {
+            picked: "fentry".into(),
+            passed_over: vec![],
+        });
+        let c = choose(&checks, &auto, Status::Ok);
+        assert_eq!(c.backend.as_deref(), Some("fentry"));
+        assert_eq!(
+            c.reason,
+            "fentry ok → fentry; drop reasons from tp_btf kfree_skb"
         );
     }
 
     #[test]
     fn nothing_works_means_no_backend() {
-        let bad = Status::Unavailable;
-        let c = choose(
-            &probes(bad, Status::Refused, Status::Ok, Status::Failed),
-            ALL,
-        );
+        let (mut checks, auto) = this_host();
+        checks[2] = check("nfhook", Status::Unavailable);
+        let c = choose(&checks, &auto, Status::Ok);
         assert_eq!(c.backend, None);
-        assert!(
-            c.reason.ends_with("no capture backend works here"),
-            "{}",
-            c.reason
+        assert_eq!(
+            c.reason,
+            "fentry refused, kprobe unavailable, nfhook unavailable: no capture backend works here"
         );
+        let c = choose(&checks, &Err("boom".into()), Status::Ok);
+        assert_eq!(c.backend, None);
+        assert!(c.reason.contains("boom"), "{}", c.reason);
     }
 
     fn sample_report() -> Report {
         let attach = probes(Status::Unavailable, Status::Refused, Status::Ok, Status::Ok);
-        let choice = choose(&attach, &["nfhook"]);
+        let (mut backends, auto) = this_host();
+        backends[1].loads = true;
+        let choice = choose(&backends, &auto, Status::Ok);
         Report {
             kernel: Kernel {
                 release: "6.18.0".into(),
@@ -359,6 +438,8 @@ mod tests {
                 sys_admin: false,
             },
             attach,
+            backends,
+            auto,
             iptables_default: Some("iptables v1.8.9 (nf_tables)".into()),
             iptables: vec![IptablesInfo {
                 backend: "nft".into(),
@@ -391,10 +472,22 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains("backend fentry         refused: loads no: d\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backend kprobe         unavailable: loads yes, attaches no: d\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("backend nfhook         ok: loads yes, attaches yes: d\n"),
+            "{text}"
+        );
+        assert!(
             text.lines()
                 .last()
                 .unwrap()
-                .starts_with("backend                nfhook (fentry refused"),
+                .starts_with("backend                nfhook (auto: fentry refused"),
             "{text}"
         );
     }
@@ -406,5 +499,10 @@ mod tests {
         assert_eq!(json["attach"][3]["mechanism"], "netfilter_link");
         assert_eq!(json["attach"][1]["status"], "refused");
         assert_eq!(json["choice"]["backend"], "nfhook");
+        assert_eq!(json["backends"][0]["backend"], "fentry");
+        assert_eq!(json["backends"][0]["status"], "refused");
+        assert_eq!(json["backends"][2]["attaches"], true);
+        assert_eq!(json["auto"]["picked"], "nfhook");
+        assert_eq!(json["auto"]["passed_over"][0][0], "fentry");
     }
 }
