@@ -694,3 +694,28 @@ COMMIT
         tr.reason
     );
 }
+
+#[test]
+fn store_evicts_by_age_of_what_still_waits() {
+    let mut p = packet(80, ObservedVerdict::Accept);
+    let mut store = PositionStore::with_capacity(2);
+    // Many packets come and go: nothing is evicted, everything is used.
+    for skb in 0..100 {
+        p.skb = skb;
+        store.insert(p.netns, skb, p.gen, input(vec![]));
+        assert_eq!(store.take(&p).len(), 1);
+    }
+    assert_eq!((store.used, store.evicted, store.len()), (100, 0, 0));
+    // A taken traversal inserted again (the same skb back through lo) is young again.
+    p.skb = 1;
+    store.insert(p.netns, 1, p.gen, input(vec![]));
+    store.take(&p);
+    store.insert(p.netns, 1, p.gen, input(vec![]));
+    store.insert(p.netns, 2, p.gen, input(vec![]));
+    store.insert(p.netns, 3, p.gen, input(vec![]));
+    assert_eq!(store.evicted, 1);
+    p.skb = 1;
+    assert!(store.take(&p).is_empty(), "the oldest waiting one went");
+    p.skb = 2;
+    assert_eq!(store.take(&p).len(), 1);
+}

@@ -1,0 +1,323 @@
+//! The entries a candidate path evaluates, in ipt_do_table's order (rules that did not
+//! match before each step, the steps, through jumps, gotos and returns), and whether the
+//! kernel's calls fit them rule by rule.
+
+use super::{match_text, RuleCall, XtCall};
+use crate::eval::{EvalInput, Evaluator};
+use crate::netfilter::{Hook, Table};
+use crate::reconstruct::Path;
+use crate::rules::targets::Target;
+use crate::rules::{Chain, Rule, TableDump};
+use std::collections::HashMap;
+
+/// What a path is checked against besides the calls.
+pub(super) struct Cx<'a> {
+    pub ev: &'a Evaluator,
+    pub dump: &'a TableDump,
+    pub input: &'a EvalInput<'a>,
+    pub hook: Hook,
+}
+
+impl Cx<'_> {
+    /// The evaluator's ip_packet_match for a visited rule (None: unknown).
+    fn ip_part(&self, v: &Visit<'_>) -> Option<bool> {
+        self.ev
+            .ip_part_matches(self.dump.table, v.chain_index, v.num, self.input)
+    }
+}
+
+/// Consecutive calls for one evaluation of one rule.
+#[derive(Debug)]
+pub(super) struct Group<'a> {
+    pub chain: &'a str,
+    pub rule: Option<u32>,
+    pub calls: Vec<&'a XtCall>,
+}
+
+impl Group<'_> {
+    pub fn label(&self, table: Table) -> String {
+        match self.rule {
+            Some(n) => format!("{table}:{}:rule:{n}", self.chain),
+            None => format!("{table}:{}:policy", self.chain),
+        }
+    }
+
+    /// The kernel's outcome for the rule: Some(false) a match returned false, Some(true) the
+    /// target ran, None only matches that returned true (complete or not).
+    fn outcome(&self) -> Option<bool> {
+        match self.calls.last() {
+            Some(XtCall::Match { matched: false, .. }) => Some(false),
+            Some(XtCall::Target { .. }) => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// Splits the calls into rule evaluations: a new one starts at another rule, after a target
+/// or a failed match, or when match indices start over (the same rule reached again).
+pub(super) fn group(calls: &[RuleCall]) -> Vec<Group<'_>> {
+    let mut out: Vec<Group<'_>> = Vec::new();
+    for c in calls {
+        let same = out.last().is_some_and(|g| {
+            g.chain == c.chain
+                && g.rule == c.rule
+                && g.outcome().is_none()
+                && match (&c.call, g.calls.last()) {
+                    (XtCall::Match { index, .. }, Some(XtCall::Match { index: prev, .. })) => {
+                        index > prev
+                    }
+                    (XtCall::Target { .. }, _) => true,
+                    _ => false,
+                }
+        });
+        if same {
+            out.last_mut().expect("checked").calls.push(&c.call);
+        } else {
+            out.push(Group {
+                chain: &c.chain,
+                rule: c.rule,
+                calls: vec![&c.call],
+            });
+        }
+    }
+    out
+}
+
+/// True when the rule's target is a function the kernel calls (not a standard verdict,
+/// jump, goto, RETURN or fall-through).
+fn calls_target(t: &Target) -> bool {
+    !matches!(
+        t,
+        Target::None
+            | Target::Accept
+            | Target::Drop
+            | Target::Return
+            | Target::Queue
+            | Target::Jump(_)
+            | Target::Goto(_)
+    )
+}
+
+/// One rule the path evaluates, in order.
+#[derive(Debug, Clone, Copy)]
+struct Visit<'r> {
+    chain: &'r Chain,
+    /// Index of `chain` in the dump's chains.
+    chain_index: usize,
+    /// 1-based rule number.
+    num: u32,
+    /// The rule (None for a chain end: the policy or user-chain RETURN entry).
+    rule: Option<&'r Rule>,
+    matched: bool,
+}
+
+/// Every entry the path evaluates, in the kernel's order: the rules before each step that
+/// did not match, the steps themselves (following jumps, gotos and returns as
+/// ipt_do_table does).
+fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<'r>>, String> {
+    let index_of = |name: &str| {
+        dump.chain_index(name)
+            .ok_or_else(|| format!("chain {name} is not in the dump"))
+    };
+    let start = index_of(hook.chain_name())?;
+    // (chain index, rules before the next one to evaluate), as the kernel's jump stack.
+    let (mut cur, mut pos) = (start, 0u32);
+    let mut stack: Vec<(usize, u32)> = Vec::new();
+    let ret = |stack: &mut Vec<(usize, u32)>| {
+        stack
+            .pop()
+            .unwrap_or((start, dump.chains[start].rules.len() as u32))
+    };
+    let mut out = Vec::new();
+    for (i, s) in path.steps.iter().enumerate() {
+        let chain = &dump.chains[cur];
+        let n = s.id.num;
+        if s.id.chain != chain.name || n <= pos {
+            return Err(format!("cannot follow the path at {}", s.id));
+        }
+        let visit = |num: u32, matched: bool| Visit {
+            chain,
+            chain_index: cur,
+            num,
+            rule: chain.rules.get(num as usize - 1),
+            matched,
+        };
+        out.extend((pos + 1..n.min(chain.end_num())).map(|k| visit(k, false)));
+        out.push(visit(n, true));
+        let Some(rule) = chain.rules.get(n as usize - 1) else {
+            // The chain end: the policy ends the path, a user chain returns.
+            (cur, pos) = ret(&mut stack);
+            continue;
+        };
+        if i + 1 == path.steps.len() {
+            break;
+        }
+        (cur, pos) = match &rule.target {
+            Target::Jump(c) | Target::Goto(c) => {
+                if !rule.goto && matches!(rule.target, Target::Jump(_)) {
+                    stack.push((cur, n));
+                }
+                (index_of(c)?, 0)
+            }
+            Target::Return => ret(&mut stack),
+            _ => (cur, n),
+        };
+    }
+    Ok(out)
+}
+
+/// Ok when the path makes exactly the calls observed; else the first difference.
+pub(super) fn path_agrees(cx: &Cx<'_>, path: &Path, groups: &[Group<'_>]) -> Result<(), String> {
+    let visits = visits(cx.dump, cx.hook, path)?;
+    let table = cx.dump.table;
+    // Last index of each (chain, rule) on the path: a call at a rule the path no longer
+    // reaches is reported as such at once.
+    let mut last: HashMap<(&str, u32), usize> = HashMap::new();
+    for (i, v) in visits.iter().enumerate() {
+        last.insert((v.chain.name.as_str(), v.num), i);
+    }
+    let mut j = 0;
+    for (i, v) in visits.iter().enumerate() {
+        let g = groups.get(j);
+        if g.is_some_and(|g| g.chain == v.chain.name && g.rule == Some(v.num)) {
+            j += 1;
+            observed(cx, v, &groups[j - 1])?;
+            continue;
+        }
+        if let Some(g) = g {
+            let reached = g
+                .rule
+                .and_then(|n| last.get(&(g.chain, n)))
+                .is_some_and(|&k| k > i);
+            if !reached {
+                return Err(format!(
+                    "the kernel evaluated {}, which this path does not reach{}",
+                    g.label(table),
+                    after(&visits[..i], table)
+                ));
+            }
+        }
+        unobserved(cx, v)?;
+    }
+    match groups.get(j) {
+        None => Ok(()),
+        Some(g) => Err(format!(
+            "the kernel evaluated {}, which this path does not reach (it ends{})",
+            g.label(table),
+            after(&visits, table)
+        )),
+    }
+}
+
+impl Visit<'_> {
+    fn label(&self, table: Table) -> String {
+        format!("{table}:{}:rule:{}", self.chain.name, self.num)
+    }
+}
+
+/// A rule the path evaluates, with the kernel's calls there.
+fn observed(cx: &Cx<'_>, v: &Visit<'_>, g: &Group<'_>) -> Result<(), String> {
+    let label = v.label(cx.dump.table);
+    let Some(rule) = v.rule else {
+        return Err(format!(
+            "the kernel made a call at the end of chain {}",
+            v.chain.name
+        ));
+    };
+    if !v.matched && cx.ip_part(v) == Some(false) {
+        return Err(format!(
+            "{label}: the kernel called its matches, but its IP part does not match the packet"
+        ));
+    }
+    group_fits(g, rule, v.matched).map_err(|why| format!("{label}: {why}"))
+}
+
+/// A rule the path evaluates where the kernel called nothing: it must either match without
+/// calling anything (IP part and a standard target) or fail in its IP part.
+fn unobserved(cx: &Cx<'_>, v: &Visit<'_>) -> Result<(), String> {
+    let Some(r) = v.rule else {
+        return Ok(());
+    };
+    if v.matched && visible(r) {
+        return Err(format!(
+            "the path matches {} ({}), but the kernel called none of its {}",
+            v.label(cx.dump.table),
+            r.text,
+            if r.matches.is_empty() {
+                "target"
+            } else {
+                "matches"
+            }
+        ));
+    }
+    match r.matches.first() {
+        Some(m) if !v.matched && cx.ip_part(v) == Some(true) => Err(format!(
+            "{}: its IP part matches the packet, so the kernel would have called its match #1 ({}), but it called nothing there",
+            v.label(cx.dump.table),
+            match_text(m)
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// ` (after chain:rule)` for the last visit, or nothing.
+fn after(visits: &[Visit<'_>], table: Table) -> String {
+    visits
+        .last()
+        .map_or_else(String::new, |v| format!(" (after {})", v.label(table)))
+}
+
+/// The rule calls something when it is reached and its IP part matches.
+fn visible(r: &Rule) -> bool {
+    !r.matches.is_empty() || calls_target(&r.target)
+}
+
+/// One evaluation's calls against the model rule and whether the path has it matching.
+fn group_fits(g: &Group<'_>, rule: &Rule, matched: bool) -> Result<(), String> {
+    let n = rule.matches.len() as u32;
+    for (k, c) in g.calls.iter().enumerate() {
+        match c {
+            XtCall::Match { index, .. } if *index != k as u32 || *index >= n => {
+                return Err(format!(
+                    "the kernel reports match #{} where the dump's rule has {n} matches (stale dump?)",
+                    index + 1
+                ))
+            }
+            XtCall::Target { .. } if k as u32 != n || !calls_target(&rule.target) => {
+                return Err(format!(
+                    "the kernel ran a target after {k} of the rule's {n} matches (stale dump?)"
+                ))
+            }
+            _ => {}
+        }
+    }
+    let kernel_matched = match g.outcome() {
+        Some(m) => m,
+        // Every match returned true and the target is standard: the rule matched.
+        None if g.calls.len() as u32 == n && !calls_target(&rule.target) => true,
+        None => {
+            return Err(format!(
+                "the kernel's calls stop after match #{} returned true",
+                g.calls.len()
+            ))
+        }
+    };
+    match (kernel_matched, matched) {
+        (true, false) => Err("the kernel matched it, this path does not".into()),
+        (false, true) => {
+            let (idx, name) = match g.calls.last() {
+                Some(XtCall::Match { index, name, .. }) => (*index, name.as_str()),
+                _ => (0, "?"),
+            };
+            let what = rule
+                .matches
+                .get(idx as usize)
+                .map_or_else(|| format!("-m {name}"), match_text);
+            Err(format!(
+                "this path matches it, but the kernel's match #{} ({what}) returned false",
+                idx + 1
+            ))
+        }
+        _ => Ok(()),
+    }
+}
