@@ -237,12 +237,23 @@ fn failed_matches_are_reported_in_kernel_order() {
     // Shown in pretty output and JSON; the trace format is unchanged.
     let mut pretty = String::new();
     format_packet(&mut pretty, &rp, Format::Pretty, false);
-    assert!(
-        pretty.contains(
-            "evaluated, did not match: filter:INPUT:rule:2  match 1 failed: -m tcp --dport 22"
-        ),
-        "{pretty}"
+    // Each where the path evaluated it: INPUT:2 before the first step, LB:1 between
+    // WEB:2 and LB:2.
+    let lines: Vec<&str> = pretty.lines().map(str::trim).collect();
+    let at = |prefix: &str| {
+        lines
+            .iter()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("{prefix}\n{pretty}"))
+    };
+    assert_eq!(
+        lines[at("· filter:INPUT:rule:2")],
+        "· filter:INPUT:rule:2  -p tcp -m tcp --dport 22 -j ACCEPT  [match 1 failed: -m tcp --dport 22]"
     );
+    assert_eq!(at("· filter:INPUT:rule:2") + 1, at("filter:INPUT:rule:3"));
+    assert_eq!(at("filter:WEB:rule:2") + 1, at("· filter:LB:rule:1"));
+    assert_eq!(at("· filter:LB:rule:1") + 1, at("filter:LB:rule:2"));
+    assert!(!pretty.contains("evaluated, did not match"), "{pretty}");
     assert!(
         pretty.contains("rule positions: 6 calls, agree"),
         "{pretty}"
@@ -259,6 +270,8 @@ fn failed_matches_are_reported_in_kernel_order() {
     assert_eq!(pos["agreement"], "agree", "{pos}");
     assert_eq!(pos["failed"][1]["rule"], "filter:LB:rule:1");
     assert_eq!(pos["failed"][1]["index"], 0);
+    assert_eq!(pos["failed"][0]["before_step"], 0);
+    assert_eq!(pos["failed"][1]["before_step"], 3);
     let mut with = String::new();
     format_packet(&mut with, &rp, Format::Trace, false);
     let mut without = String::new();
@@ -436,6 +449,15 @@ fn incomplete_positions_report_failures_but_decide_nothing() {
     let pc = tr.positions.as_ref().unwrap();
     assert!(matches!(pc.agreement, Agreement::Unchecked { .. }));
     assert_eq!(pc.failed.len(), 1);
+    assert_eq!(pc.failed[0].before_step, None);
+    let mut pretty = String::new();
+    format_packet(&mut pretty, &rp, Format::Pretty, false);
+    assert!(
+        pretty.contains(
+            "evaluated, did not match: filter:INPUT:rule:2  match 1 failed: -m tcp --dport 22"
+        ),
+        "{pretty}"
+    );
 }
 
 #[test]

@@ -215,13 +215,14 @@ impl Serialize for PositionsView<'_> {
     }
 }
 
-/// `{"index", "match", "rule", "text"}`: a rule evaluated without matching.
+/// `{"before_step", "index", "match", "rule", "text"}`: a rule evaluated without matching.
 struct FailedView<'a>(&'a FailedMatch);
 
 impl Serialize for FailedView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let f = self.0;
-        let mut m = s.serialize_map(Some(4))?;
+        let mut m = s.serialize_map(Some(5))?;
+        m.serialize_entry("before_step", &f.before_step)?;
         m.serialize_entry("index", &f.index)?;
         m.serialize_entry("match", &f.what)?;
         m.serialize_entry("rule", &Str(&f.rule))?;

@@ -3,7 +3,7 @@
 
 use crate::event::{tcp_flags, Headers, L4};
 use crate::packet::Fate;
-use crate::reconstruct::positions::{Agreement, PositionsCheck};
+use crate::reconstruct::positions::{Agreement, FailedMatch, PositionsCheck};
 use crate::reconstruct::{Endpoint, Path, ReconstructedPacket, Status, TableResult};
 use std::fmt::{Display, Write};
 use std::io;
@@ -228,10 +228,16 @@ fn push_table(out: &mut String, t: &TableResult, mark_before: u32, style: Style)
         out.push(']');
     }
     out.push('\n');
-    let observed = t
+    // With agreeing rule positions, the path's branch points are observed, and the rules
+    // the kernel evaluated without matching are shown where the first path evaluated them.
+    let agree = t
         .positions
         .as_ref()
         .is_some_and(|pc| pc.agreement == Agreement::Agree);
+    let failed: &[FailedMatch] = match &t.positions {
+        Some(pc) if agree => &pc.failed,
+        _ => &[],
+    };
     for (i, path) in t.paths.iter().enumerate() {
         if t.paths.len() > 1 {
             let label = if t.status == Status::Inconsistent {
@@ -250,7 +256,7 @@ fn push_table(out: &mut String, t: &TableResult, mark_before: u32, style: Style)
         } else if let Some(r) = &path.rejected {
             let _ = writeln!(out, "      ruled out: {r}");
         }
-        push_path(out, path, style, observed);
+        push_path(out, path, style, agree, if i == 0 { failed } else { &[] });
     }
     if let Some(pc) = &t.positions {
         push_positions(out, pc, style);
@@ -273,7 +279,7 @@ fn push_positions(out: &mut String, pc: &PositionsCheck, style: Style) {
         }
     }
     out.push('\n');
-    for f in &pc.failed {
+    for f in pc.failed.iter().filter(|f| f.before_step.is_none()) {
         out.push_str("      ");
         style.paint(out, "2", "evaluated, did not match: ");
         let _ = write!(out, "{}  match {} failed: {}", f.rule, f.index + 1, f.what);
@@ -285,15 +291,40 @@ fn push_positions(out: &mut String, pc: &PositionsCheck, style: Style) {
     }
 }
 
+/// `· filter:INPUT:rule:2  -p tcp -m tcp --dport 22 -j ACCEPT  [match 1 failed: -m tcp --dport 22]`
+fn push_failed(out: &mut String, f: &FailedMatch, style: Style) {
+    out.push_str("      ");
+    style.paint(
+        out,
+        "2",
+        format_args!(
+            "· {}  {}  [match {} failed: {}]",
+            f.rule,
+            f.rule_text.as_deref().unwrap_or("?"),
+            f.index + 1,
+            f.what
+        ),
+    );
+    out.push('\n');
+}
+
 /// `observed`: the kernel's rule positions confirmed the path, so its branch points are
-/// observed match results, not assumptions.
-fn push_path(out: &mut String, path: &Path, style: Style, observed: bool) {
-    for s in &path.steps {
+/// observed match results, not assumptions; `failed`: the rules evaluated without matching,
+/// placed between the steps.
+fn push_path(out: &mut String, path: &Path, style: Style, observed: bool, failed: &[FailedMatch]) {
+    let mut failed = failed.iter().peekable();
+    for (k, s) in path.steps.iter().enumerate() {
+        while let Some(f) = failed.next_if(|f| f.before_step.is_some_and(|b| b as usize <= k)) {
+            push_failed(out, f, style);
+        }
         out.push_str("      ");
         style.paint(out, "1", &s.id);
         out.push_str("  ");
         style.paint(out, "2", s.rule_text.as_deref().unwrap_or("(end of chain)"));
         out.push('\n');
+    }
+    for f in failed {
+        push_failed(out, f, style);
     }
     if let Some(n) = &path.nat {
         out.push_str("      ");

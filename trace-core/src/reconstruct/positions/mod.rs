@@ -115,6 +115,10 @@ pub struct FailedMatch {
     pub index: u32,
     /// The match as the dump writes it (`-m tcp --dport 22`), else the kernel's name.
     pub what: String,
+    /// Where on the (first) path it was evaluated: the index of the step it precedes
+    /// (`steps.len()` after the last); None when no path agrees with the calls.
+    #[serde(default)]
+    pub before_step: Option<u32>,
 }
 
 /// Applies the rule positions of a packet's table traversals to its reconstruction (`ev`:
@@ -171,14 +175,14 @@ pub fn check_table(
 ) {
     let groups = group(&tp.calls);
     let dump = ev.ruleset().table(tr.table);
-    let failed = dump.map_or_else(Vec::new, |d| failed_matches(d, &groups));
     let cx = dump.map(|dump| Cx {
         ev,
         dump,
         input,
         hook: tp.hook,
     });
-    let agreement = agreement(tr, cx.as_ref(), tp, &groups);
+    let (agreement, placed) = agreement(tr, cx.as_ref(), tp, &groups);
+    let failed = dump.map_or_else(Vec::new, |d| failed_matches(d, &groups, placed.as_deref()));
     tr.positions = Some(PositionsCheck {
         calls: tp.calls.len(),
         complete: tp.complete,
@@ -193,11 +197,11 @@ fn agreement(
     cx: Option<&Cx<'_>>,
     tp: &TablePositions,
     groups: &[Group<'_>],
-) -> Agreement {
+) -> (Agreement, Option<Vec<usize>>) {
     if tr.skipped {
-        return skipped_table(tr, groups);
+        return (skipped_table(tr, groups), None);
     }
-    let unchecked = |why: &str| Agreement::Unchecked { why: why.into() };
+    let unchecked = |why: &str| (Agreement::Unchecked { why: why.into() }, None);
     let Some(cx) = cx else {
         return unchecked("the rule dump has no such table");
     };
@@ -207,7 +211,7 @@ fn agreement(
     if tr.paths.is_empty() {
         return unchecked("no path to compare (the table could not be replayed)");
     }
-    let verdicts: Vec<Result<(), String>> = tr
+    let verdicts: Vec<Result<Vec<usize>, String>> = tr
         .paths
         .iter()
         .map(|p| path_agrees(cx, p, groups))
@@ -222,13 +226,17 @@ fn agreement(
             verdicts.len()
         ));
     }
-    if let Some(reason) = rule_out(tr, verdicts) {
-        tr.status = Status::Inconsistent;
-        tr.reason = Some(reason.clone());
-        return Agreement::Disagree { reason };
+    match rule_out(tr, verdicts) {
+        Ok(placed) => {
+            settle(tr);
+            (Agreement::Agree, Some(placed))
+        }
+        Err(reason) => {
+            tr.status = Status::Inconsistent;
+            tr.reason = Some(reason.clone());
+            (Agreement::Disagree { reason }, None)
+        }
     }
-    settle(tr);
-    Agreement::Agree
 }
 
 /// A table conntrack had nat skip must show no calls.
@@ -249,7 +257,7 @@ fn skipped_table(tr: &mut TableResult, groups: &[Group<'_>]) -> Agreement {
 
 /// For a table already inconsistent: which evaluated paths the calls fit (worth knowing
 /// which path the kernel took when other evidence rules them all out).
-fn fitting_evaluated_paths(verdicts: &[Result<(), String>]) -> String {
+fn fitting_evaluated_paths(verdicts: &[Result<Vec<usize>, String>]) -> String {
     let fit: Vec<String> = (1..=verdicts.len())
         .filter(|i| verdicts[i - 1].is_ok())
         .map(|i| i.to_string())
@@ -261,28 +269,32 @@ fn fitting_evaluated_paths(verdicts: &[Result<(), String>]) -> String {
     }
 }
 
-/// Keeps the paths that fit (counting the others as ruled out); when none does, keeps them
-/// all with why, and returns the first reason.
-fn rule_out(tr: &mut TableResult, verdicts: Vec<Result<(), String>>) -> Option<String> {
-    let mut first_reason = None;
+/// Keeps the paths that fit (counting the others as ruled out) and returns where the first
+/// one evaluated each rule; when none fits, keeps them all with why, and returns the first
+/// reason.
+fn rule_out(
+    tr: &mut TableResult,
+    verdicts: Vec<Result<Vec<usize>, String>>,
+) -> Result<Vec<usize>, String> {
+    let (mut placed, mut reason) = (None, None);
     let (mut agree, mut rejected) = (Vec::new(), Vec::new());
     for (mut p, v) in std::mem::take(&mut tr.paths).into_iter().zip(verdicts) {
         match v {
-            Ok(()) => agree.push(p),
+            Ok(at) => {
+                placed.get_or_insert(at);
+                agree.push(p);
+            }
             Err(why) => {
-                first_reason.get_or_insert_with(|| format!("rule positions: {why}"));
-                p.rejected = Some(format!("rule positions: {why}"));
+                let why = format!("rule positions: {why}");
+                reason.get_or_insert_with(|| why.clone());
+                p.rejected = Some(why);
                 tr.ruled_out += 1;
                 rejected.push(p);
             }
         }
     }
-    if agree.is_empty() {
-        tr.paths = rejected;
-        return first_reason;
-    }
-    tr.paths = agree;
-    None
+    tr.paths = if agree.is_empty() { rejected } else { agree };
+    placed.ok_or_else(|| reason.unwrap_or_default())
 }
 
 /// One path left: confirmed — unless the evaluator stopped exploring and a path not
@@ -314,10 +326,17 @@ fn settle(tr: &mut TableResult) {
 }
 
 /// The failed matches the calls show, with the rule and match text from the dump.
-fn failed_matches(dump: &TableDump, groups: &[Group<'_>]) -> Vec<FailedMatch> {
+/// `placed`: for each evaluation, the index of the path step it precedes (when the path
+/// agrees).
+fn failed_matches(
+    dump: &TableDump,
+    groups: &[Group<'_>],
+    placed: Option<&[usize]>,
+) -> Vec<FailedMatch> {
     groups
         .iter()
-        .filter_map(|g| {
+        .enumerate()
+        .filter_map(|(j, g)| {
             let Some(XtCall::Match {
                 index,
                 name,
@@ -342,6 +361,7 @@ fn failed_matches(dump: &TableDump, groups: &[Group<'_>]) -> Vec<FailedMatch> {
                 rule_text: rule.map(|r| r.text.clone()),
                 index: *index,
                 what,
+                before_step: placed.and_then(|p| p.get(j)).map(|&k| k as u32),
             })
         })
         .collect()

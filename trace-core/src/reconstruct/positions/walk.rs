@@ -166,8 +166,13 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
     Ok(out)
 }
 
-/// Ok when the path makes exactly the calls observed; else the first difference.
-pub(super) fn path_agrees(cx: &Cx<'_>, path: &Path, groups: &[Group<'_>]) -> Result<(), String> {
+/// Ok when the path makes exactly the calls observed — with, for each rule evaluation in
+/// `groups`, the index of the path step it precedes (or is) — else the first difference.
+pub(super) fn path_agrees(
+    cx: &Cx<'_>,
+    path: &Path,
+    groups: &[Group<'_>],
+) -> Result<Vec<usize>, String> {
     let visits = visits(cx.dump, cx.hook, path)?;
     let table = cx.dump.table;
     // Last index of each (chain, rule) on the path: a call at a rule the path no longer
@@ -177,13 +182,17 @@ pub(super) fn path_agrees(cx: &Cx<'_>, path: &Path, groups: &[Group<'_>]) -> Res
         last.insert((v.chain.name.as_str(), v.num), i);
     }
     let mut j = 0;
+    let (mut placed, mut steps_before) = (Vec::with_capacity(groups.len()), 0);
     for (i, v) in visits.iter().enumerate() {
         let g = groups.get(j);
         if g.is_some_and(|g| g.chain == v.chain.name && g.rule == Some(v.num)) {
             j += 1;
             observed(cx, v, &groups[j - 1])?;
+            placed.push(steps_before);
+            steps_before += v.matched as usize;
             continue;
         }
+        steps_before += v.matched as usize;
         if let Some(g) = g {
             let reached = g
                 .rule
@@ -200,7 +209,7 @@ pub(super) fn path_agrees(cx: &Cx<'_>, path: &Path, groups: &[Group<'_>]) -> Res
         unobserved(cx, v)?;
     }
     match groups.get(j) {
-        None => Ok(()),
+        None => Ok(placed),
         Some(g) => Err(format!(
             "the kernel evaluated {}, which this path does not reach (it ends{})",
             g.label(table),
