@@ -741,3 +741,60 @@ fn store_evicts_by_age_of_what_still_waits() {
     p.skb = 2;
     assert_eq!(store.take(&p).len(), 1);
 }
+
+#[test]
+fn a_match_the_evaluator_decides_otherwise_is_inconsistent_even_when_the_rule_fails_anyway() {
+    let dump = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 80 -m mark --mark 0x1 -j DROP
+-A INPUT -j ACCEPT
+COMMIT
+";
+    let p = packet(80, ObservedVerdict::Accept);
+    // The evaluator: tcp matches, mark 0x1 does not (mark 0).
+    let ok = run_on(
+        dump,
+        &p,
+        Some(input(vec![
+            m("INPUT", 1, 0, "tcp", true),
+            m("INPUT", 1, 1, "mark", false),
+        ])),
+    );
+    assert_eq!(ok.status, Status::Confirmed);
+    // The kernel's tcp match failing: the rule still does not match, but the evaluator's
+    // model of `-m tcp --dport 80` disagrees with the kernel.
+    let rp = run_on(dump, &p, Some(input(vec![m("INPUT", 1, 0, "tcp", false)])));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Inconsistent);
+    let reason = tr.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("filter:INPUT:rule:1: match #1 (-m tcp --dport 80) returned false in the kernel, the evaluator decides true"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn matches_are_decided_with_the_mark_the_path_has_there() {
+    // MARK sets 0x1 first: rule 2 (mark 0x0) fails, as the kernel says, only because the
+    // path's mark at rule 2 is 0x1, not the packet's 0x0.
+    let dump = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -j MARK --set-xmark 0x1/0xffffffff
+-A INPUT -m mark --mark 0x0 -j DROP
+-A INPUT -j ACCEPT
+COMMIT
+";
+    let mut p = packet(80, ObservedVerdict::Accept);
+    p.hooks[0].tables[0].after.as_mut().unwrap().mark = 1;
+    let calls = vec![t("INPUT", 1, "MARK"), m("INPUT", 2, 0, "mark", false)];
+    let rp = run_on(dump, &p, Some(input(calls)));
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
+    assert_eq!(tr.positions.as_ref().unwrap().agreement, Agreement::Agree);
+}

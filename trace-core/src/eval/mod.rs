@@ -173,6 +173,15 @@ pub struct StepRec {
     pub traced: bool,
 }
 
+/// skb mark, TOS and TTL where a path tries a rule ([`StepRec`] records them at each step;
+/// the rules tried before a step see that step's values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateAt {
+    pub mark: u32,
+    pub tos: u8,
+    pub ttl: u8,
+}
+
 /// An assumption a candidate path rests on: the undecidable matches of one rule matched
 /// (`matched = true`) or at least one of them did not; or an unknown target continued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,6 +385,44 @@ impl Evaluator {
             .rules
             .get((num as usize).checked_sub(1)?)?;
         Some(compile::ip_part_matches(rule, &Pkt::of(input)))
+    }
+
+    /// The evaluator's result for each match of rule `num` (1-based) of chain `chain` (index
+    /// in the dump's `chains`), in the rule's order: Some when the capture decides it, None
+    /// for a branch point. `at`: skb mark, TOS and TTL where the path tries the rule; the
+    /// conntrack entry and its mark are the table's input ones. Rule positions compare these
+    /// with the kernel's match results. None when the rule is not in the dump.
+    pub fn match_results(
+        &self,
+        table: Table,
+        chain: usize,
+        num: u32,
+        input: &EvalInput<'_>,
+        at: StateAt,
+        ctx: &NetContext,
+    ) -> Option<Vec<Option<bool>>> {
+        let t = self.ctable(table)?;
+        let rules = &self.ruleset.tables[t.dump].chains.get(chain)?.rules;
+        let rule = rules.get((num as usize).checked_sub(1)?)?;
+        let pkt = Pkt::of(input);
+        let st = PathState {
+            mark: at.mark,
+            ctmark: input.state.ct.filter(|c| c.ctinfo != 7).map(|c| c.mark),
+            tos: at.tos,
+            ttl: at.ttl,
+            nf_trace: input.nf_trace,
+            sets_trace: false,
+            notrack: false,
+        };
+        let results = rule
+            .matches
+            .iter()
+            .map(|m| match matches::decide(m, &pkt, &st, ctx) {
+                matches::Tri::True => Some(true),
+                matches::Tri::False => Some(false),
+                matches::Tri::Unknown(_) => None,
+            });
+        Some(results.collect())
     }
 
     /// Replays `table` on `hook` for the packet: every candidate path.

@@ -23,9 +23,8 @@ mod walk;
 pub use store::PositionStore;
 
 use super::{Status, TableResult};
-use crate::eval::{EvalInput, Evaluator};
+use crate::eval::{EvalInput, Evaluator, NetContext};
 use crate::netfilter::{Hook, Table};
-use crate::packet::{HookPass, TableObservation};
 use crate::rules::TableDump;
 use crate::step::StepId;
 use serde::{Deserialize, Serialize};
@@ -129,13 +128,27 @@ pub fn apply(rp: &mut super::ReconstructedPacket, ev: &Evaluator, positions: &[T
         return;
     }
     let super::ReconstructedPacket { packet, hooks, .. } = rp;
-    for (rh, hp) in hooks.iter_mut().zip(&packet.hooks) {
+    let tuples = super::ct_tuples(packet);
+    for (hi, (rh, hp)) in hooks.iter_mut().zip(&packet.hooks).enumerate() {
         for (tr, obs) in rh.tables.iter_mut().zip(&hp.tables) {
             if let Some(tp) = positions
                 .iter()
                 .find(|t| t.hook == rh.hook && t.table == tr.table)
             {
-                check_table(tr, ev, &table_input(hp, obs), tp);
+                let input = EvalInput {
+                    hook: hp.hook,
+                    in_dev: hp.in_dev.as_deref(),
+                    out_dev: hp.out_dev.as_deref(),
+                    mac: hp.mac.as_deref(),
+                    uid: hp.uid,
+                    gid: hp.gid,
+                    state: &obs.before,
+                    // No match depends on it (it only marks steps as traced).
+                    nf_trace: false,
+                    tuples,
+                    dst_local: super::routed_local(packet, hi, obs),
+                };
+                check_table(tr, ev, &input, tp);
             }
         }
     }
@@ -146,22 +159,6 @@ pub fn apply(rp: &mut super::ReconstructedPacket, ev: &Evaluator, positions: &[T
         .map(|t| t.status)
         .max()
         .unwrap_or(Status::Confirmed);
-}
-
-/// The packet as the table saw it (only the `ipt_ip` part is tested with it here).
-pub fn table_input<'a>(hp: &'a HookPass, obs: &'a TableObservation) -> EvalInput<'a> {
-    EvalInput {
-        hook: hp.hook,
-        in_dev: hp.in_dev.as_deref(),
-        out_dev: hp.out_dev.as_deref(),
-        mac: hp.mac.as_deref(),
-        uid: hp.uid,
-        gid: hp.gid,
-        state: &obs.before,
-        nf_trace: false,
-        tuples: Default::default(),
-        dst_local: None,
-    }
 }
 
 /// Checks one table's paths against its positions: paths that would make other calls are
@@ -175,10 +172,14 @@ pub fn check_table(
 ) {
     let groups = group(&tp.calls);
     let dump = ev.ruleset().table(tr.table);
+    // Host state (addresses, bridges) is not needed to check the calls: matches that need
+    // it stay undecided and are not compared.
+    let ctx = NetContext::unknown();
     let cx = dump.map(|dump| Cx {
         ev,
         dump,
         input,
+        ctx: &ctx,
         hook: tp.hook,
     });
     let (agreement, placed) = agreement(tr, cx.as_ref(), tp, &groups);

@@ -3,7 +3,7 @@
 //! kernel's calls fit them rule by rule.
 
 use super::{match_text, RuleCall, XtCall};
-use crate::eval::{EvalInput, Evaluator};
+use crate::eval::{EvalInput, Evaluator, NetContext, StateAt};
 use crate::netfilter::{Hook, Table};
 use crate::reconstruct::Path;
 use crate::rules::targets::Target;
@@ -15,6 +15,7 @@ pub(super) struct Cx<'a> {
     pub ev: &'a Evaluator,
     pub dump: &'a TableDump,
     pub input: &'a EvalInput<'a>,
+    pub ctx: &'a NetContext,
     pub hook: Hook,
 }
 
@@ -23,6 +24,25 @@ impl Cx<'_> {
     fn ip_part(&self, v: &Visit<'_>) -> Option<bool> {
         self.ev
             .ip_part_matches(self.dump.table, v.chain_index, v.num, self.input)
+    }
+
+    /// The evaluator's result for each match of a visited rule (None: a branch point, or
+    /// the conntrack state changed on the path before it).
+    fn match_results(&self, v: &Visit<'_>) -> Vec<Option<bool>> {
+        let n = v.rule.map_or(0, |r| r.matches.len());
+        if v.ct_changed {
+            return vec![None; n];
+        }
+        self.ev
+            .match_results(
+                self.dump.table,
+                v.chain_index,
+                v.num,
+                self.input,
+                v.at,
+                self.ctx,
+            )
+            .unwrap_or_else(|| vec![None; n])
     }
 }
 
@@ -109,6 +129,11 @@ struct Visit<'r> {
     /// The rule (None for a chain end: the policy or user-chain RETURN entry).
     rule: Option<&'r Rule>,
     matched: bool,
+    /// skb mark, TOS, TTL when the path tries the rule.
+    at: StateAt,
+    /// A CONNMARK / CT / NOTRACK target ran on the path before: the conntrack mark or
+    /// entry the rule sees is not the table's input one.
+    ct_changed: bool,
 }
 
 /// Every entry the path evaluates, in the kernel's order: the rules before each step that
@@ -123,6 +148,7 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
     // (chain index, rules before the next one to evaluate), as the kernel's jump stack.
     let (mut cur, mut pos) = (start, 0u32);
     let mut stack: Vec<(usize, u32)> = Vec::new();
+    let mut ct_changed = false;
     let ret = |stack: &mut Vec<(usize, u32)>| {
         stack
             .pop()
@@ -135,12 +161,19 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
         if s.id.chain != chain.name || n <= pos {
             return Err(format!("cannot follow the path at {}", s.id));
         }
+        let at = StateAt {
+            mark: s.mark,
+            tos: s.tos,
+            ttl: s.ttl,
+        };
         let visit = |num: u32, matched: bool| Visit {
             chain,
             chain_index: cur,
             num,
             rule: chain.rules.get(num as usize - 1),
             matched,
+            at,
+            ct_changed,
         };
         out.extend((pos + 1..n.min(chain.end_num())).map(|k| visit(k, false)));
         out.push(visit(n, true));
@@ -152,6 +185,10 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
         if i + 1 == path.steps.len() {
             break;
         }
+        ct_changed |= matches!(
+            rule.target,
+            Target::Connmark(_) | Target::Ct(_) | Target::Notrack
+        );
         (cur, pos) = match &rule.target {
             Target::Jump(c) | Target::Goto(c) => {
                 if !rule.goto && matches!(rule.target, Target::Jump(_)) {
@@ -238,7 +275,32 @@ fn observed(cx: &Cx<'_>, v: &Visit<'_>, g: &Group<'_>) -> Result<(), String> {
             "{label}: the kernel called its matches, but its IP part does not match the packet"
         ));
     }
-    group_fits(g, rule, v.matched).map_err(|why| format!("{label}: {why}"))
+    group_fits(g, rule, v.matched).map_err(|why| format!("{label}: {why}"))?;
+    results_fit(g, rule, &cx.match_results(v)).map_err(|why| format!("{label}: {why}"))
+}
+
+/// Each match the kernel called against what the evaluator decides for it (branch points,
+/// which the kernel's result decides, excepted).
+fn results_fit(g: &Group<'_>, rule: &Rule, decided: &[Option<bool>]) -> Result<(), String> {
+    for c in &g.calls {
+        let XtCall::Match { index, matched, .. } = c else {
+            continue;
+        };
+        let Some(Some(d)) = decided.get(*index as usize) else {
+            continue;
+        };
+        if d != matched {
+            let what = rule
+                .matches
+                .get(*index as usize)
+                .map_or_else(String::new, match_text);
+            return Err(format!(
+                "match #{} ({what}) returned {matched} in the kernel, the evaluator decides {d}",
+                index + 1
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A rule the path evaluates where the kernel called nothing: it must either match without
