@@ -10,6 +10,12 @@
 //! inline). So rules with only an IP part and a standard target are invisible: the evaluator
 //! fills them in and the calls must merely be consistent with them.
 //!
+//! A path agrees when, rule by rule in the kernel's order, it makes exactly these calls: a
+//! rule it matches called all its matches (true) and its target if non-standard; a rule it
+//! evaluates without matching called nothing exactly when its IP part fails, else matches up
+//! to the first false one; and every match result the evaluator can decide equals the
+//! kernel's. Branch points (matches the capture cannot decide) take the kernel's result.
+//!
 //! The input, one [`TablePositions`] per `ipt_do_table` run, is produced by the capture
 //! backends that probe the x_tables functions (fentry/kprobe); without it nothing here runs
 //! and reconstruction is unchanged.
