@@ -193,16 +193,6 @@ static HOOK_FRAMES: PerCpuArray<HookFrames> = PerCpuArray::with_max_entries(1, 0
 /// stack is near the limit.
 #[inline(never)]
 pub fn push_hook(skb: u64, state: u64, allowed: bool) {
-    let Some(f) = HOOK_FRAMES.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU map value.
-    let f = unsafe { &mut *f };
-    let d = f.depth as usize;
-    f.depth = f.depth.saturating_add(1);
-    if d >= HOOK_DEPTH {
-        return;
-    }
     let mut fr = HookFrame {
         skb,
         state,
@@ -225,7 +215,19 @@ pub fn push_hook(skb: u64, state: u64, allowed: bool) {
             }
         }
     }
-    f.frames[d] = fr;
+    let Some(f) = HOOK_FRAMES.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value.
+    let f = unsafe { &mut *f };
+    // Index right after its bound check (the verifier must see the bound on the register
+    // it indexes with).
+    let d = f.depth as usize;
+    if d < HOOK_DEPTH {
+        f.frames[d] = fr;
+    }
+    // Deeper than HOOK_DEPTH: counted, so the matching pops stay aligned (they find nothing).
+    f.depth = f.depth.saturating_add(1);
 }
 
 /// The frame of the nf_hook_slow call returning now; `skb` (0 = not known: kretprobe) must be

@@ -253,6 +253,41 @@ mod tests {
         );
     }
 
+    /// A traversal from JSON (as the capture prints it): FORWARD passed to its exit, then
+    /// POSTROUTING without an exit and the given fate.
+    fn trace(fate: &str) -> PacketTrace {
+        let pass = |hook: &str, probes: &str| {
+            format!(
+                r#"{{"hook":"{hook}","ts_ns":1,"in_dev":null,"out_dev":null,"mac":null,"uid":null,"gid":null,"tables":[],"probes":{probes}}}"#
+            )
+        };
+        let text = format!(
+            r#"{{"id":0,"skb":1,"gen":2,"netns":3,"family":"ipv4","first_ts_ns":1,"incomplete":false,"hooks":[{},{}],{fate}}}"#,
+            pass("FORWARD", &format!("[{},-150,-149,{PRIO_HOOK_EXIT}]", i32::MIN + 1)),
+            pass("POSTROUTING", "[-2147483647,-150]"),
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn verdict_of_each_pass() {
+        let dropped = trace(
+            r#""fate":{"fate":"dropped","hook":"POSTROUTING","stage":{"kind":"table","table":"mangle"}}"#,
+        );
+        let v: Vec<HookVerdict> = dropped
+            .hooks
+            .iter()
+            .map(|h| hook_verdict(&dropped, h))
+            .collect();
+        assert_eq!(v, [HookVerdict::Accept, HookVerdict::Drop]);
+        let stolen = trace(
+            r#""fate":{"fate":"stolen","hook":"POSTROUTING","stage":{"kind":"table","table":"mangle"}}"#,
+        );
+        assert_eq!(hook_verdict(&stolen, &stolen.hooks[1]), HookVerdict::Stolen);
+        let unknown = trace(r#""fate":{"fate":"unknown"}"#);
+        assert_eq!(hook_verdict(&unknown, &unknown.hooks[1]), HookVerdict::Unknown);
+    }
+
     #[test]
     fn other_records_pass_and_bad_ones_are_errors() {
         let mut hv = HookVerdicts::new(&HashMap::new());

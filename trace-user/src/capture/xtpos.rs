@@ -399,7 +399,8 @@ pub fn xt_functions(
         let (Some(_), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
             continue;
         };
-        if !matches!(ty, "t" | "T") || name.contains('.') {
+        // `__pfx_*`: the padding before a function (CONFIG_FUNCTION_PADDING), never called.
+        if !matches!(ty, "t" | "T") || name.contains('.') || name.starts_with("__pfx_") {
             continue;
         }
         let module = it.next().map(|m| m.trim_matches(|c| c == '[' || c == ']'));
@@ -460,7 +461,7 @@ mod tests {
     fn finds_match_and_target_functions() {
         let text = "ffff t tcp_mt\t[xt_tcpudp]\nffff t conntrack_mt_v3\t[xt_conntrack]\nffff t conntrack_mt_check\t[xt_conntrack]\n\
                     ffff t xt_dnat_target_v2\t[xt_nat]\nffff t masquerade_tg\t[xt_MASQUERADE]\nffff t addrtype_mt_checkentry_v1.cold\t[xt_addrtype]\n\
-                    ffff t tcp_v4_rcv\nffff t foo_mt\t[nf_tables]\n";
+                    ffff t tcp_v4_rcv\nffff t foo_mt\t[nf_tables]\nffff t __pfx_tcp_mt\t[xt_tcpudp]\n";
         let names = |v: Vec<XtFunction>| v.into_iter().map(|f| f.name).collect::<Vec<_>>();
         let (m, t) = xt_functions(text, |_| true);
         assert_eq!(m[1].module.as_deref(), Some("xt_tcpudp"));
