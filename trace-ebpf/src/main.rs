@@ -22,6 +22,8 @@ mod kread;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod nfhook;
+#[cfg(target_arch = "bpf")]
+mod pktbuf;
 // fentry/kprobe backends (issue 6): programs on the netfilter functions, shared bodies in tables.
 #[cfg(target_arch = "bpf")]
 mod fentry;

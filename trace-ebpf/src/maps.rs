@@ -71,6 +71,11 @@ pub static FILTER_INPUT: PerCpuArray<FilterInput> = PerCpuArray::with_max_entrie
 #[map]
 pub static HASH_BUF: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
 
+/// The packet's first bytes (index 0; netfilter probes, see pktbuf): one read serves the change
+/// hash and the header snapshot.
+#[map]
+pub static PKT_BUF: PerCpuArray<[u64; 16]> = PerCpuArray::with_max_entries(1, 0);
+
 /// A conntrack tuple's two addresses while hashing it (index 0; off the stack).
 #[map]
 pub static TUPLE_BUF: PerCpuArray<[[u8; 16]; 2]> = PerCpuArray::with_max_entries(1, 0);

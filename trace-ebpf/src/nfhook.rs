@@ -42,6 +42,7 @@ use crate::{
         FLOW_KEEP, FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH, SLOT_DONE,
         SLOT_TRACKED, TRACKED, TUPLE_BUF,
     },
+    pktbuf,
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -724,7 +725,16 @@ fn fill_record<const D: bool>(
     conntrack::<D>(rec, skb);
     let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
     let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
-    let hash = quick_hash(head + nh as u64);
+    // Netfilter probes: one read for the hash and (common layouts) the snapshot.
+    let pkt = if D && head != 0 {
+        pktbuf::read(head + nh as u64)
+    } else {
+        None
+    };
+    let hash = match &pkt {
+        Some(p) => p.hash(),
+        None => quick_hash(head + nh as u64),
+    };
     // A new pass: another hook, or the same hook again from its start.
     let new_pass = rec.hook != t.last_hook
         || (D && rec.hook == t.prev_hook && rec.priority <= t.prev_priority);
@@ -747,7 +757,8 @@ fn fill_record<const D: bool>(
     }
     if head != 0
         && (hash != t.last_hash || t.last_hash == 0)
-        && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true)
+        && (pkt.is_some_and(|p| p.snapshot(rec.pf, &mut rec.headers))
+            || headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true))
     {
         rec.flags |= probe_flags::HEADERS;
     }
