@@ -367,24 +367,44 @@ impl Evaluator {
         self.tables[table as usize].as_ref()
     }
 
-    /// The kernel's ip_packet_match for rule `num` (1-based) of chain `chain` (its index in the
-    /// table dump's `chains`, as in [`StepRec::chain`]) on the packet as `input` shows it: the
-    /// kernel calls a rule's match functions only when it passes (rule positions check this).
-    /// None when the rule is not in the dump.
-    pub fn ip_part_matches(
+    /// The rules `from..to` (1-based numbers) of chain `chain` (index in the dump's `chains`)
+    /// whose `ipt_ip` part matches the packet as `input` shows it (ip_packet_match), in
+    /// order: the only ones the kernel calls any match or target function for (rule
+    /// positions check this). Uses the chain's address index like the replay. Empty when the
+    /// chain is not in the dump.
+    pub fn ip_part_passing(
         &self,
         table: Table,
         chain: usize,
-        num: u32,
+        from: u32,
+        to: u32,
         input: &EvalInput<'_>,
-    ) -> Option<bool> {
-        let t = self.ctable(table)?;
-        let rule = t
-            .chains
-            .get(chain)?
-            .rules
-            .get((num as usize).checked_sub(1)?)?;
-        Some(compile::ip_part_matches(rule, &Pkt::of(input)))
+    ) -> Vec<u32> {
+        let Some(c) = self.ctable(table).and_then(|t| t.chains.get(chain)) else {
+            return Vec::new();
+        };
+        let pkt = Pkt::of(input);
+        let len = c.rules.len() as u32;
+        let end = to.saturating_sub(1).min(len);
+        let mut pos = from.saturating_sub(1);
+        let mut out = Vec::new();
+        while pos < end {
+            if let Some(idx) = &c.addr_index {
+                let addr = match idx.field {
+                    compile::IndexedField::Dst => pkt.dst,
+                    compile::IndexedField::Src => pkt.src,
+                };
+                pos = idx.next(pos, addr, len);
+                if pos >= end {
+                    break;
+                }
+            }
+            if compile::ip_part_matches(&c.rules[pos as usize], &pkt) {
+                out.push(pos + 1);
+            }
+            pos += 1;
+        }
+        out
     }
 
     /// The evaluator's result for each match of rule `num` (1-based) of chain `chain` (index

@@ -8,7 +8,6 @@ use crate::netfilter::{Hook, Table};
 use crate::reconstruct::Path;
 use crate::rules::targets::Target;
 use crate::rules::{Chain, Rule, TableDump};
-use std::collections::HashMap;
 
 /// What a path is checked against besides the calls.
 pub(super) struct Cx<'a> {
@@ -20,12 +19,6 @@ pub(super) struct Cx<'a> {
 }
 
 impl Cx<'_> {
-    /// The evaluator's ip_packet_match for a visited rule (None: unknown).
-    fn ip_part(&self, v: &Visit<'_>) -> Option<bool> {
-        self.ev
-            .ip_part_matches(self.dump.table, v.chain_index, v.num, self.input)
-    }
-
     /// The evaluator's result for each match of a visited rule (None: a branch point, or
     /// the conntrack state changed on the path before it).
     fn match_results(&self, v: &Visit<'_>) -> Vec<Option<bool>> {
@@ -136,15 +129,31 @@ struct Visit<'r> {
     ct_changed: bool,
 }
 
-/// Every entry the path evaluates, in the kernel's order: the rules before each step that
-/// did not match, the steps themselves (following jumps, gotos and returns as
-/// ipt_do_table does).
-fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<'r>>, String> {
+/// What the path evaluates, in the kernel's order: the rules before each step that did not
+/// match but whose IP part passes (the others call nothing), and the steps themselves
+/// (following jumps, gotos and returns as ipt_do_table does); `tried` holds every range of
+/// rules the path goes through (chain index, first, last), to tell a rule whose IP part
+/// failed from one the path never reaches.
+struct Walk<'r> {
+    visits: Vec<Visit<'r>>,
+    tried: Vec<(usize, u32, u32)>,
+}
+
+impl Walk<'_> {
+    fn tried(&self, dump: &TableDump, chain: &str, num: u32) -> bool {
+        self.tried
+            .iter()
+            .any(|&(c, lo, hi)| dump.chains[c].name == chain && (lo..=hi).contains(&num))
+    }
+}
+
+fn walk<'r>(cx: &Cx<'r>, path: &Path) -> Result<Walk<'r>, String> {
+    let dump = cx.dump;
     let index_of = |name: &str| {
         dump.chain_index(name)
             .ok_or_else(|| format!("chain {name} is not in the dump"))
     };
-    let start = index_of(hook.chain_name())?;
+    let start = index_of(cx.hook.chain_name())?;
     // (chain index, rules before the next one to evaluate), as the kernel's jump stack.
     let (mut cur, mut pos) = (start, 0u32);
     let mut stack: Vec<(usize, u32)> = Vec::new();
@@ -154,7 +163,10 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
             .pop()
             .unwrap_or((start, dump.chains[start].rules.len() as u32))
     };
-    let mut out = Vec::new();
+    let mut w = Walk {
+        visits: Vec::new(),
+        tried: Vec::new(),
+    };
     for (i, s) in path.steps.iter().enumerate() {
         let chain = &dump.chains[cur];
         let n = s.id.num;
@@ -175,8 +187,11 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
             at,
             ct_changed,
         };
-        out.extend((pos + 1..n.min(chain.end_num())).map(|k| visit(k, false)));
-        out.push(visit(n, true));
+        let passing = cx.ev.ip_part_passing(dump.table, cur, pos + 1, n, cx.input);
+        w.visits
+            .extend(passing.into_iter().map(|k| visit(k, false)));
+        w.visits.push(visit(n, true));
+        w.tried.push((cur, pos + 1, n));
         let Some(rule) = chain.rules.get(n as usize - 1) else {
             // The chain end: the policy ends the path, a user chain returns.
             (cur, pos) = ret(&mut stack);
@@ -200,7 +215,7 @@ fn visits<'r>(dump: &'r TableDump, hook: Hook, path: &Path) -> Result<Vec<Visit<
             _ => (cur, n),
         };
     }
-    Ok(out)
+    Ok(w)
 }
 
 /// Ok when the path makes exactly the calls observed — with, for each rule evaluation in
@@ -210,48 +225,61 @@ pub(super) fn path_agrees(
     path: &Path,
     groups: &[Group<'_>],
 ) -> Result<Vec<usize>, String> {
-    let visits = visits(cx.dump, cx.hook, path)?;
-    let table = cx.dump.table;
-    // Last index of each (chain, rule) on the path: a call at a rule the path no longer
-    // reaches is reported as such at once.
-    let mut last: HashMap<(&str, u32), usize> = HashMap::new();
-    for (i, v) in visits.iter().enumerate() {
-        last.insert((v.chain.name.as_str(), v.num), i);
-    }
-    let mut j = 0;
-    let (mut placed, mut steps_before) = (Vec::with_capacity(groups.len()), 0);
-    for (i, v) in visits.iter().enumerate() {
-        let g = groups.get(j);
-        if g.is_some_and(|g| g.chain == v.chain.name && g.rule == Some(v.num)) {
-            j += 1;
-            observed(cx, v, &groups[j - 1])?;
-            placed.push(steps_before);
+    let w = walk(cx, path)?;
+    let visits = &w.visits;
+    let (mut i, mut steps_before) = (0, 0);
+    let mut placed = Vec::with_capacity(groups.len());
+    for g in groups {
+        // The visits up to g's rule call nothing; then g's must fit it.
+        loop {
+            let Some(v) = visits.get(i) else {
+                return Err(unreached(cx, &w, g, i));
+            };
+            i += 1;
+            if g.chain == v.chain.name && g.rule == Some(v.num) {
+                observed(cx, v, g)?;
+                placed.push(steps_before);
+                steps_before += v.matched as usize;
+                break;
+            }
             steps_before += v.matched as usize;
-            continue;
-        }
-        steps_before += v.matched as usize;
-        if let Some(g) = g {
-            let reached = g
-                .rule
-                .and_then(|n| last.get(&(g.chain, n)))
-                .is_some_and(|&k| k > i);
-            if !reached {
-                return Err(format!(
-                    "the kernel evaluated {}, which this path does not reach{}",
-                    g.label(table),
-                    after(&visits[..i], table)
-                ));
+            if let Err(why) = unobserved(cx, v) {
+                // A call at a rule the path never gets to explains more.
+                let later = visits[i..]
+                    .iter()
+                    .any(|v| g.chain == v.chain.name && g.rule == Some(v.num));
+                return Err(if later {
+                    why
+                } else {
+                    unreached(cx, &w, g, i - 1)
+                });
             }
         }
+    }
+    for v in &visits[i..] {
         unobserved(cx, v)?;
     }
-    match groups.get(j) {
-        None => Ok(placed),
-        Some(g) => Err(format!(
-            "the kernel evaluated {}, which this path does not reach (it ends{})",
+    Ok(placed)
+}
+
+/// Why the kernel's evaluation `g` has no place on the path after `visits[..i]`.
+fn unreached(cx: &Cx<'_>, w: &Walk<'_>, g: &Group<'_>, i: usize) -> String {
+    let table = cx.dump.table;
+    let on_path = w
+        .visits
+        .iter()
+        .any(|v| g.chain == v.chain.name && g.rule == Some(v.num));
+    match g.rule {
+        // Among the rules the path goes through, yet no visit: its IP part fails.
+        Some(n) if !on_path && w.tried(cx.dump, g.chain, n) => format!(
+            "{}: the kernel called its matches, but its IP part does not match the packet",
+            g.label(table)
+        ),
+        _ => format!(
+            "the kernel evaluated {}, which this path does not reach{}",
             g.label(table),
-            after(&visits, table)
-        )),
+            after(&w.visits[..i], table)
+        ),
     }
 }
 
@@ -270,11 +298,6 @@ fn observed(cx: &Cx<'_>, v: &Visit<'_>, g: &Group<'_>) -> Result<(), String> {
             v.chain.name
         ));
     };
-    if !v.matched && cx.ip_part(v) == Some(false) {
-        return Err(format!(
-            "{label}: the kernel called its matches, but its IP part does not match the packet"
-        ));
-    }
     group_fits(g, rule, v.matched).map_err(|why| format!("{label}: {why}"))?;
     results_fit(g, rule, &cx.match_results(v)).map_err(|why| format!("{label}: {why}"))
 }
@@ -303,8 +326,8 @@ fn results_fit(g: &Group<'_>, rule: &Rule, decided: &[Option<bool>]) -> Result<(
     Ok(())
 }
 
-/// A rule the path evaluates where the kernel called nothing: it must either match without
-/// calling anything (IP part and a standard target) or fail in its IP part.
+/// A rule the path evaluates (its IP part passing) where the kernel called nothing: it must
+/// match without calling anything (no match, a standard target).
 fn unobserved(cx: &Cx<'_>, v: &Visit<'_>) -> Result<(), String> {
     let Some(r) = v.rule else {
         return Ok(());
@@ -321,8 +344,9 @@ fn unobserved(cx: &Cx<'_>, v: &Visit<'_>) -> Result<(), String> {
             }
         ));
     }
+    // Not matched, yet its IP part passes (else it would not be a visit).
     match r.matches.first() {
-        Some(m) if !v.matched && cx.ip_part(v) == Some(true) => Err(format!(
+        Some(m) if !v.matched => Err(format!(
             "{}: its IP part matches the packet, so the kernel would have called its match #1 ({}), but it called nothing there",
             v.label(cx.dump.table),
             match_text(m)
