@@ -798,3 +798,49 @@ COMMIT
     assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
     assert_eq!(tr.positions.as_ref().unwrap().agreement, Agreement::Agree);
 }
+
+#[test]
+fn long_address_indexed_chains_are_checked_through_the_index() {
+    // 40 exact-destination rules: the evaluator indexes them by address; only the rule for
+    // the packet's destination passes its IP part, so only its tcp match is called.
+    let mut dump =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for k in 1..=40 {
+        dump.push_str(&format!(
+            "-A INPUT -d 10.0.1.{k}/32 -p tcp -m tcp --dport 443 -j ACCEPT\n"
+        ));
+    }
+    dump.push_str("-A INPUT -d 10.0.0.2/32 -p tcp -m tcp --dport 443 -j ACCEPT\nCOMMIT\n");
+    let p = packet(80, ObservedVerdict::Accept);
+    let rp = run_on(
+        &dump,
+        &p,
+        Some(input(vec![m("INPUT", 41, 0, "tcp", false)])),
+    );
+    let tr = &rp.hooks[0].tables[0];
+    assert_eq!(tr.status, Status::Confirmed, "{tr:#?}");
+    assert_eq!(steps(&rp)[0], ["filter:INPUT:policy:42"]);
+    // The destination's rule called nothing: its IP part passes, so that is wrong.
+    let rp = run_on(&dump, &p, Some(input(vec![])));
+    let reason = rp.hooks[0].tables[0].reason.clone().unwrap();
+    assert!(
+        reason.contains("filter:INPUT:rule:41: its IP part matches the packet"),
+        "{reason}"
+    );
+    // A call at another address's rule: its IP part fails.
+    let rp = run_on(
+        &dump,
+        &p,
+        Some(input(vec![
+            m("INPUT", 3, 0, "tcp", false),
+            m("INPUT", 41, 0, "tcp", false),
+        ])),
+    );
+    let reason = rp.hooks[0].tables[0].reason.clone().unwrap();
+    assert!(
+        reason.contains(
+            "filter:INPUT:rule:3: the kernel called its matches, but its IP part does not match"
+        ),
+        "{reason}"
+    );
+}
