@@ -612,6 +612,17 @@ fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
         break;
     }
     let out = out.unwrap();
+    let warnings = out.report["report"]["warnings"].to_string();
+    if warnings.contains("exited early") {
+        // The reference collector (xtables-monitor) failed on every attempt: ENOBUFS under a
+        // trace burst, or a rule it cannot print. Nothing was compared: say so loudly.
+        e2e::skipped(
+            &test,
+            &format!("the kernel's reference could not be collected: {warnings}"),
+        );
+        let _ = std::fs::remove_file(&out.recording);
+        return;
+    }
     let totals = &out.report["report"]["totals"];
     eprintln!("{test}: totals {totals}");
     assert_eq!(
