@@ -132,7 +132,9 @@ pub struct HeaderSnapshot {
     pub tcp_options: [u8; TCP_OPTIONS_MAX],
 }
 
-/// One tracked skb at one probe (248 bytes).
+/// One tracked skb at one probe (248 bytes). Sent cut short when parts are absent: without
+/// a header snapshot it ends before `headers` (136 bytes), without devices and MAC too before
+/// `in_dev` (88 bytes); `header.len` says which.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeRecord {
@@ -401,6 +403,9 @@ pub mod filter_fields {
     /// skb->mark (`mark`).
     pub const MARK: u32 = 1 << 1;
     pub const ALL: u32 = DEVS | MARK;
+    /// The filter matches every packet (a clause without predicates): the nfhook probes
+    /// skip reading the filter's view of the packet. Not part of [`ALL`].
+    pub const MATCH_ALL: u32 = 1 << 2;
 }
 
 /// Token bucket state for `--rate-limit` (single-entry array map).

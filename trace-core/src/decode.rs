@@ -15,6 +15,8 @@ use trace_common::record::{
 
 /// Length of a probe record that carries no header snapshot (headers unchanged).
 pub const PROBE_SHORT_LEN: usize = std::mem::offset_of!(ProbeRecord, headers);
+/// Length of a probe record without devices, MAC and header snapshot.
+pub const PROBE_TINY_LEN: usize = std::mem::offset_of!(ProbeRecord, in_dev);
 pub const PROBE_FULL_LEN: usize = std::mem::size_of::<ProbeRecord>();
 pub const DROP_LEN: usize = std::mem::size_of::<DropRecord>();
 
@@ -114,13 +116,14 @@ impl Decoder {
     }
 
     fn probe(&self, bytes: &[u8]) -> Result<ProbeEvent, DecodeError> {
-        // A short record is the full layout cut before `headers`: pad it to read the prefix.
+        // A short record is the full layout cut before `headers` (tiny: before `in_dev`):
+        // pad it to read the prefix.
         let mut buf = [0u8; PROBE_FULL_LEN];
-        if bytes.len() < PROBE_SHORT_LEN {
+        if bytes.len() < PROBE_TINY_LEN {
             return Err(DecodeError::Short {
                 what: "probe record",
                 len: bytes.len(),
-                need: PROBE_SHORT_LEN,
+                need: PROBE_TINY_LEN,
             });
         }
         let n = bytes.len().min(PROBE_FULL_LEN);
@@ -134,6 +137,13 @@ impl Decoder {
             field: "hook",
             value: r.hook as u64,
         })?;
+        if r.flags & (probe_flags::DEVS | probe_flags::MAC) != 0 && bytes.len() < PROBE_SHORT_LEN {
+            return Err(DecodeError::Short {
+                what: "probe record with devices",
+                len: bytes.len(),
+                need: PROBE_SHORT_LEN,
+            });
+        }
         let headers = if r.flags & probe_flags::HEADERS != 0 {
             if bytes.len() < PROBE_FULL_LEN {
                 return Err(DecodeError::Short {
@@ -421,6 +431,35 @@ mod tests {
             (p.in_dev, p.in_ifindex),
             (None, 0),
             "no DEVS flag: devices not sent"
+        );
+    }
+
+    #[test]
+    fn tiny_record_has_no_devices_and_devices_on_a_tiny_record_are_an_error() {
+        let mut r = syn_record();
+        r.flags = probe_flags::CT;
+        r.header.len = PROBE_TINY_LEN as u32;
+        let Event::Probe(p) = Decoder::default()
+            .decode(&bytes_of(&r, PROBE_TINY_LEN))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((p.in_dev, p.mac, p.headers), (None, None, None));
+        assert_eq!(p.ct.map(|c| c.ctinfo), Some(2));
+        r.flags = probe_flags::CT | probe_flags::DEVS;
+        let err = Decoder::default()
+            .decode(&bytes_of(&r, PROBE_TINY_LEN))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DecodeError::Short {
+                    need: PROBE_SHORT_LEN,
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
 

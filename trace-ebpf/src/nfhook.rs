@@ -63,6 +63,8 @@ const TCP_TIME_WAIT: u8 = 6;
 const TCP_NEW_SYN_RECV: u8 = 12;
 /// Offset of the header snapshot: a record without headers stops there.
 const SHORT_LEN: usize = core::mem::offset_of!(ProbeRecord, headers);
+/// ... and a record without devices, MAC and headers at `in_dev`.
+const TINY_LEN: usize = core::mem::offset_of!(ProbeRecord, in_dev);
 const FULL_LEN: usize = core::mem::size_of::<ProbeRecord>();
 
 /// The per-copy immediate: low 32 bits = priority, high bits = flags (see module doc).
@@ -220,8 +222,16 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
     };
     // SAFETY: per-CPU scratch value.
     let rec = unsafe { &mut *rec };
-    read_filter_fields::<D>(rec, state, skb);
-    if !selected(rec) {
+    let sampling = global!(CONFIG.sample_n) > 1;
+    // A filter that matches everything needs no look at the packet (sampling needs its
+    // 5-tuple below).
+    let match_all = global!(FILTER_FIELDS) & filter_fields::MATCH_ALL != 0;
+    if D && match_all && !sampling {
+        rec.pf = kread::<_, D>(state, global!(OFFSETS.state_pf));
+    } else {
+        read_filter_fields::<D>(rec, state, skb);
+    }
+    if !(D && match_all) && !selected(rec) {
         // A recycled skb address may still be in the map from an earlier traversal (only
         // consulted while something is being tracked; netfilter probes: the slot shadows it).
         if !D && recently_active() {
@@ -230,7 +240,6 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
         c.filtered_out += 1;
         return;
     }
-    let sampling = global!(CONFIG.sample_n) > 1;
     // Later packets of a flow already decided: skip or track at once, no waiting.
     let known = if sampling { known_flow(rec) } else { None };
     if known == Some(false) {
@@ -564,20 +573,26 @@ fn rate_ok() -> bool {
 }
 
 /// Write `rec` to the ring buffer (without the header snapshot unless `fill_record` read
-/// one). `hash` identifies the headers it carries.
+/// one; also without devices and MAC unless it read them). `hash` identifies the headers it
+/// carries.
 #[inline(never)]
 fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
     let with_headers = rec.flags & probe_flags::HEADERS != 0;
-    let len = if with_headers { FULL_LEN } else { SHORT_LEN };
+    let with_devs = rec.flags & (probe_flags::DEVS | probe_flags::MAC) != 0;
+    let len = match (with_headers, with_devs) {
+        (true, _) => FULL_LEN,
+        (false, true) => SHORT_LEN,
+        (false, false) => TINY_LEN,
+    };
     rec.header.len = len as u32;
     // SAFETY: ProbeRecord is plain data; we send its first `len` bytes.
     let bytes =
         unsafe { core::slice::from_raw_parts(rec as *const ProbeRecord as *const u8, FULL_LEN) };
     let flags = wakeup_flags();
-    let sent = if with_headers {
-        EVENTS.output::<[u8]>(bytes, flags)
-    } else {
-        EVENTS.output::<[u8]>(&bytes[..SHORT_LEN], flags)
+    let sent = match (with_headers, with_devs) {
+        (true, _) => EVENTS.output::<[u8]>(bytes, flags),
+        (false, true) => EVENTS.output::<[u8]>(&bytes[..SHORT_LEN], flags),
+        (false, false) => EVENTS.output::<[u8]>(&bytes[..TINY_LEN], flags),
     };
     if sent.is_ok() {
         c.emitted += 1;

@@ -94,6 +94,9 @@ impl Loaded {
         if uses_kind(&opts.filter, pred_kind::MARK) {
             fields |= filter_fields::MARK;
         }
+        if matches_all(&opts.filter) {
+            fields |= filter_fields::MATCH_ALL;
+        }
         let elf = hide_netfilter_sections(object::bytes()?)?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", opts.ringbuf_size)
@@ -217,6 +220,12 @@ pub(crate) fn probe_config(opts: &LoadOptions) -> ProbeConfig {
 /// timer (see session::DRAIN_INTERVAL): one wakeup per batch instead of one per record.
 pub fn wakeup_bytes(ringbuf_size: u32) -> u64 {
     (ringbuf_size / 8) as u64
+}
+
+/// Does the program match every packet (a clause without predicates)?
+fn matches_all(p: &FilterProgram) -> bool {
+    let n = (p.n_clauses as usize).min(FILTER_MAX_CLAUSES);
+    p.clauses[..n].iter().any(|c| c.n_preds == 0)
 }
 
 /// Does any predicate of the program test `kind`?
@@ -497,6 +506,15 @@ mod tests {
             68
         );
         assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 144);
+    }
+
+    #[test]
+    fn match_all_is_a_clause_without_predicates() {
+        assert!(matches_all(&FilterProgram::match_all()));
+        assert!(!matches_all(&FilterProgram::NONE));
+        let mut p = FilterProgram::match_all();
+        p.clauses[0].n_preds = 1;
+        assert!(!matches_all(&p));
     }
 
     #[test]
