@@ -653,7 +653,22 @@ fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
         "{test}: every captured packet agrees: {:#}",
         out.report
     );
-    assert_eq!(totals["only_in_reference"], 0, "{test}: {:#}", out.report);
+    // Packets the kernel traced that iptrace did not capture — ours only: on legacy the
+    // kernel log also holds other namespaces' TRACE lines (concurrent labs).
+    let ours_only_in_reference: Vec<&Value> = out.report["report"]["packets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["outcome"] == "only_in_reference")
+        .filter(|p| {
+            let s = p["summary"].as_str().unwrap_or("");
+            s.contains("10.213.") || s.contains("fd99:213:")
+        })
+        .collect();
+    assert!(
+        ours_only_in_reference.is_empty(),
+        "{test}: traced by the kernel, not captured: {ours_only_in_reference:#?}"
+    );
     if backend == IptablesBackend::Legacy {
         check_lines(&test, &bin, sc, &out);
     }
@@ -1000,6 +1015,107 @@ fn fidelity_matches_v4_legacy() {
 #[test]
 fn fidelity_matches_v4_nft() {
     run_scenario(&matches_v4(), IptablesBackend::Nft);
+}
+
+/// Targets that change the packet or its state between rules: NOTRACK/CT (UNTRACKED), TTL,
+/// TOS/DSCP, TCPMSS, CONNMARK --restore-mark, DNAT with a port, SNAT to a range, NFLOG, LOG
+/// in nat, RETURN in a base chain, conntrack DNAT state and original-tuple matches.
+const TARGETS_V4: &str = "\
+*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p udp -m udp --dport 7072 -j CT --notrack
+-A PREROUTING -p udp -m udp --dport 7073 -j NOTRACK
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A PREROUTING -m mark --mark 0x7 -j MARK --or-mark 0x100
+-A PREROUTING -p tcp -m tcp --dport 8080 -j MARK --set-xmark 0x7/0xffffffff
+-A PREROUTING -p tcp -m tcp --dport 8080 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A PREROUTING -p tcp -m tcp --dport 8080 -j TTL --ttl-dec 3
+-A PREROUTING -m ttl --ttl-eq 61 -j TOS --set-tos 0x10/0x3f
+-A PREROUTING -m tos --tos 0x10/0x3f -j DSCP --set-dscp 0x0a
+-A PREROUTING -m dscp --dscp 0x0a -j RETURN
+-A PREROUTING -j MARK --or-mark 0x8000
+-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss 1200
+-A FORWARD -p tcp -m tcpmss --mss 1200 -j MARK --or-mark 0x200
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 9090 -j LOG --log-prefix \"fid-dnat \"
+-A PREROUTING -d 10.213.1.1/32 -p tcp -m tcp --dport 9090 -j DNAT --to-destination 10.213.2.2:8080
+-A POSTROUTING -o r1 -p tcp -j SNAT --to-source 10.213.2.1-10.213.2.1:20000-20100
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate UNTRACKED -j NFLOG --nflog-group 7 --nflog-prefix fid
+-A INPUT -m conntrack --ctstate UNTRACKED -p udp -m udp --dport 7073 -j DROP
+-A FORWARD -m conntrack --ctstate DNAT --ctorigdstport 9090 -j MARK --or-mark 0x400
+-A FORWARD -m conntrack --ctstate SNAT -j MARK --or-mark 0x800
+-A FORWARD -m conntrack --ctorigdst 10.213.1.1 --ctreplsrc 10.213.2.2 -j MARK --or-mark 0x1000
+-A OUTPUT -m addrtype --src-type LOCAL -p udp -j MARK --or-mark 0x1
+COMMIT
+";
+
+fn targets_v4_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(S4, 8080));
+        tcp_echo(sa(R4_IN, 9090));
+        udp_send(sa(R4_IN, 7072), 10, None);
+        udp_send(sa(R4_IN, 7073), 10, None);
+    });
+}
+
+fn targets_v4() -> Scenario {
+    Scenario {
+        name: "targets_v4",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules: TARGETS_V4.to_string(),
+        filter: "ip",
+        kernel_steps: &[
+            // After the TRACE rule compare-trace inserts at the top.
+            "raw:PREROUTING:rule:2",
+            "raw:PREROUTING:rule:3",
+            "mangle:PREROUTING:rule:2",
+            "mangle:PREROUTING:rule:6",
+            "mangle:PREROUTING:rule:7",
+            "mangle:PREROUTING:rule:8",
+            "mangle:PREROUTING:policy:10",
+            "mangle:FORWARD:rule:2",
+            "nat:PREROUTING:rule:1",
+            "nat:PREROUTING:rule:2",
+            "nat:POSTROUTING:rule:1",
+            "filter:INPUT:rule:1",
+            "filter:INPUT:rule:2",
+            "filter:FORWARD:rule:1",
+            "filter:FORWARD:rule:2",
+            "filter:FORWARD:rule:3",
+        ],
+        kernel_text: &["TOS=0x10 PREC=0x00 TTL=61 ", "TOS=0x08 PREC=0x20 "],
+        traffic: targets_v4_traffic,
+        servers: &[(Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork")],
+    }
+}
+
+#[test]
+fn fidelity_targets_v4_legacy() {
+    run_scenario(&targets_v4(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_targets_v4_nft() {
+    run_scenario(&targets_v4(), IptablesBackend::Nft);
 }
 
 fn corpus(file: &str) -> Option<String> {

@@ -444,6 +444,65 @@ fn dscp_tos_ttl_targets_change_the_packet() {
     assert_eq!((t.candidates[0].tos, t.candidates[0].ttl), (0xb8, 9));
 }
 
+/// Kernel TRACE (capture_fidelity targets_v4): after `-j TCPMSS --set-mss 1200` on a SYN
+/// with MSS 1460, `-m tcpmss --mss 1200` in the same chain matches.
+#[test]
+fn tcpmss_target_changes_the_mss_later_rules_see() {
+    let dump = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+        -A FORWARD -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss 1200\n\
+        -A FORWARD -p tcp -m tcpmss --mss 1200 -j MARK --or-mark 0x1\n\
+        -A FORWARD -p tcp -m tcpmss --mss 1000 -j MARK --or-mark 0x2\n\
+        -A FORWARD -p tcp -m tcpmss --mss 536 -j MARK --or-mark 0x4\nCOMMIT\n";
+    let run = |h: Headers| {
+        let t = Case::new(Hook::Forward, h)
+            .out("eth1")
+            .run(dump, Table::Mangle, &unknown());
+        single(&t).1
+    };
+    let syn = tcp("10.0.0.1", 1, "10.0.0.2", 2, tcp_flags::SYN);
+    assert_eq!(
+        run(syn.clone()),
+        [
+            "mangle:FORWARD:rule:1",
+            "mangle:FORWARD:rule:2",
+            "mangle:FORWARD:policy:5"
+        ]
+    );
+    // Never raised: an MSS of 1000 stays 1000.
+    let mut low = syn.clone();
+    if let L4::Tcp { options, .. } = &mut low.l4 {
+        *options = vec![2, 4, 0x03, 0xe8];
+    }
+    assert_eq!(
+        run(low),
+        [
+            "mangle:FORWARD:rule:1",
+            "mangle:FORWARD:rule:3",
+            "mangle:FORWARD:policy:5"
+        ]
+    );
+    // No MSS option and no data: the target adds one, at most 536 (IPv4).
+    let mut none = syn.clone();
+    none.len = 40;
+    if let L4::Tcp { options, .. } = &mut none.l4 {
+        options.clear();
+    }
+    assert_eq!(
+        run(none.clone()),
+        [
+            "mangle:FORWARD:rule:1",
+            "mangle:FORWARD:rule:4",
+            "mangle:FORWARD:policy:5"
+        ]
+    );
+    // ... but not when the segment carries data.
+    none.len = 50;
+    assert_eq!(
+        run(none),
+        ["mangle:FORWARD:rule:1", "mangle:FORWARD:policy:5"]
+    );
+}
+
 #[test]
 fn addrtype_uses_the_netns_addresses_or_branches() {
     let dump = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\

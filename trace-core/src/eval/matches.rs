@@ -78,7 +78,7 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
             c.apply(c.value.matches(st.ttl)).into()
         }
         MatchKind::Ttl(_) | MatchKind::HopLimit(_) => Tri::False,
-        MatchKind::TcpMss(r) => tcpmss(r, p),
+        MatchKind::TcpMss(r) => tcpmss(r, p, st.mss),
         MatchKind::Dscp(d) => d.apply(st.tos >> 2 == d.value).into(),
         MatchKind::Tos(t) => t.apply(t.value.matches(st.tos as u32)).into(),
         MatchKind::Owner(o) => owner(o, p),
@@ -486,15 +486,49 @@ fn physdev(m: &crate::rules::matches::PhysdevMatch, p: &Pkt<'_>, ctx: &NetContex
     }
 }
 
-fn tcpmss(r: &Negatable<Range>, p: &Pkt<'_>) -> Tri {
+/// xt_tcpmss: the MSS option's value in range; no MSS option: false unless negated. `set`:
+/// the value a TCPMSS target earlier on the path wrote.
+fn tcpmss(r: &Negatable<Range>, p: &Pkt<'_>, set: Option<u16>) -> Tri {
     let L4::Tcp { options, .. } = &p.h.l4 else {
         return Tri::False;
     };
-    match tcp_option(options, 2) {
-        Some(d) if d.len() == 2 => r
-            .apply(r.value.contains(u16::from_be_bytes([d[0], d[1]]) as u32))
-            .into(),
-        _ => r.negated.into(),
+    let mss = set.or_else(|| match tcp_option(options, 2) {
+        Some(d) if d.len() == 2 => Some(u16::from_be_bytes([d[0], d[1]])),
+        _ => None,
+    });
+    match mss {
+        Some(v) => r.apply(r.value.contains(v as u32)).into(),
+        None => r.negated.into(),
+    }
+}
+
+/// The MSS option value after xt_TCPMSS with `--set-mss new` (tcpmss_mangle_packet): an MSS
+/// option is lowered to `new`, never raised; without one, an option is added (min(new, 536)
+/// for IPv4, 1220 for IPv6) when the segment carries no data and the header has room.
+/// None: the packet is left as it was.
+pub(crate) fn tcpmss_target(h: &Headers, current: Option<u16>, new: u16) -> Option<u16> {
+    let L4::Tcp { options, .. } = &h.l4 else {
+        return None;
+    };
+    if is_later_fragment(h) {
+        return None;
+    }
+    let old = current.or_else(|| match tcp_option(options, 2) {
+        Some(d) if d.len() == 2 => Some(u16::from_be_bytes([d[0], d[1]])),
+        _ => None,
+    });
+    match old {
+        Some(old) if old <= new => None,
+        Some(_) => Some(new),
+        None => {
+            let ip_hdr = if h.src.is_ipv4() { 20 } else { 40 };
+            let tcp_hdr = 20 + options.len();
+            let data = (h.len as usize).saturating_sub(ip_hdr + tcp_hdr);
+            if data > 0 || tcp_hdr >= 60 {
+                return None;
+            }
+            Some(new.min(if h.src.is_ipv4() { 536 } else { 1220 }))
+        }
     }
 }
 

@@ -240,6 +240,8 @@ struct PathState {
     nf_trace: bool,
     sets_trace: bool,
     notrack: bool,
+    /// The TCP MSS option value a TCPMSS target wrote (None: the options as captured).
+    mss: Option<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -433,6 +435,7 @@ impl Evaluator {
             nf_trace: input.nf_trace,
             sets_trace: false,
             notrack: false,
+            mss: None,
         };
         let results = rule
             .matches
@@ -472,6 +475,7 @@ impl Evaluator {
             nf_trace: input.nf_trace,
             sets_trace: false,
             notrack: false,
+            mss: None,
         };
         let first = Cursor {
             chain: start,

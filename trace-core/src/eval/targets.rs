@@ -65,10 +65,17 @@ pub(super) fn apply(run: &mut Run<'_>, c: &mut Cursor, rule: &Rule) -> Option<Ta
             }
             return Some(TableVerdict::Accept);
         }
+        Target::TcpMss { set_mss: Some(n) } => {
+            if let Some(mss) = super::matches::tcpmss_target(run.pkt.h, c.st.mss, *n) {
+                c.st.mss = Some(mss);
+            }
+        }
+        // --clamp-mss-to-pmtu: the route MTU is not known here; the packet is left as
+        // captured (a later -m tcpmss in the same table may then be misjudged).
+        Target::TcpMss { set_mss: None } => {}
         Target::Log(_)
         | Target::Nflog(_)
         | Target::Checksum
-        | Target::TcpMss { .. }
         | Target::Set(_)
         | Target::Classify(_) => {}
         Target::Unknown { name, args } => return unknown(run, c, name, args),

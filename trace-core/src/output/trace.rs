@@ -5,6 +5,7 @@
 //! itself says it is unsure.
 
 use super::logline::{push_fields_with, LogContext, LogFlags};
+use crate::event::{Headers, L4};
 use crate::packet::{HookPass, TableObservation};
 use crate::reconstruct::{ReconstructedPacket, Status, Step};
 use std::fmt::Write;
@@ -30,6 +31,11 @@ pub fn trace_line(hp: &HookPass, obs: &TableObservation, step: &Step) -> String 
 /// Appends the TRACE line of one step (without newline) to `s`: the packet as the table saw
 /// it, with the TOS/TTL the path had set by then.
 pub fn push_trace_line(s: &mut String, hp: &HookPass, obs: &TableObservation, step: &Step) {
+    push_line_with(s, hp, &obs.before.headers, step);
+}
+
+/// [`push_trace_line`] with the headers the step saw.
+fn push_line_with(s: &mut String, hp: &HookPass, headers: &Headers, step: &Step) {
     let ctx = LogContext {
         in_dev: hp.in_dev.as_deref(),
         out_dev: hp.out_dev.as_deref(),
@@ -40,22 +46,34 @@ pub fn push_trace_line(s: &mut String, hp: &HookPass, obs: &TableObservation, st
         mark: step.mark,
     };
     let _ = write!(s, "TRACE: {} ", step.id);
-    push_fields_with(
-        s,
-        &obs.before.headers,
-        step.tos,
-        step.ttl,
-        &ctx,
-        LogFlags::TRACE,
-    );
+    push_fields_with(s, headers, step.tos, step.ttl, &ctx, LogFlags::TRACE);
 }
 
 /// The TRACE lines of a packet (first path of every table).
 pub fn trace_lines(rp: &ReconstructedPacket, from: TraceFrom) -> Vec<String> {
-    rp.steps()
-        .filter(|(_, _, s)| from == TraceFrom::Start || s.traced)
-        .map(|(hp, obs, s)| trace_line(hp, obs, s))
-        .collect()
+    let mut out = Vec::new();
+    // (the table observation of the current steps, its headers after an options rewrite)
+    let mut cur: Option<(*const TableObservation, Option<Headers>)> = None;
+    for (hp, obs, s) in rp.steps() {
+        if cur.as_ref().map(|c| c.0) != Some(obs as *const _) {
+            cur = Some((obs as *const _, None));
+        }
+        let rewritten = &mut cur.as_mut().expect("set above").1;
+        if from == TraceFrom::Start || s.traced {
+            let mut line = String::with_capacity(320);
+            push_line_with(
+                &mut line,
+                hp,
+                rewritten.as_ref().unwrap_or(&obs.before.headers),
+                s,
+            );
+            out.push(line);
+        }
+        if rewritten.is_none() && rewrites_tcp_options(s) {
+            *rewritten = with_options_after(obs);
+        }
+    }
+    out
 }
 
 /// Writes a packet's TRACE lines, with `# ` notes for tables that are not confirmed, in one
@@ -93,17 +111,21 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
                 if i > 0 {
                     let _ = writeln!(buf, "# alternative {} for {}:{}", i + 1, tr.table, hp.hook);
                 }
-                for s in path
-                    .steps
-                    .iter()
-                    .filter(|s| from == TraceFrom::Start || s.traced)
-                {
-                    // Paths the evidence does not single out are printed as comments.
-                    if i > 0 || tr.status == Status::Inconsistent {
-                        buf.push_str("# ");
+                // Once a target rewrote the TCP options, later steps of the table see them.
+                let mut options_from: Option<Headers> = None;
+                for s in path.steps.iter() {
+                    if from == TraceFrom::Start || s.traced {
+                        // Paths the evidence does not single out are printed as comments.
+                        if i > 0 || tr.status == Status::Inconsistent {
+                            buf.push_str("# ");
+                        }
+                        let h = options_from.as_ref().unwrap_or(&obs.before.headers);
+                        push_line_with(buf, hp, h, s);
+                        buf.push('\n');
                     }
-                    push_trace_line(buf, hp, obs, s);
-                    buf.push('\n');
+                    if options_from.is_none() && rewrites_tcp_options(s) {
+                        options_from = with_options_after(obs);
+                    }
                 }
                 if tr.status == Status::Confirmed {
                     break;
@@ -111,4 +133,27 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
             }
         }
     }
+}
+
+/// True for a rule whose target rewrites TCP options (xt_TCPMSS, xt_TCPOPTSTRIP): the
+/// kernel logs it before the target runs, the rules after it see the new options.
+fn rewrites_tcp_options(step: &Step) -> bool {
+    step.rule_text
+        .as_deref()
+        .is_some_and(|r| r.contains("-j TCPMSS") || r.contains("-j TCPOPTSTRIP"))
+}
+
+/// The table's input headers with the TCP options and length the table passed on (the
+/// captured packet after the table); None when the packet did not come out or is not TCP.
+fn with_options_after(obs: &TableObservation) -> Option<Headers> {
+    let after = &obs.after.as_ref()?.headers;
+    let (L4::Tcp { options: new, .. }, L4::Tcp { .. }) = (&after.l4, &obs.before.headers.l4) else {
+        return None;
+    };
+    let mut h = obs.before.headers.clone();
+    h.len = after.len;
+    if let L4::Tcp { options, .. } = &mut h.l4 {
+        options.clone_from(new);
+    }
+    Some(h)
 }
