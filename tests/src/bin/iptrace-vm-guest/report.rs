@@ -2,6 +2,7 @@
 //! docs/vm-test.md). Each case prints exactly one `VMTEST result` line; a panic inside a case
 //! is caught and reported as FAIL with its message, so one broken case cannot hide the others.
 
+use crate::scenario6::Backend6;
 use std::panic::AssertUnwindSafe;
 use trace_user::capture::classic::Flavour;
 use trace_user::lab::{IptablesBackend, LabNs};
@@ -60,6 +61,7 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
         report.case("env", &format!("lab-{backend}"), || lab_smoke(backend));
     }
+    report.case("env", "doctor-auto", doctor_auto);
     for &b in backends {
         let flavour = match b {
             "fentry" => Flavour::Fentry,
@@ -83,6 +85,9 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
                 crate::scenario::cli_capture("kprobe", "backend kprobe")
             });
         } else {
+            report.case(b, "rule-positions-legacy", || {
+                crate::scenario::rule_positions_with(Flavour::Fentry)
+            });
             // auto prefers fentry where it loads.
             report.case(b, "cli-auto", || {
                 crate::scenario::cli_capture("auto", "backend fentry")
@@ -99,6 +104,87 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
                 crate::scenario::trace_agrees(flavour, backend)
             });
         }
+        for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+            report.case(b, &format!("trace6-agrees-{backend}"), || {
+                crate::scenario6::trace_agrees(Backend6::Classic(flavour), backend)
+            });
+        }
+    }
+}
+
+/// (major, minor) of the running kernel.
+fn kernel_version() -> (u32, u32) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse::<u32>().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// `iptrace doctor --json` as a process: every capture backend checked with its real
+/// programs, and the pick of `--backend auto`'s selection. Debian's kernels allow fentry, so
+/// auto picks it; kprobe works too; nfhook works exactly on kernels with netfilter links.
+fn doctor_auto() -> Outcome {
+    let out = match std::process::Command::new("/usr/bin/iptrace")
+        .args(["doctor", "--json"])
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => return Outcome::Fail(format!("running iptrace doctor: {e}")),
+    };
+    let json: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+        Ok(j) => j,
+        Err(e) => {
+            return Outcome::Fail(format!(
+                "doctor --json: {e}; stderr {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    };
+    let row = |b: &str| {
+        json["backends"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["backend"] == b))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let ok = |b: &str| row(b)["status"] == "ok" && row(b)["attaches"] == true;
+    let nfhook_expected = kernel_version() >= (6, 4);
+    let mut problems = Vec::new();
+    if json["choice"]["backend"] != "fentry" || json["auto"]["picked"] != "fentry" {
+        problems.push(format!(
+            "choice {} / auto {}, expected fentry",
+            json["choice"]["backend"], json["auto"]["picked"]
+        ));
+    }
+    for b in ["fentry", "kprobe"] {
+        if !ok(b) {
+            problems.push(format!("{b}: {}", row(b)));
+        }
+    }
+    if ok("nfhook") != nfhook_expected {
+        problems.push(format!(
+            "nfhook works: {} on a kernel {} 6.4: {}",
+            ok("nfhook"),
+            if nfhook_expected { ">=" } else { "<" },
+            row("nfhook")
+        ));
+    }
+    if out.status.code() != Some(0) {
+        problems.push(format!("exit {}", out.status));
+    }
+    let summary = format!(
+        "choice {} ({}); nfhook: {} {}",
+        json["choice"]["backend"],
+        json["choice"]["reason"].as_str().unwrap_or(""),
+        row("nfhook")["status"],
+        row("nfhook")["detail"].as_str().unwrap_or("")
+    );
+    if problems.is_empty() {
+        Outcome::Pass(summary)
+    } else {
+        Outcome::Fail(format!("{}; {summary}", problems.join("; ")))
     }
 }
 
@@ -154,12 +240,7 @@ fn lab_smoke(backend: IptablesBackend) -> Outcome {
 /// nfhook needs BPF_PROG_TYPE_NETFILTER links (Linux >= 6.4): on older kernels say so.
 fn nfhook_cases(report: &mut Report) {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut it = release
-        .trim()
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|n| n.parse::<u32>().ok());
-    let version = (it.next().unwrap_or(0), it.next().unwrap_or(0));
-    if version < (6, 4) {
+    if kernel_version() < (6, 4) {
         report.case("nfhook", "all", || {
             Outcome::Skip(format!(
                 "kernel {} < 6.4: no BPF netfilter links",
@@ -171,6 +252,11 @@ fn nfhook_cases(report: &mut Report) {
     for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
         report.case("nfhook", &format!("remote-syn-{backend}"), || {
             crate::scenario::nfhook_remote_syn(backend)
+        });
+    }
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        report.case("nfhook", &format!("trace6-agrees-{backend}"), || {
+            crate::scenario6::trace_agrees(Backend6::Nfhook, backend)
         });
     }
 }
