@@ -67,8 +67,34 @@ impl Apt {
             self.dir.display()
         );
         run(Command::new("apt-get").args(self.options()).arg("update"))?;
+        // apt-get update exits 0 when it could fetch nothing (no network: only warnings);
+        // without every suite's package list, say so — and never stamp such lists fresh.
+        let missing = self.missing_lists()?;
+        if !missing.is_empty() {
+            bail!(
+                "apt-get update fetched no package list for {} (no network access to deb.debian.org?)",
+                missing.join(", ")
+            );
+        }
         std::fs::write(stamp, b"")?;
         Ok(())
+    }
+
+    /// The suites of [`SOURCES`] without a `..._Packages*` list in the private lists.
+    fn missing_lists(&self) -> Result<Vec<String>> {
+        let names: Vec<String> = std::fs::read_dir(self.dir.join("lists"))?
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        Ok(SOURCES
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(3))
+            .filter(|suite| {
+                !names.iter().any(|n| {
+                    n.contains(&format!("_dists_{suite}_main_binary-")) && n.contains("_Packages")
+                })
+            })
+            .map(String::from)
+            .collect())
     }
 
     /// Package names known to the private lists that match `pattern` (an apt-cache regex).
@@ -165,7 +191,34 @@ pub fn version_key(s: &str) -> Vec<(String, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::version_key;
+    use super::{version_key, Apt};
+
+    #[test]
+    fn lists_without_packages_are_missing() {
+        let dir = std::env::temp_dir().join(format!("xtask-apt-test-{}", std::process::id()));
+        let apt = Apt::new(&dir).unwrap();
+        let lists = dir.join("apt/lists");
+        // What a failed update leaves: release files at most.
+        std::fs::write(
+            lists.join("deb.debian.org_debian_dists_bookworm_InRelease"),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            apt.missing_lists().unwrap(),
+            ["bookworm", "bookworm-backports", "bookworm-security"]
+        );
+        for suite in [
+            "debian_dists_bookworm",
+            "debian_dists_bookworm-backports",
+            "debian-security_dists_bookworm-security",
+        ] {
+            let name = format!("deb.debian.org_{suite}_main_binary-amd64_Packages.lz4");
+            std::fs::write(lists.join(name), "").unwrap();
+        }
+        assert!(apt.missing_lists().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn versions_sort_numerically() {

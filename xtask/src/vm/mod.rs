@@ -276,7 +276,7 @@ fn preflight() -> Result<()> {
             .is_ok_and(|o| o.status.success())
     };
     if !have("qemu-system-x86_64") {
-        bail!("qemu-system-x86_64 not found: run `scripts/setup.sh --vm` (qemu-system-x86 from bookworm-backports)");
+        bail!("qemu-system-x86_64 not found: run `scripts/setup.sh` (installs qemu-system-x86 from bookworm-backports)");
     }
     for tool in ["apt-get", "dpkg", "depmod", "ldd"] {
         if !have(tool) {
