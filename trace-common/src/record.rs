@@ -281,6 +281,30 @@ pub struct Tracked {
     pub _pad0: u8,
 }
 
+/// The nfhook probes' per-CPU current traversal (value of the per-CPU array `CUR`, see
+/// trace-ebpf's maps): the collector reads it to learn where a traversal whose records stopped
+/// was last seen (48 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CurSlot {
+    /// The packet's skb address (0: empty).
+    pub skb: u64,
+    /// [`slot`] bits.
+    pub what: u32,
+    pub _pad0: u32,
+    /// Its tracking state (when [`slot::TRACKED`]).
+    pub t: Tracked,
+}
+
+/// [`CurSlot::what`] bits (0 = an untracked packet, unfinished).
+pub mod slot {
+    /// The packet is traced: `t` is its state.
+    pub const TRACKED: u32 = 1;
+    /// Passed the last probe of a final hook (INPUT/POSTROUTING), or moved to the TRACKED
+    /// map: nothing to move there when another packet takes the slot.
+    pub const DONE: u32 = 2;
+}
+
 /// Per-CPU counters (index 0 of a per-CPU array), summed by the collector.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -429,6 +453,7 @@ const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 248);
 const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 136);
 const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
+const _: () = assert!(core::mem::size_of::<CurSlot>() == 48);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
@@ -446,6 +471,7 @@ mod pod {
     unsafe impl aya::Pod for ProbeRecord {}
     unsafe impl aya::Pod for DropRecord {}
     unsafe impl aya::Pod for Tracked {}
+    unsafe impl aya::Pod for CurSlot {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for ProbeConfig {}

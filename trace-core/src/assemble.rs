@@ -68,6 +68,9 @@ pub struct AssemblerStats {
     /// Probes a packet passed without an event (sparse probes, nothing changed), filled in
     /// from the next event's last-probe-passed.
     pub synthesized_probes: u64,
+    /// Stopped sparse traversals whose last probe the probes' state still knew at the idle
+    /// timeout ([`Assembler::advance_with`]).
+    pub located: u64,
 }
 
 /// One traversal being assembled.
@@ -145,7 +148,7 @@ impl Assembler {
             Event::Probe(p) => self.on_probe(p, &mut out),
             Event::Drop(d) => self.on_drop(d, &mut out),
         }
-        self.sweep_if_due(&mut out);
+        self.sweep_if_due(&mut out, None);
         out
     }
 
@@ -154,7 +157,24 @@ impl Assembler {
     pub fn advance(&mut self, now_ns: u64) -> Vec<PacketTrace> {
         let mut out = Vec::new();
         self.watermark = self.watermark.max(now_ns);
-        self.sweep_if_due(&mut out);
+        self.sweep_if_due(&mut out, None);
+        out
+    }
+
+    /// [`Assembler::advance`] that can ask where the probes last saw a traversal: before a
+    /// sparse traversal (see [`ProbeEvent::sparse`]) that stopped between events is resolved
+    /// by the idle timeout, `last_probe(skb, gen)` gives the last probe it passed, if the
+    /// probes' state still holds it (the nfhook collector reads the kernel maps). The
+    /// probes up to it were passed unchanged; the packet vanished in the stages after it.
+    /// Without an answer the trace names no stage (an honest range, see pass.rs).
+    pub fn advance_with(
+        &mut self,
+        now_ns: u64,
+        last_probe: &mut dyn FnMut(u64, u64) -> Option<(Hook, i32)>,
+    ) -> Vec<PacketTrace> {
+        let mut out = Vec::new();
+        self.watermark = self.watermark.max(now_ns);
+        self.sweep_if_due(&mut out, Some(last_probe));
         out
     }
 
@@ -311,7 +331,11 @@ impl Assembler {
     }
 
     /// Resolve idle traversals; scans at most every quarter timeout of event time.
-    fn sweep_if_due(&mut self, out: &mut Vec<PacketTrace>) {
+    fn sweep_if_due(
+        &mut self,
+        out: &mut Vec<PacketTrace>,
+        mut last_probe: Option<&mut dyn FnMut(u64, u64) -> Option<(Hook, i32)>>,
+    ) {
         if self.watermark < self.next_sweep {
             return;
         }
@@ -325,8 +349,35 @@ impl Assembler {
             .collect();
         for key in idle {
             self.stats.timed_out += 1;
+            if let Some(ask) = last_probe.as_mut() {
+                self.locate(key, &mut **ask);
+            }
             out.extend(self.resolve(key, Resolution::TimedOut));
         }
+    }
+
+    /// A sparse traversal stopped before its pass's last probe: where did the probes last
+    /// see it? When they say (same pass), the probes up to there are filled in and the pass
+    /// is no longer open-ended.
+    fn locate(&mut self, key: (u64, u64), ask: &mut dyn FnMut(u64, u64) -> Option<(Hook, i32)>) {
+        let Some(p) = self.partials.get_mut(&key) else {
+            return;
+        };
+        let Some(cur) = p.cur.as_mut() else {
+            return;
+        };
+        if !cur.sparse || cur.at_last_probe() {
+            return;
+        }
+        let Some((hook, prio)) = ask(key.0, key.1) else {
+            return;
+        };
+        if hook != cur.hook() || cur.last_priority().is_some_and(|l| prio < l) {
+            return;
+        }
+        self.stats.synthesized_probes += cur.pass_silently_upto(prio) as u64;
+        self.stats.located += 1;
+        cur.sparse = false;
     }
 
     /// Close the traversal, decide its fate, and hand it out.

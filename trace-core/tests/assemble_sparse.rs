@@ -335,3 +335,61 @@ fn sparse_event_without_prev_mid_traversal_is_incomplete() {
     assert_eq!(out.len(), 1);
     assert!(out[0].incomplete);
 }
+
+/// Stopped without a report, but the probes' state (read at the idle timeout) says the last
+/// probe it passed: the stage after that one took it.
+#[test]
+fn stopped_sparse_packet_located_by_the_probes_state_is_stolen_there() {
+    let plan = plan();
+    let pre = probes(&plan, Hook::Prerouting);
+    let h = tcp("10.0.0.1", "10.0.1.1");
+    let config = AssemblerConfig {
+        idle_timeout_ns: 1_000_000,
+        ..Default::default()
+    };
+    let events = || {
+        vec![
+            sparse(0, Hook::Prerouting, pre[0], None, Some(&h), None),
+            sparse(
+                100,
+                Hook::Prerouting,
+                -199,
+                Some((Hook::Prerouting, -299)),
+                None,
+                ct(2),
+            ),
+        ]
+    };
+    // Passed -149 (after mangle) silently, then nat took it (NF_QUEUE, stolen).
+    let mut a = Assembler::new(plan.clone(), config.clone());
+    let mut out = feed(&mut a, events());
+    let mut asked = Vec::new();
+    out.extend(a.advance_with(10_000_000, &mut |skb, gen| {
+        asked.push((skb, gen));
+        Some((Hook::Prerouting, -149))
+    }));
+    assert_eq!(asked, [(1, 1)]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].fate,
+        Fate::Stolen {
+            hook: Hook::Prerouting,
+            stage: Stage::Table { table: Table::Nat }
+        }
+    );
+    assert!(!out[0].incomplete);
+    assert_eq!(
+        verdicts(&out[0], 0)[3],
+        ("mangle".to_string(), ObservedVerdict::Accept)
+    );
+    assert_eq!(a.stats().located, 1);
+
+    // The state no longer knows it (or names another hook): no stage is blamed.
+    for answer in [None, Some((Hook::Forward, -151))] {
+        let mut a = Assembler::new(plan.clone(), config.clone());
+        let mut out = feed(&mut a, events());
+        out.extend(a.advance_with(10_000_000, &mut |_, _| answer));
+        assert_eq!(out[0].fate, Fate::Unknown, "{answer:?}");
+        assert!(out[0].incomplete);
+    }
+}

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use trace_common::{
     filter::{FilterInput, FilterProgram},
-    record::{Counters, KernelOffsets, ProbeConfig, ProbeRecord, RateState, Tracked},
+    record::{Counters, CurSlot, KernelOffsets, ProbeConfig, ProbeRecord, RateState, Tracked},
 };
 
 /// Records to the collector. The collector sets the size (`--ringbuf-size`).
@@ -34,22 +34,9 @@ pub static TRACKED: LruHashMap<u64, Tracked> =
 #[map]
 pub static CUR: PerCpuArray<CurSlot> = PerCpuArray::with_max_entries(1, 0);
 
-/// [`CurSlot::what`] bits (0 = an untracked packet, unfinished).
-pub const SLOT_TRACKED: u32 = 1;
-/// Passed the last probe of a final hook (INPUT/POSTROUTING), or already spilled: nothing
-/// to move into TRACKED when another packet takes the slot.
-pub const SLOT_DONE: u32 = 2;
-
-#[repr(C)]
-pub struct CurSlot {
-    /// The packet's skb address (0: empty).
-    pub skb: u64,
-    /// `SLOT_*` bits.
-    pub what: u32,
-    pub _pad0: u32,
-    /// Its tracking state (when SLOT_TRACKED).
-    pub t: Tracked,
-}
+/// [`CurSlot::what`] bits (trace_common::record::slot).
+pub const SLOT_TRACKED: u32 = trace_common::record::slot::TRACKED;
+pub const SLOT_DONE: u32 = trace_common::record::slot::DONE;
 
 /// The compiled capture filter (index 0), written by the collector before linking.
 #[map]

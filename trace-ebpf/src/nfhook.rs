@@ -29,7 +29,7 @@ use trace_common::{
     },
     flowhash,
     record::{
-        filter_fields, kind, probe_flags, Counters, ProbeRecord, Tracked, PREV_NONE,
+        filter_fields, kind, probe_flags, Counters, CurSlot, ProbeRecord, Tracked, PREV_NONE,
         PRIORITY_MAGIC, RECORD_VERSION,
     },
 };
@@ -38,9 +38,9 @@ use crate::{
     filter, headers,
     kread::{kread, read, read_buf},
     maps::{
-        global, CurSlot, Pending, ACTIVE, COUNTERS, CUR, EVENTS, FILTER, FILTER_INPUT, FLOWS,
-        FLOW_KEEP, FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH, SLOT_DONE,
-        SLOT_TRACKED, TRACKED, TUPLE_BUF,
+        global, Pending, ACTIVE, COUNTERS, CUR, EVENTS, FILTER, FILTER_INPUT, FLOWS, FLOW_KEEP,
+        FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH, SLOT_DONE, SLOT_TRACKED,
+        TRACKED, TUPLE_BUF,
     },
     pktbuf,
 };

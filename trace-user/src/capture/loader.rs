@@ -14,12 +14,16 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use aya_obj::generated::bpf_insn;
 use trace_common::filter::{pred_kind, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS};
-use trace_common::record::{filter_fields, Counters, KernelOffsets, ProbeConfig, PRIORITY_MAGIC};
+use trace_common::record::{
+    filter_fields, slot, Counters, CurSlot, KernelOffsets, ProbeConfig, Tracked, PREV_NONE,
+    PRIORITY_MAGIC,
+};
+use trace_core::netfilter::Hook;
 
 use super::bpfsys::{load_with_log_on_failure, sys_bpf, ProgLoadHead, BPF_PROG_LOAD};
 use super::btf::{Btf, BtfError};
@@ -156,6 +160,19 @@ impl Loaded {
         RingBuf::try_from(map).map_err(aya_err)
     }
 
+    /// The probes' tracking state (taken once, by the reader): see [`Positions`].
+    pub fn take_positions(&mut self) -> Result<Positions, LoadError> {
+        let tracked = self
+            .ebpf
+            .take_map("TRACKED")
+            .ok_or(LoadError::NoMap("TRACKED"))?;
+        let cur = self.ebpf.take_map("CUR").ok_or(LoadError::NoMap("CUR"))?;
+        Ok(Positions {
+            tracked: BpfHashMap::try_from(tracked).map_err(aya_err)?,
+            cur: PerCpuArray::try_from(cur).map_err(aya_err)?,
+        })
+    }
+
     /// Counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, LoadError> {
         let map = self
@@ -165,6 +182,35 @@ impl Loaded {
         let arr: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(map).map_err(aya_err)?;
         let per_cpu = arr.get(&0, 0).map_err(aya_err)?;
         Ok(sum_counters(&per_cpu))
+    }
+}
+
+/// Where the probes last saw a traversal, read from their maps (each CPU's current-traversal
+/// slot, then TRACKED): for a packet whose records stopped between two probes (stolen,
+/// queued), so the collector can say which stage took it. Entries are matched on skb
+/// address and gen; a slot or entry reused since gives no answer.
+pub struct Positions {
+    tracked: BpfHashMap<MapData, u64, Tracked>,
+    cur: PerCpuArray<MapData, CurSlot>,
+}
+
+impl Positions {
+    /// The last probe (hook, priority) traversal (skb, gen) passed, if still known.
+    pub fn last_probe(&self, skb: u64, gen: u64) -> Option<(Hook, i32)> {
+        let known = |t: &Tracked| {
+            (t.gen == gen && t.prev_hook != PREV_NONE)
+                .then(|| Hook::from_num(t.prev_hook).map(|h| (h, t.prev_priority)))
+                .flatten()
+        };
+        if let Ok(slots) = self.cur.get(&0, 0) {
+            let found = slots
+                .iter()
+                .find(|s| s.skb == skb && s.what & slot::TRACKED != 0 && s.t.gen == gen);
+            if let Some(s) = found {
+                return known(&s.t);
+            }
+        }
+        self.tracked.get(&skb, 0).ok().and_then(|t| known(&t))
     }
 }
 
@@ -555,6 +601,8 @@ mod root_tests {
             .expect("last-probe copy verifies");
         assert!(l.drop_reasons.values().any(|n| n == "NETFILTER_DROP"));
         assert_eq!(l.counters().unwrap().seen, 0);
+        let pos = l.take_positions().expect("TRACKED and CUR maps");
+        assert_eq!(pos.last_probe(0xffff_8880_0000_1000, 1), None);
         // Sampling and rate limiting are load-time constants: their code paths are only
         // verified when enabled.
         let mut l = Loaded::load(&LoadOptions {

@@ -103,6 +103,8 @@ pub struct Session {
     pub attached: Vec<Attached>,
     netfilter_drop: Option<u32>,
     discard: bool,
+    /// nfhook: where the probes last saw a traversal (for packets that stopped mid-hook).
+    positions: Option<super::loader::Positions>,
 }
 
 impl Session {
@@ -115,6 +117,10 @@ impl Session {
             filter: opts.filter,
         })
         .context("loading the eBPF programs")?;
+        let positions = loaded
+            .take_positions()
+            .map_err(|e| log::warn!("stopped packets will not be located: {e}"))
+            .ok();
         let netfilter_drop = loaded
             .drop_reasons
             .iter()
@@ -174,6 +180,7 @@ impl Session {
             attached,
             netfilter_drop,
             discard: false,
+            positions,
         })
     }
 
@@ -206,6 +213,7 @@ impl Session {
             attached,
             netfilter_drop,
             discard: false,
+            positions: None,
         })
     }
 
@@ -332,6 +340,7 @@ impl Session {
         rt.block_on(read_loop(
             events,
             opts,
+            self.positions.as_ref(),
             &mut st,
             &mut on_event,
             &mut on_packet,
@@ -391,7 +400,7 @@ impl ReadState {
                     if self.assemble {
                         out.extend(self.asm.push(ev));
                     }
-                self.hook_verdicts.saw(&ev);
+                    self.hook_verdicts.saw(&ev);
                 }
             }
             Err(e) => {
@@ -406,6 +415,7 @@ impl ReadState {
 async fn read_loop(
     events: RingBuf<MapData>,
     opts: &CaptureOptions,
+    positions: Option<&super::loader::Positions>,
     st: &mut ReadState,
     on_event: &mut impl FnMut(Event) -> Result<(Option<Event>, u64)>,
     on_packet: &mut impl FnMut(&PacketTrace) -> Result<()>,
@@ -436,7 +446,11 @@ async fn read_loop(
                     st.take(&item, &mut out, on_event)?;
                 }
                 if st.assemble {
-                    out.extend(st.asm.advance(monotonic_ns()));
+                    let now = monotonic_ns();
+                    out.extend(match positions {
+                        Some(pos) => st.asm.advance_with(now, &mut |skb, gen| pos.last_probe(skb, gen)),
+                        None => st.asm.advance(now),
+                    });
                 }
             }
             guard = fd.readable_mut() => {
