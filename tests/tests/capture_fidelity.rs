@@ -1171,6 +1171,84 @@ fn fidelity_fragments_v4_nft() {
     run_scenario(&fragments_v4(), IptablesBackend::Nft);
 }
 
+/// Address and packet types as ufw and firewalld use them (addrtype LOCAL / BROADCAST /
+/// MULTICAST / UNICAST, pkttype): unicast, directed and limited broadcast, multicast.
+const ADDRTYPES_V4: &str = "\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:types - [0:0]
+-A PREROUTING -p udp -m udp --dport 7000 -j types
+-A INPUT -p udp -m udp --dport 7000 -j types
+-A types -m addrtype --dst-type BROADCAST -j MARK --or-mark 0x1
+-A types -m addrtype --dst-type MULTICAST -j MARK --or-mark 0x2
+-A types -m addrtype --dst-type LOCAL -j MARK --or-mark 0x4
+-A types -m pkttype --pkt-type broadcast -j MARK --or-mark 0x8
+-A types -m pkttype --pkt-type multicast -j MARK --or-mark 0x10
+-A types -m pkttype --pkt-type host -j MARK --or-mark 0x20
+-A types -m addrtype --src-type UNICAST -j MARK --or-mark 0x40
+-A types -m addrtype --dst-type UNICAST -j MARK --or-mark 0x80
+-A types -d 255.255.255.255/32 -j MARK --or-mark 0x100
+-A types -m addrtype ! --dst-type LOCAL -j MARK --or-mark 0x200
+-A types -m addrtype --dst-type LOCAL --limit-iface-in -j MARK --or-mark 0x400
+-A types -m addrtype --dst-type BROADCAST --limit-iface-in -j MARK --or-mark 0x800
+COMMIT
+";
+
+fn udp_broadcast(to: SocketAddr) {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_broadcast(true).unwrap();
+    s.send_to(b"bcast", to).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+fn addrtypes_v4_traffic(t: &Topo) {
+    t.in_client(|| {
+        udp_send(sa(R4_IN, 7000), 5, None);
+        udp_broadcast(sa("10.213.1.255", 7000));
+        udp_broadcast(sa("255.255.255.255", 7000));
+        udp_send(sa("224.0.0.1", 7000), 5, None);
+    });
+}
+
+fn addrtypes_v4() -> Scenario {
+    Scenario {
+        name: "addrtypes_v4",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules: ADDRTYPES_V4.to_string(),
+        filter: "ip",
+        kernel_steps: &[
+            "mangle:types:rule:1",
+            "mangle:types:rule:2",
+            "mangle:types:rule:3",
+            "mangle:types:rule:4",
+            "mangle:types:rule:5",
+            "mangle:types:rule:6",
+            "mangle:types:rule:7",
+            "mangle:types:rule:9",
+            "mangle:types:rule:10",
+            "mangle:types:rule:11",
+        ],
+        kernel_text: &["DST=255.255.255.255 ", "DST=224.0.0.1 "],
+        traffic: addrtypes_v4_traffic,
+        servers: &[],
+    }
+}
+
+#[test]
+fn fidelity_addrtypes_v4_legacy() {
+    run_scenario(&addrtypes_v4(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_addrtypes_v4_nft() {
+    run_scenario(&addrtypes_v4(), IptablesBackend::Nft);
+}
+
 fn corpus(file: &str) -> Option<String> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/corpus/iptables-save")

@@ -439,10 +439,15 @@ pub fn parse_ip_addr_json(json: &str) -> Result<NetContext> {
             else {
                 continue;
             };
+            // Without a configured `brd`, the kernel still has the subnet broadcast route.
+            let prefix_len = a.get("prefixlen").and_then(|p| p.as_u64()).unwrap_or(32);
             let broadcast = a
                 .get("broadcast")
                 .and_then(|b| b.as_str())
-                .and_then(|b| b.parse().ok());
+                .and_then(|b| b.parse().ok())
+                .or_else(|| {
+                    trace_core::eval::context::subnet_broadcast(local, prefix_len.min(32) as u8)
+                });
             addrs.push(IfaceAddr {
                 iface: name.to_string(),
                 addr: local,
@@ -494,6 +499,8 @@ mod tests {
         assert!(c.is_local("192.168.64.4".parse().unwrap(), Some("eth0")));
         assert!(c.is_broadcast("192.168.64.255".parse().unwrap(), None));
         assert!(c.is_local("fe80::1".parse().unwrap(), None));
+        // No `brd` configured: the kernel's local table still has the subnet broadcast.
+        assert!(c.is_broadcast("127.255.255.255".parse().unwrap(), Some("lo")));
     }
 
     #[test]

@@ -14,6 +14,20 @@ pub struct IfaceAddr {
     pub broadcast: Option<IpAddr>,
 }
 
+/// The subnet broadcast address the kernel puts in the local routing table for an IPv4
+/// address of this prefix length, whether or not a `brd` was configured (fib_add_ifaddr:
+/// `prefix | ~mask` for prefixes shorter than /31) — what `-m addrtype --dst-type
+/// BROADCAST` finds. None for IPv6 and /31, /32.
+pub fn subnet_broadcast(addr: IpAddr, prefix_len: u8) -> Option<IpAddr> {
+    match addr {
+        IpAddr::V4(a) if prefix_len < 31 => {
+            let host_bits = u32::MAX >> prefix_len;
+            Some(IpAddr::V4((u32::from(a) | host_bits).into()))
+        }
+        _ => None,
+    }
+}
+
 /// Host state of one netns. `known = false` (the default) means "no information": every match
 /// that needs it becomes a branch point instead of being guessed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,5 +91,23 @@ impl NetContext {
         self.addrs
             .iter()
             .any(|a| a.broadcast == Some(ip) && dev.is_none_or(|d| d == a.iface))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_broadcast_as_the_local_table_has_it() {
+        // `ip route show table local` after `ip addr add 10.81.1.1/24` (no brd) on 6.18:
+        // `broadcast 10.81.1.255`; lo's 127.0.0.1/8: `broadcast 127.255.255.255`.
+        let b = |a: &str, p| subnet_broadcast(a.parse().unwrap(), p).map(|x| x.to_string());
+        assert_eq!(b("10.81.1.1", 24).as_deref(), Some("10.81.1.255"));
+        assert_eq!(b("127.0.0.1", 8).as_deref(), Some("127.255.255.255"));
+        assert_eq!(b("0.0.0.0", 0).as_deref(), Some("255.255.255.255"));
+        assert_eq!(b("10.0.0.1", 31), None);
+        assert_eq!(b("10.0.0.1", 32), None);
+        assert_eq!(b("fd00::1", 64), None);
     }
 }
