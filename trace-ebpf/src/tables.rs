@@ -117,6 +117,7 @@ fn at(state: u64, skb: u64, prio: i32) {
     if let Some(t) = TRACKED.get_ptr_mut(&skb) {
         // SAFETY: map value pointer, valid for this program run.
         follow(state, skb, prio, unsafe { &mut *t });
+        hook_saw_table(skb);
     }
 }
 
@@ -173,7 +174,8 @@ pub struct HookFrame {
     allowed: u8,
     hook: u8,
     pf: u8,
-    _pad: u8,
+    /// Records this call wrote at table positions for its skb (saturating).
+    tables: u8,
 }
 
 #[repr(C)]
@@ -201,7 +203,7 @@ pub fn push_hook(skb: u64, state: u64, allowed: bool) {
         allowed: allowed as u8,
         hook: 0,
         pf: 0,
-        _pad: 0,
+        tables: 0,
     };
     if allowed {
         if let Some(t) = TRACKED.get_ptr(&skb) {
@@ -253,9 +255,36 @@ fn pop_hook(skb: u64) -> Option<HookFrame> {
     Some(fr)
 }
 
+/// A table-position record for `skb` was written: count it in the innermost nf_hook_slow call
+/// if that call is this skb's.
+#[inline(never)]
+fn hook_saw_table(skb: u64) {
+    let Some(f) = HOOK_FRAMES.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU map value.
+    let f = unsafe { &mut *f };
+    // Constant indices (an unrolled search for the top frame): LLVM folds `depth - 1` into the
+    // address in a way whose bound the verifier cannot follow.
+    let top = f.depth as usize;
+    for i in 0..HOOK_DEPTH {
+        if i + 1 == top {
+            let fr = &mut f.frames[i];
+            if fr.skb == skb {
+                fr.tables = fr.tables.saturating_add(1);
+            }
+            return;
+        }
+    }
+}
+
 /// nf_hook_slow exit with its return value (`skb` as in [`pop_hook`]): accept → a record at
-/// PRIO_HOOK_EXIT if still tracked; otherwise a [`HookVerdictRecord`] if it was tracked at
-/// the entry.
+/// PRIO_HOOK_EXIT if still tracked and a table position saw it during this call; otherwise
+/// a [`HookVerdictRecord`] if it was tracked at the entry. Without a table record the exit
+/// says nothing: the hook has no tables (the collector plans no exit there), or a hook
+/// function stopped the traversal before them with NF_STOP (br_netfilter's ip_sabotage_in
+/// on a bridged packet's second PREROUTING), and "entry, then exit" would claim that every
+/// table in between accepted the packet.
 #[inline(always)]
 pub fn hook_exit(skb: u64, verdict: i32) {
     let Some(fr) = pop_hook(skb) else {
@@ -265,6 +294,9 @@ pub fn hook_exit(skb: u64, verdict: i32) {
         return;
     }
     if verdict == NF_ACCEPT as i32 {
+        if fr.tables == 0 {
+            return;
+        }
         if let Some(t) = TRACKED.get_ptr_mut(&fr.skb) {
             // SAFETY: map value pointer, valid for this program run.
             follow(fr.state, fr.skb, PRIO_HOOK_EXIT, unsafe { &mut *t });

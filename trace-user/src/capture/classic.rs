@@ -141,6 +141,9 @@ pub struct Classic {
     pub table_offsets: TableOffsets,
     /// x_tables match/target functions the rule-position probes are attached to.
     pub rule_functions: Vec<String>,
+    /// The fentry flavour's relocated programs, kept for the rule-position loads (relocating
+    /// needs every map, and the ring buffer map leaves the object with `take_events`).
+    fentry_progs: Option<super::fentry::Programs>,
 }
 
 impl Classic {
@@ -192,6 +195,7 @@ impl Classic {
             skipped: Vec::new(),
             table_offsets,
             rule_functions: Vec::new(),
+            fentry_progs: None,
         };
         match flavour {
             Flavour::Kprobe => c.attach_kprobes()?,
@@ -268,6 +272,7 @@ impl Classic {
             }
             self.attached.push(t.function.to_string());
         }
+        self.fentry_progs = Some(prog_set);
         Ok(())
     }
 
@@ -342,9 +347,23 @@ impl Classic {
         matches: &[XtFunction],
         targets: &[XtFunction],
     ) -> Result<usize, ClassicError> {
-        let elf =
-            hide_netfilter_sections(object::bytes().map_err(super::loader::LoadError::from)?)?;
-        let mut progs = super::fentry::Programs::new(&elf, &self.ebpf)?;
+        let Some(mut progs) = self.fentry_progs.take() else {
+            return Err(ClassicError::Unavailable {
+                flavour: self.flavour,
+                what: "fentry programs not loaded".into(),
+            });
+        };
+        let n = self.attach_rule_fentry_with(&mut progs, matches, targets);
+        self.fentry_progs = Some(progs);
+        n
+    }
+
+    fn attach_rule_fentry_with(
+        &mut self,
+        progs: &mut super::fentry::Programs,
+        matches: &[XtFunction],
+        targets: &[XtFunction],
+    ) -> Result<usize, ClassicError> {
         let vmlinux = KernelBtf::vmlinux()?;
         let mut module_btf: HashMap<String, Option<KernelBtf>> = HashMap::new();
         let mut n = 0;
@@ -587,18 +606,23 @@ pub fn table_offsets(
 }
 
 /// The probe plan of these backends for one hook: the nf_hook_slow entry, then each table
-/// (or nft base chain) bracketed at P (entry) and P + 1 (accepted), then the nf_hook_slow
-/// exit (the hook accepted), with the stages the kernel registers there (`stages`, e.g. from
+/// (or nft base chain) bracketed at P (entry) and P + 1 (accepted), then (when there is a
+/// table) the nf_hook_slow exit (the hook accepted), with the stages the kernel registers there (`stages`, e.g. from
 /// capture::plan::stages). Conntrack confirm (INT_MAX) stays after the exit position in the
 /// plan although it runs before the exit: the plan's ordering rule puts a probe at P before a
 /// stage at P, and nothing but a netfilter drop can be attributed to it anyway.
 pub fn hook_plan(stages: Vec<StageSlot>) -> HookPlan {
-    let mut probes = vec![PRIO_HOOK_ENTRY, PRIO_HOOK_EXIT];
+    let mut probes = vec![PRIO_HOOK_ENTRY];
     for s in &stages {
         if matches!(s.stage, Stage::Table { .. } | Stage::NftChain { .. }) {
             probes.push(s.priority);
             probes.push(s.priority.saturating_add(1));
         }
+    }
+    // The probes write the exit only after a table position saw the packet in the same call
+    // (trace-ebpf tables::hook_exit): a hook without tables has no exit.
+    if probes.len() > 1 {
+        probes.push(PRIO_HOOK_EXIT);
     }
     HookPlan::new(probes, stages)
 }
@@ -650,12 +674,71 @@ mod tests {
         );
         // After the last table: nothing until the hook's exit.
         assert!(p.stages_between(-99, Some(PRIO_HOOK_EXIT)).is_empty());
+        // Without tables (conntrack only): the entry alone, no exit.
+        let bare = hook_plan(HookPlan::iptables_stages(Hook::Forward, &[], true));
+        assert_eq!(bare.probes(), &[PRIO_HOOK_ENTRY]);
         // Between the raw exit and the mangle entry: conntrack, passed silently.
         assert_eq!(p.stages_between(-299, Some(-150)).len(), 1);
         assert_eq!(
             p.stages_between(-100, Some(-99))[0].stage,
             Stage::Table { table: Table::Nat }
         );
+    }
+
+    /// A forwarded packet as these backends report it (hook entry, each table bracketed, the
+    /// hook's exit) assembles into one delivered traversal, every pass ending at the exit.
+    #[test]
+    fn forwarded_packet_with_hook_exits_is_one_traversal() {
+        use trace_core::assemble::{Assembler, AssemblerConfig};
+        use trace_core::event::{Event, Headers, ProbeEvent, L4};
+        let reg = super::super::plan::Registered {
+            ipv4: vec![Table::Raw, Table::Mangle, Table::Nat, Table::Filter],
+            ipv6: vec![],
+            nft: vec![],
+        };
+        let plan = probe_plan(&[(7, reg)]);
+        let mut asm = Assembler::new(plan.clone(), AssemblerConfig::default());
+        let headers = Headers {
+            src: "192.168.64.5".parse().unwrap(),
+            dst: "172.19.0.9".parse().unwrap(),
+            proto: 6,
+            len: 52,
+            tos: 0,
+            ttl: 64,
+            id: 1,
+            frag: 0x4000,
+            flowlabel: 0,
+            l4: L4::Other,
+        };
+        let mut ts = 100;
+        let mut out = Vec::new();
+        for hook in [Hook::Prerouting, Hook::Forward, Hook::Postrouting] {
+            let probes = plan.get(7, Family::Ipv4, hook).unwrap().probes().to_vec();
+            assert_eq!(probes.last(), Some(&PRIO_HOOK_EXIT));
+            for p in probes {
+                ts += 1;
+                let e: ProbeEvent = serde_json::from_value(serde_json::json!({
+                    "ts_ns": ts, "skb": 0xabc, "gen": 5, "netns": 7, "family": "ipv4",
+                    "hook": hook, "priority": p, "in_ifindex": 0, "out_ifindex": 0,
+                    "mark": 0, "ct": null, "headers": (ts == 101).then(|| headers.clone()),
+                }))
+                .unwrap();
+                out.extend(asm.push(Event::Probe(e)));
+            }
+        }
+        assert_eq!(out.len(), 1, "{out:#?}");
+        let t = &out[0];
+        assert_eq!(t.fate, trace_core::packet::Fate::Delivered);
+        assert!(!t.incomplete);
+        let hooks: Vec<Hook> = t.hooks.iter().map(|h| h.hook).collect();
+        assert_eq!(hooks, [Hook::Prerouting, Hook::Forward, Hook::Postrouting]);
+        for h in &t.hooks {
+            assert_eq!(
+                super::super::hookverdict::hook_verdict(t, h),
+                super::super::hookverdict::HookVerdict::Accept
+            );
+        }
+        assert_eq!(t.hooks[2].tables.len(), 2, "mangle, nat");
     }
 
     /// On a kernel that refuses them (this project's machines: no CONFIG_KPROBES, fentry

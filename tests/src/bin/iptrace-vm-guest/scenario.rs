@@ -420,6 +420,47 @@ fn describe(t: &PacketTrace) -> String {
     format!("{} fate {:?}", hooks.join(" | "), t.fate)
 }
 
+/// One traversal in a line (failure diagnostics): `#id skb:gen headers: HOOK[probes] ... fate`.
+fn traversal_line(t: &PacketTrace) -> String {
+    let first = t
+        .hooks
+        .first()
+        .and_then(|h| h.stages.first().map(|s| &s.before.headers));
+    let what = first.map_or("?".to_string(), |h| {
+        let (sp, dp) = h.l4.ports().unwrap_or((0, 0));
+        let flags = match &h.l4 {
+            L4::Tcp { flags, .. } => *flags,
+            _ => 0,
+        };
+        format!("{}:{sp}>{}:{dp} id {} f{flags:#x}", h.src, h.dst, h.id)
+    });
+    let hooks: Vec<String> = t
+        .hooks
+        .iter()
+        .map(|h| {
+            let p: Vec<String> = h
+                .probes
+                .iter()
+                .map(|p| match *p {
+                    i32::MAX => "X".into(),
+                    p if p == i32::MIN + 1 => "E".into(),
+                    p => p.to_string(),
+                })
+                .collect();
+            format!("{:?}[{}]", h.hook, p.join(","))
+        })
+        .collect();
+    format!(
+        "#{} {:x}:{} {what}: {} {:?}{}",
+        t.id,
+        t.skb & 0xffff,
+        t.gen % 1_000_000,
+        hooks.join(" "),
+        t.fate,
+        if t.incomplete { " incomplete" } else { "" }
+    )
+}
+
 /// None when the path is the expected one; else what differs.
 fn check(t: &PacketTrace) -> Option<String> {
     let got: Vec<Hook> = t.hooks.iter().map(|h| h.hook).collect();
@@ -531,7 +572,15 @@ fn run_trace(flavour: Flavour, backend: IptablesBackend) -> anyhow::Result<Outco
     Ok(if ok {
         Outcome::Pass(format!("{totals}; {summary}"))
     } else {
-        Outcome::Fail(format!("{totals}; {summary}; {}", report.render_text(3)))
+        Outcome::Fail(format!(
+            "{totals}; {summary}; {}; captured traversals: {}",
+            report.render_text(3),
+            packets
+                .iter()
+                .map(|p| traversal_line(&p.packet))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ))
     })
 }
 
