@@ -80,6 +80,15 @@ pub mod l4_flags {
     pub const QUOTED: u8 = 1 << 1;
     /// Most bytes of a quoted packet a snapshot holds (40 + 14).
     pub const QUOTED_MAX: usize = 54;
+    /// With [`QUOTED`]: a quoted IPv4 packet with a 20-byte header and TCP (a rejected SYN
+    /// is 60 bytes) stored without its two checksums (bytes 10..12 and 36..38, which the
+    /// logs do not print), its last 4 stored bytes in `sport`/`dport` (raw; the error's
+    /// second header word is unused for the types this is done for: destination unreachable
+    /// other than fragmentation needed, source quench, time exceeded). `tcp_opt_len` counts
+    /// bytes of the quoted packet (checksums included), at most [`QUOTED_PACKED_MAX`].
+    pub const QUOTED_PACKED: u8 = 1 << 2;
+    /// Most bytes of a quoted packet a packed snapshot holds (58 stored + 2 checksums).
+    pub const QUOTED_PACKED_MAX: usize = 60;
 }
 
 /// Maximum TCP option bytes (60-byte header − 20).

@@ -278,15 +278,15 @@ fn headers(family: Family, h: &HeaderSnapshot) -> Headers {
         (true, 1, Family::Ipv4) => L4::Icmp {
             icmp_type: h.icmp_type,
             code: h.icmp_code,
-            id: h.sport,
-            seq: h.dport,
+            id: icmp_word(h).0,
+            seq: icmp_word(h).1,
             quoted: quoted(h),
         },
         (true, 58, Family::Ipv6) => L4::Icmpv6 {
             icmp_type: h.icmp_type,
             code: h.icmp_code,
-            id: h.sport,
-            seq: h.dport,
+            id: icmp_word(h).0,
+            seq: icmp_word(h).1,
             quoted: quoted(h),
         },
         _ => L4::Other,
@@ -311,16 +311,35 @@ fn quoted(h: &HeaderSnapshot) -> Vec<u8> {
     if h.l4_flags & l4_flags::QUOTED == 0 {
         return Vec::new();
     }
-    let n = (h.tcp_opt_len as usize).min(l4_flags::QUOTED_MAX);
-    let mut v = Vec::with_capacity(l4_flags::QUOTED_MAX);
+    let mut v = Vec::with_capacity(l4_flags::QUOTED_PACKED_MAX + 2);
     v.extend_from_slice(&h.tcp_options);
     v.extend_from_slice(&h.tcp_seq.to_ne_bytes());
     v.extend_from_slice(&h.tcp_ack.to_ne_bytes());
     v.extend_from_slice(&h.tcp_window.to_ne_bytes());
     v.extend_from_slice(&h.tcp_urgp.to_ne_bytes());
     v.extend_from_slice(&[h.tcp_flags, h.tcp_res]);
-    v.truncate(n);
+    let max = if h.l4_flags & l4_flags::QUOTED_PACKED != 0 {
+        // Packed: 4 more bytes in sport/dport, the two checksums (not stored) back as zero.
+        v.extend_from_slice(&h.sport.to_ne_bytes());
+        v.extend_from_slice(&h.dport.to_ne_bytes());
+        v.splice(34..34, [0, 0]);
+        v.splice(10..10, [0, 0]);
+        l4_flags::QUOTED_PACKED_MAX
+    } else {
+        l4_flags::QUOTED_MAX
+    };
+    v.truncate((h.tcp_opt_len as usize).min(max));
     v
+}
+
+/// The ICMP header's second word as (id, seq): for a packed quoted packet those fields
+/// hold quoted bytes, and the word itself is unused (zero) for the types packed.
+fn icmp_word(h: &HeaderSnapshot) -> (u16, u16) {
+    if h.l4_flags & l4_flags::QUOTED_PACKED != 0 {
+        (0, 0)
+    } else {
+        (h.sport, h.dport)
+    }
 }
 
 #[cfg(test)]
@@ -537,6 +556,62 @@ mod tests {
         assert_eq!(e.reason_name.as_deref(), Some("NETFILTER_DROP"));
         assert_eq!(e.location_sym.as_deref(), Some("nf_hook_slow+0x10"));
         assert_eq!((e.skb, e.gen), (5, 4));
+    }
+
+    /// Writes `bytes` into the snapshot's memory at `field_offset`, as the probe does.
+    fn write_raw(h: &mut HeaderSnapshot, field_offset: usize, bytes: &[u8]) {
+        assert!(field_offset + bytes.len() <= std::mem::size_of::<HeaderSnapshot>());
+        // SAFETY: in bounds (asserted); HeaderSnapshot is plain integers and arrays.
+        unsafe {
+            let base = h as *mut HeaderSnapshot as *mut u8;
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(field_offset), bytes.len());
+        }
+    }
+
+    #[test]
+    fn quoted_packets_plain_and_packed() {
+        use std::mem::offset_of;
+        // A quoted IPv4 SYN with 20 option bytes (60 bytes), checksums 0xaaaa / 0xbbbb.
+        let pkt: Vec<u8> = (0..60u8)
+            .map(|i| match i {
+                0 => 0x45,
+                9 => 6,
+                10 | 11 => 0xaa,
+                36 | 37 => 0xbb,
+                i => i,
+            })
+            .collect();
+        let mut h = syn_record().headers;
+        h.proto = 1;
+        h.icmp_type = 3;
+        h.icmp_code = 10;
+        // Plain: the first 54 bytes.
+        h.l4_flags = l4_flags::VALID | l4_flags::QUOTED;
+        h.tcp_opt_len = 54;
+        write_raw(&mut h, offset_of!(HeaderSnapshot, tcp_options), &pkt[..40]);
+        write_raw(&mut h, offset_of!(HeaderSnapshot, tcp_seq), &pkt[40..54]);
+        assert_eq!(quoted(&h), pkt[..54]);
+        assert_eq!(icmp_word(&h), (h.sport, h.dport));
+        // Packed: checksums dropped, 58 bytes stored, 60 given back (checksums zero).
+        let packed: Vec<u8> = [&pkt[..10], &pkt[12..36], &pkt[38..]].concat();
+        assert_eq!(packed.len(), 56);
+        h.l4_flags |= l4_flags::QUOTED_PACKED;
+        h.tcp_opt_len = 60;
+        write_raw(
+            &mut h,
+            offset_of!(HeaderSnapshot, tcp_options),
+            &packed[..40],
+        );
+        write_raw(&mut h, offset_of!(HeaderSnapshot, tcp_seq), &packed[40..54]);
+        write_raw(&mut h, offset_of!(HeaderSnapshot, sport), &packed[54..56]);
+        let mut want = pkt.clone();
+        want[10..12].fill(0);
+        want[36..38].fill(0);
+        assert_eq!(quoted(&h), want);
+        assert_eq!(icmp_word(&h), (0, 0));
+        // Not quoted: nothing.
+        h.l4_flags = l4_flags::VALID;
+        assert!(quoted(&h).is_empty());
     }
 
     #[test]

@@ -12,6 +12,11 @@ const _: () = assert!(
         - core::mem::offset_of!(HeaderSnapshot, tcp_seq)
         == QUOTED_TAIL
 );
+// The packed layout stores 4 raw bytes in sport/dport.
+const _: () = assert!(
+    core::mem::offset_of!(HeaderSnapshot, dport)
+        == core::mem::offset_of!(HeaderSnapshot, sport) + 2
+);
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
@@ -219,7 +224,10 @@ fn transport(l4: u64, end: u64, h: &mut HeaderSnapshot, options: bool) {
             h.dport = u16::from_be_bytes([c[6], c[7]]);
             h.l4_flags = l4_flags::VALID;
             if options && quotes_packet(h.proto, c[0]) {
-                quoted(l4 + 8, end, h);
+                // The second header word is unused (zero) for these: room for packing.
+                let packable = h.proto == IPPROTO_ICMP
+                    && ((c[0] == 3 && c[1] != 4) || c[0] == 4 || c[0] == 11);
+                quoted(l4 + 8, end, h, packable);
             }
         }
         _ => {}
@@ -239,25 +247,59 @@ fn quotes_packet(proto: u8, icmp_type: u8) -> bool {
 
 /// Copies the first bytes of the packet an ICMP error quotes (at `inner`, the packet ending
 /// at `end`) into the fields an ICMP header leaves unused: `tcp_options`, then
-/// `tcp_seq..=tcp_res` (see [`l4_flags::QUOTED`]). `tcp_opt_len` = bytes that are inside the
-/// packet; the reads are constant-size (verifier), bytes past it are ignored.
+/// `tcp_seq..=tcp_res` (see [`l4_flags::QUOTED`]); a quoted IPv4+TCP packet longer than that
+/// is packed when `packable` ([`l4_flags::QUOTED_PACKED`]). `tcp_opt_len` = bytes that are
+/// inside the packet; the reads are constant-size (verifier), bytes past it are ignored.
 #[inline(always)]
-fn quoted(inner: u64, end: u64, h: &mut HeaderSnapshot) {
+fn quoted(inner: u64, end: u64, h: &mut HeaderSnapshot, packable: bool) {
     if end <= inner {
         return;
     }
-    let avail = (end - inner).min(l4_flags::QUOTED_MAX as u64) as u8;
+    let real = end - inner;
     if !read_buf(inner, &mut h.tcp_options) {
         return;
     }
+    if packable
+        && real > l4_flags::QUOTED_MAX as u64
+        && h.tcp_options[0] == 0x45
+        && h.tcp_options[9] == IPPROTO_TCP
+        && packed(inner, h)
+    {
+        h.tcp_opt_len = real.min(l4_flags::QUOTED_PACKED_MAX as u64) as u8;
+        h.l4_flags |= l4_flags::QUOTED | l4_flags::QUOTED_PACKED;
+        return;
+    }
+    let mut avail = real.min(l4_flags::QUOTED_MAX as u64) as u8;
     // SAFETY: tcp_seq..=tcp_res are QUOTED_TAIL contiguous bytes of the repr(C) struct
     // (asserted above); plain integers, any bit pattern is valid.
     let tail = unsafe { &mut *(core::ptr::addr_of_mut!(h.tcp_seq) as *mut [u8; QUOTED_TAIL]) };
-    let mut avail = avail;
     if !read_buf(inner + TCP_OPTIONS_MAX as u64, tail) {
         *tail = [0; QUOTED_TAIL];
         avail = avail.min(TCP_OPTIONS_MAX as u8);
     }
     h.tcp_opt_len = avail;
     h.l4_flags |= l4_flags::QUOTED;
+}
+
+/// The packed layout of [`l4_flags::QUOTED_PACKED`]: `tcp_options` already holds the quoted
+/// bytes 0..40; keep 0..10, then 12..36, 38..44 after them (checksums dropped), 44..58 in
+/// the tail, 58..62 in `sport`/`dport`. False when a read failed (nothing is marked).
+#[inline(always)]
+fn packed(inner: u64, h: &mut HeaderSnapshot) -> bool {
+    let opts = core::ptr::addr_of_mut!(h.tcp_options) as *mut u8;
+    // SAFETY: fixed ranges inside tcp_options (10..34, 34..40), the QUOTED_TAIL bytes of
+    // tcp_seq..=tcp_res and the 4 bytes of sport/dport (contiguous, asserted above); plain
+    // integers, any bit pattern is valid.
+    let (mid, end, tail, ports) = unsafe {
+        (
+            &mut *(opts.add(10) as *mut [u8; 24]),
+            &mut *(opts.add(34) as *mut [u8; 6]),
+            &mut *(core::ptr::addr_of_mut!(h.tcp_seq) as *mut [u8; QUOTED_TAIL]),
+            &mut *(core::ptr::addr_of_mut!(h.sport) as *mut [u8; 4]),
+        )
+    };
+    read_buf(inner + 12, mid)
+        && read_buf(inner + 38, end)
+        && read_buf(inner + 44, tail)
+        && read_buf(inner + 58, ports)
 }
