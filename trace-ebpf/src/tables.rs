@@ -29,7 +29,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use trace_common::record::{
-    kind, xt_what, HookVerdictRecord, RecordHeader, TableOffsets, XtRecord, RECORD_VERSION,
+    kind, xt_what, HookVerdictRecord, RecordHeader, TableOffsets, Tracked, XtRecord, RECORD_VERSION,
 };
 
 use crate::{
@@ -108,6 +108,23 @@ fn netns_selected(state: u64) -> bool {
     unsafe { NETNS.get(&inum) }.is_some()
 }
 
+/// Inode of the network namespace of `state`.
+#[inline(never)]
+fn state_netns(state: u64) -> u32 {
+    let net: u64 = read(state, global!(OFFSETS.state_net));
+    read(net, global!(OFFSETS.net_inum))
+}
+
+/// Whether a TRACKED entry belongs here: a traversal is followed in the namespace it was
+/// first seen in. In another one the entry is stale — its skb address was freed without a
+/// drop report (consumed) and reused by a packet never first-sighted here (a namespace without
+/// hooks on PREROUTING/OUTPUT) — and following it would write that packet's records under
+/// the old traversal and namespace.
+#[inline(always)]
+fn tracked_here(state: u64, t: &Tracked) -> bool {
+    t.netns == 0 || t.netns == state_netns(state)
+}
+
 /// Write a record at `prio` if the skb is tracked (or pending a sampling decision).
 #[inline(always)]
 fn at(state: u64, skb: u64, prio: i32) {
@@ -116,8 +133,11 @@ fn at(state: u64, skb: u64, prio: i32) {
     }
     if let Some(t) = TRACKED.get_ptr_mut(&skb) {
         // SAFETY: map value pointer, valid for this program run.
-        follow(state, skb, prio, unsafe { &mut *t });
-        hook_saw_table(skb);
+        let t = unsafe { &mut *t };
+        if tracked_here(state, t) {
+            follow(state, skb, prio, t);
+            hook_saw_table(skb);
+        }
     }
 }
 
@@ -153,7 +173,10 @@ pub fn hook_entry(skb: u64, state: u64) {
         first_sight(state, skb, PRIO_HOOK_ENTRY);
     } else if let Some(t) = TRACKED.get_ptr_mut(&skb) {
         // SAFETY: map value pointer, valid for this program run.
-        follow(state, skb, PRIO_HOOK_ENTRY, unsafe { &mut *t });
+        let t = unsafe { &mut *t };
+        if tracked_here(state, t) {
+            follow(state, skb, PRIO_HOOK_ENTRY, t);
+        }
     }
 }
 
@@ -209,7 +232,7 @@ pub fn push_hook(skb: u64, state: u64, allowed: bool) {
         if let Some(t) = TRACKED.get_ptr(&skb) {
             // SAFETY: map value pointer, read once.
             let t = unsafe { *t };
-            if t.state == STATE_TRACKED {
+            if t.state == STATE_TRACKED && tracked_here(state, &t) {
                 fr.gen = t.gen;
                 fr.netns = t.netns;
                 fr.hook = read(state, global!(OFFSETS.state_hook));
@@ -294,6 +317,7 @@ pub fn hook_exit(skb: u64, verdict: i32) {
         return;
     }
     if verdict == NF_ACCEPT as i32 {
+        // fr.tables > 0: table records were written, so the entry belongs to this namespace.
         if fr.tables == 0 {
             return;
         }
