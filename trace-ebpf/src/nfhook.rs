@@ -740,56 +740,85 @@ fn fill_record<const D: bool>(
     conntrack::<D>(rec, skb);
     let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
     let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
-    // Netfilter probes: one read for the hash and (common layouts) the snapshot.
-    let pkt = if D && head != 0 {
-        pktbuf::read(head + nh as u64)
-    } else {
-        None
-    };
+    if D {
+        return sparse_tail(rec, state, skb, t, last, head, head + nh as u64);
+    }
+    // The other backends (kprobe/fentry): a record at every probe. Kept as it was: their
+    // call chain through here is near the 512-byte stack limit on 6.1.
+    rec.prev_hook = PREV_NONE;
+    rec.prev_priority = 0;
+    let hash = quick_hash(head + nh as u64);
+    if head != 0
+        && (hash != t.last_hash || t.last_hash == 0)
+        && headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true)
+    {
+        rec.flags |= probe_flags::HEADERS;
+    }
+    if rec.hook != t.last_hook {
+        devices::<D>(rec, state, skb, head, t);
+    }
+    hash
+}
+
+/// [`fill_record`] of the netfilter probes from the packet's first bytes on (`nh`: network
+/// header address): decides whether a record is due, 0 if not.
+#[inline(always)]
+fn sparse_tail(
+    rec: &mut ProbeRecord,
+    state: u64,
+    skb: u64,
+    t: &mut Tracked,
+    last: bool,
+    head: u64,
+    nh: u64,
+) -> u64 {
+    // One read for the hash and (common layouts) the snapshot.
+    let pkt = if head != 0 { pktbuf::read(nh) } else { None };
     let hash = match &pkt {
         Some(p) => p.hash(),
-        None => quick_hash(head + nh as u64),
+        None => quick_hash(nh),
     };
     // A new pass: another hook, or the same hook again from its start.
-    let new_pass = rec.hook != t.last_hook
-        || (D && rec.hook == t.prev_hook && rec.priority <= t.prev_priority);
-    if D {
-        let meta = meta_hash(rec);
-        if !(new_pass || last || hash != t.last_hash || meta != t.last_meta) {
-            t.prev_hook = rec.hook;
-            t.prev_priority = rec.priority;
-            return 0;
-        }
-        t.last_meta = meta;
-        rec.flags |= probe_flags::SPARSE;
-        rec.prev_hook = t.prev_hook;
-        rec.prev_priority = t.prev_priority;
+    let new_pass =
+        rec.hook != t.last_hook || (rec.hook == t.prev_hook && rec.priority <= t.prev_priority);
+    let meta = meta_hash(rec);
+    if !(new_pass || last || hash != t.last_hash || meta != t.last_meta) {
         t.prev_hook = rec.hook;
         t.prev_priority = rec.priority;
-    } else {
-        rec.prev_hook = PREV_NONE;
-        rec.prev_priority = 0;
+        return 0;
     }
+    t.last_meta = meta;
+    rec.flags |= probe_flags::SPARSE;
+    rec.prev_hook = t.prev_hook;
+    rec.prev_priority = t.prev_priority;
+    t.prev_hook = rec.hook;
+    t.prev_priority = rec.priority;
     if head != 0
         && (hash != t.last_hash || t.last_hash == 0)
         && (pkt.is_some_and(|p| p.snapshot(rec.pf, &mut rec.headers))
-            || headers::snapshot(rec.pf, head + nh as u64, &mut rec.headers, true))
+            || headers::snapshot(rec.pf, nh, &mut rec.headers, true))
     {
         rec.flags |= probe_flags::HEADERS;
     }
     if new_pass {
-        let indev: u64 = kread::<_, D>(state, global!(OFFSETS.state_in));
-        let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
-        rec.in_ifindex = kread::<_, D>(indev, global!(OFFSETS.dev_ifindex));
-        rec.out_ifindex = kread::<_, D>(outdev, global!(OFFSETS.dev_ifindex));
-        dev_name(indev, &mut rec.in_dev);
-        dev_name(outdev, &mut rec.out_dev);
-        rec.flags |= probe_flags::DEVS;
-        mac::<D>(rec, skb, head, indev);
-        creds::<D>(rec, skb);
-        t.last_hook = rec.hook;
+        devices::<true>(rec, state, skb, head, t);
     }
     hash
+}
+
+/// Devices, MAC and socket owner: on a hook's first record.
+#[inline(always)]
+fn devices<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, head: u64, t: &mut Tracked) {
+    let indev: u64 = kread::<_, D>(state, global!(OFFSETS.state_in));
+    let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
+    rec.in_ifindex = kread::<_, D>(indev, global!(OFFSETS.dev_ifindex));
+    rec.out_ifindex = kread::<_, D>(outdev, global!(OFFSETS.dev_ifindex));
+    dev_name(indev, &mut rec.in_dev);
+    dev_name(outdev, &mut rec.out_dev);
+    rec.flags |= probe_flags::DEVS;
+    mac::<D>(rec, skb, head, indev);
+    creds::<D>(rec, skb);
+    t.last_hook = rec.hook;
 }
 
 /// 32-bit mix of the record's mark and conntrack fields (a change makes netfilter probes send
