@@ -483,6 +483,47 @@ mod tests {
     }
 
     #[test]
+    fn last_probe_passed_and_sparse_flag_are_decoded() {
+        let mut r = syn_record();
+        let Event::Probe(p) = Decoder::default()
+            .decode(&bytes_of(&r, PROBE_FULL_LEN))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (p.prev, p.sparse),
+            (None, false),
+            "PREV_NONE, no SPARSE flag"
+        );
+        r.flags |= probe_flags::SPARSE;
+        r.prev_hook = 2;
+        r.prev_priority = -149;
+        let Event::Probe(p) = Decoder::default()
+            .decode(&bytes_of(&r, PROBE_FULL_LEN))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((p.prev, p.sparse), (Some((Hook::Forward, -149)), true));
+        r.prev_hook = 9;
+        assert_eq!(
+            Decoder::default().decode(&bytes_of(&r, PROBE_FULL_LEN)),
+            Err(DecodeError::Field {
+                field: "prev_hook",
+                value: 9
+            })
+        );
+        let mut d = DropRecord::ZERO;
+        d.prev_hook = 4;
+        d.prev_priority = 101;
+        let Event::Drop(e) = Decoder::default().decode(&bytes_of(&d, DROP_LEN)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(e.prev, Some((Hook::Postrouting, 101)));
+    }
+
+    #[test]
     fn headers_flag_on_short_record_is_an_error() {
         let mut r = syn_record();
         r.header.len = PROBE_SHORT_LEN as u32;
