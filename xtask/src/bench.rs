@@ -9,6 +9,10 @@
 //! Prints per-round values and median ratios against no tracer, plus the tracer's lost count.
 //! The tracer (`iptrace capture`, TRACE lines to /dev/null) is pinned to CPU 1.
 //!
+//! `--baseline PATH`: every tracer configuration also runs with the `iptrace` binary at PATH
+//! (e.g. a build of an earlier commit), as `NAME@base` in the same interleaved rounds: a
+//! before/after comparison under the same load.
+//!
 //! `--bpf-stats`: kernel.bpf_stats_enabled=1 during the run (restored after), and per
 //! configuration the kernel's run count and mean run time of each capture program (summed over
 //! rounds): the probes' own cost, independent of how busy the other CPU is.
@@ -43,45 +47,55 @@ pub fn main(args: Vec<String>) -> i32 {
     }
 }
 
+#[derive(Clone)]
 struct Config {
-    name: &'static str,
+    name: String,
     /// None: no tracer.
     args: Option<Vec<&'static str>>,
+    /// Run the tracer from the `--baseline` binary.
+    base: bool,
 }
 
 fn configs() -> Vec<Config> {
     vec![
         Config {
-            name: "none",
+            name: "none".into(),
             args: None,
+            base: false,
         },
         Config {
-            name: "match-nothing",
+            name: "match-nothing".into(),
             args: Some(vec!["host", "10.255.255.254"]),
+            base: false,
         },
         // The tracer prints TRACE lines (--format trace) to /dev/null.
         Config {
-            name: "match-everything",
+            name: "match-everything".into(),
             args: Some(vec![]),
+            base: false,
         },
         Config {
-            name: "sample-1/1000",
+            name: "sample-1/1000".into(),
             args: Some(vec!["--sample", "1/1000"]),
+            base: false,
         },
         // Diagnostics (--configs): the packet-level view costs the collector less than the
         // rule-level reconstruction.
         Config {
-            name: "everything-packets",
+            name: "everything-packets".into(),
             args: Some(vec!["--packets"]),
+            base: false,
         },
         Config {
-            name: "everything-json",
+            name: "everything-json".into(),
             args: Some(vec!["--format", "json"]),
+            base: false,
         },
         // The probes alone: the collector drains without decoding.
         Config {
-            name: "everything-discard",
+            name: "everything-discard".into(),
             args: Some(vec!["--discard"]),
+            base: false,
         },
     ]
 }
@@ -91,9 +105,11 @@ fn bench(args: &[String]) -> Result<()> {
     let mut secs = 3u64;
     let mut only: Option<Vec<String>> = None;
     let mut bpf_stats = false;
+    let mut baseline: Option<PathBuf> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--baseline" => baseline = Some(it.next().context("--baseline PATH")?.into()),
             "--bpf-stats" => bpf_stats = true,
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--secs" => secs = it.next().context("--secs S")?.parse()?,
@@ -126,15 +142,35 @@ fn bench(args: &[String]) -> Result<()> {
     let mut cfgs: Vec<Config> = configs();
     let defaults = ["none", "match-nothing", "match-everything", "sample-1/1000"];
     cfgs.retain(|c| match &only {
-        Some(names) => c.name == "none" || names.iter().any(|n| n == c.name),
-        None => defaults.contains(&c.name),
+        Some(names) => c.name == "none" || names.iter().any(|n| *n == c.name),
+        None => defaults.contains(&c.name.as_str()),
     });
+    if let Some(b) = &baseline {
+        if !b.is_file() {
+            bail!("--baseline {}: no such file", b.display());
+        }
+        let twins: Vec<Config> = cfgs
+            .iter()
+            .filter(|c| c.args.is_some())
+            .map(|c| Config {
+                name: format!("{}@base", c.name),
+                base: true,
+                ..c.clone()
+            })
+            .collect();
+        cfgs.extend(twins);
+    }
     let stats_guard = if bpf_stats {
         Some(StatsEnabled::on()?)
     } else {
         None
     };
-    let result = run_rounds(&lab, &iptrace, &xtask, &cfgs, rounds, secs, bpf_stats);
+    let bins = Binaries {
+        iptrace: &iptrace,
+        baseline: baseline.as_deref(),
+        xtask: &xtask,
+    };
+    let result = run_rounds(&lab, &bins, &cfgs, rounds, secs, bpf_stats);
     drop(stats_guard);
     lab.down(&iptrace);
     result
@@ -270,15 +306,22 @@ fn print_prog_stats(name: &str, stats: &ProgStats) {
     }
 }
 
+/// The binaries a run uses.
+struct Binaries<'a> {
+    iptrace: &'a Path,
+    baseline: Option<&'a Path>,
+    xtask: &'a Path,
+}
+
 fn run_rounds(
     lab: &LabNs,
-    iptrace: &Path,
-    xtask: &Path,
+    bins: &Binaries,
     cfgs: &[Config],
     rounds: usize,
     secs: u64,
     bpf_stats: bool,
 ) -> Result<()> {
+    let xtask = bins.xtask;
     lab.prepare(xtask)?;
     let mut stats: Vec<ProgStats> = vec![ProgStats::new(); cfgs.len()];
     let mut tput: Vec<Vec<f64>> = vec![Vec::new(); cfgs.len()];
@@ -287,7 +330,13 @@ fn run_rounds(
     for round in 0..rounds {
         for (i, c) in cfgs.iter().enumerate() {
             let tracer = match &c.args {
-                Some(a) => Some(Tracer::start(iptrace, &lab.node, a)?),
+                Some(a) => {
+                    let bin = match (c.base, bins.baseline) {
+                        (true, Some(b)) => b,
+                        _ => bins.iptrace,
+                    };
+                    Some(Tracer::start(bin, &lab.node, a)?)
+                }
                 None => None,
             };
             let t = lab.iperf(secs)?;
@@ -303,7 +352,7 @@ fn run_rounds(
                 lost[i] += tr.stop()?;
             }
             eprintln!(
-                "round {round} {:<17} throughput {:>8.1} Mbit/s  connections {:>7.1}/s",
+                "round {round} {:<24} throughput {:>8.1} Mbit/s  connections {:>7.1}/s",
                 c.name,
                 t / 1e6,
                 n
@@ -314,14 +363,14 @@ fn run_rounds(
     }
     println!("nfhook capture overhead (median of {rounds} interleaved rounds, {secs}s each; ratio to no tracer)");
     println!(
-        "{:<17} {:>12} {:>10} {:>12} {:>10} {:>6}",
+        "{:<24} {:>12} {:>10} {:>12} {:>10} {:>6}",
         "config", "Mbit/s", "ratio", "conn/s", "ratio", "lost"
     );
     let (t0, c0) = (median(&tput[0]), median(&conns[0]));
     for (i, c) in cfgs.iter().enumerate() {
         let (t, n) = (median(&tput[i]), median(&conns[i]));
         println!(
-            "{:<17} {:>12.1} {:>9.0}% {:>12.1} {:>9.0}% {:>6}",
+            "{:<24} {:>12.1} {:>9.0}% {:>12.1} {:>9.0}% {:>6}",
             c.name,
             t / 1e6,
             100.0 * t / t0,
@@ -337,7 +386,7 @@ fn run_rounds(
     if bpf_stats {
         println!("BPF program cost (kernel.bpf_stats_enabled; all rounds, both tests)");
         for (i, c) in cfgs.iter().enumerate() {
-            print_prog_stats(c.name, &stats[i]);
+            print_prog_stats(&c.name, &stats[i]);
         }
     }
     Ok(())
