@@ -288,14 +288,16 @@ fn print_prog_stats(name: &str, stats: &ProgStats) {
         .map(|(_, s)| s.0)
         .sum();
     let total_ns: u64 = stats.values().map(|s| s.1).sum();
-    let nf_runs: u64 = stats
+    // Netfilter probe copies: `nfp...` (earlier builds: `nfprobe_...`, names cut at 15
+    // characters, so all copies add up under one name).
+    let (nf_runs, nf_ns) = stats
         .iter()
         .filter(|(n, _)| n.starts_with("nfp"))
-        .map(|(_, s)| s.0)
-        .sum();
+        .fold((0u64, 0u64), |(r, t), (_, s)| (r + s.0, t + s.1));
     println!(
-        "{name}: {} ns of BPF per packet entering (first-sight runs {first}, netfilter probe runs {nf_runs})",
-        if first > 0 { total_ns / first } else { 0 }
+        "{name}: {} ns of BPF per packet entering (first-sight runs {first}), {} ns per netfilter probe run ({nf_runs} runs)",
+        if first > 0 { total_ns / first } else { 0 },
+        if nf_runs > 0 { nf_ns / nf_runs } else { 0 }
     );
     for (prog, (cnt, ns)) in stats {
         println!(
