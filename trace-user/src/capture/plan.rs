@@ -185,6 +185,17 @@ pub fn stages(reg: &Registered, family: Family, hook: Hook) -> Vec<StageSlot> {
         match Table::from_name(&c.table) {
             // iptables-nft registers its tables as nft chains at the standard priorities.
             Some(t) if t.priority(hook) == Some(c.priority) => tables.push(t),
+            // ... except the security table, which iptables-nft (1.8.9) hooks at priority
+            // 150, not NF_IP_PRI_SECURITY (50): still that table's built-in chain, evaluated
+            // as such, at the priority it really runs at (after nat on INPUT).
+            Some(t)
+                if t.priority(hook).is_some() && Hook::from_chain_name(&c.chain) == Some(hook) =>
+            {
+                others.push(StageSlot {
+                    priority: c.priority,
+                    stage: Stage::Table { table: t },
+                })
+            }
             _ => others.push(StageSlot {
                 priority: c.priority,
                 stage: Stage::NftChain {
@@ -252,6 +263,36 @@ mod tests {
             s6.iter().map(|s| s.priority).collect::<Vec<_>>(),
             vec![-250, -200]
         );
+    }
+
+    #[test]
+    fn iptables_nft_security_table_at_its_real_priority() {
+        // `nft -j list chains` after `iptables-nft -t security -A INPUT -j ACCEPT` (1.8.9).
+        let json = r#"{"nftables":[{"chain":{"family":"ip","table":"security","name":"INPUT","handle":1,"type":"filter","hook":"input","prio":150,"policy":"accept"}},
+          {"chain":{"family":"ip","table":"filter","name":"INPUT","hook":"input","prio":0,"type":"filter"}},
+          {"chain":{"family":"ip","table":"security","name":"mine","hook":"input","prio":10,"type":"filter"}}]}"#;
+        let reg = Registered {
+            nft: parse_nft_chains(json),
+            ..Default::default()
+        };
+        let s = stages(&reg, Family::Ipv4, Hook::Input);
+        let slots: Vec<(i32, &Stage)> = s.iter().map(|s| (s.priority, &s.stage)).collect();
+        assert!(slots.contains(&(
+            0,
+            &Stage::Table {
+                table: Table::Filter
+            }
+        )));
+        assert!(slots.contains(&(
+            150,
+            &Stage::Table {
+                table: Table::Security
+            }
+        )));
+        // A chain that is not the table's built-in one stays an nft chain.
+        assert!(s
+            .iter()
+            .any(|s| matches!(&s.stage, Stage::NftChain { chain, .. } if chain == "mine")));
     }
 
     #[test]
