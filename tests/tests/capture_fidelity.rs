@@ -1260,13 +1260,12 @@ fn corpus(file: &str) -> Option<String> {
 /// eth0 as in the dump: zone chains entered with -g, INPUT to the router and FORWARD through
 /// it, REJECT --reject-with icmp-host-prohibited.
 fn firewalld_traffic(t: &Topo) {
+    // Few packets: firewalld's chains give ~30 nft trace events per packet, and
+    // xtables-monitor's socket overruns (ENOBUFS) on bursts.
     t.in_client(|| {
         tcp_echo(sa(R4_IN, 22));
-        tcp_refused(sa(R4_IN, 80));
         udp_send(sa(R4_IN, 9001), 10, None);
-        ping(R4_IN.parse().unwrap());
         tcp_refused(sa(S4, 8080));
-        udp_send(sa(S4, 9001), 10, None);
     });
 }
 
