@@ -23,6 +23,12 @@ impl ParseError {
 }
 
 /// What went wrong.
+/// Why a host name in `-s`/`-d` is an error: iptables resolves it when the rule is loaded
+/// and inserts one rule per address, so the kernel's rule positions depend on a lookup made
+/// then; dumps (iptables-save) always hold the addresses.
+pub const HOSTNAME_HINT: &str = " (host names are not resolved: iptables would resolve it when \
+loading the rule and insert one rule per address; use the addresses iptables-save prints)";
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ParseErrorKind {
     #[error("unterminated quoted string")]
@@ -57,8 +63,13 @@ pub enum ParseErrorKind {
     UnknownOption { option: String },
     #[error("`!` must precede an option")]
     DanglingNegation,
-    #[error("invalid address `{text}` for {family}")]
-    BadAddress { text: String, family: String },
+    #[error("invalid address `{text}` for {family}{}", if *hostname { HOSTNAME_HINT } else { "" })]
+    BadAddress {
+        text: String,
+        family: String,
+        /// `text` looks like a host name (see [`HOSTNAME_HINT`]).
+        hostname: bool,
+    },
     #[error("invalid mask `{text}`")]
     BadMask { text: String },
     #[error("unknown protocol `{text}`")]

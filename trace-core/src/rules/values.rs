@@ -63,6 +63,7 @@ impl Ctx<'_> {
             ParseErrorKind::BadAddress {
                 text: text.into(),
                 family: family.into(),
+                hostname: looks_like_hostname(text),
             },
         )
     }
@@ -325,5 +326,32 @@ mod tests {
         assert_eq!(parse_proto("ipv6-icmp"), Some(Proto::Num(58)));
         assert_eq!(parse_proto("ALL"), Some(Proto::All));
         assert_eq!(parse_proto("bogus"), None);
+    }
+}
+
+/// A DNS host name rather than a mistyped address: letters, digits and hyphens in dotted
+/// labels, some letter, and a last label of two or more characters when there are dots
+/// (`localhost`, `db.example.com`; not `x.x.x.x` or `IP4_2`, placeholders seen in dumps).
+fn looks_like_hostname(text: &str) -> bool {
+    let labels: Vec<&str> = text.split('.').collect();
+    labels
+        .iter()
+        .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && text.bytes().any(|b| b.is_ascii_alphabetic())
+        && (labels.len() == 1 || labels.last().is_some_and(|l| l.len() >= 2))
+}
+
+#[cfg(test)]
+mod hostname_tests {
+    use super::looks_like_hostname;
+
+    #[test]
+    fn host_names_and_placeholders() {
+        for h in ["localhost", "db.example.com", "node-1.cluster.local"] {
+            assert!(looks_like_hostname(h), "{h}");
+        }
+        for p in ["x.x.x.x", "IP4_2", "10.0.0.300", "1.2.3", "fe80::1", "a..b"] {
+            assert!(!looks_like_hostname(p), "{p}");
+        }
     }
 }
