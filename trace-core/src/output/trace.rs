@@ -157,3 +157,94 @@ fn with_options_after(obs: &TableObservation) -> Option<Headers> {
     }
     Some(h)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::tcp_flags;
+    use crate::netfilter::Table;
+    use crate::packet::{ObservedVerdict, PacketState};
+
+    fn syn(options: Vec<u8>, len: u16) -> Headers {
+        Headers {
+            src: "10.213.1.2".parse().unwrap(),
+            dst: "10.213.2.2".parse().unwrap(),
+            proto: 6,
+            len,
+            tos: 0,
+            ttl: 63,
+            id: 1,
+            frag: 0x4000,
+            flowlabel: 0,
+            l4: L4::Tcp {
+                sport: 1000,
+                dport: 8080,
+                seq: 1,
+                ack: 0,
+                window: 64240,
+                flags: tcp_flags::SYN,
+                res: 0,
+                urgp: 0,
+                options,
+            },
+        }
+    }
+
+    fn step(id: &str, rule: Option<&str>) -> Step {
+        Step {
+            id: id.parse().unwrap(),
+            rule_text: rule.map(str::to_string),
+            mark: 0,
+            tos: 0,
+            ttl: 63,
+            traced: true,
+            implicit_return: false,
+        }
+    }
+
+    /// capture_fidelity targets_v4: after `-j TCPMSS --set-mss 1200` the kernel's next
+    /// TRACE line of the table shows MSS 1200 (0x04B0); the TCPMSS line itself the old 1460.
+    #[test]
+    fn steps_after_tcpmss_print_the_rewritten_options() {
+        let before = syn(vec![2, 4, 0x05, 0xb4, 1, 1, 4, 2], 48);
+        let after = syn(vec![2, 4, 0x04, 0xb0, 1, 1, 4, 2], 48);
+        let obs = TableObservation {
+            table: Table::Mangle,
+            priority: -150,
+            before: PacketState {
+                headers: before,
+                mark: 0,
+                ct: None,
+            },
+            after: Some(PacketState {
+                headers: after,
+                mark: 0,
+                ct: None,
+            }),
+            verdict: ObservedVerdict::Accept,
+        };
+        let tcpmss = step(
+            "mangle:FORWARD:rule:1",
+            Some("-p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --set-mss 1200"),
+        );
+        assert!(rewrites_tcp_options(&tcpmss));
+        assert!(!rewrites_tcp_options(&step(
+            "mangle:FORWARD:rule:2",
+            Some("-j MARK --set-mark 1")
+        )));
+        assert!(!rewrites_tcp_options(&step(
+            "mangle:FORWARD:policy:3",
+            None
+        )));
+        let h = with_options_after(&obs).expect("TCP in and out");
+        let L4::Tcp { options, .. } = &h.l4 else {
+            panic!()
+        };
+        assert_eq!(options[..4], [2, 4, 0x04, 0xb0]);
+        // Everything else as the table saw it on the way in.
+        assert_eq!((h.ttl, h.id), (63, 1));
+        let mut none = obs.clone();
+        none.after = None;
+        assert!(with_options_after(&none).is_none());
+    }
+}
