@@ -423,7 +423,7 @@ struct RunOutput {
 }
 
 fn ready(test: &str, backend: IptablesBackend) -> bool {
-    let mut tools = vec!["socat", "nsenter", "stdbuf"];
+    let mut tools = vec!["socat", "nsenter", "stdbuf", "setpriv"];
     if backend == IptablesBackend::Nft {
         tools.push("xtables-monitor");
     }
@@ -1247,6 +1247,72 @@ fn fidelity_addrtypes_v4_legacy() {
 #[test]
 fn fidelity_addrtypes_v4_nft() {
     run_scenario(&addrtypes_v4(), IptablesBackend::Nft);
+}
+
+/// A connection the router itself opens as an unprivileged user (uid/gid 1000, supplementary
+/// group 100): OUTPUT is the packets' first hook; `-m owner` and the kernel's UID=/GID=.
+const LOCAL_CLIENT_V4: &str = "\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A OUTPUT -p tcp -m owner --uid-owner 1000 -j MARK --or-mark 0x1
+-A OUTPUT -p tcp -m owner --gid-owner 1000 -j MARK --or-mark 0x2
+-A OUTPUT -p tcp -m owner ! --uid-owner 0 -j MARK --or-mark 0x4
+-A OUTPUT -p tcp -m owner --socket-exists -j MARK --or-mark 0x8
+-A OUTPUT -p tcp -m owner --uid-owner 0-999 -j MARK --or-mark 0x10
+-A OUTPUT -p tcp -m owner --gid-owner 100 --suppl-groups -j MARK --or-mark 0x20
+-A INPUT -p tcp -m conntrack --ctstate ESTABLISHED -j MARK --or-mark 0x40
+COMMIT
+";
+
+fn local_client_v4_traffic(t: &Topo) {
+    let mut c = netns::command(t.router.name(), "setpriv");
+    c.args([
+        "--reuid", "1000", "--regid", "1000", "--groups", "100", "socat", "-",
+    ])
+    .arg(format!("TCP:{S4}:8080"))
+    .stdin(Stdio::piped())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut child = c.spawn().expect("setpriv socat");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"from-uid-1000\n").unwrap();
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn local_client_v4() -> Scenario {
+    Scenario {
+        name: "local_client_v4",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules: LOCAL_CLIENT_V4.to_string(),
+        // `tcp`: the first-sight probe on OUTPUT applies a protocol filter.
+        filter: "tcp",
+        kernel_steps: &[
+            "mangle:OUTPUT:rule:1",
+            "mangle:OUTPUT:rule:2",
+            "mangle:OUTPUT:rule:3",
+            "mangle:OUTPUT:rule:4",
+            "mangle:OUTPUT:rule:6",
+            "mangle:INPUT:rule:1",
+        ],
+        kernel_text: &["UID=1000 GID=1000 "],
+        traffic: local_client_v4_traffic,
+        servers: &[(Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork")],
+    }
+}
+
+#[test]
+fn fidelity_local_client_v4_legacy() {
+    run_scenario(&local_client_v4(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_local_client_v4_nft() {
+    run_scenario(&local_client_v4(), IptablesBackend::Nft);
 }
 
 fn corpus(file: &str) -> Option<String> {
