@@ -14,6 +14,8 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -181,8 +183,13 @@ impl Topology6 {
     }
 }
 
-/// A one-connection-at-a-time echo server in `ns` on [::]:80 until `deadline`.
-fn serve(ns: &Path, deadline: Instant) -> anyhow::Result<std::thread::JoinHandle<u32>> {
+/// A one-connection-at-a-time echo server in `ns` on [::]:80 until `stop` is set (or
+/// `deadline`, should the caller never set it); returns how many connections it served.
+fn serve(
+    ns: &Path,
+    stop: Arc<AtomicBool>,
+    deadline: Instant,
+) -> anyhow::Result<std::thread::JoinHandle<u32>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let h = netns::spawn_in(ns, "vm6-server", move || {
         let l = match TcpListener::bind("[::]:80").and_then(|l| {
@@ -199,7 +206,7 @@ fn serve(ns: &Path, deadline: Instant) -> anyhow::Result<std::thread::JoinHandle
             }
         };
         let mut served = 0;
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
             match l.accept() {
                 Ok((mut s, _)) => {
                     let _ = s.set_nonblocking(false);
@@ -315,7 +322,11 @@ impl Reference {
 
     fn finish(self) -> anyhow::Result<ReferenceOutput> {
         match self {
-            Reference::Legacy(t) => Ok(t.finish()?),
+            Reference::Legacy(t) => {
+                let mut out = t.finish()?;
+                out.text = ours_only(&out.text);
+                Ok(out)
+            }
             Reference::Nft(mut m) => {
                 // Let the last events arrive, then stop our own child (by its handle).
                 std::thread::sleep(Duration::from_millis(500));
@@ -334,6 +345,19 @@ impl Reference {
             }
         }
     }
+}
+
+/// The kernel log is machine-wide: keep the TRACE lines of our packets (all from the peer:
+/// the selector matches `-d NODE`), not those of whatever else runs TRACE meanwhile (other
+/// tests on a shared host; nothing else in the guest).
+fn ours_only(kmsg: &str) -> String {
+    let peer: std::net::Ipv6Addr = PEER.parse().expect("PEER is an IPv6 address");
+    let full: Vec<String> = peer.segments().iter().map(|s| format!("{s:04x}")).collect();
+    let src = format!("SRC={} ", full.join(":"));
+    kmsg.lines()
+        .filter(|l| l.contains(&src))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// The backend under test: fentry/kprobe (loaded like `--backend fentry|kprobe`) or nfhook.
@@ -368,7 +392,9 @@ pub fn trace_agrees(backend: Backend6, ipt: IptablesBackend) -> Outcome {
 
 fn run(backend: Backend6, ipt: IptablesBackend) -> anyhow::Result<Outcome> {
     let topo = Topology6::up(ipt)?;
-    let server = serve(&topo.ctr.path(), Instant::now() + Duration::from_secs(60))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let server = serve(&topo.ctr.path(), stop.clone(), deadline)?;
     let tracer = Reference::start(&topo, ipt)?;
     // After start(): raw now holds the TRACE rules, so the dump and the plan are current.
     let snapshot = tracer.snapshot(&topo, ipt)?;
@@ -425,6 +451,7 @@ fn run(backend: Backend6, ipt: IptablesBackend) -> anyhow::Result<Outcome> {
         .join()
         .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
     let output = tracer.finish()?;
+    stop.store(true, Ordering::SeqCst);
     let served = server.join().unwrap_or(0);
     drop(topo);
     let captured: Vec<CapturedPacket> = packets.iter().map(CapturedPacket::from).collect();
