@@ -287,7 +287,15 @@ pub struct Tracked {
     pub last_hook: u8,
     /// Hook of the last probe passed ([`PREV_NONE`]: none, or a record was lost since).
     pub prev_hook: u8,
-    pub _pad0: u8,
+    /// [`tracked_flags`].
+    pub flags: u8,
+}
+
+/// [`Tracked::flags`] bits.
+pub mod tracked_flags {
+    /// A record of this traversal was lost (nfhook): the next record it sends carries the
+    /// header snapshot and devices whatever changed (the collector missed them).
+    pub const RESEND: u8 = 1 << 0;
 }
 
 /// The nfhook probes' per-CPU current traversal (value of the per-CPU array `CUR`, see

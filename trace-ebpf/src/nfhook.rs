@@ -29,8 +29,8 @@ use trace_common::{
     },
     flowhash,
     record::{
-        filter_fields, kind, probe_flags, Counters, CurSlot, ProbeRecord, Tracked, PREV_NONE,
-        PRIORITY_MAGIC, RECORD_VERSION,
+        filter_fields, kind, probe_flags, tracked_flags, Counters, CurSlot, ProbeRecord, Tracked,
+        PREV_NONE, PRIORITY_MAGIC, RECORD_VERSION,
     },
 };
 
@@ -259,7 +259,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
         state: STATE_TRACKED,
         last_hook: NO_HOOK,
         prev_hook: PREV_NONE,
-        _pad0: 0,
+        flags: 0,
     };
     rec.ts_ns = now;
     rec.priority = prio;
@@ -599,6 +599,16 @@ fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
         if with_headers {
             t.last_hash = hash;
         }
+    } else if rec.flags & probe_flags::SPARSE != 0 {
+        c.lost += 1;
+        // Netfilter probes: decide the next records as if this one was sent (a full ring
+        // must not turn every later probe into a record); the next one carries headers and
+        // devices and claims nothing about the probes before it (see `sparse_tail`).
+        if with_headers {
+            t.last_hash = hash;
+        }
+        t.prev_hook = PREV_NONE;
+        t.flags |= tracked_flags::RESEND;
     } else {
         c.lost += 1;
         // The collector missed this record: send headers and devices again next time, and
@@ -787,20 +797,24 @@ fn sparse_tail(
         t.prev_priority = rec.priority;
         return 0;
     }
+    // A record of this traversal was lost: this one says everything again, and nothing about
+    // the probes before it (the collector's last state is older than theirs).
+    let resend = t.flags & tracked_flags::RESEND != 0;
+    t.flags &= !tracked_flags::RESEND;
     t.last_meta = meta;
     rec.flags |= probe_flags::SPARSE;
-    rec.prev_hook = t.prev_hook;
+    rec.prev_hook = if resend { PREV_NONE } else { t.prev_hook };
     rec.prev_priority = t.prev_priority;
     t.prev_hook = rec.hook;
     t.prev_priority = rec.priority;
     if head != 0
-        && (hash != t.last_hash || t.last_hash == 0)
+        && (hash != t.last_hash || t.last_hash == 0 || resend)
         && (pkt.is_some_and(|p| p.snapshot(rec.pf, &mut rec.headers))
             || headers::snapshot(rec.pf, nh, &mut rec.headers, true))
     {
         rec.flags |= probe_flags::HEADERS;
     }
-    if new_pass {
+    if new_pass || resend {
         devices::<true>(rec, state, skb, head, t);
     }
     hash
@@ -1027,7 +1041,12 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         netns: t.netns,
         reason: ctx.arg::<u64>(2) as u32,
         prev_priority: t.prev_priority,
-        prev_hook: t.prev_hook,
+        // After a lost record, the last probe passed says nothing the collector can use.
+        prev_hook: if t.flags & tracked_flags::RESEND != 0 {
+            PREV_NONE
+        } else {
+            t.prev_hook
+        },
         ..trace_common::record::DropRecord::ZERO
     };
     if EVENTS

@@ -20,8 +20,8 @@ use aya::{Ebpf, EbpfLoader};
 use aya_obj::generated::bpf_insn;
 use trace_common::filter::{pred_kind, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS};
 use trace_common::record::{
-    filter_fields, slot, Counters, CurSlot, KernelOffsets, ProbeConfig, Tracked, PREV_NONE,
-    PRIORITY_MAGIC,
+    filter_fields, slot, tracked_flags, Counters, CurSlot, KernelOffsets, ProbeConfig, Tracked,
+    PREV_NONE, PRIORITY_MAGIC,
 };
 use trace_core::netfilter::Hook;
 
@@ -198,7 +198,7 @@ impl Positions {
     /// The last probe (hook, priority) traversal (skb, gen) passed, if still known.
     pub fn last_probe(&self, skb: u64, gen: u64) -> Option<(Hook, i32)> {
         let known = |t: &Tracked| {
-            (t.gen == gen && t.prev_hook != PREV_NONE)
+            (t.gen == gen && t.prev_hook != PREV_NONE && t.flags & tracked_flags::RESEND == 0)
                 .then(|| Hook::from_num(t.prev_hook).map(|h| (h, t.prev_priority)))
                 .flatten()
         };
