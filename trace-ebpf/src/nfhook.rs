@@ -2,19 +2,28 @@
 //!
 //! One program, loaded once per probe priority by the collector (which rewrites the
 //! [`PRIORITY_MAGIC`] immediate: netfilter links carry no cookie), linked on every hook that
-//! has a table around that priority, in every traced netns.
+//! has a table around that priority, in every traced netns. Flags in the immediate: first
+//! sight, and "last probe of a final hook" (INPUT/POSTROUTING, a copy of its own).
 //!
-//! Per packet: the first probe it meets on PREROUTING or OUTPUT ("first sight", a flag in the
-//! patched immediate) evaluates the filter on a minimal view of the packet and starts
-//! tracking the skb (LRU map keyed by skb address, `gen` = first-seen time). Every other probe
-//! costs one array read while nothing is tracked (ACTIVE), else one LRU lookup. Records go
-//! out only for tracked skbs; a record carries the header snapshot only when the packet's
-//! first bytes changed, and devices/MAC/socket owner only on its first record of a hook.
+//! Per packet: the first probe it meets on PREROUTING or OUTPUT ("first sight") evaluates the
+//! filter on a minimal view of the packet and puts the skb (`gen` = first-seen time) in this
+//! CPU's current-traversal slot (CUR), tracked or not. Later probes find it there: a
+//! traversal nearly always runs on one CPU without interruption. When another packet's probe
+//! runs while the slot holds an unfinished traversal, that traversal moves into the TRACKED
+//! LRU, which later probes (on any CPU) consult while anything was tracked recently (ACTIVE).
+//!
+//! Records (netfilter probes): only for tracked skbs, and only when the packet's first bytes,
+//! mark or conntrack fields changed, on a hook's first probe (devices, MAC, socket owner),
+//! and on the last probe of a final hook. Each names the last probe passed before it
+//! (`prev_*`), so the collector fills in the probes passed without one; the header snapshot
+//! is sent only when the bytes changed. The kprobe/fentry backends (`first_sight` /
+//! `follow`, probe reads instead of direct loads, TRACKED only) still send a record at every
+//! probe.
+//!
 //! With `--sample 1/N` the flow decision waits for conntrack (the ORIGINAL tuple makes both
 //! directions and NAT'ed packets agree) and is cached per flow (FLOWS) for the next packets;
 //! records produced before it are held per CPU and flushed when the flow is kept.
-//! Netfilter programs read kernel structs with direct BTF-checked loads (`kread::<_, true>`);
-//! the same bodies serve the kprobe backend with probe reads (`first_sight` / `follow`).
+//! Netfilter programs read kernel structs with direct BTF-checked loads (`kread::<_, true>`).
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
