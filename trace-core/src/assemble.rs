@@ -95,6 +95,10 @@ pub struct Assembler {
     netfilter_drop_reason: u32,
 }
 
+/// Where the probes last saw traversal (skb, gen): the last probe (hook, priority) it passed,
+/// if still known (see [`Assembler::advance_with`]).
+pub type LastProbe<'a> = dyn FnMut(u64, u64) -> Option<(Hook, i32)> + 'a;
+
 /// Why a traversal is being resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Resolution {
@@ -167,11 +171,7 @@ impl Assembler {
     /// probes' state still holds it (the nfhook collector reads the kernel maps). The
     /// probes up to it were passed unchanged; the packet vanished in the stages after it.
     /// Without an answer the trace names no stage (an honest range, see pass.rs).
-    pub fn advance_with(
-        &mut self,
-        now_ns: u64,
-        last_probe: &mut dyn FnMut(u64, u64) -> Option<(Hook, i32)>,
-    ) -> Vec<PacketTrace> {
+    pub fn advance_with(&mut self, now_ns: u64, last_probe: &mut LastProbe) -> Vec<PacketTrace> {
         let mut out = Vec::new();
         self.watermark = self.watermark.max(now_ns);
         self.sweep_if_due(&mut out, Some(last_probe));
@@ -331,11 +331,7 @@ impl Assembler {
     }
 
     /// Resolve idle traversals; scans at most every quarter timeout of event time.
-    fn sweep_if_due(
-        &mut self,
-        out: &mut Vec<PacketTrace>,
-        mut last_probe: Option<&mut dyn FnMut(u64, u64) -> Option<(Hook, i32)>>,
-    ) {
+    fn sweep_if_due(&mut self, out: &mut Vec<PacketTrace>, mut last_probe: Option<&mut LastProbe>) {
         if self.watermark < self.next_sweep {
             return;
         }
@@ -359,7 +355,7 @@ impl Assembler {
     /// A sparse traversal stopped before its pass's last probe: where did the probes last
     /// see it? When they say (same pass), the probes up to there are filled in and the pass
     /// is no longer open-ended.
-    fn locate(&mut self, key: (u64, u64), ask: &mut dyn FnMut(u64, u64) -> Option<(Hook, i32)>) {
+    fn locate(&mut self, key: (u64, u64), ask: &mut LastProbe) {
         let Some(p) = self.partials.get_mut(&key) else {
             return;
         };

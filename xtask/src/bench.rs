@@ -142,7 +142,7 @@ fn bench(args: &[String]) -> Result<()> {
     let mut cfgs: Vec<Config> = configs();
     let defaults = ["none", "match-nothing", "match-everything", "sample-1/1000"];
     cfgs.retain(|c| match &only {
-        Some(names) => c.name == "none" || names.iter().any(|n| *n == c.name),
+        Some(names) => c.name == "none" || names.contains(&c.name),
         None => defaults.contains(&c.name.as_str()),
     });
     if let Some(b) = &baseline {
@@ -296,8 +296,8 @@ fn print_prog_stats(name: &str, stats: &ProgStats) {
         .fold((0u64, 0u64), |(r, t), (_, s)| (r + s.0, t + s.1));
     println!(
         "{name}: {} ns of BPF per packet entering (first-sight runs {first}), {} ns per netfilter probe run ({nf_runs} runs)",
-        if first > 0 { total_ns / first } else { 0 },
-        if nf_runs > 0 { nf_ns / nf_runs } else { 0 }
+        total_ns.checked_div(first).unwrap_or(0),
+        nf_ns.checked_div(nf_runs).unwrap_or(0)
     );
     for (prog, (cnt, ns)) in stats {
         println!(
