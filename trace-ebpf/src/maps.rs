@@ -19,7 +19,9 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Tracked skbs: skb address → traversal state. LRU so that skbs freed without a drop report
-/// (consumed, stolen) age out instead of filling the map.
+/// (consumed, stolen) age out instead of filling the map. The netfilter probes keep a
+/// traversal here only once it left its CPU's slot ([`CUR`]); the kprobe/fentry backends keep
+/// every one here.
 #[map]
 pub static TRACKED: LruHashMap<u64, Tracked> =
     LruHashMap::with_max_entries(65536, BPF_F_NO_COMMON_LRU);
