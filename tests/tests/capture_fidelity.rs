@@ -413,10 +413,19 @@ enum Role {
     Server,
 }
 
+/// A file in the temp dir, removed when dropped (also when an assertion fails).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 struct RunOutput {
     code: Option<i32>,
     report: Value,
-    recording: PathBuf,
+    recording: TempFile,
     kernel: Vec<String>,
     /// Kernel log records overwritten before our reader got them.
     kernel_lost: usize,
@@ -436,7 +445,8 @@ fn capture_run(test: &str, bin: &Path, topo: &Topo, sc: &Scenario) -> RunOutput 
         std::process::id(),
         sc.name
     ));
-    let _ = std::fs::remove_file(&recording);
+    let recording = TempFile(recording);
+    let _ = std::fs::remove_file(&recording.0);
     let kmsg = Kmsg::open();
     let mut child = Command::new(bin)
         .args([
@@ -447,7 +457,7 @@ fn capture_run(test: &str, bin: &Path, topo: &Topo, sc: &Scenario) -> RunOutput 
         ])
         .arg(topo.router.path())
         .args(["--duration", "12", "--format", "json", "--write"])
-        .arg(&recording)
+        .arg(&recording.0)
         .arg(sc.filter)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -620,7 +630,6 @@ fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
             &test,
             &format!("the kernel's reference could not be collected: {warnings}"),
         );
-        let _ = std::fs::remove_file(&out.recording);
         return;
     }
     let totals = &out.report["report"]["totals"];
@@ -703,7 +712,6 @@ fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
     if backend == IptablesBackend::Legacy {
         check_lines(&test, &bin, sc, &out);
     }
-    let _ = std::fs::remove_file(&out.recording);
 }
 
 fn check_lines(test: &str, bin: &Path, sc: &Scenario, out: &RunOutput) {
@@ -717,7 +725,7 @@ fn check_lines(test: &str, bin: &Path, sc: &Scenario, out: &RunOutput) {
         );
         return;
     }
-    let ours = replay_lines(bin, &out.recording);
+    let ours = replay_lines(bin, &out.recording.0);
     for step in sc.kernel_steps {
         let needle = format!("TRACE: {step} ");
         assert!(
