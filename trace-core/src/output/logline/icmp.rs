@@ -430,7 +430,7 @@ mod tests {
         t.extend(dport.to_be_bytes());
         t.extend(seq.to_be_bytes());
         t.extend(ack.to_be_bytes());
-        t.push(((20 + opts.len()) / 4 << 4) as u8);
+        t.push((((20 + opts.len()) / 4) << 4) as u8);
         t.push(flags);
         t.extend(win.to_be_bytes());
         t.extend([0xca, 0xfe, 0, 0]);
