@@ -836,8 +836,8 @@ fn devices<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, head: u64
     let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
     rec.in_ifindex = kread::<_, D>(indev, global!(OFFSETS.dev_ifindex));
     rec.out_ifindex = kread::<_, D>(outdev, global!(OFFSETS.dev_ifindex));
-    dev_name(indev, &mut rec.in_dev);
-    dev_name(outdev, &mut rec.out_dev);
+    dev_name_with::<D>(indev, &mut rec.in_dev);
+    dev_name_with::<D>(outdev, &mut rec.out_dev);
     rec.flags |= probe_flags::DEVS;
     mac::<D>(rec, skb, head, indev);
     creds::<D>(rec, skb);
@@ -866,8 +866,8 @@ fn read_filter_fields<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64
     if global!(FILTER_FIELDS) & filter_fields::DEVS != 0 {
         let indev: u64 = kread::<_, D>(state, global!(OFFSETS.state_in));
         let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
-        dev_name(indev, &mut rec.in_dev);
-        dev_name(outdev, &mut rec.out_dev);
+        dev_name_with::<D>(indev, &mut rec.in_dev);
+        dev_name_with::<D>(outdev, &mut rec.out_dev);
     }
     rec.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 {
         kread::<_, D>(skb, global!(OFFSETS.skb_mark))
@@ -918,6 +918,20 @@ fn dev_name(dev: u64, dst: &mut [u8; 16]) {
     if dev == 0 || !read_buf(dev + global!(OFFSETS.dev_name) as u64, dst) {
         *dst = [0; 16];
     }
+}
+
+/// [`dev_name`] with direct loads when `D` (the device is a BTF pointer: two 8-byte loads of
+/// its `name` array instead of a helper call).
+#[inline(always)]
+fn dev_name_with<const D: bool>(dev: u64, dst: &mut [u8; 16]) {
+    if !D {
+        return dev_name(dev, dst);
+    }
+    let off = global!(OFFSETS.dev_name);
+    let a: u64 = kread::<_, true>(dev, off);
+    let b: u64 = kread::<_, true>(dev, off + 8);
+    dst[..8].copy_from_slice(&a.to_ne_bytes());
+    dst[8..].copy_from_slice(&b.to_ne_bytes());
 }
 
 /// skb->_nfct: conntrack pointer | ctinfo (low 3 bits).
