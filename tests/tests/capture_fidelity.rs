@@ -1456,13 +1456,10 @@ fn ufw6() -> Option<Scenario> {
     })
 }
 
-/// Known to fail (a reproducer): `-m rt --rt-type 0` is a branch point (IPv6 extension
-/// headers are not captured), so for a packet the INPUT policy drops iptrace's first
-/// candidate is the rt DROP where the kernel went on to the policy; and builds of the tree
-/// since ~13:28 (sparse nfhook records) also leave accepted OUTPUT packets ambiguous although
-/// the packet-level view observes filter ACCEPT. Run with `--ignored`.
+/// `-m rt --rt-type 0` is a branch point (IPv6 extension headers are not captured): for a
+/// packet the INPUT policy drops, evidence cannot tell the rt DROP from the policy DROP —
+/// the path an ordinary packet takes (no routing header) must be the one shown.
 #[test]
-#[ignore = "IPv6 extension-header matches undecidable; OUTPUT ambiguity regression (see doc)"]
 fn fidelity_ufw6_legacy() {
     corpus_scenario("ufw6", ufw6(), IptablesBackend::Legacy);
 }

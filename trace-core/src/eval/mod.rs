@@ -182,6 +182,38 @@ pub struct StateAt {
     pub ttl: u8,
 }
 
+/// Modules that match on IPv6 extension headers (routing, fragment, hop-by-hop,
+/// destination options, mobility). The capture does not record extension headers, so these
+/// matches are branch points; ordinary packets carry none of those headers, and a missing
+/// header makes the match false (ipv6_find_hdr → -ENOENT, whatever the options).
+const EXTENSION_HEADER_MODULES: &[&str] = &["rt", "frag", "hbh", "dst", "mh"];
+
+/// True when the assumption is "an extension-header match matched".
+fn assumes_extension_header(a: &Assumption) -> bool {
+    a.matched
+        && !a.what.is_empty()
+        && a.what.iter().all(|w| {
+            EXTENSION_HEADER_MODULES
+                .iter()
+                .any(|m| w.starts_with(&format!("-m {m} (")))
+        })
+}
+
+/// How many of a path's assumptions are implausible for ordinary traffic (an
+/// extension-header match matched): the lower, the more plausible the path. Orders
+/// undecided paths for display; which paths exist and the table's status do not change.
+pub fn implausible_assumptions(assumptions: &[Assumption]) -> usize {
+    assumptions
+        .iter()
+        .filter(|a| assumes_extension_header(a))
+        .count()
+}
+
+/// Candidates in order of plausibility (stable otherwise), see [`implausible_assumptions`].
+fn order_by_plausibility(out: &mut [Candidate]) {
+    out.sort_by_key(|c| implausible_assumptions(&c.assumptions));
+}
+
 /// An assumption a candidate path rests on: the undecidable matches of one rule matched
 /// (`matched = true`) or at least one of them did not; or an unknown target continued.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -498,6 +530,7 @@ impl Evaluator {
             truncated: false,
         };
         run.drain();
+        order_by_plausibility(&mut run.out);
         Ok(Traversal {
             table,
             candidates: run.out,

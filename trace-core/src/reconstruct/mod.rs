@@ -423,8 +423,14 @@ fn reconstruct_table(
         Vec::new()
     };
     // Fewest assumptions first: the path that needs no undecidable match to be true/false
-    // leads when several fit (they are all shown).
-    fits.sort_by_key(|p| p.assumptions.len());
+    // leads when several fit (they are all shown) — after those that assume a packet feature
+    // ordinary traffic lacks (an IPv6 extension header).
+    fits.sort_by_key(|p| {
+        (
+            crate::eval::implausible_assumptions(&p.assumptions),
+            p.assumptions.len(),
+        )
+    });
     let distinct = count_distinct_step_lists(&fits);
     match distinct {
         0 => {
