@@ -571,19 +571,24 @@ fn line_differences(test: &str, kernel: &[String], ours: &[String]) -> Vec<Strin
             (None, None) => unreachable!(),
         }
     }
-    let mut gaps = std::collections::BTreeMap::<&str, usize>::new();
+    let mut gaps = std::collections::BTreeMap::<&str, Vec<&str>>::new();
     let mut unexplained = Vec::new();
     for kl in only_k {
         if let Some(pos) = only_o.iter().position(|ol| known_gap(kl, ol).is_some()) {
-            *gaps.entry(known_gap(kl, only_o[pos]).unwrap()).or_default() += 1;
+            gaps.entry(known_gap(kl, only_o[pos]).unwrap())
+                .or_default()
+                .push(kl);
             only_o.swap_remove(pos);
         } else {
             unexplained.push(format!("kernel only: {kl}"));
         }
     }
     unexplained.extend(only_o.iter().map(|l| format!("iptrace only: {l}")));
-    for (gap, n) in gaps {
-        eprintln!("{test}: KNOWN GAP ({n} lines): {gap}");
+    for (gap, lines) in gaps {
+        eprintln!("{test}: KNOWN GAP ({} lines): {gap}, e.g.", lines.len());
+        for l in lines.iter().take(3) {
+            eprintln!("    kernel: {l}");
+        }
     }
     unexplained
 }
