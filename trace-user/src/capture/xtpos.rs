@@ -231,57 +231,81 @@ pub fn positions(
     probed_functions: &[String],
     lost_records: bool,
 ) -> (Vec<PacketTable>, Vec<String>) {
-    let complete_table: HashMap<&str, bool> = blobs
-        .iter()
-        .map(|(name, b)| {
-            let all = b.extensions().iter().all(|e| probed(e, probed_functions));
-            (name.as_str(), all && !lost_records)
-        })
-        .collect();
-    let mut out: Vec<PacketTable> = Vec::new();
-    // Per packet traversal: index in `out` of its current table traversal, and the blob base.
-    let mut current: HashMap<(u64, u64), (usize, u64, String)> = HashMap::new();
-    let mut unresolved = Vec::new();
-    for r in records {
+    let mut t = XtTracker::new(probed_functions.to_vec(), |_, table: &str| {
+        blobs.get(table).cloned()
+    });
+    t.lost_records = lost_records;
+    let mut out: Vec<PacketTable> = records.iter().filter_map(|r| t.push(r)).collect();
+    out.extend(t.finish());
+    (out, std::mem::take(&mut t.unresolved))
+}
+
+/// One table traversal being collected, with the blob its pointers resolve against.
+struct Open {
+    table: PacketTable,
+    base: u64,
+    blob: Option<std::rc::Rc<Blob>>,
+}
+
+/// Incremental resolution for a live capture: XT records in ring-buffer order in, finished
+/// table traversals out. A traversal is finished when its packet's next table starts
+/// ([`XtTracker::push`] of its BASE) or when the packet's next probe event arrives
+/// ([`XtTracker::packet_event`]: the table's exit record follows its calls on the same CPU),
+/// so a collector hands each traversal to `RuleLevel::positions` before the event that can
+/// complete its packet. Blobs come from `blob_of(netns, table)` (e.g. [`Blob::read`] in the
+/// namespace), read again when a table's rule blob address changes (the kernel allocates a
+/// new one for every ruleset replacement). IPv6 tables (ip6t_entry blobs) are not parsed:
+/// their records are counted as unresolved.
+pub struct XtTracker<F> {
+    blob_of: F,
+    probed: Vec<String>,
+    /// (netns, table) → (blob address, blob or None if it could not be read).
+    blobs: HashMap<(u32, String), (u64, Option<std::rc::Rc<Blob>>)>,
+    open: HashMap<(u64, u64), Open>,
+    /// Set when the capture lost records: every traversal is then incomplete.
+    pub lost_records: bool,
+    /// Records that could not be placed, described.
+    pub unresolved: Vec<String>,
+}
+
+impl<F: FnMut(u32, &str) -> Option<Blob>> XtTracker<F> {
+    pub fn new(probed_functions: Vec<String>, blob_of: F) -> Self {
+        XtTracker {
+            blob_of,
+            probed: probed_functions,
+            blobs: HashMap::new(),
+            open: HashMap::new(),
+            lost_records: false,
+            unresolved: Vec::new(),
+        }
+    }
+
+    /// One XT record; returns the traversal it finished (a BASE closes the packet's previous one).
+    pub fn push(&mut self, r: &XtRecord) -> Option<PacketTable> {
         let key = (r.skb, r.gen);
         if r.what == xt_what::BASE {
-            let end = r.name.iter().position(|&b| b == 0).unwrap_or(r.name.len());
-            let name = String::from_utf8_lossy(&r.name[..end]).into_owned();
-            let (Some(table), Some(hook)) = (Table::from_name(&name), Hook::from_num(r.hook))
-            else {
-                unresolved.push(format!("table {name:?} on hook {}", r.hook));
-                current.remove(&key);
-                continue;
-            };
-            out.push(PacketTable {
-                netns: r.netns,
-                skb: r.skb,
-                gen: r.gen,
-                positions: TablePositions {
-                    hook,
-                    table,
-                    calls: Vec::new(),
-                    complete: complete_table.get(name.as_str()).copied().unwrap_or(false),
-                },
-            });
-            current.insert(key, (out.len() - 1, r.addr, name));
-            continue;
+            let done = self.close(key);
+            self.start(r);
+            return done;
         }
         let target = r.what == xt_what::TARGET;
         let what = if target { "target" } else { "match" };
-        let Some((i, base, table)) = current.get(&key) else {
-            unresolved.push(format!("{what} before any table base"));
-            continue;
+        let Some(open) = self.open.get_mut(&key) else {
+            self.unresolved
+                .push(format!("{what} before any table base"));
+            return None;
         };
-        let tp = &mut out[*i].positions;
-        let off = r.addr.wrapping_sub(*base);
-        let pos = blobs
-            .get(table)
+        let off = r.addr.wrapping_sub(open.base);
+        let pos = open
+            .blob
+            .as_ref()
             .and_then(|b| usize::try_from(off).ok().and_then(|o| b.position(o)));
+        let tp = &mut open.table.positions;
         let Some(pos) = pos else {
-            unresolved.push(format!("{what} {table}+{:#x}", off as i64));
+            self.unresolved
+                .push(format!("{what} {}+{:#x}", tp.table, off as i64));
             tp.complete = false;
-            continue;
+            return None;
         };
         let call = match pos.matched {
             Some(name) if !target => XtCall::Match {
@@ -296,8 +320,88 @@ pub fn positions(
             rule: pos.rule,
             call,
         });
+        None
     }
-    (out, unresolved)
+
+    /// The packet (skb, gen) had a probe event: its open traversal, if any, is finished.
+    pub fn packet_event(&mut self, skb: u64, gen: u64) -> Option<PacketTable> {
+        self.close((skb, gen))
+    }
+
+    /// End of capture: every open traversal.
+    pub fn finish(&mut self) -> Vec<PacketTable> {
+        let lost = self.lost_records;
+        let mut v: Vec<PacketTable> = self
+            .open
+            .drain()
+            .map(|(_, o)| {
+                let mut t = o.table;
+                t.positions.complete &= !lost;
+                t
+            })
+            .collect();
+        v.sort_by_key(|t| (t.skb, t.gen));
+        v
+    }
+
+    fn close(&mut self, key: (u64, u64)) -> Option<PacketTable> {
+        let mut t = self.open.remove(&key)?.table;
+        t.positions.complete &= !self.lost_records;
+        Some(t)
+    }
+
+    fn start(&mut self, r: &XtRecord) {
+        let end = r.name.iter().position(|&b| b == 0).unwrap_or(r.name.len());
+        let name = String::from_utf8_lossy(&r.name[..end]).into_owned();
+        let (Some(table), Some(hook)) = (Table::from_name(&name), Hook::from_num(r.hook)) else {
+            self.unresolved
+                .push(format!("table {name:?} on hook {}", r.hook));
+            return;
+        };
+        let blob = if r.pf == 2 {
+            self.blob(r.netns, &name, r.addr)
+        } else {
+            self.unresolved.push(format!(
+                "{name} (pf {}): only IPv4 rule blobs are parsed",
+                r.pf
+            ));
+            None
+        };
+        let complete = blob
+            .as_ref()
+            .is_some_and(|b| b.extensions().iter().all(|e| probed(e, &self.probed)));
+        self.open.insert(
+            (r.skb, r.gen),
+            Open {
+                table: PacketTable {
+                    netns: r.netns,
+                    skb: r.skb,
+                    gen: r.gen,
+                    positions: TablePositions {
+                        hook,
+                        table,
+                        calls: Vec::new(),
+                        complete,
+                    },
+                },
+                base: r.addr,
+                blob,
+            },
+        );
+    }
+
+    /// The blob of (netns, table) at kernel address `addr`, read again when the address moved.
+    fn blob(&mut self, netns: u32, table: &str, addr: u64) -> Option<std::rc::Rc<Blob>> {
+        let key = (netns, table.to_string());
+        if let Some((a, b)) = self.blobs.get(&key) {
+            if *a == addr {
+                return b.clone();
+            }
+        }
+        let b = (self.blob_of)(netns, table).map(std::rc::Rc::new);
+        self.blobs.insert(key, (addr, b.clone()));
+        b
+    }
 }
 
 /// struct ipt_getinfo.
@@ -665,5 +769,37 @@ mod tests {
         assert!(!t[0].positions.complete);
         let (t, _) = positions(&records[..3], &blobs, &probed_fns, true);
         assert!(!t[0].positions.complete);
+
+        // Live: a traversal is handed out at its packet's next probe event (or next table), and
+        // a blob is read once per address (again when the ruleset was replaced).
+        let reads = std::cell::Cell::new(0);
+        let mut tr = XtTracker::new(probed_fns.clone(), |netns, table: &str| {
+            reads.set(reads.get() + 1);
+            assert_eq!((netns, table), (3, "nat"));
+            Some(blob.clone())
+        });
+        for r in &records[..3] {
+            assert!(tr.push(r).is_none());
+        }
+        let done = tr.packet_event(1, 5).unwrap();
+        assert_eq!(done.positions.calls.len(), 2);
+        assert!(done.positions.complete);
+        assert!(tr.packet_event(1, 5).is_none(), "handed out once");
+        // The next traversal of packet 1 at the same address: no new read; its next table
+        // (BASE) hands it out.
+        assert!(tr.push(&records[0]).is_none());
+        let mut moved = records[0];
+        moved.addr += 0x1000;
+        let prev = tr.push(&moved).unwrap();
+        assert!(prev.positions.calls.is_empty());
+        assert_eq!(reads.get(), 2, "read again only for the moved blob");
+        // IPv6 tables are not parsed: said, and incomplete.
+        let mut v6 = records[3];
+        v6.pf = 10;
+        tr.push(&v6);
+        assert!(tr.unresolved.iter().any(|u| u.contains("only IPv4")));
+        let rest = tr.finish();
+        assert_eq!(rest.len(), 2);
+        assert!(rest.iter().all(|t| t.skb != 2 || !t.positions.complete));
     }
 }
