@@ -240,6 +240,9 @@ pub fn positions(
     (out, std::mem::take(&mut t.unresolved))
 }
 
+/// A table's blob as read for one blob address (None: it could not be read).
+type BlobAt = (u64, Option<std::rc::Rc<Blob>>);
+
 /// One table traversal being collected, with the blob its pointers resolve against.
 struct Open {
     table: PacketTable,
@@ -260,7 +263,7 @@ pub struct XtTracker<F> {
     blob_of: F,
     probed: Vec<String>,
     /// (netns, table) → (blob address, blob or None if it could not be read).
-    blobs: HashMap<(u32, String), (u64, Option<std::rc::Rc<Blob>>)>,
+    blobs: HashMap<(u32, String), BlobAt>,
     open: HashMap<(u64, u64), Open>,
     /// Set when the capture lost records: every traversal is then incomplete.
     pub lost_records: bool,
