@@ -95,6 +95,9 @@ pub struct Assembler {
     netfilter_drop_reason: u32,
 }
 
+/// Most position lookups ([`Assembler::advance_with`]) per sweep.
+const LOCATE_PER_SWEEP: usize = 256;
+
 /// Where the probes last saw traversal (skb, gen): the last probe (hook, priority) it passed,
 /// if still known (see [`Assembler::advance_with`]).
 pub type LastProbe<'a> = dyn FnMut(u64, u64) -> Option<(Hook, i32)> + 'a;
@@ -343,10 +346,15 @@ impl Assembler {
             .filter(|(_, p)| p.last_ts.saturating_add(timeout) <= self.watermark)
             .map(|(k, _)| *k)
             .collect();
+        // Asking may be a system call per traversal: a bounded number per sweep, so a flood
+        // of stopped traversals (e.g. their last records lost) cannot stall the collector.
+        let mut budget = LOCATE_PER_SWEEP;
         for key in idle {
             self.stats.timed_out += 1;
             if let Some(ask) = last_probe.as_mut() {
-                self.locate(key, &mut **ask);
+                if budget > 0 && self.locate(key, &mut **ask) {
+                    budget -= 1;
+                }
             }
             out.extend(self.resolve(key, Resolution::TimedOut));
         }
@@ -355,25 +363,27 @@ impl Assembler {
     /// A sparse traversal stopped before its pass's last probe: where did the probes last
     /// see it? When they say (same pass), the probes up to there are filled in and the pass
     /// is no longer open-ended.
-    fn locate(&mut self, key: (u64, u64), ask: &mut LastProbe) {
+    /// Returns whether it asked.
+    fn locate(&mut self, key: (u64, u64), ask: &mut LastProbe) -> bool {
         let Some(p) = self.partials.get_mut(&key) else {
-            return;
+            return false;
         };
         let Some(cur) = p.cur.as_mut() else {
-            return;
+            return false;
         };
         if !cur.sparse || cur.at_last_probe() {
-            return;
+            return false;
         }
         let Some((hook, prio)) = ask(key.0, key.1) else {
-            return;
+            return true;
         };
         if hook != cur.hook() || cur.last_priority().is_some_and(|l| prio < l) {
-            return;
+            return true;
         }
         self.stats.synthesized_probes += cur.pass_silently_upto(prio) as u64;
         self.stats.located += 1;
         cur.sparse = false;
+        true
     }
 
     /// Close the traversal, decide its fate, and hand it out.

@@ -393,3 +393,32 @@ fn stopped_sparse_packet_located_by_the_probes_state_is_stolen_there() {
         assert!(out[0].incomplete);
     }
 }
+
+/// Position lookups are bounded per sweep (each may be a system call in the collector).
+#[test]
+fn position_lookups_are_bounded_per_sweep() {
+    let plan = plan();
+    let pre = probes(&plan, Hook::Prerouting);
+    let h = tcp("10.0.0.1", "10.0.1.1");
+    let config = AssemblerConfig {
+        idle_timeout_ns: 1_000_000,
+        ..Default::default()
+    };
+    let mut a = Assembler::new(plan, config);
+    for skb in 1..=300u64 {
+        let Event::Probe(mut p) = sparse(skb, Hook::Prerouting, pre[0], None, Some(&h), None)
+        else {
+            unreachable!()
+        };
+        p.skb = skb;
+        a.push(Event::Probe(p));
+    }
+    let mut asked = 0;
+    let out = a.advance_with(10_000_000, &mut |_, _| {
+        asked += 1;
+        None
+    });
+    assert_eq!(out.len(), 300, "all resolved");
+    assert_eq!(asked, 256);
+    assert!(out.iter().all(|t| t.fate == Fate::Unknown && t.incomplete));
+}

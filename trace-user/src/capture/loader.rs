@@ -170,6 +170,7 @@ impl Loaded {
         Ok(Positions {
             tracked: BpfHashMap::try_from(tracked).map_err(aya_err)?,
             cur: PerCpuArray::try_from(cur).map_err(aya_err)?,
+            slots: Default::default(),
         })
     }
 
@@ -192,7 +193,12 @@ impl Loaded {
 pub struct Positions {
     tracked: BpfHashMap<MapData, u64, Tracked>,
     cur: PerCpuArray<MapData, CurSlot>,
+    /// The slots as last read, and when: one read serves the lookups of one sweep.
+    slots: std::cell::RefCell<(Option<std::time::Instant>, Vec<CurSlot>)>,
 }
+
+/// How long a read of the per-CPU slots is reused.
+const SLOTS_FRESH: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Positions {
     /// The last probe (hook, priority) traversal (skb, gen) passed, if still known.
@@ -202,13 +208,17 @@ impl Positions {
                 .then(|| Hook::from_num(t.prev_hook).map(|h| (h, t.prev_priority)))
                 .flatten()
         };
-        if let Ok(slots) = self.cur.get(&0, 0) {
-            let found = slots
-                .iter()
-                .find(|s| s.skb == skb && s.what & slot::TRACKED != 0 && s.t.gen == gen);
-            if let Some(s) = found {
-                return known(&s.t);
-            }
+        let mut slots = self.slots.borrow_mut();
+        if slots.0.is_none_or(|t| t.elapsed() > SLOTS_FRESH) {
+            let read = self.cur.get(&0, 0).map(|v| v.iter().copied().collect());
+            *slots = (Some(std::time::Instant::now()), read.unwrap_or_default());
+        }
+        let found = slots
+            .1
+            .iter()
+            .find(|s| s.skb == skb && s.what & slot::TRACKED != 0 && s.t.gen == gen);
+        if let Some(s) = found {
+            return known(&s.t);
         }
         self.tracked.get(&skb, 0).ok().and_then(|t| known(&t))
     }
