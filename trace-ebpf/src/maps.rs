@@ -87,6 +87,13 @@ pub static FLOWS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(65536, BPF
 pub const FLOW_KEEP: u32 = 1;
 pub const FLOW_SKIP: u32 = 2;
 
+/// This CPU's recent FLOWS answers (index 0; netfilter probes): slot `hash % FLOW_CACHE_SLOTS`
+/// holds `hash << 32 | decision` (0: empty). A flow's packets mostly arrive on one CPU, so
+/// its later packets are decided with an array read instead of an LRU hash lookup.
+#[map]
+pub static FLOW_CACHE: PerCpuArray<[u64; FLOW_CACHE_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
+pub const FLOW_CACHE_SLOTS: usize = 1024;
+
 /// `--rate-limit` token bucket (index 0).
 #[map]
 pub static RATE: Array<RateState> = Array::with_max_entries(1, 0);

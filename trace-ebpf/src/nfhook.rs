@@ -47,9 +47,9 @@ use crate::{
     filter, headers,
     kread::{kread, read, read_buf},
     maps::{
-        global, Pending, ACTIVE, COUNTERS, CUR, EVENTS, FILTER, FILTER_INPUT, FLOWS, FLOW_KEEP,
-        FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH, SLOT_DONE, SLOT_TRACKED,
-        TRACKED, TUPLE_BUF,
+        global, Pending, ACTIVE, COUNTERS, CUR, EVENTS, FILTER, FILTER_INPUT, FLOWS, FLOW_CACHE,
+        FLOW_CACHE_SLOTS, FLOW_KEEP, FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH,
+        SLOT_DONE, SLOT_TRACKED, TRACKED, TUPLE_BUF,
     },
     pktbuf,
 };
@@ -250,7 +250,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
         return;
     }
     // Later packets of a flow already decided: skip or track at once, no waiting.
-    let known = if sampling { known_flow(rec) } else { None };
+    let known = if sampling { known_flow::<D>(rec) } else { None };
     if known == Some(false) {
         if !D && recently_active() {
             let _ = TRACKED.remove(skb);
@@ -542,12 +542,31 @@ fn tuple_hash(tuple: u64, pf: u8) -> u32 {
 }
 
 /// A decision already made for this packet's flow (FLOWS), from its 5-tuple at first sight.
+/// Netfilter probes (`D`) look in this CPU's [`FLOW_CACHE`] first and fill it from FLOWS.
 #[inline(always)]
-fn known_flow(rec: &ProbeRecord) -> Option<bool> {
+fn known_flow<const D: bool>(rec: &ProbeRecord) -> Option<bool> {
     let h = &rec.headers;
     let key = flowhash::flow_hash(rec.pf, h.proto, &h.saddr, h.sport, &h.daddr, h.dport);
+    if !D {
+        // SAFETY: map value read.
+        return FLOWS.get_ptr(key).map(|d| unsafe { *d } == FLOW_KEEP);
+    }
+    let cache = FLOW_CACHE.get_ptr_mut(0);
+    let slot = (key as usize) & (FLOW_CACHE_SLOTS - 1);
+    if let Some(c) = cache {
+        // SAFETY: per-CPU map value; `slot` is masked into range.
+        let e = unsafe { (*c)[slot] };
+        if e >> 32 == key as u64 && e as u32 != 0 {
+            return Some(e as u32 == FLOW_KEEP);
+        }
+    }
     // SAFETY: map value read.
-    FLOWS.get_ptr(key).map(|d| unsafe { *d } == FLOW_KEEP)
+    let d = unsafe { *FLOWS.get_ptr(key)? };
+    if let Some(c) = cache {
+        // SAFETY: as above.
+        unsafe { (*c)[slot] = (key as u64) << 32 | d as u64 };
+    }
+    Some(d == FLOW_KEEP)
 }
 
 /// `--rate-limit` token bucket (one global bucket; updates are racy across CPUs, which only
