@@ -79,17 +79,25 @@ pub fn push_fields_with(
     s.push_str(ctx.out_dev.unwrap_or(""));
     s.push(' ');
     if let Some(p) = ctx.physin.filter(|p| Some(*p) != ctx.in_dev) {
-        let _ = write!(s, "PHYSIN={p} ");
+        s.push_str("PHYSIN=");
+        s.push_str(p);
+        s.push(' ');
     }
     if let Some(p) = ctx.physout.filter(|p| Some(*p) != ctx.out_dev) {
-        let _ = write!(s, "PHYSOUT={p} ");
+        s.push_str("PHYSOUT=");
+        s.push_str(p);
+        s.push(' ');
     }
     if ctx.in_dev.is_some() {
         push_mac(s, ctx.mac);
     }
     match (h.src, h.dst) {
         (IpAddr::V4(src), IpAddr::V4(dst)) => {
-            let _ = write!(s, "SRC={src} DST={dst} ");
+            s.push_str("SRC=");
+            push_ipv4_addr(s, src);
+            s.push_str(" DST=");
+            push_ipv4_addr(s, dst);
+            s.push(' ');
             push_ipv4(s, h, tos, ttl);
         }
         _ => {
@@ -97,21 +105,56 @@ pub fn push_fields_with(
             push_ip6_full(s, h.src);
             s.push_str(" DST=");
             push_ip6_full(s, h.dst);
-            let _ = write!(
-                s,
-                " LEN={} TC={} HOPLIMIT={} FLOWLBL={} ",
-                h.len, tos, ttl, h.flowlabel
-            );
+            push_field(s, " LEN=", h.len.into());
+            push_field(s, " TC=", tos.into());
+            push_field(s, " HOPLIMIT=", ttl.into());
+            push_field(s, " FLOWLBL=", h.flowlabel);
+            s.push(' ');
         }
     }
     push_l4(s, h, flags);
     if flags.uid {
         if let Some((uid, gid)) = ctx.uid_gid {
-            let _ = write!(s, "UID={uid} GID={gid} ");
+            push_field(s, "UID=", uid);
+            push_field(s, " GID=", gid);
+            s.push(' ');
         }
     }
     if ctx.mark != 0 {
         let _ = write!(s, "MARK=0x{:x} ", ctx.mark);
+    }
+}
+
+/// Appends the decimal digits of `n` (what `{n}` prints) without the formatting machinery:
+/// TRACE output prints a dozen numbers per line, the collector's hottest formatting work.
+pub(crate) fn push_u32(s: &mut String, mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+}
+
+/// `name` then the decimal `n`.
+fn push_field(s: &mut String, name: &str, n: u32) {
+    s.push_str(name);
+    push_u32(s, n);
+}
+
+/// Dotted quad, as `Ipv4Addr`'s Display prints it.
+fn push_ipv4_addr(s: &mut String, a: std::net::Ipv4Addr) {
+    for (i, o) in a.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        push_u32(s, o.into());
     }
 }
 
@@ -141,11 +184,14 @@ fn push_mac(s: &mut String, mac: Option<&[u8]>) {
 
 fn push_ipv4(s: &mut String, h: &Headers, tos: u8, ttl: u8) {
     // IPTOS_TOS_MASK 0x1E, IPTOS_PREC_MASK 0xE0.
-    let _ = write!(s, "LEN={} TOS=0x", h.len);
+    push_field(s, "LEN=", h.len.into());
+    s.push_str(" TOS=0x");
     push_hex_byte(s, tos & 0x1e, HEX_UPPER);
     s.push_str(" PREC=0x");
     push_hex_byte(s, tos & 0xe0, HEX_UPPER);
-    let _ = write!(s, " TTL={ttl} ID={} ", h.id);
+    push_field(s, " TTL=", ttl.into());
+    push_field(s, " ID=", h.id.into());
+    s.push(' ');
     // frag_off: 0x8000 "CE" (reserved bit), 0x4000 DF, 0x2000 MF, 0x1fff offset.
     if h.frag & 0x8000 != 0 {
         s.push_str("CE ");
@@ -182,16 +228,22 @@ fn push_l4(s: &mut String, h: &Headers, flags: LogFlags) {
             },
             _,
         ) if !frag => {
-            let _ = write!(s, "PROTO=TCP SPT={sport} DPT={dport} ");
+            push_field(s, "PROTO=TCP SPT=", (*sport).into());
+            push_field(s, " DPT=", (*dport).into());
+            s.push(' ');
             if flags.tcp_seq {
-                let _ = write!(s, "SEQ={seq} ACK={ack} ");
+                push_field(s, "SEQ=", *seq);
+                push_field(s, " ACK=", *ack);
+                s.push(' ');
             }
             // `res` holds the low nibble of the data-offset byte: 3 reserved bits + AE.
-            let _ = write!(s, "WINDOW={window} RES=0x");
+            push_field(s, "WINDOW=", (*window).into());
+            s.push_str(" RES=0x");
             push_hex_byte(s, (res & 0x0e) << 2, HEX_LOWER);
             s.push(' ');
             push_tcp_flags(s, *f, res & 0x01 != 0);
-            let _ = write!(s, "URGP={urgp} ");
+            push_field(s, "URGP=", (*urgp).into());
+            s.push(' ');
             if flags.tcp_opt && !options.is_empty() {
                 s.push_str("OPT (");
                 for b in options {
@@ -201,11 +253,12 @@ fn push_l4(s: &mut String, h: &Headers, flags: LogFlags) {
             }
         }
         (L4::Udp { sport, dport, len }, p) if !frag => {
-            let _ = write!(
-                s,
-                "PROTO={} SPT={sport} DPT={dport} LEN={len} ",
-                udp_name(p)
-            );
+            s.push_str("PROTO=");
+            s.push_str(udp_name(p));
+            push_field(s, " SPT=", (*sport).into());
+            push_field(s, " DPT=", (*dport).into());
+            push_field(s, " LEN=", (*len).into());
+            s.push(' ');
         }
         (
             L4::Icmp {

@@ -4,12 +4,14 @@
 //! never prints lines starting with `#`), so exact comparisons only differ where iptrace
 //! itself says it is unsure.
 
-use super::logline::{push_fields_with, LogContext, LogFlags};
+use super::logline::{push_fields_with, push_u32, LogContext, LogFlags};
 use crate::event::{Headers, L4};
 use crate::packet::{HookPass, TableObservation};
 use crate::reconstruct::{ReconstructedPacket, Status, Step};
+use crate::step::StepId;
 use std::fmt::Write;
 use std::io;
+use std::ops::Range;
 
 /// Which steps to print.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -36,6 +38,26 @@ pub fn push_trace_line(s: &mut String, hp: &HookPass, obs: &TableObservation, st
 
 /// [`push_trace_line`] with the headers the step saw.
 fn push_line_with(s: &mut String, hp: &HookPass, headers: &Headers, step: &Step) {
+    push_step_prefix(s, &step.id);
+    push_step_fields(s, hp, headers, step);
+}
+
+/// `TRACE: table:chain:kind:N ` (what `write!(s, "TRACE: {} ", id)` prints, without the
+/// formatting machinery).
+fn push_step_prefix(s: &mut String, id: &StepId) {
+    s.push_str("TRACE: ");
+    s.push_str(id.table.name());
+    s.push(':');
+    s.push_str(&id.chain);
+    s.push(':');
+    s.push_str(id.kind.as_str());
+    s.push(':');
+    push_u32(s, id.num);
+    s.push(' ');
+}
+
+/// The packet part of a TRACE line (`IN=… OUT=… …`) as `step` saw it.
+fn push_step_fields(s: &mut String, hp: &HookPass, headers: &Headers, step: &Step) {
     let ctx = LogContext {
         in_dev: hp.in_dev.as_deref(),
         out_dev: hp.out_dev.as_deref(),
@@ -45,8 +67,34 @@ fn push_line_with(s: &mut String, hp: &HookPass, headers: &Headers, step: &Step)
         uid_gid: hp.uid.zip(hp.gid),
         mark: step.mark,
     };
-    let _ = write!(s, "TRACE: {} ", step.id);
     push_fields_with(s, headers, step.tos, step.ttl, &ctx, LogFlags::TRACE);
+}
+
+/// The packet part of the last line printed for one path: every line of a path shows the
+/// same hook pass and headers, and usually the same TOS/TTL/mark, so consecutive lines
+/// copy the fields already in the buffer instead of formatting them again.
+#[derive(Default)]
+struct FieldsCache {
+    /// (TOS, TTL, mark) of the step the fields were formatted for, and where they are in
+    /// the output buffer.
+    last: Option<((u8, u8, u32), Range<usize>)>,
+}
+
+impl FieldsCache {
+    /// Appends the TRACE line of `step` to `buf`. The caller resets the cache whenever the
+    /// hook pass or the headers change (a new path, rewritten TCP options).
+    fn push_line(&mut self, buf: &mut String, hp: &HookPass, headers: &Headers, step: &Step) {
+        push_step_prefix(buf, &step.id);
+        let key = (step.tos, step.ttl, step.mark);
+        match &self.last {
+            Some((k, range)) if *k == key => buf.extend_from_within(range.clone()),
+            _ => {
+                let start = buf.len();
+                push_step_fields(buf, hp, headers, step);
+                self.last = Some((key, start..buf.len()));
+            }
+        }
+    }
 }
 
 /// The TRACE lines of a packet (first path of every table).
@@ -113,6 +161,7 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
                 }
                 // Once a target rewrote the TCP options, later steps of the table see them.
                 let mut options_from: Option<Headers> = None;
+                let mut fields = FieldsCache::default();
                 for s in path.steps.iter() {
                     if from == TraceFrom::Start || s.traced {
                         // Paths the evidence does not single out are printed as comments.
@@ -120,11 +169,12 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
                             buf.push_str("# ");
                         }
                         let h = options_from.as_ref().unwrap_or(&obs.before.headers);
-                        push_line_with(buf, hp, h, s);
+                        fields.push_line(buf, hp, h, s);
                         buf.push('\n');
                     }
                     if options_from.is_none() && rewrites_tcp_options(s) {
                         options_from = with_options_after(obs);
+                        fields = FieldsCache::default();
                     }
                 }
                 if tr.status == Status::Confirmed {
