@@ -105,6 +105,10 @@ pub extern "C" fn nf_probe(ctx: *const u64) -> i32 {
         let hook: u8 = kread::<_, true>(state, global!(OFFSETS.state_hook));
         if hook == NF_INET_PRE_ROUTING || hook == NF_INET_LOCAL_OUT {
             nf_first_sight(state, skb, prio, cur);
+            // The only probe of the traversal (nothing traced after this hook).
+            if slot & SLOT_LAST != 0 && cur.skb == skb {
+                cur.what |= SLOT_DONE;
+            }
             return NF_ACCEPT;
         }
     }

@@ -233,9 +233,38 @@ pub fn stages(reg: &Registered, family: Family, hook: Hook) -> Vec<StageSlot> {
     v
 }
 
+/// Does a traversal's path through the probes end on `hook` (its last probe then always
+/// sends a record, see the loader's `last` copies)? INPUT and POSTROUTING always; FORWARD
+/// and OUTPUT when POSTROUTING has no probes, PREROUTING when neither INPUT nor FORWARD has
+/// (the packet leaves what is traced there).
+pub fn traversal_ends(hook: Hook, probed: impl Fn(Hook) -> bool) -> bool {
+    match hook {
+        Hook::Input | Hook::Postrouting => true,
+        Hook::Forward | Hook::Output => !probed(Hook::Postrouting),
+        Hook::Prerouting => !probed(Hook::Input) && !probed(Hook::Forward),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn traversals_end_on_final_hooks_or_where_the_probes_stop() {
+        let all = |_: Hook| true;
+        let ends: Vec<Hook> = Hook::ALL
+            .into_iter()
+            .filter(|h| traversal_ends(*h, all))
+            .collect();
+        assert_eq!(ends, [Hook::Input, Hook::Postrouting]);
+        // Filter-only IPv6 (no POSTROUTING probes): FORWARD and OUTPUT end traversals too.
+        let no_post = |h: Hook| h != Hook::Postrouting;
+        assert!(traversal_ends(Hook::Forward, no_post));
+        assert!(traversal_ends(Hook::Output, no_post));
+        assert!(!traversal_ends(Hook::Prerouting, no_post));
+        let only_pre = |h: Hook| h == Hook::Prerouting;
+        assert!(traversal_ends(Hook::Prerouting, only_pre));
+    }
 
     #[test]
     fn parses_nft_base_chains() {

@@ -134,12 +134,20 @@ impl Session {
             let reg = plan::discover(&t.path)?;
             let mut specs = Vec::new();
             for family in [Family::Ipv4, Family::Ipv6] {
-                for hook in Hook::ALL {
-                    let hp = HookPlan::bracketing(plan::stages(&reg, family, hook));
+                let hook_plans: Vec<(Hook, HookPlan)> = Hook::ALL
+                    .into_iter()
+                    .map(|h| (h, HookPlan::bracketing(plan::stages(&reg, family, h))))
+                    .collect();
+                let probed = |h: Hook| {
+                    hook_plans
+                        .iter()
+                        .any(|(k, p)| *k == h && !p.probes().is_empty())
+                };
+                for (hook, hp) in hook_plans.iter().cloned() {
                     let first = hp.probes().first().copied();
                     let last = hp.probes().last().copied();
                     let entry = matches!(hook, Hook::Prerouting | Hook::Output);
-                    let exit = matches!(hook, Hook::Input | Hook::Postrouting);
+                    let exit = plan::traversal_ends(hook, probed);
                     for &p in hp.probes() {
                         let fd = loaded.program_with(
                             p,
