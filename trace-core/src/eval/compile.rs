@@ -14,7 +14,9 @@ pub(super) struct CTable {
     /// Index of the table in `Ruleset::tables`.
     pub dump: usize,
     pub chains: Vec<CChain>,
-    by_name: HashMap<String, u32>,
+    /// The built-in chain each hook starts at, by [`Hook::num`]: looked up once per table
+    /// pass, so resolved here instead of hashing the chain name every time.
+    hook_chains: [Option<u32>; 5],
 }
 
 #[derive(Debug)]
@@ -154,7 +156,7 @@ impl CTable {
         } else {
             128
         };
-        let chains = td
+        let chains: Vec<CChain> = td
             .chains
             .iter()
             .map(|c| {
@@ -185,16 +187,19 @@ impl CTable {
                 }
             })
             .collect();
+        let hook_chains = Hook::ALL.map(|hook| {
+            let i = *by_name.get(hook.chain_name())?;
+            chains[i as usize].policy.is_some().then_some(i)
+        });
         CTable {
             dump,
             chains,
-            by_name,
+            hook_chains,
         }
     }
 
     pub fn hook_chain(&self, hook: Hook) -> Option<u32> {
-        let i = *self.by_name.get(hook.chain_name())?;
-        self.chains[i as usize].policy.is_some().then_some(i)
+        self.hook_chains[hook.num() as usize]
     }
 
     pub fn model_rule<'r>(&self, rs: &'r Ruleset, chain: u32, pos: u32) -> &'r Rule {
