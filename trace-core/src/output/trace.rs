@@ -70,30 +70,45 @@ fn push_step_fields(s: &mut String, hp: &HookPass, headers: &Headers, step: &Ste
     push_fields_with(s, headers, step.tos, step.ttl, &ctx, LogFlags::TRACE);
 }
 
-/// The packet part of the last line printed for one path: every line of a path shows the
-/// same hook pass and headers, and usually the same TOS/TTL/mark, so consecutive lines
-/// copy the fields already in the buffer instead of formatting them again.
+/// The packet part of the last TRACE line printed: the lines of one hook pass usually show
+/// the same headers (tables in a row leave them alone) and the same TOS/TTL/mark, so a line
+/// copies the fields already in the output buffer instead of formatting them again.
 #[derive(Default)]
-struct FieldsCache {
-    /// (TOS, TTL, mark) of the step the fields were formatted for, and where they are in
-    /// the output buffer.
-    last: Option<((u8, u8, u32), Range<usize>)>,
+struct FieldsCache<'a> {
+    last: Option<CachedFields<'a>>,
 }
 
-impl FieldsCache {
-    /// Appends the TRACE line of `step` to `buf`. The caller resets the cache whenever the
-    /// hook pass or the headers change (a new path, rewritten TCP options).
-    fn push_line(&mut self, buf: &mut String, hp: &HookPass, headers: &Headers, step: &Step) {
+/// What the cached fields were formatted from, and where they are in the output buffer.
+struct CachedFields<'a> {
+    hp: &'a HookPass,
+    headers: &'a Headers,
+    /// The step's (TOS, TTL, mark).
+    key: (u8, u8, u32),
+    range: Range<usize>,
+}
+
+impl<'a> FieldsCache<'a> {
+    /// Appends the TRACE line of `step` to `buf`, which must only have grown since the last
+    /// call (the cached range points into it).
+    fn push_line(&mut self, buf: &mut String, hp: &'a HookPass, headers: &'a Headers, step: &Step) {
         push_step_prefix(buf, &step.id);
         let key = (step.tos, step.ttl, step.mark);
-        match &self.last {
-            Some((k, range)) if *k == key => buf.extend_from_within(range.clone()),
-            _ => {
-                let start = buf.len();
-                push_step_fields(buf, hp, headers, step);
-                self.last = Some((key, start..buf.len()));
+        if let Some(c) = &self.last {
+            // Same hook pass (devices, MAC, socket owner) and equal headers: equal fields.
+            let same_headers = std::ptr::eq(c.headers, headers) || *c.headers == *headers;
+            if std::ptr::eq(c.hp, hp) && c.key == key && same_headers {
+                buf.extend_from_within(c.range.clone());
+                return;
             }
         }
+        let start = buf.len();
+        push_step_fields(buf, hp, headers, step);
+        self.last = Some(CachedFields {
+            hp,
+            headers,
+            key,
+            range: start..buf.len(),
+        });
     }
 }
 
@@ -138,6 +153,7 @@ pub fn write_trace(
 
 /// Appends a packet's TRACE lines (see [`write_trace`]) to `buf`.
 pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
+    let mut fields = FieldsCache::default();
     for (rh, hp) in rp.hooks.iter().zip(&rp.packet.hooks) {
         for (tr, obs) in rh.tables.iter().zip(&hp.tables) {
             if tr.status != Status::Confirmed {
@@ -161,20 +177,24 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
                 }
                 // Once a target rewrote the TCP options, later steps of the table see them.
                 let mut options_from: Option<Headers> = None;
-                let mut fields = FieldsCache::default();
                 for s in path.steps.iter() {
                     if from == TraceFrom::Start || s.traced {
                         // Paths the evidence does not single out are printed as comments.
                         if i > 0 || tr.status == Status::Inconsistent {
                             buf.push_str("# ");
                         }
-                        let h = options_from.as_ref().unwrap_or(&obs.before.headers);
-                        fields.push_line(buf, hp, h, s);
+                        match options_from.as_ref() {
+                            // Rare (after TCPMSS/TCPOPTSTRIP): not worth caching.
+                            Some(h) => {
+                                push_step_prefix(buf, &s.id);
+                                push_step_fields(buf, hp, h, s);
+                            }
+                            None => fields.push_line(buf, hp, &obs.before.headers, s),
+                        }
                         buf.push('\n');
                     }
                     if options_from.is_none() && rewrites_tcp_options(s) {
                         options_from = with_options_after(obs);
-                        fields = FieldsCache::default();
                     }
                 }
                 if tr.status == Status::Confirmed {
@@ -190,7 +210,10 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
 fn rewrites_tcp_options(step: &Step) -> bool {
     step.rule_text
         .as_deref()
-        .is_some_and(|r| r.contains("-j TCPMSS") || r.contains("-j TCPOPTSTRIP"))
+        // One scan for the usual rule that has neither target.
+        .is_some_and(|r| {
+            r.contains("-j TCP") && (r.contains("-j TCPMSS") || r.contains("-j TCPOPTSTRIP"))
+        })
 }
 
 /// The table's input headers with the TCP options and length the table passed on (the
