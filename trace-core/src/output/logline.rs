@@ -396,6 +396,15 @@ mod tests {
     }
 
     #[test]
+    fn decimal_digits_match_display() {
+        for n in [0, 9, 10, 99, 100, 65535, 1826961587, u32::MAX] {
+            let mut s = String::new();
+            push_u32(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+    }
+
+    #[test]
     fn local_tcp_matches_kernel_trace_line() {
         // legacy-local.txt, line 1 (after the "TRACE: mangle:OUTPUT:policy:1 " prefix).
         let want = "IN= OUT=br-00ea7870520a SRC=172.19.0.1 DST=172.19.0.9 LEN=52 TOS=0x00 PREC=0x00 TTL=64 ID=65380 DF PROTO=TCP SPT=58726 DPT=80 SEQ=1826961587 ACK=3047535488 WINDOW=63 RES=0x00 ACK URGP=0 OPT (0101080A1136B1B11E13B190) UID=0 GID=0 ";
