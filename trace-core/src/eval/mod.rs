@@ -525,10 +525,14 @@ impl Evaluator {
             pkt: &pkt,
             ctx,
             start,
-            work: vec![first],
-            out: Vec::new(),
+            work: Vec::new(),
+            out: Vec::with_capacity(1),
             truncated: false,
         };
+        // The first cursor runs directly (what `drain` would pop first anyway): most tables
+        // never fork, and then the worklist is never allocated nor the cursor moved twice.
+        let done = run.walk(first);
+        run.out.push(done);
         run.drain();
         order_by_plausibility(&mut run.out);
         Ok(Traversal {
