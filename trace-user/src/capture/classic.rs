@@ -511,6 +511,15 @@ pub struct Selection {
 /// `--backend auto` tries fentry, then kprobe, by actually loading and attaching them, and
 /// falls back to nfhook; an explicit fentry/kprobe that cannot work is an error with the reason.
 pub fn select(req: Requested, opts: &LoadOptions) -> Result<Selection, ClassicError> {
+    select_with(req, opts, false)
+}
+
+/// [`select`], loading the fentry/kprobe backend with `rule_positions` ([`Classic::load_with`]).
+pub fn select_with(
+    req: Requested,
+    opts: &LoadOptions,
+    rule_positions: bool,
+) -> Result<Selection, ClassicError> {
     let order: &[Flavour] = match req {
         Requested::Auto => &[Flavour::Fentry, Flavour::Kprobe],
         Requested::Fentry => &[Flavour::Fentry],
@@ -519,7 +528,7 @@ pub fn select(req: Requested, opts: &LoadOptions) -> Result<Selection, ClassicEr
     };
     let mut rejected = Vec::new();
     for &f in order {
-        match Classic::load(f, opts) {
+        match Classic::load_with(f, opts, rule_positions) {
             Ok(c) => {
                 return Ok(Selection {
                     chosen: Chosen::Classic(Box::new(c)),

@@ -22,6 +22,7 @@ use super::classic::{Classic, EventSource};
 use super::link::{self, HookSpec};
 use super::loader::{LoadOptions, Loaded};
 use super::plan::{self, Target};
+use super::xtpos::{Blob, PacketTable, XtTracker};
 
 /// How often the collector drains the ring buffer without a wakeup.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
@@ -65,6 +66,29 @@ pub struct Summary {
     pub packets: u64,
     pub assembler: AssemblerStats,
     pub attached: Vec<Attached>,
+    /// `--rule-positions` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_positions: Option<PositionsSummary>,
+}
+
+/// What became of the x_tables rule-position records (`--rule-positions`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PositionsSummary {
+    /// x_tables match/target functions probed.
+    pub functions: usize,
+    /// XT records read from the ring buffer.
+    pub records: u64,
+    /// Table traversals resolved to chain:rule positions and handed to reconstruction.
+    pub traversals: u64,
+    /// Traversals applied to a reconstructed packet (filled in by the rule-level consumer).
+    pub used: u64,
+    /// Traversals that matched no reconstructed packet (filled in by the rule-level consumer).
+    pub unused: u64,
+    /// Records that could not be placed (no blob, pointer outside it, IPv6 table, ...).
+    pub unresolved: u64,
+    /// Records the kernel lost while positions were on (any kind: when > 0, every
+    /// traversal from then on is marked incomplete, so it confirms but never rules out).
+    pub lost: u64,
 }
 
 impl Summary {
@@ -90,6 +114,7 @@ impl Summary {
             packets,
             assembler: asm,
             attached,
+            rule_positions: None,
         }
     }
 }
@@ -105,6 +130,10 @@ pub struct Session {
     discard: bool,
     /// nfhook: where the probes last saw a traversal (for packets that stopped mid-hook).
     positions: Option<super::loader::Positions>,
+    /// (inode, path) of every traced netns: where rule blobs are read.
+    netns_paths: Vec<(u32, std::path::PathBuf)>,
+    /// `--rule-positions`: the probed x_tables functions (None: positions off).
+    rule_functions: Option<Vec<String>>,
 }
 
 impl Session {
@@ -189,6 +218,8 @@ impl Session {
             netfilter_drop,
             discard: false,
             positions,
+            netns_paths: Vec::new(),
+            rule_functions: None,
         })
     }
 
@@ -203,8 +234,10 @@ impl Session {
             .map(|(v, _)| *v);
         let mut regs = Vec::new();
         let mut attached = Vec::new();
+        let mut netns_paths = Vec::new();
         for t in &opts.targets {
             let inode = crate::netns::inode_of(&t.path)? as u32;
+            netns_paths.push((inode, t.path.clone()));
             regs.push((inode, plan::discover(&t.path)?));
             attached.push(Attached {
                 label: t.label.clone(),
@@ -222,7 +255,17 @@ impl Session {
             netfilter_drop,
             discard: false,
             positions: None,
+            netns_paths,
+            rule_functions: None,
         })
+    }
+
+    /// Resolve the x_tables records of a backend loaded with rule positions
+    /// (`Classic::load_with(.., true)` + `attach_rule_probes`, whose `rule_functions` these
+    /// are) into table traversals for [`Session::run_events_positioned`]. Rule blobs are read
+    /// in the traced namespaces, again whenever a table's blob moves (ruleset replaced).
+    pub fn track_rule_positions(&mut self, probed_functions: Vec<String>) {
+        self.rule_functions = Some(probed_functions);
     }
 
     /// The probe plan (per netns inode, family, hook).
@@ -273,6 +316,7 @@ impl Session {
             on_packet,
             true,
             &mut on_tick,
+            &mut |_| Ok(()),
         )
     }
 
@@ -295,7 +339,21 @@ impl Session {
     pub fn run_events_ticked(
         &mut self,
         opts: &CaptureOptions,
+        on_tick: impl FnMut() -> Result<bool>,
+        on_event: impl FnMut(Event) -> Result<u64>,
+    ) -> Result<Summary> {
+        self.run_events_positioned(opts, on_tick, |_| Ok(()), on_event)
+    }
+
+    /// [`Session::run_events_ticked`] with rule positions ([`Session::track_rule_positions`]):
+    /// `on_positions` gets each resolved table traversal before any later event of its
+    /// packet reaches `on_event` (so before the event that can complete the packet); the
+    /// traversals still open at the end come after the last event.
+    pub fn run_events_positioned(
+        &mut self,
+        opts: &CaptureOptions,
         mut on_tick: impl FnMut() -> Result<bool>,
+        mut on_positions: impl FnMut(PacketTable) -> Result<()>,
         mut on_event: impl FnMut(Event) -> Result<u64>,
     ) -> Result<Summary> {
         self.run_inner(
@@ -304,6 +362,7 @@ impl Session {
             |_| Ok(()),
             false,
             &mut on_tick,
+            &mut on_positions,
         )
     }
 
@@ -311,9 +370,14 @@ impl Session {
     /// probes cost the kernel apart from the collector's work (benchmarks only).
     pub fn run_discard(&mut self, opts: &CaptureOptions) -> Result<Summary> {
         self.discard = true;
-        let r = self.run_inner(opts, |_| Ok((None, 0)), |_| Ok(()), false, &mut || {
-            Ok(false)
-        });
+        let r = self.run_inner(
+            opts,
+            |_| Ok((None, 0)),
+            |_| Ok(()),
+            false,
+            &mut || Ok(false),
+            &mut |_| Ok(()),
+        );
         self.discard = false;
         r
     }
@@ -325,6 +389,7 @@ impl Session {
         mut on_packet: impl FnMut(&PacketTrace) -> Result<()>,
         assemble: bool,
         on_tick: &mut dyn FnMut() -> Result<bool>,
+        on_positions: &mut dyn FnMut(PacketTable) -> Result<()>,
     ) -> Result<Summary> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -336,22 +401,30 @@ impl Session {
             asm.set_netfilter_drop_reason(r);
         }
         let mut st = ReadState {
+            hook_verdicts: super::hookverdict::HookVerdicts::new(self.loaded.drop_reasons()),
             decoder,
             asm,
             assemble,
             decode: !self.discard,
             received: 0,
             decode_errors: 0,
-            hook_verdicts: super::hookverdict::HookVerdicts::new(self.loaded.drop_reasons()),
             packets: 0,
+            xt: self
+                .rule_functions
+                .clone()
+                .map(|f| XtState::new(f, &self.netns_paths)),
         };
         rt.block_on(read_loop(
             events,
             opts,
             self.positions.as_ref(),
+            &*self.loaded,
             &mut st,
-            &mut on_event,
-            &mut on_packet,
+            &mut Sinks {
+                event: &mut on_event,
+                packet: &mut on_packet,
+                positions: on_positions,
+            },
             on_tick,
         ))?;
         for t in st.asm.flush() {
@@ -359,40 +432,97 @@ impl Session {
             on_packet(&t)?;
         }
         let c = self.loaded.counters()?;
-        Ok(Summary::new(
+        let mut summary = Summary::new(
             c,
             st.received,
             st.decode_errors,
             st.packets,
             st.asm.stats().clone(),
             self.attached.clone(),
-        ))
+        );
+        if let Some(mut xt) = st.xt.take() {
+            for t in xt.tracker.finish() {
+                xt.summary.traversals += 1;
+                on_positions(t)?;
+            }
+            xt.summary.lost = c.lost;
+            xt.summary.unresolved = xt.tracker.unresolved.len() as u64;
+            for u in xt.tracker.unresolved.iter().take(5) {
+                log::warn!("rule positions: unresolved record: {u}");
+            }
+            summary.rule_positions = Some(xt.summary);
+        }
+        Ok(summary)
     }
 }
 
+/// A rule blob reader: (netns inode, table name) → the blob, None if it cannot be read.
+type BlobOf = Box<dyn FnMut(u32, &str) -> Option<Blob>>;
+
+/// `--rule-positions`: XT records in, resolved table traversals out.
+struct XtState {
+    tracker: XtTracker<BlobOf>,
+    summary: PositionsSummary,
+}
+
+impl XtState {
+    fn new(functions: Vec<String>, netns_paths: &[(u32, std::path::PathBuf)]) -> XtState {
+        let paths: std::collections::HashMap<u32, std::path::PathBuf> =
+            netns_paths.iter().cloned().collect();
+        let blob_of: BlobOf = Box::new(move |netns, table| {
+            let path = paths.get(&netns)?;
+            Blob::read(path, table)
+                .map_err(|e| log::warn!("rule positions: netns {netns} table {table}: {e}"))
+                .ok()
+        });
+        XtState {
+            summary: PositionsSummary {
+                functions: functions.len(),
+                ..Default::default()
+            },
+            tracker: XtTracker::new(functions, blob_of),
+        }
+    }
+}
+
+/// Where the read loop hands what it read.
+struct Sinks<'a, E, P> {
+    event: &'a mut E,
+    packet: &'a mut P,
+    positions: &'a mut dyn FnMut(PacketTable) -> Result<()>,
+}
+
 struct ReadState {
+    /// fentry/kprobe: nf_hook_slow verdict records, split off before decoding.
+    hook_verdicts: super::hookverdict::HookVerdicts,
     decoder: Decoder,
     asm: Assembler,
     assemble: bool,
     decode: bool,
     received: u64,
     decode_errors: u64,
-    /// fentry/kprobe: nf_hook_slow verdict records, split off before decoding.
-    hook_verdicts: super::hookverdict::HookVerdicts,
     packets: u64,
+    /// `--rule-positions` only.
+    xt: Option<XtState>,
 }
 
 impl ReadState {
     /// Decode one record, hand the event out; assemble it if it comes back.
-    fn take(
+    fn take<E, P>(
         &mut self,
         bytes: &[u8],
         out: &mut Vec<PacketTrace>,
-        on_event: &mut impl FnMut(Event) -> Result<(Option<Event>, u64)>,
-    ) -> Result<()> {
+        sinks: &mut Sinks<'_, E, P>,
+    ) -> Result<()>
+    where
+        E: FnMut(Event) -> Result<(Option<Event>, u64)>,
+    {
         self.received += 1;
         if !self.decode {
             return Ok(());
+        }
+        if bytes.first() == Some(&trace_common::record::kind::XT) {
+            return self.take_xt(bytes, sinks.positions);
         }
         let decoded = match self.hook_verdicts.split(bytes) {
             Some(Ok(None)) => return Ok(()),
@@ -402,13 +532,22 @@ impl ReadState {
         };
         match decoded {
             Ok(ev) => {
-                let (back, completed) = on_event(ev)?;
+                self.hook_verdicts.saw(&ev);
+                if let Some(xt) = self.xt.as_mut() {
+                    // The packet's open table traversal ended before this event: hand it
+                    // over before the event that may complete the packet.
+                    let (skb, gen) = ev.packet_key();
+                    if let Some(t) = xt.tracker.packet_event(skb, gen) {
+                        xt.summary.traversals += 1;
+                        (sinks.positions)(t)?;
+                    }
+                }
+                let (back, completed) = (sinks.event)(ev)?;
                 self.packets += completed;
                 if let Some(ev) = back {
                     if self.assemble {
                         out.extend(self.asm.push(ev));
                     }
-                    self.hook_verdicts.saw(&ev);
                 }
             }
             Err(e) => {
@@ -418,17 +557,61 @@ impl ReadState {
         }
         Ok(())
     }
+
+    /// One x_tables record (kind XT): into the tracker, a finished traversal out. Without
+    /// `--rule-positions` the probes write none; one that arrives anyway is not decodable.
+    fn take_xt(
+        &mut self,
+        bytes: &[u8],
+        on_positions: &mut dyn FnMut(PacketTable) -> Result<()>,
+    ) -> Result<()> {
+        let Some(xt) = self.xt.as_mut() else {
+            self.decode_errors += 1;
+            log::warn!("undecodable record: x_tables record without --rule-positions");
+            return Ok(());
+        };
+        xt.summary.records += 1;
+        match super::xtpos::parse_record(bytes) {
+            Ok(r) => {
+                if let Some(t) = xt.tracker.push(&r) {
+                    xt.summary.traversals += 1;
+                    on_positions(t)?;
+                }
+            }
+            Err(e) => {
+                self.decode_errors += 1;
+                log::warn!("undecodable record: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Once the kernel has lost records, positions may miss calls: mark them incomplete.
+    fn note_losses(&mut self, source: &dyn EventSource) {
+        if let Some(xt) = self.xt.as_mut().filter(|x| !x.tracker.lost_records) {
+            if source.counters().is_ok_and(|c| c.lost > 0) {
+                log::warn!(
+                    "rule positions: the kernel lost records; positions from now on are incomplete"
+                );
+                xt.tracker.lost_records = true;
+            }
+        }
+    }
 }
 
-async fn read_loop(
+async fn read_loop<E, P>(
     events: RingBuf<MapData>,
     opts: &CaptureOptions,
     positions: Option<&super::loader::Positions>,
+    source: &dyn EventSource,
     st: &mut ReadState,
-    on_event: &mut impl FnMut(Event) -> Result<(Option<Event>, u64)>,
-    on_packet: &mut impl FnMut(&PacketTrace) -> Result<()>,
+    sinks: &mut Sinks<'_, E, P>,
     on_tick: &mut dyn FnMut() -> Result<bool>,
-) -> Result<()> {
+) -> Result<()>
+where
+    E: FnMut(Event) -> Result<(Option<Event>, u64)>,
+    P: FnMut(&PacketTrace) -> Result<()>,
+{
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged while the
     // AsyncFd owns the ring buffer (tokio's I/O-safety contract for `register`).
     let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
@@ -449,9 +632,10 @@ async fn read_loop(
                 if on_tick()? {
                     break;
                 }
+                st.note_losses(source);
                 let rb = fd.get_mut();
                 while let Some(item) = rb.next() {
-                    st.take(&item, &mut out, on_event)?;
+                    st.take(&item, &mut out, sinks)?;
                 }
                 if st.assemble {
                     let now = monotonic_ns();
@@ -465,14 +649,14 @@ async fn read_loop(
                 let mut guard = guard?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
-                    st.take(&item, &mut out, on_event)?;
+                    st.take(&item, &mut out, sinks)?;
                 }
                 guard.clear_ready();
             }
         }
         for t in out {
             st.packets += 1;
-            on_packet(&t)?;
+            (sinks.packet)(&t)?;
         }
         // Packets counted by the assembler above or by the event consumer (rule level).
         if opts.count.is_some_and(|c| st.packets >= c) {
@@ -483,11 +667,11 @@ async fn read_loop(
     let rb = fd.get_mut();
     let mut out = Vec::new();
     while let Some(item) = rb.next() {
-        st.take(&item, &mut out, on_event)?;
+        st.take(&item, &mut out, sinks)?;
     }
     for t in out {
         st.packets += 1;
-        on_packet(&t)?;
+        (sinks.packet)(&t)?;
     }
     Ok(())
 }
@@ -508,4 +692,123 @@ fn kallsyms() -> Symbols {
     std::fs::read_to_string("/proc/kallsyms")
         .map(|t| Symbols::from_kallsyms(&t))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trace_common::record::{
+        kind, xt_what, ProbeRecord, RecordHeader, XtRecord, RECORD_VERSION,
+    };
+
+    fn bytes_of<T: Copy>(r: &T) -> Vec<u8> {
+        // SAFETY: plain #[repr(C)] records with explicit padding, read as bytes.
+        unsafe { std::slice::from_raw_parts(r as *const T as *const u8, std::mem::size_of::<T>()) }
+            .to_vec()
+    }
+
+    fn xt(what: u8, skb: u64) -> Vec<u8> {
+        bytes_of(&XtRecord {
+            header: RecordHeader {
+                kind: kind::XT,
+                version: RECORD_VERSION,
+                _pad0: 0,
+                len: 64,
+            },
+            ts_ns: 1,
+            skb,
+            gen: 7,
+            addr: 0x1000,
+            netns: 5,
+            what,
+            result: 0,
+            hook: 0,
+            pf: 2,
+            name: *b"filter\0\0\0\0\0\0\0\0\0\0",
+        })
+    }
+
+    fn probe(skb: u64) -> Vec<u8> {
+        let mut r = ProbeRecord::ZERO;
+        r.skb = skb;
+        r.gen = 7;
+        r.netns = 5;
+        r.pf = 2;
+        r.ts_ns = 2;
+        bytes_of(&r)
+    }
+
+    fn state(positions: bool) -> ReadState {
+        let reasons = std::collections::HashMap::new();
+        ReadState {
+            hook_verdicts: super::super::hookverdict::HookVerdicts::new(&reasons),
+            decoder: Decoder::new(reasons, Symbols::default()),
+            asm: Assembler::new(ProbePlan::new(), AssemblerConfig::default()),
+            assemble: false,
+            decode: true,
+            received: 0,
+            decode_errors: 0,
+            packets: 0,
+            xt: positions.then(|| XtState::new(vec!["tcp_mt".into()], &[])),
+        }
+    }
+
+    /// The order the rule-level consumer relies on: a packet's table traversal is handed
+    /// over before that packet's next event, and other packets' events do not close it.
+    #[test]
+    fn positions_come_before_their_packets_next_event() {
+        let mut st = state(true);
+        let log = std::cell::RefCell::new(Vec::<String>::new());
+        let mut on_event = |e: Event| {
+            log.borrow_mut().push(format!("event {}", e.packet_key().0));
+            Ok((None, 0))
+        };
+        let mut on_packet = |_: &PacketTrace| -> Result<()> { Ok(()) };
+        let mut on_positions = |t: PacketTable| {
+            log.borrow_mut()
+                .push(format!("table {} {}", t.skb, t.positions.table));
+            Ok(())
+        };
+        let mut sinks = Sinks {
+            event: &mut on_event,
+            packet: &mut on_packet,
+            positions: &mut on_positions,
+        };
+        let mut out = Vec::new();
+        for rec in [
+            xt(xt_what::BASE, 1),
+            xt(xt_what::MATCH, 1),
+            probe(2),
+            probe(1),
+        ] {
+            st.take(&rec, &mut out, &mut sinks).unwrap();
+        }
+        assert_eq!(
+            *log.borrow(),
+            ["event 2", "table 1 filter", "event 1"],
+            "decode errors: {}",
+            st.decode_errors
+        );
+        let xt = st.xt.as_ref().unwrap();
+        assert_eq!((xt.summary.records, xt.summary.traversals), (2, 1));
+        // No blob for netns 5 (not traced): the match could not be placed.
+        assert_eq!(xt.tracker.unresolved.len(), 1);
+    }
+
+    /// Without --rule-positions an XT record is counted as undecodable, never silently used.
+    #[test]
+    fn xt_records_without_positions_are_decode_errors() {
+        let mut st = state(false);
+        let mut on_event = |_: Event| Ok((None, 0));
+        let mut on_packet = |_: &PacketTrace| -> Result<()> { Ok(()) };
+        let mut on_positions = |_: PacketTable| panic!("positions are off");
+        let mut sinks = Sinks {
+            event: &mut on_event,
+            packet: &mut on_packet,
+            positions: &mut on_positions,
+        };
+        st.take(&xt(xt_what::BASE, 1), &mut Vec::new(), &mut sinks)
+            .unwrap();
+        assert_eq!((st.received, st.decode_errors), (1, 1));
+    }
 }

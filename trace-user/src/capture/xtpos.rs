@@ -40,6 +40,28 @@ pub enum XtPosError {
     Malformed { table: String, offset: usize },
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
+    #[error("x_tables record of {len} bytes (expected {need}), version {version}")]
+    Record {
+        len: usize,
+        need: usize,
+        version: u8,
+    },
+}
+
+/// One ring-buffer record of kind XT ([`trace_common::record::kind::XT`]): length and
+/// record version checked, read unaligned.
+pub fn parse_record(bytes: &[u8]) -> Result<XtRecord, XtPosError> {
+    let need = std::mem::size_of::<XtRecord>();
+    let version = bytes.get(1).copied().unwrap_or(0);
+    if bytes.len() != need || version != trace_common::record::RECORD_VERSION {
+        return Err(XtPosError::Record {
+            len: bytes.len(),
+            need,
+            version,
+        });
+    }
+    // SAFETY: length checked; XtRecord is plain #[repr(C)] data (any bit pattern is valid).
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const XtRecord) })
 }
 
 /// Where an offset of the blob is.
@@ -563,6 +585,19 @@ fn strip_version(name: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ring-buffer record of the wrong size or version is an error, never misread.
+    #[test]
+    fn parse_record_checks_length_and_version() {
+        let mut b = vec![0u8; std::mem::size_of::<XtRecord>()];
+        b[0] = trace_common::record::kind::XT;
+        b[1] = trace_common::record::RECORD_VERSION;
+        b[24] = 0x42; // gen (after header 8, ts 8, skb 8)
+        assert_eq!(parse_record(&b).unwrap().gen, 0x42);
+        assert!(parse_record(&b[..63]).is_err());
+        b[1] = trace_common::record::RECORD_VERSION.wrapping_add(1);
+        assert!(matches!(parse_record(&b), Err(XtPosError::Record { .. })));
+    }
 
     #[test]
     fn finds_match_and_target_functions() {

@@ -82,6 +82,12 @@ pub struct Args {
     /// Permit the system changes --compare-trace makes (without it iptrace changes nothing).
     #[arg(long = "allow-system-changes")]
     pub allow_system_changes: bool,
+    /// Exact legacy rule positions (fentry/kprobe backends, iptables-legacy tables): also probe
+    /// the x_tables match and target functions the loaded rules use, map each call to
+    /// chain:rule, confirm the reconstructed path with them and show the rules evaluated whose
+    /// match failed. Opt-in: those probes fire on every rule evaluated on the machine.
+    #[arg(long = "rule-positions")]
+    pub rule_positions: bool,
     /// Benchmarks: drain the ring buffer without decoding or printing (the probes' own cost).
     #[arg(long, hide = true)]
     pub discard: bool,
@@ -91,10 +97,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let opts = options(&args)?;
+    check_rule_positions(&args)?;
     let rule_source = rule_source(&args)?;
     // Before the probes and the first dumps: see compare_trace's module docs.
     let tracer = start_compare(&args, &opts)?;
-    let mut session = attach(args.backend, &opts)?;
+    let mut session = attach(args.backend, &opts, args.rule_positions)?;
     for a in &session.attached {
         eprintln!(
             "iptrace capture: netns {} (inode {}): {} probes attached",
@@ -146,12 +153,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         )?
     } else {
         let rl = std::cell::RefCell::new(&mut rules);
-        session.run_events_ticked(
+        session.run_events_positioned(
             &opts,
             || {
                 // Quiet periods: what the last events printed must not wait for the next one.
                 out.borrow_mut().maybe_flush()?;
                 rl.borrow_mut().tick()
+            },
+            |t| {
+                rl.borrow_mut()
+                    .positions(t.netns, t.skb, t.gen, t.positions);
+                Ok(())
             },
             |e| {
                 let mut o = out.borrow_mut();
@@ -163,6 +175,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let mut o = out.into_inner();
     rules.finish(summary.lost, &mut o)?;
+    if let Some(p) = summary.rule_positions.as_mut() {
+        let (used, evicted) = rules.positions_stats();
+        p.used = used;
+        p.unused = evicted + rules.position_store().map_or(0, |s| s.len() as u64);
+    }
     if !packet_level && !args.discard {
         // Rule level: the replayer assembled the packets.
         summary.packets = rules.packets();
@@ -176,6 +193,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     o.flush()?;
     drop(session);
     print::write_summary(&mut std::io::stderr(), &summary)?;
+    if let Some(p) = &summary.rule_positions {
+        eprintln!("{}", positions_line(p));
+    }
     match tracer {
         Some(t) => {
             let reports = t.finish(&rules.take_kept())?;
@@ -183,6 +203,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `--rule-positions` needs the rule-level view on a backend that can probe x_tables functions.
+fn check_rule_positions(args: &Args) -> Result<()> {
+    if !args.rule_positions {
+        return Ok(());
+    }
+    if args.backend == Backend::Nfhook {
+        bail!("--rule-positions needs --backend fentry or kprobe (or auto where one loads): it probes the x_tables match and target functions, which BPF netfilter links (nfhook) cannot see");
+    }
+    if args.packets || args.discard {
+        bail!("--rule-positions confirms the rule-level path: not with --packets or --discard");
+    }
+    Ok(())
+}
+
+/// The summary's rule-positions line (stderr).
+fn positions_line(p: &crate::capture::session::PositionsSummary) -> String {
+    format!(
+        "rule positions: {} functions probed, {} records, {} table traversals ({} applied, {} matched no packet), {} records unresolved, {} records lost",
+        p.functions, p.records, p.traversals, p.used, p.unused, p.unresolved, p.lost
+    )
 }
 
 /// `--compare-trace`: checks the flags, installs the signal flag (so that Ctrl-C/SIGTERM end
@@ -259,7 +301,7 @@ fn rule_source(args: &Args) -> Result<rulelevel::Rules> {
 
 /// The session on the requested backend; auto reports why better backends were passed over,
 /// an explicit fentry/kprobe that cannot work is an error with the reason.
-fn attach(backend: Backend, opts: &CaptureOptions) -> Result<Session> {
+fn attach(backend: Backend, opts: &CaptureOptions, rule_positions: bool) -> Result<Session> {
     use crate::capture::classic::{self, Chosen, Requested};
     let req = match backend {
         Backend::Nfhook => return Session::attach(opts),
@@ -273,25 +315,53 @@ fn attach(backend: Backend, opts: &CaptureOptions) -> Result<Session> {
         rate_limit: opts.rate_limit,
         filter: opts.filter,
     };
-    let sel = classic::select(req, &load)
+    let sel = classic::select_with(req, &load, rule_positions)
         .with_context(|| format!("--backend {}", format!("{backend:?}").to_lowercase()))?;
     for (f, why) in &sel.rejected {
         eprintln!("iptrace capture: backend {f} unavailable: {why}");
     }
     match sel.chosen {
-        Chosen::Classic(c) => {
+        Chosen::Classic(mut c) => {
             eprintln!(
                 "iptrace capture: backend {} ({} attached)",
                 c.flavour,
                 c.attached.join(", ")
             );
-            Session::attach_classic(opts, *c)
+            let functions = if rule_positions {
+                Some(attach_rule_probes(&mut c)?)
+            } else {
+                None
+            };
+            let mut session = Session::attach_classic(opts, *c)?;
+            if let Some(f) = functions {
+                session.track_rule_positions(f);
+            }
+            Ok(session)
+        }
+        Chosen::Nfhook if rule_positions => {
+            bail!("--rule-positions: neither fentry nor kprobe loads here (see above), and nfhook cannot see the x_tables match and target functions")
         }
         Chosen::Nfhook => {
             eprintln!("iptrace capture: backend nfhook");
             Session::attach(opts)
         }
     }
+}
+
+/// Probes the x_tables functions of the extensions in use; returns their names.
+fn attach_rule_probes(c: &mut crate::capture::classic::Classic) -> Result<Vec<String>> {
+    let n = c
+        .attach_rule_probes()
+        .context("--rule-positions: attaching the x_tables match/target probes")?;
+    if n == 0 {
+        eprintln!("iptrace capture: warning: --rule-positions: no x_tables match or target function in use to probe (no legacy iptables rules loaded?); positions show only which tables ran");
+    } else {
+        eprintln!(
+            "iptrace capture: rule positions: {n} x_tables functions probed ({})",
+            c.rule_functions.join(", ")
+        );
+    }
+    Ok(c.rule_functions.clone())
 }
 
 /// Buffered stdout, flushed at most 50 ms after a write (from the events and the session's timer).
@@ -381,6 +451,38 @@ fn parse_rate(s: &str) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Args {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("capture").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    /// --rule-positions is refused before anything loads where it cannot work, naming why.
+    #[test]
+    fn rule_positions_needs_a_classic_backend_and_the_rule_level_view() {
+        let e = check_rule_positions(&parse(&["--rule-positions"])).unwrap_err();
+        assert!(e.to_string().contains("fentry or kprobe"), "{e}");
+        let e = check_rule_positions(&parse(&[
+            "--rule-positions",
+            "--backend",
+            "kprobe",
+            "--packets",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("--packets"), "{e}");
+        for b in ["fentry", "kprobe", "auto"] {
+            check_rule_positions(&parse(&["--rule-positions", "--backend", b])).unwrap();
+        }
+        check_rule_positions(&parse(&[])).unwrap();
+    }
 
     #[test]
     fn parses_sample_and_rate() {
