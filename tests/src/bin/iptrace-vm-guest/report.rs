@@ -93,6 +93,9 @@ pub fn run_all(kernel: &str, backends: &[&str], report: &mut Report) {
                 crate::scenario::cli_capture("auto", "backend fentry")
             });
         }
+        report.case(b, "cli-rule-positions", || {
+            crate::scenario::cli_rule_positions(flavour)
+        });
         for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
             report.case(b, &format!("remote-syn-{backend}"), || {
                 crate::scenario::remote_syn(flavour, backend)

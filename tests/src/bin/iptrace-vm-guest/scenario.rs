@@ -873,8 +873,9 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
         ..LabOptions::default()
     })?;
     let node = lab.ns_name(LabNs::Node).to_string();
-    let mut child = std::process::Command::new("/usr/bin/iptrace")
-        .args([
+    let run = capture_cli(
+        &lab,
+        &[
             "capture",
             "--backend",
             backend_arg,
@@ -885,7 +886,62 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
             "--packets",
             "--format",
             "json",
-        ])
+        ],
+    );
+    lab.down()?;
+    let (out, stderr, ex) = run?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let traces: Vec<PacketTrace> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let chosen = chosen_backend(&stderr);
+    if !out.status.success() {
+        return Ok(Outcome::Fail(format!(
+            "exit {}: {}",
+            out.status,
+            stderr.replace('\n', " | ")
+        )));
+    }
+    let Some(syn) = traces
+        .iter()
+        .find(|t| is_syn_from(t, Some(ex.local.port())))
+    else {
+        return Ok(Outcome::Fail(format!(
+            "{chosen}; no remote SYN among {} packets",
+            traces.len()
+        )));
+    };
+    let path = describe(syn);
+    // fentry/kprobe: the JSON passes carry the hook exit position (hook verdict accept).
+    Ok(match check(syn).or_else(|| check_hooks_accepted(syn)) {
+        None if chosen.contains(expect) => {
+            Outcome::Pass(format!("{chosen}; {path}; {} packets", traces.len()))
+        }
+        None => Outcome::Fail(format!("expected {expect}, stderr says {chosen:?}")),
+        Some(p) => Outcome::Fail(format!("{p}: {path}; {chosen}")),
+    })
+}
+
+/// The backend line of the CLI's stderr ("iptrace capture: backend kprobe (...)").
+fn chosen_backend(stderr: &str) -> String {
+    stderr
+        .lines()
+        .find(|l| l.contains("iptrace capture: backend ") && !l.contains("unavailable"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+/// Runs `iptrace <args>` as a process: waits until it says its probes are attached, runs the
+/// lab's remote connection, then stops it with SIGINT. Returns its output, its stderr and the
+/// connection (the lab is taken down).
+fn capture_cli(
+    lab: &Lab,
+    args: &[&str],
+) -> anyhow::Result<(std::process::Output, String, trace_user::lab::Exchange)> {
+    let mut child = std::process::Command::new("/usr/bin/iptrace")
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
@@ -924,20 +980,46 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
     let out = child.wait_with_output()?;
     let _ = reader.join();
     stderr_lines.extend(rx.try_iter());
+    Ok((out, stderr_lines.join("\n"), ex?))
+}
+
+/// `iptrace capture --backend <flavour> --rule-positions --format json` on the legacy docker
+/// lab, rule-level output: the remote SYN's nat (PREROUTING) and filter (FORWARD) tables carry
+/// complete positions that agree with the reconstructed path, at least one failed match is
+/// listed, and the summary line counts positions applied.
+pub fn cli_rule_positions(flavour: Flavour) -> Outcome {
+    match run_cli_positions(flavour) {
+        Ok(o) => o,
+        Err(e) => Outcome::Fail(format!("{e:#}")),
+    }
+}
+
+fn run_cli_positions(flavour: Flavour) -> anyhow::Result<Outcome> {
+    let lab = Lab::up(LabOptions {
+        backend: IptablesBackend::Legacy,
+        name_prefix: format!("vm-clipos-{flavour}"),
+        ..LabOptions::default()
+    })?;
+    let node = lab.ns_name(LabNs::Node).to_string();
+    let backend = flavour.to_string();
+    let run = capture_cli(
+        &lab,
+        &[
+            "capture",
+            "--backend",
+            &backend,
+            "--rule-positions",
+            "--netns",
+            &node,
+            "--duration",
+            "120",
+            "--format",
+            "json",
+        ],
+    );
     lab.down()?;
-    let ex = ex?;
-    let stderr = stderr_lines.join("\n");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let traces: Vec<PacketTrace> = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let chosen = stderr
-        .lines()
-        .find(|l| l.contains("iptrace capture: backend ") && !l.contains("unavailable"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let (out, stderr, ex) = run?;
+    let chosen = chosen_backend(&stderr);
     if !out.status.success() {
         return Ok(Outcome::Fail(format!(
             "exit {}: {}",
@@ -945,22 +1027,76 @@ fn run_cli(backend_arg: &str, expect: &str) -> anyhow::Result<Outcome> {
             stderr.replace('\n', " | ")
         )));
     }
-    let Some(syn) = traces
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let summary = lines
         .iter()
-        .find(|t| is_syn_from(t, Some(ex.local.port())))
-    else {
+        .find_map(|v| v.get("summary"))
+        .and_then(|s| s.get("rule_positions"))
+        .cloned()
+        .unwrap_or_default();
+    let port = u64::from(ex.local.port());
+    // The connection's first packet from the peer's port to 10000: the SYN.
+    let Some(syn) = lines.iter().find(|v| {
+        let l4 = &v["packet"]["l4"];
+        l4["sport"].as_u64() == Some(port) && l4["dport"].as_u64() == Some(10000)
+    }) else {
         return Ok(Outcome::Fail(format!(
-            "{chosen}; no remote SYN among {} packets",
-            traces.len()
+            "{chosen}; no remote SYN among {} lines; summary positions {summary}",
+            lines.len()
         )));
     };
-    let path = describe(syn);
-    // fentry/kprobe: the JSON passes carry the hook exit position (hook verdict accept).
-    Ok(match check(syn).or_else(|| check_hooks_accepted(syn)) {
-        None if chosen.contains(expect) => {
-            Outcome::Pass(format!("{chosen}; {path}; {} packets", traces.len()))
+    let mut problems = Vec::new();
+    let mut seen = Vec::new();
+    let mut failed = Vec::new();
+    for hook in syn["hooks"].as_array().into_iter().flatten() {
+        for t in hook["tables"].as_array().into_iter().flatten() {
+            let at = format!(
+                "{} {}",
+                hook["hook"].as_str().unwrap_or("?"),
+                t["table"].as_str().unwrap_or("?")
+            );
+            let Some(p) = t.get("positions") else {
+                continue;
+            };
+            let agreement = p["agreement"].as_str().unwrap_or("?");
+            seen.push(format!("{at}:{agreement}"));
+            if agreement != "agree" || p["complete"] != serde_json::Value::Bool(true) {
+                problems.push(format!("{at}: {p}"));
+            }
+            for f in p["failed"].as_array().into_iter().flatten() {
+                failed.push(format!(
+                    "{} {}",
+                    f["rule"].as_str().unwrap_or("?"),
+                    f["match"].as_str().unwrap_or("?")
+                ));
+            }
         }
-        None => Outcome::Fail(format!("expected {expect}, stderr says {chosen:?}")),
-        Some(p) => Outcome::Fail(format!("{p}: {path}; {chosen}")),
+    }
+    for need in ["PREROUTING nat", "FORWARD filter"] {
+        if !seen.iter().any(|s| s.starts_with(&format!("{need}:"))) {
+            problems.push(format!("{need}: no positions"));
+        }
+    }
+    if failed.is_empty() {
+        problems.push("no failed match listed".into());
+    }
+    if summary["used"].as_u64().unwrap_or(0) == 0 {
+        problems.push("summary: no positions applied".into());
+    }
+    if !stderr.contains("rule positions:") {
+        problems.push("stderr has no rule positions summary".into());
+    }
+    if syn["status"] == "inconsistent" {
+        problems.push(format!("SYN inconsistent: {}", syn["status"]));
+    }
+    let detail =
+        format!("{chosen}; tables {seen:?}; failed {failed:?}; summary positions {summary}");
+    Ok(if problems.is_empty() {
+        Outcome::Pass(detail)
+    } else {
+        Outcome::Fail(format!("{problems:?}; {detail}"))
     })
 }
