@@ -12,6 +12,7 @@
 //! vanished inside a stage without a drop report is then STOLEN), when capacity forces it out
 //! (counted, incomplete), or by [`Assembler::flush`] at the end of the capture (incomplete).
 
+mod fasthash;
 mod pass;
 mod plan;
 
@@ -21,8 +22,8 @@ use crate::event::{DropEvent, Event, Headers, ProbeEvent};
 use crate::netfilter::Hook;
 use crate::packet::{Fate, PacketState, PacketTrace};
 use pass::{Closed, Pass, PassEnd};
+use fasthash::FastMap;
 use serde::Serialize;
-use std::collections::HashMap;
 
 /// SKB_DROP_REASON_NETFILTER_DROP on the kernels measured; used only when the drop event
 /// carries no resolved name (the number differs between kernels).
@@ -85,9 +86,9 @@ struct Partial {
 pub struct Assembler {
     plan: ProbePlan,
     config: AssemblerConfig,
-    partials: HashMap<(u64, u64), Partial>,
+    partials: FastMap<(u64, u64), Partial>,
     /// Newest gen seen per skb address, to notice recycling.
-    gen_of_skb: HashMap<u64, u64>,
+    gen_of_skb: FastMap<u64, u64>,
     next_id: u64,
     watermark: u64,
     next_sweep: u64,
@@ -117,8 +118,8 @@ impl Assembler {
         Assembler {
             plan,
             config,
-            partials: HashMap::new(),
-            gen_of_skb: HashMap::new(),
+            partials: FastMap::default(),
+            gen_of_skb: FastMap::default(),
             next_id: 0,
             watermark: 0,
             next_sweep: 0,
@@ -192,7 +193,7 @@ impl Assembler {
         out
     }
 
-    fn on_probe(&mut self, e: ProbeEvent, out: &mut Vec<PacketTrace>) {
+    fn on_probe(&mut self, mut e: ProbeEvent, out: &mut Vec<PacketTrace>) {
         self.stats.probe_events += 1;
         let key = (e.skb, e.gen);
         self.end_recycled(e.skb, e.gen, out);
@@ -221,13 +222,14 @@ impl Assembler {
         };
         partial.last_ts = e.ts_ns;
         passed_silently(partial, e.prev, e.sparse, &mut self.stats);
-        let state = state_of(partial, &e, &mut self.stats);
+        let state = state_of(partial, &mut e, &mut self.stats);
         let continues = partial.cur.as_ref().is_some_and(|c| {
             c.hook() == e.hook && c.last_priority().is_some_and(|last| e.priority > last)
         });
         if !continues {
             close_current(partial, &PassEnd::MovedOn);
-            let pass = Pass::start(&e, self.plan.shared(e.netns, e.family, e.hook));
+            let plan = self.plan.shared(e.netns, e.family, e.hook);
+            let pass = Pass::start(&mut e, plan);
             // A later pass missing its first probe means an event was lost.
             if !partial.trace.hooks.is_empty() && !pass_plan_first(&pass, e.priority) {
                 partial.trace.incomplete = true;
@@ -235,7 +237,7 @@ impl Assembler {
             partial.cur = Some(pass);
         }
         if let Some(cur) = partial.cur.as_mut() {
-            cur.add(&e, state);
+            cur.add(&mut e, state);
         }
         if delivered(partial) {
             out.extend(self.resolve(key, Resolution::Complete));
@@ -484,10 +486,15 @@ fn passed_silently(
     }
 }
 
-/// The packet state at this probe, carrying the last header snapshot forward.
-fn state_of(p: &mut Partial, e: &ProbeEvent, stats: &mut AssemblerStats) -> Option<PacketState> {
-    if let Some(h) = &e.headers {
-        p.headers = Some(h.clone());
+/// The packet state at this probe, carrying the last header snapshot forward (the event's
+/// snapshot is moved out: one copy kept, one in the state).
+fn state_of(
+    p: &mut Partial,
+    e: &mut ProbeEvent,
+    stats: &mut AssemblerStats,
+) -> Option<PacketState> {
+    if let Some(h) = e.headers.take() {
+        p.headers = Some(h);
     }
     match &p.headers {
         Some(h) => Some(PacketState {

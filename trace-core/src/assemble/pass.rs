@@ -11,6 +11,7 @@ use crate::netfilter::Hook;
 use crate::packet::{
     HookPass, ObservedVerdict, PacketState, Stage, StageObservation, TableObservation,
 };
+use std::borrow::Cow;
 use std::sync::Arc;
 
 /// One hook pass being assembled.
@@ -52,13 +53,14 @@ pub(super) struct Closed {
 }
 
 impl Pass {
-    pub fn start(e: &ProbeEvent, plan: Option<Arc<HookPlan>>) -> Pass {
+    /// Starts a pass at its first event; the device names and MAC are moved out of `e`.
+    pub fn start(e: &mut ProbeEvent, plan: Option<Arc<HookPlan>>) -> Pass {
         let meta = HookPass {
             hook: e.hook,
             ts_ns: e.ts_ns,
-            in_dev: e.in_dev.clone(),
-            out_dev: e.out_dev.clone(),
-            mac: e.mac.clone(),
+            in_dev: e.in_dev.take(),
+            out_dev: e.out_dev.take(),
+            mac: e.mac.take(),
             uid: e.uid,
             gid: e.gid,
             tables: Vec::new(),
@@ -82,8 +84,10 @@ impl Pass {
     }
 
     /// Record a probe hit (the caller checked it belongs to this pass).
-    pub fn add(&mut self, e: &ProbeEvent, state: Option<PacketState>) {
-        self.meta.mac = self.meta.mac.take().or_else(|| e.mac.clone());
+    pub fn add(&mut self, e: &mut ProbeEvent, state: Option<PacketState>) {
+        if self.meta.mac.is_none() {
+            self.meta.mac = e.mac.take();
+        }
         self.meta.uid = self.meta.uid.or(e.uid);
         self.meta.gid = self.meta.gid.or(e.gid);
         self.meta.probes.push(e.priority);
@@ -99,17 +103,13 @@ impl Pass {
             return 0;
         };
         let state = self.seen.last().and_then(|(_, s)| s.clone());
-        let passed: Vec<i32> = plan
-            .probes()
-            .iter()
-            .copied()
-            .filter(|p| *p > last && *p <= upto)
-            .collect();
-        for p in &passed {
-            self.meta.probes.push(*p);
-            self.seen.push((*p, state.clone()));
+        let mut n = 0;
+        for &p in plan.probes().iter().filter(|p| **p > last && **p <= upto) {
+            self.meta.probes.push(p);
+            self.seen.push((p, state.clone()));
+            n += 1;
         }
-        passed.len()
+        n
     }
 
     pub fn at_last_probe(&self) -> bool {
@@ -127,33 +127,34 @@ impl Pass {
                 gap: false,
             };
         };
-        let seen: Vec<&(i32, Option<PacketState>)> = self
-            .seen
-            .iter()
-            .filter(|(p, _)| plan.has_probe(*p))
-            .collect();
+        // States are moved along the seen probes: each is cloned only for the observations
+        // that need their own copy (per stage; a table also appears in `tables`).
         let mut gap = false;
-        for w in seen.windows(2) {
-            let ((a, sa), (b, sb)) = (w[0], w[1]);
-            gap |= plan.probes_between(*a, *b) > 0;
-            let shared =
-                plan.stages_between(*a, Some(*b)).len() > 1 || plan.probes_between(*a, *b) > 0;
-            for slot in plan.stages_between(*a, Some(*b)) {
+        let mut prev: Option<(i32, Option<PacketState>)> = None;
+        for (b, sb) in std::mem::take(&mut self.seen) {
+            if !plan.has_probe(b) {
+                continue;
+            }
+            if let Some((a, sa)) = prev.take() {
+                let between = plan.probes_between(a, b);
+                gap |= between > 0;
+                let slots = plan.stages_between(a, Some(b));
+                let shared = slots.len() > 1 || between > 0;
                 if let Some(before) = sa {
-                    push_stage(
+                    push_stages(
                         &mut self.meta,
-                        slot,
-                        before.clone(),
-                        sb.clone(),
-                        ObservedVerdict::Accept,
+                        slots,
+                        before,
+                        sb.as_ref(),
+                        &ObservedVerdict::Accept,
                         shared,
                     );
                 }
             }
+            prev = Some((b, sb));
         }
         let mut vanished_in = None;
-        let last = seen.last().map(|(p, s)| (*p, s.clone()));
-        if let Some((p, state)) = last {
+        if let Some((p, state)) = prev {
             let next = plan.next_probe(p);
             if let Some(verdict) = tail_verdict(end, next.is_some()) {
                 // Sparse events without a drop report: the packet went on past `p` unseen for
@@ -161,7 +162,7 @@ impl Pass {
                 let unknown_range = self.sparse && !matches!(end, PassEnd::Dropped { .. });
                 let (tail, verdict) = if unknown_range {
                     (
-                        plan.stages_between(p, None).to_vec(),
+                        Cow::Borrowed(plan.stages_between(p, None)),
                         ObservedVerdict::Unknown,
                     )
                 } else {
@@ -172,16 +173,7 @@ impl Pass {
                     vanished_in = tail.first().map(|s| s.stage.clone());
                 }
                 if let Some(before) = state {
-                    for slot in &tail {
-                        push_stage(
-                            &mut self.meta,
-                            slot,
-                            before.clone(),
-                            None,
-                            verdict.clone(),
-                            shared,
-                        );
-                    }
+                    push_stages(&mut self.meta, &tail, before, None, &verdict, shared);
                 }
             }
         }
@@ -196,16 +188,16 @@ impl Pass {
 /// The stages after probe `p` up to `next`. When the plan names none there but the packet
 /// vanished between two probes, something unplanned is registered in between: say so rather
 /// than blame a neighbour.
-fn tail_stages(plan: &HookPlan, p: i32, next: Option<i32>) -> Vec<StageSlot> {
+fn tail_stages(plan: &HookPlan, p: i32, next: Option<i32>) -> Cow<'_, [StageSlot]> {
     let tail = plan.stages_between(p, next);
     match (tail.is_empty(), next) {
-        (true, Some(n)) => vec![StageSlot {
+        (true, Some(n)) => Cow::Owned(vec![StageSlot {
             priority: p,
             stage: Stage::Other {
                 name: format!("unplanned hook between probes {p} and {n}"),
             },
-        }],
-        _ => tail.to_vec(),
+        }]),
+        _ => Cow::Borrowed(tail),
     }
 }
 
@@ -240,12 +232,31 @@ fn tail_verdict(end: &PassEnd, has_next: bool) -> Option<ObservedVerdict> {
     }
 }
 
+/// One observation per slot, all with the same before/after/verdict; `before` is moved into
+/// the last one.
+fn push_stages(
+    pass: &mut HookPass,
+    slots: &[StageSlot],
+    before: PacketState,
+    after: Option<&PacketState>,
+    verdict: &ObservedVerdict,
+    shared: bool,
+) {
+    let Some((last, rest)) = slots.split_last() else {
+        return;
+    };
+    for slot in rest {
+        push_stage(pass, slot, before.clone(), after, verdict, shared);
+    }
+    push_stage(pass, last, before, after, verdict, shared);
+}
+
 fn push_stage(
     pass: &mut HookPass,
     slot: &StageSlot,
     before: PacketState,
-    after: Option<PacketState>,
-    verdict: ObservedVerdict,
+    after: Option<&PacketState>,
+    verdict: &ObservedVerdict,
     shared: bool,
 ) {
     if let Some(table) = slot.stage.table() {
@@ -253,7 +264,7 @@ fn push_stage(
             table,
             priority: slot.priority,
             before: before.clone(),
-            after: after.clone(),
+            after: after.cloned(),
             verdict: verdict.clone(),
         });
     }
@@ -261,8 +272,8 @@ fn push_stage(
         stage: slot.stage.clone(),
         priority: slot.priority,
         before,
-        after,
-        verdict,
+        after: after.cloned(),
+        verdict: verdict.clone(),
         shared,
     });
 }

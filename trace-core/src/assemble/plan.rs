@@ -7,7 +7,7 @@
 
 use crate::netfilter::{Family, Hook, Table, PRIO_CONNTRACK, PRIO_CONNTRACK_CONFIRM};
 use crate::packet::Stage;
-use std::collections::HashMap;
+use super::fasthash::FastMap;
 use std::sync::Arc;
 
 /// IP defragmentation priority (NF_IP_PRI_CONNTRACK_DEFRAG).
@@ -134,7 +134,7 @@ impl HookPlan {
 /// (`Arc`) with the passes being assembled: no copy per packet.
 #[derive(Debug, Clone, Default)]
 pub struct ProbePlan {
-    hooks: HashMap<(u32, Family, Hook), Arc<HookPlan>>,
+    hooks: FastMap<(u32, Family, Hook), Arc<HookPlan>>,
 }
 
 impl ProbePlan {
