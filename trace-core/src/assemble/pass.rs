@@ -55,6 +55,11 @@ pub(super) struct Closed {
 impl Pass {
     /// Starts a pass at its first event; the device names and MAC are moved out of `e`.
     pub fn start(e: &mut ProbeEvent, plan: Option<Arc<HookPlan>>) -> Pass {
+        // Sized from the plan: one allocation per list instead of growing per probe/stage.
+        let (probes, stages, tables) = plan.as_deref().map_or((0, 0, 0), |p| {
+            let tables = p.stages().iter().filter(|s| s.stage.table().is_some());
+            (p.probes().len(), p.stages().len(), tables.count())
+        });
         let meta = HookPass {
             hook: e.hook,
             ts_ns: e.ts_ns,
@@ -63,13 +68,13 @@ impl Pass {
             mac: e.mac.take(),
             uid: e.uid,
             gid: e.gid,
-            tables: Vec::new(),
-            stages: Vec::new(),
-            probes: Vec::new(),
+            tables: Vec::with_capacity(tables),
+            stages: Vec::with_capacity(stages),
+            probes: Vec::with_capacity(probes),
         };
         Pass {
             meta,
-            seen: Vec::new(),
+            seen: Vec::with_capacity(probes),
             plan,
             sparse: e.sparse,
         }
