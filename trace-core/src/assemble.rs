@@ -197,14 +197,16 @@ impl Assembler {
         self.stats.probe_events += 1;
         let key = (e.skb, e.gen);
         self.end_recycled(e.skb, e.gen, out);
-        if self
-            .partials
-            .get(&key)
-            .is_some_and(|p| p.trace.netns != e.netns)
-        {
-            out.extend(self.resolve(key, Resolution::Complete));
-        }
-        if !self.partials.contains_key(&key) {
+        // One lookup decides: held in this netns, held in another (ends it), or new.
+        let held = match self.partials.get(&key).map(|p| p.trace.netns == e.netns) {
+            Some(true) => true,
+            Some(false) => {
+                out.extend(self.resolve(key, Resolution::Complete));
+                false
+            }
+            None => false,
+        };
+        if !held {
             self.make_room(out);
             let partial = self.new_partial(&e);
             self.partials.insert(key, partial);
