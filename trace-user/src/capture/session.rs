@@ -536,8 +536,11 @@ impl ReadState {
                 if let Some(xt) = self.xt.as_mut() {
                     // The packet's open table traversal ended before this event: hand it
                     // over before the event that may complete the packet.
-                    let (skb, gen) = ev.packet_key();
-                    if let Some(t) = xt.tracker.packet_event(skb, gen) {
+                    let done = match &ev {
+                        Event::Probe(p) => xt.tracker.probe_event(p.skb, p.gen, p.hook, p.priority),
+                        Event::Drop(d) => xt.tracker.packet_event(d.skb, d.gen),
+                    };
+                    if let Some(t) = done {
                         xt.summary.traversals += 1;
                         (sinks.positions)(t)?;
                     }

@@ -353,6 +353,25 @@ impl<F: FnMut(u32, &str) -> Option<Blob>> XtTracker<F> {
         self.close((skb, gen))
     }
 
+    /// The packet (skb, gen) had a probe event at (hook, priority): its open traversal is
+    /// finished, except by the table's own entry record. The table probe writes BASE just
+    /// before its record at the table's priority P (nat's entry record comes from
+    /// nf_nat_inet_fn, before BASE), so a record at P right after BASE opens the traversal
+    /// rather than ending it; the record at P + 1, or any other, ends it.
+    pub fn probe_event(
+        &mut self,
+        skb: u64,
+        gen: u64,
+        hook: Hook,
+        priority: i32,
+    ) -> Option<PacketTable> {
+        let tp = &self.open.get(&(skb, gen))?.table.positions;
+        if tp.hook == hook && tp.calls.is_empty() && tp.table.priority(hook) == Some(priority) {
+            return None;
+        }
+        self.close((skb, gen))
+    }
+
     /// End of capture: every open traversal.
     pub fn finish(&mut self) -> Vec<PacketTable> {
         let lost = self.lost_records;
@@ -819,10 +838,30 @@ mod tests {
         for r in &records[..3] {
             assert!(tr.push(r).is_none());
         }
-        let done = tr.packet_event(1, 5).unwrap();
+        // nat PREROUTING's entry record (-100) came before BASE (nf_nat_inet_fn): a record
+        // at -100 now is not the table's own entry; the exit record (-99) ends it.
+        let done = tr.probe_event(1, 5, Hook::Prerouting, -99).unwrap();
         assert_eq!(done.positions.calls.len(), 2);
         assert!(done.positions.complete);
         assert!(tr.packet_event(1, 5).is_none(), "handed out once");
+        // filter FORWARD: BASE, then the table's entry record at 0 keeps it open; the calls
+        // that follow belong to it, and the record at 1 hands it out.
+        let mut fwd = records[0];
+        fwd.hook = 2;
+        fwd.name = *b"filter\0\0\0\0\0\0\0\0\0\0";
+        fwd.skb = 9;
+        let mut call = records[1];
+        call.skb = 9;
+        let mut tr2 = XtTracker::new(probed_fns.clone(), |_, _: &str| Some(blob.clone()));
+        assert!(tr2.push(&fwd).is_none());
+        assert!(
+            tr2.probe_event(9, 5, Hook::Forward, 0).is_none(),
+            "its own entry record"
+        );
+        assert!(tr2.push(&call).is_none());
+        let done = tr2.probe_event(9, 5, Hook::Forward, 1).unwrap();
+        assert_eq!(done.positions.calls.len(), 1);
+        assert!(tr2.unresolved.is_empty(), "{:?}", tr2.unresolved);
         // The next traversal of packet 1 at the same address: no new read; its next table
         // (BASE) hands it out.
         assert!(tr.push(&records[0]).is_none());
