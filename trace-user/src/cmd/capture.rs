@@ -222,7 +222,7 @@ fn check_rule_positions(args: &Args) -> Result<()> {
 /// The summary's rule-positions line (stderr).
 fn positions_line(p: &crate::capture::session::PositionsSummary) -> String {
     format!(
-        "rule positions: {} functions probed, {} records, {} table traversals ({} applied, {} matched no packet), {} records unresolved, {} records lost",
+        "iptrace capture: rule positions: {} functions probed, {} records, {} table traversals ({} applied, {} matched no packet), {} records unresolved, {} records lost",
         p.functions, p.records, p.traversals, p.used, p.unused, p.unresolved, p.lost
     )
 }
