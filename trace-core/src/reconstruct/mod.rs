@@ -373,18 +373,7 @@ fn reconstruct_table(
             return result;
         }
     }
-    let input = EvalInput {
-        hook: hp.hook,
-        in_dev: hp.in_dev.as_deref(),
-        out_dev: hp.out_dev.as_deref(),
-        mac: hp.mac.as_deref(),
-        uid: hp.uid,
-        gid: hp.gid,
-        state: &obs.before,
-        nf_trace: facts.nf_trace,
-        tuples: facts.tuples,
-        dst_local: facts.dst_local,
-    };
+    let input = table_input(hp, obs, facts.nf_trace, facts.tuples, facts.dst_local);
     let traversal = match ev.evaluate(obs.table, &input, ctx) {
         Ok(t) => t,
         Err(e) => return inconsistent(result, e.to_string()),
@@ -453,6 +442,29 @@ fn reconstruct_table(
     }
     result.paths = fits;
     result
+}
+
+/// What the evaluator gets for one table of a hook pass: the pass's devices, MAC and socket
+/// owner, the packet as the table received it, and the facts the traversal shows.
+fn table_input<'a>(
+    hp: &'a HookPass,
+    obs: &'a TableObservation,
+    nf_trace: bool,
+    tuples: CtTuples,
+    dst_local: Option<bool>,
+) -> EvalInput<'a> {
+    EvalInput {
+        hook: hp.hook,
+        in_dev: hp.in_dev.as_deref(),
+        out_dev: hp.out_dev.as_deref(),
+        mac: hp.mac.as_deref(),
+        uid: hp.uid,
+        gid: hp.gid,
+        state: &obs.before,
+        nf_trace,
+        tuples,
+        dst_local,
+    }
 }
 
 fn inconsistent(mut r: TableResult, reason: String) -> TableResult {

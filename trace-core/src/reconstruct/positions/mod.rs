@@ -141,19 +141,9 @@ pub fn apply(rp: &mut super::ReconstructedPacket, ev: &Evaluator, positions: &[T
                 .iter()
                 .find(|t| t.hook == rh.hook && t.table == tr.table)
             {
-                let input = EvalInput {
-                    hook: hp.hook,
-                    in_dev: hp.in_dev.as_deref(),
-                    out_dev: hp.out_dev.as_deref(),
-                    mac: hp.mac.as_deref(),
-                    uid: hp.uid,
-                    gid: hp.gid,
-                    state: &obs.before,
-                    // No match depends on it (it only marks steps as traced).
-                    nf_trace: false,
-                    tuples,
-                    dst_local: super::routed_local(packet, hi, obs),
-                };
+                // nf_trace false: no match depends on it (it only marks steps as traced).
+                let dst_local = super::routed_local(packet, hi, obs);
+                let input = super::table_input(hp, obs, false, tuples, dst_local);
                 check_table(tr, ev, &input, tp);
             }
         }
