@@ -21,8 +21,8 @@ pub use plan::{HookPlan, ProbePlan, StageSlot, PRIO_DEFRAG};
 use crate::event::{DropEvent, Event, Headers, ProbeEvent};
 use crate::netfilter::Hook;
 use crate::packet::{Fate, PacketState, PacketTrace};
-use pass::{Closed, Pass, PassEnd};
 use fasthash::FastMap;
+use pass::{Closed, Pass, PassEnd};
 use serde::Serialize;
 
 /// SKB_DROP_REASON_NETFILTER_DROP on the kernels measured; used only when the drop event

@@ -5,9 +5,9 @@
 //! existing priority runs BEFORE the existing one. So a probe at priority `a` runs before a
 //! stage at `a`, and the stages between probes `a` and `b` are those with `a <= prio < b`.
 
+use super::fasthash::FastMap;
 use crate::netfilter::{Family, Hook, Table, PRIO_CONNTRACK, PRIO_CONNTRACK_CONFIRM};
 use crate::packet::Stage;
-use super::fasthash::FastMap;
 use std::sync::Arc;
 
 /// IP defragmentation priority (NF_IP_PRI_CONNTRACK_DEFRAG).
