@@ -263,7 +263,10 @@ mod tests {
         };
         let text = format!(
             r#"{{"id":0,"skb":1,"gen":2,"netns":3,"family":"ipv4","first_ts_ns":1,"incomplete":false,"hooks":[{},{}],{fate}}}"#,
-            pass("FORWARD", &format!("[{},-150,-149,{PRIO_HOOK_EXIT}]", i32::MIN + 1)),
+            pass(
+                "FORWARD",
+                &format!("[{},-150,-149,{PRIO_HOOK_EXIT}]", i32::MIN + 1)
+            ),
             pass("POSTROUTING", "[-2147483647,-150]"),
         );
         serde_json::from_str(&text).unwrap()
@@ -285,7 +288,10 @@ mod tests {
         );
         assert_eq!(hook_verdict(&stolen, &stolen.hooks[1]), HookVerdict::Stolen);
         let unknown = trace(r#""fate":{"fate":"unknown"}"#);
-        assert_eq!(hook_verdict(&unknown, &unknown.hooks[1]), HookVerdict::Unknown);
+        assert_eq!(
+            hook_verdict(&unknown, &unknown.hooks[1]),
+            HookVerdict::Unknown
+        );
     }
 
     #[test]
