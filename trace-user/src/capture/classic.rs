@@ -76,6 +76,14 @@ fn aya_err(e: impl std::fmt::Display) -> ClassicError {
     ClassicError::Aya(e.to_string())
 }
 
+/// The kprobe/kretprobe program `name` of the object.
+fn kprobe_program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut KProbe, ClassicError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| aya_err(format!("program {name} missing from the object")))?
+        .try_into()
+        .map_err(aya_err)
+}
+
 /// A netfilter function and the programs of each flavour on it.
 pub struct Target {
     pub function: &'static str,
@@ -214,12 +222,7 @@ impl Classic {
             }
             let progs = [Some(t.kprobe.0), t.kprobe.1];
             for name in progs.into_iter().flatten() {
-                let prog: &mut KProbe = self
-                    .ebpf
-                    .program_mut(name)
-                    .ok_or_else(|| aya_err(format!("program {name} missing from the object")))?
-                    .try_into()
-                    .map_err(aya_err)?;
+                let prog = kprobe_program(&mut self.ebpf, name)?;
                 if !loaded.contains(&name) {
                     prog.load().map_err(|e| ClassicError::Unavailable {
                         flavour: Flavour::Kprobe,
@@ -317,12 +320,7 @@ impl Classic {
             for f in funcs {
                 let mut ok = true;
                 for name in progs {
-                    let prog: &mut KProbe = self
-                        .ebpf
-                        .program_mut(name)
-                        .ok_or_else(|| aya_err(format!("program {name} missing from the object")))?
-                        .try_into()
-                        .map_err(aya_err)?;
+                    let prog = kprobe_program(&mut self.ebpf, name)?;
                     if prog.fd().is_err() {
                         prog.load().map_err(aya_err)?;
                     }
