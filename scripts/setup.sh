@@ -6,7 +6,7 @@ set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-APT_PACKAGES=(iptables nftables iproute2 conntrack tcpdump socat iperf3 ethtool procps kmod util-linux)
+APT_PACKAGES=(iptables nftables iproute2 conntrack tcpdump socat iperf3 ethtool procps kmod util-linux ipset)
 BPF_LINKER_VERSION=0.13.0
 LLVM_PREFIX=${IPTRACE_LLVM_PREFIX:-/opt/iptrace/llvm-nightly}
 
