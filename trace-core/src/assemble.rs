@@ -13,6 +13,7 @@
 //! (counted, incomplete), or by [`Assembler::flush`] at the end of the capture (incomplete).
 
 mod fasthash;
+mod fold;
 mod pass;
 mod plan;
 

@@ -91,6 +91,9 @@ pub enum Stage {
     NftChain { table: String, chain: String },
     /// Something else registered at this priority (named by whoever built the plan).
     Other { name: String },
+    /// One of these stages, which share the probes around them (e.g. conntrack and nat
+    /// when conntrack's probe is folded into nat's): which of them acted was not observed.
+    Group { stages: Vec<Stage> },
 }
 
 impl Stage {
@@ -111,6 +114,15 @@ impl std::fmt::Display for Stage {
             Stage::ConntrackConfirm => f.write_str("conntrack-confirm"),
             Stage::NftChain { table, chain } => write!(f, "nft:{table}:{chain}"),
             Stage::Other { name } => f.write_str(name),
+            Stage::Group { stages } => {
+                for (i, s) in stages.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" or ")?;
+                    }
+                    write!(f, "{s}")?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -4,6 +4,12 @@
 //! at the first probe, after = state at the second). After the last probe that saw it, if the
 //! plan has a later probe, the packet vanished inside the stages in between: the verdict then
 //! comes from how the pass ended (drop report, moved on, ended, capture stopped).
+//!
+//! Several stages between two probes ([`HookPlan::needed`] leaves out the probes after inert
+//! stages and folds conntrack's into nat's): inert stages accepted the packet unchanged, so a
+//! change or a drop there belongs to the one stage that can act; conntrack followed by nat
+//! are told apart by what each can change ([`super::fold`]). Anything else is reported for
+//! the group: each member `shared`, and a packet that vanished there in a [`Stage::Group`].
 
 use super::plan::{HookPlan, StageSlot};
 use crate::event::ProbeEvent;
@@ -143,44 +149,32 @@ impl Pass {
             if let Some((a, sa)) = prev.take() {
                 let between = plan.probes_between(a, b);
                 gap |= between > 0;
-                let slots = plan.stages_between(a, Some(b));
-                let shared = slots.len() > 1 || between > 0;
+                let gap_stages = Gap {
+                    slots: plan.stages_between(a, Some(b)),
+                    inert: plan.inert_between(a, Some(b)),
+                };
                 if let Some(before) = sa {
-                    push_stages(
-                        &mut self.meta,
-                        slots,
-                        before,
-                        sb.as_ref(),
-                        &ObservedVerdict::Accept,
-                        shared,
-                    );
+                    let accept = ObservedVerdict::Accept;
+                    if between > 0 {
+                        // A probe event is missing: the states describe the group.
+                        push_stages(
+                            &mut self.meta,
+                            gap_stages.slots,
+                            before,
+                            sb.as_ref(),
+                            &accept,
+                            true,
+                        );
+                    } else {
+                        gap_stages.push(&mut self.meta, before, sb.as_ref(), &accept);
+                    }
                 }
             }
             prev = Some((b, sb));
         }
         let mut vanished_in = None;
         if let Some((p, state)) = prev {
-            let next = plan.next_probe(p);
-            if let Some(verdict) = tail_verdict(end, next.is_some()) {
-                // Sparse events without a drop report: the packet went on past `p` unseen for
-                // all we know, and vanished in one of the remaining stages or after them.
-                let unknown_range = self.sparse && !matches!(end, PassEnd::Dropped { .. });
-                let (tail, verdict) = if unknown_range {
-                    (
-                        Cow::Borrowed(plan.stages_between(p, None)),
-                        ObservedVerdict::Unknown,
-                    )
-                } else {
-                    (tail_stages(&plan, p, next), verdict)
-                };
-                let shared = tail.len() > 1;
-                if !unknown_range {
-                    vanished_in = tail.first().map(|s| s.stage.clone());
-                }
-                if let Some(before) = state {
-                    push_stages(&mut self.meta, &tail, before, None, &verdict, shared);
-                }
-            }
+            vanished_in = self.close_tail(&plan, p, state, end);
         }
         Closed {
             pass: self.meta,
@@ -188,6 +182,203 @@ impl Pass {
             gap,
         }
     }
+}
+
+impl Pass {
+    /// The stages after the last probe that saw the packet; returns the stage it vanished
+    /// in, if it did.
+    fn close_tail(
+        &mut self,
+        plan: &HookPlan,
+        p: i32,
+        state: Option<PacketState>,
+        end: &PassEnd,
+    ) -> Option<Stage> {
+        let next = plan.next_probe(p);
+        let Some(verdict) = tail_verdict(end, next.is_some()) else {
+            // After the plan's last probe, nothing is reported except what cannot act: the
+            // inert stages there accepted the packet unchanged.
+            if let Some(s) = state.filter(|_| next.is_none()) {
+                let gap = Gap {
+                    slots: plan.stages_between(p, None),
+                    inert: plan.inert_between(p, None),
+                };
+                gap.push_leading_inert(&mut self.meta, &s);
+            }
+            return None;
+        };
+        // Sparse events without a drop report: the packet went on past `p` unseen for all
+        // we know, and vanished in one of the remaining stages or after them.
+        if self.sparse && !matches!(end, PassEnd::Dropped { .. }) {
+            let tail = plan.stages_between(p, None);
+            if let Some(before) = state {
+                let shared = tail.len() > 1;
+                push_stages(
+                    &mut self.meta,
+                    tail,
+                    before,
+                    None,
+                    &ObservedVerdict::Unknown,
+                    shared,
+                );
+            }
+            return None;
+        }
+        let tail = tail_stages(plan, p, next);
+        let inert = match tail {
+            Cow::Borrowed(_) => plan.inert_between(p, next),
+            Cow::Owned(_) => &[false],
+        };
+        let gap = Gap {
+            slots: &tail,
+            inert,
+        };
+        let vanished_in = gap.acting();
+        if let Some(before) = state {
+            gap.push(&mut self.meta, before, None, &verdict);
+        }
+        vanished_in
+    }
+}
+
+/// The stages between two probes, with their inertness.
+struct Gap<'a> {
+    slots: &'a [StageSlot],
+    inert: &'a [bool],
+}
+
+impl Gap<'_> {
+    fn is_inert(&self, i: usize) -> bool {
+        self.inert.get(i).copied().unwrap_or(false)
+    }
+
+    /// Indices of the first and last stage that can act, if any.
+    fn acting_range(&self) -> Option<(usize, usize)> {
+        let first = (0..self.slots.len()).find(|i| !self.is_inert(*i))?;
+        let last = (0..self.slots.len()).rev().find(|i| !self.is_inert(*i))?;
+        Some((first, last))
+    }
+
+    /// What the packet vanished in: the one stage that can act, or the group of those that
+    /// can (all stages when none can: something unplanned acted).
+    fn acting(&self) -> Option<Stage> {
+        let mut stages: Vec<Stage> = match self.acting_range() {
+            Some((first, last)) => (first..=last)
+                .filter(|i| !self.is_inert(*i))
+                .map(|i| self.slots[i].stage.clone())
+                .collect(),
+            None => self.slots.iter().map(|s| s.stage.clone()).collect(),
+        };
+        match stages.len() {
+            0 => None,
+            1 => stages.pop(),
+            _ => Some(Stage::Group { stages }),
+        }
+    }
+
+    /// Observations for the stages from the states at the probes around them: inert stages
+    /// before the first acting one accept `before` unchanged, those after the last acting
+    /// one accept `after` unchanged (only when the packet came out); the acting ones get
+    /// before/after/verdict, exactly when one acts or conntrack is folded into nat, else as
+    /// a group (`shared`).
+    fn push(
+        &self,
+        pass: &mut HookPass,
+        before: PacketState,
+        after: Option<&PacketState>,
+        verdict: &ObservedVerdict,
+    ) {
+        let Some((first, last)) = self.acting_range() else {
+            // Nothing here can act: unchanged means each accepted; anything else was done
+            // by something unplanned, reported for the group.
+            let unchanged = after == Some(&before);
+            push_stages(pass, self.slots, before, after, verdict, !unchanged);
+            return;
+        };
+        for slot in &self.slots[..first] {
+            push_stage(
+                pass,
+                slot,
+                before.clone(),
+                Some(&before),
+                &ObservedVerdict::Accept,
+                false,
+            );
+        }
+        let core = &self.slots[first..=last];
+        if let Some(mid) = self.folded_state(core, &before, after) {
+            push_folded(pass, core, before, mid, after, verdict);
+        } else {
+            let exact = first == last;
+            push_stages(pass, core, before, after, verdict, !exact);
+        }
+        if let Some(a) = after {
+            for slot in &self.slots[last + 1..] {
+                push_stage(
+                    pass,
+                    slot,
+                    a.clone(),
+                    Some(a),
+                    &ObservedVerdict::Accept,
+                    false,
+                );
+            }
+        }
+    }
+
+    /// Conntrack, inert stages, then nat, with the packet seen after nat: the state
+    /// conntrack left (see fold.rs), if it can be told.
+    fn folded_state(
+        &self,
+        core: &[StageSlot],
+        before: &PacketState,
+        after: Option<&PacketState>,
+    ) -> Option<PacketState> {
+        let (head, tail) = (core.first()?, core.last()?);
+        let folded = core.len() > 1
+            && head.stage == Stage::Conntrack
+            && tail.stage.table() == Some(crate::netfilter::Table::Nat);
+        folded.then_some(())?;
+        super::fold::after_conntrack(before, after?)
+    }
+
+    /// The inert stages before the first acting one, accepting `state` unchanged.
+    fn push_leading_inert(&self, pass: &mut HookPass, state: &PacketState) {
+        let n = self
+            .acting_range()
+            .map_or(self.slots.len(), |(first, _)| first);
+        for slot in &self.slots[..n] {
+            push_stage(
+                pass,
+                slot,
+                state.clone(),
+                Some(state),
+                &ObservedVerdict::Accept,
+                false,
+            );
+        }
+    }
+}
+
+/// Conntrack (`core[0]`) took `before` to `mid`, the inert stages after it passed `mid`
+/// unchanged, nat (`core.last()`) took `mid` to `after`.
+fn push_folded(
+    pass: &mut HookPass,
+    core: &[StageSlot],
+    before: PacketState,
+    mid: PacketState,
+    after: Option<&PacketState>,
+    verdict: &ObservedVerdict,
+) {
+    let accept = ObservedVerdict::Accept;
+    let Some((nat, rest)) = core.split_last() else {
+        return;
+    };
+    for (i, slot) in rest.iter().enumerate() {
+        let b = if i == 0 { before.clone() } else { mid.clone() };
+        push_stage(pass, slot, b, Some(&mid), &accept, false);
+    }
+    push_stage(pass, nat, mid, after, verdict, false);
 }
 
 /// The stages after probe `p` up to `next`. When the plan names none there but the packet

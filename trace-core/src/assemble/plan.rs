@@ -4,6 +4,12 @@
 //! Kernel ordering rule (measured, see shared/notes/kernel.md): a hook registered at an
 //! existing priority runs BEFORE the existing one. So a probe at priority `a` runs before a
 //! stage at `a`, and the stages between probes `a` and `b` are those with `a <= prio < b`.
+//!
+//! Fewer probes ([`HookPlan::needed`]): every probe run costs a fixed hook call per packet,
+//! so a stage that can neither change nor drop the packet (an *inert* stage: an iptables
+//! table or nft base chain without rules and with policy ACCEPT) gets no probe after it, and
+//! conntrack's probe is folded into the next nat table's. The assembler then attributes what
+//! changed between two probes to the one stage there that could have done it (see pass.rs).
 
 use super::fasthash::FastMap;
 use crate::netfilter::{Family, Hook, Table, PRIO_CONNTRACK, PRIO_CONNTRACK_CONFIRM};
@@ -25,15 +31,66 @@ pub struct StageSlot {
 pub struct HookPlan {
     probes: Vec<i32>,
     stages: Vec<StageSlot>,
+    /// Per stage (same order): inert when the plan was made (no rules, policy ACCEPT), so
+    /// it neither changed nor dropped the packet.
+    inert: Vec<bool>,
 }
 
 impl HookPlan {
     /// A plan from the probe priorities actually attached and the stages registered.
-    pub fn new(mut probes: Vec<i32>, mut stages: Vec<StageSlot>) -> HookPlan {
+    pub fn new(probes: Vec<i32>, stages: Vec<StageSlot>) -> HookPlan {
+        HookPlan::with_inert(probes, stages.into_iter().map(|s| (s, false)).collect())
+    }
+
+    /// [`HookPlan::new`] with each stage's inertness.
+    pub fn with_inert(mut probes: Vec<i32>, mut stages: Vec<(StageSlot, bool)>) -> HookPlan {
         probes.sort_unstable();
         probes.dedup();
-        stages.sort_by_key(|s| s.priority);
-        HookPlan { probes, stages }
+        stages.sort_by_key(|(s, _)| s.priority);
+        let inert = stages.iter().map(|(_, i)| *i).collect();
+        HookPlan {
+            probes,
+            stages: stages.into_iter().map(|(s, _)| s).collect(),
+            inert,
+        }
+    }
+
+    /// The probes a packet must meet to tell what every stage did, no more: one before the
+    /// first stage (devices, MAC, socket; first sight on PREROUTING/OUTPUT), one after each
+    /// stage that can act — none after an inert stage (`inert(slot)`), and none after
+    /// conntrack when the next stage that can act is a nat table: conntrack never rewrites
+    /// headers and nat tables cannot hold DROP rules, so the state between them is derived
+    /// (see pass.rs) and only a drop there is attributed to "conntrack or nat".
+    pub fn needed(stages: Vec<StageSlot>, inert: impl Fn(&StageSlot) -> bool) -> HookPlan {
+        let mut stages: Vec<(StageSlot, bool)> = stages
+            .into_iter()
+            .map(|s| {
+                let i = inert(&s);
+                (s, i)
+            })
+            .collect();
+        stages.sort_by_key(|(s, _)| s.priority);
+        let mut probes: Vec<i32> = (0..stages.len())
+            .filter(|&i| !stages[i].1 && !folds_into_nat(&stages, i))
+            .filter_map(|i| stages[i].0.priority.checked_add(1))
+            .collect();
+        probes.extend(first_probe(stages.iter().map(|(s, _)| s)));
+        HookPlan::with_inert(probes, stages)
+    }
+
+    /// This plan with `other`'s probes added (a re-plan during a capture only adds probes:
+    /// links already attached stay) and `other`'s inertness.
+    pub fn merged_with(&self, other: &HookPlan) -> HookPlan {
+        let mut probes = self.probes.clone();
+        probes.extend_from_slice(&other.probes);
+        let stages = other
+            .stages
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, s)| (s, other.is_inert(i)))
+            .collect();
+        HookPlan::with_inert(probes, stages)
     }
 
     /// One probe before the first stage and one right after each stage (priority + 1). A
@@ -43,10 +100,7 @@ impl HookPlan {
             .iter()
             .filter_map(|s| s.priority.checked_add(1))
             .collect();
-        if let Some(first) = stages.iter().map(|s| s.priority).min() {
-            // INT_MIN is refused by the kernel.
-            probes.push(first.saturating_sub(1).max(i32::MIN + 1));
-        }
+        probes.extend(first_probe(stages.iter()));
         HookPlan::new(probes, stages)
     }
 
@@ -97,6 +151,17 @@ impl HookPlan {
         &self.stages
     }
 
+    /// Was stage `i` (index into [`HookPlan::stages`]) inert when the plan was made?
+    pub fn is_inert(&self, i: usize) -> bool {
+        self.inert.get(i).copied().unwrap_or(false)
+    }
+
+    /// Inertness of the stages [`HookPlan::stages_between`] returns for the same bounds.
+    pub fn inert_between(&self, a: i32, b: Option<i32>) -> &[bool] {
+        let (start, end) = self.range(a, b);
+        &self.inert[start..end]
+    }
+
     pub fn has_probe(&self, prio: i32) -> bool {
         self.probes.binary_search(&prio).is_ok()
     }
@@ -121,13 +186,33 @@ impl HookPlan {
 
     /// Stages run after probe `a` and before probe `b` (None = after the last probe).
     pub fn stages_between(&self, a: i32, b: Option<i32>) -> &[StageSlot] {
+        let (start, end) = self.range(a, b);
+        &self.stages[start..end]
+    }
+
+    fn range(&self, a: i32, b: Option<i32>) -> (usize, usize) {
         let start = self.stages.partition_point(|s| s.priority < a);
         let end = match b {
             Some(b) => self.stages.partition_point(|s| s.priority < b),
             None => self.stages.len(),
         };
-        &self.stages[start..end.max(start)]
+        (start, end.max(start))
     }
+}
+
+/// The probe before the first stage (INT_MIN is refused by the kernel).
+fn first_probe<'a>(stages: impl Iterator<Item = &'a StageSlot>) -> Option<i32> {
+    let first = stages.map(|s| s.priority).min()?;
+    Some(first.saturating_sub(1).max(i32::MIN + 1))
+}
+
+/// Stage `i` is conntrack and the next stage after it that can act is a nat table.
+fn folds_into_nat(stages: &[(StageSlot, bool)], i: usize) -> bool {
+    stages[i].0.stage == Stage::Conntrack
+        && stages[i + 1..]
+            .iter()
+            .find(|(_, inert)| !inert)
+            .is_some_and(|(s, _)| s.stage.table() == Some(Table::Nat))
 }
 
 /// Every hook plan of a capture, keyed by (netns inode, family, hook). Plans are shared

@@ -67,6 +67,9 @@ pub enum Record {
 pub struct PlanStage {
     pub priority: i32,
     pub stage: Stage,
+    /// No probe after it because it could not act (no rules, policy ACCEPT); absent = false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inert: bool,
 }
 
 impl Record {
@@ -80,9 +83,11 @@ impl Record {
             stages: plan
                 .stages()
                 .iter()
-                .map(|s| PlanStage {
+                .enumerate()
+                .map(|(i, s)| PlanStage {
                     priority: s.priority,
                     stage: s.stage.clone(),
+                    inert: plan.is_inert(i),
                 })
                 .collect(),
         }
@@ -100,16 +105,19 @@ impl Record {
         {
             let stages = stages
                 .iter()
-                .map(|s| StageSlot {
-                    priority: s.priority,
-                    stage: s.stage.clone(),
+                .map(|s| {
+                    let slot = StageSlot {
+                        priority: s.priority,
+                        stage: s.stage.clone(),
+                    };
+                    (slot, s.inert)
                 })
                 .collect();
             plan.insert(
                 *netns,
                 *family,
                 *hook,
-                HookPlan::new(probes.clone(), stages),
+                HookPlan::with_inert(probes.clone(), stages),
             );
         }
     }
@@ -385,6 +393,38 @@ mod tests {
             }
         );
         assert_eq!(recs[5], Record::Lost { count: 4 });
+    }
+
+    /// Which stages had no probe after them (inert) is part of the plan record; a record
+    /// without it (older writer) means none.
+    #[test]
+    fn plan_records_keep_inert_stages() {
+        let stages = HookPlan::iptables_stages(
+            Hook::Forward,
+            &[
+                crate::netfilter::Table::Mangle,
+                crate::netfilter::Table::Filter,
+            ],
+            false,
+        );
+        let hp = HookPlan::needed(stages, |s| s.priority == -150);
+        assert_eq!(hp.probes(), [-151, 1]);
+        let rec = Record::plan(3, Family::Ipv4, Hook::Forward, &hp);
+        let json = serde_json::to_string(&rec).unwrap();
+        assert_eq!(json.matches(r#""inert":true"#).count(), 1, "{json}");
+        let back: Record = serde_json::from_str(&json).unwrap();
+        let mut plan = ProbePlan::new();
+        back.add_to_plan(&mut plan);
+        assert_eq!(plan.get(3, Family::Ipv4, Hook::Forward), Some(&hp));
+        let old = json.replace(r#","inert":true"#, "");
+        let mut plan = ProbePlan::new();
+        serde_json::from_str::<Record>(&old)
+            .unwrap()
+            .add_to_plan(&mut plan);
+        assert!(!plan
+            .get(3, Family::Ipv4, Hook::Forward)
+            .unwrap()
+            .is_inert(0));
     }
 
     #[test]
