@@ -54,6 +54,9 @@ fn as_captured(r: &ParsedReference, resolver: &Resolver) -> Vec<CapturedPacket> 
                     seq: h.seq,
                     ack: h.ack,
                     tcp_flags: h.tcp_flags,
+                    frag: None,
+                    icmp_id: None,
+                    icmp_seq: None,
                 })
                 .collect(),
             steps: p
@@ -229,6 +232,9 @@ fn legacy_trace_matches_a_full_captured_path() {
             seq: h.seq,
             ack: h.ack,
             tcp_flags: h.tcp_flags,
+            frag: None,
+            icmp_id: None,
+            icmp_seq: None,
         }],
         steps,
         table_paths: Vec::new(),
@@ -308,6 +314,9 @@ fn pcap_packets(bytes: &[u8]) -> Vec<CapturedPacket> {
             seq: Some(be32(tcp, 4)),
             ack: Some(be32(tcp, 8)),
             tcp_flags: Some(tcp[13]),
+            frag: None,
+            icmp_id: None,
+            icmp_seq: None,
         };
         let same = |c: &CapturedPacket| {
             c.headers

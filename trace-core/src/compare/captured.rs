@@ -28,6 +28,22 @@ pub struct CapturedHeaders {
     pub seq: Option<u32>,
     pub ack: Option<u32>,
     pub tcp_flags: Option<u8>,
+    /// IPv4 frag_off (flags 0x4000 DF, 0x2000 MF | offset in 8-byte units).
+    #[serde(default)]
+    pub frag: Option<u16>,
+    /// ICMP/ICMPv6 echo identifier and sequence (not the second word of errors).
+    #[serde(default)]
+    pub icmp_id: Option<u16>,
+    #[serde(default)]
+    pub icmp_seq: Option<u16>,
+}
+
+/// Echo request/reply (ICMP 8/0, ICMPv6 128/129): the types whose second word is id/seq.
+fn is_echo(proto: Option<u8>, icmp_type: Option<u64>) -> bool {
+    matches!(
+        (proto, icmp_type),
+        (Some(1), Some(0 | 8)) | (Some(58), Some(128 | 129))
+    )
 }
 
 impl From<&Headers> for CapturedHeaders {
@@ -38,6 +54,15 @@ impl From<&Headers> for CapturedHeaders {
                 seq, ack, flags, ..
             } => (Some(seq), Some(ack), Some(flags)),
             _ => (None, None, None),
+        };
+        let (icmp_id, icmp_seq) = match h.l4 {
+            L4::Icmp {
+                icmp_type, id, seq, ..
+            }
+            | L4::Icmpv6 {
+                icmp_type, id, seq, ..
+            } if is_echo(Some(h.proto), Some(u64::from(icmp_type))) => (Some(id), Some(seq)),
+            _ => (None, None),
         };
         CapturedHeaders {
             src: h.src,
@@ -50,6 +75,9 @@ impl From<&Headers> for CapturedHeaders {
             seq,
             ack,
             tcp_flags,
+            frag: h.src.is_ipv4().then_some(h.frag),
+            icmp_id,
+            icmp_seq,
         }
     }
 }
@@ -371,17 +399,41 @@ fn headers_of(v: &Value) -> Option<CapturedHeaders> {
             _ => return None,
         })
     });
+    // `l4` reuses `id`/`seq` for ICMP echo: they mean TCP seq only with TCP.
+    let l4 = v.get("l4");
+    let l4_int = |k: &str| l4.and_then(|l| l.get(k)).and_then(Value::as_u64);
+    let tcp = proto == Some(6);
+    let echo = is_echo(proto, l4_int("icmp_type").or_else(|| l4_int("type")));
+    let l4_u16 = |k: &str| l4_int(k).and_then(|n| u16::try_from(n).ok());
     Some(CapturedHeaders {
         src,
         dst,
         proto,
         sport: int(v, &["sport"]),
         dport: int(v, &["dport"]),
-        id: int(v, &["id"]),
+        id: v
+            .get("id")
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok()),
         len: int(v, &["len"]),
-        seq: int(v, &["seq"]),
-        ack: int(v, &["ack"]),
-        tcp_flags: int(v, &["tcp_flags", "flags"]),
+        seq: if tcp || proto.is_none() {
+            int(v, &["seq"])
+        } else {
+            None
+        },
+        ack: if tcp || proto.is_none() {
+            int(v, &["ack"])
+        } else {
+            None
+        },
+        tcp_flags: int(v, &["tcp_flags", "flags"]).filter(|_| tcp || proto.is_none()),
+        frag: v
+            .get("frag")
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|_| src.is_ipv4()),
+        icmp_id: l4_u16("id").filter(|_| echo),
+        icmp_seq: l4_u16("seq").filter(|_| echo),
     })
 }
 

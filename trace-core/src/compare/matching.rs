@@ -1,7 +1,9 @@
 //! Pairing reference packets with captured packets. Header fields both sides show must be
 //! equal (addresses and ports of some snapshot — reference lines and captures both see a
-//! packet before and after NAT —, IP id, length, TCP seq/ack/flags); among the candidates,
-//! packets are paired in order, each captured packet at most once per reference path.
+//! packet before and after NAT —, IP id, length, fragment offset and MF, TCP seq/ack/flags,
+//! ICMP echo id/seq): fragments of one datagram with equal lengths and retransmissions tell
+//! apart by these. Only among candidates that no field tells apart, packets are paired in
+//! order (both sides are in time order), each captured packet at most once per reference path.
 
 use super::captured::{CapturedHeaders, CapturedPacket};
 use super::reference::{RefHeaders, RefPacket, RefTime};
@@ -36,6 +38,9 @@ pub fn headers_agree(r: &RefHeaders, c: &CapturedHeaders) -> bool {
         && eq(r.seq, c.seq)
         && eq(r.ack, c.ack)
         && eq(r.tcp_flags, c.tcp_flags)
+        && eq(r.fragment(), c.frag.map(|f| f & 0x3fff))
+        && eq(r.icmp_id, c.icmp_id)
+        && eq(r.icmp_seq, c.icmp_seq)
 }
 
 /// Some snapshot of the reference packet agrees with some snapshot of the captured one.
@@ -156,6 +161,9 @@ mod tests {
             seq: None,
             ack: None,
             tcp_flags: None,
+            frag: None,
+            icmp_id: None,
+            icmp_seq: None,
         };
         CapturedPacket {
             index: 0,
@@ -196,12 +204,8 @@ mod tests {
             Evidence::Path { steps: vec![step] }
         };
         RefPacket {
-            line: 1,
-            time: None,
-            trace_id: None,
-            family: None,
             headers: vec![h],
-            evidence,
+            ..RefPacket::new(1, None, None, evidence)
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`nft_ruleset`] and [`resolve`] map nft handles, rule texts, policies and LOG prefixes to
 //!   TRACE positions through the rulesets;
 //! - [`captured`] reads iptrace's own packets (JSON lines);
+//! - [`scope`] sets aside reference packets of other network namespaces;
 //! - [`matching`] pairs reference and captured packets, [`diff`] compares their paths;
 //! - [`report`] holds the totals and renders them.
 
@@ -16,6 +17,7 @@ pub mod nft_ruleset;
 pub mod reference;
 pub mod report;
 pub mod resolve;
+pub mod scope;
 
 use crate::netfilter;
 use crate::rules::Target;
@@ -23,8 +25,9 @@ use crate::step::StepId;
 use captured::CapturedPacket;
 use matching::MatchOptions;
 use reference::{Evidence, Format, ParsedReference, RefPacket, RefStepPos};
-use report::{CapturedOnly, Outcome, PacketReport, Report, Totals};
+use report::{CapturedOnly, ForeignPacket, Outcome, PacketReport, Report, Totals};
 use resolve::{ResolveError, Resolver};
+use scope::NetnsScope;
 
 /// Compares parsed reference output with captured packets.
 pub fn compare(
@@ -33,7 +36,19 @@ pub fn compare(
     resolver: &Resolver,
     opts: &MatchOptions,
 ) -> Report {
-    let pairs = matching::match_packets(&reference.packets, captured, opts);
+    compare_in_scope(reference, captured, resolver, opts, None)
+}
+
+/// [`compare`] for a reference that may hold other network namespaces' packets (a kernel
+/// log with nf_log_all_netns=1): those `scope` recognises are set aside as foreign (counted
+/// and listed, neither agreement nor difference) before pairing.
+pub fn compare_in_scope(
+    reference: &ParsedReference,
+    captured: &[CapturedPacket],
+    resolver: &Resolver,
+    opts: &MatchOptions,
+    scope: Option<&NetnsScope>,
+) -> Report {
     let mut report = Report {
         malformed: reference.malformed.clone(),
         totals: Totals {
@@ -41,16 +56,32 @@ pub fn compare(
             captured_packets: captured.len(),
             unparsable: reference.malformed.len(),
             skipped_lines: reference.skipped,
+            reference_lost: reference.lost,
+            log_lines_in_traces: reference.packets.iter().map(|p| p.logs.len()).sum(),
             ..Totals::default()
         },
         ..Report::default()
     };
-    for (r, pair) in reference.packets.iter().zip(&pairs) {
+    let mut ours = Vec::with_capacity(reference.packets.len());
+    for p in &reference.packets {
+        match scope.and_then(|s| s.foreign_reason(p)) {
+            Some(reason) => report.foreign.push(ForeignPacket {
+                reference_line: p.line,
+                summary: report::summarize(p.headers.first()),
+                reason,
+            }),
+            None => ours.push(p.clone()),
+        }
+    }
+    report.totals.foreign = report.foreign.len();
+    let pairs = matching::match_packets(&ours, captured, opts);
+    for (r, pair) in ours.iter().zip(&pairs) {
         let outcome = match pair {
             None => Outcome::OnlyInReference,
             Some(i) => {
                 let c = as_the_reference_shows_it(reference.format, r, &captured[*i], resolver);
-                judge(r, &c, resolver, &mut report.missing_ruleset)
+                let o = judge(r, &c, resolver, &mut report.missing_ruleset);
+                incomplete_if_lost(r, o)
             }
         };
         count(&mut report.totals, &outcome);
@@ -61,7 +92,7 @@ pub fn compare(
             outcome,
         });
     }
-    report.only_in_capture = only_in_capture(reference, captured, &pairs, resolver);
+    report.only_in_capture = only_in_capture(&ours, captured, &pairs, resolver);
     report.totals.only_in_capture = report.only_in_capture.len();
     report
 }
@@ -70,7 +101,23 @@ fn count(t: &mut Totals, o: &Outcome) {
     match o {
         Outcome::Agree => t.agree += 1,
         Outcome::OnlyInReference => t.only_in_reference += 1,
+        Outcome::ReferenceIncomplete { .. } => t.reference_incomplete += 1,
         _ => t.differ += 1,
+    }
+}
+
+/// A difference on a packet the reference lost events of is the reference's gap, not a
+/// disagreement: reported as such.
+fn incomplete_if_lost(r: &RefPacket, o: Outcome) -> Outcome {
+    if !r.incomplete {
+        return o;
+    }
+    match o {
+        Outcome::Differ { diff } => Outcome::ReferenceIncomplete { diff: Some(diff) },
+        Outcome::LogNotInPath { .. } | Outcome::Unresolved { .. } => {
+            Outcome::ReferenceIncomplete { diff: None }
+        }
+        other => other,
     }
 }
 
@@ -211,17 +258,16 @@ fn judge_log(
 }
 
 /// Captured packets the reference should have shown but did not: those that went through a
-/// rule producing the reference (a TRACE rule for traces, a LOG rule for LOG lines). Without
-/// a dump every unpaired captured packet is listed.
+/// rule producing the reference (a TRACE rule for traces, also a LOG rule when there are LOG
+/// lines of their own). Without a dump every unpaired captured packet is listed.
 fn only_in_capture(
-    reference: &ParsedReference,
+    reference: &[RefPacket],
     captured: &[CapturedPacket],
     pairs: &[Option<usize>],
     resolver: &Resolver,
 ) -> Vec<CapturedOnly> {
     let paired: std::collections::HashSet<usize> = pairs.iter().flatten().copied().collect();
     let logs = reference
-        .packets
         .iter()
         .any(|p| matches!(p.evidence, Evidence::Logged { .. }));
     let producers = producer_steps(resolver, logs);
@@ -241,18 +287,15 @@ fn only_in_capture(
         .collect()
 }
 
-/// TRACE rules (or LOG rules) of the dump as steps; None without a dump.
+/// TRACE rules (and LOG rules when `logs`) of the dump as steps; None without a dump.
 fn producer_steps(resolver: &Resolver, logs: bool) -> Option<Vec<StepId>> {
     let dump = resolver.dump?;
     let mut out = Vec::new();
     for t in &dump.tables {
         for c in &t.chains {
             for (i, r) in c.rules.iter().enumerate() {
-                let hit = if logs {
-                    matches!(r.target, Target::Log(_))
-                } else {
-                    matches!(r.target, Target::Trace)
-                };
+                let hit = matches!(r.target, Target::Trace)
+                    || (logs && matches!(r.target, Target::Log(_)));
                 if hit {
                     out.extend(c.step(t.table, i as u32 + 1));
                 }

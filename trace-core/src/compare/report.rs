@@ -18,10 +18,22 @@ pub struct Totals {
     pub unparsable: usize,
     /// Reference lines that are not netfilter output (other kernel messages).
     pub skipped_lines: usize,
-    /// Kernel output lost before it was collected (kmsg records overwritten): differences
-    /// may come from these gaps.
+    /// Kernel output lost before it was collected (kmsg records overwritten, netlink
+    /// overruns of the trace monitor): differences may come from these gaps.
     #[serde(default)]
     pub reference_lost: u64,
+    /// Reference packets of other network namespaces (a kernel log shared by every netns):
+    /// ignored, listed in [`Report::foreign`]; neither agreement nor difference.
+    #[serde(default)]
+    pub foreign: usize,
+    /// Paired packets that differ where the reference itself lost events while tracing them
+    /// (see [`Outcome::ReferenceIncomplete`]): not counted as differences.
+    #[serde(default)]
+    pub reference_incomplete: usize,
+    /// LOG rules' own kernel lines that belong to a traced packet (its TRACE lines surround
+    /// them): part of that packet, not packets of their own.
+    #[serde(default)]
+    pub log_lines_in_traces: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +56,11 @@ pub enum Outcome {
         reason: String,
     },
     OnlyInReference,
+    /// The paths differ, but the reference lost events while this packet was traced: the
+    /// missing steps may be the difference. Not counted as a difference.
+    ReferenceIncomplete {
+        diff: Option<PathDiff>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +74,14 @@ pub struct PacketReport {
     pub outcome: Outcome,
 }
 
+/// A reference packet of another network namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignPacket {
+    pub reference_line: usize,
+    pub summary: String,
+    pub reason: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapturedOnly {
     pub captured_index: usize,
@@ -68,6 +93,9 @@ pub struct Report {
     pub totals: Totals,
     pub packets: Vec<PacketReport>,
     pub only_in_capture: Vec<CapturedOnly>,
+    /// Reference packets of other network namespaces, ignored (see [`Totals::foreign`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<ForeignPacket>,
     pub malformed: Vec<Malformed>,
     /// Set when reference steps need a ruleset that was not given (bad input, exit 2).
     pub missing_ruleset: Option<String>,
@@ -106,14 +134,28 @@ impl Report {
             "compare: {} reference packets, {} captured packets\n  agree {}  differ {}  only in reference {}  only in capture {}  unparsable lines {}",
             t.reference_packets, t.captured_packets, t.agree, t.differ, t.only_in_reference, t.only_in_capture, t.unparsable
         );
+        if t.foreign > 0 {
+            let _ = writeln!(
+                s,
+                "  foreign/ignored {} (other network namespaces' lines in the same log), e.g. line {}: {}",
+                t.foreign, self.foreign[0].reference_line, self.foreign[0].reason
+            );
+        }
+        if t.log_lines_in_traces > 0 {
+            let _ = writeln!(
+                s,
+                "  {} LOG lines belong to traced packets (checked with their TRACE path)",
+                t.log_lines_in_traces
+            );
+        }
         for w in &self.warnings {
             let _ = writeln!(s, "  warning: {w}");
         }
         if t.reference_lost > 0 {
             let _ = writeln!(
                 s,
-                "  warning: {} kernel log records were lost before they were read",
-                t.reference_lost
+                "  warning: the reference lost events {} times (overwritten kernel log records / netlink overruns); {} packets differ where it did (not counted as differences)",
+                t.reference_lost, t.reference_incomplete
             );
         }
         for m in self.malformed.iter().take(5) {
@@ -174,7 +216,7 @@ fn render_packet(s: &mut String, p: &PacketReport) {
         Outcome::Unresolved { reason } => {
             let _ = writeln!(s, "  ! {reason}");
         }
-        Outcome::Agree | Outcome::OnlyInReference => {}
+        Outcome::Agree | Outcome::OnlyInReference | Outcome::ReferenceIncomplete { .. } => {}
     }
 }
 

@@ -21,7 +21,9 @@ use trace_core::netfilter::Family;
 
 use super::plan::Target;
 use crate::lab::IptablesBackend;
-use crate::reference::{agreement, ReferenceTracer, RulesetSnapshot, TraceSelector, TraceTarget};
+use crate::reference::{
+    agreement_in_scope, ReferenceTracer, RulesetSnapshot, TraceSelector, TraceTarget,
+};
 use crate::rulesource::{RuleSource, SaveBackend};
 
 /// The TRACE rule's selector for a capture filter, its family, and what it could not express.
@@ -175,16 +177,16 @@ impl CompareTrace {
         let mut first_err = None;
         for (ino, label, tracer, snap) in self.tracers {
             let result = tracer
-                .finish()
+                .finish_scoped()
                 .with_context(|| format!("--compare-trace cleanup in netns {label}"))
-                .and_then(|out| {
+                .and_then(|(out, scope)| {
                     let ours: Vec<CapturedPacket> = captured
                         .iter()
                         .filter(|(n, _)| *n == ino)
                         .enumerate()
                         .map(|(index, (_, c))| CapturedPacket { index, ..c.clone() })
                         .collect();
-                    agreement(&out, &ours, &snap)
+                    agreement_in_scope(&out, &ours, &snap, Some(&scope))
                         .with_context(|| format!("comparing netns {label}"))
                 });
             match result {

@@ -341,6 +341,9 @@ mod tests {
                             seq: None,
                             ack: None,
                             tcp_flags: h.tcp_flags,
+                            frag: None,
+                            icmp_id: None,
+                            icmp_seq: None,
                         })
                         .collect(),
                     steps: p

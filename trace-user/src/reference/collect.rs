@@ -1,5 +1,12 @@
 //! Collecting the kernel's trace output in the background: `/dev/kmsg` records (legacy) or the
-//! stdout of `xtables-monitor --trace` run inside the traced netns (nft).
+//! stdout of `nft -a monitor trace` run inside the traced netns (nft).
+//!
+//! Why `nft monitor trace` and not `xtables-monitor --trace`: xtables-monitor keeps the
+//! default netlink receive buffer (about 50 trace messages) and exits on ENOBUFS when it is
+//! not scheduled for a few ms, and 1.8.9 exits on some ip6 rules it cannot print. nft sets a
+//! 16 MiB receive buffer (SO_RCVBUFFORCE as root) and, when the kernel still drops messages,
+//! prints `# ERROR: We lost some netlink events!` in its output stream and goes on: the loss
+//! is visible at the place it happened (see `reference::nftmon`).
 
 use super::{in_netns, io_err, ReferenceError, Result, TraceTarget};
 use std::io::{BufRead, BufReader, Read};
@@ -10,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use trace_core::netfilter::Family;
+use trace_core::compare::reference::kernlog::LOST_RECORDS;
 
 /// Lines read by a background thread (kmsg or the monitor's stdout).
 pub(super) struct Collector {
@@ -41,16 +48,12 @@ impl Collector {
         })
     }
 
-    /// `xtables-monitor --trace` inside the netns, line buffered (stdbuf) so nothing stays in
-    /// its stdio buffer when it is killed.
-    pub(super) fn monitor(target: &TraceTarget) -> Result<Self> {
-        let fam = if target.family == Family::Ipv6 {
-            "-6"
-        } else {
-            "-4"
-        };
+    /// `nft -a monitor trace` inside the netns, line buffered (stdbuf) so nothing stays in
+    /// its stdio buffer when it is killed. `-a` prints rule handles, which map to positions
+    /// without comparing rule texts.
+    pub(super) fn nft_monitor(target: &TraceTarget) -> Result<Self> {
         let mut cmd = in_netns(&target.netns, "stdbuf");
-        cmd.args(["-oL", "xtables-monitor", "--trace", fam])
+        cmd.args(["-oL", "nft", "-a", "monitor", "trace"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -62,13 +65,9 @@ impl Collector {
         // The monitor subscribes to the trace group right after start; give it that moment.
         std::thread::sleep(Duration::from_millis(300));
         if let Ok(Some(_)) = child.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut stderr);
-            }
             return Err(ReferenceError::MonitorDied {
                 cmd: shown,
-                stderr: stderr.trim().to_string(),
+                stderr: stderr_of(&mut child),
             });
         }
         let out = child.stdout.take().expect("stdout is piped");
@@ -106,13 +105,9 @@ impl Collector {
         if let Some(mut child) = self.child.take() {
             // Still running is the normal case; an early exit means lines may be missing.
             if let Ok(Some(status)) = child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut stderr);
-                }
                 warnings.push(format!(
                     "the trace monitor exited early ({status}): {}",
-                    stderr.trim()
+                    stderr_of(&mut child)
                 ));
             } else {
                 let _ = child.kill();
@@ -130,6 +125,15 @@ impl Collector {
             warnings,
         )
     }
+}
+
+/// What a monitor we started wrote on stderr (read after it exited or was killed).
+fn stderr_of(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    stderr.trim().to_string()
 }
 
 /// Reads kmsg records until `stop`. Each read returns one record `prio,seq,usec,flags;text`
@@ -150,13 +154,17 @@ fn read_kmsg(
                 let rec = String::from_utf8_lossy(&buf[..n]);
                 let first = rec.lines().next().unwrap_or("").to_string();
                 let seq = first.split(',').nth(1).and_then(|s| s.parse::<u64>().ok());
+                let mut out = lines.lock().unwrap_or_else(|e| e.into_inner());
                 if let (Some(prev), Some(s)) = (last_seq, seq) {
                     if s > prev + 1 {
-                        *lost.lock().unwrap_or_else(|e| e.into_inner()) += s - prev - 1;
+                        let n = s - prev - 1;
+                        *lost.lock().unwrap_or_else(|e| e.into_inner()) += n;
+                        // Where they were lost: packets traced across the gap are incomplete.
+                        out.push(format!("{LOST_RECORDS}{n}"));
                     }
                 }
                 last_seq = seq.or(last_seq);
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(first);
+                out.push(first);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if stop.load(Ordering::Relaxed) {
@@ -169,6 +177,8 @@ fn read_kmsg(
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {
                 if last_seq.is_none() {
                     *lost.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    let mut out = lines.lock().unwrap_or_else(|e| e.into_inner());
+                    out.push(format!("{LOST_RECORDS}1"));
                 }
             }
             Err(_) => return,

@@ -7,8 +7,9 @@
 //!   `net.netfilter.nf_log_all_netns=1` when the netns is not the initial one (TRACE lines of
 //!   other namespaces are dropped otherwise); reads `/dev/kmsg` from the position at start;
 //! - nft (iptables-nft): inserts the same rules through iptables-nft (they become
-//!   `meta nftrace set 1`); runs `xtables-monitor --trace` inside the netns and collects its
-//!   output (nothing reaches the kernel log).
+//!   `meta nftrace set 1`); runs `nft -a monitor trace` inside the netns and collects its
+//!   output (nothing reaches the kernel log). Its netlink losses are marked in the output
+//!   (`# ERROR: We lost some netlink events!`) and reported, never counted as differences.
 //!
 //! Everything is undone by [`ReferenceTracer::finish`] or on drop — also during unwinding and
 //! after Ctrl-C, as long as the caller's signal handler lets the tracer drop: rules are
@@ -30,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use trace_core::compare::reference::Format;
+use trace_core::compare::scope::{NetnsScope, ScopeIface};
 use trace_core::netfilter::Family;
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +153,18 @@ pub fn agreement(
     captured: &[trace_core::compare::captured::CapturedPacket],
     snapshot: &RulesetSnapshot,
 ) -> std::result::Result<trace_core::compare::report::Report, AgreementError> {
+    agreement_in_scope(output, captured, snapshot, None)
+}
+
+/// [`agreement`] setting aside the reference packets of other network namespaces that
+/// `scope` (the traced namespace's interfaces, [`ReferenceTracer::finish_scoped`])
+/// recognises: a legacy kernel log holds every namespace's lines.
+pub fn agreement_in_scope(
+    output: &ReferenceOutput,
+    captured: &[trace_core::compare::captured::CapturedPacket],
+    snapshot: &RulesetSnapshot,
+    scope: Option<&NetnsScope>,
+) -> std::result::Result<trace_core::compare::report::Report, AgreementError> {
     use trace_core::compare::{matching::MatchOptions, nft_ruleset, reference, resolve::Resolver};
     let dump = trace_core::rules::parse(&snapshot.iptables_save)
         .map_err(|e| AgreementError::Dump(e.to_string()))?;
@@ -161,9 +175,16 @@ pub fn agreement(
         .transpose()?;
     let parsed = reference::parse(&output.text, Some(output.format));
     let resolver = Resolver::new(Some(&dump), nft.as_ref());
-    let mut report =
-        trace_core::compare::compare(&parsed, captured, &resolver, &MatchOptions::default());
-    report.totals.reference_lost = output.lost;
+    let mut report = trace_core::compare::compare_in_scope(
+        &parsed,
+        captured,
+        &resolver,
+        &MatchOptions::default(),
+        scope,
+    );
+    // The parser counts the loss markers in the text; kmsg gaps are also counted by the
+    // reader (records), which is the larger number when both saw them.
+    report.totals.reference_lost = report.totals.reference_lost.max(output.lost);
     report.warnings.extend(output.warnings.iter().cloned());
     Ok(report)
 }
@@ -228,6 +249,8 @@ pub struct ReferenceTracer {
     collector: Option<Collector>,
     /// `nft`: the raw table did not exist before (removed again when left empty).
     created_nft_raw: bool,
+    /// The traced netns's interfaces, at start and at finish.
+    scope: NetnsScope,
 }
 
 impl ReferenceTracer {
@@ -246,6 +269,7 @@ impl ReferenceTracer {
             nf_log: None,
             collector: None,
             created_nft_raw: false,
+            scope: NetnsScope::default(),
         };
         // On any error below, dropping `t` undoes what was done so far.
         match t.target.backend {
@@ -257,12 +281,13 @@ impl ReferenceTracer {
             }
             IptablesBackend::Nft => {
                 t.created_nft_raw = !t.nft_raw_exists();
-                t.collector = Some(Collector::monitor(&t.target)?);
+                t.collector = Some(Collector::nft_monitor(&t.target)?);
             }
         }
         for chain in ["PREROUTING", "OUTPUT"] {
             t.insert_trace_rule(chain, selector)?;
         }
+        t.scope.extend(netns_ifaces(&t.target.netns)?);
         Ok(t)
     }
 
@@ -319,7 +344,18 @@ impl ReferenceTracer {
     }
 
     /// Stops collecting, undoes every change, and returns the kernel's output.
-    pub fn finish(mut self) -> Result<ReferenceOutput> {
+    pub fn finish(self) -> Result<ReferenceOutput> {
+        self.finish_scoped().map(|(out, _)| out)
+    }
+
+    /// [`Self::finish`], also returning the traced netns's interfaces (seen at start and at
+    /// finish) for [`agreement_in_scope`].
+    pub fn finish_scoped(mut self) -> Result<(ReferenceOutput, NetnsScope)> {
+        // Interfaces created during the capture (containers) are ours too; one that came
+        // and went in between is not known, and its lines count as foreign (listed).
+        if let Ok(now) = netns_ifaces(&self.target.netns) {
+            self.scope.extend(now);
+        }
         // Let the last events of in-flight packets arrive before the rules go.
         std::thread::sleep(Duration::from_millis(200));
         let errors = self.cleanup_rules();
@@ -334,14 +370,15 @@ impl ReferenceTracer {
         }
         let format = match self.target.backend {
             IptablesBackend::Legacy => Format::KernelLog,
-            IptablesBackend::Nft => Format::XtablesMonitor,
+            IptablesBackend::Nft => Format::NftMonitor,
         };
-        Ok(ReferenceOutput {
+        let out = ReferenceOutput {
             format,
             text,
             lost,
             warnings,
-        })
+        };
+        Ok((out, std::mem::take(&mut self.scope)))
     }
 
     /// Deletes the inserted rules (idempotent: each is removed from the list first).
@@ -386,6 +423,31 @@ impl ReferenceTracer {
     fn release_sysctl(&mut self) -> Option<ReferenceError> {
         self.nf_log.take().and_then(|g| g.release().err())
     }
+}
+
+/// The interfaces of `netns` (`ip -j link show` inside it): names and link-layer addresses.
+fn netns_ifaces(netns: &Path) -> Result<Vec<ScopeIface>> {
+    let mut cmd = in_netns(netns, "ip");
+    cmd.args(["-j", "link", "show"]);
+    let text = output_of(&mut cmd)?;
+    let links: Vec<serde_json::Value> =
+        serde_json::from_str(&text).map_err(|e| ReferenceError::Command {
+            cmd: format!("{cmd:?}"),
+            status: "unparsable output".into(),
+            stderr: e.to_string(),
+        })?;
+    Ok(links
+        .iter()
+        .filter_map(|l| {
+            Some(ScopeIface {
+                name: l.get("ifname")?.as_str()?.to_string(),
+                mac: l
+                    .get("address")
+                    .and_then(|a| a.as_str())
+                    .map(str::to_string),
+            })
+        })
+        .collect())
 }
 
 /// A rule line of `nft list table` (not a chain header, type line, or brace).

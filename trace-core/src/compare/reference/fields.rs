@@ -66,6 +66,59 @@ pub struct RefHeaders {
     /// Tokens this grammar does not know (kept so nothing is silently dropped).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unknown: Vec<String>,
+    /// The line shows the IPv4 fragment fields whenever they are set (the kernel's LOG/TRACE
+    /// formatter prints DF, MF and FRAG:N after ID=): then no MF and no FRAG mean offset 0
+    /// of an unfragmented packet, and `mf`/`frag` can be compared.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ip_flags_shown: bool,
+}
+
+/// Equal when both sides show the field.
+fn same<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
+impl RefHeaders {
+    /// True when every field both lines show is equal: two lines about one packet at one
+    /// point, printed by formatters that show different subsets (TRACE prints everything,
+    /// a LOG rule without its --log-* flags no TCP sequence, options or socket owner).
+    pub fn shows_same(&self, o: &RefHeaders) -> bool {
+        self.in_dev == o.in_dev
+            && self.out_dev == o.out_dev
+            && same(&self.physin, &o.physin)
+            && same(&self.physout, &o.physout)
+            && same(&self.mac, &o.mac)
+            && same(&self.src, &o.src)
+            && same(&self.dst, &o.dst)
+            && same(&self.len, &o.len)
+            && same(&self.tos, &o.tos)
+            && same(&self.ttl, &o.ttl)
+            && same(&self.id, &o.id)
+            && (self.df, self.mf, self.frag) == (o.df, o.mf, o.frag)
+            && same(&self.frag_id, &o.frag_id)
+            && same(&self.flowlabel, &o.flowlabel)
+            && same(&self.proto, &o.proto)
+            && same(&self.sport, &o.sport)
+            && same(&self.dport, &o.dport)
+            && same(&self.seq, &o.seq)
+            && same(&self.ack, &o.ack)
+            && same(&self.tcp_flags, &o.tcp_flags)
+            && same(&self.udp_len, &o.udp_len)
+            && same(&self.icmp_type, &o.icmp_type)
+            && same(&self.icmp_code, &o.icmp_code)
+            && same(&self.icmp_id, &o.icmp_id)
+            && same(&self.icmp_seq, &o.icmp_seq)
+            && same(&self.mark, &o.mark)
+    }
+
+    /// IPv4 `frag_off` without DF (MF | offset in 8-byte units), when the line shows it.
+    pub fn fragment(&self) -> Option<u16> {
+        self.ip_flags_shown
+            .then(|| if self.mf { 0x2000 } else { 0 } | self.frag.unwrap_or(0))
+    }
 }
 
 /// Why a field list could not be parsed.

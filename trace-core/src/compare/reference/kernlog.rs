@@ -10,7 +10,9 @@
 
 use super::fields::{parse_fields, RefHeaders};
 use super::segment::Segmenter;
-use super::{Evidence, Malformed, ParsedReference, RefPacket, RefStep, RefStepPos, RefTime};
+use super::{
+    Evidence, LogLine, Malformed, ParsedReference, RefPacket, RefStep, RefStepPos, RefTime,
+};
 use crate::netfilter::{Family, Table};
 use crate::step::StepKind;
 
@@ -183,7 +185,7 @@ pub fn parse_line(line: &str) -> Result<Option<KernLine>, KernLineError> {
     {
         let (pos, fields) = after.split_once(' ').unwrap_or((after, ""));
         let (table, chain, kind, num) = parse_position(pos)?;
-        let headers = parse_fields(fields)?;
+        let headers = kernel_fields(fields)?;
         return Ok(Some(KernLine::Trace {
             time,
             table,
@@ -194,12 +196,19 @@ pub fn parse_line(line: &str) -> Result<Option<KernLine>, KernLineError> {
         }));
     }
     let at = log_fields_start(msg).ok_or(super::fields::FieldError::NoAddresses)?;
-    let headers = parse_fields(&msg[at..])?;
+    let headers = kernel_fields(&msg[at..])?;
     Ok(Some(KernLine::Log {
         time,
         prefix: msg[..at].to_string(),
         headers,
     }))
+}
+
+/// The formatter's fields; it prints an IPv4 header's DF/MF/FRAG whenever they are set.
+fn kernel_fields(s: &str) -> Result<RefHeaders, KernLineError> {
+    let mut h = parse_fields(s)?;
+    h.ip_flags_shown = h.id.is_some() && h.src.is_some_and(|a| a.is_ipv4());
+    Ok(h)
 }
 
 /// Byte offset of the `IN=` that starts the LOG fields: the first one followed by ` OUT=`
@@ -228,23 +237,69 @@ fn family_of(h: &RefHeaders) -> Option<Family> {
 }
 
 /// Lines of one packet share these values through every table and NAT (addresses and ports
-/// change with NAT, TTL after routing; IP id, length, TCP seq/ack and ICMP seq do not).
-type HeaderKey = (
-    Option<u16>,
-    Option<u8>,
-    Option<u32>,
-    Option<u32>,
-    Option<u32>,
-    Option<u16>,
-    Option<u32>,
-);
-
-fn header_key(h: &RefHeaders) -> HeaderKey {
-    (h.id, h.proto, h.len, h.seq, h.ack, h.icmp_seq, h.flowlabel)
+/// change with NAT, TTL after routing; IP id, length, fragment offset/MF, TCP seq/ack and ICMP
+/// id/seq do not). Fragments of one datagram differ in offset (or MF) even when their lengths
+/// are equal.
+#[derive(Debug, Clone, PartialEq)]
+struct HeaderKey {
+    id: Option<u16>,
+    proto: Option<u8>,
+    len: Option<u32>,
+    seq: Option<u32>,
+    ack: Option<u32>,
+    icmp: (Option<u16>, Option<u16>),
+    flowlabel: Option<u32>,
+    frag: (Option<u16>, bool, Option<u32>),
 }
 
-/// Parses a whole kernel log into packets: TRACE lines grouped per packet, one packet per
-/// LOG line.
+fn header_key(h: &RefHeaders) -> HeaderKey {
+    HeaderKey {
+        id: h.id,
+        proto: h.proto,
+        len: h.len,
+        seq: h.seq,
+        ack: h.ack,
+        icmp: (h.icmp_id, h.icmp_seq),
+        flowlabel: h.flowlabel,
+        frag: (h.frag, h.mf, h.frag_id),
+    }
+}
+
+/// How far back (in packets) a LOG line looks for the traced packet it belongs to.
+const LOG_ATTACH_WINDOW: usize = 256;
+
+/// The traced packet a LOG line belongs to, if any: the LOG rule is itself traced, so the
+/// packet's latest step is a `rule:N` line (the LOG rule) printed just before, with no LOG
+/// line attached to it yet, and the packet's latest headers show the same values (LOG prints
+/// fewer fields than TRACE: no SEQ/ACK, options or UID without its --log-* flags). Among such
+/// packets, the one whose step line is the latest (the two lines are adjacent in time).
+fn traced_packet_of(packets: &[RefPacket], log: &RefHeaders) -> Option<usize> {
+    let from = packets.len().saturating_sub(LOG_ATTACH_WINDOW);
+    (from..packets.len())
+        .filter_map(|i| {
+            let p = &packets[i];
+            let last = p.steps().last()?;
+            let at = p.steps().len() - 1;
+            let fits = matches!(
+                last.pos,
+                RefStepPos::Numbered {
+                    kind: StepKind::Rule,
+                    ..
+                }
+            ) && !p.logs.iter().any(|l| l.after_step == at)
+                && p.headers.last().is_some_and(|h| h.shows_same(log));
+            fits.then_some((last.line, i))
+        })
+        .max()
+        .map(|(_, i)| i)
+}
+
+/// Prefix iptrace's kmsg reader writes where /dev/kmsg records were overwritten before it read
+/// them, followed by how many (see `trace_user::reference`).
+pub const LOST_RECORDS: &str = "iptrace: kernel log records lost here: ";
+
+/// Parses a whole kernel log into packets: TRACE lines grouped per packet; a LOG line joins
+/// the traced packet it logged (see [`traced_packet_of`]), else it is a packet of its own.
 pub fn parse(text: &str) -> ParsedReference {
     let mut seg: Segmenter<HeaderKey> = Segmenter::new();
     let mut out = ParsedReference {
@@ -253,6 +308,11 @@ pub fn parse(text: &str) -> ParsedReference {
     };
     for (n, line) in text.lines().enumerate() {
         let lineno = n + 1;
+        if let Some(count) = line.strip_prefix(LOST_RECORDS) {
+            out.lost += count.trim().parse::<u64>().unwrap_or(1);
+            seg.mark_open_incomplete();
+            continue;
+        }
         match parse_line(line) {
             Ok(Some(KernLine::Trace {
                 time,
@@ -264,13 +324,8 @@ pub fn parse(text: &str) -> ParsedReference {
             })) => {
                 let key = header_key(&headers);
                 let fam = family_of(&headers);
-                let idx = seg.packet_for(key, table, &chain, || RefPacket {
-                    line: lineno,
-                    time,
-                    trace_id: None,
-                    family: fam,
-                    headers: Vec::new(),
-                    evidence: Evidence::Path { steps: Vec::new() },
+                let idx = seg.packet_for(key, table, &chain, || {
+                    RefPacket::new(lineno, time, fam, Evidence::Path { steps: Vec::new() })
                 });
                 let pkt = &mut seg.packets[idx];
                 pkt.push_headers(headers);
@@ -292,18 +347,23 @@ pub fn parse(text: &str) -> ParsedReference {
                 time,
                 prefix,
                 headers,
-            })) => {
-                let family = family_of(&headers);
-                let pkt = RefPacket {
-                    line: lineno,
-                    time,
-                    trace_id: None,
-                    family,
-                    headers: vec![headers],
-                    evidence: Evidence::Logged { prefix },
-                };
-                seg.packets.push(pkt);
-            }
+            })) => match traced_packet_of(&seg.packets, &headers) {
+                Some(i) => {
+                    let p = &mut seg.packets[i];
+                    let after_step = p.steps().len() - 1;
+                    p.logs.push(LogLine {
+                        prefix,
+                        line: lineno,
+                        after_step,
+                    });
+                }
+                None => {
+                    let family = family_of(&headers);
+                    let mut pkt = RefPacket::new(lineno, time, family, Evidence::Logged { prefix });
+                    pkt.headers.push(headers);
+                    seg.packets.push(pkt);
+                }
+            },
             Ok(None) => out.skipped += 1,
             Err(e) => out.malformed.push(Malformed::new(lineno, line, e)),
         }

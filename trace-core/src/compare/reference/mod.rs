@@ -8,6 +8,7 @@
 
 pub mod fields;
 pub mod kernlog;
+mod monitor;
 pub mod nftmon;
 mod segment;
 pub mod xtmon;
@@ -73,6 +74,18 @@ pub enum Evidence {
     Logged { prefix: String },
 }
 
+/// A LOG rule's own kernel line attached to the traced packet it logged (the same packet's
+/// TRACE lines surround it): evidence that a LOG rule with this prefix matched, not a
+/// packet of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub prefix: String,
+    /// 1-based line number in the reference file.
+    pub line: usize,
+    /// Index in the packet's steps of the TRACE step the LOG line follows (the LOG rule).
+    pub after_step: usize,
+}
+
 /// One packet as the reference saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RefPacket {
@@ -86,6 +99,13 @@ pub struct RefPacket {
     /// that later lines show).
     pub headers: Vec<RefHeaders>,
     pub evidence: Evidence,
+    /// LOG lines of this traced packet (legacy kernel logs with TRACE and LOG rules).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogLine>,
+    /// The reference lost events while this packet was being traced (a netlink overrun or
+    /// overwritten kernel log records at that point): its path may miss steps.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 impl RefPacket {
@@ -93,6 +113,25 @@ impl RefPacket {
         match &self.evidence {
             Evidence::Path { steps } => steps,
             Evidence::Logged { .. } => &[],
+        }
+    }
+
+    /// A packet of `evidence` starting at `line`, before any header or step is known.
+    pub fn new(
+        line: usize,
+        time: Option<RefTime>,
+        family: Option<Family>,
+        evidence: Evidence,
+    ) -> Self {
+        RefPacket {
+            line,
+            time,
+            trace_id: None,
+            family,
+            headers: Vec::new(),
+            evidence,
+            logs: Vec::new(),
+            incomplete: false,
         }
     }
 
@@ -170,6 +209,11 @@ pub struct ParsedReference {
     pub malformed: Vec<Malformed>,
     /// Lines that are not netfilter output at all (other kernel messages, blank lines).
     pub skipped: usize,
+    /// Losses the reference itself reports: `nft monitor`'s `# ERROR: We lost some netlink
+    /// events!` lines (one per overrun) and iptrace's kmsg gap markers (records lost).
+    /// Packets open at a loss are marked [`RefPacket::incomplete`].
+    #[serde(default)]
+    pub lost: u64,
 }
 
 /// Parses `text` in `format` (detected when None; undetectable text yields no packets and

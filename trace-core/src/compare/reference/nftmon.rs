@@ -14,8 +14,8 @@
 //! corresponds to them.
 
 use super::fields::RefHeaders;
-use super::xtmon::NftGrouper;
-use super::{Malformed, ParsedReference, RefStep, RefStepPos};
+use super::monitor::{self, MonitorEvent};
+use super::{ParsedReference, RefStep, RefStepPos};
 use crate::event::tcp_flags;
 use crate::netfilter::{Family, Table};
 
@@ -334,30 +334,45 @@ fn icmp_type_number(v: &str) -> Option<u8> {
     })
 }
 
-pub fn parse(text: &str) -> ParsedReference {
-    let mut g = NftGrouper::new();
-    let mut out = ParsedReference {
-        format: Some(super::Format::NftMonitor),
-        ..Default::default()
-    };
-    for (n, line) in text.lines().enumerate() {
-        match parse_line(line, n + 1) {
-            Ok(Some(NftLine::Packet {
+/// What nft prints in its output stream when the kernel dropped trace messages because its
+/// netlink socket was full (ENOBUFS); it then goes on reading.
+pub const LOST_EVENTS: &str = "# ERROR: We lost some netlink events!";
+
+impl From<NftLine> for MonitorEvent {
+    fn from(l: NftLine) -> Self {
+        match l {
+            NftLine::Packet {
                 family,
                 trace_id,
                 headers,
-            })) => g.headers(trace_id, family, *headers, n + 1),
-            Ok(Some(NftLine::Step {
+            } => MonitorEvent::Packet {
+                family,
+                trace_id,
+                headers,
+            },
+            NftLine::Step {
                 family,
                 trace_id,
                 step,
-            })) => g.step(trace_id, family, step),
-            Ok(Some(NftLine::Foreign)) | Ok(None) => out.skipped += 1,
-            Err(e) => out.malformed.push(Malformed::new(n + 1, line, e)),
+            } => MonitorEvent::Step {
+                family,
+                trace_id,
+                step,
+            },
+            NftLine::Foreign => MonitorEvent::Foreign,
         }
     }
-    out.packets = g.finish();
-    out
+}
+
+/// Parses `nft monitor trace` output. A loss line counts in [`ParsedReference::lost`] and
+/// marks the packets being traced at that point incomplete.
+pub fn parse(text: &str) -> ParsedReference {
+    monitor::parse_events(text, super::Format::NftMonitor, |line, n| {
+        if line.trim() == LOST_EVENTS {
+            return Ok(Some(MonitorEvent::Lost));
+        }
+        parse_line(line, n).map(|l| l.map(MonitorEvent::from))
+    })
 }
 
 #[cfg(test)]

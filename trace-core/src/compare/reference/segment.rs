@@ -100,6 +100,13 @@ impl<K: PartialEq> Segmenter<K> {
         idx
     }
 
+    /// The reference lost events here: every packet still open may miss steps.
+    pub fn mark_open_incomplete(&mut self) {
+        for o in &self.open {
+            self.packets[o.idx].incomplete = true;
+        }
+    }
+
     /// The current table traversal of packet `idx` ended (policy, ACCEPT, DROP…).
     pub fn table_done(&mut self, idx: usize) {
         if let Some(o) = self.open.iter_mut().find(|o| o.idx == idx) {

@@ -21,10 +21,9 @@
 //! (RETURN = NFT_RETURN = -5 = 0xfffffffb).
 
 use super::fields::{parse_xtables_packet_fields, RefHeaders};
-use super::segment::Segmenter;
-use super::{Evidence, Malformed, ParsedReference, RefPacket, RefStep, RefStepPos};
+use super::monitor::{self, MonitorEvent};
+use super::{ParsedReference, RefStep, RefStepPos};
 use crate::netfilter::{Family, Table};
-use std::collections::HashMap;
 
 /// One parsed xtables-monitor line.
 #[derive(Debug, Clone, PartialEq)]
@@ -152,116 +151,35 @@ pub fn parse_line(line: &str, lineno: usize) -> Result<Option<XtLine>, XtLineErr
     Ok(None)
 }
 
-/// A verdict after which the table traversal is over.
-pub(super) fn is_final_verdict(v: &str) -> bool {
-    matches!(
-        v.to_ascii_uppercase().as_str(),
-        "ACCEPT" | "DROP" | "QUEUE" | "STOLEN"
-    )
-}
-
-/// Groups nft trace events into packets: by trace id, split where the IP id changes or the
-/// traversal order goes backwards (trace ids repeat across a connection's packets).
-pub(super) struct NftGrouper {
-    seg: Segmenter<(u32, Option<u16>)>,
-    ip_id: HashMap<u32, Option<u16>>,
-    pending: HashMap<u32, (RefHeaders, Option<Family>, usize)>,
-}
-
-impl NftGrouper {
-    pub fn new() -> Self {
-        NftGrouper {
-            seg: Segmenter::new(),
-            ip_id: HashMap::new(),
-            pending: HashMap::new(),
-        }
-    }
-
-    /// Headers line: remembered until the step that follows it places the packet.
-    pub fn headers(&mut self, trace_id: u32, family: Option<Family>, h: RefHeaders, line: usize) {
-        self.ip_id.insert(trace_id, h.id);
-        self.pending.insert(trace_id, (h, family, line));
-    }
-
-    pub fn step(&mut self, trace_id: u32, family: Option<Family>, step: RefStep) {
-        let key = (trace_id, self.ip_id.get(&trace_id).copied().flatten());
-        let pending = self.pending.remove(&trace_id);
-        let first_line = pending.as_ref().map_or(step.line, |p| p.2);
-        let idx = self
-            .seg
-            .packet_for(key, step.table, &step.chain, || RefPacket {
-                line: first_line,
-                time: None,
-                trace_id: Some(trace_id),
-                family,
-                headers: Vec::new(),
-                evidence: Evidence::Path { steps: Vec::new() },
-            });
-        let done = matches!(step.pos, RefStepPos::Policy)
-            || step.verdict.as_deref().is_some_and(is_final_verdict);
-        let pkt = &mut self.seg.packets[idx];
-        if let Some((h, fam, _)) = pending {
-            pkt.family = pkt.family.or(fam);
-            pkt.push_headers(h);
-        }
-        if let Evidence::Path { steps } = &mut pkt.evidence {
-            if ends_base_chain(steps.last(), &step) {
-                steps.pop();
-            }
-            steps.push(step);
-        }
-        if done {
-            self.seg.table_done(idx);
-        }
-    }
-
-    pub fn finish(self) -> Vec<RefPacket> {
-        self.seg.packets
-    }
-}
-
-/// Whether `prev` is the chain-end event older kernels (Debian's 6.1; 6.12 no longer does)
-/// trace when a packet falls off the end of a base chain, right before that chain's policy
-/// event: legacy TRACE shows only the policy there, so the pair is one step. Not when nft
-/// printed `verdict return`: that was a RETURN rule of the base chain, which legacy TRACE
-/// shows as a step of its own before the policy. (xtables-monitor prints no verdict, so a
-/// RETURN rule in a base chain is merged too: a known limit, such rules are rare.)
-fn ends_base_chain(prev: Option<&RefStep>, step: &RefStep) -> bool {
-    let fell_off = |p: &RefStep| {
-        matches!(p.pos, RefStepPos::EndOfChain)
-            && !p
-                .verdict
-                .as_deref()
-                .is_some_and(|v| v.eq_ignore_ascii_case("return"))
-    };
-    matches!(step.pos, RefStepPos::Policy)
-        && prev.is_some_and(|p| fell_off(p) && p.table == step.table && p.chain == step.chain)
-}
-
-pub fn parse(text: &str) -> ParsedReference {
-    let mut g = NftGrouper::new();
-    let mut out = ParsedReference {
-        format: Some(super::Format::XtablesMonitor),
-        ..Default::default()
-    };
-    for (n, line) in text.lines().enumerate() {
-        match parse_line(line, n + 1) {
-            Ok(Some(XtLine::Packet {
+impl From<XtLine> for MonitorEvent {
+    fn from(l: XtLine) -> Self {
+        match l {
+            XtLine::Packet {
                 family,
                 trace_id,
                 headers,
-            })) => g.headers(trace_id, family, *headers, n + 1),
-            Ok(Some(XtLine::Step {
+            } => MonitorEvent::Packet {
+                family,
+                trace_id,
+                headers,
+            },
+            XtLine::Step {
                 family,
                 trace_id,
                 step,
-            })) => g.step(trace_id, family, step),
-            Ok(None) => out.skipped += 1,
-            Err(e) => out.malformed.push(Malformed::new(n + 1, line, e)),
+            } => MonitorEvent::Step {
+                family,
+                trace_id,
+                step,
+            },
         }
     }
-    out.packets = g.finish();
-    out
+}
+
+pub fn parse(text: &str) -> ParsedReference {
+    monitor::parse_events(text, super::Format::XtablesMonitor, |line, n| {
+        parse_line(line, n).map(|l| l.map(MonitorEvent::from))
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,93 @@
+//! Which reference packets belong to the traced network namespaces. With
+//! `net.netfilter.nf_log_all_netns=1` every namespace's legacy TRACE and LOG lines reach the
+//! same kernel log, and the lines do not name their namespace. What they do show is the
+//! interfaces (`IN=`/`OUT=`/`PHYSIN=`/`PHYSOUT=` names) and, for received packets, the
+//! link-layer header (`MAC=` destination:source:type). A line is foreign when it names an
+//! interface the traced namespaces do not have, or when it was received (not bridged) on one
+//! of ours with a unicast destination MAC that is not that interface's address (IP drops
+//! other hosts' frames before netfilter, so such a packet arrived on a same-named interface
+//! elsewhere).
+//!
+//! Conservative by design: a packet is foreign only on such evidence. Packets of another
+//! namespace that uses the same interface names and shows no MAC (locally generated ones,
+//! loopback) cannot be told apart and stay ours (unpaired: "only in reference").
+
+use super::reference::{RefHeaders, RefPacket};
+use serde::{Deserialize, Serialize};
+
+/// One interface of a traced namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeIface {
+    pub name: String,
+    /// Link-layer address as `ip link` prints it (`aa:bb:cc:dd:ee:ff`); None without one.
+    pub mac: Option<String>,
+}
+
+/// The interfaces of the traced namespaces (every interface seen while tracing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsScope {
+    pub ifaces: Vec<ScopeIface>,
+}
+
+impl NetnsScope {
+    /// Adds interfaces not known yet (by name and address).
+    pub fn extend(&mut self, ifaces: impl IntoIterator<Item = ScopeIface>) {
+        for i in ifaces {
+            if !self.ifaces.contains(&i) {
+                self.ifaces.push(i);
+            }
+        }
+    }
+
+    /// Why `p` comes from another namespace; None when it may be ours.
+    pub fn foreign_reason(&self, p: &RefPacket) -> Option<String> {
+        p.headers.iter().find_map(|h| self.foreign_headers(h))
+    }
+
+    fn foreign_headers(&self, h: &RefHeaders) -> Option<String> {
+        for dev in [&h.in_dev, &h.out_dev, &h.physin, &h.physout]
+            .into_iter()
+            .flatten()
+        {
+            if !self.ifaces.iter().any(|i| i.name == *dev) {
+                return Some(format!("interface {dev} is not in the traced netns"));
+            }
+        }
+        let (Some(dev), None, Some(mac)) = (&h.in_dev, &h.physin, &h.mac) else {
+            return None;
+        };
+        let dst = link_dst(mac)?;
+        let unicast = u8::from_str_radix(&dst[..2], 16).is_ok_and(|b| b & 1 == 0);
+        let ours: Vec<&str> = self
+            .ifaces
+            .iter()
+            .filter(|i| i.name == *dev)
+            .filter_map(|i| i.mac.as_deref())
+            .collect();
+        let mismatch =
+            unicast && !ours.is_empty() && !ours.iter().any(|m| m.eq_ignore_ascii_case(&dst));
+        mismatch.then(|| format!("received on {dev} for MAC {dst}, not {dev}'s"))
+    }
+}
+
+/// The destination address of a kernel log `MAC=` field (dst:src:ethertype, 14 hex bytes);
+/// None for other forms (nft's `saddr/daddr`, non-Ethernet headers).
+fn link_dst(mac: &str) -> Option<String> {
+    let bytes: Vec<&str> = mac.split(':').collect();
+    let hex = |b: &&str| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit());
+    (bytes.len() == 14 && bytes.iter().all(hex)).then(|| bytes[..6].join(":"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_destination_of_the_log_mac_field() {
+        assert_eq!(
+            link_dst("7e:31:b8:fe:69:94:b2:88:7d:3e:1d:e2:08:00").as_deref(),
+            Some("7e:31:b8:fe:69:94")
+        );
+        assert_eq!(link_dst("4a:70:b2:aa:8f:4f/66:6b:9d:86:56:c7"), None);
+    }
+}
