@@ -1320,3 +1320,61 @@ fn nat_targets_are_checked_against_the_observed_translation() {
     p.hooks[0].tables[0].priority = -150;
     assert_eq!(nat_status(mangle, &p, &ctx).0, Status::Inconsistent);
 }
+
+/// xt_recent: `--set` matches whatever the list held (found on the port-knocking dump: the
+/// knock rule is not a branch point); `--rcheck`/`--update`/`--remove` are, and a check of a
+/// list no rule adds to (kube-proxy session affinity whose endpoint chain is not in the
+/// dump) shows the not-matched path first: such a list is empty unless written through
+/// /proc.
+#[test]
+fn recent_set_is_decided_and_unfilled_lists_are_checked_empty_first() {
+    let h = tcp("10.0.0.2", 40000, "10.0.0.1", 34567, tcp_flags::SYN);
+    let knock = filter(
+        "-A INPUT -p tcp -m tcp --dport 34567 -m recent --set --name KNOCK --mask 255.255.255.255 --rsource -j DROP\n\
+         -A INPUT -m recent ! --set --name OTHER --rsource -j DROP\n",
+    );
+    let t = Case::new(Hook::Input, h.clone()).run(&knock, Table::Filter, &unknown());
+    let (v, s) = single(&t);
+    assert_eq!(
+        (v, s),
+        (&TableVerdict::Drop, vec!["filter:INPUT:rule:1".to_string()])
+    );
+    let other = tcp("10.0.0.2", 40000, "10.0.0.1", 22, tcp_flags::SYN);
+    let t = Case::new(Hook::Input, other).run(&knock, Table::Filter, &unknown());
+    assert_eq!(single(&t).1, ["filter:INPUT:policy:3"]);
+
+    // Checked by a rule of the ruleset that also sets it: a branch, the matched path first.
+    let h = tcp("10.0.0.2", 40000, "10.0.0.1", 22, tcp_flags::SYN);
+    let filled = filter(
+        "-A INPUT -p tcp -m tcp --dport 22 -m recent --rcheck --seconds 15 --name KNOCK --rsource -m recent --remove --name KNOCK --rsource -j ACCEPT\n\
+         -A INPUT -p tcp -m tcp --dport 34567 -m recent --set --name KNOCK --rsource -j DROP\n",
+    );
+    let t = Case::new(Hook::Input, h.clone()).run(&filled, Table::Filter, &unknown());
+    assert_eq!(t.candidates.len(), 2);
+    assert_eq!(steps()[0], ["filter:INPUT:rule:1"]);
+    assert_eq!(steps()[1], ["filter:INPUT:policy:3"]);
+    assert!(t.candidates[0].assumptions[0].matched);
+
+    // No rule sets KUBE-SEP-X: the not-matched path leads; both stay candidates.
+    let unfilled = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-SVC - [0:0]\n:KUBE-SEP-X - [0:0]\n\
+        -A PREROUTING -j KUBE-SVC\n\
+        -A KUBE-SVC -m recent --rcheck --seconds 10800 --reap --name KUBE-SEP-X --mask 255.255.255.255 --rsource -j KUBE-SEP-X\n\
+        -A KUBE-SVC -j KUBE-SEP-X\nCOMMIT\n";
+    let t = Case::new(Hook::Prerouting, h).run(unfilled, Table::Nat, &unknown());
+    assert_eq!(t.candidates.len(), 2);
+    assert_eq!(
+        steps()[0],
+        [
+            "nat:PREROUTING:rule:1",
+            "nat:KUBE-SVC:rule:2",
+            "nat:KUBE-SEP-X:return:1",
+            "nat:KUBE-SVC:return:3",
+            "nat:PREROUTING:policy:2"
+        ]
+    );
+    assert!(!t.candidates[0].assumptions[0].matched);
+    assert_eq!(
+        trace_core::eval::implausible_assumptions(&t.candidates[1].assumptions),
+        1
+    );
+}

@@ -4,6 +4,7 @@
 
 use super::{ip_bits, Pkt, RuleMatch, Run, TableVerdict};
 use crate::netfilter::Hook;
+use crate::rules::matches::MatchKind;
 use crate::rules::targets::Target;
 use crate::rules::{Iface, Negatable, Policy, Proto, Rule, Ruleset};
 use crate::step::StepKind;
@@ -299,6 +300,12 @@ impl Run<'_> {
                 super::matches::Tri::True => {}
                 super::matches::Tri::False => return RuleMatch::No,
                 super::matches::Tri::Unknown(why) => {
+                    let why = match &m.kind {
+                        MatchKind::Recent(r) if !self.ev.recent_lists_set.contains(&r.name) => {
+                            super::matches::RECENT_LIST_UNSET
+                        }
+                        _ => why,
+                    };
                     undecided.push(format!("-m {} ({why})", m.module))
                 }
             }

@@ -86,12 +86,29 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
         MatchKind::Physdev(m) => physdev(m, p, ctx),
         MatchKind::Statistic(_) => Tri::Unknown("random/nth: depends on other packets"),
         MatchKind::Limit(_) => Tri::Unknown("rate limit state"),
-        MatchKind::Recent(_) => Tri::Unknown("recent list contents"),
+        MatchKind::Recent(r) => recent(r),
         MatchKind::Set(_) => Tri::Unknown("ipset contents"),
         MatchKind::Socket(_) => Tri::Unknown("socket lookup"),
         MatchKind::Unknown => Tri::Unknown(unknown_reason(&m.module)),
     }
 }
+
+/// xt_recent recent_mt: `--set` adds (or refreshes) the source's entry and matches whatever
+/// the list held (`ret = !info->invert` on both the new-entry and the existing-entry path);
+/// `--rcheck`/`--update`/`--remove` depend on the list's contents (other packets, timeouts,
+/// /proc writes): a branch point.
+fn recent(r: &crate::rules::matches::RecentMatch) -> Tri {
+    match r.mode {
+        Some(crate::rules::matches::RecentMode::Set) => (!r.negated).into(),
+        _ => Tri::Unknown(RECENT_LIST),
+    }
+}
+
+/// Why a `recent` check is undecidable.
+pub(crate) const RECENT_LIST: &str = "recent list contents";
+/// Why a `recent` check is undecidable, for a list no rule of the ruleset adds to: only a
+/// write to /proc/net/xt_recent can fill it, so it is normally empty.
+pub(crate) const RECENT_LIST_UNSET: &str = "recent list no rule adds to (normally empty)";
 
 fn unknown_reason(module: &str) -> &'static str {
     match crate::rules::matches::module_decidability(module) {

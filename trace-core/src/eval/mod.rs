@@ -188,24 +188,28 @@ pub struct StateAt {
 /// header makes the match false (ipv6_find_hdr → -ENOENT, whatever the options).
 const EXTENSION_HEADER_MODULES: &[&str] = &["rt", "frag", "hbh", "dst", "mh"];
 
-/// True when the assumption is "an extension-header match matched".
-fn assumes_extension_header(a: &Assumption) -> bool {
-    a.matched
-        && !a.what.is_empty()
-        && a.what.iter().all(|w| {
-            EXTENSION_HEADER_MODULES
-                .iter()
-                .any(|m| w.starts_with(&format!("-m {m} (")))
-        })
+/// True when the assumption is "a match that ordinary traffic does not satisfy matched": an
+/// extension-header match, or a `recent` check of a list no rule of the ruleset adds to.
+/// When several undecidable modules of one rule were assumed to match, one such module is
+/// enough to make the assumption implausible.
+fn assumes_unusual_match(a: &Assumption) -> bool {
+    let unusual = |w: &String| {
+        EXTENSION_HEADER_MODULES
+            .iter()
+            .any(|m| w.starts_with(&format!("-m {m} (")))
+            || w.ends_with(&format!("({})", matches::RECENT_LIST_UNSET))
+    };
+    a.matched && a.what.iter().any(unusual)
 }
 
 /// How many of a path's assumptions are implausible for ordinary traffic (an
-/// extension-header match matched): the lower, the more plausible the path. Orders
-/// undecided paths for display; which paths exist and the table's status do not change.
+/// extension-header match matched, an unfilled `recent` list held the packet's address):
+/// the lower, the more plausible the path. Orders undecided paths for display; which paths
+/// exist and the table's status do not change.
 pub fn implausible_assumptions(assumptions: &[Assumption]) -> usize {
     assumptions
         .iter()
-        .filter(|a| assumes_extension_header(a))
+        .filter(|a| assumes_unusual_match(a))
         .count()
 }
 
@@ -260,6 +264,8 @@ pub struct Traversal {
 pub struct Evaluator {
     ruleset: Arc<Ruleset>,
     tables: Vec<Option<CTable>>,
+    /// Names of the `recent` lists some rule adds addresses to (`--set`, in any table).
+    recent_lists_set: std::collections::HashSet<String>,
 }
 
 /// The per-path mutable state.
@@ -334,6 +340,22 @@ impl<'a> Pkt<'a> {
     }
 }
 
+/// The `recent` lists a rule of the ruleset adds to: `--set` (also `! --set`, which adds the
+/// entry and then fails to match). `--update` only refreshes an existing entry.
+fn recent_lists_set(rs: &Ruleset) -> std::collections::HashSet<String> {
+    use crate::rules::matches::{MatchKind, RecentMode};
+    rs.tables
+        .iter()
+        .flat_map(|t| &t.chains)
+        .flat_map(|c| &c.rules)
+        .flat_map(|r| &r.matches)
+        .filter_map(|m| match &m.kind {
+            MatchKind::Recent(r) if r.mode == Some(RecentMode::Set) => Some(r.name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 pub fn ip_bits(ip: std::net::IpAddr) -> u128 {
     match ip {
         std::net::IpAddr::V4(a) => u32::from(a) as u128,
@@ -357,7 +379,12 @@ impl Evaluator {
                     .map(|i| CTable::build(&ruleset, i))
             })
             .collect();
-        Evaluator { ruleset, tables }
+        let recent_lists_set = recent_lists_set(&ruleset);
+        Evaluator {
+            ruleset,
+            tables,
+            recent_lists_set,
+        }
     }
 
     pub fn ruleset(&self) -> &Ruleset {
