@@ -146,6 +146,14 @@ impl Topo {
     fn in_client<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         netns::run_in(&self.client.path(), f).expect("enter client netns")
     }
+
+    fn in_router<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        netns::run_in(&self.router.path(), f).expect("enter router netns")
+    }
+
+    fn in_server<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        netns::run_in(&self.server.path(), f).expect("enter server netns")
+    }
 }
 
 impl Drop for Topo {
@@ -316,6 +324,35 @@ fn invalid_tcp(to: IpAddr, dport: u16) {
     raw_send(to, libc::IPPROTO_TCP, &t);
 }
 
+/// A TCP SYN from the client (C4, source port `sport`) that nobody answers before the rules
+/// decide: conntrack calls it NEW (valid checksum), and no connect() waits for it.
+fn raw_syn(to: &str, sport: u16, dport: u16) {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&7u32.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (C4.parse().unwrap(), to.parse().unwrap());
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
+    pseudo.extend_from_slice(&t);
+    let c = checksum(&pseudo);
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    raw_send(IpAddr::V4(dst), libc::IPPROTO_TCP, &t);
+}
+
+/// UDP from a given local address (bound), e.g. a second address of the namespace.
+fn udp_from(from: &str, to: SocketAddr, len: usize) {
+    let s = std::net::UdpSocket::bind(sa(from, 0)).unwrap();
+    s.send_to(&vec![b'u'; len], to).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+}
+
 fn sa(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), port)
 }
@@ -405,7 +442,11 @@ struct Scenario {
     traffic: fn(&Topo),
     /// Servers: (namespace role, socat listen address).
     servers: &'static [(Role, &'static str)],
+    /// Runs before the rules are loaded (extra addresses, ipsets the rules name).
+    setup: fn(&Topo),
 }
+
+fn no_setup(_: &Topo) {}
 
 #[derive(Clone, Copy)]
 enum Role {
@@ -603,6 +644,7 @@ fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
         return;
     };
     let mut topo = Topo::up(sc.ifaces.0, sc.ifaces.1);
+    (sc.setup)(&topo);
     topo.restore(backend, sc.v6, &sc.rules);
     for (role, listen) in sc.servers {
         let ns = match role {
@@ -872,6 +914,7 @@ fn zones_v4() -> Scenario {
             "UID=",
         ],
         traffic: zones_v4_traffic,
+        setup: no_setup,
         servers: &[
             (Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork"),
             (Role::Server, "TCP4-LISTEN:8081,reuseaddr,fork"),
@@ -953,6 +996,7 @@ fn router_v6() -> Scenario {
             "ID=4660 SEQ=1 ",
         ],
         traffic: router_v6_traffic,
+        setup: no_setup,
         servers: &[
             (Role::Server, "TCP6-LISTEN:8080,reuseaddr,fork,ipv6only=1"),
             (Role::Router, "TCP6-LISTEN:7070,reuseaddr,fork,ipv6only=1"),
@@ -1047,6 +1091,7 @@ fn matches_v4() -> Scenario {
         ],
         kernel_text: &["UID=0 GID=0 "],
         traffic: matches_v4_traffic,
+        setup: no_setup,
         servers: &[(Role::Router, "TCP4-LISTEN:7070,reuseaddr,fork")],
     }
 }
@@ -1148,6 +1193,7 @@ fn targets_v4() -> Scenario {
         ],
         kernel_text: &["TOS=0x10 PREC=0x00 TTL=61 ", "TOS=0x08 PREC=0x20 "],
         traffic: targets_v4_traffic,
+        setup: no_setup,
         servers: &[(Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork")],
     }
 }
@@ -1201,6 +1247,7 @@ fn fragments_v4() -> Scenario {
         ],
         kernel_text: &[" MF PROTO=UDP SPT=", " FRAG:185 PROTO=UDP "],
         traffic: fragments_v4_traffic,
+        setup: no_setup,
         servers: &[],
     }
 }
@@ -1279,6 +1326,7 @@ fn addrtypes_v4() -> Scenario {
         ],
         kernel_text: &["DST=255.255.255.255 ", "DST=224.0.0.1 "],
         traffic: addrtypes_v4_traffic,
+        setup: no_setup,
         servers: &[],
     }
 }
@@ -1345,6 +1393,7 @@ fn local_client_v4() -> Scenario {
         ],
         kernel_text: &["UID=1000 GID=1000 "],
         traffic: local_client_v4_traffic,
+        setup: no_setup,
         servers: &[(Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork")],
     }
 }
@@ -1398,6 +1447,7 @@ fn firewalld() -> Option<Scenario> {
         // The REJECT of the UDP datagram (its quoted packet fits the capture).
         kernel_text: &["TYPE=3 CODE=10 [SRC=10.213.1.2 DST=10.213.1.1 LEN=38 "],
         traffic: firewalld_traffic,
+        setup: no_setup,
         servers: &[(Role::Router, "TCP4-LISTEN:22,reuseaddr,fork")],
     })
 }
@@ -1429,6 +1479,7 @@ fn ufw() -> Option<Scenario> {
         ],
         kernel_text: &["PROTO=UDP SPT="],
         traffic: ufw_traffic,
+        setup: no_setup,
         servers: &[],
     })
 }
@@ -1457,6 +1508,7 @@ fn ufw6() -> Option<Scenario> {
         ],
         kernel_text: &["ID=4660 SEQ=1 "],
         traffic: ufw6_traffic,
+        setup: no_setup,
         servers: &[(Role::Router, "TCP6-LISTEN:22,reuseaddr,fork,ipv6only=1")],
     })
 }
@@ -1467,6 +1519,365 @@ fn ufw6() -> Option<Scenario> {
 #[test]
 fn fidelity_ufw6_legacy() {
     corpus_scenario("ufw6", ufw6(), IptablesBackend::Legacy);
+}
+
+/// A corpus dump with its addresses and names made ours: each `(from, to)` replaced in order.
+/// Every `from` must occur (a changed dump fails here instead of silently testing less).
+fn corpus_adapted(file: &str, subs: &[(&str, &str)]) -> Option<String> {
+    let mut rules = corpus(file)?;
+    for (from, to) in subs {
+        assert!(rules.contains(from), "{file}: {from:?} not in the dump");
+        rules = rules.replace(from, to);
+    }
+    Some(rules)
+}
+
+fn server_addr(t: &Topo, addr: &str) {
+    run(t.server.name(), &["ip", "addr", "add", addr, "dev", "eth0"]);
+}
+
+/// kube-proxy (iptables mode, 2017) on a docker host, the router as the node: cluster-IP and
+/// external-IP services DNATed to a pod (our server), KUBE-MARK-MASQ then MASQUERADE in
+/// KUBE-POSTROUTING, `physdev ! --physdev-is-in` on a routed (not bridged) packet, and
+/// session affinity (`recent --rcheck`) for a service whose endpoint chain is empty.
+fn kube_proxy_2017_traffic(t: &Topo) {
+    t.in_client(|| {
+        // Cluster IP and external IP (udp/53, no pod listener: the pod's port-unreachable
+        // comes back through the DNAT), cluster IP tcp/53 (echo), the affinity service.
+        udp_send(sa("10.24.138.29", 53), 10, None);
+        udp_send(sa("10.5.6.29", 53), 11, None);
+        tcp_echo(sa("10.24.138.29", 53));
+        tcp_refused(sa("10.24.0.1", 443));
+    });
+}
+
+fn kube_proxy_2017() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "13-kube-proxy-2017-physdev-recent-legacy.rules",
+        &[
+            ("10.100.13.3", S4),
+            ("10.100.13.0/24", "10.213.2.0/24"),
+            ("x.x.x.x", "10.213.9.9"),
+        ],
+    )?;
+    Some(Scenario {
+        name: "kube_proxy_2017",
+        v6: false,
+        ifaces: ("eth0", "docker0"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "nat:KUBE-SERVICES:rule:3",
+            "nat:KUBE-SERVICES:rule:4",
+            "nat:KUBE-SERVICES:rule:5",
+            "nat:KUBE-SERVICES:rule:6",
+            "nat:KUBE-SERVICES:rule:12",
+            "nat:KUBE-SVC-357LDXEIX7XFORLA:rule:1",
+            "nat:KUBE-SEP-BCSN2HMZQJBRJOX4:rule:2",
+            "nat:KUBE-SEP-4HNHNBOBUT2EV3H2:rule:2",
+            "nat:KUBE-SVC-NPX46M4PTMTKRN6Y:rule:2",
+            "nat:KUBE-POSTROUTING:rule:1",
+            "filter:FORWARD:rule:2",
+        ],
+        kernel_text: &[],
+        traffic: kube_proxy_2017_traffic,
+        setup: no_setup,
+        servers: &[(Role::Server, "TCP4-LISTEN:53,reuseaddr,fork")],
+    })
+}
+
+#[test]
+fn fidelity_kube_proxy_2017_legacy() {
+    corpus_scenario(
+        "kube_proxy_2017",
+        kube_proxy_2017(),
+        IptablesBackend::Legacy,
+    );
+}
+
+#[test]
+fn fidelity_kube_proxy_2017_nft() {
+    corpus_scenario("kube_proxy_2017", kube_proxy_2017(), IptablesBackend::Nft);
+}
+
+/// kube-proxy (2024+, nft dump) with flannel: services load-balanced over two pods with
+/// `statistic --mode random` (the NAT the kernel applied decides which endpoint), masquerade
+/// marks cleared with `MARK --set-xmark 0x4000/0x0` (an XOR), `conntrack ! --ctstate
+/// RELATED,ESTABLISHED,DNAT`, flannel's RETURN/MASQUERADE chain.
+fn kube_flannel_traffic(t: &Topo) {
+    t.in_client(|| {
+        for _ in 0..3 {
+            udp_send(sa("10.96.0.10", 53), 10, None);
+        }
+        tcp_echo(sa("10.96.0.10", 53));
+        tcp_echo(sa("10.96.0.10", 53));
+        tcp_echo(sa("10.96.0.1", 443));
+        tcp_echo(sa(R4_IN, 7070));
+    });
+}
+
+fn kube_flannel_setup(t: &Topo) {
+    server_addr(t, "10.213.2.3/24");
+}
+
+fn kube_flannel() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "01-k8s-flannel-nft.rules",
+        &[
+            ("10.244.0.0/16", "10.213.2.0/24"),
+            ("10.244.0.0/24", "10.213.2.0/24"),
+            ("10.244.0.", "10.213.2."),
+            ("172.31.7.91", S4),
+        ],
+    )?;
+    Some(Scenario {
+        name: "kube_flannel",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "nat:KUBE-SVC-TCOU7JCQXEZGVUNU:rule:1",
+            "nat:KUBE-SVC-ERIFXISQEP7F7OF4:rule:1",
+            "nat:KUBE-SEP-Z256WNARC5DJQIZM:rule:2",
+            "nat:KUBE-POSTROUTING:rule:2",
+            "nat:KUBE-POSTROUTING:rule:3",
+            "nat:KUBE-SERVICES:rule:5",
+            "filter:KUBE-FORWARD:rule:2",
+            "filter:KUBE-FORWARD:rule:3",
+            "filter:KUBE-FIREWALL:return:2",
+        ],
+        kernel_text: &[],
+        traffic: kube_flannel_traffic,
+        setup: kube_flannel_setup,
+        servers: &[
+            (Role::Server, "TCP4-LISTEN:53,reuseaddr,fork"),
+            (Role::Server, "TCP4-LISTEN:6443,reuseaddr,fork"),
+            (Role::Router, "TCP4-LISTEN:7070,reuseaddr,fork"),
+        ],
+    })
+}
+
+#[test]
+fn fidelity_kube_flannel_legacy() {
+    corpus_scenario("kube_flannel", kube_flannel(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_kube_flannel_nft() {
+    corpus_scenario("kube_flannel", kube_flannel(), IptablesBackend::Nft);
+}
+
+/// Port knocking (`recent --set` on the knock port, then `--rcheck --seconds 15` and
+/// `--remove` in one rule on the SSH port), iprange in FORWARD, DROP policies. The same SYN
+/// to the SSH port is dropped before the knock and after the entry was removed, accepted in
+/// between: `recent` is decided by what the kernel did.
+fn port_knock_traffic(t: &Topo) {
+    t.in_client(|| {
+        raw_syn(R4_IN, 40001, 22254);
+        raw_syn(R4_IN, 40002, 34567);
+        tcp_echo(sa(R4_IN, 22254));
+        raw_syn(R4_IN, 40003, 22254);
+        ping(R4_IN.parse().unwrap());
+        tcp_echo(sa(S4, 8080));
+        ping(S4.parse().unwrap());
+    });
+}
+
+fn port_knock() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "12-port-knocking-recent-iprange-legacy.rules",
+        &[
+            ("192.168.70.0/24", "10.213.1.128/25"),
+            ("192.168.70.250-192.168.70.253", "10.213.1.2-10.213.1.3"),
+        ],
+    )?;
+    Some(Scenario {
+        name: "port_knock",
+        v6: false,
+        ifaces: ("eth0", "enp1s0"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "filter:INPUT:rule:2",
+            "filter:INPUT:rule:5",
+            "filter:INPUT:rule:7",
+            "filter:INPUT:policy:8",
+            "filter:FORWARD:rule:1",
+            "filter:FORWARD:rule:2",
+            "filter:FORWARD:rule:3",
+        ],
+        kernel_text: &["SPT=40001 DPT=22254 ", "SPT=40003 DPT=22254 "],
+        traffic: port_knock_traffic,
+        setup: no_setup,
+        servers: &[
+            (Role::Router, "TCP4-LISTEN:22254,reuseaddr,fork"),
+            (Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork"),
+        ],
+    })
+}
+
+#[test]
+fn fidelity_port_knock_legacy() {
+    corpus_scenario("port_knock", port_knock(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_port_knock_nft() {
+    corpus_scenario("port_knock", port_knock(), IptablesBackend::Nft);
+}
+
+/// An old nat-only dump (no INPUT chain in nat, trailing spaces): REDIRECT of connections to
+/// the router and of connections routed through it to local ports.
+fn redirect_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(R4_IN, 80));
+        tcp_echo(sa(S4, 443));
+        tcp_echo(sa(S4, 8080));
+    });
+}
+
+fn redirect() -> Option<Scenario> {
+    Some(Scenario {
+        name: "redirect",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules: corpus("10-metaswitch-ellis-redirect-legacy.rules")?,
+        filter: "ip",
+        kernel_steps: &[
+            "nat:PREROUTING:rule:1",
+            "nat:PREROUTING:rule:2",
+            "nat:PREROUTING:policy:3",
+            "nat:POSTROUTING:policy:1",
+        ],
+        kernel_text: &["DPT=443 "],
+        traffic: redirect_traffic,
+        setup: no_setup,
+        servers: &[
+            (Role::Router, "TCP4-LISTEN:9888,reuseaddr,fork"),
+            (Role::Router, "TCP4-LISTEN:9443,reuseaddr,fork"),
+            (Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork"),
+        ],
+    })
+}
+
+#[test]
+fn fidelity_redirect_legacy() {
+    corpus_scenario("redirect", redirect(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_redirect_nft() {
+    corpus_scenario("redirect", redirect(), IptablesBackend::Nft);
+}
+
+/// Docker 28's chain layout (DOCKER-FORWARD / -CT / -INTERNAL / -BRIDGE, raw-table DROPs of
+/// direct container access) plus tailscale's chains, the server side named as a docker
+/// bridge: a direct packet to a container dropped in raw, one to another address of the
+/// bridge network walking every DOCKER chain to DROP, a container's datagram out through
+/// MASQUERADE and the ICMP error back (RELATED in DOCKER-CT), tailscale's UDP port.
+fn docker28_traffic(t: &Topo) {
+    t.in_client(|| {
+        ping(S4.parse().unwrap());
+        raw_syn("10.213.2.4", 40004, 1984);
+        udp_send(sa(R4_IN, 41641), 10, None);
+    });
+    t.in_server(|| udp_from("10.213.2.4", sa(C4, 9000), 10));
+}
+
+fn docker28_setup(t: &Topo) {
+    server_addr(t, "10.213.2.4/24");
+}
+
+fn docker28() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "09-docker28-tailscale-raw-nft.rules",
+        &[
+            ("172.18.0.2", S4),
+            ("172.18.0.3", "10.213.2.3"),
+            ("172.18.0.0/16", "10.213.2.0/24"),
+        ],
+    )?;
+    Some(Scenario {
+        name: "docker28",
+        v6: false,
+        ifaces: ("eth0", "br-328877c9e1c7"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "raw:PREROUTING:rule:2",
+            "filter:ts-forward:return:5",
+            "filter:DOCKER-CT:return:4",
+            "filter:DOCKER-INTERNAL:return:3",
+            "filter:DOCKER:rule:3",
+            "filter:DOCKER-FORWARD:rule:6",
+            "filter:DOCKER-CT:rule:2",
+            "filter:ts-input:rule:5",
+            "nat:POSTROUTING:rule:3",
+        ],
+        kernel_text: &[],
+        traffic: docker28_traffic,
+        setup: docker28_setup,
+        servers: &[],
+    })
+}
+
+#[test]
+fn fidelity_docker28_legacy() {
+    corpus_scenario("docker28", docker28(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_docker28_nft() {
+    corpus_scenario("docker28", docker28(), IptablesBackend::Nft);
+}
+
+/// libvirt on AlmaLinux (iptables 1.8.4): security table, nat POSTROUTING listed before
+/// OUTPUT, `MASQUERADE --to-ports 1024-65535` for TCP/UDP and plain MASQUERADE for the rest,
+/// CHECKSUM --checksum-fill on DHCP replies the host sends into the VM network.
+fn libvirt_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(S4, 8080));
+        udp_send(sa(S4, 9000), 10, None);
+        ping(S4.parse().unwrap());
+    });
+    t.in_router(|| udp_send(sa(C4, 68), 10, None));
+}
+
+fn libvirt() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "04-almalinux-libvirt-legacy.rules",
+        &[("192.168.122.0/24", "10.213.1.0/24")],
+    )?;
+    Some(Scenario {
+        name: "libvirt",
+        v6: false,
+        ifaces: ("virbr0", "eth1"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "mangle:LIBVIRT_PRT:rule:1",
+            "nat:LIBVIRT_PRT:rule:3",
+            "nat:LIBVIRT_PRT:rule:4",
+            "nat:LIBVIRT_PRT:rule:5",
+            "nat:LIBVIRT_PRT:return:6",
+            "security:INPUT:policy:1",
+        ],
+        kernel_text: &[],
+        traffic: libvirt_traffic,
+        setup: no_setup,
+        servers: &[(Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork")],
+    })
+}
+
+#[test]
+fn fidelity_libvirt_legacy() {
+    corpus_scenario("libvirt", libvirt(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_libvirt_nft() {
+    corpus_scenario("libvirt", libvirt(), IptablesBackend::Nft);
 }
 
 fn corpus_scenario(name: &str, sc: Option<Scenario>, backend: IptablesBackend) {
