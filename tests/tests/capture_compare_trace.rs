@@ -15,11 +15,7 @@ const SYSCTL: &str = "/proc/sys/net/netfilter/nf_log_all_netns";
 const USERS: &str = "/run/iptrace/nf_log_all_netns.users";
 
 fn ready(test: &str, backend: IptablesBackend) -> bool {
-    let mut tools = vec!["nsenter", "stdbuf", "nft"];
-    if backend == IptablesBackend::Nft {
-        tools.push("xtables-monitor");
-    }
-    e2e::lab_ready(test, backend) && e2e::require_tools(test, &tools)
+    e2e::lab_ready(test, backend) && e2e::require_tools(test, &["nsenter", "stdbuf", "nft", "ip"])
 }
 
 fn save(lab: &Lab) -> String {

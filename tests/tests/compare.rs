@@ -1,5 +1,5 @@
 //! Privileged e2e: `ReferenceTracer` collects the kernel's own TRACE output in the lab (legacy:
-//! /dev/kmsg with nf_log_all_netns; nft: xtables-monitor inside the netns), the compare
+//! /dev/kmsg with nf_log_all_netns; nft: `nft -a monitor trace` inside the netns), the compare
 //! parsers read it back, and the paths are the ones the kernel is known to print for the
 //! docker scenario. Afterwards nothing of the tracer remains (rules, sysctl, raw table).
 //!
@@ -12,19 +12,18 @@ use trace_core::compare::reference::{self, RefPacket};
 use trace_core::compare::resolve::Resolver;
 use trace_core::netfilter::Family;
 use trace_user::lab::{IptablesBackend, Lab, LabNs, LabOptions, LabTest};
-use trace_user::reference::{agreement, ReferenceTracer, TraceSelector, TraceTarget};
+use trace_user::reference::{
+    agreement, agreement_in_scope, ReferenceTracer, TraceSelector, TraceTarget,
+};
 
 /// Root and the tools of the lab, the tracer and the backend (shared e2e helpers).
 fn ready(test: &str, backend: IptablesBackend) -> bool {
-    let mut tools = vec![
+    let tools = [
         "nsenter".to_string(),
         "stdbuf".into(),
         "nft".into(),
         format!("iptables-{}", backend.as_str()),
     ];
-    if backend == IptablesBackend::Nft {
-        tools.push("xtables-monitor".into());
-    }
     iptrace_tests::lab_ready(test, backend)
         && iptrace_tests::require_tools(test, &tools.iter().map(String::as_str).collect::<Vec<_>>())
 }
@@ -284,35 +283,7 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
         .iter()
         .filter(|p| p.headers.iter().any(|h| h.sport == Some(ex.local.port())))
         .collect();
-    let mut captured: Vec<CapturedPacket> = ours
-        .iter()
-        .enumerate()
-        .map(|(index, p)| CapturedPacket {
-            index,
-            ts_ns: None,
-            headers: p
-                .headers
-                .iter()
-                .map(|h| CapturedHeaders {
-                    src: h.src.unwrap(),
-                    dst: h.dst.unwrap(),
-                    proto: h.proto,
-                    sport: h.sport,
-                    dport: h.dport,
-                    id: h.id,
-                    len: h.len,
-                    seq: h.seq,
-                    ack: h.ack,
-                    tcp_flags: h.tcp_flags,
-                })
-                .collect(),
-            steps: std::iter::once("raw:PREROUTING:rule:1".parse().unwrap())
-                .chain(p.steps().iter().map(|s| resolver.step(s).unwrap()))
-                .collect(),
-            table_paths: Vec::new(),
-            implicit_returns: None,
-        })
-        .collect();
+    let mut captured = kernel_paths_as_captured(&ours, &resolver);
     assert!(captured.len() >= 4);
     let report = agreement(&out, &captured, &snap).unwrap();
     assert_eq!(
@@ -336,6 +307,112 @@ fn compare_tracer_cleans_up_on_drop_and_compares() {
         report.render_text(3)
     );
     lab.down().unwrap();
+}
+
+/// The kernel's TRACE paths of `packets` as iptrace would reconstruct them (the TRACE rule's
+/// own step first, as a full reconstruction starts with it).
+fn kernel_paths_as_captured(packets: &[&RefPacket], resolver: &Resolver) -> Vec<CapturedPacket> {
+    packets
+        .iter()
+        .enumerate()
+        .map(|(index, p)| CapturedPacket {
+            index,
+            ts_ns: None,
+            headers: p
+                .headers
+                .iter()
+                .map(|h| CapturedHeaders {
+                    src: h.src.unwrap(),
+                    dst: h.dst.unwrap(),
+                    proto: h.proto,
+                    sport: h.sport,
+                    dport: h.dport,
+                    id: h.id,
+                    len: h.len,
+                    seq: h.seq,
+                    ack: h.ack,
+                    tcp_flags: h.tcp_flags,
+                    frag: None,
+                    icmp_id: None,
+                    icmp_seq: None,
+                })
+                .collect(),
+            steps: std::iter::once("raw:PREROUTING:rule:1".parse().unwrap())
+                .chain(p.steps().iter().map(|s| resolver.step(s).unwrap()))
+                .collect(),
+            table_paths: Vec::new(),
+            implicit_returns: None,
+        })
+        .collect()
+}
+
+/// Legacy TRACE of two labs with the same interface names and addresses in one kernel log
+/// (nf_log_all_netns=1): the other lab's packets are recognised by their MAC addresses and
+/// set aside as foreign — counted, listed, neither differences nor "only in reference".
+#[test]
+fn compare_other_netns_lines_are_foreign() {
+    let backend = IptablesBackend::Legacy;
+    let test = "compare_other_netns_lines_are_foreign";
+    if !ready(test, backend) {
+        return;
+    }
+    let ours = lab(backend);
+    let other = Lab::up(LabOptions {
+        backend,
+        trace_rules: true,
+        name_prefix: "cmp-e2e-other".into(),
+        ..LabOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("other lab up: {e}"));
+    let target = TraceTarget {
+        netns: ours.ns_path(LabNs::Node),
+        backend,
+        family: Family::Ipv4,
+    };
+    let tracer = ReferenceTracer::start(target, &selector(LabTest::Remote), true).unwrap();
+    let snap = tracer.snapshot_rulesets().unwrap();
+    let theirs = other.run(LabTest::Remote).expect("other lab traffic");
+    let ex = ours.run(LabTest::Remote).expect("lab traffic");
+    let (out, scope) = tracer.finish_scoped().unwrap();
+    other.down().unwrap();
+    let dump = trace_core::rules::parse(&snap.iptables_save).unwrap();
+    let resolver = Resolver::new(Some(&dump), None);
+    let parsed = reference::parse(&out.text, Some(out.format));
+    let port_of = |p: &RefPacket, port: u16| p.headers.iter().any(|h| h.sport == Some(port));
+    let mine: Vec<&RefPacket> = parsed
+        .packets
+        .iter()
+        .filter(|p| port_of(p, ex.local.port()))
+        .collect();
+    let foreign_lines: Vec<usize> = parsed
+        .packets
+        .iter()
+        .filter(|p| port_of(p, theirs.local.port()))
+        .map(|p| p.line)
+        .collect();
+    assert!(
+        mine.len() >= 4 && foreign_lines.len() >= 4,
+        "both labs traced: ours {}, theirs {}",
+        mine.len(),
+        foreign_lines.len()
+    );
+    let captured = kernel_paths_as_captured(&mine, &resolver);
+    let report = agreement_in_scope(&out, &captured, &snap, Some(&scope)).unwrap();
+    eprintln!("{test}: {}", report.render_text(3));
+    let set_aside: Vec<usize> = report.foreign.iter().map(|f| f.reference_line).collect();
+    for l in &foreign_lines {
+        assert!(
+            set_aside.contains(l),
+            "{test}: the other lab's packet at line {l} is foreign: {report:#?}"
+        );
+    }
+    assert_eq!(report.totals.agree, captured.len(), "{report:#?}");
+    assert_eq!(report.totals.differ, 0, "{report:#?}");
+    assert_eq!(report.exit_code(), 0);
+    // The same report without the scope counts them as "only in reference".
+    let unscoped = agreement(&out, &captured, &snap).unwrap();
+    assert!(unscoped.totals.only_in_reference >= foreign_lines.len());
+    ours.down().unwrap();
 }
 
 /// The whole `capture --compare-trace` pipeline with the real eBPF capture: the tracer's TRACE
