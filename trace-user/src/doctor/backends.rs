@@ -164,7 +164,15 @@ fn nfhook_check(opts: &LoadOptions) -> BackendCheck {
             LoadError::ProgLoad { source, .. } => errno_status(source),
             _ => Status::Failed,
         };
-        failed(name.clone(), status, false, e.to_string())
+        let has_nf_ctx = || {
+            crate::btf::Btf::vmlinux()
+                .ok()
+                .map(|b| b.find(crate::btf::Kind::Struct, "bpf_nf_ctx").is_some())
+        };
+        match prog_type_missing(&e, has_nf_ctx) {
+            Some(why) => failed(name.clone(), Status::Unavailable, false, why),
+            None => failed(name.clone(), status, false, e.to_string()),
+        }
     };
     let mut loaded = match Loaded::load(opts) {
         Ok(l) => l,
@@ -197,6 +205,25 @@ fn nfhook_check(opts: &LoadOptions) -> BackendCheck {
     }
 }
 
+/// A kernel older than 6.4 has no BPF_PROG_TYPE_NETFILTER: its BPF_PROG_LOAD answers EINVAL
+/// (an unknown program type), which says "failed" where the truth is "not in this kernel".
+/// The program type came with `struct bpf_nf_ctx`, so its absence from the kernel's BTF tells
+/// the two apart (`has_nf_ctx`: None when the BTF cannot be read — then EINVAL stays a
+/// failure).
+fn prog_type_missing(e: &LoadError, has_nf_ctx: impl FnOnce() -> Option<bool>) -> Option<String> {
+    let LoadError::ProgLoad { source, .. } = e else {
+        return None;
+    };
+    if source.raw_os_error() != Some(libc::EINVAL) || has_nf_ctx() != Some(false) {
+        return None;
+    }
+    Some(
+        "this kernel has no BPF_PROG_TYPE_NETFILTER (Linux 6.4+; no struct bpf_nf_ctx in its \
+         BTF): use --backend fentry or kprobe"
+            .into(),
+    )
+}
+
 /// `--backend auto`, as capture runs it.
 fn auto(opts: &LoadOptions) -> Result<AutoSelection, String> {
     let sel = classic::select(Requested::Auto, opts).map_err(|e| e.to_string())?;
@@ -220,6 +247,25 @@ mod tests {
 
     fn os(errno: i32) -> io::Error {
         io::Error::from_raw_os_error(errno)
+    }
+
+    fn prog_load(errno: i32) -> LoadError {
+        LoadError::ProgLoad {
+            priority: -299,
+            source: os(errno),
+            log: String::new(),
+        }
+    }
+
+    #[test]
+    fn netfilter_program_type_missing_is_unavailable_not_failed() {
+        let why = prog_type_missing(&prog_load(libc::EINVAL), || Some(false));
+        assert!(why.unwrap().contains("6.4"));
+        // The kernel has the type: EINVAL is a real failure (e.g. the verifier).
+        assert!(prog_type_missing(&prog_load(libc::EINVAL), || Some(true)).is_none());
+        // Unknown BTF: no guess.
+        assert!(prog_type_missing(&prog_load(libc::EINVAL), || None).is_none());
+        assert!(prog_type_missing(&prog_load(libc::EPERM), || Some(false)).is_none());
     }
 
     #[test]
