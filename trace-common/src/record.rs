@@ -98,8 +98,9 @@ pub const MAC_MAX: usize = 16;
 /// IFNAMSIZ.
 pub const IFNAME_LEN: usize = 16;
 
-/// L3/L4 header snapshot (112 bytes).
-#[repr(C)]
+/// L3/L4 header snapshot (112 bytes). 8-aligned (it sits at offset 136 of [`ProbeRecord`]
+/// either way) so the probes can zero it with 8-byte stores.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeaderSnapshot {
     /// Network byte order; IPv4 in bytes 0..4, the rest zero.
@@ -466,6 +467,7 @@ pub const PRIORITY_MAGIC: u64 = 0x7ead_5107_1a7e_c0de;
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 8);
 const _: () = assert!(core::mem::size_of::<HeaderSnapshot>() == 112);
+const _: () = assert!(core::mem::align_of::<HeaderSnapshot>() == 8);
 const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 248);
 const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 136);
 const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);

@@ -2,8 +2,14 @@
 //! from skb->head + network_header. Ports, ids and sequence numbers are converted to host
 //! order; addresses stay in network order.
 
-use crate::kread::{read, read_buf};
-use trace_common::record::{l4_flags, HeaderSnapshot, TCP_OPTIONS_MAX};
+use crate::{
+    kread::{read, read_buf},
+    mem,
+};
+use trace_common::{
+    filter::{input_flags, FilterInput},
+    record::{l4_flags, HeaderSnapshot, TCP_OPTIONS_MAX},
+};
 
 /// Bytes of a quoted packet stored after `tcp_options`: `tcp_seq..=tcp_res`, contiguous.
 const QUOTED_TAIL: usize = l4_flags::QUOTED_MAX - TCP_OPTIONS_MAX;
@@ -33,12 +39,12 @@ const MAX_EXT_HEADERS: usize = 4;
 
 /// Fill `h` from the network header at `nh` (kernel address). `pf` is NFPROTO_IPV4/IPV6.
 /// Returns false when the IP header could not be read.
-#[inline(always)]
 /// `options`: also copy the TCP options (not needed by the filter).
+#[inline(always)]
 pub fn snapshot(pf: u8, nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
     // Start from zero so that fields the protocol does not set hash and compare stably.
-    // SAFETY: plain data; write_bytes avoids a 112-byte temporary on the stack.
-    unsafe { core::ptr::write_bytes(h as *mut HeaderSnapshot, 0, 1) };
+    // SAFETY: plain data, a valid &mut.
+    unsafe { mem::zero(h) };
     if pf == 2 {
         ipv4(nh, h, options)
     } else {
@@ -46,64 +52,92 @@ pub fn snapshot(pf: u8, nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool 
     }
 }
 
-/// What the filter needs (addresses, protocol, ports / ICMP type), with one 64-byte read for
-/// the common layouts (IPv4 without options, IPv6 without extension headers); other packets
-/// take the full path. Other snapshot fields are left as they were: the first-sight probe
-/// calls [`snapshot`] before sending anything.
+/// Bytes [`filter_view`] reads: an IPv6 header and the first transport word (IPv4 + ports
+/// need 24).
+const VIEW_WORDS: usize = 6;
+
+/// The filter's view of the packet (protocol, addresses, ports / ICMP type, and whether the
+/// transport header was read) for the common layouts — IPv4 without options, IPv6 without
+/// extension headers — from one 48-byte read, extracted from whole words and stored into
+/// `f` word-wise. False: another layout (or unreadable), take [`snapshot`] instead; `f` is
+/// then partly written. Family, mark and devices are the caller's. What it extracts is what
+/// [`snapshot`] reads for these packets (ports of TCP/UDP/SCTP, ICMP type; none for non-first
+/// fragments). Ports are 0 for packets without them; the ICMP type is left as it was for
+/// packets that are not ICMP (the evaluator does not look at it then).
 #[inline(always)]
-pub fn filter_view(pf: u8, nh: u64, h: &mut HeaderSnapshot) -> bool {
-    let mut b = [0u8; 64];
-    if !read_buf(nh, &mut b) {
-        return snapshot(pf, nh, h, false);
-    }
-    let l4 = if pf == 2 {
-        if b[0] != 0x45 {
-            return snapshot(pf, nh, h, false);
+pub fn filter_view(pf: u8, nh: u64, f: &mut FilterInput) -> bool {
+    let Some(w) = mem::read_words::<VIEW_WORDS>(nh) else {
+        return false;
+    };
+    // Little-endian words: byte i of the header is bits 8 * (i % 8) of w[i / 8].
+    let (proto, l4, src, dst) = if pf == 2 {
+        // Version 4, IHL 5.
+        if w[0] as u8 != 0x45 {
+            return false;
         }
-        h.proto = b[9];
-        h.saddr = [0; 16];
-        h.daddr = [0; 16];
-        h.saddr[..4].copy_from_slice(&b[12..16]);
-        h.daddr[..4].copy_from_slice(&b[16..20]);
-        // Non-first fragments have no transport header.
-        if u16::from_be_bytes([b[6], b[7]]) & 0x1fff != 0 {
-            h.l4_flags = 0;
+        let proto = (w[1] >> 8) as u8;
+        let (src, dst) = ([w[1] >> 32, 0], [w[2] & 0xffff_ffff, 0]);
+        // frag_off (bytes 6, 7) & 0x1fff: a non-first fragment has no transport header.
+        if (w[0] >> 48) & 0xff1f != 0 {
+            f.proto = proto;
+            f.flags = 0;
+            f.sport = 0;
+            f.dport = 0;
+            set_addrs(f, src, dst);
             return true;
         }
-        20
+        (proto, w[2] >> 32, src, dst)
     } else {
-        h.proto = b[6];
+        let proto = (w[0] >> 48) as u8;
         if !matches!(
-            h.proto,
+            proto,
             IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_ICMPV6
         ) {
-            return snapshot(pf, nh, h, false);
+            return false;
         }
-        h.saddr.copy_from_slice(&b[8..24]);
-        h.daddr.copy_from_slice(&b[24..40]);
-        40
+        (proto, w[5], [w[1], w[2]], [w[3], w[4]])
     };
-    h.l4_flags = l4_flags::VALID;
-    match h.proto {
+    set_addrs(f, src, dst);
+    f.proto = proto;
+    f.flags = input_flags::L4_VALID;
+    match proto {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            h.sport = u16::from_be_bytes([b[l4], b[l4 + 1]]);
-            h.dport = u16::from_be_bytes([b[l4 + 2], b[l4 + 3]]);
+            f.sport = u16::from_be(l4 as u16);
+            f.dport = u16::from_be((l4 >> 16) as u16);
         }
+        // No ports: 0 (the sampling's flow lookup hashes them; the filter does not look).
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            h.icmp_type = b[l4];
-            h.icmp_code = b[l4 + 1];
+            f.icmp_type = l4 as u8;
+            f.sport = 0;
+            f.dport = 0;
         }
-        _ => h.l4_flags = 0,
+        _ => {
+            f.flags = 0;
+            f.sport = 0;
+            f.dport = 0;
+        }
     }
     true
 }
 
+/// Store both addresses as words (in memory order, as read from the packet).
+#[inline(always)]
+fn set_addrs(f: &mut FilterInput, src: [u64; 2], dst: [u64; 2]) {
+    // SAFETY: saddr/daddr are 16 bytes at 8-aligned offsets of the 8-aligned FilterInput
+    // (asserted in trace_common::filter).
+    unsafe {
+        let s = core::ptr::addr_of_mut!(f.saddr) as *mut [u64; 2];
+        let d = core::ptr::addr_of_mut!(f.daddr) as *mut [u64; 2];
+        s.write(src);
+        d.write(dst);
+    }
+}
+
 #[inline(always)]
 fn ipv4(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
-    let mut ip = [0u8; 20];
-    if !read_buf(nh, &mut ip) {
+    let Some(ip) = mem::read_arr::<20>(nh) else {
         return false;
-    }
+    };
     let ihl = (ip[0] & 0x0f) as u64 * 4;
     h.tos = ip[1];
     h.len = u16::from_be_bytes([ip[2], ip[3]]);
@@ -111,8 +145,7 @@ fn ipv4(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
     h.frag = u16::from_be_bytes([ip[6], ip[7]]);
     h.ttl = ip[8];
     h.proto = ip[9];
-    h.saddr = [0; 16];
-    h.daddr = [0; 16];
+    // (Zeroed by `snapshot`.)
     h.saddr[..4].copy_from_slice(&ip[12..16]);
     h.daddr[..4].copy_from_slice(&ip[16..20]);
     h.flowlabel = 0;
@@ -128,10 +161,9 @@ fn ipv4(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
 
 #[inline(always)]
 fn ipv6(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
-    let mut ip = [0u8; 40];
-    if !read_buf(nh, &mut ip) {
+    let Some(ip) = mem::read_arr::<40>(nh) else {
         return false;
-    }
+    };
     h.tos = (ip[0] << 4) | (ip[1] >> 4);
     h.flowlabel = u32::from_be_bytes([0, ip[1] & 0x0f, ip[2], ip[3]]);
     h.len = u16::from_be_bytes([ip[4], ip[5]]).wrapping_add(40);
@@ -177,10 +209,9 @@ fn transport(l4: u64, end: u64, h: &mut HeaderSnapshot, options: bool) {
     h.tcp_opt_len = 0;
     match h.proto {
         IPPROTO_TCP => {
-            let mut t = [0u8; 20];
-            if !read_buf(l4, &mut t) {
+            let Some(t) = mem::read_arr::<20>(l4) else {
                 return;
-            }
+            };
             h.sport = u16::from_be_bytes([t[0], t[1]]);
             h.dport = u16::from_be_bytes([t[2], t[3]]);
             h.tcp_seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
@@ -200,10 +231,9 @@ fn transport(l4: u64, end: u64, h: &mut HeaderSnapshot, options: bool) {
             h.l4_flags = l4_flags::VALID;
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
-            let mut u = [0u8; 8];
-            if !read_buf(l4, &mut u) {
+            let Some(u) = mem::read_arr::<8>(l4) else {
                 return;
-            }
+            };
             h.sport = u16::from_be_bytes([u[0], u[1]]);
             h.dport = u16::from_be_bytes([u[2], u[3]]);
             h.udp_len = if h.proto == IPPROTO_UDP {
@@ -214,10 +244,9 @@ fn transport(l4: u64, end: u64, h: &mut HeaderSnapshot, options: bool) {
             h.l4_flags = l4_flags::VALID;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let mut c = [0u8; 8];
-            if !read_buf(l4, &mut c) {
+            let Some(c) = mem::read_arr::<8>(l4) else {
                 return;
-            }
+            };
             h.icmp_type = c[0];
             h.icmp_code = c[1];
             h.sport = u16::from_be_bytes([c[4], c[5]]);
@@ -273,8 +302,8 @@ fn quoted(inner: u64, end: u64, h: &mut HeaderSnapshot, packable: bool) {
     // SAFETY: tcp_seq..=tcp_res are QUOTED_TAIL contiguous bytes of the repr(C) struct
     // (asserted above); plain integers, any bit pattern is valid.
     let tail = unsafe { &mut *(core::ptr::addr_of_mut!(h.tcp_seq) as *mut [u8; QUOTED_TAIL]) };
+    // A failed read leaves the tail zeroed (by the helper).
     if !read_buf(inner + TCP_OPTIONS_MAX as u64, tail) {
-        *tail = [0; QUOTED_TAIL];
         avail = avail.min(TCP_OPTIONS_MAX as u8);
     }
     h.tcp_opt_len = avail;

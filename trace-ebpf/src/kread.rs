@@ -31,15 +31,14 @@ pub fn kread<T: Copy + Default, const DIRECT: bool>(base: u64, off: u32) -> T {
     unsafe { core::ptr::read_volatile((base + off as u64) as *const T) }
 }
 
-/// Copy `dst.len()` bytes from `addr`; false when the read failed (dst is then zeroed).
+/// Copy `dst.len()` bytes from `addr`; false when the read failed (the helper then zeroed
+/// dst) or `addr` is NULL (dst untouched).
 #[inline(always)]
 pub fn read_buf(addr: u64, dst: &mut [u8]) -> bool {
     if addr == 0 {
         return false;
     }
-    if unsafe { bpf_probe_read_kernel_buf(addr as *const u8, dst) }.is_err() {
-        dst.fill(0);
-        return false;
-    }
-    true
+    // No `fill(0)` on failure: the helper already zeroes dst, and a fill here compiles to a
+    // byte-loop memset call (see `mem`).
+    unsafe { bpf_probe_read_kernel_buf(addr as *const u8, dst) }.is_ok()
 }

@@ -4,6 +4,7 @@
 //!   table of each hook, and the skb:kfree_skb drop reporter;
 //! - [`maps`]: maps and load-time globals shared by them;
 //! - [`kread`] / [`headers`]: reading kernel structs (BTF offsets) and the packet headers;
+//! - [`mem`]: zero-fills and read buffers that avoid the byte-loop `memset`;
 //! - [`filter`]: the capture filter evaluator (assembly developer's module).
 //!
 //! On the host (e.g. `cargo build --workspace`) this crate compiles to an empty binary so
@@ -20,6 +21,8 @@ mod headers;
 mod kread;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod mem;
 #[cfg(target_arch = "bpf")]
 mod nfhook;
 #[cfg(target_arch = "bpf")]

@@ -65,9 +65,10 @@ pub static HASH_BUF: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 pub static PKT_BUF: PerCpuArray<[u64; 16]> = PerCpuArray::with_max_entries(1, 0);
 
-/// A conntrack tuple's two addresses while hashing it (index 0; off the stack).
+/// A conntrack tuple's two addresses while hashing it (index 0; off the stack). Words, so
+/// an IPv4 tuple's unused 12 bytes are cleared with word stores.
 #[map]
-pub static TUPLE_BUF: PerCpuArray<[[u8; 16]; 2]> = PerCpuArray::with_max_entries(1, 0);
+pub static TUPLE_BUF: PerCpuArray<[[u64; 2]; 2]> = PerCpuArray::with_max_entries(1, 0);
 
 /// Records of packets whose sampling decision is pending (see nfhook::buffer_pending).
 #[map]

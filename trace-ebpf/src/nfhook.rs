@@ -33,13 +33,12 @@ use aya_ebpf::{
 };
 use trace_common::{
     filter::{
-        input_flags, pred_matches, FilterInput, FilterPredicate, FilterProgram, FILTER_MAX_CLAUSES,
-        FILTER_MAX_PREDS,
+        input_flags, pred_matches, FilterInput, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS,
     },
     flowhash,
     record::{
-        filter_fields, kind, probe_flags, tracked_flags, Counters, CurSlot, ProbeRecord, Tracked,
-        PREV_NONE, PRIORITY_MAGIC, RECORD_VERSION,
+        filter_fields, kind, probe_flags, tracked_flags, Counters, CurSlot, HeaderSnapshot,
+        ProbeRecord, Tracked, PREV_NONE, PRIORITY_MAGIC, RECORD_VERSION,
     },
 };
 
@@ -51,7 +50,7 @@ use crate::{
         FLOW_CACHE_SLOTS, FLOW_KEEP, FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH,
         SLOT_DONE, SLOT_TRACKED, TRACKED, TUPLE_BUF,
     },
-    pktbuf,
+    mem, pktbuf,
 };
 
 const NF_ACCEPT: i32 = 1;
@@ -239,12 +238,16 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
     // A filter that matches everything needs no look at the packet (sampling needs its
     // 5-tuple below).
     let match_all = global!(FILTER_FIELDS) & filter_fields::MATCH_ALL != 0;
-    if D && match_all && !sampling {
-        rec.pf = kread::<_, D>(state, global!(OFFSETS.state_pf));
-    } else {
-        read_filter_fields::<D>(rec, state, skb);
-    }
-    if !(D && match_all) && !selected(rec) {
+    let input = match FILTER_INPUT.get_ptr_mut(0) {
+        // SAFETY: per-CPU map value (the 80-byte view stays off the 512-byte stack).
+        Some(f) if !(D && match_all && !sampling) => {
+            let f = unsafe { &mut *f };
+            filter_input::<D>(f, &mut rec.headers, state, skb);
+            Some(f)
+        }
+        _ => None,
+    };
+    if !(D && match_all) && !input.as_deref().is_some_and(selected) {
         // A recycled skb address may still be in the map from an earlier traversal (only
         // consulted while something is being tracked; netfilter probes: the slot shadows it).
         if !D && recently_active() {
@@ -254,7 +257,10 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
         return;
     }
     // Later packets of a flow already decided: skip or track at once, no waiting.
-    let known = if sampling { known_flow::<D>(rec) } else { None };
+    let known = match input {
+        Some(f) if sampling => known_flow::<D>(f),
+        _ => None,
+    };
     if known == Some(false) {
         if !D && recently_active() {
             let _ = TRACKED.remove(skb);
@@ -263,17 +269,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut t = Tracked {
-        gen: now,
-        last_hash: 0,
-        netns: 0,
-        last_meta: 0,
-        prev_priority: 0,
-        state: STATE_TRACKED,
-        last_hook: NO_HOOK,
-        prev_hook: PREV_NONE,
-        flags: 0,
-    };
+    let mut t = new_tracked(now);
     rec.ts_ns = now;
     rec.priority = prio;
     let hash = fill_record::<D>(rec, state, skb, &mut t, false);
@@ -322,6 +318,25 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
         _ => {
             let _ = TRACKED.insert(skb, t, 0);
         }
+    }
+}
+
+/// A new traversal's state: first seen `now`, tracked, nothing sent yet. The zero is opaque
+/// to LLVM (`black_box`): as a literal, the 20 contiguous zero bytes compiled to a call of
+/// the byte-loop memset (see `mem`).
+#[inline(always)]
+fn new_tracked(now: u64) -> Tracked {
+    let z = core::hint::black_box(0u64);
+    Tracked {
+        gen: now,
+        last_hash: z,
+        netns: z as u32,
+        last_meta: z as u32,
+        prev_priority: z as i32,
+        state: STATE_TRACKED,
+        last_hook: NO_HOOK,
+        prev_hook: PREV_NONE,
+        flags: 0,
     }
 }
 
@@ -417,38 +432,17 @@ fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked, 
     }
 }
 
-/// Filter verdict for the packet in `rec`.
+/// Filter verdict for the packet whose view is `input`.
 #[inline(never)]
-fn selected(rec: &ProbeRecord) -> bool {
+fn selected(input: &FilterInput) -> bool {
     let Some(prog) = FILTER.get(0) else {
         return false;
     };
-    // The 80-byte input lives in a per-CPU map: the stack is shared with the callers' frames.
-    let Some(input) = FILTER_INPUT.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: per-CPU map value.
-    let input = unsafe { &mut *input };
-    let h = &rec.headers;
-    input.family = rec.pf;
-    input.proto = h.proto;
-    input.flags = if h.l4_flags != 0 {
-        input_flags::L4_VALID
-    } else {
-        0
-    };
-    input.icmp_type = h.icmp_type;
-    input.mark = rec.mark;
-    input.saddr = h.saddr;
-    input.daddr = h.daddr;
-    input.sport = h.sport;
-    input.dport = h.dport;
-    input.in_dev = rec.in_dev;
-    input.out_dev = rec.out_dev;
     program_matches(prog, input)
 }
 
 /// `trace_common::filter::matches` with each predicate evaluated in its own BPF function
+/// (`pred_matches`, not inlined)
 /// (fully inlined, the 16 × 8 unrolled predicates exceed the 512-byte stack), and loops
 /// bounded by the loaded filter's shape (load-time constants), so the verifier walks only the
 /// predicates that exist instead of all 128.
@@ -467,7 +461,7 @@ fn program_matches(prog: &FilterProgram, input: &FilterInput) -> bool {
             if pi >= np {
                 break;
             }
-            if !predicate(&clause.preds[pi], input) {
+            if !pred_matches(&clause.preds[pi], input) {
                 all = false;
                 break;
             }
@@ -477,11 +471,6 @@ fn program_matches(prog: &FilterProgram, input: &FilterInput) -> bool {
         }
     }
     false
-}
-
-#[inline(never)]
-fn predicate(pred: &FilterPredicate, input: &FilterInput) -> bool {
-    pred_matches(pred, input)
 }
 
 /// Sampling decision (flow hash of the ct ORIGINAL tuple, else of the packet) and rate limit.
@@ -530,27 +519,32 @@ fn tuple_hash(tuple: u64, pf: u8) -> u32 {
         return 0;
     };
     // SAFETY: per-CPU map value.
-    let buf = unsafe { &mut *buf };
-    let (src, dst) = buf.split_at_mut(1);
-    read_buf(tuple + global!(OFFSETS.tuple_src_u3) as u64, &mut src[0]);
-    read_buf(tuple + global!(OFFSETS.tuple_dst_u3) as u64, &mut dst[0]);
+    let [src, dst] = unsafe { &mut *buf };
+    // SAFETY: a [u64; 2] viewed as its 16 bytes.
+    let bytes = |w: &mut [u64; 2]| unsafe { &mut *(w as *mut [u64; 2] as *mut [u8; 16]) };
+    read_buf(tuple + global!(OFFSETS.tuple_src_u3) as u64, bytes(src));
+    read_buf(tuple + global!(OFFSETS.tuple_dst_u3) as u64, bytes(dst));
     let sport = u16::from_be(read(tuple, global!(OFFSETS.tuple_src_port)));
     let dport = u16::from_be(read(tuple, global!(OFFSETS.tuple_dst_port)));
     let proto: u8 = read(tuple, global!(OFFSETS.tuple_dst_protonum));
     if pf == 2 {
-        // The tuple's address union is 16 bytes; IPv4 uses the first 4, the rest may be stale.
-        src[0][4..].fill(0);
-        dst[0][4..].fill(0);
+        // The tuple's address union is 16 bytes; IPv4 uses the first 4 (the low half of the
+        // first little-endian word), the rest may be stale.
+        src[0] &= 0xffff_ffff;
+        src[1] = 0;
+        dst[0] &= 0xffff_ffff;
+        dst[1] = 0;
     }
-    flowhash::flow_hash(pf, proto, &src[0], sport, &dst[0], dport)
+    let (src, dst) = (bytes(src), bytes(dst));
+    flowhash::flow_hash(pf, proto, src, sport, dst, dport)
 }
 
-/// A decision already made for this packet's flow (FLOWS), from its 5-tuple at first sight.
-/// Netfilter probes (`D`) look in this CPU's [`FLOW_CACHE`] first and fill it from FLOWS.
+/// A decision already made for this packet's flow (FLOWS), from its 5-tuple at first sight
+/// (the filter's view). Netfilter probes (`D`) look in this CPU's [`FLOW_CACHE`] first and
+/// fill it from FLOWS.
 #[inline(always)]
-fn known_flow<const D: bool>(rec: &ProbeRecord) -> Option<bool> {
-    let h = &rec.headers;
-    let key = flowhash::flow_hash(rec.pf, h.proto, &h.saddr, h.sport, &h.daddr, h.dport);
+fn known_flow<const D: bool>(f: &FilterInput) -> Option<bool> {
+    let key = flowhash::flow_hash(f.family, f.proto, &f.saddr, f.sport, &f.daddr, f.dport);
     if !D {
         // SAFETY: map value read.
         return FLOWS.get_ptr(key).map(|d| unsafe { *d } == FLOW_KEEP);
@@ -859,8 +853,11 @@ fn devices<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, head: u64
     let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
     rec.in_ifindex = kread::<_, D>(indev, global!(OFFSETS.dev_ifindex));
     rec.out_ifindex = kread::<_, D>(outdev, global!(OFFSETS.dev_ifindex));
-    dev_name_with::<D>(indev, &mut rec.in_dev);
-    dev_name_with::<D>(outdev, &mut rec.out_dev);
+    // SAFETY: 16-byte fields at 8-aligned offsets of the 8-aligned ProbeRecord (asserted below).
+    unsafe {
+        store_name(&mut rec.in_dev, dev_name_words::<D>(indev));
+        store_name(&mut rec.out_dev, dev_name_words::<D>(outdev));
+    }
     rec.flags |= probe_flags::DEVS;
     mac::<D>(rec, skb, head, indev);
     creds::<D>(rec, skb);
@@ -881,28 +878,79 @@ fn meta_hash(rec: &ProbeRecord) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
-/// What the filter looks at: family, headers (no TCP options), and devices / mark only when
-/// the loaded filter uses them. All a first-sight probe reads for packets it rejects.
+/// What the filter looks at, written into `f`: family, protocol, addresses, ports / ICMP type,
+/// and devices / mark only when the loaded filter uses them. All a first-sight probe reads for
+/// packets it rejects: one 48-byte read for the common layouts (`headers::filter_view`),
+/// else a full header walk into `h` (scratch).
 #[inline(never)]
-fn read_filter_fields<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64) {
-    rec.pf = kread::<_, D>(state, global!(OFFSETS.state_pf));
+fn filter_input<const D: bool>(f: &mut FilterInput, h: &mut HeaderSnapshot, state: u64, skb: u64) {
+    f.family = kread::<_, D>(state, global!(OFFSETS.state_pf));
     if global!(FILTER_FIELDS) & filter_fields::DEVS != 0 {
         let indev: u64 = kread::<_, D>(state, global!(OFFSETS.state_in));
         let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
-        dev_name_with::<D>(indev, &mut rec.in_dev);
-        dev_name_with::<D>(outdev, &mut rec.out_dev);
+        // SAFETY: 16-byte fields at 8-aligned offsets of the 8-aligned FilterInput.
+        unsafe {
+            store_name(&mut f.in_dev, dev_name_words::<D>(indev));
+            store_name(&mut f.out_dev, dev_name_words::<D>(outdev));
+        }
     }
-    rec.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 {
+    f.mark = if global!(FILTER_FIELDS) & filter_fields::MARK != 0 {
         kread::<_, D>(skb, global!(OFFSETS.skb_mark))
     } else {
         0
     };
     let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
     let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
-    if head == 0 || !headers::filter_view(rec.pf, head + nh as u64, &mut rec.headers) {
+    let nh = head + nh as u64;
+    if head == 0 || !(headers::filter_view(f.family, nh, f) || full_view(f, h, nh)) {
         // Unreadable headers: nothing for the filter to match on.
-        rec.headers.proto = 0;
-        rec.headers.l4_flags = 0;
+        f.proto = 0;
+        f.flags = 0;
+        // SAFETY: 8-aligned 16-byte fields (asserted in trace_common::filter).
+        unsafe {
+            store_name(&mut f.saddr, [0; 2]);
+            store_name(&mut f.daddr, [0; 2]);
+        }
+    }
+}
+
+/// The filter's view from a full header walk (IP options, IPv6 extension headers, other
+/// protocols): `headers::snapshot` into the scratch `h`, then copied. False: unreadable.
+#[inline(always)]
+fn full_view(f: &mut FilterInput, h: &mut HeaderSnapshot, nh: u64) -> bool {
+    if !headers::snapshot(f.family, nh, h, false) {
+        return false;
+    }
+    f.proto = h.proto;
+    f.flags = if h.l4_flags != 0 {
+        input_flags::L4_VALID
+    } else {
+        0
+    };
+    f.icmp_type = h.icmp_type;
+    f.saddr = h.saddr;
+    f.daddr = h.daddr;
+    f.sport = h.sport;
+    f.dport = h.dport;
+    true
+}
+
+const _: () = assert!(core::mem::align_of::<ProbeRecord>() == 8);
+const _: () = assert!(core::mem::offset_of!(ProbeRecord, in_dev) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(ProbeRecord, out_dev) % 8 == 0);
+
+/// Store a device name read as two words (volatile: two zero words, no device, would
+/// otherwise be merged into a byte-loop memset call, see `mem`).
+///
+/// # Safety
+/// `dst` is 8-aligned (a field at an 8-aligned offset of an 8-aligned struct).
+#[inline(always)]
+unsafe fn store_name(dst: &mut [u8; 16], w: [u64; 2]) {
+    let p = dst as *mut [u8; 16] as *mut u64;
+    // SAFETY: the caller's contract; 16 writable bytes.
+    unsafe {
+        p.write_volatile(w[0]);
+        p.add(1).write_volatile(w[1]);
     }
 }
 
@@ -924,9 +972,8 @@ fn quick_hash(nh: u64) -> u64 {
             nh as *const core::ffi::c_void,
         )
     };
-    if ok != 0 {
-        *w = [0; 8];
-    }
+    // A failed read left zeros (the helper clears the buffer).
+    let _ = ok;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for x in w.iter() {
         h ^= *x;
@@ -936,25 +983,18 @@ fn quick_hash(nh: u64) -> u64 {
     h | 1
 }
 
+/// A device's name (16 bytes, zeros without a device) as two words: with direct loads when
+/// `D` (the device is a BTF pointer: two 8-byte loads instead of a helper call).
 #[inline(always)]
-fn dev_name(dev: u64, dst: &mut [u8; 16]) {
-    if dev == 0 || !read_buf(dev + global!(OFFSETS.dev_name) as u64, dst) {
-        *dst = [0; 16];
-    }
-}
-
-/// [`dev_name`] with direct loads when `D` (the device is a BTF pointer: two 8-byte loads of
-/// its `name` array instead of a helper call).
-#[inline(always)]
-fn dev_name_with<const D: bool>(dev: u64, dst: &mut [u8; 16]) {
-    if !D {
-        return dev_name(dev, dst);
-    }
+fn dev_name_words<const D: bool>(dev: u64) -> [u64; 2] {
     let off = global!(OFFSETS.dev_name);
-    let a: u64 = kread::<_, true>(dev, off);
-    let b: u64 = kread::<_, true>(dev, off + 8);
-    dst[..8].copy_from_slice(&a.to_ne_bytes());
-    dst[8..].copy_from_slice(&b.to_ne_bytes());
+    if !D {
+        if dev == 0 {
+            return [0; 2];
+        }
+        return mem::read_words::<2>(dev + off as u64).unwrap_or([0; 2]);
+    }
+    [kread::<_, true>(dev, off), kread::<_, true>(dev, off + 8)]
 }
 
 /// skb->_nfct: conntrack pointer | ctinfo (low 3 bits).
@@ -980,8 +1020,11 @@ fn conntrack<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
     // status and mark are a few bytes apart in struct nf_conn: one read for both when they
     // fit in CT_BLOCK bytes (the offsets are load-time constants, so is the index).
     if m_off >= s_off && m_off - s_off + 4 <= CT_BLOCK as u32 {
-        let mut b = [0u8; CT_BLOCK];
-        read_buf(ct + s_off as u64, &mut b);
+        let Some(b) = mem::read_arr::<CT_BLOCK>(ct + s_off as u64) else {
+            rec.ct_status = 0;
+            rec.ct_mark = 0;
+            return;
+        };
         let d = (m_off - s_off) as usize;
         rec.ct_status = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         if d + 4 <= CT_BLOCK {
@@ -1009,8 +1052,7 @@ fn mac<const D: bool>(rec: &mut ProbeRecord, skb: u64, head: u64, indev: u64) {
     if mh == 0xffff {
         return;
     }
-    let mut m = [0u8; 14];
-    if read_buf(head + mh as u64, &mut m) {
+    if let Some(m) = mem::read_arr::<14>(head + mh as u64) {
         rec.mac[..14].copy_from_slice(&m);
         rec.mac_len = 14;
         rec.flags |= probe_flags::MAC;

@@ -137,6 +137,6 @@ fn transport<const L: usize>(b: &[u8; PKT_BYTES], h: &mut HeaderSnapshot) {
 /// Start from zero, as headers::snapshot does, so unset fields hash and compare stably.
 #[inline(always)]
 fn zero(h: &mut HeaderSnapshot) {
-    // SAFETY: plain data; write_bytes avoids a 112-byte temporary on the stack.
-    unsafe { core::ptr::write_bytes(h as *mut HeaderSnapshot, 0, 1) };
+    // SAFETY: plain data, a valid &mut.
+    unsafe { crate::mem::zero(h) };
 }
