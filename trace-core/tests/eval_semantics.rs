@@ -1378,3 +1378,52 @@ fn recent_set_is_decided_and_unfilled_lists_are_checked_empty_first() {
         1
     );
 }
+
+/// `-m set` is decided from the netns's ipsets when the capture read them (`ipset save`),
+/// and stays a branch point when it did not, when a counter condition is asked, or when a
+/// `SET` target of the ruleset changes the set (anti-portscan: contents depend on earlier
+/// packets). Found by capture_fidelity ipvs_calico: `KUBE-SERVICES -m set --match-set
+/// KUBE-CLUSTER-IP dst,dst -j ACCEPT` before an ACCEPT policy is otherwise undecidable.
+#[test]
+fn set_match_uses_the_read_ipsets() {
+    let nat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:KUBE-MARK-MASQ - [0:0]\n\
+        -A PREROUTING ! -s 10.213.2.0/24 -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ\n\
+        -A PREROUTING -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\n\
+        -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\nCOMMIT\n";
+    let mut ctx = NetContext::from_addrs([]);
+    ctx.ipsets = Some(
+        trace_core::eval::ipset::parse_save(
+            "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536\n\
+             add KUBE-CLUSTER-IP 10.213.2.2,tcp:8080\n",
+        )
+        .unwrap(),
+    );
+    let member = tcp("10.213.1.2", 40000, "10.213.2.2", 8080, tcp_flags::SYN);
+    let t = Case::new(Hook::Prerouting, member.clone()).run(nat, Table::Nat, &ctx);
+    assert_eq!(
+        single(&t).1,
+        [
+            "nat:PREROUTING:rule:1",
+            "nat:KUBE-MARK-MASQ:rule:1",
+            "nat:KUBE-MARK-MASQ:return:2",
+            "nat:PREROUTING:rule:2"
+        ]
+    );
+    assert_eq!(t.candidates[0].mark, 0x4000);
+    let other = udp("10.213.1.2", "10.213.2.2", 8080);
+    let t = Case::new(Hook::Prerouting, other).run(nat, Table::Nat, &ctx);
+    assert_eq!(single(&t).1, ["nat:PREROUTING:policy:3"]);
+    // Not read: both rules branch.
+    let t = Case::new(Hook::Prerouting, member.clone()).run(nat, Table::Nat, &unknown());
+    assert!(t.candidates.len() > 1, "{:#?}", steps());
+    // A counter condition, and a set a SET target changes, stay branch points.
+    let counters = nat.replace("-j ACCEPT", "--packets-gt 3 -j ACCEPT");
+    let t = Case::new(Hook::Prerouting, member.clone()).run(&counters, Table::Nat, &ctx);
+    assert!(t.candidates.len() > 1, "{:#?}", steps());
+    let dynamic = nat.replace(
+        "-A KUBE-MARK-MASQ -j MARK",
+        "-A KUBE-MARK-MASQ -j SET --add-set KUBE-CLUSTER-IP dst,dst --exist\n-A KUBE-MARK-MASQ -j MARK",
+    );
+    let t = Case::new(Hook::Prerouting, member).run(&dynamic, Table::Nat, &ctx);
+    assert!(t.candidates.len() > 1, "{:#?}", steps());
+}

@@ -296,7 +296,13 @@ impl Run<'_> {
         // Decidable matches first: any false one settles the rule without a branch (the
         // conjunction does not depend on order; xt matches have no effect on this packet).
         for m in &model.matches {
-            match super::matches::decide(m, self.pkt, st, self.ctx) {
+            let decided = match &m.kind {
+                MatchKind::Set(set) if self.ev.sets_changed_by_rules.contains(&set.name) => {
+                    super::matches::Tri::Unknown("ipset a SET target of the ruleset changes")
+                }
+                _ => super::matches::decide(m, self.pkt, st, self.ctx),
+            };
+            match decided {
                 super::matches::Tri::True => {}
                 super::matches::Tri::False => return RuleMatch::No,
                 super::matches::Tri::Unknown(why) => {

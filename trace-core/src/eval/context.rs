@@ -42,6 +42,10 @@ pub struct NetContext {
     pub bridges: Vec<String>,
     #[serde(default)]
     pub bridges_known: bool,
+    /// The netns's ipsets (`ipset save`); None when they were not read (every `-m set`
+    /// then branches).
+    #[serde(default)]
+    pub ipsets: Option<super::ipset::IpSets>,
 }
 
 impl NetContext {
@@ -61,6 +65,7 @@ impl NetContext {
             interfaces,
             bridges: Vec::new(),
             bridges_known: false,
+            ipsets: None,
         }
     }
 

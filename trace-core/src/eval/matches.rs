@@ -87,7 +87,7 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
         MatchKind::Statistic(_) => Tri::Unknown("random/nth: depends on other packets"),
         MatchKind::Limit(_) => Tri::Unknown("rate limit state"),
         MatchKind::Recent(r) => recent(r),
-        MatchKind::Set(_) => Tri::Unknown("ipset contents"),
+        MatchKind::Set(s) => set(s, &m.args, p, ctx),
         MatchKind::Socket(_) => Tri::Unknown("socket lookup"),
         MatchKind::Unknown => Tri::Unknown(unknown_reason(&m.module)),
     }
@@ -101,6 +101,35 @@ fn recent(r: &crate::rules::matches::RecentMatch) -> Tri {
     match r.mode {
         Some(crate::rules::matches::RecentMode::Set) => (!r.negated).into(),
         _ => Tri::Unknown(RECENT_LIST),
+    }
+}
+
+/// xt_set set_match_v4: the set's membership test on the element the flags pick, then `!`.
+/// Counter conditions (`--packets-gt`, `--bytes-lt`, ...) depend on earlier packets, and a
+/// set the netns snapshot lacks is unknown: branch points.
+fn set(s: &crate::rules::matches::SetMatch, args: &[String], p: &Pkt<'_>, ctx: &NetContext) -> Tri {
+    let Some(sets) = &ctx.ipsets else {
+        return Tri::Unknown("ipset contents not read");
+    };
+    if args
+        .iter()
+        .any(|a| a.starts_with("--packets-") || a.starts_with("--bytes-"))
+    {
+        return Tri::Unknown("ipset counters");
+    }
+    let ports = if is_later_fragment(p.h) {
+        None
+    } else {
+        p.h.l4.ports().map(|(sp, dp)| (p.h.proto, sp, dp))
+    };
+    let probe = super::ipset::SetProbe {
+        src: p.h.src,
+        dst: p.h.dst,
+        ports,
+    };
+    match sets.test(&s.name, &s.src_flags, &probe) {
+        Some(hit) => (hit != s.negated).into(),
+        None => Tri::Unknown("ipset type or element not modelled"),
     }
 }
 

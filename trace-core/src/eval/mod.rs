@@ -20,6 +20,7 @@
 
 mod compile;
 pub mod context;
+pub mod ipset;
 mod matches;
 mod targets;
 
@@ -266,6 +267,9 @@ pub struct Evaluator {
     tables: Vec<Option<CTable>>,
     /// Names of the `recent` lists some rule adds addresses to (`--set`, in any table).
     recent_lists_set: std::collections::HashSet<String>,
+    /// ipsets a `-j SET --add-set/--del-set` rule changes: their contents depend on earlier
+    /// packets, not on the snapshot the capture read.
+    sets_changed_by_rules: std::collections::HashSet<String>,
 }
 
 /// The per-path mutable state.
@@ -356,6 +360,25 @@ fn recent_lists_set(rs: &Ruleset) -> std::collections::HashSet<String> {
         .collect()
 }
 
+/// The ipsets a `SET` target of the ruleset adds to or deletes from (the target is kept
+/// verbatim: its `--add-set NAME` / `--del-set NAME` words).
+fn sets_changed_by_rules(rs: &Ruleset) -> std::collections::HashSet<String> {
+    rs.tables
+        .iter()
+        .flat_map(|t| &t.chains)
+        .flat_map(|c| &c.rules)
+        .flat_map(|r| {
+            let w: Vec<&str> = r.text.split_whitespace().collect();
+            let changed: Vec<String> = w
+                .windows(2)
+                .filter(|p| p[0] == "--add-set" || p[0] == "--del-set")
+                .map(|p| p[1].trim_matches('"').to_string())
+                .collect();
+            changed
+        })
+        .collect()
+}
+
 pub fn ip_bits(ip: std::net::IpAddr) -> u128 {
     match ip {
         std::net::IpAddr::V4(a) => u32::from(a) as u128,
@@ -380,10 +403,12 @@ impl Evaluator {
             })
             .collect();
         let recent_lists_set = recent_lists_set(&ruleset);
+        let sets_changed_by_rules = sets_changed_by_rules(&ruleset);
         Evaluator {
             ruleset,
             tables,
             recent_lists_set,
+            sets_changed_by_rules,
         }
     }
 
