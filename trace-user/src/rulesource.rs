@@ -398,10 +398,15 @@ fn take_dump(path: &Path, family: Family) -> Result<Option<(SaveBackend, String,
     })
 }
 
-/// Addresses of the netns from `ip -j addr show`.
+/// Addresses of the netns from `ip -j addr show`, and its ipsets from `ipset save` (left
+/// unknown when that fails: no ipset tool or module — `-m set` then branches).
 fn take_context(path: &Path) -> Result<NetContext> {
     let json = run_in_netns(path, &["ip", "-d", "-j", "addr", "show"])?;
-    parse_ip_addr_json(&json)
+    let mut ctx = parse_ip_addr_json(&json)?;
+    ctx.ipsets = run_in_netns(path, &["ipset", "save"])
+        .ok()
+        .and_then(|text| trace_core::eval::ipset::parse_save(&text).ok());
+    Ok(ctx)
 }
 
 /// Parses `ip -d -j addr show` output (addresses, interfaces, which are bridges).
@@ -461,6 +466,7 @@ pub fn parse_ip_addr_json(json: &str) -> Result<NetContext> {
         interfaces,
         bridges,
         bridges_known: true,
+        ipsets: None,
     })
 }
 
