@@ -12,6 +12,7 @@
 //! reconstructing each batch of packets (at most every `min_interval`), so packets are never
 //! resolved against a dump older than that interval; a recording stores every generation.
 
+use crate::capture::plan::RuleView;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -146,6 +147,24 @@ impl RuleSource {
             .get(&family)
             .with_context(|| format!("no {family:?} rule dump for netns {netns} (see warnings)"))?;
         Ok((d.evaluator.clone(), ctx, d.generation))
+    }
+
+    /// The traced namespaces (inodes).
+    pub fn netns_inodes(&self) -> Vec<u32> {
+        self.netns.keys().copied().collect()
+    }
+
+    /// What the dumps in force say for planning probes ([`RuleView`]): the iptables-legacy
+    /// dump of each family read from that backend. None for a netns not traced.
+    pub fn rule_view(&self, netns: u32) -> Option<RuleView> {
+        let st = self.netns.get(&netns)?;
+        let legacy = st
+            .dumps
+            .iter()
+            .filter(|(_, d)| d.backend == SaveBackend::Legacy)
+            .map(|(f, d)| (*f, d.evaluator.ruleset_arc().clone()))
+            .collect();
+        Some(RuleView { legacy })
     }
 
     /// The dump in force (for recordings).

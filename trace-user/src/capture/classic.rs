@@ -456,6 +456,10 @@ pub trait EventSource {
     fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>>;
     fn counters(&self) -> anyhow::Result<Counters>;
     fn drop_reasons(&self) -> &HashMap<u32, String>;
+    /// nfhook's programs, to link more probes during a capture (re-planning).
+    fn as_nfhook(&mut self) -> Option<&mut super::loader::Loaded> {
+        None
+    }
 }
 
 impl EventSource for Classic {
@@ -479,6 +483,9 @@ impl EventSource for super::loader::Loaded {
     }
     fn drop_reasons(&self) -> &HashMap<u32, String> {
         &self.drop_reasons
+    }
+    fn as_nfhook(&mut self) -> Option<&mut super::loader::Loaded> {
+        Some(self)
     }
 }
 

@@ -8,6 +8,7 @@
 //!   copies through raw BPF_PROG_LOAD;
 //! - [`link`]: BPF_LINK_CREATE netfilter links;
 //! - [`plan`]: target namespaces and the probe plan from the tables registered there;
+//! - [`probeset`]: the probes linked per netns, and probes added when the rules change;
 //! - [`session`]: attach, read the ring buffer (tokio), decode, assemble, stop, summary;
 //! - [`print`]: packet-level text output and the summary;
 //! - [`rulelevel`]: rule-level reconstruction/output and `--write` recordings (the one
@@ -27,6 +28,7 @@ pub mod modbtf;
 pub mod object;
 pub mod plan;
 pub mod print;
+pub mod probeset;
 pub mod rulelevel;
 pub mod session;
 pub mod stop;

@@ -1,13 +1,23 @@
 //! Which namespaces to trace and where the probes go in each: the tables actually registered
 //! there (legacy iptables: /proc/thread-self/net/ip{,6}_tables_names read from inside the
-//! netns; nftables: base chains from `nft -j list ruleset`), bracketed by the assembler's
-//! [`HookPlan::bracketing`] so the probes the kernel runs and the plan assembly uses are one.
+//! netns; nftables: base chains from `nft -j list ruleset`), placed by the assembler's
+//! [`HookPlan::needed`] (or [`HookPlan::bracketing`] with `--probes all`) so the probes the
+//! kernel runs and the plan assembly uses are one.
+//!
+//! Inert stages ([`inert`]) get no probe after them: an iptables table or nft base chain whose
+//! chain on the hook has no rules and policy ACCEPT can neither change nor drop a packet.
+//! Legacy tables are judged from the iptables-legacy dump ([`RuleView`]), nft-registered ones
+//! (iptables-nft tables, native chains) from `nft -j list ruleset`; a table whose rules were
+//! not read is never inert. nat tables are never inert: even empty, they apply the
+//! connection's NAT to later packets and set up null bindings for new ones.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use trace_core::assemble::{HookPlan, StageSlot};
 use trace_core::netfilter::{Family, Hook, Table};
 use trace_core::packet::Stage;
+use trace_core::rules::{Policy, Ruleset};
 
 use crate::netns;
 
@@ -88,6 +98,12 @@ pub struct NftChain {
     pub chain: String,
     pub hook: Hook,
     pub priority: i32,
+    /// Rules in the chain itself (jumps included).
+    pub rules: usize,
+    /// Policy accept (nft's default when it prints none).
+    pub accepts: bool,
+    /// A nat-type chain (never inert, see the module docs).
+    pub nat: bool,
 }
 
 /// What is registered in one netns.
@@ -118,6 +134,25 @@ fn tables_in(file: &str) -> Vec<Table> {
         .collect()
 }
 
+/// Re-reads the rule counts and policies of the nft base chains already known (a re-plan
+/// after a rule change); a chain that is gone counts as one that can act. Chains registered
+/// since are not added: the probes' hooks and first probes stay as attached.
+pub fn refresh_nft(reg: &mut Registered, path: &Path) {
+    if reg.nft.is_empty() {
+        return;
+    }
+    let fresh = nft_chains(path);
+    for c in &mut reg.nft {
+        let now = fresh
+            .iter()
+            .find(|f| f.family == c.family && f.table == c.table && f.chain == c.chain);
+        match now {
+            Some(f) => (c.rules, c.accepts) = (f.rules, f.accepts),
+            None => c.accepts = false,
+        }
+    }
+}
+
 /// Base chains from `nft -j list ruleset` run inside the netns; empty when nft is missing.
 fn nft_chains(path: &Path) -> Vec<NftChain> {
     let out = std::process::Command::new("nsenter")
@@ -130,7 +165,8 @@ fn nft_chains(path: &Path) -> Vec<NftChain> {
     }
 }
 
-/// Base chains (with hook and priority) of families ip, ip6 and inet in `nft -j` output.
+/// Base chains (with hook, priority, rule count and policy) of families ip, ip6 and inet in
+/// `nft -j` output.
 pub fn parse_nft_chains(json: &str) -> Vec<NftChain> {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
         return Vec::new();
@@ -138,31 +174,143 @@ pub fn parse_nft_chains(json: &str) -> Vec<NftChain> {
     let Some(items) = v.get("nftables").and_then(|n| n.as_array()) else {
         return Vec::new();
     };
-    items
+    let mut chains: Vec<NftChain> = items
         .iter()
-        .filter_map(|item| {
-            let c = item.get("chain")?;
-            let hook = match c.get("hook")?.as_str()? {
-                "prerouting" => Hook::Prerouting,
-                "input" => Hook::Input,
-                "forward" => Hook::Forward,
-                "output" => Hook::Output,
-                "postrouting" => Hook::Postrouting,
-                _ => return None,
-            };
-            let family = c.get("family")?.as_str()?.to_string();
-            if !matches!(family.as_str(), "ip" | "ip6" | "inet") {
-                return None;
-            }
-            Some(NftChain {
-                family,
-                table: c.get("table")?.as_str()?.to_string(),
-                chain: c.get("name")?.as_str()?.to_string(),
-                hook,
-                priority: c.get("prio")?.as_i64()? as i32,
-            })
-        })
-        .collect()
+        .filter_map(|item| base_chain(item.get("chain")?))
+        .collect();
+    for r in items.iter().filter_map(|i| i.get("rule")) {
+        let key = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+        let (fam, table, chain) = (key("family"), key("table"), key("chain"));
+        if let Some(c) = chains
+            .iter_mut()
+            .find(|c| c.family == fam && c.table == table && c.chain == chain)
+        {
+            c.rules += 1;
+        }
+    }
+    chains
+}
+
+fn base_chain(c: &serde_json::Value) -> Option<NftChain> {
+    let hook = match c.get("hook")?.as_str()? {
+        "prerouting" => Hook::Prerouting,
+        "input" => Hook::Input,
+        "forward" => Hook::Forward,
+        "output" => Hook::Output,
+        "postrouting" => Hook::Postrouting,
+        _ => return None,
+    };
+    let family = c.get("family")?.as_str()?.to_string();
+    if !matches!(family.as_str(), "ip" | "ip6" | "inet") {
+        return None;
+    }
+    let text = |k: &str| c.get(k).and_then(|v| v.as_str());
+    Some(NftChain {
+        family,
+        table: text("table")?.to_string(),
+        chain: text("name")?.to_string(),
+        hook,
+        priority: c.get("prio")?.as_i64()? as i32,
+        rules: 0,
+        accepts: text("policy").is_none_or(|p| p == "accept"),
+        nat: text("type") == Some("nat"),
+    })
+}
+
+/// Where the probes go: `--probes needed` (default) or `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProbeMode {
+    /// None after inert stages, conntrack's folded into nat's ([`HookPlan::needed`]).
+    #[default]
+    Needed,
+    /// One before the first stage and one after every stage ([`HookPlan::bracketing`]).
+    All,
+}
+
+/// What the rule dumps of one netns say, to tell inert stages: the iptables-legacy dump of
+/// each family whose dump was read from that backend.
+#[derive(Debug, Clone, Default)]
+pub struct RuleView {
+    pub legacy: Vec<(Family, Arc<Ruleset>)>,
+}
+
+impl RuleView {
+    fn legacy(&self, family: Family) -> Option<&Ruleset> {
+        self.legacy
+            .iter()
+            .find(|(f, _)| *f == family)
+            .map(|(_, r)| &**r)
+    }
+}
+
+/// The probes of (`family`, `hook`): `view` None (rules not read) brackets every stage.
+pub fn hook_plan(
+    reg: &Registered,
+    view: Option<&RuleView>,
+    family: Family,
+    hook: Hook,
+    mode: ProbeMode,
+) -> HookPlan {
+    let stages = stages(reg, family, hook);
+    match (mode, view) {
+        (ProbeMode::Needed, Some(v)) => {
+            HookPlan::needed(stages, |s| inert(reg, v, family, hook, &s.stage))
+        }
+        _ => HookPlan::bracketing(stages),
+    }
+}
+
+/// Can `stage` neither change nor drop a packet on (`family`, `hook`)? Only a table or nft
+/// base chain whose chain there has no rules and policy ACCEPT, in every backend it is
+/// registered in, as far as the rules were read.
+pub fn inert(reg: &Registered, view: &RuleView, family: Family, hook: Hook, stage: &Stage) -> bool {
+    match stage {
+        Stage::Table { table: Table::Nat } => false,
+        Stage::Table { table } => {
+            let legacy = legacy_tables(reg, family).contains(table);
+            let nft: Vec<&NftChain> = nft_chains_of(reg, family, hook)
+                .filter(|c| c.table == table.name() && c.chain == hook.chain_name())
+                .collect();
+            (legacy || !nft.is_empty())
+                && (!legacy
+                    || view
+                        .legacy(family)
+                        .is_some_and(|r| empty_builtin(r, *table, hook)))
+                && nft.iter().all(|c| nft_inert(c))
+        }
+        Stage::NftChain { table, chain } => nft_chains_of(reg, family, hook)
+            .find(|c| &c.table == table && &c.chain == chain)
+            .is_some_and(nft_inert),
+        _ => false,
+    }
+}
+
+fn legacy_tables(reg: &Registered, family: Family) -> &[Table] {
+    match family {
+        Family::Ipv4 => &reg.ipv4,
+        Family::Ipv6 => &reg.ipv6,
+    }
+}
+
+fn nft_chains_of(reg: &Registered, family: Family, hook: Hook) -> impl Iterator<Item = &NftChain> {
+    let fam: &[&str] = match family {
+        Family::Ipv4 => &["ip", "inet"],
+        Family::Ipv6 => &["ip6", "inet"],
+    };
+    reg.nft
+        .iter()
+        .filter(move |c| c.hook == hook && fam.contains(&c.family.as_str()))
+}
+
+fn nft_inert(c: &NftChain) -> bool {
+    c.rules == 0 && c.accepts && !c.nat
+}
+
+/// The table's built-in chain for `hook` is in the dump, without rules, policy ACCEPT.
+fn empty_builtin(rs: &Ruleset, table: Table, hook: Hook) -> bool {
+    rs.table(table)
+        .and_then(|t| t.chain(hook.chain_name()))
+        .is_some_and(|c| c.rules.is_empty() && c.policy == Some(Policy::Accept))
 }
 
 /// Stages on (`family`, `hook`): the iptables tables (legacy and iptables-nft tables at their
@@ -346,6 +494,127 @@ mod tests {
             stages(&reg, Family::Ipv4, Hook::Prerouting).is_empty(),
             "no IPv4 tables"
         );
+    }
+
+    /// A docker-shaped legacy dump: raw and mangle empty (ACCEPT), nat and filter with rules.
+    const DOCKERISH: &str = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n\
+        *mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n\
+        :OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n\
+        *nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        :POSTROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n-A PREROUTING -j DOCKER\n\
+        -A DOCKER -p tcp --dport 10000 -j DNAT --to-destination 172.19.0.9:80\nCOMMIT\n\
+        *filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+        -A FORWARD -d 172.19.0.9/32 -p tcp --dport 80 -j ACCEPT\nCOMMIT\n";
+
+    fn legacy_view(dump: &str) -> RuleView {
+        let rs = trace_core::rules::parse(dump).expect("dump parses");
+        RuleView {
+            legacy: vec![(Family::Ipv4, Arc::new(rs))],
+        }
+    }
+
+    fn docker_reg() -> Registered {
+        Registered {
+            ipv4: vec![Table::Raw, Table::Mangle, Table::Nat, Table::Filter],
+            ..Default::default()
+        }
+    }
+
+    fn probes_of(view: Option<&RuleView>, hook: Hook, mode: ProbeMode) -> Vec<i32> {
+        hook_plan(&docker_reg(), view, Family::Ipv4, hook, mode)
+            .probes()
+            .to_vec()
+    }
+
+    #[test]
+    fn empty_tables_with_accept_policy_get_no_probe_after_them() {
+        let v = legacy_view(DOCKERISH);
+        let needed = |h| probes_of(Some(&v), h, ProbeMode::Needed);
+        assert_eq!(needed(Hook::Prerouting), [-301, -99]);
+        assert_eq!(needed(Hook::Forward), [-151, 1]);
+        assert_eq!(needed(Hook::Postrouting), [-151, 101]);
+        // INPUT: mangle, filter (empty INPUT) inert; nat never; confirm after the last probe.
+        assert_eq!(needed(Hook::Input), [-151, 101]);
+        let all = |h| probes_of(Some(&v), h, ProbeMode::All);
+        assert_eq!(all(Hook::Prerouting), [-301, -299, -199, -149, -99]);
+        assert_eq!(all(Hook::Forward), [-151, -149, 1]);
+        // Rules not read: nothing is inert, every stage bracketed.
+        assert_eq!(
+            probes_of(None, Hook::Prerouting, ProbeMode::Needed),
+            [-301, -299, -199, -149, -99]
+        );
+    }
+
+    #[test]
+    fn a_rule_or_a_drop_policy_makes_a_table_act() {
+        let with_mark = DOCKERISH.replace(
+            ":POSTROUTING ACCEPT [0:0]\nCOMMIT\n*nat",
+            ":POSTROUTING ACCEPT [0:0]\n-A FORWARD -j MARK --set-xmark 0x7/0xffffffff\nCOMMIT\n*nat",
+        );
+        let v = legacy_view(&with_mark);
+        assert_eq!(
+            probes_of(Some(&v), Hook::Forward, ProbeMode::Needed),
+            [-151, -149, 1]
+        );
+        // filter FORWARD has policy DROP: it acts even without rules.
+        let no_rules = DOCKERISH.replace(
+            "-A FORWARD -d 172.19.0.9/32 -p tcp --dport 80 -j ACCEPT\n",
+            "",
+        );
+        let v = legacy_view(&no_rules);
+        let reg = docker_reg();
+        let filter = Stage::Table {
+            table: Table::Filter,
+        };
+        assert!(!inert(&reg, &v, Family::Ipv4, Hook::Forward, &filter));
+        assert!(inert(&reg, &v, Family::Ipv4, Hook::Input, &filter));
+        // nat is never inert, even without rules on the hook.
+        let nat = Stage::Table { table: Table::Nat };
+        assert!(!inert(&reg, &v, Family::Ipv4, Hook::Postrouting, &nat));
+        // A table the dump lacks (rules not read) is not inert.
+        let v = legacy_view(
+            "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+        );
+        let raw = Stage::Table { table: Table::Raw };
+        assert!(!inert(&reg, &v, Family::Ipv4, Hook::Prerouting, &raw));
+    }
+
+    #[test]
+    fn nft_chains_are_inert_without_rules_and_with_policy_accept() {
+        let json = r#"{"nftables":[
+          {"chain":{"family":"ip","table":"mangle","name":"FORWARD","hook":"forward","prio":-150,"type":"filter","policy":"accept"}},
+          {"chain":{"family":"ip","table":"filter","name":"FORWARD","hook":"forward","prio":0,"type":"filter","policy":"accept"}},
+          {"chain":{"family":"inet","table":"fw","name":"early","hook":"forward","prio":-250,"type":"filter","policy":"drop"}},
+          {"chain":{"family":"inet","table":"fw","name":"late","hook":"forward","prio":10,"type":"filter","policy":"accept"}},
+          {"chain":{"family":"ip","table":"filter","name":"DOCKER"}},
+          {"rule":{"family":"ip","table":"filter","chain":"FORWARD","handle":4,"expr":[]}},
+          {"rule":{"family":"ip","table":"filter","chain":"DOCKER","handle":5,"expr":[]}}]}"#;
+        let reg = Registered {
+            nft: parse_nft_chains(json),
+            ..Default::default()
+        };
+        let rules: Vec<(&str, usize)> = reg
+            .nft
+            .iter()
+            .map(|c| (c.chain.as_str(), c.rules))
+            .collect();
+        assert_eq!(
+            rules,
+            [("FORWARD", 0), ("FORWARD", 1), ("early", 0), ("late", 0)]
+        );
+        let v = RuleView::default();
+        let s = hook_plan(
+            &reg,
+            Some(&v),
+            Family::Ipv4,
+            Hook::Forward,
+            ProbeMode::Needed,
+        );
+        // early (policy drop) acts; iptables-nft mangle and the late chain are inert; filter
+        // has a rule.
+        assert_eq!(s.probes(), [-251, -249, 1]);
+        let names: Vec<String> = s.stages().iter().map(|s| s.stage.to_string()).collect();
+        assert_eq!(names, ["nft:fw:early", "mangle", "filter", "nft:fw:late"]);
     }
 
     #[test]

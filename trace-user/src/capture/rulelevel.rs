@@ -20,6 +20,11 @@
 //! the last one; a packet whose own events straddle a generation switch is resolved once
 //! complete, against the newer one.
 //!
+//! Probes (nfhook `--probes needed`): a changed ruleset is also reported to the session
+//! ([`RuleLevel::replan_with`], see `super::probeset`), which links the probes it needs; the
+//! new plans come back with the time from which they are in force and reach the replayer
+//! (and the recording) like generations: just before the first event captured at or after it.
+//!
 //! Exact rule positions (legacy x_tables, backends that probe the match and target
 //! functions): the capture hands each table traversal's calls to [`RuleLevel::positions`]
 //! as they arrive; they wait in a [`PositionStore`] until their packet is reconstructed and
@@ -44,6 +49,7 @@ use trace_core::record::replay::Replayer;
 use trace_core::record::{Record, RecordingWriter};
 
 use super::plan::Target;
+use super::probeset::Replan;
 use super::session::{monotonic_ns, Session};
 use crate::rulesource::RuleSource;
 
@@ -100,8 +106,11 @@ fn override_records(session: &Session, text: &str, family: Family) -> Vec<Record
 struct Pending(VecDeque<(u64, Vec<Record>)>);
 
 impl Pending {
+    /// Kept in time order (plans and generations arrive separately), equal times in arrival
+    /// order.
     fn push(&mut self, started_ns: u64, recs: Vec<Record>) {
-        self.0.push_back((started_ns, recs));
+        let at = self.0.partition_point(|(t, _)| *t <= started_ns);
+        self.0.insert(at, (started_ns, recs));
     }
 
     /// The records of every generation whose dump started at or before `ts_ns` (an event's
@@ -130,6 +139,8 @@ pub struct RuleLevel {
     kept: Option<Vec<(u32, CapturedPacket)>>,
     /// Rule positions waiting for their packet (empty unless the capture reports them).
     positions: PositionStore,
+    /// nfhook `--probes needed`: rule changes go to the session, its new plans come back.
+    replan: Option<Replan>,
 }
 
 impl RuleLevel {
@@ -184,6 +195,7 @@ impl RuleLevel {
             warned: Default::default(),
             kept: None,
             positions: PositionStore::default(),
+            replan: None,
         };
         rl.show_warnings();
         rl.apply(initial)?;
@@ -197,8 +209,8 @@ impl RuleLevel {
         if super::stop::requested() {
             return Ok(true);
         }
-        if self.replayer.is_none() && self.writer.is_none() {
-            // --packets without --write: nobody uses the dumps.
+        if self.replayer.is_none() && self.writer.is_none() && self.replan.is_none() {
+            // --packets without --write, all probes attached: nobody uses the dumps.
             return Ok(false);
         }
         let Some(src) = self.source.as_mut() else {
@@ -221,9 +233,55 @@ impl RuleLevel {
                 );
             }
             self.pending.push(started, src.records(&changes));
+            self.request_replan(changes.iter().map(|c| c.netns));
         }
+        self.take_plans();
         self.show_warnings();
         Ok(false)
+    }
+
+    /// Report rule changes to `replan` (the session's, see `super::probeset`) from now on,
+    /// starting with the dumps taken so far (they may be newer than what the probes were
+    /// planned with), and take its new plans.
+    pub fn replan_with(&mut self, replan: Replan) {
+        self.replan = Some(replan);
+        let all: Vec<u32> = self
+            .source
+            .as_ref()
+            .map(|s| s.netns_inodes())
+            .unwrap_or_default();
+        self.request_replan(all.into_iter());
+    }
+
+    fn request_replan(&mut self, netns: impl Iterator<Item = u32>) {
+        let (Some(r), Some(src)) = (self.replan.as_ref(), self.source.as_ref()) else {
+            return;
+        };
+        let mut seen = Vec::new();
+        for ns in netns {
+            if seen.contains(&ns) {
+                continue;
+            }
+            seen.push(ns);
+            if let Some(view) = src.rule_view(ns) {
+                r.request(ns, view);
+            }
+        }
+    }
+
+    /// New plans from the session, pending until the first event captured at or after the
+    /// time they are in force from.
+    fn take_plans(&mut self) {
+        let Some(r) = self.replan.as_ref() else {
+            return;
+        };
+        for (since, changes) in r.take_done() {
+            let recs = changes
+                .iter()
+                .map(|c| Record::plan(c.netns, c.family, c.hook, &c.plan))
+                .collect();
+            self.pending.push(since, recs);
+        }
     }
 
     /// The rule source's notes, each shown once.
@@ -240,6 +298,7 @@ impl RuleLevel {
 
     /// Puts in force every pending generation whose dump started at or before `ts_ns`.
     fn catch_up(&mut self, ts_ns: u64) -> Result<()> {
+        self.take_plans();
         let due = self.pending.due(ts_ns);
         self.apply(due)
     }
@@ -552,5 +611,11 @@ mod tests {
         p.push(3_000, vec![gen(4)]);
         assert_eq!(gens(&p.due(5_000)), [3, 4], "in order");
         assert!(p.due(u64::MAX).is_empty());
+        // A re-planned probe set (in force from its own time) may arrive after a later
+        // generation: it still comes into force at its time.
+        p.push(9_000, vec![gen(6)]);
+        p.push(8_000, vec![gen(5)]);
+        assert_eq!(gens(&p.due(8_500)), [5]);
+        assert_eq!(gens(&p.due(9_000)), [6]);
     }
 }

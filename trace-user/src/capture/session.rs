@@ -3,7 +3,6 @@
 //! Ctrl-C / SIGTERM / --count / --duration. Dropping the session closes every link fd, which
 //! unregisters the hooks; the kfree_skb link goes with the aya object.
 
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -12,16 +11,15 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use trace_common::filter::FilterProgram;
 use trace_common::record::Counters;
-use trace_core::assemble::{Assembler, AssemblerConfig, AssemblerStats, HookPlan, ProbePlan};
+use trace_core::assemble::{Assembler, AssemblerConfig, AssemblerStats, ProbePlan};
 use trace_core::decode::{Decoder, Symbols};
 use trace_core::event::Event;
-use trace_core::netfilter::{Family, Hook};
 use trace_core::packet::PacketTrace;
 
 use super::classic::{Classic, EventSource};
-use super::link::{self, HookSpec};
 use super::loader::{LoadOptions, Loaded};
-use super::plan::{self, Target};
+use super::plan::{self, ProbeMode, Target};
+use super::probeset::{PlanChange, ProbeSet, Replan};
 use super::xtpos::{Blob, PacketTable, XtTracker};
 
 /// How often the collector drains the ring buffer without a wakeup.
@@ -123,7 +121,8 @@ impl Summary {
 pub struct Session {
     /// nfhook's programs, or the fentry/kprobe backend's (issue 6).
     loaded: Box<dyn EventSource>,
-    links: Vec<OwnedFd>,
+    /// nfhook's links (None for fentry/kprobe, whose programs are global).
+    probes: Option<ProbeSet>,
     plan: ProbePlan,
     pub attached: Vec<Attached>,
     netfilter_drop: Option<u32>,
@@ -137,8 +136,14 @@ pub struct Session {
 }
 
 impl Session {
-    /// Load the programs and link the probes in every target namespace.
+    /// Load the programs and link the probes in every target namespace, only where needed
+    /// ([`ProbeMode::Needed`]).
     pub fn attach(opts: &CaptureOptions) -> Result<Session> {
+        Session::attach_with(opts, ProbeMode::Needed)
+    }
+
+    /// [`Session::attach`] with the probe placement `mode` (`--probes`).
+    pub fn attach_with(opts: &CaptureOptions, mode: ProbeMode) -> Result<Session> {
         let mut loaded = Loaded::load(&LoadOptions {
             ringbuf_size: opts.ringbuf_size,
             sample_n: opts.sample_n,
@@ -156,53 +161,10 @@ impl Session {
             .find(|(_, n)| *n == "NETFILTER_DROP")
             .map(|(v, _)| *v);
         let mut plan = ProbePlan::new();
-        let mut links = Vec::new();
+        let mut probes = ProbeSet::new(mode);
         let mut attached = Vec::new();
         for t in &opts.targets {
-            let inode = crate::netns::inode_of(&t.path)? as u32;
-            let reg = plan::discover(&t.path)?;
-            let mut specs = Vec::new();
-            for family in [Family::Ipv4, Family::Ipv6] {
-                let hook_plans: Vec<(Hook, HookPlan)> = Hook::ALL
-                    .into_iter()
-                    .map(|h| (h, HookPlan::bracketing(plan::stages(&reg, family, h))))
-                    .collect();
-                let probed = |h: Hook| {
-                    hook_plans
-                        .iter()
-                        .any(|(k, p)| *k == h && !p.probes().is_empty())
-                };
-                for (hook, hp) in hook_plans.iter().cloned() {
-                    let first = hp.probes().first().copied();
-                    let last = hp.probes().last().copied();
-                    let entry = matches!(hook, Hook::Prerouting | Hook::Output);
-                    let exit = plan::traversal_ends(hook, probed);
-                    for &p in hp.probes() {
-                        let fd = loaded.program_with(
-                            p,
-                            entry && Some(p) == first,
-                            exit && Some(p) == last,
-                        )?;
-                        specs.push((
-                            fd,
-                            HookSpec {
-                                pf: family.nfproto(),
-                                hook: hook.num(),
-                                priority: p,
-                            },
-                        ));
-                    }
-                    plan.insert(inode, family, hook, hp);
-                }
-            }
-            let n = specs.len();
-            let made = crate::netns::run_in(&t.path, move || {
-                specs
-                    .into_iter()
-                    .map(|(fd, spec)| link::create(fd, spec))
-                    .collect::<Result<Vec<_>, _>>()
-            })??;
-            links.extend(made);
+            let (inode, n) = probes.attach(&mut loaded, t, &mut plan)?;
             log::info!("netns {} (inode {inode}): {n} netfilter links", t.label);
             attached.push(Attached {
                 label: t.label.clone(),
@@ -212,7 +174,7 @@ impl Session {
         }
         Ok(Session {
             loaded: Box::new(loaded),
-            links,
+            probes: Some(probes),
             plan,
             attached,
             netfilter_drop,
@@ -249,7 +211,7 @@ impl Session {
         let plan = super::classic::probe_plan(&regs);
         Ok(Session {
             loaded: Box::new(classic),
-            links: Vec::new(),
+            probes: None,
             plan,
             attached,
             netfilter_drop,
@@ -273,9 +235,15 @@ impl Session {
         &self.plan
     }
 
-    /// Number of netfilter links held.
+    /// Number of netfilter links held (probes added by re-planning included).
     pub fn link_count(&self) -> usize {
-        self.links.len()
+        self.probes.as_ref().map_or(0, |p| p.link_count())
+    }
+
+    /// nfhook: where rule changes are reported so the probes they need are attached (see
+    /// [`super::probeset`]); the new plans come back through it too. None for fentry/kprobe.
+    pub fn replan_handle(&self) -> Option<Replan> {
+        self.probes.as_ref().map(|p| p.replan_handle())
     }
 
     /// Read, decode and assemble until a stop condition; `on_packet` gets every traversal.
@@ -409,16 +377,22 @@ impl Session {
             received: 0,
             decode_errors: 0,
             packets: 0,
+            plans: Default::default(),
             xt: self
                 .rule_functions
                 .clone()
                 .map(|f| XtState::new(f, &self.netns_paths)),
         };
+        let mut live = Live {
+            source: &mut *self.loaded,
+            probes: self.probes.as_mut(),
+            plan: &mut self.plan,
+        };
         rt.block_on(read_loop(
             events,
             opts,
             self.positions.as_ref(),
-            &*self.loaded,
+            &mut live,
             &mut st,
             &mut Sinks {
                 event: &mut on_event,
@@ -453,6 +427,53 @@ impl Session {
             summary.rule_positions = Some(xt.summary);
         }
         Ok(summary)
+    }
+}
+
+/// What the read loop may change besides its own state: the probes (re-planning) and the
+/// session's plan.
+struct Live<'a> {
+    source: &'a mut dyn EventSource,
+    probes: Option<&'a mut ProbeSet>,
+    plan: &'a mut ProbePlan,
+}
+
+impl Live<'_> {
+    /// Links the probes that rule changes reported since the last call need; the new plans
+    /// and the time from which they are in force.
+    fn replan(&mut self) -> Option<(u64, Vec<PlanChange>)> {
+        let loaded = self.source.as_nfhook()?;
+        let (since, changes) = self.probes.as_mut()?.replan(loaded)?;
+        for c in &changes {
+            self.plan.insert(c.netns, c.family, c.hook, c.plan.clone());
+        }
+        Some((since, changes))
+    }
+}
+
+/// Plans not yet in force in an assembler: (CLOCK_MONOTONIC time from which they are, the
+/// plans), oldest first. A plan comes into force just before the first event captured at or
+/// after its time (probes linked before it), so a traversal that began earlier keeps the plan
+/// it ran through.
+#[derive(Default)]
+pub struct PendingPlans(std::collections::VecDeque<(u64, Vec<PlanChange>)>);
+
+impl PendingPlans {
+    pub fn push(&mut self, since_ns: u64, changes: Vec<PlanChange>) {
+        self.0.push_back((since_ns, changes));
+    }
+
+    /// The plans in force for an event captured at `ts_ns`, oldest first.
+    pub fn due(&mut self, ts_ns: u64) -> Vec<PlanChange> {
+        let mut out = Vec::new();
+        while self.0.front().is_some_and(|(t, _)| *t <= ts_ns) {
+            out.extend(self.0.pop_front().expect("checked").1);
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
@@ -502,6 +523,8 @@ struct ReadState {
     received: u64,
     decode_errors: u64,
     packets: u64,
+    /// Re-planned probes not yet in force in `asm`.
+    plans: PendingPlans,
     /// `--rule-positions` only.
     xt: Option<XtState>,
 }
@@ -549,6 +572,13 @@ impl ReadState {
                 self.packets += completed;
                 if let Some(ev) = back {
                     if self.assemble {
+                        if !self.plans.is_empty() {
+                            for c in self.plans.due(ev.ts_ns()) {
+                                self.asm
+                                    .plan_mut()
+                                    .insert(c.netns, c.family, c.hook, c.plan);
+                            }
+                        }
                         out.extend(self.asm.push(ev));
                     }
                 }
@@ -606,7 +636,7 @@ async fn read_loop<E, P>(
     events: RingBuf<MapData>,
     opts: &CaptureOptions,
     positions: Option<&super::loader::Positions>,
-    source: &dyn EventSource,
+    live: &mut Live<'_>,
     st: &mut ReadState,
     sinks: &mut Sinks<'_, E, P>,
     on_tick: &mut dyn FnMut() -> Result<bool>,
@@ -635,7 +665,12 @@ where
                 if on_tick()? {
                     break;
                 }
-                st.note_losses(source);
+                // Rule changes seen by on_tick (the rule dumps' owner): link their probes
+                // before this drain, in force for events captured from now on.
+                if let Some((since, changes)) = live.replan() {
+                    st.plans.push(since, changes);
+                }
+                st.note_losses(&*live.source);
                 let rb = fd.get_mut();
                 while let Some(item) = rb.next() {
                     st.take(&item, &mut out, sinks)?;
@@ -752,6 +787,7 @@ mod tests {
             received: 0,
             decode_errors: 0,
             packets: 0,
+            plans: Default::default(),
             xt: positions.then(|| XtState::new(vec!["tcp_mt".into()], &[])),
         }
     }

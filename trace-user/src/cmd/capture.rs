@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::capture::compare_trace::{self, CompareTrace};
-use crate::capture::plan;
+use crate::capture::plan::{self, ProbeMode};
 use crate::capture::print;
 use crate::capture::rulelevel::{self, RuleLevel};
 use crate::capture::session::{CaptureOptions, Session};
@@ -23,6 +23,17 @@ pub enum Backend {
     Kprobe,
     /// fentry > kprobe > nfhook, by what actually loads here.
     Auto,
+}
+
+/// `--probes`: where nfhook links its probes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probes {
+    /// None after a table or chain without rules and with policy ACCEPT (it cannot act),
+    /// conntrack's folded into nat's; added when a rule appears there (within
+    /// --rules-interval).
+    Needed,
+    /// Before the first and after every table and chain, whatever the rules.
+    All,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +99,11 @@ pub struct Args {
     /// match failed. Opt-in: those probes fire on every rule evaluated on the machine.
     #[arg(long = "rule-positions")]
     pub rule_positions: bool,
+    /// nfhook: link probes only where a table can act (`needed`), or around every table and
+    /// chain (`all`, for rules that change faster than --rules-interval: until a change is
+    /// seen, a packet is attributed with the probes planned for the rules before it).
+    #[arg(long, value_enum, default_value = "needed")]
+    pub probes: Probes,
     /// Benchmarks: drain the ring buffer without decoding or printing (the probes' own cost).
     #[arg(long, hide = true)]
     pub discard: bool,
@@ -101,7 +117,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let rule_source = rule_source(&args)?;
     // Before the probes and the first dumps: see compare_trace's module docs.
     let tracer = start_compare(&args, &opts)?;
-    let mut session = attach(args.backend, &opts, args.rule_positions)?;
+    let mode = match args.probes {
+        Probes::Needed => ProbeMode::Needed,
+        Probes::All => ProbeMode::All,
+    };
+    let mut session = attach(args.backend, &opts, args.rule_positions, mode)?;
     for a in &session.attached {
         eprintln!(
             "iptrace capture: netns {} (inode {}): {} probes attached",
@@ -125,6 +145,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     )?;
     if tracer.is_some() {
         rules.keep_packets();
+    }
+    if let Some(r) = session
+        .replan_handle()
+        .filter(|_| mode == ProbeMode::Needed)
+    {
+        rules.replan_with(r);
     }
     // Buffered: a line-buffered stdout costs a write(2) per line at high packet rates.
     let out = std::cell::RefCell::new(Output::new());
@@ -301,10 +327,15 @@ fn rule_source(args: &Args) -> Result<rulelevel::Rules> {
 
 /// The session on the requested backend; auto reports why better backends were passed over,
 /// an explicit fentry/kprobe that cannot work is an error with the reason.
-fn attach(backend: Backend, opts: &CaptureOptions, rule_positions: bool) -> Result<Session> {
+fn attach(
+    backend: Backend,
+    opts: &CaptureOptions,
+    rule_positions: bool,
+    mode: ProbeMode,
+) -> Result<Session> {
     use crate::capture::classic::{self, Chosen, Requested};
     let req = match backend {
-        Backend::Nfhook => return Session::attach(opts),
+        Backend::Nfhook => return Session::attach_with(opts, mode),
         Backend::Fentry => Requested::Fentry,
         Backend::Kprobe => Requested::Kprobe,
         Backend::Auto => Requested::Auto,
@@ -343,7 +374,7 @@ fn attach(backend: Backend, opts: &CaptureOptions, rule_positions: bool) -> Resu
         }
         Chosen::Nfhook => {
             eprintln!("iptrace capture: backend nfhook");
-            Session::attach(opts)
+            Session::attach_with(opts, mode)
         }
     }
 }
