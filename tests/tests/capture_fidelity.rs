@@ -1880,6 +1880,85 @@ fn fidelity_libvirt_nft() {
     corpus_scenario("libvirt", libvirt(), IptablesBackend::Nft);
 }
 
+fn router_ipsets(t: &Topo, lines: &[&str]) {
+    for l in lines {
+        let argv: Vec<&str> = l.split_whitespace().collect();
+        run(t.router.name(), &[&["ipset"], &argv[..]].concat());
+    }
+}
+
+/// kube-proxy in IPVS mode with Calico (nat table only): ipset matches with one, two and
+/// three dimensions (`dst`, `dst,dst`, `dst,dst,src`), hash:net pools with `!`, a node port
+/// from a bitmap:port set, KUBE-MARK-MASQ then MASQUERADE, the `addrtype ... --limit-iface-out`
+/// pair. The sets are read by the capture (`ipset save`), so the set matches are decided.
+fn ipvs_calico_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(S4, 8080));
+        udp_send(sa(S4, 9000), 10, None);
+        tcp_echo(sa(R4_IN, 30080));
+    });
+    t.in_server(|| udp_from(S4, sa(C4, 9001), 10));
+}
+
+fn ipvs_calico_setup(t: &Topo) {
+    router_ipsets(
+        t,
+        &[
+            "create KUBE-CLUSTER-IP hash:ip,port family inet",
+            "add KUBE-CLUSTER-IP 10.213.2.2,tcp:8080",
+            "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535",
+            "add KUBE-NODE-PORT-TCP 30080",
+            "create KUBE-LOOP-BACK hash:ip,port,ip family inet",
+            "add KUBE-LOOP-BACK 10.213.2.2,udp:9000,10.213.2.2",
+            "create cali40masq-ipam-pools hash:net family inet",
+            "add cali40masq-ipam-pools 10.213.2.0/24",
+            "create cali40all-ipam-pools hash:net family inet",
+            "add cali40all-ipam-pools 10.213.2.0/24",
+        ],
+    );
+}
+
+fn ipvs_calico() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "11-k8s-ipvs-calico-ipset-nat.rules",
+        &[("192.168.0.0/16", "10.213.2.0/24")],
+    )?;
+    Some(Scenario {
+        name: "ipvs_calico",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "nat:KUBE-SERVICES:rule:1",
+            "nat:KUBE-SERVICES:rule:2",
+            "nat:KUBE-SERVICES:rule:3",
+            "nat:KUBE-SERVICES:return:4",
+            "nat:KUBE-NODE-PORT:rule:1",
+            "nat:cali-nat-outgoing:rule:1",
+            "nat:KUBE-POSTROUTING:rule:2",
+            "nat:KUBE-POSTROUTING:rule:4",
+        ],
+        kernel_text: &[],
+        traffic: ipvs_calico_traffic,
+        setup: ipvs_calico_setup,
+        servers: &[
+            (Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork"),
+            (Role::Router, "TCP4-LISTEN:30080,reuseaddr,fork"),
+        ],
+    })
+}
+
+#[test]
+fn fidelity_ipvs_calico_legacy() {
+    corpus_scenario("ipvs_calico", ipvs_calico(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_ipvs_calico_nft() {
+    corpus_scenario("ipvs_calico", ipvs_calico(), IptablesBackend::Nft);
+}
+
 fn corpus_scenario(name: &str, sc: Option<Scenario>, backend: IptablesBackend) {
     match sc {
         Some(sc) => run_scenario(&sc, backend),
