@@ -307,69 +307,74 @@ pub fn parse(text: &str) -> ParsedReference {
         ..Default::default()
     };
     for (n, line) in text.lines().enumerate() {
-        let lineno = n + 1;
         if let Some(count) = line.strip_prefix(LOST_RECORDS) {
             out.lost += count.trim().parse::<u64>().unwrap_or(1);
             seg.mark_open_incomplete();
             continue;
         }
         match parse_line(line) {
-            Ok(Some(KernLine::Trace {
-                time,
-                table,
-                chain,
-                kind,
-                num,
-                headers,
-            })) => {
-                let key = header_key(&headers);
-                let fam = family_of(&headers);
-                let idx = seg.packet_for(key, table, &chain, || {
-                    RefPacket::new(lineno, time, fam, Evidence::Path { steps: Vec::new() })
-                });
-                let pkt = &mut seg.packets[idx];
-                pkt.push_headers(headers);
-                if let Evidence::Path { steps } = &mut pkt.evidence {
-                    steps.push(RefStep {
-                        table,
-                        chain,
-                        pos: RefStepPos::Numbered { kind, num },
-                        verdict: None,
-                        rule_text: None,
-                        line: lineno,
-                    });
-                }
-                if kind == StepKind::Policy {
-                    seg.table_done(idx);
-                }
-            }
-            Ok(Some(KernLine::Log {
-                time,
-                prefix,
-                headers,
-            })) => match traced_packet_of(&seg.packets, &headers) {
-                Some(i) => {
-                    let p = &mut seg.packets[i];
-                    let after_step = p.steps().len() - 1;
-                    p.logs.push(LogLine {
-                        prefix,
-                        line: lineno,
-                        after_step,
-                    });
-                }
-                None => {
-                    let family = family_of(&headers);
-                    let mut pkt = RefPacket::new(lineno, time, family, Evidence::Logged { prefix });
-                    pkt.headers.push(headers);
-                    seg.packets.push(pkt);
-                }
-            },
+            Ok(Some(l)) => place(&mut seg, l, n + 1),
             Ok(None) => out.skipped += 1,
-            Err(e) => out.malformed.push(Malformed::new(lineno, line, e)),
+            Err(e) => out.malformed.push(Malformed::new(n + 1, line, e)),
         }
     }
     out.packets = seg.packets;
     out
+}
+
+/// Adds the line at `lineno` to the packet it belongs to (a new one if none).
+fn place(seg: &mut Segmenter<HeaderKey>, l: KernLine, lineno: usize) {
+    match l {
+        KernLine::Trace {
+            time,
+            table,
+            chain,
+            kind,
+            num,
+            headers,
+        } => {
+            let fam = family_of(&headers);
+            let idx = seg.packet_for(header_key(&headers), table, &chain, || {
+                RefPacket::new(lineno, time, fam, Evidence::Path { steps: Vec::new() })
+            });
+            let pkt = &mut seg.packets[idx];
+            pkt.push_headers(headers);
+            if let Evidence::Path { steps } = &mut pkt.evidence {
+                steps.push(RefStep {
+                    table,
+                    chain,
+                    pos: RefStepPos::Numbered { kind, num },
+                    verdict: None,
+                    rule_text: None,
+                    line: lineno,
+                });
+            }
+            if kind == StepKind::Policy {
+                seg.table_done(idx);
+            }
+        }
+        KernLine::Log {
+            time,
+            prefix,
+            headers,
+        } => match traced_packet_of(&seg.packets, &headers) {
+            Some(i) => {
+                let p = &mut seg.packets[i];
+                let after_step = p.steps().len() - 1;
+                p.logs.push(LogLine {
+                    prefix,
+                    line: lineno,
+                    after_step,
+                });
+            }
+            None => {
+                let family = family_of(&headers);
+                let mut pkt = RefPacket::new(lineno, time, family, Evidence::Logged { prefix });
+                pkt.headers.push(headers);
+                seg.packets.push(pkt);
+            }
+        },
+    }
 }
 
 #[cfg(test)]

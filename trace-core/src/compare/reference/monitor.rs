@@ -8,9 +8,10 @@ use super::{Evidence, Format, Malformed, ParsedReference, RefPacket, RefStep, Re
 use crate::netfilter::Family;
 use std::collections::HashMap;
 
-/// One monitor line, whichever monitor printed it.
+/// One trace line of either monitor (`xtmon::XtLine`, `nftmon::NftLine`): headers of the
+/// packet entering a base chain, or one step.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) enum MonitorEvent {
+pub enum MonitorLine {
     Packet {
         family: Option<Family>,
         trace_id: u32,
@@ -21,18 +22,16 @@ pub(super) enum MonitorEvent {
         trace_id: u32,
         step: RefStep,
     },
-    /// A valid event of a table iptables does not own (counted as skipped).
-    Foreign,
-    /// The monitor says it lost events here (netlink overrun).
-    Lost,
 }
 
-/// Parses `text` line by line with `parse_line` (Ok(None): not a monitor line) and groups the
-/// events into packets.
+/// Parses `text` line by line with `parse_line` (Ok(None): not a trace line of an iptables
+/// table) and groups the events into packets. `lost` recognises the monitor's own loss
+/// lines: they count in [`ParsedReference::lost`] and mark the packets open there incomplete.
 pub(super) fn parse_events<E: std::fmt::Display>(
     text: &str,
     format: Format,
-    parse_line: impl Fn(&str, usize) -> Result<Option<MonitorEvent>, E>,
+    parse_line: impl Fn(&str, usize) -> Result<Option<MonitorLine>, E>,
+    lost: impl Fn(&str) -> bool,
 ) -> ParsedReference {
     let mut g = NftGrouper::new();
     let mut out = ParsedReference {
@@ -40,22 +39,23 @@ pub(super) fn parse_events<E: std::fmt::Display>(
         ..Default::default()
     };
     for (n, line) in text.lines().enumerate() {
+        if lost(line) {
+            out.lost += 1;
+            g.seg.mark_open_incomplete();
+            continue;
+        }
         match parse_line(line, n + 1) {
-            Ok(Some(MonitorEvent::Packet {
+            Ok(Some(MonitorLine::Packet {
                 family,
                 trace_id,
                 headers,
             })) => g.headers(trace_id, family, *headers, n + 1),
-            Ok(Some(MonitorEvent::Step {
+            Ok(Some(MonitorLine::Step {
                 family,
                 trace_id,
                 step,
             })) => g.step(trace_id, family, step),
-            Ok(Some(MonitorEvent::Lost)) => {
-                out.lost += 1;
-                g.seg.mark_open_incomplete();
-            }
-            Ok(Some(MonitorEvent::Foreign)) | Ok(None) => out.skipped += 1,
+            Ok(None) => out.skipped += 1,
             Err(e) => out.malformed.push(Malformed::new(n + 1, line, e)),
         }
     }

@@ -14,26 +14,13 @@
 //! corresponds to them.
 
 use super::fields::RefHeaders;
-use super::monitor::{self, MonitorEvent};
+use super::monitor;
 use super::{ParsedReference, RefStep, RefStepPos};
 use crate::event::tcp_flags;
 use crate::netfilter::{Family, Table};
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum NftLine {
-    Packet {
-        family: Option<Family>,
-        trace_id: u32,
-        headers: Box<RefHeaders>,
-    },
-    Step {
-        family: Option<Family>,
-        trace_id: u32,
-        step: RefStep,
-    },
-    /// A valid event of a table iptables does not own.
-    Foreign,
-}
+/// One parsed `nft monitor trace` line (the shape both monitors share).
+pub use super::monitor::MonitorLine as NftLine;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NftLineError {
@@ -59,7 +46,9 @@ fn family_of(name: &str) -> Option<Family> {
     }
 }
 
-/// Parses one line. Ok(None): not an nft trace line.
+/// Parses one line. Ok(None): not an nft trace line, or a valid event of a table iptables
+/// does not own (native nft tables such as `inet firewalld`: nothing in an iptables dump
+/// corresponds to them).
 pub fn parse_line(line: &str, lineno: usize) -> Result<Option<NftLine>, NftLineError> {
     let Some(rest) = line.trim().strip_prefix("trace id ") else {
         return Ok(None);
@@ -78,7 +67,7 @@ pub fn parse_line(line: &str, lineno: usize) -> Result<Option<NftLine>, NftLineE
     let ev = it.next().unwrap_or("").trim();
     let family = family_of(fam);
     let Some(table) = Table::from_name(table).filter(|_| matches!(fam, "ip" | "ip6")) else {
-        return Ok(Some(NftLine::Foreign));
+        return Ok(None);
     };
     if let Some(pkt) = ev.strip_prefix("packet:") {
         let headers = parse_packet(pkt)?;
@@ -338,40 +327,11 @@ fn icmp_type_number(v: &str) -> Option<u8> {
 /// netlink socket was full (ENOBUFS); it then goes on reading.
 pub const LOST_EVENTS: &str = "# ERROR: We lost some netlink events!";
 
-impl From<NftLine> for MonitorEvent {
-    fn from(l: NftLine) -> Self {
-        match l {
-            NftLine::Packet {
-                family,
-                trace_id,
-                headers,
-            } => MonitorEvent::Packet {
-                family,
-                trace_id,
-                headers,
-            },
-            NftLine::Step {
-                family,
-                trace_id,
-                step,
-            } => MonitorEvent::Step {
-                family,
-                trace_id,
-                step,
-            },
-            NftLine::Foreign => MonitorEvent::Foreign,
-        }
-    }
-}
-
 /// Parses `nft monitor trace` output. A loss line counts in [`ParsedReference::lost`] and
 /// marks the packets being traced at that point incomplete.
 pub fn parse(text: &str) -> ParsedReference {
-    monitor::parse_events(text, super::Format::NftMonitor, |line, n| {
-        if line.trim() == LOST_EVENTS {
-            return Ok(Some(MonitorEvent::Lost));
-        }
-        parse_line(line, n).map(|l| l.map(MonitorEvent::from))
+    monitor::parse_events(text, super::Format::NftMonitor, parse_line, |l| {
+        l.trim() == LOST_EVENTS
     })
 }
 
@@ -430,7 +390,7 @@ mod tests {
         );
         assert_eq!(
             parse_line("trace id 1 inet firewalld filter_INPUT policy accept", 5).unwrap(),
-            Some(NftLine::Foreign)
+            None
         );
         assert!(parse_line("trace id zz ip raw X policy accept", 6).is_err());
         assert!(parse_line("trace id 1 ip raw PREROUTING rule foo", 7).is_err());

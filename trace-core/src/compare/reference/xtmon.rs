@@ -20,25 +20,13 @@
 //! ACCEPT, DROP, QUEUE, STOLEN, BREAK, CONTINUE, JUMP:chain, GOTO:chain, else as hex
 //! (RETURN = NFT_RETURN = -5 = 0xfffffffb).
 
-use super::fields::{parse_xtables_packet_fields, RefHeaders};
-use super::monitor::{self, MonitorEvent};
+use super::fields::parse_xtables_packet_fields;
+use super::monitor;
 use super::{ParsedReference, RefStep, RefStepPos};
 use crate::netfilter::{Family, Table};
 
-/// One parsed xtables-monitor line.
-#[derive(Debug, Clone, PartialEq)]
-pub enum XtLine {
-    Packet {
-        family: Option<Family>,
-        trace_id: u32,
-        headers: Box<RefHeaders>,
-    },
-    Step {
-        family: Option<Family>,
-        trace_id: u32,
-        step: RefStep,
-    },
-}
+/// One parsed xtables-monitor line (the shape both monitors share).
+pub use super::monitor::MonitorLine as XtLine;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum XtLineError {
@@ -151,35 +139,9 @@ pub fn parse_line(line: &str, lineno: usize) -> Result<Option<XtLine>, XtLineErr
     Ok(None)
 }
 
-impl From<XtLine> for MonitorEvent {
-    fn from(l: XtLine) -> Self {
-        match l {
-            XtLine::Packet {
-                family,
-                trace_id,
-                headers,
-            } => MonitorEvent::Packet {
-                family,
-                trace_id,
-                headers,
-            },
-            XtLine::Step {
-                family,
-                trace_id,
-                step,
-            } => MonitorEvent::Step {
-                family,
-                trace_id,
-                step,
-            },
-        }
-    }
-}
-
 pub fn parse(text: &str) -> ParsedReference {
-    monitor::parse_events(text, super::Format::XtablesMonitor, |line, n| {
-        parse_line(line, n).map(|l| l.map(MonitorEvent::from))
-    })
+    // xtables-monitor has no loss line: it exits on ENOBUFS (the collector reports that).
+    monitor::parse_events(text, super::Format::XtablesMonitor, parse_line, |_| false)
 }
 
 #[cfg(test)]
