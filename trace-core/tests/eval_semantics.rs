@@ -1426,4 +1426,18 @@ fn set_match_uses_the_read_ipsets() {
     );
     let t = Case::new(Hook::Prerouting, member).run(&dynamic, Table::Nat, &ctx);
     assert!(t.candidates.len() > 1, "{:#?}", steps());
+    // ... but what the snapshot says leads (anti-portscan: a first SYN from a source not yet
+    // in the scanner set is shown taking the not-matched path).
+    assert_eq!(steps()[0][0], "nat:PREROUTING:rule:1");
+    let other = udp("10.213.1.2", "10.213.2.2", 8080);
+    let t = Case::new(Hook::Prerouting, other).run(&dynamic, Table::Nat, &ctx);
+    assert!(t.candidates.len() > 1, "{:#?}", steps());
+    assert_eq!(steps()[0], ["nat:PREROUTING:policy:3"]);
+    // A transparent-socket lookup (TPROXY setups) is a branch point, the unmatched path first.
+    let sock = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+        -A PREROUTING -m socket --transparent -j MARK --set-xmark 0x200/0xffffffff\nCOMMIT\n";
+    let h = tcp("10.213.1.2", 40000, "10.213.2.2", 8080, tcp_flags::SYN);
+    let t = Case::new(Hook::Prerouting, h).run(sock, Table::Mangle, &ctx);
+    assert_eq!(t.candidates.len(), 2);
+    assert_eq!(steps()[0], ["mangle:PREROUTING:policy:2"]);
 }

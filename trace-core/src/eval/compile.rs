@@ -298,7 +298,19 @@ impl Run<'_> {
         for m in &model.matches {
             let decided = match &m.kind {
                 MatchKind::Set(set) if self.ev.sets_changed_by_rules.contains(&set.name) => {
-                    super::matches::Tri::Unknown("ipset a SET target of the ruleset changes")
+                    use super::matches::{
+                        set_snapshot, SET_CHANGED, SET_CHANGED_NO, SET_CHANGED_YES,
+                    };
+                    let snap = self
+                        .ctx
+                        .ipsets
+                        .as_ref()
+                        .and_then(|s| set_snapshot(set, self.pkt, s));
+                    super::matches::Tri::Unknown(match snap {
+                        Some(true) => SET_CHANGED_YES,
+                        Some(false) => SET_CHANGED_NO,
+                        None => SET_CHANGED,
+                    })
                 }
                 _ => super::matches::decide(m, self.pkt, st, self.ctx),
             };

@@ -88,6 +88,7 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
         MatchKind::Limit(_) => Tri::Unknown("rate limit state"),
         MatchKind::Recent(r) => recent(r),
         MatchKind::Set(s) => set(s, &m.args, p, ctx),
+        MatchKind::Socket(so) if so.transparent => Tri::Unknown(SOCKET_TRANSPARENT),
         MatchKind::Socket(_) => Tri::Unknown("socket lookup"),
         MatchKind::Unknown => Tri::Unknown(unknown_reason(&m.module)),
     }
@@ -104,19 +105,33 @@ fn recent(r: &crate::rules::matches::RecentMatch) -> Tri {
     }
 }
 
-/// xt_set set_match_v4: the set's membership test on the element the flags pick, then `!`.
-/// Counter conditions (`--packets-gt`, `--bytes-lt`, ...) depend on earlier packets, and a
-/// set the netns snapshot lacks is unknown: branch points.
+/// xt_set set_match_v4: the set's membership test on the element the flags pick, XOR `!`;
+/// only a true result goes on to the counter conditions (`--packets-gt`, `--bytes-lt`, ...),
+/// which depend on earlier packets. A set the netns snapshot lacks is unknown.
 fn set(s: &crate::rules::matches::SetMatch, args: &[String], p: &Pkt<'_>, ctx: &NetContext) -> Tri {
     let Some(sets) = &ctx.ipsets else {
         return Tri::Unknown("ipset contents not read");
     };
-    if args
-        .iter()
-        .any(|a| a.starts_with("--packets-") || a.starts_with("--bytes-"))
-    {
-        return Tri::Unknown("ipset counters");
+    match set_snapshot(s, p, sets) {
+        None => Tri::Unknown("ipset type or element not modelled"),
+        Some(false) => Tri::False,
+        Some(true)
+            if args
+                .iter()
+                .any(|a| a.starts_with("--packets-") || a.starts_with("--bytes-")) =>
+        {
+            Tri::Unknown("ipset counters")
+        }
+        Some(true) => Tri::True,
     }
+}
+
+/// Membership XOR `!` as the read sets say (None: not modelled).
+pub(crate) fn set_snapshot(
+    s: &crate::rules::matches::SetMatch,
+    p: &Pkt<'_>,
+    sets: &super::ipset::IpSets,
+) -> Option<bool> {
     let ports = if is_later_fragment(p.h) {
         None
     } else {
@@ -127,11 +142,19 @@ fn set(s: &crate::rules::matches::SetMatch, args: &[String], p: &Pkt<'_>, ctx: &
         dst: p.h.dst,
         ports,
     };
-    match sets.test(&s.name, &s.src_flags, &probe) {
-        Some(hit) => (hit != s.negated).into(),
-        None => Tri::Unknown("ipset type or element not modelled"),
-    }
+    sets.test(&s.name, &s.src_flags, &probe)
+        .map(|hit| hit != s.negated)
 }
+
+/// Why a match of a set a `SET` target changes is undecidable; with what the read snapshot
+/// says (the likelier outcome, shown first).
+pub(crate) const SET_CHANGED: &str = "ipset a SET target of the ruleset changes";
+pub(crate) const SET_CHANGED_YES: &str =
+    "ipset a SET target of the ruleset changes; its snapshot matched";
+pub(crate) const SET_CHANGED_NO: &str =
+    "ipset a SET target of the ruleset changes; its snapshot did not match";
+/// `-m socket --transparent` finds only sockets with IP_TRANSPARENT (transparent proxies).
+pub(crate) const SOCKET_TRANSPARENT: &str = "transparent socket lookup (proxies only)";
 
 /// Why a `recent` check is undecidable.
 pub(crate) const RECENT_LIST: &str = "recent list contents";

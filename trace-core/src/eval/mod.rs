@@ -190,17 +190,27 @@ pub struct StateAt {
 const EXTENSION_HEADER_MODULES: &[&str] = &["rt", "frag", "hbh", "dst", "mh"];
 
 /// True when the assumption is "a match that ordinary traffic does not satisfy matched": an
-/// extension-header match, or a `recent` check of a list no rule of the ruleset adds to.
+/// extension-header match, a `recent` check of a list no rule of the ruleset adds to, a
+/// transparent-socket lookup, a set a SET target changes against what its snapshot says
+/// (either way).
 /// When several undecidable modules of one rule were assumed to match, one such module is
 /// enough to make the assumption implausible.
 fn assumes_unusual_match(a: &Assumption) -> bool {
-    let unusual = |w: &String| {
+    let because = |w: &String, why: &str| w.ends_with(&format!("({why})"));
+    let unusual_if_matched = |w: &String| {
         EXTENSION_HEADER_MODULES
             .iter()
             .any(|m| w.starts_with(&format!("-m {m} (")))
-            || w.ends_with(&format!("({})", matches::RECENT_LIST_UNSET))
+            || because(w, matches::RECENT_LIST_UNSET)
+            || because(w, matches::SET_CHANGED_NO)
+            || because(w, matches::SOCKET_TRANSPARENT)
     };
-    a.matched && a.what.iter().any(unusual)
+    if a.matched {
+        a.what.iter().any(unusual_if_matched)
+    } else {
+        // "At least one did not match" is unusual only when every one was expected to.
+        !a.what.is_empty() && a.what.iter().all(|w| because(w, matches::SET_CHANGED_YES))
+    }
 }
 
 /// How many of a path's assumptions are implausible for ordinary traffic (an
