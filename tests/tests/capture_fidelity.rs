@@ -1959,6 +1959,145 @@ fn fidelity_ipvs_calico_nft() {
     corpus_scenario("ipvs_calico", ipvs_calico(), IptablesBackend::Nft);
 }
 
+/// A cilium node (dump without COMMIT lines: added), the server side named like a pod's
+/// lxc device: `socket --transparent` in mangle, marks with masks and five `mark !` in one
+/// rule, TPROXY and CT --notrack rules keyed on marks ordinary traffic lacks, ipset node-port
+/// and cluster-IP matches, `lxc+` / `cilium_+` wildcards, MASQUERADE by mark.
+fn cilium_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(S4, 8080));
+        tcp_echo(sa(R4_IN, 7070));
+        udp_send(sa(R4_IN, 9999), 10, None);
+    });
+    t.in_server(|| udp_from(S4, sa(C4, 9001), 10));
+}
+
+fn cilium_setup(t: &Topo) {
+    router_ipsets(
+        t,
+        &[
+            "create KUBE-HEALTH-CHECK-NODE-PORT bitmap:port range 0-65535",
+            "add KUBE-HEALTH-CHECK-NODE-PORT 7070",
+            "create KUBE-NODE-PORT-TCP bitmap:port range 0-65535",
+            "create KUBE-CLUSTER-IP hash:ip,port family inet",
+            "add KUBE-CLUSTER-IP 10.213.2.2,tcp:8080",
+            "create KUBE-EXTERNAL-IP hash:ip,port family inet",
+        ],
+    );
+}
+
+fn cilium() -> Option<Scenario> {
+    let dump = corpus_adapted(
+        "19-cilium-tproxy-socket-ct-notrack-nocommit.rules",
+        &[("10.164.251.0/24", "10.213.2.0/24")],
+    )?;
+    // The source has no COMMIT lines (the author trimmed them): one before each later table
+    // and at the end.
+    let mut rules = String::new();
+    for (i, line) in dump.lines().enumerate() {
+        if line.starts_with('*') && i > 0 {
+            rules.push_str("COMMIT\n");
+        }
+        rules.push_str(line);
+        rules.push('\n');
+    }
+    rules.push_str("COMMIT\n");
+    Some(Scenario {
+        name: "cilium",
+        v6: false,
+        ifaces: ("r0", "lxc1"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "mangle:CILIUM_PRE_mangle:return:6",
+            "mangle:PREROUTING:rule:2",
+            "filter:CILIUM_FORWARD:rule:3",
+            "filter:KUBE-NODE-PORT:rule:1",
+            "filter:CILIUM_OUTPUT:rule:3",
+            "nat:KUBE-SERVICES:rule:1",
+            "nat:KUBE-SERVICES:rule:6",
+            "nat:POSTROUTING:rule:5",
+        ],
+        kernel_text: &[],
+        traffic: cilium_traffic,
+        setup: cilium_setup,
+        servers: &[
+            (Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork"),
+            (Role::Router, "TCP4-LISTEN:7070,reuseaddr,fork"),
+        ],
+    })
+}
+
+#[test]
+fn fidelity_cilium_legacy() {
+    corpus_scenario("cilium", cilium(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_cilium_nft() {
+    corpus_scenario("cilium", cilium(), IptablesBackend::Nft);
+}
+
+/// Anti-portscan (restore file with `-I` inserts and commented-out rules): raw-table scanner
+/// detection with `SET --add-set ... --exist`, `set ! --update-counters --packets-gt 3`,
+/// `! --syn`, LOG then DROP. A SYN to a published port passes; one to another port is
+/// trapped: its source added to the scanner set, the packet logged and dropped.
+fn anti_portscan_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(R4_IN, 22));
+        raw_syn(R4_IN, 40005, 2323);
+        udp_send(sa(R4_IN, 53), 10, None);
+    });
+}
+
+fn anti_portscan_setup(t: &Topo) {
+    router_ipsets(
+        t,
+        &[
+            "create scanner-ipv4-set hash:ip family inet counters",
+            "create ipv4-pub-tcp-port-set bitmap:port range 0-65535",
+            "add ipv4-pub-tcp-port-set 22",
+            "create ipv4-pub-udp-port-set bitmap:port range 0-65535",
+            "add ipv4-pub-udp-port-set 53",
+            "create ipv4-egress-port-set hash:ip,port family inet",
+        ],
+    );
+}
+
+fn anti_portscan() -> Option<Scenario> {
+    Some(Scenario {
+        name: "anti_portscan",
+        v6: false,
+        ifaces: ("eth0", "r1"),
+        rules: corpus("26-anti-portscan-ipset-SET-target-insert.rules")?,
+        filter: "ip",
+        kernel_steps: &[
+            "raw:scaner-detect:return:5",
+            "raw:scaner-detect:rule:3",
+            "raw:trap-scan:rule:2",
+            "raw:trap-scan:rule:3",
+            "raw:DROP_LOG:rule:1",
+            "raw:DROP_LOG:return:2",
+            "raw:scaner-detect-udp:rule:2",
+            "raw:record-ingress:rule:1",
+        ],
+        kernel_text: &["DPT=2323 "],
+        traffic: anti_portscan_traffic,
+        setup: anti_portscan_setup,
+        servers: &[(Role::Router, "TCP4-LISTEN:22,reuseaddr,fork")],
+    })
+}
+
+#[test]
+fn fidelity_anti_portscan_legacy() {
+    corpus_scenario("anti_portscan", anti_portscan(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_anti_portscan_nft() {
+    corpus_scenario("anti_portscan", anti_portscan(), IptablesBackend::Nft);
+}
+
 fn corpus_scenario(name: &str, sc: Option<Scenario>, backend: IptablesBackend) {
     match sc {
         Some(sc) => run_scenario(&sc, backend),
