@@ -89,6 +89,7 @@ struct NsProbes {
     path: PathBuf,
     reg: Registered,
     plans: Vec<(Family, Hook, HookPlan)>,
+    links: usize,
 }
 
 /// Every netns's probes and their links (closing a link detaches its probe).
@@ -118,6 +119,14 @@ impl ProbeSet {
         self.links.len()
     }
 
+    /// Links in netns `inode` (added ones included).
+    pub fn links_in(&self, inode: u32) -> usize {
+        self.netns
+            .iter()
+            .find(|n| n.inode == inode)
+            .map_or(0, |n| n.links)
+    }
+
     /// Discover what `t` registers, plan from its current rules, link the probes there and
     /// add the plans to `plan`. Returns (netns inode, links made).
     pub fn attach(
@@ -140,6 +149,7 @@ impl ProbeSet {
             path: t.path.clone(),
             reg,
             plans,
+            links: n,
         });
         Ok((inode, n))
     }
@@ -197,6 +207,7 @@ impl ProbeSet {
         let path = ns.path.clone();
         let specs = link_specs(loaded, &merged, |f, h, p| !had(f, h, p))?;
         let n = self.link(&path, specs)?;
+        self.netns[i].links += n;
         if n > 0 {
             log::info!("netns {inode}: rules changed, {n} probes added");
         }

@@ -405,6 +405,12 @@ impl Session {
             st.packets += 1;
             on_packet(&t)?;
         }
+        // Probes added by re-planning count in the summary.
+        if let Some(p) = self.probes.as_ref() {
+            for a in &mut self.attached {
+                a.links = p.links_in(a.netns);
+            }
+        }
         let c = self.loaded.counters()?;
         let mut summary = Summary::new(
             c,
