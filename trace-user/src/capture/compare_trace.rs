@@ -1,7 +1,9 @@
 //! `iptrace capture --compare-trace --allow-system-changes`: the kernel's own trace of the
 //! captured namespaces, collected in the same run by `crate::reference::ReferenceTracer` (one
 //! per netns: a TRACE rule in raw PREROUTING/OUTPUT, nf_log_all_netns + /dev/kmsg on legacy,
-//! xtables-monitor on nft), then compared with the reconstructed packets.
+//! `nft -a monitor trace` on nft), then compared with the reconstructed packets. The kernel
+//! log is shared by every netns: reference packets the traced netns's interfaces cannot have
+//! produced are set aside as foreign (see `trace_core::compare::scope`).
 //!
 //! The TRACE rule selects what the capture filter selects as far as iptables can say it
 //! (addresses, protocol, ports; `port N` on either side through multiport): the filter's top-level `and` terms that have an

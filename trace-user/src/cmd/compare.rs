@@ -14,6 +14,7 @@ use trace_core::compare::nft_ruleset::{self, NftRuleset};
 use trace_core::compare::reference::{self, Format};
 use trace_core::compare::report::Report;
 use trace_core::compare::resolve::Resolver;
+use trace_core::compare::scope::{NetnsScope, ScopeIface};
 use trace_core::netfilter::Family;
 use trace_core::rules::Ruleset;
 
@@ -66,6 +67,12 @@ pub struct Args {
     /// Only pair packets whose monotonic timestamps (dmesg/kmsg vs capture) are this close.
     #[arg(long, value_name = "SECONDS")]
     pub time_window: Option<f64>,
+    /// The interfaces of the captured netns, `NAME` or `NAME=MAC` (comma separated; `ip -br
+    /// link` inside it lists them). A kernel log written with nf_log_all_netns=1 holds every
+    /// netns's lines: packets showing another interface, or received on one of these for
+    /// another MAC, are set aside as foreign (counted and listed, not compared).
+    #[arg(long, value_name = "IFACES", value_delimiter = ',')]
+    pub netns_ifaces: Vec<String>,
     /// iptrace's packets: JSON lines from `iptrace capture|replay --format json`, or a
     /// recording from `iptrace capture --write` (reconstructed here); `-` = stdin.
     #[arg(value_name = "CAPTURED")]
@@ -207,16 +214,44 @@ fn replay_recording(
     Ok((captured, dumps.for_packets(path, &packets)))
 }
 
-/// Runs the comparison on already-loaded inputs (shared with `capture --compare-trace`).
+/// Runs the comparison on already-loaded inputs.
 pub fn compare_text(
     reference_text: &str,
     format: Option<Format>,
     captured: &[CapturedPacket],
     resolver: &Resolver,
     opts: &MatchOptions,
+    scope: Option<&NetnsScope>,
 ) -> Report {
     let parsed = reference::parse(reference_text, format);
-    trace_core::compare::compare(&parsed, captured, resolver, opts)
+    trace_core::compare::compare_in_scope(&parsed, captured, resolver, opts, scope)
+}
+
+/// `--netns-ifaces` items (`NAME` or `NAME=MAC`) as a scope; None when not given.
+fn scope_of(items: &[String]) -> anyhow::Result<Option<NetnsScope>> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let mut scope = NetnsScope::default();
+    for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+        let (name, mac) = match item.split_once('=') {
+            Some((n, m)) => (n, Some(m)),
+            None => (item, None),
+        };
+        let valid_mac = |m: &str| {
+            m.split(':').count() == 6
+                && m.split(':')
+                    .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))
+        };
+        if name.is_empty() || mac.is_some_and(|m| !valid_mac(m)) {
+            bail!("--netns-ifaces: {item:?} is not NAME or NAME=aa:bb:cc:dd:ee:ff");
+        }
+        scope.extend([ScopeIface {
+            name: name.to_string(),
+            mac: mac.map(str::to_ascii_lowercase),
+        }]);
+    }
+    Ok(Some(scope))
 }
 
 /// Prints the report (text or JSON) on stdout and returns the exit status.
@@ -233,6 +268,7 @@ pub fn print_report(report: &Report, json: bool, max_diffs: usize) -> anyhow::Re
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let scope = scope_of(&args.netns_ifaces)?;
     let reference_text = read_input(&args.reference)?;
     let mut dump = args.ruleset.as_deref().map(load_dump).transpose()?;
     let nft = args.nft_ruleset.as_deref().map(load_nft).transpose()?;
@@ -273,7 +309,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let opts = MatchOptions {
         time_window: args.time_window,
     };
-    let report = compare_text(&reference_text, format, &captured, &resolver, &opts);
+    let report = compare_text(
+        &reference_text,
+        format,
+        &captured,
+        &resolver,
+        &opts,
+        scope.as_ref(),
+    );
     print_report(&report, args.json, args.max_diffs)
 }
 
@@ -368,6 +411,7 @@ mod tests {
             json: true,
             max_diffs: 3,
             time_window: None,
+            netns_ifaces: Vec::new(),
             captured,
         }
     }
@@ -445,6 +489,45 @@ mod tests {
         for p in [bad_json, bad_nft, cap, not_ref] {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    #[test]
+    fn netns_ifaces_set_aside_other_namespaces_lines() {
+        let Some(d) = fixtures() else { return };
+        let cap = tmp("scope-cap.jsonl", &captured_jsonl(&d));
+        let monitor = d.join("nft-remote.nft-monitor.txt");
+        let nft = d.join("nft-remote.nft-ruleset.txt");
+        // The fixture's packets enter on eth0 and leave on the docker bridge: with only lo
+        // and eth0 in the scope, every one of them shows an interface of another netns.
+        let text = std::fs::read_to_string(&monitor).unwrap();
+        let rs = nft_ruleset::parse(&std::fs::read_to_string(&nft).unwrap()).unwrap();
+        let resolver = Resolver::new(None, Some(&rs));
+        let caps = captured::parse_jsonl(&captured_jsonl(&d)).unwrap();
+        let report = |ifaces: &[&str]| {
+            let items: Vec<String> = ifaces.iter().map(|s| s.to_string()).collect();
+            let scope = scope_of(&items).unwrap();
+            let opts = MatchOptions::default();
+            compare_text(&text, None, &caps, &resolver, &opts, scope.as_ref())
+        };
+        let outside = report(&["lo", "eth0=02:42:ac:11:00:02"]);
+        assert!(outside.totals.foreign > 0, "{:?}", outside.totals);
+        assert_eq!(outside.totals.foreign, outside.totals.reference_packets);
+        assert_eq!(outside.exit_code(), 1, "nothing left to compare");
+        let inside = report(&["lo", "eth0", "br-00ea7870520a"]);
+        assert_eq!(inside.totals.foreign, 0, "{:?}", inside.foreign);
+        assert_eq!(inside.exit_code(), 0);
+        let mut a = args(monitor.clone(), Some(nft.clone()), cap.clone());
+        a.netns_ifaces = vec!["lo".into(), "eth0".into(), "br-00ea7870520a".into()];
+        assert_eq!(run(a).unwrap(), ExitCode::from(0));
+        let mut a = args(monitor, Some(nft), cap.clone());
+        a.netns_ifaces = vec!["eth0=zz".into()];
+        let e = run(a).unwrap_err().to_string();
+        assert!(e.contains("--netns-ifaces"), "{e}");
+        let s = scope_of(&["eth0".into(), "br0=AA:BB:CC:DD:EE:FF".into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.ifaces[1].mac.as_deref(), Some("aa:bb:cc:dd:ee:ff"));
+        let _ = std::fs::remove_file(cap);
     }
 
     /// A recording of the remote SYN as the probes report it (one skb through PREROUTING,

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use trace_core::compare::reference::kernlog::LOST_RECORDS;
+use trace_core::compare::reference::nftmon::LOST_EVENTS;
 
 /// Lines read by a background thread (kmsg or the monitor's stdout).
 pub(super) struct Collector {
@@ -118,6 +119,14 @@ impl Collector {
             let _ = t.join();
         }
         let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|e| e.into_inner()));
+        // nft's own comments on its stream: a smaller receive buffer than it asked for, a
+        // receive error it stopped on. (Its loss lines are the parser's: they mark packets.)
+        warnings.extend(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("# ") && l.trim() != LOST_EVENTS)
+                .map(|l| format!("nft monitor: {}", l.trim_start_matches("# "))),
+        );
         let lost = *self.lost.lock().unwrap_or_else(|e| e.into_inner());
         (
             lines.join("\n") + if lines.is_empty() { "" } else { "\n" },
