@@ -397,6 +397,7 @@ fn compare_other_netns_lines_are_foreign() {
         foreign_lines.len()
     );
     let captured = kernel_paths_as_captured(&mine, &resolver);
+    let scope = scope.expect("a legacy kernel log is scoped");
     let report = agreement_in_scope(&out, &captured, &snap, Some(&scope)).unwrap();
     eprintln!("{test}: {}", report.render_text(3));
     let set_aside: Vec<usize> = report.foreign.iter().map(|f| f.reference_line).collect();

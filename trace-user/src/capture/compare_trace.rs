@@ -188,7 +188,7 @@ impl CompareTrace {
                         .enumerate()
                         .map(|(index, (_, c))| CapturedPacket { index, ..c.clone() })
                         .collect();
-                    agreement_in_scope(&out, &ours, &snap, Some(&scope))
+                    agreement_in_scope(&out, &ours, &snap, scope.as_ref())
                         .with_context(|| format!("comparing netns {label}"))
                 });
             match result {

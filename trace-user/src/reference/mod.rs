@@ -349,8 +349,10 @@ impl ReferenceTracer {
     }
 
     /// [`Self::finish`], also returning the traced netns's interfaces (seen at start and at
-    /// finish) for [`agreement_in_scope`].
-    pub fn finish_scoped(mut self) -> Result<(ReferenceOutput, NetnsScope)> {
+    /// finish) for [`agreement_in_scope`] when the reference may hold other namespaces'
+    /// packets: the legacy kernel log. None for nft: the monitor runs inside the netns and
+    /// netlink trace events are per netns.
+    pub fn finish_scoped(mut self) -> Result<(ReferenceOutput, Option<NetnsScope>)> {
         // Interfaces created during the capture (containers) are ours too; one that came
         // and went in between is not known, and its lines count as foreign (listed).
         if let Ok(now) = netns_ifaces(&self.target.netns) {
@@ -378,7 +380,9 @@ impl ReferenceTracer {
             lost,
             warnings,
         };
-        Ok((out, std::mem::take(&mut self.scope)))
+        let scope = std::mem::take(&mut self.scope);
+        let shared_log = self.target.backend == IptablesBackend::Legacy;
+        Ok((out, shared_log.then_some(scope)))
     }
 
     /// Deletes the inserted rules (idempotent: each is removed from the list first).

@@ -270,9 +270,10 @@ const LOG_ATTACH_WINDOW: usize = 256;
 
 /// The traced packet a LOG line belongs to, if any: the LOG rule is itself traced, so the
 /// packet's latest step is a `rule:N` line (the LOG rule) printed just before, with no LOG
-/// line attached to it yet, and the packet's latest headers show the same values (LOG prints
-/// fewer fields than TRACE: no SEQ/ACK, options or UID without its --log-* flags). Among such
-/// packets, the one whose step line is the latest (the two lines are adjacent in time).
+/// line attached to it yet, and one of the packet's header snapshots shows the same values
+/// (LOG prints fewer fields than TRACE: no SEQ/ACK, options or UID without its --log-*
+/// flags). Among such packets, the one whose step line is the latest (the two lines are
+/// adjacent in time).
 fn traced_packet_of(packets: &[RefPacket], log: &RefHeaders) -> Option<usize> {
     let from = packets.len().saturating_sub(LOG_ATTACH_WINDOW);
     (from..packets.len())
@@ -287,7 +288,7 @@ fn traced_packet_of(packets: &[RefPacket], log: &RefHeaders) -> Option<usize> {
                     ..
                 }
             ) && !p.logs.iter().any(|l| l.after_step == at)
-                && p.headers.last().is_some_and(|h| h.shows_same(log));
+                && p.headers.iter().any(|h| h.shows_same(log));
             fits.then_some((last.line, i))
         })
         .max()
