@@ -42,24 +42,26 @@ fn capture_compare_trace(backend: IptablesBackend) {
         return;
     };
     let lab = e2e::lab(backend, false);
-    // The kernel's reference can be lost to the environment: xtables-monitor dies with ENOBUFS
-    // when it is not scheduled for a few ms (netlink accounts ~4 KiB per trace message). The
-    // report says so in its warnings; then the run proves nothing either way and is retried.
+    // The kernel's reference can lose events to the environment (kmsg records overwritten on
+    // a busy log, a netlink overrun of nft monitor): the report counts them and marks the
+    // packets concerned. Such a run proves nothing either way: retried, then skipped loudly.
     let mut result = None;
     for attempt in 1..=3 {
         let (code, report) = run_once(&test, &bin, &lab);
-        let warnings = report["report"]["warnings"].to_string();
-        if warnings.contains("exited early") && attempt < 3 {
-            eprintln!(
-                "{test}: attempt {attempt}: the reference collection failed ({warnings}); retrying"
-            );
-            continue;
+        let totals = &report["report"]["totals"];
+        let lost = totals["reference_lost"].as_u64().unwrap_or(0);
+        let warnings = &report["report"]["warnings"];
+        if lost == 0 && !warnings.to_string().contains("exited early") {
+            result = Some((code, report));
+            break;
         }
-        result = Some((code, report));
-        break;
+        eprintln!("{test}: attempt {attempt}: the reference lost events ({lost}; {warnings})");
     }
     lab.down().unwrap();
-    let (code, report) = result.expect("a final attempt");
+    let Some((code, report)) = result else {
+        e2e::skipped(&test, "the kernel's reference lost events on every attempt");
+        return;
+    };
     let totals = &report["report"]["totals"];
     eprintln!("{test}: totals {totals}");
     assert_eq!(code, Some(0), "{test}: exit code; report {report:#}");
