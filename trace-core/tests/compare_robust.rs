@@ -416,3 +416,24 @@ fn kmsg_gap_marks_packets_traced_across_it() {
     let incomplete: Vec<bool> = parsed.packets.iter().map(|p| p.incomplete).collect();
     assert_eq!(incomplete, [true, false], "{:#?}", parsed.packets);
 }
+
+#[test]
+fn a_loss_does_not_reach_packets_that_ended_long_before() {
+    // 40 packets one after the other, then a loss: only the last ones may have been in
+    // flight; the first ones' paths are complete and still count as differences.
+    let mut lines: Vec<String> = (0..40u16)
+        .map(|i| {
+            frag_line("filter:FORWARD:policy:6", 0, false)
+                .replace("ID=4242", &format!("ID={}", 100 + i))
+        })
+        .collect();
+    lines.push(format!("{}1", reference::kernlog::LOST_RECORDS));
+    let parsed = reference::parse(&lines.join("\n"), Some(Format::KernelLog));
+    assert_eq!(parsed.packets.len(), 40);
+    let incomplete = parsed.packets.iter().filter(|p| p.incomplete).count();
+    assert!(
+        (1..40).contains(&incomplete) && !parsed.packets[0].incomplete,
+        "{incomplete} of 40 marked"
+    );
+    assert!(parsed.packets[39].incomplete);
+}

@@ -310,7 +310,7 @@ pub fn parse(text: &str) -> ParsedReference {
     for (n, line) in text.lines().enumerate() {
         if let Some(count) = line.strip_prefix(LOST_RECORDS) {
             out.lost += count.trim().parse::<u64>().unwrap_or(1);
-            seg.mark_open_incomplete();
+            seg.lost_here();
             continue;
         }
         match parse_line(line) {

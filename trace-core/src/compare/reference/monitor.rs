@@ -41,7 +41,7 @@ pub(super) fn parse_events<E: std::fmt::Display>(
     for (n, line) in text.lines().enumerate() {
         if lost(line) {
             out.lost += 1;
-            g.seg.mark_open_incomplete();
+            g.seg.lost_here();
             continue;
         }
         match parse_line(line, n + 1) {

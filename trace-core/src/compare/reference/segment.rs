@@ -30,6 +30,10 @@ struct Open<K> {
     order: (u8, i32),
     table: Table,
     table_done: bool,
+    /// When the packet last got a line (the segmenter's clock).
+    touched: u64,
+    /// Losses reported before that line.
+    losses_seen: u64,
 }
 
 /// Assigns lines to packets. `K` identifies lines that may belong together (headers for
@@ -37,16 +41,26 @@ struct Open<K> {
 pub(super) struct Segmenter<K> {
     open: Vec<Open<K>>,
     pub packets: Vec<RefPacket>,
+    /// Counts lines placed (orders packets by their last activity).
+    clock: u64,
+    /// Loss points seen so far (see [`Segmenter::lost_here`]).
+    losses: u64,
 }
 
 /// Open packets remembered per key space; older ones are closed (bounded memory on huge logs).
 const MAX_OPEN: usize = 1024;
+
+/// How many of the packets active last before a loss point may have been in flight there
+/// (netfilter runs a packet's hooks back to back; packets overlap by CPU and queueing).
+const IN_FLIGHT: usize = 32;
 
 impl<K: PartialEq> Segmenter<K> {
     pub fn new() -> Self {
         Segmenter {
             open: Vec::new(),
             packets: Vec::new(),
+            clock: 0,
+            losses: 0,
         }
     }
 
@@ -60,6 +74,7 @@ impl<K: PartialEq> Segmenter<K> {
         new: impl FnOnce() -> RefPacket,
     ) -> usize {
         let ord = base_order(table, chain);
+        self.clock += 1;
         let pos = self.open.iter().rposition(|o| o.key == key);
         if let Some(p) = pos {
             let o = &mut self.open[p];
@@ -75,6 +90,12 @@ impl<K: PartialEq> Segmenter<K> {
                     o.order = ord;
                 }
                 o.table = table;
+                o.touched = self.clock;
+                if o.losses_seen < self.losses {
+                    // Lines before and after a loss point: steps in between may be missing.
+                    self.packets[o.idx].incomplete = true;
+                    o.losses_seen = self.losses;
+                }
                 return o.idx;
             }
             self.open.remove(p);
@@ -96,14 +117,21 @@ impl<K: PartialEq> Segmenter<K> {
             order: ord.unwrap_or((0, i32::MIN)),
             table,
             table_done: false,
+            touched: self.clock,
+            losses_seen: self.losses,
         });
         idx
     }
 
-    /// The reference lost events here: every packet still open may miss steps.
-    pub fn mark_open_incomplete(&mut self) {
-        for o in &self.open {
-            self.packets[o.idx].incomplete = true;
+    /// The reference lost events at this point of its stream. Incomplete from here: packets
+    /// that get lines on both sides of it, and the packets active last before it (their
+    /// remaining lines may be the lost ones). Packets that ended long before are complete.
+    pub fn lost_here(&mut self) {
+        self.losses += 1;
+        let mut recent: Vec<(u64, usize)> = self.open.iter().map(|o| (o.touched, o.idx)).collect();
+        recent.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, idx) in recent.into_iter().take(IN_FLIGHT) {
+            self.packets[idx].incomplete = true;
         }
     }
 
