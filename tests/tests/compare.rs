@@ -416,6 +416,89 @@ fn compare_other_netns_lines_are_foreign() {
     ours.down().unwrap();
 }
 
+/// A real netlink overrun of `nft monitor trace` (the monitor stopped while 20000 traced
+/// packets are sent): nft reports it in its stream — before the messages still queued, so
+/// the gap follows at an unknown place —, the parser counts it and marks the packets after
+/// it incomplete; no packet left unmarked is cut (each shows its path to the end).
+#[test]
+fn nft_monitor_overrun_is_detected() {
+    use std::io::Read;
+    use std::process::Stdio;
+    use trace_user::netns;
+    let test = "nft_monitor_overrun_is_detected";
+    if !iptrace_tests::privileged(test) || !iptrace_tests::require_tools(test, &["nft", "ip"]) {
+        return;
+    }
+    let ns = netns::NetnsGuard::create("cmp-lost").expect("netns");
+    let rules = "table ip raw {\n chain OUTPUT {\n  type filter hook output priority -300;\n  meta nftrace set 1\n }\n}\ntable ip mangle {\n chain POSTROUTING {\n  type filter hook postrouting priority -150;\n  counter\n  counter\n }\n}\n";
+    let mut load = netns::command(ns.name(), "nft");
+    load.args(["-f", "-"]).stdin(Stdio::piped());
+    let mut child = load.spawn().expect("nft -f");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "ruleset loads");
+    let mut monitor = netns::command(ns.name(), "nft")
+        .args(["-a", "monitor", "trace"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nft monitor");
+    let mut out = monitor.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).map(|_| s)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = monitor.id() as i32;
+    // SAFETY: signals to the child we spawned (`ip netns exec` execs nft: same pid).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let sent = netns::run_in(&ns.path(), || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        (0..20000)
+            .filter(|_| s.send_to(b"x", "127.0.0.1:9").is_ok())
+            .count()
+    })
+    .expect("send");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    let text = reader.join().unwrap().expect("monitor output");
+    ns.delete().expect("netns delete");
+    let parsed = reference::parse(&text, Some(reference::Format::NftMonitor));
+    let incomplete = parsed.packets.iter().filter(|p| p.incomplete).count();
+    eprintln!(
+        "{test}: {sent} sent, {} traced packets read, {} loss lines, {incomplete} incomplete",
+        parsed.packets.len(),
+        parsed.lost
+    );
+    if parsed.lost == 0 {
+        iptrace_tests::skipped(test, "no overrun happened (the buffer held every event)");
+        return;
+    }
+    assert!(parsed.malformed.is_empty(), "{:?}", parsed.malformed);
+    assert!(parsed.packets.len() < sent, "events were lost");
+    let end = |p: &RefPacket| {
+        p.steps()
+            .last()
+            .map(|s| (s.table, s.chain.clone(), s.pos.clone()))
+    };
+    let full_end = Some((
+        trace_core::netfilter::Table::Mangle,
+        "POSTROUTING".to_string(),
+        reference::RefStepPos::Policy,
+    ));
+    let cut: Vec<usize> = parsed
+        .packets
+        .iter()
+        .filter(|p| !p.incomplete && end(p) != full_end)
+        .map(|p| p.line)
+        .collect();
+    assert!(
+        cut.is_empty(),
+        "{test}: packets cut by the loss but not marked: lines {cut:?}"
+    );
+}
+
 /// The whole `capture --compare-trace` pipeline with the real eBPF capture: the tracer's TRACE
 /// rule in place, the nfhook probes capture the lab's connection, each packet is reconstructed
 /// against the live dump, and the kernel's own trace of the same run agrees on every packet.

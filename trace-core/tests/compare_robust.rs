@@ -355,14 +355,32 @@ fn other_namespaces_lines_are_foreign_not_differences() {
 
 // ---- 4. A reference that lost events ----------------------------------------------------------
 
+/// `nft monitor trace` lines of one UDP packet (ip id `id`) through filter FORWARD.
+fn nft_pkt(trace: &str, id: u16) -> String {
+    format!(
+        r#"trace id {trace} ip filter FORWARD packet: iif "r0" oif "r1" ip saddr 10.0.1.2 ip daddr 10.0.2.2 ip id {id} ip length 1500 udp sport 5000 udp dport 9003"#
+    )
+}
+
+fn nft_rule(trace: &str, handle: u32, verdict: &str) -> String {
+    format!("trace id {trace} ip filter FORWARD rule counter packets 0 bytes 0 # handle {handle} (verdict {verdict})")
+}
+
 #[test]
-fn nft_monitor_loss_marks_the_packet_incomplete_not_different() {
-    let pkt = r#"trace id 1a2b3c4d ip filter FORWARD packet: iif "r0" oif "r1" ip saddr 10.0.1.2 ip daddr 10.0.2.2 ip id 7 ip length 1500 udp sport 5000 udp dport 9003"#;
+fn nft_monitor_loss_excuses_missing_steps_never_wrong_ones() {
     let text = [
-        pkt,
-        "trace id 1a2b3c4d ip filter FORWARD rule counter packets 0 bytes 0 # handle 4 (verdict continue)",
-        reference::nftmon::LOST_EVENTS,
-        "trace id 1a2b3c4d ip filter FORWARD policy drop ",
+        // Complete before the loss line: judged as usual.
+        nft_pkt("0000000a", 6),
+        nft_rule("0000000a", 4, "continue"),
+        nft_rule("0000000a", 5, "accept"),
+        // nft reports the overrun before the messages still queued: the gap is later.
+        reference::nftmon::LOST_EVENTS.to_string(),
+        // Its accept was lost: the path lacks a step of the capture.
+        nft_pkt("0000000b", 7),
+        nft_rule("0000000b", 4, "continue"),
+        // A step the capture does not have: a difference, loss or not.
+        nft_pkt("0000000c", 8),
+        nft_rule("0000000c", 5, "accept"),
     ]
     .join("\n");
     let nft = trace_core::compare::nft_ruleset::parse(
@@ -371,13 +389,18 @@ fn nft_monitor_loss_marks_the_packet_incomplete_not_different() {
     .unwrap();
     let parsed = reference::parse(&text, Some(Format::NftMonitor));
     assert_eq!(parsed.lost, 1);
-    assert!(parsed.packets[0].incomplete);
-    // The capture saw rule 2 accept where the reference, after its loss, shows the policy.
-    let caps = [cap(
-        0,
-        hdr(7, 1500),
-        &["filter:FORWARD:rule:1", "filter:FORWARD:rule:2"],
-    )];
+    let incomplete: Vec<bool> = parsed.packets.iter().map(|p| p.incomplete).collect();
+    assert_eq!(incomplete, [false, true, true]);
+    let both = ["filter:FORWARD:rule:1", "filter:FORWARD:rule:2"];
+    let caps = [
+        cap(0, hdr(6, 1500), &both),
+        cap(1, hdr(7, 1500), &both),
+        cap(
+            2,
+            hdr(8, 1500),
+            &["filter:FORWARD:rule:1", "filter:FORWARD:policy:3"],
+        ),
+    ];
     let r = compare(
         &parsed,
         &caps,
@@ -386,17 +409,19 @@ fn nft_monitor_loss_marks_the_packet_incomplete_not_different() {
     );
     assert_eq!(
         (
+            r.totals.agree,
             r.totals.differ,
             r.totals.reference_incomplete,
             r.totals.reference_lost
         ),
-        (0, 1, 1),
+        (1, 1, 1, 1),
         "{r:#?}"
     );
     assert!(matches!(
-        r.packets[0].outcome,
+        r.packets[1].outcome,
         Outcome::ReferenceIncomplete { diff: Some(_) }
     ));
+    assert!(matches!(r.packets[2].outcome, Outcome::Differ { .. }));
     assert!(r.render_text(5).contains("lost events 1 times"));
 }
 

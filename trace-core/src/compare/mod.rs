@@ -81,7 +81,7 @@ pub fn compare_in_scope(
             Some(i) => {
                 let c = as_the_reference_shows_it(reference.format, r, &captured[*i], resolver);
                 let o = judge(r, &c, resolver, &mut report.missing_ruleset);
-                incomplete_if_lost(r, o)
+                incomplete_if_lost(r, &c, o)
             }
         };
         count(&mut report.totals, &outcome);
@@ -106,18 +106,27 @@ fn count(t: &mut Totals, o: &Outcome) {
     }
 }
 
-/// A difference on a packet the reference lost events of is the reference's gap, not a
-/// disagreement: reported as such.
-fn incomplete_if_lost(r: &RefPacket, o: Outcome) -> Outcome {
-    if !r.incomplete {
+/// A packet the reference may have lost lines of (see [`RefPacket::incomplete`]) and whose
+/// reference path only lacks steps of the captured path (it is a subsequence of it, or of a
+/// candidate path) differs by the reference's gap, not by a disagreement: reported as such.
+/// A reference step the captured path does not have is still a difference.
+fn incomplete_if_lost(r: &RefPacket, c: &CapturedPacket, o: Outcome) -> Outcome {
+    let Outcome::Differ { diff } = o else {
         return o;
-    }
-    match o {
-        Outcome::Differ { diff } => Outcome::ReferenceIncomplete { diff: Some(diff) },
-        Outcome::LogNotInPath { .. } | Outcome::Unresolved { .. } => {
-            Outcome::ReferenceIncomplete { diff: None }
-        }
-        other => other,
+    };
+    let reference: Vec<&str> = diff
+        .rows
+        .iter()
+        .filter_map(|row| row.reference.as_deref())
+        .collect();
+    let only_missing = c.candidate_paths().iter().any(|p| {
+        let mut rest = p.iter().map(ToString::to_string);
+        reference.iter().all(|step| rest.any(|s| s == *step))
+    });
+    if r.incomplete && only_missing {
+        Outcome::ReferenceIncomplete { diff: Some(diff) }
+    } else {
+        Outcome::Differ { diff }
     }
 }
 

@@ -56,8 +56,9 @@ pub enum Outcome {
         reason: String,
     },
     OnlyInReference,
-    /// The paths differ, but the reference lost events while this packet was traced: the
-    /// missing steps may be the difference. Not counted as a difference.
+    /// The reference lost events while this packet was traced and its path only lacks
+    /// steps of the captured one: the lost lines are the difference. Not counted as a
+    /// difference (a step the captured path does not have still is one).
     ReferenceIncomplete {
         diff: Option<PathDiff>,
     },
@@ -154,7 +155,7 @@ impl Report {
         if t.reference_lost > 0 {
             let _ = writeln!(
                 s,
-                "  warning: the reference lost events {} times (overwritten kernel log records / netlink overruns); {} packets differ where it did (not counted as differences)",
+                "  warning: the reference lost events {} times (overwritten kernel log records / netlink overruns); {} packets lack steps there (not counted as differences)",
                 t.reference_lost, t.reference_incomplete
             );
         }

@@ -26,7 +26,9 @@ pub enum MonitorLine {
 
 /// Parses `text` line by line with `parse_line` (Ok(None): not a trace line of an iptables
 /// table) and groups the events into packets. `lost` recognises the monitor's own loss
-/// lines: they count in [`ParsedReference::lost`] and mark the packets open there incomplete.
+/// lines: they count in [`ParsedReference::lost`], and as the monitor reports an overrun
+/// before the messages queued ahead of the gap, every packet with lines after such a line is
+/// marked incomplete.
 pub(super) fn parse_events<E: std::fmt::Display>(
     text: &str,
     format: Format,
@@ -41,7 +43,7 @@ pub(super) fn parse_events<E: std::fmt::Display>(
     for (n, line) in text.lines().enumerate() {
         if lost(line) {
             out.lost += 1;
-            g.seg.lost_here();
+            g.seg.lost_after_here();
             continue;
         }
         match parse_line(line, n + 1) {

@@ -45,6 +45,9 @@ pub(super) struct Segmenter<K> {
     clock: u64,
     /// Loss points seen so far (see [`Segmenter::lost_here`]).
     losses: u64,
+    /// A loss happened somewhere after a point already passed ([`Segmenter::lost_after_here`]):
+    /// every packet that gets a line from now on is incomplete.
+    lossy_from_here: bool,
 }
 
 /// Open packets remembered per key space; older ones are closed (bounded memory on huge logs).
@@ -61,6 +64,7 @@ impl<K: PartialEq> Segmenter<K> {
             packets: Vec::new(),
             clock: 0,
             losses: 0,
+            lossy_from_here: false,
         }
     }
 
@@ -91,7 +95,7 @@ impl<K: PartialEq> Segmenter<K> {
                 }
                 o.table = table;
                 o.touched = self.clock;
-                if o.losses_seen < self.losses {
+                if o.losses_seen < self.losses || self.lossy_from_here {
                     // Lines before and after a loss point: steps in between may be missing.
                     self.packets[o.idx].incomplete = true;
                     o.losses_seen = self.losses;
@@ -103,8 +107,9 @@ impl<K: PartialEq> Segmenter<K> {
         self.start(key, table, ord, new())
     }
 
-    fn start(&mut self, key: K, table: Table, ord: Option<(u8, i32)>, pkt: RefPacket) -> usize {
+    fn start(&mut self, key: K, table: Table, ord: Option<(u8, i32)>, mut pkt: RefPacket) -> usize {
         let idx = self.packets.len();
+        pkt.incomplete |= self.lossy_from_here;
         self.packets.push(pkt);
         if self.open.len() >= MAX_OPEN {
             self.open.remove(0);
@@ -123,9 +128,10 @@ impl<K: PartialEq> Segmenter<K> {
         idx
     }
 
-    /// The reference lost events at this point of its stream. Incomplete from here: packets
-    /// that get lines on both sides of it, and the packets active last before it (their
-    /// remaining lines may be the lost ones). Packets that ended long before are complete.
+    /// The reference lost events exactly at this point of its stream (a kmsg sequence gap).
+    /// Incomplete: packets that get lines on both sides of it, and the packets active last
+    /// before it (their remaining lines may be the lost ones). Packets that ended long before
+    /// are complete.
     pub fn lost_here(&mut self) {
         self.losses += 1;
         let mut recent: Vec<(u64, usize)> = self.open.iter().map(|o| (o.touched, o.idx)).collect();
@@ -133,6 +139,14 @@ impl<K: PartialEq> Segmenter<K> {
         for (_, idx) in recent.into_iter().take(IN_FLIGHT) {
             self.packets[idx].incomplete = true;
         }
+    }
+
+    /// The reference lost events somewhere after this point: a netlink monitor learns of an
+    /// overrun (ENOBUFS) before it reads the messages still queued, so the gap follows them
+    /// at an unknown place. Every packet that gets a line from here on may miss some.
+    pub fn lost_after_here(&mut self) {
+        self.losses += 1;
+        self.lossy_from_here = true;
     }
 
     /// The current table traversal of packet `idx` ended (policy, ACCEPT, DROP…).
