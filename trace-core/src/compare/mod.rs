@@ -49,6 +49,7 @@ pub fn compare_in_scope(
     opts: &MatchOptions,
     scope: Option<&NetnsScope>,
 ) -> Report {
+    let (ours, foreign) = set_aside_foreign(&reference.packets, scope);
     let mut report = Report {
         malformed: reference.malformed.clone(),
         totals: Totals {
@@ -58,22 +59,12 @@ pub fn compare_in_scope(
             skipped_lines: reference.skipped,
             reference_lost: reference.lost,
             log_lines_in_traces: reference.packets.iter().map(|p| p.logs.len()).sum(),
+            foreign: foreign.len(),
             ..Totals::default()
         },
+        foreign,
         ..Report::default()
     };
-    let mut ours = Vec::with_capacity(reference.packets.len());
-    for p in &reference.packets {
-        match scope.and_then(|s| s.foreign_reason(p)) {
-            Some(reason) => report.foreign.push(ForeignPacket {
-                reference_line: p.line,
-                summary: report::summarize(p.headers.first()),
-                reason,
-            }),
-            None => ours.push(p.clone()),
-        }
-    }
-    report.totals.foreign = report.foreign.len();
     let pairs = matching::match_packets(&ours, captured, opts);
     for (r, pair) in ours.iter().zip(&pairs) {
         let outcome = match pair {
@@ -95,6 +86,26 @@ pub fn compare_in_scope(
     report.only_in_capture = only_in_capture(&ours, captured, &pairs, resolver);
     report.totals.only_in_capture = report.only_in_capture.len();
     report
+}
+
+/// The packets `scope` does not recognise as another namespace's, and those it does.
+fn set_aside_foreign(
+    packets: &[RefPacket],
+    scope: Option<&NetnsScope>,
+) -> (Vec<RefPacket>, Vec<ForeignPacket>) {
+    let mut ours = Vec::with_capacity(packets.len());
+    let mut foreign = Vec::new();
+    for p in packets {
+        match scope.and_then(|s| s.foreign_reason(p)) {
+            Some(reason) => foreign.push(ForeignPacket {
+                reference_line: p.line,
+                summary: report::summarize(p.headers.first()),
+                reason,
+            }),
+            None => ours.push(p.clone()),
+        }
+    }
+    (ours, foreign)
 }
 
 fn count(t: &mut Totals, o: &Outcome) {
@@ -124,7 +135,7 @@ fn incomplete_if_lost(r: &RefPacket, c: &CapturedPacket, o: Outcome) -> Outcome 
         reference.iter().all(|step| rest.any(|s| s == *step))
     });
     if r.incomplete && only_missing {
-        Outcome::ReferenceIncomplete { diff: Some(diff) }
+        Outcome::ReferenceIncomplete { diff }
     } else {
         Outcome::Differ { diff }
     }

@@ -60,7 +60,7 @@ pub enum Outcome {
     /// steps of the captured one: the lost lines are the difference. Not counted as a
     /// difference (a step the captured path does not have still is one).
     ReferenceIncomplete {
-        diff: Option<PathDiff>,
+        diff: PathDiff,
     },
 }
 
