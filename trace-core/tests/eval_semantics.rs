@@ -1441,3 +1441,52 @@ fn set_match_uses_the_read_ipsets() {
     assert_eq!(t.candidates.len(), 2);
     assert_eq!(steps()[0], ["mangle:PREROUTING:policy:2"]);
 }
+
+/// Within one traversal, `recent` tests follow from the rules the path already passed
+/// (found by capture_fidelity nexus_v6: `--set` then `--update --hitcount` with a `limit`
+/// in front of NFLOG, then the same `--update` in front of DROP. iptrace showed accepted
+/// SSH and ICMP packets going through the NFLOG rule; a matched update keeps an identical
+/// test true, so NFLOG-then-ACCEPT is impossible and the accepted path is the kernel's).
+#[test]
+fn recent_tests_on_one_path_are_consistent() {
+    let chain = filter(
+        ":SSHBRUTE - [0:0]\n\
+         -A INPUT -p tcp -m tcp --dport 22 -j SSHBRUTE\n\
+         -A SSHBRUTE -m recent --set --name SSH --rsource\n\
+         -A SSHBRUTE -m recent --update --seconds 300 --hitcount 10 --name SSH --rsource -m limit --limit 1/sec --limit-burst 100 -j NFLOG --nflog-group 0\n\
+         -A SSHBRUTE -m recent --update --seconds 300 --hitcount 10 --name SSH --rsource -j DROP\n\
+         -A SSHBRUTE -m recent --rcheck --name SSH --rsource -j ACCEPT\n",
+    );
+    let h = tcp("10.0.0.2", 40000, "10.0.0.1", 22, tcp_flags::SYN);
+    let t = Case::new(Hook::Input, h.clone()).run(&chain, Table::Filter, &unknown());
+    let paths: Vec<String> = steps().iter().map(|p| p.join(" ")).collect();
+    // The NFLOG rule matched ⇒ its update matched ⇒ the identical update matches: DROP.
+    // Not logged: the update may or may not have matched (the limit), both follow.
+    // Every path that reaches rule 4 finds the entry the --set made: no policy path.
+    assert_eq!(
+        paths,
+        [
+            "filter:INPUT:rule:1 filter:SSHBRUTE:rule:1 filter:SSHBRUTE:rule:2 filter:SSHBRUTE:rule:3",
+            "filter:INPUT:rule:1 filter:SSHBRUTE:rule:1 filter:SSHBRUTE:rule:3",
+            "filter:INPUT:rule:1 filter:SSHBRUTE:rule:1 filter:SSHBRUTE:rule:4",
+        ],
+        "{t:#?}"
+    );
+    // --remove empties the entry: a later test on the same path fails.
+    let knock = filter(
+        "-A INPUT -m recent --rcheck --name K --rsource -m recent --remove --name K --rsource -j MARK --set-xmark 0x1/0xffffffff\n\
+         -A INPUT -m recent --rcheck --name K --rsource -j DROP\n\
+         -A INPUT -m recent --set --name K --rsource -j RETURN\n",
+    );
+    let t = Case::new(Hook::Input, h).run(&knock, Table::Filter, &unknown());
+    let paths: Vec<String> = steps().iter().map(|p| p.join(" ")).collect();
+    assert_eq!(
+        paths,
+        [
+            "filter:INPUT:rule:1 filter:INPUT:rule:3 filter:INPUT:policy:4",
+            "filter:INPUT:rule:2",
+            "filter:INPUT:rule:3 filter:INPUT:policy:4",
+        ],
+        "{t:#?}"
+    );
+}

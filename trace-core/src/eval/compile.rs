@@ -128,6 +128,8 @@ pub(super) struct CRule {
     out_iface: Option<Negatable<Iface>>,
     fragment: Option<bool>,
     has_matches: bool,
+    /// A `-m recent` among the matches (its effects are tracked per path).
+    pub has_recent: bool,
     pub kind: StepKind,
     pub target: CTarget,
 }
@@ -242,6 +244,10 @@ fn compile_rule(r: &Rule, kind: StepKind, by_name: &HashMap<String, u32>) -> CRu
         out_iface: r.out_iface.clone(),
         fragment: r.fragment.as_ref().map(|f| !f.negated),
         has_matches: !r.matches.is_empty(),
+        has_recent: r
+            .matches
+            .iter()
+            .any(|m| matches!(m.kind, MatchKind::Recent(_))),
         kind,
         target,
     }

@@ -86,7 +86,7 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
         MatchKind::Physdev(m) => physdev(m, p, ctx),
         MatchKind::Statistic(_) => Tri::Unknown("random/nth: depends on other packets"),
         MatchKind::Limit(_) => Tri::Unknown("rate limit state"),
-        MatchKind::Recent(r) => recent(r),
+        MatchKind::Recent(r) => recent(r, st),
         MatchKind::Set(s) => set(s, &m.args, p, ctx),
         MatchKind::Socket(so) if so.transparent => Tri::Unknown(SOCKET_TRANSPARENT),
         MatchKind::Socket(_) => Tri::Unknown("socket lookup"),
@@ -98,10 +98,12 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
 /// the list held (`ret = !info->invert` on both the new-entry and the existing-entry path);
 /// `--rcheck`/`--update`/`--remove` depend on the list's contents (other packets, timeouts,
 /// /proc writes): a branch point.
-fn recent(r: &crate::rules::matches::RecentMatch) -> Tri {
-    match r.mode {
-        Some(crate::rules::matches::RecentMode::Set) => (!r.negated).into(),
-        _ => Tri::Unknown(RECENT_LIST),
+///
+/// Earlier rules of the same path can decide them (see [`super::recent`]).
+fn recent(r: &crate::rules::matches::RecentMatch, st: &PathState) -> Tri {
+    match st.recent.known(r) {
+        Some(hit) => (hit != r.negated).into(),
+        None => Tri::Unknown(RECENT_LIST),
     }
 }
 

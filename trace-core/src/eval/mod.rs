@@ -22,6 +22,7 @@ mod compile;
 pub mod context;
 pub mod ipset;
 mod matches;
+mod recent;
 mod targets;
 
 pub use context::{IfaceAddr, NetContext};
@@ -294,6 +295,8 @@ struct PathState {
     notrack: bool,
     /// The TCP MSS option value a TCPMSS target wrote (None: the options as captured).
     mss: Option<u16>,
+    /// What the rules passed so far say about the packet's `recent` entries.
+    recent: recent::Facts,
 }
 
 #[derive(Debug, Clone)]
@@ -530,6 +533,7 @@ impl Evaluator {
             sets_trace: false,
             notrack: false,
             mss: None,
+            recent: Default::default(),
         };
         let results = rule
             .matches
@@ -570,6 +574,7 @@ impl Evaluator {
             sets_trace: false,
             notrack: false,
             mss: None,
+            recent: Default::default(),
         };
         let first = Cursor {
             chain: start,
@@ -675,15 +680,31 @@ impl Run<'_> {
                     }
                 }
             }
-            let kind = self.rules(c.chain)[c.pos as usize].kind;
+            let (kind, has_recent) = {
+                let r = &self.rules(c.chain)[c.pos as usize];
+                (r.kind, r.has_recent)
+            };
+            let model = has_recent.then(|| self.t.model_rule(&self.ev.ruleset, c.chain, c.pos));
             match self.match_rule(c.chain, c.pos, &c.st) {
                 RuleMatch::No => {
+                    if let Some(m) = model {
+                        c.st.recent.rule_failed(&m.matches, false);
+                    }
                     c.pos += 1;
                     continue;
                 }
-                RuleMatch::Yes => {}
+                RuleMatch::Yes => {
+                    if let Some(m) = model {
+                        c.st.recent.rule_matched(&m.matches);
+                    }
+                }
                 RuleMatch::Maybe(what) => {
                     let mut alt = c.clone();
+                    if let Some(m) = model {
+                        let only_recent = what.len() == 1 && what[0].starts_with("-m recent (");
+                        alt.st.recent.rule_failed(&m.matches, only_recent);
+                        c.st.recent.rule_matched(&m.matches);
+                    }
                     alt.assumptions
                         .push(self.assumption(&c, what.clone(), false));
                     alt.pos += 1;
