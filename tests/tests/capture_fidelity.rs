@@ -252,7 +252,7 @@ fn checksum(b: &[u8]) -> u16 {
 
 /// Sends one raw L4 message (`proto`, bytes after the IP header) to `to` (the kernel builds
 /// the IP header; ICMPv6 checksums are filled in by the kernel).
-fn raw_send(to: IpAddr, proto: i32, payload: &[u8]) {
+fn raw_send_nowait(to: IpAddr, proto: i32, payload: &[u8]) {
     // SAFETY: plain socket calls on a socket we own; the sockaddr is fully initialised.
     unsafe {
         let (fam, sa, len): (i32, libc::sockaddr_storage, u32) = match to {
@@ -293,23 +293,39 @@ fn raw_send(to: IpAddr, proto: i32, payload: &[u8]) {
         libc::close(fd);
         assert_eq!(n as usize, payload.len(), "raw sendto: {err}");
     }
+}
+
+/// [`raw_send_nowait`], then time for the packet to go through.
+fn raw_send(to: IpAddr, proto: i32, payload: &[u8]) {
+    raw_send_nowait(to, proto, payload);
     std::thread::sleep(Duration::from_millis(150));
 }
 
 /// An ICMP / ICMPv6 echo request (id 0x1234, seq 1).
 fn ping(to: IpAddr) {
+    ping_nowait(to);
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+fn ping_nowait(to: IpAddr) {
+    ping_id(to, 0x1234);
+}
+
+/// An echo request with identifier `id` (seq 1), not waiting.
+fn ping_id(to: IpAddr, id: u16) {
     let (t, proto) = if to.is_ipv4() {
         (8u8, libc::IPPROTO_ICMP)
     } else {
         (128u8, libc::IPPROTO_ICMPV6)
     };
-    let mut m = vec![t, 0, 0, 0, 0x12, 0x34, 0, 1];
+    let [hi, lo] = id.to_be_bytes();
+    let mut m = vec![t, 0, 0, 0, hi, lo, 0, 1];
     m.extend_from_slice(b"fidelity");
     if to.is_ipv4() {
         let c = checksum(&m);
         m[2..4].copy_from_slice(&c.to_be_bytes());
     }
-    raw_send(to, proto, &m);
+    raw_send_nowait(to, proto, &m);
 }
 
 /// A TCP segment conntrack calls INVALID: SYN and FIN together, checksum left zero.
@@ -350,6 +366,57 @@ fn raw_syn(to: &str, sport: u16, dport: u16) {
 fn udp_from(from: &str, to: SocketAddr, len: usize) {
     let s = std::net::UdpSocket::bind(sa(from, 0)).unwrap();
     s.send_to(&vec![b'u'; len], to).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+/// UDP from a given local socket address (a source port a rule is about).
+fn udp_from_sa(from: SocketAddr, to: SocketAddr, len: usize) {
+    let s = std::net::UdpSocket::bind(from).unwrap();
+    s.send_to(&vec![b'u'; len], to).unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+}
+
+/// CRC32c (Castagnoli, reflected), as SCTP's checksum.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in data {
+        crc ^= *b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// An SCTP INIT (valid checksum, so conntrack tracks it as NEW) from the client.
+fn sctp_init(to: &str, sport: u16, dport: u16) {
+    let mut m = vec![0u8; 32];
+    m[0..2].copy_from_slice(&sport.to_be_bytes());
+    m[2..4].copy_from_slice(&dport.to_be_bytes());
+    // Chunk INIT: type 1, length 20, init tag, a_rwnd, streams out/in, initial TSN.
+    m[12] = 1;
+    m[14..16].copy_from_slice(&20u16.to_be_bytes());
+    m[16..20].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    m[20..24].copy_from_slice(&65535u32.to_be_bytes());
+    m[24..26].copy_from_slice(&1u16.to_be_bytes());
+    m[26..28].copy_from_slice(&1u16.to_be_bytes());
+    m[28..32].copy_from_slice(&1u32.to_be_bytes());
+    let c = crc32c(&m);
+    m[8..12].copy_from_slice(&c.to_le_bytes());
+    raw_send(to.parse().unwrap(), libc::IPPROTO_SCTP, &m);
+}
+
+/// ICMP / ICMPv6 echo requests in a quick burst (`n` within well under a second).
+fn ping_burst(to: IpAddr, n: usize) {
+    // Distinct ids: each request is a conntrack flow of its own (NEW), as from separate pings.
+    for i in 0..n {
+        ping_id(to, 0x2000 + i as u16);
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::thread::sleep(Duration::from_millis(150));
 }
 
@@ -669,6 +736,12 @@ fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
         break;
     }
     let out = out.unwrap();
+    // For debugging a difference: keep the recording (replay it with another build).
+    if let Some(dir) = std::env::var_os("IPTRACE_FIDELITY_KEEP") {
+        let to = PathBuf::from(dir).join(format!("{test}.iptrace"));
+        let _ = std::fs::copy(&out.recording.0, &to);
+        eprintln!("{test}: recording kept at {}", to.display());
+    }
     let warnings = out.report["report"]["warnings"].to_string();
     if warnings.contains("exited early") {
         // The reference collector (xtables-monitor) failed on every attempt: ENOBUFS under a
@@ -2096,6 +2169,217 @@ fn fidelity_anti_portscan_legacy() {
 #[test]
 fn fidelity_anti_portscan_nft() {
     corpus_scenario("anti_portscan", anti_portscan(), IptablesBackend::Nft);
+}
+
+/// A hand-written IPv6 restore file (Raspberry Pi hotspot): per-port SYN rules with
+/// `--tcp-flags`, SSH and ICMP flood protection with `recent --set` then `--update
+/// --seconds --hitcount [--rttl]` (with and without a `limit` in front of NFLOG), NFLOG,
+/// REJECT tcp-reset, DROP policy. Its `-p udp -m tcp --dport 69` rule is refused by the
+/// kernel (tcp match on protocol udp) and is left out.
+fn nexus_v6_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(R6_IN, 22));
+        udp_send(sa(R6_IN, 53), 10, None);
+        tcp_refused(sa(R6_IN, 113));
+        udp_send(sa(R6_IN, 1900), 10, None);
+        // Six echo requests within a second: the sixth is the flood's first DROP.
+        ping_burst(R6_IN.parse().unwrap(), 6);
+    });
+}
+
+fn nexus_v6() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "22-nexus-pi-ip6-recent-nflog.rules",
+        &[(
+            "-A INPUT -p udp -m tcp --dport 69 -m conntrack --ctstate NEW -j ACCEPT\n",
+            "",
+        )],
+    )?;
+    Some(Scenario {
+        name: "nexus_v6",
+        v6: true,
+        ifaces: ("wlan0", "r1"),
+        rules,
+        filter: "ip6 and src net fd99:213::/32",
+        kernel_steps: &[
+            "filter:INPUT:rule:5",
+            "filter:INPUT:rule:6",
+            "filter:SSHBRUTE:rule:1",
+            "filter:SSHBRUTE:return:4",
+            "filter:INPUT:rule:43",
+            "filter:ICMPFLOOD:rule:1",
+            "filter:ICMPFLOOD:rule:3",
+            "filter:ICMPFLOOD:return:4",
+            "filter:INPUT:rule:48",
+            "filter:INPUT:rule:50",
+        ],
+        kernel_text: &[],
+        traffic: nexus_v6_traffic,
+        setup: no_setup,
+        servers: &[(Role::Router, "TCP6-LISTEN:22,reuseaddr,fork,ipv6only=1")],
+    })
+}
+
+#[test]
+fn fidelity_nexus_v6_legacy() {
+    corpus_scenario("nexus_v6", nexus_v6(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_nexus_v6_nft() {
+    corpus_scenario("nexus_v6", nexus_v6(), IptablesBackend::Nft);
+}
+
+/// free5gc on docker with tailscale (nft dump): published ports DNATed to containers on a
+/// bridge (TCP, UDP and SCTP with `-m sctp`), DOCKER-ISOLATION stages, CONNMARK restore/save
+/// with masks, CHECKSUM on SCTP, MASQUERADE of the container network.
+fn free5gc_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(R4_IN, 5000));
+        udp_send(sa(R4_IN, 8805), 10, None);
+        sctp_init(R4_IN, 40006, 38412);
+        udp_send(sa(R4_IN, 41641), 10, None);
+    });
+    t.in_server(|| udp_from(S4, sa(C4, 9002), 10));
+}
+
+fn free5gc_setup(t: &Topo) {
+    server_addr(t, "10.213.2.3/24");
+    server_addr(t, "10.213.2.4/24");
+}
+
+fn free5gc() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "08-free5gc-docker-tailscale-sctp-nft.rules",
+        &[
+            ("10.100.200.10", "10.213.2.4"),
+            ("10.100.200.5", S4),
+            ("10.100.200.7", "10.213.2.3"),
+            ("10.100.200.0/24", "10.213.2.0/24"),
+            ("10.88.120.100", R4_IN),
+        ],
+    )?;
+    Some(Scenario {
+        name: "free5gc",
+        v6: false,
+        ifaces: ("eth1", "br-free5gc"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "nat:DOCKER:rule:3",
+            "nat:DOCKER:rule:7",
+            "nat:DOCKER:rule:9",
+            "filter:DOCKER:rule:1",
+            "filter:DOCKER:rule:5",
+            "filter:DOCKER:rule:7",
+            "filter:DOCKER-ISOLATION-STAGE-1:rule:2",
+            "filter:DOCKER-ISOLATION-STAGE-2:return:3",
+            "filter:ts-input:rule:5",
+            "mangle:PREROUTING:rule:1",
+            "nat:POSTROUTING:rule:4",
+        ],
+        kernel_text: &["PROTO=132 "],
+        traffic: free5gc_traffic,
+        setup: free5gc_setup,
+        servers: &[(Role::Server, "TCP4-LISTEN:5000,reuseaddr,fork")],
+    })
+}
+
+#[test]
+fn fidelity_free5gc_legacy() {
+    corpus_scenario("free5gc", free5gc(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_free5gc_nft() {
+    corpus_scenario("free5gc", free5gc(), IptablesBackend::Nft);
+}
+
+/// Docker's embedded DNS (nft dump, `#` lines between rules) inside the router: queries to
+/// the resolver address DNATed in OUTPUT to its real ports, and a datagram from the real
+/// port SNATed with a port-only `--to-source :53`. The resolver address is ours, on lo.
+fn docker_dns_traffic(t: &Topo) {
+    t.in_router(|| {
+        udp_send(sa("10.213.3.11", 53), 10, None);
+        tcp_echo(sa("10.213.3.11", 53));
+        udp_from_sa(sa("10.213.3.11", 35031), sa("10.213.3.11", 9999), 10);
+    });
+}
+
+fn docker_dns_setup(t: &Topo) {
+    let r = t.router.name();
+    run(r, &["ip", "link", "set", "lo", "up"]);
+    run(r, &["ip", "addr", "add", "10.213.3.11/32", "dev", "lo"]);
+}
+
+fn docker_dns() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "03-docker-embedded-dns-nft.rules",
+        &[("127.0.0.11", "10.213.3.11")],
+    )?;
+    Some(Scenario {
+        name: "docker_dns",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "nat:DOCKER_OUTPUT:rule:1",
+            "nat:DOCKER_OUTPUT:rule:2",
+            "nat:DOCKER_POSTROUTING:rule:2",
+        ],
+        kernel_text: &["SPT=35031 DPT=9999 "],
+        traffic: docker_dns_traffic,
+        setup: docker_dns_setup,
+        servers: &[(
+            Role::Router,
+            "TCP4-LISTEN:39527,bind=10.213.3.11,reuseaddr,fork",
+        )],
+    })
+}
+
+#[test]
+fn fidelity_docker_dns_legacy() {
+    corpus_scenario("docker_dns", docker_dns(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_docker_dns_nft() {
+    corpus_scenario("docker_dns", docker_dns(), IptablesBackend::Nft);
+}
+
+/// A docker swarm host's dump with its own `-j TRACE` in raw (`iptables-save -c` counters):
+/// the TRACE target is not terminal, and the packets it marks are traced from there on.
+fn swarm_trace_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(S4, 8080));
+        ping(S4.parse().unwrap());
+    });
+}
+
+fn swarm_trace() -> Option<Scenario> {
+    Some(Scenario {
+        name: "swarm_trace",
+        v6: false,
+        ifaces: ("eth1", "r1"),
+        rules: corpus("20-docker-swarm-raw-TRACE-counters-c.rules")?,
+        filter: "ip",
+        kernel_steps: &["raw:PREROUTING:rule:2", "mangle:FORWARD:policy:1"],
+        kernel_text: &[],
+        traffic: swarm_trace_traffic,
+        setup: no_setup,
+        servers: &[(Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork")],
+    })
+}
+
+#[test]
+fn fidelity_swarm_trace_legacy() {
+    corpus_scenario("swarm_trace", swarm_trace(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_swarm_trace_nft() {
+    corpus_scenario("swarm_trace", swarm_trace(), IptablesBackend::Nft);
 }
 
 fn corpus_scenario(name: &str, sc: Option<Scenario>, backend: IptablesBackend) {
