@@ -70,6 +70,38 @@ impl NetnsScope {
     }
 }
 
+impl NetnsScope {
+    /// The interfaces `ip link show` lists (iproute2 and busybox print the same shape):
+    /// `N: NAME[@PEER]: <FLAGS> …` then `    link/TYPE ADDRESS brd …`.
+    pub fn from_ip_link(text: &str) -> NetnsScope {
+        let mut scope = NetnsScope::default();
+        for line in text.lines() {
+            if line.starts_with(|c: char| c.is_ascii_digit()) {
+                let name = line.split(": ").nth(1).unwrap_or("");
+                let name = name.split('@').next().unwrap_or(name);
+                if !name.is_empty() {
+                    scope.ifaces.push(ScopeIface {
+                        name: name.to_string(),
+                        mac: None,
+                    });
+                }
+            } else if let Some(link) = line.trim_start().strip_prefix("link/") {
+                let addr = link.split_whitespace().nth(1).filter(|a| is_mac(a));
+                if let (Some(last), Some(a)) = (scope.ifaces.last_mut(), addr) {
+                    last.mac.get_or_insert_with(|| a.to_ascii_lowercase());
+                }
+            }
+        }
+        scope
+    }
+}
+
+fn is_mac(a: &str) -> bool {
+    a.split(':').count() == 6
+        && a.split(':')
+            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))
+}
+
 /// The destination address of a kernel log `MAC=` field (dst:src:ethertype, 14 hex bytes);
 /// None for other forms (nft's `saddr/daddr`, non-Ethernet headers).
 fn link_dst(mac: &str) -> Option<String> {
@@ -89,5 +121,30 @@ mod tests {
             Some("7e:31:b8:fe:69:94")
         );
         assert_eq!(link_dst("4a:70:b2:aa:8f:4f/66:6b:9d:86:56:c7"), None);
+    }
+
+    #[test]
+    fn interfaces_from_ip_link_show() {
+        let text = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000
+    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00
+2: eth0@if5: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT group default qlen 1000
+    link/ether 7E:31:b8:fe:69:94 brd ff:ff:ff:ff:ff:ff link-netnsid 0
+3: tun0: <POINTOPOINT,NOARP> mtu 1500 qdisc noop state DOWN
+    link/none 
+";
+        let s = NetnsScope::from_ip_link(text);
+        let got: Vec<(&str, Option<&str>)> = s
+            .ifaces
+            .iter()
+            .map(|i| (i.name.as_str(), i.mac.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("lo", Some("00:00:00:00:00:00")),
+                ("eth0", Some("7e:31:b8:fe:69:94")),
+                ("tun0", None)
+            ]
+        );
     }
 }

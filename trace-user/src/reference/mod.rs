@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use trace_core::compare::reference::Format;
-use trace_core::compare::scope::{NetnsScope, ScopeIface};
+use trace_core::compare::scope::NetnsScope;
 use trace_core::netfilter::Family;
 
 #[derive(Debug, thiserror::Error)]
@@ -249,8 +249,10 @@ pub struct ReferenceTracer {
     collector: Option<Collector>,
     /// `nft`: the raw table did not exist before (removed again when left empty).
     created_nft_raw: bool,
-    /// The traced netns's interfaces, at start and at finish.
-    scope: NetnsScope,
+    /// The traced netns's interfaces, at start and at finish (None: could not be listed).
+    scope: Option<NetnsScope>,
+    /// Why the interfaces could not be listed (becomes a warning of the output).
+    scope_problem: Option<String>,
 }
 
 impl ReferenceTracer {
@@ -269,7 +271,8 @@ impl ReferenceTracer {
             nf_log: None,
             collector: None,
             created_nft_raw: false,
-            scope: NetnsScope::default(),
+            scope: None,
+            scope_problem: None,
         };
         // On any error below, dropping `t` undoes what was done so far.
         match t.target.backend {
@@ -287,7 +290,15 @@ impl ReferenceTracer {
         for chain in ["PREROUTING", "OUTPUT"] {
             t.insert_trace_rule(chain, selector)?;
         }
-        t.scope.extend(netns_ifaces(&t.target.netns)?);
+        match netns_ifaces(&t.target.netns) {
+            Ok(s) => t.scope = Some(s),
+            Err(e) => {
+                t.scope_problem = Some(format!(
+                    "the netns's interfaces are unknown ({e}): other namespaces' lines in \
+                     the kernel log cannot be set aside"
+                ))
+            }
+        }
         Ok(t)
     }
 
@@ -355,13 +366,13 @@ impl ReferenceTracer {
     pub fn finish_scoped(mut self) -> Result<(ReferenceOutput, Option<NetnsScope>)> {
         // Interfaces created during the capture (containers) are ours too; one that came
         // and went in between is not known, and its lines count as foreign (listed).
-        if let Ok(now) = netns_ifaces(&self.target.netns) {
-            self.scope.extend(now);
+        if let (Some(s), Ok(now)) = (&mut self.scope, netns_ifaces(&self.target.netns)) {
+            s.extend(now.ifaces);
         }
         // Let the last events of in-flight packets arrive before the rules go.
         std::thread::sleep(Duration::from_millis(200));
         let errors = self.cleanup_rules();
-        let (text, lost, warnings) = self
+        let (text, lost, mut warnings) = self
             .collector
             .take()
             .map(Collector::finish)
@@ -374,15 +385,17 @@ impl ReferenceTracer {
             IptablesBackend::Legacy => Format::KernelLog,
             IptablesBackend::Nft => Format::NftMonitor,
         };
+        let shared_log = self.target.backend == IptablesBackend::Legacy;
+        if shared_log {
+            warnings.extend(self.scope_problem.take());
+        }
         let out = ReferenceOutput {
             format,
             text,
             lost,
             warnings,
         };
-        let scope = std::mem::take(&mut self.scope);
-        let shared_log = self.target.backend == IptablesBackend::Legacy;
-        Ok((out, shared_log.then_some(scope)))
+        Ok((out, self.scope.take().filter(|_| shared_log)))
     }
 
     /// Deletes the inserted rules (idempotent: each is removed from the list first).
@@ -429,29 +442,10 @@ impl ReferenceTracer {
     }
 }
 
-/// The interfaces of `netns` (`ip -j link show` inside it): names and link-layer addresses.
-fn netns_ifaces(netns: &Path) -> Result<Vec<ScopeIface>> {
-    let mut cmd = in_netns(netns, "ip");
-    cmd.args(["-j", "link", "show"]);
-    let text = output_of(&mut cmd)?;
-    let links: Vec<serde_json::Value> =
-        serde_json::from_str(&text).map_err(|e| ReferenceError::Command {
-            cmd: format!("{cmd:?}"),
-            status: "unparsable output".into(),
-            stderr: e.to_string(),
-        })?;
-    Ok(links
-        .iter()
-        .filter_map(|l| {
-            Some(ScopeIface {
-                name: l.get("ifname")?.as_str()?.to_string(),
-                mac: l
-                    .get("address")
-                    .and_then(|a| a.as_str())
-                    .map(str::to_string),
-            })
-        })
-        .collect())
+/// The interfaces of `netns` (`ip link show` inside it): names and link-layer addresses.
+fn netns_ifaces(netns: &Path) -> Result<NetnsScope> {
+    let text = output_of(in_netns(netns, "ip").args(["link", "show"]))?;
+    Ok(NetnsScope::from_ip_link(&text))
 }
 
 /// A rule line of `nft list table` (not a chain header, type line, or brace).
