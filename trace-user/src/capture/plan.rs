@@ -302,6 +302,11 @@ fn nft_chains_of(reg: &Registered, family: Family, hook: Hook) -> impl Iterator<
         .filter(move |c| c.hook == hook && fam.contains(&c.family.as_str()))
 }
 
+/// A native nft base chain (not an iptables-nft table's built-in chain).
+pub fn is_native(c: &NftChain) -> bool {
+    Table::from_name(&c.table).is_none() || Hook::from_chain_name(&c.chain) != Some(c.hook)
+}
+
 fn nft_inert(c: &NftChain) -> bool {
     c.rules == 0 && c.accepts && !c.nat
 }

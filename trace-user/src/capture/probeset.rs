@@ -16,6 +16,7 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use trace_core::assemble::{HookPlan, ProbePlan};
@@ -90,7 +91,15 @@ struct NsProbes {
     reg: Registered,
     plans: Vec<(Family, Hook, HookPlan)>,
     links: usize,
+    /// The rules last planned with (None: not read, every stage bracketed).
+    view: Option<RuleView>,
+    /// When the native nft chains were last re-read.
+    nft_read: Instant,
 }
+
+/// How often inert native nft chains are re-read: their rules are not in the iptables dumps
+/// whose changes trigger a re-plan.
+const NFT_POLL: Duration = Duration::from_secs(1);
 
 /// Every netns's probes and their links (closing a link detaches its probe).
 pub struct ProbeSet {
@@ -150,6 +159,8 @@ impl ProbeSet {
             reg,
             plans,
             links: n,
+            view,
+            nft_read: Instant::now(),
         });
         Ok((inode, n))
     }
@@ -158,8 +169,12 @@ impl ProbeSet {
     /// publishes the changed plans (in force from now on) to the [`Replan`] handle and
     /// returns them. Failures are logged: the capture goes on with the old plan.
     pub fn replan(&mut self, loaded: &mut Loaded) -> Option<(u64, Vec<PlanChange>)> {
+        if self.mode == ProbeMode::All {
+            return None;
+        }
+        self.poll_nft();
         let requests = self.replan.take_requests();
-        if requests.is_empty() || self.mode == ProbeMode::All {
+        if requests.is_empty() {
             return None;
         }
         let mut changes = Vec::new();
@@ -190,6 +205,8 @@ impl ProbeSet {
         };
         let ns = &mut self.netns[i];
         plan::refresh_nft(&mut ns.reg, &ns.path);
+        ns.nft_read = Instant::now();
+        ns.view = Some(view.clone());
         let fresh = plans_for(&ns.reg, Some(view), self.mode);
         let merged: Vec<(Family, Hook, HookPlan)> = fresh
             .iter()
@@ -221,6 +238,31 @@ impl ProbeSet {
                 plan,
             })
             .collect())
+    }
+
+    /// Requests a re-plan of each netns whose inert native nft chains (no rules, policy
+    /// accept) changed since they were last read, at most every [`NFT_POLL`]. Only where
+    /// such chains exist: the others are bracketed or re-planned with the iptables dumps.
+    fn poll_nft(&mut self) {
+        for ns in &mut self.netns {
+            let Some(view) = ns.view.as_ref() else {
+                continue;
+            };
+            let inert_native = ns
+                .reg
+                .nft
+                .iter()
+                .any(|c| plan::is_native(c) && c.rules == 0 && c.accepts && !c.nat);
+            if !inert_native || ns.nft_read.elapsed() < NFT_POLL {
+                continue;
+            }
+            ns.nft_read = Instant::now();
+            let mut now = ns.reg.clone();
+            plan::refresh_nft(&mut now, &ns.path);
+            if now.nft != ns.reg.nft {
+                self.replan.request(ns.inode, view.clone());
+            }
+        }
     }
 
     /// Creates the links inside the netns at `path` (setns on a dedicated thread).
