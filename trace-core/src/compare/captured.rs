@@ -405,16 +405,18 @@ fn headers_of(v: &Value) -> Option<CapturedHeaders> {
     let tcp = proto == Some(6);
     let echo = is_echo(proto, l4_int("icmp_type").or_else(|| l4_int("type")));
     let l4_u16 = |k: &str| l4_int(k).and_then(|n| u16::try_from(n).ok());
+    let top_u16 = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| u16::try_from(n).ok())
+    };
     Some(CapturedHeaders {
         src,
         dst,
         proto,
         sport: int(v, &["sport"]),
         dport: int(v, &["dport"]),
-        id: v
-            .get("id")
-            .and_then(Value::as_u64)
-            .and_then(|n| u16::try_from(n).ok()),
+        id: top_u16("id"),
         len: int(v, &["len"]),
         seq: if tcp || proto.is_none() {
             int(v, &["seq"])
@@ -427,13 +429,10 @@ fn headers_of(v: &Value) -> Option<CapturedHeaders> {
             None
         },
         tcp_flags: int(v, &["tcp_flags", "flags"]).filter(|_| tcp || proto.is_none()),
-        frag: v
-            .get("frag")
-            .and_then(Value::as_u64)
-            .and_then(|n| u16::try_from(n).ok())
-            .filter(|_| src.is_ipv4()),
-        icmp_id: l4_u16("id").filter(|_| echo),
-        icmp_seq: l4_u16("seq").filter(|_| echo),
+        frag: top_u16("frag").filter(|_| src.is_ipv4()),
+        // This module's own form has them flat; event headers in `l4`.
+        icmp_id: top_u16("icmp_id").or_else(|| l4_u16("id").filter(|_| echo)),
+        icmp_seq: top_u16("icmp_seq").or_else(|| l4_u16("seq").filter(|_| echo)),
     })
 }
 
@@ -499,6 +498,19 @@ mod tests {
             vec!["filter:V:return:1".parse::<StepId>().unwrap()]
         );
         assert_eq!(kept.table_paths, vec![vec![kept.steps.clone()]]);
+    }
+
+    #[test]
+    fn fragment_and_echo_fields_from_event_headers_and_own_form() {
+        let ev = r#"{"steps":["filter:INPUT:policy:1"],"headers":{"src":"1.1.1.1","dst":"2.2.2.2","proto":1,"len":84,"id":9,"frag":8192,"l4":{"proto":"icmp","icmp_type":8,"code":0,"id":77,"seq":3}}}"#;
+        let p = parse_jsonl(ev).unwrap();
+        let h = &p[0].headers[0];
+        assert_eq!(
+            (h.frag, h.icmp_id, h.icmp_seq, h.seq),
+            (Some(8192), Some(77), Some(3), None)
+        );
+        let own = serde_json::to_string(&p[0]).unwrap();
+        assert_eq!(parse_jsonl(&own).unwrap()[0].headers, p[0].headers);
     }
 
     #[test]
