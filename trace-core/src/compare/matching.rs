@@ -2,8 +2,9 @@
 //! equal (addresses and ports of some snapshot — reference lines and captures both see a
 //! packet before and after NAT —, IP id, length, fragment offset and MF, TCP seq/ack/flags,
 //! ICMP echo id/seq): fragments of one datagram with equal lengths and retransmissions tell
-//! apart by these. Only among candidates that no field tells apart, packets are paired in
-//! order (both sides are in time order), each captured packet at most once per reference path.
+//! apart by these. Only among candidates that no field tells apart, timestamps decide when
+//! both sides have them, else order (both sides are in time order); each captured packet is
+//! paired at most once per reference path.
 
 use super::captured::{CapturedHeaders, CapturedPacket};
 use super::reference::{RefHeaders, RefPacket, RefTime};
@@ -95,9 +96,26 @@ impl ById {
     }
 }
 
+/// How many fitting candidates (from the pairing position on) are weighed against each other.
+const TIED: usize = 8;
+
+/// The reference's monotonic timestamp in seconds (dmesg/kmsg), if it has one.
+fn ref_secs(r: &RefPacket) -> Option<f64> {
+    match r.time {
+        Some(RefTime::Monotonic { secs }) => Some(secs),
+        _ => None,
+    }
+}
+
 /// For each reference packet, the index of its captured packet. `exclusive` reference
 /// packets (paths) take a captured packet for themselves; LOG lines may share one (several
 /// LOG rules can log the same packet).
+///
+/// Among captured packets no header field tells apart, the one nearest in time when both
+/// sides have timestamps: the kernel log's clock (local_clock) and the capture's
+/// (CLOCK_MONOTONIC) differ by an offset, learnt from the last pair only one captured packet
+/// fitted. Otherwise the first at or after the previous pairing (both sides are in time
+/// order), else the first anywhere (lines may interleave across CPUs).
 pub fn match_packets(
     refs: &[RefPacket],
     caps: &[CapturedPacket],
@@ -107,6 +125,7 @@ pub fn match_packets(
     let all: Vec<usize> = (0..caps.len()).collect();
     let mut used = vec![false; caps.len()];
     let mut cursor = 0usize;
+    let mut clock_offset: Option<f64> = None;
     refs.iter()
         .map(|r| {
             let exclusive = !r.steps().is_empty();
@@ -117,20 +136,34 @@ pub fn match_packets(
             };
             let own = index.candidates(r);
             let cands = own.as_deref().unwrap_or(&all);
-            // Prefer the first candidate at or after the previous pairing (both sides are in
-            // time order), else the first anywhere (lines may interleave across CPUs).
-            let found = cands
-                .iter()
-                .copied()
-                .filter(|&i| i >= cursor)
-                .find(|i| ok(i))
-                .or_else(|| {
-                    cands
-                        .iter()
-                        .copied()
-                        .filter(|&i| i < cursor)
-                        .find(|i| ok(i))
-                });
+            let fitting = |ahead: bool| -> Vec<usize> {
+                cands
+                    .iter()
+                    .copied()
+                    .filter(|&i| (i >= cursor) == ahead)
+                    .filter(|i| ok(i))
+                    .take(TIED)
+                    .collect()
+            };
+            let mut tied = fitting(true);
+            if tied.is_empty() {
+                tied = fitting(false);
+            }
+            let cap_secs = |i: usize| caps[i].ts_ns.map(|ns| ns as f64 / 1e9);
+            let found = match (tied.as_slice(), ref_secs(r), clock_offset) {
+                ([], ..) => None,
+                ([only], t, _) => {
+                    if let (Some(t), Some(c)) = (t, cap_secs(*only)) {
+                        clock_offset = Some(t - c);
+                    }
+                    Some(*only)
+                }
+                (several, Some(t), Some(off)) => several.iter().copied().min_by(|&a, &b| {
+                    let dist = |i| cap_secs(i).map_or(f64::INFINITY, |c| (t - off - c).abs());
+                    dist(a).total_cmp(&dist(b))
+                }),
+                (several, ..) => several.first().copied(),
+            };
             if let Some(i) = found {
                 if exclusive {
                     used[i] = true;
@@ -229,6 +262,47 @@ mod tests {
         assert_eq!(
             match_packets(&refs, &caps, &MatchOptions::default()),
             [Some(0), Some(2), None, Some(3), None]
+        );
+    }
+
+    #[test]
+    fn packets_no_field_tells_apart_pair_by_time_once_the_clock_offset_is_known() {
+        let timed = |c: CapturedPacket, secs: f64| CapturedPacket {
+            ts_ns: Some((secs * 1e9) as u64),
+            ..c
+        };
+        // Captured: a unique packet, then two with equal fields 0.1 s apart.
+        let caps = [
+            timed(cap(Some(1), 1000), 10.0),
+            timed(cap(Some(2), 1000), 10.5),
+            timed(cap(Some(2), 1000), 10.6),
+        ];
+        let at = |p: RefPacket, secs: f64| RefPacket {
+            time: Some(RefTime::Monotonic { secs }),
+            ..p
+        };
+        // The kernel log's clock runs 90 s ahead; the later of the two comes first in it.
+        let refs = [
+            at(refp(Some(1), 1000, false), 100.0),
+            at(refp(Some(2), 1000, false), 100.6),
+            at(refp(Some(2), 1000, false), 100.5),
+        ];
+        let opts = MatchOptions::default();
+        assert_eq!(
+            match_packets(&refs, &caps, &opts),
+            [Some(0), Some(2), Some(1)]
+        );
+        // Without timestamps: order.
+        let untimed: Vec<RefPacket> = refs
+            .iter()
+            .map(|r| RefPacket {
+                time: None,
+                ..r.clone()
+            })
+            .collect();
+        assert_eq!(
+            match_packets(&untimed, &caps, &opts),
+            [Some(0), Some(1), Some(2)]
         );
     }
 
