@@ -6,10 +6,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use iptrace_tests as e2e;
+use trace_core::assemble::ProbePlan;
 use trace_core::event::L4;
+use trace_core::netfilter::Family;
 use trace_core::netfilter::{Hook, Table};
 use trace_core::packet::{Fate, HookPass, ObservedVerdict, PacketTrace};
-use trace_user::capture::plan::Target;
+use trace_user::capture::plan::{ProbeMode, Target};
 use trace_user::capture::session::{CaptureOptions, Session, Summary};
 use trace_user::lab::{IptablesBackend, Lab, LabNs};
 
@@ -41,7 +43,25 @@ fn capture(
     opts: &CaptureOptions,
     traffic: impl FnOnce() + Send,
 ) -> Option<(Vec<PacketTrace>, Summary)> {
-    let mut session = match Session::attach(opts) {
+    capture_with(test, opts, ProbeMode::Needed, traffic).map(|c| (c.packets, c.summary))
+}
+
+/// What [`capture_with`] returns: the packets, the summary, the probe plan and link count.
+struct Captured {
+    packets: Vec<PacketTrace>,
+    summary: Summary,
+    plan: ProbePlan,
+    links: usize,
+}
+
+/// [`capture`] with the probe placement `mode` (`--probes`).
+fn capture_with(
+    test: &str,
+    opts: &CaptureOptions,
+    mode: ProbeMode,
+    traffic: impl FnOnce() + Send,
+) -> Option<Captured> {
+    let mut session = match Session::attach_with(opts, mode) {
         Ok(s) => s,
         // A kernel without netfilter links is a skip; a verifier rejection of our programs
         // is a failure.
@@ -63,7 +83,12 @@ fn capture(
         })
     })
     .expect("capture runs");
-    Some((packets, summary))
+    Some(Captured {
+        packets,
+        summary,
+        plan: session.plan().clone(),
+        links: session.link_count(),
+    })
 }
 
 fn tcp_flags(t: &PacketTrace) -> Option<u8> {
@@ -116,13 +141,21 @@ fn remote_syn_path(test: &str, backend: IptablesBackend) {
     }
     let lab = e2e::lab(backend, false);
     let opts = options(&lab, &format!("host {PEER}"));
-    let Some((packets, summary)) = capture(test, &opts, || {
+    let Some(c) = capture_with(test, &opts, ProbeMode::Needed, || {
         lab.run_remote().expect("remote connection");
         // The local test (node → ctr) is outside the filter.
         lab.run_local().expect("local connection");
     }) else {
         return;
     };
+    // raw and mangle are empty with policy ACCEPT: no probe after them, conntrack's folded
+    // into nat's (6 probe runs per forwarded packet instead of 11).
+    let node = e2e_inode(&lab);
+    assert_eq!(
+        [Hook::Prerouting, Hook::Forward, Hook::Postrouting].map(|h| probes(&c.plan, node, h)),
+        [vec![-301, -99], vec![-151, 1], vec![-151, 101]]
+    );
+    let (packets, summary) = (c.packets, c.summary);
     assert_eq!(summary.lost, 0, "{summary:?}");
     assert!(
         summary.filtered_out > 0,
@@ -136,40 +169,7 @@ fn remote_syn_path(test: &str, backend: IptablesBackend) {
             "packet outside the filter traced: {h:?}"
         );
     }
-    let syn = packets
-        .iter()
-        .find(|p| tcp_flags(p) == Some(0x02) && src(p) == Some(PEER.parse().unwrap()))
-        .unwrap_or_else(|| panic!("no SYN among {} packets", packets.len()));
-    let pre = hook(syn, Hook::Prerouting);
-    assert_eq!(tables(pre), vec![Table::Raw, Table::Mangle, Table::Nat]);
-    assert!(all_accept(pre));
-    let nat = &pre.tables[2];
-    let before = &nat.before.headers;
-    let after = &nat.after.as_ref().expect("came out of nat").headers;
-    assert_eq!(
-        (before.dst.to_string(), before.l4.ports().unwrap().1),
-        ("192.168.64.4".into(), 10000)
-    );
-    assert_eq!(
-        (after.dst.to_string(), after.l4.ports().unwrap().1),
-        ("172.19.0.9".into(), 80)
-    );
-    assert_eq!(
-        nat.after.as_ref().unwrap().ct.map(|c| c.ctinfo),
-        Some(2),
-        "SYN is NEW"
-    );
-    let fwd = hook(syn, Hook::Forward);
-    assert_eq!(tables(fwd), vec![Table::Mangle, Table::Filter]);
-    assert!(all_accept(fwd));
-    let post = hook(syn, Hook::Postrouting);
-    assert_eq!(tables(post), vec![Table::Mangle, Table::Nat]);
-    assert!(all_accept(post));
-    assert_eq!(syn.fate, Fate::Delivered);
-    assert_eq!(
-        syn.hooks.iter().map(|h| h.hook).collect::<Vec<_>>(),
-        vec![Hook::Prerouting, Hook::Forward, Hook::Postrouting]
-    );
+    assert_remote_syn(&packets);
     // Later client packets of the connection are ESTABLISHED (conntrack applies the NAT).
     let later: Vec<&PacketTrace> = packets
         .iter()
@@ -193,6 +193,258 @@ fn remote_syn_path(test: &str, backend: IptablesBackend) {
         .tables
         .iter()
         .any(|t| t.translated()));
+}
+
+fn e2e_inode(lab: &Lab) -> u32 {
+    trace_user::netns::inode_of(&lab.ns_path(LabNs::Node)).expect("node inode") as u32
+}
+
+fn probes(plan: &ProbePlan, netns: u32, hook: Hook) -> Vec<i32> {
+    plan.get(netns, Family::Ipv4, hook)
+        .map(|p| p.probes().to_vec())
+        .unwrap_or_default()
+}
+
+/// The remote SYN: PREROUTING raw → mangle → nat (DNAT), FORWARD mangle → filter,
+/// POSTROUTING mangle → nat, ACCEPT each, each table's own before/after.
+fn assert_remote_syn(packets: &[PacketTrace]) {
+    let syn = packets
+        .iter()
+        .find(|p| tcp_flags(p) == Some(0x02) && src(p) == Some(PEER.parse().unwrap()))
+        .unwrap_or_else(|| panic!("no SYN among {} packets", packets.len()));
+    let pre = hook(syn, Hook::Prerouting);
+    assert_eq!(tables(pre), vec![Table::Raw, Table::Mangle, Table::Nat]);
+    assert!(all_accept(pre));
+    let nat = &pre.tables[2];
+    let before = &nat.before.headers;
+    let after = &nat.after.as_ref().expect("came out of nat").headers;
+    assert_eq!(
+        (before.dst.to_string(), before.l4.ports().unwrap().1),
+        ("192.168.64.4".into(), 10000)
+    );
+    assert_eq!(
+        (after.dst.to_string(), after.l4.ports().unwrap().1),
+        ("172.19.0.9".into(), 80)
+    );
+    assert_eq!(
+        nat.after.as_ref().unwrap().ct.map(|c| c.ctinfo),
+        Some(2),
+        "SYN is NEW"
+    );
+    // The nat table received the new entry conntrack made (no NAT set up yet): consulted.
+    let nat_in = nat.before.ct.expect("conntrack ran before nat");
+    assert_eq!((nat_in.ctinfo, nat_in.status & 0x1b0), (2, 0), "{nat_in:?}");
+    assert!(
+        syn.hooks.iter().flat_map(|h| &h.stages).all(|s| !s.shared),
+        "every stage told apart: {:?}",
+        syn.hooks
+    );
+    let fwd = hook(syn, Hook::Forward);
+    assert_eq!(tables(fwd), vec![Table::Mangle, Table::Filter]);
+    assert!(all_accept(fwd));
+    let post = hook(syn, Hook::Postrouting);
+    assert_eq!(tables(post), vec![Table::Mangle, Table::Nat]);
+    assert!(all_accept(post));
+    assert_eq!(syn.fate, Fate::Delivered);
+    assert_eq!(
+        syn.hooks.iter().map(|h| h.hook).collect::<Vec<_>>(),
+        vec![Hook::Prerouting, Hook::Forward, Hook::Postrouting]
+    );
+}
+
+/// `--probes all`: a probe before the first and after every stage, as before the plan left
+/// out inert stages; the same path.
+#[test]
+fn probes_all_brackets_every_stage() {
+    let test = "probes_all_brackets_every_stage";
+    if !ready(test) {
+        return;
+    }
+    let lab = e2e::lab(IptablesBackend::Legacy, false);
+    let opts = options(&lab, &format!("host {PEER}"));
+    let needed = match Session::attach_with(&opts, ProbeMode::Needed) {
+        Ok(s) => s.link_count(),
+        Err(e) => {
+            e2e::skipped(test, &format!("kernel refused the netfilter probes: {e:#}"));
+            return;
+        }
+    };
+    let Some(c) = capture_with(test, &opts, ProbeMode::All, || {
+        lab.run_remote().expect("remote connection");
+    }) else {
+        return;
+    };
+    let node = e2e_inode(&lab);
+    assert_eq!(
+        [Hook::Prerouting, Hook::Forward, Hook::Postrouting].map(|h| probes(&c.plan, node, h)),
+        [
+            vec![-301, -299, -199, -149, -99],
+            vec![-151, -149, 1],
+            vec![-151, -149, 101]
+        ]
+    );
+    assert!(
+        c.links > needed,
+        "--probes all links {} probes, needed {needed}",
+        c.links
+    );
+    assert_eq!(c.summary.lost, 0);
+    assert_remote_syn(&c.packets);
+}
+
+/// A rule added to an empty (inert) table during the capture: once the rule dump shows it
+/// (--rules-interval), its probe is linked and the mark it sets is attributed to mangle
+/// FORWARD, not to filter next to it.
+#[test]
+fn rule_added_to_an_inert_table_gets_its_probe() {
+    let test = "rule_added_to_an_inert_table_gets_its_probe";
+    if !ready(test) {
+        return;
+    }
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let lab = e2e::lab(IptablesBackend::Legacy, false);
+    let mut child = std::process::Command::new(&bin)
+        .args(["capture", "--backend", "nfhook", "--netns"])
+        .arg(lab.ns_path(LabNs::Node))
+        .args(["--packets", "--format", "json", "--duration", "8"])
+        .args(["--rules-interval", "0.2", "src", "host", PEER])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn iptrace");
+    let lines = stderr_lines(&mut child);
+    // Read stdout as it comes: a full pipe would stall the capture (and its re-planning).
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut s).map(|_| s)
+    });
+    let attached: u64 = wait_line(&lines, "probes attached")
+        .rsplit_once(": ")
+        .and_then(|(_, n)| n.strip_suffix(" probes attached")?.parse().ok())
+        .expect("probe count");
+    lab.run_remote().expect("remote connection");
+    let mark = [
+        "iptables-legacy",
+        "-t",
+        "mangle",
+        "-A",
+        "FORWARD",
+        "-j",
+        "MARK",
+        "--set-mark",
+        "7",
+    ];
+    let out = lab.exec(LabNs::Node, &mark).expect("add the mangle rule");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The refresh (0.2 s), then the probe is linked on the next timer tick.
+    let changed = std::time::Instant::now();
+    wait_line(&lines, "probes added");
+    eprintln!(
+        "{test}: probes added {:?} after the rule",
+        changed.elapsed()
+    );
+    lab.run_remote().expect("remote connection");
+    let status = child.wait().expect("iptrace exits");
+    assert!(status.success(), "{status}");
+    let stdout = reader.join().unwrap().expect("stdout is UTF-8");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let (summary, packets) = lines.split_last().expect("output");
+    let links = summary["summary"]["attached"][0]["links"].as_u64().unwrap();
+    assert_eq!(
+        links,
+        attached + 1,
+        "the probe after mangle FORWARD was added"
+    );
+    assert_eq!(summary["summary"]["assembler"]["unplanned_probes"], 0);
+    let fwd: Vec<&serde_json::Value> = packets
+        .iter()
+        .flat_map(|p| p["hooks"].as_array().unwrap())
+        .filter(|h| h["hook"] == "FORWARD")
+        .collect();
+    let marks = |h: &serde_json::Value, table: &str| {
+        let s = h["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"]["table"] == table)
+            .unwrap_or_else(|| panic!("no {table} in {h}"));
+        assert_eq!(s["shared"], false, "{s}");
+        (
+            s["before"]["mark"].as_u64().unwrap(),
+            s["after"]["mark"].as_u64().unwrap(),
+        )
+    };
+    let (old, new): (Vec<_>, Vec<_>) = fwd
+        .iter()
+        .partition(|h| h["probes"].as_array().unwrap().len() == 2);
+    assert!(
+        old.len() >= 4 && new.len() >= 4,
+        "{} before, {} after: {:?}",
+        old.len(),
+        new.len(),
+        fwd.iter()
+            .map(|h| (
+                h["probes"].to_string(),
+                h["stages"][0]["before"]["headers"]["l4"]["sport"].to_string(),
+                h["stages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| format!("{}:{}", s["before"]["mark"], s["after"]["mark"]))
+                    .collect::<Vec<_>>()
+            ))
+            .collect::<Vec<_>>()
+    );
+    for h in old {
+        assert_eq!((marks(h, "mangle"), marks(h, "filter")), ((0, 0), (0, 0)));
+    }
+    for h in new {
+        assert_eq!(h["probes"], serde_json::json!([-151, -149, 1]));
+        assert_eq!(
+            (marks(h, "mangle"), marks(h, "filter")),
+            ((0, 7), (7, 7)),
+            "{h}"
+        );
+    }
+}
+
+/// The capture's stderr, line by line, read on a thread (so the capture never blocks on it).
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits (at most 30 s) for a stderr line containing `what`; returns it.
+fn wait_line(lines: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(l) if l.contains(what) => return l,
+            Ok(l) => seen.push(l),
+            Err(e) => panic!("no stderr line with {what:?} ({e}) in {seen:#?}"),
+        }
+    }
 }
 
 #[test]
