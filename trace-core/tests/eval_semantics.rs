@@ -1490,3 +1490,23 @@ fn recent_tests_on_one_path_are_consistent() {
         "{t:#?}"
     );
 }
+
+/// `--hashlimit-above` / `--connlimit-above` match only a source over its limit: branch
+/// points whose unmatched path is shown first (in front of NFLOG the verdict cannot tell);
+/// `-upto`, `limit` and `quota` keep the matched path first.
+#[test]
+fn over_limit_matches_show_the_unmatched_path_first() {
+    let dump = filter(
+        "-A INPUT -p udp -m hashlimit --hashlimit-above 1000/sec --hashlimit-burst 50 --hashlimit-mode srcip --hashlimit-name a -j NFLOG --nflog-group 5\n\
+         -A INPUT -p udp -m connlimit --connlimit-above 5 --connlimit-mask 32 --connlimit-saddr -j NFLOG --nflog-group 6\n\
+         -A INPUT -p udp -m hashlimit --hashlimit-upto 1000/sec --hashlimit-burst 50 --hashlimit-mode srcip --hashlimit-name b -j ACCEPT\n",
+    );
+    let h = udp("10.0.0.2", "10.0.0.1", 53);
+    let t = Case::new(Hook::Input, h).run(&dump, Table::Filter, &unknown());
+    assert_eq!(t.candidates.len(), 8);
+    assert_eq!(steps()[0], ["filter:INPUT:rule:3"]);
+    assert_eq!(
+        trace_core::eval::implausible_assumptions(&t.candidates[0].assumptions),
+        0
+    );
+}

@@ -90,6 +90,7 @@ pub(crate) fn decide(m: &Match, p: &Pkt<'_>, st: &PathState, ctx: &NetContext) -
         MatchKind::Set(s) => set(s, &m.args, p, ctx),
         MatchKind::Socket(so) if so.transparent => Tri::Unknown(SOCKET_TRANSPARENT),
         MatchKind::Socket(_) => Tri::Unknown("socket lookup"),
+        MatchKind::Unknown if over_limit(m) => Tri::Unknown(OVER_LIMIT),
         MatchKind::Unknown => Tri::Unknown(unknown_reason(&m.module)),
     }
 }
@@ -163,6 +164,20 @@ pub(crate) const RECENT_LIST: &str = "recent list contents";
 /// Why a `recent` check is undecidable, for a list no rule of the ruleset adds to: only a
 /// write to /proc/net/xt_recent can fill it, so it is normally empty.
 pub(crate) const RECENT_LIST_UNSET: &str = "recent list no rule adds to (normally empty)";
+
+/// `-m hashlimit --hashlimit-above` / `-m connlimit --connlimit-above` (without `!`): they
+/// match only when a source exceeds its rate or connection count, which ordinary traffic
+/// does not (kernel state: a branch point, the unmatched path shown first).
+pub(crate) const OVER_LIMIT: &str = "over a rate or connection limit (kernel state)";
+
+fn over_limit(m: &Match) -> bool {
+    let above = match m.module.as_str() {
+        "hashlimit" => "--hashlimit-above",
+        "connlimit" => "--connlimit-above",
+        _ => return false,
+    };
+    m.args.iter().any(|a| a == above) && !m.args.iter().any(|a| a == "!")
+}
 
 fn unknown_reason(module: &str) -> &'static str {
     match crate::rules::matches::module_decidability(module) {

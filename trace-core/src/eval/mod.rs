@@ -193,7 +193,7 @@ const EXTENSION_HEADER_MODULES: &[&str] = &["rt", "frag", "hbh", "dst", "mh"];
 /// True when the assumption is "a match that ordinary traffic does not satisfy matched": an
 /// extension-header match, a `recent` check of a list no rule of the ruleset adds to, a
 /// transparent-socket lookup, a set a SET target changes against what its snapshot says
-/// (either way).
+/// (either way), a source over a hashlimit/connlimit `-above` limit.
 /// When several undecidable modules of one rule were assumed to match, one such module is
 /// enough to make the assumption implausible.
 fn assumes_unusual_match(a: &Assumption) -> bool {
@@ -205,6 +205,7 @@ fn assumes_unusual_match(a: &Assumption) -> bool {
             || because(w, matches::RECENT_LIST_UNSET)
             || because(w, matches::SET_CHANGED_NO)
             || because(w, matches::SOCKET_TRANSPARENT)
+            || because(w, matches::OVER_LIMIT)
     };
     if a.matched {
         a.what.iter().any(unusual_if_matched)
