@@ -2382,6 +2382,165 @@ fn fidelity_swarm_trace_nft() {
     corpus_scenario("swarm_trace", swarm_trace(), IptablesBackend::Nft);
 }
 
+/// Rate, connection-count and quota matches (kernel state, branch points): limits a source
+/// crosses only under load (`--hashlimit-above`, `--connlimit-above`) in front of
+/// non-terminating targets, whose verdict cannot tell whether they matched; their `-upto`
+/// forms and `quota` in front of ACCEPT before a DROP policy, which the verdict settles.
+const LIMITS_V4: &str = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:limits - [0:0]
+-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -i r0 -j limits
+-A limits -p tcp -m connlimit --connlimit-above 50 --connlimit-mask 32 --connlimit-saddr -j NFLOG --nflog-group 6
+-A limits -p udp -m hashlimit --hashlimit-above 1000/sec --hashlimit-burst 50 --hashlimit-mode srcip --hashlimit-name fidabove -j NFLOG --nflog-group 5
+-A limits -p icmp -m quota --quota 100000 -j ACCEPT
+-A limits -p tcp -m connlimit --connlimit-upto 50 --connlimit-mask 32 --connlimit-saddr -j ACCEPT
+-A limits -p udp -m hashlimit --hashlimit-upto 1000/sec --hashlimit-burst 50 --hashlimit-mode srcip --hashlimit-name fidupto -j ACCEPT
+-A limits -j RETURN
+COMMIT
+";
+
+fn limits_v4_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(S4, 8080));
+        udp_send(sa(S4, 9000), 10, None);
+        ping(S4.parse().unwrap());
+    });
+}
+
+fn limits_v4() -> Scenario {
+    Scenario {
+        name: "limits_v4",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules: LIMITS_V4.to_string(),
+        filter: "ip",
+        kernel_steps: &[
+            "filter:limits:rule:3",
+            "filter:limits:rule:4",
+            "filter:limits:rule:5",
+        ],
+        kernel_text: &[],
+        traffic: limits_v4_traffic,
+        setup: no_setup,
+        servers: &[(Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork")],
+    }
+}
+
+#[test]
+fn fidelity_limits_v4_legacy() {
+    run_scenario(&limits_v4(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_limits_v4_nft() {
+    run_scenario(&limits_v4(), IptablesBackend::Nft);
+}
+
+/// A geo-IP firewall (nft dump, DROP policies with counters): blocklist and country sets
+/// (`set --match-set ... src`, hash:net) after interface ACCEPTs, multiport ranges with
+/// conntrack NEW, unquoted comments.
+fn geoip_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(R4_IN, 5500));
+        udp_send(sa(R4_IN, 35000), 10, None);
+        raw_syn(R4_IN, 40007, 8443);
+        tcp_echo(sa(S4, 7500));
+        udp_send(sa(S4, 12000), 10, None);
+    });
+}
+
+fn geoip_setup(t: &Topo) {
+    router_ipsets(
+        t,
+        &[
+            "create ipsum hash:net family inet",
+            "add ipsum 10.213.9.0/24",
+            "create ipset-geoip-uskr hash:net family inet",
+            "add ipset-geoip-uskr 10.213.1.0/24",
+            "create ipset-geoip-kr hash:net family inet",
+            "add ipset-geoip-kr 10.213.1.0/25",
+        ],
+    );
+}
+
+fn geoip() -> Option<Scenario> {
+    Some(Scenario {
+        name: "geoip",
+        v6: false,
+        ifaces: ("eth0", "r1"),
+        rules: corpus("02-geoip-ipset-firewall-nft.rules")?,
+        filter: "ip",
+        kernel_steps: &[
+            "filter:INPUT:rule:8",
+            "filter:INPUT:rule:10",
+            "filter:INPUT:policy:12",
+            "filter:FORWARD:rule:7",
+            "filter:FORWARD:rule:8",
+        ],
+        kernel_text: &[],
+        traffic: geoip_traffic,
+        setup: geoip_setup,
+        servers: &[
+            (Role::Router, "TCP4-LISTEN:5500,reuseaddr,fork"),
+            (Role::Server, "TCP4-LISTEN:7500,reuseaddr,fork"),
+        ],
+    })
+}
+
+#[test]
+fn fidelity_geoip_legacy() {
+    corpus_scenario("geoip", geoip(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_geoip_nft() {
+    corpus_scenario("geoip", geoip(), IptablesBackend::Nft);
+}
+
+/// A RHEL ip6tables (nft) default: `-m state`, all ICMPv6 accepted, DHCPv6 to fe80::/64,
+/// REJECT icmp6-adm-prohibited for the rest of INPUT and for all of FORWARD. Legacy only:
+/// xtables-monitor 1.8.9 cannot print this ruleset's trace ("unsupported layer 4 protocol
+/// value"), so the nft run would only ever skip.
+fn rhel_v6_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(R6_IN, 22));
+        tcp_refused(sa(R6_IN, 8080));
+        udp_send(sa(R6_IN, 9999), 10, None);
+        ping(R6_IN.parse().unwrap());
+        tcp_refused(sa(S6, 8080));
+    });
+}
+
+fn rhel_v6() -> Option<Scenario> {
+    Some(Scenario {
+        name: "rhel_v6",
+        v6: true,
+        ifaces: ("r0", "r1"),
+        rules: corpus("07-rhel-sysconfig-ip6tables-nft.rules")?,
+        filter: "ip6 and src net fd99:213::/32",
+        kernel_steps: &[
+            "filter:INPUT:rule:1",
+            "filter:INPUT:rule:2",
+            "filter:INPUT:rule:4",
+            "filter:INPUT:rule:8",
+            "filter:FORWARD:rule:1",
+        ],
+        kernel_text: &["TYPE=1 CODE=1 [SRC=fd99:0213:0001:0000:0000:0000:0000:0002 "],
+        traffic: rhel_v6_traffic,
+        setup: no_setup,
+        servers: &[(Role::Router, "TCP6-LISTEN:22,reuseaddr,fork,ipv6only=1")],
+    })
+}
+
+#[test]
+fn fidelity_rhel_v6_legacy() {
+    corpus_scenario("rhel_v6", rhel_v6(), IptablesBackend::Legacy);
+}
+
 fn corpus_scenario(name: &str, sc: Option<Scenario>, backend: IptablesBackend) {
     match sc {
         Some(sc) => run_scenario(&sc, backend),
