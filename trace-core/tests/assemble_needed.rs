@@ -363,3 +363,56 @@ fn inert_stages_after_the_last_probe_are_reported_accepted() {
         .all(|s| s.verdict == ObservedVerdict::Accept && !s.shared));
     assert_eq!(t.fate, Fate::Delivered);
 }
+
+#[test]
+fn inert_stages_are_never_blamed_for_a_drop() {
+    let h = tcp("10.0.0.1", "10.0.1.1", 80);
+    let dropped = |plan: ProbePlan, seen: &[i32]| {
+        let mut ev: Vec<Event> = seen
+            .iter()
+            .enumerate()
+            .map(|(i, p)| at(1000 + i as u64, Hook::Forward, *p, &h, 0, ct(0)))
+            .collect();
+        ev.push(drop_event(5000, 1, 1, 12, Some("NETFILTER_DROP")));
+        feed(plan, ev).remove(0)
+    };
+    // After the hook's last probe only inert filter: the drop is outside the planned stages.
+    let plan = lab_plan(&[Table::Raw, Table::Filter]);
+    assert_eq!(probes(&plan, Hook::Forward), [-151, -149]);
+    let t = dropped(plan, &[-151, -149]);
+    assert!(
+        matches!(
+            t.fate,
+            Fate::DroppedOutside {
+                after: Hook::Forward,
+                ..
+            }
+        ),
+        "{:?}",
+        t.fate
+    );
+    assert_eq!(
+        stage(&t, Hook::Forward, "filter").verdict,
+        ObservedVerdict::Accept
+    );
+    // Between two probes with only inert stages: something unplanned, named as such.
+    let s = stages(Hook::Forward);
+    let hp = HookPlan::with_inert(vec![-151, 1], s.into_iter().map(|s| (s, true)).collect());
+    let mut plan = ProbePlan::new();
+    plan.insert(NETNS, V4, Hook::Forward, hp);
+    let t = dropped(plan, &[-151]);
+    let Fate::Dropped {
+        stage: Stage::Other { name },
+        ..
+    } = &t.fate
+    else {
+        panic!("{:?}", t.fate)
+    };
+    assert_eq!(name, "unplanned hook between probes -151 and 1");
+    for table in ["mangle", "filter"] {
+        assert_eq!(
+            stage(&t, Hook::Forward, table).verdict,
+            ObservedVerdict::Accept
+        );
+    }
+}

@@ -17,7 +17,6 @@ use crate::netfilter::Hook;
 use crate::packet::{
     HookPass, ObservedVerdict, PacketState, Stage, StageObservation, TableObservation,
 };
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// One hook pass being assembled.
@@ -224,20 +223,45 @@ impl Pass {
             }
             return None;
         }
-        let tail = tail_stages(plan, p, next);
-        let inert = match tail {
-            Cow::Borrowed(_) => plan.inert_between(p, next),
-            Cow::Owned(_) => &[false],
-        };
         let gap = Gap {
-            slots: &tail,
-            inert,
+            slots: plan.stages_between(p, next),
+            inert: plan.inert_between(p, next),
         };
+        if gap.acting_range().is_none() {
+            return self.vanished_unplanned(&gap, p, next, state, &verdict);
+        }
         let vanished_in = gap.acting();
         if let Some(before) = state {
             gap.push(&mut self.meta, before, None, &verdict);
         }
         vanished_in
+    }
+
+    /// The packet vanished after probe `p` where no planned stage can act: the inert ones
+    /// there let it through. Before probe `next`, something unplanned is registered in
+    /// between: say so rather than blame a neighbour. After the last probe, no stage is named.
+    fn vanished_unplanned(
+        &mut self,
+        gap: &Gap<'_>,
+        p: i32,
+        next: Option<i32>,
+        state: Option<PacketState>,
+        verdict: &ObservedVerdict,
+    ) -> Option<Stage> {
+        if let Some(s) = state.as_ref() {
+            gap.push_leading_inert(&mut self.meta, s);
+        }
+        let n = next?;
+        let other = StageSlot {
+            priority: p,
+            stage: Stage::Other {
+                name: format!("unplanned hook between probes {p} and {n}"),
+            },
+        };
+        if let Some(before) = state {
+            push_stage(&mut self.meta, &other, before, None, verdict, false);
+        }
+        Some(other.stage)
     }
 }
 
@@ -306,7 +330,11 @@ impl Gap<'_> {
             );
         }
         let core = &self.slots[first..=last];
-        if let Some(mid) = self.folded_state(core, &before, after) {
+        let middle_inert = (first + 1..last).all(|i| self.is_inert(i));
+        let folded = middle_inert
+            .then(|| self.folded_state(core, &before, after))
+            .flatten();
+        if let Some(mid) = folded {
             push_folded(pass, core, before, mid, after, verdict);
         } else {
             let exact = first == last;
@@ -326,7 +354,7 @@ impl Gap<'_> {
         }
     }
 
-    /// Conntrack, inert stages, then nat, with the packet seen after nat: the state
+    /// Conntrack, (inert stages,) then nat, with the packet seen after nat: the state
     /// conntrack left (see fold.rs), if it can be told.
     fn folded_state(
         &self,
@@ -379,22 +407,6 @@ fn push_folded(
         push_stage(pass, slot, b, Some(&mid), &accept, false);
     }
     push_stage(pass, nat, mid, after, verdict, false);
-}
-
-/// The stages after probe `p` up to `next`. When the plan names none there but the packet
-/// vanished between two probes, something unplanned is registered in between: say so rather
-/// than blame a neighbour.
-fn tail_stages(plan: &HookPlan, p: i32, next: Option<i32>) -> Cow<'_, [StageSlot]> {
-    let tail = plan.stages_between(p, next);
-    match (tail.is_empty(), next) {
-        (true, Some(n)) => Cow::Owned(vec![StageSlot {
-            priority: p,
-            stage: Stage::Other {
-                name: format!("unplanned hook between probes {p} and {n}"),
-            },
-        }]),
-        _ => Cow::Borrowed(tail),
-    }
 }
 
 /// Verdict of the stages after the last probe that saw the packet, or None when they are not
