@@ -108,7 +108,12 @@ fn verdict(v: &ObservedVerdict) -> String {
 }
 
 fn stage_text(s: &StageObservation) -> String {
-    let mut t = format!("{} {}", s.stage, verdict(&s.verdict));
+    format!("{} {}", s.stage, outcome(s))
+}
+
+/// Verdict and what changed across the stage.
+fn outcome(s: &StageObservation) -> String {
+    let mut t = verdict(&s.verdict);
     if let Some(a) = &s.after {
         if let Some(x) = translation(&s.before, a) {
             t.push(' ');
@@ -116,6 +121,23 @@ fn stage_text(s: &StageObservation) -> String {
         }
     }
     t
+}
+
+/// One text per stage; consecutive stages that share their probes (only the group's outcome
+/// was observed, `shared`) are printed as one: "conntrack+mangle+nat DROP (...) (one outcome
+/// for the group)".
+fn stage_texts(stages: &[StageObservation]) -> Vec<String> {
+    stages
+        .chunk_by(|a, b| a.shared && b.shared && a.verdict == b.verdict && a.after == b.after)
+        .map(|group| match group {
+            [one] => stage_text(one),
+            _ => {
+                let names: Vec<String> = group.iter().map(|s| s.stage.to_string()).collect();
+                let o = outcome(&group[0]);
+                format!("{} {o} (one outcome for the group)", names.join("+"))
+            }
+        })
+        .collect()
 }
 
 fn fate(f: &Fate) -> String {
@@ -163,7 +185,7 @@ pub fn write_pretty(w: &mut dyn Write, t: &PacketTrace) -> std::io::Result<()> {
             h.in_dev.as_deref().unwrap_or("-"),
             h.out_dev.as_deref().unwrap_or("-")
         );
-        let stages: Vec<String> = h.stages.iter().map(stage_text).collect();
+        let stages = stage_texts(&h.stages);
         let ct = h
             .stages
             .iter()
@@ -192,4 +214,68 @@ pub fn write_summary(w: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
         writeln!(w, "iptrace capture: WARNING: {} records were lost (ring buffer full): raise --ringbuf-size or narrow the filter", s.lost)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trace_core::netfilter::Table;
+    use trace_core::packet::Stage;
+
+    fn obs(stage: Stage, verdict: ObservedVerdict, shared: bool) -> StageObservation {
+        let h = Headers {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            proto: 17,
+            len: 28,
+            tos: 0,
+            ttl: 64,
+            id: 0,
+            frag: 0,
+            flowlabel: 0,
+            l4: L4::Udp {
+                sport: 1,
+                dport: 2,
+                len: 8,
+            },
+        };
+        StageObservation {
+            stage,
+            priority: 0,
+            before: PacketState {
+                headers: h,
+                mark: 0,
+                ct: None,
+            },
+            after: None,
+            verdict,
+            shared,
+        }
+    }
+
+    /// Stages observed only as a group are printed as one, saying so.
+    #[test]
+    fn shared_stages_print_as_one_group() {
+        let drop = ObservedVerdict::Drop {
+            reason: 12,
+            reason_name: Some("NETFILTER_DROP".into()),
+        };
+        let nat = Stage::Table { table: Table::Nat };
+        let v = vec![
+            obs(
+                Stage::Table { table: Table::Raw },
+                ObservedVerdict::Accept,
+                false,
+            ),
+            obs(Stage::Conntrack, drop.clone(), true),
+            obs(nat, drop, true),
+        ];
+        assert_eq!(
+            stage_texts(&v),
+            [
+                "raw ACCEPT",
+                "conntrack+nat DROP (NETFILTER_DROP) (one outcome for the group)"
+            ]
+        );
+    }
 }
