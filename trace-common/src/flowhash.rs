@@ -23,44 +23,70 @@ pub fn flow_hash(
     addr_b: &[u8; 16],
     port_b: u16,
 ) -> u32 {
-    let (lo_addr, lo_port, hi_addr, hi_port) = if endpoint_le(addr_a, port_a, addr_b, port_b) {
-        (addr_a, port_a, addr_b, port_b)
+    flow_hash_words(
+        family,
+        proto,
+        addr_words(addr_a),
+        port_a,
+        addr_words(addr_b),
+        port_b,
+    )
+}
+
+/// The 16 address bytes as two words in memory order (`u64::from_ne_bytes` of bytes 0..8 and
+/// 8..16): what an aligned 8-byte load of the address gives, the form [`flow_hash_words`]
+/// takes.
+#[inline(always)]
+pub fn addr_words(a: &[u8; 16]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// [`flow_hash`] of addresses given as [`addr_words`]: the same value, computed on words (the
+/// eBPF probes load 8-aligned addresses as two words; byte by byte the compare and the
+/// big-endian folding cost ~100 instructions per call).
+#[inline(always)]
+pub fn flow_hash_words(
+    family: u8,
+    proto: u8,
+    addr_a: [u64; 2],
+    port_a: u16,
+    addr_b: [u64; 2],
+    port_b: u16,
+) -> u32 {
+    // Big-endian values of the words: their numeric order is the bytes' lexicographic order,
+    // and their halves are the big-endian 4-byte chunks the hash folds in.
+    let a = [u64::from_be(addr_a[0]), u64::from_be(addr_a[1])];
+    let b = [u64::from_be(addr_b[0]), u64::from_be(addr_b[1])];
+    let a_le = (a[0], a[1], port_a) <= (b[0], b[1], port_b);
+    let (lo_addr, lo_port, hi_addr, hi_port) = if a_le {
+        (a, port_a, b, port_b)
     } else {
-        (addr_b, port_b, addr_a, port_a)
+        (b, port_b, a, port_a)
     };
     let mut h = SEED;
     h = mix(h, (family as u32) << 8 | proto as u32);
-    h = mix_addr(h, lo_addr);
-    h = mix_addr(h, hi_addr);
+    h = mix_be_words(h, lo_addr);
+    h = mix_be_words(h, hi_addr);
     h = mix(h, (lo_port as u32) << 16 | hi_port as u32);
     fmix32(h ^ 40)
+}
+
+/// Fold an address given as two big-endian words: its four 4-byte chunks in order.
+#[inline(always)]
+fn mix_be_words(mut h: u32, w: [u64; 2]) -> u32 {
+    h = mix(h, (w[0] >> 32) as u32);
+    h = mix(h, w[0] as u32);
+    h = mix(h, (w[1] >> 32) as u32);
+    mix(h, w[1] as u32)
 }
 
 /// Keep this flow when sampling 1 in `n` (n <= 1 keeps everything).
 #[inline(always)]
 pub fn sample_keep(hash: u32, n: u32) -> bool {
     n <= 1 || hash.is_multiple_of(n)
-}
-
-/// (addr_a, port_a) <= (addr_b, port_b), lexicographically on the address bytes then the port.
-#[inline(always)]
-fn endpoint_le(addr_a: &[u8; 16], port_a: u16, addr_b: &[u8; 16], port_b: u16) -> bool {
-    for (a, b) in addr_a.iter().zip(addr_b.iter()) {
-        if a != b {
-            return a < b;
-        }
-    }
-    port_a <= port_b
-}
-
-#[inline(always)]
-fn mix_addr(mut h: u32, addr: &[u8; 16]) -> u32 {
-    for w in addr.chunks_exact(4) {
-        // chunks_exact(4) always yields 4 bytes; fold them without indexing (no panic path).
-        let word = w.iter().fold(0u32, |acc, b| acc << 8 | *b as u32);
-        h = mix(h, word);
-    }
-    h
 }
 
 /// One MurmurHash3 (x86_32) body round.
@@ -90,6 +116,80 @@ fn fmix32(mut h: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-wise definition (the hash as first written): [`flow_hash_words`] must agree.
+    fn flow_hash_bytes(
+        family: u8,
+        proto: u8,
+        addr_a: &[u8; 16],
+        port_a: u16,
+        addr_b: &[u8; 16],
+        port_b: u16,
+    ) -> u32 {
+        let le = {
+            let mut r = None;
+            for (a, b) in addr_a.iter().zip(addr_b.iter()) {
+                if a != b {
+                    r = Some(a < b);
+                    break;
+                }
+            }
+            r.unwrap_or(port_a <= port_b)
+        };
+        let (lo_addr, lo_port, hi_addr, hi_port) = if le {
+            (addr_a, port_a, addr_b, port_b)
+        } else {
+            (addr_b, port_b, addr_a, port_a)
+        };
+        let mix_addr = |mut h: u32, addr: &[u8; 16]| {
+            for w in addr.chunks_exact(4) {
+                h = mix(h, w.iter().fold(0u32, |acc, b| acc << 8 | *b as u32));
+            }
+            h
+        };
+        let mut h = SEED;
+        h = mix(h, (family as u32) << 8 | proto as u32);
+        h = mix_addr(h, lo_addr);
+        h = mix_addr(h, hi_addr);
+        h = mix(h, (lo_port as u32) << 16 | hi_port as u32);
+        fmix32(h ^ 40)
+    }
+
+    /// Random and edge-case endpoints (equal addresses, equal prefixes, bytes differing
+    /// only in the last position): the word computation equals the byte definition.
+    #[test]
+    fn words_agree_with_bytes() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for i in 0..20_000u32 {
+            let mut a = [0u8; 16];
+            let mut b = [0u8; 16];
+            for x in a.iter_mut().chain(b.iter_mut()) {
+                *x = next() as u8;
+            }
+            match i % 4 {
+                0 => b = a,
+                1 => b[..8].copy_from_slice(&a[..8]),
+                2 => {
+                    b = a;
+                    b[15] ^= 1 << (i % 8);
+                }
+                _ => {}
+            }
+            let (pa, pb) = (next() as u16, if i % 3 == 0 { 0 } else { next() as u16 });
+            let (fam, proto) = (if i % 2 == 0 { 2 } else { 10 }, next() as u8);
+            assert_eq!(
+                flow_hash(fam, proto, &a, pa, &b, pb),
+                flow_hash_bytes(fam, proto, &a, pa, &b, pb),
+                "{a:?}:{pa} {b:?}:{pb}"
+            );
+        }
+    }
 
     fn v4(a: [u8; 4]) -> [u8; 16] {
         let mut x = [0u8; 16];

@@ -468,6 +468,8 @@ pub const PRIORITY_MAGIC: u64 = 0x7ead_5107_1a7e_c0de;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 8);
 const _: () = assert!(core::mem::size_of::<HeaderSnapshot>() == 112);
 const _: () = assert!(core::mem::align_of::<HeaderSnapshot>() == 8);
+const _: () = assert!(core::mem::offset_of!(HeaderSnapshot, saddr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(HeaderSnapshot, daddr) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 248);
 const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 136);
 const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);

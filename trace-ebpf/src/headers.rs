@@ -2,6 +2,8 @@
 //! from skb->head + network_header. Ports, ids and sequence numbers are converted to host
 //! order; addresses stay in network order.
 
+use core::mem::MaybeUninit;
+
 use crate::{
     kread::{read, read_buf},
     mem,
@@ -66,7 +68,8 @@ const VIEW_WORDS: usize = 6;
 /// packets that are not ICMP (the evaluator does not look at it then).
 #[inline(always)]
 pub fn filter_view(pf: u8, nh: u64, f: &mut FilterInput) -> bool {
-    let Some(w) = mem::read_words::<VIEW_WORDS>(nh) else {
+    let mut buf = MaybeUninit::<[u64; VIEW_WORDS]>::uninit();
+    let Some(w) = mem::read_into(nh, &mut buf) else {
         return false;
     };
     // Little-endian words: byte i of the header is bits 8 * (i % 8) of w[i / 8].
@@ -135,7 +138,8 @@ fn set_addrs(f: &mut FilterInput, src: [u64; 2], dst: [u64; 2]) {
 
 #[inline(always)]
 fn ipv4(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
-    let Some(ip) = mem::read_arr::<20>(nh) else {
+    let mut buf = MaybeUninit::<[u8; 20]>::uninit();
+    let Some(ip) = mem::read_into(nh, &mut buf) else {
         return false;
     };
     let ihl = (ip[0] & 0x0f) as u64 * 4;
@@ -161,7 +165,8 @@ fn ipv4(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
 
 #[inline(always)]
 fn ipv6(nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool {
-    let Some(ip) = mem::read_arr::<40>(nh) else {
+    let mut buf = MaybeUninit::<[u8; 40]>::uninit();
+    let Some(ip) = mem::read_into(nh, &mut buf) else {
         return false;
     };
     h.tos = (ip[0] << 4) | (ip[1] >> 4);
@@ -209,7 +214,8 @@ fn transport(l4: u64, end: u64, h: &mut HeaderSnapshot, options: bool) {
     h.tcp_opt_len = 0;
     match h.proto {
         IPPROTO_TCP => {
-            let Some(t) = mem::read_arr::<20>(l4) else {
+            let mut buf = MaybeUninit::<[u8; 20]>::uninit();
+            let Some(t) = mem::read_into(l4, &mut buf) else {
                 return;
             };
             h.sport = u16::from_be_bytes([t[0], t[1]]);
@@ -231,7 +237,8 @@ fn transport(l4: u64, end: u64, h: &mut HeaderSnapshot, options: bool) {
             h.l4_flags = l4_flags::VALID;
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
-            let Some(u) = mem::read_arr::<8>(l4) else {
+            let mut buf = MaybeUninit::<[u8; 8]>::uninit();
+            let Some(u) = mem::read_into(l4, &mut buf) else {
                 return;
             };
             h.sport = u16::from_be_bytes([u[0], u[1]]);
@@ -244,7 +251,8 @@ fn transport(l4: u64, end: u64, h: &mut HeaderSnapshot, options: bool) {
             h.l4_flags = l4_flags::VALID;
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let Some(c) = mem::read_arr::<8>(l4) else {
+            let mut buf = MaybeUninit::<[u8; 8]>::uninit();
+            let Some(c) = mem::read_into(l4, &mut buf) else {
                 return;
             };
             h.icmp_type = c[0];

@@ -61,9 +61,11 @@ pub static FILTER_INPUT: PerCpuArray<FilterInput> = PerCpuArray::with_max_entrie
 pub static HASH_BUF: PerCpuArray<[u64; 8]> = PerCpuArray::with_max_entries(1, 0);
 
 /// The packet's first bytes (index 0; netfilter probes, see pktbuf): one read serves the change
-/// hash and the header snapshot.
+/// hash, the header snapshot and, on a hook's first record, the MAC header before them
+/// (16 bytes before the network header, then 128 from it).
 #[map]
-pub static PKT_BUF: PerCpuArray<[u64; 16]> = PerCpuArray::with_max_entries(1, 0);
+pub static PKT_BUF: PerCpuArray<[u64; crate::pktbuf::BUF_WORDS]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// A conntrack tuple's two addresses while hashing it (index 0; off the stack). Words, so
 /// an IPv4 tuple's unused 12 bytes are cleared with word stores.

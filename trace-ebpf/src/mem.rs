@@ -4,7 +4,7 @@
 //! `fill(0)`) to calls of `memset`, which in this object is a byte-at-a-time BPF loop (5
 //! instructions per byte: zeroing a 112-byte header snapshot ran 560 instructions, the filter's
 //! 64-byte read buffer 320, before the helper even wrote it). [`zero`] writes words with
-//! volatile stores, which LLVM cannot merge back into a `memset` call; [`read_arr`] lets
+//! volatile stores, which LLVM cannot merge back into a `memset` call; [`read_into`] lets
 //! bpf_probe_read_kernel fill an uninitialised buffer (the helper writes every byte: the data,
 //! or zeros when the read fails).
 
@@ -34,49 +34,40 @@ pub unsafe fn zero<T>(p: *mut T) {
     }
 }
 
-/// `N` bytes at kernel address `addr`, or None when `addr` is NULL or the read fails.
+/// Read `size_of::<T>()` bytes at kernel address `addr` into `buf` and return it initialised,
+/// or None when `addr` is NULL or the read fails. In place: returning the array by value
+/// made a second stack copy (the kprobe/fentry call chain is near the 512-byte limit).
+/// `T` is a byte or word array (any bits valid).
 #[inline(always)]
-pub fn read_arr<const N: usize>(addr: u64) -> Option<[u8; N]> {
+pub fn read_into<T: Copy>(addr: u64, buf: &mut MaybeUninit<T>) -> Option<&T> {
     if addr == 0 {
         return None;
     }
-    let mut b = MaybeUninit::<[u8; N]>::uninit();
-    // SAFETY: the helper writes all N bytes of the buffer (zeros on failure).
+    // SAFETY: the helper writes all size_of::<T>() bytes of the buffer (zeros on failure).
     let rc = unsafe {
         bpf_probe_read_kernel(
-            b.as_mut_ptr().cast(),
-            N as u32,
+            buf.as_mut_ptr().cast(),
+            size_of::<T>() as u32,
             addr as *const core::ffi::c_void,
         )
     };
     if rc != 0 {
         return None;
     }
-    // SAFETY: initialised by the helper (see above).
-    Some(unsafe { b.assume_init() })
+    // SAFETY: initialised by the helper (see above); T is plain data.
+    Some(unsafe { buf.assume_init_ref() })
 }
 
-/// `N` 8-byte words at kernel address `addr` (native order: byte `i` of the memory is byte
-/// `i % 8` of word `i / 8`, little-endian on bpfel); None when the read fails.
+/// The 16 bytes as two 8-byte loads (memory order, as `flowhash::addr_words`).
+///
+/// # Safety
+/// `a` is 8-aligned: an address field at an 8-aligned offset of an 8-aligned struct
+/// (FilterInput, HeaderSnapshot: asserted where they are defined).
 #[inline(always)]
-pub fn read_words<const N: usize>(addr: u64) -> Option<[u64; N]> {
-    if addr == 0 {
-        return None;
-    }
-    let mut b = MaybeUninit::<[u64; N]>::uninit();
-    // SAFETY: the helper writes all N * 8 bytes of the buffer (zeros on failure).
-    let rc = unsafe {
-        bpf_probe_read_kernel(
-            b.as_mut_ptr().cast(),
-            (N * 8) as u32,
-            addr as *const core::ffi::c_void,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: initialised by the helper (see above).
-    Some(unsafe { b.assume_init() })
+pub unsafe fn words16(a: &[u8; 16]) -> [u64; 2] {
+    let p = a as *const [u8; 16] as *const [u64; 2];
+    // SAFETY: the caller's contract; 16 readable bytes, any bits are valid u64s.
+    unsafe { p.read() }
 }
 
 // The word-wise field extraction (headers::filter_view) assumes a little-endian target.

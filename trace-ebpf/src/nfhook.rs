@@ -43,7 +43,7 @@ use trace_common::{
 };
 
 use crate::{
-    filter, headers,
+    headers,
     kread::{kread, read, read_buf},
     maps::{
         global, Pending, ACTIVE, COUNTERS, CUR, EVENTS, FILTER, FILTER_INPUT, FLOWS, FLOW_CACHE,
@@ -499,7 +499,10 @@ fn decide(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) -> bool {
 fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
     if rec.ct_id == 0 {
         let h = &rec.headers;
-        return filter::flow_sampled(rec.pf, h.proto, &h.saddr, h.sport, &h.daddr, h.dport, n);
+        // SAFETY: saddr/daddr are at 8-aligned offsets of the 8-aligned HeaderSnapshot.
+        let (s, d) = unsafe { (mem::words16(&h.saddr), mem::words16(&h.daddr)) };
+        let hash = flowhash::flow_hash_words(rec.pf, h.proto, s, h.sport, d, h.dport);
+        return flowhash::sample_keep(hash, n);
     }
     let orig = tuple_hash(rec.ct_id + global!(OFFSETS.ct_tuple) as u64, rec.pf);
     let keep = flowhash::sample_keep(orig, n);
@@ -535,8 +538,7 @@ fn tuple_hash(tuple: u64, pf: u8) -> u32 {
         dst[0] &= 0xffff_ffff;
         dst[1] = 0;
     }
-    let (src, dst) = (bytes(src), bytes(dst));
-    flowhash::flow_hash(pf, proto, src, sport, dst, dport)
+    flowhash::flow_hash_words(pf, proto, *src, sport, *dst, dport)
 }
 
 /// A decision already made for this packet's flow (FLOWS), from its 5-tuple at first sight
@@ -544,7 +546,9 @@ fn tuple_hash(tuple: u64, pf: u8) -> u32 {
 /// fill it from FLOWS.
 #[inline(always)]
 fn known_flow<const D: bool>(f: &FilterInput) -> Option<bool> {
-    let key = flowhash::flow_hash(f.family, f.proto, &f.saddr, f.sport, &f.daddr, f.dport);
+    // SAFETY: saddr/daddr are at 8-aligned offsets of the 8-aligned FilterInput.
+    let (s, d) = unsafe { (mem::words16(&f.saddr), mem::words16(&f.daddr)) };
+    let key = flowhash::flow_hash_words(f.family, f.proto, s, f.sport, d, f.dport);
     if !D {
         // SAFETY: map value read.
         return FLOWS.get_ptr(key).map(|d| unsafe { *d } == FLOW_KEEP);
@@ -791,7 +795,7 @@ fn fill_record<const D: bool>(
         rec.flags |= probe_flags::HEADERS;
     }
     if rec.hook != t.last_hook {
-        devices::<D>(rec, state, skb, head, t);
+        devices::<D>(rec, state, skb, head, t, None);
     }
     hash
 }
@@ -808,24 +812,31 @@ fn sparse_tail(
     head: u64,
     nh: u64,
 ) -> u64 {
+    // A new pass: another hook, or the same hook again from its start.
+    let new_pass =
+        rec.hook != t.last_hook || (rec.hook == t.prev_hook && rec.priority <= t.prev_priority);
+    // A record of this traversal was lost: this one says everything again, and nothing about
+    // the probes before it (the collector's last state is older than theirs).
+    let resend = t.flags & tracked_flags::RESEND != 0;
+    // Devices and MAC are due: the MAC header right before the network header (received
+    // Ethernet frames) comes with the packet read.
+    let with_mac = (new_pass || resend) && mac_before(state, skb, nh - head);
     // One read for the hash and (common layouts) the snapshot.
-    let pkt = if head != 0 { pktbuf::read(nh) } else { None };
+    let pkt = if head != 0 {
+        pktbuf::read(nh, with_mac)
+    } else {
+        None
+    };
     let hash = match &pkt {
         Some(p) => p.hash(),
         None => quick_hash(nh),
     };
-    // A new pass: another hook, or the same hook again from its start.
-    let new_pass =
-        rec.hook != t.last_hook || (rec.hook == t.prev_hook && rec.priority <= t.prev_priority);
     let meta = meta_hash(rec);
     if !(new_pass || last || hash != t.last_hash || meta != t.last_meta) {
         t.prev_hook = rec.hook;
         t.prev_priority = rec.priority;
         return 0;
     }
-    // A record of this traversal was lost: this one says everything again, and nothing about
-    // the probes before it (the collector's last state is older than theirs).
-    let resend = t.flags & tracked_flags::RESEND != 0;
     t.flags &= !tracked_flags::RESEND;
     t.last_meta = meta;
     rec.flags |= probe_flags::SPARSE;
@@ -835,20 +846,39 @@ fn sparse_tail(
     t.prev_priority = rec.priority;
     if head != 0
         && (hash != t.last_hash || t.last_hash == 0 || resend)
-        && (pkt.is_some_and(|p| p.snapshot(rec.pf, &mut rec.headers))
+        && (pkt
+            .as_ref()
+            .is_some_and(|p| p.snapshot(rec.pf, &mut rec.headers))
             || headers::snapshot(rec.pf, nh, &mut rec.headers, true))
     {
         rec.flags |= probe_flags::HEADERS;
     }
     if new_pass || resend {
-        devices::<true>(rec, state, skb, head, t);
+        devices::<true>(rec, state, skb, head, t, pkt.and_then(|p| p.mac));
     }
     hash
 }
 
-/// Devices, MAC and socket owner: on a hook's first record.
+/// Would [`mac`] read a MAC header that ends where the network header starts (`nh_off`, from
+/// skb->head)? Then the packet read brings it along.
 #[inline(always)]
-fn devices<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, head: u64, t: &mut Tracked) {
+fn mac_before(state: u64, skb: u64, nh_off: u64) -> bool {
+    let indev: u64 = kread::<_, true>(state, global!(OFFSETS.state_in));
+    let mh: u16 = kread::<_, true>(skb, global!(OFFSETS.skb_mac_header));
+    indev != 0 && mh != 0xffff && mh >= 2 && mh as u64 + pktbuf::MAC_LEN as u64 == nh_off
+}
+
+/// Devices, MAC and socket owner: on a hook's first record. `mac_bytes`: the MAC header,
+/// already read (see [`mac`]).
+#[inline(always)]
+fn devices<const D: bool>(
+    rec: &mut ProbeRecord,
+    state: u64,
+    skb: u64,
+    head: u64,
+    t: &mut Tracked,
+    mac_bytes: Option<&[u8; pktbuf::MAC_LEN]>,
+) {
     let indev: u64 = kread::<_, D>(state, global!(OFFSETS.state_in));
     let outdev: u64 = kread::<_, D>(state, global!(OFFSETS.state_out));
     rec.in_ifindex = kread::<_, D>(indev, global!(OFFSETS.dev_ifindex));
@@ -859,7 +889,7 @@ fn devices<const D: bool>(rec: &mut ProbeRecord, state: u64, skb: u64, head: u64
         store_name(&mut rec.out_dev, dev_name_words::<D>(outdev));
     }
     rec.flags |= probe_flags::DEVS;
-    mac::<D>(rec, skb, head, indev);
+    mac::<D>(rec, skb, head, indev, mac_bytes);
     creds::<D>(rec, skb);
     t.last_hook = rec.hook;
 }
@@ -992,7 +1022,8 @@ fn dev_name_words<const D: bool>(dev: u64) -> [u64; 2] {
         if dev == 0 {
             return [0; 2];
         }
-        return mem::read_words::<2>(dev + off as u64).unwrap_or([0; 2]);
+        let mut buf = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+        return mem::read_into(dev + off as u64, &mut buf).map_or([0; 2], |w| *w);
     }
     [kread::<_, true>(dev, off), kread::<_, true>(dev, off + 8)]
 }
@@ -1020,7 +1051,8 @@ fn conntrack<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
     // status and mark are a few bytes apart in struct nf_conn: one read for both when they
     // fit in CT_BLOCK bytes (the offsets are load-time constants, so is the index).
     if m_off >= s_off && m_off - s_off + 4 <= CT_BLOCK as u32 {
-        let Some(b) = mem::read_arr::<CT_BLOCK>(ct + s_off as u64) else {
+        let mut buf = core::mem::MaybeUninit::<[u8; CT_BLOCK]>::uninit();
+        let Some(b) = mem::read_into(ct + s_off as u64, &mut buf) else {
             rec.ct_status = 0;
             rec.ct_mark = 0;
             return;
@@ -1042,9 +1074,16 @@ fn conntrack<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
 /// took two reads there, and each bpf_probe_read_kernel call costs ~60 ns on this machine.
 const CT_BLOCK: usize = 48;
 
-/// Link-layer header of received packets (LOG's MAC=).
+/// Link-layer header of received packets (LOG's MAC=). `read`: its bytes when the caller
+/// already read them from skb->head + mac_header (see [`mac_before`]).
 #[inline(always)]
-fn mac<const D: bool>(rec: &mut ProbeRecord, skb: u64, head: u64, indev: u64) {
+fn mac<const D: bool>(
+    rec: &mut ProbeRecord,
+    skb: u64,
+    head: u64,
+    indev: u64,
+    read: Option<&[u8; pktbuf::MAC_LEN]>,
+) {
     rec.mac_len = 0;
     if indev == 0 || head == 0 {
         return;
@@ -1054,8 +1093,9 @@ fn mac<const D: bool>(rec: &mut ProbeRecord, skb: u64, head: u64, indev: u64) {
     if mh == 0xffff {
         return;
     }
-    if let Some(m) = mem::read_arr::<14>(head + mh as u64) {
-        rec.mac[..14].copy_from_slice(&m);
+    let mut buf = core::mem::MaybeUninit::<[u8; 14]>::uninit();
+    if let Some(m) = read.or_else(|| mem::read_into(head + mh as u64, &mut buf)) {
+        rec.mac[..14].copy_from_slice(m);
         rec.mac_len = 14;
         rec.flags |= probe_flags::MAC;
     }

@@ -7,6 +7,10 @@
 //! for those packets (the e2e tests compare the printed lines with the kernel's TRACE).
 //! Everything else (IP options, extension headers, fragments, ICMP and its quoted packet,
 //! SCTP, other protocols) goes through `headers::snapshot`.
+//!
+//! On a hook's first record (devices and MAC are due) the read can start [`PRE_BYTES`]
+//! before the network header, so an Ethernet header right before it (received packets) comes
+//! with the same read instead of one more bpf_probe_read_kernel call (~60 ns each here).
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use trace_common::record::{l4_flags, HeaderSnapshot, TCP_OPTIONS_MAX};
@@ -15,6 +19,12 @@ use crate::maps::PKT_BUF;
 
 /// Bytes read from the network header: IPv6 + TCP header + 40 bytes of options fit.
 pub const PKT_BYTES: usize = 128;
+/// Bytes before the network header read along when the MAC header is wanted (a 14-byte
+/// Ethernet header ends at byte 16; 16 keeps the network header 8-aligned in the buffer).
+pub const PRE_BYTES: usize = 16;
+/// Ethernet header length (what LOG's MAC= prints).
+pub const MAC_LEN: usize = 14;
+pub const BUF_WORDS: usize = (PRE_BYTES + PKT_BYTES) / 8;
 /// Bytes hashed to notice a change (IP header and the start of the transport header).
 const HASH_BYTES: usize = 64;
 
@@ -26,31 +36,46 @@ const IPPROTO_UDP: u8 = 17;
 pub struct Pkt {
     pub bytes: &'static [u8; PKT_BYTES],
     pub full: bool,
+    /// The [`MAC_LEN`] bytes right before the network header, when they were read along.
+    pub mac: Option<&'static [u8; MAC_LEN]>,
 }
 
-/// Read from the network header at `nh` (kernel address).
+/// Read from the network header at `nh` (kernel address); `with_mac`: also the
+/// [`MAC_LEN`] bytes before it, in the same read.
 #[inline(always)]
-pub fn read(nh: u64) -> Option<Pkt> {
+pub fn read(nh: u64, with_mac: bool) -> Option<Pkt> {
     let w = PKT_BUF.get_ptr_mut(0)?;
-    let dst = w as *mut core::ffi::c_void;
+    let buf = w as *mut u8;
+    // SAFETY: PRE_BYTES is inside the [u64; BUF_WORDS] map value.
+    let net = unsafe { buf.add(PRE_BYTES) };
     let src = nh as *const core::ffi::c_void;
-    // SAFETY: helper reads into a per-CPU map value of PKT_BYTES bytes.
-    let full = unsafe { bpf_probe_read_kernel(dst, PKT_BYTES as u32, src) } == 0;
-    if !full {
-        // SAFETY: as above, the first HASH_BYTES only; zeroed by the helper on failure.
-        unsafe { bpf_probe_read_kernel(dst, HASH_BYTES as u32, src) };
-    }
-    // SAFETY: the map value is [u64; 16], viewed as bytes; valid for this program run.
-    let bytes = unsafe { &*(w as *const [u8; PKT_BYTES]) };
-    Some(Pkt { bytes, full })
+    let both = (PRE_BYTES + PKT_BYTES) as u32;
+    // SAFETY: the helper writes into the per-CPU map value: PRE_BYTES + PKT_BYTES bytes from
+    // its start, or PKT_BYTES (then HASH_BYTES) from PRE_BYTES on; zeros on failure.
+    let (full, mac) = unsafe {
+        if with_mac && bpf_probe_read_kernel(buf.cast(), both, (nh - PRE_BYTES as u64) as _) == 0 {
+            let mac = &*(buf.add(PRE_BYTES - MAC_LEN) as *const [u8; MAC_LEN]);
+            (true, Some(mac))
+        } else if bpf_probe_read_kernel(net.cast(), PKT_BYTES as u32, src) == 0 {
+            (true, None)
+        } else {
+            bpf_probe_read_kernel(net.cast(), HASH_BYTES as u32, src);
+            (false, None)
+        }
+    };
+    // SAFETY: the map value's bytes from PRE_BYTES on, 8-aligned; valid for this program run.
+    let bytes = unsafe { &*(net as *const [u8; PKT_BYTES]) };
+    Some(Pkt { bytes, full, mac })
 }
+
+const _: () = assert!(PRE_BYTES.is_multiple_of(8) && PRE_BYTES >= MAC_LEN);
 
 impl Pkt {
     /// FNV-1a over the first 64 bytes as eight words, checksums included, so any rewrite
     /// (NAT, TTL, TOS, MSS) changes it; never 0 (0 = nothing sent yet).
     #[inline(always)]
     pub fn hash(&self) -> u64 {
-        // SAFETY: the buffer is a [u64; 16] map value (8-byte aligned).
+        // SAFETY: `bytes` starts PRE_BYTES into the [u64; BUF_WORDS] map value: 8-aligned.
         let w = unsafe { &*(self.bytes as *const [u8; PKT_BYTES] as *const [u64; 16]) };
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for x in w[..HASH_BYTES / 8].iter() {
