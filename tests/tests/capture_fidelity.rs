@@ -2615,6 +2615,45 @@ fn fidelity_options_v4_legacy() {
     run_scenario(&options_v4(), IptablesBackend::Legacy);
 }
 
+/// IPv6 fragments through a router without conntrack (filter only: nothing reassembles):
+/// each fragment is traced with its Fragment header; `-p udp` matches every fragment (the
+/// upper-layer protocol is found behind the fragment header), `--dport` only the first.
+/// Legacy only: xtables-monitor 1.8.9 cannot print `-p ipv6-icmp` rules.
+const FRAGMENTS_V6: &str = "\
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A FORWARD -p udp -m udp --dport 9003 -j ACCEPT
+-A FORWARD -p ipv6-icmp -j ACCEPT
+-A FORWARD -p udp -m length --length 500:65535 -j ACCEPT
+COMMIT
+";
+
+fn fragments_v6() -> Scenario {
+    Scenario {
+        name: "fragments_v6",
+        v6: true,
+        ifaces: ("r0", "r1"),
+        rules: FRAGMENTS_V6.to_string(),
+        filter: "ip6 and src net fd99:213::/32",
+        kernel_steps: &["filter:FORWARD:rule:1", "filter:FORWARD:rule:3"],
+        kernel_text: &["PROTO=UDP "],
+        traffic: |t| {
+            t.in_client(|| {
+                udp_send(sa(S6, 9003), 2000, None);
+            })
+        },
+        setup: no_setup,
+        servers: &[],
+    }
+}
+
+#[test]
+fn fidelity_fragments_v6_legacy() {
+    run_scenario(&fragments_v6(), IptablesBackend::Legacy);
+}
+
 fn corpus_scenario(name: &str, sc: Option<Scenario>, backend: IptablesBackend) {
     match sc {
         Some(sc) => run_scenario(&sc, backend),
