@@ -203,6 +203,7 @@ impl ProbeSet {
         let Some(i) = self.netns.iter().position(|n| n.inode == inode) else {
             return Ok(Vec::new());
         };
+        let started = Instant::now();
         let ns = &mut self.netns[i];
         plan::refresh_nft(&mut ns.reg, &ns.path);
         ns.nft_read = Instant::now();
@@ -226,7 +227,11 @@ impl ProbeSet {
         let n = self.link(&path, specs)?;
         self.netns[i].links += n;
         if n > 0 {
-            log::info!("netns {inode}: rules changed, {n} probes added");
+            // The collector's loop waits meanwhile (program loads are verified): say how long.
+            log::info!(
+                "netns {inode}: rules changed, {n} probes added in {} ms",
+                started.elapsed().as_millis()
+            );
         }
         Ok(merged
             .into_iter()
