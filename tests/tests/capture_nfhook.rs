@@ -347,11 +347,8 @@ fn rule_added_to_an_inert_table_gets_its_probe() {
     );
     // The refresh (0.2 s), then the probe is linked on the next timer tick.
     let changed = std::time::Instant::now();
-    wait_line(&lines, "probes added");
-    eprintln!(
-        "{test}: probes added {:?} after the rule",
-        changed.elapsed()
-    );
+    let added = wait_line(&lines, "probes added");
+    eprintln!("{test}: {:?} after the rule: {added}", changed.elapsed());
     lab.run_remote().expect("remote connection");
     let status = child.wait().expect("iptrace exits");
     assert!(status.success(), "{status}");
