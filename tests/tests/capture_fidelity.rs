@@ -2654,6 +2654,100 @@ fn fidelity_fragments_v6_legacy() {
     run_scenario(&fragments_v6(), IptablesBackend::Legacy);
 }
 
+/// A hand-edited restore file (blank lines inside the table, a leading comment): ICMP types
+/// by name without `-m icmp`, conntrack NEW,ESTABLISHED, bare `-j REJECT` (port-unreachable)
+/// at the end of INPUT and FORWARD, an OUTPUT chain that accepts the router's replies.
+fn zerotier_traffic(t: &Topo) {
+    t.in_client(|| {
+        ping(R4_IN.parse().unwrap());
+        tcp_echo(sa(R4_IN, 22));
+        tcp_refused(sa(R4_IN, 8080));
+        tcp_refused(sa(S4, 8080));
+    });
+}
+
+fn zerotier() -> Option<Scenario> {
+    Some(Scenario {
+        name: "zerotier",
+        v6: false,
+        ifaces: ("r0", "r1"),
+        rules: corpus("24-zerotier-handedited-blanklines.rules")?,
+        filter: "ip",
+        kernel_steps: &[
+            "filter:INPUT:rule:3",
+            "filter:INPUT:rule:4",
+            "filter:INPUT:rule:10",
+            "filter:FORWARD:rule:1",
+            "filter:OUTPUT:rule:2",
+            "filter:OUTPUT:rule:3",
+        ],
+        kernel_text: &["PROTO=ICMP TYPE=3 CODE=3 [SRC=10.213.1.2 DST=10.213.1.1 "],
+        traffic: zerotier_traffic,
+        setup: no_setup,
+        servers: &[(Role::Router, "TCP4-LISTEN:22,reuseaddr,fork")],
+    })
+}
+
+#[test]
+fn fidelity_zerotier_legacy() {
+    corpus_scenario("zerotier", zerotier(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_zerotier_nft() {
+    corpus_scenario("zerotier", zerotier(), IptablesBackend::Nft);
+}
+
+/// A restore file without header or footer comments (bridged containers): `-m state`,
+/// REJECT icmp-host-prohibited, a bare `-j LOG` in nat POSTROUTING before MASQUERADE.
+fn larsks_traffic(t: &Topo) {
+    t.in_client(|| {
+        tcp_echo(sa(S4, 8080));
+        ping(S4.parse().unwrap());
+        udp_send(sa(R4_IN, 9999), 10, None);
+        tcp_echo(sa(R4_IN, 22));
+    });
+}
+
+fn larsks() -> Option<Scenario> {
+    let rules = corpus_adapted(
+        "23-larsks-bridged-containers-log.rules",
+        &[("10.10.10.0/24", "10.213.1.0/24")],
+    )?;
+    Some(Scenario {
+        name: "larsks",
+        v6: false,
+        ifaces: ("r0", "eth0"),
+        rules,
+        filter: "ip",
+        kernel_steps: &[
+            "filter:INPUT:rule:4",
+            "filter:INPUT:rule:5",
+            "filter:FORWARD:rule:1",
+            "filter:FORWARD:rule:2",
+            "nat:POSTROUTING:rule:1",
+            "nat:POSTROUTING:rule:2",
+        ],
+        kernel_text: &["TYPE=3 CODE=10 [SRC=10.213.1.2 DST=10.213.1.1 LEN=38 "],
+        traffic: larsks_traffic,
+        setup: no_setup,
+        servers: &[
+            (Role::Server, "TCP4-LISTEN:8080,reuseaddr,fork"),
+            (Role::Router, "TCP4-LISTEN:22,reuseaddr,fork"),
+        ],
+    })
+}
+
+#[test]
+fn fidelity_larsks_legacy() {
+    corpus_scenario("larsks", larsks(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_larsks_nft() {
+    corpus_scenario("larsks", larsks(), IptablesBackend::Nft);
+}
+
 fn corpus_scenario(name: &str, sc: Option<Scenario>, backend: IptablesBackend) {
     match sc {
         Some(sc) => run_scenario(&sc, backend),
