@@ -6,6 +6,16 @@
 //! local sockets — captured by `iptrace capture --compare-trace --allow-system-changes` on
 //! both iptables backends.
 //!
+//! Corpus dumps (../shared/corpus/iptables-save, addresses and interface names made ours,
+//! ipsets they name created in the router): firewalld, ufw, ufw6, kube-proxy 2017 (physdev,
+//! recent affinity), k8s flannel (statistic), ipvs + calico (ipset), cilium (socket
+//! --transparent, TPROXY/CT rules, ipset), docker 28 (raw DROPs), free5gc (SCTP DNAT),
+//! docker embedded DNS, swarm (own TRACE rule), libvirt, port knocking (recent), REDIRECT,
+//! anti-portscan (SET target), geo-IP (ipset), nexus IPv6 (recent hitcount, NFLOG), RHEL
+//! IPv6, zerotier and larsks restore files. Hand-written: zones, matches, targets,
+//! fragments (v4, v6 without conntrack), address types, a local client, limits
+//! (hashlimit/connlimit/quota), IPv4 options.
+//!
 //! Two checks per run:
 //! - the compare report: every captured packet's rule path agrees with the kernel's
 //!   (legacy TRACE in the kernel log / xtables-monitor), nothing only on one side;
