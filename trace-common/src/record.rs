@@ -465,6 +465,15 @@ pub struct RateState {
 /// no attach cookie).
 pub const PRIORITY_MAGIC: u64 = 0x7ead_5107_1a7e_c0de;
 
+/// The netfilter probe's direct kernel-memory reads (trace-ebpf `mem::kcast`): a helper
+/// `call` with this immediate and, before it, an `ld_imm64` of [`KCAST_TYPE_MAGIC`] into r2.
+/// The collector rewrites them into a call of the kfunc `bpf_rdonly_cast` and the BTF id of
+/// `struct pt_regs` (trace_user::capture::kcast): the verifier then lets the program load
+/// from the address directly (fault-safe), instead of a bpf_probe_read_kernel call per read.
+pub const KCAST_CALL_MAGIC: i32 = 0x7ead_ca57;
+/// See [`KCAST_CALL_MAGIC`].
+pub const KCAST_TYPE_MAGIC: u64 = 0x7ead_7e1d_0b7e_c0de;
+
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 8);
 const _: () = assert!(core::mem::size_of::<HeaderSnapshot>() == 112);
 const _: () = assert!(core::mem::align_of::<HeaderSnapshot>() == 8);

@@ -66,10 +66,11 @@ const VIEW_WORDS: usize = 6;
 /// [`snapshot`] reads for these packets (ports of TCP/UDP/SCTP, ICMP type; none for non-first
 /// fragments). Ports are 0 for packets without them; the ICMP type is left as it was for
 /// packets that are not ICMP (the evaluator does not look at it then).
+/// `D`: netfilter programs, direct loads (see `mem::read_words`).
 #[inline(always)]
-pub fn filter_view(pf: u8, nh: u64, f: &mut FilterInput) -> bool {
+pub fn filter_view<const D: bool>(pf: u8, nh: u64, f: &mut FilterInput) -> bool {
     let mut buf = MaybeUninit::<[u64; VIEW_WORDS]>::uninit();
-    let Some(w) = mem::read_into(nh, &mut buf) else {
+    let Some(w) = mem::read_words::<VIEW_WORDS, D>(nh, &mut buf) else {
         return false;
     };
     // Little-endian words: byte i of the header is bits 8 * (i % 8) of w[i / 8].

@@ -11,6 +11,9 @@
 use core::mem::{align_of, size_of, MaybeUninit};
 
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use trace_common::record::{KCAST_CALL_MAGIC, KCAST_TYPE_MAGIC};
+
+use crate::kread::kread;
 
 /// Zero `*p` one word at a time (8-byte words when `T` is 8-aligned, else 4-byte ones).
 ///
@@ -68,6 +71,63 @@ pub unsafe fn words16(a: &[u8; 16]) -> [u64; 2] {
     let p = a as *const [u8; 16] as *const [u64; 2];
     // SAFETY: the caller's contract; 16 readable bytes, any bits are valid u64s.
     unsafe { p.read() }
+}
+
+/// `addr` as a pointer the verifier lets netfilter programs load from directly: the kfunc
+/// `bpf_rdonly_cast(addr, <BTF id of struct pt_regs>)`, which the verifier inlines into a
+/// register move (the collector patches the call and the id in, see
+/// `trace_common::record::KCAST_CALL_MAGIC`). Loads through it are checked against pt_regs
+/// (21 unsigned longs: offsets below [`KCAST_BYTES`]) and are fault-safe: a fault reads 0.
+/// Netfilter programs only (the kprobe/fentry objects are loaded without the patch).
+#[inline(always)]
+pub fn kcast(addr: u64) -> u64 {
+    let r: u64;
+    // SAFETY: a call the loader turns into bpf_rdonly_cast (no memory access; returns r1);
+    // the clobbers are the BPF calling convention's.
+    unsafe {
+        core::arch::asm!(
+            "r2 = {t} ll",
+            "call {c}",
+            t = const KCAST_TYPE_MAGIC,
+            c = const KCAST_CALL_MAGIC,
+            inlateout("r1") addr => _,
+            lateout("r0") r,
+            lateout("r2") _,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+            options(nostack),
+        );
+    }
+    r
+}
+
+/// Bytes a [`kcast`] pointer reaches (sizeof(struct pt_regs) on x86-64 and arm64 >= 168).
+pub const KCAST_BYTES: usize = 168;
+
+/// `N` words at kernel address `addr` into `buf`: direct loads through [`kcast`] when `D`
+/// (netfilter programs; a fault reads zeros), else bpf_probe_read_kernel (None when it
+/// fails). None when `addr` is NULL.
+#[inline(always)]
+pub fn read_words<const N: usize, const D: bool>(
+    addr: u64,
+    buf: &mut MaybeUninit<[u64; N]>,
+) -> Option<&[u64; N]> {
+    if !D {
+        return read_into(addr, buf);
+    }
+    if addr == 0 {
+        return None;
+    }
+    const { assert!(N * 8 <= KCAST_BYTES) };
+    let p = kcast(addr);
+    let w = buf.as_mut_ptr() as *mut u64;
+    for i in 0..N {
+        // SAFETY: inside the N-word buffer.
+        unsafe { w.add(i).write(kread::<u64, true>(p, (i * 8) as u32)) };
+    }
+    // SAFETY: all N words written above.
+    Some(unsafe { buf.assume_init_ref() })
 }
 
 // The word-wise field extraction (headers::filter_view) assumes a little-endian target.

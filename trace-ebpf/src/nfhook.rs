@@ -23,7 +23,9 @@
 //! With `--sample 1/N` the flow decision waits for conntrack (the ORIGINAL tuple makes both
 //! directions and NAT'ed packets agree) and is cached per flow (FLOWS) for the next packets;
 //! records produced before it are held per CPU and flushed when the flow is kept.
-//! Netfilter programs read kernel structs with direct BTF-checked loads (`kread::<_, true>`).
+//! Netfilter programs read kernel structs with direct BTF-checked loads (`kread::<_, true>`),
+//! and the packet's bytes and the conntrack entry's status/mark with direct loads through
+//! `mem::kcast` (bpf_rdonly_cast): no bpf_probe_read_kernel call on their common paths.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -932,7 +934,7 @@ fn filter_input<const D: bool>(f: &mut FilterInput, h: &mut HeaderSnapshot, stat
     let head: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_head));
     let nh: u16 = kread::<_, D>(skb, global!(OFFSETS.skb_network_header));
     let nh = head + nh as u64;
-    if head == 0 || !(headers::filter_view(f.family, nh, f) || full_view(f, h, nh)) {
+    if head == 0 || !(headers::filter_view::<D>(f.family, nh, f) || full_view(f, h, nh)) {
         // Unreadable headers: nothing for the filter to match on.
         f.proto = 0;
         f.flags = 0;
@@ -1048,6 +1050,14 @@ fn conntrack<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
         return;
     }
     let (s_off, m_off) = (global!(OFFSETS.ct_status), global!(OFFSETS.ct_mark));
+    // Netfilter probes: two direct loads (see mem::kcast) when mark is within reach of
+    // status.
+    if D && m_off >= s_off && m_off - s_off + 4 <= mem::KCAST_BYTES as u32 {
+        let p = mem::kcast(ct + s_off as u64);
+        rec.ct_status = kread::<u32, true>(p, 0);
+        rec.ct_mark = kread::<u32, true>(p, m_off - s_off);
+        return;
+    }
     // status and mark are a few bytes apart in struct nf_conn: one read for both when they
     // fit in CT_BLOCK bytes (the offsets are load-time constants, so is the index).
     if m_off >= s_off && m_off - s_off + 4 <= CT_BLOCK as u32 {

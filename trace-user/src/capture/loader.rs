@@ -115,7 +115,9 @@ impl Loaded {
                 .map_err(aya_err)?;
         filter.set(0, opts.filter, 0).map_err(aya_err)?;
         attach_kfree_skb(&mut ebpf)?;
-        let (insns, license) = relocated_probe(&elf, &ebpf)?;
+        let (mut insns, license) = relocated_probe(&elf, &ebpf)?;
+        // Direct kernel-memory reads of the probe (bpf_rdonly_cast, see capture::kcast).
+        super::kcast::patch_probe(&mut insns).map_err(LoadError::Elf)?;
         Ok(Loaded {
             ebpf,
             insns,

@@ -22,6 +22,8 @@ pub mod compare_trace;
 pub mod classic;
 pub mod fentry;
 pub mod hookverdict;
+// The netfilter probe's direct kernel-memory reads (bpf_rdonly_cast placeholders).
+pub mod kcast;
 pub mod link;
 pub mod loader;
 pub mod modbtf;
