@@ -293,7 +293,7 @@ fn first_sight_with<const D: bool>(state: u64, skb: u64, prio: i32, cur: Option<
         mark_active(now);
         emit(rec, &mut t, c, hash);
     } else if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
-        if !decide(rec, &mut t, c) {
+        if !decide::<D>(rec, &mut t, c) {
             if !D {
                 let _ = TRACKED.remove(skb);
             }
@@ -364,7 +364,7 @@ fn pending_probe(state: u64, skb: u64, prio: i32, p: &mut Pending, cur: &mut Cur
         }
         return;
     }
-    if !decide(rec, &mut p.tracked, c) {
+    if !decide::<true>(rec, &mut p.tracked, c) {
         p.skb = 0;
         return;
     }
@@ -423,7 +423,7 @@ fn follow_with<const D: bool>(state: u64, skb: u64, prio: i32, t: &mut Tracked, 
         return;
     }
     if rec.flags & probe_flags::CT != 0 || prio >= PRIO_AFTER_CONNTRACK {
-        if !decide(rec, t, c) {
+        if !decide::<D>(rec, t, c) {
             let _ = TRACKED.remove(skb);
             return;
         }
@@ -478,9 +478,9 @@ fn program_matches(prog: &FilterProgram, input: &FilterInput) -> bool {
 /// Sampling decision (flow hash of the ct ORIGINAL tuple, else of the packet) and rate limit.
 /// Updates the counters; true when the packet is to be traced.
 #[inline(always)]
-fn decide(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) -> bool {
+fn decide<const D: bool>(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) -> bool {
     let n = global!(CONFIG.sample_n);
-    if !flow_kept(rec, n) {
+    if !flow_kept::<D>(rec, n) {
         c.sampled_out += 1;
         return false;
     }
@@ -498,7 +498,7 @@ fn decide(rec: &ProbeRecord, t: &mut Tracked, c: &mut Counters) -> bool {
 /// tuples, i.e. of the packets of either direction as they arrive. Without: the packet's own
 /// 5-tuple.
 #[inline(never)]
-fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
+fn flow_kept<const D: bool>(rec: &ProbeRecord, n: u32) -> bool {
     if rec.ct_id == 0 {
         let h = &rec.headers;
         // SAFETY: saddr/daddr are at 8-aligned offsets of the 8-aligned HeaderSnapshot.
@@ -506,10 +506,10 @@ fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
         let hash = flowhash::flow_hash_words(rec.pf, h.proto, s, h.sport, d, h.dport);
         return flowhash::sample_keep(hash, n);
     }
-    let orig = tuple_hash(rec.ct_id + global!(OFFSETS.ct_tuple) as u64, rec.pf);
+    let orig = tuple_hash::<D>(rec.ct_id + global!(OFFSETS.ct_tuple) as u64, rec.pf);
     let keep = flowhash::sample_keep(orig, n);
     let d = if keep { FLOW_KEEP } else { FLOW_SKIP };
-    let reply = tuple_hash(rec.ct_id + global!(OFFSETS.ct_reply_tuple) as u64, rec.pf);
+    let reply = tuple_hash::<D>(rec.ct_id + global!(OFFSETS.ct_reply_tuple) as u64, rec.pf);
     let _ = FLOWS.insert(orig, d, 0);
     let _ = FLOWS.insert(reply, d, 0);
     keep
@@ -518,20 +518,53 @@ fn flow_kept(rec: &ProbeRecord, n: u32) -> bool {
 /// flow_hash of a struct nf_conntrack_tuple at `tuple` (its own BPF function: two inlined
 /// copies made flow_kept's frame the largest of the program).
 #[inline(never)]
-fn tuple_hash(tuple: u64, pf: u8) -> u32 {
+fn tuple_hash<const D: bool>(tuple: u64, pf: u8) -> u32 {
     // Addresses go to a per-CPU buffer: on the stack, this function was the deepest frame.
     let Some(buf) = TUPLE_BUF.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: per-CPU map value.
     let [src, dst] = unsafe { &mut *buf };
-    // SAFETY: a [u64; 2] viewed as its 16 bytes.
-    let bytes = |w: &mut [u64; 2]| unsafe { &mut *(w as *mut [u64; 2] as *mut [u8; 16]) };
-    read_buf(tuple + global!(OFFSETS.tuple_src_u3) as u64, bytes(src));
-    read_buf(tuple + global!(OFFSETS.tuple_dst_u3) as u64, bytes(dst));
-    let sport = u16::from_be(read(tuple, global!(OFFSETS.tuple_src_port)));
-    let dport = u16::from_be(read(tuple, global!(OFFSETS.tuple_dst_port)));
-    let proto: u8 = read(tuple, global!(OFFSETS.tuple_dst_protonum));
+    let (s_off, d_off) = (global!(OFFSETS.tuple_src_u3), global!(OFFSETS.tuple_dst_u3));
+    let (sp_off, dp_off, pr_off) = (
+        global!(OFFSETS.tuple_src_port),
+        global!(OFFSETS.tuple_dst_port),
+        global!(OFFSETS.tuple_dst_protonum),
+    );
+    let (sport, dport, proto): (u16, u16, u8);
+    // Netfilter probes: direct loads (mem::kcast; 4-byte loads, the addresses are 4-aligned
+    // in the tuple) instead of five bpf_probe_read_kernel calls.
+    let reach = |o: u32, n: u32| o + n <= mem::KCAST_BYTES as u32;
+    if D && s_off % 4 == 0
+        && d_off % 4 == 0
+        && reach(s_off, 16)
+        && reach(d_off, 16)
+        && reach(sp_off, 2)
+        && reach(dp_off, 2)
+        && reach(pr_off, 1)
+    {
+        let p = mem::kcast(tuple);
+        let w = |o: u32| kread::<u32, true>(p, o) as u64;
+        *src = [
+            w(s_off) | w(s_off + 4) << 32,
+            w(s_off + 8) | w(s_off + 12) << 32,
+        ];
+        *dst = [
+            w(d_off) | w(d_off + 4) << 32,
+            w(d_off + 8) | w(d_off + 12) << 32,
+        ];
+        sport = u16::from_be(kread::<u16, true>(p, sp_off));
+        dport = u16::from_be(kread::<u16, true>(p, dp_off));
+        proto = kread::<u8, true>(p, pr_off);
+    } else {
+        // SAFETY: a [u64; 2] viewed as its 16 bytes.
+        let bytes = |w: &mut [u64; 2]| unsafe { &mut *(w as *mut [u64; 2] as *mut [u8; 16]) };
+        read_buf(tuple + s_off as u64, bytes(src));
+        read_buf(tuple + d_off as u64, bytes(dst));
+        sport = u16::from_be(read(tuple, sp_off));
+        dport = u16::from_be(read(tuple, dp_off));
+        proto = read(tuple, pr_off);
+    }
     if pf == 2 {
         // The tuple's address union is 16 bytes; IPv4 uses the first 4 (the low half of the
         // first little-endian word), the rest may be stale.
