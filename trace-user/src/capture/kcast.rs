@@ -42,10 +42,17 @@ impl KcastIds {
     }
 }
 
-/// [`patch`] with the running kernel's ids (reads /sys/kernel/btf/vmlinux).
+/// [`patch`] with the running kernel's ids (reads /sys/kernel/btf/vmlinux). A kernel
+/// without bpf_rdonly_cast (< 6.2) has no netfilter programs either (6.4): the probe is left
+/// as it is (0 rewritten) and BPF_PROG_LOAD reports the missing program type, which is what
+/// `doctor` and `capture` explain to the user.
 pub fn patch_probe(insns: &mut [bpf_insn]) -> Result<usize, String> {
     let btf = Btf::vmlinux().map_err(|e| e.to_string())?;
-    patch(insns, KcastIds::from_btf(&btf)?)
+    match KcastIds::from_btf(&btf) {
+        Ok(ids) => patch(insns, ids),
+        Err(_) if btf.find(Kind::Struct, "bpf_nf_ctx").is_none() => Ok(0),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Rewrite every placeholder pair in `insns`; returns how many were rewritten. A placeholder
