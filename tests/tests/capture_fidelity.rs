@@ -722,11 +722,33 @@ fn line_differences(test: &str, kernel: &[String], ours: &[String]) -> Vec<Strin
     unexplained
 }
 
+/// One scenario at a time on the machine: every scenario uses the same addresses and the
+/// legacy reference is the kernel log, which all namespaces share — two test processes
+/// (developers on one machine) would read each other's TRACE lines. Held until dropped.
+fn machine_lock(test: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("iptrace-capture-fidelity.lock"))
+        .expect("lock file");
+    // SAFETY: flock on our own descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("{test}: waiting for another capture_fidelity scenario on this machine");
+        // SAFETY: as above (blocking this time).
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
+    }
+    f
+}
+
 fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
     let test = format!("capture_fidelity_{}_{backend}", sc.name);
     if !ready(&test, backend) {
         return;
     }
+    let _lock = machine_lock(&test);
     let Some(bin) = e2e::iptrace_bin() else {
         e2e::skipped(&test, "no iptrace binary (cargo build first)");
         return;
@@ -2801,6 +2823,11 @@ fn fidelity_firewalld_nft() {
 #[test]
 fn fidelity_ufw_legacy() {
     corpus_scenario("ufw", ufw(), IptablesBackend::Legacy);
+}
+
+#[test]
+fn fidelity_ufw_nft() {
+    corpus_scenario("ufw", ufw(), IptablesBackend::Nft);
 }
 
 /// The comparison itself can fail: a changed kernel line is a difference, and the two known
