@@ -215,9 +215,8 @@ fn assumes_unusual_match(a: &Assumption) -> bool {
     }
 }
 
-/// How many of a path's assumptions are implausible for ordinary traffic (an
-/// extension-header match matched, an unfilled `recent` list held the packet's address):
-/// the lower, the more plausible the path. Orders undecided paths for display; which paths
+/// How many of a path's assumptions are implausible for ordinary traffic (see
+/// [`assumes_unusual_match`]): the lower, the more plausible the path. Orders undecided paths for display; which paths
 /// exist and the table's status do not change.
 pub fn implausible_assumptions(assumptions: &[Assumption]) -> usize {
     assumptions
