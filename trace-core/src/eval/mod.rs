@@ -215,8 +215,9 @@ fn assumes_unusual_match(a: &Assumption) -> bool {
     }
 }
 
-/// How many of a path's assumptions are implausible for ordinary traffic (see
-/// [`assumes_unusual_match`]): the lower, the more plausible the path. Orders undecided paths for display; which paths
+/// How many of a path's assumptions are implausible for ordinary traffic (a match ordinary
+/// traffic does not satisfy assumed matched, see `assumes_unusual_match`): the lower, the
+/// more plausible the path. Orders undecided paths for display; which paths
 /// exist and the table's status do not change.
 pub fn implausible_assumptions(assumptions: &[Assumption]) -> usize {
     assumptions
