@@ -9,7 +9,7 @@ use crate::{
     mem,
 };
 use trace_common::{
-    filter::{input_flags, FilterInput},
+    filter::{view_from_words, FilterInput, VIEW_WORDS},
     record::{l4_flags, HeaderSnapshot, TCP_OPTIONS_MAX},
 };
 
@@ -54,86 +54,18 @@ pub fn snapshot(pf: u8, nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool 
     }
 }
 
-/// Bytes [`filter_view`] reads: an IPv6 header and the first transport word (IPv4 + ports
-/// need 24).
-const VIEW_WORDS: usize = 6;
-
 /// The filter's view of the packet (protocol, addresses, ports / ICMP type, and whether the
 /// transport header was read) for the common layouts — IPv4 without options, IPv6 without
-/// extension headers — from one 48-byte read, extracted from whole words and stored into
-/// `f` word-wise. False: another layout (or unreadable), take [`snapshot`] instead; `f` is
-/// then partly written. Family, mark and devices are the caller's. What it extracts is what
-/// [`snapshot`] reads for these packets (ports of TCP/UDP/SCTP, ICMP type; none for non-first
-/// fragments). Ports are 0 for packets without them; the ICMP type is left as it was for
-/// packets that are not ICMP (the evaluator does not look at it then).
-/// `D`: netfilter programs, direct loads (see `mem::read_words`).
+/// extension headers — from one 48-byte read (`trace_common::filter::view_from_words`, which
+/// host tests check against a byte-wise definition). False: another layout (or unreadable),
+/// take [`snapshot`] instead; `f` is then partly written. Family, mark and devices are the
+/// caller's. `D`: netfilter programs, direct loads (see `mem::read_words`).
 #[inline(always)]
 pub fn filter_view<const D: bool>(pf: u8, nh: u64, f: &mut FilterInput) -> bool {
     let mut buf = MaybeUninit::<[u64; VIEW_WORDS]>::uninit();
-    let Some(w) = mem::read_words::<VIEW_WORDS, D>(nh, &mut buf) else {
-        return false;
-    };
-    // Little-endian words: byte i of the header is bits 8 * (i % 8) of w[i / 8].
-    let (proto, l4, src, dst) = if pf == 2 {
-        // Version 4, IHL 5.
-        if w[0] as u8 != 0x45 {
-            return false;
-        }
-        let proto = (w[1] >> 8) as u8;
-        let (src, dst) = ([w[1] >> 32, 0], [w[2] & 0xffff_ffff, 0]);
-        // frag_off (bytes 6, 7) & 0x1fff: a non-first fragment has no transport header.
-        if (w[0] >> 48) & 0xff1f != 0 {
-            f.proto = proto;
-            f.flags = 0;
-            f.sport = 0;
-            f.dport = 0;
-            set_addrs(f, src, dst);
-            return true;
-        }
-        (proto, w[2] >> 32, src, dst)
-    } else {
-        let proto = (w[0] >> 48) as u8;
-        if !matches!(
-            proto,
-            IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_ICMPV6
-        ) {
-            return false;
-        }
-        (proto, w[5], [w[1], w[2]], [w[3], w[4]])
-    };
-    set_addrs(f, src, dst);
-    f.proto = proto;
-    f.flags = input_flags::L4_VALID;
-    match proto {
-        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
-            f.sport = u16::from_be(l4 as u16);
-            f.dport = u16::from_be((l4 >> 16) as u16);
-        }
-        // No ports: 0 (the sampling's flow lookup hashes them; the filter does not look).
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            f.icmp_type = l4 as u8;
-            f.sport = 0;
-            f.dport = 0;
-        }
-        _ => {
-            f.flags = 0;
-            f.sport = 0;
-            f.dport = 0;
-        }
-    }
-    true
-}
-
-/// Store both addresses as words (in memory order, as read from the packet).
-#[inline(always)]
-fn set_addrs(f: &mut FilterInput, src: [u64; 2], dst: [u64; 2]) {
-    // SAFETY: saddr/daddr are 16 bytes at 8-aligned offsets of the 8-aligned FilterInput
-    // (asserted in trace_common::filter).
-    unsafe {
-        let s = core::ptr::addr_of_mut!(f.saddr) as *mut [u64; 2];
-        let d = core::ptr::addr_of_mut!(f.daddr) as *mut [u64; 2];
-        s.write(src);
-        d.write(dst);
+    match mem::read_words::<VIEW_WORDS, D>(nh, &mut buf) {
+        Some(w) => view_from_words(pf, w, f),
+        None => false,
     }
 }
 

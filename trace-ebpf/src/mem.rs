@@ -13,8 +13,6 @@ use core::mem::{align_of, size_of, MaybeUninit};
 use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use trace_common::record::{KCAST_CALL_MAGIC, KCAST_TYPE_MAGIC};
 
-use crate::kread::kread;
-
 /// Zero `*p` one word at a time (8-byte words when `T` is 8-aligned, else 4-byte ones).
 ///
 /// # Safety
@@ -102,6 +100,16 @@ pub fn kcast(addr: u64) -> u64 {
     r
 }
 
+/// `*(T *)(p + off)` through a [`kcast`] pointer: a plain load, no NULL test (the verifier
+/// knows the cast's result as non-NULL, and a fault reads 0). A NULL test per load let LLVM
+/// turn the all-zero branch into a memset call.
+#[inline(always)]
+pub fn load<T: Copy>(p: u64, off: u32) -> T {
+    // SAFETY: see kcast: the verifier checks the access against the cast type and the JIT
+    // makes it fault-safe.
+    unsafe { core::ptr::read_volatile((p + off as u64) as *const T) }
+}
+
 /// Bytes a [`kcast`] pointer reaches (sizeof(struct pt_regs) on x86-64 and arm64 >= 168).
 pub const KCAST_BYTES: usize = 168;
 
@@ -124,7 +132,7 @@ pub fn read_words<const N: usize, const D: bool>(
     let w = buf.as_mut_ptr() as *mut u64;
     for i in 0..N {
         // SAFETY: inside the N-word buffer.
-        unsafe { w.add(i).write(kread::<u64, true>(p, (i * 8) as u32)) };
+        unsafe { w.add(i).write(load::<u64>(p, (i * 8) as u32)) };
     }
     // SAFETY: all N words written above.
     Some(unsafe { buf.assume_init_ref() })

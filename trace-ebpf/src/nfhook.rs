@@ -544,7 +544,7 @@ fn tuple_hash<const D: bool>(tuple: u64, pf: u8) -> u32 {
         && reach(pr_off, 1)
     {
         let p = mem::kcast(tuple);
-        let w = |o: u32| kread::<u32, true>(p, o) as u64;
+        let w = |o: u32| mem::load::<u32>(p, o) as u64;
         *src = [
             w(s_off) | w(s_off + 4) << 32,
             w(s_off + 8) | w(s_off + 12) << 32,
@@ -553,9 +553,9 @@ fn tuple_hash<const D: bool>(tuple: u64, pf: u8) -> u32 {
             w(d_off) | w(d_off + 4) << 32,
             w(d_off + 8) | w(d_off + 12) << 32,
         ];
-        sport = u16::from_be(kread::<u16, true>(p, sp_off));
-        dport = u16::from_be(kread::<u16, true>(p, dp_off));
-        proto = kread::<u8, true>(p, pr_off);
+        sport = u16::from_be(mem::load::<u16>(p, sp_off));
+        dport = u16::from_be(mem::load::<u16>(p, dp_off));
+        proto = mem::load::<u8>(p, pr_off);
     } else {
         // SAFETY: a [u64; 2] viewed as its 16 bytes.
         let bytes = |w: &mut [u64; 2]| unsafe { &mut *(w as *mut [u64; 2] as *mut [u8; 16]) };
@@ -1087,8 +1087,8 @@ fn conntrack<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
     // status.
     if D && m_off >= s_off && m_off - s_off + 4 <= mem::KCAST_BYTES as u32 {
         let p = mem::kcast(ct + s_off as u64);
-        rec.ct_status = kread::<u32, true>(p, 0);
-        rec.ct_mark = kread::<u32, true>(p, m_off - s_off);
+        rec.ct_status = mem::load::<u32>(p, 0);
+        rec.ct_mark = mem::load::<u32>(p, m_off - s_off);
         return;
     }
     // status and mark are a few bytes apart in struct nf_conn: one read for both when they

@@ -15,7 +15,7 @@
 
 use trace_common::record::{l4_flags, HeaderSnapshot, TCP_OPTIONS_MAX};
 
-use crate::{kread::kread, maps::PKT_BUF, mem};
+use crate::{maps::PKT_BUF, mem};
 
 /// Bytes read from the network header: IPv6 + TCP header + 40 bytes of options fit.
 pub const PKT_BYTES: usize = 128;
@@ -54,7 +54,7 @@ pub fn read(nh: u64, with_mac: bool) -> Option<Pkt> {
     }
     let p = mem::kcast(nh - PRE_BYTES as u64);
     for (i, x) in words.iter_mut().enumerate() {
-        *x = kread::<u64, true>(p, (i * 8) as u32);
+        *x = mem::load::<u64>(p, (i * 8) as u32);
     }
     let buf = w as *const u8;
     // SAFETY: fixed ranges inside the map value (PRE_BYTES - MAC_LEN.., PRE_BYTES..), the
