@@ -230,6 +230,16 @@ pub fn parse_packet(s: &str) -> Result<RefHeaders, NftLineError> {
             i += 2;
             continue;
         }
+        if proto.starts_with('@') {
+            // A raw payload expression and its value (`@ll,0,112 0x800`: the pseudo link
+            // header of `lo`; `@th,64,96 0x…`: payload nft has no field for).
+            h.unknown.push(format!(
+                "{proto} {}",
+                toks.get(i + 1).map(String::as_str).unwrap_or("")
+            ));
+            i += 2;
+            continue;
+        }
         let field = toks.get(i + 1).map(String::as_str).unwrap_or("");
         let mut j = i + 2;
         if toks.get(j).map(String::as_str) == Some("==") {
@@ -393,6 +403,25 @@ mod tests {
             None
         );
         assert!(parse_line("trace id zz ip raw X policy accept", 6).is_err());
+        // Raw payload expressions are pairs: `lo` has a pseudo link header nft prints raw.
+        let lo = parse_line(r#"trace id df0a0e3f ip raw PREROUTING packet: iif "lo" @ll,0,112 0x800 ip saddr 10.77.0.1 ip daddr 10.77.0.1 ip dscp cs0 ip ecn not-ect ip ttl 64 ip id 52732 ip length 29 udp sport 52800 udp dport 9 udp length 9 @th,64,8 0x78 "#, 9).unwrap().unwrap();
+        let NftLine::Packet { headers: h, .. } = lo else {
+            panic!("{lo:?}")
+        };
+        assert_eq!(
+            (h.src, h.dst, h.id, h.sport, h.dport, h.udp_len),
+            (
+                Some("10.77.0.1".parse().unwrap()),
+                Some("10.77.0.1".parse().unwrap()),
+                Some(52732),
+                Some(52800),
+                Some(9),
+                Some(9)
+            )
+        );
+        for raw in ["@ll,0,112 0x800", "@th,64,8 0x78"] {
+            assert!(h.unknown.iter().any(|u| u == raw), "{:?}", h.unknown);
+        }
         assert!(parse_line("trace id 1 ip raw PREROUTING rule foo", 7).is_err());
         assert!(parse_line("trace id 1 ip raw PREROUTING packet: ip id x", 8).is_err());
     }
