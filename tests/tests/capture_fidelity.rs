@@ -2647,6 +2647,11 @@ fn fidelity_options_v4_legacy() {
     run_scenario(&options_v4(), IptablesBackend::Legacy);
 }
 
+#[test]
+fn fidelity_options_v4_nft() {
+    run_scenario(&options_v4(), IptablesBackend::Nft);
+}
+
 /// IPv6 fragments through a router without conntrack (filter only: nothing reassembles):
 /// each fragment is traced with its Fragment header; `-p udp` matches every fragment (the
 /// upper-layer protocol is found behind the fragment header), `--dport` only the first.
