@@ -462,3 +462,38 @@ fn a_loss_does_not_reach_packets_that_ended_long_before() {
     );
     assert!(parsed.packets[39].incomplete);
 }
+
+#[test]
+fn a_local_reply_follows_its_flow_into_the_foreign_namespace() {
+    // A connection to a socket of the router: the client's SYN comes in (with a MAC), the
+    // router's own SYN-ACK goes out (no MAC: locally generated).
+    let syn = |id: u16, sport: u16, mac: &str| {
+        format!("TRACE: filter:INPUT:policy:1 IN=r0 OUT= MAC={mac} SRC=10.0.1.2 DST=10.0.1.1 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID={id} DF PROTO=TCP SPT={sport} DPT=7070 SEQ=1 ACK=0 WINDOW=64240 RES=0x00 SYN URGP=0 ")
+    };
+    let synack = |sport: u16| {
+        format!("TRACE: filter:OUTPUT:policy:1 IN= OUT=r0 SRC=10.0.1.1 DST=10.0.1.2 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=0 DF PROTO=TCP SPT=7070 DPT={sport} SEQ=9 ACK=2 WINDOW=65160 RES=0x00 ACK SYN URGP=0 ")
+    };
+    let elsewhere = "ba:bb:bb:bb:bb:01:cc:cc:cc:cc:cc:02:08:00";
+    let text = [
+        syn(1, 40000, elsewhere), // foreign: another r0's MAC
+        synack(40000),            // foreign by its flow
+        syn(2, 40001, MAC_TO_R0), // ours
+        synack(40001),            // ours (its flow has a packet of ours)
+        synack(40002),            // no evidence either way: ours, unpaired
+    ]
+    .join("\n");
+    let parsed = reference::parse(&text, Some(Format::KernelLog));
+    assert_eq!(parsed.packets.len(), 5);
+    let reasons = scope().foreign_reasons(&parsed.packets);
+    let foreign: Vec<usize> = reasons
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(foreign, [0, 1], "{reasons:?}");
+    assert!(reasons[1]
+        .as_deref()
+        .unwrap()
+        .starts_with("same flow as line 1"));
+}

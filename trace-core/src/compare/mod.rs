@@ -93,10 +93,14 @@ fn set_aside_foreign(
     packets: &[RefPacket],
     scope: Option<&NetnsScope>,
 ) -> (Vec<RefPacket>, Vec<ForeignPacket>) {
+    let reasons = match scope {
+        Some(s) => s.foreign_reasons(packets),
+        None => vec![None; packets.len()],
+    };
     let mut ours = Vec::with_capacity(packets.len());
     let mut foreign = Vec::new();
-    for p in packets {
-        match scope.and_then(|s| s.foreign_reason(p)) {
+    for (p, reason) in packets.iter().zip(reasons) {
+        match reason {
             Some(reason) => foreign.push(ForeignPacket {
                 reference_line: p.line,
                 summary: report::summarize(p.headers.first()),

@@ -2,18 +2,24 @@
 //! `net.netfilter.nf_log_all_netns=1` every namespace's legacy TRACE and LOG lines reach the
 //! same kernel log, and the lines do not name their namespace. What they do show is the
 //! interfaces (`IN=`/`OUT=`/`PHYSIN=`/`PHYSOUT=` names) and, for received packets, the
-//! link-layer header (`MAC=` destination:source:type). A line is foreign when it names an
-//! interface the traced namespaces do not have, or when it was received (not bridged) on one
-//! of ours with a unicast destination MAC that is not that interface's address (IP drops
-//! other hosts' frames before netfilter, so such a packet arrived on a same-named interface
-//! elsewhere).
+//! link-layer header (`MAC=` destination:source:type). A packet is foreign when a line of it
+//! names an interface the traced namespaces do not have, or when it was received (not
+//! bridged) on one of ours with a unicast destination MAC that is not that interface's
+//! address (IP drops other hosts' frames before netfilter, so such a packet arrived on a
+//! same-named interface elsewhere). It is ours for sure when it was received for our
+//! interface's own MAC.
 //!
-//! Conservative by design: a packet is foreign only on such evidence. Packets of another
-//! namespace that uses the same interface names and shows no MAC (locally generated ones,
-//! loopback) cannot be told apart and stay ours (unpaired: "only in reference").
+//! Packets that show neither (locally generated ones carry no MAC) follow their flow: a flow
+//! (protocol and the two address:port ends, either direction, any NAT snapshot) with foreign
+//! packets and no sure-ours packet is foreign as a whole — the reply a namespace's own socket
+//! sends to a foreign client is foreign too. Conservative by design: without such evidence a
+//! packet stays ours (unpaired: "only in reference"); namespaces identical down to the
+//! flows (same addresses, ports, ICMP ids) cannot be told apart.
 
 use super::reference::{RefHeaders, RefPacket};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::IpAddr;
 
 /// One interface of a traced namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +35,31 @@ pub struct NetnsScope {
     pub ifaces: Vec<ScopeIface>,
 }
 
+/// What a packet's own lines say about where it was traced.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    Foreign(String),
+    Ours,
+    Undecided,
+}
+
+/// A flow, direction-free: protocol and the two (address, port or ICMP id) ends, ordered.
+type FlowKey = (Option<u8>, (IpAddr, Option<u16>), (IpAddr, Option<u16>));
+
+fn flow_keys(p: &RefPacket) -> Vec<FlowKey> {
+    let mut keys: Vec<FlowKey> = p
+        .headers
+        .iter()
+        .filter_map(|h| {
+            let a = (h.src?, h.sport.or(h.icmp_id));
+            let b = (h.dst?, h.dport.or(h.icmp_id));
+            Some((h.proto, a.min(b), a.max(b)))
+        })
+        .collect();
+    keys.dedup();
+    keys
+}
+
 impl NetnsScope {
     /// Adds interfaces not known yet (by name and address).
     pub fn extend(&mut self, ifaces: impl IntoIterator<Item = ScopeIface>) {
@@ -39,24 +70,65 @@ impl NetnsScope {
         }
     }
 
-    /// Why `p` comes from another namespace; None when it may be ours.
-    pub fn foreign_reason(&self, p: &RefPacket) -> Option<String> {
-        p.headers.iter().find_map(|h| self.foreign_headers(h))
+    /// Per packet, why it comes from another namespace; None when it may be ours.
+    pub fn foreign_reasons(&self, packets: &[RefPacket]) -> Vec<Option<String>> {
+        let seen: Vec<Seen> = packets.iter().map(|p| self.seen(p)).collect();
+        // Per flow: the first foreign packet's line and reason, and whether one is ours.
+        let mut flows: HashMap<FlowKey, (Option<(usize, String)>, bool)> = HashMap::new();
+        for (p, s) in packets.iter().zip(&seen) {
+            for k in flow_keys(p) {
+                let f = flows.entry(k).or_default();
+                match s {
+                    Seen::Foreign(why) => {
+                        f.0.get_or_insert_with(|| (p.line, why.clone()));
+                    }
+                    Seen::Ours => f.1 = true,
+                    Seen::Undecided => {}
+                }
+            }
+        }
+        packets
+            .iter()
+            .zip(seen)
+            .map(|(p, s)| match s {
+                Seen::Foreign(why) => Some(why),
+                Seen::Ours => None,
+                Seen::Undecided => flow_keys(p).iter().find_map(|k| match flows.get(k) {
+                    Some((Some((line, why)), false)) => {
+                        Some(format!("same flow as line {line} ({why})"))
+                    }
+                    _ => None,
+                }),
+            })
+            .collect()
     }
 
-    fn foreign_headers(&self, h: &RefHeaders) -> Option<String> {
+    fn seen(&self, p: &RefPacket) -> Seen {
+        let per_line: Vec<Seen> = p.headers.iter().map(|h| self.seen_line(h)).collect();
+        if let Some(Seen::Foreign(why)) = per_line.iter().find(|s| matches!(s, Seen::Foreign(_))) {
+            return Seen::Foreign(why.clone());
+        }
+        if per_line.contains(&Seen::Ours) {
+            Seen::Ours
+        } else {
+            Seen::Undecided
+        }
+    }
+
+    fn seen_line(&self, h: &RefHeaders) -> Seen {
         for dev in [&h.in_dev, &h.out_dev, &h.physin, &h.physout]
             .into_iter()
             .flatten()
         {
             if !self.ifaces.iter().any(|i| i.name == *dev) {
-                return Some(format!("interface {dev} is not in the traced netns"));
+                return Seen::Foreign(format!("interface {dev} is not in the traced netns"));
             }
         }
-        let (Some(dev), None, Some(mac)) = (&h.in_dev, &h.physin, &h.mac) else {
-            return None;
+        let (Some(dev), None, Some(dst)) =
+            (&h.in_dev, &h.physin, h.mac.as_deref().and_then(link_dst))
+        else {
+            return Seen::Undecided;
         };
-        let dst = link_dst(mac)?;
         let unicast = u8::from_str_radix(&dst[..2], 16).is_ok_and(|b| b & 1 == 0);
         let ours: Vec<&str> = self
             .ifaces
@@ -64,9 +136,13 @@ impl NetnsScope {
             .filter(|i| i.name == *dev)
             .filter_map(|i| i.mac.as_deref())
             .collect();
-        let mismatch =
-            unicast && !ours.is_empty() && !ours.iter().any(|m| m.eq_ignore_ascii_case(&dst));
-        mismatch.then(|| format!("received on {dev} for MAC {dst}, not {dev}'s"))
+        if !unicast || ours.is_empty() {
+            Seen::Undecided
+        } else if ours.iter().any(|m| m.eq_ignore_ascii_case(&dst)) {
+            Seen::Ours
+        } else {
+            Seen::Foreign(format!("received on {dev} for MAC {dst}, not {dev}'s"))
+        }
     }
 }
 
