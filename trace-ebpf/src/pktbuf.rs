@@ -31,11 +31,9 @@ const HASH_BYTES: usize = 64;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-/// The packet's first bytes in this CPU's buffer, and whether all [`PKT_BYTES`] were read
-/// (else only the first 64, e.g. at the end of a mapping; or none: zeros).
+/// The packet's first bytes in this CPU's buffer (bytes of a faulting address read as 0).
 pub struct Pkt {
     pub bytes: &'static [u8; PKT_BYTES],
-    pub full: bool,
     /// The [`MAC_LEN`] bytes right before the network header, when they were read along.
     pub mac: Option<&'static [u8; MAC_LEN]>,
 }
@@ -67,7 +65,6 @@ pub fn read(nh: u64, with_mac: bool) -> Option<Pkt> {
     };
     Some(Pkt {
         bytes,
-        full: true,
         mac: with_mac.then_some(mac),
     })
 }
@@ -93,9 +90,6 @@ impl Pkt {
     /// The snapshot of a common-layout packet from the buffer; false: not covered here.
     #[inline(always)]
     pub fn snapshot(&self, pf: u8, h: &mut HeaderSnapshot) -> bool {
-        if !self.full {
-            return false;
-        }
         let b = self.bytes;
         let l4 = if pf == 2 {
             // Version 4, no options; a non-first fragment has no transport header.
