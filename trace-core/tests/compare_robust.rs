@@ -497,3 +497,23 @@ fn a_local_reply_follows_its_flow_into_the_foreign_namespace() {
         .unwrap()
         .starts_with("same flow as line 1"));
 }
+
+#[test]
+fn interleaved_ipv6_ack_and_fin_stay_apart() {
+    // No IP id in IPv6; the ACK and the FIN after it share seq/ack and length.
+    let l = |pos: &str, flags: &str| {
+        format!("TRACE: {pos} IN=r0 OUT= MAC={MAC_TO_R0} SRC=fd99:0213:0001:0000:0000:0000:0000:0002 DST=fd99:0213:0001:0000:0000:0000:0000:0001 LEN=72 TC=0 HOPLIMIT=64 FLOWLBL=1234 PROTO=TCP SPT=45560 DPT=7070 SEQ=10 ACK=20 WINDOW=64 RES=0x00 {flags} URGP=0 ")
+    };
+    let text = [
+        l("raw:PREROUTING:policy:2", "ACK"),
+        l("mangle:INPUT:policy:1", "ACK"),
+        l("raw:PREROUTING:policy:2", "ACK FIN"),
+        l("filter:INPUT:policy:1", "ACK"),
+        l("mangle:INPUT:policy:1", "ACK FIN"),
+        l("filter:INPUT:policy:1", "ACK FIN"),
+    ]
+    .join("\n");
+    let parsed = reference::parse(&text, Some(Format::KernelLog));
+    let lens: Vec<usize> = parsed.packets.iter().map(|p| p.steps().len()).collect();
+    assert_eq!(lens, [3, 3], "{:#?}", parsed.packets);
+}

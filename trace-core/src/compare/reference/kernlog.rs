@@ -237,9 +237,9 @@ fn family_of(h: &RefHeaders) -> Option<Family> {
 }
 
 /// Lines of one packet share these values through every table and NAT (addresses and ports
-/// change with NAT, TTL after routing; IP id, length, fragment offset/MF, TCP seq/ack and ICMP
-/// id/seq do not). Fragments of one datagram differ in offset (or MF) even when their lengths
-/// are equal.
+/// change with NAT, TTL after routing; IP id, length, fragment offset/MF, TCP seq/ack/flags
+/// and ICMP id/seq do not). Fragments of one datagram differ in offset (or MF) even when their
+/// lengths are equal; an IPv6 ACK and the FIN after it (no IP id, same seq/ack) in flags.
 #[derive(Debug, Clone, PartialEq)]
 struct HeaderKey {
     id: Option<u16>,
@@ -247,6 +247,7 @@ struct HeaderKey {
     len: Option<u32>,
     seq: Option<u32>,
     ack: Option<u32>,
+    tcp_flags: Option<u8>,
     icmp: (Option<u16>, Option<u16>),
     flowlabel: Option<u32>,
     frag: (Option<u16>, bool, Option<u32>),
@@ -259,6 +260,7 @@ fn header_key(h: &RefHeaders) -> HeaderKey {
         len: h.len,
         seq: h.seq,
         ack: h.ack,
+        tcp_flags: h.tcp_flags,
         icmp: (h.icmp_id, h.icmp_seq),
         flowlabel: h.flowlabel,
         frag: (h.frag, h.mf, h.frag_id),
