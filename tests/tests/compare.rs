@@ -347,8 +347,9 @@ fn kernel_paths_as_captured(packets: &[&RefPacket], resolver: &Resolver) -> Vec<
 }
 
 /// Legacy TRACE of two labs with the same interface names and addresses in one kernel log
-/// (nf_log_all_netns=1): the other lab's packets are recognised by their MAC addresses and
-/// set aside as foreign — counted, listed, neither differences nor "only in reference".
+/// (nf_log_all_netns=1): the other lab's packets are recognised by their MAC addresses — and
+/// its node's own packets (no MAC) by their flow, whose replies have one — and set aside as
+/// foreign: counted, listed, neither differences nor "only in reference".
 #[test]
 fn compare_other_netns_lines_are_foreign() {
     let backend = IptablesBackend::Legacy;
@@ -364,6 +365,28 @@ fn compare_other_netns_lines_are_foreign() {
         ..LabOptions::default()
     })
     .unwrap_or_else(|e| panic!("other lab up: {e}"));
+    // The other lab traces its node's own connection to the container (OUTPUT, no MAC) and,
+    // with this rule, the container's replies (received on its bridge, with a MAC).
+    other
+        .exec(
+            LabNs::Node,
+            &[
+                "iptables-legacy",
+                "-t",
+                "raw",
+                "-A",
+                "PREROUTING",
+                "-s",
+                "172.19.0.0/16",
+                "-p",
+                "tcp",
+                "--sport",
+                "80",
+                "-j",
+                "TRACE",
+            ],
+        )
+        .expect("reply TRACE rule in the other lab");
     let target = TraceTarget {
         netns: ours.ns_path(LabNs::Node),
         backend,
@@ -372,13 +395,20 @@ fn compare_other_netns_lines_are_foreign() {
     let tracer = ReferenceTracer::start(target, &selector(LabTest::Remote), true).unwrap();
     let snap = tracer.snapshot_rulesets().unwrap();
     let theirs = other.run(LabTest::Remote).expect("other lab traffic");
+    let theirs_local = other
+        .run(LabTest::Local)
+        .expect("other lab's node connection");
     let ex = ours.run(LabTest::Remote).expect("lab traffic");
     let (out, scope) = tracer.finish_scoped().unwrap();
     other.down().unwrap();
     let dump = trace_core::rules::parse(&snap.iptables_save).unwrap();
     let resolver = Resolver::new(Some(&dump), None);
     let parsed = reference::parse(&out.text, Some(out.format));
-    let port_of = |p: &RefPacket, port: u16| p.headers.iter().any(|h| h.sport == Some(port));
+    let port_of = |p: &RefPacket, port: u16| {
+        p.headers
+            .iter()
+            .any(|h| h.sport == Some(port) || h.dport == Some(port))
+    };
     let mine: Vec<&RefPacket> = parsed
         .packets
         .iter()
@@ -387,9 +417,19 @@ fn compare_other_netns_lines_are_foreign() {
     let foreign_lines: Vec<usize> = parsed
         .packets
         .iter()
-        .filter(|p| port_of(p, theirs.local.port()))
+        .filter(|p| port_of(p, theirs.local.port()) || port_of(p, theirs_local.local.port()))
         .map(|p| p.line)
         .collect();
+    let local_replies_only_by_flow = parsed
+        .packets
+        .iter()
+        .filter(|p| port_of(p, theirs_local.local.port()))
+        .filter(|p| p.headers.iter().all(|h| h.mac.is_none()))
+        .count();
+    assert!(
+        local_replies_only_by_flow > 0,
+        "the other node's own packets (no MAC) were traced"
+    );
     assert!(
         mine.len() >= 4 && foreign_lines.len() >= 4,
         "both labs traced: ours {}, theirs {}",

@@ -517,3 +517,32 @@ fn interleaved_ipv6_ack_and_fin_stay_apart() {
     let lens: Vec<usize> = parsed.packets.iter().map(|p| p.steps().len()).collect();
     assert_eq!(lens, [3, 3], "{:#?}", parsed.packets);
 }
+
+#[test]
+fn bridge_port_frames_are_foreign_only_when_delivered_for_none_of_our_macs() {
+    let mut s = scope();
+    s.ifaces.push(ScopeIface {
+        name: "br0".into(),
+        mac: Some("aa:aa:aa:aa:aa:10".into()),
+    });
+    s.ifaces.push(ScopeIface {
+        name: "vport".into(),
+        mac: Some("aa:aa:aa:aa:aa:11".into()),
+    });
+    let line = |pos: &str, id: u16, dst_mac: &str, out: &str| {
+        format!("TRACE: {pos} IN=br0 OUT={out} PHYSIN=vport MAC={dst_mac}:cc:cc:cc:cc:cc:09:08:00 SRC=172.19.0.9 DST=172.19.0.1 LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID={id} DF PROTO=TCP SPT=80 DPT=5555 SEQ=1 ACK=2 WINDOW=1 RES=0x00 ACK SYN URGP=0 ")
+    };
+    let text = [
+        // Delivered here for the bridge's MAC: ours.
+        line("filter:INPUT:policy:1", 1, "aa:aa:aa:aa:aa:10", ""),
+        // Delivered here for another bridge's MAC: foreign.
+        line("filter:INPUT:policy:1", 2, "ba:aa:aa:aa:aa:10", ""),
+        // Bridged on to another host (FORWARD): could be ours.
+        line("filter:FORWARD:policy:1", 3, "ba:aa:aa:aa:aa:77", "br0"),
+    ]
+    .join("\n");
+    let parsed = reference::parse(&text, Some(Format::KernelLog));
+    let reasons = s.foreign_reasons(&parsed.packets);
+    let foreign: Vec<bool> = reasons.iter().map(Option::is_some).collect();
+    assert_eq!(foreign, [false, true, false], "{reasons:?}");
+}

@@ -3,11 +3,13 @@
 //! same kernel log, and the lines do not name their namespace. What they do show is the
 //! interfaces (`IN=`/`OUT=`/`PHYSIN=`/`PHYSOUT=` names) and, for received packets, the
 //! link-layer header (`MAC=` destination:source:type). A packet is foreign when a line of it
-//! names an interface the traced namespaces do not have, or when it was received (not
-//! bridged) on one of ours with a unicast destination MAC that is not that interface's
+//! names an interface the traced namespaces do not have, or when it was received on one of
+//! ours with a unicast destination MAC that cannot be ours: routed, not that interface's
 //! address (IP drops other hosts' frames before netfilter, so such a packet arrived on a
-//! same-named interface elsewhere). It is ours for sure when it was received for our
-//! interface's own MAC.
+//! same-named interface elsewhere); through a bridge port (`PHYSIN=`, br_netfilter) and
+//! delivered locally, none of our addresses (the bridge delivers only frames for itself or
+//! its ports; bridged frames may be for anyone). It is ours for sure when it was received for
+//! our own MAC.
 //!
 //! Packets that show neither (locally generated ones carry no MAC) follow their flow: a flow
 //! (protocol and the two address:port ends, either direction, any NAT snapshot) with foreign
@@ -17,6 +19,7 @@
 //! flows (same addresses, ports, ICMP ids) cannot be told apart.
 
 use super::reference::{RefHeaders, RefPacket};
+use crate::netfilter::Hook;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -104,7 +107,11 @@ impl NetnsScope {
     }
 
     fn seen(&self, p: &RefPacket) -> Seen {
-        let per_line: Vec<Seen> = p.headers.iter().map(|h| self.seen_line(h)).collect();
+        let local = p
+            .steps()
+            .iter()
+            .any(|s| Hook::from_chain_name(&s.chain) == Some(Hook::Input));
+        let per_line: Vec<Seen> = p.headers.iter().map(|h| self.seen_line(h, local)).collect();
         if let Some(Seen::Foreign(why)) = per_line.iter().find(|s| matches!(s, Seen::Foreign(_))) {
             return Seen::Foreign(why.clone());
         }
@@ -115,7 +122,8 @@ impl NetnsScope {
         }
     }
 
-    fn seen_line(&self, h: &RefHeaders) -> Seen {
+    /// What one line says. `local`: the packet was delivered to this netns (an INPUT step).
+    fn seen_line(&self, h: &RefHeaders, local: bool) -> Seen {
         for dev in [&h.in_dev, &h.out_dev, &h.physin, &h.physout]
             .into_iter()
             .flatten()
@@ -124,24 +132,35 @@ impl NetnsScope {
                 return Seen::Foreign(format!("interface {dev} is not in the traced netns"));
             }
         }
-        let (Some(dev), None, Some(dst)) =
-            (&h.in_dev, &h.physin, h.mac.as_deref().and_then(link_dst))
-        else {
+        let (Some(dev), Some(dst)) = (&h.in_dev, h.mac.as_deref().and_then(link_dst)) else {
             return Seen::Undecided;
         };
         let unicast = u8::from_str_radix(&dst[..2], 16).is_ok_and(|b| b & 1 == 0);
-        let ours: Vec<&str> = self
+        let mac_of = |name: Option<&String>| {
+            self.ifaces
+                .iter()
+                .filter(|i| name.is_none_or(|n| i.name == *n))
+                .filter_map(|i| i.mac.as_deref())
+                .any(|m| m.eq_ignore_ascii_case(&dst))
+        };
+        let known = self
             .ifaces
             .iter()
-            .filter(|i| i.name == *dev)
-            .filter_map(|i| i.mac.as_deref())
-            .collect();
-        if !unicast || ours.is_empty() {
-            Seen::Undecided
-        } else if ours.iter().any(|m| m.eq_ignore_ascii_case(&dst)) {
-            Seen::Ours
-        } else {
-            Seen::Foreign(format!("received on {dev} for MAC {dst}, not {dev}'s"))
+            .any(|i| i.name == *dev && i.mac.is_some());
+        if !unicast || !known {
+            return Seen::Undecided;
+        }
+        match &h.physin {
+            // Routed: IP takes only frames for the receiving interface itself.
+            None if mac_of(Some(dev)) => Seen::Ours,
+            None => Seen::Foreign(format!("received on {dev} for MAC {dst}, not {dev}'s")),
+            // Through a bridge port (br_netfilter): bridged frames may be for any host behind
+            // the bridge; a frame delivered here was for the bridge or one of its ports.
+            Some(_) if mac_of(None) => Seen::Ours,
+            Some(port) if local => Seen::Foreign(format!(
+                "delivered through {dev} (port {port}) for MAC {dst}, none of this netns's"
+            )),
+            Some(_) => Seen::Undecided,
         }
     }
 }
