@@ -17,8 +17,17 @@ use std::sync::Arc;
 
 /// The rules of one (netns, family), or why there are none.
 enum Rules {
-    Ready { generation: u64, ev: Arc<Evaluator> },
-    Broken { generation: u64, reason: String },
+    /// `text`: the dump it was parsed from, so that a record repeating it (a new
+    /// generation with the same rules, concatenated recordings) reuses the evaluator.
+    Ready {
+        generation: u64,
+        ev: Arc<Evaluator>,
+        text: String,
+    },
+    Broken {
+        generation: u64,
+        reason: String,
+    },
 }
 
 /// Counters reported at the end of a replay.
@@ -88,22 +97,13 @@ impl Replayer {
                 text,
             } => {
                 self.stats.rulesets += 1;
-                let rules = match rules::parse_with(
-                    &text,
-                    ParseOptions {
-                        family: Some(family),
-                    },
-                ) {
-                    Ok(rs) => Rules::Ready {
+                let rules = match self.rules.remove(&(netns, family)) {
+                    Some(Rules::Ready { ev, text: old, .. }) if old == text => Rules::Ready {
                         generation,
-                        ev: Arc::new(Evaluator::new(rs)),
+                        ev,
+                        text,
                     },
-                    Err(e) => {
-                        self.stats.bad_rulesets += 1;
-                        let reason = format!("recorded rule dump of netns {netns} (generation {generation}) does not parse: {e}");
-                        self.warnings.push(reason.clone());
-                        Rules::Broken { generation, reason }
-                    }
+                    _ => self.parse_rules(netns, family, generation, text),
                 };
                 self.rules.insert((netns, family), rules);
                 Vec::new()
@@ -128,6 +128,29 @@ impl Replayer {
                 self.assume_plan(&event);
                 let done = self.asm.push(*event);
                 self.finish_packets(done)
+            }
+        }
+    }
+
+    /// A dump's evaluator, or why there is none (counted and warned).
+    fn parse_rules(&mut self, netns: u32, family: Family, generation: u64, text: String) -> Rules {
+        let parsed = rules::parse_with(
+            &text,
+            ParseOptions {
+                family: Some(family),
+            },
+        );
+        match parsed {
+            Ok(rs) => Rules::Ready {
+                generation,
+                ev: Arc::new(Evaluator::new(rs)),
+                text,
+            },
+            Err(e) => {
+                self.stats.bad_rulesets += 1;
+                let reason = format!("recorded rule dump of netns {netns} (generation {generation}) does not parse: {e}");
+                self.warnings.push(reason.clone());
+                Rules::Broken { generation, reason }
             }
         }
     }
@@ -222,4 +245,46 @@ fn lo_in(p: &PacketTrace) -> bool {
     p.hooks
         .first()
         .is_some_and(|h| h.hook == Hook::Prerouting && h.in_dev.as_deref() == Some("lo"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ruleset(generation: u64, text: &str) -> Record {
+        Record::Ruleset {
+            netns: 7,
+            family: Family::Ipv4,
+            generation,
+            text: text.into(),
+        }
+    }
+
+    const A: &str = "*filter\n:INPUT ACCEPT [0:0]\nCOMMIT\n";
+    const B: &str = "*filter\n:INPUT DROP [0:0]\nCOMMIT\n";
+
+    /// A dump repeating the one in force keeps its evaluator (parsed once) under the new
+    /// generation; a different dump is parsed anew; a broken one is never reused.
+    #[test]
+    fn identical_dump_reuses_the_evaluator() {
+        let mut r = Replayer::new(None);
+        r.push(ruleset(1, A));
+        let first = r.evaluator(7, Family::Ipv4).unwrap().clone();
+        r.push(ruleset(2, A));
+        assert!(Arc::ptr_eq(&first, r.evaluator(7, Family::Ipv4).unwrap()));
+        assert_eq!(r.generation(7, Family::Ipv4), Some(2));
+        r.push(ruleset(3, B));
+        let other = r.evaluator(7, Family::Ipv4).unwrap();
+        assert!(!Arc::ptr_eq(&first, other));
+        let opts = ParseOptions {
+            family: Some(Family::Ipv4),
+        };
+        assert_eq!(other.ruleset(), &rules::parse_with(B, opts).unwrap());
+        assert_eq!(r.generation(7, Family::Ipv4), Some(3));
+        r.push(ruleset(4, "*filter\nbogus\n"));
+        r.push(ruleset(5, "*filter\nbogus\n"));
+        assert!(r.evaluator(7, Family::Ipv4).is_none());
+        assert_eq!(r.stats().bad_rulesets, 2);
+        assert_eq!(r.stats().rulesets, 5);
+    }
 }
