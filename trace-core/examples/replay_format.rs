@@ -6,13 +6,16 @@
 //! its events through the same Replayer). With ROUNDS > 1 the replay runs that many times
 //! (a fresh Replayer each, output of the first round only) and the fastest round is reported
 //! too: on a shared machine the minimum is the most stable figure. Output goes to stdout,
-//! timings to stderr.
+//! timings to stderr. It runs on the `iptrace` binary's allocator (mimalloc), as the collector.
 
 use std::io::Write;
 use std::time::Instant;
 use trace_core::output::{write_packet, Format};
 use trace_core::record::replay::Replayer;
 use trace_core::record::RecordingReader;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let mut args = std::env::args().skip(1);
