@@ -138,8 +138,12 @@ pub(crate) fn push_u32(s: &mut String, mut n: u32) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+    // Byte by byte: a line has dozens of short numbers, and a str of them would be checked
+    // for UTF-8 and copied by a memcpy call each (a tenth of the TRACE formatting time).
+    s.reserve(buf.len() - i);
+    for &d in &buf[i..] {
+        s.push(char::from(d));
+    }
 }
 
 /// `name` then the decimal `n`.
@@ -398,9 +402,9 @@ mod tests {
     #[test]
     fn decimal_digits_match_display() {
         for n in [0, 9, 10, 99, 100, 65535, 1826961587, u32::MAX] {
-            let mut s = String::new();
+            let mut s = String::from("X=");
             push_u32(&mut s, n);
-            assert_eq!(s, n.to_string());
+            assert_eq!(s, format!("X={n}"));
         }
     }
 
