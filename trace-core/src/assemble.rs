@@ -12,7 +12,7 @@
 //! vanished inside a stage without a drop report is then STOLEN), when capacity forces it out
 //! (counted, incomplete), or by [`Assembler::flush`] at the end of the capture (incomplete).
 
-mod fasthash;
+pub(crate) mod fasthash;
 mod fold;
 mod pass;
 mod plan;

@@ -5,6 +5,7 @@
 //! it sees the ruleset change).
 
 use super::Record;
+use crate::assemble::fasthash::FastMap;
 use crate::assemble::{Assembler, AssemblerConfig, AssemblerStats};
 use crate::eval::{Evaluator, NetContext};
 use crate::netfilter::Hook;
@@ -12,7 +13,6 @@ use crate::netfilter::{Family, Table};
 use crate::packet::PacketTrace;
 use crate::reconstruct::{reconstruct_owned, unresolved_owned, ReconstructedPacket};
 use crate::rules::{self, ParseOptions, Ruleset};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The rules of one (netns, family), or why there are none.
@@ -47,13 +47,14 @@ pub struct ReplayStats {
 
 pub struct Replayer {
     asm: Assembler,
-    rules: HashMap<(u32, Family), Rules>,
-    ctx: HashMap<u32, NetContext>,
+    // Looked up per event or per packet: the assembler's cheap hasher, not SipHash.
+    rules: FastMap<(u32, Family), Rules>,
+    ctx: FastMap<u32, NetContext>,
     override_rules: Option<Arc<Evaluator>>,
-    planned: std::collections::HashSet<(u32, Family)>,
+    planned: FastMap<(u32, Family), ()>,
     /// skb addresses of packets that left through `lo` with nf_trace set: their way back in
     /// (a new traversal for the assembler) starts traced, as in the kernel.
-    looped_traced: std::collections::HashSet<(u32, u64)>,
+    looped_traced: FastMap<(u32, u64), ()>,
     stats: ReplayStats,
     warnings: Vec<String>,
 }
@@ -63,8 +64,8 @@ impl Replayer {
     pub fn new(override_rules: Option<Ruleset>) -> Self {
         Replayer {
             asm: Assembler::new(Default::default(), AssemblerConfig::default()),
-            rules: HashMap::new(),
-            ctx: HashMap::new(),
+            rules: FastMap::default(),
+            ctx: FastMap::default(),
             override_rules: override_rules.map(|r| Arc::new(Evaluator::new(r))),
             planned: Default::default(),
             looped_traced: Default::default(),
@@ -114,7 +115,7 @@ impl Replayer {
             }
             r @ Record::Plan { .. } => {
                 if let Record::Plan { netns, family, .. } = &r {
-                    self.planned.insert((*netns, *family));
+                    self.planned.insert((*netns, *family), ());
                 }
                 r.add_to_plan(self.asm.plan_mut());
                 Vec::new()
@@ -168,10 +169,9 @@ impl Replayer {
             return;
         };
         let key = (p.netns, p.family);
-        if self.planned.contains(&key) {
+        if self.planned.insert(key, ()).is_some() {
             return;
         }
-        self.planned.insert(key);
         let tables: Vec<Table> = match self.rules_for(p.netns, p.family) {
             Ok(ev) => ev.ruleset().tables.iter().map(|t| t.table).collect(),
             Err(_) => Table::ALL.to_vec(),
@@ -219,13 +219,14 @@ impl Replayer {
         for p in done {
             self.stats.packets += 1;
             let ctx = self.ctx.get(&p.netns).unwrap_or(&unknown);
-            let traced_in = lo_in(&p) && self.looped_traced.remove(&(p.netns, p.skb));
+            let traced_in = lo_in(&p) && self.looped_traced.remove(&(p.netns, p.skb)).is_some();
             let rp = match self.rules_for(p.netns, p.family) {
                 Ok(ev) => reconstruct_owned(p, ev, ctx, traced_in),
                 Err(reason) => unresolved_owned(p, &reason),
             };
             if rp.nf_trace_end && lo_out(&rp.packet) {
-                self.looped_traced.insert((rp.packet.netns, rp.packet.skb));
+                self.looped_traced
+                    .insert((rp.packet.netns, rp.packet.skb), ());
             }
             out.push(rp);
         }
