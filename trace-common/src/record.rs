@@ -64,6 +64,11 @@ pub mod probe_flags {
     /// traversal may have passed later probes than this record's without a record.
     /// `prev_hook`/`prev_priority` say which probe it passed last before this record.
     pub const SPARSE: u16 = 1 << 7;
+    /// The socket owner was read at this probe: `UID`/`GID` absent means the packet had no
+    /// owner here. The nfhook probes read it at every probe (a server's accept() can attach
+    /// the socket's file between two tables); the other backends, and records written before
+    /// this flag existed, read it with the devices only (absent: the owner was not read).
+    pub const OWNER: u16 = 1 << 8;
 }
 
 /// `prev_hook` of a record that says nothing about the probes before it.

@@ -143,6 +143,7 @@ fn pass(hook: Hook, out: Option<&str>, tables: Vec<TableObservation>) -> HookPas
         mac: None,
         uid: None,
         gid: None,
+        owners: Vec::new(),
         tables,
         stages: vec![],
         probes: vec![],
@@ -325,6 +326,7 @@ fn bench_records(c: &mut Criterion) {
             mac: None,
             uid: None,
             gid: None,
+            owner_read: false,
             prev: None,
             sparse: false,
         }))

@@ -184,6 +184,7 @@ impl Decoder {
             mac: (r.flags & probe_flags::MAC != 0).then(|| r.mac[..mac_len].to_vec()),
             uid: (r.flags & probe_flags::UID != 0).then_some(r.uid),
             gid: (r.flags & probe_flags::GID != 0).then_some(r.gid),
+            owner_read: r.flags & probe_flags::OWNER != 0,
             prev,
             sparse: r.flags & probe_flags::SPARSE != 0,
         })

@@ -176,6 +176,10 @@ pub struct ProbeEvent {
     pub uid: Option<u32>,
     #[serde(default)]
     pub gid: Option<u32>,
+    /// `uid`/`gid` were read at this probe (None there: no socket owner). Else (other
+    /// backends, older recordings) the owner is read on a hook's first event only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner_read: bool,
     /// The last probe (hook, priority) the traversal passed before this one, whether or not
     /// that probe sent an event (see `sparse`); None: nothing said.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -61,8 +61,14 @@ pub struct HookPass {
     pub out_dev: Option<String>,
     /// Link-layer header of a received packet (for MAC= in TRACE lines).
     pub mac: Option<Vec<u8>>,
+    /// Socket owner (fsuid/fsgid) at the pass's first probe.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Where the socket owner changed after the pass's first probe, in probe order (a
+    /// server's accept() can attach the socket's file between two tables): see
+    /// [`HookPass::owner_before`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<OwnerChange>,
     /// Tables in kernel order. Only tables that exist in this netns (registered) appear.
     pub tables: Vec<TableObservation>,
     /// Every observed stage in kernel order: the tables above (same data) plus conntrack,
@@ -72,6 +78,27 @@ pub struct HookPass {
     /// Priorities of the probes that saw the packet on this pass, in order.
     #[serde(default)]
     pub probes: Vec<i32>,
+}
+
+/// The socket owner a probe read, differing from the one before it in the pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerChange {
+    /// Priority of the probe that first saw this owner.
+    pub priority: i32,
+    /// None: no owner (no socket, or one without a file).
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+impl HookPass {
+    /// The socket owner (uid, gid) a stage at `priority` saw, as LOG/TRACE print it: the one
+    /// read by the last probe before the stage (the state the stage received).
+    pub fn owner_before(&self, priority: i32) -> Option<(u32, u32)> {
+        match self.owners.iter().rev().find(|o| o.priority < priority) {
+            Some(o) => o.uid.zip(o.gid),
+            None => self.uid.zip(self.gid),
+        }
+    }
 }
 
 /// A netfilter hook function the probes bracket: an iptables table or another registered hook.

@@ -204,6 +204,7 @@ fn packet_trace(
             mac: None,
             uid: None,
             gid: None,
+            owners: Vec::new(),
             tables: obs,
             stages: Vec::new(),
             probes: Vec::new(),

@@ -697,6 +697,7 @@ fn statistic_branches_are_resolved_by_the_observed_dnat() {
             mac: None,
             uid: None,
             gid: None,
+            owners: Vec::new(),
             tables: vec![TableObservation {
                 table: Table::Nat,
                 priority: -100,
@@ -931,6 +932,7 @@ fn shared_observations_are_weaker_evidence() {
             mac: None,
             uid: None,
             gid: None,
+            owners: Vec::new(),
             tables: vec![obs.clone()],
             stages: vec![StageObservation {
                 stage: Stage::Table {
@@ -1106,6 +1108,7 @@ fn reconstruction_knows_the_original_tuple() {
         mac: None,
         uid: None,
         gid: None,
+        owners: Vec::new(),
         tables,
         stages: vec![],
         probes: vec![],
@@ -1162,6 +1165,7 @@ fn nat_packet(
             mac: None,
             uid: None,
             gid: None,
+            owners: Vec::new(),
             tables: vec![TableObservation {
                 table: Table::Nat,
                 priority: Table::Nat.priority(hook).unwrap(),

@@ -286,6 +286,7 @@ fn packet_trace(
             mac: mac(first),
             uid: first.uid,
             gid: first.gid,
+            owners: Vec::new(),
             tables,
             stages: Vec::new(),
             probes: Vec::new(),

@@ -108,6 +108,7 @@ fn syn_events(plan: &ProbePlan) -> Vec<Event> {
                 ]),
                 uid: None,
                 gid: None,
+                owner_read: false,
                 prev: None,
                 sparse: false,
             }));

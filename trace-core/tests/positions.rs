@@ -90,6 +90,7 @@ fn packet(dport: u16, verdict: ObservedVerdict) -> PacketTrace {
             mac: None,
             uid: None,
             gid: None,
+            owners: Vec::new(),
             tables: vec![TableObservation {
                 table: Table::Filter,
                 priority: 0,

@@ -13,8 +13,10 @@
 //! LRU, which later probes (on any CPU) consult while anything was tracked recently (ACTIVE).
 //!
 //! Records (netfilter probes): only for tracked skbs, and only when the packet's first bytes,
-//! mark or conntrack fields changed, on a hook's first probe (devices, MAC, socket owner),
-//! and on the last probe of a final hook. Each names the last probe passed before it
+//! mark, conntrack fields or socket owner changed, on a hook's first probe (devices, MAC),
+//! and on the last probe of a final hook. The socket owner is read at every probe: a
+//! server's accept() can attach the socket's file between two tables (LOG/TRACE print the
+//! owner each table sees); without a socket (forwarded packets) that is one load. Each names the last probe passed before it
 //! (`prev_*`), so the collector fills in the probes passed without one; the header snapshot
 //! is sent only when the bytes changed. The kprobe/fentry backends (`first_sight` /
 //! `follow`, probe reads instead of direct loads, TRACKED only) still send a record at every
@@ -866,6 +868,7 @@ fn sparse_tail(
         Some(p) => p.hash(),
         None => quick_hash(nh),
     };
+    creds::<true>(rec, skb);
     let meta = meta_hash(rec);
     if !(new_pass || last || hash != t.last_hash || meta != t.last_meta) {
         t.prev_hook = rec.hook;
@@ -903,8 +906,9 @@ fn mac_before(state: u64, skb: u64, nh_off: u64) -> bool {
     indev != 0 && mh != 0xffff && mh >= 2 && mh as u64 + pktbuf::MAC_LEN as u64 == nh_off
 }
 
-/// Devices, MAC and socket owner: on a hook's first record. `mac_bytes`: the MAC header,
-/// already read (see [`mac`]).
+/// Devices and MAC (and for the other backends, `!D`, the socket owner): on a hook's first
+/// record. `mac_bytes`: the MAC header, already read (see [`mac`]). The netfilter probes
+/// read the owner at every probe ([`sparse_tail`]).
 #[inline(always)]
 fn devices<const D: bool>(
     rec: &mut ProbeRecord,
@@ -925,21 +929,24 @@ fn devices<const D: bool>(
     }
     rec.flags |= probe_flags::DEVS;
     mac::<D>(rec, skb, head, indev, mac_bytes);
-    creds::<D>(rec, skb);
+    if !D {
+        creds::<D>(rec, skb);
+    }
     t.last_hook = rec.hook;
 }
 
-/// 32-bit mix of the record's mark and conntrack fields (a change makes netfilter probes send
-/// a record). A collision hides one change with probability 2^-32.
+/// 32-bit mix of the record's mark, conntrack fields and socket owner (a change makes
+/// netfilter probes send a record). A collision hides one change with probability 2^-32.
 #[inline(always)]
 fn meta_hash(rec: &ProbeRecord) -> u32 {
     let a = rec.ct_id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     let b = (((rec.mark as u64) << 32) | rec.ct_status as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
     let c = (((rec.ct_mark as u64) << 16)
         | ((rec.ctinfo as u64) << 8)
-        | (rec.flags & probe_flags::CT) as u64)
+        | (rec.flags & (probe_flags::CT | probe_flags::UID)) as u64)
         .wrapping_mul(0x1656_67b1_9e37_79f9);
-    let h = a ^ b.rotate_left(21) ^ c.rotate_left(42);
+    let d = (((rec.uid as u64) << 32) | rec.gid as u64).wrapping_mul(0x27d4_eb2f_1656_67c5);
+    let h = a ^ b.rotate_left(21) ^ c.rotate_left(42) ^ d.rotate_left(11);
     (h ^ (h >> 32)) as u32
 }
 
@@ -1144,7 +1151,8 @@ fn mac<const D: bool>(
     }
 }
 
-/// Socket owner (skb->sk->sk_socket->file->f_cred fsuid/fsgid), as LOG prints UID=/GID=.
+/// Socket owner (skb->sk->sk_socket->file->f_cred fsuid/fsgid), as LOG prints UID=/GID=;
+/// [`probe_flags::OWNER`] says it was read. No socket (forwarded packets): one load.
 #[inline(always)]
 fn creds<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
     rec.uid = 0;
@@ -1152,6 +1160,7 @@ fn creds<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
     if global!(OFFSETS.have_creds) == 0 {
         return;
     }
+    rec.flags |= probe_flags::OWNER;
     let sk: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_sk));
     if sk == 0 {
         return;

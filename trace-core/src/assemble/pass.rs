@@ -15,7 +15,7 @@ use super::plan::{HookPlan, StageSlot};
 use crate::event::ProbeEvent;
 use crate::netfilter::Hook;
 use crate::packet::{
-    HookPass, ObservedVerdict, PacketState, Stage, StageObservation, TableObservation,
+    HookPass, ObservedVerdict, OwnerChange, PacketState, Stage, StageObservation, TableObservation,
 };
 use std::sync::Arc;
 
@@ -73,6 +73,7 @@ impl Pass {
             mac: e.mac.take(),
             uid: e.uid,
             gid: e.gid,
+            owners: Vec::new(),
             tables: Vec::with_capacity(tables),
             stages: Vec::with_capacity(stages),
             probes: Vec::with_capacity(probes),
@@ -98,11 +99,30 @@ impl Pass {
         if self.meta.mac.is_none() {
             self.meta.mac = e.mac.take();
         }
-        self.meta.uid = self.meta.uid.or(e.uid);
-        self.meta.gid = self.meta.gid.or(e.gid);
+        self.add_owner(e);
         self.meta.probes.push(e.priority);
         self.seen.push((e.priority, state));
         self.sparse |= e.sparse;
+    }
+
+    /// The socket owner `e` read: a change from the owner so far is kept where it was seen
+    /// (TRACE prints the owner each table saw). An event that did not read the owner (other
+    /// backends: a hook's first event only) fills in one not known yet.
+    fn add_owner(&mut self, e: &ProbeEvent) {
+        let m = &mut self.meta;
+        if !e.owner_read {
+            m.uid = m.uid.or(e.uid);
+            m.gid = m.gid.or(e.gid);
+            return;
+        }
+        let (uid, gid) = m.owners.last().map_or((m.uid, m.gid), |o| (o.uid, o.gid));
+        if (uid, gid) != (e.uid, e.gid) {
+            m.owners.push(OwnerChange {
+                priority: e.priority,
+                uid: e.uid,
+                gid: e.gid,
+            });
+        }
     }
 
     /// The packet passed the planned probes after the last one seen, up to and including

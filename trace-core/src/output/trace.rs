@@ -33,13 +33,13 @@ pub fn trace_line(hp: &HookPass, obs: &TableObservation, step: &Step) -> String 
 /// Appends the TRACE line of one step (without newline) to `s`: the packet as the table saw
 /// it, with the TOS/TTL the path had set by then.
 pub fn push_trace_line(s: &mut String, hp: &HookPass, obs: &TableObservation, step: &Step) {
-    push_line_with(s, hp, &obs.before.headers, step);
+    push_line_with(s, hp, obs.priority, &obs.before.headers, step);
 }
 
-/// [`push_trace_line`] with the headers the step saw.
-fn push_line_with(s: &mut String, hp: &HookPass, headers: &Headers, step: &Step) {
+/// [`push_trace_line`] with the headers the step saw (`priority`: the table's).
+fn push_line_with(s: &mut String, hp: &HookPass, priority: i32, headers: &Headers, step: &Step) {
     push_step_prefix(s, &step.id);
-    push_step_fields(s, hp, headers, step);
+    push_step_fields(s, hp, hp.owner_before(priority), headers, step);
 }
 
 /// `TRACE: table:chain:kind:N ` (what `write!(s, "TRACE: {} ", id)` prints, without the
@@ -56,15 +56,22 @@ fn push_step_prefix(s: &mut String, id: &StepId) {
     s.push(' ');
 }
 
-/// The packet part of a TRACE line (`IN=… OUT=… …`) as `step` saw it.
-fn push_step_fields(s: &mut String, hp: &HookPass, headers: &Headers, step: &Step) {
+/// The packet part of a TRACE line (`IN=… OUT=… …`) as `step` saw it; `owner`: the socket
+/// owner the table saw ([`HookPass::owner_before`]).
+fn push_step_fields(
+    s: &mut String,
+    hp: &HookPass,
+    owner: Option<(u32, u32)>,
+    headers: &Headers,
+    step: &Step,
+) {
     let ctx = LogContext {
         in_dev: hp.in_dev.as_deref(),
         out_dev: hp.out_dev.as_deref(),
         physin: None,
         physout: None,
         mac: hp.mac.as_deref(),
-        uid_gid: hp.uid.zip(hp.gid),
+        uid_gid: owner,
         mark: step.mark,
     };
     push_fields_with(s, headers, step.tos, step.ttl, &ctx, LogFlags::TRACE);
@@ -82,19 +89,26 @@ struct FieldsCache<'a> {
 struct CachedFields<'a> {
     hp: &'a HookPass,
     headers: &'a Headers,
-    /// The step's (TOS, TTL, mark).
-    key: (u8, u8, u32),
+    /// The step's (TOS, TTL, mark) and the socket owner its table saw.
+    key: (u8, u8, u32, Option<(u32, u32)>),
     range: Range<usize>,
 }
 
 impl<'a> FieldsCache<'a> {
     /// Appends the TRACE line of `step` to `buf`, which must only have grown since the last
     /// call (the cached range points into it).
-    fn push_line(&mut self, buf: &mut String, hp: &'a HookPass, headers: &'a Headers, step: &Step) {
+    fn push_line(
+        &mut self,
+        buf: &mut String,
+        hp: &'a HookPass,
+        owner: Option<(u32, u32)>,
+        headers: &'a Headers,
+        step: &Step,
+    ) {
         push_step_prefix(buf, &step.id);
-        let key = (step.tos, step.ttl, step.mark);
+        let key = (step.tos, step.ttl, step.mark, owner);
         if let Some(c) = &self.last {
-            // Same hook pass (devices, MAC, socket owner) and equal headers: equal fields.
+            // Same hook pass (devices, MAC), owner and equal headers: equal fields.
             let same_headers = std::ptr::eq(c.headers, headers) || *c.headers == *headers;
             if std::ptr::eq(c.hp, hp) && c.key == key && same_headers {
                 buf.extend_from_within(c.range.clone());
@@ -102,7 +116,7 @@ impl<'a> FieldsCache<'a> {
             }
         }
         let start = buf.len();
-        push_step_fields(buf, hp, headers, step);
+        push_step_fields(buf, hp, owner, headers, step);
         self.last = Some(CachedFields {
             hp,
             headers,
@@ -127,6 +141,7 @@ pub fn trace_lines(rp: &ReconstructedPacket, from: TraceFrom) -> Vec<String> {
             push_line_with(
                 &mut line,
                 hp,
+                obs.priority,
                 rewritten.as_ref().unwrap_or(&obs.before.headers),
                 s,
             );
@@ -177,6 +192,7 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
                 }
                 // Once a target rewrote the TCP options, later steps of the table see them.
                 let mut options_from: Option<Headers> = None;
+                let owner = hp.owner_before(obs.priority);
                 for s in path.steps.iter() {
                     if from == TraceFrom::Start || s.traced {
                         // Paths the evidence does not single out are printed as comments.
@@ -187,9 +203,9 @@ pub fn push_trace(buf: &mut String, rp: &ReconstructedPacket, from: TraceFrom) {
                             // Rare (after TCPMSS/TCPOPTSTRIP): not worth caching.
                             Some(h) => {
                                 push_step_prefix(buf, &s.id);
-                                push_step_fields(buf, hp, h, s);
+                                push_step_fields(buf, hp, owner, h, s);
                             }
-                            None => fields.push_line(buf, hp, &obs.before.headers, s),
+                            None => fields.push_line(buf, hp, owner, &obs.before.headers, s),
                         }
                         buf.push('\n');
                     }

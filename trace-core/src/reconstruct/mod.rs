@@ -453,13 +453,15 @@ fn table_input<'a>(
     tuples: CtTuples,
     dst_local: Option<bool>,
 ) -> EvalInput<'a> {
+    // The owner as the table received it (it can appear between two tables).
+    let owner = hp.owner_before(obs.priority);
     EvalInput {
         hook: hp.hook,
         in_dev: hp.in_dev.as_deref(),
         out_dev: hp.out_dev.as_deref(),
         mac: hp.mac.as_deref(),
-        uid: hp.uid,
-        gid: hp.gid,
+        uid: owner.map(|o| o.0),
+        gid: owner.map(|o| o.1),
         state: &obs.before,
         nf_trace,
         tuples,

@@ -182,6 +182,7 @@ pub fn to_events(obs: &[Obs]) -> Vec<Event> {
             mac: None,
             uid: None,
             gid: None,
+            owner_read: false,
             prev: None,
             sparse: false,
         }));
@@ -245,6 +246,7 @@ pub fn probe(
         mac: None,
         uid: None,
         gid: None,
+        owner_read: false,
         prev: None,
         sparse: false,
     })

@@ -531,6 +531,7 @@ mod tests {
                 mac: None,
                 uid: None,
                 gid: None,
+                owners: Vec::new(),
                 tables: vec![TableObservation {
                     table: Table::Filter,
                     priority: 0,

@@ -623,6 +623,7 @@ mod tests {
                     mac: None,
                     uid: None,
                     gid: None,
+                    owner_read: false,
                     prev: None,
                     sparse: false,
                 }))
