@@ -50,6 +50,9 @@ pub struct Replayer {
     // Looked up per event or per packet: the assembler's cheap hasher, not SipHash.
     rules: FastMap<(u32, Family), Rules>,
     ctx: FastMap<u32, NetContext>,
+    /// For a netns without netinfo; built once (its default is not free: per event it was
+    /// a visible share of reconstruction).
+    unknown_ctx: NetContext,
     override_rules: Option<Arc<Evaluator>>,
     planned: FastMap<(u32, Family), ()>,
     /// skb addresses of packets that left through `lo` with nf_trace set: their way back in
@@ -66,6 +69,7 @@ impl Replayer {
             asm: Assembler::new(Default::default(), AssemblerConfig::default()),
             rules: FastMap::default(),
             ctx: FastMap::default(),
+            unknown_ctx: NetContext::unknown(),
             override_rules: override_rules.map(|r| Arc::new(Evaluator::new(r))),
             planned: Default::default(),
             looped_traced: Default::default(),
@@ -213,12 +217,11 @@ impl Replayer {
     }
 
     fn finish_packets(&mut self, done: Vec<PacketTrace>) -> Vec<ReconstructedPacket> {
-        let unknown = NetContext::unknown();
         let mut out = Vec::with_capacity(done.len());
         // By value: the assembled packet moves into its reconstruction (no copy per packet).
         for p in done {
             self.stats.packets += 1;
-            let ctx = self.ctx.get(&p.netns).unwrap_or(&unknown);
+            let ctx = self.ctx.get(&p.netns).unwrap_or(&self.unknown_ctx);
             let traced_in = lo_in(&p) && self.looped_traced.remove(&(p.netns, p.skb)).is_some();
             let rp = match self.rules_for(p.netns, p.family) {
                 Ok(ev) => reconstruct_owned(p, ev, ctx, traced_in),
