@@ -8,6 +8,7 @@ use super::Record;
 use crate::assemble::fasthash::FastMap;
 use crate::assemble::{Assembler, AssemblerConfig, AssemblerStats};
 use crate::eval::{Evaluator, NetContext};
+use crate::event::Event;
 use crate::netfilter::Hook;
 use crate::netfilter::{Family, Table};
 use crate::packet::PacketTrace;
@@ -128,13 +129,22 @@ impl Replayer {
                 self.stats.lost_events += count;
                 Vec::new()
             }
-            Record::Event { event } => {
-                self.stats.events += 1;
-                self.assume_plan(&event);
-                let done = self.asm.push(*event);
-                self.finish_packets(done)
-            }
+            Record::Event { event } => self.on_event(*event),
         }
+    }
+
+    /// [`Replayer::push`] of an event record, without boxing the event (the live collector
+    /// feeds every event through here: no allocation and copy per event).
+    pub fn push_event(&mut self, event: Event) -> Vec<ReconstructedPacket> {
+        self.stats.records += 1;
+        self.on_event(event)
+    }
+
+    fn on_event(&mut self, event: Event) -> Vec<ReconstructedPacket> {
+        self.stats.events += 1;
+        self.assume_plan(&event);
+        let done = self.asm.push(event);
+        self.finish_packets(done)
     }
 
     /// A dump's evaluator, or why there is none (counted and warned).
@@ -168,8 +178,8 @@ impl Replayer {
 
     /// A recording without plan records (older writer): assume the standard bracketing of
     /// the tables the netns's dump defines, with conntrack, and say so.
-    fn assume_plan(&mut self, e: &crate::event::Event) {
-        let crate::event::Event::Probe(p) = e else {
+    fn assume_plan(&mut self, e: &Event) {
+        let Event::Probe(p) = e else {
             return;
         };
         let key = (p.netns, p.family);
@@ -290,5 +300,30 @@ mod tests {
         assert!(r.evaluator(7, Family::Ipv4).is_none());
         assert_eq!(r.stats().bad_rulesets, 2);
         assert_eq!(r.stats().rulesets, 5);
+    }
+
+    /// `push_event` (the live collector's unboxed path) gives the packets and counters of
+    /// `push` with event records, on a real recording.
+    #[test]
+    fn push_event_equals_pushing_event_records() {
+        let bytes = include_bytes!("../../tests/golden_lab/legacy-run.iptrace");
+        let records: Vec<Record> = crate::record::RecordingReader::new(&bytes[..])
+            .unwrap()
+            .map(|r| r.unwrap().1)
+            .collect();
+        let (mut boxed, mut unboxed) = (Replayer::new(None), Replayer::new(None));
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for rec in records {
+            a.extend(boxed.push(rec.clone()));
+            b.extend(match rec {
+                Record::Event { event } => unboxed.push_event(*event),
+                other => unboxed.push(other),
+            });
+        }
+        a.extend(boxed.finish());
+        b.extend(unboxed.finish());
+        assert!(a.len() > 10, "{} packets", a.len());
+        assert_eq!(a, b);
+        assert_eq!(boxed.stats(), unboxed.stats());
     }
 }

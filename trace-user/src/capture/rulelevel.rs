@@ -373,7 +373,7 @@ impl RuleLevel {
         let Some(rp) = self.replayer.as_mut() else {
             return Ok(());
         };
-        for mut p in rp.push(Record::Event { event: Box::new(e) }) {
+        for mut p in rp.push_event(e) {
             self.apply_positions(&mut p);
             self.emit(&p, out)?;
         }
