@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Idempotent machine setup for iptrace: Debian packages for the lab and tests, the nightly
+# Idempotent machine setup for iptrace: Debian packages for the lab and tests (gcc: the C
+# parts of bpf-linker's and mimalloc's builds), the nightly
 # toolchain's rust-src (build-std for bpfel-unknown-none), and bpf-linker 0.13.0 built against
 # the nightly toolchain's own libLLVM (Debian has no LLVM 22). Seconds when already done.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-APT_PACKAGES=(iptables nftables iproute2 conntrack tcpdump socat iperf3 ethtool procps kmod util-linux ipset)
+APT_PACKAGES=(gcc libc6-dev iptables nftables iproute2 conntrack tcpdump socat iperf3 ethtool procps kmod util-linux ipset)
 BPF_LINKER_VERSION=0.13.0
 LLVM_PREFIX=${IPTRACE_LLVM_PREFIX:-/opt/iptrace/llvm-nightly}
 
