@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Idempotent machine setup for iptrace: Debian packages for the lab and tests (gcc: the C
-# parts of bpf-linker's and mimalloc's builds), the nightly
-# toolchain's rust-src (build-std for bpfel-unknown-none), and bpf-linker 0.13.0 built against
-# the nightly toolchain's own libLLVM (Debian has no LLVM 22). Seconds when already done.
+# Idempotent machine setup for iptrace: Debian packages for the lab and tests (gcc for the C
+# parts of the bpf-linker and mimalloc builds), the nightly toolchain's rust-src (build-std for
+# bpfel-unknown-none), and bpf-linker 0.13.0 built against the nightly toolchain's own libLLVM
+# (Debian has no LLVM 22). Seconds when already done.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
