@@ -22,9 +22,12 @@
 //! - legacy only: the TRACE *lines* iptrace prints for the recording (`replay --format trace
 //!   --from-trace-rule`) equal the kernel's lines byte for byte, as multisets. Known capture
 //!   gaps are normalised narrowly, counted and printed: a quoted packet longer than the 54
-//!   bytes the capture keeps (the kernel prints it, iptrace leaves the bracket out), a
-//!   socket owner (UID/GID) the capture did not see, and IPv4 options / IPv6 extension
-//!   headers (`OPT (...)` before PROTO=) the header snapshot does not carry.
+//!   bytes the capture keeps (the kernel prints it, iptrace leaves the bracket out), and
+//!   IPv4 options / IPv6 extension headers (`OPT (...)` before PROTO=) the header snapshot
+//!   does not carry. The socket owner (UID/GID) is read at every probe, so a socket file a
+//!   server's accept() attaches between two tables shows from the later table on, as the
+//!   kernel prints it; only an owner that appeared while one table was logging (the kernel
+//!   printed that table's earlier lines for the packet without it) is normalised.
 //!
 //! Each scenario also asserts that the kernel's trace contains the steps it is about (so a
 //! scenario that silently stops exercising its rules fails). Run with `--test-threads=1`.
@@ -660,17 +663,45 @@ fn known_gap(kernel: &str, ours: &str) -> Option<&'static str> {
             }
         }
     }
-    if let Some(at) = kernel.find("UID=") {
-        let end = kernel[at..]
-            .find("GID=")
-            .and_then(|g| kernel[at + g..].find(' ').map(|sp| at + g + sp + 1));
-        if let Some(end) = end {
-            if format!("{}{}", &kernel[..at], &kernel[end..]) == ours {
-                return Some("socket owner (UID/GID) not captured");
-            }
-        }
-    }
     None
+}
+
+/// `line` without its ` UID=… GID=…` fields (None when it has none).
+fn without_owner(line: &str) -> Option<String> {
+    let at = line.find(" UID=")?;
+    let gid = at + line[at..].find(" GID=")?;
+    let end = gid + 1 + line[gid + 1..].find(' ').unwrap_or(line.len() - gid - 1);
+    Some(format!("{}{}", &line[..at], &line[end..]))
+}
+
+/// The table and packet of a TRACE line: its fields without the owner and the mark (rules
+/// of one table change the mark).
+fn table_and_packet(line: &str) -> Option<(&str, String)> {
+    let table = line.strip_prefix("TRACE: ")?.split(':').next()?;
+    let fields = &line[line.find(" IN=")?..];
+    let fields = without_owner(fields).unwrap_or_else(|| fields.to_string());
+    let fields = match fields.find(" MARK=") {
+        Some(m) => {
+            let end = m + 1 + fields[m + 1..].find(' ').unwrap_or(fields.len() - m - 1);
+            format!("{}{}", &fields[..m], &fields[end..])
+        }
+        None => fields,
+    };
+    Some((table, fields))
+}
+
+/// The kernel printed `kernel_line` with a socket owner where iptrace (`ours`) printed none,
+/// and printed an earlier line of the same table for the same packet without one: a server's
+/// accept() attached the socket's file while that table was logging (each TRACE line is a
+/// printk; the packet's later tables agree). iptrace prints the owner the table received.
+fn owner_attached_mid_table(kernel_line: &str, ours: &str, kernel: &[&str]) -> bool {
+    if without_owner(kernel_line).as_deref() != Some(ours) {
+        return false;
+    }
+    let key = table_and_packet(kernel_line);
+    kernel
+        .iter()
+        .any(|l| !l.contains(" UID=") && table_and_packet(l) == key)
 }
 
 /// Multiset comparison of the kernel's and iptrace's TRACE lines; returns the unexplained
@@ -705,6 +736,14 @@ fn line_differences(test: &str, kernel: &[String], ours: &[String]) -> Vec<Strin
     for kl in only_k {
         if let Some(pos) = only_o.iter().position(|ol| known_gap(kl, ol).is_some()) {
             gaps.entry(known_gap(kl, only_o[pos]).unwrap())
+                .or_default()
+                .push(kl);
+            only_o.swap_remove(pos);
+        } else if let Some(pos) = only_o
+            .iter()
+            .position(|ol| owner_attached_mid_table(kl, ol, &k))
+        {
+            gaps.entry("socket owner attached while the table was logging")
                 .or_default()
                 .push(kl);
             only_o.swap_remove(pos);
@@ -2852,7 +2891,36 @@ fn line_comparison_detects_differences() {
     let no_uid =
         "TRACE: filter:INPUT:rule:1 IN=r0 OUT= SRC=10.213.1.2 PROTO=TCP SPT=1 DPT=2 MARK=0x1 "
             .to_string();
-    assert!(line_differences("t", std::slice::from_ref(&uid), &[no_uid]).is_empty());
+    // A missing socket owner is a difference, unless the same table printed the packet
+    // without one before (the owner appeared while the table was logging).
+    assert_eq!(
+        line_differences(
+            "t",
+            std::slice::from_ref(&uid),
+            std::slice::from_ref(&no_uid)
+        )
+        .len(),
+        2
+    );
+    let first =
+        "TRACE: filter:INPUT:rule:1 IN=r0 OUT= SRC=10.213.1.2 PROTO=TCP SPT=1 DPT=2 MARK=0x0 "
+            .to_string();
+    assert!(line_differences(
+        "t",
+        &[first.clone(), uid.clone()],
+        &[first.clone(), no_uid.clone()]
+    )
+    .is_empty());
+    // ... not another table's line, nor an owner iptrace printed and the kernel did not.
+    let other = first.replace("filter:", "mangle:");
+    assert_eq!(
+        line_differences("t", &[other.clone(), uid.clone()], &[other, no_uid.clone()]).len(),
+        2
+    );
+    assert_eq!(
+        line_differences("t", &[first.clone(), no_uid.clone()], &[first, uid.clone()]).len(),
+        2
+    );
     assert_eq!(
         line_differences("t", std::slice::from_ref(&uid), &[]).len(),
         1
@@ -2860,7 +2928,12 @@ fn line_comparison_detects_differences() {
     assert_eq!(line_differences("t", &[], &[uid]).len(), 1);
     let opt = "TRACE: filter:FORWARD:rule:1 IN=r0 OUT=r1 SRC=10.213.1.2 DST=10.213.2.2 LEN=39 TOS=0x00 PREC=0x00 TTL=63 ID=1 DF OPT (94040000) PROTO=UDP SPT=1 DPT=9000 LEN=15 ".to_string();
     let no_opt = opt.replace("OPT (94040000) ", "");
-    assert!(line_differences("t", std::slice::from_ref(&opt), &[no_opt.clone()]).is_empty());
+    assert!(line_differences(
+        "t",
+        std::slice::from_ref(&opt),
+        std::slice::from_ref(&no_opt)
+    )
+    .is_empty());
     // The TCP options' OPT (after the ports) is not what the gap covers.
     let tcp_opt = "TRACE: filter:INPUT:rule:1 IN=r0 OUT= SRC=10.213.1.2 PROTO=TCP SPT=1 DPT=2 URGP=0 OPT (0101) ".to_string();
     let no_tcp_opt = tcp_opt.replace("OPT (0101) ", "");
