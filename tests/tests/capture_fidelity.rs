@@ -2707,8 +2707,9 @@ const FRAGMENTS_V6: &str = "\
 COMMIT
 ";
 
-/// Legacy only: `nft monitor trace` prints a non-first IPv6 fragment with no addresses
-/// iptrace's nft-monitor parser reads (the compare sees `IP ? > ?` only in the reference).
+/// Legacy only: one fragment's `nft monitor trace` packet line is not parsed by iptrace's
+/// nft-monitor reader (no addresses: `IP ? > ?` only in the reference, its UDP fragment only
+/// in the capture) — a compare gap, left open.
 fn fragments_v6() -> Scenario {
     Scenario {
         name: "fragments_v6",
