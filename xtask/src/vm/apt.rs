@@ -222,7 +222,7 @@ mod tests {
 
     #[test]
     fn versions_sort_numerically() {
-        let mut v = vec![
+        let mut v = [
             "linux-image-6.12.9+deb12",
             "linux-image-6.12.117+deb12",
             "linux-image-6.12.113+deb12",
