@@ -126,8 +126,9 @@ fn count(t: &mut Totals, o: &Outcome) {
 /// candidate path) differs by the reference's gap, not by a disagreement: reported as such.
 /// A reference step the captured path does not have is still a difference.
 fn incomplete_if_lost(r: &RefPacket, c: &CapturedPacket, o: Outcome) -> Outcome {
-    let Outcome::Differ { diff } = o else {
-        return o;
+    let diff = match o {
+        Outcome::Differ { diff } if r.incomplete => diff,
+        other => return other,
     };
     let reference: Vec<&str> = diff
         .rows
@@ -138,7 +139,7 @@ fn incomplete_if_lost(r: &RefPacket, c: &CapturedPacket, o: Outcome) -> Outcome 
         let mut rest = p.iter().map(ToString::to_string);
         reference.iter().all(|step| rest.any(|s| s == *step))
     });
-    if r.incomplete && only_missing {
+    if only_missing {
         Outcome::ReferenceIncomplete { diff }
     } else {
         Outcome::Differ { diff }
