@@ -191,7 +191,8 @@ impl NetnsScope {
     }
 }
 
-fn is_mac(a: &str) -> bool {
+/// `a` is a link-layer address as `ip link` prints it (`aa:bb:cc:dd:ee:ff`, any case).
+pub fn is_mac(a: &str) -> bool {
     a.split(':').count() == 6
         && a.split(':')
             .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))

@@ -14,7 +14,7 @@ use trace_core::compare::nft_ruleset::{self, NftRuleset};
 use trace_core::compare::reference::{self, Format};
 use trace_core::compare::report::Report;
 use trace_core::compare::resolve::Resolver;
-use trace_core::compare::scope::{NetnsScope, ScopeIface};
+use trace_core::compare::scope::{is_mac, NetnsScope, ScopeIface};
 use trace_core::netfilter::Family;
 use trace_core::rules::Ruleset;
 
@@ -238,12 +238,7 @@ fn scope_of(items: &[String]) -> anyhow::Result<Option<NetnsScope>> {
             Some((n, m)) => (n, Some(m)),
             None => (item, None),
         };
-        let valid_mac = |m: &str| {
-            m.split(':').count() == 6
-                && m.split(':')
-                    .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))
-        };
-        if name.is_empty() || mac.is_some_and(|m| !valid_mac(m)) {
+        if name.is_empty() || mac.is_some_and(|m| !is_mac(m)) {
             bail!("--netns-ifaces: {item:?} is not NAME or NAME=aa:bb:cc:dd:ee:ff");
         }
         scope.extend([ScopeIface {
