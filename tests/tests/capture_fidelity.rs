@@ -342,28 +342,28 @@ fn ping_id(to: IpAddr, id: u16) {
     raw_send_nowait(to, proto, &m);
 }
 
+/// A 20-byte TCP header (no options), checksum zero.
+fn tcp_header(sport: u16, dport: u16, seq: u32, flags: u8, window: u16) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&window.to_be_bytes());
+    t
+}
+
 /// A TCP segment conntrack calls INVALID: SYN and FIN together, checksum left zero.
 fn invalid_tcp(to: IpAddr, dport: u16) {
-    let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&40000u16.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[4..8].copy_from_slice(&1u32.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = 0x03;
-    t[14..16].copy_from_slice(&1024u16.to_be_bytes());
+    let t = tcp_header(40000, dport, 1, 0x03, 1024);
     raw_send(to, libc::IPPROTO_TCP, &t);
 }
 
 /// A TCP SYN from the client (C4, source port `sport`) that nobody answers before the rules
 /// decide: conntrack calls it NEW (valid checksum), and no connect() waits for it.
 fn raw_syn(to: &str, sport: u16, dport: u16) {
-    let mut t = vec![0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[4..8].copy_from_slice(&7u32.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = 0x02;
-    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut t = tcp_header(sport, dport, 7, 0x02, 64240);
     let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
         (C4.parse().unwrap(), to.parse().unwrap());
     let mut pseudo = Vec::new();
@@ -378,9 +378,7 @@ fn raw_syn(to: &str, sport: u16, dport: u16) {
 
 /// UDP from a given local address (bound), e.g. a second address of the namespace.
 fn udp_from(from: &str, to: SocketAddr, len: usize) {
-    let s = std::net::UdpSocket::bind(sa(from, 0)).unwrap();
-    s.send_to(&vec![b'u'; len], to).unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    udp_from_sa(sa(from, 0), to, len);
 }
 
 /// UDP from a given local socket address (a source port a rule is about).
