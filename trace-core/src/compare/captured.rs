@@ -399,10 +399,11 @@ fn headers_of(v: &Value) -> Option<CapturedHeaders> {
             _ => return None,
         })
     });
-    // `l4` reuses `id`/`seq` for ICMP echo: they mean TCP seq only with TCP.
+    // `l4` reuses `id`/`seq` for ICMP echo: they mean TCP seq only with TCP (or when the
+    // protocol is not shown).
     let l4 = v.get("l4");
     let l4_int = |k: &str| l4.and_then(|l| l.get(k)).and_then(Value::as_u64);
-    let tcp = proto == Some(6);
+    let may_be_tcp = matches!(proto, None | Some(6));
     let echo = is_echo(proto, l4_int("icmp_type").or_else(|| l4_int("type")));
     let l4_u16 = |k: &str| l4_int(k).and_then(|n| u16::try_from(n).ok());
     let top_u16 = |k: &str| {
@@ -418,17 +419,9 @@ fn headers_of(v: &Value) -> Option<CapturedHeaders> {
         dport: int(v, &["dport"]),
         id: top_u16("id"),
         len: int(v, &["len"]),
-        seq: if tcp || proto.is_none() {
-            int(v, &["seq"])
-        } else {
-            None
-        },
-        ack: if tcp || proto.is_none() {
-            int(v, &["ack"])
-        } else {
-            None
-        },
-        tcp_flags: int(v, &["tcp_flags", "flags"]).filter(|_| tcp || proto.is_none()),
+        seq: int(v, &["seq"]).filter(|_| may_be_tcp),
+        ack: int(v, &["ack"]).filter(|_| may_be_tcp),
+        tcp_flags: int(v, &["tcp_flags", "flags"]).filter(|_| may_be_tcp),
         frag: top_u16("frag").filter(|_| src.is_ipv4()),
         // This module's own form has them flat; event headers in `l4`.
         icmp_id: top_u16("icmp_id").or_else(|| l4_u16("id").filter(|_| echo)),
