@@ -339,16 +339,7 @@ impl Gap<'_> {
             push_stages(pass, self.slots, before, after, verdict, !unchanged);
             return;
         };
-        for slot in &self.slots[..first] {
-            push_stage(
-                pass,
-                slot,
-                before.clone(),
-                Some(&before),
-                &ObservedVerdict::Accept,
-                false,
-            );
-        }
+        push_accepted(pass, &self.slots[..first], &before);
         let core = &self.slots[first..=last];
         let middle_inert = (first + 1..last).all(|i| self.is_inert(i));
         let folded = middle_inert
@@ -361,16 +352,7 @@ impl Gap<'_> {
             push_stages(pass, core, before, after, verdict, !exact);
         }
         if let Some(a) = after {
-            for slot in &self.slots[last + 1..] {
-                push_stage(
-                    pass,
-                    slot,
-                    a.clone(),
-                    Some(a),
-                    &ObservedVerdict::Accept,
-                    false,
-                );
-            }
+            push_accepted(pass, &self.slots[last + 1..], a);
         }
     }
 
@@ -395,16 +377,21 @@ impl Gap<'_> {
         let n = self
             .acting_range()
             .map_or(self.slots.len(), |(first, _)| first);
-        for slot in &self.slots[..n] {
-            push_stage(
-                pass,
-                slot,
-                state.clone(),
-                Some(state),
-                &ObservedVerdict::Accept,
-                false,
-            );
-        }
+        push_accepted(pass, &self.slots[..n], state);
+    }
+}
+
+/// Stages that accepted `state` unchanged (inert ones around the acting stages).
+fn push_accepted(pass: &mut HookPass, slots: &[StageSlot], state: &PacketState) {
+    for slot in slots {
+        push_stage(
+            pass,
+            slot,
+            state.clone(),
+            Some(state),
+            &ObservedVerdict::Accept,
+            false,
+        );
     }
 }
 
