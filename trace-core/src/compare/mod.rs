@@ -28,6 +28,7 @@ use reference::{Evidence, Format, ParsedReference, RefPacket, RefStepPos};
 use report::{CapturedOnly, ForeignPacket, Outcome, PacketReport, Report, Totals};
 use resolve::{ResolveError, Resolver};
 use scope::NetnsScope;
+use std::borrow::Cow;
 
 /// Compares parsed reference output with captured packets.
 pub fn compare(
@@ -89,17 +90,17 @@ pub fn compare_in_scope(
 }
 
 /// The packets `scope` does not recognise as another namespace's, and those it does.
-fn set_aside_foreign(
-    packets: &[RefPacket],
+/// Without a scope every packet is ours: the reference's own list, not a copy.
+fn set_aside_foreign<'a>(
+    packets: &'a [RefPacket],
     scope: Option<&NetnsScope>,
-) -> (Vec<RefPacket>, Vec<ForeignPacket>) {
-    let reasons = match scope {
-        Some(s) => s.foreign_reasons(packets),
-        None => vec![None; packets.len()],
+) -> (Cow<'a, [RefPacket]>, Vec<ForeignPacket>) {
+    let Some(scope) = scope else {
+        return (Cow::Borrowed(packets), Vec::new());
     };
     let mut ours = Vec::with_capacity(packets.len());
     let mut foreign = Vec::new();
-    for (p, reason) in packets.iter().zip(reasons) {
+    for (p, reason) in packets.iter().zip(scope.foreign_reasons(packets)) {
         match reason {
             Some(reason) => foreign.push(ForeignPacket {
                 reference_line: p.line,
@@ -109,7 +110,7 @@ fn set_aside_foreign(
             None => ours.push(p.clone()),
         }
     }
-    (ours, foreign)
+    (Cow::Owned(ours), foreign)
 }
 
 fn count(t: &mut Totals, o: &Outcome) {
