@@ -33,7 +33,6 @@
 //! A capture without positions reconstructs exactly as before. Positions are not written to
 //! recordings (`--write`), so `iptrace replay` does not show them.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -50,7 +49,7 @@ use trace_core::record::{Record, RecordingWriter};
 
 use super::plan::Target;
 use super::probeset::Replan;
-use super::session::{monotonic_ns, Session};
+use super::session::{monotonic_ns, Pending, Session};
 use crate::rulesource::RuleSource;
 
 /// Where the rules come from.
@@ -101,29 +100,6 @@ fn override_records(session: &Session, text: &str, family: Family) -> Vec<Record
         .collect()
 }
 
-/// New generations not yet in force: (dump start time, their records), oldest first.
-#[derive(Default)]
-struct Pending(VecDeque<(u64, Vec<Record>)>);
-
-impl Pending {
-    /// Kept in time order (plans and generations arrive separately), equal times in arrival
-    /// order.
-    fn push(&mut self, started_ns: u64, recs: Vec<Record>) {
-        let at = self.0.partition_point(|(t, _)| *t <= started_ns);
-        self.0.insert(at, (started_ns, recs));
-    }
-
-    /// The records of every generation whose dump started at or before `ts_ns` (an event's
-    /// capture time), in order; they must be in force before that event.
-    fn due(&mut self, ts_ns: u64) -> Vec<Record> {
-        let mut out = Vec::new();
-        while self.0.front().is_some_and(|(t, _)| *t <= ts_ns) {
-            out.extend(self.0.pop_front().expect("checked").1);
-        }
-        out
-    }
-}
-
 /// Rule-level output and/or recording of a running capture.
 pub struct RuleLevel {
     replayer: Option<Replayer>,
@@ -132,8 +108,9 @@ pub struct RuleLevel {
     printed: u64,
     /// None with `--rules FILE`.
     source: Option<RuleSource>,
-    /// New generations not yet in force.
-    pending: Pending,
+    /// New generations (and re-planned probes) not yet in force: (dump start time, their
+    /// records).
+    pending: Pending<Record>,
     warned: std::collections::HashSet<String>,
     /// `--compare-trace`: every reconstructed packet, by netns, for the agreement report.
     kept: Option<Vec<(u32, CapturedPacket)>>,

@@ -457,20 +457,29 @@ impl Live<'_> {
     }
 }
 
-/// Plans not yet in force in an assembler: (CLOCK_MONOTONIC time from which they are, the
-/// plans), oldest first. A plan comes into force just before the first event captured at or
-/// after its time (probes linked before it), so a traversal that began earlier keeps the plan
-/// it ran through.
-#[derive(Default)]
-pub struct PendingPlans(std::collections::VecDeque<(u64, Vec<PlanChange>)>);
+/// Batches not yet in force, each with the CLOCK_MONOTONIC time from which it is, oldest
+/// first: re-planned probes for the assembler here (a plan comes into force just before the
+/// first event captured at or after its time, probes linked before it, so a traversal that
+/// began earlier keeps the plan it ran through); rule generations and plans in rulelevel.
+pub struct Pending<T>(std::collections::VecDeque<(u64, Vec<T>)>);
 
-impl PendingPlans {
-    pub fn push(&mut self, since_ns: u64, changes: Vec<PlanChange>) {
-        self.0.push_back((since_ns, changes));
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending(Default::default())
+    }
+}
+
+impl<T> Pending<T> {
+    /// Kept in time order (batches may arrive from separate sources), equal times in arrival
+    /// order.
+    pub fn push(&mut self, since_ns: u64, batch: Vec<T>) {
+        let at = self.0.partition_point(|(t, _)| *t <= since_ns);
+        self.0.insert(at, (since_ns, batch));
     }
 
-    /// The plans in force for an event captured at `ts_ns`, oldest first.
-    pub fn due(&mut self, ts_ns: u64) -> Vec<PlanChange> {
+    /// Every batch in force for an event captured at `ts_ns` (time at or before it), in
+    /// order; they must be in force before that event.
+    pub fn due(&mut self, ts_ns: u64) -> Vec<T> {
         let mut out = Vec::new();
         while self.0.front().is_some_and(|(t, _)| *t <= ts_ns) {
             out.extend(self.0.pop_front().expect("checked").1);
@@ -530,7 +539,7 @@ struct ReadState {
     decode_errors: u64,
     packets: u64,
     /// Re-planned probes not yet in force in `asm`.
-    plans: PendingPlans,
+    plans: Pending<PlanChange>,
     /// `--rule-positions` only.
     xt: Option<XtState>,
 }
