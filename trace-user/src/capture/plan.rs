@@ -307,7 +307,9 @@ pub fn is_native(c: &NftChain) -> bool {
     Table::from_name(&c.table).is_none() || Hook::from_chain_name(&c.chain) != Some(c.hook)
 }
 
-fn nft_inert(c: &NftChain) -> bool {
+/// An nft base chain that can neither change nor drop a packet: no rules, policy accept, not
+/// nat.
+pub fn nft_inert(c: &NftChain) -> bool {
     c.rules == 0 && c.accepts && !c.nat
 }
 

@@ -257,7 +257,7 @@ impl ProbeSet {
                 .reg
                 .nft
                 .iter()
-                .any(|c| plan::is_native(c) && c.rules == 0 && c.accepts && !c.nat);
+                .any(|c| plan::is_native(c) && plan::nft_inert(c));
             if !inert_native || ns.nft_read.elapsed() < NFT_POLL {
                 continue;
             }
