@@ -419,10 +419,11 @@ fn sides(d: u8, src: bool, dst: bool) -> bool {
 /// and 14 shifts/ors per array).
 ///
 /// # Safety
-/// `a` must be 8-aligned: only pass the address/name fields of [`FilterInput`] and
-/// [`FilterPredicate`] (8-aligned structs, 8-aligned field offsets: asserted above).
+/// `a` must be 8-aligned: a 16-byte field at an 8-aligned offset of an 8-aligned struct (the
+/// address/name fields of [`FilterInput`] and [`FilterPredicate`], asserted above; the
+/// addresses of `record::HeaderSnapshot`, asserted there).
 #[inline(always)]
-unsafe fn words(a: &[u8; 16]) -> [u64; 2] {
+pub unsafe fn words(a: &[u8; 16]) -> [u64; 2] {
     let p = a.as_ptr() as *const u64;
     debug_assert!(p.is_aligned());
     // SAFETY: 16 readable bytes, 8-aligned (the caller's contract); any bits are a valid u64.

@@ -59,18 +59,6 @@ pub fn read_into<T: Copy>(addr: u64, buf: &mut MaybeUninit<T>) -> Option<&T> {
     Some(unsafe { buf.assume_init_ref() })
 }
 
-/// The 16 bytes as two 8-byte loads (memory order, as `flowhash::addr_words`).
-///
-/// # Safety
-/// `a` is 8-aligned: an address field at an 8-aligned offset of an 8-aligned struct
-/// (FilterInput, HeaderSnapshot: asserted where they are defined).
-#[inline(always)]
-pub unsafe fn words16(a: &[u8; 16]) -> [u64; 2] {
-    let p = a as *const [u8; 16] as *const [u64; 2];
-    // SAFETY: the caller's contract; 16 readable bytes, any bits are valid u64s.
-    unsafe { p.read() }
-}
-
 /// `addr` as a pointer the verifier lets netfilter programs load from directly: the kfunc
 /// `bpf_rdonly_cast(addr, <BTF id of struct pt_regs>)`, which the verifier inlines into a
 /// register move (the collector patches the call and the id in, see

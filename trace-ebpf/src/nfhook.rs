@@ -37,7 +37,8 @@ use aya_ebpf::{
 };
 use trace_common::{
     filter::{
-        input_flags, pred_matches, FilterInput, FilterProgram, FILTER_MAX_CLAUSES, FILTER_MAX_PREDS,
+        input_flags, pred_matches, words, FilterInput, FilterProgram, FILTER_MAX_CLAUSES,
+        FILTER_MAX_PREDS,
     },
     flowhash,
     record::{
@@ -504,7 +505,7 @@ fn flow_kept<const D: bool>(rec: &ProbeRecord, n: u32) -> bool {
     if rec.ct_id == 0 {
         let h = &rec.headers;
         // SAFETY: saddr/daddr are at 8-aligned offsets of the 8-aligned HeaderSnapshot.
-        let (s, d) = unsafe { (mem::words16(&h.saddr), mem::words16(&h.daddr)) };
+        let (s, d) = unsafe { (words(&h.saddr), words(&h.daddr)) };
         let hash = flowhash::flow_hash_words(rec.pf, h.proto, s, h.sport, d, h.dport);
         return flowhash::sample_keep(hash, n);
     }
@@ -584,7 +585,7 @@ fn tuple_hash<const D: bool>(tuple: u64, pf: u8) -> u32 {
 #[inline(always)]
 fn known_flow<const D: bool>(f: &FilterInput) -> Option<bool> {
     // SAFETY: saddr/daddr are at 8-aligned offsets of the 8-aligned FilterInput.
-    let (s, d) = unsafe { (mem::words16(&f.saddr), mem::words16(&f.daddr)) };
+    let (s, d) = unsafe { (words(&f.saddr), words(&f.daddr)) };
     let key = flowhash::flow_hash_words(f.family, f.proto, s, f.sport, d, f.dport);
     if !D {
         // SAFETY: map value read.
