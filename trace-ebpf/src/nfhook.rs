@@ -1038,15 +1038,14 @@ fn quick_hash(nh: u64) -> u64 {
     };
     // SAFETY: per-CPU map value of 64 bytes.
     let w = unsafe { &mut *w };
-    let ok = unsafe {
+    // A failed read leaves zeros (the helper clears the buffer): they hash like any bytes.
+    unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             w.as_mut_ptr().cast(),
             64,
             nh as *const core::ffi::c_void,
         )
     };
-    // A failed read left zeros (the helper clears the buffer).
-    let _ = ok;
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for x in w.iter() {
         h ^= *x;
