@@ -1,8 +1,10 @@
-//! eBPF side of the packet filter and of flow sampling.
+//! eBPF side of the packet filter.
 //!
 //! The logic lives in `trace_common::{filter, flowhash}` (no_std, bounded loops, no panic
 //! paths) so that the exact code the probes run is unit-tested on the host
 //! (trace-core/tests/filter_*.rs). This module only gives the probes one place to call it.
+//! Flow sampling calls `trace_common::flowhash` directly (nfhook `flow_kept`, `known_flow`:
+//! the addresses as words).
 //!
 //! The filter is driven by `bpf_loop` (kernel >= 5.17; netfilter links need 6.4 anyway): the
 //! verifier checks the step body once. Measured on this machine's 6.18 kernel with a socket
@@ -17,7 +19,6 @@
 //! let prog = FILTER.get(0)?;                 // &FilterProgram written by userspace
 //! let input: FilterInput = /* family, proto, flags, addrs, ports, mark, dev names */;
 //! if !filter::packet_selected(prog, &input) { return NF_ACCEPT; }
-//! if !filter::flow_sampled(hash_inputs..., sample_n) { return NF_ACCEPT; }
 //! ```
 
 pub use trace_common::filter::{FilterInput, FilterProgram};
@@ -60,21 +61,4 @@ pub fn packet_selected(prog: &FilterProgram, input: &FilterInput) -> bool {
         );
     }
     ctx.cur.matched != 0
-}
-
-/// Flow-consistent sampling: true when the flow is among the 1/`sample_n` kept. Pass the
-/// conntrack ORIGINAL tuple when the skb has a ct, else the packet's 5-tuple (see
-/// `trace_common::flowhash`). `sample_n <= 1` keeps every flow.
-#[inline(always)]
-pub fn flow_sampled(
-    family: u8,
-    proto: u8,
-    addr_a: &[u8; 16],
-    port_a: u16,
-    addr_b: &[u8; 16],
-    port_b: u16,
-    sample_n: u32,
-) -> bool {
-    let h = trace_common::flowhash::flow_hash(family, proto, addr_a, port_a, addr_b, port_b);
-    trace_common::flowhash::sample_keep(h, sample_n)
 }
