@@ -335,6 +335,7 @@ fn kernel_paths_as_captured(packets: &[&RefPacket], resolver: &Resolver) -> Vec<
                     frag: None,
                     icmp_id: None,
                     icmp_seq: None,
+                    ipv6: None,
                 })
                 .collect(),
             steps: std::iter::once("raw:PREROUTING:rule:1".parse().unwrap())

@@ -57,6 +57,7 @@ fn as_captured(r: &ParsedReference, resolver: &Resolver) -> Vec<CapturedPacket> 
                     frag: None,
                     icmp_id: None,
                     icmp_seq: None,
+                    ipv6: None,
                 })
                 .collect(),
             steps: p
@@ -235,6 +236,7 @@ fn legacy_trace_matches_a_full_captured_path() {
             frag: None,
             icmp_id: None,
             icmp_seq: None,
+            ipv6: None,
         }],
         steps,
         table_paths: Vec::new(),
@@ -317,6 +319,7 @@ fn pcap_packets(bytes: &[u8]) -> Vec<CapturedPacket> {
             frag: None,
             icmp_id: None,
             icmp_seq: None,
+            ipv6: None,
         };
         let same = |c: &CapturedPacket| {
             c.headers

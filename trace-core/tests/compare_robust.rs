@@ -34,6 +34,7 @@ fn hdr(id: u16, len: u32) -> CapturedHeaders {
         frag: None,
         icmp_id: None,
         icmp_seq: None,
+        ipv6: None,
     }
 }
 

@@ -36,6 +36,23 @@ pub struct CapturedHeaders {
     pub icmp_id: Option<u16>,
     #[serde(default)]
     pub icmp_seq: Option<u16>,
+    /// IPv6 only: what a reference line without addresses can still be paired on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Ident>,
+}
+
+/// The fields of an IPv6 packet an nft trace of a later fragment still shows: its packet line
+/// has no addresses, only the fixed IPv6 header, the start of the source address and the
+/// devices (see `compare::reference::ip6dump`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ipv6Ident {
+    pub hop_limit: u8,
+    pub flowlabel: u32,
+    /// Traffic class.
+    pub tc: u8,
+    /// The interface the packet came in on (None: generated locally, or not known).
+    #[serde(default)]
+    pub in_dev: Option<String>,
 }
 
 /// Echo request/reply (ICMP 8/0, ICMPv6 128/129): the types whose second word is id/seq.
@@ -78,7 +95,23 @@ impl From<&Headers> for CapturedHeaders {
             frag: h.src.is_ipv4().then_some(h.frag),
             icmp_id,
             icmp_seq,
+            ipv6: h.src.is_ipv6().then_some(Ipv6Ident {
+                hop_limit: h.ttl,
+                flowlabel: h.flowlabel,
+                tc: h.tos,
+                in_dev: None,
+            }),
         }
+    }
+}
+
+impl CapturedHeaders {
+    /// The snapshot as seen on a hook pass that came in on `in_dev`.
+    fn received_on(mut self, in_dev: Option<&str>) -> Self {
+        if let Some(v6) = &mut self.ipv6 {
+            v6.in_dev = in_dev.map(str::to_string);
+        }
+        self
     }
 }
 
@@ -164,10 +197,13 @@ impl From<&ReconstructedPacket> for CapturedPacket {
                 headers.push(h);
             }
         };
-        for obs in rp.packet.hooks.iter().flat_map(|h| &h.tables) {
-            push(CapturedHeaders::from(&obs.before.headers));
-            if let Some(after) = &obs.after {
-                push(CapturedHeaders::from(&after.headers));
+        for hp in &rp.packet.hooks {
+            let seen = |h: &Headers| CapturedHeaders::from(h).received_on(hp.in_dev.as_deref());
+            for obs in &hp.tables {
+                push(seen(&obs.before.headers));
+                if let Some(after) = &obs.after {
+                    push(seen(&after.headers));
+                }
             }
         }
         let table_paths: Vec<Vec<Vec<StepId>>> = rp
@@ -244,7 +280,7 @@ pub fn parse_jsonl(text: &str) -> Result<Vec<CapturedPacket>, CapturedError> {
             .cloned()
             .collect();
         let mut headers = Vec::new();
-        collect_headers(&v, &mut headers);
+        collect_headers(&v, None, &mut headers);
         if headers.is_empty() {
             return Err(CapturedError::NoHeaders { line });
         }
@@ -358,17 +394,20 @@ fn step_of(v: &Value) -> Option<StepId> {
     serde_json::from_value(v.clone()).ok()
 }
 
-fn collect_headers(v: &Value, out: &mut Vec<CapturedHeaders>) {
+/// Every header snapshot under `v`; `in_dev` is the input device of the enclosing hook pass
+/// (`iptrace.packet.v1` hook objects carry it as `in`).
+fn collect_headers(v: &Value, in_dev: Option<&str>, out: &mut Vec<CapturedHeaders>) {
     match v {
         Value::Object(map) => {
-            if let Some(h) = headers_of(v) {
+            let in_dev = map.get("in").and_then(Value::as_str).or(in_dev);
+            if let Some(h) = headers_of(v, in_dev) {
                 if !out.contains(&h) {
                     out.push(h);
                 }
             }
-            map.values().for_each(|c| collect_headers(c, out));
+            map.values().for_each(|c| collect_headers(c, in_dev, out));
         }
-        Value::Array(a) => a.iter().for_each(|c| collect_headers(c, out)),
+        Value::Array(a) => a.iter().for_each(|c| collect_headers(c, in_dev, out)),
         _ => {}
     }
 }
@@ -384,8 +423,22 @@ fn int<T: TryFrom<u64>>(v: &Value, keys: &[&str]) -> Option<T> {
         .and_then(|n| T::try_from(n).ok())
 }
 
+/// IPv6 identification: this module's own `ipv6` object, or event::Headers' `ttl`,
+/// `flowlabel` and `tos` with the hook pass's input device.
+fn ipv6_ident_of(v: &Value, in_dev: Option<&str>) -> Option<Ipv6Ident> {
+    if let Some(own) = v.get("ipv6") {
+        return serde_json::from_value(own.clone()).ok();
+    }
+    Some(Ipv6Ident {
+        hop_limit: int(v, &["ttl"])?,
+        flowlabel: int(v, &["flowlabel"])?,
+        tc: int(v, &["tos"])?,
+        in_dev: in_dev.map(str::to_string),
+    })
+}
+
 /// An object with `src`/`dst` addresses (event::Headers serialization, or a flat variant).
-fn headers_of(v: &Value) -> Option<CapturedHeaders> {
+fn headers_of(v: &Value, in_dev: Option<&str>) -> Option<CapturedHeaders> {
     let src: IpAddr = v.get("src")?.as_str()?.parse().ok()?;
     let dst: IpAddr = v.get("dst")?.as_str()?.parse().ok()?;
     let proto = int(v, &["proto"]).or_else(|| {
@@ -426,6 +479,7 @@ fn headers_of(v: &Value) -> Option<CapturedHeaders> {
         // This module's own form has them flat; event headers in `l4`.
         icmp_id: top_u16("icmp_id").or_else(|| l4_u16("id").filter(|_| echo)),
         icmp_seq: top_u16("icmp_seq").or_else(|| l4_u16("seq").filter(|_| echo)),
+        ipv6: src.is_ipv6().then(|| ipv6_ident_of(v, in_dev)).flatten(),
     })
 }
 
@@ -504,6 +558,28 @@ mod tests {
         );
         let own = serde_json::to_string(&p[0]).unwrap();
         assert_eq!(parse_jsonl(&own).unwrap()[0].headers, p[0].headers);
+    }
+
+    #[test]
+    fn ipv6_ident_from_event_headers_and_the_hook_input_device() {
+        let h = r#"{"src":"fd99::1","dst":"fd99::2","proto":17,"len":608,"tos":0,"ttl":64,"id":0,"frag":185,"flowlabel":15268,"l4":{"proto":"other"}}"#;
+        let line = format!(
+            r#"{{"schema":"iptrace.packet.v1","hooks":[{{"hook":"PREROUTING","in":"r0","out":null,"tables":[{{"table":"raw","before":{{"headers":{h}}},"path":{{"steps":[{{"step":"raw:PREROUTING:policy:2"}}]}}}}]}}]}}"#
+        );
+        let p = parse_jsonl(&line).unwrap();
+        let want = Ipv6Ident {
+            hop_limit: 64,
+            flowlabel: 15268,
+            tc: 0,
+            in_dev: Some("r0".into()),
+        };
+        assert_eq!(p[0].headers[0].ipv6.as_ref(), Some(&want));
+        // This module's own form keeps it.
+        let own = serde_json::to_string(&p[0]).unwrap();
+        assert_eq!(parse_jsonl(&own).unwrap()[0].headers, p[0].headers);
+        // IPv4 headers have none.
+        let v4 = r#"{"steps":["filter:INPUT:policy:1"],"headers":{"src":"1.1.1.1","dst":"2.2.2.2","ttl":64,"flowlabel":0,"tos":0}}"#;
+        assert_eq!(parse_jsonl(v4).unwrap()[0].headers[0].ipv6, None);
     }
 
     #[test]

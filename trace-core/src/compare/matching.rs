@@ -2,7 +2,9 @@
 //! equal (addresses and ports of some snapshot — reference lines and captures both see a
 //! packet before and after NAT —, IP id, length, fragment offset and MF, TCP seq/ack/flags,
 //! ICMP echo id/seq): fragments of one datagram with equal lengths and retransmissions tell
-//! apart by these. Only among candidates that no field tells apart, timestamps decide when
+//! apart by these. A reference line without addresses (nft's trace of a later IPv6 fragment)
+//! pairs on what it does show: the start of the source address, flow label, traffic class,
+//! hop limit, length and input device. Only among candidates that no field tells apart, timestamps decide when
 //! both sides have them, else order (both sides are in time order); each captured packet is
 //! paired at most once per reference path.
 
@@ -25,8 +27,12 @@ fn eq<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
 }
 
 /// True when every field shown on both sides is equal. Addresses are required on the
-/// reference side: a line without them identifies nothing.
+/// reference side, or else the IPv6 fields of [`unaddressed_agree`]: a line with neither
+/// identifies nothing.
 pub fn headers_agree(r: &RefHeaders, c: &CapturedHeaders) -> bool {
+    if r.src.is_none() && r.dst.is_none() {
+        return unaddressed_agree(r, c);
+    }
     r.src.is_some()
         && r.dst.is_some()
         && eq(r.src, Some(c.src))
@@ -42,6 +48,26 @@ pub fn headers_agree(r: &RefHeaders, c: &CapturedHeaders) -> bool {
         && eq(r.fragment(), c.frag.map(|f| f & 0x3fff))
         && eq(r.icmp_id, c.icmp_id)
         && eq(r.icmp_seq, c.icmp_seq)
+}
+
+/// A reference line without addresses that shows the start of an IPv6 source address, the
+/// flow label, hop limit and length (an nft trace of a later IPv6 fragment, see
+/// `reference::ip6dump`): the captured IPv6 packet whose source starts with those bytes and
+/// whose fields are equal — traffic class and input device too when both sides show them.
+/// Fragments of one datagram differ in length; datagrams of one flow share the flow label and
+/// are told apart by time or order (see [`match_packets`]).
+pub fn unaddressed_agree(r: &RefHeaders, c: &CapturedHeaders) -> bool {
+    let (std::net::IpAddr::V6(src), Some(v6)) = (c.src, &c.ipv6) else {
+        return false;
+    };
+    !r.src_prefix.is_empty()
+        && src.octets().starts_with(&r.src_prefix)
+        && r.flowlabel == Some(v6.flowlabel)
+        && r.ttl == Some(v6.hop_limit)
+        && r.len.is_some()
+        && r.len == c.len
+        && eq(r.tc, Some(v6.tc))
+        && eq(r.in_dev.as_deref(), v6.in_dev.as_deref())
 }
 
 /// Some snapshot of the reference packet agrees with some snapshot of the captured one.
@@ -197,6 +223,7 @@ mod tests {
             frag: None,
             icmp_id: None,
             icmp_seq: None,
+            ipv6: None,
         };
         CapturedPacket {
             index: 0,
@@ -303,6 +330,84 @@ mod tests {
         assert_eq!(
             match_packets(&untimed, &caps, &opts),
             [Some(0), Some(1), Some(2)]
+        );
+    }
+
+    /// A captured IPv6 fragment of fd99:213:1::2 → fd99:213:2::2 received on r0.
+    fn frag6(len: u32, flowlabel: u32, src: &str) -> CapturedPacket {
+        let h = CapturedHeaders {
+            src: src.parse().unwrap(),
+            dst: "fd99:213:2::2".parse().unwrap(),
+            proto: Some(17),
+            sport: None,
+            dport: None,
+            id: None,
+            len: Some(len),
+            ipv6: Some(crate::compare::captured::Ipv6Ident {
+                hop_limit: 64,
+                flowlabel,
+                tc: 0,
+                in_dev: Some("r0".into()),
+            }),
+            ..cap(None, 0).headers[0].clone()
+        };
+        CapturedPacket {
+            headers: vec![h],
+            ..cap(None, 0)
+        }
+    }
+
+    /// The measured nft packet line of a later fragment, with `len`.
+    fn unaddressed(len: u32, iif: &str) -> RefPacket {
+        let line = format!(
+            r#"trace id 1 ip6 raw PREROUTING packet: iif "{iif}" ether type ip6 @th,0,160 0x60003ba4{:04x}2c40fd9902130001000000000000"#,
+            len - 40
+        );
+        let Ok(Some(crate::compare::reference::nftmon::NftLine::Packet { headers, .. })) =
+            crate::compare::reference::nftmon::parse_line(&line, 1)
+        else {
+            panic!("{line}")
+        };
+        RefPacket {
+            headers: vec![*headers],
+            ..refp(None, 0, false)
+        }
+    }
+
+    #[test]
+    fn reference_lines_without_addresses_pair_on_the_ipv6_fields_they_show() {
+        let src = "fd99:213:1::2";
+        let caps = [
+            frag6(1496, 15268, src),            // first fragment
+            frag6(608, 15268, "fd99:213:9::2"), // another source
+            frag6(608, 999, src),               // another flow
+            frag6(608, 15268, src),             // the later fragment
+            frag6(608, 15268, src),             // the next datagram's
+        ];
+        let refs = [
+            unaddressed(608, "r0"),
+            unaddressed(608, "r0"),
+            unaddressed(608, "r0"),
+            unaddressed(1000, "r0"),
+            unaddressed(608, "r1"),
+        ];
+        assert_eq!(
+            match_packets(&refs, &caps, &MatchOptions::default()),
+            [Some(3), Some(4), None, None, None]
+        );
+        // Without the IPv6 fields on the captured side (IPv4, older JSON) nothing pairs, nor
+        // does a line without the source bytes.
+        let mut bare = frag6(608, 15268, src);
+        bare.headers[0].ipv6 = None;
+        let mut no_prefix = unaddressed(608, "r0");
+        no_prefix.headers[0].src_prefix.clear();
+        assert_eq!(
+            match_packets(
+                &[unaddressed(608, "r0"), no_prefix],
+                &[bare, frag6(608, 15268, src)],
+                &MatchOptions::default()
+            ),
+            [Some(1), None]
         );
     }
 

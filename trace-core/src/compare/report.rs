@@ -232,6 +232,10 @@ pub fn summarize(h: Option<&RefHeaders>) -> String {
         (Some(a), None) => a.to_string(),
         (None, _) => "?".into(),
     };
+    let src = match h.src {
+        None if !h.src_prefix.is_empty() => known_prefix(&h.src_prefix),
+        src => addr(src, h.sport),
+    };
     let proto = match h.proto {
         Some(6) => "TCP".to_string(),
         Some(17) => "UDP".into(),
@@ -240,11 +244,7 @@ pub fn summarize(h: Option<&RefHeaders>) -> String {
         Some(n) => format!("proto {n}"),
         None => "IP".into(),
     };
-    let mut s = format!(
-        "{proto} {} > {}",
-        addr(h.src, h.sport),
-        addr(h.dst, h.dport)
-    );
+    let mut s = format!("{proto} {src} > {}", addr(h.dst, h.dport));
     if let Some(id) = h.id {
         let _ = write!(s, " id {id}");
     }
@@ -252,4 +252,36 @@ pub fn summarize(h: Option<&RefHeaders>) -> String {
         let _ = write!(s, " flags 0x{f:02x}");
     }
     s
+}
+
+/// The known leading bytes of an IPv6 address as groups, the rest `?`:
+/// `fd99:213:1:0:0:0:?:?` (nothing compressed: the zeros are known, the rest is not).
+fn known_prefix(bytes: &[u8]) -> String {
+    let groups: Vec<String> = bytes
+        .chunks(2)
+        .map(|c| match c {
+            [a, b] => format!("{:x}", u16::from_be_bytes([*a, *b])),
+            [a] => format!("{a:02x}??"),
+            _ => unreachable!("chunks of two"),
+        })
+        .chain(std::iter::repeat("?".to_string()))
+        .take(8)
+        .collect();
+    groups.join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_without_addresses_shows_the_known_source_bytes() {
+        let h = RefHeaders {
+            src_prefix: vec![0xfd, 0x99, 0x02, 0x13, 0, 1, 0, 0, 0, 0, 0, 0],
+            ..Default::default()
+        };
+        assert_eq!(summarize(Some(&h)), "IP fd99:213:1:0:0:0:?:? > ?");
+        assert_eq!(known_prefix(&[0xfd, 0x99, 0x02]), "fd99:02??:?:?:?:?:?:?");
+        assert_eq!(summarize(Some(&RefHeaders::default())), "IP ? > ?");
+    }
 }

@@ -382,6 +382,7 @@ mod tests {
                             frag: None,
                             icmp_id: None,
                             icmp_seq: None,
+                            ipv6: None,
                         })
                         .collect(),
                     steps: p

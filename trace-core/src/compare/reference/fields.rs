@@ -21,6 +21,10 @@ pub struct RefHeaders {
     pub mac: Option<String>,
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
+    /// The leading bytes of the source address, when the line shows only those and no `src`
+    /// (an nft trace of a later IPv6 fragment, see `ip6dump`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub src_prefix: Vec<u8>,
     /// IPv4 total length / IPv6 payload length + 40.
     pub len: Option<u32>,
     pub tos: Option<u8>,

@@ -7,6 +7,7 @@
 //! parsing continues; it never fails as a whole and never panics.
 
 pub mod fields;
+pub mod ip6dump;
 pub mod kernlog;
 mod monitor;
 pub mod nftmon;

@@ -8,12 +8,16 @@
 //!   end (base chains too, right before `policy`), `verdict return` for a `return` rule,
 //!   whose handle nft does not print (6.12 prints that rule as `rule … (verdict return)`).
 //!
+//! A later IPv6 fragment's packet line shows no `ip6` fields, only the raw dump of its IPv6
+//! header (`ether type ip6 @th,0,160 0x6…`): [`ip6dump`] reads the fields from it.
+//!
 //! Without `-a` the rule has no handle: it is identified by its text, matched against
 //! `nft -a list ruleset` later. Events of tables that are not iptables tables (native nft
 //! tables such as `inet firewalld`) are counted as skipped: nothing in an iptables dump
 //! corresponds to them.
 
 use super::fields::RefHeaders;
+use super::ip6dump;
 use super::monitor;
 use super::{ParsedReference, RefStep, RefStepPos};
 use crate::event::tcp_flags;
@@ -70,7 +74,10 @@ pub fn parse_line(line: &str, lineno: usize) -> Result<Option<NftLine>, NftLineE
         return Ok(None);
     };
     if let Some(pkt) = ev.strip_prefix("packet:") {
-        let headers = parse_packet(pkt)?;
+        let mut headers = parse_packet(pkt)?;
+        if family == Some(Family::Ipv6) {
+            ip6dump::apply(&mut headers);
+        }
         return Ok(Some(NftLine::Packet {
             family,
             trace_id: id,
@@ -422,6 +429,22 @@ mod tests {
         for raw in ["@ll,0,112 0x800", "@th,64,8 0x78"] {
             assert!(h.unknown.iter().any(|u| u == raw), "{:?}", h.unknown);
         }
+        // A later IPv6 fragment (measured, 6.18): the IPv6 header only as a raw dump.
+        let frag = parse_line(r#"trace id 615402a0 ip6 filter FORWARD packet: iif "r0" oif "r1" ether saddr 22:16:ab:fb:77:27 ether daddr 56:46:99:18:05:58 ether type ip6 @th,0,160 0x60003ba402382c3ffd9907770001000000000000 "#, 10).unwrap().unwrap();
+        let NftLine::Packet { headers: h, .. } = frag else {
+            panic!("{frag:?}")
+        };
+        assert_eq!(
+            (h.src, h.flowlabel, h.ttl, h.len, h.in_dev.as_deref()),
+            (None, Some(15268), Some(63), Some(608), Some("r0"))
+        );
+        assert_eq!(h.src_prefix[..4], [0xfd, 0x99, 0x07, 0x77]);
+        // The same dump in an ip (IPv4) table is left alone.
+        let v4 = parse_line(r#"trace id 1 ip filter FORWARD packet: iif "r0" ether type ip6 @th,0,160 0x60003ba402382c3ffd9907770001000000000000 "#, 11).unwrap().unwrap();
+        let NftLine::Packet { headers: h, .. } = v4 else {
+            panic!("{v4:?}")
+        };
+        assert!(h.src_prefix.is_empty() && h.flowlabel.is_none());
         assert!(parse_line("trace id 1 ip raw PREROUTING rule foo", 7).is_err());
         assert!(parse_line("trace id 1 ip raw PREROUTING packet: ip id x", 8).is_err());
     }
