@@ -8,6 +8,7 @@
 //! entries, ICMP "ports" among the entries, a set the snapshot does not have) answers None:
 //! the match stays a branch point.
 
+use crate::rules::IpNet;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
@@ -264,20 +265,10 @@ fn parse_addr(s: &str, inet6: bool) -> Option<Dim> {
     if len > bits {
         return None;
     }
-    let host = bits - len;
-    let full = if bits == 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    };
-    let mask = if host == 128 {
-        0
-    } else {
-        full & !((1u128 << host) - 1)
-    };
+    let net = IpNet::from_prefix(net, len as u8);
     Some(Dim::Net {
-        bits: super::ip_bits(net) & mask,
-        mask,
+        bits: super::ip_bits(net.addr),
+        mask: super::ip_bits(net.mask),
     })
 }
 

@@ -362,10 +362,7 @@ impl<'a> Pkt<'a> {
 /// entry and then fails to match). `--update` only refreshes an existing entry.
 fn recent_lists_set(rs: &Ruleset) -> std::collections::HashSet<String> {
     use crate::rules::matches::{MatchKind, RecentMode};
-    rs.tables
-        .iter()
-        .flat_map(|t| &t.chains)
-        .flat_map(|c| &c.rules)
+    rs.rules()
         .flat_map(|r| &r.matches)
         .filter_map(|m| match &m.kind {
             MatchKind::Recent(r) if r.mode == Some(RecentMode::Set) => Some(r.name.clone()),
@@ -377,10 +374,7 @@ fn recent_lists_set(rs: &Ruleset) -> std::collections::HashSet<String> {
 /// The ipsets a `SET` target of the ruleset adds to or deletes from (the target is kept
 /// verbatim: its `--add-set NAME` / `--del-set NAME` words).
 fn sets_changed_by_rules(rs: &Ruleset) -> std::collections::HashSet<String> {
-    rs.tables
-        .iter()
-        .flat_map(|t| &t.chains)
-        .flat_map(|c| &c.rules)
+    rs.rules()
         .flat_map(|r| {
             let w: Vec<&str> = r.text.split_whitespace().collect();
             let changed: Vec<String> = w

@@ -92,13 +92,17 @@ impl Ruleset {
         self.header.as_ref().map_or(Backend::Unknown, |h| h.backend)
     }
 
-    /// Total number of rules (kernel entries, excluding chain policies/ends).
-    pub fn rule_count(&self) -> usize {
+    /// Every rule of every chain of every table, in dump order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.tables
             .iter()
             .flat_map(|t| &t.chains)
-            .map(|c| c.rules.len())
-            .sum()
+            .flat_map(|c| &c.rules)
+    }
+
+    /// Total number of rules (kernel entries, excluding chain policies/ends).
+    pub fn rule_count(&self) -> usize {
+        self.rules().count()
     }
 }
 
