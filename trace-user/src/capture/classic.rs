@@ -15,7 +15,9 @@
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray};
+
+use super::ringread::EventRing;
 use aya::programs::KProbe;
 use aya::{Ebpf, EbpfLoader};
 use trace_common::filter::FilterProgram;
@@ -430,12 +432,15 @@ impl Classic {
     }
 
     /// The ring buffer (taken once, by the reader).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ClassicError> {
+    pub fn take_events(&mut self) -> Result<EventRing, ClassicError> {
         let map = self
             .ebpf
             .take_map("EVENTS")
             .ok_or_else(|| aya_err("map EVENTS missing"))?;
-        RingBuf::try_from(map).map_err(aya_err)
+        match map {
+            aya::maps::Map::RingBuf(d) => EventRing::new(d).map_err(aya_err),
+            other => Err(aya_err(format!("EVENTS: unexpected map kind {other:?}"))),
+        }
     }
 
     /// Counters summed over CPUs.
@@ -453,7 +458,7 @@ impl Classic {
 /// What the collector needs from any loaded backend (nfhook's `Loaded` or [`Classic`]): one
 /// ring buffer, the counters, the drop-reason names — so a session can hold either.
 pub trait EventSource {
-    fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>>;
+    fn take_events(&mut self) -> anyhow::Result<EventRing>;
     fn counters(&self) -> anyhow::Result<Counters>;
     fn drop_reasons(&self) -> &HashMap<u32, String>;
     /// nfhook's programs, to link more probes during a capture (re-planning).
@@ -463,7 +468,7 @@ pub trait EventSource {
 }
 
 impl EventSource for Classic {
-    fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+    fn take_events(&mut self) -> anyhow::Result<EventRing> {
         Ok(Classic::take_events(self)?)
     }
     fn counters(&self) -> anyhow::Result<Counters> {
@@ -475,7 +480,7 @@ impl EventSource for Classic {
 }
 
 impl EventSource for super::loader::Loaded {
-    fn take_events(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+    fn take_events(&mut self) -> anyhow::Result<EventRing> {
         Ok(super::loader::Loaded::take_events(self)?)
     }
     fn counters(&self) -> anyhow::Result<Counters> {

@@ -14,7 +14,9 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray};
+
+use super::ringread::EventRing;
 use aya::programs::BtfTracePoint;
 use aya::{Ebpf, EbpfLoader};
 use aya_obj::generated::bpf_insn;
@@ -154,12 +156,17 @@ impl Loaded {
     }
 
     /// The ring buffer (taken once, by the reader).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+    pub fn take_events(&mut self) -> Result<EventRing, LoadError> {
         let map = self
             .ebpf
             .take_map("EVENTS")
             .ok_or(LoadError::NoMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(aya_err)
+        match map {
+            Map::RingBuf(d) => EventRing::new(d).map_err(aya_err),
+            other => Err(LoadError::Aya(format!(
+                "EVENTS: unexpected map kind {other:?}"
+            ))),
+        }
     }
 
     /// The probes' tracking state (taken once, by the reader): see [`Positions`].

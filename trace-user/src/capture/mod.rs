@@ -31,6 +31,7 @@ pub mod object;
 pub mod plan;
 pub mod print;
 pub mod probeset;
+pub mod ringread;
 pub mod rulelevel;
 pub mod session;
 pub mod stop;

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use super::ringread::EventRing;
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use trace_common::filter::FilterProgram;
@@ -648,7 +648,7 @@ impl ReadState {
 }
 
 async fn read_loop<E, P>(
-    events: RingBuf<MapData>,
+    events: EventRing,
     opts: &CaptureOptions,
     positions: Option<&super::loader::Positions>,
     live: &mut Live<'_>,
@@ -686,10 +686,7 @@ where
                     st.plans.push(since, changes);
                 }
                 st.note_losses(&*live.source);
-                let rb = fd.get_mut();
-                while let Some(item) = rb.next() {
-                    st.take(&item, &mut out, sinks)?;
-                }
+                fd.get_mut().drain(|item| st.take(item, &mut out, sinks))?;
                 if st.assemble {
                     let now = monotonic_ns();
                     out.extend(match positions {
@@ -700,10 +697,7 @@ where
             }
             guard = fd.readable_mut() => {
                 let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                while let Some(item) = rb.next() {
-                    st.take(&item, &mut out, sinks)?;
-                }
+                guard.get_inner_mut().drain(|item| st.take(item, &mut out, sinks))?;
                 guard.clear_ready();
             }
         }
@@ -717,11 +711,8 @@ where
         }
     }
     // Drain what is already in the buffer before stopping.
-    let rb = fd.get_mut();
     let mut out = Vec::new();
-    while let Some(item) = rb.next() {
-        st.take(&item, &mut out, sinks)?;
-    }
+    fd.get_mut().drain(|item| st.take(item, &mut out, sinks))?;
     for t in out {
         st.packets += 1;
         (sinks.packet)(&t)?;

@@ -40,7 +40,7 @@ struct Capture {
     plan: trace_core::assemble::ProbePlan,
     asm: Assembler,
     decoder: Decoder,
-    rb: aya::maps::RingBuf<aya::maps::MapData>,
+    rb: trace_user::capture::ringread::EventRing,
     records: u64,
     bad: u64,
     /// x_tables rule-position records (split off before decoding: they are not events).
@@ -111,9 +111,10 @@ impl Capture {
         let until = Instant::now() + Duration::from_millis(ms);
         while Instant::now() < until {
             let mut batch = Vec::new();
-            while let Some(item) = self.rb.next() {
+            let _ = self.rb.drain(|item| {
                 batch.push(item.to_vec());
-            }
+                Ok::<(), ()>(())
+            });
             for bytes in batch {
                 self.records += 1;
                 if let Some(ev) = self.event(&bytes) {
