@@ -1,11 +1,12 @@
-//! `cargo xtask bench-capture [--rounds N] [--secs S] [--configs NAME,...]` (root): overhead of the nfhook capture
+//! `cargo xtask bench-capture [--rounds N] [--secs S] [--configs NAME,...] [--iperf-unpinned]` (root): overhead of the nfhook capture
 //! through the lab's DNAT path. Not a test: it prints measurements.
 //!
 //! Per round, for each configuration in turn (interleaved, so drift hits all alike):
 //! no tracer, a filter matching nothing, everything, and everything with `--sample 1/1000`:
 //! (a) TCP throughput: iperf3 from peer to 192.168.64.4:10001 (DNAT to the container);
-//! (b) sequential short connections/s from peer to 192.168.64.4:10002, client and server
-//!     pinned to CPU 0 (unpinned runs on 2 vCPUs are bimodal).
+//! (b) sequential short connections/s from peer to 192.168.64.4:10002;
+//! client and server of both pinned to CPU 0 (unpinned runs on 2 vCPUs are bimodal, and an
+//! unpinned iperf3 competes with the collector on CPU 1: `--iperf-unpinned` measures that).
 //! Prints per-round values and median ratios against no tracer, plus the tracer's lost count.
 //! The tracer (`iptrace capture`, TRACE lines to /dev/null) is pinned to CPU 1.
 //!
@@ -106,11 +107,13 @@ fn bench(args: &[String]) -> Result<()> {
     let mut only: Option<Vec<String>> = None;
     let mut bpf_stats = false;
     let mut baseline: Option<PathBuf> = None;
+    let mut iperf_pinned = true;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--baseline" => baseline = Some(it.next().context("--baseline PATH")?.into()),
             "--bpf-stats" => bpf_stats = true,
+            "--iperf-unpinned" => iperf_pinned = false,
             "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
             "--secs" => secs = it.next().context("--secs S")?.parse()?,
             "--configs" => {
@@ -138,7 +141,8 @@ fn bench(args: &[String]) -> Result<()> {
     }
     let iptrace = root.join("target/release/iptrace");
     let xtask = root.join("target/release/xtask");
-    let lab = LabNs::up(&iptrace)?;
+    let mut lab = LabNs::up(&iptrace)?;
+    lab.iperf_pinned = iperf_pinned;
     let mut cfgs: Vec<Config> = configs();
     let defaults = ["none", "match-nothing", "match-everything", "sample-1/1000"];
     cfgs.retain(|c| match &only {
@@ -363,7 +367,10 @@ fn run_rounds(
             conns[i].push(n);
         }
     }
-    println!("nfhook capture overhead (median of {rounds} interleaved rounds, {secs}s each; ratio to no tracer)");
+    println!(
+        "nfhook capture overhead (median of {rounds} interleaved rounds, {secs}s each; ratio to no tracer; iperf3 {})",
+        if lab.iperf_pinned { "on CPU 0" } else { "unpinned" }
+    );
     println!(
         "{:<24} {:>12} {:>10} {:>12} {:>10} {:>6}",
         "config", "Mbit/s", "ratio", "conn/s", "ratio", "lost"
@@ -416,6 +423,8 @@ struct LabNs {
     peer: String,
     node: String,
     ctr: String,
+    /// iperf3 client and server on CPU 0 (like the connection test).
+    iperf_pinned: bool,
     children: std::cell::RefCell<Vec<Child>>,
 }
 
@@ -442,6 +451,7 @@ impl LabNs {
             ctr: format!("{name}-ctr"),
             node,
             name,
+            iperf_pinned: true,
             children: Default::default(),
         })
     }
@@ -509,15 +519,9 @@ impl LabNs {
             )?;
         }
         let iperf = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.ctr,
-                "iperf3",
-                "-s",
-                "-p",
-                &IPERF_PORT.to_string(),
-            ])
+            .args(["netns", "exec", &self.ctr])
+            .args(self.pin())
+            .args(["iperf3", "-s", "-p", &IPERF_PORT.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -532,21 +536,30 @@ impl LabNs {
         Ok(())
     }
 
+    /// `taskset -c 0` when iperf3 is pinned.
+    fn pin(&self) -> &'static [&'static str] {
+        if self.iperf_pinned {
+            &["taskset", "-c", "0"]
+        } else {
+            &[]
+        }
+    }
+
     /// iperf3 throughput (bits/s received).
     fn iperf(&self, secs: u64) -> Result<f64> {
-        let out = self.exec(
-            &self.peer,
-            &[
-                "iperf3",
-                "-c",
-                "192.168.64.4",
-                "-p",
-                "10001",
-                "-t",
-                &secs.to_string(),
-                "-J",
-            ],
-        )?;
+        let secs = secs.to_string();
+        let mut argv: Vec<&str> = self.pin().to_vec();
+        argv.extend([
+            "iperf3",
+            "-c",
+            "192.168.64.4",
+            "-p",
+            "10001",
+            "-t",
+            &secs,
+            "-J",
+        ]);
+        let out = self.exec(&self.peer, &argv)?;
         let key = "\"bits_per_second\":";
         // The last sum (sum_received) is the receiver's view.
         let pos = out
