@@ -1,11 +1,11 @@
 //! `--format json`: one JSON object per packet and line, schema `iptrace.packet.v1`
 //! (documented in docs/json-schema.md; fields are only ever added within a version).
 //!
-//! The line is serialized straight from borrowed views of the reconstructed packet (no
-//! `serde_json::Value` tree per packet: building it was most of the collector's CPU at high
-//! packet rates). The format has always been a `Value` printed with serde_json's default
-//! sorted maps, so every view below declares its fields in alphabetical order; the test
-//! `views_print_sorted_keys` checks that the direct bytes equal the sorted `Value` rendering.
+//! The format has always been a `Value` printed with serde_json's default sorted maps. The
+//! borrowed views below declare their fields in alphabetical order and define it
+//! ([`packet_json`]); the line itself is written by hand ([`super::json_line`], a faster copy
+//! of the same bytes), and `tests/output_json_order.rs` checks that the two agree with the
+//! sorted `Value` rendering on every packet of the golden recordings.
 
 use crate::event::{CtSnapshot, Headers, L4};
 use crate::packet::{Fate, HookPass, ObservedVerdict, PacketState, TableObservation};
@@ -27,30 +27,29 @@ pub fn packet_json(rp: &ReconstructedPacket) -> Value {
     serde_json::to_value(PacketView(rp)).expect("packet views serialize to a JSON value")
 }
 
-/// Writes one line (serialized in memory first: serde_json writes field by field, and each
-/// call through `dyn Write` costs more than the bytes it copies).
+/// Writes one line (built in memory first: a call through `dyn Write` per field costs more
+/// than the bytes it copies).
 pub fn write_json(w: &mut dyn Write, rp: &ReconstructedPacket) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(4096);
-    push_json(&mut buf, rp);
-    w.write_all(&buf)
+    let mut buf = String::with_capacity(4096);
+    push_json_str(&mut buf, rp);
+    w.write_all(buf.as_bytes())
 }
 
-/// Appends one line to `buf` (callers reuse the buffer between packets).
+/// Appends one line to `buf`.
 pub fn push_json(buf: &mut Vec<u8>, rp: &ReconstructedPacket) {
-    serde_json::to_writer(&mut *buf, &PacketView(rp)).expect("writing JSON to a Vec cannot fail");
-    buf.push(b'\n');
+    let mut line = String::with_capacity(4096);
+    push_json_str(&mut line, rp);
+    buf.extend_from_slice(line.as_bytes());
 }
 
-/// [`push_json`] into a `String` buffer (the text formats' buffer).
+/// Appends one line to a `String` buffer (the text formats' buffer, reused between packets):
+/// written by hand ([`super::json_line`]), the bytes serde_json prints for the views below.
 pub fn push_json_str(buf: &mut String, rp: &ReconstructedPacket) {
-    let mut bytes = std::mem::take(buf).into_bytes();
-    push_json(&mut bytes, rp);
-    // serde_json writes valid UTF-8 (it only copies `str`s and escapes).
-    *buf = String::from_utf8(bytes).expect("serde_json writes UTF-8");
+    super::json_line::push_packet(buf, rp);
 }
 
 /// A `Display` value serialized as a JSON string without an intermediate `String`.
-struct Str<T>(T);
+pub(super) struct Str<T>(pub(super) T);
 
 impl<T: Display> Serialize for Str<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -78,7 +77,7 @@ fn seq<I: IntoIterator>(it: I) -> Seq<I::IntoIter> {
 
 /// A value whose derived `Serialize` does not list fields alphabetically (Fate, Assumption):
 /// rendered through a sorted `Value`, as the format always did. Rare or small.
-struct Sorted<'a, T>(&'a T);
+pub(super) struct Sorted<'a, T>(pub(super) &'a T);
 
 impl<T: Serialize> Serialize for Sorted<'_, T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -124,7 +123,7 @@ impl Serialize for PacketView<'_> {
 
 /// `{"fate":"delivered"}` and `{"fate":"unknown"}` (nearly every packet) directly; the
 /// variants with fields through [`Sorted`].
-struct FateView<'a>(&'a Fate);
+pub(super) struct FateView<'a>(pub(super) &'a Fate);
 
 impl Serialize for FateView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -195,7 +194,7 @@ impl Serialize for TableView<'_> {
 }
 
 /// `{"agreement", "calls", "complete", "failed": [...], "reason"}` (sorted keys).
-struct PositionsView<'a>(&'a PositionsCheck);
+pub(super) struct PositionsView<'a>(pub(super) &'a PositionsCheck);
 
 impl Serialize for PositionsView<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

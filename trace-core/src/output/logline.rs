@@ -146,6 +146,29 @@ pub(crate) fn push_u32(s: &mut String, mut n: u32) {
     }
 }
 
+/// [`push_u32`] for any unsigned number up to u64 (JSON's ids and timestamps).
+pub(crate) fn push_u64(s: &mut String, n: u64) {
+    match u32::try_from(n) {
+        Ok(small) => push_u32(s, small),
+        Err(_) => {
+            let high = n / 1_000_000_000;
+            push_u64(s, high);
+            // The nine low digits, zero-padded.
+            let low = (n % 1_000_000_000) as u32;
+            let mut buf = [b'0'; 9];
+            let mut rest = low;
+            for d in buf.iter_mut().rev() {
+                *d = b'0' + (rest % 10) as u8;
+                rest /= 10;
+            }
+            s.reserve(buf.len());
+            for d in buf {
+                s.push(char::from(d));
+            }
+        }
+    }
+}
+
 /// `name` then the decimal `n`.
 fn push_field(s: &mut String, name: &str, n: u32) {
     s.push_str(name);
@@ -153,7 +176,7 @@ fn push_field(s: &mut String, name: &str, n: u32) {
 }
 
 /// Dotted quad, as `Ipv4Addr`'s Display prints it.
-fn push_ipv4_addr(s: &mut String, a: std::net::Ipv4Addr) {
+pub(crate) fn push_ipv4_addr(s: &mut String, a: std::net::Ipv4Addr) {
     for (i, o) in a.octets().into_iter().enumerate() {
         if i > 0 {
             s.push('.');

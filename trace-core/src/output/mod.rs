@@ -2,6 +2,7 @@
 //! (a colored tree), `json` (JSON lines, schema `iptrace.packet.v1`, docs/json-schema.md).
 
 pub mod json;
+mod json_line;
 pub mod logline;
 pub mod pretty;
 pub mod trace;
