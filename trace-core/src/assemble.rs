@@ -12,6 +12,7 @@
 //! vanished inside a stage without a drop report is then STOLEN), when capacity forces it out
 //! (counted, incomplete), or by [`Assembler::flush`] at the end of the capture (incomplete).
 
+mod boundary;
 pub(crate) mod fasthash;
 mod fold;
 mod pass;
@@ -230,9 +231,10 @@ impl Assembler {
             c.hook() == e.hook && c.last_priority().is_some_and(|last| e.priority > last)
         });
         if !continues {
-            close_current(partial, &PassEnd::MovedOn);
             let plan = self.plan.shared(e.netns, e.family, e.hook);
-            let pass = Pass::start(&mut e, plan);
+            let entry = hand_over(partial, plan.as_deref(), &e, state.as_ref());
+            close_current(partial, &PassEnd::MovedOn);
+            let pass = Pass::start(&mut e, plan, entry);
             // A later pass missing its first probe means an event was lost.
             if !partial.trace.hooks.is_empty() && !pass_plan_first(&pass, e.priority) {
                 partial.trace.incomplete = true;
@@ -263,7 +265,18 @@ impl Assembler {
             reason_name: d.reason_name.clone(),
             netfilter,
         };
-        let closed = partial.cur.take().map(|c| c.close(&end));
+        let exit = partial
+            .cur
+            .as_ref()
+            .filter(|_| netfilter)
+            .and_then(|c| c.exit_state());
+        let mut closed = partial.cur.take().map(|c| c.close(&end));
+        let unseen = closed.as_ref().zip(exit).and_then(|(c, exit)| {
+            dropped_in_next_hook(&self.plan, &partial.trace, c, exit, d.ts_ns, &end)
+        });
+        if let Some(next) = unseen {
+            absorb(partial, closed.replace(next).expect("closed"));
+        }
         let hook = closed
             .as_ref()
             .map(|c| c.pass.hook)
@@ -402,7 +415,7 @@ impl Assembler {
             _ => PassEnd::Ended,
         };
         let cur = partial.cur.take();
-        let at_end = cur.as_ref().is_some_and(|c| c.at_last_probe());
+        let at_end = cur.as_ref().is_some_and(|c| c.at_exit());
         if let Some(cur) = cur {
             let hook = cur.hook();
             let closed = cur.close(&end);
@@ -447,6 +460,52 @@ fn delivered(p: &Partial) -> bool {
     cur.at_last_probe()
         && is_final(cur.hook())
         && !(cur.hook() == Hook::Postrouting && cur.meta.out_dev.as_deref() == Some("lo"))
+}
+
+/// A netfilter drop after `c`, a pass the packet left with `exit` (nothing after its last
+/// probe can act): in the next hook, before its first probe, when its plan has none before
+/// its first stages (see boundary.rs). That hook's pass, if so.
+fn dropped_in_next_hook(
+    plan: &ProbePlan,
+    trace: &PacketTrace,
+    c: &Closed,
+    (from, exit): (Hook, PacketState),
+    ts_ns: u64,
+    end: &PassEnd,
+) -> Option<Closed> {
+    if c.vanished_in.is_some() {
+        return None;
+    }
+    let next = Hook::Postrouting;
+    let entry = boundary::entry_from_previous(next, from, &exit)?;
+    let plan = plan
+        .get(trace.netns, trace.family, next)
+        .filter(|p| p.entry_derived())?;
+    Some(pass::dropped_before_first_probe(
+        next, ts_ns, &c.pass, plan, entry, end,
+    ))
+}
+
+/// The packet moves on from the current pass to one of hook `e.hook` with `plan`, seen there
+/// with `state`: the current pass gets that state when its plan derives its exit from the
+/// next hook's entry, and the new pass gets the current one's exit state when its plan
+/// derives its entry from it (returned). See boundary.rs.
+fn hand_over(
+    p: &mut Partial,
+    plan: Option<&HookPlan>,
+    e: &ProbeEvent,
+    state: Option<&PacketState>,
+) -> Option<PacketState> {
+    let cur = p.cur.as_mut()?;
+    if cur.exit_derived() {
+        let at_entry = plan.is_some_and(|n| n.has_entry_probe() && n.is_first_probe(e.priority));
+        cur.next_entry = state.filter(|_| at_entry).map(|s| (e.hook, s.clone()));
+    }
+    if !plan.is_some_and(|n| n.entry_derived()) {
+        return None;
+    }
+    let (from, exit) = cur.exit_state()?;
+    boundary::entry_from_previous(e.hook, from, &exit)
 }
 
 fn pass_plan_first(pass: &Pass, prio: i32) -> bool {

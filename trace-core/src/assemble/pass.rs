@@ -10,7 +10,15 @@
 //! change or a drop there belongs to the one stage that can act; conntrack followed by nat
 //! are told apart by what each can change ([`super::fold`]). Anything else is reported for
 //! the group: each member `shared`, and a packet that vanished there in a [`Stage::Group`].
+//!
+//! Across hooks ([`super::ProbePlan::derive_across_hooks`]): a pass whose plan has no probe
+//! before its first stages starts from the state the previous pass left (`entry`); one whose
+//! plan has no probe after its nat table ends with the state the next pass received
+//! (`next_entry`), both through [`super::boundary`]. A packet freed outside netfilter after
+//! such a pass passed its stages, what nat left unknown; one never seen again, or followed by
+//! a pass whose state does not fit, leaves them unknown.
 
+use super::boundary;
 use super::plan::{HookPlan, StageSlot};
 use crate::event::ProbeEvent;
 use crate::netfilter::Hook;
@@ -29,6 +37,12 @@ pub(super) struct Pass {
     /// Its events come from probes that send one only on change ([`ProbeEvent::sparse`]):
     /// after the last one, the packet may have passed further probes unseen.
     pub sparse: bool,
+    /// What the stages before the plan's first probe received (its plan has no entry
+    /// probe), from the previous pass.
+    entry: Option<PacketState>,
+    /// The next pass's hook and the state it received, when this pass's plan derives its
+    /// exit from it (set by the assembler as the packet moves on).
+    pub next_entry: Option<(Hook, PacketState)>,
 }
 
 /// How a pass stopped being extended.
@@ -59,7 +73,13 @@ pub(super) struct Closed {
 
 impl Pass {
     /// Starts a pass at its first event; the device names and MAC are moved out of `e`.
-    pub fn start(e: &mut ProbeEvent, plan: Option<Arc<HookPlan>>) -> Pass {
+    /// `entry`: what the stages before the plan's first probe received, if it has none
+    /// before them.
+    pub fn start(
+        e: &mut ProbeEvent,
+        plan: Option<Arc<HookPlan>>,
+        entry: Option<PacketState>,
+    ) -> Pass {
         // Sized from the plan: one allocation per list instead of growing per probe/stage.
         let (probes, stages, tables) = plan.as_deref().map_or((0, 0, 0), |p| {
             let tables = p.stages().iter().filter(|s| s.stage.table().is_some());
@@ -83,6 +103,8 @@ impl Pass {
             seen: Vec::with_capacity(probes),
             plan,
             sparse: e.sparse,
+            entry,
+            next_entry: None,
         }
     }
 
@@ -149,6 +171,26 @@ impl Pass {
         }
     }
 
+    /// Seen at the last probe, and the stages after it cannot act or their outcome is known
+    /// only from the next pass: the packet left the hook, as far as this pass can tell.
+    pub fn at_exit(&self) -> bool {
+        self.at_last_probe() && !self.exit_derived()
+    }
+
+    /// The plan's nat runs after its last probe (see [`HookPlan::exit_derived`]).
+    pub fn exit_derived(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| p.exit_derived())
+    }
+
+    /// The hook and the state the packet left it with, when the last probe saw it and
+    /// nothing after that probe can act.
+    pub fn exit_state(&self) -> Option<(Hook, PacketState)> {
+        let plan = self.plan.as_ref()?;
+        let (_, state) = self.seen.last()?;
+        let seen = self.at_last_probe() && plan.exit_observed();
+        Some((self.hook(), state.clone().filter(|_| seen)?))
+    }
+
     pub fn close(mut self, end: &PassEnd) -> Closed {
         let Some(plan) = self.plan.take() else {
             return Closed {
@@ -159,7 +201,7 @@ impl Pass {
         };
         // States are moved along the seen probes: each is cloned only for the observations
         // that need their own copy (per stage; a table also appears in `tables`).
-        let mut gap = false;
+        let mut gap = plan.entry_derived() && !self.close_head(&plan);
         let mut prev: Option<(i32, Option<PacketState>)> = None;
         for (b, sb) in std::mem::take(&mut self.seen) {
             if !plan.has_probe(b) {
@@ -193,7 +235,9 @@ impl Pass {
         }
         let mut vanished_in = None;
         if let Some((p, state)) = prev {
-            vanished_in = self.close_tail(&plan, p, state, end);
+            let (stage, unknown) = self.close_tail(&plan, p, state, end);
+            vanished_in = stage;
+            gap |= unknown;
         }
         Closed {
             pass: self.meta,
@@ -204,16 +248,112 @@ impl Pass {
 }
 
 impl Pass {
+    /// The stages before the plan's first probe, when the pass started there: they took the
+    /// state from the previous pass to the one the first probe saw. Returns false when that
+    /// state is not known (the stages are not reported).
+    fn close_head(&mut self, plan: &HookPlan) -> bool {
+        let Some((first, seen)) = self.seen.first() else {
+            return true;
+        };
+        if !plan.is_first_probe(*first) {
+            // Its first event is missing: the assembler marks the trace incomplete.
+            return true;
+        }
+        let (Some(entry), Some(after)) = (self.entry.take(), seen.clone()) else {
+            return false;
+        };
+        let gap = Gap {
+            slots: plan.stages_between(i32::MIN, Some(*first)),
+            inert: plan.inert_between(i32::MIN, Some(*first)),
+        };
+        gap.push(
+            &mut self.meta,
+            entry,
+            Some(&after),
+            &ObservedVerdict::Accept,
+        );
+        true
+    }
+
     /// The stages after the last probe that saw the packet; returns the stage it vanished
-    /// in, if it did.
+    /// in, if it did, and whether their outcome is unknown although the packet went on.
     fn close_tail(
         &mut self,
         plan: &HookPlan,
         p: i32,
         state: Option<PacketState>,
         end: &PassEnd,
-    ) -> Option<Stage> {
+    ) -> (Option<Stage>, bool) {
         let next = plan.next_probe(p);
+        let nf_drop = matches!(
+            end,
+            PassEnd::Dropped {
+                netfilter: true,
+                ..
+            }
+        );
+        if next.is_none() && plan.exit_derived() && !nf_drop {
+            let unknown = state.is_some_and(|s| self.close_derived_tail(plan, p, s, end));
+            return (None, unknown);
+        }
+        (self.close_planned_tail(plan, p, next, state, end), false)
+    }
+
+    /// [`Pass::close_tail`] when the plan's last probe is before its nat table (see
+    /// boundary.rs) and the packet was not dropped in netfilter: moved on, what nat left is
+    /// what the next pass received; freed outside netfilter, every stage let it through, what
+    /// nat left is unknown; else their outcome is unknown. Returns true when it is although
+    /// the packet went on (the trace is incomplete).
+    fn close_derived_tail(
+        &mut self,
+        plan: &HookPlan,
+        p: i32,
+        before: PacketState,
+        end: &PassEnd,
+    ) -> bool {
+        let gap = Gap {
+            slots: plan.stages_between(p, None),
+            inert: plan.inert_between(p, None),
+        };
+        let next = self.next_entry.take();
+        let after = next
+            .as_ref()
+            .and_then(|(hook, s)| boundary::exit_from_next(self.hook(), &before, *hook, s));
+        match (end, after) {
+            (PassEnd::MovedOn, Some(after)) => {
+                gap.push(
+                    &mut self.meta,
+                    before,
+                    Some(&after),
+                    &ObservedVerdict::Accept,
+                );
+                false
+            }
+            (PassEnd::Dropped { .. }, _) => {
+                gap.push(&mut self.meta, before, None, &ObservedVerdict::Accept);
+                false
+            }
+            (end, _) => {
+                gap.push_leading_inert(&mut self.meta, &before);
+                let first = gap.acting_range().map_or(0, |(f, _)| f);
+                let rest = &gap.slots[first..];
+                let shared = rest.len() > 1;
+                let verdict = ObservedVerdict::Unknown;
+                push_stages(&mut self.meta, rest, before, None, &verdict, shared);
+                *end == PassEnd::MovedOn
+            }
+        }
+    }
+
+    /// [`Pass::close_tail`] with the plan's stages after `p` up to probe `next`.
+    fn close_planned_tail(
+        &mut self,
+        plan: &HookPlan,
+        p: i32,
+        next: Option<i32>,
+        state: Option<PacketState>,
+        end: &PassEnd,
+    ) -> Option<Stage> {
         let Some(verdict) = tail_verdict(end, next.is_some()) else {
             // After the plan's last probe, nothing is reported except what cannot act: the
             // inert stages there accepted the packet unchanged.
@@ -282,6 +422,45 @@ impl Pass {
             push_stage(&mut self.meta, &other, before, None, verdict, false);
         }
         Some(other.stage)
+    }
+}
+
+/// The pass of `hook` for a packet dropped (`end`) before the first probe of its `plan`,
+/// which has none before its first stages: those received `entry`, the state the previous
+/// pass (`prev`, whose devices and owner it keeps) left. The stage it vanished in is the one
+/// there that can act (or their group).
+pub(super) fn dropped_before_first_probe(
+    hook: Hook,
+    ts_ns: u64,
+    prev: &HookPass,
+    plan: &HookPlan,
+    entry: PacketState,
+    end: &PassEnd,
+) -> Closed {
+    let mut meta = HookPass {
+        hook,
+        ts_ns,
+        in_dev: prev.in_dev.clone(),
+        out_dev: prev.out_dev.clone(),
+        mac: None,
+        uid: prev.uid,
+        gid: prev.gid,
+        owners: Vec::new(),
+        tables: Vec::new(),
+        stages: Vec::new(),
+        probes: Vec::new(),
+    };
+    let first = plan.probes().first().copied();
+    let gap = Gap {
+        slots: plan.stages_between(i32::MIN, first),
+        inert: plan.inert_between(i32::MIN, first),
+    };
+    let verdict = tail_verdict(end, true).unwrap_or(ObservedVerdict::Unknown);
+    gap.push(&mut meta, entry, None, &verdict);
+    Closed {
+        pass: meta,
+        vanished_in: gap.acting(),
+        gap: false,
     }
 }
 

@@ -78,6 +78,80 @@ impl HookPlan {
         HookPlan::with_inert(probes, stages)
     }
 
+    /// No probe runs before the stages at the start of the hook
+    /// ([`ProbePlan::derive_across_hooks`] rule 1): what they received is the previous
+    /// hook's exit state (see boundary.rs).
+    pub fn entry_derived(&self) -> bool {
+        match (self.stages.first(), self.probes.first()) {
+            (Some(s), Some(p)) => s.priority < *p,
+            _ => false,
+        }
+    }
+
+    /// A nat table that can act runs after the last probe ([`ProbePlan::derive_across_hooks`]
+    /// rule 2): what it left is the next hook's entry state (see boundary.rs).
+    pub fn exit_derived(&self) -> bool {
+        let Some(&last) = self.probes.last() else {
+            return false;
+        };
+        let (start, end) = self.range(last, None);
+        (start..end).any(|i| !self.is_inert(i) && self.stages[i].stage.table() == Some(Table::Nat))
+    }
+
+    /// The packet's state at the last probe is the one it leaves the hook with: nothing
+    /// after that probe can act.
+    pub fn exit_observed(&self) -> bool {
+        let Some(&last) = self.probes.last() else {
+            return false;
+        };
+        let (start, end) = self.range(last, None);
+        (start..end).all(|i| self.is_inert(i))
+    }
+
+    /// The first probe runs before every stage (the state the hook received is seen).
+    pub fn has_entry_probe(&self) -> bool {
+        match (self.probes.first(), self.stages.first()) {
+            (Some(p), Some(s)) => *p <= s.priority,
+            (Some(_), None) => true,
+            _ => false,
+        }
+    }
+
+    /// Indices of the stages that can act.
+    fn acting(&self) -> impl DoubleEndedIterator<Item = usize> + '_ {
+        (0..self.stages.len()).filter(|i| !self.is_inert(*i))
+    }
+
+    /// Without the entry probe, when the first stage that can act is a nat table with a
+    /// probe after it and none between (rule 1); None when that does not hold.
+    fn without_entry_before_nat(&self) -> Option<HookPlan> {
+        let first = *self.probes.first()?;
+        let nat = &self.stages[self.acting().next()?];
+        let after_nat = self.next_probe(nat.priority)?;
+        let alone = nat.stage.table() == Some(Table::Nat)
+            && self.has_entry_probe()
+            && self.next_probe(first) == Some(after_nat);
+        alone.then(|| self.without_probe(first))
+    }
+
+    /// Without the last probe, when it follows the last stage that can act, a nat table,
+    /// and an earlier probe stays (rule 2); None when that does not hold.
+    fn without_probe_after_last_nat(&self) -> Option<HookPlan> {
+        let last = *self.probes.last()?;
+        let nat = &self.stages[self.acting().next_back()?];
+        let fits = nat.stage.table() == Some(Table::Nat)
+            && nat.priority < last
+            && self.probes.iter().any(|p| *p <= nat.priority)
+            && self.next_probe(nat.priority) == Some(last);
+        fits.then(|| self.without_probe(last))
+    }
+
+    fn without_probe(&self, prio: i32) -> HookPlan {
+        let mut p = self.clone();
+        p.probes.retain(|x| *x != prio);
+        p
+    }
+
     /// This plan with `other`'s probes added (a re-plan during a capture only adds probes:
     /// links already attached stay) and `other`'s inertness.
     pub fn merged_with(&self, other: &HookPlan) -> HookPlan {
@@ -238,6 +312,51 @@ impl ProbePlan {
     /// The shared plan, for passes that keep it.
     pub(super) fn shared(&self, netns: u32, family: Family, hook: Hook) -> Option<Arc<HookPlan>> {
         self.hooks.get(&(netns, family, hook)).cloned()
+    }
+
+    /// Leaves out the probes whose states follow from a neighbouring hook's, in the needed
+    /// plans of one netns and family (`plans`, per hook; a hook without an entry has no
+    /// probes):
+    ///
+    /// 1. POSTROUTING's entry probe, when the first stage there that can act is nat and both
+    ///    FORWARD and OUTPUT (the hooks a packet reaches POSTROUTING from) have probes that
+    ///    see their exit state: nothing between them changes headers, mark or conntrack
+    ///    entry, so nat received what the previous hook left.
+    /// 2. PREROUTING's probe after its last stage that can act, when that is nat and both
+    ///    FORWARD and INPUT (the hooks that follow it) have an entry probe: nat left what the
+    ///    next hook receives, up to the TTL / hop limit the forward path decrements before
+    ///    FORWARD.
+    ///
+    /// PREROUTING and OUTPUT keep their first probe (the filter decides there).
+    pub fn derive_across_hooks(plans: &mut [(Hook, HookPlan)]) {
+        let get = |plans: &[(Hook, HookPlan)], h: Hook| {
+            plans.iter().find(|(k, _)| *k == h).map(|(_, p)| p.clone())
+        };
+        let all = |plans: &[(Hook, HookPlan)], hooks: [Hook; 2], f: fn(&HookPlan) -> bool| {
+            hooks
+                .iter()
+                .all(|h| get(plans, *h).is_some_and(|p| !p.probes.is_empty() && f(&p)))
+        };
+        let exits_seen = all(
+            plans,
+            [Hook::Forward, Hook::Output],
+            HookPlan::exit_observed,
+        );
+        let entries_seen = all(
+            plans,
+            [Hook::Forward, Hook::Input],
+            HookPlan::has_entry_probe,
+        );
+        for (hook, plan) in plans.iter_mut() {
+            let fewer = match hook {
+                Hook::Postrouting if exits_seen => plan.without_entry_before_nat(),
+                Hook::Prerouting if entries_seen => plan.without_probe_after_last_nat(),
+                _ => None,
+            };
+            if let Some(p) = fewer {
+                *plan = p;
+            }
+        }
     }
 
     /// Bracket every table of `tables` (per family: the tables registered there) on all five

@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use trace_core::assemble::{HookPlan, StageSlot};
+use trace_core::assemble::{HookPlan, ProbePlan, StageSlot};
 use trace_core::netfilter::{Family, Hook, Table};
 use trace_core::packet::Stage;
 use trace_core::rules::{Policy, Ruleset};
@@ -258,6 +258,25 @@ pub fn hook_plan(
         }
         _ => HookPlan::bracketing(stages),
     }
+}
+
+/// The probes of every hook of `family`: [`hook_plan`] each, then with `--probes needed`
+/// and the rules read, the probes whose states follow from a neighbouring hook's left out
+/// ([`ProbePlan::derive_across_hooks`]).
+pub fn family_plans(
+    reg: &Registered,
+    view: Option<&RuleView>,
+    family: Family,
+    mode: ProbeMode,
+) -> Vec<(Hook, HookPlan)> {
+    let mut plans: Vec<(Hook, HookPlan)> = Hook::ALL
+        .into_iter()
+        .map(|h| (h, hook_plan(reg, view, family, h, mode)))
+        .collect();
+    if mode == ProbeMode::Needed && view.is_some() {
+        ProbePlan::derive_across_hooks(&mut plans);
+    }
+    plans
 }
 
 /// Can `stage` neither change nor drop a packet on (`family`, `hook`)? Only a table or nft
@@ -550,6 +569,38 @@ mod tests {
             probes_of(None, Hook::Prerouting, ProbeMode::Needed),
             [-301, -299, -199, -149, -99]
         );
+    }
+
+    #[test]
+    fn probes_whose_states_follow_from_the_next_or_previous_hook_are_left_out() {
+        let v = legacy_view(DOCKERISH);
+        let reg = docker_reg();
+        let of = |view: Option<&RuleView>, mode: ProbeMode| -> Vec<(Hook, Vec<i32>)> {
+            family_plans(&reg, view, Family::Ipv4, mode)
+                .into_iter()
+                .map(|(h, p)| (h, p.probes().to_vec()))
+                .collect()
+        };
+        let needed = of(Some(&v), ProbeMode::Needed);
+        let get = |plans: &[(Hook, Vec<i32>)], h: Hook| {
+            plans.iter().find(|(k, _)| *k == h).unwrap().1.clone()
+        };
+        // A forwarded packet: 4 probe runs (PREROUTING's after nat and POSTROUTING's entry
+        // derived from FORWARD's entry and exit).
+        assert_eq!(get(&needed, Hook::Prerouting), [-301]);
+        assert_eq!(get(&needed, Hook::Forward), [-151, 1]);
+        assert_eq!(get(&needed, Hook::Postrouting), [101]);
+        assert_eq!(get(&needed, Hook::Input), [-151, 101]);
+        assert_eq!(get(&needed, Hook::Output), [-301, -99]);
+        // --probes all, or rules not read: per hook, nothing derived.
+        let all = of(Some(&v), ProbeMode::All);
+        assert_eq!(get(&all, Hook::Postrouting), [-151, -149, 101]);
+        let unread = of(None, ProbeMode::Needed);
+        assert_eq!(
+            get(&unread, Hook::Prerouting),
+            [-301, -299, -199, -149, -99]
+        );
+        assert_eq!(get(&unread, Hook::Postrouting), [-151, -149, 101]);
     }
 
     #[test]

@@ -297,7 +297,7 @@ fn current_view(inode: u32, path: &std::path::Path) -> Option<RuleView> {
     src.rule_view(inode)
 }
 
-/// Every hook's plan of both families.
+/// Every hook's plan of both families ([`plan::family_plans`]).
 fn plans_for(
     reg: &Registered,
     view: Option<&RuleView>,
@@ -305,8 +305,11 @@ fn plans_for(
 ) -> Vec<(Family, Hook, HookPlan)> {
     [Family::Ipv4, Family::Ipv6]
         .into_iter()
-        .flat_map(|f| Hook::ALL.into_iter().map(move |h| (f, h)))
-        .map(|(f, h)| (f, h, plan::hook_plan(reg, view, f, h, mode)))
+        .flat_map(|f| {
+            plan::family_plans(reg, view, f, mode)
+                .into_iter()
+                .map(move |(h, p)| (f, h, p))
+        })
         .collect()
 }
 

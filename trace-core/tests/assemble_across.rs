@@ -1,0 +1,508 @@
+//! Probes left out across hook boundaries (`ProbePlan::derive_across_hooks`): POSTROUTING
+//! without its entry probe when nat is its first stage that can act, PREROUTING without the
+//! probe after its last stage when that is nat. The plans, and assembly deriving the states
+//! no probe saw from the neighbouring hook's: the same observations as with those probes.
+
+mod assemble_support;
+
+use assemble_support::*;
+use trace_core::assemble::{Assembler, AssemblerConfig, HookPlan, ProbePlan, StageSlot};
+use trace_core::event::{ct_status, CtSnapshot, Event, Headers};
+use trace_core::netfilter::{Family, Hook, Table};
+use trace_core::packet::{Fate, HookPass, ObservedVerdict, PacketTrace, Stage};
+
+const V4: Family = Family::Ipv4;
+const V6: Family = Family::Ipv6;
+const LAB: [Table; 4] = [Table::Raw, Table::Mangle, Table::Nat, Table::Filter];
+
+fn stages(hook: Hook, tables: &[Table]) -> Vec<StageSlot> {
+    let mut v = HookPlan::iptables_stages(hook, tables, true);
+    v.retain(|s| s.stage != Stage::Defrag);
+    v
+}
+
+/// Per-hook needed plans of the lab (raw and mangle inert, plus `also_inert`), with the
+/// cross-hook rules when `across`.
+fn plan_of(family: Family, tables: &[Table], inert: &[Table], across: bool) -> ProbePlan {
+    let mut hooks: Vec<(Hook, HookPlan)> = Hook::ALL
+        .into_iter()
+        .map(|h| {
+            let is_inert = |s: &StageSlot| s.stage.table().is_some_and(|t| inert.contains(&t));
+            (h, HookPlan::needed(stages(h, tables), is_inert))
+        })
+        .collect();
+    if across {
+        ProbePlan::derive_across_hooks(&mut hooks);
+    }
+    let mut p = ProbePlan::new();
+    for (h, hp) in hooks {
+        p.insert(NETNS, family, h, hp);
+    }
+    p
+}
+
+fn lab(across: bool) -> ProbePlan {
+    plan_of(V4, &LAB, &[Table::Raw, Table::Mangle], across)
+}
+
+fn probes(plan: &ProbePlan, family: Family, hook: Hook) -> Vec<i32> {
+    plan.get(NETNS, family, hook).unwrap().probes().to_vec()
+}
+
+fn tcp(src: &str, dst: &str, dport: u16, ttl: u8) -> Headers {
+    let mut h = headers(
+        (src.parse().unwrap(), 40000),
+        (dst.parse().unwrap(), dport),
+        6,
+    );
+    h.ttl = ttl;
+    h
+}
+
+fn ct(status: u32) -> Option<CtSnapshot> {
+    Some(CtSnapshot {
+        ctinfo: 2,
+        status,
+        mark: 0,
+        id: 7,
+    })
+}
+
+fn at(ts: u64, fam: Family, hook: Hook, prio: i32, h: &Headers, c: Option<CtSnapshot>) -> Event {
+    let Event::Probe(mut p) = probe(ts, 1, 1, fam, hook, prio, h) else {
+        unreachable!()
+    };
+    p.ct = c;
+    Event::Probe(p)
+}
+
+/// Only the events of probes `plan` has (the others were not linked).
+fn linked(plan: &ProbePlan, fam: Family, events: Vec<Event>) -> Vec<Event> {
+    events
+        .into_iter()
+        .filter(|e| match e {
+            Event::Probe(p) => plan
+                .get(NETNS, fam, p.hook)
+                .is_some_and(|hp| hp.has_probe(p.priority)),
+            Event::Drop(_) => true,
+        })
+        .collect()
+}
+
+fn feed(plan: ProbePlan, events: Vec<Event>) -> Vec<PacketTrace> {
+    let mut a = Assembler::new(plan, AssemblerConfig::default());
+    let mut out: Vec<PacketTrace> = events.into_iter().flat_map(|e| a.push(e)).collect();
+    out.extend(a.flush());
+    out
+}
+
+/// A trace without the lists of probes that saw it and the passes' times (the time of the
+/// first probe that saw each): they differ by plan, nothing else may.
+fn observations(t: &PacketTrace) -> Vec<HookPass> {
+    t.hooks
+        .iter()
+        .cloned()
+        .map(|mut h| {
+            h.probes.clear();
+            h.ts_ns = 0;
+            h
+        })
+        .collect()
+}
+
+/// The lab's remote SYN through every probe either plan has: DNAT in PREROUTING, TTL
+/// decremented before FORWARD, SNAT bits in POSTROUTING.
+fn forwarded(fam: Family, orig: &Headers, dnat: &Headers) -> Vec<Event> {
+    let nat = ct(ct_status::DST_NAT | ct_status::DST_NAT_DONE);
+    let done = ct(ct_status::DST_NAT | ct_status::DST_NAT_DONE | ct_status::SRC_NAT_DONE);
+    let mut fwd = dnat.clone();
+    fwd.ttl -= 1;
+    vec![
+        at(1000, fam, Hook::Prerouting, -301, orig, None),
+        at(2000, fam, Hook::Prerouting, -99, dnat, nat),
+        at(3000, fam, Hook::Forward, -151, &fwd, nat),
+        at(4000, fam, Hook::Forward, 1, &fwd, nat),
+        at(5000, fam, Hook::Postrouting, -151, &fwd, nat),
+        at(6000, fam, Hook::Postrouting, 101, &fwd, done),
+    ]
+}
+
+fn v4_forwarded() -> Vec<Event> {
+    forwarded(
+        V4,
+        &tcp("192.168.64.2", "192.168.64.4", 10000, 64),
+        &tcp("192.168.64.2", "172.19.0.9", 80, 64),
+    )
+}
+
+/// The same packets assembled with the full needed plan and with the cross-hook one: the
+/// same observations, and the latter's traces complete.
+fn same_with_fewer_probes(fam: Family, plans: (ProbePlan, ProbePlan), events: Vec<Event>) {
+    let (full, fewer) = plans;
+    let want = feed(full.clone(), linked(&full, fam, events.clone()));
+    let got = feed(fewer.clone(), linked(&fewer, fam, events));
+    assert_eq!(want.len(), got.len());
+    for (w, g) in want.iter().zip(&got) {
+        assert_eq!(observations(g), observations(w));
+        assert_eq!((&g.fate, g.incomplete), (&w.fate, w.incomplete));
+    }
+}
+
+#[test]
+fn lab_forwarded_packet_meets_four_probes() {
+    let p = lab(true);
+    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301]);
+    assert_eq!(probes(&p, V4, Hook::Forward), [-151, 1]);
+    assert_eq!(probes(&p, V4, Hook::Postrouting), [101]);
+    // INPUT and OUTPUT keep theirs: INPUT's entry is what PREROUTING's nat left, OUTPUT
+    // is a first-sight hook.
+    assert_eq!(probes(&p, V4, Hook::Input), [-151, 1, 101]);
+    assert_eq!(probes(&p, V4, Hook::Output), [-301, -99, 1]);
+    let pre = p.get(NETNS, V4, Hook::Prerouting).unwrap();
+    let post = p.get(NETNS, V4, Hook::Postrouting).unwrap();
+    assert!(pre.exit_derived() && !pre.entry_derived());
+    assert!(post.entry_derived() && !post.exit_derived());
+    let full = lab(false);
+    for hook in Hook::ALL {
+        let hp = full.get(NETNS, V4, hook).unwrap();
+        assert!(!hp.exit_derived() && !hp.entry_derived(), "{hook:?}");
+    }
+}
+
+#[test]
+fn the_rules_need_the_neighbouring_hooks_probes() {
+    // No table with a FORWARD chain (raw and nat only): a forwarded packet reaches
+    // POSTROUTING from PREROUTING, and PREROUTING's exit is seen by no FORWARD probe.
+    let p = plan_of(V4, &[Table::Raw, Table::Nat], &[Table::Raw], true);
+    assert!(probes(&p, V4, Hook::Forward).is_empty());
+    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301, -99]);
+    assert_eq!(probes(&p, V4, Hook::Postrouting), [99, 101]);
+    // mangle acts in POSTROUTING: it comes before nat, its input must be seen.
+    let p = plan_of(V4, &LAB, &[Table::Raw], true);
+    assert_eq!(probes(&p, V4, Hook::Postrouting), [-151, -149, 101]);
+    // ... and in PREROUTING it comes before nat: only the probe after nat goes.
+    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301, -199, -149]);
+    // A stage that can act after nat keeps PREROUTING's last probe.
+    let mut hooks: Vec<(Hook, HookPlan)> = Hook::ALL
+        .into_iter()
+        .map(|h| {
+            let mut s = stages(h, &LAB);
+            if h == Hook::Prerouting {
+                s.push(StageSlot {
+                    priority: 10,
+                    stage: Stage::NftChain {
+                        table: "fw".into(),
+                        chain: "late".into(),
+                    },
+                });
+            }
+            let inert = |s: &StageSlot| matches!(s.stage.table(), Some(Table::Raw | Table::Mangle));
+            (h, HookPlan::needed(s, inert))
+        })
+        .collect();
+    ProbePlan::derive_across_hooks(&mut hooks);
+    let pre = &hooks
+        .iter()
+        .find(|(h, _)| *h == Hook::Prerouting)
+        .unwrap()
+        .1;
+    assert_eq!(pre.probes(), [-301, -99, 11]);
+}
+
+#[test]
+fn a_replan_adds_the_left_out_probes_back_when_a_table_starts_to_act() {
+    let old = lab(true);
+    let new = plan_of(V4, &LAB, &[Table::Raw], true);
+    let post = old
+        .get(NETNS, V4, Hook::Postrouting)
+        .unwrap()
+        .merged_with(new.get(NETNS, V4, Hook::Postrouting).unwrap());
+    assert_eq!(post.probes(), [-151, -149, 101]);
+    assert!(!post.entry_derived());
+    let pre = old
+        .get(NETNS, V4, Hook::Prerouting)
+        .unwrap()
+        .merged_with(new.get(NETNS, V4, Hook::Prerouting).unwrap());
+    assert_eq!(pre.probes(), [-301, -199, -149]);
+    assert!(pre.exit_derived(), "nat still has no probe after it");
+}
+
+#[test]
+fn forwarded_packet_is_observed_as_with_the_left_out_probes() {
+    same_with_fewer_probes(V4, (lab(false), lab(true)), v4_forwarded());
+    let t = &feed(lab(true), linked(&lab(true), V4, v4_forwarded()))[0];
+    assert_eq!(t.fate, Fate::Delivered);
+    assert!(!t.incomplete);
+    let nat = &t.hooks[0].tables[2];
+    let after = nat.after.as_ref().unwrap();
+    assert_eq!(
+        (after.headers.dst.to_string(), after.headers.ttl),
+        ("172.19.0.9".to_string(), 64),
+        "TTL before the forward path's decrement"
+    );
+    assert!(t.hooks.iter().flat_map(|h| &h.stages).all(|s| !s.shared));
+    assert_eq!(t.hooks[0].probes, [-301]);
+    assert_eq!(t.hooks[2].probes, [101]);
+    let post: Vec<String> = t.hooks[2]
+        .tables
+        .iter()
+        .map(|o| o.table.to_string())
+        .collect();
+    assert_eq!(post, ["mangle", "nat"]);
+}
+
+#[test]
+fn ipv6_forwarded_packet_hop_limit() {
+    let plans = (
+        plan_of(V6, &LAB, &[Table::Raw, Table::Mangle], false),
+        plan_of(V6, &LAB, &[Table::Raw, Table::Mangle], true),
+    );
+    assert_eq!(probes(&plans.1, V6, Hook::Prerouting), [-301]);
+    let events = forwarded(
+        V6,
+        &tcp("fd00::2", "fd00::4", 10000, 255),
+        &tcp("fd00::2", "fd01::9", 80, 255),
+    );
+    same_with_fewer_probes(V6, plans, events);
+}
+
+#[test]
+fn locally_delivered_and_locally_sent_packets() {
+    let orig = tcp("192.168.64.2", "192.168.64.4", 10000, 64);
+    let redirected = tcp("192.168.64.2", "192.168.64.4", 8080, 64);
+    let nat = ct(ct_status::DST_NAT | ct_status::DST_NAT_DONE);
+    let input = vec![
+        at(1000, V4, Hook::Prerouting, -301, &orig, None),
+        at(2000, V4, Hook::Prerouting, -99, &redirected, nat),
+        at(3000, V4, Hook::Input, -151, &redirected, nat),
+        at(4000, V4, Hook::Input, 101, &redirected, nat),
+    ];
+    same_with_fewer_probes(V4, (lab(false), lab(true)), input);
+    // Sent locally: OUTPUT's exit is POSTROUTING nat's input.
+    let out = tcp("192.168.64.4", "192.168.64.2", 40000, 64);
+    let snat = tcp("192.168.64.9", "192.168.64.2", 40000, 64);
+    let output = vec![
+        at(1000, V4, Hook::Output, -301, &out, None),
+        at(2000, V4, Hook::Output, -99, &out, ct(0)),
+        at(2500, V4, Hook::Output, 1, &out, ct(0)),
+        at(3000, V4, Hook::Postrouting, -151, &out, ct(0)),
+        at(
+            4000,
+            V4,
+            Hook::Postrouting,
+            101,
+            &snat,
+            ct(ct_status::SRC_NAT),
+        ),
+    ];
+    same_with_fewer_probes(V4, (lab(false), lab(true)), output);
+}
+
+fn stage<'a>(
+    t: &'a PacketTrace,
+    hook: Hook,
+    name: &str,
+) -> &'a trace_core::packet::StageObservation {
+    let pass = t.hooks.iter().find(|h| h.hook == hook).unwrap();
+    pass.stages
+        .iter()
+        .find(|s| s.stage.to_string() == name)
+        .unwrap_or_else(|| panic!("no {name} at {hook:?}: {:?}", pass.stages))
+}
+
+#[test]
+fn freed_after_prerouting_outside_netfilter_passed_nat_state_unknown() {
+    let h = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+    let t = &feed(
+        lab(true),
+        vec![
+            at(1000, V4, Hook::Prerouting, -301, &h, None),
+            drop_event(2000, 1, 1, 5, Some("IP_NOROUTE")),
+        ],
+    )[0];
+    assert!(
+        matches!(
+            t.fate,
+            Fate::DroppedOutside {
+                after: Hook::Prerouting,
+                ..
+            }
+        ),
+        "{:?}",
+        t.fate
+    );
+    let nat = stage(t, Hook::Prerouting, "nat");
+    assert_eq!(nat.verdict, ObservedVerdict::Accept);
+    assert_eq!(nat.after, None, "what nat left is not known");
+    assert!(nat.shared, "conntrack and nat between the same probes");
+    assert_eq!(
+        stage(t, Hook::Prerouting, "raw").verdict,
+        ObservedVerdict::Accept
+    );
+}
+
+#[test]
+fn netfilter_drop_after_prerouting_first_probe_is_conntrack_or_nat() {
+    let h = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+    let t = &feed(
+        lab(true),
+        vec![
+            at(1000, V4, Hook::Prerouting, -301, &h, None),
+            drop_event(2000, 1, 1, 12, Some("NETFILTER_DROP")),
+        ],
+    )[0];
+    let group = Stage::Group {
+        stages: vec![Stage::Conntrack, Stage::Table { table: Table::Nat }],
+    };
+    assert_eq!(
+        t.fate,
+        Fate::Dropped {
+            hook: Hook::Prerouting,
+            stage: group
+        }
+    );
+}
+
+#[test]
+fn a_packet_not_seen_after_prerouting_leaves_nat_unknown() {
+    let h = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+    let t = &feed(
+        lab(true),
+        vec![at(1000, V4, Hook::Prerouting, -301, &h, None)],
+    )[0];
+    assert!(t.incomplete);
+    assert_eq!(t.fate, Fate::Unknown);
+    assert_eq!(
+        stage(t, Hook::Prerouting, "nat").verdict,
+        ObservedVerdict::Unknown
+    );
+    assert_eq!(
+        stage(t, Hook::Prerouting, "raw").verdict,
+        ObservedVerdict::Accept
+    );
+}
+
+#[test]
+fn states_that_do_not_fit_are_not_derived() {
+    // FORWARD received a packet two hops shorter: not the kernel's transform.
+    let orig = tcp("192.168.64.2", "192.168.64.4", 10000, 64);
+    let fwd = tcp("192.168.64.2", "172.19.0.9", 80, 62);
+    let plan = lab(true);
+    let t = &feed(
+        plan,
+        vec![
+            at(1000, V4, Hook::Prerouting, -301, &orig, None),
+            at(3000, V4, Hook::Forward, -151, &fwd, ct(0)),
+            at(4000, V4, Hook::Forward, 1, &fwd, ct(0)),
+            at(6000, V4, Hook::Postrouting, 101, &fwd, ct(0)),
+        ],
+    )[0];
+    assert!(t.incomplete);
+    let nat = stage(t, Hook::Prerouting, "nat");
+    assert_eq!(
+        (&nat.verdict, &nat.after),
+        (&ObservedVerdict::Unknown, &None)
+    );
+    // POSTROUTING's nat got FORWARD's exit: that is derived.
+    let post_nat = &t.hooks[2].tables[1];
+    assert_eq!(post_nat.before.headers, fwd);
+    assert_eq!(post_nat.verdict, ObservedVerdict::Accept);
+}
+
+#[test]
+fn postrouting_without_a_known_previous_exit_is_incomplete() {
+    // The FORWARD pass's record was lost: POSTROUTING's nat input is unknown, not guessed.
+    let h = tcp("192.168.64.2", "172.19.0.9", 80, 63);
+    let t = &feed(
+        lab(true),
+        vec![
+            at(1000, V4, Hook::Prerouting, -301, &h, None),
+            at(6000, V4, Hook::Postrouting, 101, &h, ct(0)),
+        ],
+    )[0];
+    assert!(t.incomplete);
+    let post = t
+        .hooks
+        .iter()
+        .find(|p| p.hook == Hook::Postrouting)
+        .unwrap();
+    assert!(post.tables.is_empty(), "{:?}", post.tables);
+}
+
+/// A sparse event (nfhook): `prev` the last probe passed, headers only when they changed.
+fn sparse(ts: u64, hook: Hook, prio: i32, prev: Option<(Hook, i32)>, h: Option<&Headers>) -> Event {
+    let dummy = tcp("0.0.0.0", "0.0.0.0", 0, 0);
+    let Event::Probe(mut p) = at(ts, V4, hook, prio, h.unwrap_or(&dummy), None) else {
+        unreachable!()
+    };
+    p.headers = h.cloned();
+    p.prev = prev;
+    p.sparse = true;
+    Event::Probe(p)
+}
+
+#[test]
+fn sparse_records_as_the_probes_send_them() {
+    let orig = tcp("192.168.64.2", "192.168.64.4", 10000, 64);
+    let dnat = tcp("192.168.64.2", "172.19.0.9", 80, 64);
+    let fwd = tcp("192.168.64.2", "172.19.0.9", 80, 63);
+    let (pre, fw, post) = (Hook::Prerouting, Hook::Forward, Hook::Postrouting);
+    // Every probe of the full plan: the DNAT at -99, FORWARD's and POSTROUTING's entries
+    // (devices), POSTROUTING's last; FORWARD after filter passed silently.
+    let full = vec![
+        sparse(1000, pre, -301, None, Some(&orig)),
+        sparse(2000, pre, -99, Some((pre, -301)), Some(&dnat)),
+        sparse(3000, fw, -151, Some((pre, -99)), Some(&fwd)),
+        sparse(5000, post, -151, Some((fw, 1)), None),
+        sparse(6000, post, 101, Some((post, -151)), None),
+    ];
+    let fewer = vec![
+        sparse(1000, pre, -301, None, Some(&orig)),
+        sparse(3000, fw, -151, Some((pre, -301)), Some(&fwd)),
+        sparse(6000, post, 101, Some((fw, 1)), None),
+    ];
+    let want = feed(lab(false), full);
+    let got = feed(lab(true), fewer);
+    assert_eq!(observations(&got[0]), observations(&want[0]));
+    assert_eq!((&got[0].fate, got[0].incomplete), (&Fate::Delivered, false));
+    assert_eq!(
+        got[0].hooks[1].probes,
+        [-151, 1],
+        "filled in from POSTROUTING's prev"
+    );
+}
+
+#[test]
+fn dropped_in_postrouting_nat_before_its_first_probe() {
+    // MASQUERADE without an address, port exhaustion: nf_nat drops in POSTROUTING; the
+    // packet never reaches POSTROUTING's only probe (after nat).
+    let mut events = v4_forwarded();
+    events.truncate(5);
+    events.push(drop_event(7000, 1, 1, 12, Some("NETFILTER_DROP")));
+    same_with_fewer_probes(V4, (lab(false), lab(true)), events.clone());
+    let t = &feed(lab(true), linked(&lab(true), V4, events))[0];
+    assert_eq!(
+        t.fate,
+        Fate::Dropped {
+            hook: Hook::Postrouting,
+            stage: Stage::Table { table: Table::Nat }
+        }
+    );
+    assert!(t.hooks[2].probes.is_empty(), "no probe saw it there");
+    // Freed outside netfilter after FORWARD: nothing is said of POSTROUTING.
+    let mut events = v4_forwarded();
+    events.truncate(4);
+    events.push(drop_event(7000, 1, 1, 5, Some("IP_OUTNOROUTES")));
+    let t = &feed(lab(true), linked(&lab(true), V4, events))[0];
+    assert!(
+        matches!(
+            t.fate,
+            Fate::DroppedOutside {
+                after: Hook::Forward,
+                ..
+            }
+        ),
+        "{:?}",
+        t.fate
+    );
+}
