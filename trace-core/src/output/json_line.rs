@@ -16,61 +16,51 @@ use serde::Serialize;
 use std::fmt::{Display, Write};
 use std::net::IpAddr;
 
+/// An object's opening brace and first key, as one literal: `{"k":`.
+macro_rules! first {
+    ($k:literal) => {
+        concat!("{\"", $k, "\":")
+    };
+}
+
+/// A following key, as one literal: `,"k":` (keys here never need escaping).
+macro_rules! key {
+    ($k:literal) => {
+        concat!(",\"", $k, "\":")
+    };
+}
+
 /// Appends one packet's JSON line (with its newline) to `out`.
 pub fn push_packet(out: &mut String, rp: &ReconstructedPacket) {
     let p = &rp.packet;
-    let mut o = Obj::open(out);
     let family = match p.family {
         Family::Ipv4 => "ipv4",
         Family::Ipv6 => "ipv6",
     };
-    push_plain_str(o.key("family"), family);
-    push_fate(o.key("fate"), &p.fate);
-    let hooks = o.key("hooks");
+    push_plain_str(key(out, first!("family")), family);
+    push_fate(key(out, key!("fate")), &p.fate);
+    let hooks = key(out, key!("hooks"));
     push_list(hooks, rp.hooks.iter().zip(&p.hooks), |out, (rh, hp)| {
         push_hook(out, &rh.tables, hp)
     });
-    push_u64(o.key("id"), p.id);
-    push_bool(o.key("incomplete"), p.incomplete);
-    push_u64(o.key("netns"), p.netns.into());
+    push_u64(key(out, key!("id")), p.id);
+    push_bool(key(out, key!("incomplete")), p.incomplete);
+    push_u64(key(out, key!("netns")), p.netns.into());
     let first = p.hooks.first().and_then(|h| h.tables.first());
-    push_opt(o.key("packet"), first, |out, t| {
+    push_opt(key(out, key!("packet")), first, |out, t| {
         push_headers(out, &t.before.headers)
     });
-    push_plain_str(o.key("schema"), super::json::SCHEMA);
-    push_plain_str(o.key("status"), rp.status.as_str());
-    push_u64(o.key("ts_ns"), p.first_ts_ns);
-    o.close();
+    push_plain_str(key(out, key!("schema")), super::json::SCHEMA);
+    push_plain_str(key(out, key!("status")), rp.status.as_str());
+    push_u64(key(out, key!("ts_ns")), p.first_ts_ns);
+    out.push('}');
     out.push('\n');
 }
 
-/// A JSON object being written: [`Obj::key`] writes the separator and the key (keys here
-/// never need escaping) and returns the buffer for the value.
-struct Obj<'a> {
-    out: &'a mut String,
-    first: bool,
-}
-
-impl<'a> Obj<'a> {
-    fn open(out: &'a mut String) -> Obj<'a> {
-        out.push('{');
-        Obj { out, first: true }
-    }
-
-    fn key(&mut self, k: &str) -> &mut String {
-        if !self.first {
-            self.out.push(',');
-        }
-        self.first = false;
-        self.out.push('"');
-        self.out.push_str(k);
-        self.out.push_str("\":");
-        self.out
-    }
-
-    fn close(self) {
-        self.out.push('}');
-    }
+/// Appends `k` (from [`first!`] or [`key!`]) and returns the buffer, for the value.
+fn key<'a>(out: &'a mut String, k: &str) -> &'a mut String {
+    out.push_str(k);
+    out
 }
 
 fn push_list<T>(
@@ -151,38 +141,40 @@ fn push_fate(out: &mut String, fate: &Fate) {
 }
 
 fn push_hook(out: &mut String, results: &[TableResult], hp: &HookPass) {
-    let mut o = Obj::open(out);
-    push_plain_str(o.key("hook"), hp.hook.chain_name());
-    push_opt_str(o.key("in"), hp.in_dev.as_deref());
-    push_opt_str(o.key("out"), hp.out_dev.as_deref());
-    let tables = o.key("tables");
+    push_plain_str(key(out, first!("hook")), hp.hook.chain_name());
+    push_opt_str(key(out, key!("in")), hp.in_dev.as_deref());
+    push_opt_str(key(out, key!("out")), hp.out_dev.as_deref());
+    let tables = key(out, key!("tables"));
     push_list(tables, results.iter().zip(&hp.tables), |out, (t, obs)| {
         push_table(out, t, obs)
     });
-    push_u64(o.key("ts_ns"), hp.ts_ns);
-    o.close();
+    push_u64(key(out, key!("ts_ns")), hp.ts_ns);
+    out.push('}');
 }
 
 fn push_table(out: &mut String, t: &TableResult, obs: &TableObservation) {
     let first = t.paths.first();
-    let mut o = Obj::open(out);
-    push_opt(o.key("after"), obs.after.as_ref(), push_state);
-    push_list(o.key("alternatives"), t.paths.iter().skip(1), push_path);
-    push_state(o.key("before"), &obs.before);
-    push_observed(o.key("observed"), &t.observed);
-    push_opt(o.key("path"), first, push_path);
+    push_opt(key(out, first!("after")), obs.after.as_ref(), push_state);
+    push_list(
+        key(out, key!("alternatives")),
+        t.paths.iter().skip(1),
+        push_path,
+    );
+    push_state(key(out, key!("before")), &obs.before);
+    push_observed(key(out, key!("observed")), &t.observed);
+    push_opt(key(out, key!("path")), first, push_path);
     // Only with rule positions (fentry/kprobe x_tables probes): nothing changes without.
     if let Some(pc) = &t.positions {
-        push_serde(o.key("positions"), &PositionsView(pc));
+        push_serde(key(out, key!("positions")), &PositionsView(pc));
     }
-    push_opt_str(o.key("reason"), t.reason.as_deref());
-    push_u64(o.key("ruled_out"), t.ruled_out as u64);
-    push_bool(o.key("skipped"), t.skipped);
-    push_plain_str(o.key("status"), t.status.as_str());
-    push_plain_str(o.key("table"), t.table.name());
-    push_bool(o.key("truncated"), t.truncated);
-    push_opt_str(o.key("verdict"), first.map(|p| p.verdict.as_str()));
-    o.close();
+    push_opt_str(key(out, key!("reason")), t.reason.as_deref());
+    push_u64(key(out, key!("ruled_out")), t.ruled_out as u64);
+    push_bool(key(out, key!("skipped")), t.skipped);
+    push_plain_str(key(out, key!("status")), t.status.as_str());
+    push_plain_str(key(out, key!("table")), t.table.name());
+    push_bool(key(out, key!("truncated")), t.truncated);
+    push_opt_str(key(out, key!("verdict")), first.map(|p| p.verdict.as_str()));
+    out.push('}');
 }
 
 fn push_observed(out: &mut String, v: &ObservedVerdict) {
@@ -195,36 +187,37 @@ fn push_observed(out: &mut String, v: &ObservedVerdict) {
             reason_name,
         } => {
             out.push_str("{\"drop\":");
-            let mut o = Obj::open(out);
-            push_u64(o.key("reason"), (*reason).into());
-            push_opt_str(o.key("reason_name"), reason_name.as_deref());
-            o.close();
+            push_u64(key(out, first!("reason")), (*reason).into());
+            push_opt_str(key(out, key!("reason_name")), reason_name.as_deref());
+            out.push('}');
             out.push('}');
         }
     }
 }
 
 fn push_path(out: &mut String, p: &Path) {
-    let mut o = Obj::open(out);
-    push_list(o.key("assumptions"), p.assumptions.iter(), |out, a| {
-        push_serde(out, &Sorted(a))
+    push_list(
+        key(out, first!("assumptions")),
+        p.assumptions.iter(),
+        |out, a| push_serde(out, &Sorted(a)),
+    );
+    push_opt(key(out, key!("ctmark")), p.ctmark, |out, m| {
+        push_u64(out, m.into())
     });
-    push_opt(o.key("ctmark"), p.ctmark, |out, m| push_u64(out, m.into()));
-    push_u64(o.key("mark"), p.mark.into());
-    push_opt(o.key("nat"), p.nat.as_ref(), push_nat);
-    push_opt_str(o.key("rejected"), p.rejected.as_deref());
-    push_list(o.key("steps"), p.steps.iter(), push_step);
-    push_str(o.key("verdict"), p.verdict.as_str());
-    o.close();
+    push_u64(key(out, key!("mark")), p.mark.into());
+    push_opt(key(out, key!("nat")), p.nat.as_ref(), push_nat);
+    push_opt_str(key(out, key!("rejected")), p.rejected.as_deref());
+    push_list(key(out, key!("steps")), p.steps.iter(), push_step);
+    push_str(key(out, key!("verdict")), p.verdict.as_str());
+    out.push('}');
 }
 
 fn push_step(out: &mut String, st: &Step) {
-    let mut o = Obj::open(out);
-    push_bool(o.key("implicit_return"), st.implicit_return);
-    push_u64(o.key("mark"), st.mark.into());
-    push_opt_str(o.key("rule"), st.rule_text.as_deref());
+    push_bool(key(out, first!("implicit_return")), st.implicit_return);
+    push_u64(key(out, key!("mark")), st.mark.into());
+    push_opt_str(key(out, key!("rule")), st.rule_text.as_deref());
     let id = &st.id;
-    let out = o.key("step");
+    let out = key(out, key!("step"));
     if needs_escape(&id.chain) {
         push_display(out, id);
     } else {
@@ -239,33 +232,30 @@ fn push_step(out: &mut String, st: &Step) {
         push_u64(out, id.num.into());
         out.push('"');
     }
-    push_bool(o.key("traced"), st.traced);
-    o.close();
+    push_bool(key(out, key!("traced")), st.traced);
+    out.push('}');
 }
 
 fn push_nat(out: &mut String, n: &NatInfo) {
-    let mut o = Obj::open(out);
-    push_display(o.key("from"), n.from);
-    push_display(o.key("rule"), &n.step);
-    push_display(o.key("to"), n.to);
-    o.close();
+    push_display(key(out, first!("from")), n.from);
+    push_display(key(out, key!("rule")), &n.step);
+    push_display(key(out, key!("to")), n.to);
+    out.push('}');
 }
 
 fn push_state(out: &mut String, st: &PacketState) {
-    let mut o = Obj::open(out);
-    push_opt(o.key("ct"), st.ct.as_ref(), push_ct);
-    push_headers(o.key("headers"), &st.headers);
-    push_u64(o.key("mark"), st.mark.into());
-    o.close();
+    push_opt(key(out, first!("ct")), st.ct.as_ref(), push_ct);
+    push_headers(key(out, key!("headers")), &st.headers);
+    push_u64(key(out, key!("mark")), st.mark.into());
+    out.push('}');
 }
 
 fn push_ct(out: &mut String, c: &CtSnapshot) {
-    let mut o = Obj::open(out);
-    push_u64(o.key("ctinfo"), c.ctinfo.into());
-    push_u64(o.key("id"), c.id);
-    push_u64(o.key("mark"), c.mark.into());
-    push_u64(o.key("status"), c.status.into());
-    o.close();
+    push_u64(key(out, first!("ctinfo")), c.ctinfo.into());
+    push_u64(key(out, key!("id")), c.id);
+    push_u64(key(out, key!("mark")), c.mark.into());
+    push_u64(key(out, key!("status")), c.status.into());
+    out.push('}');
 }
 
 fn push_addr(out: &mut String, a: IpAddr) {
@@ -280,17 +270,16 @@ fn push_addr(out: &mut String, a: IpAddr) {
 }
 
 fn push_headers(out: &mut String, h: &Headers) {
-    let mut o = Obj::open(out);
-    push_addr(o.key("dst"), h.dst);
-    push_u64(o.key("frag"), h.frag.into());
-    push_u64(o.key("id"), h.id.into());
-    push_l4(o.key("l4"), &h.l4);
-    push_u64(o.key("len"), h.len.into());
-    push_u64(o.key("proto"), h.proto.into());
-    push_addr(o.key("src"), h.src);
-    push_u64(o.key("tos"), h.tos.into());
-    push_u64(o.key("ttl"), h.ttl.into());
-    o.close();
+    push_addr(key(out, first!("dst")), h.dst);
+    push_u64(key(out, key!("frag")), h.frag.into());
+    push_u64(key(out, key!("id")), h.id.into());
+    push_l4(key(out, key!("l4")), &h.l4);
+    push_u64(key(out, key!("len")), h.len.into());
+    push_u64(key(out, key!("proto")), h.proto.into());
+    push_addr(key(out, key!("src")), h.src);
+    push_u64(key(out, key!("tos")), h.tos.into());
+    push_u64(key(out, key!("ttl")), h.ttl.into());
+    out.push('}');
 }
 
 fn push_l4(out: &mut String, l4: &L4) {
@@ -303,19 +292,17 @@ fn push_l4(out: &mut String, l4: &L4) {
             flags,
             ..
         } => {
-            let mut o = Obj::open(out);
-            push_u64(o.key("ack"), ack.into());
-            push_u64(o.key("dport"), dport.into());
-            push_u64(o.key("flags"), flags.into());
-            push_u64(o.key("seq"), seq.into());
-            push_u64(o.key("sport"), sport.into());
-            o.close();
+            push_u64(key(out, first!("ack")), ack.into());
+            push_u64(key(out, key!("dport")), dport.into());
+            push_u64(key(out, key!("flags")), flags.into());
+            push_u64(key(out, key!("seq")), seq.into());
+            push_u64(key(out, key!("sport")), sport.into());
+            out.push('}');
         }
         L4::Udp { sport, dport, .. } | L4::Sctp { sport, dport } => {
-            let mut o = Obj::open(out);
-            push_u64(o.key("dport"), dport.into());
-            push_u64(o.key("sport"), sport.into());
-            o.close();
+            push_u64(key(out, first!("dport")), dport.into());
+            push_u64(key(out, key!("sport")), sport.into());
+            out.push('}');
         }
         L4::Icmp {
             icmp_type, code, ..
@@ -323,10 +310,9 @@ fn push_l4(out: &mut String, l4: &L4) {
         | L4::Icmpv6 {
             icmp_type, code, ..
         } => {
-            let mut o = Obj::open(out);
-            push_u64(o.key("code"), code.into());
-            push_u64(o.key("type"), icmp_type.into());
-            o.close();
+            push_u64(key(out, first!("code")), code.into());
+            push_u64(key(out, key!("type")), icmp_type.into());
+            out.push('}');
         }
         L4::Other => out.push_str("null"),
     }

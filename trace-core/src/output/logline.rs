@@ -127,46 +127,43 @@ pub fn push_fields_with(
 
 /// Appends the decimal digits of `n` (what `{n}` prints) without the formatting machinery:
 /// TRACE output prints a dozen numbers per line, the collector's hottest formatting work.
-pub(crate) fn push_u32(s: &mut String, mut n: u32) {
-    let mut buf = [0u8; 10];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Byte by byte: a line has dozens of short numbers, and a str of them would be checked
-    // for UTF-8 and copied by a memcpy call each (a tenth of the TRACE formatting time).
-    s.reserve(buf.len() - i);
-    for &d in &buf[i..] {
-        s.push(char::from(d));
-    }
+pub(crate) fn push_u32(s: &mut String, n: u32) {
+    push_u64(s, n.into());
 }
 
-/// [`push_u32`] for any unsigned number up to u64 (JSON's ids and timestamps).
-pub(crate) fn push_u64(s: &mut String, n: u64) {
-    match u32::try_from(n) {
-        Ok(small) => push_u32(s, small),
-        Err(_) => {
-            let high = n / 1_000_000_000;
-            push_u64(s, high);
-            // The nine low digits, zero-padded.
-            let low = (n % 1_000_000_000) as u32;
-            let mut buf = [b'0'; 9];
-            let mut rest = low;
-            for d in buf.iter_mut().rev() {
-                *d = b'0' + (rest % 10) as u8;
-                rest /= 10;
-            }
-            s.reserve(buf.len());
-            for d in buf {
-                s.push(char::from(d));
-            }
-        }
+/// "00" to "99", for two digits per division.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// [`push_u32`] for any unsigned number (JSON's ids and timestamps are u64).
+pub(crate) fn push_u64(s: &mut String, mut n: u64) {
+    // Many fields (flags, TOS, marks) are one digit.
+    if n < 10 {
+        s.push(char::from(b'0' + n as u8));
+        return;
     }
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        buf[i..i + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        i -= 1;
+        buf[i] = b'0' + n as u8;
+    }
+    // One append (ASCII digits: the UTF-8 check cannot fail).
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// `name` then the decimal `n`.
@@ -396,6 +393,25 @@ fn push_ip6_full(s: &mut String, ip: IpAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digit writer prints what `{n}` prints, at every digit count and pair boundary.
+    #[test]
+    fn numbers_print_as_display_does() {
+        let mut values = vec![0, 9, 10, 11, 99, 100, 101, 999, 1000, 1009, u64::MAX];
+        values.extend((0..20).map(|e| 10u64.pow(e) - 1));
+        values.extend((0..20).map(|e| 10u64.pow(e)));
+        values.extend([u32::MAX.into(), 3_000_000_007, 65_535]);
+        for n in values {
+            let mut s = String::from("x");
+            push_u64(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+            if let Ok(small) = u32::try_from(n) {
+                s.clear();
+                push_u32(&mut s, small);
+                assert_eq!(s, small.to_string());
+            }
+        }
+    }
 
     fn tcp_headers() -> Headers {
         Headers {

@@ -56,6 +56,8 @@ pub struct Replayer {
     unknown_ctx: NetContext,
     override_rules: Option<Arc<Evaluator>>,
     planned: FastMap<(u32, Family), ()>,
+    /// The (netns, family) of the last event, known to be in `planned`.
+    last_planned: Option<(u32, Family)>,
     /// skb addresses of packets that left through `lo` with nf_trace set: their way back in
     /// (a new traversal for the assembler) starts traced, as in the kernel.
     looped_traced: FastMap<(u32, u64), ()>,
@@ -73,6 +75,7 @@ impl Replayer {
             unknown_ctx: NetContext::unknown(),
             override_rules: override_rules.map(|r| Arc::new(Evaluator::new(r))),
             planned: Default::default(),
+            last_planned: None,
             looped_traced: Default::default(),
             stats: ReplayStats::default(),
             warnings: Vec::new(),
@@ -183,6 +186,11 @@ impl Replayer {
             return;
         };
         let key = (p.netns, p.family);
+        // Nearly every event is of the netns and family of the one before: no map lookup.
+        if self.last_planned == Some(key) {
+            return;
+        }
+        self.last_planned = Some(key);
         if self.planned.insert(key, ()).is_some() {
             return;
         }
