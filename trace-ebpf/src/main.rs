@@ -11,10 +11,6 @@
 //! workspace-wide commands keep working; the programs exist only for `target_arch = "bpf"`.
 #![cfg_attr(target_arch = "bpf", no_std, no_main, feature(asm_experimental_arch))]
 
-// The filter module also offers a one-call wrapper the probes do not use (see nfhook).
-#[cfg(target_arch = "bpf")]
-#[allow(dead_code)]
-mod filter;
 #[cfg(target_arch = "bpf")]
 mod headers;
 #[cfg(target_arch = "bpf")]
