@@ -121,12 +121,12 @@ fn obs(
         table,
         priority: table.priority(hook).unwrap(),
         before: PacketState {
-            headers: before,
+            headers: before.into(),
             mark: 0,
             ct: Some(ct),
         },
         after: Some(PacketState {
-            headers: after,
+            headers: after.into(),
             mark: 0,
             ct: Some(ct),
         }),

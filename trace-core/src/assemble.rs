@@ -22,7 +22,7 @@ pub use plan::{HookPlan, ProbePlan, StageSlot, PRIO_DEFRAG};
 
 use crate::event::{DropEvent, Event, Headers, ProbeEvent};
 use crate::netfilter::Hook;
-use crate::packet::{Fate, PacketState, PacketTrace};
+use crate::packet::{Fate, PacketState, PacketTrace, Shared};
 use fasthash::FastMap;
 use pass::{Closed, Pass, PassEnd};
 use serde::Serialize;
@@ -80,8 +80,9 @@ pub struct AssemblerStats {
 struct Partial {
     trace: PacketTrace,
     last_ts: u64,
-    /// Last header snapshot, carried forward over events that send none.
-    headers: Option<Headers>,
+    /// Last header snapshot, carried forward over events that send none (shared with the
+    /// states that hold it).
+    headers: Option<Shared<Headers>>,
     cur: Option<Pass>,
 }
 
@@ -556,7 +557,7 @@ fn state_of(
     stats: &mut AssemblerStats,
 ) -> Option<PacketState> {
     if let Some(h) = e.headers.take() {
-        p.headers = Some(h);
+        p.headers = Some(h.into());
     }
     match &p.headers {
         Some(h) => Some(PacketState {

@@ -405,7 +405,7 @@ fn states_that_do_not_fit_are_not_derived() {
     );
     // POSTROUTING's nat got FORWARD's exit: that is derived.
     let post_nat = &t.hooks[2].tables[1];
-    assert_eq!(post_nat.before.headers, fwd);
+    assert_eq!(*post_nat.before.headers, fwd);
     assert_eq!(post_nat.verdict, ObservedVerdict::Accept);
 }
 

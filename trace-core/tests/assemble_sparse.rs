@@ -178,15 +178,15 @@ fn change_mid_hook_keeps_states_apart() {
         .iter()
         .find(|o| o.table == Table::Nat)
         .unwrap();
-    assert_eq!(nat.before.headers, h);
-    assert_eq!(nat.after.as_ref().unwrap().headers, dnat);
+    assert_eq!(*nat.before.headers, h);
+    assert_eq!(*nat.after.as_ref().unwrap().headers, dnat);
     let mangle = t.hooks[0]
         .tables
         .iter()
         .find(|o| o.table == Table::Mangle)
         .unwrap();
     assert_eq!(mangle.before.ct, ct(2), "state carried from -199");
-    assert_eq!(mangle.after.as_ref().unwrap().headers, h);
+    assert_eq!(*mangle.after.as_ref().unwrap().headers, h);
 }
 
 /// Dropped in FORWARD filter after mangle was passed without an event.

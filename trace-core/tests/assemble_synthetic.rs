@@ -524,10 +524,10 @@ fn headers_are_carried_forward_and_missing_ones_counted() {
     let pass = &t.hooks[0];
     let nat = pass.tables.iter().find(|o| o.table == Table::Nat).unwrap();
     assert_eq!(
-        nat.before.headers, h,
+        *nat.before.headers, h,
         "carried forward from the third probe"
     );
-    assert_eq!(nat.after.as_ref().unwrap().headers, natted);
+    assert_eq!(*nat.after.as_ref().unwrap().headers, natted);
     assert!(nat.translated());
     let mangle = pass
         .tables

@@ -183,12 +183,12 @@ fn packet_trace(
                 table: t,
                 priority: t.priority(hook).unwrap(),
                 before: PacketState {
-                    headers: before,
+                    headers: before.into(),
                     mark: 0,
                     ct: ct_before,
                 },
                 after: Some(PacketState {
-                    headers: after,
+                    headers: after.into(),
                     mark: 0,
                     ct: Some(ct(first, status)),
                 }),

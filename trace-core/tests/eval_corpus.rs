@@ -155,7 +155,7 @@ fn every_corpus_dump_replays_soundly() {
                     ] {
                         for ctx in contexts(family) {
                             let state = PacketState {
-                                headers: h.clone(),
+                                headers: h.clone().into(),
                                 mark: 0,
                                 ct,
                             };

@@ -77,7 +77,7 @@ impl Case {
             mac: None,
             uid: None,
             state: PacketState {
-                headers: h,
+                headers: h.into(),
                 mark: 0,
                 ct: NEW,
             },
@@ -636,7 +636,7 @@ fn missing_chain_and_missing_table_are_errors_not_guesses() {
     rs.tables[0].chains.remove(input_chain);
     let ev = Evaluator::new(rs);
     let st = PacketState {
-        headers: tcp("10.0.0.1", 1, "10.0.0.2", 2, 0),
+        headers: tcp("10.0.0.1", 1, "10.0.0.2", 2, 0).into(),
         mark: 0,
         ct: NEW,
     };
@@ -702,12 +702,12 @@ fn statistic_branches_are_resolved_by_the_observed_dnat() {
                 table: Table::Nat,
                 priority: -100,
                 before: PacketState {
-                    headers: before.clone(),
+                    headers: before.clone().into(),
                     mark: 0,
                     ct: NEW,
                 },
                 after: Some(PacketState {
-                    headers: after,
+                    headers: after.into(),
                     mark,
                     ct: NEW,
                 }),
@@ -906,12 +906,12 @@ fn shared_observations_are_weaker_evidence() {
         table: Table::Mangle,
         priority: -150,
         before: PacketState {
-            headers: before,
+            headers: before.into(),
             mark: 0,
             ct: NEW,
         },
         after: Some(PacketState {
-            headers: after,
+            headers: after.into(),
             mark: 0x10,
             ct: NEW,
         }),
@@ -1089,7 +1089,7 @@ fn reconstruction_knows_the_original_tuple() {
     let pre = tcp("192.168.64.5", 5000, "192.168.64.4", 10000, tcp_flags::ACK);
     let post = tcp("192.168.64.5", 5000, "172.19.0.9", 80, tcp_flags::ACK);
     let st = |h: &Headers| PacketState {
-        headers: h.clone(),
+        headers: h.clone().into(),
         mark: 0,
         ct: EST,
     };
@@ -1170,12 +1170,12 @@ fn nat_packet(
                 table: Table::Nat,
                 priority: Table::Nat.priority(hook).unwrap(),
                 before: PacketState {
-                    headers: before,
+                    headers: before.into(),
                     mark: 0,
                     ct: NEW,
                 },
                 after: Some(PacketState {
-                    headers: after,
+                    headers: after.into(),
                     mark: 0,
                     ct: NEW,
                 }),

@@ -266,12 +266,12 @@ fn packet_trace(
                 table: t,
                 priority: t.priority(*hook).unwrap(),
                 before: PacketState {
-                    headers: before,
+                    headers: before.into(),
                     mark: 0,
                     ct,
                 },
                 after: Some(PacketState {
-                    headers: after,
+                    headers: after.into(),
                     mark: 0,
                     ct: ct_after,
                 }),

@@ -66,7 +66,7 @@ fn tcp(dport: u16) -> Headers {
 /// A packet through filter INPUT with the kernel's verdict.
 fn packet(dport: u16, verdict: ObservedVerdict) -> PacketTrace {
     let state = PacketState {
-        headers: tcp(dport),
+        headers: tcp(dport).into(),
         mark: 0,
         ct: Some(CtSnapshot {
             ctinfo: 2,

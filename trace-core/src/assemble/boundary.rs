@@ -73,7 +73,8 @@ mod tests {
                 frag: 0x4000,
                 flowlabel: 0,
                 l4: L4::Other,
-            },
+            }
+            .into(),
             mark: 0,
             ct: None,
         }

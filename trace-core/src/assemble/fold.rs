@@ -73,7 +73,8 @@ mod tests {
                     dport: 53,
                     len: 20,
                 },
-            },
+            }
+            .into(),
             mark: 3,
             ct,
         }

@@ -239,7 +239,7 @@ fn with_options_after(obs: &TableObservation) -> Option<Headers> {
     let (L4::Tcp { options: new, .. }, L4::Tcp { .. }) = (&after.l4, &obs.before.headers.l4) else {
         return None;
     };
-    let mut h = obs.before.headers.clone();
+    let mut h = Headers::clone(&obs.before.headers);
     h.len = after.len;
     if let L4::Tcp { options, .. } = &mut h.l4 {
         options.clone_from(new);
@@ -301,12 +301,12 @@ mod tests {
             table: Table::Mangle,
             priority: -150,
             before: PacketState {
-                headers: before,
+                headers: before.into(),
                 mark: 0,
                 ct: None,
             },
             after: Some(PacketState {
-                headers: after,
+                headers: after.into(),
                 mark: 0,
                 ct: None,
             }),

@@ -510,7 +510,7 @@ fn to_path(ev: &Evaluator, obs: &TableObservation, hook: Hook, c: &Candidate) ->
         let (from, to) = evidence::nat_endpoints(
             hook,
             &obs.before.headers,
-            obs.after.as_ref().map(|a| &a.headers),
+            obs.after.as_ref().map(|a| &*a.headers),
         );
         NatInfo {
             step: steps[*i].id.clone(),
@@ -534,7 +534,7 @@ fn to_path(ev: &Evaluator, obs: &TableObservation, hook: Hook, c: &Candidate) ->
 /// Headers a table's TRACE lines show at a step (the table's input with the TOS/TTL the path
 /// had set by then).
 pub fn headers_at(before: &PacketState, step: &Step) -> Headers {
-    let mut h = before.headers.clone();
+    let mut h = Headers::clone(&before.headers);
     h.tos = step.tos;
     h.ttl = step.ttl;
     h

@@ -243,7 +243,7 @@ mod tests {
             stage,
             priority: 0,
             before: PacketState {
-                headers: h,
+                headers: h.into(),
                 mark: 0,
                 ct: None,
             },

@@ -489,7 +489,8 @@ mod tests {
                     urgp: 0,
                     options: vec![],
                 },
-            },
+            }
+            .into(),
             mark: 0,
             ct: None,
         };
