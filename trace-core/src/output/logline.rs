@@ -127,6 +127,7 @@ pub fn push_fields_with(
 
 /// Appends the decimal digits of `n` (what `{n}` prints) without the formatting machinery:
 /// TRACE output prints a dozen numbers per line, the collector's hottest formatting work.
+#[inline]
 pub(crate) fn push_u32(s: &mut String, n: u32) {
     push_u64(s, n.into());
 }
@@ -139,13 +140,23 @@ const DIGIT_PAIRS: &[u8; 200] = b"\
     6061626364656667686970717273747576777879\
     8081828384858687888990919293949596979899";
 
-/// [`push_u32`] for any unsigned number (JSON's ids and timestamps are u64).
-pub(crate) fn push_u64(s: &mut String, mut n: u64) {
-    // Many fields (flags, TOS, marks) are one digit.
+/// [`push_u32`] for any unsigned number (JSON's ids and timestamps are u64). Inlined for the
+/// one- and two-digit numbers most fields hold (marks, flags, TTL, protocol).
+#[inline]
+pub(crate) fn push_u64(s: &mut String, n: u64) {
     if n < 10 {
         s.push(char::from(b'0' + n as u8));
-        return;
+    } else if n < 100 {
+        let pair = n as usize * 2;
+        s.push(char::from(DIGIT_PAIRS[pair]));
+        s.push(char::from(DIGIT_PAIRS[pair + 1]));
+    } else {
+        push_u64_long(s, n);
     }
+}
+
+/// [`push_u64`] of a number from 100 on.
+fn push_u64_long(s: &mut String, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     while n >= 100 {
