@@ -221,15 +221,8 @@ fn push_step(out: &mut String, st: &Step) {
     if needs_escape(&id.chain) {
         push_display(out, id);
     } else {
-        // What StepId's Display prints, without the formatting machinery.
         out.push('"');
-        out.push_str(id.table.name());
-        out.push(':');
-        out.push_str(&id.chain);
-        out.push(':');
-        out.push_str(id.kind.as_str());
-        out.push(':');
-        push_u64(out, id.num.into());
+        super::trace::push_step_id(out, id);
         out.push('"');
     }
     push_bool(key(out, key!("traced")), st.traced);

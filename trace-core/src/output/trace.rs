@@ -42,10 +42,15 @@ fn push_line_with(s: &mut String, hp: &HookPass, priority: i32, headers: &Header
     push_step_fields(s, hp, hp.owner_before(priority), headers, step);
 }
 
-/// `TRACE: table:chain:kind:N ` (what `write!(s, "TRACE: {} ", id)` prints, without the
-/// formatting machinery).
+/// `TRACE: table:chain:kind:N `.
 fn push_step_prefix(s: &mut String, id: &StepId) {
     s.push_str("TRACE: ");
+    push_step_id(s, id);
+    s.push(' ');
+}
+
+/// `table:chain:kind:N` (what `write!(s, "{id}")` prints, without the formatting machinery).
+pub(super) fn push_step_id(s: &mut String, id: &StepId) {
     s.push_str(id.table.name());
     s.push(':');
     s.push_str(&id.chain);
@@ -53,7 +58,6 @@ fn push_step_prefix(s: &mut String, id: &StepId) {
     s.push_str(id.kind.as_str());
     s.push(':');
     push_u32(s, id.num);
-    s.push(' ');
 }
 
 /// The packet part of a TRACE line (`IN=… OUT=… …`) as `step` saw it; `owner`: the socket
