@@ -8,7 +8,7 @@
 //! wire) — the probes convert ports/ids/seq numbers when they copy the headers.
 
 /// Bumped whenever a record layout changes; the decoder rejects other versions.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 
 /// [`RecordHeader::kind`] values.
 pub mod kind {
@@ -69,6 +69,14 @@ pub mod probe_flags {
     /// the socket's file between two tables); the other backends, and records written before
     /// this flag existed, read it with the devices only (absent: the owner was not read).
     pub const OWNER: u16 = 1 << 8;
+    /// The probe looked for br_netfilter's bridge info (the skb extension SKB_EXT_BRIDGE_NF)
+    /// with the devices: `BRIDGED` absent means the skb had none. Absent (the kprobe/fentry
+    /// backends, whose call chain has no stack to spare, and older records): not known.
+    pub const BRIDGE_READ: u16 = 1 << 9;
+    /// The skb carried bridge info (it entered through a bridge port with
+    /// bridge-nf-call-ip(6)tables on): `physin_*`/`physout_*` are its ports (0 / empty: none,
+    /// e.g. no output port before the bridge's FORWARD, or the input port's device is gone).
+    pub const BRIDGED: u16 = 1 << 10;
 }
 
 /// `prev_hook` of a record that says nothing about the probes before it.
@@ -103,7 +111,7 @@ pub const MAC_MAX: usize = 16;
 /// IFNAMSIZ.
 pub const IFNAME_LEN: usize = 16;
 
-/// L3/L4 header snapshot (112 bytes). 8-aligned (it sits at offset 136 of [`ProbeRecord`]
+/// L3/L4 header snapshot (112 bytes). 8-aligned (it sits at offset 176 of [`ProbeRecord`]
 /// either way) so the probes can zero it with 8-byte stores.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,8 +155,8 @@ pub struct HeaderSnapshot {
     pub tcp_options: [u8; TCP_OPTIONS_MAX],
 }
 
-/// One tracked skb at one probe (248 bytes). Sent cut short when parts are absent: without
-/// a header snapshot it ends before `headers` (136 bytes), without devices and MAC too before
+/// One tracked skb at one probe (288 bytes). Sent cut short when parts are absent: without
+/// a header snapshot it ends before `headers` (176 bytes), without devices and MAC too before
 /// `in_dev` (88 bytes); `header.len` says which.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,6 +201,17 @@ pub struct ProbeRecord {
     pub in_dev: [u8; IFNAME_LEN],
     pub out_dev: [u8; IFNAME_LEN],
     pub mac: [u8; MAC_MAX],
+    /// Bridge ports (with [`probe_flags::BRIDGED`]), as the kernel's LOG/TRACE print
+    /// PHYSIN=/PHYSOUT= and `-m physdev` matches them: nf_bridge_info.physinif and
+    /// physoutdev->ifindex, and their names read by the probe at this hook (the input port by
+    /// ifindex in the hook's netns, as the kernel's nf_bridge_get_physindev looks it up: a port
+    /// deleted since has no name, as in the kernel's own line). Names are read in the probe,
+    /// not resolved by the collector later: a container's veth can be gone (or its ifindex
+    /// reused) by the time the collector sees the record.
+    pub physin_ifindex: u32,
+    pub physout_ifindex: u32,
+    pub physin_dev: [u8; IFNAME_LEN],
+    pub physout_dev: [u8; IFNAME_LEN],
     pub headers: HeaderSnapshot,
 }
 
@@ -396,6 +415,21 @@ pub struct KernelOffsets {
     pub cred_fsgid: u32,
     /// 1 when the sock/socket/file/cred chain resolved (else UID/GID are not read).
     pub have_creds: u32,
+    // br_netfilter's bridge info: sk_buff.active_extensions (u8 bit mask of enum skb_ext_id)
+    // and .extensions (struct skb_ext *); skb_ext.offset[] (u8, in 8-byte chunks from the
+    // skb_ext); struct nf_bridge_info physinif (int) and physoutdev (struct net_device *).
+    pub skb_active_extensions: u32,
+    pub skb_extensions: u32,
+    pub ext_offset: u32,
+    pub nfbr_physinif: u32,
+    pub nfbr_physoutdev: u32,
+    /// struct net: dev_index_head (struct hlist_head *, NETDEV_HASHENTRIES buckets by
+    /// ifindex); struct net_device: index_hlist. The input port's name by ifindex.
+    pub net_dev_index_head: u32,
+    pub dev_index_hlist: u32,
+    /// 1: all of the bridge offsets above resolved, SKB_EXT_BRIDGE_NF is 0 and
+    /// nf_bridge_info's two fields lie in its first 32 bytes (else bridge info is not read).
+    pub have_bridge: u32,
 }
 
 /// Offsets of the table functions' structs (read-only global `TABLE_OFFSETS` of the fentry and
@@ -484,13 +518,15 @@ const _: () = assert!(core::mem::size_of::<HeaderSnapshot>() == 112);
 const _: () = assert!(core::mem::align_of::<HeaderSnapshot>() == 8);
 const _: () = assert!(core::mem::offset_of!(HeaderSnapshot, saddr) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(HeaderSnapshot, daddr) % 8 == 0);
-const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 248);
-const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 136);
+const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 288);
+const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 176);
+const _: () = assert!(core::mem::offset_of!(ProbeRecord, physin_dev) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(ProbeRecord, physout_dev) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
 const _: () = assert!(core::mem::size_of::<CurSlot>() == 48);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 31 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 39 * 4);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<TableOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<XtRecord>() == 64);
@@ -552,7 +588,7 @@ impl ProbeRecord {
             kind: kind::PROBE,
             version: RECORD_VERSION,
             _pad0: 0,
-            len: 248,
+            len: 288,
         },
         ts_ns: 0,
         skb: 0,
@@ -578,6 +614,10 @@ impl ProbeRecord {
         in_dev: [0; IFNAME_LEN],
         out_dev: [0; IFNAME_LEN],
         mac: [0; MAC_MAX],
+        physin_ifindex: 0,
+        physout_ifindex: 0,
+        physin_dev: [0; IFNAME_LEN],
+        physout_dev: [0; IFNAME_LEN],
         headers: HeaderSnapshot::ZERO,
     };
 }

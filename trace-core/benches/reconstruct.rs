@@ -147,6 +147,7 @@ fn pass(hook: Hook, out: Option<&str>, tables: Vec<TableObservation>) -> HookPas
         tables,
         stages: vec![],
         probes: vec![],
+        bridge: None,
     }
 }
 
@@ -329,6 +330,7 @@ fn bench_records(c: &mut Criterion) {
             owner_read: false,
             prev: None,
             sparse: false,
+            bridge: None,
         }))
         .unwrap();
     }

@@ -4,7 +4,7 @@
 //! Every record is checked before it is read: length, kind and layout version; a short or
 //! unknown record is a [`DecodeError`] naming the field, never a panic or a guess.
 
-use crate::event::{CtSnapshot, DropEvent, Event, Headers, ProbeEvent, L4};
+use crate::event::{BridgeInfo, CtSnapshot, DropEvent, Event, Headers, ProbeEvent, L4};
 use crate::netfilter::{Family, Hook};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -187,6 +187,7 @@ impl Decoder {
             owner_read: r.flags & probe_flags::OWNER != 0,
             prev,
             sparse: r.flags & probe_flags::SPARSE != 0,
+            bridge: (devs && r.flags & probe_flags::BRIDGE_READ != 0).then(|| Box::new(bridge(&r))),
         })
     }
 
@@ -231,6 +232,20 @@ fn read_pod<T: Copy>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError>
     // SAFETY: T is one of trace_common's #[repr(C)] records (every bit pattern valid) and
     // `bytes` holds at least size_of::<T>() bytes.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+/// The bridge ports of a record with [`probe_flags::BRIDGE_READ`].
+fn bridge(r: &ProbeRecord) -> BridgeInfo {
+    if r.flags & probe_flags::BRIDGED == 0 {
+        return BridgeInfo::NONE;
+    }
+    BridgeInfo {
+        bridged: true,
+        physin_ifindex: r.physin_ifindex,
+        physin: dev_name(&r.physin_dev),
+        physout_ifindex: r.physout_ifindex,
+        physout: dev_name(&r.physout_dev),
+    }
 }
 
 fn dev_name(raw: &[u8; 16]) -> Option<String> {
@@ -484,6 +499,42 @@ mod tests {
     }
 
     #[test]
+    fn bridge_ports_are_decoded_with_the_devices_only() {
+        let mut r = syn_record();
+        let decode = |r: &ProbeRecord, len| match Decoder::default().decode(&bytes_of(r, len)) {
+            Ok(Event::Probe(p)) => p.bridge.map(|b| *b),
+            other => panic!("{other:?}"),
+        };
+        // Not read (other backends): unknown, whatever the fields hold.
+        r.physin_ifindex = 7;
+        assert_eq!(decode(&r, PROBE_FULL_LEN), None);
+        r.flags |= probe_flags::BRIDGE_READ;
+        assert_eq!(decode(&r, PROBE_FULL_LEN), Some(BridgeInfo::NONE));
+        r.flags |= probe_flags::BRIDGED;
+        r.physout_ifindex = 9;
+        r.physin_dev[..5].copy_from_slice(b"vetha");
+        r.physout_dev[..5].copy_from_slice(b"vethb");
+        let ports = BridgeInfo {
+            bridged: true,
+            physin_ifindex: 7,
+            physin: Some("vetha".into()),
+            physout_ifindex: 9,
+            physout: Some("vethb".into()),
+        };
+        assert_eq!(decode(&r, PROBE_FULL_LEN), Some(ports.clone()));
+        // The ports are in the devices part: a short record (no headers) carries them.
+        r.flags &= !probe_flags::HEADERS;
+        r.header.len = PROBE_SHORT_LEN as u32;
+        assert_eq!(decode(&r, PROBE_SHORT_LEN), Some(ports));
+        // An input port gone from the netns: an index without a name (no PHYSIN=).
+        r.physin_dev = [0; 16];
+        assert_eq!(decode(&r, PROBE_SHORT_LEN).unwrap().physin, None);
+        // Later records of the hook carry no devices: nothing said about the ports.
+        r.flags &= !probe_flags::DEVS;
+        assert_eq!(decode(&r, PROBE_SHORT_LEN), None);
+    }
+
+    #[test]
     fn last_probe_passed_and_sparse_flag_are_decoded() {
         let mut r = syn_record();
         let Event::Probe(p) = Decoder::default()
@@ -554,7 +605,7 @@ mod tests {
         assert!(matches!(
             Decoder::default().decode(&full[..100]),
             Err(DecodeError::Length {
-                declared: 248,
+                declared: 288,
                 actual: 100
             })
         ));

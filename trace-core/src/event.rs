@@ -190,6 +190,42 @@ pub struct ProbeEvent {
     /// probes after its last event without one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sparse: bool,
+    /// br_netfilter's bridge ports, read with the devices (a hook's first event); None: not
+    /// read (other backends, events without devices, older recordings). Boxed: most events
+    /// have none, and an inline one made every event 60 bytes larger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<Box<BridgeInfo>>,
+}
+
+/// What br_netfilter attached to the skb (its SKB_EXT_BRIDGE_NF extension) as a hook saw it:
+/// the bridge ports LOG/TRACE print as PHYSIN=/PHYSOUT= and `-m physdev` matches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeInfo {
+    /// The skb carried bridge info (it came in through a bridge port with
+    /// bridge-nf-call-ip(6)tables on). False: not bridged, the fields below are empty.
+    pub bridged: bool,
+    /// Input port: nf_bridge_info.physinif, and the device's name in the hook's netns at the
+    /// hook (None: no device with that index any more; the kernel then prints no PHYSIN=).
+    #[serde(default)]
+    pub physin_ifindex: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physin: Option<String>,
+    /// Output port (nf_bridge_info.physoutdev; set from the bridge's FORWARD on).
+    #[serde(default)]
+    pub physout_ifindex: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physout: Option<String>,
+}
+
+impl BridgeInfo {
+    /// Not bridged (the skb had no bridge info).
+    pub const NONE: BridgeInfo = BridgeInfo {
+        bridged: false,
+        physin_ifindex: 0,
+        physin: None,
+        physout_ifindex: 0,
+        physout: None,
+    };
 }
 
 /// skb freed with a drop reason (skb:kfree_skb) while tracked.

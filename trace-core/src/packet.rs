@@ -83,6 +83,10 @@ pub struct HookPass {
     /// Priorities of the probes that saw the packet on this pass, in order.
     #[serde(default)]
     pub probes: Vec<i32>,
+    /// br_netfilter's bridge ports at the pass's first probe (PHYSIN=/PHYSOUT=, `-m
+    /// physdev`); None: not captured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<Box<crate::event::BridgeInfo>>,
 }
 
 /// The socket owner a probe read, differing from the one before it in the pass.

@@ -208,6 +208,7 @@ fn packet_trace(
             tables: obs,
             stages: Vec::new(),
             probes: Vec::new(),
+            bridge: None,
         });
     }
     PacketTrace {

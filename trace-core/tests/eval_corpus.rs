@@ -176,6 +176,7 @@ fn every_corpus_dump_replays_soundly() {
                                 nf_trace: false,
                                 tuples: Default::default(),
                                 dst_local: None,
+                                bridge: None,
                             };
                             let t = ev
                                 .evaluate(td.table, &input, &ctx)

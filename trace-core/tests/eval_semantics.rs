@@ -113,6 +113,7 @@ impl Case {
             nf_trace: false,
             tuples: self.tuples,
             dst_local: None,
+            bridge: None,
         };
         let t = ev.evaluate(table, &input, ctx).unwrap();
         // Render step ids through the evaluator for assertions.
@@ -651,6 +652,7 @@ fn missing_chain_and_missing_table_are_errors_not_guesses() {
         nf_trace: false,
         tuples: Default::default(),
         dst_local: None,
+        bridge: None,
     };
     let t = ev.evaluate(Table::Filter, &input, &unknown()).unwrap();
     assert!(matches!(
@@ -715,6 +717,7 @@ fn statistic_branches_are_resolved_by_the_observed_dnat() {
             }],
             stages: vec![],
             probes: vec![],
+            bridge: None,
         }],
         incomplete: false,
         fate: Default::default(),
@@ -945,6 +948,7 @@ fn shared_observations_are_weaker_evidence() {
                 shared,
             }],
             probes: vec![],
+            bridge: None,
         }],
         incomplete: false,
         fate: Default::default(),
@@ -1112,6 +1116,7 @@ fn reconstruction_knows_the_original_tuple() {
         tables,
         stages: vec![],
         probes: vec![],
+        bridge: None,
     };
     let p = PacketTrace {
         id: 1,
@@ -1183,6 +1188,7 @@ fn nat_packet(
             }],
             stages: vec![],
             probes: vec![],
+            bridge: None,
         }],
         incomplete: false,
         fate: Default::default(),

@@ -290,6 +290,7 @@ fn packet_trace(
             tables,
             stages: Vec::new(),
             probes: Vec::new(),
+            bridge: None,
         });
     }
     PacketTrace {

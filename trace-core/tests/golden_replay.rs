@@ -111,6 +111,7 @@ fn syn_events(plan: &ProbePlan) -> Vec<Event> {
                 owner_read: false,
                 prev: None,
                 sparse: false,
+                bridge: None,
             }));
         }
     }

@@ -100,6 +100,7 @@ fn packet(dport: u16, verdict: ObservedVerdict) -> PacketTrace {
             }],
             stages: vec![],
             probes: vec![],
+            bridge: None,
         }],
         incomplete: false,
         fate: Default::default(),

@@ -135,6 +135,14 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     cred_fsuid: 0,
     cred_fsgid: 0,
     have_creds: 0,
+    skb_active_extensions: 0,
+    skb_extensions: 0,
+    ext_offset: 0,
+    nfbr_physinif: 0,
+    nfbr_physoutdev: 0,
+    net_dev_index_head: 0,
+    dev_index_hlist: 0,
+    have_bridge: 0,
 };
 
 /// Sampling and rate limit (set by the collector at load time).

@@ -930,10 +930,93 @@ fn devices<const D: bool>(
     }
     rec.flags |= probe_flags::DEVS;
     mac::<D>(rec, skb, head, indev, mac_bytes);
-    if !D {
+    if D {
+        bridge_ports(rec, state, skb);
+    } else {
+        // The kprobe/fentry backends leave the bridge ports out (no BRIDGE_READ flag: the
+        // collector treats them as unknown): their call chain through here is near the
+        // 512-byte stack limit.
         creds::<D>(rec, skb);
     }
     t.last_hook = rec.hook;
+}
+
+/// NETDEV_HASHENTRIES: buckets of a netns's ifindex hash (struct net.dev_index_head).
+const DEV_INDEX_BUCKETS: u64 = 256;
+/// Devices of one bucket looked at before giving up (ifindexes are allocated in sequence,
+/// so a bucket rarely holds more than one).
+const DEV_CHAIN_MAX: usize = 4;
+
+/// br_netfilter's bridge ports of the skb (LOG/TRACE's PHYSIN=/PHYSOUT=, `-m physdev`), with
+/// the devices. Not bridged (the common case): the extension bit, one load.
+#[inline(always)]
+fn bridge_ports(rec: &mut ProbeRecord, state: u64, skb: u64) {
+    if global!(OFFSETS.have_bridge) == 0 {
+        return;
+    }
+    rec.flags |= probe_flags::BRIDGE_READ;
+    let active: u8 = kread::<_, true>(skb, global!(OFFSETS.skb_active_extensions));
+    // Bit SKB_EXT_BRIDGE_NF (0; the collector checks the enum value).
+    if active & 1 != 0 {
+        bridged(rec, state, skb);
+    }
+}
+
+/// The ports of a bridged skb: skb_ext_find(skb, SKB_EXT_BRIDGE_NF)->physinif and
+/// ->physoutdev (loaded through `mem::kcast`: the extension sits at a variable offset in the
+/// skb_ext), the output port's ifindex and name, the input port's device by ifindex in the
+/// hook's netns (`dev_by_index`). Its own BPF function: bridged packets only.
+#[inline(never)]
+fn bridged(rec: &mut ProbeRecord, state: u64, skb: u64) {
+    let ext: u64 = kread::<_, true>(skb, global!(OFFSETS.skb_extensions));
+    if ext == 0 {
+        return;
+    }
+    let chunk: u8 = kread::<_, true>(ext, global!(OFFSETS.ext_offset));
+    // skb_ext_find: the extension starts offset[id] 8-byte chunks into the skb_ext.
+    let p = mem::kcast(ext + chunk as u64 * 8);
+    let physinif = mem::load::<u32>(p, global!(OFFSETS.nfbr_physinif));
+    let physout = mem::load::<u64>(p, global!(OFFSETS.nfbr_physoutdev));
+    rec.flags |= probe_flags::BRIDGED;
+    rec.physout_ifindex = read(physout, global!(OFFSETS.dev_ifindex));
+    let physin = dev_by_index(state, physinif);
+    rec.physin_ifindex = physinif;
+    // SAFETY: 16-byte fields at 8-aligned offsets of the 8-aligned ProbeRecord (asserted in
+    // trace_common::record).
+    unsafe {
+        store_name(&mut rec.physout_dev, dev_name_words::<false>(physout));
+        store_name(&mut rec.physin_dev, dev_name_words::<false>(physin));
+    }
+}
+
+/// dev_get_by_index_rcu(state->net, ifindex), as nf_log and xt_physdev look the input port up
+/// (the hooks run under RCU): the device, or 0 when the netns has none with that index (a
+/// deleted port: the kernel's line then has no PHYSIN= either).
+#[inline(always)]
+fn dev_by_index(state: u64, ifindex: u32) -> u64 {
+    if ifindex == 0 {
+        return 0;
+    }
+    let net: u64 = kread::<_, true>(state, global!(OFFSETS.state_net));
+    let heads: u64 = kread::<_, true>(net, global!(OFFSETS.net_dev_index_head));
+    if heads == 0 {
+        return 0;
+    }
+    // dev_index_hash: bucket ifindex & (NETDEV_HASHENTRIES - 1); hlist_head.first and
+    // hlist_node.next are the structs' first words.
+    let mut node: u64 = read(heads + (ifindex as u64 & (DEV_INDEX_BUCKETS - 1)) * 8, 0);
+    let link = global!(OFFSETS.dev_index_hlist) as u64;
+    for _ in 0..DEV_CHAIN_MAX {
+        if node == 0 {
+            break;
+        }
+        let dev = node - link;
+        if read::<u32>(dev, global!(OFFSETS.dev_ifindex)) == ifindex {
+            return dev;
+        }
+        node = read(node, 0);
+    }
+    0
 }
 
 /// 32-bit mix of the record's mark, conntrack fields and socket owner (a change makes

@@ -92,6 +92,7 @@ impl Pass {
             tables: Vec::with_capacity(tables),
             stages: Vec::with_capacity(stages),
             probes: Vec::with_capacity(probes),
+            bridge: e.bridge.take(),
         };
         Pass {
             meta,
@@ -361,6 +362,7 @@ pub(super) fn dropped_before_first_probe(
         tables: Vec::new(),
         stages: Vec::new(),
         probes: Vec::new(),
+        bridge: prev.bridge.clone(),
     };
     let first = plan.probes().first().copied();
     let gap = Gap {

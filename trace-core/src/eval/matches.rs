@@ -3,11 +3,12 @@
 //! turns it into a branch point instead of guessing.
 
 use super::{NetContext, PathState, Pkt};
-use crate::event::{Headers, L4};
+use crate::event::{BridgeInfo, Headers, L4};
 use crate::netfilter::Family;
 use crate::rules::matches::{
     AddrType, AddrTypeMatch, ConntrackMatch, CtDir, CtState, CtStatus, IcmpMatch, IpRangeMatch,
-    Match, MatchKind, MultiportMatch, OwnerMatch, PktType, PortDir, PortsMatch, Range, TcpMatch,
+    Match, MatchKind, MultiportMatch, OwnerMatch, PhysdevMatch, PktType, PortDir, PortsMatch,
+    Range, TcpMatch,
 };
 use crate::rules::{Iface, Negatable};
 use std::net::IpAddr;
@@ -546,29 +547,67 @@ fn pkt_type(p: &Pkt<'_>) -> Option<PktType> {
     })
 }
 
-/// xt_physdev: a packet that did not come in through a bridge has no bridge port info; then
-/// every option given without `!` fails and the rest match (physdev_mt's first branch).
-/// Bridged packets need the port, which the capture does not record: a branch point.
-fn physdev(m: &crate::rules::matches::PhysdevMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
+/// xt_physdev (physdev_mt) on the bridge ports captured with the devices. Without them
+/// (other capture backends, replays of older recordings): a packet whose input device is not
+/// a bridge has no bridge info, so every option given without `!` fails and the rest match;
+/// one that came in on a bridge is a branch point.
+fn physdev(m: &PhysdevMatch, p: &Pkt<'_>, ctx: &NetContext) -> Tri {
+    if let Some(b) = p.bridge {
+        return physdev_ports(m, b);
+    }
     let bridged_in = if p.has_in {
         ctx.is_bridge(p.in_dev)
     } else {
         Some(false)
     };
     match bridged_in {
-        Some(false) => {
-            let plain = |o: Option<bool>| o == Some(false);
-            let negated = |n: &Option<Negatable<Iface>>| n.as_ref().map(|n| n.negated);
-            let negated0 = |n: &Option<Negatable<()>>| n.as_ref().map(|n| n.negated);
-            let fails = plain(negated(&m.physdev_in))
-                || plain(negated(&m.physdev_out))
-                || plain(negated0(&m.is_in))
-                || plain(negated0(&m.is_out))
-                || plain(negated0(&m.is_bridged));
-            (!fails).into()
-        }
+        Some(false) => physdev_ports(m, &BridgeInfo::NONE),
         Some(true) => Tri::Unknown("bridge port not captured"),
         None => Tri::Unknown("bridge devices of the netns unknown"),
+    }
+}
+
+/// physdev_mt on known bridge info `b`: the input port is the device looked up by its index
+/// (none when it is gone), the output port nf_bridge_info.physoutdev (set from the bridge's
+/// FORWARD on). `--physdev-is-bridged` tests the output port; `--physdev-in` passes when
+/// there is no input port; `--physdev-out` fails when there is no output port, negated or not.
+fn physdev_ports(m: &PhysdevMatch, b: &BridgeInfo) -> Tri {
+    let plain = |negated: Option<bool>| negated == Some(false);
+    if !b.bridged {
+        let negated = |n: &Option<Negatable<Iface>>| n.as_ref().map(|n| n.negated);
+        let negated0 = |n: &Option<Negatable<()>>| n.as_ref().map(|n| n.negated);
+        let fails = plain(negated(&m.physdev_in))
+            || plain(negated(&m.physdev_out))
+            || plain(negated0(&m.is_in))
+            || plain(negated0(&m.is_out))
+            || plain(negated0(&m.is_bridged));
+        return (!fails).into();
+    }
+    let indev = b.physin.as_deref();
+    let has_out = b.physout_ifindex != 0 || b.physout.is_some();
+    // A flag option fails when presence equals its negation (`!!dev ^ !invert`).
+    let flag_fails =
+        |o: &Option<Negatable<()>>, present: bool| o.as_ref().is_some_and(|o| present == o.negated);
+    if flag_fails(&m.is_bridged, has_out)
+        || flag_fails(&m.is_in, indev.is_some())
+        || flag_fails(&m.is_out, has_out)
+    {
+        return Tri::False;
+    }
+    if let (Some(want), Some(dev)) = (&m.physdev_in, indev) {
+        if !want.apply(want.value.matches(dev)) {
+            return Tri::False;
+        }
+    }
+    let Some(want) = &m.physdev_out else {
+        return Tri::True;
+    };
+    if !has_out {
+        return Tri::False;
+    }
+    match b.physout.as_deref() {
+        Some(dev) => want.apply(want.value.matches(dev)).into(),
+        None => Tri::Unknown("bridge output port's name not captured"),
     }
 }
 

@@ -76,6 +76,8 @@ pub struct EvalInput<'a> {
     /// sees it: Some(true) delivered locally, Some(false) routed elsewhere, None unknown. Used
     /// by `-m addrtype` when the netns's addresses are not known.
     pub dst_local: Option<bool>,
+    /// br_netfilter's bridge ports (`-m physdev`); None: not captured.
+    pub bridge: Option<&'a crate::event::BridgeInfo>,
 }
 
 /// One direction of a conntrack entry (addresses, and ports for port protocols).
@@ -335,6 +337,7 @@ pub(crate) struct Pkt<'a> {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub ct: Option<CtSnapshot>,
+    pub bridge: Option<&'a crate::event::BridgeInfo>,
 }
 
 impl<'a> Pkt<'a> {
@@ -354,6 +357,7 @@ impl<'a> Pkt<'a> {
             uid: input.uid,
             gid: input.gid,
             ct: input.state.ct,
+            bridge: input.bridge,
         }
     }
 }

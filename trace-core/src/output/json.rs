@@ -150,6 +150,14 @@ impl Serialize for HookView<'_> {
         m.serialize_entry("hook", hp.hook.chain_name())?;
         m.serialize_entry("in", &hp.in_dev)?;
         m.serialize_entry("out", &hp.out_dev)?;
+        // Bridge ports only for bridged packets (the lines of others stay as they were).
+        let bridge = hp.bridge.as_ref();
+        if let Some(p) = bridge.and_then(|b| b.physin.as_ref()) {
+            m.serialize_entry("physin", p)?;
+        }
+        if let Some(p) = bridge.and_then(|b| b.physout.as_ref()) {
+            m.serialize_entry("physout", p)?;
+        }
         m.serialize_entry(
             "tables",
             &seq(rh

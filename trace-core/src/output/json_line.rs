@@ -144,6 +144,14 @@ fn push_hook(out: &mut String, results: &[TableResult], hp: &HookPass) {
     push_plain_str(key(out, first!("hook")), hp.hook.chain_name());
     push_opt_str(key(out, key!("in")), hp.in_dev.as_deref());
     push_opt_str(key(out, key!("out")), hp.out_dev.as_deref());
+    // As HookView: bridge ports only for bridged packets.
+    let bridge = hp.bridge.as_ref();
+    if let Some(p) = bridge.and_then(|b| b.physin.as_deref()) {
+        push_opt_str(key(out, key!("physin")), Some(p));
+    }
+    if let Some(p) = bridge.and_then(|b| b.physout.as_deref()) {
+        push_opt_str(key(out, key!("physout")), Some(p));
+    }
     let tables = key(out, key!("tables"));
     push_list(tables, results.iter().zip(&hp.tables), |out, (t, obs)| {
         push_table(out, t, obs)

@@ -72,8 +72,8 @@ fn push_step_fields(
     let ctx = LogContext {
         in_dev: hp.in_dev.as_deref(),
         out_dev: hp.out_dev.as_deref(),
-        physin: None,
-        physout: None,
+        physin: hp.bridge.as_ref().and_then(|b| b.physin.as_deref()),
+        physout: hp.bridge.as_ref().and_then(|b| b.physout.as_deref()),
         mac: hp.mac.as_deref(),
         uid_gid: owner,
         mark: step.mark,

@@ -466,6 +466,7 @@ fn table_input<'a>(
         nf_trace,
         tuples,
         dst_local,
+        bridge: hp.bridge.as_deref(),
     }
 }
 

@@ -185,6 +185,7 @@ pub fn to_events(obs: &[Obs]) -> Vec<Event> {
             owner_read: false,
             prev: None,
             sparse: false,
+            bridge: None,
         }));
         last.insert(o.skb, (o.hook, o.priority, gen, h));
     }
@@ -249,6 +250,7 @@ pub fn probe(
         owner_read: false,
         prev: None,
         sparse: false,
+        bridge: None,
     })
 }
 

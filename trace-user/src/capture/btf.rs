@@ -97,6 +97,12 @@ mod tests {
         assert_eq!(o.state_pf, 1);
         assert!(o.ct_reply_tuple > o.ct_tuple);
         assert_eq!(o.have_creds, 1);
+        // A kernel whose nf_bridge_info holds the input port's ifindex (>= 6.8, br_netfilter
+        // built in; this machine's 6.18): the bridge ports are readable.
+        if btf.offset("nf_bridge_info", "physinif").is_ok() {
+            assert_eq!(o.have_bridge, 1, "bridge info offsets resolve");
+            assert!(o.skb_extensions > 0 && o.net_dev_index_head > 0);
+        }
         let reasons = btf.enum_values("skb_drop_reason").unwrap();
         assert!(reasons
             .values()

@@ -335,6 +335,13 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
                 (0, 0, 0, 0, 0, 0, 0)
             }
         };
+    let bridge = match bridge_offsets(btf) {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!("bridge ports (PHYSIN=/PHYSOUT=, -m physdev) unavailable: {e}");
+            BridgeOffsets::default()
+        }
+    };
     Ok(KernelOffsets {
         state_hook: btf.offset("nf_hook_state", "hook")?,
         state_pf: btf.offset("nf_hook_state", "pf")?,
@@ -371,7 +378,65 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         cred_fsuid,
         cred_fsgid,
         have_creds,
+        skb_active_extensions: bridge.skb_active_extensions,
+        skb_extensions: bridge.skb_extensions,
+        ext_offset: bridge.ext_offset,
+        nfbr_physinif: bridge.physinif,
+        nfbr_physoutdev: bridge.physoutdev,
+        net_dev_index_head: bridge.net_dev_index_head,
+        dev_index_hlist: bridge.dev_index_hlist,
+        have_bridge: bridge.have as u32,
     })
+}
+
+/// Where br_netfilter keeps a bridged skb's ports (see `KernelOffsets::have_bridge`).
+#[derive(Debug, Default, Clone, Copy)]
+struct BridgeOffsets {
+    skb_active_extensions: u32,
+    skb_extensions: u32,
+    ext_offset: u32,
+    physinif: u32,
+    physoutdev: u32,
+    net_dev_index_head: u32,
+    dev_index_hlist: u32,
+    have: bool,
+}
+
+/// Bytes of struct nf_bridge_info the probes read (both port fields must lie in them).
+const NF_BRIDGE_READ: u32 = 32;
+
+/// The bridge info offsets; an error names what this kernel lacks (no CONFIG_BRIDGE_NETFILTER
+/// or CONFIG_SKB_EXTENSIONS, kernels before 6.8 whose nf_bridge_info holds `physindev`, a
+/// pointer, instead of the ifindex `physinif`).
+fn bridge_offsets(btf: &Btf) -> Result<BridgeOffsets, BtfError> {
+    let ids = btf.enum_values("skb_ext_id")?;
+    // The probes test bit 0 of active_extensions and read offset[0].
+    if !ids.iter().any(|(v, n)| n == "SKB_EXT_BRIDGE_NF" && *v == 0) {
+        return Err(BtfError::NoMember {
+            ty: "enum skb_ext_id".into(),
+            path: "SKB_EXT_BRIDGE_NF = 0".into(),
+        });
+    }
+    let b = BridgeOffsets {
+        skb_active_extensions: btf.offset("sk_buff", "active_extensions")?,
+        skb_extensions: btf.offset("sk_buff", "extensions")?,
+        ext_offset: btf.offset("skb_ext", "offset")?,
+        physinif: btf.offset("nf_bridge_info", "physinif")?,
+        physoutdev: btf.offset("nf_bridge_info", "physoutdev")?,
+        net_dev_index_head: btf.offset("net", "dev_index_head")?,
+        dev_index_hlist: btf.offset("net_device", "index_hlist")?,
+        have: true,
+    };
+    if b.physinif + 4 > NF_BRIDGE_READ
+        || b.physoutdev + 8 > NF_BRIDGE_READ
+        || !b.physoutdev.is_multiple_of(8)
+    {
+        return Err(BtfError::NoMember {
+            ty: "nf_bridge_info".into(),
+            path: format!("physinif/physoutdev within its first {NF_BRIDGE_READ} bytes"),
+        });
+    }
+    Ok(b)
 }
 
 /// A copy of the ELF where every "netfilter" section is named ".text" (an existing string of

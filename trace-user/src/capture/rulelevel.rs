@@ -519,6 +519,7 @@ mod tests {
                 }],
                 stages: vec![],
                 probes: vec![],
+                bridge: None,
             }],
             incomplete: false,
             fate: Default::default(),

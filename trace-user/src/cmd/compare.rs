@@ -622,6 +622,7 @@ mod tests {
                     owner_read: false,
                     prev: None,
                     sparse: false,
+                    bridge: None,
                 }))
                 .unwrap();
             }

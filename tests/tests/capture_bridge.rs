@@ -1,0 +1,546 @@
+//! Bridged packets (br_netfilter) against the kernel's own TRACE (root, legacy iptables): a
+//! router namespace with a bridge and two client namespaces on its ports, bridge-nf-call-
+//! iptables on in the router, `-m physdev` rules (`--physdev-in`, `--physdev-out`,
+//! `--physdev-is-bridged`, `--physdev-is-in`) in mangle and filter; ICMP and TCP between the
+//! clients (IN=OUT=the bridge, PHYSIN=/PHYSOUT= the ports) and ICMP to the router's own
+//! address on the bridge (INPUT with PHYSIN=). Captured by `iptrace capture --compare-trace
+//! --allow-system-changes` (the TRACE rule in raw PREROUTING and nf_log_all_netns are its
+//! own, restored on exit); two checks: every captured packet's rule path agrees with the
+//! kernel's, and the TRACE lines iptrace prints for the recording equal the kernel's byte
+//! for byte (as multisets). Run with `--test-threads=1`.
+
+use std::io::BufRead;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use iptrace_tests as e2e;
+use serde_json::Value;
+use trace_user::lab::IptablesBackend;
+use trace_user::netns::{self, NetnsGuard};
+
+const A4: &str = "10.214.0.2";
+const B4: &str = "10.214.0.3";
+const BR4: &str = "10.214.0.1";
+/// How our addresses look in kernel log lines.
+const MINE: &str = "10.214.";
+/// The router's bridge and its ports (names inside the router namespace).
+const BRIDGE: &str = "brg0";
+const PORT_A: &str = "bpa0";
+const PORT_B: &str = "bpb0";
+
+/// Hand-written: physdev in every form the kernel evaluates differently on the way through
+/// (PREROUTING: no output port yet; FORWARD/POSTROUTING: both ports; INPUT: input port only).
+const RULES: &str = "\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -m physdev --physdev-is-bridged -j MARK --set-xmark 0x1/0xffffffff
+-A PREROUTING -m physdev --physdev-in bpa0 -j MARK --set-xmark 0xa/0xffffffff
+-A PREROUTING -m physdev --physdev-in bpb0 -j MARK --set-xmark 0xb/0xffffffff
+-A INPUT -m physdev --physdev-is-in ! --physdev-is-out -j MARK --set-xmark 0x2/0xffffffff
+-A POSTROUTING -m physdev --physdev-is-out --physdev-out bpb0 -j MARK --set-xmark 0xc/0xffffffff
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:br-fwd - [0:0]
+-A INPUT -m physdev --physdev-is-bridged -j DROP
+-A INPUT -p icmp -m physdev --physdev-in bpa0 -j ACCEPT
+-A FORWARD -m physdev --physdev-is-bridged -j br-fwd
+-A FORWARD -j DROP
+-A br-fwd -m physdev --physdev-in bpb0 --physdev-out bpb0 -j DROP
+-A br-fwd -p tcp -m physdev --physdev-in bpa0 --physdev-out bpb0 -j ACCEPT
+-A br-fwd -p icmp -m physdev --physdev-in bpa0 -j ACCEPT
+-A br-fwd -m physdev ! --physdev-in bpa0 --physdev-out bpa0 -j ACCEPT
+COMMIT
+";
+
+/// Steps the kernel's trace must contain: the physdev rules were exercised.
+const KERNEL_STEPS: &[&str] = &[
+    "mangle:PREROUTING:rule:2",
+    "mangle:PREROUTING:rule:3",
+    "mangle:INPUT:rule:1",
+    "mangle:POSTROUTING:rule:1",
+    "filter:INPUT:rule:2",
+    "filter:FORWARD:rule:1",
+    "filter:br-fwd:rule:2",
+    "filter:br-fwd:rule:3",
+    "filter:br-fwd:rule:4",
+];
+
+/// Substrings some kernel TRACE line (and some iptrace line) must contain.
+const KERNEL_TEXT: &[&str] = &[
+    "IN=brg0 OUT=brg0 PHYSIN=bpa0 PHYSOUT=bpb0 ",
+    "IN=brg0 OUT=brg0 PHYSIN=bpb0 PHYSOUT=bpa0 ",
+    "IN=brg0 OUT= PHYSIN=bpa0 ",
+    "IN= OUT=brg0 PHYSIN=bpa0 PHYSOUT=bpb0 ",
+];
+
+/// Two clients on the router's bridge (namespaces deleted on drop, with the server).
+struct Topo {
+    a: NetnsGuard,
+    b: NetnsGuard,
+    router: NetnsGuard,
+    server: Option<Child>,
+}
+
+fn run(ns: &str, argv: &[&str]) {
+    netns::exec(ns, argv).unwrap_or_else(|e| panic!("{ns}: {argv:?}: {e}"));
+}
+
+impl Topo {
+    fn up() -> Topo {
+        let t = Topo {
+            a: NetnsGuard::create("brga").expect("netns"),
+            b: NetnsGuard::create("brgb").expect("netns"),
+            router: NetnsGuard::create("brgr").expect("netns"),
+            server: None,
+        };
+        let r = t.router.name();
+        run(r, &["ip", "link", "add", BRIDGE, "type", "bridge"]);
+        for (ns, port, addr) in [(t.a.name(), PORT_A, A4), (t.b.name(), PORT_B, B4)] {
+            // Created inside the client namespace, the peer moved straight into the router:
+            // the root namespace never sees these links.
+            run(
+                ns,
+                &[
+                    "ip", "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", r,
+                ],
+            );
+            run(
+                ns,
+                &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+            );
+            run(ns, &["ip", "link", "set", "eth0", "up"]);
+            run(r, &["ip", "link", "set", port, "master", BRIDGE]);
+            run(r, &["ip", "link", "set", port, "up"]);
+        }
+        run(
+            r,
+            &["ip", "addr", "add", &format!("{BR4}/24"), "dev", BRIDGE],
+        );
+        run(r, &["ip", "link", "set", BRIDGE, "up"]);
+        // Per netns (Linux >= 5.3); this machine's default is already 1 (br_netfilter is
+        // loaded), set it anyway: the namespace is ours and deleted afterwards.
+        run(
+            r,
+            &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
+        );
+        t
+    }
+
+    fn restore(&self, rules: &str) {
+        let bin = IptablesBackend::Legacy.restore_bin();
+        let mut child = netns::command(self.router.name(), &bin)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn restore");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A socat echo server on B.
+    fn serve(&mut self) {
+        let child = netns::command(self.b.name(), "socat")
+            .args(["TCP4-LISTEN:8080,reuseaddr,fork", "EXEC:cat"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat");
+        self.server = Some(child);
+    }
+
+    /// From A: ping B and the router's bridge address, ping A from B, one TCP exchange A→B.
+    fn traffic(&self) {
+        let (b, br, a) = (
+            B4.parse().unwrap(),
+            BR4.parse().unwrap(),
+            A4.parse().unwrap(),
+        );
+        netns::run_in(&self.a.path(), move || {
+            ping(b, 0x2101);
+            ping(br, 0x2102);
+            tcp_echo(SocketAddr::new(b, 8080));
+        })
+        .expect("enter A");
+        netns::run_in(&self.b.path(), move || ping(a, 0x2103)).expect("enter B");
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.server {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// One ICMP echo request with identifier `id` from a raw socket (no ping binary needed), then
+/// time for the reply.
+fn ping(to: IpAddr, id: u16) {
+    let IpAddr::V4(a) = to else {
+        panic!("IPv4 only")
+    };
+    let [hi, lo] = id.to_be_bytes();
+    let mut m = vec![8u8, 0, 0, 0, hi, lo, 0, 1];
+    m.extend_from_slice(b"bridged");
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    // SAFETY: plain socket calls on a socket we own; the sockaddr is fully initialised.
+    unsafe {
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let n = libc::sendto(
+            fd,
+            m.as_ptr() as *const libc::c_void,
+            m.len(),
+            0,
+            &sin as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(n as usize, m.len(), "raw sendto: {err}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+/// Connect, send a line, read the echo, close.
+fn tcp_echo(to: SocketAddr) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"over the bridge\n").unwrap();
+    let mut buf = [0u8; 16];
+    s.read_exact(&mut buf).expect("echo");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// /dev/kmsg read from its end by a thread: `TRACE: ` lines about our addresses.
+struct Kmsg {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: std::thread::JoinHandle<(Vec<String>, usize)>,
+}
+
+impl Kmsg {
+    fn open() -> Kmsg {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open("/dev/kmsg")
+            .expect("/dev/kmsg");
+        // SAFETY: lseek on our own descriptor.
+        unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), 0, libc::SEEK_END) };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let reader = std::thread::spawn(move || {
+            let (mut lines, mut lost) = (Vec::new(), 0);
+            let mut buf = vec![0u8; 8192];
+            loop {
+                let done = flag.load(std::sync::atomic::Ordering::SeqCst);
+                loop {
+                    match f.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            let rec = String::from_utf8_lossy(&buf[..n]);
+                            let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or("");
+                            let msg = msg.lines().next().unwrap_or("");
+                            if msg.starts_with("TRACE: ") && msg.contains(MINE) {
+                                lines.push(msg.to_string());
+                            }
+                        }
+                        // EPIPE: records were overwritten before we read them.
+                        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => lost += 1,
+                        Err(_) => break,
+                    }
+                }
+                if done {
+                    return (lines, lost);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Kmsg { stop, reader }
+    }
+
+    /// Stops the reader: (our TRACE lines, lost-record events).
+    fn finish(self) -> (Vec<String>, usize) {
+        std::thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.reader.join().expect("kmsg reader")
+    }
+}
+
+/// A file in the temp dir, removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The capture_fidelity scenarios' machine-wide lock: the kernel log (the legacy reference)
+/// is shared by every namespace. Held until dropped.
+fn machine_lock(test: &str) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("iptrace-capture-fidelity.lock"))
+        .expect("lock file");
+    // SAFETY: flock on our own descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!("{test}: waiting for another fidelity capture on this machine");
+        // SAFETY: as above (blocking this time).
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
+    }
+    f
+}
+
+/// `iptrace capture --compare-trace` on the router while `topo.traffic()` runs: (exit code,
+/// the compare report, kernel TRACE lines, lost kernel log records).
+fn capture_run(
+    test: &str,
+    bin: &Path,
+    topo: &Topo,
+    recording: &Path,
+) -> (Option<i32>, Value, Vec<String>, usize) {
+    let kmsg = Kmsg::open();
+    let mut child = Command::new(bin)
+        .args([
+            "capture",
+            "--compare-trace",
+            "--allow-system-changes",
+            "--netns",
+        ])
+        .arg(topo.router.path())
+        .args(["--duration", "8", "--format", "json", "--write"])
+        .arg(recording)
+        .arg("ip")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn iptrace");
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("probes attached") {
+        eprint!("[iptrace] {line}");
+        line.clear();
+    }
+    assert!(
+        line.contains("probes attached"),
+        "{test}: capture did not start"
+    );
+    let stderr = std::thread::spawn(move || {
+        err.lines()
+            .map_while(Result::ok)
+            .for_each(|l| eprintln!("[iptrace] {l}"))
+    });
+    let mut pipe = child.stdout.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        std::io::Read::read_to_end(&mut pipe, &mut v).map(|_| v)
+    });
+    topo.traffic();
+    let status = child.wait().expect("iptrace exits");
+    let stdout = stdout.join().unwrap().expect("stdout");
+    let _ = stderr.join();
+    let stdout = String::from_utf8_lossy(&stdout);
+    let report = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l.get("compare").cloned())
+        .unwrap_or_else(|| panic!("{test}: no compare line:\n{stdout}"));
+    let (kernel, lost) = kmsg.finish();
+    (status.code(), report, kernel, lost)
+}
+
+/// The TRACE lines iptrace prints for the recording, about our addresses.
+fn replay_lines(bin: &Path, recording: &Path) -> Vec<String> {
+    let out = Command::new(bin)
+        .args(["replay", "--format", "trace", "--from-trace-rule"])
+        .arg(recording)
+        .output()
+        .expect("iptrace replay");
+    assert!(
+        out.status.success(),
+        "replay: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("TRACE: ") && l.contains(MINE))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Lines only the kernel printed and lines only iptrace printed (multisets).
+fn differences(kernel: &[String], ours: &[String]) -> Vec<String> {
+    let mut only_ours: Vec<&String> = ours.iter().collect();
+    let mut diffs = Vec::new();
+    for k in kernel {
+        match only_ours.iter().position(|o| *o == k) {
+            Some(i) => {
+                only_ours.swap_remove(i);
+            }
+            None => diffs.push(format!("kernel only: {k}")),
+        }
+    }
+    diffs.extend(only_ours.iter().map(|o| format!("iptrace only: {o}")));
+    diffs
+}
+
+#[test]
+fn bridged_physdev_legacy() {
+    let test = "capture_bridge_physdev_legacy";
+    let backend = IptablesBackend::Legacy;
+    if !e2e::lab_ready(test, backend) || !e2e::require_tools(test, &["socat"]) {
+        return;
+    }
+    if !Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        e2e::skipped(
+            test,
+            "br_netfilter is not loaded (no bridge-nf-call-iptables)",
+        );
+        return;
+    }
+    let _lock = machine_lock(test);
+    let Some(bin) = e2e::iptrace_bin() else {
+        e2e::skipped(test, "no iptrace binary (cargo build first)");
+        return;
+    };
+    let mut topo = Topo::up();
+    topo.restore(RULES);
+    topo.serve();
+    // Let the bridge's unsolicited IGMP reports (after its address came up) pass first.
+    std::thread::sleep(Duration::from_millis(2500));
+    let recording = TempFile(
+        std::env::temp_dir().join(format!("iptrace-bridge-{}.iptrace", std::process::id())),
+    );
+    let (code, report, kernel, lost) = capture_run(test, &bin, &topo, &recording.0);
+    let warnings = report["report"]["warnings"].to_string();
+    if warnings.contains("exited early") {
+        e2e::skipped(
+            test,
+            &format!("the kernel's reference could not be collected: {warnings}"),
+        );
+        return;
+    }
+    let totals = &report["report"]["totals"];
+    eprintln!("{test}: totals {totals}");
+    let packets: Vec<&Value> = report["report"]["packets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let differing: Vec<&&Value> = packets
+        .iter()
+        .filter(|p| !matches!(p["outcome"].as_str(), Some("agree" | "only_in_reference")))
+        .collect();
+    assert!(differing.is_empty(), "{test}: {differing:#?}");
+    assert_eq!(code, Some(0), "{test}: exit code; report {report:#}");
+    assert_eq!(totals["differ"], 0, "{test}: {report:#}");
+    // 2 echo requests + 2 replies bridged, 1 request + 1 reply to the router, a TCP exchange.
+    assert!(
+        totals["agree"].as_u64().unwrap() >= 10,
+        "{test}: too few packets compared: {report:#}"
+    );
+    let ours_only_in_reference: Vec<&&Value> = packets
+        .iter()
+        .filter(|p| p["outcome"] == "only_in_reference")
+        .filter(|p| p["summary"].as_str().unwrap_or("").contains(MINE))
+        // The router's IGMP reports for the bridge's multicast groups: sent on their own
+        // timer, possibly between the TRACE rule's insertion and the probes' attachment.
+        .filter(|p| !p["summary"].as_str().unwrap_or("").contains(" > 224.0.0."))
+        .collect();
+    assert!(
+        ours_only_in_reference.is_empty(),
+        "{test}: traced by the kernel, not captured: {ours_only_in_reference:#?}"
+    );
+    if lost > 0 {
+        e2e::skipped(
+            &format!("{test} (TRACE line comparison)"),
+            &format!("{lost} kernel log records were overwritten before they were read"),
+        );
+        return;
+    }
+    let ours = replay_lines(&bin, &recording.0);
+    for step in KERNEL_STEPS {
+        let needle = format!("TRACE: {step} ");
+        assert!(
+            kernel.iter().any(|l| l.starts_with(&needle)),
+            "{test}: the kernel's trace lacks {step}:\n{}",
+            kernel.join("\n")
+        );
+    }
+    for text in KERNEL_TEXT {
+        assert!(
+            kernel.iter().any(|l| l.contains(text)),
+            "{test}: no kernel TRACE line contains {text:?}:\n{}",
+            kernel.join("\n")
+        );
+        assert!(
+            ours.iter().any(|l| l.contains(text)),
+            "{test}: no iptrace TRACE line contains {text:?}"
+        );
+    }
+    // The router's IGMP reports (see above): a report the kernel traced before the probes
+    // were attached has no captured counterpart. Only such kernel-only lines are set aside.
+    let mut diffs = differences(&kernel, &ours);
+    let before = diffs.len();
+    diffs.retain(|d| !(d.starts_with("kernel only: ") && d.contains(" DST=224.0.0.")));
+    if diffs.len() != before {
+        eprintln!(
+            "{test}: NOTE: {} kernel-only TRACE lines of IGMP reports set aside",
+            before - diffs.len()
+        );
+    }
+    assert!(
+        diffs.is_empty(),
+        "{test}: {} TRACE lines differ (kernel {}, iptrace {}):\n{}",
+        diffs.len(),
+        kernel.len(),
+        ours.len(),
+        diffs.join("\n")
+    );
+    eprintln!(
+        "{test}: {} kernel TRACE lines, iptrace's equal",
+        kernel.len()
+    );
+}
