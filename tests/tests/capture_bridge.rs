@@ -82,6 +82,72 @@ const KERNEL_TEXT: &[&str] = &[
     "IN= OUT=brg0 PHYSIN=bpa0 PHYSOUT=bpb0 ",
 ];
 
+/// A published port on the router's bridge address, DNAT'ed to B (docker without the userland
+/// proxy): the request is routed back out through the bridge it came in on (br_netfilter's
+/// "bridged DNAT": the bridge forwards it, IP FORWARD and POSTROUTING see both ports).
+const NAT_RULES: &str = "\
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 10.214.0.1/32 -p tcp -m tcp --dport 8081 -m physdev --physdev-in bpa0 -j DNAT --to-destination 10.214.0.3:8080
+-A POSTROUTING -m physdev ! --physdev-is-bridged -j RETURN
+COMMIT
+";
+
+struct Scenario {
+    name: &'static str,
+    rules: String,
+    /// Steps the kernel's trace must contain (the scenario exercised them).
+    steps: &'static [&'static str],
+    /// Substrings some kernel TRACE line, and some iptrace line, must contain.
+    text: &'static [&'static str],
+    traffic: fn(&Topo),
+    /// Fewest packets that must agree.
+    min_agree: u64,
+}
+
+/// ICMP A→B, A→router, B→A and a TCP exchange A→B (see [`RULES`]).
+fn physdev_scenario() -> Scenario {
+    Scenario {
+        name: "physdev",
+        rules: RULES.to_string(),
+        steps: KERNEL_STEPS,
+        text: KERNEL_TEXT,
+        traffic: Topo::traffic,
+        // 2 echo requests + 2 replies bridged, 1 request + 1 reply to the router, TCP.
+        min_agree: 10,
+    }
+}
+
+/// A TCP exchange from A to the router's published port, DNAT'ed to B, and a ping A→B.
+fn dnat_scenario() -> Scenario {
+    Scenario {
+        name: "dnat",
+        rules: format!("{NAT_RULES}{RULES}"),
+        steps: &[
+            "nat:PREROUTING:rule:1",
+            "filter:br-fwd:rule:2",
+            "filter:br-fwd:rule:4",
+        ],
+        text: &[
+            "IN=brg0 OUT=brg0 PHYSIN=bpa0 PHYSOUT=bpb0 ",
+            "IN= OUT=brg0 PHYSIN=bpb0 PHYSOUT=bpa0 ",
+            "DST=10.214.0.1 ",
+        ],
+        traffic: |t| {
+            let (b, br) = (B4.parse().unwrap(), BR4.parse().unwrap());
+            netns::run_in(&t.a.path(), move || {
+                tcp_echo(SocketAddr::new(br, 8081));
+                ping(b, 0x2104);
+            })
+            .expect("enter A");
+        },
+        min_agree: 6,
+    }
+}
+
 /// Two clients on the router's bridge (namespaces deleted on drop, with the server).
 struct Topo {
     a: NetnsGuard,
@@ -132,6 +198,7 @@ impl Topo {
             r,
             &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
         );
+        run(r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         t
     }
 
@@ -333,12 +400,13 @@ fn machine_lock(test: &str) -> std::fs::File {
     f
 }
 
-/// `iptrace capture --compare-trace` on the router while `topo.traffic()` runs: (exit code,
-/// the compare report, kernel TRACE lines, lost kernel log records).
+/// `iptrace capture --compare-trace` on the router while `traffic` runs: (exit code, the
+/// compare report, kernel TRACE lines, lost kernel log records).
 fn capture_run(
     test: &str,
     bin: &Path,
     topo: &Topo,
+    traffic: fn(&Topo),
     recording: &Path,
 ) -> (Option<i32>, Value, Vec<String>, usize) {
     let kmsg = Kmsg::open();
@@ -377,7 +445,7 @@ fn capture_run(
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut pipe, &mut v).map(|_| v)
     });
-    topo.traffic();
+    traffic(topo);
     let status = child.wait().expect("iptrace exits");
     let stdout = stdout.join().unwrap().expect("stdout");
     let _ = stderr.join();
@@ -428,7 +496,16 @@ fn differences(kernel: &[String], ours: &[String]) -> Vec<String> {
 
 #[test]
 fn bridged_physdev_legacy() {
-    let test = "capture_bridge_physdev_legacy";
+    run_scenario(&physdev_scenario());
+}
+
+#[test]
+fn bridged_dnat_legacy() {
+    run_scenario(&dnat_scenario());
+}
+
+fn run_scenario(sc: &Scenario) {
+    let test = &format!("capture_bridge_{}_legacy", sc.name);
     let backend = IptablesBackend::Legacy;
     if !e2e::lab_ready(test, backend) || !e2e::require_tools(test, &["socat"]) {
         return;
@@ -446,14 +523,16 @@ fn bridged_physdev_legacy() {
         return;
     };
     let mut topo = Topo::up();
-    topo.restore(RULES);
+    topo.restore(&sc.rules);
     topo.serve();
     // Let the bridge's unsolicited IGMP reports (after its address came up) pass first.
     std::thread::sleep(Duration::from_millis(2500));
-    let recording = TempFile(
-        std::env::temp_dir().join(format!("iptrace-bridge-{}.iptrace", std::process::id())),
-    );
-    let (code, report, kernel, lost) = capture_run(test, &bin, &topo, &recording.0);
+    let recording = TempFile(std::env::temp_dir().join(format!(
+        "iptrace-bridge-{}-{}.iptrace",
+        std::process::id(),
+        sc.name
+    )));
+    let (code, report, kernel, lost) = capture_run(test, &bin, &topo, sc.traffic, &recording.0);
     let warnings = report["report"]["warnings"].to_string();
     if warnings.contains("exited early") {
         e2e::skipped(
@@ -476,9 +555,8 @@ fn bridged_physdev_legacy() {
     assert!(differing.is_empty(), "{test}: {differing:#?}");
     assert_eq!(code, Some(0), "{test}: exit code; report {report:#}");
     assert_eq!(totals["differ"], 0, "{test}: {report:#}");
-    // 2 echo requests + 2 replies bridged, 1 request + 1 reply to the router, a TCP exchange.
     assert!(
-        totals["agree"].as_u64().unwrap() >= 10,
+        totals["agree"].as_u64().unwrap() >= sc.min_agree,
         "{test}: too few packets compared: {report:#}"
     );
     let ours_only_in_reference: Vec<&&Value> = packets
@@ -501,7 +579,7 @@ fn bridged_physdev_legacy() {
         return;
     }
     let ours = replay_lines(&bin, &recording.0);
-    for step in KERNEL_STEPS {
+    for step in sc.steps {
         let needle = format!("TRACE: {step} ");
         assert!(
             kernel.iter().any(|l| l.starts_with(&needle)),
@@ -509,7 +587,7 @@ fn bridged_physdev_legacy() {
             kernel.join("\n")
         );
     }
-    for text in KERNEL_TEXT {
+    for text in sc.text {
         assert!(
             kernel.iter().any(|l| l.contains(text)),
             "{test}: no kernel TRACE line contains {text:?}:\n{}",
