@@ -455,6 +455,11 @@ fn capture_run(
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find_map(|l| l.get("compare").cloned())
         .unwrap_or_else(|| panic!("{test}: no compare line:\n{stdout}"));
+    // The JSON lines name the ports of a forwarded bridged packet's hooks (A to B).
+    assert!(
+        stdout.contains("\"out\":\"brg0\",\"physin\":\"bpa0\",\"physout\":\"bpb0\","),
+        "{test}: no JSON hook with the bridge ports:\n{stdout}"
+    );
     let (kernel, lost) = kmsg.finish();
     (status.code(), report, kernel, lost)
 }
