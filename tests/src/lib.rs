@@ -6,6 +6,10 @@
 //! and builds its own lab, so tests are independent; run them with `--test-threads=1` (they
 //! share the machine's CPU with timing-sensitive captures).
 
+pub mod capture_child;
+pub mod kmsg;
+pub mod quiet;
+
 use std::path::PathBuf;
 use trace_user::lab::{IptablesBackend, Lab, LabOptions};
 

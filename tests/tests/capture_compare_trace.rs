@@ -4,10 +4,10 @@
 //! 0 with every matched packet agreeing — and leaves no TRACE rule and the sysctl as it was.
 //! Without --allow-system-changes it refuses (exit 2) and changes nothing.
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use iptrace_tests as e2e;
+use iptrace_tests::capture_child::{compare_trace_command, CaptureChild};
 use serde_json::Value;
 use trace_user::lab::{IptablesBackend, Lab, LabNs};
 
@@ -81,57 +81,23 @@ fn capture_compare_trace(backend: IptablesBackend) {
 fn run_once(test: &str, bin: &std::path::Path, lab: &Lab) -> (Option<i32>, Value) {
     let sysctl_before = std::fs::read_to_string(SYSCTL).unwrap();
     let rules_before = save(lab);
-    let mut child = Command::new(bin)
-        .args([
-            "capture",
-            "--compare-trace",
-            "--allow-system-changes",
-            "--netns",
-        ])
-        .arg(lab.ns_path(LabNs::Node))
-        .args([
-            "--count",
-            "10",
-            "--duration",
-            "20",
-            "--format",
-            "json",
-            "tcp and port 10000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn iptrace");
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("probes attached") {
-        eprint!("[iptrace] {line}");
-        line.clear();
-    }
-    assert!(
-        line.contains("probes attached"),
-        "{test}: capture did not start"
-    );
+    let mut cmd = compare_trace_command(bin, &lab.ns_path(LabNs::Node));
+    cmd.args([
+        "--count",
+        "10",
+        "--duration",
+        "20",
+        "--format",
+        "json",
+        "tcp and port 10000",
+    ]);
+    let capture = CaptureChild::start(test, &mut cmd);
     let during = save(lab);
-    let stderr = std::thread::spawn(move || {
-        err.lines()
-            .map_while(Result::ok)
-            .inspect(|l| eprintln!("[iptrace] {l}"))
-            .collect::<Vec<_>>()
-    });
-    // Read stdout as it comes: a full pipe would stall the collector.
-    let mut pipe = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut pipe, &mut v).map(|_| v)
-    });
     // The remote connection matches the filter; the local one (port 80) must not disturb it.
     lab.run_local().expect("local connection");
     lab.run_remote().expect("remote connection");
     lab.run_remote().expect("remote connection");
-    let status = child.wait().expect("iptrace exits");
-    let stdout = stdout.join().unwrap().expect("stdout");
-    let _ = stderr.join();
+    let done = capture.wait();
     let after = save(lab);
     let sysctl_after = std::fs::read_to_string(SYSCTL).unwrap();
     assert!(
@@ -157,17 +123,17 @@ fn run_once(test: &str, bin: &std::path::Path, lab: &Lab) -> (Option<i32>, Value
             "{test}: nf_log_all_netns restored"
         );
     }
-    let stdout = String::from_utf8_lossy(&stdout);
-    let lines: Vec<Value> = stdout
+    let lines: Vec<Value> = done
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect();
     let report = lines
         .iter()
         .find_map(|l| l.get("compare"))
-        .unwrap_or_else(|| panic!("{test}: no compare line:\n{stdout}"))
+        .unwrap_or_else(|| panic!("{test}: no compare line:\n{}", done.stdout))
         .clone();
-    (status.code(), report)
+    (done.status.code(), report)
 }
 
 #[test]
@@ -188,42 +154,18 @@ fn stop_with(
     until: &str,
     signal: i32,
 ) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(bin)
-        .args([
-            "capture",
-            "--compare-trace",
-            "--allow-system-changes",
-            "--netns",
-        ])
-        .arg(lab.ns_path(LabNs::Node))
-        .args(["--duration", "60", "--format", "json", "tcp"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn iptrace");
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains(until) {
-        line.clear();
-    }
-    assert!(line.contains(until), "never saw `{until}`");
-    // SAFETY: signalling the child we spawned, by its pid.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    let mut cmd = compare_trace_command(bin, &lab.ns_path(LabNs::Node));
+    cmd.args(["--duration", "60", "--format", "json", "tcp"]);
+    let capture = CaptureChild::start_until("compare_trace_signals_clean_up", &mut cmd, until);
+    // SAFETY: signalling the child we spawned, by its pid (not reaped: we hold it).
+    assert_eq!(unsafe { libc::kill(capture.id() as i32, signal) }, 0);
     let start = std::time::Instant::now();
-    std::thread::spawn(move || {
-        err.lines()
-            .map_while(Result::ok)
-            .for_each(|l| eprintln!("[iptrace] {l}"))
-    });
-    let out = child.wait_with_output().expect("iptrace exits");
+    let done = capture.wait();
     assert!(
         start.elapsed() < std::time::Duration::from_secs(10),
         "the signal must stop the capture"
     );
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    (done.status, done.stdout)
 }
 
 /// SIGTERM while capturing and SIGINT right after the TRACE rule went in (before the probes

@@ -32,13 +32,15 @@
 //! Each scenario also asserts that the kernel's trace contains the steps it is about (so a
 //! scenario that silently stops exercising its rules fails). Run with `--test-threads=1`.
 
-use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use iptrace_tests as e2e;
+use iptrace_tests::capture_child::{compare_trace_command, CaptureChild, QUIET_PERIOD};
+use iptrace_tests::kmsg::TraceLog;
+use iptrace_tests::quiet::Quiet;
 use serde_json::Value;
 use trace_user::lab::IptablesBackend;
 use trace_user::netns::{self, NetnsGuard};
@@ -211,13 +213,33 @@ fn tcp_refused(to: SocketAddr) {
 }
 
 /// A TCP connection that is accepted, then a data segment a REJECT rule answers with an ICMP
-/// error (the quoted packet is a TCP segment with timestamps).
+/// error (the quoted packet is a TCP segment with timestamps), then an abortive close (RST,
+/// rejected too): after an orderly close, the orphaned socket would go on retransmitting the
+/// rejected data for half a minute, traffic no capture of this test waits for.
 fn tcp_rejected_data(to: SocketAddr) {
     use std::io::Write;
+    use std::os::fd::AsRawFd;
     let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
         .unwrap_or_else(|e| panic!("connect {to}: {e}"));
     let _ = s.write_all(b"rejected-data\n");
     std::thread::sleep(Duration::from_millis(300));
+    let abort = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on our own socket with a valid struct linger.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &abort as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    drop(s);
+    std::thread::sleep(Duration::from_millis(150));
 }
 
 fn udp_send(to: SocketAddr, len: usize, ttl: Option<u32>) {
@@ -437,73 +459,6 @@ fn sa(ip: &str, port: u16) -> SocketAddr {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Kernel log (legacy TRACE reference, read independently of iptrace's own reader)
-
-/// /dev/kmsg read from its end by a thread, continuously (other processes' kernel messages
-/// can overwrite the ring before a late reader gets to ours).
-struct Kmsg {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    reader: std::thread::JoinHandle<(Vec<String>, usize)>,
-}
-
-impl Kmsg {
-    fn open() -> Kmsg {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open("/dev/kmsg")
-            .expect("/dev/kmsg");
-        // SAFETY: lseek on our own descriptor.
-        unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), 0, libc::SEEK_END) };
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let reader = std::thread::spawn(move || {
-            let (mut lines, mut lost) = (Vec::new(), 0);
-            loop {
-                let done = flag.load(std::sync::atomic::Ordering::SeqCst);
-                Self::drain(&mut f, &mut lines, &mut lost);
-                if done {
-                    return (lines, lost);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Kmsg { stop, reader }
-    }
-
-    /// Reads every record available now: `TRACE: ` lines about our addresses into `out`,
-    /// overwritten (lost) records counted.
-    fn drain(f: &mut std::fs::File, out: &mut Vec<String>, lost: &mut usize) {
-        use std::io::Read;
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    let rec = String::from_utf8_lossy(&buf[..n]);
-                    let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or("");
-                    let msg = msg.lines().next().unwrap_or("");
-                    if msg.starts_with("TRACE: ") && MINE.iter().any(|m| msg.contains(m)) {
-                        out.push(msg.to_string());
-                    }
-                }
-                // EPIPE: records were overwritten before we read them.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => *lost += 1,
-                Err(_) => return,
-            }
-        }
-    }
-
-    /// Stops the reader: (our TRACE lines, lost-record events).
-    fn finish(self) -> (Vec<String>, usize) {
-        std::thread::sleep(Duration::from_millis(200));
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.reader.join().expect("kmsg reader")
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // One capture run
 
 struct Scenario {
@@ -567,55 +522,26 @@ fn capture_run(test: &str, bin: &Path, topo: &Topo, sc: &Scenario) -> RunOutput 
     ));
     let recording = TempFile(recording);
     let _ = std::fs::remove_file(&recording.0);
-    let kmsg = Kmsg::open();
-    let mut child = Command::new(bin)
-        .args([
-            "capture",
-            "--compare-trace",
-            "--allow-system-changes",
-            "--netns",
-        ])
-        .arg(topo.router.path())
-        .args(["--duration", "12", "--format", "json", "--write"])
+    let kmsg = TraceLog::open(&MINE);
+    let mut quiet = Quiet::watch(&[topo.client.path(), topo.router.path(), topo.server.path()]);
+    let mut cmd = compare_trace_command(bin, &topo.router.path());
+    // A safety cap: the capture is stopped once the traffic is over and the lab quiet.
+    cmd.args(["--duration", "12", "--format", "json", "--write"])
         .arg(&recording.0)
-        .arg(sc.filter)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn iptrace");
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("probes attached") {
-        eprint!("[iptrace] {line}");
-        line.clear();
-    }
-    assert!(
-        line.contains("probes attached"),
-        "{test}: capture did not start"
-    );
-    let stderr = std::thread::spawn(move || {
-        err.lines()
-            .map_while(Result::ok)
-            .for_each(|l| eprintln!("[iptrace] {l}"))
-    });
-    let mut pipe = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut pipe, &mut v).map(|_| v)
-    });
+        .arg(sc.filter);
+    let child = CaptureChild::start(test, &mut cmd);
     (sc.traffic)(topo);
-    let status = child.wait().expect("iptrace exits");
-    let stdout = stdout.join().unwrap().expect("stdout");
-    let _ = stderr.join();
-    let stdout = String::from_utf8_lossy(&stdout);
-    let report = stdout
+    let done = child.stop_when_quiet(&mut quiet, QUIET_PERIOD);
+    drop(quiet);
+    let report = done
+        .stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find_map(|l| l.get("compare").cloned())
-        .unwrap_or_else(|| panic!("{test}: no compare line:\n{stdout}"));
+        .unwrap_or_else(|| panic!("{test}: no compare line:\n{}", done.stdout));
     let (kernel, kernel_lost) = kmsg.finish();
     RunOutput {
-        code: status.code(),
+        code: done.status.code(),
         report,
         recording,
         kernel,

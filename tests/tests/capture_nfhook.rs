@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use iptrace_tests as e2e;
+use iptrace_tests::capture_child::{interrupt_when_quiet, packets_quiet_period};
+use iptrace_tests::quiet::Quiet;
 use trace_core::assemble::ProbePlan;
 use trace_core::event::L4;
 use trace_core::netfilter::Family;
@@ -307,10 +309,12 @@ fn rule_added_to_an_inert_table_gets_its_probe() {
         return;
     };
     let lab = e2e::lab(IptablesBackend::Legacy, false);
+    let mut quiet = Quiet::watch(&[LabNs::Peer, LabNs::Node, LabNs::Ctr].map(|n| lab.ns_path(n)));
     let mut child = std::process::Command::new(&bin)
         .args(["capture", "--backend", "nfhook", "--netns"])
         .arg(lab.ns_path(LabNs::Node))
-        .args(["--packets", "--format", "json", "--duration", "8"])
+        // --duration is a safety cap: stopped once the second connection is over.
+        .args(["--packets", "--format", "json", "--duration", "12"])
         .args(["--rules-interval", "0.2", "src", "host", PEER])
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
@@ -351,6 +355,8 @@ fn rule_added_to_an_inert_table_gets_its_probe() {
     let added = wait_line(&lines, "probes added");
     eprintln!("{test}: {:?} after the rule: {added}", changed.elapsed());
     lab.run_remote().expect("remote connection");
+    interrupt_when_quiet(test, &mut child, &mut quiet, packets_quiet_period());
+    drop(quiet);
     let status = child.wait().expect("iptrace exits");
     assert!(status.success(), "{status}");
     let stdout = reader.join().unwrap().expect("stdout is UTF-8");

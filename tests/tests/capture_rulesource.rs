@@ -3,53 +3,29 @@
 //! positions, the one after against the new — and `-m addrtype` is decided from the netns's
 //! own addresses, not assumed. Skips loudly without root, the lab's tools, or the binary.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use iptrace_tests as e2e;
+use iptrace_tests::capture_child::{CaptureChild, QUIET_PERIOD};
+use iptrace_tests::quiet::Quiet;
 use serde_json::Value;
 use trace_user::lab::{topology, IptablesBackend, Lab, LabNs};
 
-/// Starts `iptrace capture ARGS` on the lab's node netns; returns once the probes are attached,
-/// with a thread reading its stdout (a full pipe would stall the collector, and with it the
-/// rule refreshes this test is about).
-fn start_capture(
-    bin: &std::path::Path,
-    lab: &Lab,
-    args: &[&str],
-) -> (Child, std::thread::JoinHandle<Vec<u8>>) {
-    let mut child = Command::new(bin)
-        .args(["capture", "--backend", "nfhook", "--netns"])
+/// Starts `iptrace capture ARGS` on the lab's node netns; returns once the probes are attached
+/// (its stdout read as it comes: a full pipe would stall the collector, and with it the rule
+/// refreshes this test is about).
+fn start_capture(test: &str, bin: &std::path::Path, lab: &Lab, args: &[&str]) -> CaptureChild {
+    let mut cmd = Command::new(bin);
+    cmd.args(["capture", "--backend", "nfhook", "--netns"])
         .arg(lab.ns_path(LabNs::Node))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn iptrace");
-    let mut err = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("probes attached") {
-        eprint!("{line}");
-        line.clear();
-    }
-    assert!(
-        line.contains("probes attached"),
-        "iptrace capture did not attach"
-    );
-    // Keep draining stderr (warnings, summary) so the child never blocks on it.
-    std::thread::spawn(move || {
-        for l in err.lines().map_while(Result::ok) {
-            eprintln!("[iptrace] {l}");
-        }
-    });
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut stdout, &mut v).expect("read stdout");
-        v
-    });
-    (child, reader)
+        .args(args);
+    CaptureChild::start(test, &mut cmd)
+}
+
+/// The lab's namespaces, watched for the end of the traffic.
+fn quiet(lab: &Lab) -> Quiet {
+    Quiet::watch(&[LabNs::Peer, LabNs::Node, LabNs::Ctr].map(|n| lab.ns_path(n)))
 }
 
 /// The JSON packets (summary line dropped) of the capture's stdout.
@@ -112,14 +88,17 @@ fn rule_change_is_a_new_generation(backend: IptablesBackend) {
         std::process::id()
     ));
     let rec = recording.to_str().expect("utf-8 temp path");
-    let (mut child, stdout) = start_capture(
+    let mut quiet = quiet(&lab);
+    let capture = start_capture(
+        &test,
         &bin,
         &lab,
         &[
             "--rules-interval",
             "0.1",
+            // A safety cap: stopped once the second connection is over.
             "--duration",
-            "6",
+            "12",
             "--format",
             "json",
             "--write",
@@ -149,11 +128,11 @@ fn rule_change_is_a_new_generation(backend: IptablesBackend) {
         .expect("insert rule");
     std::thread::sleep(Duration::from_millis(600));
     let second = lab.run_remote().expect("second connection");
-    let status = child.wait().expect("iptrace exits");
-    let stdout = stdout.join().expect("stdout reader");
+    let done = capture.stop_when_quiet(&mut quiet, QUIET_PERIOD);
+    drop(quiet);
     lab.down().unwrap();
-    assert!(status.success(), "iptrace capture failed");
-    let pkts = packets(&stdout);
+    assert!(done.status.success(), "iptrace capture failed");
+    let pkts = packets(done.stdout.as_bytes());
     let old = steps(syn_of(&pkts, first.local.port()));
     let new = steps(syn_of(&pkts, second.local.port()));
     eprintln!("{test}: before the change {old:?}\n{test}: after the change {new:?}");
@@ -259,7 +238,8 @@ fn capture_rules_file_overrides_live_dumps() {
     ));
     std::fs::write(&file, edited).unwrap();
     let filter = format!("tcp and src host {}", topology::PEER_IP);
-    let (mut child, stdout) = start_capture(
+    let capture = start_capture(
+        test,
         &bin,
         &lab,
         &[
@@ -275,12 +255,11 @@ fn capture_rules_file_overrides_live_dumps() {
         ],
     );
     let ex = lab.run_remote().expect("connection");
-    let status = child.wait().expect("iptrace exits");
-    let stdout = stdout.join().unwrap();
+    let done = capture.wait();
     lab.down().unwrap();
     let _ = std::fs::remove_file(&file);
-    assert!(status.success());
-    let path = steps(syn_of(&packets(&stdout), ex.local.port()));
+    assert!(done.status.success());
+    let path = steps(syn_of(&packets(done.stdout.as_bytes()), ex.local.port()));
     assert!(
         path.iter().any(|s| s == "filter:DOCKER-USER:rule:1")
             && path.iter().any(|s| s == "filter:DOCKER-USER:return:2"),
