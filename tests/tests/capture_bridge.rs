@@ -23,8 +23,20 @@ use trace_user::netns::{self, NetnsGuard};
 const A4: &str = "10.214.0.2";
 const B4: &str = "10.214.0.3";
 const BR4: &str = "10.214.0.1";
-/// How our addresses look in kernel log lines.
-const MINE: &str = "10.214.";
+const A6: &str = "fd99:214::2";
+const B6: &str = "fd99:214::3";
+const BR6: &str = "fd99:214::1";
+/// Fixed MACs (A, B, the bridge): IPv6 neighbours are static, so no neighbour discovery
+/// multicast is flooded over the bridge during the capture (see [`v6_scenario`]).
+const MAC_A: &str = "02:14:00:00:00:02";
+const MAC_B: &str = "02:14:00:00:00:03";
+const MAC_BR: &str = "02:14:00:00:00:01";
+/// How our addresses look in kernel log lines (IPv4 dotted, IPv6 %pI6's full form).
+const MINE: [&str; 2] = ["10.214.", "fd99:0214:"];
+
+fn mine(s: &str) -> bool {
+    MINE.iter().any(|m| s.contains(m))
+}
 /// The router's bridge and its ports (names inside the router namespace).
 const BRIDGE: &str = "brg0";
 const PORT_A: &str = "bpa0";
@@ -98,6 +110,10 @@ COMMIT
 
 struct Scenario {
     name: &'static str,
+    /// ip6tables rules and IPv6 traffic.
+    v6: bool,
+    /// The capture filter (the TRACE rule selects as much of it as iptables can say).
+    filter: &'static str,
     rules: String,
     /// Steps the kernel's trace must contain (the scenario exercised them).
     steps: &'static [&'static str],
@@ -112,6 +128,8 @@ struct Scenario {
 fn physdev_scenario() -> Scenario {
     Scenario {
         name: "physdev",
+        v6: false,
+        filter: "ip",
         rules: RULES.to_string(),
         steps: KERNEL_STEPS,
         text: KERNEL_TEXT,
@@ -125,6 +143,8 @@ fn physdev_scenario() -> Scenario {
 fn dnat_scenario() -> Scenario {
     Scenario {
         name: "dnat",
+        v6: false,
+        filter: "ip",
         rules: format!("{NAT_RULES}{RULES}"),
         steps: &[
             "nat:PREROUTING:rule:1",
@@ -145,6 +165,70 @@ fn dnat_scenario() -> Scenario {
             .expect("enter A");
         },
         min_agree: 6,
+    }
+}
+
+/// IPv6 (bridge-nf-call-ip6tables): the same physdev forms through ip6tables.
+const RULES6: &str = "\
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -m physdev --physdev-in bpa0 -j MARK --set-xmark 0xa/0xffffffff
+-A PREROUTING -m physdev --physdev-in bpb0 -j MARK --set-xmark 0xb/0xffffffff
+-A INPUT -m physdev --physdev-is-in ! --physdev-is-out -j MARK --set-xmark 0x2/0xffffffff
+-A POSTROUTING -m physdev --physdev-is-out --physdev-out bpb0 -j MARK --set-xmark 0xc/0xffffffff
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:br-fwd - [0:0]
+-A INPUT -m physdev --physdev-is-bridged -j DROP
+-A INPUT -p ipv6-icmp -m physdev --physdev-in bpa0 -j ACCEPT
+-A FORWARD -m physdev --physdev-is-bridged -j br-fwd
+-A br-fwd -p tcp -m physdev --physdev-in bpa0 --physdev-out bpb0 -j ACCEPT
+-A br-fwd -p ipv6-icmp -m physdev --physdev-in bpa0 -j ACCEPT
+-A br-fwd -m physdev ! --physdev-in bpa0 --physdev-out bpa0 -j ACCEPT
+COMMIT
+";
+
+/// ICMPv6 A→B and A→router, TCP A→B. Neighbours are static and the filter keeps to our
+/// unicast addresses: a multicast the bridge floods to several ports is a clone per port,
+/// and the capture follows only the skb it first saw (the clones' hooks are not captured).
+fn v6_scenario() -> Scenario {
+    Scenario {
+        name: "v6",
+        v6: true,
+        filter: "ip6 and src net fd99:214::/64 and dst net fd99:214::/64",
+        rules: RULES6.to_string(),
+        steps: &[
+            "mangle:PREROUTING:rule:1",
+            "mangle:PREROUTING:rule:2",
+            "mangle:INPUT:rule:1",
+            "mangle:POSTROUTING:rule:1",
+            "filter:INPUT:rule:2",
+            "filter:br-fwd:rule:1",
+            "filter:br-fwd:rule:2",
+            "filter:br-fwd:rule:3",
+        ],
+        text: &[
+            "IN=brg0 OUT=brg0 PHYSIN=bpa0 PHYSOUT=bpb0 ",
+            "IN=brg0 OUT=brg0 PHYSIN=bpb0 PHYSOUT=bpa0 ",
+            "IN=brg0 OUT= PHYSIN=bpa0 ",
+        ],
+        traffic: |t| {
+            let (b, br) = (B6.parse().unwrap(), BR6.parse().unwrap());
+            netns::run_in(&t.a.path(), move || {
+                ping(b, 0x2105);
+                ping(br, 0x2106);
+                tcp_echo(SocketAddr::new(b, 8080));
+            })
+            .expect("enter A");
+        },
+        min_agree: 8,
     }
 }
 
@@ -170,15 +254,22 @@ impl Topo {
         };
         let r = t.router.name();
         run(r, &["ip", "link", "add", BRIDGE, "type", "bridge"]);
-        for (ns, port, addr) in [(t.a.name(), PORT_A, A4), (t.b.name(), PORT_B, B4)] {
+        let clients = [
+            (t.a.name(), PORT_A, A4, A6, MAC_A),
+            (t.b.name(), PORT_B, B4, B6, MAC_B),
+        ];
+        for (ns, port, addr, addr6, mac) in clients {
             // Created inside the client namespace, the peer moved straight into the router:
             // the root namespace never sees these links.
             run(
                 ns,
                 &[
-                    "ip", "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", r,
+                    "ip", "link", "add", "eth0", "address", mac, "type", "veth", "peer", "name",
+                    port, "netns", r,
                 ],
             );
+            let a6 = format!("{addr6}/64");
+            run(ns, &["ip", "addr", "add", &a6, "dev", "eth0", "nodad"]);
             run(
                 ns,
                 &["ip", "addr", "add", &format!("{addr}/24"), "dev", "eth0"],
@@ -191,7 +282,37 @@ impl Topo {
             r,
             &["ip", "addr", "add", &format!("{BR4}/24"), "dev", BRIDGE],
         );
+        let br6 = format!("{BR6}/64");
+        run(r, &["ip", "addr", "add", &br6, "dev", BRIDGE, "nodad"]);
+        run(r, &["ip", "link", "set", BRIDGE, "address", MAC_BR]);
         run(r, &["ip", "link", "set", BRIDGE, "up"]);
+        // Static IPv6 neighbours (A, B, the router know each other).
+        let hosts = [
+            (t.a.name(), A6, MAC_A),
+            (t.b.name(), B6, MAC_B),
+            (r, BR6, MAC_BR),
+        ];
+        for (ns, own, _) in hosts {
+            let dev = if ns == r { BRIDGE } else { "eth0" };
+            for (_, other, mac) in hosts.iter().filter(|h| h.1 != own) {
+                run(
+                    ns,
+                    &[
+                        "ip",
+                        "-6",
+                        "neigh",
+                        "replace",
+                        other,
+                        "lladdr",
+                        mac,
+                        "dev",
+                        dev,
+                        "nud",
+                        "permanent",
+                    ],
+                );
+            }
+        }
         // Per netns (Linux >= 5.3); this machine's default is already 1 (br_netfilter is
         // loaded), set it anyway: the namespace is ours and deleted afterwards.
         run(
@@ -199,11 +320,20 @@ impl Topo {
             &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
         );
         run(r, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(
+            r,
+            &["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"],
+        );
         t
     }
 
-    fn restore(&self, rules: &str) {
+    fn restore(&self, rules: &str, v6: bool) {
         let bin = IptablesBackend::Legacy.restore_bin();
+        let bin = if v6 {
+            bin.replacen("iptables", "ip6tables", 1)
+        } else {
+            bin
+        };
         let mut child = netns::command(self.router.name(), &bin)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -219,10 +349,15 @@ impl Topo {
         );
     }
 
-    /// A socat echo server on B.
-    fn serve(&mut self) {
+    /// A socat echo server on B (port 8080, one address family).
+    fn serve(&mut self, v6: bool) {
+        let listen = if v6 {
+            "TCP6-LISTEN:8080,reuseaddr,fork,ipv6only=1"
+        } else {
+            "TCP4-LISTEN:8080,reuseaddr,fork"
+        };
         let child = netns::command(self.b.name(), "socat")
-            .args(["TCP4-LISTEN:8080,reuseaddr,fork", "EXEC:cat"])
+            .args([listen, "EXEC:cat"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -268,31 +403,45 @@ fn checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// One ICMP echo request with identifier `id` from a raw socket (no ping binary needed), then
-/// time for the reply.
+/// One ICMP / ICMPv6 echo request with identifier `id` from a raw socket (no ping binary
+/// needed; the kernel fills in ICMPv6 checksums), then time for the reply.
 fn ping(to: IpAddr, id: u16) {
-    let IpAddr::V4(a) = to else {
-        panic!("IPv4 only")
-    };
     let [hi, lo] = id.to_be_bytes();
-    let mut m = vec![8u8, 0, 0, 0, hi, lo, 0, 1];
+    let t = if to.is_ipv4() { 8u8 } else { 128 };
+    let mut m = vec![t, 0, 0, 0, hi, lo, 0, 1];
     m.extend_from_slice(b"bridged");
-    let c = checksum(&m);
-    m[2..4].copy_from_slice(&c.to_be_bytes());
+    if to.is_ipv4() {
+        let c = checksum(&m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+    }
     // SAFETY: plain socket calls on a socket we own; the sockaddr is fully initialised.
     unsafe {
-        let mut sin: libc::sockaddr_in = std::mem::zeroed();
-        sin.sin_family = libc::AF_INET as u16;
-        sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let (fam, proto, len) = match to {
+            IpAddr::V4(a) => {
+                let sin = &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in);
+                sin.sin_family = libc::AF_INET as u16;
+                sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+                let len = std::mem::size_of::<libc::sockaddr_in>();
+                (libc::AF_INET, libc::IPPROTO_ICMP, len)
+            }
+            IpAddr::V6(a) => {
+                let sin6 = &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6);
+                sin6.sin6_family = libc::AF_INET6 as u16;
+                sin6.sin6_addr.s6_addr = a.octets();
+                let len = std::mem::size_of::<libc::sockaddr_in6>();
+                (libc::AF_INET6, libc::IPPROTO_ICMPV6, len)
+            }
+        };
+        let fd = libc::socket(fam, libc::SOCK_RAW, proto);
         assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
         let n = libc::sendto(
             fd,
             m.as_ptr() as *const libc::c_void,
             m.len(),
             0,
-            &sin as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
+            &ss as *const _ as *const libc::sockaddr,
+            len as u32,
         );
         let err = std::io::Error::last_os_error();
         libc::close(fd);
@@ -345,7 +494,7 @@ impl Kmsg {
                             let rec = String::from_utf8_lossy(&buf[..n]);
                             let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or("");
                             let msg = msg.lines().next().unwrap_or("");
-                            if msg.starts_with("TRACE: ") && msg.contains(MINE) {
+                            if msg.starts_with("TRACE: ") && mine(msg) {
                                 lines.push(msg.to_string());
                             }
                         }
@@ -406,7 +555,7 @@ fn capture_run(
     test: &str,
     bin: &Path,
     topo: &Topo,
-    traffic: fn(&Topo),
+    sc: &Scenario,
     recording: &Path,
 ) -> (Option<i32>, Value, Vec<String>, usize) {
     let kmsg = Kmsg::open();
@@ -420,7 +569,7 @@ fn capture_run(
         .arg(topo.router.path())
         .args(["--duration", "8", "--format", "json", "--write"])
         .arg(recording)
-        .arg("ip")
+        .arg(sc.filter)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -445,7 +594,7 @@ fn capture_run(
         let mut v = Vec::new();
         std::io::Read::read_to_end(&mut pipe, &mut v).map(|_| v)
     });
-    traffic(topo);
+    (sc.traffic)(topo);
     let status = child.wait().expect("iptrace exits");
     let stdout = stdout.join().unwrap().expect("stdout");
     let _ = stderr.join();
@@ -478,7 +627,7 @@ fn replay_lines(bin: &Path, recording: &Path) -> Vec<String> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.starts_with("TRACE: ") && l.contains(MINE))
+        .filter(|l| l.starts_with("TRACE: ") && mine(l))
         .map(str::to_string)
         .collect()
 }
@@ -509,6 +658,11 @@ fn bridged_dnat_legacy() {
     run_scenario(&dnat_scenario());
 }
 
+#[test]
+fn bridged_v6_legacy() {
+    run_scenario(&v6_scenario());
+}
+
 fn run_scenario(sc: &Scenario) {
     let test = &format!("capture_bridge_{}_legacy", sc.name);
     let backend = IptablesBackend::Legacy;
@@ -528,8 +682,8 @@ fn run_scenario(sc: &Scenario) {
         return;
     };
     let mut topo = Topo::up();
-    topo.restore(&sc.rules);
-    topo.serve();
+    topo.restore(&sc.rules, sc.v6);
+    topo.serve(sc.v6);
     // Let the bridge's unsolicited IGMP reports (after its address came up) pass first.
     std::thread::sleep(Duration::from_millis(2500));
     let recording = TempFile(std::env::temp_dir().join(format!(
@@ -537,7 +691,7 @@ fn run_scenario(sc: &Scenario) {
         std::process::id(),
         sc.name
     )));
-    let (code, report, kernel, lost) = capture_run(test, &bin, &topo, sc.traffic, &recording.0);
+    let (code, report, kernel, lost) = capture_run(test, &bin, &topo, sc, &recording.0);
     let warnings = report["report"]["warnings"].to_string();
     if warnings.contains("exited early") {
         e2e::skipped(
@@ -567,7 +721,7 @@ fn run_scenario(sc: &Scenario) {
     let ours_only_in_reference: Vec<&&Value> = packets
         .iter()
         .filter(|p| p["outcome"] == "only_in_reference")
-        .filter(|p| p["summary"].as_str().unwrap_or("").contains(MINE))
+        .filter(|p| mine(p["summary"].as_str().unwrap_or("")))
         // The router's IGMP reports for the bridge's multicast groups: sent on their own
         // timer, possibly between the TRACE rule's insertion and the probes' attachment.
         .filter(|p| !p["summary"].as_str().unwrap_or("").contains(" > 224.0.0."))
