@@ -9,13 +9,15 @@
 //! kernel's, and the TRACE lines iptrace prints for the recording equal the kernel's byte
 //! for byte (as multisets). Run with `--test-threads=1`.
 
-use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use iptrace_tests as e2e;
+use iptrace_tests::capture_child::{compare_trace_command, CaptureChild, QUIET_PERIOD};
+use iptrace_tests::kmsg::TraceLog;
+use iptrace_tests::quiet::Quiet;
 use serde_json::Value;
 use trace_user::lab::IptablesBackend;
 use trace_user::netns::{self, NetnsGuard};
@@ -484,63 +486,6 @@ fn tcp_echo(to: SocketAddr) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-/// /dev/kmsg read from its end by a thread: `TRACE: ` lines about our addresses.
-struct Kmsg {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    reader: std::thread::JoinHandle<(Vec<String>, usize)>,
-}
-
-impl Kmsg {
-    fn open() -> Kmsg {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open("/dev/kmsg")
-            .expect("/dev/kmsg");
-        // SAFETY: lseek on our own descriptor.
-        unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), 0, libc::SEEK_END) };
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let reader = std::thread::spawn(move || {
-            let (mut lines, mut lost) = (Vec::new(), 0);
-            let mut buf = vec![0u8; 8192];
-            loop {
-                let done = flag.load(std::sync::atomic::Ordering::SeqCst);
-                loop {
-                    match f.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            let rec = String::from_utf8_lossy(&buf[..n]);
-                            let msg = rec.split_once(';').map(|(_, m)| m).unwrap_or("");
-                            let msg = msg.lines().next().unwrap_or("");
-                            if msg.starts_with("TRACE: ") && mine(msg) {
-                                lines.push(msg.to_string());
-                            }
-                        }
-                        // EPIPE: records were overwritten before we read them.
-                        Err(e) if e.raw_os_error() == Some(libc::EPIPE) => lost += 1,
-                        Err(_) => break,
-                    }
-                }
-                if done {
-                    return (lines, lost);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        Kmsg { stop, reader }
-    }
-
-    /// Stops the reader: (our TRACE lines, lost-record events).
-    fn finish(self) -> (Vec<String>, usize) {
-        std::thread::sleep(Duration::from_millis(200));
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        self.reader.join().expect("kmsg reader")
-    }
-}
-
 /// A file in the temp dir, removed when dropped.
 struct TempFile(PathBuf);
 
@@ -570,8 +515,9 @@ fn machine_lock(test: &str) -> std::fs::File {
     f
 }
 
-/// `iptrace capture --compare-trace` on the router while `traffic` runs: (exit code, the
-/// compare report, kernel TRACE lines, lost kernel log records).
+/// `iptrace capture --compare-trace` on the router while the scenario's traffic runs, stopped
+/// once the namespaces are quiet: (exit code, the compare report, kernel TRACE lines, lost
+/// kernel log records).
 fn capture_run(
     test: &str,
     bin: &Path,
@@ -579,47 +525,18 @@ fn capture_run(
     sc: &Scenario,
     recording: &Path,
 ) -> (Option<i32>, Value, Vec<String>, usize) {
-    let kmsg = Kmsg::open();
-    let mut child = Command::new(bin)
-        .args([
-            "capture",
-            "--compare-trace",
-            "--allow-system-changes",
-            "--netns",
-        ])
-        .arg(topo.router.path())
-        .args(["--duration", "8", "--format", "json", "--write"])
+    let kmsg = TraceLog::open(&MINE);
+    let mut quiet = Quiet::watch(&[topo.a.path(), topo.b.path(), topo.router.path()]);
+    let mut cmd = compare_trace_command(bin, &topo.router.path());
+    // A safety cap: the capture is stopped once the traffic is over and the lab quiet.
+    cmd.args(["--duration", "12", "--format", "json", "--write"])
         .arg(recording)
-        .arg(sc.filter)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn iptrace");
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while err.read_line(&mut line).unwrap() > 0 && !line.contains("probes attached") {
-        eprint!("[iptrace] {line}");
-        line.clear();
-    }
-    assert!(
-        line.contains("probes attached"),
-        "{test}: capture did not start"
-    );
-    let stderr = std::thread::spawn(move || {
-        err.lines()
-            .map_while(Result::ok)
-            .for_each(|l| eprintln!("[iptrace] {l}"))
-    });
-    let mut pipe = child.stdout.take().unwrap();
-    let stdout = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        std::io::Read::read_to_end(&mut pipe, &mut v).map(|_| v)
-    });
+        .arg(sc.filter);
+    let child = CaptureChild::start(test, &mut cmd);
     (sc.traffic)(topo);
-    let status = child.wait().expect("iptrace exits");
-    let stdout = stdout.join().unwrap().expect("stdout");
-    let _ = stderr.join();
-    let stdout = String::from_utf8_lossy(&stdout);
+    let done = child.stop_when_quiet(&mut quiet, QUIET_PERIOD);
+    drop(quiet);
+    let stdout = done.stdout;
     let report = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -631,7 +548,7 @@ fn capture_run(
         "{test}: no JSON hook with the bridge ports:\n{stdout}"
     );
     let (kernel, lost) = kmsg.finish();
-    (status.code(), report, kernel, lost)
+    (done.status.code(), report, kernel, lost)
 }
 
 /// The TRACE lines iptrace prints for the recording, about our addresses.
