@@ -423,6 +423,9 @@ pub struct KernelOffsets {
     pub ext_offset: u32,
     pub nfbr_physinif: u32,
     pub nfbr_physoutdev: u32,
+    /// 1: `nfbr_physinif` is the offset of `physindev`, a struct net_device * (kernels before
+    /// 6.8, where nf_log and xt_physdev use that device, not a lookup by index).
+    pub nfbr_physin_dev: u32,
     /// struct net: dev_index_head (struct hlist_head *, NETDEV_HASHENTRIES buckets by
     /// ifindex); struct net_device: index_hlist. The input port's name by ifindex.
     pub net_dev_index_head: u32,
@@ -526,7 +529,7 @@ const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
 const _: () = assert!(core::mem::size_of::<CurSlot>() == 48);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 39 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 40 * 4);
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 16);
 const _: () = assert!(core::mem::size_of::<TableOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<XtRecord>() == 64);

@@ -140,6 +140,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     ext_offset: 0,
     nfbr_physinif: 0,
     nfbr_physoutdev: 0,
+    nfbr_physin_dev: 0,
     net_dev_index_head: 0,
     dev_index_hlist: 0,
     have_bridge: 0,

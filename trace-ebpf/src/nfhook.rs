@@ -965,7 +965,8 @@ fn bridge_ports(rec: &mut ProbeRecord, state: u64, skb: u64) {
 /// The ports of a bridged skb: skb_ext_find(skb, SKB_EXT_BRIDGE_NF)->physinif and
 /// ->physoutdev (loaded through `mem::kcast`: the extension sits at a variable offset in the
 /// skb_ext), the output port's ifindex and name, the input port's device by ifindex in the
-/// hook's netns (`dev_by_index`). Its own BPF function: bridged packets only.
+/// hook's netns (`dev_by_index`; before 6.8 the pointer `physindev`). Its own BPF function:
+/// bridged packets only.
 #[inline(never)]
 fn bridged(rec: &mut ProbeRecord, state: u64, skb: u64) {
     let ext: u64 = kread::<_, true>(skb, global!(OFFSETS.skb_extensions));
@@ -975,11 +976,17 @@ fn bridged(rec: &mut ProbeRecord, state: u64, skb: u64) {
     let chunk: u8 = kread::<_, true>(ext, global!(OFFSETS.ext_offset));
     // skb_ext_find: the extension starts offset[id] 8-byte chunks into the skb_ext.
     let p = mem::kcast(ext + chunk as u64 * 8);
-    let physinif = mem::load::<u32>(p, global!(OFFSETS.nfbr_physinif));
     let physout = mem::load::<u64>(p, global!(OFFSETS.nfbr_physoutdev));
     rec.flags |= probe_flags::BRIDGED;
     rec.physout_ifindex = read(physout, global!(OFFSETS.dev_ifindex));
-    let physin = dev_by_index(state, physinif);
+    // Before 6.8 the input port is a device pointer (`physindev`), used as it is.
+    let (physinif, physin) = if global!(OFFSETS.nfbr_physin_dev) != 0 {
+        let dev = mem::load::<u64>(p, global!(OFFSETS.nfbr_physinif));
+        (read(dev, global!(OFFSETS.dev_ifindex)), dev)
+    } else {
+        let i = mem::load::<u32>(p, global!(OFFSETS.nfbr_physinif));
+        (i, dev_by_index(state, i))
+    };
     rec.physin_ifindex = physinif;
     // SAFETY: 16-byte fields at 8-aligned offsets of the 8-aligned ProbeRecord (asserted in
     // trace_common::record).

@@ -383,6 +383,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         ext_offset: bridge.ext_offset,
         nfbr_physinif: bridge.physinif,
         nfbr_physoutdev: bridge.physoutdev,
+        nfbr_physin_dev: bridge.physin_dev as u32,
         net_dev_index_head: bridge.net_dev_index_head,
         dev_index_hlist: bridge.dev_index_hlist,
         have_bridge: bridge.have as u32,
@@ -396,6 +397,8 @@ struct BridgeOffsets {
     skb_extensions: u32,
     ext_offset: u32,
     physinif: u32,
+    /// `physinif` is the offset of `physindev` (a device pointer; before 6.8).
+    physin_dev: bool,
     physoutdev: u32,
     net_dev_index_head: u32,
     dev_index_hlist: u32,
@@ -406,8 +409,8 @@ struct BridgeOffsets {
 const NF_BRIDGE_READ: u32 = 32;
 
 /// The bridge info offsets; an error names what this kernel lacks (no CONFIG_BRIDGE_NETFILTER
-/// or CONFIG_SKB_EXTENSIONS, kernels before 6.8 whose nf_bridge_info holds `physindev`, a
-/// pointer, instead of the ifindex `physinif`).
+/// or CONFIG_SKB_EXTENSIONS). Kernels before 6.8 hold the input port as `physindev`, a
+/// device pointer, instead of the ifindex `physinif`.
 fn bridge_offsets(btf: &Btf) -> Result<BridgeOffsets, BtfError> {
     let ids = btf.enum_values("skb_ext_id")?;
     // The probes test bit 0 of active_extensions and read offset[0].
@@ -417,23 +420,30 @@ fn bridge_offsets(btf: &Btf) -> Result<BridgeOffsets, BtfError> {
             path: "SKB_EXT_BRIDGE_NF = 0".into(),
         });
     }
+    let (physinif, physin_dev) = match btf.offset("nf_bridge_info", "physinif") {
+        Ok(o) => (o, false),
+        Err(_) => (btf.offset("nf_bridge_info", "physindev")?, true),
+    };
     let b = BridgeOffsets {
         skb_active_extensions: btf.offset("sk_buff", "active_extensions")?,
         skb_extensions: btf.offset("sk_buff", "extensions")?,
         ext_offset: btf.offset("skb_ext", "offset")?,
-        physinif: btf.offset("nf_bridge_info", "physinif")?,
+        physinif,
+        physin_dev,
         physoutdev: btf.offset("nf_bridge_info", "physoutdev")?,
         net_dev_index_head: btf.offset("net", "dev_index_head")?,
         dev_index_hlist: btf.offset("net_device", "index_hlist")?,
         have: true,
     };
-    if b.physinif + 4 > NF_BRIDGE_READ
+    let physin_size = if physin_dev { 8 } else { 4 };
+    if b.physinif + physin_size > NF_BRIDGE_READ
+        || !b.physinif.is_multiple_of(physin_size)
         || b.physoutdev + 8 > NF_BRIDGE_READ
         || !b.physoutdev.is_multiple_of(8)
     {
         return Err(BtfError::NoMember {
             ty: "nf_bridge_info".into(),
-            path: format!("physinif/physoutdev within its first {NF_BRIDGE_READ} bytes"),
+            path: format!("aligned physin*/physoutdev within its first {NF_BRIDGE_READ} bytes"),
         });
     }
     Ok(b)
