@@ -108,7 +108,7 @@ impl HookPlan {
     }
 
     /// Indices of the stages that can act.
-    fn acting(&self) -> impl DoubleEndedIterator<Item = usize> + '_ {
+    fn acting(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.stages.len()).filter(|i| !self.is_inert(*i))
     }
 
@@ -314,9 +314,9 @@ impl ProbePlan {
         if !(exit_seen(Hook::Forward) && exit_seen(Hook::Output)) {
             return;
         }
-        for (hook, plan) in plans.iter_mut() {
-            let fewer = plan.without_entry_before_nat();
-            if let Some(p) = fewer.filter(|_| *hook == Hook::Postrouting) {
+        let post = plans.iter_mut().filter(|(h, _)| *h == Hook::Postrouting);
+        for (_, plan) in post {
+            if let Some(p) = plan.without_entry_before_nat() {
                 *plan = p;
             }
         }
