@@ -111,7 +111,7 @@ pub const MAC_MAX: usize = 16;
 /// IFNAMSIZ.
 pub const IFNAME_LEN: usize = 16;
 
-/// L3/L4 header snapshot (112 bytes). 8-aligned (it sits at offset 176 of [`ProbeRecord`]
+/// L3/L4 header snapshot (112 bytes). 8-aligned (it sits at offset 136 of [`ProbeRecord`]
 /// either way) so the probes can zero it with 8-byte stores.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,8 +156,11 @@ pub struct HeaderSnapshot {
 }
 
 /// One tracked skb at one probe (288 bytes). Sent cut short when parts are absent: without
-/// a header snapshot it ends before `headers` (176 bytes), without devices and MAC too before
-/// `in_dev` (88 bytes); `header.len` says which.
+/// bridge ports it ends before `physin_ifindex` (248 bytes), without a header snapshot too
+/// before `headers` (136 bytes), without devices and MAC too before `in_dev` (88 bytes);
+/// `header.len` says which. A record with bridge ports is sent whole (the snapshot bytes are
+/// meaningless without [`probe_flags::HEADERS`]): only bridged packets' records with devices
+/// pay for the ports.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeRecord {
@@ -201,6 +204,7 @@ pub struct ProbeRecord {
     pub in_dev: [u8; IFNAME_LEN],
     pub out_dev: [u8; IFNAME_LEN],
     pub mac: [u8; MAC_MAX],
+    pub headers: HeaderSnapshot,
     /// Bridge ports (with [`probe_flags::BRIDGED`]), as the kernel's LOG/TRACE print
     /// PHYSIN=/PHYSOUT= and `-m physdev` matches them: nf_bridge_info.physinif and
     /// physoutdev->ifindex, and their names read by the probe at this hook (the input port by
@@ -212,7 +216,6 @@ pub struct ProbeRecord {
     pub physout_ifindex: u32,
     pub physin_dev: [u8; IFNAME_LEN],
     pub physout_dev: [u8; IFNAME_LEN],
-    pub headers: HeaderSnapshot,
 }
 
 /// A tracked skb freed with a drop reason (56 bytes).
@@ -522,7 +525,8 @@ const _: () = assert!(core::mem::align_of::<HeaderSnapshot>() == 8);
 const _: () = assert!(core::mem::offset_of!(HeaderSnapshot, saddr) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(HeaderSnapshot, daddr) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<ProbeRecord>() == 288);
-const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 176);
+const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 136);
+const _: () = assert!(core::mem::offset_of!(ProbeRecord, physin_ifindex) == 248);
 const _: () = assert!(core::mem::offset_of!(ProbeRecord, physin_dev) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(ProbeRecord, physout_dev) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
@@ -617,11 +621,11 @@ impl ProbeRecord {
         in_dev: [0; IFNAME_LEN],
         out_dev: [0; IFNAME_LEN],
         mac: [0; MAC_MAX],
+        headers: HeaderSnapshot::ZERO,
         physin_ifindex: 0,
         physout_ifindex: 0,
         physin_dev: [0; IFNAME_LEN],
         physout_dev: [0; IFNAME_LEN],
-        headers: HeaderSnapshot::ZERO,
     };
 }
 

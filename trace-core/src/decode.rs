@@ -17,6 +17,9 @@ use trace_common::record::{
 pub const PROBE_SHORT_LEN: usize = std::mem::offset_of!(ProbeRecord, headers);
 /// Length of a probe record without devices, MAC and header snapshot.
 pub const PROBE_TINY_LEN: usize = std::mem::offset_of!(ProbeRecord, in_dev);
+/// Length of a probe record with a header snapshot and no bridge ports.
+pub const PROBE_HEADERS_LEN: usize = std::mem::offset_of!(ProbeRecord, physin_ifindex);
+/// The whole record (bridge ports included).
 pub const PROBE_FULL_LEN: usize = std::mem::size_of::<ProbeRecord>();
 pub const DROP_LEN: usize = std::mem::size_of::<DropRecord>();
 
@@ -144,12 +147,19 @@ impl Decoder {
                 need: PROBE_SHORT_LEN,
             });
         }
+        if r.flags & probe_flags::BRIDGED != 0 && bytes.len() < PROBE_FULL_LEN {
+            return Err(DecodeError::Short {
+                what: "probe record with bridge ports",
+                len: bytes.len(),
+                need: PROBE_FULL_LEN,
+            });
+        }
         let headers = if r.flags & probe_flags::HEADERS != 0 {
-            if bytes.len() < PROBE_FULL_LEN {
+            if bytes.len() < PROBE_HEADERS_LEN {
                 return Err(DecodeError::Short {
                     what: "probe record with headers",
                     len: bytes.len(),
-                    need: PROBE_FULL_LEN,
+                    need: PROBE_HEADERS_LEN,
                 });
             }
             Some(headers(family, &r.headers))
@@ -522,15 +532,24 @@ mod tests {
             physout: Some("vethb".into()),
         };
         assert_eq!(decode(&r, PROBE_FULL_LEN), Some(ports.clone()));
-        // The ports are in the devices part: a short record (no headers) carries them.
+        // The ports are the record's tail: sent whole, the snapshot ignored without HEADERS.
         r.flags &= !probe_flags::HEADERS;
-        r.header.len = PROBE_SHORT_LEN as u32;
-        assert_eq!(decode(&r, PROBE_SHORT_LEN), Some(ports));
+        assert_eq!(decode(&r, PROBE_FULL_LEN), Some(ports));
+        r.header.len = PROBE_HEADERS_LEN as u32;
+        assert!(matches!(
+            Decoder::default().decode(&bytes_of(&r, PROBE_HEADERS_LEN)),
+            Err(DecodeError::Short {
+                need: PROBE_FULL_LEN,
+                ..
+            })
+        ));
         // An input port gone from the netns: an index without a name (no PHYSIN=).
+        r.header.len = PROBE_FULL_LEN as u32;
         r.physin_dev = [0; 16];
-        assert_eq!(decode(&r, PROBE_SHORT_LEN).unwrap().physin, None);
+        assert_eq!(decode(&r, PROBE_FULL_LEN).unwrap().physin, None);
         // Later records of the hook carry no devices: nothing said about the ports.
-        r.flags &= !probe_flags::DEVS;
+        r.flags &= !(probe_flags::DEVS | probe_flags::BRIDGED);
+        r.header.len = PROBE_SHORT_LEN as u32;
         assert_eq!(decode(&r, PROBE_SHORT_LEN), None);
     }
 
@@ -586,7 +605,7 @@ mod tests {
             matches!(
                 err,
                 DecodeError::Short {
-                    need: PROBE_FULL_LEN,
+                    need: PROBE_HEADERS_LEN,
                     ..
                 }
             ),

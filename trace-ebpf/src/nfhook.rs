@@ -78,7 +78,10 @@ const TCP_NEW_SYN_RECV: u8 = 12;
 const SHORT_LEN: usize = core::mem::offset_of!(ProbeRecord, headers);
 /// ... and a record without devices, MAC and headers at `in_dev`.
 const TINY_LEN: usize = core::mem::offset_of!(ProbeRecord, in_dev);
-const FULL_LEN: usize = core::mem::size_of::<ProbeRecord>();
+/// ... and a record without bridge ports at `physin_ifindex`.
+const FULL_LEN: usize = core::mem::offset_of!(ProbeRecord, physin_ifindex);
+/// A record with bridge ports: the whole struct.
+const BRIDGE_LEN: usize = core::mem::size_of::<ProbeRecord>();
 
 /// The per-copy immediate: low 32 bits = priority, high bits = flags (see module doc).
 #[inline(always)]
@@ -647,20 +650,25 @@ fn rate_ok() -> bool {
 fn emit(rec: &mut ProbeRecord, t: &mut Tracked, c: &mut Counters, hash: u64) {
     let with_headers = rec.flags & probe_flags::HEADERS != 0;
     let with_devs = rec.flags & (probe_flags::DEVS | probe_flags::MAC) != 0;
-    let len = match (with_headers, with_devs) {
-        (true, _) => FULL_LEN,
-        (false, true) => SHORT_LEN,
-        (false, false) => TINY_LEN,
+    // Bridge ports (bridged packets, with the devices) are the struct's tail: sent whole.
+    let with_bridge = rec.flags & probe_flags::BRIDGED != 0;
+    let len = match (with_bridge, with_headers, with_devs) {
+        (true, _, _) => BRIDGE_LEN,
+        (false, true, _) => FULL_LEN,
+        (false, false, true) => SHORT_LEN,
+        (false, false, false) => TINY_LEN,
     };
     rec.header.len = len as u32;
     // SAFETY: ProbeRecord is plain data; we send its first `len` bytes.
     let bytes =
-        unsafe { core::slice::from_raw_parts(rec as *const ProbeRecord as *const u8, FULL_LEN) };
+        unsafe { core::slice::from_raw_parts(rec as *const ProbeRecord as *const u8, BRIDGE_LEN) };
     let flags = wakeup_flags();
-    let sent = match (with_headers, with_devs) {
-        (true, _) => EVENTS.output::<[u8]>(bytes, flags),
-        (false, true) => EVENTS.output::<[u8]>(&bytes[..SHORT_LEN], flags),
-        (false, false) => EVENTS.output::<[u8]>(&bytes[..TINY_LEN], flags),
+    // One constant length per call (the helper's size must be known to the verifier).
+    let sent = match (with_bridge, with_headers, with_devs) {
+        (true, _, _) => EVENTS.output::<[u8]>(bytes, flags),
+        (false, true, _) => EVENTS.output::<[u8]>(&bytes[..FULL_LEN], flags),
+        (false, false, true) => EVENTS.output::<[u8]>(&bytes[..SHORT_LEN], flags),
+        (false, false, false) => EVENTS.output::<[u8]>(&bytes[..TINY_LEN], flags),
     };
     if sent.is_ok() {
         c.emitted += 1;
