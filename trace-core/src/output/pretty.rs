@@ -144,7 +144,15 @@ pub fn push_pretty(out: &mut String, rp: &ReconstructedPacket, style: Style) {
     for (rh, hp) in rp.hooks.iter().zip(&p.hooks) {
         out.push_str("  ");
         style.paint(out, "36;1", hp.hook.chain_name());
-        for (k, d) in [("in", &hp.in_dev), ("out", &hp.out_dev)] {
+        // With a bridged packet's ports (br_netfilter), as TRACE's PHYSIN=/PHYSOUT=.
+        let bridge = hp.bridge.as_deref();
+        let devs = [
+            ("in", hp.in_dev.as_ref()),
+            ("out", hp.out_dev.as_ref()),
+            ("physin", bridge.and_then(|b| b.physin.as_ref())),
+            ("physout", bridge.and_then(|b| b.physout.as_ref())),
+        ];
+        for (k, d) in devs {
             if let Some(d) = d {
                 let _ = write!(out, " {k}={d}");
             }
