@@ -665,6 +665,9 @@ where
     let mut fd = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with tokio")?;
+    // Both streams exist for the whole loop: a fresh `ctrl_c()` future per iteration missed a
+    // SIGINT delivered while the loop was draining (the capture then never stopped).
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     // The probes wake us only when the ring is filling up (loader::wakeup_bytes): drain on a
@@ -673,7 +676,7 @@ where
     loop {
         let mut out = Vec::new();
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
             _ = tick.tick() => {
