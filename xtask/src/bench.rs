@@ -1,7 +1,8 @@
 //! `cargo xtask bench-capture [--rounds N] [--secs S] [--configs NAME,...] [--iperf-unpinned]` (root): overhead of the nfhook capture
 //! through the lab's DNAT path. Not a test: it prints measurements.
 //!
-//! Per round, for each configuration in turn (interleaved, so drift hits all alike):
+//! Per round, for each configuration in turn (interleaved, so drift hits all alike; each
+//! round starts one configuration later):
 //! no tracer, a filter matching nothing, everything, and everything with `--sample 1/1000`:
 //! (a) TCP throughput: iperf3 from peer to 192.168.64.4:10001 (DNAT to the container);
 //! (b) sequential short connections/s from peer to 192.168.64.4:10002;
@@ -334,7 +335,11 @@ fn run_rounds(
     let mut conns: Vec<Vec<f64>> = vec![Vec::new(); cfgs.len()];
     let mut lost: Vec<u64> = vec![0; cfgs.len()];
     for round in 0..rounds {
-        for (i, c) in cfgs.iter().enumerate() {
+        // Each round starts one configuration later: no configuration always runs right
+        // after the same one (conntrack and TIME_WAIT entries pile up during a round).
+        for k in 0..cfgs.len() {
+            let i = (k + round) % cfgs.len();
+            let c = &cfgs[i];
             let tracer = match &c.args {
                 Some(a) => {
                     let bin = match (c.base, bins.baseline) {
