@@ -7,6 +7,7 @@
 //! share the machine's CPU with timing-sensitive captures).
 
 pub mod capture_child;
+pub mod fidelity;
 pub mod kmsg;
 pub mod quiet;
 

@@ -10,12 +10,13 @@
 //! for byte (as multisets). Run with `--test-threads=1`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use iptrace_tests as e2e;
 use iptrace_tests::capture_child::{compare_trace_command, CaptureChild, QUIET_PERIOD};
+use iptrace_tests::fidelity::{checksum, machine_lock, replay_lines, run, TempFile};
 use iptrace_tests::kmsg::TraceLog;
 use iptrace_tests::quiet::Quiet;
 use serde_json::Value;
@@ -263,10 +264,6 @@ struct Topo {
     server: Option<Child>,
 }
 
-fn run(ns: &str, argv: &[&str]) {
-    netns::exec(ns, argv).unwrap_or_else(|e| panic!("{ns}: {argv:?}: {e}"));
-}
-
 impl Topo {
     fn up() -> Topo {
         let t = Topo {
@@ -415,17 +412,6 @@ impl Drop for Topo {
     }
 }
 
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// One ICMP / ICMPv6 echo request with identifier `id` from a raw socket (no ping binary
 /// needed; the kernel fills in ICMPv6 checksums), then time for the reply.
 fn ping(to: IpAddr, id: u16) {
@@ -486,35 +472,6 @@ fn tcp_echo(to: SocketAddr) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-/// A file in the temp dir, removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// The capture_fidelity scenarios' machine-wide lock: the kernel log (the legacy reference)
-/// is shared by every namespace. Held until dropped.
-fn machine_lock(test: &str) -> std::fs::File {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("iptrace-capture-fidelity.lock"))
-        .expect("lock file");
-    // SAFETY: flock on our own descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        eprintln!("{test}: waiting for another fidelity capture on this machine");
-        // SAFETY: as above (blocking this time).
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
-    }
-    f
-}
-
 /// `iptrace capture --compare-trace` on the router while the scenario's traffic runs, stopped
 /// once the namespaces are quiet: (exit code, the compare report, kernel TRACE lines, lost
 /// kernel log records).
@@ -549,25 +506,6 @@ fn capture_run(
     );
     let (kernel, lost) = kmsg.finish();
     (done.status.code(), report, kernel, lost)
-}
-
-/// The TRACE lines iptrace prints for the recording, about our addresses.
-fn replay_lines(bin: &Path, recording: &Path) -> Vec<String> {
-    let out = Command::new(bin)
-        .args(["replay", "--format", "trace", "--from-trace-rule"])
-        .arg(recording)
-        .output()
-        .expect("iptrace replay");
-    assert!(
-        out.status.success(),
-        "replay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("TRACE: ") && mine(l))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Lines only the kernel printed and lines only iptrace printed (multisets).
@@ -693,7 +631,7 @@ fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
         );
         return;
     }
-    let ours = replay_lines(&bin, &recording.0);
+    let ours = replay_lines(&bin, &recording.0, mine);
     for step in sc.steps {
         let needle = format!("TRACE: {step} ");
         assert!(

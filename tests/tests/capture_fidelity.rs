@@ -34,11 +34,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use iptrace_tests as e2e;
 use iptrace_tests::capture_child::{compare_trace_command, CaptureChild, QUIET_PERIOD};
+use iptrace_tests::fidelity::{checksum, machine_lock, replay_lines, run, TempFile};
 use iptrace_tests::kmsg::TraceLog;
 use iptrace_tests::quiet::Quiet;
 use serde_json::Value;
@@ -63,10 +64,6 @@ struct Topo {
     router: NetnsGuard,
     server: NetnsGuard,
     children: Vec<Child>,
-}
-
-fn run(ns: &str, argv: &[&str]) {
-    netns::exec(ns, argv).unwrap_or_else(|e| panic!("{ns}: {argv:?}: {e}"));
 }
 
 impl Topo {
@@ -275,17 +272,6 @@ fn set_hop_limit(s: &std::net::UdpSocket, hl: i32) {
     assert_eq!(r, 0, "IPV6_UNICAST_HOPS");
 }
 
-fn checksum(b: &[u8]) -> u16 {
-    let mut sum: u32 = b
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Sends one raw L4 message (`proto`, bytes after the IP header) to `to` (the kernel builds
 /// the IP header; ICMPv6 checksums are filled in by the kernel).
 fn raw_send_nowait(to: IpAddr, proto: i32, payload: &[u8]) {
@@ -488,15 +474,6 @@ enum Role {
     Server,
 }
 
-/// A file in the temp dir, removed when dropped (also when an assertion fails).
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 struct RunOutput {
     code: Option<i32>,
     report: Value,
@@ -547,26 +524,6 @@ fn capture_run(test: &str, bin: &Path, topo: &Topo, sc: &Scenario) -> RunOutput 
         kernel,
         kernel_lost,
     }
-}
-
-/// The TRACE lines iptrace prints for the recording (what legacy TRACE would print), about
-/// our addresses.
-fn replay_lines(bin: &Path, recording: &Path) -> Vec<String> {
-    let out = Command::new(bin)
-        .args(["replay", "--format", "trace", "--from-trace-rule"])
-        .arg(recording)
-        .output()
-        .expect("iptrace replay");
-    assert!(
-        out.status.success(),
-        "replay: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("TRACE: ") && MINE.iter().any(|m| l.contains(m)))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Known capture gaps: `ours` is `kernel` without something the capture cannot see.
@@ -683,27 +640,6 @@ fn line_differences(test: &str, kernel: &[String], ours: &[String]) -> Vec<Strin
         }
     }
     unexplained
-}
-
-/// One scenario at a time on the machine: every scenario uses the same addresses and the
-/// legacy reference is the kernel log, which all namespaces share — two test processes
-/// (developers on one machine) would read each other's TRACE lines. Held until dropped.
-fn machine_lock(test: &str) -> std::fs::File {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("iptrace-capture-fidelity.lock"))
-        .expect("lock file");
-    // SAFETY: flock on our own descriptor.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        eprintln!("{test}: waiting for another capture_fidelity scenario on this machine");
-        // SAFETY: as above (blocking this time).
-        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(r, 0, "flock: {}", std::io::Error::last_os_error());
-    }
-    f
 }
 
 fn run_scenario(sc: &Scenario, backend: IptablesBackend) {
@@ -856,7 +792,9 @@ fn check_lines(test: &str, bin: &Path, sc: &Scenario, out: &RunOutput) {
         );
         return;
     }
-    let ours = replay_lines(bin, &out.recording.0);
+    let ours = replay_lines(bin, &out.recording.0, |l| {
+        MINE.iter().any(|m| l.contains(m))
+    });
     for step in sc.kernel_steps {
         let needle = format!("TRACE: {step} ");
         assert!(
