@@ -437,10 +437,7 @@ impl Classic {
             .ebpf
             .take_map("EVENTS")
             .ok_or_else(|| aya_err("map EVENTS missing"))?;
-        match map {
-            aya::maps::Map::RingBuf(d) => EventRing::new(d).map_err(aya_err),
-            other => Err(aya_err(format!("EVENTS: unexpected map kind {other:?}"))),
-        }
+        EventRing::from_map(map).map_err(aya_err)
     }
 
     /// Counters summed over CPUs.

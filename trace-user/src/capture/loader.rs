@@ -161,12 +161,7 @@ impl Loaded {
             .ebpf
             .take_map("EVENTS")
             .ok_or(LoadError::NoMap("EVENTS"))?;
-        match map {
-            Map::RingBuf(d) => EventRing::new(d).map_err(aya_err),
-            other => Err(LoadError::Aya(format!(
-                "EVENTS: unexpected map kind {other:?}"
-            ))),
-        }
+        EventRing::from_map(map).map_err(aya_err)
     }
 
     /// The probes' tracking state (taken once, by the reader): see [`Positions`].

@@ -34,6 +34,8 @@ pub const PUBLISH_BYTES: usize = 64 * 1024;
 pub enum RingError {
     #[error("ring buffer map info: {0}")]
     Info(String),
+    #[error("the events map is not a ring buffer: {0}")]
+    NotRingBuf(String),
     #[error("ring buffer size {0} is not a power of two of at least a page")]
     Size(usize),
     #[error("mmap of the ring buffer ({what}): {source}")]
@@ -105,7 +107,15 @@ pub struct EventRing {
 unsafe impl Send for EventRing {}
 
 impl EventRing {
-    pub fn new(map: MapData) -> Result<EventRing, RingError> {
+    /// The ring of a map taken out of a loaded object (both backends' `EVENTS`).
+    pub fn from_map(map: aya::maps::Map) -> Result<EventRing, RingError> {
+        match map {
+            aya::maps::Map::RingBuf(d) => EventRing::new(d),
+            other => Err(RingError::NotRingBuf(format!("{other:?}"))),
+        }
+    }
+
+    fn new(map: MapData) -> Result<EventRing, RingError> {
         let size = map
             .info()
             .map_err(|e| RingError::Info(e.to_string()))?
