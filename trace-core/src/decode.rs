@@ -213,6 +213,7 @@ impl Decoder {
             location: r.location,
             location_sym: self.symbols.resolve(r.location),
             prev: prev_probe(r.prev_hook, r.prev_priority)?,
+            state: None,
         })
     }
 }

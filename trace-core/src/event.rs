@@ -245,6 +245,21 @@ pub struct DropEvent {
     /// The last probe (hook, priority) the traversal passed before it was freed, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prev: Option<(Hook, i32)>,
+    /// The packet as it was freed (nfhook drop records from version 4): what the stages
+    /// after its last probe left when it was freed outside netfilter (e.g. PREROUTING's nat
+    /// result for a packet with no route, when no probe follows nat). None: not read (other
+    /// backends' hook verdicts, older recordings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<Box<DropState>>,
+}
+
+/// A dropped packet's mark, conntrack fields and headers, read by the kfree_skb program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropState {
+    pub mark: u32,
+    pub ct: Option<CtSnapshot>,
+    /// None when the network header could not be read.
+    pub headers: Option<Headers>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

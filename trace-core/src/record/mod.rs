@@ -344,6 +344,7 @@ mod tests {
             location: 0,
             location_sym: None,
             prev: None,
+            state: None,
         })
     }
 

@@ -212,6 +212,7 @@ pub fn drop_event(ts_ns: u64, skb: u64, gen: u64, reason: u32, name: Option<&str
         location: 0,
         location_sym: Some("nf_hook_slow".into()),
         prev: None,
+        state: None,
     })
 }
 

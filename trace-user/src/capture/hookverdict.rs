@@ -126,6 +126,7 @@ impl HookVerdicts {
             location: 0,
             location_sym: Some(HOOK_DROP_LOCATION.to_string()),
             prev: None,
+            state: None,
         };
         // It now counts as reported (a second verdict record for the same drop adds nothing).
         let ev = Event::Drop(d);
@@ -240,6 +241,7 @@ mod tests {
             location: 1,
             location_sym: None,
             prev: None,
+            state: None,
         }));
         assert!(hv.split(&record(-1, 0x200)).unwrap().unwrap().is_none());
         assert!(hv.split(&record(0, 0x300)).unwrap().unwrap().is_none());
