@@ -233,7 +233,7 @@ impl Assembler {
         });
         if !continues {
             let plan = self.plan.shared(e.netns, e.family, e.hook);
-            let entry = hand_over(partial, plan.as_deref(), e.hook);
+            let entry = hand_over(partial, plan.as_deref(), &e, state.as_ref());
             close_current(partial, &PassEnd::MovedOn);
             let pass = Pass::start(&mut e, plan, entry);
             // A later pass missing its first probe means an event was lost.
@@ -250,7 +250,7 @@ impl Assembler {
         }
     }
 
-    fn on_drop(&mut self, d: DropEvent, out: &mut Vec<PacketTrace>) {
+    fn on_drop(&mut self, mut d: DropEvent, out: &mut Vec<PacketTrace>) {
         self.stats.drop_events += 1;
         let key = (d.skb, d.gen);
         let netfilter = self.is_netfilter_drop(&d);
@@ -265,6 +265,7 @@ impl Assembler {
             reason: d.reason,
             reason_name: d.reason_name.clone(),
             netfilter,
+            at_free: d.state.take(),
         };
         let exit = partial
             .cur
@@ -416,7 +417,7 @@ impl Assembler {
             _ => PassEnd::Ended,
         };
         let cur = partial.cur.take();
-        let at_end = cur.as_ref().is_some_and(|c| c.at_last_probe());
+        let at_end = cur.as_ref().is_some_and(|c| c.at_exit());
         if let Some(cur) = cur {
             let hook = cur.hook();
             let closed = cur.close(&end);
@@ -487,15 +488,26 @@ fn dropped_in_next_hook(
     ))
 }
 
-/// The packet moves on from the current pass to one of hook `hook` with `plan`: what the
-/// stages before that plan's first probe received, when it has none before them (the state
-/// the current pass left, see boundary.rs).
-fn hand_over(p: &Partial, plan: Option<&HookPlan>, hook: Hook) -> Option<PacketState> {
+/// The packet moves on from the current pass to one of hook `e.hook` with `plan`, seen there
+/// with `state`: the current pass gets that state when its plan derives its exit from the
+/// next hook's entry, and the new pass gets the current one's exit state when its plan
+/// derives its entry from it (returned). See boundary.rs.
+fn hand_over(
+    p: &mut Partial,
+    plan: Option<&HookPlan>,
+    e: &ProbeEvent,
+    state: Option<&PacketState>,
+) -> Option<PacketState> {
+    let cur = p.cur.as_mut()?;
+    if cur.exit_derived() {
+        let at_entry = plan.is_some_and(|n| n.has_entry_probe() && n.is_first_probe(e.priority));
+        cur.next_entry = state.filter(|_| at_entry).map(|s| (e.hook, s.clone()));
+    }
     if !plan.is_some_and(|n| n.entry_derived()) {
         return None;
     }
-    let (from, exit) = p.cur.as_ref()?.exit_state()?;
-    boundary::entry_from_previous(hook, from, &exit)
+    let (from, exit) = cur.exit_state()?;
+    boundary::entry_from_previous(e.hook, from, &exit)
 }
 
 fn pass_plan_first(pass: &Pass, prio: i32) -> bool {

@@ -1,15 +1,17 @@
 //! Probes left out across hook boundaries (`ProbePlan::derive_across_hooks`): POSTROUTING
-//! without its entry probe when nat is its first stage that can act, its input taken from
-//! FORWARD's or OUTPUT's exit. The plans, and assembly: the same observations as with that
-//! probe.
+//! without its entry probe when nat is its first stage that can act, PREROUTING without the
+//! probe after its last stage when that is nat. The plans, and assembly deriving the states
+//! no probe saw from the neighbouring hook's (or, for a packet freed outside netfilter right
+//! after PREROUTING, from the state its drop report carries): the same observations as with
+//! those probes.
 
 mod assemble_support;
 
 use assemble_support::*;
 use trace_core::assemble::{Assembler, AssemblerConfig, HookPlan, ProbePlan, StageSlot};
-use trace_core::event::{ct_status, CtSnapshot, Event, Headers};
+use trace_core::event::{ct_status, CtSnapshot, DropState, Event, Headers};
 use trace_core::netfilter::{Family, Hook, Table};
-use trace_core::packet::{Fate, HookPass, PacketTrace, Stage};
+use trace_core::packet::{Fate, HookPass, ObservedVerdict, PacketTrace, Stage};
 
 const V4: Family = Family::Ipv4;
 const V6: Family = Family::Ipv6;
@@ -149,37 +151,64 @@ fn same_with_fewer_probes(fam: Family, plans: (ProbePlan, ProbePlan), events: Ve
 }
 
 #[test]
-fn lab_forwarded_packet_meets_five_probes() {
+fn lab_forwarded_packet_meets_four_probes() {
     let p = lab(true);
-    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301, -99]);
+    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301]);
     assert_eq!(probes(&p, V4, Hook::Forward), [-151, 1]);
     assert_eq!(probes(&p, V4, Hook::Postrouting), [101]);
-    // INPUT keeps its entry probe (nat is not its first stage that can act), OUTPUT is a
-    // first-sight hook.
+    // INPUT and OUTPUT keep theirs: INPUT's entry is what PREROUTING's nat left, OUTPUT
+    // is a first-sight hook.
     assert_eq!(probes(&p, V4, Hook::Input), [-151, 1, 101]);
     assert_eq!(probes(&p, V4, Hook::Output), [-301, -99, 1]);
+    let pre = p.get(NETNS, V4, Hook::Prerouting).unwrap();
     let post = p.get(NETNS, V4, Hook::Postrouting).unwrap();
-    assert!(post.entry_derived());
+    assert!(pre.exit_derived() && !pre.entry_derived());
+    assert!(post.entry_derived() && !post.exit_derived());
     let full = lab(false);
     for hook in Hook::ALL {
-        assert!(
-            !full.get(NETNS, V4, hook).unwrap().entry_derived(),
-            "{hook:?}"
-        );
+        let hp = full.get(NETNS, V4, hook).unwrap();
+        assert!(!hp.exit_derived() && !hp.entry_derived(), "{hook:?}");
     }
 }
 
 #[test]
 fn the_rules_need_the_neighbouring_hooks_probes() {
     // No table with a FORWARD chain (raw and nat only): a forwarded packet reaches
-    // POSTROUTING from PREROUTING, with the TTL decremented in between.
+    // POSTROUTING from PREROUTING, and PREROUTING's exit is seen by no FORWARD probe.
     let p = plan_of(V4, &[Table::Raw, Table::Nat], &[Table::Raw], true);
     assert!(probes(&p, V4, Hook::Forward).is_empty());
+    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301, -99]);
     assert_eq!(probes(&p, V4, Hook::Postrouting), [99, 101]);
     // mangle acts in POSTROUTING: it comes before nat, its input must be seen.
     let p = plan_of(V4, &LAB, &[Table::Raw], true);
     assert_eq!(probes(&p, V4, Hook::Postrouting), [-151, -149, 101]);
-    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301, -199, -149, -99]);
+    // ... and in PREROUTING it comes before nat: only the probe after nat goes.
+    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301, -199, -149]);
+    // A stage that can act after nat keeps PREROUTING's last probe.
+    let mut hooks: Vec<(Hook, HookPlan)> = Hook::ALL
+        .into_iter()
+        .map(|h| {
+            let mut s = stages(h, &LAB);
+            if h == Hook::Prerouting {
+                s.push(StageSlot {
+                    priority: 10,
+                    stage: Stage::NftChain {
+                        table: "fw".into(),
+                        chain: "late".into(),
+                    },
+                });
+            }
+            let inert = |s: &StageSlot| matches!(s.stage.table(), Some(Table::Raw | Table::Mangle));
+            (h, HookPlan::needed(s, inert))
+        })
+        .collect();
+    ProbePlan::derive_across_hooks(&mut hooks);
+    let pre = &hooks
+        .iter()
+        .find(|(h, _)| *h == Hook::Prerouting)
+        .unwrap()
+        .1;
+    assert_eq!(pre.probes(), [-301, -99, 11]);
 }
 
 #[test]
@@ -192,6 +221,12 @@ fn a_replan_adds_the_left_out_probes_back_when_a_table_starts_to_act() {
         .merged_with(new.get(NETNS, V4, Hook::Postrouting).unwrap());
     assert_eq!(post.probes(), [-151, -149, 101]);
     assert!(!post.entry_derived());
+    let pre = old
+        .get(NETNS, V4, Hook::Prerouting)
+        .unwrap()
+        .merged_with(new.get(NETNS, V4, Hook::Prerouting).unwrap());
+    assert_eq!(pre.probes(), [-301, -199, -149]);
+    assert!(pre.exit_derived(), "nat still has no probe after it");
 }
 
 #[test]
@@ -200,9 +235,15 @@ fn forwarded_packet_is_observed_as_with_the_left_out_probes() {
     let t = &feed(lab(true), linked(&lab(true), V4, v4_forwarded()))[0];
     assert_eq!(t.fate, Fate::Delivered);
     assert!(!t.incomplete);
-    let post_nat = &t.hooks[2].tables[1];
-    assert_eq!(post_nat.before.headers.ttl, 63, "FORWARD's exit");
+    let nat = &t.hooks[0].tables[2];
+    let after = nat.after.as_ref().unwrap();
+    assert_eq!(
+        (after.headers.dst.to_string(), after.headers.ttl),
+        ("172.19.0.9".to_string(), 64),
+        "TTL before the forward path's decrement"
+    );
     assert!(t.hooks.iter().flat_map(|h| &h.stages).all(|s| !s.shared));
+    assert_eq!(t.hooks[0].probes, [-301]);
     assert_eq!(t.hooks[2].probes, [101]);
     let post: Vec<String> = t.hooks[2]
         .tables
@@ -213,12 +254,12 @@ fn forwarded_packet_is_observed_as_with_the_left_out_probes() {
 }
 
 #[test]
-fn ipv6_forwarded_packet() {
+fn ipv6_forwarded_packet_hop_limit() {
     let plans = (
         plan_of(V6, &LAB, &[Table::Raw, Table::Mangle], false),
         plan_of(V6, &LAB, &[Table::Raw, Table::Mangle], true),
     );
-    assert_eq!(probes(&plans.1, V6, Hook::Postrouting), [101]);
+    assert_eq!(probes(&plans.1, V6, Hook::Prerouting), [-301]);
     let events = forwarded(
         V6,
         &tcp("fd00::2", "fd00::4", 10000, 255),
@@ -271,21 +312,14 @@ fn stage<'a>(
         .unwrap_or_else(|| panic!("no {name} at {hook:?}: {:?}", pass.stages))
 }
 
-/// Why PREROUTING keeps its probe after nat: a packet freed outside netfilter right after
-/// PREROUTING (here no route) meets no later probe, and the drop report carries no
-/// conntrack entry. With the probe, nat's input (a new entry: nat consulted) and output
-/// are seen.
 #[test]
-fn freed_after_prerouting_outside_netfilter_nat_is_seen() {
-    let orig = tcp("10.0.0.1", "10.0.9.9", 80, 64);
-    let dnat = tcp("10.0.0.1", "10.0.8.8", 80, 64);
-    let nat_ct = ct(ct_status::DST_NAT | ct_status::DST_NAT_DONE);
+fn freed_after_prerouting_outside_netfilter_passed_nat_state_unknown() {
+    let h = tcp("10.0.0.1", "10.0.9.9", 80, 64);
     let t = &feed(
         lab(true),
         vec![
-            at(1000, V4, Hook::Prerouting, -301, &orig, None),
-            at(2000, V4, Hook::Prerouting, -99, &dnat, nat_ct),
-            drop_event(3000, 1, 1, 88, Some("IP_INNOROUTES")),
+            at(1000, V4, Hook::Prerouting, -301, &h, None),
+            drop_event(2000, 1, 1, 5, Some("IP_NOROUTE")),
         ],
     )[0];
     assert!(
@@ -300,34 +334,235 @@ fn freed_after_prerouting_outside_netfilter_nat_is_seen() {
         t.fate
     );
     let nat = stage(t, Hook::Prerouting, "nat");
-    assert_eq!(nat.before.ct, ct(0), "the new entry conntrack made");
+    assert_eq!(nat.verdict, ObservedVerdict::Accept);
+    assert_eq!(nat.after, None, "what nat left is not known");
+    assert!(nat.shared, "conntrack and nat between the same probes");
     assert_eq!(
-        nat.after.as_ref().unwrap().headers.dst.to_string(),
-        "10.0.8.8"
+        stage(t, Hook::Prerouting, "raw").verdict,
+        ObservedVerdict::Accept
     );
-    assert!(!nat.shared);
 }
 
 #[test]
-fn netfilter_drop_after_prerouting_first_probe_is_conntrack_or_nat() {
-    let h = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+fn prerouting_nat_rewrite_is_what_forward_received_with_its_ttl_restored() {
+    let t = &feed(lab(true), linked(&lab(true), V4, v4_forwarded()))[0];
+    assert_eq!(t.hooks[0].probes, [-301], "no probe after PREROUTING's nat");
+    let nat = stage(t, Hook::Prerouting, "nat");
+    assert_eq!(nat.verdict, ObservedVerdict::Accept);
+    assert!(!nat.shared);
+    assert_eq!(
+        (nat.before.headers.dst.to_string(), nat.before.headers.ttl),
+        ("192.168.64.4".to_string(), 64)
+    );
+    assert_eq!(nat.before.ct, ct(0), "the new entry conntrack made");
+    let after = nat.after.as_ref().unwrap();
+    assert_eq!(
+        (after.headers.dst.to_string(), after.headers.ttl),
+        ("172.19.0.9".to_string(), 64),
+        "the rewrite, with PREROUTING's exit TTL the original"
+    );
+    assert_eq!(after.ct, ct(ct_status::DST_NAT | ct_status::DST_NAT_DONE));
+    let conntrack = stage(t, Hook::Prerouting, "conntrack");
+    assert_eq!(conntrack.before.ct, None);
+    assert_eq!(conntrack.after.as_ref().unwrap().ct, ct(0));
+    let fwd = stage(t, Hook::Forward, "filter");
+    assert_eq!(fwd.before.headers.ttl, 63, "FORWARD's entry, decremented");
+}
+
+/// The lab's SYN DNATed in PREROUTING and freed with no route right after it: the events of
+/// the full plan (nat's probe included), the drop report carrying the state at the free
+/// when `state`.
+fn dnat_then_no_route(state: bool) -> (Vec<Event>, Headers, Headers) {
+    let orig = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+    let dnat = tcp("10.0.0.1", "10.0.8.8", 8080, 64);
+    let nat_ct = ct(ct_status::DST_NAT | ct_status::DST_NAT_DONE);
+    let freed = DropState {
+        mark: 0,
+        ct: nat_ct,
+        headers: Some(dnat.clone()),
+    };
+    let drop = match state {
+        true => drop_event_with_state(3000, 1, 1, 5, Some("IP_NOROUTE"), freed),
+        false => drop_event(3000, 1, 1, 5, Some("IP_NOROUTE")),
+    };
+    let events = vec![
+        at(1000, V4, Hook::Prerouting, -301, &orig, None),
+        at(2000, V4, Hook::Prerouting, -99, &dnat, nat_ct),
+        drop,
+    ];
+    (events, orig, dnat)
+}
+
+fn dropped_outside_after_prerouting(t: &PacketTrace) -> bool {
+    matches!(
+        &t.fate,
+        Fate::DroppedOutside {
+            after: Hook::Prerouting,
+            reason: 5,
+            reason_name: Some(n),
+        } if n == "IP_NOROUTE"
+    )
+}
+
+#[test]
+fn freed_with_no_route_after_prerouting_nat_from_the_drop_state() {
+    let (events, orig, dnat) = dnat_then_no_route(true);
+    // Exactly what nat's probe would have shown.
+    same_with_fewer_probes(V4, (lab(false), lab(true)), events.clone());
+    let t = &feed(lab(true), linked(&lab(true), V4, events))[0];
+    assert_eq!(t.hooks[0].probes, [-301]);
+    assert!(dropped_outside_after_prerouting(t), "{:?}", t.fate);
+    assert!(!t.incomplete);
+    let nat = stage(t, Hook::Prerouting, "nat");
+    assert_eq!(nat.verdict, ObservedVerdict::Accept);
+    assert!(!nat.shared, "conntrack and nat told apart");
+    assert_eq!(*nat.before.headers, orig);
+    assert_eq!(
+        nat.before.ct,
+        ct(0),
+        "the new entry conntrack made: nat consulted"
+    );
+    let after = nat.after.as_ref().expect("what nat left");
+    assert_eq!(*after.headers, dnat);
+    assert_eq!(after.ct, ct(ct_status::DST_NAT | ct_status::DST_NAT_DONE));
+    let conntrack = stage(t, Hook::Prerouting, "conntrack");
+    assert_eq!(conntrack.before.ct, None);
+    assert_eq!(conntrack.after.as_ref().unwrap().ct, ct(0));
+    assert!(!conntrack.shared);
+}
+
+#[test]
+fn freed_with_a_drop_state_without_headers_keeps_the_last_seen_ones() {
+    let orig = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+    let freed = DropState {
+        mark: 7,
+        ct: ct(0),
+        headers: None,
+    };
     let t = &feed(
         lab(true),
         vec![
-            at(1000, V4, Hook::Prerouting, -301, &h, None),
-            drop_event(2000, 1, 1, 12, Some("NETFILTER_DROP")),
+            at(1000, V4, Hook::Prerouting, -301, &orig, None),
+            drop_event_with_state(2000, 1, 1, 5, Some("IP_NOROUTE"), freed),
         ],
     )[0];
-    let group = Stage::Group {
-        stages: vec![Stage::Conntrack, Stage::Table { table: Table::Nat }],
+    let after = stage(t, Hook::Prerouting, "nat").after.clone().unwrap();
+    assert_eq!((&*after.headers, after.mark, after.ct), (&orig, 7, ct(0)));
+}
+
+#[test]
+fn freed_with_a_drop_state_that_does_not_fit_leaves_nat_unknown() {
+    // Two hops shorter at the free: not this pass's packet as the kernel leaves it.
+    let orig = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+    let freed = DropState {
+        mark: 0,
+        ct: ct(0),
+        headers: Some(tcp("10.0.0.1", "10.0.8.8", 80, 62)),
     };
+    let t = &feed(
+        lab(true),
+        vec![
+            at(1000, V4, Hook::Prerouting, -301, &orig, None),
+            drop_event_with_state(2000, 1, 1, 5, Some("IP_NOROUTE"), freed),
+        ],
+    )[0];
+    let nat = stage(t, Hook::Prerouting, "nat");
     assert_eq!(
-        t.fate,
-        Fate::Dropped {
-            hook: Hook::Prerouting,
-            stage: group
-        }
+        (&nat.verdict, &nat.after),
+        (&ObservedVerdict::Accept, &None)
     );
+}
+
+#[test]
+fn freed_with_no_route_without_a_drop_state_nat_unknown() {
+    let (events, _, _) = dnat_then_no_route(false);
+    let t = &feed(lab(true), linked(&lab(true), V4, events))[0];
+    assert!(dropped_outside_after_prerouting(t), "{:?}", t.fate);
+    let nat = stage(t, Hook::Prerouting, "nat");
+    assert_eq!(nat.verdict, ObservedVerdict::Accept);
+    assert_eq!(nat.after, None, "what nat left is not known");
+    assert!(nat.shared, "conntrack and nat between the same probes");
+    // With nat's probe it would have been seen: this is what the drop state adds.
+    let (events, _, _) = dnat_then_no_route(false);
+    let full = &feed(lab(false), events)[0];
+    assert!(stage(full, Hook::Prerouting, "nat").after.is_some());
+}
+
+/// A drop in netfilter after the last probe is the stages' there, with or without the
+/// state at the free.
+#[test]
+fn netfilter_drop_after_prerouting_first_probe_is_conntrack_or_nat() {
+    let h = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+    let freed = DropState {
+        mark: 0,
+        ct: ct(0),
+        headers: Some(h.clone()),
+    };
+    let nf_drop = Some("NETFILTER_DROP");
+    for drop in [
+        drop_event(2000, 1, 1, 12, nf_drop),
+        drop_event_with_state(2000, 1, 1, 12, nf_drop, freed),
+    ] {
+        let events = vec![at(1000, V4, Hook::Prerouting, -301, &h, None), drop];
+        let t = &feed(lab(true), events)[0];
+        let group = Stage::Group {
+            stages: vec![Stage::Conntrack, Stage::Table { table: Table::Nat }],
+        };
+        let fate = Fate::Dropped {
+            hook: Hook::Prerouting,
+            stage: group,
+        };
+        assert_eq!(t.fate, fate);
+        let nat = stage(t, Hook::Prerouting, "nat");
+        let dropped = matches!(nat.verdict, ObservedVerdict::Drop { reason: 12, .. });
+        assert!(dropped && nat.shared && nat.after.is_none(), "{nat:?}");
+    }
+}
+
+#[test]
+fn a_packet_not_seen_after_prerouting_leaves_nat_unknown() {
+    let h = tcp("10.0.0.1", "10.0.9.9", 80, 64);
+    let t = &feed(
+        lab(true),
+        vec![at(1000, V4, Hook::Prerouting, -301, &h, None)],
+    )[0];
+    assert!(t.incomplete);
+    assert_eq!(t.fate, Fate::Unknown);
+    assert_eq!(
+        stage(t, Hook::Prerouting, "nat").verdict,
+        ObservedVerdict::Unknown
+    );
+    assert_eq!(
+        stage(t, Hook::Prerouting, "raw").verdict,
+        ObservedVerdict::Accept
+    );
+}
+
+#[test]
+fn states_that_do_not_fit_are_not_derived() {
+    // FORWARD received a packet two hops shorter: not the kernel's transform.
+    let orig = tcp("192.168.64.2", "192.168.64.4", 10000, 64);
+    let fwd = tcp("192.168.64.2", "172.19.0.9", 80, 62);
+    let plan = lab(true);
+    let t = &feed(
+        plan,
+        vec![
+            at(1000, V4, Hook::Prerouting, -301, &orig, None),
+            at(3000, V4, Hook::Forward, -151, &fwd, ct(0)),
+            at(4000, V4, Hook::Forward, 1, &fwd, ct(0)),
+            at(6000, V4, Hook::Postrouting, 101, &fwd, ct(0)),
+        ],
+    )[0];
+    assert!(t.incomplete);
+    let nat = stage(t, Hook::Prerouting, "nat");
+    assert_eq!(
+        (&nat.verdict, &nat.after),
+        (&ObservedVerdict::Unknown, &None)
+    );
+    // POSTROUTING's nat got FORWARD's exit: that is derived.
+    let post_nat = &t.hooks[2].tables[1];
+    assert_eq!(*post_nat.before.headers, fwd);
+    assert_eq!(post_nat.verdict, ObservedVerdict::Accept);
 }
 
 #[test]
@@ -369,8 +604,7 @@ fn sparse_records_as_the_probes_send_them() {
     let fwd = tcp("192.168.64.2", "172.19.0.9", 80, 63);
     let (pre, fw, post) = (Hook::Prerouting, Hook::Forward, Hook::Postrouting);
     // Every probe of the full plan: the DNAT at -99, FORWARD's and POSTROUTING's entries
-    // (devices), POSTROUTING's last; FORWARD after filter passed silently. Without
-    // POSTROUTING's entry, its last probe sends the devices (a new pass).
+    // (devices), POSTROUTING's last; FORWARD after filter passed silently.
     let full = vec![
         sparse(1000, pre, -301, None, Some(&orig)),
         sparse(2000, pre, -99, Some((pre, -301)), Some(&dnat)),
@@ -380,8 +614,7 @@ fn sparse_records_as_the_probes_send_them() {
     ];
     let fewer = vec![
         sparse(1000, pre, -301, None, Some(&orig)),
-        sparse(2000, pre, -99, Some((pre, -301)), Some(&dnat)),
-        sparse(3000, fw, -151, Some((pre, -99)), Some(&fwd)),
+        sparse(3000, fw, -151, Some((pre, -301)), Some(&fwd)),
         sparse(6000, post, 101, Some((fw, 1)), None),
     ];
     let want = feed(lab(false), full);
@@ -427,5 +660,108 @@ fn dropped_in_postrouting_nat_before_its_first_probe() {
         ),
         "{:?}",
         t.fate
+    );
+}
+
+/// The lab's rules for [`dnat_then_no_route`]: raw and mangle empty (inert in [`lab`]), a
+/// DNAT for the service address in nat PREROUTING.
+const NO_ROUTE_RULES: &str = "*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+*mangle
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+-A PREROUTING -d 10.0.9.9/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.8.8:8080
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+";
+
+/// The rule-level path the capture and `iptrace replay` take: a recording (plan of `lab`,
+/// rules, the events as captured) written, read back and replayed; the TRACE lines of the
+/// whole path of each packet.
+fn replayed_trace_lines(events: Vec<Event>) -> Vec<(trace_core::reconstruct::Status, Vec<String>)> {
+    use trace_core::output::trace::{trace_lines, TraceFrom};
+    use trace_core::record::{replay::Replayer, Record, RecordingReader, RecordingWriter};
+    let plan = lab(true);
+    let mut w = RecordingWriter::new(Vec::new()).unwrap();
+    for hook in Hook::ALL {
+        let hp = plan.get(NETNS, V4, hook).unwrap();
+        w.write_record(&Record::plan(NETNS, V4, hook, hp)).unwrap();
+    }
+    w.write_record(&Record::Ruleset {
+        netns: NETNS,
+        family: V4,
+        generation: 1,
+        text: NO_ROUTE_RULES.into(),
+    })
+    .unwrap();
+    for e in linked(&plan, V4, events) {
+        w.write_event(&e).unwrap();
+    }
+    let bytes = w.into_inner();
+    let mut replayer = Replayer::new(None);
+    let mut packets = Vec::new();
+    for item in RecordingReader::new(&bytes[..]).unwrap() {
+        packets.extend(replayer.push(item.unwrap().1));
+    }
+    packets.extend(replayer.finish());
+    packets
+        .iter()
+        .map(|p| (p.status, trace_lines(p, TraceFrom::Start)))
+        .collect()
+}
+
+#[test]
+fn no_route_after_prerouting_prints_nat_s_trace_lines_from_the_drop_state() {
+    let with = replayed_trace_lines(dnat_then_no_route(true).0);
+    assert_eq!(with.len(), 1);
+    let (status, lines) = &with[0];
+    assert_eq!(
+        *status,
+        trace_core::reconstruct::Status::Confirmed,
+        "{lines:#?}"
+    );
+    let chains: Vec<&str> = lines
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            "raw:PREROUTING:policy:1",
+            "mangle:PREROUTING:policy:1",
+            "nat:PREROUTING:rule:1"
+        ],
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].contains("DST=10.0.9.9 "),
+        "nat logs what it received"
+    );
+    // Without the state at the free, nat's input has no conntrack entry: not consulted,
+    // its line lost (what 1bcf0ce withdrew rule 2 for).
+    let without = replayed_trace_lines(dnat_then_no_route(false).0);
+    let without_chains: Vec<&str> = without[0]
+        .1
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        without_chains,
+        ["raw:PREROUTING:policy:1", "mangle:PREROUTING:policy:1"]
     );
 }

@@ -12,13 +12,19 @@
 //! the group: each member `shared`, and a packet that vanished there in a [`Stage::Group`].
 //!
 //! Across hooks ([`super::ProbePlan::derive_across_hooks`]): a pass whose plan has no probe
-//! before its first stages starts from the state the previous pass left (`entry`, see
-//! [`super::boundary`]); without it (an event lost) those stages are not reported and the
-//! trace is incomplete. A packet dropped in netfilter before such a pass's first probe gets a
-//! pass of its own ([`dropped_before_first_probe`]).
+//! before its first stages starts from the state the previous pass left (`entry`); one whose
+//! plan has no probe after its nat table ends with the state the next pass received
+//! (`next_entry`), both through [`super::boundary`]. A packet freed outside netfilter after
+//! such a pass (no route: no later probe) passed its stages; what they left is the state the
+//! drop report carries ([`PassEnd::Dropped`] `at_free`), so nat's input and rewrite, and the
+//! state between conntrack and nat, are reported as with nat's probe. A drop report without
+//! that state leaves what nat left unknown; a packet never seen again, or followed by a pass
+//! whose state does not fit, leaves their outcome unknown. A drop in netfilter after the last
+//! probe is the stages' there, as with any plan.
 
+use super::boundary;
 use super::plan::{HookPlan, StageSlot};
-use crate::event::ProbeEvent;
+use crate::event::{DropState, ProbeEvent};
 use crate::netfilter::Hook;
 use crate::packet::{
     HookPass, ObservedVerdict, OwnerChange, PacketState, Stage, StageObservation, TableObservation,
@@ -38,6 +44,9 @@ pub(super) struct Pass {
     /// What the stages before the plan's first probe received (its plan has no entry
     /// probe), from the previous pass.
     entry: Option<PacketState>,
+    /// The next pass's hook and the state it received, when this pass's plan derives its
+    /// exit from it (set by the assembler as the packet moves on).
+    pub next_entry: Option<(Hook, PacketState)>,
 }
 
 /// How a pass stopped being extended.
@@ -50,6 +59,9 @@ pub(super) enum PassEnd {
         reason: u32,
         reason_name: Option<String>,
         netfilter: bool,
+        /// The packet's mark, conntrack entry and headers at the free, when the drop
+        /// report carries them.
+        at_free: Option<Box<DropState>>,
     },
     /// No further event (idle timeout, skb address recycled, evicted).
     Ended,
@@ -100,6 +112,7 @@ impl Pass {
             plan,
             sparse: e.sparse,
             entry,
+            next_entry: None,
         }
     }
 
@@ -166,6 +179,17 @@ impl Pass {
         }
     }
 
+    /// Seen at the last probe, and the stages after it cannot act or their outcome is known
+    /// only from the next pass: the packet left the hook, as far as this pass can tell.
+    pub fn at_exit(&self) -> bool {
+        self.at_last_probe() && !self.exit_derived()
+    }
+
+    /// The plan's nat runs after its last probe (see [`HookPlan::exit_derived`]).
+    pub fn exit_derived(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| p.exit_derived())
+    }
+
     /// The hook and the state the packet left it with, when the last probe saw it and
     /// nothing after that probe can act.
     pub fn exit_state(&self) -> Option<(Hook, PacketState)> {
@@ -219,7 +243,9 @@ impl Pass {
         }
         let mut vanished_in = None;
         if let Some((p, state)) = prev {
-            vanished_in = self.close_tail(&plan, p, state, end);
+            let (stage, unknown) = self.close_tail(&plan, p, state, end);
+            vanished_in = stage;
+            gap |= unknown;
         }
         Closed {
             pass: self.meta,
@@ -258,15 +284,89 @@ impl Pass {
     }
 
     /// The stages after the last probe that saw the packet; returns the stage it vanished
-    /// in, if it did.
+    /// in, if it did, and whether their outcome is unknown although the packet went on.
     fn close_tail(
         &mut self,
         plan: &HookPlan,
         p: i32,
         state: Option<PacketState>,
         end: &PassEnd,
-    ) -> Option<Stage> {
+    ) -> (Option<Stage>, bool) {
         let next = plan.next_probe(p);
+        let nf_drop = matches!(
+            end,
+            PassEnd::Dropped {
+                netfilter: true,
+                ..
+            }
+        );
+        if next.is_none() && plan.exit_derived() && !nf_drop {
+            let unknown = state.is_some_and(|s| self.close_derived_tail(plan, p, s, end));
+            return (None, unknown);
+        }
+        (self.close_planned_tail(plan, p, next, state, end), false)
+    }
+
+    /// [`Pass::close_tail`] when the plan's last probe is before its nat table (see
+    /// boundary.rs) and the packet was not dropped in netfilter: every stage after the probe
+    /// let it through, and what they left is what the next pass received (moved on) or the
+    /// state the drop report carries (freed outside netfilter before the next hook). Freed
+    /// without that state, what nat left is unknown; never seen again, or followed by a
+    /// state that does not fit, their outcome is unknown. Returns true when it is although
+    /// the packet went on (the trace is incomplete).
+    fn close_derived_tail(
+        &mut self,
+        plan: &HookPlan,
+        p: i32,
+        before: PacketState,
+        end: &PassEnd,
+    ) -> bool {
+        let gap = Gap {
+            slots: plan.stages_between(p, None),
+            inert: plan.inert_between(p, None),
+        };
+        let next = self.next_entry.take();
+        let hook = self.hook();
+        let after = match end {
+            PassEnd::Dropped { at_free, .. } => at_free
+                .as_deref()
+                .and_then(|freed| boundary::exit_at_free(hook, &before, freed)),
+            PassEnd::MovedOn => next
+                .as_ref()
+                .and_then(|(next, s)| boundary::exit_from_next(hook, &before, *next, s)),
+            PassEnd::Ended | PassEnd::CaptureEnded => None,
+        };
+        let accept = ObservedVerdict::Accept;
+        match (end, after) {
+            (_, Some(after)) => {
+                gap.push(&mut self.meta, before, Some(&after), &accept);
+                false
+            }
+            (PassEnd::Dropped { .. }, None) => {
+                gap.push(&mut self.meta, before, None, &accept);
+                false
+            }
+            (end, None) => {
+                gap.push_leading_inert(&mut self.meta, &before);
+                let first = gap.acting_range().map_or(0, |(f, _)| f);
+                let rest = &gap.slots[first..];
+                let shared = rest.len() > 1;
+                let verdict = ObservedVerdict::Unknown;
+                push_stages(&mut self.meta, rest, before, None, &verdict, shared);
+                *end == PassEnd::MovedOn
+            }
+        }
+    }
+
+    /// [`Pass::close_tail`] with the plan's stages after `p` up to probe `next`.
+    fn close_planned_tail(
+        &mut self,
+        plan: &HookPlan,
+        p: i32,
+        next: Option<i32>,
+        state: Option<PacketState>,
+        end: &PassEnd,
+    ) -> Option<Stage> {
         let Some(verdict) = tail_verdict(end, next.is_some()) else {
             // After the plan's last probe, nothing is reported except what cannot act: the
             // inert stages there accepted the packet unchanged.
@@ -523,6 +623,7 @@ fn tail_verdict(end: &PassEnd, has_next: bool) -> Option<ObservedVerdict> {
                 reason,
                 reason_name,
                 netfilter: true,
+                ..
             },
             false,
         ) => Some(drop(reason, reason_name)),

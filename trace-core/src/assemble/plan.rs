@@ -79,13 +79,24 @@ impl HookPlan {
     }
 
     /// No probe runs before the stages at the start of the hook
-    /// ([`ProbePlan::derive_across_hooks`]): what they received is the previous
+    /// ([`ProbePlan::derive_across_hooks`] rule 1): what they received is the previous
     /// hook's exit state (see boundary.rs).
     pub fn entry_derived(&self) -> bool {
         match (self.stages.first(), self.probes.first()) {
             (Some(s), Some(p)) => s.priority < *p,
             _ => false,
         }
+    }
+
+    /// A nat table that can act runs after the last probe ([`ProbePlan::derive_across_hooks`]
+    /// rule 2): what it left is the next hook's entry state, or the state the drop report
+    /// carries for a packet freed outside netfilter before the next hook (see boundary.rs).
+    pub fn exit_derived(&self) -> bool {
+        let Some(&last) = self.probes.last() else {
+            return false;
+        };
+        let (start, end) = self.range(last, None);
+        (start..end).any(|i| !self.is_inert(i) && self.stages[i].stage.table() == Some(Table::Nat))
     }
 
     /// The packet's state at the last probe is the one it leaves the hook with: nothing
@@ -113,7 +124,7 @@ impl HookPlan {
     }
 
     /// Without the entry probe, when the first stage that can act is a nat table with a
-    /// probe after it and none between; None when that does not hold.
+    /// probe after it and none between (rule 1); None when that does not hold.
     fn without_entry_before_nat(&self) -> Option<HookPlan> {
         let first = *self.probes.first()?;
         let nat = &self.stages[self.acting().next()?];
@@ -122,6 +133,18 @@ impl HookPlan {
             && self.has_entry_probe()
             && self.next_probe(first) == Some(after_nat);
         alone.then(|| self.without_probe(first))
+    }
+
+    /// Without the last probe, when it follows the last stage that can act, a nat table,
+    /// and an earlier probe stays (rule 2); None when that does not hold.
+    fn without_probe_after_last_nat(&self) -> Option<HookPlan> {
+        let last = *self.probes.last()?;
+        let nat = &self.stages[self.acting().last()?];
+        let fits = nat.stage.table() == Some(Table::Nat)
+            && nat.priority < last
+            && self.probes.iter().any(|p| *p <= nat.priority)
+            && self.next_probe(nat.priority) == Some(last);
+        fits.then(|| self.without_probe(last))
     }
 
     fn without_probe(&self, prio: i32) -> HookPlan {
@@ -294,29 +317,41 @@ impl ProbePlan {
 
     /// Leaves out the probes whose states follow from a neighbouring hook's, in the needed
     /// plans of one netns and family (`plans`, per hook; a hook without an entry has no
-    /// probes): POSTROUTING's entry probe, when the first stage there that can act is nat
-    /// and both FORWARD and OUTPUT (the hooks a packet reaches POSTROUTING from) have probes
-    /// that see their exit state: nothing between them changes headers, mark or conntrack
-    /// entry, so nat received what the previous hook left (see boundary.rs).
+    /// probes):
     ///
-    /// PREROUTING keeps its probe after nat although FORWARD's and INPUT's entry probes see
-    /// what nat left (up to the TTL the forward path decrements): a packet freed outside
-    /// netfilter right after PREROUTING (no route, TTL exceeded, martian source) meets no
-    /// later probe, and the drop report carries no conntrack entry, so what conntrack gave
-    /// nat (a new entry or not: whether nat was consulted) would be unknown. PREROUTING and
-    /// OUTPUT keep their first probe (the filter decides there).
+    /// 1. POSTROUTING's entry probe, when the first stage there that can act is nat and both
+    ///    FORWARD and OUTPUT (the hooks a packet reaches POSTROUTING from) have probes that
+    ///    see their exit state: nothing between them changes headers, mark or conntrack
+    ///    entry, so nat received what the previous hook left.
+    /// 2. PREROUTING's probe after its last stage that can act, when that is nat and both
+    ///    FORWARD and INPUT (the hooks that follow it) have an entry probe: nat left what the
+    ///    next hook receives, up to the TTL / hop limit the forward path decrements before
+    ///    FORWARD. A packet freed outside netfilter right after PREROUTING (no route, TTL
+    ///    exceeded, martian source) meets no later probe: what nat left is then the state
+    ///    the drop report carries (mark, conntrack entry, headers at kfree_skb; nothing
+    ///    between nat and the free changes them), and the entry conntrack gave nat (new or
+    ///    not: whether nat was consulted) follows from it as with nat's own probe. A drop
+    ///    report without that state (older recordings, other backends) leaves nat's
+    ///    outcome unknown.
+    ///
+    /// PREROUTING and OUTPUT keep their first probe (the filter decides there).
     pub fn derive_across_hooks(plans: &mut [(Hook, HookPlan)]) {
-        let exit_seen = |h: Hook| {
+        let seen = |h: Hook, f: fn(&HookPlan) -> bool| {
             plans
                 .iter()
-                .any(|(k, p)| *k == h && !p.probes.is_empty() && p.exit_observed())
+                .any(|(k, p)| *k == h && !p.probes.is_empty() && f(p))
         };
-        if !(exit_seen(Hook::Forward) && exit_seen(Hook::Output)) {
-            return;
-        }
-        let post = plans.iter_mut().filter(|(h, _)| *h == Hook::Postrouting);
-        for (_, plan) in post {
-            if let Some(p) = plan.without_entry_before_nat() {
+        let exits_seen = seen(Hook::Forward, HookPlan::exit_observed)
+            && seen(Hook::Output, HookPlan::exit_observed);
+        let entries_seen = seen(Hook::Forward, HookPlan::has_entry_probe)
+            && seen(Hook::Input, HookPlan::has_entry_probe);
+        for (hook, plan) in plans.iter_mut() {
+            let fewer = match hook {
+                Hook::Postrouting if exits_seen => plan.without_entry_before_nat(),
+                Hook::Prerouting if entries_seen => plan.without_probe_after_last_nat(),
+                _ => None,
+            };
+            if let Some(p) = fewer {
                 *plan = p;
             }
         }

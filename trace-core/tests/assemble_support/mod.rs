@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use trace_core::assemble::{HookPlan, ProbePlan};
-use trace_core::event::{CtSnapshot, DropEvent, Event, Headers, ProbeEvent, L4};
+use trace_core::event::{CtSnapshot, DropEvent, DropState, Event, Headers, ProbeEvent, L4};
 use trace_core::netfilter::{Family, Hook, Table};
 
 pub const NETNS: u32 = 4026532177;
@@ -214,6 +214,24 @@ pub fn drop_event(ts_ns: u64, skb: u64, gen: u64, reason: u32, name: Option<&str
         prev: None,
         state: None,
     })
+}
+
+/// [`drop_event`] whose report carries the packet's state at the free (nfhook drop records
+/// from version 4).
+pub fn drop_event_with_state(
+    ts_ns: u64,
+    skb: u64,
+    gen: u64,
+    reason: u32,
+    name: Option<&str>,
+    state: DropState,
+) -> Event {
+    let Event::Drop(mut d) = drop_event(ts_ns, skb, gen, reason, name) else {
+        unreachable!()
+    };
+    d.location_sym = None;
+    d.state = Some(Box::new(state));
+    Event::Drop(d)
 }
 
 pub fn key(e: &Event) -> (u64, u64) {
