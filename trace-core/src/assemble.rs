@@ -261,11 +261,16 @@ impl Assembler {
         partial.last_ts = d.ts_ns;
         let sparse = partial.cur.as_ref().is_some_and(|c| c.sparse);
         passed_silently(partial, d.prev, sparse, &mut self.stats);
+        // The state at the free is what the current pass left only if the packet passed no
+        // probe of another hook in between (those events lost).
+        let same_hook = d
+            .prev
+            .is_none_or(|(h, _)| partial.cur.as_ref().is_some_and(|c| c.hook() == h));
         let end = PassEnd::Dropped {
             reason: d.reason,
             reason_name: d.reason_name.clone(),
             netfilter,
-            at_free: d.state.take(),
+            at_free: d.state.take().filter(|_| same_hook),
         };
         let exit = partial
             .cur

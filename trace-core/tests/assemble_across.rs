@@ -474,6 +474,24 @@ fn freed_with_a_drop_state_that_does_not_fit_leaves_nat_unknown() {
 }
 
 #[test]
+fn a_drop_state_after_another_hook_s_probe_is_not_prerouting_s_exit() {
+    // FORWARD's events were lost; the packet was freed after FORWARD's last probe (the
+    // drop report says so): its state there may hold FORWARD's changes.
+    let (mut events, _, _) = dnat_then_no_route(true);
+    events.remove(1);
+    if let Some(Event::Drop(d)) = events.last_mut() {
+        d.prev = Some((Hook::Forward, 1));
+    }
+    let t = &feed(lab(true), events)[0];
+    assert!(t.incomplete);
+    let nat = stage(t, Hook::Prerouting, "nat");
+    assert_eq!(
+        (&nat.verdict, &nat.after),
+        (&ObservedVerdict::Accept, &None)
+    );
+}
+
+#[test]
 fn freed_with_no_route_without_a_drop_state_nat_unknown() {
     let (events, _, _) = dnat_then_no_route(false);
     let t = &feed(lab(true), linked(&lab(true), V4, events))[0];
