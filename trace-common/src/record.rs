@@ -8,7 +8,7 @@
 //! wire) — the probes convert ports/ids/seq numbers when they copy the headers.
 
 /// Bumped whenever a record layout changes; the decoder rejects other versions.
-pub const RECORD_VERSION: u8 = 3;
+pub const RECORD_VERSION: u8 = 4;
 
 /// [`RecordHeader::kind`] values.
 pub mod kind {
@@ -218,7 +218,11 @@ pub struct ProbeRecord {
     pub physout_dev: [u8; IFNAME_LEN],
 }
 
-/// A tracked skb freed with a drop reason (56 bytes).
+/// A tracked skb freed with a drop reason (192 bytes), with the packet as it was freed: its
+/// mark, conntrack fields and header snapshot ([`drop_flags`] say which were read). The
+/// state matters when the skb was freed outside netfilter after a hook whose last stages
+/// have no probe after them (PREROUTING's nat, see trace-core's plan): it is what those
+/// stages left.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropRecord {
@@ -228,13 +232,37 @@ pub struct DropRecord {
     pub gen: u64,
     /// Kernel address of the kfree_skb call site.
     pub location: u64,
+    /// Conntrack entry address (opaque id), 0 without ct (as in [`ProbeRecord`]).
+    pub ct_id: u64,
     pub netns: u32,
     /// enum skb_drop_reason value of the running kernel.
     pub reason: u32,
     /// The last probe the traversal passed before it was freed (as in [`ProbeRecord`]).
     pub prev_priority: i32,
+    /// skb->mark.
+    pub mark: u32,
+    pub ct_status: u32,
+    pub ct_mark: u32,
     pub prev_hook: u8,
+    /// NFPROTO_IPV4 / NFPROTO_IPV6 of the header snapshot (from the IP version nibble at
+    /// the network header), 0 without one.
+    pub pf: u8,
+    /// [`drop_flags`].
+    pub flags: u16,
+    /// enum ip_conntrack_info (skb->_nfct & 7).
+    pub ctinfo: u8,
     pub _pad: [u8; 3],
+    pub headers: HeaderSnapshot,
+}
+
+/// [`DropRecord::flags`] bits.
+pub mod drop_flags {
+    /// `mark` and the conntrack fields were read.
+    pub const STATE: u16 = 1 << 0;
+    /// `ctinfo`/`ct_*` are valid (skb->_nfct was set).
+    pub const CT: u16 = 1 << 1;
+    /// `headers` holds a snapshot of family `pf`.
+    pub const HEADERS: u16 = 1 << 2;
 }
 
 /// [`XtRecord::what`] values.
@@ -529,7 +557,8 @@ const _: () = assert!(core::mem::offset_of!(ProbeRecord, headers) == 136);
 const _: () = assert!(core::mem::offset_of!(ProbeRecord, physin_ifindex) == 248);
 const _: () = assert!(core::mem::offset_of!(ProbeRecord, physin_dev) % 8 == 0);
 const _: () = assert!(core::mem::offset_of!(ProbeRecord, physout_dev) % 8 == 0);
-const _: () = assert!(core::mem::size_of::<DropRecord>() == 56);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 192);
+const _: () = assert!(core::mem::offset_of!(DropRecord, headers) == 80);
 const _: () = assert!(core::mem::size_of::<Tracked>() == 32);
 const _: () = assert!(core::mem::size_of::<CurSlot>() == 48);
 const _: () = assert!(core::mem::size_of::<Counters>() == 64);
@@ -635,16 +664,24 @@ impl DropRecord {
             kind: kind::DROP,
             version: RECORD_VERSION,
             _pad0: 0,
-            len: 56,
+            len: core::mem::size_of::<DropRecord>() as u32,
         },
         ts_ns: 0,
         skb: 0,
         gen: 0,
         location: 0,
+        ct_id: 0,
         netns: 0,
         reason: 0,
         prev_priority: 0,
+        mark: 0,
+        ct_status: 0,
+        ct_mark: 0,
         prev_hook: PREV_NONE,
+        pf: 0,
+        flags: 0,
+        ctinfo: 0,
         _pad: [0; 3],
+        headers: HeaderSnapshot::ZERO,
     };
 }

@@ -4,13 +4,13 @@
 //! Every record is checked before it is read: length, kind and layout version; a short or
 //! unknown record is a [`DecodeError`] naming the field, never a panic or a guess.
 
-use crate::event::{BridgeInfo, CtSnapshot, DropEvent, Event, Headers, ProbeEvent, L4};
+use crate::event::{BridgeInfo, CtSnapshot, DropEvent, DropState, Event, Headers, ProbeEvent, L4};
 use crate::netfilter::{Family, Hook};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use trace_common::record::{
-    kind, l4_flags, probe_flags, DropRecord, HeaderSnapshot, ProbeRecord, RecordHeader, PREV_NONE,
-    RECORD_VERSION,
+    drop_flags, kind, l4_flags, probe_flags, DropRecord, HeaderSnapshot, ProbeRecord, RecordHeader,
+    PREV_NONE, RECORD_VERSION,
 };
 
 /// Length of a probe record that carries no header snapshot (headers unchanged).
@@ -213,9 +213,36 @@ impl Decoder {
             location: r.location,
             location_sym: self.symbols.resolve(r.location),
             prev: prev_probe(r.prev_hook, r.prev_priority)?,
-            state: None,
+            state: drop_state(&r)?,
         })
     }
+}
+
+/// The packet's state as the kfree_skb program read it (see [`DropRecord`]).
+fn drop_state(r: &DropRecord) -> Result<Option<Box<DropState>>, DecodeError> {
+    if r.flags & drop_flags::STATE == 0 {
+        return Ok(None);
+    }
+    let headers = if r.flags & drop_flags::HEADERS != 0 {
+        let family = Family::from_nfproto(r.pf).ok_or(DecodeError::Field {
+            field: "drop pf",
+            value: r.pf as u64,
+        })?;
+        Some(headers(family, &r.headers))
+    } else {
+        None
+    };
+    let ct = (r.flags & drop_flags::CT != 0).then_some(CtSnapshot {
+        ctinfo: r.ctinfo,
+        status: r.ct_status,
+        mark: r.ct_mark,
+        id: r.ct_id,
+    });
+    Ok(Some(Box::new(DropState {
+        mark: r.mark,
+        ct,
+        headers,
+    })))
 }
 
 /// A record's last-probe-passed fields.
@@ -669,6 +696,48 @@ mod tests {
         assert_eq!(e.reason_name.as_deref(), Some("NETFILTER_DROP"));
         assert_eq!(e.location_sym.as_deref(), Some("nf_hook_slow+0x10"));
         assert_eq!((e.skb, e.gen), (5, 4));
+    }
+
+    #[test]
+    fn drop_state_is_decoded_only_when_read() {
+        let p = syn_record();
+        let mut d = DropRecord::ZERO;
+        let decode = |d: &DropRecord| {
+            let Event::Drop(e) = Decoder::default().decode(&bytes_of(d, DROP_LEN)).unwrap() else {
+                panic!()
+            };
+            e.state
+        };
+        // Not read (the flag is off): nothing, whatever the bytes say.
+        d.mark = 3;
+        assert_eq!(decode(&d), None);
+        d.flags = drop_flags::STATE;
+        let s = decode(&d).unwrap();
+        assert_eq!((s.mark, s.ct, s.headers), (3, None, None));
+        d.flags = drop_flags::STATE | drop_flags::CT | drop_flags::HEADERS;
+        (d.ctinfo, d.ct_status, d.ct_mark, d.ct_id) = (p.ctinfo, p.ct_status, 9, p.ct_id);
+        (d.pf, d.headers) = (p.pf, p.headers);
+        let s = decode(&d).unwrap();
+        let Event::Probe(seen) = Decoder::default()
+            .decode(&bytes_of(&p, PROBE_FULL_LEN))
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.headers, seen.headers);
+        let ct = s.ct.unwrap();
+        assert_eq!(
+            (ct.ctinfo, ct.status, ct.mark, ct.id),
+            (2, 0x120, 9, p.ct_id)
+        );
+        d.pf = 3;
+        assert_eq!(
+            Decoder::default().decode(&bytes_of(&d, DROP_LEN)),
+            Err(DecodeError::Field {
+                field: "drop pf",
+                value: 3
+            })
+        );
     }
 
     /// Writes `bytes` into the snapshot's memory at `field_offset`, as the probe does.

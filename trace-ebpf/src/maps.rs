@@ -7,7 +7,9 @@ use aya_ebpf::{
 };
 use trace_common::{
     filter::{FilterInput, FilterProgram},
-    record::{Counters, CurSlot, KernelOffsets, ProbeConfig, ProbeRecord, RateState, Tracked},
+    record::{
+        Counters, CurSlot, DropRecord, KernelOffsets, ProbeConfig, ProbeRecord, RateState, Tracked,
+    },
 };
 
 /// Records to the collector. The collector sets the size (`--ringbuf-size`).
@@ -51,6 +53,10 @@ pub static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0)
 /// Scratch record (index 0): too big for the 512-byte stack.
 #[map]
 pub static SCRATCH: PerCpuArray<ProbeRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// The kfree_skb program's record (index 0; with its header snapshot, off the stack too).
+#[map]
+pub static DROP_SCRATCH: PerCpuArray<DropRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// The filter's view of the packet at first sight (index 0; off the stack).
 #[map]

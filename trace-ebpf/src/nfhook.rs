@@ -42,8 +42,8 @@ use trace_common::{
     },
     flowhash,
     record::{
-        filter_fields, kind, probe_flags, tracked_flags, Counters, CurSlot, HeaderSnapshot,
-        ProbeRecord, Tracked, PREV_NONE, PRIORITY_MAGIC, RECORD_VERSION,
+        drop_flags, filter_fields, kind, probe_flags, tracked_flags, Counters, CurSlot, DropRecord,
+        HeaderSnapshot, ProbeRecord, Tracked, PREV_NONE, PRIORITY_MAGIC, RECORD_VERSION,
     },
 };
 
@@ -51,9 +51,9 @@ use crate::{
     headers,
     kread::{kread, read, read_buf},
     maps::{
-        global, Pending, ACTIVE, COUNTERS, CUR, EVENTS, FILTER, FILTER_INPUT, FLOWS, FLOW_CACHE,
-        FLOW_CACHE_SLOTS, FLOW_KEEP, FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS, RATE, SCRATCH,
-        SLOT_DONE, SLOT_TRACKED, TRACKED, TUPLE_BUF,
+        global, Pending, ACTIVE, COUNTERS, CUR, DROP_SCRATCH, EVENTS, FILTER, FILTER_INPUT, FLOWS,
+        FLOW_CACHE, FLOW_CACHE_SLOTS, FLOW_KEEP, FLOW_SKIP, HASH_BUF, PENDING, PENDING_RECORDS,
+        RATE, SCRATCH, SLOT_DONE, SLOT_TRACKED, TRACKED, TUPLE_BUF,
     },
     mem, pktbuf,
 };
@@ -1171,50 +1171,70 @@ fn dev_name_words<const D: bool>(dev: u64) -> [u64; 2] {
 /// skb->_nfct: conntrack pointer | ctinfo (low 3 bits).
 #[inline(always)]
 fn conntrack<const D: bool>(rec: &mut ProbeRecord, skb: u64) {
+    let f = ct_fields::<D>(skb);
+    rec.ctinfo = f.ctinfo;
+    rec.ct_id = f.id;
+    rec.ct_status = f.status;
+    rec.ct_mark = f.mark;
+    if f.set {
+        rec.flags |= probe_flags::CT;
+    }
+}
+
+/// What [`ct_fields`] read.
+struct CtFields {
+    /// skb->_nfct was set (`ctinfo` is meaningful).
+    set: bool,
+    ctinfo: u8,
+    /// The entry's address, 0 without one (none, or IP_CT_UNTRACKED).
+    id: u64,
+    status: u32,
+    mark: u32,
+}
+
+/// skb->_nfct's ctinfo and the entry's status and mark.
+#[inline(always)]
+fn ct_fields<const D: bool>(skb: u64) -> CtFields {
     let nfct: u64 = kread::<_, D>(skb, global!(OFFSETS.skb_nfct));
-    rec.ctinfo = (nfct & 7) as u8;
-    let ct = nfct & !7;
-    rec.ct_id = ct;
-    if nfct == 0 {
-        rec.ct_status = 0;
-        rec.ct_mark = 0;
-        return;
-    }
-    rec.flags |= probe_flags::CT;
+    let mut f = CtFields {
+        set: nfct != 0,
+        ctinfo: (nfct & 7) as u8,
+        id: nfct & !7,
+        status: 0,
+        mark: 0,
+    };
     // IP_CT_UNTRACKED (7) has no entry behind it.
-    if ct == 0 {
-        rec.ct_status = 0;
-        rec.ct_mark = 0;
-        return;
+    if f.id == 0 {
+        return f;
     }
+    let ct = f.id;
     let (s_off, m_off) = (global!(OFFSETS.ct_status), global!(OFFSETS.ct_mark));
     // Netfilter probes: two direct loads (see mem::kcast) when mark is within reach of
     // status.
     if D && m_off >= s_off && m_off - s_off + 4 <= mem::KCAST_BYTES as u32 {
         let p = mem::kcast(ct + s_off as u64);
-        rec.ct_status = mem::load::<u32>(p, 0);
-        rec.ct_mark = mem::load::<u32>(p, m_off - s_off);
-        return;
+        f.status = mem::load::<u32>(p, 0);
+        f.mark = mem::load::<u32>(p, m_off - s_off);
+        return f;
     }
     // status and mark are a few bytes apart in struct nf_conn: one read for both when they
     // fit in CT_BLOCK bytes (the offsets are load-time constants, so is the index).
     if m_off >= s_off && m_off - s_off + 4 <= CT_BLOCK as u32 {
         let mut buf = core::mem::MaybeUninit::<[u8; CT_BLOCK]>::uninit();
         let Some(b) = mem::read_into(ct + s_off as u64, &mut buf) else {
-            rec.ct_status = 0;
-            rec.ct_mark = 0;
-            return;
+            return f;
         };
         let d = (m_off - s_off) as usize;
-        rec.ct_status = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        f.status = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         if d + 4 <= CT_BLOCK {
-            rec.ct_mark = u32::from_le_bytes([b[d], b[d + 1], b[d + 2], b[d + 3]]);
+            f.mark = u32::from_le_bytes([b[d], b[d + 1], b[d + 2], b[d + 3]]);
         }
-        return;
+        return f;
     }
     let status: u64 = read(ct, s_off);
-    rec.ct_status = status as u32;
-    rec.ct_mark = read(ct, m_off);
+    f.status = status as u32;
+    f.mark = read(ct, m_off);
+    f
 }
 
 /// Bytes read from ct->status on (status and mark together, see [`conntrack`]): on 6.18
@@ -1313,7 +1333,12 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     let Some(c) = counters() else { return 0 };
-    let rec = trace_common::record::DropRecord {
+    let Some(rec) = DROP_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: per-CPU map value; programs on one CPU do not run concurrently on it.
+    let rec = unsafe { &mut *rec };
+    *rec = DropRecord {
         ts_ns: unsafe { bpf_ktime_get_ns() },
         skb,
         gen: t.gen,
@@ -1327,12 +1352,10 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         } else {
             t.prev_hook
         },
-        ..trace_common::record::DropRecord::ZERO
+        ..DropRecord::ZERO
     };
-    if EVENTS
-        .output::<trace_common::record::DropRecord>(&rec, wakeup_flags())
-        .is_ok()
-    {
+    drop_state(rec, skb);
+    if EVENTS.output::<DropRecord>(rec, wakeup_flags()).is_ok() {
         c.emitted += 1;
         c.drops += 1;
     } else {
@@ -1340,3 +1363,37 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
     }
     0
 }
+
+/// The freed packet's mark, conntrack fields and headers (probe reads: a tracepoint's skb
+/// is not a netfilter ctx). Drops of tracked packets are rare, so this costs nothing that
+/// matters; it lets the probe after PREROUTING's nat go (the collector takes what nat left
+/// from the next hook's entry, or from here when the packet was freed before one).
+#[inline(never)]
+fn drop_state(rec: &mut DropRecord, skb: u64) {
+    rec.flags = drop_flags::STATE;
+    rec.mark = read(skb, global!(OFFSETS.skb_mark));
+    let f = ct_fields::<false>(skb);
+    if f.set {
+        rec.flags |= drop_flags::CT;
+    }
+    (rec.ctinfo, rec.ct_id, rec.ct_status, rec.ct_mark) = (f.ctinfo, f.id, f.status, f.mark);
+    let head: u64 = read(skb, global!(OFFSETS.skb_head));
+    let nh: u16 = read(skb, global!(OFFSETS.skb_network_header));
+    if head == 0 {
+        return;
+    }
+    let nh = head + nh as u64;
+    // The family from the IP version nibble: the skb may be freed outside any hook.
+    let pf = match read::<u8>(nh, 0) >> 4 {
+        4 => NFPROTO_IPV4,
+        6 => NFPROTO_IPV6,
+        _ => return,
+    };
+    if headers::snapshot(pf, nh, &mut rec.headers, true) {
+        rec.pf = pf;
+        rec.flags |= drop_flags::HEADERS;
+    }
+}
+
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
