@@ -818,3 +818,90 @@ fn cli_count_json_rule_level() {
     );
     assert!(text.contains("TRACE: nat:DOCKER:rule:3"), "{text}");
 }
+
+/// PREROUTING has no probe after nat (its result is the next hook's entry): a SYN DNATed to
+/// an address the node has no route to is freed by routing right after PREROUTING and meets
+/// no later probe. The drop report's state at the free (mark, conntrack entry, headers read
+/// by the kfree_skb program) must still show nat's rewrite and the NEW entry nat saw.
+#[test]
+fn no_route_after_prerouting_nat_keeps_the_rewrite() {
+    let test = "no_route_after_prerouting_nat_keeps_the_rewrite";
+    if !ready(test) {
+        return;
+    }
+    let lab = e2e::lab(IptablesBackend::Legacy, false);
+    let out = lab
+        .exec(
+            LabNs::Node,
+            &[
+                "iptables-legacy",
+                "-t",
+                "nat",
+                "-I",
+                "PREROUTING",
+                "1",
+                "-p",
+                "tcp",
+                "--dport",
+                "10001",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                "203.0.113.9:80",
+            ],
+        )
+        .expect("insert DNAT rule");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut opts = options(&lab, &format!("src host {PEER} and tcp"));
+    opts.duration = Some(Duration::from_secs(3));
+    let peer = lab.ns_path(LabNs::Peer);
+    let Some(c) = capture_with(test, &opts, ProbeMode::Needed, move || {
+        let to = std::net::SocketAddr::from(([192, 168, 64, 4], 10001));
+        let connected = trace_user::netns::run_in(&peer, move || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
+        })
+        .expect("run in the peer namespace");
+        assert!(!connected, "no route to 203.0.113.9: the connection must fail");
+    }) else {
+        return;
+    };
+    let node = e2e_inode(&lab);
+    assert_eq!(
+        probes(&c.plan, node, Hook::Prerouting),
+        [-301],
+        "PREROUTING must have no probe after nat for this test to mean anything"
+    );
+    let syn = c
+        .packets
+        .iter()
+        .find(|p| tcp_flags(p) == Some(0x02))
+        .unwrap_or_else(|| panic!("no SYN traced: {:#?}", c.packets));
+    assert!(
+        matches!(
+            syn.fate,
+            Fate::DroppedOutside {
+                after: Hook::Prerouting,
+                ..
+            }
+        ),
+        "{:#?}",
+        syn.fate
+    );
+    let pre = hook(syn, Hook::Prerouting);
+    let nat = pre
+        .tables
+        .iter()
+        .find(|t| t.table == Table::Nat)
+        .unwrap_or_else(|| panic!("no nat in PREROUTING: {pre:#?}"));
+    assert_eq!(nat.verdict, ObservedVerdict::Accept, "{nat:#?}");
+    let after = nat.after.as_ref().expect("nat's result, from the drop report");
+    assert_eq!(after.headers.dst, "203.0.113.9".parse::<IpAddr>().unwrap());
+    assert!(matches!(after.headers.l4, L4::Tcp { dport: 80, .. }));
+    // nat saw the NEW entry conntrack made (ctinfo 2).
+    let ct = nat.before.ct.expect("conntrack entry before nat");
+    assert_eq!(ct.ctinfo, 2, "{ct:?}");
+}
