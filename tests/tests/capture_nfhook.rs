@@ -865,7 +865,10 @@ fn no_route_after_prerouting_nat_keeps_the_rewrite() {
             std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
         })
         .expect("run in the peer namespace");
-        assert!(!connected, "no route to 203.0.113.9: the connection must fail");
+        assert!(
+            !connected,
+            "no route to 203.0.113.9: the connection must fail"
+        );
     }) else {
         return;
     };
@@ -898,7 +901,10 @@ fn no_route_after_prerouting_nat_keeps_the_rewrite() {
         .find(|t| t.table == Table::Nat)
         .unwrap_or_else(|| panic!("no nat in PREROUTING: {pre:#?}"));
     assert_eq!(nat.verdict, ObservedVerdict::Accept, "{nat:#?}");
-    let after = nat.after.as_ref().expect("nat's result, from the drop report");
+    let after = nat
+        .after
+        .as_ref()
+        .expect("nat's result, from the drop report");
     assert_eq!(after.headers.dst, "203.0.113.9".parse::<IpAddr>().unwrap());
     assert!(matches!(after.headers.l4, L4::Tcp { dport: 80, .. }));
     // nat saw the NEW entry conntrack made (ctinfo 2).
