@@ -222,7 +222,8 @@ pub struct ProbeRecord {
 /// mark, conntrack fields and header snapshot ([`drop_flags`] say which were read). The
 /// state matters when the skb was freed outside netfilter after a hook whose last stages
 /// have no probe after them (PREROUTING's nat, see trace-core's plan): it is what those
-/// stages left.
+/// stages left. The nfhook kfree_skb program reads it only when the last probe passed was
+/// on PREROUTING (`prev_hook`); the record has the same length either way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropRecord {

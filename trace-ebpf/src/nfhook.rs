@@ -1354,7 +1354,13 @@ pub fn kfree_skb(ctx: BtfTracePointContext) -> i32 {
         },
         ..DropRecord::ZERO
     };
-    drop_state(rec, skb);
+    // Only where the collector needs it: PREROUTING's stages after its last probe (see
+    // `drop_state`). Elsewhere every stage has a probe after it, and most tracked frees are
+    // after the traversal (e.g. a delivered RST freed by the receiving socket, one per short
+    // connection): they keep the cheap record.
+    if rec.prev_hook == NF_INET_PRE_ROUTING {
+        drop_state(rec, skb);
+    }
     if EVENTS.output::<DropRecord>(rec, wakeup_flags()).is_ok() {
         c.emitted += 1;
         c.drops += 1;
