@@ -971,10 +971,11 @@ fn bridge_ports(rec: &mut ProbeRecord, state: u64, skb: u64) {
 }
 
 /// The ports of a bridged skb: skb_ext_find(skb, SKB_EXT_BRIDGE_NF)->physinif and
-/// ->physoutdev (loaded through `mem::kcast`: the extension sits at a variable offset in the
-/// skb_ext), the output port's ifindex and name, the input port's device by ifindex in the
-/// hook's netns (`dev_by_index`; before 6.8 the pointer `physindev`). Its own BPF function:
-/// bridged packets only.
+/// ->physoutdev (the extension sits at a variable offset in the skb_ext), the output port's
+/// ifindex and name, the input port's device by ifindex in the hook's netns (`dev_by_index`;
+/// before 6.8 the pointer `physindev`). Every load goes through `mem::kcast`, no helper call:
+/// a bridged packet's record with devices read six to eight words here. Its own BPF
+/// function: bridged packets only.
 #[inline(never)]
 fn bridged(rec: &mut ProbeRecord, state: u64, skb: u64) {
     let ext: u64 = kread::<_, true>(skb, global!(OFFSETS.skb_extensions));
@@ -986,11 +987,11 @@ fn bridged(rec: &mut ProbeRecord, state: u64, skb: u64) {
     let p = mem::kcast(ext + chunk as u64 * 8);
     let physout = mem::load::<u64>(p, global!(OFFSETS.nfbr_physoutdev));
     rec.flags |= probe_flags::BRIDGED;
-    rec.physout_ifindex = read(physout, global!(OFFSETS.dev_ifindex));
+    rec.physout_ifindex = mem::load_at(physout, global!(OFFSETS.dev_ifindex));
     // Before 6.8 the input port is a device pointer (`physindev`), used as it is.
     let (physinif, physin) = if global!(OFFSETS.nfbr_physin_dev) != 0 {
         let dev = mem::load::<u64>(p, global!(OFFSETS.nfbr_physinif));
-        (read(dev, global!(OFFSETS.dev_ifindex)), dev)
+        (mem::load_at(dev, global!(OFFSETS.dev_ifindex)), dev)
     } else {
         let i = mem::load::<u32>(p, global!(OFFSETS.nfbr_physinif));
         (i, dev_by_index(state, i))
@@ -999,8 +1000,8 @@ fn bridged(rec: &mut ProbeRecord, state: u64, skb: u64) {
     // SAFETY: 16-byte fields at 8-aligned offsets of the 8-aligned ProbeRecord (asserted in
     // trace_common::record).
     unsafe {
-        store_name(&mut rec.physout_dev, dev_name_words::<false>(physout));
-        store_name(&mut rec.physin_dev, dev_name_words::<false>(physin));
+        store_name(&mut rec.physout_dev, dev_name_loaded(physout));
+        store_name(&mut rec.physin_dev, dev_name_loaded(physin));
     }
 }
 
@@ -1019,17 +1020,17 @@ fn dev_by_index(state: u64, ifindex: u32) -> u64 {
     }
     // dev_index_hash: bucket ifindex & (NETDEV_HASHENTRIES - 1); hlist_head.first and
     // hlist_node.next are the structs' first words.
-    let mut node: u64 = read(heads + (ifindex as u64 & (DEV_INDEX_BUCKETS - 1)) * 8, 0);
+    let mut node: u64 = mem::load_at(heads, (ifindex & (DEV_INDEX_BUCKETS as u32 - 1)) * 8);
     let link = global!(OFFSETS.dev_index_hlist) as u64;
     for _ in 0..DEV_CHAIN_MAX {
         if node == 0 {
             break;
         }
         let dev = node - link;
-        if read::<u32>(dev, global!(OFFSETS.dev_ifindex)) == ifindex {
+        if mem::load_at::<u32>(dev, global!(OFFSETS.dev_ifindex)) == ifindex {
             return dev;
         }
-        node = read(node, 0);
+        node = mem::load_at(node, 0);
     }
     0
 }
@@ -1166,6 +1167,13 @@ fn dev_name_words<const D: bool>(dev: u64) -> [u64; 2] {
         return mem::read_into(dev + off as u64, &mut buf).map_or([0; 2], |w| *w);
     }
     [kread::<_, true>(dev, off), kread::<_, true>(dev, off + 8)]
+}
+
+/// A device's name from a pointer read out of memory (the bridge ports): [`mem::load_at`].
+#[inline(always)]
+fn dev_name_loaded(dev: u64) -> [u64; 2] {
+    let off = global!(OFFSETS.dev_name);
+    [mem::load_at(dev, off), mem::load_at(dev, off + 8)]
 }
 
 /// skb->_nfct: conntrack pointer | ctinfo (low 3 bits).
