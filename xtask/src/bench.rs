@@ -8,7 +8,9 @@
 //! (b) sequential short connections/s from peer to 192.168.64.4:10002;
 //! client and server of both pinned to CPU 0 (unpinned runs on 2 vCPUs are bimodal, and an
 //! unpinned iperf3 competes with the collector on CPU 1: `--iperf-unpinned` measures that).
-//! Prints per-round values and median ratios against no tracer, plus the tracer's lost count.
+//! Prints per-round values, each configuration's median, and the median and range of its
+//! per-round ratios to no tracer in the same round (paired: drift between rounds cancels),
+//! plus the tracer's lost count.
 //! The tracer (`iptrace capture`, TRACE lines to /dev/null) is pinned to CPU 1.
 //!
 //! `--baseline PATH`: every tracer configuration also runs with the `iptrace` binary at PATH
@@ -373,23 +375,25 @@ fn run_rounds(
         }
     }
     println!(
-        "nfhook capture overhead (median of {rounds} interleaved rounds, {secs}s each; ratio to no tracer; iperf3 {})",
+        "nfhook capture overhead ({rounds} interleaved rounds, {secs}s each; iperf3 {}): medians, and the median and range of the per-round ratios to no tracer in the same round",
         if lab.iperf_pinned { "on CPU 0" } else { "unpinned" }
     );
     println!(
-        "{:<24} {:>12} {:>10} {:>12} {:>10} {:>6}",
-        "config", "Mbit/s", "ratio", "conn/s", "ratio", "lost"
+        "{:<24} {:>10} {:>6} {:>9} {:>10} {:>6} {:>9} {:>6}",
+        "config", "Mbit/s", "ratio", "range", "conn/s", "ratio", "range", "lost"
     );
-    let (t0, c0) = (median(&tput[0]), median(&conns[0]));
     for (i, c) in cfgs.iter().enumerate() {
-        let (t, n) = (median(&tput[i]), median(&conns[i]));
+        let (t, tr) = (median(&tput[i]), paired_ratios(&tput[i], &tput[0]));
+        let (n, nr) = (median(&conns[i]), paired_ratios(&conns[i], &conns[0]));
         println!(
-            "{:<24} {:>12.1} {:>9.0}% {:>12.1} {:>9.0}% {:>6}",
+            "{:<24} {:>10.1} {:>5.0}% {:>9} {:>10.1} {:>5.0}% {:>9} {:>6}",
             c.name,
             t / 1e6,
-            100.0 * t / t0,
+            100.0 * median(&tr),
+            range(&tr),
             n,
-            100.0 * n / c0,
+            100.0 * median(&nr),
+            range(&nr),
             if c.args.is_some() {
                 lost[i].to_string()
             } else {
@@ -404,6 +408,19 @@ fn run_rounds(
         }
     }
     Ok(())
+}
+
+/// Each round's value over no tracer's in the same round: drift between rounds (the
+/// baseline alone moves by several percent) cancels out.
+fn paired_ratios(v: &[f64], none: &[f64]) -> Vec<f64> {
+    v.iter().zip(none).map(|(a, b)| a / b).collect()
+}
+
+/// "min–max" of ratios, in percent.
+fn range(r: &[f64]) -> String {
+    let lo = r.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = r.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.0}–{:.0}", 100.0 * lo, 100.0 * hi)
 }
 
 fn median(v: &[f64]) -> f64 {
