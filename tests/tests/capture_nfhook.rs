@@ -451,6 +451,18 @@ fn wait_line(lines: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
     }
 }
 
+/// `iptables-legacy ARGS` in the lab's node namespace; panics when it fails.
+fn node_iptables(lab: &Lab, args: &[&str]) {
+    let mut argv = vec!["iptables-legacy"];
+    argv.extend_from_slice(args);
+    let out = lab.exec(LabNs::Node, &argv).expect("run iptables-legacy");
+    assert!(
+        out.status.success(),
+        "iptables-legacy {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn filter_drop_is_reported_with_netfilter_drop() {
     let test = "filter_drop_is_reported_with_netfilter_drop";
@@ -458,27 +470,19 @@ fn filter_drop_is_reported_with_netfilter_drop() {
         return;
     }
     let lab = e2e::lab(IptablesBackend::Legacy, false);
-    let out = lab
-        .exec(
-            LabNs::Node,
-            &[
-                "iptables-legacy",
-                "-I",
-                "DOCKER-USER",
-                "1",
-                "-p",
-                "tcp",
-                "--dport",
-                "80",
-                "-j",
-                "DROP",
-            ],
-        )
-        .expect("insert DROP rule");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    node_iptables(
+        &lab,
+        &[
+            "-I",
+            "DOCKER-USER",
+            "1",
+            "-p",
+            "tcp",
+            "--dport",
+            "80",
+            "-j",
+            "DROP",
+        ],
     );
     let mut opts = options(&lab, &format!("src host {PEER} and tcp"));
     opts.duration = Some(Duration::from_secs(3));
@@ -830,31 +834,23 @@ fn no_route_after_prerouting_nat_keeps_the_rewrite() {
         return;
     }
     let lab = e2e::lab(IptablesBackend::Legacy, false);
-    let out = lab
-        .exec(
-            LabNs::Node,
-            &[
-                "iptables-legacy",
-                "-t",
-                "nat",
-                "-I",
-                "PREROUTING",
-                "1",
-                "-p",
-                "tcp",
-                "--dport",
-                "10001",
-                "-j",
-                "DNAT",
-                "--to-destination",
-                "203.0.113.9:80",
-            ],
-        )
-        .expect("insert DNAT rule");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    node_iptables(
+        &lab,
+        &[
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "1",
+            "-p",
+            "tcp",
+            "--dport",
+            "10001",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            "203.0.113.9:80",
+        ],
     );
     let mut opts = options(&lab, &format!("src host {PEER} and tcp"));
     opts.duration = Some(Duration::from_secs(3));
