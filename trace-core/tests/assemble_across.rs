@@ -281,23 +281,21 @@ fn locally_delivered_and_locally_sent_packets() {
     ];
     same_with_fewer_probes(V4, (lab(false), lab(true)), input);
     // Sent locally: OUTPUT's exit is POSTROUTING nat's input.
+    same_with_fewer_probes(V4, (lab(false), lab(true)), locally_sent());
+}
+
+/// A locally sent packet through every probe of OUTPUT and POSTROUTING, SNATed there.
+fn locally_sent() -> Vec<Event> {
     let out = tcp("192.168.64.4", "192.168.64.2", 40000, 64);
     let snat = tcp("192.168.64.9", "192.168.64.2", 40000, 64);
-    let output = vec![
+    let snat_ct = ct(ct_status::SRC_NAT);
+    vec![
         at(1000, V4, Hook::Output, -301, &out, None),
         at(2000, V4, Hook::Output, -99, &out, ct(0)),
         at(2500, V4, Hook::Output, 1, &out, ct(0)),
         at(3000, V4, Hook::Postrouting, -151, &out, ct(0)),
-        at(
-            4000,
-            V4,
-            Hook::Postrouting,
-            101,
-            &snat,
-            ct(ct_status::SRC_NAT),
-        ),
-    ];
-    same_with_fewer_probes(V4, (lab(false), lab(true)), output);
+        at(4000, V4, Hook::Postrouting, 101, &snat, snat_ct),
+    ]
 }
 
 fn stage<'a>(
@@ -782,4 +780,186 @@ fn no_route_after_prerouting_prints_nat_s_trace_lines_from_the_drop_state() {
         without_chains,
         ["raw:PREROUTING:policy:1", "mangle:PREROUTING:policy:1"]
     );
+}
+
+/// The lab's needed plans per hook (raw and mangle inert), with `edit` applied to each
+/// hook's stages first.
+fn lab_hooks(edit: impl Fn(Hook, &mut Vec<StageSlot>)) -> Vec<(Hook, HookPlan)> {
+    let inert = |s: &StageSlot| matches!(s.stage.table(), Some(Table::Raw | Table::Mangle));
+    Hook::ALL
+        .into_iter()
+        .map(|h| {
+            let mut s = stages(h, &LAB);
+            edit(h, &mut s);
+            (h, HookPlan::needed(s, inert))
+        })
+        .collect()
+}
+
+fn plan_of_hook(hooks: &[(Hook, HookPlan)], hook: Hook) -> &HookPlan {
+    &hooks.iter().find(|(h, _)| *h == hook).unwrap().1
+}
+
+/// The lab's needed plans with the cross-hook rules, `verdict` tables verdict-only (rule 3).
+fn lab_with_verdicts(verdict: &[Table]) -> ProbePlan {
+    let mut hooks = lab_hooks(|_, _| {});
+    ProbePlan::derive_across_hooks_with(&mut hooks, |_, s| {
+        s.stage.table().is_some_and(|t| verdict.contains(&t))
+    });
+    let mut p = ProbePlan::new();
+    for (h, hp) in hooks {
+        p.insert(NETNS, V4, h, hp);
+    }
+    p
+}
+
+#[test]
+fn verdict_only_filter_needs_no_probe_after_forward_and_output() {
+    let p = lab_with_verdicts(&[Table::Filter]);
+    assert_eq!(probes(&p, V4, Hook::Prerouting), [-301]);
+    assert_eq!(probes(&p, V4, Hook::Forward), [-151]);
+    assert_eq!(probes(&p, V4, Hook::Output), [-301, -99]);
+    assert_eq!(
+        probes(&p, V4, Hook::Postrouting),
+        [101],
+        "rule 1 still holds"
+    );
+    assert_eq!(probes(&p, V4, Hook::Input), [-151, 1, 101], "a final hook");
+    let fwd = p.get(NETNS, V4, Hook::Forward).unwrap();
+    assert!(fwd.exit_after_verdict(Hook::Forward) && fwd.exit_known(Hook::Forward));
+    assert!(!fwd.exit_observed());
+    // Not verdict-only (e.g. a MARK or TCPMSS rule): the probe stays.
+    assert_eq!(
+        probes(&lab_with_verdicts(&[]), V4, Hook::Forward),
+        [-151, 1]
+    );
+    // No probe in POSTROUTING: acceptance would not be seen.
+    let mut hooks = lab_hooks(|h, s| {
+        if h == Hook::Postrouting {
+            s.clear();
+        }
+    });
+    ProbePlan::derive_across_hooks_with(&mut hooks, |_, _| true);
+    assert_eq!(plan_of_hook(&hooks, Hook::Forward).probes(), [-151, 1]);
+}
+
+#[test]
+fn verdict_only_needs_one_culprit_after_the_last_other_probe() {
+    // security after filter, verdict-only too: FORWARD's needed plan has a probe after each
+    // ([-151, 1, 11]); after its last other probe (1) only security can drop: that last
+    // probe goes, filter keeps its own.
+    let mut hooks = lab_hooks(|h, s| {
+        if h == Hook::Forward {
+            s.push(StageSlot {
+                priority: 10,
+                stage: Stage::Table {
+                    table: Table::Security,
+                },
+            });
+        }
+    });
+    ProbePlan::derive_across_hooks_with(&mut hooks, |_, _| true);
+    assert_eq!(plan_of_hook(&hooks, Hook::Forward).probes(), [-151, 1]);
+    // A nat table never is (OUTPUT keeps its probe after nat; filter's goes).
+    assert_eq!(plan_of_hook(&hooks, Hook::Output).probes(), [-301, -99]);
+}
+
+#[test]
+fn forwarded_packet_accepted_by_a_verdict_only_filter() {
+    let fewer = lab_with_verdicts(&[Table::Filter]);
+    same_with_fewer_probes(V4, (lab(false), fewer.clone()), v4_forwarded());
+    let t = &feed(fewer.clone(), linked(&fewer, V4, v4_forwarded()))[0];
+    assert_eq!((&t.fate, t.incomplete), (&Fate::Delivered, false));
+    assert_eq!(t.hooks[1].probes, [-151]);
+    let filter = stage(t, Hook::Forward, "filter");
+    assert_eq!(filter.verdict, ObservedVerdict::Accept);
+    assert_eq!(filter.after.as_ref(), Some(&filter.before));
+    // POSTROUTING's nat received FORWARD's derived exit.
+    let nat = stage(t, Hook::Postrouting, "nat");
+    assert_eq!(nat.before, filter.before);
+    // Sent locally: OUTPUT's filter likewise.
+    same_with_fewer_probes(V4, (lab(false), fewer), locally_sent());
+}
+
+/// The lab's forwarded SYN up to FORWARD's entry probe, then `end`.
+fn forwarded_until_forward(end: Option<Event>) -> PacketTrace {
+    let plan = lab_with_verdicts(&[Table::Filter]);
+    let mut events: Vec<Event> = linked(&plan, V4, v4_forwarded())
+        .into_iter()
+        .filter(|e| matches!(e, Event::Probe(p) if p.hook != Hook::Postrouting))
+        .collect();
+    events.extend(end);
+    let mut out = feed(plan, events);
+    assert_eq!(out.len(), 1);
+    out.remove(0)
+}
+
+#[test]
+fn netfilter_drop_after_forwards_last_probe_is_the_verdict_only_filters() {
+    let Event::Drop(mut d) = drop_event(5000, 1, 1, 12, Some("NETFILTER_DROP")) else {
+        unreachable!()
+    };
+    d.prev = Some((Hook::Forward, -151));
+    let t = forwarded_until_forward(Some(Event::Drop(d)));
+    let filter = Stage::Table {
+        table: Table::Filter,
+    };
+    assert_eq!(
+        t.fate,
+        Fate::Dropped {
+            hook: Hook::Forward,
+            stage: filter
+        }
+    );
+    assert!(!t.incomplete);
+    let obs = stage(&t, Hook::Forward, "filter");
+    assert!(matches!(obs.verdict, ObservedVerdict::Drop { .. }));
+    assert!(obs.after.is_none() && !obs.shared);
+    assert_eq!(obs.before.headers.dst.to_string(), "172.19.0.9");
+    assert_eq!(
+        stage(&t, Hook::Forward, "mangle").verdict,
+        ObservedVerdict::Accept
+    );
+    assert_eq!(
+        t.hooks.len(),
+        2,
+        "no POSTROUTING pass: nat there is assumed not to drop"
+    );
+}
+
+#[test]
+fn forwarded_packet_never_seen_again_after_a_verdict_only_filter_is_unknown() {
+    let t = forwarded_until_forward(None);
+    assert_eq!(t.fate, Fate::Unknown);
+    assert!(t.incomplete);
+    let obs = stage(&t, Hook::Forward, "filter");
+    assert_eq!(obs.verdict, ObservedVerdict::Unknown);
+    assert!(obs.after.is_none());
+    // Timed out rather than the capture ending: the same.
+    let plan = lab_with_verdicts(&[Table::Filter]);
+    let events: Vec<Event> = linked(&plan, V4, v4_forwarded())
+        .into_iter()
+        .filter(|e| matches!(e, Event::Probe(p) if p.hook != Hook::Postrouting))
+        .collect();
+    let mut a = Assembler::new(plan, AssemblerConfig::default());
+    let mut out: Vec<PacketTrace> = events.into_iter().flat_map(|e| a.push(e)).collect();
+    out.extend(a.advance(10_000_000_000));
+    assert_eq!(out.len(), 1);
+    assert_eq!((&out[0].fate, out[0].incomplete), (&Fate::Unknown, true));
+}
+
+#[test]
+fn forwarded_packet_freed_outside_netfilter_after_a_verdict_only_filter() {
+    let Event::Drop(mut d) = drop_event(5000, 1, 1, 2, Some("NEIGH_FAILED")) else {
+        unreachable!()
+    };
+    d.prev = Some((Hook::Forward, -151));
+    let t = forwarded_until_forward(Some(Event::Drop(d)));
+    let Fate::DroppedOutside { after, .. } = &t.fate else {
+        panic!("not freed outside netfilter: {:?}", t.fate)
+    };
+    assert_eq!(*after, Hook::Forward);
+    let obs = stage(&t, Hook::Forward, "filter");
+    assert_eq!(obs.verdict, ObservedVerdict::Accept);
+    assert_eq!(obs.after.as_ref(), Some(&obs.before));
 }

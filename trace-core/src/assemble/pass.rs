@@ -21,6 +21,13 @@
 //! that state leaves what nat left unknown; a packet never seen again, or followed by a pass
 //! whose state does not fit, leaves their outcome unknown. A drop in netfilter after the last
 //! probe is the stages' there, as with any plan.
+//!
+//! A FORWARD or OUTPUT pass whose plan has no probe after its verdict-only table (rule 3 of
+//! [`super::ProbePlan::derive_across_hooks_with`]) leaves that hook with the state its last
+//! probe saw. Seen in the next hook, or freed outside netfilter, the table accepted it
+//! unchanged; a NETFILTER_DROP after the last probe is that table's (a drop by POSTROUTING's
+//! iptables nat before its first probe, e.g. no binding could be set up, is blamed on it
+//! too: the drop report cannot tell them apart); never seen again, its verdict is unknown.
 
 use super::boundary;
 use super::plan::{HookPlan, StageSlot};
@@ -182,7 +189,17 @@ impl Pass {
     /// Seen at the last probe, and the stages after it cannot act or their outcome is known
     /// only from the next pass: the packet left the hook, as far as this pass can tell.
     pub fn at_exit(&self) -> bool {
-        self.at_last_probe() && !self.exit_derived()
+        self.at_last_probe() && !self.exit_derived() && !self.exit_after_verdict()
+    }
+
+    /// A verdict-only table runs after the plan's last probe (see
+    /// [`HookPlan::exit_after_verdict`]): whether it let the packet through is known only
+    /// from how the pass ended.
+    fn exit_after_verdict(&self) -> bool {
+        let hook = self.hook();
+        self.plan
+            .as_ref()
+            .is_some_and(|p| p.exit_after_verdict(hook))
     }
 
     /// The plan's nat runs after its last probe (see [`HookPlan::exit_derived`]).
@@ -191,11 +208,12 @@ impl Pass {
     }
 
     /// The hook and the state the packet left it with, when the last probe saw it and
-    /// nothing after that probe can act.
+    /// nothing after that probe can act, or only a verdict-only table (the state it leaves
+    /// with if it leaves).
     pub fn exit_state(&self) -> Option<(Hook, PacketState)> {
         let plan = self.plan.as_ref()?;
         let (_, state) = self.seen.last()?;
-        let seen = self.at_last_probe() && plan.exit_observed();
+        let seen = self.at_last_probe() && plan.exit_known(self.hook());
         Some((self.hook(), state.clone().filter(|_| seen)?))
     }
 
@@ -304,6 +322,12 @@ impl Pass {
             let unknown = state.is_some_and(|s| self.close_derived_tail(plan, p, s, end));
             return (None, unknown);
         }
+        if next.is_none() && plan.exit_after_verdict(self.hook()) && !nf_drop {
+            if let Some(s) = state {
+                self.close_verdict_tail(plan, p, s, end);
+            }
+            return (None, false);
+        }
         (self.close_planned_tail(plan, p, next, state, end), false)
     }
 
@@ -354,6 +378,37 @@ impl Pass {
                 let verdict = ObservedVerdict::Unknown;
                 push_stages(&mut self.meta, rest, before, None, &verdict, shared);
                 *end == PassEnd::MovedOn
+            }
+        }
+    }
+
+    /// [`Pass::close_tail`] when the plan's last probe is before a verdict-only table (see
+    /// [`HookPlan::exit_after_verdict`]) and the packet was not dropped in netfilter (a
+    /// NETFILTER_DROP after the last probe is that table's, as with any stage after a
+    /// hook's last probe, see [`Pass::close_planned_tail`]): seen in the next hook, or freed
+    /// outside netfilter, it passed every stage after the probe unchanged (they accepted
+    /// it); never seen again, or the capture ended, what they did is unknown.
+    fn close_verdict_tail(&mut self, plan: &HookPlan, p: i32, before: PacketState, end: &PassEnd) {
+        let gap = Gap {
+            slots: plan.stages_between(p, None),
+            inert: plan.inert_between(p, None),
+        };
+        match end {
+            PassEnd::MovedOn | PassEnd::Dropped { .. } => {
+                let after = before.clone();
+                gap.push(
+                    &mut self.meta,
+                    before,
+                    Some(&after),
+                    &ObservedVerdict::Accept,
+                );
+            }
+            PassEnd::Ended | PassEnd::CaptureEnded => {
+                gap.push_leading_inert(&mut self.meta, &before);
+                let first = gap.acting_range().map_or(0, |(f, _)| f);
+                let rest = &gap.slots[first..];
+                let verdict = ObservedVerdict::Unknown;
+                push_stages(&mut self.meta, rest, before, None, &verdict, rest.len() > 1);
             }
         }
     }

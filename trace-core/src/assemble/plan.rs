@@ -109,6 +109,80 @@ impl HookPlan {
         (start..end).all(|i| self.is_inert(i))
     }
 
+    /// One stage that can act runs after the last probe, a table other than nat, on a hook
+    /// the packet leaves for POSTROUTING (FORWARD, OUTPUT): the probe after it was left out
+    /// because it can only let the packet through or drop it ([`ProbePlan::derive_across_hooks`]
+    /// rule 3). The state at the last probe is then the hook's exit state when the packet
+    /// moves on. No other plan has such a stage there: [`HookPlan::needed`] and
+    /// [`HookPlan::bracketing`] put a probe after every stage of FORWARD and OUTPUT that can
+    /// act (nat's, when conntrack folds into it), so recordings need no extra field.
+    pub fn exit_after_verdict(&self, hook: Hook) -> bool {
+        let Some(&last) = self.probes.last() else {
+            return false;
+        };
+        if !matches!(hook, Hook::Forward | Hook::Output) {
+            return false;
+        }
+        let (start, end) = self.range(last, None);
+        let mut acting = (start..end).filter(|i| !self.is_inert(*i));
+        let one = acting.next();
+        acting.next().is_none()
+            && one.is_some_and(|i| {
+                self.stages[i]
+                    .stage
+                    .table()
+                    .is_some_and(|t| t != Table::Nat)
+            })
+    }
+
+    /// The state at the last probe is the one the packet leaves the hook with when it moves
+    /// on: nothing after the probe can act ([`HookPlan::exit_observed`]), or only one
+    /// verdict-only table ([`HookPlan::exit_after_verdict`]).
+    pub fn exit_known(&self, hook: Hook) -> bool {
+        self.exit_observed() || self.exit_after_verdict(hook)
+    }
+
+    /// Without the probe after the last stage of FORWARD or OUTPUT (rule 3), when every
+    /// stage after the hook's last other probe is inert or verdict-only (`verdict_only`), one
+    /// of them verdict-only and a table other than nat; None when that does not hold.
+    fn without_probe_after_verdicts(
+        &self,
+        verdict_only: impl Fn(&StageSlot) -> bool,
+    ) -> Option<HookPlan> {
+        let n = self.probes.len();
+        if n < 2 {
+            return None;
+        }
+        let (last, other) = (self.probes[n - 1], self.probes[n - 2]);
+        let (start, end) = self.range(other, None);
+        let mut verdicts = 0;
+        for i in start..end {
+            if self.is_inert(i) {
+                continue;
+            }
+            let s = &self.stages[i];
+            let table = s.stage.table().is_some_and(|t| t != Table::Nat);
+            if !table || !verdict_only(s) {
+                return None;
+            }
+            verdicts += 1;
+        }
+        (verdicts == 1).then(|| self.without_probe(last))
+    }
+
+    /// Nothing before the first probe can drop the packet: each stage there is inert or an
+    /// iptables nat table (which cannot hold DROP rules, see [`HookPlan::needed`]); and there
+    /// is a probe.
+    fn first_probe_sees_survivors(&self) -> bool {
+        let Some(&first) = self.probes.first() else {
+            return false;
+        };
+        let (start, end) = self.range(i32::MIN, Some(first));
+        (start..end).all(|i| {
+            self.is_inert(i) || matches!(self.stages[i].stage, Stage::Table { table: Table::Nat })
+        })
+    }
+
     /// The first probe runs before every stage (the state the hook received is seen).
     pub fn has_entry_probe(&self) -> bool {
         match (self.probes.first(), self.stages.first()) {
@@ -321,8 +395,9 @@ impl ProbePlan {
     ///
     /// 1. POSTROUTING's entry probe, when the first stage there that can act is nat and both
     ///    FORWARD and OUTPUT (the hooks a packet reaches POSTROUTING from) have probes that
-    ///    see their exit state: nothing between them changes headers, mark or conntrack
-    ///    entry, so nat received what the previous hook left.
+    ///    see their exit state, or derive it (rule 3, [`HookPlan::exit_known`]): nothing
+    ///    between them changes headers, mark or conntrack entry, so nat received what the
+    ///    previous hook left.
     /// 2. PREROUTING's probe after its last stage that can act, when that is nat and both
     ///    FORWARD and INPUT (the hooks that follow it) have an entry probe: nat left what the
     ///    next hook receives, up to the TTL / hop limit the forward path decrements before
@@ -335,16 +410,56 @@ impl ProbePlan {
     ///    outcome unknown.
     ///
     /// PREROUTING and OUTPUT keep their first probe (the filter decides there).
+    ///
+    /// No stage is verdict-only here: see [`ProbePlan::derive_across_hooks_with`] for rule 3.
     pub fn derive_across_hooks(plans: &mut [(Hook, HookPlan)]) {
-        let seen = |h: Hook, f: fn(&HookPlan) -> bool| {
+        ProbePlan::derive_across_hooks_with(plans, |_, _| false);
+    }
+
+    /// [`ProbePlan::derive_across_hooks`], first with rule 3, given which stages are
+    /// *verdict-only* (`verdict_only(hook, stage)`: a table that can let the packet through
+    /// or drop it but changes nothing the probes observe — headers, mark, conntrack entry or
+    /// its mark — and cannot steal or queue it):
+    ///
+    /// 3. FORWARD's and OUTPUT's probe after their last stages, when every stage after the
+    ///    hook's last other probe is inert or verdict-only, exactly one of them verdict-only
+    ///    (a drop there has one culprit), POSTROUTING has a probe and nothing before its
+    ///    first probe can drop the packet (inert stages, iptables nat). Why it is safe: the
+    ///    packet leaves those stages unchanged if it leaves them at all, so the state at the
+    ///    last probe is the hook's exit state (and rule 1 takes POSTROUTING's entry from it);
+    ///    a packet seen in POSTROUTING was accepted; a NETFILTER_DROP report whose last probe
+    ///    passed is that one was dropped by the verdict-only stage (nothing between it and
+    ///    POSTROUTING's first probe drops — an iptables nat failing to set up a binding
+    ///    does, rarely, and is then blamed on the verdict-only stage); a packet freed outside
+    ///    netfilter was accepted first. A packet never seen again leaves its verdict
+    ///    unknown. INPUT and POSTROUTING keep their last probe: it tells delivery.
+    pub fn derive_across_hooks_with(
+        plans: &mut [(Hook, HookPlan)],
+        verdict_only: impl Fn(Hook, &StageSlot) -> bool,
+    ) {
+        let post_sees = plans
+            .iter()
+            .any(|(k, p)| *k == Hook::Postrouting && p.first_probe_sees_survivors());
+        if post_sees {
+            for (hook, plan) in plans.iter_mut() {
+                if !matches!(hook, Hook::Forward | Hook::Output) {
+                    continue;
+                }
+                let h = *hook;
+                if let Some(p) = plan.without_probe_after_verdicts(|s| verdict_only(h, s)) {
+                    *plan = p;
+                }
+            }
+        }
+        let seen = |h: Hook, f: &dyn Fn(&HookPlan) -> bool| {
             plans
                 .iter()
                 .any(|(k, p)| *k == h && !p.probes.is_empty() && f(p))
         };
-        let exits_seen = seen(Hook::Forward, HookPlan::exit_observed)
-            && seen(Hook::Output, HookPlan::exit_observed);
-        let entries_seen = seen(Hook::Forward, HookPlan::has_entry_probe)
-            && seen(Hook::Input, HookPlan::has_entry_probe);
+        let exits_seen = seen(Hook::Forward, &|p| p.exit_known(Hook::Forward))
+            && seen(Hook::Output, &|p| p.exit_known(Hook::Output));
+        let entries_seen = seen(Hook::Forward, &HookPlan::has_entry_probe)
+            && seen(Hook::Input, &HookPlan::has_entry_probe);
         for (hook, plan) in plans.iter_mut() {
             let fewer = match hook {
                 Hook::Postrouting if exits_seen => plan.without_entry_before_nat(),

@@ -10,6 +10,11 @@
 //! (iptables-nft tables, native chains) from `nft -j list ruleset`; a table whose rules were
 //! not read is never inert. nat tables are never inert: even empty, they apply the
 //! connection's NAT to later packets and set up null bindings for new ones.
+//!
+//! Verdict-only tables ([`verdict_only`]: legacy tables whose every rule only accepts, drops,
+//! rejects, returns, jumps, logs or counts) cannot change the packet: FORWARD and OUTPUT need
+//! no probe after them when they are the last that can act there
+//! ([`ProbePlan::derive_across_hooks_with`] rule 3).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use std::sync::Arc;
 use trace_core::assemble::{HookPlan, ProbePlan, StageSlot};
 use trace_core::netfilter::{Family, Hook, Table};
 use trace_core::packet::Stage;
-use trace_core::rules::{Policy, Ruleset};
+use trace_core::rules::{Policy, Ruleset, Target as RuleTarget};
 
 use crate::netns;
 
@@ -273,10 +278,61 @@ pub fn family_plans(
         .into_iter()
         .map(|h| (h, hook_plan(reg, view, family, h, mode)))
         .collect();
-    if mode == ProbeMode::Needed && view.is_some() {
-        ProbePlan::derive_across_hooks(&mut plans);
+    if let (ProbeMode::Needed, Some(v)) = (mode, view) {
+        ProbePlan::derive_across_hooks_with(&mut plans, |hook, s| {
+            verdict_only(reg, v, family, hook, &s.stage)
+        });
     }
     plans
+}
+
+/// Can `stage` only let a packet through or drop it on (`family`, `hook`), changing nothing
+/// the probes observe (headers, mark, conntrack entry or its mark) and never stealing or
+/// queueing it? Only a legacy iptables table other than nat, not also registered through
+/// nft, whose rules were read and where every rule of every chain (simple and conservative:
+/// not only the chains the hook reaches) has a target in [`verdict_only_target`]'s list.
+/// nft-registered tables and native nft chains never are: only their rule counts are read.
+pub fn verdict_only(
+    reg: &Registered,
+    view: &RuleView,
+    family: Family,
+    hook: Hook,
+    stage: &Stage,
+) -> bool {
+    let Stage::Table { table } = stage else {
+        return false;
+    };
+    if *table == Table::Nat || !legacy_tables(reg, family).contains(table) {
+        return false;
+    }
+    let nft = nft_chains_of(reg, family, hook).any(|c| c.table == table.name());
+    !nft && view
+        .legacy(family)
+        .and_then(|r| r.table(*table))
+        .is_some_and(|t| {
+            t.chains
+                .iter()
+                .flat_map(|c| &c.rules)
+                .all(|r| verdict_only_target(&r.target))
+        })
+}
+
+/// ACCEPT, DROP, REJECT, RETURN, a jump or goto to a user chain, LOG, NFLOG, or no target
+/// (a counter rule). Anything else (MARK, CONNMARK, TCPMSS, NFQUEUE, QUEUE, SYNPROXY, TEE,
+/// CLASSIFY, SET, CT, an unknown extension...) may change or take the packet.
+pub fn verdict_only_target(t: &RuleTarget) -> bool {
+    matches!(
+        t,
+        RuleTarget::None
+            | RuleTarget::Accept
+            | RuleTarget::Drop
+            | RuleTarget::Reject { .. }
+            | RuleTarget::Return
+            | RuleTarget::Jump(_)
+            | RuleTarget::Goto(_)
+            | RuleTarget::Log(_)
+            | RuleTarget::Nflog(_)
+    )
 }
 
 /// Can `stage` neither change nor drop a packet on (`family`, `hook`)? Only a table or nft
@@ -588,7 +644,11 @@ mod tests {
         // A forwarded packet: 4 probe runs (PREROUTING's after nat and POSTROUTING's entry
         // derived from FORWARD's entry and exit).
         assert_eq!(get(&needed, Hook::Prerouting), [-301]);
-        assert_eq!(get(&needed, Hook::Forward), [-151, 1]);
+        assert_eq!(
+            get(&needed, Hook::Forward),
+            [-151],
+            "filter FORWARD is verdict-only"
+        );
         assert_eq!(get(&needed, Hook::Postrouting), [101]);
         assert_eq!(get(&needed, Hook::Input), [-151, 101]);
         assert_eq!(get(&needed, Hook::Output), [-301, -99]);
@@ -601,6 +661,90 @@ mod tests {
             [-301, -299, -199, -149, -99]
         );
         assert_eq!(get(&unread, Hook::Postrouting), [-151, -149, 101]);
+    }
+
+    fn forward_probes(reg: &Registered, dump: &str) -> Vec<i32> {
+        let v = legacy_view(dump);
+        let plans = family_plans(reg, Some(&v), Family::Ipv4, ProbeMode::Needed);
+        let fwd = plans
+            .into_iter()
+            .find(|(h, _)| *h == Hook::Forward)
+            .unwrap();
+        fwd.1.probes().to_vec()
+    }
+
+    #[test]
+    fn a_verdict_only_filter_needs_no_probe_after_it() {
+        let reg = docker_reg();
+        // Jumps, returns, rejects, logs and counters are verdict-only too.
+        let more = DOCKERISH.replace(
+            ":OUTPUT ACCEPT [0:0]\n-A FORWARD",
+            ":OUTPUT ACCEPT [0:0]\n:DOCKER-USER - [0:0]\n-A FORWARD -j DOCKER-USER\n\
+             -A FORWARD -p udp -j REJECT --reject-with icmp-port-unreachable\n\
+             -A FORWARD -p icmp -j LOG --log-prefix fwd\n-A FORWARD -p icmp\n\
+             -A DOCKER-USER -j RETURN\n-A FORWARD",
+        );
+        assert_ne!(more, DOCKERISH);
+        assert_eq!(forward_probes(&reg, &more), [-151]);
+        let filter = Stage::Table {
+            table: Table::Filter,
+        };
+        let v = legacy_view(&more);
+        assert!(verdict_only(&reg, &v, Family::Ipv4, Hook::Forward, &filter));
+        // nat never is.
+        let nat = Stage::Table { table: Table::Nat };
+        assert!(!verdict_only(
+            &reg,
+            &v,
+            Family::Ipv4,
+            Hook::Postrouting,
+            &nat
+        ));
+        // Rules not read for the family: not verdict-only.
+        assert!(!verdict_only(
+            &reg,
+            &v,
+            Family::Ipv6,
+            Hook::Forward,
+            &filter
+        ));
+    }
+
+    #[test]
+    fn a_filter_that_can_change_the_packet_keeps_its_probe() {
+        let reg = docker_reg();
+        for rule in [
+            "-A FORWARD -j MARK --set-xmark 0x7/0xffffffff",
+            "-A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
+            "-A FORWARD -j NFQUEUE --queue-num 1",
+            "-A FORWARD -j CONNMARK --set-xmark 0x1/0xffffffff",
+        ] {
+            // In a user chain: every chain of the table counts.
+            let dump = DOCKERISH.replace(
+                ":OUTPUT ACCEPT [0:0]\n-A FORWARD",
+                &format!(":OUTPUT ACCEPT [0:0]\n:OTHER - [0:0]\n{}\n-A FORWARD", {
+                    rule.replace("-A FORWARD", "-A OTHER")
+                }),
+            );
+            assert_ne!(dump, DOCKERISH);
+            assert_eq!(forward_probes(&reg, &dump), [-151, 1], "{rule}");
+        }
+    }
+
+    #[test]
+    fn an_iptables_nft_filter_keeps_its_probe() {
+        // filter registered through iptables-nft (one rule in FORWARD); the legacy dump has
+        // the other tables.
+        let json = r#"{"nftables":[
+          {"chain":{"family":"ip","table":"filter","name":"FORWARD","hook":"forward","prio":0,"type":"filter","policy":"drop"}},
+          {"rule":{"family":"ip","table":"filter","chain":"FORWARD","handle":4,"expr":[]}}]}"#;
+        let reg = Registered {
+            ipv4: vec![Table::Raw, Table::Mangle, Table::Nat],
+            nft: parse_nft_chains(json),
+            ..Default::default()
+        };
+        let legacy = DOCKERISH.split("*filter").next().unwrap();
+        assert_eq!(forward_probes(&reg, legacy), [-151, 1]);
     }
 
     #[test]
