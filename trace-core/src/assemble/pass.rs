@@ -236,10 +236,7 @@ impl Pass {
             if let Some((a, sa)) = prev.take() {
                 let between = plan.probes_between(a, b);
                 gap |= between > 0;
-                let gap_stages = Gap {
-                    slots: plan.stages_between(a, Some(b)),
-                    inert: plan.inert_between(a, Some(b)),
-                };
+                let gap_stages = Gap::between(&plan, a, Some(b));
                 if let Some(before) = sa {
                     let accept = ObservedVerdict::Accept;
                     if between > 0 {
@@ -288,10 +285,7 @@ impl Pass {
         let (Some(entry), Some(after)) = (self.entry.take(), seen.clone()) else {
             return false;
         };
-        let gap = Gap {
-            slots: plan.stages_between(i32::MIN, Some(*first)),
-            inert: plan.inert_between(i32::MIN, Some(*first)),
-        };
+        let gap = Gap::between(plan, i32::MIN, Some(*first));
         gap.push(
             &mut self.meta,
             entry,
@@ -345,10 +339,7 @@ impl Pass {
         before: PacketState,
         end: &PassEnd,
     ) -> bool {
-        let gap = Gap {
-            slots: plan.stages_between(p, None),
-            inert: plan.inert_between(p, None),
-        };
+        let gap = Gap::between(plan, p, None);
         let next = self.next_entry.take();
         let hook = self.hook();
         let after = match end {
@@ -371,12 +362,7 @@ impl Pass {
                 false
             }
             (end, None) => {
-                gap.push_leading_inert(&mut self.meta, &before);
-                let first = gap.acting_range().map_or(0, |(f, _)| f);
-                let rest = &gap.slots[first..];
-                let shared = rest.len() > 1;
-                let verdict = ObservedVerdict::Unknown;
-                push_stages(&mut self.meta, rest, before, None, &verdict, shared);
+                gap.push_unknown(&mut self.meta, before);
                 *end == PassEnd::MovedOn
             }
         }
@@ -389,10 +375,7 @@ impl Pass {
     /// outside netfilter, it passed every stage after the probe unchanged (they accepted
     /// it); never seen again, or the capture ended, what they did is unknown.
     fn close_verdict_tail(&mut self, plan: &HookPlan, p: i32, before: PacketState, end: &PassEnd) {
-        let gap = Gap {
-            slots: plan.stages_between(p, None),
-            inert: plan.inert_between(p, None),
-        };
+        let gap = Gap::between(plan, p, None);
         match end {
             PassEnd::MovedOn | PassEnd::Dropped { .. } => {
                 let after = before.clone();
@@ -403,13 +386,7 @@ impl Pass {
                     &ObservedVerdict::Accept,
                 );
             }
-            PassEnd::Ended | PassEnd::CaptureEnded => {
-                gap.push_leading_inert(&mut self.meta, &before);
-                let first = gap.acting_range().map_or(0, |(f, _)| f);
-                let rest = &gap.slots[first..];
-                let verdict = ObservedVerdict::Unknown;
-                push_stages(&mut self.meta, rest, before, None, &verdict, rest.len() > 1);
-            }
+            PassEnd::Ended | PassEnd::CaptureEnded => gap.push_unknown(&mut self.meta, before),
         }
     }
 
@@ -426,10 +403,7 @@ impl Pass {
             // After the plan's last probe, nothing is reported except what cannot act: the
             // inert stages there accepted the packet unchanged.
             if let Some(s) = state.filter(|_| next.is_none()) {
-                let gap = Gap {
-                    slots: plan.stages_between(p, None),
-                    inert: plan.inert_between(p, None),
-                };
+                let gap = Gap::between(plan, p, None);
                 gap.push_leading_inert(&mut self.meta, &s);
             }
             return None;
@@ -451,10 +425,7 @@ impl Pass {
             }
             return None;
         }
-        let gap = Gap {
-            slots: plan.stages_between(p, next),
-            inert: plan.inert_between(p, next),
-        };
+        let gap = Gap::between(plan, p, next);
         if gap.acting_range().is_none() {
             return self.vanished_unplanned(&gap, p, next, state, &verdict);
         }
@@ -520,10 +491,7 @@ pub(super) fn dropped_before_first_probe(
         bridge: prev.bridge.clone(),
     };
     let first = plan.probes().first().copied();
-    let gap = Gap {
-        slots: plan.stages_between(i32::MIN, first),
-        inert: plan.inert_between(i32::MIN, first),
-    };
+    let gap = Gap::between(plan, i32::MIN, first);
     let verdict = tail_verdict(end, true).unwrap_or(ObservedVerdict::Unknown);
     gap.push(&mut meta, entry, None, &verdict);
     Closed {
@@ -539,7 +507,15 @@ struct Gap<'a> {
     inert: &'a [bool],
 }
 
-impl Gap<'_> {
+impl<'a> Gap<'a> {
+    /// The stages of `plan` between probes `from` and `to` (None: to the hook's end).
+    fn between(plan: &'a HookPlan, from: i32, to: Option<i32>) -> Gap<'a> {
+        Gap {
+            slots: plan.stages_between(from, to),
+            inert: plan.inert_between(from, to),
+        }
+    }
+
     fn is_inert(&self, i: usize) -> bool {
         self.inert.get(i).copied().unwrap_or(false)
     }
@@ -618,6 +594,17 @@ impl Gap<'_> {
             && tail.stage.table() == Some(crate::netfilter::Table::Nat);
         folded.then_some(())?;
         super::fold::after_conntrack(before, after?)
+    }
+
+    /// The packet went on through these stages, but what they did is not known: the inert
+    /// ones before the first that can act accepted it unchanged; from that one on, each is
+    /// reported with an unknown verdict (shared when more than one).
+    fn push_unknown(&self, pass: &mut HookPass, before: PacketState) {
+        self.push_leading_inert(pass, &before);
+        let first = self.acting_range().map_or(0, |(f, _)| f);
+        let rest = &self.slots[first..];
+        let verdict = ObservedVerdict::Unknown;
+        push_stages(pass, rest, before, None, &verdict, rest.len() > 1);
     }
 
     /// The inert stages before the first acting one, accepting `state` unchanged.
