@@ -26,6 +26,10 @@ const _: () = assert!(
         == core::mem::offset_of!(HeaderSnapshot, sport) + 2
 );
 
+/// Netfilter protocol families (NFPROTO_*), the `pf` of a hook and of a snapshot.
+pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_IPV6: u8 = 10;
+
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
@@ -47,7 +51,7 @@ pub fn snapshot(pf: u8, nh: u64, h: &mut HeaderSnapshot, options: bool) -> bool 
     // Start from zero so that fields the protocol does not set hash and compare stably.
     // SAFETY: plain data, a valid &mut.
     unsafe { mem::zero(h) };
-    if pf == 2 {
+    if pf == NFPROTO_IPV4 {
         ipv4(nh, h, options)
     } else {
         ipv6(nh, h, options)

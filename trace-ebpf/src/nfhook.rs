@@ -571,7 +571,7 @@ fn tuple_hash<const D: bool>(tuple: u64, pf: u8) -> u32 {
         dport = u16::from_be(read(tuple, dp_off));
         proto = read(tuple, pr_off);
     }
-    if pf == 2 {
+    if pf == headers::NFPROTO_IPV4 {
         // The tuple's address union is 16 bytes; IPv4 uses the first 4 (the low half of the
         // first little-endian word), the rest may be stale.
         src[0] &= 0xffff_ffff;
@@ -1399,8 +1399,8 @@ fn drop_state(rec: &mut DropRecord, skb: u64) {
     let nh = head + nh as u64;
     // The family from the IP version nibble: the skb may be freed outside any hook.
     let pf = match read::<u8>(nh, 0) >> 4 {
-        4 => NFPROTO_IPV4,
-        6 => NFPROTO_IPV6,
+        4 => headers::NFPROTO_IPV4,
+        6 => headers::NFPROTO_IPV6,
         _ => return,
     };
     if headers::snapshot(pf, nh, &mut rec.headers, true) {
@@ -1408,6 +1408,3 @@ fn drop_state(rec: &mut DropRecord, skb: u64) {
         rec.flags |= drop_flags::HEADERS;
     }
 }
-
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;

@@ -91,7 +91,7 @@ impl Pkt {
     #[inline(always)]
     pub fn snapshot(&self, pf: u8, h: &mut HeaderSnapshot) -> bool {
         let b = self.bytes;
-        let l4 = if pf == 2 {
+        let l4 = if pf == crate::headers::NFPROTO_IPV4 {
             // Version 4, no options; a non-first fragment has no transport header.
             if b[0] != 0x45 || u16::from_be_bytes([b[6], b[7]]) & 0x1fff != 0 {
                 return false;

@@ -33,6 +33,7 @@ use trace_common::record::{
 };
 
 use crate::{
+    headers::{NFPROTO_IPV4, NFPROTO_IPV6},
     kread::{read, read_buf},
     maps::{global, COUNTERS, EVENTS, TRACKED},
     nfhook::{first_sight, follow},
@@ -49,8 +50,6 @@ pub const PRIO_HOOK_EXIT: i32 = i32::MAX;
 /// "No table position": the call is not traced (nat table inside nf_nat_inet_fn, unknown table).
 pub const NO_PRIO: i32 = i32::MIN;
 const NF_ACCEPT: u32 = 1;
-const NFPROTO_IPV4: u8 = 2;
-const NFPROTO_IPV6: u8 = 10;
 const NF_INET_PRE_ROUTING: u8 = 0;
 const NF_INET_LOCAL_OUT: u8 = 3;
 const PRIO_RAW: i32 = -300;
